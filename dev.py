@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Developer entry point; needs only Python >= 3.11 with pip and venv.
+
+    python3 dev.py test [PYTEST ARGS]   ruff, mypy, then pytest (this is what .ci/run calls)
+    python3 dev.py run [ARGS]           python -m meshnode [ARGS]
+    python3 dev.py bench                run every benchmarks/*.py and print its JSON
+
+Each command first makes sure ``.venv`` exists and holds ``-e .[dev]``; the install is redone only
+when pyproject.toml has changed since the last one (its hash is kept in .venv/.meshnode-installed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+MARKER = VENV / ".meshnode-installed"
+LINT_DIRS = ("protocol", "meshnode", "netsim", "tests", "benchmarks")
+TYPED_DIRS = ("protocol", "meshnode", "netsim")
+
+
+def say(message: str) -> None:
+    print(f"[dev.py] {message}", file=sys.stderr, flush=True)
+
+
+def venv_python() -> Path:
+    if os.name == "nt":
+        return VENV / "Scripts" / "python.exe"
+    return VENV / "bin" / "python"
+
+
+def run(cmd: Sequence[str | Path]) -> int:
+    say("$ " + " ".join(str(c) for c in cmd))
+    return subprocess.call([str(c) for c in cmd], cwd=ROOT)
+
+
+def ensure_env() -> Path:
+    """Create .venv if missing and (re)install the project if pyproject.toml changed."""
+    python = venv_python()
+    if not python.exists():
+        say(f"creating {VENV}")
+        if run([sys.executable, "-m", "venv", VENV]) != 0:
+            sys.exit("[dev.py] could not create .venv (on Debian: apt-get install python3-venv)")
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if MARKER.exists() and MARKER.read_text().strip() == digest:
+        return python
+    say("pyproject.toml changed since the last install: installing -e .[dev]")
+    if run([python, "-m", "pip", "install", "--quiet", "-e", ".[dev]"]) != 0:
+        sys.exit("[dev.py] FAILED: pip install -e .[dev]")
+    MARKER.write_text(digest + "\n")
+    return python
+
+
+def existing(dirs: Sequence[str]) -> list[str]:
+    return [d for d in dirs if (ROOT / d).is_dir()]
+
+
+def cmd_test(python: Path, pytest_args: Sequence[str]) -> int:
+    steps: list[tuple[str, list[str | Path]]] = [
+        ("ruff", [python, "-m", "ruff", "check", *existing(LINT_DIRS)]),
+        ("mypy", [python, "-m", "mypy", *existing(TYPED_DIRS)]),
+        ("pytest", [python, "-m", "pytest", *pytest_args]),
+    ]
+    failed = []
+    for name, cmd in steps:
+        say(f"step {name}")
+        status = run(cmd)
+        if status != 0:
+            say(f"step {name} FAILED (exit {status})")
+            failed.append(name)
+    if failed:
+        say("FAILED: " + ", ".join(failed))
+        return 1
+    say("all steps passed: ruff, mypy, pytest")
+    return 0
+
+
+def cmd_bench(python: Path) -> int:
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    scripts = [s for s in scripts if not s.name.startswith("_")]
+    if not scripts:
+        say("no benchmarks/*.py found")
+        return 1
+    failed = []
+    for script in scripts:
+        say(f"benchmark {script.relative_to(ROOT)}")
+        if run([python, script]) != 0:
+            failed.append(script.name)
+    if failed:
+        say("FAILED benchmarks: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py may be started by an older python3)
+        sys.exit("[dev.py] meshnode needs Python >= 3.11")
+    if not argv or argv[0] not in ("test", "run", "bench"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    python = ensure_env()
+    if command == "test":
+        return cmd_test(python, rest)
+    if command == "run":
+        return run([python, "-m", "meshnode", *rest])
+    return cmd_bench(python)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

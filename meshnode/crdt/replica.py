@@ -1,0 +1,817 @@
+"""``SceneReplica``: one room's scene as a signed, Byzantine-tolerant CRDT.
+
+Sans-I/O: it never reads a clock, a socket or a disk. Callers pass ``now`` (seconds) and
+move change bytes between replicas themselves.
+
+Local edits (``create_entity``, ``set_field``, ``move``, ``delete``, ``grant``) apply to the
+local state at once and collect in an uncommitted batch; ``commit(now)`` signs the batch as one
+change and returns its bytes. Until then its ops carry an "infinitely late" stamp, so changes
+applied from peers in between sort before them, exactly as they will once the batch is stamped
+(its clock value is taken at commit, after everything applied so far).
+"""
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from meshnode.crdt.clock import HybridClock, hlc_from_seconds
+from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
+from meshnode.crdt.ids import ROOT, TRASH, EntityId
+from meshnode.crdt.results import (
+    APPLIED,
+    BUFFERED,
+    DUPLICATE,
+    REJECTED,
+    TRANSIENT_REASONS,
+    ApplyResult,
+    BatchFull,
+    Equivocation,
+    PermissionDenied,
+    Rejected,
+)
+from meshnode.crdt.roles import (
+    ROLE_ADMIN,
+    ROLE_BY_NAME,
+    ROLE_EDITOR,
+    ROLE_NAMES,
+    ROLE_NONE,
+    ROLE_OWNER,
+    ROLE_VIEWER,
+    RoleBook,
+    may_set_role,
+)
+from meshnode.crdt.tree import MoveTree, Stamp, make_entry
+from meshnode.identity import Identity, public_key_from_peer_id, verify_signature
+from protocol.change import (
+    OP_CREATE,
+    OP_DELETE,
+    OP_GENESIS,
+    OP_MOVE,
+    OP_ROLE,
+    OP_SET,
+    Change,
+    Op,
+    change_id,
+    decode_change,
+    encode_change,
+    signing_payload,
+)
+from protocol.errors import DecodeError
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.values import InvalidValue, Value, normalize_value
+
+INF_HLC = 1 << 64
+"""Clock value of an uncommitted local batch: later than any real stamp."""
+
+Node = tuple[bytes, int]
+Register = tuple[Stamp, Value]
+Fields = dict[str, dict[str, Register]]
+
+
+class _Batch:
+    """The uncommitted local batch: ops in wire form plus what is needed to roll it back."""
+
+    __slots__ = (
+        "actor_index",
+        "actors",
+        "bytes",
+        "counter_before",
+        "creates",
+        "field_undo",
+        "name_index",
+        "names",
+        "ops",
+        "required",
+        "role_ops",
+        "set_index",
+        "shadowed",
+        "stamp",
+    )
+
+    def __init__(self, me: bytes, counter: int) -> None:
+        self.stamp: Stamp = [INF_HLC, me, b""]
+        self.ops: list[Op] = []
+        self.actors: list[bytes] = []
+        self.actor_index: dict[bytes, int] = {}
+        self.names: list[str] = []
+        self.name_index: dict[str, int] = {}
+        self.set_index: dict[tuple[Node, str, str], Op] = {}
+        self.creates: list[Node] = []
+        self.field_undo: list[tuple[dict[str, Register], str, Register | None]] = []
+        self.shadowed: list[tuple[dict[str, Register], str, Register]] = []
+        self.role_ops: list[tuple[bytes, int]] = []
+        self.required = ROLE_VIEWER
+        self.counter_before = counter
+        self.bytes = 200  # envelope, deps and signature, roughly
+
+
+class SceneReplica:
+    """A replica of one room's scene. Build it with :meth:`create`, :meth:`from_genesis` or
+    :meth:`from_snapshot`; see ``docs/architecture.md`` for the rules it enforces."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        max_clock_skew_s: float = 60.0,
+        max_buffered_changes: int = 10_000,
+        max_buffered_bytes: int = 32 * 1024 * 1024,
+        rejected_cache_size: int = 4_096,
+    ) -> None:
+        self._identity = identity
+        self._keys: dict[bytes, bytes] = {}
+        self._me = self._key(identity.public_key)
+        self.limits = limits
+        self.max_clock_skew_s = max_clock_skew_s
+        self._graph = ChangeGraph()
+        self._buffer = PendingBuffer(max_buffered_changes, max_buffered_bytes)
+        self._rejected: OrderedDict[bytes, str] = OrderedDict()
+        self._rejected_cache_size = rejected_cache_size
+        self._clock = HybridClock()
+        self._tree = MoveTree()
+        self._fields: dict[Node, Fields] = {}
+        self._creation: dict[Node, int] = {}
+        self._roles = RoleBook(b"")
+        self._my_role: int | None = None
+        self._counter = 0
+        self._batch: _Batch | None = None
+        self._tree_batch: list[list[Any]] | None = None
+        self.equivocations: list[Equivocation] = []
+        self.room_id = b""
+        self.genesis = b""
+        self.room_name = ""
+        self.rejections: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(
+        cls, owner: Identity, now: float, *, name: str = "room", nonce: bytes | None = None,
+        **kwargs: Any,
+    ) -> "SceneReplica":
+        """Found a new room owned by ``owner``: sign its genesis change.
+
+        ``nonce`` (default: 16 random bytes) makes two rooms with one owner and name distinct.
+        """
+        if nonce is None:
+            import secrets
+
+            nonce = secrets.token_bytes(16)
+        clock = HybridClock()
+        genesis = encode_change(
+            author=owner.public_key,
+            seq=1,
+            deps=[],
+            hlc=clock.tick(now),
+            actors=[],
+            names=[],
+            ops=[[OP_GENESIS, name, nonce]],
+            room_id=b"",
+            sign=owner.sign,
+        )
+        return cls.from_genesis(genesis, owner, **kwargs)
+
+    @classmethod
+    def from_genesis(cls, genesis: bytes, identity: Identity, **kwargs: Any) -> "SceneReplica":
+        """Join a room knowing only its genesis change. Raises ``DecodeError`` if it is not a
+        valid, correctly signed genesis change."""
+        replica = cls(identity, **kwargs)
+        ch = decode_change(genesis, replica.limits)
+        if ch.seq != 1 or ch.deps or len(ch.ops) != 1 or ch.ops[0][0] != OP_GENESIS:
+            raise DecodeError("not a genesis change")
+        if not verify_signature(ch.author, ch.signature, signing_payload(b"", ch.body)):
+            raise DecodeError("genesis signature does not verify")
+        replica._adopt_genesis(ch, genesis)
+        return replica
+
+    def _adopt_genesis(self, ch: Change, data: bytes | None) -> None:
+        self.genesis = data if data is not None else b""
+        self.room_id = ch.change_id
+        self.room_name = ch.ops[0][1]
+        owner = self._key(ch.author)
+        self._roles = RoleBook(owner)
+        self._graph.add(ch.change_id, ChangeMeta(owner, 1, ch.hlc, (), {owner: 1}), data)
+        self._clock.observe(ch.hlc)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def owner(self) -> bytes:
+        """The room owner's public key (the genesis author)."""
+        return self._roles.owner
+
+    @property
+    def identity(self) -> Identity:
+        """The local identity that signs this replica's changes."""
+        return self._identity
+
+    def heads(self) -> list[bytes]:
+        """Hashes of the changes no other applied change depends on (sorted)."""
+        return sorted(self._graph.heads)
+
+    def has_change(self, change_id: bytes) -> bool:
+        """True if the change is applied here."""
+        return change_id in self._graph.meta
+
+    def change_count(self) -> int:
+        """Number of applied changes, genesis included."""
+        return len(self._graph.order)
+
+    def buffered_count(self) -> int:
+        """Number of verified changes waiting for their deps."""
+        return len(self._buffer)
+
+    def missing_deps(self) -> set[bytes]:
+        """Hashes that buffered changes wait for: what to ask peers for."""
+        return self._buffer.missing_deps() - self._graph.meta.keys()
+
+    def changes_since(self, heads: Iterable[bytes]) -> list[bytes]:
+        """The applied changes (wire bytes, causal order) that a replica whose heads are
+        ``heads`` lacks. Unknown heads are ignored, so at worst it sends a few duplicates.
+        Changes known here only through a snapshot cannot be sent."""
+        graph = self._graph
+        meta = graph.meta
+        known = [h for h in heads if h in meta]
+        if self.equivocations:
+            # Version vectors cannot tell two changes with one (author, seq) apart.
+            past = graph.ancestors(known)
+            return [graph.raw[c] for c in graph.order if c not in past and c in graph.raw]
+        vv = graph.past_vv(known)
+        wanted: list[bytes] = []
+        for author, top in graph.vv_all.items():
+            have = vv.get(author, 0)
+            for seq in range(have + 1, top + 1):
+                wanted.append(graph.by_author_seq[(author, seq)])
+        if len(wanted) * 8 > len(graph.order):
+            want = set(wanted)
+            return [graph.raw[c] for c in graph.order if c in want and c in graph.raw]
+        wanted.sort(key=lambda c: (meta[c].hlc, meta[c].author, c))
+        return [graph.raw[c] for c in wanted if c in graph.raw]
+
+    def role_of(self, member: str | bytes) -> str:
+        """A member's current role name (``"none"`` if not a member)."""
+        return ROLE_NAMES[self._roles.current_role(self._member_key(member))]
+
+    def members(self) -> dict[str, str]:
+        """Every member's PeerID mapped to its role name."""
+        from meshnode.identity import peer_id_from_public_key
+
+        return {
+            peer_id_from_public_key(k): ROLE_NAMES[r] for k, r in self._roles.members().items()
+        }
+
+    def parent_of(self, entity: Node) -> EntityId | None:
+        """The entity's parent, or None if it is deleted or unknown."""
+        if not self._tree.is_live(entity):
+            return None
+        parent = self._tree.parent.get(entity)
+        return None if parent is None else EntityId(*parent)
+
+    def exists(self, entity: Node) -> bool:
+        """True if the entity is live (reachable from ROOT)."""
+        return entity != ROOT and self._tree.is_live(entity)
+
+    def get_field(self, entity: Node, component: str, field: str) -> Value:
+        """The current value of one field, or None if never set."""
+        reg = self._fields.get(entity, {}).get(component, {}).get(field)
+        return None if reg is None else _copy_value(reg[1])
+
+    def entities(self) -> list[EntityId]:
+        """Every live entity."""
+        return [EntityId(*e) for e in self._tree.live_nodes()]
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The canonical plain view of the scene.
+
+        ``{entity_id_str: {"parent": parent_id_str, "components": {component: {field:
+        value}}}}`` for every live entity; deleted entities are absent. Two replicas that have
+        applied the same set of changes return equal views.
+        """
+        fields = self._fields
+        out: dict[str, dict[str, Any]] = {}
+        for child, parent in self._tree.live_nodes().items():
+            comps: dict[str, dict[str, Value]] = {}
+            for cname, fd in fields.get(child, {}).items():
+                if fd:
+                    comps[cname] = {f: _copy_value(reg[1]) for f, reg in fd.items()}
+            out[str(EntityId(*child))] = {
+                "parent": str(EntityId(*parent)),
+                "components": comps,
+            }
+        return out
+
+    # ------------------------------------------------------------------ applying changes
+
+    def apply(self, data: bytes, now: float) -> ApplyResult:
+        """Offer one change from a peer. Never raises on bad input: see ``ApplyResult``."""
+        return self.apply_many([data], now)[0]
+
+    def apply_many(self, datas: Iterable[bytes], now: float) -> list[ApplyResult]:
+        """Offer several changes at once (in any order); one result per change, in order.
+
+        Batching lets the tree merge all new moves in one undo-redo pass.
+        """
+        datas = list(datas)
+        results: list[ApplyResult | None] = [None] * len(datas)
+        ready: list[tuple[int, Change, bytes]] = []
+        seen: set[bytes] = set()
+        horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
+        meta = self._graph.meta
+        for i, data in enumerate(datas):
+            try:
+                ch = decode_change(data, self.limits)
+            except DecodeError as err:
+                results[i] = self._reject(None, err.reason)
+                continue
+            cid = ch.change_id
+            if cid in meta or cid in self._buffer or cid in seen:
+                results[i] = ApplyResult(DUPLICATE, "already_known", cid)
+                continue
+            cached = self._rejected.get(cid)
+            if cached is not None:
+                results[i] = self._reject(cid, cached)
+                continue
+            if not verify_signature(
+                ch.author, ch.signature, signing_payload(self.room_id, ch.body)
+            ):
+                results[i] = self._reject(cid, "bad_signature")
+                continue
+            if ch.hlc > horizon:
+                results[i] = self._reject(cid, "future_timestamp")
+                continue
+            seen.add(cid)
+            ready.append((i, ch, data))
+        # A valid change's clock is later than its deps', so clock order is causal order.
+        ready.sort(key=lambda r: (r[1].hlc, r[1].author, r[1].change_id))
+        self._tree_batch = []
+        try:
+            for i, ch, data in ready:
+                missing = {d for d in ch.deps if d not in meta}
+                if missing:
+                    if self._roles.current_role(ch.author) == ROLE_NONE:
+                        # Only buffer for known members, so strangers cannot fill the buffer.
+                        results[i] = self._reject(ch.change_id, "unknown_author")
+                    else:
+                        self._buffer.add(ch.change_id, Waiting(data, ch, missing))
+                        results[i] = ApplyResult(BUFFERED, "missing_deps", ch.change_id)
+                    continue
+                results[i] = self._integrate_and_release(ch, data)
+        finally:
+            entries, self._tree_batch = self._tree_batch, None
+            self._tree.apply(entries)
+        return [r for r in results if r is not None]
+
+    def _reject(self, cid: bytes | None, reason: str) -> ApplyResult:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+        if cid is not None and reason not in TRANSIENT_REASONS:
+            self._rejected[cid] = reason
+            if len(self._rejected) > self._rejected_cache_size:
+                self._rejected.popitem(last=False)
+        return ApplyResult(REJECTED, reason, cid)
+
+    def _integrate_and_release(self, ch: Change, data: bytes) -> ApplyResult:
+        try:
+            self._integrate(ch, data)
+        except Rejected as rej:
+            return self._reject(ch.change_id, rej.reason)
+        applied = [ch.change_id]
+        work = [ch.change_id]
+        while work:
+            for waiting in self._buffer.release(work.pop()):
+                try:
+                    self._integrate(waiting.change, waiting.data)
+                except Rejected as rej:
+                    self._reject(waiting.change.change_id, rej.reason)
+                    continue
+                applied.append(waiting.change.change_id)
+                work.append(waiting.change.change_id)
+        return ApplyResult(APPLIED, None, ch.change_id, tuple(applied))
+
+    def _key(self, key: bytes) -> bytes:
+        """Intern a public key so the many entity IDs that embed it share one object."""
+        return self._keys.setdefault(key, key)
+
+    def _integrate(self, ch: Change, data: bytes | None) -> None:
+        """Validate a change whose deps are all applied, then apply it. All or nothing."""
+        graph = self._graph
+        meta = graph.meta
+        author = self._key(ch.author)
+        if not ch.deps:
+            raise Rejected("foreign_genesis")
+        dep_metas = [meta[d] for d in ch.deps]
+        vv = graph.past_vv(ch.deps)
+        seq = ch.seq
+        if seq != vv.get(author, 0) + 1:
+            raise Rejected("bad_seq")
+        if ch.hlc <= max(m.hlc for m in dep_metas):
+            raise Rejected("clock_not_after_deps")
+        role = self._roles.role_in_past(author, vv)
+        if role < ROLE_VIEWER:
+            raise Rejected("not_a_member")
+        admin = role >= ROLE_ADMIN
+        if role < ROLE_EDITOR and any(op[0] != OP_ROLE for op in ch.ops):
+            raise Rejected("viewer_cannot_edit")
+        key = self._key
+        actors = [key(a) for a in ch.actors]
+        names = ch.names
+        creation = self._creation
+        created: set[Node] = set()
+
+        def known(ent: Node) -> bool:
+            if ent in created:
+                return True
+            s = creation.get(ent)
+            return s is not None and s <= vv.get(ent[0], 0)
+
+        sets: list[tuple[Node, str, str, Value]] = []
+        moves: list[tuple[int, Node, Node]] = []
+        roles: list[tuple[bytes, int]] = []
+        for idx, op in enumerate(ch.ops):
+            code = op[0]
+            if code == OP_SET:
+                r = op[1]
+                if type(r) is int:
+                    ent: Node = (author, r)
+                elif r is None:
+                    raise Rejected("root_is_immutable")
+                else:
+                    ent = (actors[r[0]], r[1])
+                if not known(ent):
+                    raise Rejected("unknown_entity")
+                if ent[0] is not author and not admin:
+                    raise Rejected("not_entity_owner")
+                sets.append((ent, names[op[2]], names[op[3]], op[4]))
+            elif code == OP_CREATE:
+                ent = (author, op[1])
+                if ent in created or known(ent):
+                    raise Rejected("entity_exists")
+                parent = _resolve(op[2], author, actors)
+                if parent != ROOT and not known(parent):
+                    raise Rejected("unknown_entity")
+                created.add(ent)
+                moves.append((idx, ent, parent))
+            elif code == OP_MOVE or code == OP_DELETE:
+                ent = _resolve(op[1], author, actors)
+                parent = TRASH if code == OP_DELETE else _resolve(op[2], author, actors)
+                if not known(ent) or (parent != ROOT and parent != TRASH and not known(parent)):
+                    raise Rejected("unknown_entity")
+                if ent[0] is not author and not admin:
+                    raise Rejected("not_entity_owner")
+                moves.append((idx, ent, parent))
+            elif code == OP_ROLE:
+                member = actors[op[1]]
+                if not may_set_role(role, self._roles.role_in_past(member, vv), op[2]):
+                    raise Rejected("role_change_not_allowed")
+                roles.append((member, op[2]))
+            else:
+                raise Rejected("misplaced_genesis")
+
+        # Valid: apply everything.
+        cid = ch.change_id
+        stamp: Stamp = [ch.hlc, author, cid]
+        for ent in created:
+            old = creation.get(ent)
+            if old is None or old > seq:
+                creation[ent] = seq
+        if sets:
+            self._apply_sets(stamp, sets)
+        if moves:
+            entries = [make_entry(stamp, i, c, p) for i, c, p in moves]
+            if self._tree_batch is not None:
+                self._tree_batch.extend(entries)
+            else:
+                self._tree.apply(entries)
+        for member, new_role in roles:
+            self._roles.add(member, (stamp, new_role, author, seq))
+            self._my_role = None
+        vv[author] = seq
+        other = graph.add(cid, ChangeMeta(author, seq, ch.hlc, tuple(ch.deps), vv), data)
+        if other is not None:
+            self.equivocations.append(Equivocation(author, seq, (other, cid)))
+        self._clock.observe(ch.hlc)
+        if author == self._me:
+            for ent in created:
+                if ent[1] > self._counter:
+                    self._counter = ent[1]
+
+    def _apply_sets(self, stamp: Stamp, sets: list[tuple[Node, str, str, Value]]) -> None:
+        fields = self._fields
+        batch = self._batch
+        pending = batch.stamp if batch is not None else None
+        for ent, comp, field, value in sets:
+            comps = fields.get(ent)
+            if comps is None:
+                comps = fields[ent] = {}
+            fd = comps.get(comp)
+            if fd is None:
+                fd = comps[comp] = {}
+            cur = fd.get(field)
+            if cur is None or cur[0] <= stamp:
+                fd[field] = (stamp, value)
+            elif cur[0] is pending and batch is not None:
+                # Hidden behind an uncommitted local write; needed if that batch is discarded.
+                batch.shadowed.append((fd, field, (stamp, value)))
+
+    # ------------------------------------------------------------------ local edits
+
+    def _member_key(self, member: str | bytes) -> bytes:
+        if isinstance(member, bytes):
+            if len(member) != 32:
+                raise ValueError("a member is a 32-byte public key or a PeerID string")
+            return self._key(member)
+        return self._key(public_key_from_peer_id(member))
+
+    def _role(self) -> int:
+        if self._my_role is None:
+            self._my_role = self._roles.current_role(self._me)
+        return self._my_role
+
+    def _require(self, level: int, what: str) -> _Batch:
+        if self._role() < level:
+            raise PermissionDenied(
+                f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
+            )
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch(self._me, self._counter)
+        if len(batch.ops) >= self.limits.max_ops_per_change or (
+            batch.bytes >= self.limits.max_change_bytes - self.limits.max_value_bytes - 1024
+        ):
+            raise BatchFull("the uncommitted batch is full: call commit() first")
+        if level > batch.required:
+            batch.required = level
+        return batch
+
+    def _ref(self, batch: _Batch, ent: Node) -> Any:
+        if ent == ROOT:
+            return None
+        if ent[0] == self._me:
+            return ent[1]
+        idx = batch.actor_index.get(ent[0])
+        if idx is None:
+            if len(batch.actors) >= self.limits.max_actors_per_change:
+                raise BatchFull("too many different creators in one batch: commit() first")
+            idx = batch.actor_index[ent[0]] = len(batch.actors)
+            batch.actors.append(ent[0])
+            batch.bytes += 34
+        return [idx, ent[1]]
+
+    def _name(self, batch: _Batch, name: str) -> int:
+        idx = batch.name_index.get(name)
+        if idx is None:
+            if type(name) is not str or not name or len(name) > self.limits.max_name_chars:
+                raise ValueError(
+                    f"component and field names are 1..{self.limits.max_name_chars} chars"
+                )
+            if len(batch.names) >= self.limits.max_names_per_change:
+                raise BatchFull("too many different names in one batch: commit() first")
+            idx = batch.name_index[name] = len(batch.names)
+            batch.names.append(name)
+            batch.bytes += len(name) + 2
+        return idx
+
+    def _live(self, entity: Node, what: str) -> Node:
+        if not isinstance(entity, tuple) or len(entity) != 2:
+            raise TypeError(f"{what} must be an EntityId")
+        if entity != ROOT and not self._tree.is_live(entity):
+            raise ValueError(f"{what} {entity} is deleted or unknown")
+        return (self._key(entity[0]), entity[1]) if entity != ROOT else ROOT
+
+    def _needed_for(self, ent: Node) -> int:
+        return ROLE_EDITOR if ent[0] == self._me else ROLE_ADMIN
+
+    def create_entity(
+        self,
+        parent: Node = ROOT,
+        components: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> EntityId:
+        """Create an entity under ``parent`` with initial ``components``
+        (``{component: {field: value}}``); returns its ID."""
+        batch = self._require(ROLE_EDITOR, "create entities")
+        par = self._live(parent, "parent")
+        if components is not None and not isinstance(components, Mapping):
+            raise TypeError("components must be a mapping of component -> {field: value}")
+        counter = self._counter + 1
+        ent = EntityId(self._me, counter)
+        node: Node = (self._me, counter)
+        idx = len(batch.ops)
+        batch.ops.append([OP_CREATE, counter, self._ref(batch, par)])
+        batch.bytes += 12
+        self._counter = counter
+        self._creation[node] = self._graph.vv_all.get(self._me, 0) + 1
+        batch.creates.append(node)
+        self._tree.apply([make_entry(batch.stamp, idx, node, par)])
+        for comp, fields in (components or {}).items():
+            if not isinstance(fields, Mapping):
+                raise TypeError(f"component {comp!r} must map field names to values")
+            for field, value in fields.items():
+                self.set_field(ent, comp, field, value)
+        return ent
+
+    def set_field(self, entity: Node, component: str, field: str, value: object) -> None:
+        """Set one field of one component of an entity (last writer wins)."""
+        if entity not in self._creation:
+            raise ValueError(f"entity {entity} is unknown")
+        ent: Node = (self._key(entity[0]), entity[1])
+        batch = self._require(self._needed_for(ent), "edit this entity")
+        if type(value) is list and len(value) <= 16 and all(
+            type(x) is float and x - x == 0.0 for x in value
+        ):
+            value = list(value)
+            size = 9 * len(value) + 3
+        else:
+            try:
+                value = normalize_value(value, self.limits)
+            except InvalidValue as err:
+                raise ValueError(str(err)) from None
+            from protocol.msgpack_io import pack
+
+            size = len(pack(value))
+            if size > self.limits.max_value_bytes:
+                raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
+        key = (ent, component, field)
+        op = batch.set_index.get(key)
+        if op is not None:
+            batch.bytes += size
+            op[4] = value  # a later write in the same batch replaces the earlier one
+        else:
+            op = [OP_SET, self._ref(batch, ent), self._name(batch, component),
+                  self._name(batch, field), value]
+            batch.ops.append(op)
+            batch.set_index[key] = op
+            batch.bytes += size + 8
+        comps = self._fields.get(ent)
+        if comps is None:
+            comps = self._fields[ent] = {}
+        fd = comps.get(component)
+        if fd is None:
+            fd = comps[component] = {}
+        batch.field_undo.append((fd, field, fd.get(field)))
+        fd[field] = (batch.stamp, value)
+
+    def move(self, entity: Node, new_parent: Node) -> None:
+        """Move an entity (and its subtree) under ``new_parent``."""
+        if entity == ROOT:
+            raise ValueError("the root cannot be moved")
+        ent = self._live(entity, "entity")
+        par = self._live(new_parent, "new parent")
+        if self._tree.is_ancestor(ent, par):
+            raise ValueError("moving an entity under itself or its descendant makes a cycle")
+        batch = self._require(self._needed_for(ent), "move this entity")
+        idx = len(batch.ops)
+        batch.ops.append([OP_MOVE, self._ref(batch, ent), self._ref(batch, par)])
+        batch.bytes += 14
+        self._tree.apply([make_entry(batch.stamp, idx, ent, par)])
+
+    def delete(self, entity: Node) -> None:
+        """Delete an entity and, with it, its subtree."""
+        if entity == ROOT:
+            raise ValueError("the root cannot be deleted")
+        ent = self._live(entity, "entity")
+        batch = self._require(self._needed_for(ent), "delete this entity")
+        idx = len(batch.ops)
+        batch.ops.append([OP_DELETE, self._ref(batch, ent)])
+        batch.bytes += 10
+        self._tree.apply([make_entry(batch.stamp, idx, ent, TRASH)])
+
+    def grant(self, member: str | bytes, role: str) -> None:
+        """Give ``member`` (PeerID or public key) a role: "admin", "editor", "viewer" or
+        "none" (removes them). See ``meshnode.crdt.roles`` for who may grant what."""
+        key = self._member_key(member)
+        code = ROLE_BY_NAME.get(role)
+        if code is None or code == ROLE_OWNER:
+            raise ValueError(f"role must be one of admin, editor, viewer, none; not {role!r}")
+        if key == self._me:
+            raise PermissionDenied("a member cannot change their own role")
+        if not may_set_role(self._role(), self._roles.current_role(key), code):
+            raise PermissionDenied(
+                f"a {ROLE_NAMES[self._role()]} may not make this member {role!r}"
+            )
+        batch = self._require(ROLE_ADMIN, "change roles")
+        if key not in batch.actor_index:
+            batch.actor_index[key] = len(batch.actors)
+            batch.actors.append(key)
+            batch.bytes += 34
+        batch.ops.append([OP_ROLE, batch.actor_index[key], code])
+        batch.bytes += 6
+        batch.role_ops.append((key, code))
+        seq = self._graph.vv_all.get(self._me, 0) + 1
+        self._roles.add(key, (batch.stamp, code, self._me, seq))
+
+    def revoke(self, member: str | bytes) -> None:
+        """Remove a member (their later changes are rejected)."""
+        self.grant(member, "none")
+
+    @property
+    def pending_ops(self) -> int:
+        """How many local ops wait for ``commit``."""
+        return 0 if self._batch is None else len(self._batch.ops)
+
+    def commit(self, now: float) -> bytes | None:
+        """Sign the uncommitted batch as one change; return its bytes (None if empty).
+
+        If a change applied since the edits took away the right to make them, the batch is
+        rolled back and ``PermissionDenied`` raised.
+        """
+        batch = self._batch
+        if batch is None:
+            return None
+        graph = self._graph
+        vv = dict(graph.vv_all)
+        role = self._roles.role_in_past(self._me, vv)
+        allowed = role >= batch.required and all(
+            may_set_role(role, self._roles.role_in_past(m, vv), r) for m, r in batch.role_ops
+        )
+        if not allowed:
+            self.discard()
+            raise PermissionDenied("this replica's role changed: the batch was rolled back")
+        seq = vv.get(self._me, 0) + 1
+        hlc = self._clock.tick(now)
+        deps = sorted(graph.heads)
+        data = encode_change(
+            author=self._me,
+            seq=seq,
+            deps=deps,
+            hlc=hlc,
+            actors=batch.actors,
+            names=batch.names,
+            ops=batch.ops,
+            room_id=self.room_id,
+            sign=self._identity.sign,
+        )
+        cid = change_id(data)
+        stamp = batch.stamp
+        stamp[0] = hlc
+        stamp[2] = cid
+        for node in batch.creates:
+            self._creation[node] = seq
+        vv[self._me] = seq
+        self._batch = None
+        graph.add(cid, ChangeMeta(self._me, seq, hlc, tuple(deps), vv), data)
+        return data
+
+    def discard(self) -> None:
+        """Roll back every uncommitted local edit."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        self._tree.remove_pending(batch.stamp)
+        for fd, field, prev in reversed(batch.field_undo):
+            if prev is None:
+                fd.pop(field, None)
+            else:
+                fd[field] = prev
+        for fd, field, reg in batch.shadowed:
+            cur = fd.get(field)
+            if cur is None or cur[0] <= reg[0]:
+                fd[field] = reg
+        for node in batch.creates:
+            self._creation.pop(node, None)
+        self._roles.drop_stamp(batch.stamp)
+        self._my_role = None
+        self._counter = batch.counter_before
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``)."""
+        from meshnode.crdt.snapshot import make_snapshot
+
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch before a snapshot")
+        return make_snapshot(self)
+
+    @classmethod
+    def from_snapshot(
+        cls, data: bytes, identity: Identity, *, trusted_signers: Iterable[bytes] | None = None,
+        **kwargs: Any,
+    ) -> "SceneReplica":
+        """Start a replica from a snapshot instead of replaying history.
+
+        The snapshot's state is taken on trust from its signer: by default any current member
+        of the room it describes; pass ``trusted_signers`` (public keys) to narrow that.
+        """
+        from meshnode.crdt.snapshot import load_snapshot
+
+        replica = cls(identity, **kwargs)
+        load_snapshot(replica, data, trusted_signers)
+        return replica
+
+
+def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:
+    if ref is None:
+        return ROOT
+    if type(ref) is int:
+        return (author, ref)
+    return (actors[ref[0]], ref[1])
+
+
+def _copy_value(value: Value) -> Value:
+    t = type(value)
+    if t is list:
+        return [_copy_value(v) for v in value]
+    if t is dict:
+        return {k: _copy_value(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,118 @@
+"""Room membership and roles, held in the replica and judged against each change's past.
+
+A role grant is an op in a signed change, so every replica sees the same grants. Whether a
+change's author may do what it does is decided against the grants in that change's *causal
+past* (its version vector), never against whatever this replica happens to have received: that
+is what makes the verdict identical on every replica, in any delivery order. A revocation that
+is concurrent with an edit therefore does not undo the edit; it stops the next one.
+
+Who may set roles (the state table):
+
+================  ===========================================  ===========================
+author's role     may set these roles                          on members whose role is
+================  ===========================================  ===========================
+owner             none, viewer, editor, admin                  anything but owner
+admin             none, viewer, editor                         none, viewer, editor
+editor, viewer    nothing                                      --
+================  ===========================================  ===========================
+"""
+
+from typing import Any
+
+from protocol.change import (
+    ROLE_ADMIN,
+    ROLE_EDITOR,
+    ROLE_NONE,
+    ROLE_OWNER,
+    ROLE_VIEWER,
+)
+
+ROLE_NAMES = {
+    ROLE_NONE: "none",
+    ROLE_VIEWER: "viewer",
+    ROLE_EDITOR: "editor",
+    ROLE_ADMIN: "admin",
+    ROLE_OWNER: "owner",
+}
+ROLE_BY_NAME = {name: code for code, name in ROLE_NAMES.items()}
+
+# A grant: (stamp, role, grantor public key, grantor's seq of the granting change)
+Grant = tuple[list[Any], int, bytes, int]
+
+
+def may_set_role(actor_role: int, target_role: int, new_role: int) -> bool:
+    """The state table above, as a function."""
+    if target_role == ROLE_OWNER:
+        return False
+    if actor_role == ROLE_OWNER:
+        return True
+    if actor_role == ROLE_ADMIN:
+        return target_role < ROLE_ADMIN and new_role < ROLE_ADMIN
+    return False
+
+
+class RoleBook:
+    """Every grant ever applied, per member; roles are computed from them on demand."""
+
+    __slots__ = ("grants", "owner")
+
+    def __init__(self, owner: bytes) -> None:
+        self.owner = owner
+        self.grants: dict[bytes, list[Grant]] = {}
+
+    def add(self, member: bytes, grant: Grant) -> None:
+        """Record a grant (already authorised by the caller)."""
+        self.grants.setdefault(member, []).append(grant)
+
+    def role_in_past(self, member: bytes, vv: dict[bytes, int]) -> int:
+        """The member's role as seen by a change whose causal past has version vector ``vv``."""
+        if member == self.owner:
+            return ROLE_OWNER
+        grants = self.grants.get(member)
+        if not grants:
+            return ROLE_NONE
+        best: Grant | None = None
+        for g in grants:
+            if vv.get(g[2], 0) >= g[3] and (best is None or g[0] > best[0]):
+                best = g
+        return ROLE_NONE if best is None else best[1]
+
+    def current_role(self, member: bytes) -> int:
+        """The member's role given every grant this replica holds (latest stamp wins)."""
+        if member == self.owner:
+            return ROLE_OWNER
+        grants = self.grants.get(member)
+        if not grants:
+            return ROLE_NONE
+        return max(grants, key=lambda g: g[0])[1]
+
+    def members(self) -> dict[bytes, int]:
+        """Every member with a role other than none, including the owner."""
+        out = {self.owner: ROLE_OWNER}
+        for member in self.grants:
+            role = self.current_role(member)
+            if role != ROLE_NONE:
+                out[member] = role
+        return out
+
+    def drop_stamp(self, stamp: list[Any]) -> None:
+        """Forget grants carrying ``stamp`` (an uncommitted local batch being rolled back)."""
+        for member, grants in list(self.grants.items()):
+            kept = [g for g in grants if g[0] is not stamp]
+            if kept:
+                self.grants[member] = kept
+            else:
+                del self.grants[member]
+
+
+__all__ = [
+    "ROLE_ADMIN",
+    "ROLE_BY_NAME",
+    "ROLE_EDITOR",
+    "ROLE_NAMES",
+    "ROLE_NONE",
+    "ROLE_OWNER",
+    "ROLE_VIEWER",
+    "RoleBook",
+    "may_set_role",
+]
