@@ -13,9 +13,8 @@ from protocol.errors import (
     UnknownMessageType,
     UnknownVersion,
 )
-from protocol.limits import DEFAULT_LIMITS, Limits
-
 from protocol.frames import PROTOCOL_VERSION
+from protocol.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -37,7 +37,7 @@ def check_value(value: object, limits: Limits = DEFAULT_LIMITS, depth: int = 0) 
             raise LimitExceeded("value list too long")
         for item in items:
             if type(item) is float:
-                if item - item != 0.0:  # type: ignore[operator]
+                if item - item != 0.0:
                     raise SchemaError("non-finite float in value")
             else:
                 check_value(item, limits, depth + 1)

@@ -6,6 +6,7 @@ a version vector (author -> highest seq in its causal past, itself included) tha
 "was X in this change's past?" in one lookup.
 """
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -158,10 +159,8 @@ class PendingBuffer:
         for dep in waiting.missing:
             lst = self.by_dep.get(dep)
             if lst is not None:
-                try:
+                with contextlib.suppress(ValueError):
                     lst.remove(change_id)
-                except ValueError:
-                    pass
                 if not lst:
                     del self.by_dep[dep]
 

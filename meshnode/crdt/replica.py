@@ -451,7 +451,7 @@ class SceneReplica:
                     raise Rejected("unknown_entity")
                 created.add(ent)
                 moves.append((idx, ent, parent))
-            elif code == OP_MOVE or code == OP_DELETE:
+            elif code in (OP_MOVE, OP_DELETE):
                 ent = _resolve(op[1], author, actors)
                 parent = TRASH if code == OP_DELETE else _resolve(op[2], author, actors)
                 if not known(ent) or (parent != ROOT and parent != TRASH and not known(parent)):
@@ -527,7 +527,7 @@ class SceneReplica:
             self._my_role = self._roles.current_role(self._me)
         return self._my_role
 
-    def _require(self, level: int, what: str) -> _Batch:
+    def _require(self, level: int, what: str, ops: int = 1) -> _Batch:
         if self._role() < level:
             raise PermissionDenied(
                 f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
@@ -535,7 +535,7 @@ class SceneReplica:
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch(self._me, self._counter)
-        if len(batch.ops) >= self.limits.max_ops_per_change or (
+        if len(batch.ops) + ops > self.limits.max_ops_per_change or (
             batch.bytes >= self.limits.max_change_bytes - self.limits.max_value_bytes - 1024
         ):
             raise BatchFull("the uncommitted batch is full: call commit() first")
@@ -588,10 +588,15 @@ class SceneReplica:
     ) -> EntityId:
         """Create an entity under ``parent`` with initial ``components``
         (``{component: {field: value}}``); returns its ID."""
-        batch = self._require(ROLE_EDITOR, "create entities")
-        par = self._live(parent, "parent")
         if components is not None and not isinstance(components, Mapping):
             raise TypeError("components must be a mapping of component -> {field: value}")
+        for comp, fields in (components or {}).items():
+            if not isinstance(fields, Mapping):
+                raise TypeError(f"component {comp!r} must map field names to values")
+        n_fields = sum(len(f) for f in (components or {}).values())
+        # Reserve room for the whole entity so it is never committed half-made.
+        batch = self._require(ROLE_EDITOR, "create entities", 1 + n_fields)
+        par = self._live(parent, "parent")
         counter = self._counter + 1
         ent = EntityId(self._me, counter)
         node: Node = (self._me, counter)
@@ -603,8 +608,6 @@ class SceneReplica:
         batch.creates.append(node)
         self._tree.apply([make_entry(batch.stamp, idx, node, par)])
         for comp, fields in (components or {}).items():
-            if not isinstance(fields, Mapping):
-                raise TypeError(f"component {comp!r} must map field names to values")
             for field, value in fields.items():
                 self.set_field(ent, comp, field, value)
         return ent
