@@ -178,6 +178,22 @@ class PendingBuffer:
                 ready.append(w)
         return ready
 
+    def drop_dependents(self, change_id: bytes) -> list[bytes]:
+        """Remove every buffered change that (transitively) waits for ``change_id``, which
+        will never be applied; return their IDs."""
+        dropped: list[bytes] = []
+        work = [change_id]
+        while work:
+            for cid in self.by_dep.pop(work.pop(), ()):
+                w = self.changes.pop(cid, None)
+                if w is None:
+                    continue
+                self.bytes -= len(w.data)
+                self._unlink(cid, w)
+                dropped.append(cid)
+                work.append(cid)
+        return dropped
+
     def missing_deps(self) -> set[bytes]:
         """Hashes some buffered change is waiting for (what to ask peers for)."""
         return set(self.by_dep)

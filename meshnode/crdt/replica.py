@@ -349,7 +349,9 @@ class SceneReplica:
             for i, ch, data in ready:
                 missing = {d for d in ch.deps if d not in meta}
                 if missing:
-                    if self._roles.current_role(ch.author) == ROLE_NONE:
+                    if any(d in self._rejected for d in missing):
+                        results[i] = self._reject(ch.change_id, "depends_on_rejected")
+                    elif self._roles.current_role(ch.author) == ROLE_NONE:
                         # Only buffer for known members, so strangers cannot fill the buffer.
                         results[i] = self._reject(ch.change_id, "unknown_author")
                     else:
@@ -368,6 +370,8 @@ class SceneReplica:
             self._rejected[cid] = reason
             if len(self._rejected) > self._rejected_cache_size:
                 self._rejected.popitem(last=False)
+            for dependent in self._buffer.drop_dependents(cid):
+                self._reject(dependent, "depends_on_rejected")
         return ApplyResult(REJECTED, reason, cid)
 
     def _integrate_and_release(self, ch: Change, data: bytes) -> ApplyResult:

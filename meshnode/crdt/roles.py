@@ -73,7 +73,8 @@ class RoleBook:
             return ROLE_NONE
         best: Grant | None = None
         for g in grants:
-            if vv.get(g[2], 0) >= g[3] and (best is None or g[0] > best[0]):
+            # ``>=``: of two grants in one change (one stamp), the later op wins.
+            if vv.get(g[2], 0) >= g[3] and (best is None or g[0] >= best[0]):
                 best = g
         return ROLE_NONE if best is None else best[1]
 
@@ -84,7 +85,11 @@ class RoleBook:
         grants = self.grants.get(member)
         if not grants:
             return ROLE_NONE
-        return max(grants, key=lambda g: g[0])[1]
+        best = grants[0]
+        for g in grants:
+            if g[0] >= best[0]:  # of two grants in one change, the later op wins
+                best = g
+        return best[1]
 
     def members(self) -> dict[bytes, int]:
         """Every member with a role other than none, including the owner."""
