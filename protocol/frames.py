@@ -1,8 +1,9 @@
-"""Framed messages between peers: ``msgpack([version, type, *fields])``.
+"""Framed messages between peers: ``msgpack([version, type, room_id, *fields])``.
 
-Each message type is a small dataclass with a fixed field layout; :func:`decode_frame` checks
-the version, the type and every field before it returns, and raises only
-``protocol.errors.DecodeError`` subclasses. The overlay adds its message types here.
+Every message belongs to one room (a link carries many rooms). Each type is a small frozen
+dataclass; :func:`decode_frame` checks the version, the type and every field before it
+returns, and raises only ``protocol.errors.DecodeError`` subclasses. The field layout of
+each type is in ``docs/protocol.md``.
 """
 
 from dataclasses import dataclass
@@ -11,29 +12,42 @@ from typing import Any, ClassVar
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack, unpack
+from protocol.values import check_value
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 ROOM_ID_BYTES = 32
 HASH_BYTES = 32
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+MAX_PEER_ID_CHARS = 64
+MAX_PEERS_PER_MESSAGE = 64
+MAX_TTL = 16
+_BASE58 = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    """Signed change bytes for one room, in causal order where the sender knows it."""
+    """Signed change bytes for one room. ``push`` is true for an unsolicited eager push
+    (a duplicate then prunes the link) and false for answers to grafts, wants and heads."""
 
     TYPE: ClassVar[int] = 1
     room_id: bytes
     changes: tuple[bytes, ...]
+    push: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Heads:
-    """The sender's current heads of a room's change graph (for sync)."""
+    """The sender's heads, for anti-entropy. ``bloom`` (may be empty) holds the sender's
+    recent change IDs (see ``protocol.bloom``); ``reply`` asks the receiver to answer with
+    its own heads if it lacks some of these."""
 
     TYPE: ClassVar[int] = 2
     room_id: bytes
     heads: tuple[bytes, ...]
+    bloom: bytes = b""
+    reply: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,24 +59,133 @@ class Snapshot:
     data: bytes
 
 
-Message = Changes | Heads | Snapshot
+@dataclass(frozen=True, slots=True)
+class IHave:
+    """Lazy push: the sender has these changes (Plumtree's IHAVE)."""
+
+    TYPE: ClassVar[int] = 4
+    room_id: bytes
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Graft:
+    """Send me these changes, and push eagerly to me again for their authors."""
+
+    TYPE: ClassVar[int] = 5
+    room_id: bytes
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """Stop pushing eagerly to me the changes of these authors (public keys)."""
+
+    TYPE: ClassVar[int] = 6
+    room_id: bytes
+    origins: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """Send me these changes (missing dependencies); no change to the tree."""
+
+    TYPE: ClassVar[int] = 7
+    room_id: bytes
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A participant's ephemeral state (pose, pointer, speaking), signed by them.
+
+    ``seq`` grows with every update from that participant; ``fields`` is a map of values.
+    The signature covers ``PRESENCE_DOMAIN || room_id || msgpack([participant, seq, fields])``.
+    """
+
+    TYPE: ClassVar[int] = 8
+    room_id: bytes
+    participant: bytes
+    seq: int
+    fields: dict[str, Any]
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardJoin:
+    """HyParView: ``peer`` joined; walk ``ttl`` more hops, then link to it."""
+
+    TYPE: ClassVar[int] = 9
+    room_id: bytes
+    peer: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shuffle:
+    """HyParView: ``origin``'s sample of known peers, walking ``ttl`` more hops."""
+
+    TYPE: ClassVar[int] = 10
+    room_id: bytes
+    origin: str
+    ttl: int
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ShuffleReply:
+    """HyParView: the answer to a shuffle, a sample of the receiver's known peers."""
+
+    TYPE: ClassVar[int] = 11
+    room_id: bytes
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The sender drops this link (its view is full, or it is leaving); try ``peers``."""
+
+    TYPE: ClassVar[int] = 12
+    room_id: bytes
+    peers: tuple[str, ...]
+
+
+Message = (
+    Changes | Heads | Snapshot | IHave | Graft | Prune | Want | Presence | ForwardJoin | Shuffle
+    | ShuffleReply | Disconnect
+)
+
+PRESENCE_DOMAIN = b"meshnode/presence/v1\x00"
+
+
+def presence_payload(room_id: bytes, participant: bytes, seq: int, fields: dict[str, Any]) -> bytes:
+    """The bytes a participant signs for a presence update."""
+    return PRESENCE_DOMAIN + room_id + pack([participant, seq, fields])
+
+
+def _fields_of(msg: Message) -> list[Any]:
+    if isinstance(msg, Changes):
+        return [list(msg.changes), msg.push]
+    if isinstance(msg, Heads):
+        return [sorted(msg.heads), msg.bloom, msg.reply]
+    if isinstance(msg, Snapshot):
+        return [msg.data]
+    if isinstance(msg, IHave | Graft | Want):
+        return [list(msg.ids)]
+    if isinstance(msg, Prune):
+        return [list(msg.origins)]
+    if isinstance(msg, Presence):
+        return [msg.participant, msg.seq, msg.fields, msg.signature]
+    if isinstance(msg, ForwardJoin):
+        return [msg.peer, msg.ttl]
+    if isinstance(msg, Shuffle):
+        return [msg.origin, msg.ttl, list(msg.peers)]
+    return [list(msg.peers)]  # ShuffleReply, Disconnect
 
 
 def encode_frame(msg: Message) -> bytes:
     """Encode one message as a frame of the current protocol version."""
-    if isinstance(msg, Changes):
-        fields: list[Any] = [msg.room_id, list(msg.changes)]
-    elif isinstance(msg, Heads):
-        fields = [msg.room_id, sorted(msg.heads)]
-    else:
-        fields = [msg.room_id, msg.data]
-    return pack([PROTOCOL_VERSION, msg.TYPE, *fields])
-
-
-def _room_id(value: object) -> bytes:
-    if type(value) is not bytes or len(value) != ROOM_ID_BYTES:
-        raise SchemaError("room_id must be 32 bytes")
-    return value
+    return pack([PROTOCOL_VERSION, msg.TYPE, msg.room_id, *_fields_of(msg)])
 
 
 def _bytes_list(value: object, limit: int, exact: int | None, what: str) -> tuple[bytes, ...]:
@@ -76,35 +199,105 @@ def _bytes_list(value: object, limit: int, exact: int | None, what: str) -> tupl
     return tuple(value)
 
 
+def _unique(items: tuple[bytes, ...], what: str) -> tuple[bytes, ...]:
+    if len(set(items)) != len(items):
+        raise SchemaError(f"duplicate entry in {what}")
+    return items
+
+
+def _peer(value: object) -> str:
+    if (
+        type(value) is not str
+        or not 0 < len(value) <= MAX_PEER_ID_CHARS
+        or not set(value) <= _BASE58
+    ):
+        raise SchemaError("peer is not a PeerID string")
+    return value
+
+
+def _peers(value: object) -> tuple[str, ...]:
+    if type(value) is not list:
+        raise SchemaError("peers must be an array")
+    if len(value) > MAX_PEERS_PER_MESSAGE:
+        raise LimitExceeded("too many peers")
+    return tuple(_peer(p) for p in value)
+
+
+def _ttl(value: object) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_TTL:
+        raise SchemaError(f"ttl must be an integer in 0..{MAX_TTL}")
+    return value
+
+
+def _arity(fields: list[Any], n: int, layout: str) -> None:
+    if len(fields) != n:
+        raise SchemaError(f"frame layout is [version, type, room_id, {layout}]")
+
+
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame; raise a ``DecodeError`` subclass for anything malformed."""
     obj = unpack(data, limits, limits.max_frame_bytes, "frame")
-    if type(obj) is not list or len(obj) < 2:
-        raise SchemaError("frame is not [version, type, ...]")
-    version, mtype = obj[0], obj[1]
+    if type(obj) is not list or len(obj) < 3:
+        raise SchemaError("frame is not [version, type, room_id, ...]")
+    version, mtype, room_id = obj[0], obj[1], obj[2]
     if type(version) is not int:
         raise SchemaError("frame version is not an integer")
     if version not in SUPPORTED_VERSIONS:
         raise UnknownVersion(f"protocol version {version} is not supported")
     if type(mtype) is not int:
         raise SchemaError("frame type is not an integer")
-    fields = obj[2:]
+    if type(room_id) is not bytes or len(room_id) != ROOM_ID_BYTES:
+        raise SchemaError("room_id must be 32 bytes")
+    f = obj[3:]
     if mtype == Changes.TYPE:
-        if len(fields) != 2:
-            raise SchemaError("changes frame is [room_id, [change...]]")
+        _arity(f, 2, "[change...], push")
+        if type(f[1]) is not bool:
+            raise SchemaError("changes push flag must be a bool")
         return Changes(
-            _room_id(fields[0]),
-            _bytes_list(fields[1], limits.max_changes_per_frame, None, "changes"),
+            room_id, _bytes_list(f[0], limits.max_changes_per_frame, None, "changes"), f[1]
         )
     if mtype == Heads.TYPE:
-        if len(fields) != 2:
-            raise SchemaError("heads frame is [room_id, [hash...]]")
-        heads = _bytes_list(fields[1], limits.max_deps, HASH_BYTES, "heads")
-        if len(set(heads)) != len(heads):
-            raise SchemaError("duplicate head")
-        return Heads(_room_id(fields[0]), heads)
+        _arity(f, 3, "[hash...], bloom, reply")
+        heads = _unique(_bytes_list(f[0], limits.max_deps, HASH_BYTES, "heads"), "heads")
+        if type(f[1]) is not bytes or type(f[2]) is not bool:
+            raise SchemaError("heads bloom must be bytes and reply a bool")
+        return Heads(room_id, heads, f[1], f[2])
     if mtype == Snapshot.TYPE:
-        if len(fields) != 2 or type(fields[1]) is not bytes:
-            raise SchemaError("snapshot frame is [room_id, data]")
-        return Snapshot(_room_id(fields[0]), fields[1])
+        _arity(f, 1, "data")
+        if type(f[0]) is not bytes:
+            raise SchemaError("snapshot data must be bytes")
+        return Snapshot(room_id, f[0])
+    if mtype in (IHave.TYPE, Graft.TYPE, Want.TYPE):
+        _arity(f, 1, "[change id...]")
+        ids = _unique(_bytes_list(f[0], limits.max_collection_items, HASH_BYTES, "ids"), "ids")
+        cls = IHave if mtype == IHave.TYPE else Graft if mtype == Graft.TYPE else Want
+        return cls(room_id, ids)
+    if mtype == Prune.TYPE:
+        _arity(f, 1, "[origin key...]")
+        return Prune(room_id, _bytes_list(f[0], limits.max_collection_items, KEY_BYTES, "origins"))
+    if mtype == Presence.TYPE:
+        _arity(f, 4, "participant, seq, fields, signature")
+        participant, seq, fields, sig = f
+        if type(participant) is not bytes or len(participant) != KEY_BYTES:
+            raise SchemaError("presence participant must be a 32-byte key")
+        if type(seq) is not int or not 0 <= seq < 2**63:
+            raise SchemaError("presence seq must be a non-negative integer")
+        if type(fields) is not dict:
+            raise SchemaError("presence fields must be a map")
+        check_value(fields, limits)
+        if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+            raise SchemaError("presence signature must be 64 bytes")
+        return Presence(room_id, participant, seq, fields, sig)
+    if mtype == ForwardJoin.TYPE:
+        _arity(f, 2, "peer, ttl")
+        return ForwardJoin(room_id, _peer(f[0]), _ttl(f[1]))
+    if mtype == Shuffle.TYPE:
+        _arity(f, 3, "origin, ttl, [peer...]")
+        return Shuffle(room_id, _peer(f[0]), _ttl(f[1]), _peers(f[2]))
+    if mtype == ShuffleReply.TYPE:
+        _arity(f, 1, "[peer...]")
+        return ShuffleReply(room_id, _peers(f[0]))
+    if mtype == Disconnect.TYPE:
+        _arity(f, 1, "[peer...]")
+        return Disconnect(room_id, _peers(f[0]))
     raise UnknownMessageType(f"message type {mtype} is not defined in version {version}")

@@ -214,6 +214,23 @@ class SceneReplica:
         """True if the change is applied here."""
         return change_id in self._graph.meta
 
+    def change_bytes(self, change_id: bytes) -> bytes | None:
+        """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
+        return self._graph.raw.get(change_id)
+
+    def change_author(self, change_id: bytes) -> bytes | None:
+        """The author's public key of an applied change (None if unknown)."""
+        meta = self._graph.meta.get(change_id)
+        return None if meta is None else meta.author
+
+    def is_buffered(self, change_id: bytes) -> bool:
+        """True if the change is verified and waiting for its deps."""
+        return change_id in self._buffer
+
+    def recent_changes(self, limit: int) -> list[bytes]:
+        """IDs of the last ``limit`` applied changes, oldest first."""
+        return self._graph.order[-limit:]
+
     def change_count(self) -> int:
         """Number of applied changes, genesis included."""
         return len(self._graph.order)

@@ -1,0 +1,33 @@
+"""The room overlay: gossip of signed changes and presence, with anti-entropy, sans-I/O.
+
+See ``meshnode.overlay.overlay`` for the driver surface and ``docs/architecture.md``.
+"""
+
+from meshnode.overlay.config import OverlayConfig
+from meshnode.overlay.events import (
+    ChangeApplied,
+    ConnectRequest,
+    DisconnectRequest,
+    EquivocationDetected,
+    Event,
+    PeerMisbehaved,
+    PresenceExpired,
+    PresenceUpdated,
+)
+from meshnode.overlay.overlay import PRESENCE, SYNC, OverlayStats, RoomOverlay
+
+__all__ = [
+    "PRESENCE",
+    "SYNC",
+    "ChangeApplied",
+    "ConnectRequest",
+    "DisconnectRequest",
+    "EquivocationDetected",
+    "Event",
+    "OverlayConfig",
+    "OverlayStats",
+    "PeerMisbehaved",
+    "PresenceExpired",
+    "PresenceUpdated",
+    "RoomOverlay",
+]

@@ -1,0 +1,144 @@
+"""Plumtree broadcast (Leitão, Pereira, Rodrigues, *Epidemic Broadcast Trees*, SRDS 2007),
+with one tree per author.
+
+A new change is pushed in full ("eagerly") to every active neighbour except those that pruned
+its author, and announced by ID ("lazily", batched ``IHave``) to those. A neighbour that
+receives a pushed change twice answers ``Prune(author)``, so each author's changes settle on a
+spanning tree made of the fastest links (the first copy wins). A node that hears of a change
+only by announcement waits ``graft_timeout_s``, then sends ``Graft`` to an announcer, which
+sends the change and pushes that author's changes eagerly again: the tree repairs itself.
+Trees per author, rather than one shared tree, keep each author's latency close to the
+shortest path.
+"""
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshnode.overlay.config import OverlayConfig
+from protocol.frames import Graft, IHave, Message, Prune
+
+
+@dataclass(slots=True)
+class Missing:
+    """A change announced to us that we have not received yet."""
+
+    announcers: list[str]
+    deadline: float
+    grafted: str | None = None  # the announcer we asked last
+    tried: set[str] = field(default_factory=set)
+
+
+class Broadcast:
+    """Eager/lazy push state of one node in one room."""
+
+    def __init__(
+        self,
+        room_id: bytes,
+        config: OverlayConfig,
+        rng: random.Random,
+        send: Callable[[str, Message], None],
+        push: Callable[[str, bytes], None],
+        broken_promise: Callable[[str, float], None],
+    ) -> None:
+        self.room_id = room_id
+        self.config = config
+        self.rng = rng
+        self._send = send
+        self._push = push
+        self._broken_promise = broken_promise
+        self.lazy: dict[bytes, set[str]] = {}  # author -> peers that pruned that author
+        self.missing: OrderedDict[bytes, Missing] = OrderedDict()
+        self.announce: dict[str, list[bytes]] = {}
+        self.next_announce: float | None = None
+
+    def broadcast(
+        self, change_id: bytes, author: bytes, data: bytes, source: str | None,
+        active: set[str], now: float,
+    ) -> None:
+        """Spread a change we just applied (``source``: who sent it, None if local)."""
+        self.missing.pop(change_id, None)
+        lazy = self.lazy.get(author, set())
+        for peer in active:
+            if peer == source:
+                continue
+            if peer in lazy:
+                self.announce.setdefault(peer, []).append(change_id)
+            else:
+                self._push(peer, data)
+        if self.announce and self.next_announce is None:
+            self.next_announce = now + self.config.ihave_interval_s
+
+    def on_duplicate_push(self, peer: str, author: bytes) -> None:
+        """``peer`` pushed us a change we had: it is not on this author's tree toward us."""
+        self._send(peer, Prune(self.room_id, (author,)))
+
+    def on_prune(self, peer: str, origins: tuple[bytes, ...]) -> None:
+        """``peer`` asks us to only announce these authors' changes to it."""
+        for author in origins:
+            self.lazy.setdefault(author, set()).add(peer)
+
+    def on_graft(self, peer: str, author: bytes) -> None:
+        """``peer`` wants this author's changes pushed eagerly again."""
+        lazy = self.lazy.get(author)
+        if lazy is not None:
+            lazy.discard(peer)
+
+    def on_ihave(self, peer: str, ids: tuple[bytes, ...], known: Callable[[bytes], bool],
+                 now: float) -> None:
+        """Remember announced changes we lack; graft if they do not arrive in time."""
+        for cid in ids:
+            if known(cid):
+                continue
+            entry = self.missing.get(cid)
+            if entry is None:
+                if len(self.missing) >= self.config.max_missing:
+                    self.missing.popitem(last=False)
+                self.missing[cid] = Missing([peer], now + self.config.graft_timeout_s)
+            elif peer not in entry.announcers:
+                entry.announcers.append(peer)
+
+    def tick(self, now: float, known: Callable[[bytes], bool], active: set[str]) -> None:
+        """Send batched announcements and grafts that are due."""
+        if self.next_announce is not None and now >= self.next_announce:
+            self.next_announce = None
+            for peer, ids in self.announce.items():
+                if peer in active:
+                    for i in range(0, len(ids), 512):
+                        self._send(peer, IHave(self.room_id, tuple(dict.fromkeys(ids[i:i + 512]))))
+            self.announce.clear()
+        grafts: dict[str, list[bytes]] = {}
+        for cid, entry in list(self.missing.items()):
+            if entry.deadline > now:
+                continue
+            if known(cid):
+                del self.missing[cid]
+                continue
+            if entry.grafted is not None:
+                # We asked and it did not come: the announcer broke its promise.
+                self._broken_promise(entry.grafted, now)
+            candidates = [p for p in entry.announcers if p in active and p not in entry.tried]
+            if not candidates:
+                del self.missing[cid]  # anti-entropy will bring it
+                continue
+            peer = candidates[0]
+            entry.tried.add(peer)
+            entry.grafted = peer
+            entry.deadline = now + self.config.graft_timeout_s
+            grafts.setdefault(peer, []).append(cid)
+        for peer, ids in grafts.items():
+            self._send(peer, Graft(self.room_id, tuple(ids)))
+
+    def forget_peer(self, peer: str) -> None:
+        """A neighbour left: drop it from every table."""
+        for lazy in self.lazy.values():
+            lazy.discard(peer)
+        self.announce.pop(peer, None)
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has work (None: nothing pending)."""
+        times = [e.deadline for e in self.missing.values()]
+        if self.next_announce is not None:
+            times.append(self.next_announce)
+        return min(times) if times else None

@@ -1,0 +1,47 @@
+"""``OverlayConfig``: every knob of the room overlay in one dataclass (aioquic style)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayConfig:
+    """Tuning of membership, broadcast, anti-entropy, presence and peer defence.
+
+    Times are seconds of the ``now`` the driver passes in; rates are per second.
+    """
+
+    # HyParView partial view
+    active_view_size: int = 6
+    passive_view_size: int = 30
+    forward_join_ttl: int = 4
+    passive_join_ttl: int = 2
+    shuffle_interval_s: float = 10.0
+    shuffle_sample: int = 8
+    repair_interval_s: float = 2.0
+    connect_timeout_s: float = 10.0
+    # Plumtree broadcast
+    ihave_interval_s: float = 0.05
+    graft_timeout_s: float = 0.5
+    max_missing: int = 10_000
+    frame_target_bytes: int = 16 * 1024
+    # Anti-entropy
+    anti_entropy_interval_s: float = 5.0
+    bloom_recent: int = 2_000
+    want_interval_s: float = 0.5
+    # Presence
+    presence_interval_s: float = 0.05
+    presence_rate_per_s: float = 20.0
+    presence_burst: float = 40.0
+    presence_ttl_s: float = 10.0
+    presence_per_flush: int = 32
+    max_participants: int = 1_024
+    # Defence
+    peer_frames_per_s: float = 1_000.0
+    peer_frame_burst: float = 2_000.0
+    peer_bytes_per_s: float = 4_000_000.0
+    peer_byte_burst: float = 8_000_000.0
+    score_disconnect: float = -100.0
+    score_recovery_per_s: float = 1.0
+    backoff_s: float = 60.0
+    max_outbox_bytes: int = 8 * 1024 * 1024
+    max_events: int = 100_000

@@ -1,0 +1,455 @@
+"""``RoomOverlay``: how one node takes part in one room's mesh. Sans-I/O.
+
+It composes a HyParView partial view (``membership``), per-author Plumtree broadcast
+(``broadcast``), anti-entropy by heads and Bloom filters (here), presence (``presence``) and
+per-peer defence (``scoring``) around a ``SceneReplica``. The driver feeds it links, frames and
+time, and carries out what it asks for:
+
+    overlay.connect(peer_id, now) / disconnect(peer_id, now) / connect_failed(peer_id, now)
+    overlay.receive(peer_id, channel, frame, now)
+    overlay.submit_change(change_bytes, now); overlay.submit_presence(fields, now)
+    overlay.handle_timer(now) when now >= overlay.get_timer()
+    overlay.frames_to_send() -> [(peer_id, channel, frame)]   channel: "sync" | "presence"
+    overlay.next_event() -> Event | None
+"""
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, REJECTED, ApplyResult, SceneReplica
+from meshnode.crdt.results import TRANSIENT_REASONS
+from meshnode.identity import Identity, peer_id_from_public_key, verify_signature
+from meshnode.overlay.broadcast import Broadcast
+from meshnode.overlay.config import OverlayConfig
+from meshnode.overlay.events import (
+    ChangeApplied,
+    DisconnectRequest,
+    EquivocationDetected,
+    Event,
+    PeerMisbehaved,
+    PresenceExpired,
+    PresenceUpdated,
+)
+from meshnode.overlay.membership import PartialView
+from meshnode.overlay.presence import PresenceTable
+from meshnode.overlay.scoring import PeerScores
+from protocol.bloom import BloomFilter
+from protocol.change import change_id
+from protocol.errors import DecodeError
+from protocol.frames import (
+    Changes,
+    Disconnect,
+    ForwardJoin,
+    Graft,
+    Heads,
+    IHave,
+    Message,
+    Presence,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+    Snapshot,
+    Want,
+    decode_frame,
+    encode_frame,
+    presence_payload,
+)
+from protocol.values import InvalidValue, normalize_value
+
+SYNC = "sync"
+PRESENCE = "presence"
+MAX_WANT = 256
+
+
+@dataclass(slots=True)
+class OverlayStats:
+    """Counters for metrics and benchmarks."""
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    bytes_out_by_kind: dict[str, int] = field(default_factory=dict)
+    frames_in: int = 0
+    payload_pushed_in: int = 0
+    payload_pulled_in: int = 0
+    duplicates_in: int = 0
+    changes_applied: int = 0
+    frames_dropped_outbox: int = 0
+    frames_dropped_rate: int = 0
+    events_dropped: int = 0
+
+
+class RoomOverlay:
+    """One node's part in one room's overlay; see the module docstring for the surface."""
+
+    def __init__(
+        self,
+        replica: SceneReplica,
+        identity: Identity,
+        config: OverlayConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.replica = replica
+        self.identity = identity
+        self.config = config or OverlayConfig()
+        self.rng = rng or random.Random()
+        self.me = identity.public_id
+        self.room_id = replica.room_id
+        self.connected: set[str] = set()
+        self.stats = OverlayStats()
+        self._out: list[tuple[str, str, bytes]] = []
+        self._out_bytes: dict[str, int] = {}
+        self._pushq: dict[str, list[bytes]] = {}
+        self._pullq: dict[str, list[bytes]] = {}
+        self._events: deque[Event] = deque()
+        self._want_at: dict[str, float] = {}
+        self._presence_seq = 0
+        self._equivocations_seen = len(replica.equivocations)
+        self.view = PartialView(self.me, self.room_id, self.config, self.rng, self._send,
+                                self._emit)
+        self.tree = Broadcast(self.room_id, self.config, self.rng, self._send, self._push,
+                              self._broken_promise)
+        self.presence = PresenceTable(self.config, identity.public_key)
+        self.scores = PeerScores(self.config)
+        self.next_anti_entropy: float | None = None
+
+    # ------------------------------------------------------------------ outputs
+
+    def frames_to_send(self) -> list[tuple[str, str, bytes]]:
+        """Frames to put on links, as ``(peer_id, channel, frame)``; only connected peers."""
+        out = [f for f in self._out if f[0] in self.connected]
+        self._out = []
+        self._out_bytes.clear()
+        return out
+
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called (None: no timer)."""
+        times = [self.view.next_deadline()]
+        for t in (self.tree.next_deadline(), self.presence.next_deadline(),
+                  self.next_anti_entropy):
+            if t is not None:
+                times.append(t)
+        return min(times)
+
+    def active_peers(self) -> set[str]:
+        """The active view: the neighbours this node gossips with."""
+        return set(self.view.active)
+
+    def _emit(self, event: Event) -> None:
+        if len(self._events) >= self.config.max_events:
+            self._events.popleft()
+            self.stats.events_dropped += 1
+        self._events.append(event)
+
+    def _send(self, peer: str, msg: Message) -> None:
+        channel = PRESENCE if isinstance(msg, Presence) else SYNC
+        self._enqueue(peer, channel, encode_frame(msg), type(msg).__name__)
+
+    def _enqueue(self, peer: str, channel: str, frame: bytes, kind: str) -> None:
+        size = len(frame)
+        used = self._out_bytes.get(peer, 0)
+        if used + size > self.config.max_outbox_bytes:
+            # Anti-entropy repairs whatever a full outbox drops.
+            self.stats.frames_dropped_outbox += 1
+            return
+        self._out_bytes[peer] = used + size
+        self._out.append((peer, channel, frame))
+        st = self.stats
+        st.frames_out += 1
+        st.bytes_out += size
+        st.bytes_out_by_kind[kind] = st.bytes_out_by_kind.get(kind, 0) + size
+
+    def _push(self, peer: str, data: bytes) -> None:
+        self._pushq.setdefault(peer, []).append(data)
+
+    def _flush_changes(self) -> None:
+        for queue, push in ((self._pushq, True), (self._pullq, False)):
+            for peer, datas in queue.items():
+                batch: list[bytes] = []
+                size = 0
+                for data in datas:
+                    if batch and size + len(data) > self.config.frame_target_bytes:
+                        self._send_changes(peer, batch, push)
+                        batch, size = [], 0
+                    batch.append(data)
+                    size += len(data) + 5
+                if batch:
+                    self._send_changes(peer, batch, push)
+            queue.clear()
+
+    def _send_changes(self, peer: str, batch: list[bytes], push: bool) -> None:
+        kind = "Changes.push" if push else "Changes.pull"
+        frame = encode_frame(Changes(self.room_id, tuple(batch), push))
+        self._enqueue(peer, SYNC, frame, kind)
+
+    # ------------------------------------------------------------------ links
+
+    def introduce(self, peers: Iterable[str], now: float) -> None:
+        """Tell the overlay about peers it may link to (bootstrap list, discovery)."""
+        for peer in peers:
+            if peer != self.me and not self.scores.is_banned(peer, now):
+                self.view.add_passive(peer)
+        self.view.next_repair = min(self.view.next_repair, now)
+
+    def connect(self, peer: str, now: float) -> None:
+        """A link to ``peer`` is up (both data channels open, identity checked)."""
+        if peer == self.me or peer in self.connected:
+            return
+        if self.scores.is_banned(peer, now):
+            self._emit(DisconnectRequest(peer, "banned"))
+            return
+        self.connected.add(peer)
+        self.scores.add(peer, now)
+        if self.view.on_connect(peer, now):
+            self._send(peer, self._heads(reply=True))
+            for seen in self.presence.seen.values():
+                self.presence.enqueue(seen.msg, lambda: {peer}, None, now)
+        if self.next_anti_entropy is None:
+            self.next_anti_entropy = now + self._ae_interval()
+        self._flush_changes()
+
+    def disconnect(self, peer: str, now: float) -> None:
+        """The link to ``peer`` is down."""
+        self.connected.discard(peer)
+        self.view.on_disconnect(peer)
+        self._forget(peer)
+
+    def connect_failed(self, peer: str, now: float) -> None:
+        """A link asked for with ``ConnectRequest`` could not be opened."""
+        self.view.on_connect_failed(peer)
+
+    def _forget(self, peer: str) -> None:
+        self.tree.forget_peer(peer)
+        self.presence.forget_peer(peer)
+        self.scores.remove(peer)
+        self._pushq.pop(peer, None)
+        self._pullq.pop(peer, None)
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive(self, peer: str, channel: str, frame: bytes, now: float) -> None:
+        """A frame arrived from ``peer``. Never raises on bad input; misbehaviour is scored."""
+        if peer not in self.connected:
+            return
+        self.stats.frames_in += 1
+        if not self.scores.admit(peer, len(frame), now):
+            self.stats.frames_dropped_rate += 1
+            self._penalize(peer, "flood", now)
+            return
+        try:
+            msg = decode_frame(frame, self.replica.limits)
+        except DecodeError:
+            self._penalize(peer, "garbage", now)
+            return
+        if msg.room_id != self.room_id:
+            self._penalize(peer, "wrong_room", now)
+            return
+        try:
+            self._dispatch(peer, msg, now)
+        except DecodeError:  # a nested structure (e.g. a Bloom filter) was malformed
+            self._penalize(peer, "garbage", now)
+        self._flush_changes()
+
+    def _dispatch(self, peer: str, msg: Message, now: float) -> None:
+        if isinstance(msg, Changes):
+            self._on_changes(peer, msg, now)
+        elif isinstance(msg, IHave):
+            self.tree.on_ihave(peer, msg.ids, self._known, now)
+        elif isinstance(msg, Graft | Want):
+            for cid in msg.ids[:MAX_WANT]:
+                data = self.replica.change_bytes(cid)
+                if data is None:
+                    continue
+                if isinstance(msg, Graft):
+                    author = self.replica.change_author(cid)
+                    if author is not None:
+                        self.tree.on_graft(peer, author)
+                self._pullq.setdefault(peer, []).append(data)
+        elif isinstance(msg, Prune):
+            self.tree.on_prune(peer, msg.origins)
+        elif isinstance(msg, Heads):
+            self._on_heads(peer, msg, now)
+        elif isinstance(msg, Presence):
+            self._on_presence(peer, msg, now)
+        elif isinstance(msg, ForwardJoin):
+            self.view.on_forward_join(peer, msg, now)
+        elif isinstance(msg, Shuffle):
+            self.view.on_shuffle(peer, msg)
+        elif isinstance(msg, ShuffleReply):
+            self.view.on_shuffle_reply(msg)
+        elif isinstance(msg, Disconnect):
+            self.view.on_disconnect_msg(peer, msg)
+            self._emit(DisconnectRequest(peer, "dropped_by_peer"))
+        elif isinstance(msg, Snapshot):
+            pass  # snapshots are requested by drivers for late joiners, not gossiped
+
+    def _known(self, cid: bytes) -> bool:
+        return self.replica.has_change(cid) or self.replica.is_buffered(cid)
+
+    def _on_changes(self, peer: str, msg: Changes, now: float) -> None:
+        results = self.replica.apply_many(msg.changes, now)
+        st = self.stats
+        if msg.push:
+            st.payload_pushed_in += len(results)
+        else:
+            st.payload_pulled_in += len(results)
+        wants = False
+        for res in results:
+            if res.status == APPLIED:
+                for cid in res.applied:
+                    self._spread(cid, peer, now)
+            elif res.status == DUPLICATE:
+                st.duplicates_in += 1
+                dup = res.change_id
+                if msg.push and dup is not None:
+                    author = self.replica.change_author(dup)
+                    if author is not None:
+                        self.tree.on_duplicate_push(peer, author)
+            elif res.status == BUFFERED:
+                wants = True
+            elif res.status == REJECTED and res.reason not in TRANSIENT_REASONS:
+                self._penalize(peer, "invalid_change", now)
+                if peer not in self.connected:
+                    break
+        if wants:
+            self._want_missing(peer, now)
+        self._check_equivocations(now)
+
+    def _spread(self, cid: bytes, source: str | None, now: float) -> None:
+        data = self.replica.change_bytes(cid)
+        author = self.replica.change_author(cid)
+        if data is None or author is None:
+            return
+        self.stats.changes_applied += 1
+        self.tree.broadcast(cid, author, data, source, self.view.active, now)
+        self._emit(ChangeApplied(cid, source, now))
+
+    def _want_missing(self, peer: str, now: float) -> None:
+        last = self._want_at.get(peer)
+        if last is not None and now - last < self.config.want_interval_s:
+            return
+        missing = sorted(self.replica.missing_deps())[:MAX_WANT]
+        if missing:
+            self._want_at[peer] = now
+            self._send(peer, Want(self.room_id, tuple(missing)))
+
+    def _heads(self, reply: bool) -> Heads:
+        recent = self.replica.recent_changes(self.config.bloom_recent)
+        bloom = BloomFilter.build(recent, self.rng.randbytes(4)).encode()
+        return Heads(self.room_id, tuple(self.replica.heads()), bloom, reply)
+
+    def _on_heads(self, peer: str, msg: Heads, now: float) -> None:
+        unknown = not all(self.replica.has_change(h) for h in msg.heads)
+        missing = self.replica.changes_since(msg.heads)
+        if unknown and msg.bloom:
+            # Their heads are not all known here, so changes_since over-approximates what
+            # they lack; their Bloom filter removes most of what they already have.
+            bloom = BloomFilter.decode(msg.bloom)
+            missing = [c for c in missing if change_id(c) not in bloom]
+        if missing:
+            self._pullq.setdefault(peer, []).extend(missing)
+        if unknown and msg.reply:
+            self._send(peer, self._heads(reply=False))
+
+    def _on_presence(self, peer: str, msg: Presence, now: float) -> None:
+        seen = self.presence.seen.get(msg.participant)
+        if seen is not None and msg.seq <= seen.msg.seq:
+            return  # a copy over another path, or stale: normal on a mesh
+        if self.replica.role_of(msg.participant) == "none":
+            self._penalize(peer, "bad_presence", now)
+            return
+        payload = presence_payload(self.room_id, msg.participant, msg.seq, msg.fields)
+        if not verify_signature(msg.participant, msg.signature, payload):
+            self._penalize(peer, "bad_presence", now)
+            return
+        if self.presence.accept(msg, now):
+            who = peer_id_from_public_key(msg.participant)
+            self._emit(PresenceUpdated(who, msg.fields, now))
+            self.presence.enqueue(msg, lambda: self.view.active, peer, now)
+
+    # ------------------------------------------------------------------ local input
+
+    def submit_change(self, data: bytes, now: float) -> ApplyResult:
+        """Spread a local change: one this replica just committed, or one from a client."""
+        cid = change_id(data)
+        if self.replica.has_change(cid):
+            self._spread(cid, None, now)
+            self._flush_changes()
+            return ApplyResult(APPLIED, None, cid, (cid,))
+        res = self.replica.apply(data, now)
+        if res.status == APPLIED:
+            for c in res.applied:
+                self._spread(c, None, now)
+        self._flush_changes()
+        return res
+
+    def submit_presence(self, fields: dict[str, Any], now: float) -> bool:
+        """Publish the local participant's presence (e.g. ``{"position": [x, y, z]}``).
+
+        Returns False if it was dropped by the local rate limit.
+        """
+        try:
+            value = normalize_value(fields, self.replica.limits)
+        except InvalidValue as err:
+            raise ValueError(str(err)) from None
+        if type(value) is not dict:
+            raise TypeError("presence fields must be a mapping")
+        seq = max(self._presence_seq + 1, int(now * 1000))
+        me = self.identity.public_key
+        sig = self.identity.sign(presence_payload(self.room_id, me, seq, value))
+        msg = Presence(self.room_id, me, seq, value, sig)
+        if not self.presence.accept(msg, now):
+            return False
+        self._presence_seq = seq
+        self.presence.enqueue(msg, lambda: self.view.active, None, now)
+        return True
+
+    # ------------------------------------------------------------------ time
+
+    def _ae_interval(self) -> float:
+        return self.config.anti_entropy_interval_s * (0.75 + 0.5 * self.rng.random())
+
+    def handle_timer(self, now: float) -> None:
+        """Do whatever is due: view upkeep, announcements, grafts, presence, anti-entropy."""
+        self.view.tick(now)
+        active = self.view.active
+        self.tree.tick(now, self._known, active)
+        for peer, msg in self.presence.flush(now):
+            self._send(peer, msg)
+        for gone in self.presence.expire(now):
+            self._emit(PresenceExpired(peer_id_from_public_key(gone), now))
+        if self.next_anti_entropy is not None and now >= self.next_anti_entropy:
+            self.next_anti_entropy = now + self._ae_interval()
+            if active:
+                self._send(self.rng.choice(sorted(active)), self._heads(reply=True))
+        self._flush_changes()
+
+    # ------------------------------------------------------------------ defence
+
+    def _broken_promise(self, peer: str, now: float) -> None:
+        if peer in self.connected:
+            self._penalize(peer, "broken_promise", now)
+
+    def _penalize(self, peer: str, reason: str, now: float) -> None:
+        score, cut = self.scores.penalize(peer, reason, now)
+        self._emit(PeerMisbehaved(peer, reason, score, now))
+        if cut:
+            self.connected.discard(peer)
+            self.view.forget(peer)
+            self._forget(peer)
+            self._emit(DisconnectRequest(peer, "misbehaving"))
+
+    def _check_equivocations(self, now: float) -> None:
+        evidence = self.replica.equivocations
+        for e in evidence[self._equivocations_seen:]:
+            author = peer_id_from_public_key(e.author)
+            self._emit(EquivocationDetected(author, e.seq, e.change_ids, now))
+            if author in self.connected:
+                self._penalize(author, "equivocation", now)
+        self._equivocations_seen = len(evidence)
