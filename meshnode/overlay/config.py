@@ -28,6 +28,8 @@ class OverlayConfig:
     anti_entropy_interval_s: float = 5.0
     bloom_recent: int = 2_000
     want_interval_s: float = 0.5
+    heads_min_interval_s: float = 0.5
+    pull_bytes_per_s: float = 2_000_000.0
     # Presence
     presence_interval_s: float = 0.05
     presence_rate_per_s: float = 20.0

@@ -35,7 +35,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
-from meshnode.overlay.scoring import PeerScores
+from meshnode.overlay.scoring import PeerScores, TokenBucket
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.errors import DecodeError
@@ -105,6 +105,8 @@ class RoomOverlay:
         self._pullq: dict[str, list[bytes]] = {}
         self._events: deque[Event] = deque()
         self._want_at: dict[str, float] = {}
+        self._heads_at: dict[str, float] = {}
+        self._pull_budget: dict[str, TokenBucket] = {}
         self._presence_seq = 0
         self._equivocations_seen = len(replica.equivocations)
         self.view = PartialView(self.me, self.room_id, self.config, self.rng, self._send,
@@ -230,6 +232,9 @@ class RoomOverlay:
         self.scores.remove(peer)
         self._pushq.pop(peer, None)
         self._pullq.pop(peer, None)
+        self._want_at.pop(peer, None)
+        self._heads_at.pop(peer, None)
+        self._pull_budget.pop(peer, None)
 
     # ------------------------------------------------------------------ inputs
 
@@ -266,6 +271,8 @@ class RoomOverlay:
                 data = self.replica.change_bytes(cid)
                 if data is None:
                     continue
+                if not self._may_pull(peer, len(data), now):
+                    break
                 if isinstance(msg, Graft):
                     author = self.replica.change_author(cid)
                     if author is not None:
@@ -344,7 +351,20 @@ class RoomOverlay:
         bloom = BloomFilter.build(recent, self.rng.randbytes(4)).encode()
         return Heads(self.room_id, tuple(self.replica.heads()), bloom, reply)
 
+    def _may_pull(self, peer: str, size: int, now: float) -> bool:
+        """Charge ``size`` bytes of answers to ``peer``'s pull budget, so that requests (a
+        few bytes) cannot make this node send unbounded history (amplification)."""
+        bucket = self._pull_budget.get(peer)
+        if bucket is None:
+            rate = self.config.pull_bytes_per_s
+            bucket = self._pull_budget[peer] = TokenBucket(rate, 4 * rate, 4 * rate, now)
+        return bucket.take(float(size), now)
+
     def _on_heads(self, peer: str, msg: Heads, now: float) -> None:
+        last = self._heads_at.get(peer)
+        if last is not None and now - last < self.config.heads_min_interval_s:
+            return  # answered recently; anti-entropy is periodic, so nothing is lost
+        self._heads_at[peer] = now
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
         missing = self.replica.changes_since(msg.heads)
         if unknown and msg.bloom:
@@ -353,7 +373,11 @@ class RoomOverlay:
             bloom = BloomFilter.decode(msg.bloom)
             missing = [c for c in missing if change_id(c) not in bloom]
         if missing:
-            self._pullq.setdefault(peer, []).extend(missing)
+            queue = self._pullq.setdefault(peer, [])
+            for data in missing:
+                if not self._may_pull(peer, len(data), now):
+                    break  # the rest comes with the next round
+                queue.append(data)
         if unknown and msg.reply:
             self._send(peer, self._heads(reply=False))
 
@@ -418,6 +442,7 @@ class RoomOverlay:
     def handle_timer(self, now: float) -> None:
         """Do whatever is due: view upkeep, announcements, grafts, presence, anti-entropy."""
         self.view.tick(now)
+        self.scores.expire_bans(now)
         active = self.view.active
         self.tree.tick(now, self._known, active)
         for peer, msg in self.presence.flush(now):

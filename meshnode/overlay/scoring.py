@@ -83,6 +83,13 @@ class PeerScores:
             return False
         return True
 
+    def expire_bans(self, now: float) -> None:
+        """Forget bans (and the records of banned peers) whose backoff is over."""
+        for peer, until in list(self.banned.items()):
+            if now >= until:
+                del self.banned[peer]
+                self.peers.pop(peer, None)
+
     def admit(self, peer: str, size: int, now: float) -> bool:
         """Charge one frame of ``size`` bytes; False if it is over the peer's rate."""
         rec = self.peers.get(peer)
