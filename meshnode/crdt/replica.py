@@ -341,6 +341,8 @@ class SceneReplica:
             except DecodeError as err:
                 results[i] = self._reject(None, err.reason)
                 continue
+            if type(data) is not bytes:
+                data = bytes(data)  # keep an immutable copy: the caller may reuse its buffer
             cid = ch.change_id
             if cid in meta or cid in self._buffer or cid in seen:
                 results[i] = ApplyResult(DUPLICATE, "already_known", cid)
