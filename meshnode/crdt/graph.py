@@ -147,7 +147,7 @@ class PendingBuffer:
         """Buffer a change until every hash in ``waiting.missing`` is applied."""
         self.changes[change_id] = waiting
         self.bytes += len(waiting.data)
-        for dep in waiting.missing:
+        for dep in sorted(waiting.missing):
             self.by_dep.setdefault(dep, []).append(change_id)
         while len(self.changes) > self.max_changes or self.bytes > self.max_bytes:
             old_id, old = self.changes.popitem(last=False)

@@ -439,7 +439,7 @@ class SceneReplica:
         actors = [key(a) for a in ch.actors]
         names = ch.names
         creation = self._creation
-        created: set[Node] = set()
+        created: dict[Node, None] = {}  # ordered, for deterministic iteration
 
         def known(ent: Node) -> bool:
             if ent in created:
@@ -472,7 +472,7 @@ class SceneReplica:
                 parent = _resolve(op[2], author, actors)
                 if parent != ROOT and not known(parent):
                     raise Rejected("unknown_entity")
-                created.add(ent)
+                created[ent] = None
                 moves.append((idx, ent, parent))
             elif code in (OP_MOVE, OP_DELETE):
                 ent = _resolve(op[1], author, actors)

@@ -60,7 +60,7 @@ class Broadcast:
         """Spread a change we just applied (``source``: who sent it, None if local)."""
         self.missing.pop(change_id, None)
         lazy = self.lazy.get(author, set())
-        for peer in active:
+        for peer in sorted(active):
             if peer == source:
                 continue
             if peer in lazy:

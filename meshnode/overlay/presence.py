@@ -71,7 +71,7 @@ class PresenceTable:
     def enqueue(self, msg: Presence, peers: Callable[[], set[str]], source: str | None,
                 now: float) -> None:
         """Queue an update for every neighbour but its source (replacing an older one)."""
-        for peer in peers():
+        for peer in sorted(peers()):
             if peer != source:
                 self.queues.setdefault(peer, {})[msg.participant] = msg
         if self.queues and self.next_flush is None:
