@@ -109,12 +109,45 @@ _KEY_CACHE_SIZE = 4096
 _key_cache: OrderedDict[bytes, Ed25519PublicKey] = OrderedDict()
 
 
+_verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+_verified_size = 0
+
+
+def enable_verify_cache(max_entries: int) -> None:
+    """Remember up to ``max_entries`` successful verifications (0 turns the cache off).
+
+    A simulator runs thousands of replicas in one process, each checking the same signed
+    bytes; with the cache each signature is checked once. Only successes are cached, keyed by
+    the exact key, signature and data, so the answer is always the one a check would give.
+    """
+    global _verified_size
+    _verified_size = max_entries
+    _verified.clear()
+
+
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """Check an Ed25519 signature. Never raises: any bad input gives ``False``.
 
     ``public_key`` is the raw 32-byte key (as ``bytes``). Loaded keys are kept in a bounded LRU
     cache, since loading a key costs more than a verification.
     """
+    if _verified_size:
+        try:
+            memo = (public_key, signature, data)
+            if memo in _verified:
+                return True
+        except TypeError:
+            return False
+        if not _verify(public_key, signature, data):
+            return False
+        _verified[memo] = None
+        if len(_verified) > _verified_size:
+            _verified.popitem(last=False)
+        return True
+    return _verify(public_key, signature, data)
+
+
+def _verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
     try:
         key = _key_cache.get(public_key)
         if key is None:

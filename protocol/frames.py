@@ -6,6 +6,7 @@ returns, and raises only ``protocol.errors.DecodeError`` subclasses. The field l
 each type is in ``docs/protocol.md``.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -99,8 +100,10 @@ class Want:
 class Presence:
     """A participant's ephemeral state (pose, pointer, speaking), signed by them.
 
-    ``seq`` grows with every update from that participant; ``fields`` is a map of values.
-    The signature covers ``PRESENCE_DOMAIN || room_id || msgpack([participant, seq, fields])``.
+    On the wire: ``body`` (bytes: ``msgpack([participant, seq, fields])``) and the signature
+    of ``PRESENCE_DOMAIN || room_id || body``; the signature covers the exact bytes sent, so
+    no re-encoding is needed to check it. ``seq`` grows with every update from that
+    participant; ``fields`` is a map of values. Build one with :func:`make_presence`.
     """
 
     TYPE: ClassVar[int] = 8
@@ -109,6 +112,7 @@ class Presence:
     seq: int
     fields: dict[str, Any]
     signature: bytes
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +162,18 @@ Message = (
 PRESENCE_DOMAIN = b"meshnode/presence/v1\x00"
 
 
-def presence_payload(room_id: bytes, participant: bytes, seq: int, fields: dict[str, Any]) -> bytes:
+def presence_payload(room_id: bytes, body: bytes) -> bytes:
     """The bytes a participant signs for a presence update."""
-    return PRESENCE_DOMAIN + room_id + pack([participant, seq, fields])
+    return PRESENCE_DOMAIN + room_id + body
+
+
+def make_presence(
+    room_id: bytes, participant: bytes, seq: int, fields: dict[str, Any],
+    sign: Callable[[bytes], bytes],
+) -> Presence:
+    """Encode and sign a presence update (``fields`` should be canonical: sorted keys)."""
+    body = pack([participant, seq, fields])
+    return Presence(room_id, participant, seq, fields, sign(presence_payload(room_id, body)), body)
 
 
 def _fields_of(msg: Message) -> list[Any]:
@@ -175,7 +188,7 @@ def _fields_of(msg: Message) -> list[Any]:
     if isinstance(msg, Prune):
         return [list(msg.origins)]
     if isinstance(msg, Presence):
-        return [msg.participant, msg.seq, msg.fields, msg.signature]
+        return [msg.body, msg.signature]
     if isinstance(msg, ForwardJoin):
         return [msg.peer, msg.ttl]
     if isinstance(msg, Shuffle):
@@ -276,8 +289,14 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         _arity(f, 1, "[origin key...]")
         return Prune(room_id, _bytes_list(f[0], limits.max_collection_items, KEY_BYTES, "origins"))
     if mtype == Presence.TYPE:
-        _arity(f, 4, "participant, seq, fields, signature")
-        participant, seq, fields, sig = f
+        _arity(f, 2, "body, signature")
+        body, sig = f
+        if type(body) is not bytes or type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+            raise SchemaError("presence is [body: bytes, signature: 64 bytes]")
+        inner = unpack(body, limits, limits.max_frame_bytes, "presence body")
+        if type(inner) is not list or len(inner) != 3:
+            raise SchemaError("presence body is [participant, seq, fields]")
+        participant, seq, fields = inner
         if type(participant) is not bytes or len(participant) != KEY_BYTES:
             raise SchemaError("presence participant must be a 32-byte key")
         if type(seq) is not int or not 0 <= seq < 2**63:
@@ -285,9 +304,7 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         if type(fields) is not dict:
             raise SchemaError("presence fields must be a map")
         check_value(fields, limits)
-        if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
-            raise SchemaError("presence signature must be 64 bytes")
-        return Presence(room_id, participant, seq, fields, sig)
+        return Presence(room_id, participant, seq, fields, sig, body)
     if mtype == ForwardJoin.TYPE:
         _arity(f, 2, "peer, ttl")
         return ForwardJoin(room_id, _peer(f[0]), _ttl(f[1]))

@@ -14,6 +14,8 @@ def unpack(data: bytes, limits: Limits, max_bytes: int, what: str) -> Any:
     Length limits are given to the C parser, so an oversized string or collection is refused
     before it is allocated. Any parser failure becomes :class:`MalformedMsgpack`.
     """
+    if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
     if type(data) is not bytes:
         raise MalformedMsgpack(f"{what} must be bytes, not {type(data).__name__}")
     if len(data) > max_bytes:

@@ -55,6 +55,7 @@ from protocol.frames import (
     Want,
     decode_frame,
     encode_frame,
+    make_presence,
     presence_payload,
 )
 from protocol.values import InvalidValue, normalize_value
@@ -388,7 +389,7 @@ class RoomOverlay:
         if self.replica.role_of(msg.participant) == "none":
             self._penalize(peer, "bad_presence", now)
             return
-        payload = presence_payload(self.room_id, msg.participant, msg.seq, msg.fields)
+        payload = presence_payload(self.room_id, msg.body)
         if not verify_signature(msg.participant, msg.signature, payload):
             self._penalize(peer, "bad_presence", now)
             return
@@ -425,9 +426,8 @@ class RoomOverlay:
         if type(value) is not dict:
             raise TypeError("presence fields must be a mapping")
         seq = max(self._presence_seq + 1, int(now * 1000))
-        me = self.identity.public_key
-        sig = self.identity.sign(presence_payload(self.room_id, me, seq, value))
-        msg = Presence(self.room_id, me, seq, value, sig)
+        msg = make_presence(self.room_id, self.identity.public_key, seq, value,
+                            self.identity.sign)
         if not self.presence.accept(msg, now):
             return False
         self._presence_seq = seq
