@@ -1,0 +1,5 @@
+"""``python -m netsim`` is the ``netsim`` command."""
+
+from netsim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""One-direction link models for netsim.
+
+A :class:`LinkSpec` describes one direction of a link (latency distribution, jitter, random and
+Gilbert–Elliott burst loss, bandwidth with a FIFO tail-drop queue, reordering, MTU
+packetisation, SCTP-like retransmission). A :class:`Link` is the stateful model of one direction:
+the engine calls :meth:`Link.send` with the frame size and the virtual time and gets back the
+arrival time (or ``None`` if the frame never arrives).
+
+Everything is pure Python and deterministic: the only randomness is the ``random.Random`` handed
+to the link, and time is whatever the caller says it is (seconds on the virtual clock).
+
+Model, per frame of ``size`` payload bytes (``Link.send``):
+
+1. **Packetisation.** The frame is ``ceil(size / mtu)`` packets (at least 1), each carrying
+   ``overhead_bytes`` of headers (IP/UDP/DTLS/SCTP), so it occupies
+   ``size + packets * overhead_bytes`` bytes on the wire.
+2. **Queue and serialisation.** With ``bandwidth_kbps > 0`` the frame waits in a FIFO behind the
+   backlog (``busy_until``) and is serialised at the link rate. The backlog in bytes is
+   ``(busy_until - now) * rate``; if the backlog is non-empty and backlog + frame would exceed
+   ``queue_bytes`` the frame is tail-dropped. (An empty queue always accepts one frame, so a
+   frame larger than the queue is slow, not undeliverable.)
+3. **Loss.** Each transmission attempt first advances the Gilbert–Elliott chain once (when
+   ``ge_p_good_bad > 0``), then each packet is lost independently with probability
+   ``1 - (1 - loss) * (1 - ge_loss_<state>)``; the frame is lost if any packet is. This is drawn
+   as a single uniform against ``1 - (1 - p) ** packets``, which has the same distribution.
+4. **Propagation.** Arrival = end of serialisation + latency, where latency is drawn from
+   ``latency_dist`` ("fixed"; "normal" with ``latency_sd_ms``, clamped at 0; "pareto" with shape
+   ``pareto_shape`` scaled so its mean is ``latency_ms``), plus uniform ``±jitter_ms`` (floored at
+   0), plus ``reorder_ms`` with probability ``reorder``.
+
+Unreliable frames (the ``presence`` channel: unordered, ``maxRetransmits=0``) are simply lost or
+delivered, and may be reordered.
+
+Reliable frames (the ``sync`` channel: SCTP reliable, ordered) are never lost while the link is
+up. Each lost or tail-dropped attempt costs a retransmission timeout: the RTO starts at
+``max(rto_min_ms, 3 * latency_ms)`` (aiortc's SCTP has a 1 s minimum RTO), doubles on every retry
+(capped at ``rto_max_ms``), and the next attempt starts when the timer fires (a timer is armed at
+the end of the attempt's serialisation). After ``max_retransmits`` retries the next attempt is
+delivered regardless: real SCTP would abort the association there, but the simulator keeps the
+data (late, never lost) and counts it in ``forced_deliveries``. Delivery is in order per
+direction: a reliable frame never arrives before the previous reliable frame on the same link.
+Retransmissions are charged to the queue when ``send`` is called (capacity is conserved; their
+exact position on the timeline is approximated).
+
+Partitions: a link that is down (``link.up = False``, or :meth:`Link.set_up`) returns ``None``
+for every frame, reliable or not, and counts it in ``frames_dropped_down``. **Contract with the
+engine:** a reliable frame refused by a down link is not lost — the engine must keep it in a
+per-link pending list and ``send`` it again (in order) when the link comes back up. Frames
+whose arrival time was already computed before the link went down are delivered as computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = [
+    "LATENCY_DISTS",
+    "MAX_MESSAGE_BYTES",
+    "PRESETS",
+    "Link",
+    "LinkSpec",
+]
+
+#: aiortc's SCTP maximum message size (bytes); larger frames are a caller bug.
+MAX_MESSAGE_BYTES = 262_144
+
+#: Accepted values of :attr:`LinkSpec.latency_dist`.
+LATENCY_DISTS = ("fixed", "normal", "pareto")
+
+_PROBABILITIES = (
+    "loss", "ge_p_good_bad", "ge_p_bad_good", "ge_loss_bad", "ge_loss_good", "reorder"
+)
+_NON_NEGATIVE = ("latency_ms", "latency_sd_ms", "jitter_ms", "bandwidth_kbps", "reorder_ms")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """Parameters of one direction of a link. Times in milliseconds, sizes in bytes.
+
+    Construction validates every field (``ValueError`` naming the field).
+    """
+
+    latency_ms: float = 20.0
+    latency_dist: str = "fixed"
+    latency_sd_ms: float = 0.0
+    pareto_shape: float = 2.5
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    ge_p_good_bad: float = 0.0
+    ge_p_bad_good: float = 1.0
+    ge_loss_bad: float = 1.0
+    ge_loss_good: float = 0.0
+    bandwidth_kbps: float = 0.0
+    queue_bytes: int = 256 * 1024
+    reorder: float = 0.0
+    reorder_ms: float = 10.0
+    mtu: int = 1200
+    overhead_bytes: int = 48
+    rto_min_ms: float = 1000.0
+    rto_max_ms: float = 60_000.0
+    max_retransmits: int = 10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "latency_dist":
+                if value not in LATENCY_DISTS:
+                    raise ValueError(
+                        f"latency_dist: must be one of {list(LATENCY_DISTS)}, got {value!r}"
+                    )
+                continue
+            if f.type in ("int", int):
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise ValueError(f"{f.name}: must be an integer, got {value!r}")
+            else:
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ValueError(f"{f.name}: must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ValueError(f"{f.name}: must be finite, got {value!r}")
+        for name in _PROBABILITIES:
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}: must be a probability in [0, 1], got {p!r}")
+        for name in _NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.pareto_shape <= 1.0:
+            raise ValueError(
+                f"pareto_shape: must be > 1 (finite mean), got {self.pareto_shape!r}"
+            )
+        if self.ge_p_good_bad > 0 and self.ge_p_bad_good <= 0:
+            raise ValueError("ge_p_bad_good: must be > 0 when ge_p_good_bad > 0")
+        if self.queue_bytes < 1:
+            raise ValueError(f"queue_bytes: must be >= 1, got {self.queue_bytes!r}")
+        if self.mtu < 1:
+            raise ValueError(f"mtu: must be >= 1, got {self.mtu!r}")
+        if self.overhead_bytes < 0:
+            raise ValueError(f"overhead_bytes: must be >= 0, got {self.overhead_bytes!r}")
+        if self.rto_min_ms <= 0:
+            raise ValueError(f"rto_min_ms: must be > 0, got {self.rto_min_ms!r}")
+        if self.rto_max_ms < self.rto_min_ms:
+            raise ValueError(
+                f"rto_max_ms: must be >= rto_min_ms ({self.rto_min_ms}), got {self.rto_max_ms!r}"
+            )
+        if self.max_retransmits < 0:
+            raise ValueError(f"max_retransmits: must be >= 0, got {self.max_retransmits!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: LinkSpec | None = None) -> LinkSpec:
+        """Build a spec from a dict (e.g. a TOML table), strictly.
+
+        Keys are field names; missing ones come from ``base`` (default: ``LinkSpec()``). The
+        optional key ``preset`` (a name in :data:`PRESETS`) replaces ``base``. Integers are
+        accepted for float fields. Unknown keys or bad values raise ``ValueError`` naming the key.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"link spec must be a table/dict, got {type(d).__name__}")
+        data = dict(d)
+        if "preset" in data:
+            preset = data.pop("preset")
+            if not isinstance(preset, str) or preset not in PRESETS:
+                raise ValueError(f"preset: unknown preset {preset!r} (known: {sorted(PRESETS)})")
+            base = PRESETS[preset]
+        return (base if base is not None else cls()).replace(**data)
+
+    def replace(self, **kw: Any) -> LinkSpec:
+        """A copy with some fields changed (validated; unknown names raise ``ValueError``)."""
+        known = {f.name: f for f in fields(self)}
+        for key in kw:
+            if key not in known:
+                raise ValueError(f"{key}: unknown link parameter (known: {sorted(known)})")
+        coerced: dict[str, Any] = {}
+        for key, value in kw.items():
+            is_float = known[key].type in ("float", float)
+            if is_float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            coerced[key] = value
+        return dataclasses.replace(self, **coerced)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a plain dict (JSON/TOML friendly)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        """Serialisation rate in bytes per second (0.0 means unlimited)."""
+        return self.bandwidth_kbps * 1000.0 / 8.0
+
+    def packets(self, size: int) -> int:
+        """Number of packets a frame of ``size`` payload bytes takes on the wire (>= 1)."""
+        return max(1, -(-size // self.mtu))
+
+    def wire_bytes(self, size: int) -> int:
+        """Bytes a frame of ``size`` payload bytes occupies on the wire, headers included."""
+        return size + self.packets(size) * self.overhead_bytes
+
+    def initial_rto_s(self) -> float:
+        """The first retransmission timeout in seconds: ``max(rto_min, 3 * latency)``."""
+        return min(max(self.rto_min_ms, 3.0 * self.latency_ms), self.rto_max_ms) / 1000.0
+
+
+#: Named link profiles (one direction each).
+PRESETS: dict[str, LinkSpec] = {
+    "lan": LinkSpec(latency_ms=1.0, bandwidth_kbps=100_000.0),
+    "wan": LinkSpec(latency_ms=40.0, jitter_ms=5.0, loss=0.001, bandwidth_kbps=20_000.0),
+    "3g": LinkSpec(
+        latency_ms=100.0, jitter_ms=30.0, loss=0.01, bandwidth_kbps=2_000.0, queue_bytes=64 * 1024
+    ),
+    # Geostationary hop: ~300 ms one way, ~600 ms RTT.
+    "satellite": LinkSpec(latency_ms=300.0, loss=0.02, bandwidth_kbps=1_000.0),
+}
+
+
+class Link:
+    """The stateful model of one direction of a link. See the module docstring for semantics.
+
+    Public counters (all cumulative): ``frames_sent`` (frames offered while up),
+    ``frames_delivered``, ``packets_sent`` and ``bytes_sent`` (on the wire, headers and
+    retransmissions included), ``frames_lost`` (transmission attempts lost on the wire, reliable
+    or not), ``frames_dropped_queue`` (attempts tail-dropped), ``frames_dropped_down`` (frames
+    refused while down), ``retransmissions`` (reliable re-sends), ``forced_deliveries``
+    (reliable frames delivered after exhausting ``max_retransmits``) and ``busy_s`` (seconds
+    spent serialising; utilisation over a window = Δbusy_s / Δt).
+    """
+
+    def __init__(self, spec: LinkSpec, rng: random.Random) -> None:
+        self._spec = spec
+        self._rng = rng
+        self.up = True
+        self.busy_until = 0.0
+        self.last_reliable_arrival = 0.0
+        self.ge_bad = False
+        self.frames_sent = 0
+        self.frames_delivered = 0
+        self.packets_sent = 0
+        self.bytes_sent = 0
+        self.frames_lost = 0
+        self.frames_dropped_queue = 0
+        self.frames_dropped_down = 0
+        self.retransmissions = 0
+        self.forced_deliveries = 0
+        self.busy_s = 0.0
+
+    @property
+    def spec(self) -> LinkSpec:
+        """The current parameters."""
+        return self._spec
+
+    def set_spec(self, spec: LinkSpec, now: float | None = None) -> None:
+        """Change the parameters mid-run (a degradation event).
+
+        Queue, burst-loss state and ordering carry over. If ``now`` is given and both the old and
+        new rates are limited, the bytes still queued are re-timed at the new rate.
+        """
+        old_rate, new_rate = self._spec.rate_bytes_per_s, spec.rate_bytes_per_s
+        if now is not None and old_rate > 0 and new_rate > 0 and self.busy_until > now:
+            self.busy_until = now + (self.busy_until - now) * old_rate / new_rate
+        self._spec = spec
+
+    def set_up(self, up: bool) -> None:
+        """Bring the link up or down (partition). Same as assigning ``link.up``."""
+        self.up = up
+
+    def backlog_bytes(self, now: float) -> float:
+        """Bytes waiting in (or being serialised by) the queue at time ``now``."""
+        rate = self._spec.rate_bytes_per_s
+        if rate <= 0 or self.busy_until <= now:
+            return 0.0
+        return (self.busy_until - now) * rate
+
+    def counters(self) -> dict[str, float]:
+        """The cumulative counters as a dict (for reports)."""
+        return {
+            "frames_sent": self.frames_sent,
+            "frames_delivered": self.frames_delivered,
+            "packets_sent": self.packets_sent,
+            "bytes_sent": self.bytes_sent,
+            "frames_lost": self.frames_lost,
+            "frames_dropped_queue": self.frames_dropped_queue,
+            "frames_dropped_down": self.frames_dropped_down,
+            "retransmissions": self.retransmissions,
+            "forced_deliveries": self.forced_deliveries,
+            "busy_s": self.busy_s,
+        }
+
+    def send(self, size: int, now: float, reliable: bool) -> float | None:
+        """Offer a frame of ``size`` payload bytes at time ``now`` (seconds).
+
+        Returns the arrival time in seconds, or ``None`` if the frame does not arrive: an
+        unreliable frame lost or tail-dropped, or any frame while the link is down (the engine
+        must re-send refused reliable frames when the link comes up).
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size: must be a non-negative integer, got {size!r}")
+        if size > MAX_MESSAGE_BYTES:
+            raise ValueError(f"size: {size} B exceeds the SCTP max message {MAX_MESSAGE_BYTES} B")
+        if not self.up:
+            self.frames_dropped_down += 1
+            return None
+        self.frames_sent += 1
+        spec = self._spec
+        packets = spec.packets(size)
+        wire = size + packets * spec.overhead_bytes
+        rate = spec.rate_bytes_per_s
+        tx = wire / rate if rate > 0 else 0.0
+        t = now  # start of the current attempt
+        rto = spec.initial_rto_s()
+        rto_max = spec.rto_max_ms / 1000.0
+        retries = 0
+        while True:
+            last_chance = reliable and retries >= spec.max_retransmits
+            # Queue admission and serialisation.
+            if rate > 0:
+                backlog = max(0.0, self.busy_until - t) * rate
+                if backlog > 0 and backlog + wire > spec.queue_bytes and not last_chance:
+                    self.frames_dropped_queue += 1
+                    if not reliable:
+                        return None
+                    t += rto
+                    rto = min(2 * rto, rto_max)
+                    retries += 1
+                    self.retransmissions += 1
+                    continue
+                finish = max(t, self.busy_until) + tx
+                self.busy_until = max(self.busy_until, now) + tx
+            else:
+                finish = t
+            self.busy_s += tx
+            self.packets_sent += packets
+            self.bytes_sent += wire
+            # Loss on the wire.
+            if self._lost(packets):
+                self.frames_lost += 1
+                if not reliable:
+                    return None
+                if not last_chance:
+                    t = finish + rto
+                    rto = min(2 * rto, rto_max)
+                    retries += 1
+                    self.retransmissions += 1
+                    continue
+                self.forced_deliveries += 1
+            arrival = finish + self._latency_s()
+            if reliable:
+                arrival = max(arrival, self.last_reliable_arrival)
+                self.last_reliable_arrival = arrival
+            self.frames_delivered += 1
+            return arrival
+
+    def _lost(self, packets: int) -> bool:
+        spec = self._spec
+        keep = 1.0 - spec.loss
+        if spec.ge_p_good_bad > 0:
+            if self.ge_bad:
+                if self._rng.random() < spec.ge_p_bad_good:
+                    self.ge_bad = False
+            elif self._rng.random() < spec.ge_p_good_bad:
+                self.ge_bad = True
+            keep *= 1.0 - (spec.ge_loss_bad if self.ge_bad else spec.ge_loss_good)
+        if keep >= 1.0:
+            return False
+        return self._rng.random() >= keep**packets
+
+    def _latency_s(self) -> float:
+        spec = self._spec
+        rng = self._rng
+        if spec.latency_dist == "normal" and spec.latency_sd_ms > 0:
+            ms = max(0.0, rng.gauss(spec.latency_ms, spec.latency_sd_ms))
+        elif spec.latency_dist == "pareto":
+            scale = spec.latency_ms * (spec.pareto_shape - 1.0) / spec.pareto_shape
+            ms = scale * rng.paretovariate(spec.pareto_shape)
+        else:
+            ms = spec.latency_ms
+        if spec.jitter_ms > 0:
+            ms = max(0.0, ms + rng.uniform(-spec.jitter_ms, spec.jitter_ms))
+        if spec.reorder > 0 and rng.random() < spec.reorder:
+            ms += spec.reorder_ms
+        return ms / 1000.0

@@ -1,0 +1,501 @@
+"""A simulated room: real ``SceneReplica`` + ``RoomOverlay`` cores on simulated links.
+
+Every node runs the very objects a meshnode node runs. The simulation plays the driver: it
+carries frames over ``netsim.links.Link`` models, calls ``handle_timer`` when a core asks,
+honours link requests along topology edges, and applies the scenario's events (partitions,
+degradations, crashes, joins, hostile nodes). Identities, nonces and every random choice come
+from the scenario seed, so a run is reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshnode.crdt import ROOT, EntityId, SceneReplica
+from meshnode.identity import Identity, enable_verify_cache
+from meshnode.overlay import (
+    SYNC,
+    ChangeApplied,
+    ConnectRequest,
+    DisconnectRequest,
+    OverlayConfig,
+    OverlayStats,
+    RoomOverlay,
+)
+from netsim.engine import Engine
+from netsim.links import Link, LinkSpec
+from netsim.scenario import Event, Scenario
+from netsim.topology import Topology, build, neighbours
+from protocol.errors import DecodeError
+from protocol.frames import Changes, IHave, decode_frame, encode_frame
+
+Pair = tuple[int, int]
+
+
+@dataclass
+class SimNode:
+    """One simulated host: identity, durable replica, and (while up) an overlay."""
+
+    index: int
+    identity: Identity
+    peer_id: str
+    replica: SceneReplica
+    overlay: RoomOverlay | None = None
+    alive: bool = True
+    departed: bool = False
+    hostile: str = ""
+    timer_at: float | None = None
+    editor: bool = False
+    own_entities: list[EntityId] = field(default_factory=list)
+    old_stats: list[OverlayStats] = field(default_factory=list)
+
+
+@dataclass
+class Observations:
+    """What the simulation records for ``netsim.metrics``."""
+
+    submitted: dict[bytes, tuple[int, float]] = field(default_factory=dict)
+    delivered: dict[bytes, dict[int, float]] = field(default_factory=dict)
+    samples: list[dict[str, float]] = field(default_factory=list)
+    heals: list[float] = field(default_factory=list)
+    partitions: list[float] = field(default_factory=list)
+    frames_cut: int = 0
+    crossing_after_cut: int = 0
+
+
+class Simulation:
+    """Build a room from a scenario and run it. ``run()`` returns the observations."""
+
+    def __init__(self, scenario: Scenario, *, progress: Callable[[float], None] | None = None):
+        self.scenario = scenario
+        self.progress = progress
+        self.rng = random.Random(scenario.seed)
+        self.engine = Engine()
+        self.obs = Observations()
+        enable_verify_cache(200_000)
+        self.topology: Topology = build(
+            scenario.topology["kind"], scenario.topology, random.Random(self.rng.random()),
+            scenario.links,
+        )
+        n = self.topology.n
+        self.adj = neighbours(self.topology)
+        self.edge_set = {(a, b) for a, b in self.topology.edges}
+        overrides: dict[Pair, LinkSpec] = {}
+        for edges, spec in scenario.link_overrides:
+            for e in edges:
+                if e not in self.edge_set:
+                    raise ValueError(f"link_overrides: {list(e)} is not a topology edge")
+                overrides[e] = spec
+        self.base_specs: dict[Pair, LinkSpec] = {}
+        self.links: dict[Pair, Link] = {}
+        for a, b in self.topology.edges:
+            for s, d in ((a, b), (b, a)):
+                spec = overrides.get((a, b)) or self.topology.link_spec(s, d, scenario.links)
+                self.base_specs[(s, d)] = spec
+                self.links[(s, d)] = Link(spec, random.Random(self.rng.random()))
+        self.held: dict[Pair, list[tuple[str, bytes]]] = {}
+        self.epoch: dict[Pair, int] = {}
+        self.connected: set[Pair] = set()
+        self.groups: dict[int, int] | None = None
+        max_degree = max(self.topology.degrees(), default=1)
+        cfg = {"active_view_size": max(6, max_degree), **scenario.overlay}
+        self.config = OverlayConfig(**cfg)
+        self._build_room(n)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_room(self, n: int) -> None:
+        ids = [Identity.from_private_bytes(self.rng.randbytes(32)) for _ in range(n)]
+        owner = SceneReplica.create(ids[0], now=0.0, name=self.scenario.name,
+                                    nonce=self.rng.randbytes(16))
+        wl = self.scenario.workload
+        setup: list[bytes] = []
+        for i in range(1, n):
+            owner.grant(ids[i].public_id, "editor" if i < wl.editors else "viewer")
+            if owner.pending_ops >= 200:
+                setup.append(owner.commit(0.0) or b"")
+        tail = owner.commit(0.0)
+        if tail:
+            setup.append(tail)
+        self.nodes: list[SimNode] = []
+        joiners = {x for ev in self.scenario.events if ev.kind == "join" for x in ev.nodes}
+        for i in range(n):
+            rep = owner if i == 0 else SceneReplica.from_genesis(owner.genesis, ids[i])
+            if i:
+                rep.apply_many(setup, 0.0)
+            node = SimNode(i, ids[i], ids[i].public_id, rep, editor=i < wl.editors)
+            node.alive = i not in joiners
+            self.nodes.append(node)
+        self.by_peer = {node.peer_id: node.index for node in self.nodes}
+        # Editors start with a few entities each, so edits have something to act on.
+        per_editor = max(1, wl.initial_entities // max(1, wl.editors))
+        for node in self.nodes[: wl.editors]:
+            for k in range(per_editor):
+                node.own_entities.append(node.replica.create_entity(
+                    ROOT, {"name": {"text": f"{node.index}-{k}"},
+                           "transform": {"position": [0.0, 0.0, 0.0]}}))
+            data = node.replica.commit(0.0)
+            for other in self.nodes:
+                if other is not node and data is not None:
+                    other.replica.apply(data, 0.0)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> Observations:
+        """Run the scenario to its end."""
+        sc = self.scenario
+        for node in self.nodes:
+            if node.alive:
+                self._start(node)
+        for a, b in self.topology.edges:
+            if self.nodes[a].alive and self.nodes[b].alive:
+                self._link_up(a, b)
+        for ev in sc.events:
+            self.engine.at(ev.at_s, self._event, ev)
+        wl = sc.workload
+        stop = wl.stop_s if wl.stop_s is not None else sc.duration_s * 0.75
+        if wl.edits_per_s > 0 and wl.editors > 0:
+            self.engine.at(wl.start_s + self.rng.expovariate(wl.edits_per_s), self._edit, stop)
+        if wl.presence_hz > 0:
+            for node in self.nodes[: wl.editors]:
+                self.engine.at(wl.start_s + self.rng.random() / wl.presence_hz,
+                               self._presence, node, stop)
+        self.engine.at(0.0, self._sample)
+        self.engine.run_until(sc.duration_s, self.progress)
+        return self.obs
+
+    def _start(self, node: SimNode) -> None:
+        node.overlay = RoomOverlay(node.replica, node.identity, self.config,
+                                   random.Random(self.rng.random()))
+        node.alive = True
+        node.timer_at = None
+
+    def _overlay(self, i: int) -> RoomOverlay:
+        ov = self.nodes[i].overlay
+        assert ov is not None
+        return ov
+
+    def _link_up(self, a: int, b: int) -> None:
+        if (a, b) in self.connected:
+            return
+        self.connected.add((a, b))
+        self.connected.add((b, a))
+        now = self.engine.now
+        self._overlay(a).connect(self.nodes[b].peer_id, now)
+        self._overlay(b).connect(self.nodes[a].peer_id, now)
+        self._drain(a)
+        self._drain(b)
+
+    def _link_down(self, a: int, b: int) -> None:
+        if (a, b) not in self.connected:
+            return
+        self.connected.discard((a, b))
+        self.connected.discard((b, a))
+        for pair in ((a, b), (b, a)):
+            self.epoch[pair] = self.epoch.get(pair, 0) + 1
+            self.held.pop(pair, None)
+        now = self.engine.now
+        for x, y in ((a, b), (b, a)):
+            node = self.nodes[x]
+            if node.alive and node.overlay is not None:
+                node.overlay.disconnect(self.nodes[y].peer_id, now)
+                self._drain(x)
+
+    def _cut(self, a: int, b: int) -> bool:
+        return self.groups is not None and self.groups.get(a) != self.groups.get(b)
+
+    def _transmit(self, src: int, dst: int, channel: str, frame: bytes) -> None:
+        pair = (src, dst)
+        if pair not in self.connected:
+            return
+        if self._cut(src, dst):
+            self.obs.frames_cut += 1
+            if channel == SYNC:
+                self.held.setdefault(pair, []).append((channel, frame))
+            return
+        t = self.links[pair].send(len(frame), self.engine.now, channel == SYNC)
+        if t is None:
+            if channel == SYNC:
+                self.held.setdefault(pair, []).append((channel, frame))
+            return
+        self.engine.at(t, self._deliver, src, dst, channel, frame, self.epoch.get(pair, 0))
+
+    def _deliver(self, src: int, dst: int, channel: str, frame: bytes, epoch: int) -> None:
+        pair = (src, dst)
+        if self.epoch.get(pair, 0) != epoch or pair not in self.connected:
+            return
+        node = self.nodes[dst]
+        if not node.alive or node.overlay is None:
+            return
+        if self._cut(src, dst):
+            self.obs.crossing_after_cut += 1
+        node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
+        self._drain(dst)
+
+    def _drain(self, i: int) -> None:
+        """Carry out what a core asked for: frames, link requests, timers; record events."""
+        node = self.nodes[i]
+        ov = node.overlay
+        if ov is None or not node.alive:
+            return
+        now = self.engine.now
+        for peer, channel, frame in ov.frames_to_send():
+            dst = self.by_peer[peer]
+            if node.hostile == "withhold" and channel == SYNC and _is_changes(frame):
+                continue  # a black hole: announces, but never sends change payloads
+            self._transmit(i, dst, channel, frame)
+        while (ev := ov.next_event()) is not None:
+            if isinstance(ev, ChangeApplied):
+                self.obs.delivered.setdefault(ev.change_id, {})[i] = now
+            elif isinstance(ev, ConnectRequest):
+                self._connect_request(i, self.by_peer[ev.peer])
+            elif isinstance(ev, DisconnectRequest):
+                j = self.by_peer.get(ev.peer)
+                if j is not None:
+                    self.engine.at(now, self._link_down, i, j)
+        t = ov.get_timer()
+        if t is not None and (node.timer_at is None or t < node.timer_at):
+            node.timer_at = t
+            self.engine.at(t, self._timer, i, t)
+
+    def _timer(self, i: int, when: float) -> None:
+        node = self.nodes[i]
+        if node.timer_at != when or not node.alive or node.overlay is None:
+            return
+        node.timer_at = None
+        node.overlay.handle_timer(self.engine.now)
+        self._drain(i)
+
+    def _connect_request(self, a: int, b: int) -> None:
+        """Links exist only along topology edges; anything else fails at once."""
+        edge = (min(a, b), max(a, b))
+        ok = (
+            edge in self.edge_set and self.nodes[b].alive and not self._cut(a, b)
+            and (a, b) not in self.connected
+        )
+        if not ok:
+            ov = self.nodes[a].overlay
+            if ov is not None and (a, b) not in self.connected:
+                ov.connect_failed(self.nodes[b].peer_id, self.engine.now)
+            return
+        rtt = 2 * self.links[(a, b)].spec.latency_ms / 1000.0
+        self.engine.at(self.engine.now + 1.5 * rtt, self._handshake, a, b)
+
+    def _handshake(self, a: int, b: int) -> None:
+        if self.nodes[a].alive and self.nodes[b].alive and not self._cut(a, b):
+            self._link_up(a, b)
+        else:
+            ov = self.nodes[a].overlay
+            if ov is not None:
+                ov.connect_failed(self.nodes[b].peer_id, self.engine.now)
+                self._drain(a)
+
+    # ------------------------------------------------------------------ workload
+
+    def _live_editors(self) -> list[SimNode]:
+        return [n for n in self.nodes if n.editor and n.alive and not n.hostile]
+
+    def _edit(self, stop: float) -> None:
+        now = self.engine.now
+        if now > stop:
+            return
+        wl = self.scenario.workload
+        self.engine.at(now + self.rng.expovariate(wl.edits_per_s), self._edit, stop)
+        editors = self._live_editors()
+        if not editors:
+            return
+        node = self.rng.choice(editors)
+        self._one_edit(node, now)
+
+    def _one_edit(self, node: SimNode, now: float) -> None:
+        rep, rng = node.replica, self.rng
+        node.own_entities = [e for e in node.own_entities if rep.exists(e)]
+        mix = self.scenario.workload.mix
+        kinds, weights = zip(*mix.items(), strict=True)
+        kind = rng.choices(kinds, weights)[0]
+        own = node.own_entities
+        if not own or kind == "create":
+            parent = rng.choice(own) if own and rng.random() < 0.5 else ROOT
+            own.append(rep.create_entity(parent, {"transform": {"position": [0.0, 0.0, 0.0]}}))
+        elif kind == "transform":
+            pos = [round(rng.uniform(-10, 10), 3) for _ in range(3)]
+            rep.set_field(rng.choice(own), "transform", "position", pos)
+        elif kind == "field":
+            rep.set_field(rng.choice(own), "material", "color", rng.choice(["red", "blue"]))
+        elif kind == "delete" and len(own) > 1:
+            rep.delete(own.pop(rng.randrange(len(own))))
+        elif kind == "move" and len(own) > 1:
+            e, p = rng.sample(own, 2)
+            try:
+                rep.move(e, p)
+            except ValueError:
+                rep.move(e, ROOT)
+        else:
+            rep.set_field(rng.choice(own), "transform", "position", [0.0, 0.0, 0.0])
+        data = rep.commit(now)
+        if data is None or node.overlay is None:
+            return
+        res = node.overlay.submit_change(data, now)
+        if res.change_id is not None:
+            self.obs.submitted[res.change_id] = (node.index, now)
+        self._drain(node.index)
+
+    def _presence(self, node: SimNode, stop: float) -> None:
+        now = self.engine.now
+        if now > stop or not node.alive or node.overlay is None:
+            return
+        hz = self.scenario.workload.presence_hz
+        self.engine.at(now + 1.0 / hz, self._presence, node, stop)
+        pos = [round(self.rng.uniform(-10, 10), 2) for _ in range(3)]
+        node.overlay.submit_presence({"position": pos}, now)
+        self._drain(node.index)
+
+    # ------------------------------------------------------------------ scenario events
+
+    def _event(self, ev: Event) -> None:
+        getattr(self, f"_ev_{ev.kind}")(ev)
+
+    def _ev_partition(self, ev: Event) -> None:
+        self.groups = {x: g for g, members in enumerate(ev.groups) for x in members}
+        self.obs.partitions.append(self.engine.now)
+
+    def _ev_heal(self, ev: Event) -> None:
+        self.groups = None
+        self.obs.heals.append(self.engine.now)
+        held, self.held = self.held, {}
+        for (src, dst), frames in held.items():
+            for channel, frame in frames:
+                self._transmit(src, dst, channel, frame)
+
+    def _targets(self, ev: Event) -> list[Pair]:
+        if not ev.edges:
+            return list(self.links)
+        return [p for a, b in ev.edges for p in ((a, b), (b, a)) if p in self.links]
+
+    def _ev_degrade(self, ev: Event) -> None:
+        for pair in self._targets(ev):
+            spec = self.links[pair].spec
+            self.links[pair].set_spec(LinkSpec.from_dict(ev.link, base=spec), self.engine.now)
+
+    def _ev_restore(self, ev: Event) -> None:
+        for pair in self._targets(ev):
+            self.links[pair].set_spec(self.base_specs[pair], self.engine.now)
+
+    def _ev_crash(self, ev: Event) -> None:
+        for x in ev.nodes:
+            node = self.nodes[x]
+            if not node.alive:
+                continue
+            for y in self.adj[x]:
+                self._link_down(x, y)
+            if node.overlay is not None:
+                node.old_stats.append(node.overlay.stats)
+            node.alive = False
+            node.overlay = None
+
+    def _ev_leave(self, ev: Event) -> None:
+        self._ev_crash(ev)
+        for x in ev.nodes:
+            self.nodes[x].departed = True
+
+    def _ev_restart(self, ev: Event) -> None:
+        for x in ev.nodes:
+            node = self.nodes[x]
+            if node.alive or node.departed:
+                continue
+            self._start(node)
+            for y in self.adj[x]:
+                if self.nodes[y].alive:
+                    self._link_up(x, y)
+
+    _ev_join = _ev_restart
+
+    def _ev_hostile(self, ev: Event) -> None:
+        for x in ev.nodes:
+            node = self.nodes[x]
+            node.hostile = ev.behaviour
+            if ev.behaviour in ("flood", "garbage", "equivocate"):
+                self.engine.at(self.engine.now, self._misbehave, x, ev.rate_per_s)
+
+    def _misbehave(self, x: int, rate: float) -> None:
+        node = self.nodes[x]
+        now = self.engine.now
+        if not node.alive or now >= self.scenario.duration_s:
+            return
+        self.engine.at(now + 1.0 / rate, self._misbehave, x, rate)
+        room = node.replica.room_id
+        targets = [y for y in self.adj[x] if (x, y) in self.connected]
+        if node.hostile == "flood":
+            frame = encode_frame(IHave(room, (self.rng.randbytes(32),)))
+            for y in targets:
+                self._transmit(x, y, SYNC, frame)
+        elif node.hostile == "garbage":
+            for y in targets:
+                self._transmit(x, y, SYNC, self.rng.randbytes(self.rng.randrange(1, 200)))
+        elif node.hostile == "equivocate" and targets:
+            self._equivocate(node, targets, now)
+
+    def _equivocate(self, node: SimNode, targets: list[int], now: float) -> None:
+        """Sign two different changes with one seq; send one to half the neighbours."""
+        rep = node.replica
+        if not node.own_entities:
+            node.own_entities.append(rep.create_entity(ROOT))
+            data = rep.commit(now)
+            if data is not None and node.overlay is not None:
+                node.overlay.submit_change(data, now)
+                self._drain(node.index)
+            return
+        twin = SceneReplica.from_snapshot(rep.snapshot(), node.identity)
+        e = node.own_entities[0]
+        rep.set_field(e, "material", "color", "left")
+        twin.set_field(e, "material", "color", "right")
+        a, b = rep.commit(now), twin.commit(now)
+        if a is None or b is None:
+            return
+        room = rep.room_id
+        half = len(targets) // 2 or 1
+        for k, y in enumerate(targets):
+            frame = encode_frame(Changes(room, (a if k < half else b,)))
+            self._transmit(node.index, y, SYNC, frame)
+
+    # ------------------------------------------------------------------ sampling
+
+    def honest_live(self) -> list[SimNode]:
+        """Nodes that are up and not hostile: those that must converge."""
+        return [n for n in self.nodes if n.alive and not n.hostile]
+
+    def _sample(self) -> None:
+        now = self.engine.now
+        live = self.honest_live()
+        heads = {tuple(n.replica.heads()) for n in live}
+        expected = len(self.obs.submitted) * max(0, len(live) - 1)
+        got = sum(
+            1 for cid, (origin, _) in self.obs.submitted.items()
+            for j in self.obs.delivered.get(cid, {}) if j != origin
+        ) if expected else 0
+        self.obs.samples.append({
+            "t": now,
+            "distinct_heads": float(len(heads)),
+            "delivered_fraction": (got / expected) if expected else 1.0,
+        })
+        nxt = now + self.scenario.sample_interval_s
+        if nxt <= self.scenario.duration_s + 1e-9:
+            self.engine.at(nxt, self._sample)
+
+    def link_utilisation(self) -> dict[str, float]:
+        """Busy fraction of every link direction over the run."""
+        d = max(self.scenario.duration_s, 1e-9)
+        return {f"{a}-{b}": link.busy_s / d for (a, b), link in sorted(self.links.items())}
+
+    def overlay_stats(self, node: SimNode) -> list[OverlayStats]:
+        """Stats of every overlay the node has run (restarts make new ones)."""
+        return [*node.old_stats, *([node.overlay.stats] if node.overlay else [])]
+
+
+def _is_changes(frame: bytes) -> bool:
+    try:
+        return isinstance(decode_frame(frame), Changes)
+    except DecodeError:
+        return False
