@@ -13,6 +13,7 @@ from typing import Any
 
 from meshnode.overlay import OverlayConfig
 from netsim.links import PRESETS, LinkSpec
+from netsim.topology import KINDS
 
 EVENT_KINDS = frozenset(
     {"partition", "heal", "degrade", "restore", "crash", "restart", "join", "leave", "hostile"}
@@ -73,8 +74,29 @@ class Scenario:
         return int(self.topology["nodes"])
 
 
+def _number(value: Any, where: str, *, positive: bool = False) -> float:
+    """A number >= 0 (> 0 with ``positive``), or a ``ScenarioError`` naming ``where``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if not ok or (positive and value <= 0):
+        raise ScenarioError(f"{where} must be a number {'>' if positive else '>='} 0, "
+                            f"not {value!r}")
+    return float(value)
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ScenarioError(f"{where} must be a table")
+    return dict(value)
+
+
+def _tables(value: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise ScenarioError(f"{where} must be an array of tables ([[{where}]])")
+    return value
+
+
 def _link_spec(table: dict[str, Any], base: LinkSpec, where: str) -> LinkSpec:
-    table = dict(table)
+    table = _table(table, where)
     preset = table.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
@@ -162,7 +184,8 @@ def _event(raw: dict[str, Any], n: int, i: int) -> Event:
             )
         ev["behaviour"] = behaviour
         if "rate_per_s" in raw:
-            ev["rate_per_s"] = float(raw.pop("rate_per_s"))
+            ev["rate_per_s"] = _number(raw.pop("rate_per_s"), f"{where}.rate_per_s",
+                                       positive=True)
     if raw:
         raise ScenarioError(f"{where}: unknown keys {sorted(raw)} for kind {kind!r}")
     return Event(**ev)
@@ -182,21 +205,28 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     n = topo.get("nodes")
     if not isinstance(n, int) or n < 2:
         raise ScenarioError("topology.nodes must be an integer >= 2")
+    if topo["kind"] not in KINDS:
+        raise ScenarioError(f"topology.kind: unknown {topo['kind']!r} ({sorted(KINDS)})")
+    bad = set(topo) - {"kind", "nodes"} - set(KINDS[topo["kind"]])
+    if bad:
+        raise ScenarioError(f"topology: unknown keys {sorted(bad)} for kind {topo['kind']!r}")
     duration = data.get("duration_s", 60.0)
     if not isinstance(duration, (int, float)) or duration <= 0:
         raise ScenarioError("duration_s must be a positive number")
     links = _link_spec(data.get("links", {}), LinkSpec(), "links")
     overrides = []
-    for i, ov in enumerate(data.get("link_overrides", [])):
+    for i, ov in enumerate(_tables(data.get("link_overrides", []), "link_overrides")):
         ov = dict(ov)
         edges = _edges(ov.pop("edges", None), n, f"link_overrides[{i}].edges")
         overrides.append((edges, _link_spec(ov, links, f"link_overrides[{i}]")))
-    overlay = dict(data.get("overlay", {}))
+    overlay = _table(data.get("overlay", {}), "overlay")
     valid = {f.name for f in fields(OverlayConfig)}
     bad = set(overlay) - valid
     if bad:
         raise ScenarioError(f"overlay: unknown keys {sorted(bad)}")
-    wl_raw = dict(data.get("workload", {}))
+    for key, value in overlay.items():
+        _number(value, f"overlay.{key}")
+    wl_raw = _table(data.get("workload", {}), "workload")
     wl_valid = {f.name for f in fields(Workload)}
     bad = set(wl_raw) - wl_valid
     if bad:
@@ -207,10 +237,21 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
             raise ScenarioError(f"workload.mix: keys must be among {sorted(DEFAULT_MIX)}")
         if any(not isinstance(v, (int, float)) or v < 0 for v in mix.values()):
             raise ScenarioError("workload.mix: weights must be numbers >= 0")
+        if not sum(mix.values()) > 0:
+            raise ScenarioError("workload.mix: at least one weight must be > 0")
+    for key in ("edits_per_s", "start_s", "presence_hz"):
+        if key in wl_raw:
+            _number(wl_raw[key], f"workload.{key}")
+    if wl_raw.get("stop_s") is not None:
+        _number(wl_raw["stop_s"], "workload.stop_s")
+    for key in ("editors", "initial_entities"):
+        value = wl_raw.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ScenarioError(f"workload.{key} must be an integer >= 0, not {value!r}")
     workload = Workload(**wl_raw)
     if not 0 <= workload.editors <= n:
         raise ScenarioError(f"workload.editors must be between 0 and {n}")
-    events = [_event(e, n, i) for i, e in enumerate(data.get("events", []))]
+    events = [_event(e, n, i) for i, e in enumerate(_tables(data.get("events", []), "events"))]
     events.sort(key=lambda e: e.at_s)
     the_seed = seed if seed is not None else data.get("seed", 1)
     if not isinstance(the_seed, int):
@@ -225,7 +266,8 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
         workload=workload,
         events=events,
         name=str(data.get("name", "scenario")),
-        sample_interval_s=float(data.get("sample_interval_s", 0.5)),
+        sample_interval_s=_number(data.get("sample_interval_s", 0.5), "sample_interval_s",
+                                  positive=True),
     )
 
 

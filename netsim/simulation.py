@@ -26,7 +26,7 @@ from meshnode.overlay import (
 )
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
-from netsim.scenario import Event, Scenario
+from netsim.scenario import Event, Scenario, ScenarioError
 from netsim.topology import Topology, build, neighbours
 from protocol.errors import DecodeError
 from protocol.frames import Changes, IHave, decode_frame, encode_frame
@@ -75,10 +75,13 @@ class Simulation:
         self.engine = Engine()
         self.obs = Observations()
         enable_verify_cache(200_000)
-        self.topology: Topology = build(
-            scenario.topology["kind"], scenario.topology, random.Random(self.rng.random()),
-            scenario.links,
-        )
+        try:
+            self.topology: Topology = build(
+                scenario.topology["kind"], scenario.topology, random.Random(self.rng.random()),
+                scenario.links,
+            )
+        except ValueError as err:
+            raise ScenarioError(f"topology: {err}") from None
         n = self.topology.n
         self.adj = neighbours(self.topology)
         self.edge_set = {(a, b) for a, b in self.topology.edges}
@@ -86,7 +89,7 @@ class Simulation:
         for edges, spec in scenario.link_overrides:
             for e in edges:
                 if e not in self.edge_set:
-                    raise ValueError(f"link_overrides: {list(e)} is not a topology edge")
+                    raise ScenarioError(f"link_overrides: {list(e)} is not a topology edge")
                 overrides[e] = spec
         self.base_specs: dict[Pair, LinkSpec] = {}
         self.links: dict[Pair, Link] = {}
@@ -96,6 +99,7 @@ class Simulation:
                 self.base_specs[(s, d)] = spec
                 self.links[(s, d)] = Link(spec, random.Random(self.rng.random()))
         self.held: dict[Pair, list[tuple[str, bytes]]] = {}
+        self.held_in_flight: dict[Pair, int] = {}  # how many of held[pair] were on the wire
         self.epoch: dict[Pair, int] = {}
         self.connected: set[Pair] = set()
         self.groups: dict[int, int] | None = None
@@ -196,6 +200,7 @@ class Simulation:
         for pair in ((a, b), (b, a)):
             self.epoch[pair] = self.epoch.get(pair, 0) + 1
             self.held.pop(pair, None)
+            self.held_in_flight.pop(pair, None)
         now = self.engine.now
         for x, y in ((a, b), (b, a)):
             node = self.nodes[x]
@@ -230,7 +235,15 @@ class Simulation:
         if not node.alive or node.overlay is None:
             return
         if self._cut(src, dst):
-            self.obs.crossing_after_cut += 1
+            # The partition also cuts frames still on the wire when it began (a lossy link's
+            # retransmissions can keep one there for seconds): presence is lost; a sync frame
+            # is re-sent at the heal ahead of those held since the cut, as it was sent first.
+            self.obs.frames_cut += 1
+            if channel == SYNC:
+                k = self.held_in_flight.get(pair, 0)
+                self.held.setdefault(pair, []).insert(k, (channel, frame))
+                self.held_in_flight[pair] = k + 1
+            return
         node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
         self._drain(dst)
 
@@ -365,6 +378,7 @@ class Simulation:
         self.groups = None
         self.obs.heals.append(self.engine.now)
         held, self.held = self.held, {}
+        self.held_in_flight = {}
         for (src, dst), frames in held.items():
             for channel, frame in frames:
                 self._transmit(src, dst, channel, frame)

@@ -54,7 +54,7 @@ class Change:
     seq: int
     deps: list[bytes]
     hlc: int
-    actors: list[bytes]
+    actors: list[bytes | int]  # a key, or the index of a dep whose author it is
     names: list[str]
     ops: list[Op]
     body: bytes
@@ -73,7 +73,7 @@ def encode_change(
     seq: int,
     deps: Sequence[bytes],
     hlc: int,
-    actors: Sequence[bytes],
+    actors: Sequence[bytes | int],
     names: Sequence[str],
     ops: Sequence[Op],
     room_id: bytes,
@@ -221,10 +221,16 @@ def decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
         raise LimitExceeded("too many ops in one change")
     if not ops:
         raise _bad("a change must hold at least one op")
-    seen_actors = set()
+    seen_actors: set[bytes | int] = set()
     for a in actors:
-        if type(a) is not bytes or len(a) != KEY_BYTES or a == author or a in seen_actors:
-            raise _bad("actors must be distinct 32-byte keys other than the author")
+        # An actor is a 32-byte key, or (shorter) the index of a dep whose author it is.
+        if type(a) is int:
+            if not 0 <= a < len(deps):
+                raise _bad("actor dep index out of range")
+        elif type(a) is not bytes or len(a) != KEY_BYTES or a == author:
+            raise _bad("actors must be 32-byte keys other than the author, or dep indices")
+        if a in seen_actors:
+            raise _bad("actors must be distinct")
         seen_actors.add(a)
     for nm in names:
         if type(nm) is not str or not nm or len(nm) > limits.max_name_chars:

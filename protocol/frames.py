@@ -40,13 +40,18 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class Heads:
-    """The sender's heads, for anti-entropy. ``bloom`` (may be empty) holds the sender's
-    recent change IDs (see ``protocol.bloom``); ``reply`` asks the receiver to answer with
-    its own heads if it lacks some of these."""
+    """The sender's heads and version vector, for anti-entropy.
+
+    ``vv`` maps each author (public key) to the highest seq the sender holds; it lets the
+    receiver send exactly what the sender lacks even when it does not know all of its heads.
+    ``bloom`` (may be empty) holds the sender's recent change IDs (see ``protocol.bloom``), for
+    rooms where version vectors are ambiguous (equivocation). ``reply`` asks the receiver to
+    answer with its own heads if it lacks some of these."""
 
     TYPE: ClassVar[int] = 2
     room_id: bytes
     heads: tuple[bytes, ...]
+    vv: tuple[tuple[bytes, int], ...] = ()
     bloom: bytes = b""
     reply: bool = False
 
@@ -180,7 +185,7 @@ def _fields_of(msg: Message) -> list[Any]:
     if isinstance(msg, Changes):
         return [list(msg.changes), msg.push]
     if isinstance(msg, Heads):
-        return [sorted(msg.heads), msg.bloom, msg.reply]
+        return [sorted(msg.heads), [list(e) for e in sorted(msg.vv)], msg.bloom, msg.reply]
     if isinstance(msg, Snapshot):
         return [msg.data]
     if isinstance(msg, IHave | Graft | Want):
@@ -216,6 +221,26 @@ def _unique(items: tuple[bytes, ...], what: str) -> tuple[bytes, ...]:
     if len(set(items)) != len(items):
         raise SchemaError(f"duplicate entry in {what}")
     return items
+
+
+def _version_vector(value: object, limits: Limits) -> tuple[tuple[bytes, int], ...]:
+    if type(value) is not list:
+        raise SchemaError("version vector must be an array")
+    if len(value) > limits.max_collection_items:
+        raise LimitExceeded("version vector too long")
+    out = []
+    prev = b""
+    for entry in value:
+        if (
+            type(entry) is not list or len(entry) != 2 or type(entry[0]) is not bytes
+            or len(entry[0]) != KEY_BYTES or type(entry[1]) is not int or entry[1] < 1
+        ):
+            raise SchemaError("version vector entry is [32-byte key, seq >= 1]")
+        if entry[0] <= prev:
+            raise SchemaError("version vector keys must be sorted and unique")
+        prev = entry[0]
+        out.append((entry[0], entry[1]))
+    return tuple(out)
 
 
 def _peer(value: object) -> str:
@@ -270,11 +295,11 @@ def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             room_id, _bytes_list(f[0], limits.max_changes_per_frame, None, "changes"), f[1]
         )
     if mtype == Heads.TYPE:
-        _arity(f, 3, "[hash...], bloom, reply")
+        _arity(f, 4, "[hash...], [[author, seq]...], bloom, reply")
         heads = _unique(_bytes_list(f[0], limits.max_deps, HASH_BYTES, "heads"), "heads")
-        if type(f[1]) is not bytes or type(f[2]) is not bool:
+        if type(f[2]) is not bytes or type(f[3]) is not bool:
             raise SchemaError("heads bloom must be bytes and reply a bool")
-        return Heads(room_id, heads, f[1], f[2])
+        return Heads(room_id, heads, _version_vector(f[1], limits), f[2], f[3])
     if mtype == Snapshot.TYPE:
         _arity(f, 1, "data")
         if type(f[0]) is not bytes:

@@ -137,15 +137,24 @@ def frame_json(msg: Message) -> dict[str, Any]:
         elif isinstance(value, bytes):
             out[name] = value.hex()
         elif isinstance(value, tuple):
-            out[name] = [x.hex() if isinstance(x, bytes) else x for x in value]
+            out[name] = [to_json_plain(x) for x in value]
         else:
             out[name] = value
     return out
 
 
+def to_json_plain(value: Any) -> Any:
+    """Bytes as hex, tuples as lists (for frame fields such as a version vector)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return [to_json_plain(x) for x in value]
+    return value
+
+
 def _change_json(
     data: bytes, *, author: bytes, seq: int, deps: list[bytes], hlc: int,
-    actors: list[bytes], names: list[str], ops: list[Any], room_id: bytes,
+    actors: list[bytes | int], names: list[str], ops: list[Any], room_id: bytes,
 ) -> dict[str, Any]:
     return {
         "author": author.hex(),
@@ -154,7 +163,7 @@ def _change_json(
         "hlc": hlc,
         "hlc_millis": hlc >> 16,
         "hlc_logical": hlc & 0xFFFF,
-        "actors": [a.hex() for a in actors],
+        "actors": [a.hex() if isinstance(a, bytes) else a for a in actors],
         "names": names,
         "ops": to_json(ops),
         "signed_room_id": room_id.hex(),
@@ -165,7 +174,7 @@ def _change_json(
 
 
 def _make_change(
-    seed: bytes, *, seq: int, deps: list[bytes], hlc: int, actors: list[bytes],
+    seed: bytes, *, seq: int, deps: list[bytes], hlc: int, actors: list[bytes | int],
     names: list[str], ops: list[Any], room_id: bytes,
 ) -> tuple[bytes, dict[str, Any]]:
     author = public_key(seed)
@@ -212,10 +221,10 @@ def build_vectors() -> dict[str, Any]:
     )
     id1 = change_id(change1)
     change2, change2_json = _make_change(
-        SEED_B, seq=1, deps=[id1], hlc=hlc_at(NOW_CHANGE_2), actors=[a],
+        SEED_B, seq=1, deps=[id1], hlc=hlc_at(NOW_CHANGE_2), actors=[0],
         names=["transform", "position", "light", "intensity"],
         ops=[
-            [OP_CREATE, 1, [0, 1]],  # B/1 under A/1 (actor 0 = A)
+            [OP_CREATE, 1, [0, 1]],  # B/1 under A/1 (actor 0 = the author of dep 0 = A)
             [OP_SET, 1, 0, 1, [3.0, 0.0, 0.0]],  # B/1 transform.position
             [OP_SET, 1, 2, 3, 800],  # B/1 light.intensity
             [OP_CREATE, 2, None],  # B/2 under the root
@@ -248,10 +257,11 @@ def build_vectors() -> dict[str, Any]:
         ("frame/changes", Changes(room, (change1, change2), True),
          "`Changes` (type 1), an eager push of `change/1` and `change/2` (below); the JSON "
          "lists the SHA-256 of each carried change, i.e. their change IDs."),
-        ("frame/heads", Heads(room, (id2,), bloom, True),
+        ("frame/heads", Heads(room, (id2,), ((a, 2), (b, 1)), bloom, True),
          "`Heads` (type 2) of a replica holding the three changes below (its only head is "
-         "`change/2`), with a Bloom filter (salt `5a17f00d`) of all three change IDs, asking "
-         "for the receiver's heads in reply."),
+         "`change/2`; its version vector: A at seq 2, B at seq 1), with a Bloom filter "
+         "(salt `5a17f00d`) "
+         "of all three change IDs, asking for the receiver's heads in reply."),
         ("frame/snapshot", Snapshot(room, SNAPSHOT_PLACEHOLDER),
          "`Snapshot` (type 3). The data here is an opaque placeholder, not a valid snapshot "
          "(see [Snapshots](#snapshots))."),
@@ -296,7 +306,7 @@ def build_vectors() -> dict[str, Any]:
         ("invalid/frame-duplicate-head", "decode_frame",
          pack([1, 2, room, [id2, id2], b"", False]),
          "SchemaError", "A `Heads` frame naming one head twice."),
-        ("invalid/frame-missing-field", "decode_frame", pack([1, 2, room, [id2], b""]),
+        ("invalid/frame-missing-field", "decode_frame", pack([1, 2, room, [id2], [], b""]),
          "SchemaError", "A `Heads` frame without its `reply` field."),
         ("invalid/frame-push-not-bool", "decode_frame", pack([1, 1, room, [], 1]),
          "SchemaError", "A `Changes` frame whose `push` flag is `1`, not a bool."),

@@ -243,10 +243,18 @@ class SceneReplica:
         """Hashes that buffered changes wait for: what to ask peers for."""
         return self._buffer.missing_deps() - self._graph.meta.keys()
 
-    def changes_since(self, heads: Iterable[bytes]) -> list[bytes]:
+    def version_vector(self) -> dict[bytes, int]:
+        """Author public key -> highest seq applied here (each author's changes form a chain,
+        so this says exactly which changes this replica has, barring equivocation)."""
+        return dict(self._graph.vv_all)
+
+    def changes_since(
+        self, heads: Iterable[bytes], version_vector: Mapping[bytes, int] | None = None
+    ) -> list[bytes]:
         """The applied changes (wire bytes, causal order) that a replica whose heads are
-        ``heads`` lacks. Unknown heads are ignored, so at worst it sends a few duplicates.
-        Changes known here only through a snapshot cannot be sent."""
+        ``heads`` (and, if given, whose ``version_vector``) lacks. Heads unknown here are
+        ignored, so without a version vector a peer that has changes this replica lacks may get
+        some it already has. Changes known here only through a snapshot cannot be sent."""
         graph = self._graph
         meta = graph.meta
         known = [h for h in heads if h in meta]
@@ -255,6 +263,9 @@ class SceneReplica:
             past = graph.ancestors(known)
             return [graph.raw[c] for c in graph.order if c not in past and c in graph.raw]
         vv = graph.past_vv(known)
+        for author, seq in (version_vector or {}).items():
+            if vv.get(author, 0) < seq:
+                vv[author] = seq
         wanted: list[bytes] = []
         for author, top in graph.vv_all.items():
             have = vv.get(author, 0)
@@ -436,7 +447,12 @@ class SceneReplica:
         if role < ROLE_EDITOR and any(op[0] != OP_ROLE for op in ch.ops):
             raise Rejected("viewer_cannot_edit")
         key = self._key
-        actors = [key(a) for a in ch.actors]
+        actors: list[bytes] = []
+        for a in ch.actors:
+            actor = meta[ch.deps[a]].author if isinstance(a, int) else key(a)
+            if actor == author or actor in actors:
+                raise Rejected("bad_actor")
+            actors.append(actor)
         names = ch.names
         creation = self._creation
         created: dict[Node, None] = {}  # ordered, for deterministic iteration
@@ -682,6 +698,8 @@ class SceneReplica:
             raise ValueError("the root cannot be moved")
         ent = self._live(entity, "entity")
         par = self._live(new_parent, "new parent")
+        if self._tree.parent.get(ent) == par:
+            return  # already there: no op (as Loro does), so nothing to sign or send
         if self._tree.is_ancestor(ent, par):
             raise ValueError("moving an entity under itself or its descendant makes a cycle")
         batch = self._require(self._needed_for(ent), "move this entity")
@@ -755,12 +773,17 @@ class SceneReplica:
         seq = vv.get(self._me, 0) + 1
         hlc = self._clock.tick(now)
         deps = sorted(graph.heads)
+        # An actor that authored one of the deps is sent as that dep's index (1 byte, not 33).
+        head_author: dict[bytes, int] = {}
+        for i, d in enumerate(deps):
+            head_author.setdefault(graph.meta[d].author, i)
+        actors: list[bytes | int] = [head_author.get(a, a) for a in batch.actors]
         data = encode_change(
             author=self._me,
             seq=seq,
             deps=deps,
             hlc=hlc,
-            actors=batch.actors,
+            actors=actors,
             names=batch.names,
             ops=batch.ops,
             room_id=self.room_id,

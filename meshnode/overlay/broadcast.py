@@ -7,6 +7,9 @@ receives a pushed change twice answers ``Prune(author)``, so each author's chang
 spanning tree made of the fastest links (the first copy wins). A node that hears of a change
 only by announcement waits ``graft_timeout_s``, then sends ``Graft`` to an announcer, which
 sends the change and pushes that author's changes eagerly again: the tree repairs itself.
+A grafted announcer that is merely slow (a lossy link retransmitting) is not to blame: only
+if the change has still not arrived from anyone ``promise_timeout_s`` after the graft is
+the promise counted as broken.
 Trees per author, rather than one shared tree, keep each author's latency close to the
 shortest path.
 """
@@ -52,6 +55,8 @@ class Broadcast:
         self.missing: OrderedDict[bytes, Missing] = OrderedDict()
         self.announce: dict[str, list[bytes]] = {}
         self.next_announce: float | None = None
+        # (grafted peer, change id) -> when the promise is due; in due order
+        self.promises: OrderedDict[tuple[str, bytes], float] = OrderedDict()
 
     def broadcast(
         self, change_id: bytes, author: bytes, data: bytes, source: str | None,
@@ -115,9 +120,6 @@ class Broadcast:
             if known(cid):
                 del self.missing[cid]
                 continue
-            if entry.grafted is not None:
-                # We asked and it did not come: the announcer broke its promise.
-                self._broken_promise(entry.grafted, now)
             candidates = [p for p in entry.announcers if p in active and p not in entry.tried]
             if not candidates:
                 del self.missing[cid]  # anti-entropy will bring it
@@ -127,18 +129,32 @@ class Broadcast:
             entry.grafted = peer
             entry.deadline = now + self.config.graft_timeout_s
             grafts.setdefault(peer, []).append(cid)
+            self.promises.pop((peer, cid), None)
+            self.promises[(peer, cid)] = now + self.config.promise_timeout_s
         for peer, ids in grafts.items():
             self._send(peer, Graft(self.room_id, tuple(ids)))
+        while self.promises:
+            (peer, cid), due = next(iter(self.promises.items()))
+            if due > now:
+                break
+            del self.promises[(peer, cid)]
+            if not known(cid):
+                # We asked and it never came, from anyone: the announcer broke its promise.
+                self._broken_promise(peer, now)
 
     def forget_peer(self, peer: str) -> None:
         """A neighbour left: drop it from every table."""
         for lazy in self.lazy.values():
             lazy.discard(peer)
         self.announce.pop(peer, None)
+        for key in [k for k in self.promises if k[0] == peer]:
+            del self.promises[key]
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has work (None: nothing pending)."""
         times = [e.deadline for e in self.missing.values()]
         if self.next_announce is not None:
             times.append(self.next_announce)
+        if self.promises:
+            times.append(next(iter(self.promises.values())))
         return min(times) if times else None

@@ -22,6 +22,7 @@ class OverlayConfig:
     # Plumtree broadcast
     ihave_interval_s: float = 0.05
     graft_timeout_s: float = 0.5
+    promise_timeout_s: float = 5.0  # a grafted change still missing after this: broken promise
     max_missing: int = 10_000
     frame_target_bytes: int = 16 * 1024
     # Anti-entropy

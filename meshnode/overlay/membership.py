@@ -6,8 +6,12 @@ neighbour is replaced. A room with many hosts therefore never needs a full mesh.
 
 Links are opened by the driver (``ConnectRequest``) and reported back with ``connect`` or
 ``connect_failed``; both ends of a link run this logic. A node accepts a link while its active
-view has room (or when it asked for the link itself, evicting a random neighbour if needed),
-and otherwise answers ``Disconnect`` with alternatives from its own views.
+view has room (or when it asked for the link itself, evicting a random neighbour if needed).
+A node whose active view was empty when a link came up announces itself with a ``ForwardJoin``
+naming itself (HyParView's JOIN, or a high-priority NEIGHBOR request): a full node holds an
+unasked link until the peer's first frame, accepts it (evicting a random neighbour) if that
+frame is such a JOIN, and otherwise answers ``Disconnect`` with alternatives from its own
+views. Only a JOIN starts ``ForwardJoin`` random walks, so repairs do not cascade.
 """
 
 import random
@@ -39,34 +43,54 @@ class PartialView:
         self.active: set[str] = set()
         self.passive: list[str] = []
         self.requested: dict[str, float] = {}  # peer -> when we asked the driver to connect
+        self.pending: dict[str, float] = {}  # unasked links held while full, until a JOIN
         self.next_shuffle = 0.0
         self.next_repair = 0.0
 
     # -- links --------------------------------------------------------------------------
 
     def on_connect(self, peer: str, now: float) -> bool:
-        """A link to ``peer`` is up. Returns True if the peer joins the active view."""
+        """A link to ``peer`` is up. Returns True if the peer joins the active view; an
+        unasked link while the view is full is held (``pending``) until the peer's first
+        frame."""
         if peer in self.active:
             return True
         asked = self.requested.pop(peer, None) is not None
         if len(self.active) >= self.config.active_view_size:
             if not asked:
-                self._send(peer, Disconnect(self.room_id, tuple(self.sample(peer))))
-                self._emit(DisconnectRequest(peer, "view_full"))
-                self.add_passive(peer)
+                self.pending[peer] = now
                 return False
             self.evict(self.rng.choice(sorted(self.active)), "make_room")
         self.active.add(peer)
         self._remove_passive(peer)
-        if not asked:
-            # A newcomer: let it be found by others, as HyParView's JOIN does.
+        return True
+
+    def on_join(self, peer: str, now: float) -> bool:
+        """``peer`` has no other neighbour (it sent a ForwardJoin naming itself): take it even
+        if the view is full, and walk it into the overlay. True if it just became active."""
+        accepted = False
+        if self.pending.pop(peer, None) is not None:
+            if len(self.active) >= self.config.active_view_size:
+                self.evict(self.rng.choice(sorted(self.active)), "make_room")
+            self.active.add(peer)
+            self._remove_passive(peer)
+            accepted = True
+        if peer in self.active:
             for other in sorted(self.active - {peer}):
                 self._send(other, ForwardJoin(self.room_id, peer, self.config.forward_join_ttl))
-        return True
+        return accepted
+
+    def reject_pending(self, peer: str) -> None:
+        """Refuse a held link: the view is full and the peer has other neighbours."""
+        if self.pending.pop(peer, None) is not None:
+            self._send(peer, Disconnect(self.room_id, tuple(self.sample(peer))))
+            self._emit(DisconnectRequest(peer, "view_full"))
+            self.add_passive(peer)
 
     def on_disconnect(self, peer: str) -> bool:
         """A link went down; returns True if the peer was active."""
         self.requested.pop(peer, None)
+        self.pending.pop(peer, None)
         if peer in self.active:
             self.active.discard(peer)
             self.add_passive(peer)
@@ -90,6 +114,7 @@ class PartialView:
         """Remove ``peer`` from every view (e.g. banned)."""
         self.active.discard(peer)
         self.requested.pop(peer, None)
+        self.pending.pop(peer, None)
         self._remove_passive(peer)
 
     # -- passive view -------------------------------------------------------------------
@@ -159,6 +184,9 @@ class PartialView:
         for peer, asked in list(self.requested.items()):
             if now - asked > self.config.connect_timeout_s:
                 self.on_connect_failed(peer)
+        for peer, since in list(self.pending.items()):
+            if now - since > self.config.connect_timeout_s:
+                self.reject_pending(peer)
         if now >= self.next_shuffle:
             self.next_shuffle = now + self.config.shuffle_interval_s * (
                 0.75 + 0.5 * self.rng.random()

@@ -14,7 +14,7 @@ time, and carries out what it asks for:
 """
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +63,7 @@ from protocol.values import InvalidValue, normalize_value
 SYNC = "sync"
 PRESENCE = "presence"
 MAX_WANT = 256
+MAX_PULLED = 4_096
 
 
 @dataclass(slots=True)
@@ -106,6 +107,9 @@ class RoomOverlay:
         self._pullq: dict[str, list[bytes]] = {}
         self._events: deque[Event] = deque()
         self._want_at: dict[str, float] = {}
+        # Changes we got by pull (graft, want, heads) and not yet by push: the first push of
+        # one comes from our tree parent, which must not be pruned.
+        self._pulled: OrderedDict[bytes, None] = OrderedDict()
         self._heads_at: dict[str, float] = {}
         self._pull_budget: dict[str, TokenBucket] = {}
         self._presence_seq = 0
@@ -209,13 +213,20 @@ class RoomOverlay:
             return
         self.connected.add(peer)
         self.scores.add(peer, now)
+        alone = not self.view.active
         if self.view.on_connect(peer, now):
-            self._send(peer, self._heads(reply=True))
-            for seen in self.presence.seen.values():
-                self.presence.enqueue(seen.msg, lambda: {peer}, None, now)
+            if alone:
+                # No other neighbour: JOIN (a full peer takes us anyway and walks us in).
+                self._send(peer, ForwardJoin(self.room_id, self.me, self.config.forward_join_ttl))
+            self._accepted(peer, now)
         if self.next_anti_entropy is None:
             self.next_anti_entropy = now + self._ae_interval()
         self._flush_changes()
+
+    def _accepted(self, peer: str, now: float) -> None:
+        self._send(peer, self._heads(reply=True))
+        for seen in self.presence.seen.values():
+            self.presence.enqueue(seen.msg, lambda: {peer}, None, now)
 
     def disconnect(self, peer: str, now: float) -> None:
         """The link to ``peer`` is down."""
@@ -260,6 +271,9 @@ class RoomOverlay:
             self._dispatch(peer, msg, now)
         except DecodeError:  # a nested structure (e.g. a Bloom filter) was malformed
             self._penalize(peer, "garbage", now)
+        if peer in self.view.pending:
+            # A held link whose first frame was not a JOIN: our view is full, refuse it.
+            self.view.reject_pending(peer)
         self._flush_changes()
 
     def _dispatch(self, peer: str, msg: Message, now: float) -> None:
@@ -286,7 +300,11 @@ class RoomOverlay:
         elif isinstance(msg, Presence):
             self._on_presence(peer, msg, now)
         elif isinstance(msg, ForwardJoin):
-            self.view.on_forward_join(peer, msg, now)
+            if msg.peer == peer:
+                if self.view.on_join(peer, now):
+                    self._accepted(peer, now)
+            else:
+                self.view.on_forward_join(peer, msg, now)
         elif isinstance(msg, Shuffle):
             self.view.on_shuffle(peer, msg)
         elif isinstance(msg, ShuffleReply):
@@ -311,11 +329,17 @@ class RoomOverlay:
         for res in results:
             if res.status == APPLIED:
                 for cid in res.applied:
+                    if not msg.push:
+                        self._pulled[cid] = None
+                        if len(self._pulled) > MAX_PULLED:
+                            self._pulled.popitem(last=False)
                     self._spread(cid, peer, now)
             elif res.status == DUPLICATE:
                 st.duplicates_in += 1
                 dup = res.change_id
                 if msg.push and dup is not None:
+                    if self._pulled.pop(dup, False) is None:
+                        continue  # pulled before its push arrived: the pusher is our parent
                     author = self.replica.change_author(dup)
                     if author is not None:
                         self.tree.on_duplicate_push(peer, author)
@@ -348,9 +372,14 @@ class RoomOverlay:
             self._send(peer, Want(self.room_id, tuple(missing)))
 
     def _heads(self, reply: bool) -> Heads:
-        recent = self.replica.recent_changes(self.config.bloom_recent)
-        bloom = BloomFilter.build(recent, self.rng.randbytes(4)).encode()
-        return Heads(self.room_id, tuple(self.replica.heads()), bloom, reply)
+        vv = tuple(sorted(self.replica.version_vector().items()))
+        bloom = b""
+        if self.replica.equivocations:
+            # Version vectors are ambiguous once an author has equivocated: add a Bloom filter
+            # of recent change IDs (Kleppmann and Howard's reconciliation).
+            recent = self.replica.recent_changes(self.config.bloom_recent)
+            bloom = BloomFilter.build(recent, self.rng.randbytes(4)).encode()
+        return Heads(self.room_id, tuple(self.replica.heads()), vv, bloom, reply)
 
     def _may_pull(self, peer: str, size: int, now: float) -> bool:
         """Charge ``size`` bytes of answers to ``peer``'s pull budget, so that requests (a
@@ -367,10 +396,10 @@ class RoomOverlay:
             return  # answered recently; anti-entropy is periodic, so nothing is lost
         self._heads_at[peer] = now
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
-        missing = self.replica.changes_since(msg.heads)
+        missing = self.replica.changes_since(msg.heads, dict(msg.vv))
         if unknown and msg.bloom:
-            # Their heads are not all known here, so changes_since over-approximates what
-            # they lack; their Bloom filter removes most of what they already have.
+            # changes_since over-approximates what they lack when the room has equivocations;
+            # their Bloom filter removes most of what they already have.
             bloom = BloomFilter.decode(msg.bloom)
             missing = [c for c in missing if change_id(c) not in bloom]
         if missing:

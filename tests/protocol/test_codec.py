@@ -192,9 +192,9 @@ def test_too_many_changes_or_heads_in_a_frame() -> None:
     with pytest.raises(LimitExceeded):
         decode_frame(frame(1, 1, ROOM, [b"c"] * (n + 1), True))
     heads = [i.to_bytes(32, "big") for i in range(DEFAULT_LIMITS.max_deps + 1)]
-    decode_frame(frame(1, 2, ROOM, heads[:-1], b"", False))
+    decode_frame(frame(1, 2, ROOM, heads[:-1], [], b"", False))
     with pytest.raises(LimitExceeded):
-        decode_frame(frame(1, 2, ROOM, heads, b"", False))
+        decode_frame(frame(1, 2, ROOM, heads, [], b"", False))
     ids = [i.to_bytes(32, "big") for i in range(11)]
     for mtype in (4, 5, 6, 7):
         decode_frame(frame(1, mtype, ROOM, ids), Limits(max_collection_items=11))
@@ -267,15 +267,22 @@ PEER = "12D3KooWCd3eX8r5ihRvzK7P1yPq5aakaBJhG5GNj18YTztPhoCa"
         frame(1, 1, ROOM, b"change", True),
         frame(1, 1, ROOM, [], True, True),
         # Heads
-        frame(1, 2, ROOM, [], b""),
-        frame(1, 2, ROOM, [], b"", False, 1),
-        frame(1, 2, ROOM[:31], [], b"", False),
-        frame(1, 2, "x" * 32, [], b"", False),
-        frame(1, 2, ROOM, [b"\x00" * 31], b"", False),
-        frame(1, 2, ROOM, [DEP, DEP], b"", False),
-        frame(1, 2, ROOM, DEP, b"", False),
-        frame(1, 2, ROOM, [], "bloom", False),
-        frame(1, 2, ROOM, [], b"", 0),
+        frame(1, 2, ROOM, [], [], b""),
+        frame(1, 2, ROOM, [], [], b"", False, 1),
+        frame(1, 2, ROOM[:31], [], [], b"", False),
+        frame(1, 2, "x" * 32, [], [], b"", False),
+        frame(1, 2, ROOM, [b"\x00" * 31], [], b"", False),
+        frame(1, 2, ROOM, [DEP, DEP], [], b"", False),
+        frame(1, 2, ROOM, DEP, [], b"", False),
+        frame(1, 2, ROOM, [], [], "bloom", False),
+        frame(1, 2, ROOM, [], [], b"", 0),
+        frame(1, 2, ROOM, [], {}, b"", False),
+        frame(1, 2, ROOM, [], [[KEY]], b"", False),
+        frame(1, 2, ROOM, [], [[KEY, 0]], b"", False),
+        frame(1, 2, ROOM, [], [[KEY, True]], b"", False),
+        frame(1, 2, ROOM, [], [[KEY[:31], 1]], b"", False),
+        frame(1, 2, ROOM, [], [[KEY, 1], [KEY, 2]], b"", False),
+        frame(1, 2, ROOM, [], [[b"\xff" * 32, 1], [b"\x00" * 32, 1]], b"", False),
         # Snapshot
         frame(1, 3, ROOM, "data"),
         frame(1, 3, ROOM, b"data", b"more"),
@@ -321,8 +328,8 @@ def test_frames_roundtrip() -> None:
     for msg in (
         Changes(ROOM, (b"a", b"bc"), True),
         Changes(ROOM, (), False),
-        Heads(ROOM, (DEP, b"\x01" * 32), b"\x00" * 6, True),
-        Heads(ROOM, (), b"", False),
+        Heads(ROOM, (DEP, b"\x01" * 32), ((KEY, 3),), b"\x00" * 6, True),
+        Heads(ROOM, (), (), b"", False),
         Snapshot(ROOM, b""),
         IHave(ROOM, (DEP,)),
         Graft(ROOM, ()),
@@ -339,7 +346,7 @@ def test_frames_roundtrip() -> None:
         back = decode_frame(data)
         assert type(back) is type(msg)
         if isinstance(msg, Heads):
-            assert back == Heads(ROOM, tuple(sorted(msg.heads)), msg.bloom, msg.reply)
+            assert back == Heads(ROOM, tuple(sorted(msg.heads)), msg.vv, msg.bloom, msg.reply)
         else:
             assert back == msg
         assert encode_frame(back) == data
@@ -372,7 +379,7 @@ def test_deepest_valid_frame_nests_9_levels() -> None:
 
 
 def test_frame_must_be_bytes_like() -> None:
-    data = encode_frame(Heads(ROOM, (), b"", False))
+    data = encode_frame(Heads(ROOM, (), (), b"", False))
     for ok in (bytearray(data), memoryview(data)):
         assert decode_frame(ok) == decode_frame(data)  # type: ignore[arg-type]
     for bad in (data.hex(), None, 5):

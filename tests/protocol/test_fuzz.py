@@ -439,7 +439,10 @@ presence_fields = st.dictionaries(st.text(max_size=8), values, max_size=5).filte
     st.one_of(
         st.builds(Changes, hashes, st.lists(st.binary(max_size=50), max_size=5).map(tuple),
                   st.booleans()),
-        st.builds(Heads, hashes, hash_tuples, st.binary(max_size=40), st.booleans()),
+        st.builds(Heads, hashes, hash_tuples,
+                  st.dictionaries(hashes, st.integers(1, 2**40), max_size=4).map(
+                      lambda d: tuple(sorted(d.items()))),
+                  st.binary(max_size=40), st.booleans()),
         st.builds(Snapshot, hashes, st.binary(max_size=200)),
         st.builds(IHave, hashes, hash_tuples),
         st.builds(Graft, hashes, hash_tuples),
@@ -459,7 +462,8 @@ def test_frames_roundtrip(msg: Any) -> None:
     data = encode_frame(msg)
     back = decode_frame(data)
     if isinstance(msg, Heads):
-        msg = Heads(msg.room_id, tuple(sorted(msg.heads)), msg.bloom, msg.reply)
+        msg = Heads(msg.room_id, tuple(sorted(msg.heads)), tuple(sorted(msg.vv)), msg.bloom,
+                    msg.reply)
     assert back == msg
     assert encode_frame(back) == data
 
