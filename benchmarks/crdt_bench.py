@@ -601,9 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gc",
         choices=["default", "threshold", "off"],
-        default="default",
-        help="cyclic GC in the child processes: Python's default, "
-        "gc.set_threshold(50000, 20, 100), or disabled",
+        default="threshold",
+        help="cyclic GC in the child processes (both systems alike): Python's default, "
+        "meshnode.tuning.GC_THRESHOLDS (what meshnode's drivers use; the default), or disabled",
     )
     ap.add_argument(
         "--clock",
@@ -623,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
         if args.gc == "threshold":
-            gc.set_threshold(50_000, 20, 100)
+            from meshnode.tuning import GC_THRESHOLDS
+
+            gc.set_threshold(*GC_THRESHOLDS)
         elif args.gc == "off":
             gc.disable()
         run = run_meshnode if args.system == "meshnode" else run_loro

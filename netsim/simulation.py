@@ -24,6 +24,7 @@ from meshnode.overlay import (
     OverlayStats,
     RoomOverlay,
 )
+from meshnode.tuning import tune_gc
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.scenario import Event, Scenario, ScenarioError
@@ -75,6 +76,7 @@ class Simulation:
         self.engine = Engine()
         self.obs = Observations()
         enable_verify_cache(200_000)
+        tune_gc(freeze=False)
         try:
             self.topology: Topology = build(
                 scenario.topology["kind"], scenario.topology, random.Random(self.rng.random()),
