@@ -42,7 +42,7 @@ def merge_vv(vvs: Iterable[dict[bytes, int]]) -> dict[bytes, int]:
 class ChangeGraph:
     """Applied changes in application (topological) order, their heads and raw bytes."""
 
-    __slots__ = ("by_author_seq", "heads", "meta", "order", "raw", "vv_all")
+    __slots__ = ("_past_cache", "by_author_seq", "heads", "meta", "order", "raw", "vv_all")
 
     def __init__(self) -> None:
         self.meta: dict[bytes, ChangeMeta] = {}
@@ -51,6 +51,7 @@ class ChangeGraph:
         self.heads: set[bytes] = set()
         self.by_author_seq: dict[tuple[bytes, int], bytes] = {}
         self.vv_all: dict[bytes, int] = {}
+        self._past_cache: dict[tuple[bytes, ...], dict[bytes, int]] = {}
 
     def add(self, change_id: bytes, meta: ChangeMeta, data: bytes | None) -> bytes | None:
         """Record an applied change. Returns the ID of an earlier change with the same
@@ -95,8 +96,38 @@ class ChangeGraph:
         return m.vv  # type: ignore[return-value]
 
     def past_vv(self, heads: Iterable[bytes]) -> dict[bytes, int]:
-        """Version vector of the union of the causal pasts of ``heads`` (all applied)."""
-        return merge_vv(self.vv_of(h) for h in heads)
+        """Version vector of the union of the causal pasts of ``heads`` (all applied); a new
+        dict the caller may change."""
+        key = tuple(heads)
+        cached = self._past_cache.get(key)
+        if cached is None:
+            # Concurrent changes of one sync round usually share their deps (the heads all
+            # replicas had after the previous round): merge those once.
+            cached = merge_vv(self.vv_of(h) for h in key)
+            if len(self._past_cache) >= 256:
+                self._past_cache.clear()
+            self._past_cache[key] = cached
+        return dict(cached)
+
+    def in_past(self, target: bytes, heads: Iterable[bytes]) -> bool:
+        """True if change ``target`` is one of ``heads`` or in their causal past: the exact
+        test, needed where version vectors are ambiguous (an author who equivocated). The walk
+        skips every change whose version vector shows it cannot reach ``target``."""
+        tm = self.meta[target]
+        author, seq = tm.author, tm.seq
+        stack = list(heads)
+        seen: set[bytes] = set()
+        while stack:
+            h = stack.pop()
+            if h == target:
+                return True
+            if h in seen:
+                continue
+            seen.add(h)
+            if self.vv_of(h).get(author, 0) < seq:
+                continue
+            stack.extend(self.meta[h].deps)
+        return False
 
     def ancestors(self, roots: Iterable[bytes]) -> set[bytes]:
         """Every known change reachable from ``roots`` through deps (roots included)."""

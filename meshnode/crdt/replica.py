@@ -58,6 +58,7 @@ from protocol.change import (
 )
 from protocol.errors import DecodeError
 from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.msgpack_io import pack
 from protocol.values import InvalidValue, Value, normalize_value
 
 INF_HLC = 1 << 64
@@ -123,6 +124,9 @@ class SceneReplica:
         self._keys: dict[bytes, bytes] = {}
         self._me = self._key(identity.public_key)
         self.limits = limits
+        self._max_ops = limits.max_ops_per_change
+        # Room for one more op of the largest allowed value, and the envelope.
+        self._max_batch_bytes = limits.max_change_bytes - limits.max_value_bytes - 1024
         self.max_clock_skew_s = max_clock_skew_s
         self._graph = ChangeGraph()
         self._buffer = PendingBuffer(max_buffered_changes, max_buffered_bytes)
@@ -132,6 +136,8 @@ class SceneReplica:
         self._tree = MoveTree()
         self._fields: dict[Node, Fields] = {}
         self._creation: dict[Node, int] = {}
+        self._created_by: dict[Node, list[bytes]] = {}
+        self._equivocators: set[bytes] = set()
         self._roles = RoleBook(b"")
         self._my_role: int | None = None
         self._counter = 0
@@ -440,7 +446,13 @@ class SceneReplica:
             raise Rejected("bad_seq")
         if ch.hlc <= max(m.hlc for m in dep_metas):
             raise Rejected("clock_not_after_deps")
-        role = self._roles.role_in_past(author, vv)
+        equivocators = self._equivocators
+        deps = ch.deps
+
+        def in_past(target: bytes) -> bool:
+            return graph.in_past(target, deps)
+
+        role = self._roles.role_in_past(author, vv, in_past, equivocators)
         if role < ROLE_VIEWER:
             raise Rejected("not_a_member")
         admin = role >= ROLE_ADMIN
@@ -458,10 +470,16 @@ class SceneReplica:
         created: dict[Node, None] = {}  # ordered, for deterministic iteration
 
         def known(ent: Node) -> bool:
+            """Created in this change's causal past (or earlier in this change)?"""
             if ent in created:
                 return True
             s = creation.get(ent)
-            return s is not None and s <= vv.get(ent[0], 0)
+            if s is None or s > vv.get(ent[0], 0):
+                return False
+            if ent[0] in equivocators:
+                # The version vector cannot tell an equivocator's twin changes apart.
+                return any(graph.in_past(c, deps) for c in self._created_by[ent])
+            return True
 
         sets: list[tuple[Node, str, str, Value]] = []
         moves: list[tuple[int, Node, Node]] = []
@@ -476,8 +494,13 @@ class SceneReplica:
                     raise Rejected("root_is_immutable")
                 else:
                     ent = (actors[r[0]], r[1])
-                if not known(ent):
-                    raise Rejected("unknown_entity")
+                if ent not in created:
+                    created_in = creation.get(ent)
+                    if (
+                        created_in is None or created_in > vv.get(ent[0], 0)
+                        or (ent[0] in equivocators and not known(ent))
+                    ):
+                        raise Rejected("unknown_entity")
                 if ent[0] is not author and not admin:
                     raise Rejected("not_entity_owner")
                 sets.append((ent, names[op[2]], names[op[3]], op[4]))
@@ -500,7 +523,8 @@ class SceneReplica:
                 moves.append((idx, ent, parent))
             elif code == OP_ROLE:
                 member = actors[op[1]]
-                if not may_set_role(role, self._roles.role_in_past(member, vv), op[2]):
+                target_role = self._roles.role_in_past(member, vv, in_past, equivocators)
+                if not may_set_role(role, target_role, op[2]):
                     raise Rejected("role_change_not_allowed")
                 roles.append((member, op[2]))
             else:
@@ -509,10 +533,16 @@ class SceneReplica:
         # Valid: apply everything.
         cid = ch.change_id
         stamp: Stamp = [ch.hlc, author, cid]
+        created_by = self._created_by
         for ent in created:
             old = creation.get(ent)
             if old is None or old > seq:
                 creation[ent] = seq
+            makers = created_by.get(ent)
+            if makers is None:
+                created_by[ent] = [cid]
+            else:
+                makers.append(cid)  # an equivocator created it twice
         if sets:
             self._apply_sets(stamp, sets)
         if moves:
@@ -528,6 +558,7 @@ class SceneReplica:
         other = graph.add(cid, ChangeMeta(author, seq, ch.hlc, tuple(ch.deps), vv), data)
         if other is not None:
             self.equivocations.append(Equivocation(author, seq, (other, cid)))
+            self._equivocators.add(author)
         self._clock.observe(ch.hlc)
         if author == self._me:
             for ent in created:
@@ -574,9 +605,7 @@ class SceneReplica:
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch(self._me, self._counter)
-        if len(batch.ops) + ops > self.limits.max_ops_per_change or (
-            batch.bytes >= self.limits.max_change_bytes - self.limits.max_value_bytes - 1024
-        ):
+        if len(batch.ops) + ops > self._max_ops or batch.bytes >= self._max_batch_bytes:
             raise BatchFull("the uncommitted batch is full: call commit() first")
         if level > batch.required:
             batch.required = level
@@ -653,33 +682,51 @@ class SceneReplica:
 
     def set_field(self, entity: Node, component: str, field: str, value: object) -> None:
         """Set one field of one component of an entity (last writer wins)."""
-        if entity not in self._creation:
+        # The hot path of local editing: kept flat on purpose (see docs/performance.md).
+        try:
+            creator, counter = entity
+        except (TypeError, ValueError):
+            raise TypeError("entity must be an EntityId") from None
+        creator = self._keys.get(creator)  # type: ignore[assignment]
+        ent: Node = (creator, counter)
+        if creator is None or ent not in self._creation:
             raise ValueError(f"entity {entity} is unknown")
-        ent: Node = (self._key(entity[0]), entity[1])
-        batch = self._require(self._needed_for(ent), "edit this entity")
-        if type(value) is list and len(value) <= 16 and all(
-            type(x) is float and x - x == 0.0 for x in value
+        level = ROLE_EDITOR if creator is self._me else ROLE_ADMIN
+        batch = self._batch
+        if (
+            batch is None or level > batch.required
+            or len(batch.ops) >= self._max_ops or batch.bytes >= self._max_batch_bytes
         ):
-            value = list(value)
-            size = 9 * len(value) + 3
+            batch = self._require(level, "edit this entity")
+        if type(value) is list and len(value) <= 16:
+            for x in value:
+                if type(x) is not float or x - x != 0.0:
+                    value = self._normalized(value)
+                    size = len(pack(value))
+                    break
+            else:
+                value = list(value)
+                size = 9 * len(value) + 3
         else:
-            try:
-                value = normalize_value(value, self.limits)
-            except InvalidValue as err:
-                raise ValueError(str(err)) from None
-            from protocol.msgpack_io import pack
-
+            value = self._normalized(value)
             size = len(pack(value))
-            if size > self.limits.max_value_bytes:
-                raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
+        if size > self.limits.max_value_bytes:
+            raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
         key = (ent, component, field)
         op = batch.set_index.get(key)
         if op is not None:
             batch.bytes += size
             op[4] = value  # a later write in the same batch replaces the earlier one
         else:
-            op = [OP_SET, self._ref(batch, ent), self._name(batch, component),
-                  self._name(batch, field), value]
+            names = batch.name_index
+            ci = names.get(component)
+            if ci is None:
+                ci = self._name(batch, component)
+            fi = names.get(field)
+            if fi is None:
+                fi = self._name(batch, field)
+            ref = counter if creator is self._me else self._ref(batch, ent)
+            op = [OP_SET, ref, ci, fi, value]
             batch.ops.append(op)
             batch.set_index[key] = op
             batch.bytes += size + 8
@@ -691,6 +738,12 @@ class SceneReplica:
             fd = comps[component] = {}
         batch.field_undo.append((fd, field, fd.get(field)))
         fd[field] = (batch.stamp, value)
+
+    def _normalized(self, value: object) -> Value:
+        try:
+            return normalize_value(value, self.limits)
+        except InvalidValue as err:
+            raise ValueError(str(err)) from None
 
     def move(self, entity: Node, new_parent: Node) -> None:
         """Move an entity (and its subtree) under ``new_parent``."""

@@ -17,6 +17,8 @@ editor, viewer    nothing                                      --
 ================  ===========================================  ===========================
 """
 
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from protocol.change import (
@@ -64,8 +66,18 @@ class RoleBook:
         """Record a grant (already authorised by the caller)."""
         self.grants.setdefault(member, []).append(grant)
 
-    def role_in_past(self, member: bytes, vv: dict[bytes, int]) -> int:
-        """The member's role as seen by a change whose causal past has version vector ``vv``."""
+    def role_in_past(
+        self,
+        member: bytes,
+        vv: dict[bytes, int],
+        in_past: Callable[[bytes], bool] | None = None,
+        equivocators: AbstractSet[bytes] = frozenset(),
+    ) -> int:
+        """The member's role as seen by a change whose causal past has version vector ``vv``.
+
+        A grant by an author who equivocated is checked with ``in_past(grant change ID)``
+        instead: the version vector cannot tell that author's two changes with one seq apart.
+        """
         if member == self.owner:
             return ROLE_OWNER
         grants = self.grants.get(member)
@@ -73,8 +85,12 @@ class RoleBook:
             return ROLE_NONE
         best: Grant | None = None
         for g in grants:
+            if vv.get(g[2], 0) < g[3]:
+                continue
+            if g[2] in equivocators and (in_past is None or not in_past(g[0][2])):
+                continue
             # ``>=``: of two grants in one change (one stamp), the later op wins.
-            if vv.get(g[2], 0) >= g[3] and (best is None or g[0] >= best[0]):
+            if best is None or g[0] >= best[0]:
                 best = g
         return ROLE_NONE if best is None else best[1]
 

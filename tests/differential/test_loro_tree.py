@@ -14,9 +14,11 @@ For the two total orders to coincide:
   byte order of the authors' public keys, and make every replica apply the genesis and the
   grants before the first tree op (then our HLC = Loro's lamport + a constant everywhere).
 * One tree op per change on both sides (commit after every op).
-* A local move to the node's *current* parent records no op, in Loro and in ours alike (see
-  ``test_loro_oracle_same_parent_move_is_dropped`` and
-  ``test_same_parent_move_is_a_no_op_as_in_loro``); the random workload makes such moves.
+* A local move to the node's *current* parent records no op in ours (children are
+  unordered); Loro records none either when the node is already the last child, but otherwise
+  records a "move to the end" (its children are ordered). The random workload makes
+  same-parent moves only of last children (see ``test_loro_oracle_same_parent_move_is_dropped``
+  and ``test_same_parent_move_is_a_no_op_as_in_loro``).
 
 Loro (1.17.1) quirks the harness works around: ``TreeID`` is unhashable (we key by
 ``(peer, counter)``); ``LoroTree.parent(n)`` *panics* (``pyo3_runtime.PanicException``) when
@@ -292,9 +294,18 @@ def _random_op(data: st.DataObject, w: World, ri: int) -> None:
         w.delete(ri, _pick(data, live, "victim"))
     else:
         node = _pick(data, live, "moved")
-        # Any target: the node itself and its descendants (cycles, refused locally) and its
-        # current parent (a no-op on both sides).
-        w.move(ri, node, _pick(data, [None, *live], "new parent"))
+        # Any target: the node itself and its descendants (cycles, refused locally), and its
+        # current parent when the node is its last child there (a no-op on both sides). Loro
+        # keeps siblings in order, so a same-parent move of an earlier child is a real
+        # "move to the end" op for Loro, with no counterpart in our unordered children.
+        current = w.loro_parent(r, node)
+        last = r.tree.children(None if current == LROOT else loro.TreeID(*w.nodes[current].tid))
+        is_last = bool(last) and (last[-1].peer, last[-1].counter) == node.tid
+        targets = [
+            t for t in [None, *live]
+            if is_last or (LROOT if t is None else t.index) != current
+        ]
+        w.move(ri, node, _pick(data, targets, "new parent"))
 
 
 @settings(
