@@ -82,10 +82,10 @@ def normalize_value(value: object, limits: Limits = DEFAULT_LIMITS, depth: int =
     if isinstance(value, dict):
         if len(value) > limits.max_collection_items:
             raise InvalidValue("map value too large")
+        if not all(isinstance(key, str) for key in value):
+            raise InvalidValue("map keys must be strings")
         out: dict[str, Value] = {}
         for key in sorted(value):
-            if not isinstance(key, str):
-                raise InvalidValue("map keys must be strings")
             out[key] = normalize_value(value[key], limits, depth + 1)
         return out
     raise InvalidValue(f"values of type {type(value).__name__} cannot be stored")

@@ -478,7 +478,10 @@ class SceneReplica:
                 return False
             if ent[0] in equivocators:
                 # The version vector cannot tell an equivocator's twin changes apart.
-                return any(graph.in_past(c, deps) for c in self._created_by[ent])
+                makers = self._created_by.get(ent)
+                if makers is None:  # known only from a snapshot: the version vector decides
+                    return True
+                return any(graph.in_past(c, deps) for c in makers)
             return True
 
         sets: list[tuple[Node, str, str, Value]] = []
@@ -752,6 +755,8 @@ class SceneReplica:
         ent = self._live(entity, "entity")
         par = self._live(new_parent, "new parent")
         if self._tree.parent.get(ent) == par:
+            if self._role() < self._needed_for(ent):
+                raise PermissionDenied(f"role {ROLE_NAMES[self._role()]!r} may not move this")
             return  # already there: no op (as Loro does), so nothing to sign or send
         if self._tree.is_ancestor(ent, par):
             raise ValueError("moving an entity under itself or its descendant makes a cycle")
@@ -848,6 +853,7 @@ class SceneReplica:
         stamp[2] = cid
         for node in batch.creates:
             self._creation[node] = seq
+            self._created_by.setdefault(node, []).append(cid)
         vv[self._me] = seq
         self._batch = None
         graph.add(cid, ChangeMeta(self._me, seq, hlc, tuple(deps), vv), data)

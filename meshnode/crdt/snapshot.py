@@ -9,8 +9,9 @@ equivocations]``
 * ``changes``: ``[change_id, key, seq, hlc, [dep index...]]`` per applied change, in causal
   order (genesis first). Raw change bytes are not included: a replica started from a snapshot
   serves history only from the snapshot on.
-* ``entities``: ``[key, counter, creation seq]``; entity index ``i`` here is ``i + 2`` in
-  ``log`` and ``fields`` (0 is ROOT, 1 is TRASH).
+* ``entities``: ``[key, counter, creation seq, [creating change index...]]``; entity index
+  ``i`` here is ``i + 2`` in ``log`` and ``fields`` (0 is ROOT, 1 is TRASH). The creating
+  changes (usually one; two if an equivocator made it twice) keep causal checks exact.
 * ``log``: the tree's move log, ``[change index, op index, child, parent]`` in log order.
 * ``fields``: ``[entity, component, field, change index, value]`` (each register's winner).
 * ``grants``: ``[member key, change index, role]``.
@@ -70,7 +71,8 @@ def make_snapshot(replica: SceneReplica) -> bytes:
     entities: list[list[Any]] = []
     for ent, seq in replica._creation.items():
         entity_index[ent] = len(entities) + 2
-        entities.append([k(ent[0]), ent[1], seq])
+        makers = [change_index[c] for c in replica._created_by.get(ent, ()) if c in change_index]
+        entities.append([k(ent[0]), ent[1], seq, makers])
 
     log = [
         [change_index[e[0][2]], e[1], entity_index[e[2]], entity_index[e[3]]]
@@ -187,7 +189,7 @@ def _rebuild(replica: SceneReplica, obj: list[Any], gch: Any, genesis: bytes) ->
             raise _fail("bad key")
     keys = [replica._key(kb) for kb in keys_raw]
     changes = _list(obj[6], 5, "changes")
-    entities = _list(obj[7], 3, "entities")
+    entities = _list(obj[7], 4, "entities")
     log = _list(obj[8], 4, "log")
     fields = _list(obj[9], 5, "fields")
     grants = _list(obj[10], 3, "grants")
@@ -217,11 +219,15 @@ def _rebuild(replica: SceneReplica, obj: list[Any], gch: Any, genesis: bytes) ->
 
     nodes: list[Node] = [ROOT, TRASH]
     creation = replica._creation
-    for ki, counter, seq in entities:
+    created_by = replica._created_by
+    for ki, counter, seq, makers in entities:
         if type(counter) is not int or counter < 1 or type(seq) is not int:
             raise _fail("bad entity row")
+        if type(makers) is not list:
+            raise _fail("bad entity makers")
         node = (_at(keys, ki, "key"), counter)
         creation[node] = seq
+        created_by[node] = [_at(ids, ci, "change") for ci in makers]
         nodes.append(node)
 
     entries = []

@@ -104,7 +104,9 @@ class PresenceTable:
     def expire(self, now: float) -> list[bytes]:
         """Forget participants silent for ``presence_ttl_s``; return who they were."""
         ttl = self.config.presence_ttl_s
-        gone = [k for k, s in self.seen.items() if now - s.at >= ttl and k != self.me]
+        # ``s.at + ttl <= now``, the very sum ``next_deadline`` reports: ``now - s.at >= ttl``
+        # can round the other way and leave the timer due forever.
+        gone = [k for k, s in self.seen.items() if s.at + ttl <= now and k != self.me]
         for k in gone:
             del self.seen[k]
             for q in self.queues.values():
