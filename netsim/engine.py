@@ -24,21 +24,35 @@ class Engine:
     def at(self, when: float, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` at virtual time ``when`` (never earlier than now)."""
         self._seq += 1
-        heapq.heappush(self._heap, (max(when, self.now), self._seq, fn, args))
+        now = self.now
+        heapq.heappush(self._heap, (now if now > when else when, self._seq, fn, args))
 
     def run_until(self, until: float, on_progress: Callable[[float], None] | None = None) -> None:
-        """Run events up to and including time ``until``; then the clock reads ``until``."""
+        """Run events up to and including time ``until``; then the clock reads ``until``.
+
+        ``events_run`` is brought up to date when this returns (or raises), not per event.
+        """
         heap = self._heap
         pop = heapq.heappop
         ticks = 0
-        while heap and heap[0][0] <= until:
-            when, _, fn, args = pop(heap)
-            self.now = when
-            fn(*args)
-            self.events_run += 1
-            ticks += 1
-            if on_progress is not None and ticks % 5000 == 0:
-                on_progress(when)
+        try:
+            if on_progress is None:
+                while heap and heap[0][0] <= until:
+                    when, _, fn, args = pop(heap)
+                    self.now = when
+                    fn(*args)
+                    ticks += 1
+            else:
+                while heap and heap[0][0] <= until:
+                    when, _, fn, args = pop(heap)
+                    self.now = when
+                    fn(*args)
+                    ticks += 1
+                    if ticks % 5000 == 0:
+                        on_progress(when)
+        finally:
+            # Counted once per call, not per event (the loop is the simulator's hot path).
+            self.events_run += ticks
         self.now = until
 
     def pending(self) -> int:

@@ -230,6 +230,7 @@ class Link:
 
     def __init__(self, spec: LinkSpec, rng: random.Random) -> None:
         self._spec = spec
+        self._derive()
         self._rng = rng
         self.up = True
         self.busy_until = 0.0
@@ -261,6 +262,24 @@ class Link:
         if now is not None and old_rate > 0 and new_rate > 0 and self.busy_until > now:
             self.busy_until = now + (self.busy_until - now) * old_rate / new_rate
         self._spec = spec
+        self._derive()
+
+    def _derive(self) -> None:
+        """Cache what ``send`` needs from the spec (the spec is frozen; ``set_spec`` re-runs
+        this). ``_fixed_latency_s`` is the latency when it takes no random draw, else None;
+        ``_lossless`` is True when ``_lost`` would return False without a draw."""
+        spec = self._spec
+        self._rate = spec.rate_bytes_per_s
+        self._rto0 = spec.initial_rto_s()
+        self._rto_max = spec.rto_max_ms / 1000.0
+        self._lossless = spec.loss == 0.0 and not spec.ge_p_good_bad > 0
+        fixed = not (spec.latency_dist == "normal" and spec.latency_sd_ms > 0) and (
+            spec.latency_dist != "pareto"
+        )
+        self._fixed_latency_s = (
+            spec.latency_ms / 1000.0
+            if fixed and not spec.jitter_ms > 0 and not spec.reorder > 0 else None
+        )
 
     def set_up(self, up: bool) -> None:
         """Bring the link up or down (partition). Same as assigning ``link.up``."""
@@ -304,13 +323,25 @@ class Link:
             return None
         self.frames_sent += 1
         spec = self._spec
-        packets = spec.packets(size)
+        packets = max(1, -(-size // spec.mtu))  # spec.packets(size)
         wire = size + packets * spec.overhead_bytes
-        rate = spec.rate_bytes_per_s
+        rate = self._rate
+        if rate <= 0 and self._lossless and self._fixed_latency_s is not None:
+            # Fast path (unlimited bandwidth, no loss, no random latency): what the loop below
+            # computes in that case, with the same arithmetic, and no random draw.
+            self.busy_s += 0.0
+            self.packets_sent += packets
+            self.bytes_sent += wire
+            arrival = now + self._fixed_latency_s
+            if reliable:
+                arrival = max(arrival, self.last_reliable_arrival)
+                self.last_reliable_arrival = arrival
+            self.frames_delivered += 1
+            return arrival
         tx = wire / rate if rate > 0 else 0.0
         t = now  # start of the current attempt
-        rto = spec.initial_rto_s()
-        rto_max = spec.rto_max_ms / 1000.0
+        rto = self._rto0
+        rto_max = self._rto_max
         retries = 0
         while True:
             last_chance = reliable and retries >= spec.max_retransmits

@@ -105,6 +105,9 @@ class Simulation:
         self.epoch: dict[Pair, int] = {}
         self.connected: set[Pair] = set()
         self.groups: dict[int, int] | None = None
+        # Pairs (submitted change, node other than its origin) in obs.delivered, kept up to
+        # date as they are recorded so that _sample does not rescan every change.
+        self._delivered_pairs = 0
         max_degree = max(self.topology.degrees(), default=1)
         cfg = {"active_view_size": max(6, max_degree), **scenario.overlay}
         self.config = OverlayConfig(**cfg)
@@ -217,7 +220,8 @@ class Simulation:
         pair = (src, dst)
         if pair not in self.connected:
             return
-        if self._cut(src, dst):
+        groups = self.groups  # self._cut(src, dst), inlined: this runs once per frame
+        if groups is not None and groups.get(src) != groups.get(dst):
             self.obs.frames_cut += 1
             if channel == SYNC:
                 self.held.setdefault(pair, []).append((channel, frame))
@@ -236,7 +240,8 @@ class Simulation:
         node = self.nodes[dst]
         if not node.alive or node.overlay is None:
             return
-        if self._cut(src, dst):
+        groups = self.groups  # self._cut(src, dst), inlined
+        if groups is not None and groups.get(src) != groups.get(dst):
             # The partition also cuts frames still on the wire when it began (a lossy link's
             # retransmissions can keep one there for seconds): presence is lost; a sync frame
             # is re-sent at the heal ahead of those held since the cut, as it was sent first.
@@ -256,14 +261,25 @@ class Simulation:
         if ov is None or not node.alive:
             return
         now = self.engine.now
-        for peer, channel, frame in ov.frames_to_send():
-            dst = self.by_peer[peer]
-            if node.hostile == "withhold" and channel == SYNC and _is_changes(frame):
-                continue  # a black hole: announces, but never sends change payloads
-            self._transmit(i, dst, channel, frame)
+        frames = ov.frames_to_send()
+        if frames:
+            by_peer, transmit = self.by_peer, self._transmit
+            withhold = node.hostile == "withhold"
+            for peer, channel, frame in frames:
+                if withhold and channel == SYNC and _is_changes(frame):
+                    continue  # a black hole: announces, but never sends change payloads
+                transmit(i, by_peer[peer], channel, frame)
         while (ev := ov.next_event()) is not None:
             if isinstance(ev, ChangeApplied):
-                self.obs.delivered.setdefault(ev.change_id, {})[i] = now
+                cid = ev.change_id
+                got = self.obs.delivered.get(cid)
+                if got is None:
+                    got = self.obs.delivered[cid] = {}
+                if i not in got:
+                    sub = self.obs.submitted.get(cid)
+                    if sub is not None and sub[0] != i:
+                        self._delivered_pairs += 1
+                got[i] = now
             elif isinstance(ev, ConnectRequest):
                 self._connect_request(i, self.by_peer[ev.peer])
             elif isinstance(ev, DisconnectRequest):
@@ -354,8 +370,17 @@ class Simulation:
             return
         res = node.overlay.submit_change(data, now)
         if res.change_id is not None:
-            self.obs.submitted[res.change_id] = (node.index, now)
+            self._note_submitted(res.change_id, node.index, now)
         self._drain(node.index)
+
+    def _note_submitted(self, cid: bytes, origin: int, now: float) -> None:
+        obs = self.obs
+        got = obs.delivered.get(cid, {})
+        old = obs.submitted.get(cid)
+        if old is not None:
+            self._delivered_pairs -= sum(1 for j in got if j != old[0])
+        obs.submitted[cid] = (origin, now)
+        self._delivered_pairs += sum(1 for j in got if j != origin)
 
     def _presence(self, node: SimNode, stop: float) -> None:
         now = self.engine.now
@@ -487,10 +512,7 @@ class Simulation:
         live = self.honest_live()
         heads = {tuple(n.replica.heads()) for n in live}
         expected = len(self.obs.submitted) * max(0, len(live) - 1)
-        got = sum(
-            1 for cid, (origin, _) in self.obs.submitted.items()
-            for j in self.obs.delivered.get(cid, {}) if j != origin
-        ) if expected else 0
+        got = self._delivered_pairs if expected else 0
         self.obs.samples.append({
             "t": now,
             "distinct_heads": float(len(heads)),

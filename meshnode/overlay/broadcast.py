@@ -133,6 +133,7 @@ class Broadcast:
             self.promises[(peer, cid)] = now + self.config.promise_timeout_s
         for peer, ids in grafts.items():
             self._send(peer, Graft(self.room_id, tuple(ids)))
+        liars: dict[str, None] = {}
         while self.promises:
             (peer, cid), due = next(iter(self.promises.items()))
             if due > now:
@@ -140,7 +141,11 @@ class Broadcast:
             del self.promises[(peer, cid)]
             if not known(cid):
                 # We asked and it never came, from anyone: the announcer broke its promise.
-                self._broken_promise(peer, now)
+                liars[peer] = None
+        for peer in liars:
+            # One penalty per peer per round, not per change: a whole graft batch lost on a
+            # bad link must not cost an honest neighbour its place.
+            self._broken_promise(peer, now)
 
     def forget_peer(self, peer: str) -> None:
         """A neighbour left: drop it from every table."""
