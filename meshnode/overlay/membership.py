@@ -11,7 +11,9 @@ A node whose active view was empty when a link came up announces itself with a `
 naming itself (HyParView's JOIN, or a high-priority NEIGHBOR request): a full node holds an
 unasked link until the peer's first frame, accepts it (evicting a random neighbour) if that
 frame is such a JOIN, and otherwise answers ``Disconnect`` with alternatives from its own
-views. Only a JOIN starts ``ForwardJoin`` random walks, so repairs do not cascade.
+views. Only a JOIN starts ``ForwardJoin`` random walks, so repairs do not cascade; only the
+end of such a walk evicts a neighbour to make room (a repair link that arrives once the view
+has filled up is refused instead).
 """
 
 import random
@@ -44,6 +46,7 @@ class PartialView:
         self.passive: list[str] = []
         self.requested: dict[str, float] = {}  # peer -> when we asked the driver to connect
         self.pending: dict[str, float] = {}  # unasked links held while full, until a JOIN
+        self.walk_ends: set[str] = set()  # requested links that end a newcomer's ForwardJoin
         self.next_shuffle = 0.0
         self.next_repair = 0.0
 
@@ -56,10 +59,20 @@ class PartialView:
         if peer in self.active:
             return True
         asked = self.requested.pop(peer, None) is not None
+        walk_end = asked and peer in self.walk_ends
+        self.walk_ends.discard(peer)
         if len(self.active) >= self.config.active_view_size:
             if not asked:
                 self.pending[peer] = now
                 return False
+            if not walk_end:
+                # A repair link, but the view filled up meanwhile: it is not needed any more
+                # (evicting a working neighbour for it would only start another repair).
+                self._send(peer, Disconnect(self.room_id, tuple(self.sample(peer))))
+                self._emit(DisconnectRequest(peer, "view_full"))
+                self.add_passive(peer)
+                return False
+            # The end of a newcomer's walk: HyParView makes room for it.
             self.evict(self.rng.choice(sorted(self.active)), "make_room")
         self.active.add(peer)
         self._remove_passive(peer)
@@ -90,6 +103,7 @@ class PartialView:
     def on_disconnect(self, peer: str) -> bool:
         """A link went down; returns True if the peer was active."""
         self.requested.pop(peer, None)
+        self.walk_ends.discard(peer)
         self.pending.pop(peer, None)
         if peer in self.active:
             self.active.discard(peer)
@@ -100,6 +114,7 @@ class PartialView:
     def on_connect_failed(self, peer: str) -> None:
         """The driver could not reach ``peer``: forget it."""
         self.requested.pop(peer, None)
+        self.walk_ends.discard(peer)
         self._remove_passive(peer)
 
     def evict(self, peer: str, reason: str) -> None:
@@ -114,6 +129,7 @@ class PartialView:
         """Remove ``peer`` from every view (e.g. banned)."""
         self.active.discard(peer)
         self.requested.pop(peer, None)
+        self.walk_ends.discard(peer)
         self.pending.pop(peer, None)
         self._remove_passive(peer)
 
@@ -148,6 +164,7 @@ class PartialView:
         if msg.ttl == 0 or not others:
             if peer not in self.active and peer not in self.requested:
                 self.request(peer, now)
+                self.walk_ends.add(peer)
             return
         if msg.ttl == self.config.passive_join_ttl:
             self.add_passive(peer)
