@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import itertools
 import json
 import os
@@ -124,24 +125,28 @@ def sweep_one(raw: dict[str, Any], overrides: dict[str, Any], seed: int) -> dict
             "metrics": {m: _dig(result, m) for m in SWEEP_METRICS}}
 
 
+def _cluster_module(name: str) -> Any:
+    """Import an optional cluster library (typed as Any: it may not be installed)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise SystemExit(
+            f"netsim: this backend needs {name}: pip install -e '.[cluster]'"
+        ) from None
+
+
 def _map(backend: str, address: str | None, workers: int, jobs: list[tuple[Any, ...]]
          ) -> list[dict[str, Any]]:
     if backend == "ray":
-        try:
-            import ray  # type: ignore[import-not-found]
-        except ImportError:
-            raise SystemExit("netsim: the ray backend needs: pip install -e '.[cluster]'") from None
+        ray = _cluster_module("ray")
         ray.init(address=address, ignore_reinit_error=True)
         remote = ray.remote(sweep_one)
         return list(ray.get([remote.remote(*job) for job in jobs]))
     if backend == "dask":
-        try:
-            from dask.distributed import Client  # type: ignore[import-not-found]
-        except ImportError:
-            raise SystemExit(
-                "netsim: the dask backend needs: pip install -e '.[cluster]'"
-            ) from None
-        client = Client(address) if address else Client(n_workers=workers)
+        distributed = _cluster_module("dask.distributed")
+        client = distributed.Client(address) if address else distributed.Client(
+            n_workers=workers
+        )
         try:
             futures = client.map(sweep_one, *zip(*jobs, strict=True), pure=False)
             return list(client.gather(futures))

@@ -29,8 +29,9 @@ from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.scenario import Event, Scenario, ScenarioError
 from netsim.topology import Topology, build, neighbours
+from protocol.change import enable_change_cache
 from protocol.errors import DecodeError
-from protocol.frames import Changes, IHave, decode_frame, encode_frame
+from protocol.frames import Changes, IHave, decode_frame, enable_frame_cache, encode_frame
 
 Pair = tuple[int, int]
 
@@ -76,6 +77,8 @@ class Simulation:
         self.engine = Engine()
         self.obs = Observations()
         enable_verify_cache(200_000)
+        enable_frame_cache(100_000)  # every node decodes the same frames and changes
+        enable_change_cache(100_000)
         tune_gc(freeze=False)
         try:
             self.topology: Topology = build(

@@ -175,7 +175,33 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
             raise _bad(f"unknown op code {code}")
 
 
+_change_cache: dict[tuple[bytes, Limits], Change] = {}
+_change_cache_size = 0
+
+
+def enable_change_cache(max_entries: int) -> None:
+    """Remember up to ``max_entries`` decoded changes (0: off). For simulators, where every
+    replica decodes the same bytes. Callers must treat a ``Change`` as read-only."""
+    global _change_cache_size
+    _change_cache_size = max_entries
+    _change_cache.clear()
+
+
 def decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
+    """Decode and schema-check a change (memoised when ``enable_change_cache`` is on)."""
+    if _change_cache_size and type(data) is bytes:
+        key = (data, limits)
+        ch = _change_cache.get(key)
+        if ch is None:
+            ch = _decode_change(data, limits)
+            if len(_change_cache) >= _change_cache_size:
+                del _change_cache[next(iter(_change_cache))]
+            _change_cache[key] = ch
+        return ch
+    return _decode_change(data, limits)
+
+
+def _decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
     """Decode and schema-check a change. Does not verify the signature (see ``signing_payload``).
 
     Raises a ``protocol.errors.DecodeError`` subclass on any malformed input.

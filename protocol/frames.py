@@ -272,8 +272,39 @@ def _arity(fields: list[Any], n: int, layout: str) -> None:
         raise SchemaError(f"frame layout is [version, type, room_id, {layout}]")
 
 
+_frame_cache: dict[tuple[bytes, Limits], Message] = {}
+_frame_cache_size = 0
+
+
+def enable_frame_cache(max_entries: int) -> None:
+    """Remember up to ``max_entries`` decoded frames (0 turns the cache off).
+
+    For simulators: thousands of nodes in one process receive byte-identical frames (the same
+    ``Changes``/``IHave`` travels the whole mesh). Only successful decodes of immutable
+    messages are kept (not ``Presence``, whose ``fields`` is a dict); the answer is the one a
+    decode would give, since a frame's meaning depends only on its bytes and the limits.
+    """
+    global _frame_cache_size
+    _frame_cache_size = max_entries
+    _frame_cache.clear()
+
+
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame; raise a ``DecodeError`` subclass for anything malformed."""
+    if _frame_cache_size and type(data) is bytes:
+        key = (data, limits)
+        msg = _frame_cache.get(key)
+        if msg is None:
+            msg = _decode_frame(data, limits)
+            if type(msg) is not Presence:
+                if len(_frame_cache) >= _frame_cache_size:
+                    del _frame_cache[next(iter(_frame_cache))]  # FIFO eviction
+                _frame_cache[key] = msg
+        return msg
+    return _decode_frame(data, limits)
+
+
+def _decode_frame(data: bytes, limits: Limits) -> Message:
     obj = unpack(data, limits, limits.max_frame_bytes, "frame")
     if type(obj) is not list or len(obj) < 3:
         raise SchemaError("frame is not [version, type, room_id, ...]")

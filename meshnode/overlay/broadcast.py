@@ -157,9 +157,13 @@ class Broadcast:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` next has work (None: nothing pending)."""
-        times = [e.deadline for e in self.missing.values()]
-        if self.next_announce is not None:
-            times.append(self.next_announce)
+        t = self.next_announce
+        if self.missing:
+            m = min(e.deadline for e in self.missing.values())
+            if t is None or m < t:
+                t = m
         if self.promises:
-            times.append(next(iter(self.promises.values())))
-        return min(times) if times else None
+            p = next(iter(self.promises.values()))
+            if t is None or p < t:
+                t = p
+        return t

@@ -137,12 +137,12 @@ class RoomOverlay:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next be called (None: no timer)."""
-        times = [self.view.next_deadline()]
-        for t in (self.tree.next_deadline(), self.presence.next_deadline(),
+        t = self.view.next_deadline()
+        for d in (self.tree.next_deadline(), self.presence.next_deadline(),
                   self.next_anti_entropy):
-            if t is not None:
-                times.append(t)
-        return min(times)
+            if d is not None and d < t:
+                t = d
+        return t
 
     def active_peers(self) -> set[str]:
         """The active view: the neighbours this node gossips with."""
@@ -176,23 +176,31 @@ class RoomOverlay:
         self._pushq.setdefault(peer, []).append(data)
 
     def _flush_changes(self) -> None:
+        if not self._pushq and not self._pullq:
+            return
+        # The same batch usually goes to several neighbours (a push fans out): encode it once.
+        encoded: dict[tuple[tuple[bytes, ...], bool], bytes] = {}
         for queue, push in ((self._pushq, True), (self._pullq, False)):
             for peer, datas in queue.items():
                 batch: list[bytes] = []
                 size = 0
                 for data in datas:
                     if batch and size + len(data) > self.config.frame_target_bytes:
-                        self._send_changes(peer, batch, push)
+                        self._send_changes(peer, batch, push, encoded)
                         batch, size = [], 0
                     batch.append(data)
                     size += len(data) + 5
                 if batch:
-                    self._send_changes(peer, batch, push)
+                    self._send_changes(peer, batch, push, encoded)
             queue.clear()
 
-    def _send_changes(self, peer: str, batch: list[bytes], push: bool) -> None:
+    def _send_changes(self, peer: str, batch: list[bytes], push: bool,
+                      encoded: dict[tuple[tuple[bytes, ...], bool], bytes]) -> None:
         kind = "Changes.push" if push else "Changes.pull"
-        frame = encode_frame(Changes(self.room_id, tuple(batch), push))
+        key = (tuple(batch), push)
+        frame = encoded.get(key)
+        if frame is None:
+            frame = encoded[key] = encode_frame(Changes(self.room_id, key[0], push))
         self._enqueue(peer, SYNC, frame, kind)
 
     # ------------------------------------------------------------------ links
