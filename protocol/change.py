@@ -175,7 +175,7 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
             raise _bad(f"unknown op code {code}")
 
 
-_change_cache: dict[tuple[bytes, Limits], Change] = {}
+_change_cache: dict[bytes, Change] = {}
 _change_cache_size = 0
 
 
@@ -189,8 +189,8 @@ def enable_change_cache(max_entries: int) -> None:
 
 def decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
     """Decode and schema-check a change (memoised when ``enable_change_cache`` is on)."""
-    if _change_cache_size and type(data) is bytes:
-        key = (data, limits)
+    if _change_cache_size and limits is DEFAULT_LIMITS and type(data) is bytes:
+        key = data  # only default-limit decodes are cached: the bytes alone are the key
         ch = _change_cache.get(key)
         if ch is None:
             ch = _decode_change(data, limits)

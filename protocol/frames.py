@@ -272,7 +272,7 @@ def _arity(fields: list[Any], n: int, layout: str) -> None:
         raise SchemaError(f"frame layout is [version, type, room_id, {layout}]")
 
 
-_frame_cache: dict[tuple[bytes, Limits], Message] = {}
+_frame_cache: dict[bytes, Message] = {}
 _frame_cache_size = 0
 
 
@@ -291,8 +291,10 @@ def enable_frame_cache(max_entries: int) -> None:
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame; raise a ``DecodeError`` subclass for anything malformed."""
-    if _frame_cache_size and type(data) is bytes:
-        key = (data, limits)
+    # Only frames decoded with the default limits are cached, so the key is the bytes alone
+    # (hashing a Limits per call cost more than the lookup saved).
+    if _frame_cache_size and limits is DEFAULT_LIMITS and type(data) is bytes:
+        key = data
         msg = _frame_cache.get(key)
         if msg is None:
             msg = _decode_frame(data, limits)

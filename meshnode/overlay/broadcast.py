@@ -53,6 +53,8 @@ class Broadcast:
         self._broken_promise = broken_promise
         self.lazy: dict[bytes, set[str]] = {}  # author -> peers that pruned that author
         self.missing: OrderedDict[bytes, Missing] = OrderedDict()
+        # change -> neighbours known to have it (bounded, oldest forgotten first)
+        self.holders: OrderedDict[bytes, set[str]] = OrderedDict()
         self.announce: dict[str, list[bytes]] = {}
         self.next_announce: float | None = None
         # (grafted peer, change id) -> when the promise is due; in due order
@@ -90,10 +92,20 @@ class Broadcast:
         if lazy is not None:
             lazy.discard(peer)
 
+    def peer_has(self, peer: str, cid: bytes) -> None:
+        """``peer`` has change ``cid`` (it announced or sent it): never announce it back."""
+        holders = self.holders.get(cid)
+        if holders is None:
+            if len(self.holders) >= self.config.max_missing:
+                self.holders.popitem(last=False)
+            holders = self.holders[cid] = set()
+        holders.add(peer)
+
     def on_ihave(self, peer: str, ids: tuple[bytes, ...], known: Callable[[bytes], bool],
                  now: float) -> None:
         """Remember announced changes we lack; graft if they do not arrive in time."""
         for cid in ids:
+            self.peer_has(peer, cid)
             if known(cid):
                 continue
             entry = self.missing.get(cid)
@@ -108,10 +120,15 @@ class Broadcast:
         """Send batched announcements and grafts that are due."""
         if self.next_announce is not None and now >= self.next_announce:
             self.next_announce = None
+            holders = self.holders
             for peer, ids in self.announce.items():
-                if peer in active:
-                    for i in range(0, len(ids), 512):
-                        self._send(peer, IHave(self.room_id, tuple(dict.fromkeys(ids[i:i + 512]))))
+                if peer not in active:
+                    continue
+                # Announcements are batched, so by now many neighbours have announced or sent
+                # the same change to us: they have it, and need no IHave from us.
+                fresh = [c for c in dict.fromkeys(ids) if peer not in holders.get(c, ())]
+                for i in range(0, len(fresh), 512):
+                    self._send(peer, IHave(self.room_id, tuple(fresh[i:i + 512])))
             self.announce.clear()
         grafts: dict[str, list[bytes]] = {}
         for cid, entry in list(self.missing.items()):

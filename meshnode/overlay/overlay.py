@@ -335,6 +335,8 @@ class RoomOverlay:
             st.payload_pulled_in += len(results)
         wants = False
         for res in results:
+            if res.change_id is not None and res.status != REJECTED:
+                self.tree.peer_has(peer, res.change_id)
             if res.status == APPLIED:
                 for cid in res.applied:
                     if not msg.push:

@@ -119,6 +119,8 @@ class PresenceTable:
 
     def next_deadline(self) -> float | None:
         """When the next flush or expiry is due."""
+        if not self.seen:
+            return self.next_flush
         times = [s.at + self.config.presence_ttl_s for k, s in self.seen.items() if k != self.me]
         if self.next_flush is not None:
             times.append(self.next_flush)
