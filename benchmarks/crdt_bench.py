@@ -28,7 +28,6 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -36,6 +35,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from _env import environment
 
 ROOT_IDX = -1
 
@@ -553,30 +554,6 @@ def run_loro(plan: Plan, seed: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- driver
-
-
-def environment() -> dict[str, Any]:
-    from importlib import metadata
-
-    def ver(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "loro": ver("loro"),
-        "meshnode": ver("meshnode"),
-        "msgpack": ver("msgpack"),
-        "cryptography": ver("cryptography"),
-    }
 
 
 RATIO_KEYS = [

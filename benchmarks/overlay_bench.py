@@ -37,14 +37,14 @@ import hashlib
 import heapq
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from _env import environment
 
 from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, ROOT, SceneReplica
 from meshnode.identity import Identity
@@ -773,24 +773,6 @@ def overlay_costs(before: dict[str, Any], after: dict[str, Any], n: int, m: int)
 
 
 # ---------------------------------------------------------------------------- main
-
-
-def environment() -> dict[str, Any]:
-    from importlib import metadata
-
-    def ver(pkg: str) -> str | None:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "msgpack": ver("msgpack"),
-        "cryptography": ver("cryptography"),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
