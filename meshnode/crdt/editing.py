@@ -1,0 +1,406 @@
+"""Local editing: the uncommitted batch behind ``create_entity``, ``set_field``, ``move``,
+``delete``, ``grant``, ``commit`` and ``discard``.
+
+Local edits apply to the replica at once and collect in one batch; ``commit(now)`` signs it as
+one change. Until then its ops carry an "infinitely late" stamp, so changes applied from peers
+in between sort before them, exactly as they will once the batch is stamped (its clock value is
+taken at commit, after everything applied so far). ``LocalEdits`` is a mixin of
+``SceneReplica``: it declares the replica state it works on.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshnode.crdt.clock import HybridClock
+from meshnode.crdt.graph import ChangeGraph, ChangeMeta
+from meshnode.crdt.ids import ROOT, TRASH, EntityId
+from meshnode.crdt.results import BatchFull, PermissionDenied
+from meshnode.crdt.roles import (
+    ROLE_ADMIN,
+    ROLE_BY_NAME,
+    ROLE_EDITOR,
+    ROLE_NAMES,
+    ROLE_OWNER,
+    ROLE_VIEWER,
+    RoleBook,
+    may_set_role,
+)
+from meshnode.crdt.tree import MoveTree, Stamp, make_entry
+from meshnode.identity import Identity, public_key_from_peer_id
+from protocol.change import (
+    OP_CREATE,
+    OP_DELETE,
+    OP_MOVE,
+    OP_ROLE,
+    OP_SET,
+    Op,
+    change_id,
+    encode_change,
+)
+from protocol.limits import Limits
+from protocol.msgpack_io import pack
+from protocol.values import InvalidValue, Value, normalize_value
+
+INF_HLC = 1 << 64
+"""Clock value of an uncommitted local batch: later than any real stamp."""
+
+Node = tuple[bytes, int]
+Register = tuple[Stamp, Value]
+Fields = dict[str, dict[str, Register]]
+
+
+class EditBatch:
+    """The uncommitted local batch: ops in wire form plus what is needed to roll it back."""
+
+    __slots__ = (
+        "actor_index",
+        "actors",
+        "bytes",
+        "counter_before",
+        "creates",
+        "field_undo",
+        "name_index",
+        "names",
+        "ops",
+        "required",
+        "role_ops",
+        "set_index",
+        "shadowed",
+        "stamp",
+    )
+
+    def __init__(self, me: bytes, counter: int) -> None:
+        self.stamp: Stamp = [INF_HLC, me, b""]
+        self.ops: list[Op] = []
+        self.actors: list[bytes] = []
+        self.actor_index: dict[bytes, int] = {}
+        self.names: list[str] = []
+        self.name_index: dict[str, int] = {}
+        self.set_index: dict[tuple[Node, str, str], Op] = {}
+        self.creates: list[Node] = []
+        self.field_undo: list[tuple[dict[str, Register], str, Register | None]] = []
+        self.shadowed: list[tuple[dict[str, Register], str, Register]] = []
+        self.role_ops: list[tuple[bytes, int]] = []
+        self.required = ROLE_VIEWER
+        self.counter_before = counter
+        self.bytes = 200  # envelope, deps and signature, roughly
+
+
+class LocalEdits:
+    """The local editing API of ``SceneReplica`` (a mixin: the state lives in the replica)."""
+
+    _me: bytes
+    _keys: dict[bytes, bytes]
+    _identity: Identity
+    _roles: RoleBook
+    _my_role: int | None
+    _batch: EditBatch | None
+    _counter: int
+    _creation: dict[Node, int]
+    _created_by: dict[Node, list[bytes]]
+    _tree: MoveTree
+    _fields: dict[Node, Fields]
+    _graph: ChangeGraph
+    _clock: HybridClock
+    _max_ops: int
+    _max_batch_bytes: int
+    limits: Limits
+    room_id: bytes
+
+    def _key(self, key: bytes) -> bytes:
+        """Intern a public key so the many entity IDs that embed it share one object."""
+        return self._keys.setdefault(key, key)
+
+
+    def _member_key(self, member: str | bytes) -> bytes:
+        if isinstance(member, bytes):
+            if len(member) != 32:
+                raise ValueError("a member is a 32-byte public key or a PeerID string")
+            return self._key(member)
+        return self._key(public_key_from_peer_id(member))
+
+    def _role(self) -> int:
+        if self._my_role is None:
+            self._my_role = self._roles.current_role(self._me)
+        return self._my_role
+
+    def _require(self, level: int, what: str, ops: int = 1) -> EditBatch:
+        if self._role() < level:
+            raise PermissionDenied(
+                f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
+            )
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = EditBatch(self._me, self._counter)
+        if len(batch.ops) + ops > self._max_ops or batch.bytes >= self._max_batch_bytes:
+            raise BatchFull("the uncommitted batch is full: call commit() first")
+        if level > batch.required:
+            batch.required = level
+        return batch
+
+    def _ref(self, batch: EditBatch, ent: Node) -> Any:
+        if ent == ROOT:
+            return None
+        if ent[0] == self._me:
+            return ent[1]
+        idx = batch.actor_index.get(ent[0])
+        if idx is None:
+            if len(batch.actors) >= self.limits.max_actors_per_change:
+                raise BatchFull("too many different creators in one batch: commit() first")
+            idx = batch.actor_index[ent[0]] = len(batch.actors)
+            batch.actors.append(ent[0])
+            batch.bytes += 34
+        return [idx, ent[1]]
+
+    def _name(self, batch: EditBatch, name: str) -> int:
+        idx = batch.name_index.get(name)
+        if idx is None:
+            if type(name) is not str or not name or len(name) > self.limits.max_name_chars:
+                raise ValueError(
+                    f"component and field names are 1..{self.limits.max_name_chars} chars"
+                )
+            if len(batch.names) >= self.limits.max_names_per_change:
+                raise BatchFull("too many different names in one batch: commit() first")
+            idx = batch.name_index[name] = len(batch.names)
+            batch.names.append(name)
+            batch.bytes += len(name) + 2
+        return idx
+
+    def _live(self, entity: Node, what: str) -> Node:
+        if not isinstance(entity, tuple) or len(entity) != 2:
+            raise TypeError(f"{what} must be an EntityId")
+        if entity != ROOT and not self._tree.is_live(entity):
+            raise ValueError(f"{what} {entity} is deleted or unknown")
+        return (self._key(entity[0]), entity[1]) if entity != ROOT else ROOT
+
+    def _needed_for(self, ent: Node) -> int:
+        return ROLE_EDITOR if ent[0] == self._me else ROLE_ADMIN
+
+    def create_entity(
+        self,
+        parent: Node = ROOT,
+        components: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> EntityId:
+        """Create an entity under ``parent`` with initial ``components``
+        (``{component: {field: value}}``); returns its ID."""
+        if components is not None and not isinstance(components, Mapping):
+            raise TypeError("components must be a mapping of component -> {field: value}")
+        for comp, fields in (components or {}).items():
+            if not isinstance(fields, Mapping):
+                raise TypeError(f"component {comp!r} must map field names to values")
+        n_fields = sum(len(f) for f in (components or {}).values())
+        # Reserve room for the whole entity so it is never committed half-made.
+        batch = self._require(ROLE_EDITOR, "create entities", 1 + n_fields)
+        par = self._live(parent, "parent")
+        counter = self._counter + 1
+        ent = EntityId(self._me, counter)
+        node: Node = (self._me, counter)
+        idx = len(batch.ops)
+        batch.ops.append([OP_CREATE, counter, self._ref(batch, par)])
+        batch.bytes += 12
+        self._counter = counter
+        self._creation[node] = self._graph.vv_all.get(self._me, 0) + 1
+        batch.creates.append(node)
+        self._tree.apply([make_entry(batch.stamp, idx, node, par)])
+        for comp, fields in (components or {}).items():
+            for field, value in fields.items():
+                self.set_field(ent, comp, field, value)
+        return ent
+
+    def set_field(self, entity: Node, component: str, field: str, value: object) -> None:
+        """Set one field of one component of an entity (last writer wins)."""
+        # The hot path of local editing: kept flat on purpose (see docs/performance.md).
+        try:
+            creator, counter = entity
+        except (TypeError, ValueError):
+            raise TypeError("entity must be an EntityId") from None
+        creator = self._keys.get(creator)  # type: ignore[assignment]
+        ent: Node = (creator, counter)
+        if creator is None or ent not in self._creation:
+            raise ValueError(f"entity {entity} is unknown")
+        level = ROLE_EDITOR if creator is self._me else ROLE_ADMIN
+        batch = self._batch
+        if (
+            batch is None or level > batch.required
+            or len(batch.ops) >= self._max_ops or batch.bytes >= self._max_batch_bytes
+        ):
+            batch = self._require(level, "edit this entity")
+        if type(value) is list and len(value) <= 16:
+            for x in value:
+                if type(x) is not float or x - x != 0.0:
+                    value = self._normalized(value)
+                    size = len(pack(value))
+                    break
+            else:
+                value = list(value)
+                size = 9 * len(value) + 3
+        else:
+            value = self._normalized(value)
+            size = len(pack(value))
+        if size > self.limits.max_value_bytes:
+            raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
+        key = (ent, component, field)
+        op = batch.set_index.get(key)
+        if op is not None:
+            batch.bytes += size
+            op[4] = value  # a later write in the same batch replaces the earlier one
+        else:
+            names = batch.name_index
+            ci = names.get(component)
+            if ci is None:
+                ci = self._name(batch, component)
+            fi = names.get(field)
+            if fi is None:
+                fi = self._name(batch, field)
+            ref = counter if creator is self._me else self._ref(batch, ent)
+            op = [OP_SET, ref, ci, fi, value]
+            batch.ops.append(op)
+            batch.set_index[key] = op
+            batch.bytes += size + 8
+        comps = self._fields.get(ent)
+        if comps is None:
+            comps = self._fields[ent] = {}
+        fd = comps.get(component)
+        if fd is None:
+            fd = comps[component] = {}
+        batch.field_undo.append((fd, field, fd.get(field)))
+        fd[field] = (batch.stamp, value)
+
+    def _normalized(self, value: object) -> Value:
+        try:
+            return normalize_value(value, self.limits)
+        except InvalidValue as err:
+            raise ValueError(str(err)) from None
+
+    def move(self, entity: Node, new_parent: Node) -> None:
+        """Move an entity (and its subtree) under ``new_parent``."""
+        if entity == ROOT:
+            raise ValueError("the root cannot be moved")
+        ent = self._live(entity, "entity")
+        par = self._live(new_parent, "new parent")
+        if self._tree.parent.get(ent) == par:
+            if self._role() < self._needed_for(ent):
+                raise PermissionDenied(f"role {ROLE_NAMES[self._role()]!r} may not move this")
+            return  # already there: no op (as Loro does), so nothing to sign or send
+        if self._tree.is_ancestor(ent, par):
+            raise ValueError("moving an entity under itself or its descendant makes a cycle")
+        batch = self._require(self._needed_for(ent), "move this entity")
+        idx = len(batch.ops)
+        batch.ops.append([OP_MOVE, self._ref(batch, ent), self._ref(batch, par)])
+        batch.bytes += 14
+        self._tree.apply([make_entry(batch.stamp, idx, ent, par)])
+
+    def delete(self, entity: Node) -> None:
+        """Delete an entity and, with it, its subtree."""
+        if entity == ROOT:
+            raise ValueError("the root cannot be deleted")
+        ent = self._live(entity, "entity")
+        batch = self._require(self._needed_for(ent), "delete this entity")
+        idx = len(batch.ops)
+        batch.ops.append([OP_DELETE, self._ref(batch, ent)])
+        batch.bytes += 10
+        self._tree.apply([make_entry(batch.stamp, idx, ent, TRASH)])
+
+    def grant(self, member: str | bytes, role: str) -> None:
+        """Give ``member`` (PeerID or public key) a role: "admin", "editor", "viewer" or
+        "none" (removes them). See ``meshnode.crdt.roles`` for who may grant what."""
+        key = self._member_key(member)
+        code = ROLE_BY_NAME.get(role)
+        if code is None or code == ROLE_OWNER:
+            raise ValueError(f"role must be one of admin, editor, viewer, none; not {role!r}")
+        if key == self._me:
+            raise PermissionDenied("a member cannot change their own role")
+        if not may_set_role(self._role(), self._roles.current_role(key), code):
+            raise PermissionDenied(
+                f"a {ROLE_NAMES[self._role()]} may not make this member {role!r}"
+            )
+        batch = self._require(ROLE_ADMIN, "change roles")
+        if key not in batch.actor_index:
+            batch.actor_index[key] = len(batch.actors)
+            batch.actors.append(key)
+            batch.bytes += 34
+        batch.ops.append([OP_ROLE, batch.actor_index[key], code])
+        batch.bytes += 6
+        batch.role_ops.append((key, code))
+        seq = self._graph.vv_all.get(self._me, 0) + 1
+        self._roles.add(key, (batch.stamp, code, self._me, seq))
+
+    def revoke(self, member: str | bytes) -> None:
+        """Remove a member (their later changes are rejected)."""
+        self.grant(member, "none")
+
+    @property
+    def pending_ops(self) -> int:
+        """How many local ops wait for ``commit``."""
+        return 0 if self._batch is None else len(self._batch.ops)
+
+    def commit(self, now: float) -> bytes | None:
+        """Sign the uncommitted batch as one change; return its bytes (None if empty).
+
+        If a change applied since the edits took away the right to make them, the batch is
+        rolled back and ``PermissionDenied`` raised.
+        """
+        batch = self._batch
+        if batch is None:
+            return None
+        graph = self._graph
+        vv = dict(graph.vv_all)
+        role = self._roles.role_in_past(self._me, vv)
+        allowed = role >= batch.required and all(
+            may_set_role(role, self._roles.role_in_past(m, vv), r) for m, r in batch.role_ops
+        )
+        if not allowed:
+            self.discard()
+            raise PermissionDenied("this replica's role changed: the batch was rolled back")
+        seq = vv.get(self._me, 0) + 1
+        hlc = self._clock.tick(now)
+        deps = sorted(graph.heads)
+        # An actor that authored one of the deps is sent as that dep's index (1 byte, not 33).
+        head_author: dict[bytes, int] = {}
+        for i, d in enumerate(deps):
+            head_author.setdefault(graph.meta[d].author, i)
+        actors: list[bytes | int] = [head_author.get(a, a) for a in batch.actors]
+        data = encode_change(
+            author=self._me,
+            seq=seq,
+            deps=deps,
+            hlc=hlc,
+            actors=actors,
+            names=batch.names,
+            ops=batch.ops,
+            room_id=self.room_id,
+            sign=self._identity.sign,
+        )
+        cid = change_id(data)
+        stamp = batch.stamp
+        stamp[0] = hlc
+        stamp[2] = cid
+        for node in batch.creates:
+            self._creation[node] = seq
+            self._created_by.setdefault(node, []).append(cid)
+        vv[self._me] = seq
+        self._batch = None
+        graph.add(cid, ChangeMeta(self._me, seq, hlc, tuple(deps), vv), data)
+        return data
+
+    def discard(self) -> None:
+        """Roll back every uncommitted local edit."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        self._tree.remove_pending(batch.stamp)
+        for fd, field, prev in reversed(batch.field_undo):
+            if prev is None:
+                fd.pop(field, None)
+            else:
+                fd[field] = prev
+        for fd, field, reg in batch.shadowed:
+            cur = fd.get(field)
+            if cur is None or cur[0] <= reg[0]:
+                fd[field] = reg
+        for node in batch.creates:
+            self._creation.pop(node, None)
+        self._roles.drop_stamp(batch.stamp)
+        self._my_role = None
+        self._counter = batch.counter_before
