@@ -187,21 +187,26 @@ def enable_change_cache(max_entries: int) -> None:
     _change_cache.clear()
 
 
-def decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
-    """Decode and schema-check a change (memoised when ``enable_change_cache`` is on)."""
+def decode_change(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, known_id: bytes | None = None
+) -> Change:
+    """Decode and schema-check a change (memoised when ``enable_change_cache`` is on).
+
+    ``known_id``: ``change_id(data)`` if the caller has already computed it (not hashed twice).
+    """
     if _change_cache_size and limits is DEFAULT_LIMITS and type(data) is bytes:
         key = data  # only default-limit decodes are cached: the bytes alone are the key
         ch = _change_cache.get(key)
         if ch is None:
-            ch = _decode_change(data, limits)
+            ch = _decode_change(data, limits, known_id)
             if len(_change_cache) >= _change_cache_size:
                 del _change_cache[next(iter(_change_cache))]
             _change_cache[key] = ch
         return ch
-    return _decode_change(data, limits)
+    return _decode_change(data, limits, known_id)
 
 
-def _decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
+def _decode_change(data: bytes, limits: Limits, known_id: bytes | None) -> Change:
     """Decode and schema-check a change. Does not verify the signature (see ``signing_payload``).
 
     Raises a ``protocol.errors.DecodeError`` subclass on any malformed input.
@@ -274,5 +279,5 @@ def _decode_change(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Change:
         ops=ops,
         body=body,
         signature=data[-SIGNATURE_BYTES:],
-        change_id=hashlib.sha256(data).digest(),
+        change_id=known_id if known_id is not None else hashlib.sha256(data).digest(),
     )

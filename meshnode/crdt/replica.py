@@ -304,24 +304,22 @@ class SceneReplica(LocalEdits):
         horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
         meta = self._graph.meta
         for i, data in enumerate(datas):
+            if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)  # an immutable copy: the caller may reuse its buffer
+            known_id = None
             if type(data) is bytes and len(data) <= self.limits.max_change_bytes:
                 # Gossip delivers most changes more than once: hashing (about 1 us) spots a
-                # known one before decoding it (about 10 us).
-                early = change_id(data)
-                if early in meta or early in self._buffer or early in seen:
-                    results[i] = ApplyResult(DUPLICATE, "already_known", early)
+                # known one before decoding it (about 10 us). Anything decodable gets here.
+                known_id = change_id(data)
+                if known_id in meta or known_id in self._buffer or known_id in seen:
+                    results[i] = ApplyResult(DUPLICATE, "already_known", known_id)
                     continue
             try:
-                ch = decode_change(data, self.limits)
+                ch = decode_change(data, self.limits, known_id=known_id)
             except DecodeError as err:
                 results[i] = self._reject(None, err.reason)
                 continue
-            if type(data) is not bytes:
-                data = bytes(data)  # keep an immutable copy: the caller may reuse its buffer
             cid = ch.change_id
-            if cid in meta or cid in self._buffer or cid in seen:
-                results[i] = ApplyResult(DUPLICATE, "already_known", cid)
-                continue
             cached = self._rejected.get(cid)
             if cached is not None:
                 results[i] = self._reject(cid, cached)
