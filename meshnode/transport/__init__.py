@@ -1,0 +1,1 @@
+"""The transport driver: aiortc peer connections carrying frames between peers."""
