@@ -1,8 +1,11 @@
 """The ``meshnode`` command line:
 
+meshnode up [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--bootstrap URL ...]
+                                         run a node (the default command)
 meshnode keygen [--out PATH] [--force]   create an identity file, print its PeerID
+meshnode room create|list|invite|join    manage the rooms of a running node
+meshnode peers | status                  what a running node is linked to / doing
 meshnode demo                            run the local scene-CRDT demo
-meshnode                                 same as ``demo`` until the node runtime exists
 """
 
 from __future__ import annotations
@@ -62,14 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the local scene-CRDT demo (two replicas, one room)")
     demo.set_defaults(handler=_demo)
+    from meshnode.cli_node import add_node_commands
+
+    add_node_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
-    if args.command is None:  # no node runtime yet: the demo is what `meshnode` shows
-        return _demo(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `meshnode` alone runs a node with the defaults
+        args = parser.parse_args(["up"])
     status: int = args.handler(args)
     return status
 

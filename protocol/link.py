@@ -183,7 +183,7 @@ def _hello(body: object, sig: object, limits: Limits) -> Hello:
     key, kind, fp, peer_fp, rooms, url, time_ms, invites, versions = f
     if type(key) is not bytes or len(key) != KEY_BYTES:
         raise SchemaError("hello key must be 32 bytes")
-    if kind not in KINDS or type(kind) is not str:
+    if type(kind) is not str or kind not in KINDS:
         raise SchemaError(f"hello kind must be one of {sorted(KINDS)}")
     if type(time_ms) is not int or not 0 <= time_ms < 2**63:
         raise SchemaError("hello time_ms must be a non-negative integer")
@@ -215,6 +215,8 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
         raise SchemaError("link message version is not an integer")
     if version not in SUPPORTED_VERSIONS:
         raise UnknownVersion(f"protocol version {version} is not supported")
+    if type(mtype) is not int:  # 64.0 would otherwise pass as a hello that peek_type misses
+        raise SchemaError("link message type is not an integer")
     f = obj[2:]
     if mtype == Hello.TYPE:
         _arity(f, 2, "body, signature")

@@ -1,0 +1,175 @@
+"""The node's commands: ``up`` runs a node; the others ask a running node over its admin API
+(which answers on loopback only), at ``--node URL`` (default ``http://127.0.0.1:8470``)."""
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from meshnode.config import DEFAULT_PORT, ConfigError, NodeConfig, load_config, parse_listen
+
+DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def _up(args: argparse.Namespace) -> int:
+    from meshnode.logs import setup_logging
+    from meshnode.node import Node
+    from meshnode.store import StoreError
+    from meshnode.tuning import tune_gc
+
+    try:
+        cfg = load_config(args.config) if args.config else NodeConfig()
+        if args.data_dir is not None:
+            cfg = replace(cfg, data_dir=args.data_dir)
+        if args.listen is not None:
+            host, port = parse_listen(args.listen)
+            cfg = replace(cfg, listen_host=host, listen_port=port)
+        if args.bootstrap:
+            cfg = replace(cfg, bootstrap=tuple(args.bootstrap))
+        if args.public_url is not None:
+            cfg = replace(cfg, public_url=args.public_url)
+        if args.no_default_room:
+            cfg = replace(cfg, default_room=False)
+        if args.log_format is not None:
+            cfg = replace(cfg, log_format=args.log_format)
+    except ConfigError as err:
+        print(f"meshnode up: {err}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, cfg.log_format)
+    tune_gc()
+
+    async def run() -> int:
+        node = Node(cfg)
+        try:
+            await node.start()
+        except (StoreError, OSError) as err:
+            print(f"meshnode up: {err}", file=sys.stderr)
+            await node.stop()
+            return 1
+        for token in args.join or []:
+            try:
+                node.join_room(token)
+            except ValueError as err:
+                print(f"meshnode up: --join: {err}", file=sys.stderr)
+        room = node.default_room_id().hex() if node.rooms else None
+        print(f"meshnode {node.peer_id} is up.", flush=True)
+        if room is not None:
+            print(f"Open {node.url}/?room={room} in a browser to enter the room.", flush=True)
+        print(f"Metrics: {node.url}/metrics   Stop: Ctrl+C", flush=True)
+        await node.run_until_signalled()
+        return 0
+
+    try:
+        import uvloop
+
+        return uvloop.run(run())
+    except KeyboardInterrupt:
+        return 0
+
+
+def _api(args: argparse.Namespace, method: str, path: str,
+         body: dict[str, Any] | None = None) -> Any:
+    url = args.node.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        try:
+            detail = json.loads(err.read()).get("error", err.reason)
+        except ValueError:
+            detail = err.reason
+        raise SystemExit(f"meshnode: {detail} ({err.code})") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise SystemExit(f"meshnode: no node answers at {args.node} ({err}); "
+                         f"start one with `meshnode up` or pass --node URL") from None
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _room(args: argparse.Namespace) -> int:
+    if args.room_command == "create":
+        body: dict[str, Any] = {"name": args.name}
+        if args.admit:
+            body["admit"] = args.admit
+        _print(_api(args, "POST", "/api/rooms", body))
+    elif args.room_command == "list":
+        rooms = _api(args, "GET", "/api/rooms")
+        for r in rooms:
+            print(f"{r['id']}  {r['name']!r}  role={r['role']} changes={r['changes']} "
+                  f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}")
+    elif args.room_command == "invite":
+        out = _api(args, "POST", f"/api/rooms/{args.room}/invites",
+                   {"role": args.role, "ttl_s": args.ttl})
+        print(out["token"])
+    elif args.room_command == "join":
+        _print(_api(args, "POST", "/api/rooms/join", {"token": args.token}))
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    for p in _api(args, "GET", "/api/peers"):
+        print(f"{p['peer']}  {p['kind']:6}  rooms={len(p['rooms'])}  {p['url'] or '-'}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    _print(_api(args, "GET", "/api/status"))
+    return 0
+
+
+def add_node_commands(sub: Any) -> None:
+    """Add ``up``, ``room``, ``peers`` and ``status`` to the ``meshnode`` parser."""
+    up = sub.add_parser("up", help="run a node (with no options: a default node on "
+                                   f"127.0.0.1:{DEFAULT_PORT}, data in ./meshnode-data)")
+    up.add_argument("--config", type=Path, help="TOML configuration file (docs/operators.md)")
+    up.add_argument("--data-dir", type=Path, help="where the identity and store live")
+    up.add_argument("--listen", help=f"HOST:PORT to serve HTTP on (default 127.0.0.1:"
+                                     f"{DEFAULT_PORT}; port 0 picks a free one)")
+    up.add_argument("--bootstrap", action="append", metavar="URL",
+                    help="a node to link to at start (repeatable)")
+    up.add_argument("--join", action="append", metavar="TOKEN",
+                    help="host the room of this invite token (repeatable)")
+    up.add_argument("--public-url", help="the URL other nodes should use to reach this one")
+    up.add_argument("--no-default-room", action="store_true",
+                    help="do not create a default room on first start")
+    up.add_argument("--log-format", choices=("text", "json"))
+    up.set_defaults(handler=_up)
+
+    def with_node(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--node", default=DEFAULT_NODE_URL,
+                       help=f"the running node's URL (default {DEFAULT_NODE_URL})")
+
+    room = sub.add_parser("room", help="manage the rooms of a running node")
+    rsub = room.add_subparsers(dest="room_command", metavar="ACTION", required=True)
+    create = rsub.add_parser("create", help="found a new room owned by the node")
+    create.add_argument("name")
+    create.add_argument("--admit", choices=("open", "invite"),
+                        help="open: any client that connects becomes an editor")
+    with_node(create)
+    lst = rsub.add_parser("list", help="list the node's rooms")
+    with_node(lst)
+    invite = rsub.add_parser("invite", help="print an invite token for a room")
+    invite.add_argument("room", help="room ID (hex)")
+    invite.add_argument("--role", default="editor", choices=("viewer", "editor", "admin"))
+    invite.add_argument("--ttl", type=float, default=7 * 86_400.0, help="seconds (default 7 days)")
+    with_node(invite)
+    join = rsub.add_parser("join", help="host a room from an invite token")
+    join.add_argument("token")
+    with_node(join)
+    room.set_defaults(handler=_room)
+
+    peers = sub.add_parser("peers", help="list a running node's links")
+    with_node(peers)
+    peers.set_defaults(handler=_peers)
+    status = sub.add_parser("status", help="show a running node's status")
+    with_node(status)
+    status.set_defaults(handler=_status)

@@ -1,0 +1,5 @@
+"""The Python client: ``async with meshnode.client.connect(url, room_id, identity) as room``."""
+
+from meshnode.client.room import ClientError, RoomClient, connect
+
+__all__ = ["ClientError", "RoomClient", "connect"]

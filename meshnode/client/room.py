@@ -1,0 +1,242 @@
+"""The Python client: join a room on a node over WebRTC and edit its scene.
+
+    async with meshnode.client.connect("http://127.0.0.1:8470", room_id, identity) as room:
+        cube = room.create_entity(ROOT, {"name": {"value": "cube"}})
+        room.set_field(cube, "transform", "position", [0.0, 1.0, 0.0])
+        await room.flush()            # returns once the node has stored the change durably
+        room.on_change(lambda change_id, peer: print(room.state()))
+
+The client is a small peer: it keeps its own ``SceneReplica`` (so reads are local and every
+change it receives is checked the same way a node checks it), runs the room's overlay core
+with one link, to its node, and signs its edits with its own identity. The node acknowledges
+each change once durable; ``flush`` waits for that acknowledgement.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from meshnode.crdt import ROOT, EntityId, SceneReplica
+from meshnode.crdt.tree import Node as NodeRef
+from meshnode.identity import Identity
+from meshnode.metrics import NodeMetrics
+from meshnode.overlay import OverlayConfig, RoomOverlay
+from meshnode.overlay.events import ChangeApplied, ConnectRequest, Event
+from meshnode.runtime.links import Established, LinkManager, LinkOwner
+from meshnode.runtime.room import RoomRuntime
+from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.link import LinkSettings, LocalHello
+from protocol.change import change_id
+from protocol.link import Ack
+
+log = logging.getLogger("meshnode.client")
+
+ChangeCallback = Callable[[bytes, str | None], None]
+
+
+class ClientError(Exception):
+    """The client could not join the room (the message says why)."""
+
+
+class RoomClient(LinkOwner):
+    """A joined room; build it with :func:`connect`."""
+
+    def __init__(self, url: str, room_id: bytes, identity: Identity, *,
+                 ice: IceSettings, invite: str | None, timeout_s: float) -> None:
+        self.url = url.rstrip("/")
+        self.room_id = room_id
+        self.identity = identity
+        self.peer_id = identity.public_id
+        self.node_peer_id: str | None = None
+        self._ice = ice
+        self._invite = invite
+        self._timeout = timeout_s
+        self._runtime: RoomRuntime | None = None
+        self._links: LinkManager | None = None
+        self._change_cbs: list[ChangeCallback] = []
+        self._presence_cbs: list[Callable[[str, dict[str, Any] | None], None]] = []
+        self._connected = asyncio.Event()
+
+    # ------------------------------------------------------------------ joining
+
+    async def open(self) -> None:
+        """Fetch the room's genesis, link to the node, and sync (see :func:`connect`)."""
+        hex_id = self.room_id.hex()
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            try:
+                async with http.get(f"{self.url}/api/rooms/{hex_id}/genesis") as resp:
+                    if resp.status != 200:
+                        raise ClientError(f"{self.url} does not host room {hex_id}")
+                    genesis = await resp.read()
+                async with http.get(f"{self.url}/api/rooms/{hex_id}/heads") as resp:
+                    heads = await resp.json()
+            except aiohttp.ClientError as err:
+                raise ClientError(f"cannot reach {self.url}: {err}") from None
+        if change_id(genesis) != self.room_id:
+            raise ClientError("the node sent a genesis change that is not this room's")
+        replica = SceneReplica.from_genesis(genesis, self.identity)
+        overlay = RoomOverlay(replica, self.identity, OverlayConfig(active_view_size=1))
+        self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
+        if self._ice.host_addresses:
+            install_host_addresses(self._ice.host_addresses)
+        self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
+                                  NodeMetrics(), max_links=1)
+        est = await asyncio.wait_for(self._links.dial_url(self.url), self._timeout)
+        self.node_peer_id = est.peer
+        target = {bytes.fromhex(k): int(v) for k, v in heads.get("vv", {}).items()}
+        await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
+                                     for a, s in target.items()), "sync with the node")
+        if heads.get("admit") == "open" or self._invite:
+            await self._wait(lambda: replica.role_of(self.peer_id) != "none",
+                             "admission to the room")
+
+    async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self._timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise ClientError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Leave: close the link and stop the room's timers."""
+        if self._links is not None:
+            await self._links.aclose()
+        if self._runtime is not None:
+            self._runtime.close()
+
+    async def __aenter__(self) -> "RoomClient":
+        try:
+            await self.open()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ LinkOwner
+
+    def local_hello(self, kind_hint: str) -> LocalHello:
+        """We are a client in exactly one room."""
+        invites: tuple[bytes, ...] = ()
+        if self._invite:
+            from meshnode.rooms.invite import parse_invite
+
+            invites = (parse_invite(self._invite).raw(),)
+        return LocalHello("client", (self.room_id,), "", invites)
+
+    def link_up(self, est: Established) -> None:
+        """Attach the room to the link to our node."""
+        self._connected.set()
+        if self._runtime is not None and self.room_id in est.rooms:
+            self._runtime.attach(est.peer)
+
+    def link_down(self, est: Established, reason: str) -> None:
+        """Our node went away."""
+        self._connected.clear()
+        if self._runtime is not None:
+            self._runtime.detach(est.peer)
+        log.warning("link to node %s closed: %s", est.peer, reason)
+
+    def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
+        """A room frame from the node."""
+        if self._runtime is not None and room_id == self.room_id:
+            self._runtime.receive(est.peer, channel, data)
+
+    def ack(self, est: Established, msg: Ack) -> None:
+        """The node stored these changes durably."""
+        if self._runtime is not None and msg.room_id == self.room_id:
+            self._runtime.mark_durable(msg.ids)
+
+    def _send(self, peer: str, channel: str, frame: bytes) -> bool:
+        return self._links.send(peer, channel, frame) if self._links is not None else False
+
+    def _on_event(self, event: Event) -> None:
+        rt = self._runtime
+        if rt is None:
+            return
+        if isinstance(event, ChangeApplied):
+            for cb in list(self._change_cbs):
+                cb(event.change_id, event.peer)
+        elif isinstance(event, ConnectRequest):
+            rt.overlay.connect_failed(event.peer, time.time())  # a client has one link
+
+    # ------------------------------------------------------------------ the room
+
+    @property
+    def runtime(self) -> RoomRuntime:
+        """The room's runtime (for advanced use)."""
+        if self._runtime is None:
+            raise ClientError("not connected")
+        return self._runtime
+
+    @property
+    def replica(self) -> SceneReplica:
+        """The live local replica (read it; edit through this object's methods)."""
+        return self.runtime.replica
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The canonical scene view (``SceneReplica.state()``)."""
+        return self.runtime.state()
+
+    def role(self) -> str:
+        """Our role in the room."""
+        return self.replica.role_of(self.peer_id)
+
+    def create_entity(self, parent: NodeRef = ROOT,
+                      components: Mapping[str, Mapping[str, object]] | None = None) -> EntityId:
+        """Create an entity (sent on the next :meth:`flush`)."""
+        return self.replica.create_entity(parent, components)
+
+    def set_field(self, entity: NodeRef, component: str, field: str, value: object) -> None:
+        """Set a field (sent on the next :meth:`flush`)."""
+        self.replica.set_field(entity, component, field, value)
+
+    def move(self, entity: NodeRef, new_parent: NodeRef) -> None:
+        """Reparent an entity (sent on the next :meth:`flush`)."""
+        self.replica.move(entity, new_parent)
+
+    def delete(self, entity: NodeRef) -> None:
+        """Delete an entity (sent on the next :meth:`flush`)."""
+        self.replica.delete(entity)
+
+    async def flush(self, timeout_s: float | None = None) -> bytes | None:
+        """Sign the edits made since the last flush as one change, send it, and return its
+        ID once the node has stored it durably (None if there was nothing to send).
+        Raises ``TimeoutError`` if the node does not acknowledge in time."""
+        return await asyncio.wait_for(self.runtime.publish(), timeout_s or self._timeout)
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        """Call ``callback(change_id, peer)`` after each change applied (peer None: ours)."""
+        self._change_cbs.append(callback)
+
+    def set_presence(self, fields: dict[str, Any]) -> bool:
+        """Publish our presence (pose, pointer...); False if rate-limited."""
+        return self.runtime.set_presence(fields)
+
+    def presence(self) -> dict[str, dict[str, Any]]:
+        """Who is present: PeerID -> their latest fields."""
+        return self.runtime.presence()
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after any change or presence update; returns unsubscribe."""
+        return self.runtime.subscribe(callback)
+
+
+def connect(url: str, room_id: bytes | str, identity: Identity, *,
+            ice: IceSettings | None = None, invite: str | None = None,
+            timeout_s: float = 30.0) -> RoomClient:
+    """Join ``room_id`` (bytes or hex) through the node at ``url``; use as
+    ``async with connect(...) as room``. Entering links to the node, syncs the scene, and, in
+    a room that admits clients (or with an ``invite`` token), waits until we are a member."""
+    rid = bytes.fromhex(room_id) if isinstance(room_id, str) else room_id
+    return RoomClient(url, rid, identity, ice=ice or IceSettings(), invite=invite,
+                      timeout_s=timeout_s)

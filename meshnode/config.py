@@ -1,0 +1,192 @@
+"""The node's configuration: one TOML file, every key checked, documented in docs/operators.md.
+
+Command-line flags of ``meshnode up`` override the file; the file overrides the defaults.
+"""
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from meshnode.transport.ice import IceServer, IceSettings
+
+DEFAULT_PORT = 8470
+ADMIT_POLICIES = ("open", "invite")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SYNC_MODES = ("full", "normal")
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag is wrong; the message names the key and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything an operator can set. See docs/operators.md for each key."""
+
+    data_dir: Path = Path("meshnode-data")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    public_url: str = ""
+    bootstrap: tuple[str, ...] = ()
+    ice: IceSettings = field(default_factory=IceSettings)
+    max_links: int = 64
+    max_browsers: int = 32
+    default_room: bool = True
+    default_room_name: str = "lobby"
+    admit: str = "open"
+    admit_role: str = "editor"
+    store_synchronous: str = "full"
+    snapshot_every: int = 1_000
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def url(self) -> str:
+        """Where peers and browsers reach this node's HTTP endpoint."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.listen_host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.listen_port}"
+
+
+_SECTIONS: dict[str, set[str]] = {
+    "node": {"data_dir", "listen", "public_url"},
+    "network": {"bootstrap", "ice_servers", "host_addresses", "max_links", "max_browsers"},
+    "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
+    "store": {"synchronous", "snapshot_every"},
+    "log": {"level", "format"},
+}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8470`` for IPv6; a bare ``:PORT`` means 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen must be HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}; "
+                          f"got {text!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _want(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{key} must be a {names}, not {type(value).__name__}")
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _ice_servers(value: Any) -> tuple[IceServer, ...]:
+    _want(value, list, "network.ice_servers")
+    out = []
+    for i, entry in enumerate(value):
+        key = f"network.ice_servers[{i}]"
+        _want(entry, dict, key)
+        unknown = set(entry) - {"urls", "username", "credential"}
+        if unknown:
+            raise ConfigError(f"{key} has unknown keys {sorted(unknown)}")
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns")
+            for u in urls
+        ):
+            raise ConfigError(f"{key}.urls must list stun:/turn: URLs")
+        user, cred = entry.get("username"), entry.get("credential")
+        if (user is None) != (cred is None):
+            raise ConfigError(f"{key}: give both username and credential (TURN) or neither")
+        out.append(IceServer(tuple(urls), user, cred))
+    return tuple(out)
+
+
+def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> NodeConfig:
+    """Check a parsed TOML document and apply it over ``base`` (default: the defaults)."""
+    cfg = base or NodeConfig()
+    for section, body in doc.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown section [{section}]; known: {', '.join(_SECTIONS)}")
+        _want(body, dict, f"[{section}]")
+        unknown = set(body) - _SECTIONS[section]
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(sorted(unknown))}")
+    node = doc.get("node", {})
+    net = doc.get("network", {})
+    rooms = doc.get("rooms", {})
+    store = doc.get("store", {})
+    log = doc.get("log", {})
+    changes: dict[str, Any] = {}
+    if "data_dir" in node:
+        changes["data_dir"] = Path(_want(node["data_dir"], str, "node.data_dir"))
+    if "listen" in node:
+        changes["listen_host"], changes["listen_port"] = parse_listen(
+            _want(node["listen"], str, "node.listen"))
+    if "public_url" in node:
+        url = _want(node["public_url"], str, "node.public_url")
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError("node.public_url must start with http:// or https://")
+        changes["public_url"] = url
+    if "bootstrap" in net:
+        boot = _want(net["bootstrap"], list, "network.bootstrap")
+        for url in boot:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"network.bootstrap entries are node URLs; got {url!r}")
+        changes["bootstrap"] = tuple(boot)
+    ice = cfg.ice
+    if "ice_servers" in net:
+        ice = replace(ice, servers=_ice_servers(net["ice_servers"]))
+    if "host_addresses" in net:
+        addrs = _want(net["host_addresses"], list, "network.host_addresses")
+        if not all(isinstance(a, str) for a in addrs):
+            raise ConfigError("network.host_addresses must be a list of IP address strings")
+        ice = replace(ice, host_addresses=tuple(addrs))
+    changes["ice"] = ice
+    for key, section, name in (("max_links", net, "network.max_links"),
+                               ("max_browsers", net, "network.max_browsers"),
+                               ("snapshot_every", store, "store.snapshot_every")):
+        src = key if key != "snapshot_every" else "snapshot_every"
+        if src in section:
+            value = _want(section[src], int, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1")
+            changes[key] = value
+    if "default_room" in rooms:
+        changes["default_room"] = _want(rooms["default_room"], bool, "rooms.default_room")
+    if "default_room_name" in rooms:
+        changes["default_room_name"] = _want(rooms["default_room_name"], str,
+                                             "rooms.default_room_name")
+    if "admit" in rooms:
+        changes["admit"] = _choice(rooms["admit"], ADMIT_POLICIES, "rooms.admit")
+    if "admit_role" in rooms:
+        changes["admit_role"] = _choice(rooms["admit_role"], ("viewer", "editor"),
+                                        "rooms.admit_role")
+    if "synchronous" in store:
+        changes["store_synchronous"] = _choice(store["synchronous"], SYNC_MODES,
+                                               "store.synchronous")
+    if "level" in log:
+        changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
+    if "format" in log:
+        changes["log_format"] = _choice(log["format"], LOG_FORMATS, "log.format")
+    return replace(cfg, **changes)
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and check a TOML configuration file."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+    return config_from_mapping(doc)

@@ -1,0 +1,64 @@
+"""Prometheus metrics of one node (served at ``/metrics``).
+
+Each node has its own registry, so several nodes (or a node and its tests) can live in one
+process without their counters mixing.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0)
+
+
+class NodeMetrics:
+    """Every metric the node exports; names start with ``meshnode_``."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.peers = Gauge("meshnode_peers", "Established links, by kind", ["kind"], registry=r)
+        self.browsers = Gauge("meshnode_browsers", "Connected browser sessions", registry=r)
+        self.rooms = Gauge("meshnode_rooms", "Rooms this node hosts", registry=r)
+        self.room_changes = Gauge("meshnode_room_changes", "Changes held, per room", ["room"],
+                                  registry=r)
+        self.room_members = Gauge("meshnode_room_active_peers",
+                                  "Overlay neighbours, per room", ["room"], registry=r)
+        self.participants = Gauge("meshnode_room_participants",
+                                  "Participants with live presence, per room", ["room"],
+                                  registry=r)
+        self.changes_in = Counter("meshnode_changes_in", "Changes applied that came from peers",
+                                  registry=r)
+        self.changes_local = Counter("meshnode_changes_local",
+                                     "Changes made on this node (browser edits, grants)",
+                                     registry=r)
+        self.changes_stored = Counter("meshnode_changes_stored",
+                                      "Changes written durably to the store", registry=r)
+        self.frames_out = Counter("meshnode_frames_out", "Messages sent on links, by channel",
+                                  ["channel"], registry=r)
+        self.frames_dropped = Counter("meshnode_frames_dropped",
+                                      "Messages not sent (queue full), by channel",
+                                      ["channel"], registry=r)
+        self.bytes_out = Counter("meshnode_bytes_out", "Bytes sent on links, by channel",
+                                 ["channel"], registry=r)
+        self.bytes_in = Counter("meshnode_bytes_in", "Bytes received on links, by channel",
+                                ["channel"], registry=r)
+        self.rejections = Counter("meshnode_rejections",
+                                  "Input refused from peers, by reason", ["reason"],
+                                  registry=r)
+        self.links_closed = Counter("meshnode_links_closed", "Links closed, by reason",
+                                    ["reason"], registry=r)
+        self.presence_updates = Counter("meshnode_presence_updates",
+                                        "Presence updates received", registry=r)
+        self.store_latency = Histogram("meshnode_store_commit_seconds",
+                                       "Time from a change's arrival to its durable commit",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.change_latency = Histogram(
+            "meshnode_change_age_seconds",
+            "Age of a change when applied here (local clock minus its author's clock)",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.connect_latency = Histogram("meshnode_link_connect_seconds",
+                                         "Time to open a link, hello included",
+                                         buckets=_LATENCY_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Rooms on a node: invites and admission (who may join, with which role)."""

@@ -1,0 +1,114 @@
+"""Invite tokens: how a room admin lets another node or a client into a room.
+
+A token is text an operator can paste (``mninv1`` + base58). It holds the room's genesis
+change (so the receiver can build the replica offline and check the room ID), the role it
+grants, an expiry, where to connect, and the issuer's signature. Whoever presents it in a
+hello is granted the role by the node that checks it, if the issuer may grant that role in
+that node's replica. A token is a bearer capability: share it like a password.
+"""
+
+import secrets
+from dataclasses import dataclass
+
+import base58
+
+from protocol.change import change_id
+from protocol.errors import DecodeError, SchemaError
+from protocol.limits import DEFAULT_LIMITS
+from protocol.msgpack_io import pack, unpack
+
+PREFIX = "mninv1"
+INVITE_DOMAIN = b"meshnode/invite/v1\x00"
+GRANTABLE = ("viewer", "editor", "admin")
+MAX_URLS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A decoded invite; :meth:`verify` checks its signature."""
+
+    room_id: bytes
+    genesis: bytes
+    role: str
+    issuer: bytes
+    expires_ms: int
+    urls: tuple[str, ...]
+    nonce: bytes
+    signature: bytes
+    body: bytes
+
+    def verify(self, now_ms: int) -> str | None:
+        """None if valid now, else why not (``bad_signature``, ``expired``, ``wrong_room``)."""
+        from meshnode.identity import verify_signature
+
+        if not verify_signature(self.issuer, self.signature, INVITE_DOMAIN + self.body):
+            return "bad_signature"
+        if now_ms > self.expires_ms:
+            return "expired"
+        if change_id(self.genesis) != self.room_id:
+            return "wrong_room"
+        return None
+
+    def raw(self) -> bytes:
+        """The bytes carried in a hello."""
+        return pack([self.body, self.signature])
+
+    def token(self) -> str:
+        """The text form an operator shares."""
+        return PREFIX + base58.b58encode(self.raw()).decode()
+
+
+def make_invite(
+    room_id: bytes, genesis: bytes, role: str, issuer_public_key: bytes, sign: object,
+    expires_ms: int, urls: list[str],
+) -> Invite:
+    """Build and sign an invite (``sign``: bytes -> signature, e.g. ``Identity.sign``)."""
+    if role not in GRANTABLE:
+        raise ValueError(f"role must be one of {', '.join(GRANTABLE)}")
+    nonce = secrets.token_bytes(8)
+    body = pack([room_id, genesis, role, issuer_public_key, expires_ms, urls[:MAX_URLS], nonce])
+    assert callable(sign)
+    sig = sign(INVITE_DOMAIN + body)
+    return Invite(room_id, genesis, role, issuer_public_key, expires_ms, tuple(urls[:MAX_URLS]),
+                  nonce, sig, body)
+
+
+def decode_invite_bytes(raw: bytes) -> Invite:
+    """Decode the bytes form; raises ``DecodeError`` on anything malformed."""
+    outer = unpack(raw, DEFAULT_LIMITS, 4_096, "invite")
+    if type(outer) is not list or len(outer) != 2:
+        raise SchemaError("invite is [body, signature]")
+    body, sig = outer
+    if type(body) is not bytes or type(sig) is not bytes or len(sig) != 64:
+        raise SchemaError("invite is [body: bytes, signature: 64 bytes]")
+    f = unpack(body, DEFAULT_LIMITS, 4_096, "invite body")
+    if type(f) is not list or len(f) != 7:
+        raise SchemaError("invite body is [room, genesis, role, issuer, expires, urls, nonce]")
+    room_id, genesis, role, issuer, expires, urls, nonce = f
+    if type(room_id) is not bytes or len(room_id) != 32 or type(genesis) is not bytes:
+        raise SchemaError("invite room must be 32 bytes and genesis bytes")
+    if role not in GRANTABLE or type(role) is not str:
+        raise SchemaError("invite role is not grantable")
+    if type(issuer) is not bytes or len(issuer) != 32:
+        raise SchemaError("invite issuer must be a 32-byte key")
+    if type(expires) is not int or expires < 0:
+        raise SchemaError("invite expiry must be a non-negative integer")
+    if type(urls) is not list or len(urls) > MAX_URLS or not all(
+        type(u) is str and len(u) <= 256 for u in urls
+    ):
+        raise SchemaError("invite urls must be a short list of strings")
+    if type(nonce) is not bytes:
+        raise SchemaError("invite nonce must be bytes")
+    return Invite(room_id, genesis, role, issuer, expires, tuple(urls), nonce, sig, body)
+
+
+def parse_invite(token: str) -> Invite:
+    """Decode the text form; raises ``DecodeError`` with what is wrong."""
+    token = token.strip()
+    if not token.startswith(PREFIX):
+        raise DecodeError(f"an invite starts with {PREFIX!r}")
+    try:
+        raw = base58.b58decode(token[len(PREFIX):])
+    except ValueError:
+        raise DecodeError("invite is not base58") from None
+    return decode_invite_bytes(raw)

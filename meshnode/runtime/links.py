@@ -1,0 +1,404 @@
+"""``LinkManager``: the node's links to other peers, how they are opened, and what arrives on them.
+
+A link is one aiortc ``PeerLink`` (see ``meshnode.transport.link``), opened in one of three
+ways: by dialling a node's HTTP signaling URL (bootstrap), by answering an offer that came
+over HTTP (another node or a Python client dialling us), or through the mesh with relayed
+``Signal`` messages (a peer the overlay named). Whatever the way, the link counts only once
+its signed hello has been checked. Two links to one peer (both dialled at once) are resolved
+by keeping the one offered by the smaller PeerID, on both sides.
+
+Messages after the hello are split here: link messages (types >= 64) are handled or given to
+the owner; room frames go to the owner, which routes them by room ID.
+"""
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from meshnode.identity import Identity
+from meshnode.metrics import NodeMetrics
+from meshnode.signaling.relay import DEFAULT_TTL, Deliver, Forward, SignalRelay
+from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
+from protocol.errors import DecodeError
+from protocol.link import (
+    FIRST_LINK_TYPE,
+    Ack,
+    Hello,
+    LinkMessage,
+    Rooms,
+    Signal,
+    decode_link,
+    encode_link,
+    peek_type,
+)
+
+log = logging.getLogger("meshnode.links")
+
+MAX_OFFER_BYTES = 64 * 1024
+SIGNALS_PER_S = 5.0
+GARBAGE_LIMIT = 20
+
+
+class LinkRefused(Exception):
+    """A link could not be opened; ``reason`` is a metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Established:
+    """An established link and what we know about its peer."""
+
+    link: PeerLink
+    peer: str
+    hello: Hello
+    offered_by_us: bool
+    rooms: set[bytes]
+    garbage: int = 0
+    signal_tokens: float = 10.0
+    signal_at: float = 0.0
+
+
+class LinkOwner:
+    """What the ``LinkManager`` tells its owner (the node or the client). Override."""
+
+    def local_hello(self, kind_hint: str) -> LocalHello:
+        """Our hello for a new link."""
+        raise NotImplementedError
+
+    def link_up(self, est: Established) -> None:
+        """A link passed its hello and is now counted."""
+
+    def link_down(self, est: Established, reason: str) -> None:
+        """An established link closed."""
+
+    def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
+        """A room frame arrived."""
+
+    def ack(self, est: Established, msg: Ack) -> None:
+        """The peer says these changes are durable."""
+
+    def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
+        """The peer now shares ``rooms`` over the link (``est.rooms`` was the old set)."""
+
+
+def room_of_frame(data: bytes) -> bytes | None:
+    """The room ID of a room frame, read without decoding it (None if it does not start like
+    one: ``[version, type, bin8(32) room_id, ...]``)."""
+    if len(data) >= 37 and data[3] == 0xC4 and data[4] == 32:
+        return data[5:37]
+    return None
+
+
+class LinkManager:
+    """Opens, checks, tracks and closes the node's links (see the module docstring)."""
+
+    def __init__(self, identity: Identity, settings: LinkSettings, owner: LinkOwner,
+                 metrics: NodeMetrics, *, max_links: int = 64,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.identity = identity
+        self.me = identity.public_id
+        self.settings = settings
+        self.owner = owner
+        self.metrics = metrics
+        self.max_links = max_links
+        self.clock = clock
+        self.links: dict[str, Established] = {}
+        self.relay = SignalRelay(self.me, random.Random())
+        self._pending_relay: dict[bytes, tuple[PeerLink, str, asyncio.Future[str]]] = {}
+        self._dialing: set[str] = set()
+        self._opening = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, coro: "asyncio.Future[None] | object", name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _count(self) -> int:
+        return len(self.links) + self._opening
+
+    def neighbours(self) -> set[str]:
+        """PeerIDs with an established link."""
+        return set(self.links)
+
+    def send(self, peer: str, channel: str, data: bytes) -> bool:
+        """Put ``data`` on the link to ``peer``; False if there is none or it is full."""
+        est = self.links.get(peer)
+        if est is None:
+            return False
+        ok = est.link.send(channel, data)
+        if ok:
+            self.metrics.frames_out.labels(channel).inc()
+            self.metrics.bytes_out.labels(channel).inc(len(data))
+        else:
+            self.metrics.frames_dropped.labels(channel).inc()
+        return ok
+
+    def send_link(self, peer: str, msg: LinkMessage) -> bool:
+        """Send a link message to ``peer``."""
+        return self.send(peer, "sync", encode_link(msg))
+
+    # ------------------------------------------------------------------ opening links
+
+    def _new_link(self, kind_hint: str, expected: str | None) -> PeerLink:
+        return PeerLink(self.identity, self.settings, self.owner.local_hello(kind_hint),
+                        expected_peer=expected)
+
+    async def dial_url(self, url: str) -> Established:
+        """Open a link to the node serving ``url`` (HTTP offer/answer). Raises LinkRefused."""
+        if self._count() >= self.max_links:
+            raise LinkRefused("too_many_links")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        link = self._new_link("node", None)
+        self._opening += 1
+        started = time.perf_counter()
+        try:
+            offer = await link.create_offer()
+            try:
+                async with self._http.post(url.rstrip("/") + "/signal/offer",
+                                           json={"sdp": offer, "peer": self.me}) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status != 200:
+                        raise LinkRefused("refused", str(body.get("error", resp.status)))
+            except (TimeoutError, aiohttp.ClientError, ValueError) as err:
+                raise LinkRefused("unreachable", f"{url}: {err}") from None
+            if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
+                raise LinkRefused("bad_answer", url)
+            await link.accept_answer(body["sdp"])
+            return await self._establish(link, offered_by_us=True, started=started)
+        except BaseException:
+            await link.close("dial_failed")
+            raise
+        finally:
+            self._opening -= 1
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Answer an offer that came over HTTP; the link completes in the background."""
+        if self._count() >= self.max_links:
+            raise LinkRefused("too_many_links")
+        link = self._new_link("any", None)
+        self._opening += 1
+        started = time.perf_counter()
+        try:
+            answer = await link.accept_offer(sdp)
+        except BaseException:
+            self._opening -= 1
+            await link.close("bad_offer")
+            raise
+        self._spawn(self._finish_accept(link, started), "accept-link")
+        return answer
+
+    async def _finish_accept(self, link: PeerLink, started: float) -> None:
+        try:
+            await self._establish(link, offered_by_us=False, started=started)
+        except Exception as err:
+            reason = getattr(err, "reason", type(err).__name__)
+            log.info("incoming link failed: %s", err)
+            self.metrics.links_closed.labels(str(reason)).inc()
+            await link.close(str(reason))
+        finally:
+            self._opening -= 1
+
+    async def _establish(self, link: PeerLink, *, offered_by_us: bool,
+                         started: float) -> Established:
+        hello = await link.established()
+        peer = link.peer_id
+        assert peer is not None
+        old = self.links.get(peer)
+        if old is not None:
+            # Both dialled at once: keep the link the smaller PeerID offered, on both sides.
+            # (Same offerer twice means a reconnect: the new link replaces the old.)
+            new_offerer = self.me if offered_by_us else peer
+            old_offerer = self.me if old.offered_by_us else peer
+            if new_offerer != old_offerer and new_offerer != min(self.me, peer):
+                await link.close("duplicate")
+                raise LinkRefused("duplicate", peer)
+            del self.links[peer]
+            self.owner.link_down(old, "duplicate")
+            await old.link.close("duplicate")
+        est = Established(link, peer, hello, offered_by_us, set(hello.rooms),
+                          signal_at=self.clock())
+        link.on_message = lambda ch, data: self._on_message(est, ch, data)
+        link.on_close = lambda reason: self._on_close(est, reason)
+        self.links[peer] = est
+        self.metrics.connect_latency.observe(time.perf_counter() - started)
+        log.info("link up with %s (%s, offered by %s)", peer, hello.kind,
+                 "us" if offered_by_us else "them")
+        self.owner.link_up(est)
+        return est
+
+    def dial_peer(self, peer: str, timeout_s: float = 15.0) -> None:
+        """Open a link to ``peer`` through the mesh (relayed offer); in the background. The
+        owner hears ``link_up`` or, on failure, ``dial_failed``."""
+        if peer in self.links or peer in self._dialing or peer == self.me:
+            return
+        self._dialing.add(peer)
+        self._spawn(self._dial_relayed(peer, timeout_s), f"dial-{peer[:12]}")
+
+    def dial_failed(self, peer: str) -> None:  # overridden by owners that care
+        """Hook: a relayed dial to ``peer`` failed."""
+
+    async def _dial_relayed(self, peer: str, timeout_s: float) -> None:
+        link: PeerLink | None = None
+        nonce = secrets.token_bytes(16)
+        self._opening += 1
+        started = time.perf_counter()
+        try:
+            if self._count() > self.max_links:
+                raise LinkRefused("too_many_links")
+            link = self._new_link("node", peer)
+            offer = await link.create_offer()
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._pending_relay[nonce] = (link, peer, fut)
+            sig = Signal(self.me, peer, DEFAULT_TTL, nonce, "offer", offer)
+            routes = self.relay.originate(sig, self.neighbours())
+            if not routes:
+                raise LinkRefused("no_route", peer)
+            for fwd in routes:
+                self.send_link(fwd.peer, fwd.signal)
+            answer = await asyncio.wait_for(fut, timeout_s)
+            await link.accept_answer(answer)
+            await asyncio.wait_for(
+                self._establish(link, offered_by_us=True, started=started), timeout_s)
+        except Exception as err:
+            reason = getattr(err, "reason", type(err).__name__)
+            log.info("relayed dial to %s failed: %s", peer, err)
+            self.metrics.links_closed.labels(str(reason)).inc()
+            if link is not None:
+                await link.close(str(reason))
+            self.dial_failed(peer)
+        finally:
+            self._opening -= 1
+            self._pending_relay.pop(nonce, None)
+            self._dialing.discard(peer)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_message(self, est: Established, channel: str, data: bytes) -> None:
+        self.metrics.bytes_in.labels(channel).inc(len(data))
+        mtype = peek_type(data)
+        if mtype is not None and mtype >= FIRST_LINK_TYPE:
+            try:
+                msg = decode_link(data)
+            except DecodeError as err:
+                self._garbage(est, err.reason)
+                return
+            self._on_link_message(est, msg)
+            return
+        room = room_of_frame(data)
+        if room is None or room not in est.rooms:
+            # Not a frame of a room this link carries: the overlay never sees it, so count it
+            # here and cut a link that keeps sending such bytes.
+            self._garbage(est, "garbage" if room is None else "unshared_room")
+            return
+        self.owner.frame(est, channel, data, room)
+
+    def _garbage(self, est: Established, reason: str) -> None:
+        self.metrics.rejections.labels(reason).inc()
+        est.garbage += 1
+        log.warning("bad message from %s: %s", est.peer, reason)
+        if est.garbage >= GARBAGE_LIMIT:
+            self.close(est.peer, "garbage")
+
+    def _on_link_message(self, est: Established, msg: LinkMessage) -> None:
+        if isinstance(msg, Hello):
+            self._garbage(est, "second_hello")
+            self.close(est.peer, "second_hello")
+        elif isinstance(msg, Signal):
+            now = self.clock()
+            est.signal_tokens = min(10.0, est.signal_tokens + (now - est.signal_at) * SIGNALS_PER_S)
+            est.signal_at = now
+            if est.signal_tokens < 1.0:
+                self.metrics.rejections.labels("signal_flood").inc()
+                return
+            est.signal_tokens -= 1.0
+            for action in self.relay.handle(msg, est.peer, self.neighbours(), now):
+                if isinstance(action, Forward):
+                    self.send_link(action.peer, action.signal)
+                elif isinstance(action, Deliver):
+                    self._deliver(action)
+        elif isinstance(msg, Ack):
+            self.owner.ack(est, msg)
+        elif isinstance(msg, Rooms):
+            new = set(msg.rooms)
+            self.owner.rooms_changed(est, new)
+            est.rooms = new
+
+    def _deliver(self, d: Deliver) -> None:
+        sig = d.signal
+        if sig.kind == "offer":
+            self._spawn(self._answer_relayed(sig), "answer-relayed")
+            return
+        pending = self._pending_relay.get(sig.nonce)
+        if pending is None or pending[1] != sig.src or pending[2].done():
+            return
+        if sig.kind == "answer":
+            pending[2].set_result(sig.sdp)
+        else:
+            pending[2].set_exception(LinkRefused("refused", sig.sdp))
+
+    async def _answer_relayed(self, sig: Signal) -> None:
+        if sig.src in self.links or self._count() >= self.max_links:
+            reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "error",
+                           "already linked" if sig.src in self.links else "too many links")
+            for fwd in self.relay.originate(reply, self.neighbours()):
+                self.send_link(fwd.peer, fwd.signal)
+            return
+        link = self._new_link("node", sig.src)
+        self._opening += 1
+        started = time.perf_counter()
+        try:
+            answer = await link.accept_offer(sig.sdp)
+            reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "answer", answer)
+            for fwd in self.relay.originate(reply, self.neighbours()):
+                self.send_link(fwd.peer, fwd.signal)
+            await self._establish(link, offered_by_us=False, started=started)
+        except Exception as err:
+            reason = getattr(err, "reason", type(err).__name__)
+            self.metrics.links_closed.labels(str(reason)).inc()
+            await link.close(str(reason))
+        finally:
+            self._opening -= 1
+
+    # ------------------------------------------------------------------ closing
+
+    def _on_close(self, est: Established, reason: str) -> None:
+        if self.links.get(est.peer) is est:
+            del self.links[est.peer]
+            self.metrics.links_closed.labels(reason).inc()
+            log.info("link to %s closed: %s", est.peer, reason)
+            self.owner.link_down(est, reason)
+
+    def close(self, peer: str, reason: str) -> None:
+        """Close the link to ``peer`` (in the background)."""
+        est = self.links.get(peer)
+        if est is not None:
+            self._spawn(est.link.close(reason), "close-link")
+
+    async def aclose(self) -> None:
+        """Close every link and stop every task this manager started."""
+        self._closed = True
+        for est in list(self.links.values()):
+            await est.link.close("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None

@@ -1,0 +1,277 @@
+"""``RoomRuntime``: runs one room's sans-I/O ``RoomOverlay`` on an asyncio loop.
+
+It is the thin driver of the core for one room, shared by the node and the Python client:
+it feeds the overlay links, frames and the wall clock, fires its timer, hands the frames it
+produces to a ``send`` callback, and turns its events into durable writes, acknowledgements
+and subscriber callbacks. It owns no sockets: links belong to the caller.
+"""
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from meshnode.crdt import SceneReplica
+from meshnode.overlay import RoomOverlay
+from meshnode.overlay.events import (
+    ChangeApplied,
+    ConnectRequest,
+    DisconnectRequest,
+    EquivocationDetected,
+    Event,
+    PeerMisbehaved,
+    PresenceExpired,
+    PresenceUpdated,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("meshnode.room")
+
+SendFrame = Callable[[str, str, bytes], bool]
+Persist = Callable[[bytes, bytes, bytes], "asyncio.Future[None]"]
+
+
+class RoomRuntime:
+    """One room on one event loop (see the module docstring).
+
+    ``send(peer, channel, frame)`` puts a frame on a link; ``persist(room_id, change_id,
+    data)`` (None for an in-memory client) returns a future that completes once the change is
+    durable; ``on_event`` sees every overlay event after the runtime has handled it.
+    """
+
+    def __init__(
+        self,
+        overlay: RoomOverlay,
+        *,
+        send: SendFrame,
+        persist: Persist | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.overlay = overlay
+        self.replica: SceneReplica = overlay.replica
+        self.room_id = overlay.room_id
+        self.room_name = self.replica.room_name
+        self.me = overlay.identity.public_id
+        self._send = send
+        self._persist = persist
+        self._on_event = on_event
+        self._clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._durable: dict[bytes, asyncio.Future[None]] = {}
+        self._subscribers: list[Callable[[], None]] = []
+        self._presence: dict[str, dict[str, Any]] = {}
+        self._closed = False
+        self._pumping = False
+
+    # ------------------------------------------------------------------ links
+
+    def attach(self, peer: str) -> None:
+        """A link to ``peer`` now carries this room."""
+        self.overlay.connect(peer, self._clock())
+        self.pump()
+
+    def detach(self, peer: str) -> None:
+        """The link to ``peer`` no longer carries this room."""
+        self.overlay.disconnect(peer, self._clock())
+        self.pump()
+
+    def connect_failed(self, peer: str) -> None:
+        """A link the overlay asked for could not be opened."""
+        self.overlay.connect_failed(peer, self._clock())
+        self.pump()
+
+    def introduce(self, peers: list[str]) -> None:
+        """Peers this room may link to (bootstrap, address book)."""
+        self.overlay.introduce(peers, self._clock())
+        self.pump()
+
+    def receive(self, peer: str, channel: str, frame: bytes) -> None:
+        """A frame for this room arrived from ``peer``."""
+        self.overlay.receive(peer, channel, frame, self._clock())
+        self.pump()
+
+    def peers(self) -> set[str]:
+        """Peers whose links carry this room."""
+        return set(self.overlay.connected)
+
+    # ------------------------------------------------------------------ reading
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The canonical scene view (``SceneReplica.state()``)."""
+        return self.replica.state()
+
+    def presence(self) -> dict[str, dict[str, Any]]:
+        """Live presence: participant PeerID -> fields."""
+        return dict(self._presence)
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after every applied change or presence change; returns a
+        function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ local input
+
+    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
+        """Run ``fn`` on the replica's local batch, commit it as one signed change, spread it,
+        and return ``fn``'s result once the change is durable. On any error the batch is
+        discarded and the error raised."""
+        if self.replica.pending_ops:
+            self.replica.discard()  # never commit someone else's half-made batch
+        try:
+            result = fn(self.replica)
+        except BaseException:
+            self.replica.discard()
+            raise
+        await self.publish()
+        return result
+
+    async def publish(self) -> bytes | None:
+        """Commit the uncommitted local batch (if any), spread it, and wait until it is
+        durable (at this node, or acknowledged by the node for a client). Returns the change
+        ID."""
+        data = self.replica.commit(self._clock())
+        if data is None:
+            return None
+        res = self.overlay.submit_change(data, self._clock())
+        cid = res.change_id
+        assert cid is not None
+        waiter = self.durable(cid)
+        self.pump()
+        await waiter
+        return cid
+
+    def durable(self, change_id: bytes) -> "asyncio.Future[None]":
+        """A future that completes when ``change_id`` is durable (see ``mark_durable``)."""
+        fut = self._durable.get(change_id)
+        if fut is None:
+            fut = self._durable[change_id] = asyncio.get_running_loop().create_future()
+            if self._persist is None and self._closed:
+                fut.set_exception(ConnectionError("room closed"))
+        return fut
+
+    def mark_durable(self, change_ids: list[bytes] | tuple[bytes, ...]) -> None:
+        """These changes are durable (a client calls this when its node acknowledges)."""
+        for cid in change_ids:
+            fut = self._durable.pop(cid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def set_presence(self, fields: dict[str, Any]) -> bool:
+        """Publish our presence; False if dropped by the rate limit."""
+        ok = self.overlay.submit_presence(fields, self._clock())
+        if ok:
+            self._presence[self.me] = dict(fields)
+        self.pump()
+        return ok
+
+    # ------------------------------------------------------------------ the pump
+
+    def pump(self) -> None:
+        """Send what the overlay produced, handle its events, and re-arm its timer."""
+        if self._closed or self._pumping:
+            return
+        self._pumping = True
+        try:
+            notify = False
+            for _ in range(4):  # handling events can produce frames and more events
+                for peer, channel, frame in self.overlay.frames_to_send():
+                    self._send(peer, channel, frame)
+                event = self.overlay.next_event()
+                if event is None:
+                    break
+                while event is not None:
+                    notify |= self._handle(event)
+                    event = self.overlay.next_event()
+            if notify:
+                for cb in list(self._subscribers):
+                    try:
+                        cb()
+                    except Exception:  # a subscriber's bug must not stop the room
+                        log.exception("room subscriber failed")
+        finally:
+            self._pumping = False
+        self._arm_timer()
+
+    def _handle(self, event: Event) -> bool:
+        notify = False
+        if isinstance(event, ChangeApplied):
+            notify = True
+            if self._persist is not None:
+                data = self.replica.change_bytes(event.change_id)
+                if data is not None:
+                    fut = self._persist(self.room_id, event.change_id, data)
+                    fut.add_done_callback(functools.partial(self._stored, event.change_id))
+        elif isinstance(event, PresenceUpdated):
+            self._presence[event.participant] = dict(event.fields)
+            notify = True
+        elif isinstance(event, PresenceExpired):
+            notify = self._presence.pop(event.participant, None) is not None
+        elif isinstance(event, PeerMisbehaved):
+            log.warning("peer %s misbehaved in room %s: %s (score %.0f)", event.peer,
+                        self.room_id.hex()[:12], event.reason, event.score)
+        elif isinstance(event, EquivocationDetected):
+            log.warning("author %s equivocated at seq %d in room %s", event.author, event.seq,
+                        self.room_id.hex()[:12])
+        elif isinstance(event, ConnectRequest | DisconnectRequest):
+            pass  # the link owner acts on these through on_event
+        if self._on_event is not None:
+            self._on_event(event)
+        return notify
+
+    def _stored(self, cid: bytes, fut: "asyncio.Future[None]") -> None:
+        if fut.cancelled():
+            return
+        err = fut.exception()
+        waiter = self._durable.get(cid)
+        if err is not None:
+            log.error("could not store change %s: %s", cid.hex()[:12], err)
+            if waiter is not None and not waiter.done():
+                self._durable.pop(cid, None)
+                waiter.set_exception(err)
+            return
+        self.mark_durable([cid])
+
+    def _arm_timer(self) -> None:
+        if self._closed:
+            return
+        at = self.overlay.get_timer()
+        if at == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            delay = max(0.0, at - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed:
+            return
+        self.overlay.handle_timer(self._clock())
+        self.pump()
+
+    def close(self) -> None:
+        """Stop the timer and fail every waiter; the room can no longer be used."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut in self._durable.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("room closed before the change was durable"))
+        self._durable.clear()
+        self._subscribers.clear()
+

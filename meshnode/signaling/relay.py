@@ -1,0 +1,104 @@
+"""Routing of relayed offers and answers through the mesh. Sans-I/O.
+
+A node that learnt a peer's PeerID from the overlay (a view repair, a forwarded join) has no
+address for it, and it may be behind a NAT anyway. So it sends its SDP offer as a
+``Signal`` to its neighbours; each hop forwards it straight to the destination if it is a
+neighbour, else to a few neighbours with the TTL decremented; the destination answers, and
+the answer walks back along the path the offer took (each hop remembered where the offer came
+from). Offers are deduplicated by nonce, so a flood of copies dies out.
+"""
+
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from protocol.link import Signal
+
+DEFAULT_TTL = 4
+FANOUT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """The signal is for this node."""
+
+    signal: Signal
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``signal`` to ``peer``."""
+
+    peer: str
+    signal: Signal
+
+
+class SignalRelay:
+    """Decides what to do with each ``Signal`` a neighbour sends (see the module docstring)."""
+
+    def __init__(self, me: str, rng: random.Random | None = None, *, memory: int = 1_024,
+                 route_ttl_s: float = 60.0) -> None:
+        self.me = me
+        self.rng = rng or random.Random()
+        self.memory = memory
+        self.route_ttl_s = route_ttl_s
+        # nonce -> (peer the offer came from, when); answers go back that way
+        self._routes: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._seen: OrderedDict[tuple[bytes, str, str], None] = OrderedDict()
+        self.dropped = 0
+
+    def _remember_seen(self, key: tuple[bytes, str, str]) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.memory:
+            self._seen.popitem(last=False)
+        return True
+
+    def handle(self, sig: Signal, from_peer: str, neighbours: set[str],
+               now: float) -> list[Deliver | Forward]:
+        """What to do with ``sig`` received from neighbour ``from_peer``."""
+        if sig.src == self.me or not self._remember_seen((sig.nonce, sig.kind, sig.src)):
+            self.dropped += 1
+            return []
+        if sig.kind == "offer":
+            self._routes[sig.nonce] = (from_peer, now)
+            if len(self._routes) > self.memory:
+                self._routes.popitem(last=False)
+        if sig.dst == self.me:
+            return [Deliver(sig, from_peer)]
+        if sig.ttl <= 0:
+            self.dropped += 1
+            return []
+        nxt = replace(sig, ttl=sig.ttl - 1)
+        if sig.dst in neighbours:
+            return [Forward(sig.dst, nxt)]
+        if sig.kind != "offer":
+            back = self._routes.get(sig.nonce)
+            if back is not None and now - back[1] <= self.route_ttl_s and back[0] in neighbours:
+                return [Forward(back[0], nxt)]
+            self.dropped += 1
+            return []
+        others = sorted(neighbours - {from_peer, sig.src})
+        self.rng.shuffle(others)
+        return [Forward(p, nxt) for p in others[:FANOUT]]
+
+    def originate(self, sig: Signal, neighbours: set[str]) -> list[Forward]:
+        """Where to send a signal this node starts (an offer, or an answer to ``via``)."""
+        self._remember_seen((sig.nonce, sig.kind, sig.src))
+        if sig.dst in neighbours:
+            return [Forward(sig.dst, sig)]
+        if sig.kind != "offer":
+            back = self._routes.get(sig.nonce)
+            if back is not None and back[0] in neighbours:
+                return [Forward(back[0], sig)]
+            return []
+        others = sorted(neighbours)
+        self.rng.shuffle(others)
+        return [Forward(p, sig) for p in others[:FANOUT]]
+
+    def answer_route(self, nonce: bytes) -> str | None:
+        """The neighbour an offer with ``nonce`` came from (where its answer must go)."""
+        back = self._routes.get(nonce)
+        return back[0] if back is not None else None

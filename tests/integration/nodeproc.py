@@ -1,0 +1,134 @@
+"""Real ``meshnode up`` processes for integration tests (loopback only)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+LOOPBACK_CONFIG = """
+[network]
+host_addresses = ["127.0.0.1"]
+
+[log]
+level = "info"
+"""
+
+_URL = re.compile(r"Open (http://\S+)/\?room=([0-9a-f]{64})")
+_UP = re.compile(r"meshnode (\S+) is up\.")
+_METRICS = re.compile(r"Metrics: (http://\S+)/metrics")
+
+
+class NodeProcess:
+    """One node in its own process, with its own data directory."""
+
+    def __init__(self, data_dir: Path, *, args: list[str] | None = None,
+                 config: str = LOOPBACK_CONFIG) -> None:
+        self.data_dir = data_dir
+        self.args = args or []
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = data_dir.parent / f"{data_dir.name}.toml"
+        self.config_path.write_text(config)
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.peer_id = ""
+        self.default_room: str | None = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 60.0, extra: list[str] | None = None) -> "NodeProcess":
+        """Start and wait until it prints its URL."""
+        cmd = [sys.executable, "-m", "meshnode", "up", "--config", str(self.config_path),
+               "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
+               *self.args, *(extra or [])]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True)
+        self.lines = []
+        ready = threading.Event()
+
+        def reader() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                m = _UP.search(line)
+                if m:
+                    self.peer_id = m.group(1)
+                m = _URL.search(line)
+                if m:
+                    self.url, self.default_room = m.group(1), m.group(2)
+                m = _METRICS.search(line)
+                if m:
+                    self.url = m.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        if not ready.wait(timeout) or not self.url:
+            self.kill()
+            raise RuntimeError("node did not start:\n" + "\n".join(self.lines[-40:]))
+        return self
+
+    def log(self) -> str:
+        """Everything the node printed so far."""
+        return "\n".join(self.lines)
+
+    def get(self, path: str) -> Any:
+        """GET a JSON endpoint."""
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST JSON, return JSON."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def metrics(self) -> dict[str, float]:
+        """Parsed /metrics samples: ``name{labels}`` -> value."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 60.0) -> None:
+        """Poll ``predicate()`` until true (fail with the node's log otherwise)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; node log:\n" +
+                             "\n".join(self.lines[-60:]))
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("node did not stop on SIGTERM:\n" + self.log()) from None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the kill -9 test, and cleanup)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
