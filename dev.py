@@ -2,7 +2,7 @@
 """Developer entry point; needs only Python >= 3.11 with pip and venv.
 
     python3 dev.py test [PYTEST ARGS]   ruff, mypy, then pytest (this is what .ci/run calls)
-    python3 dev.py run [ARGS]           python -m meshnode [ARGS]
+    python3 dev.py run [ARGS]           meshnode up [ARGS]: run a node (default room, web client)
     python3 dev.py bench                run every benchmarks/*.py and print its JSON
 
 Each command first makes sure ``.venv`` exists and holds ``-e .[dev]``; the install is redone only
@@ -61,7 +61,30 @@ def existing(dirs: Sequence[str]) -> list[str]:
     return [d for d in dirs if (ROOT / d).is_dir()]
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_browser() -> None:
+    """The web client's tests drive Debian's Chromium. Install it when we can (root with
+    apt-get, as in CI); otherwise say how, and those tests skip unless
+    MESHNODE_REQUIRE_BROWSER is set (CI sets it, so there a missing browser fails)."""
+    if CHROMIUM.exists():
+        return
+    if os.name == "posix" and os.geteuid() == 0 and Path("/usr/bin/apt-get").exists():
+        say("installing Debian chromium for the browser tests")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+            say("$ " + " ".join(cmd))
+            if subprocess.call(cmd, env=env) != 0:
+                say("could not install chromium; the browser tests will not run")
+                return
+        return
+    say("no /usr/bin/chromium: browser tests will skip (as root: apt-get install chromium)")
+
+
 def cmd_test(python: Path, pytest_args: Sequence[str]) -> int:
+    ensure_browser()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [python, "-m", "ruff", "check", *existing(LINT_DIRS)]),
         ("mypy", [python, "-m", "mypy", *existing(TYPED_DIRS)]),
@@ -109,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
     if command == "test":
         return cmd_test(python, rest)
     if command == "run":
-        return run([python, "-m", "meshnode", *rest])
+        return run([python, "-m", "meshnode", "up", *rest])
     return cmd_bench(python)
 
 
