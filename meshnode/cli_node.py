@@ -44,6 +44,7 @@ def _up(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         node = Node(cfg)
+        node.handle_signals()
         try:
             await node.start()
         except (StoreError, OSError) as err:

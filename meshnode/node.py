@@ -139,12 +139,17 @@ class Node(LinkOwner):
             host = self.config.url.rsplit(":", 1)[0]
             self.url = f"{host}:{port}"
 
-    async def run_until_signalled(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
+    def handle_signals(self) -> None:
+        """Make SIGTERM and SIGINT stop the node gracefully (call before ``start``, so a
+        signal that comes early still gets a clean stop)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stopping.set)
+
+    async def run_until_signalled(self) -> None:
+        """Run until SIGTERM or SIGINT (see ``handle_signals``), then stop gracefully."""
+        self.handle_signals()
         await self._stopping.wait()
         log.info("stopping")
         await self.stop()

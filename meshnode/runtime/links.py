@@ -5,7 +5,8 @@ ways: by dialling a node's HTTP signaling URL (bootstrap), by answering an offer
 over HTTP (another node or a Python client dialling us), or through the mesh with relayed
 ``Signal`` messages (a peer the overlay named). Whatever the way, the link counts only once
 its signed hello has been checked. Two links to one peer (both dialled at once) are resolved
-by keeping the one offered by the smaller PeerID, on both sides.
+by keeping the one offered by the smaller PeerID, on both sides; a peer that dials again
+later (it restarted) replaces its old link.
 
 Messages after the hello are split here: link messages (types >= 64) are handled or given to
 the owner; room frames go to the owner, which routes them by room ID.
@@ -17,7 +18,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -43,6 +44,7 @@ log = logging.getLogger("meshnode.links")
 MAX_OFFER_BYTES = 64 * 1024
 SIGNALS_PER_S = 5.0
 GARBAGE_LIMIT = 20
+DUPLICATE_WINDOW_S = 10.0
 
 
 class LinkRefused(Exception):
@@ -65,6 +67,7 @@ class Established:
     garbage: int = 0
     signal_tokens: float = 10.0
     signal_at: float = 0.0
+    since: float = field(default_factory=time.monotonic)
 
 
 class LinkOwner:
@@ -222,10 +225,15 @@ class LinkManager:
         old = self.links.get(peer)
         if old is not None:
             # Both dialled at once: keep the link the smaller PeerID offered, on both sides.
-            # (Same offerer twice means a reconnect: the new link replaces the old.)
+            # Otherwise the peer dialled again because, for it, the old link is gone (it
+            # restarted; our side notices a dead link only when ICE consent fails, ~30 s
+            # later): the new link replaces the old.
             new_offerer = self.me if offered_by_us else peer
             old_offerer = self.me if old.offered_by_us else peer
-            if new_offerer != old_offerer and new_offerer != min(self.me, peer):
+            simultaneous = (time.monotonic() - old.since < DUPLICATE_WINDOW_S and
+                            abs(hello.time_ms - old.hello.time_ms) < DUPLICATE_WINDOW_S * 100)
+            if (simultaneous and new_offerer != old_offerer
+                    and new_offerer != min(self.me, peer)):
                 await link.close("duplicate")
                 raise LinkRefused("duplicate", peer)
             del self.links[peer]
