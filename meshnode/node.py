@@ -28,7 +28,7 @@ from meshnode.crdt import PermissionDenied, SceneReplica
 from meshnode.crdt.roles import ROLE_BY_NAME, may_set_role
 from meshnode.identity import Identity, peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
-from meshnode.overlay import OverlayConfig, RoomOverlay
+from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
     ChangeApplied,
     ConnectRequest,
@@ -39,7 +39,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.runtime.links import Established, LinkManager, LinkOwner, LinkRefused
-from meshnode.runtime.room import RoomRuntime
+from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.store import ChangeStore, DurableLog, RoomRecord
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
@@ -195,7 +195,7 @@ class Node(LinkOwner):
                 batch = []
         if batch:
             replica.apply_many(batch, time.time())
-        overlay = RoomOverlay(replica, self.identity, OverlayConfig())
+        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY)
         room_id = record.room_id
         durable = self.durable
         runtime = RoomRuntime(

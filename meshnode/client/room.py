@@ -13,6 +13,7 @@ each change once durable; ``flush`` waits for that acknowledgement.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,10 +26,10 @@ from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
-from meshnode.overlay import OverlayConfig, RoomOverlay
+from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import ChangeApplied, ConnectRequest, Event
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
-from meshnode.runtime.room import RoomRuntime
+from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.transport.ice import IceSettings, install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
@@ -81,7 +82,8 @@ class RoomClient(LinkOwner):
         if change_id(genesis) != self.room_id:
             raise ClientError("the node sent a genesis change that is not this room's")
         replica = SceneReplica.from_genesis(genesis, self.identity)
-        overlay = RoomOverlay(replica, self.identity, OverlayConfig(active_view_size=1))
+        overlay = RoomOverlay(replica, self.identity,
+                              dataclasses.replace(LIVE_OVERLAY, active_view_size=1))
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
         if self._ice.host_addresses:
             install_host_addresses(self._ice.host_addresses)

@@ -1,0 +1,300 @@
+"""Node benchmark: real ``meshnode up`` processes on loopback, real aiortc links.
+
+Run ``python benchmarks/node_bench.py [--quick]``. It prints ONE JSON object and exits 0 if
+every measured edit arrived (1 otherwise). Figures, all end to end through real processes:
+
+* **baseline**: two bare ``PeerLink``s (aiortc data channels, the signed hello, nothing
+  else) in one process: one-way latency of a 200-byte message and messages/s. Node figures
+  are also given as ratios to it, so a slower machine moves both.
+* **edit latency**: three nodes in a line A-B-C (bootstrapped so, though the overlay may add
+  links), a Python client at A commits one small edit every 20 ms and a client at C records
+  when each is applied (one clock: same machine); p50/p99.
+* **sustained edits/s**: the client at A keeps ``--window`` edits in flight (each flush
+  waits for A's durable acknowledgement); edits/s counted when applied at C.
+* **presence capacity**: clients join node B in steps, each sending 10 presence updates/s;
+  an observer at C measures each update's delay. The figure is the largest step whose p99
+  stays under 100 ms.
+* **memory per peer**: node A's RSS growth per connected client (``/proc/<pid>/status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._env import environment  # noqa: E402
+from meshnode.client import RoomClient, connect  # noqa: E402
+from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
+from meshnode.identity import Identity  # noqa: E402
+from meshnode.transport.ice import IceSettings, install_host_addresses  # noqa: E402
+from meshnode.transport.link import LinkSettings, LocalHello, PeerLink  # noqa: E402
+from tests.integration.nodeproc import NodeProcess  # noqa: E402
+
+ICE = IceSettings(host_addresses=("127.0.0.1",))
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``, in ms, rounded."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return round(ordered[idx] * 1000, 3)
+
+
+async def baseline(messages: int) -> dict[str, Any]:
+    """Bare aiortc links: one-way latency and throughput of 200-byte messages."""
+    install_host_addresses(("127.0.0.1",))
+    a = PeerLink(Identity.generate(), LinkSettings(ice=ICE), LocalHello("node", ()))
+    b = PeerLink(Identity.generate(), LinkSettings(ice=ICE), LocalHello("node", ()))
+    await a.accept_answer(await b.accept_offer(await a.create_offer()))
+    await asyncio.gather(a.established(), b.established())
+    delays: list[float] = []
+    got = asyncio.Event()
+    count = 0
+
+    def on_message(channel: str, data: bytes) -> None:
+        nonlocal count
+        count += 1
+        delays.append(time.perf_counter() - float(data[:20].decode()))
+        got.set()
+
+    b.on_message = on_message
+    for _ in range(200):
+        got.clear()
+        a.send("sync", f"{time.perf_counter():<20.6f}".encode() + b"x" * 180)
+        await asyncio.wait_for(got.wait(), 5)
+        await asyncio.sleep(0.005)
+    latency = list(delays)
+    count = 0
+    start = time.perf_counter()
+    for i in range(messages):
+        a.send("sync", f"{time.perf_counter():<20.6f}".encode() + b"x" * 180)
+        if i % 100 == 99:
+            await asyncio.sleep(0)
+    while count < messages and time.perf_counter() - start < 60:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    await a.close("done")
+    await b.close("done")
+    return {"latency_p50_ms": pct(latency, 0.5), "latency_p99_ms": pct(latency, 0.99),
+            "messages_per_s": round(count / elapsed, 1)}
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def edit_latency(writer: RoomClient, reader: RoomClient, edits: int) -> dict[str, Any]:
+    sent: dict[str, float] = {}
+    delays: list[float] = []
+
+    def on_change(cid: bytes, peer: str | None) -> None:
+        now = time.perf_counter()
+        for key in list(sent):
+            if reader.replica.exists(_parse(key)):
+                delays.append(now - sent.pop(key))
+
+    reader.on_change(on_change)
+    for i in range(edits):
+        ent = writer.create_entity(SCENE_ROOT, {"name": {"value": f"l{i}"}})
+        sent[str(ent)] = time.perf_counter()
+        await writer.flush()
+        await asyncio.sleep(0.02)
+    await wait_until(lambda: not sent, 30)
+    return {"edits": edits, "arrived": len(delays), "p50_ms": pct(delays, 0.5),
+            "p99_ms": pct(delays, 0.99), "max_ms": pct(delays, 1.0)}
+
+
+def _parse(text: str) -> Any:
+    from meshnode.crdt import EntityId
+
+    return EntityId.parse(text)
+
+
+async def sustained(writer: RoomClient, reader: RoomClient, seconds: float,
+                    window: int) -> dict[str, Any]:
+    """``window`` tasks each set a field and flush, over and over; a flush commits whatever
+    the batch holds (one or more edits) as one change and waits for A's durable ack."""
+    ent = writer.create_entity(SCENE_ROOT, {"name": {"value": "mover"}})
+    await writer.flush()
+    await wait_until(lambda: reader.replica.exists(ent), 10)
+    edits = 0
+    changes: list[bytes] = []
+    stop = time.perf_counter() + seconds
+
+    async def pump() -> None:
+        nonlocal edits
+        i = 0
+        while time.perf_counter() < stop:
+            writer.set_field(ent, "transform", "position", [float(i), 0.0, 0.0])
+            i += 1
+            edits += 1
+            cid = await writer.flush()
+            if cid is not None:
+                changes.append(cid)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(pump() for _ in range(window)))
+    acked = time.perf_counter() - start
+    arrived = await wait_until(lambda: all(reader.replica.has_change(c) for c in changes), 60)
+    elapsed = time.perf_counter() - start
+    return {"seconds_to_all_applied_at_c": round(elapsed, 2),
+            "seconds_to_all_acked_at_a": round(acked, 2), "edits": edits,
+            "changes": len(changes), "all_arrived": arrived,
+            "edits_per_s": round(edits / elapsed, 1),
+            "changes_per_s": round(len(changes) / elapsed, 1), "window": window}
+
+
+async def presence_capacity(node_b: NodeProcess, observer: RoomClient, room: str,
+                            invite: str, steps: list[int], hold_s: float) -> dict[str, Any]:
+    clients: list[RoomClient] = []
+    delays: list[float] = []
+    results = []
+
+    def on_update() -> None:
+        now = time.time()
+        for fields in observer.presence().values():
+            t = fields.get("t")
+            key = (fields.get("who"), t)
+            if isinstance(t, float) and key not in seen:
+                seen.add(key)
+                delays.append(now - t)
+
+    seen: set[tuple[Any, Any]] = set()
+    observer.subscribe(on_update)
+    best = 0
+    try:
+        for target in steps:
+            while len(clients) < target:
+                c = connect(node_b.url, room, Identity.generate(), ice=ICE, invite=invite)
+                await c.open()
+                clients.append(c)
+            delays.clear()
+            stop = time.perf_counter() + hold_s
+
+            async def send(c: RoomClient, idx: int, stop: float = stop) -> None:
+                while time.perf_counter() < stop:
+                    c.set_presence({"who": idx, "t": time.time(), "position": [idx, 0, 0]})
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(send(c, i) for i, c in enumerate(clients)))
+            await asyncio.sleep(0.5)
+            p99 = pct(delays, 0.99)
+            results.append({"clients": target, "updates": len(delays),
+                            "p50_ms": pct(delays, 0.5), "p99_ms": p99})
+            if p99 > 100 or not delays:
+                break
+            best = target
+    finally:
+        for c in clients:
+            await c.close()
+    return {"max_clients_p99_under_100ms": best, "steps": results}
+
+
+async def memory_per_peer(node: NodeProcess, room: str, n: int) -> dict[str, Any]:
+    assert node.proc is not None
+    before = rss_kib(node.proc.pid)
+    clients = []
+    try:
+        for _ in range(n):
+            c = connect(node.url, room, Identity.generate(), ice=ICE)
+            await c.open()
+            clients.append(c)
+        await asyncio.sleep(1.0)
+        after = rss_kib(node.proc.pid)
+    finally:
+        for c in clients:
+            await c.close()
+    return {"clients": n, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_peer": round((after - before) / n, 1)}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    out: dict[str, Any] = {"benchmark": "node", "environment": environment(),
+                           "quick": quick}
+    out["baseline_aiortc"] = await baseline(500 if quick else 5_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        quiet = "[network]\nhost_addresses = [\"127.0.0.1\"]\n[log]\nlevel = \"warning\"\n"
+        a = NodeProcess(base / "a", config=quiet).start()
+        nodes = [a]
+        try:
+            room = a.default_room
+            assert room is not None
+            token = a.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
+            b = NodeProcess(base / "b", config=quiet,
+                            args=["--no-default-room", "--bootstrap", a.url, "--join", token])
+            nodes.append(b.start())
+            c = NodeProcess(base / "c", config=quiet,
+                            args=["--no-default-room", "--bootstrap", b.url, "--join", token])
+            nodes.append(c.start())
+            for n in (b, c):
+                n.wait_for(lambda n=n: any(r["role"] == "admin" for r in n.get("/api/rooms")),
+                           "admission")
+            editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+            async with connect(a.url, room, Identity.generate(), ice=ICE) as writer, \
+                    connect(c.url, room, Identity.generate(), ice=ICE,
+                            invite=editor) as reader:
+                out["edit_latency"] = await edit_latency(writer, reader, 50 if quick else 300)
+                out["sustained"] = await sustained(writer, reader, 2.0 if quick else 8.0,
+                                                   args.window)
+                steps = [1, 5] if quick else [5, 10, 20, 30, 40, 60]
+                out["presence"] = await presence_capacity(b, reader, room, editor, steps,
+                                                          1.5 if quick else 4.0)
+            out["memory"] = await memory_per_peer(a, room, 5 if quick else 20)
+            out["links"] = {n.data_dir.name: len(n.get("/api/peers")) for n in nodes}
+        finally:
+            for n in nodes:
+                n.kill()
+    base_lat = out["baseline_aiortc"]["latency_p50_ms"]
+    out["ratios"] = {
+        "edit_latency_p50_over_link_p50": round(out["edit_latency"]["p50_ms"] / base_lat, 1),
+        "edits_per_s_over_link_messages_per_s": round(
+            out["sustained"]["edits_per_s"] / out["baseline_aiortc"]["messages_per_s"], 3),
+    }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of ~20 s")
+    parser.add_argument("--window", type=int, default=8, help="edits in flight (sustained)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        out = uvloop.run(main_async(args))
+    except ImportError:
+        out = asyncio.run(main_async(args))
+    print(json.dumps(out, indent=2))
+    ok = (out["edit_latency"]["arrived"] == out["edit_latency"]["edits"]
+          and out["sustained"]["all_arrived"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,602 @@
+"""The node's durable store: one SQLite database file per node, in WAL mode.
+
+It holds, per room, the append-only log of signed change bytes and the latest snapshot; the
+address book of peers; and a small key/value table for node state. :class:`ChangeStore` is
+synchronous; :class:`meshnode.store.durable.DurableLog` drives it from the event loop.
+
+Durability: with ``synchronous="full"`` (the default) a write method returns only after SQLite
+has fsynced the WAL, so the data survives a process crash *and* a power loss. With
+``synchronous="normal"`` it survives a process crash (``kill -9``) but the last transactions may
+be lost on power loss or an OS crash; it is several times faster on slow disks.
+
+The connection is opened with ``check_same_thread=False`` and every method takes an internal lock,
+so the store may be called from a worker thread and from the event loop thread, never at the same
+moment. From the event loop prefer ``await asyncio.to_thread(...)``: a call that waits on the lock
+while a commit fsyncs blocks the loop for that long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = [
+    "DB_FILENAME",
+    "SCHEMA_VERSION",
+    "ChangeStore",
+    "RoomRecord",
+    "StoreError",
+    "UnknownRoom",
+]
+
+DB_FILENAME = "meshnode.db"
+"""Conventional name of the database file inside a node's data directory."""
+
+SCHEMA_VERSION = 1
+"""The schema this code writes; older schemas would be migrated, newer ones are refused."""
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Primary SQLite result codes (sqlite3.SQLITE_* exists only from Python 3.11's stubs onwards and
+# the extended codes carry the primary code in their low byte).
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+
+# Rows fetched per query when streaming a room's log: big enough to amortise the query, small
+# enough that a huge room never sits in memory.
+_STREAM_BATCH = 256
+
+# After a checkpoint SQLite truncates the WAL file back to this size, so a burst of writes does
+# not leave a huge file behind for ever.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id    BLOB PRIMARY KEY,
+    genesis    BLOB NOT NULL,
+    name       TEXT NOT NULL,
+    settings   TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+
+-- seq is the rowid: it only grows within a room, so ORDER BY seq is insertion order.
+CREATE TABLE IF NOT EXISTS changes (
+    seq       INTEGER PRIMARY KEY,
+    room_id   BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
+    change_id BLOB NOT NULL,
+    data      BLOB NOT NULL,
+    UNIQUE (room_id, change_id)
+);
+CREATE INDEX IF NOT EXISTS changes_by_room ON changes(room_id, seq);
+
+CREATE TABLE IF NOT EXISTS snapshots (
+    room_id      BLOB PRIMARY KEY REFERENCES rooms(room_id) ON DELETE CASCADE,
+    data         BLOB NOT NULL,
+    change_count INTEGER NOT NULL,
+    saved_at     REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS peers (
+    peer_id TEXT PRIMARY KEY,
+    url     TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS peers_by_seen ON peers(seen_at);
+
+CREATE TABLE IF NOT EXISTS kv (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: corrupt or foreign file, disk full, I/O error, closed.
+
+    The message names the file and says what the operator should do.
+    """
+
+
+class UnknownRoom(StoreError):
+    """A write referred to rooms that were never added (or were removed).
+
+    :attr:`room_ids` lists them, so a batch writer can drop just those items and retry the rest.
+    """
+
+    def __init__(self, room_ids: Iterable[bytes]) -> None:
+        self.room_ids: frozenset[bytes] = frozenset(room_ids)
+        shown = ", ".join(sorted(r.hex() for r in self.room_ids))
+        super().__init__(f"unknown room(s): {shown}; add_room() them first")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """A room this node hosts, as stored."""
+
+    room_id: bytes
+    genesis: bytes
+    name: str
+    settings: dict[str, object]
+    created_at: float
+
+
+def _corrupt_message(path: Path, detail: object) -> str:
+    detail = " ".join(str(detail).split())  # integrity_check reports span several lines
+    return (
+        f"{path} is corrupt or is not a meshnode database ({detail}). meshnode will not "
+        f"overwrite it. Stop the node, move {path.name} and any {path.name}-wal and "
+        f"{path.name}-shm files next to it aside, then restore them from a backup or start "
+        f"the node with an empty data directory (it will have to rejoin its rooms)."
+    )
+
+
+def _translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
+        "malformed" in text or "not a database" in text
+    ):
+        return StoreError(_corrupt_message(path, text))
+    if primary == _SQLITE_FULL:
+        return StoreError(
+            f"{action} failed: the disk holding {path} is full ({text}). Free some space; "
+            f"nothing that was acknowledged has been lost."
+        )
+    if primary == _SQLITE_IOERR:
+        return StoreError(
+            f"{action} failed: I/O error on {path} ({text}). Stop the node and check the "
+            f"disk and the file system (dmesg) before restarting it."
+        )
+    return StoreError(f"{action} failed on {path}: {text}")
+
+
+def _create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600; False if it already existed."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        # The umask can only remove bits, but be exact. SQLite gives the -wal and -shm files the
+        # mode of the database file, so they are private too.
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    # Make the new directory entry itself durable; SQLite only syncs the directory for the files
+    # it creates (journal, WAL).
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a non-empty file that is not SQLite before SQLite gets a chance to touch it."""
+    with path.open("rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head and head != _SQLITE_MAGIC:
+        raise StoreError(_corrupt_message(path, "no SQLite header"))
+
+
+class ChangeStore:
+    """The node's SQLite store: rooms, their change logs and snapshots, peers, node state.
+
+    Create it with :meth:`open`; close it with :meth:`close` or use it as a context manager.
+    Storage failures raise :class:`StoreError` (or its subclass :class:`UnknownRoom`); invalid
+    arguments raise ``ValueError`` or ``TypeError``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, max_peers: int) -> None:
+        """Wrap an open, configured connection; use :meth:`open` instead."""
+        self._conn: sqlite3.Connection | None = conn
+        self._path = path
+        self._max_peers = max_peers
+        # RLock: a subclass (or a test double) may call one public method from another.
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        synchronous: str = "full",
+        max_peers: int = 10_000,
+        quick_check: bool = True,
+    ) -> Self:
+        """Open (creating if needed, mode 0600) the database at ``path``.
+
+        ``synchronous`` is ``"full"`` (durable across power loss) or ``"normal"`` (durable
+        across a process crash only). ``max_peers`` bounds the address book: the least recently
+        seen peers are forgotten beyond it. ``quick_check`` runs SQLite's ``quick_check`` over
+        the whole file (about 1 ms per MB when cached) so that a damaged store is refused at
+        startup rather than half-served.
+
+        Raises :class:`StoreError` if the file is not a meshnode database, is corrupt, or was
+        written by a newer meshnode; the file is then left untouched.
+        """
+        mode = synchronous.upper()
+        if mode not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        if max_peers < 1:
+            raise ValueError("max_peers must be at least 1")
+        path = Path(path)
+        try:
+            if not _create_private_file(path):
+                _check_header(path)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        try:
+            # isolation_level=None: no implicit transactions; the write methods BEGIN IMMEDIATE
+            # themselves so that a write never has to upgrade a read lock (which can fail).
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise _translate(exc, path, "opening the store") from exc
+        try:
+            cls._configure(conn, path, mode, quick_check)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, max_peers=max_peers)
+
+    @staticmethod
+    def _configure(conn: sqlite3.Connection, path: Path, mode: str, quick_check: bool) -> None:
+        try:
+            # Everything that can refuse the file runs before the first write (journal_mode=WAL
+            # rewrites the header of a rollback-journal database), so a refused file is left
+            # exactly as it was.
+            ChangeStore._schema_version(conn, path)
+            if quick_check:
+                rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
+                if rows != ["ok"]:
+                    raise StoreError(_corrupt_message(path, "; ".join(rows[:5])))
+            journal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(journal).lower() != "wal":
+                raise StoreError(
+                    f"cannot put {path} in WAL mode (SQLite answered {journal!r}); put the "
+                    f"data directory on a local file system that supports shared memory"
+                )
+            conn.execute(f"PRAGMA synchronous={mode}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+            # Another process (a backup, the sqlite3 shell) may hold a lock briefly.
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Read again under the write lock: another process may have created it since.
+                if ChangeStore._schema_version(conn, path) < SCHEMA_VERSION:
+                    # Version 0 is a new file; later versions add their migrations here.
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _translate(exc, path, "opening the store") from exc
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
+        """The file's schema version (0 if empty); refuses foreign and newer databases."""
+        # Reading sqlite_master makes SQLite parse page 1: a damaged header fails here.
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not tables:
+            return 0
+        if "meta" not in tables:
+            raise StoreError(
+                f"{path} is an SQLite database but not a meshnode one (tables: "
+                f"{', '.join(sorted(tables))}); point the node at another data directory"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isdigit():
+            raise StoreError(_corrupt_message(path, "missing or invalid schema_version"))
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}, written by a newer meshnode; this one "
+                f"understands up to version {SCHEMA_VERSION}. Upgrade meshnode (downgrading "
+                f"would lose data), or restore a backup made by this version."
+            )
+        return version
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._conn is None
+
+    def close(self) -> None:
+        """Close the database; safe to call twice. Other methods then raise StoreError."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"{action}: the store at {self._path} is closed")
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise _translate(exc, self._path, action) from exc
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._read(action) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (disk full, I/O error) can leave the transaction open.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def check_integrity(self) -> None:
+        """Run SQLite's full ``integrity_check``; raise :class:`StoreError` if it finds damage.
+
+        It reads the whole file, so call it at startup or from a maintenance command, not on a
+        hot path.
+        """
+        with self._read("checking integrity") as conn:
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+        if rows != ["ok"]:
+            raise StoreError(_corrupt_message(self._path, "; ".join(rows[:5])))
+
+    # ------------------------------------------------------------------ rooms
+
+    def add_room(
+        self, room_id: bytes, genesis: bytes, name: str, settings: dict[str, object]
+    ) -> None:
+        """Record a room; a no-op if it is already there with the same genesis.
+
+        ``settings`` must be JSON-serialisable. Adding an existing room keeps its stored name
+        and settings (use :meth:`update_room_settings`); a different genesis for the same
+        ``room_id`` raises :class:`StoreError`, as it means two different rooms collide.
+        """
+        encoded = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        with self._write("adding a room") as conn:
+            row = conn.execute("SELECT genesis FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO rooms (room_id, genesis, name, settings, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (room_id, genesis, name, encoded, time.time()),
+                )
+            elif bytes(row[0]) != genesis:
+                raise StoreError(f"room {room_id.hex()} is already stored with a different genesis")
+
+    def update_room_settings(self, room_id: bytes, settings: dict[str, object]) -> None:
+        """Replace a room's settings; raises :class:`UnknownRoom` if it is not stored."""
+        encoded = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        with self._write("updating room settings") as conn:
+            cur = conn.execute(
+                "UPDATE rooms SET settings = ? WHERE room_id = ?", (encoded, room_id)
+            )
+            if cur.rowcount == 0:
+                raise UnknownRoom([room_id])
+
+    def rooms(self) -> list[RoomRecord]:
+        """All stored rooms, oldest first."""
+        with self._read("listing rooms") as conn:
+            rows = conn.execute(
+                "SELECT room_id, genesis, name, settings, created_at FROM rooms"
+                " ORDER BY created_at, room_id"
+            ).fetchall()
+        out = []
+        for room_id, genesis, name, settings, created_at in rows:
+            decoded = json.loads(settings)
+            if not isinstance(decoded, dict):
+                raise StoreError(_corrupt_message(self._path, "room settings are not an object"))
+            out.append(RoomRecord(bytes(room_id), bytes(genesis), name, decoded, created_at))
+        return out
+
+    def remove_room(self, room_id: bytes) -> None:
+        """Delete a room with its whole change log and snapshot; a no-op if it is not stored."""
+        with self._write("removing a room") as conn:
+            # foreign_keys=ON cascades to changes and snapshots in the same transaction.
+            conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+
+    # ------------------------------------------------------------------ change log
+
+    def append_changes(self, room_id: bytes, items: Sequence[tuple[bytes, bytes]]) -> int:
+        """Append ``(change_id, change_bytes)`` items to a room's log in one transaction.
+
+        Items whose ``change_id`` is already in the room (or earlier in ``items``) are ignored;
+        the stored bytes of a change never change. Returns how many were new. Raises
+        :class:`UnknownRoom` (writing nothing) if the room is not stored.
+        """
+        return self.append_many([(room_id, cid, data) for cid, data in items])
+
+    def append_many(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> int:
+        """Append ``(room_id, change_id, change_bytes)`` items, any rooms, in one transaction.
+
+        All or nothing: if one room is unknown, :class:`UnknownRoom` lists every unknown room
+        and nothing is written. Duplicates are ignored as in :meth:`append_changes`. Returns
+        how many changes were new. When this returns, the changes are durable.
+        """
+        if not items:
+            return 0
+        with self._write("appending changes") as conn:
+            room_ids = {item[0] for item in items}
+            missing = [
+                r
+                for r in room_ids
+                if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (r,)).fetchone() is None
+            ]
+            if missing:
+                raise UnknownRoom(missing)
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO changes (room_id, change_id, data) VALUES (?, ?, ?)",
+                items,
+            )
+            return conn.total_changes - before
+
+    def changes(self, room_id: bytes) -> Iterator[bytes]:
+        """Stream a room's change bytes in insertion order.
+
+        Rows are fetched in small batches, each in its own short read, so a slow consumer
+        neither holds the store's lock nor keeps a read transaction open (which would stop WAL
+        checkpoints and let the WAL file grow). Changes appended while iterating may appear at
+        the end.
+        """
+        last_seq = -1
+        while True:
+            with self._read("reading changes") as conn:
+                rows = conn.execute(
+                    "SELECT seq, data FROM changes WHERE room_id = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (room_id, last_seq, _STREAM_BATCH),
+                ).fetchall()
+            for seq, data in rows:
+                last_seq = seq
+                yield bytes(data)
+            if len(rows) < _STREAM_BATCH:
+                return
+
+    def change_count(self, room_id: bytes) -> int:
+        """How many changes a room's log holds (0 for an unknown room)."""
+        with self._read("counting changes") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM changes WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def has_change(self, room_id: bytes, change_id: bytes) -> bool:
+        """Whether a room's log holds this change."""
+        with self._read("looking up a change") as conn:
+            row = conn.execute(
+                "SELECT 1 FROM changes WHERE room_id = ? AND change_id = ?", (room_id, change_id)
+            ).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------------ snapshots
+
+    def save_snapshot(self, room_id: bytes, data: bytes, change_count: int) -> None:
+        """Store a room's snapshot, replacing the previous one.
+
+        ``change_count`` is how many log changes the snapshot covers. Raises
+        :class:`UnknownRoom` if the room is not stored.
+        """
+        if change_count < 0:
+            raise ValueError("change_count must not be negative")
+        with self._write("saving a snapshot") as conn:
+            if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
+                raise UnknownRoom([room_id])
+            conn.execute(
+                "INSERT INTO snapshots (room_id, data, change_count, saved_at)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room_id) DO UPDATE SET data = excluded.data,"
+                " change_count = excluded.change_count, saved_at = excluded.saved_at",
+                (room_id, data, change_count, time.time()),
+            )
+
+    def latest_snapshot(self, room_id: bytes) -> tuple[bytes, int] | None:
+        """The room's latest snapshot as ``(data, change_count)``, or None."""
+        with self._read("reading a snapshot") as conn:
+            row = conn.execute(
+                "SELECT data, change_count FROM snapshots WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
+    # ------------------------------------------------------------------ address book
+
+    def remember_peer(self, peer_id: str, url: str, seen_at: float) -> None:
+        """Record where a peer was seen; an older sighting than the stored one is ignored.
+
+        Beyond ``max_peers`` the least recently seen peers are forgotten, so gossip about many
+        peers cannot grow the file without bound.
+        """
+        with self._write("remembering a peer") as conn:
+            conn.execute(
+                "INSERT INTO peers (peer_id, url, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET url = excluded.url,"
+                " seen_at = excluded.seen_at WHERE excluded.seen_at >= peers.seen_at",
+                (peer_id, url, seen_at),
+            )
+            (count,) = conn.execute("SELECT count(*) FROM peers").fetchone()
+            if count > self._max_peers:
+                conn.execute(
+                    "DELETE FROM peers WHERE peer_id IN (SELECT peer_id FROM peers"
+                    " ORDER BY seen_at, peer_id LIMIT ?)",
+                    (count - self._max_peers,),
+                )
+
+    def known_peers(self, limit: int = 100) -> list[tuple[str, str, float]]:
+        """Up to ``limit`` peers as ``(peer_id, url, seen_at)``, most recently seen first."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._read("listing peers") as conn:
+            rows = conn.execute(
+                "SELECT peer_id, url, seen_at FROM peers ORDER BY seen_at DESC, peer_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(str(p), str(u), float(s)) for p, u, s in rows]
+
+    def forget_peer(self, peer_id: str) -> None:
+        """Remove a peer from the address book; a no-op if it is not there."""
+        with self._write("forgetting a peer") as conn:
+            conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+
+    # ------------------------------------------------------------------ node state
+
+    def get_value(self, key: str) -> str | None:
+        """A node-state value, or None if unset."""
+        with self._read("reading node state") as conn:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_value(self, key: str, value: str) -> None:
+        """Set a node-state value (durably, like every write)."""
+        with self._write("writing node state") as conn:
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))

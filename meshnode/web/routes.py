@@ -1,0 +1,124 @@
+"""HTTP routes of the browser client: the page, its static files, and WebRTC signaling.
+
+- ``GET /``: the page (``static/index.html``). It joins ``?room=<hex>`` or, without one,
+  the room ``GET /api/default-room`` names.
+- ``GET /static/...``: the page's scripts, styles and vendored three.js.
+- ``GET /api/default-room`` → ``{"room": hex}`` (404 if the node hosts no room).
+- ``GET /api/ice`` → ``{"iceServers": [{"urls": [...], "username"?, "credential"?}]}``: the
+  STUN/TURN servers the browser should use (the node's own ``IceSettings.servers``).
+- ``POST /api/browser/offer`` with ``{"room": hex, "sdp": offer}`` (``Content-Type:
+  application/json``) → ``{"sdp": answer}``. Errors are ``{"error": str}`` with status 400
+  (bad input or an offer that cannot be answered), 404 (unknown room), 415 (not JSON) or 503
+  (the node serves ``max_browsers`` browsers already).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meshnode.transport.ice import IceSettings
+from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
+from meshnode.web.session import RoomAccess
+
+__all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+BROWSER_LINKS = web.AppKey("meshnode_browser_links", BrowserLinks)
+"""Where ``add_web_routes`` keeps the app's ``BrowserLinks`` (count, close)."""
+
+MAX_OFFER_BODY = 128 * 1024
+_ROOM_HEX = re.compile(r"^[0-9a-f]{2,128}$")
+_NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def add_web_routes(
+    app: web.Application,
+    *,
+    rooms: Callable[[str], RoomAccess | None],
+    default_room: Callable[[], str],
+    ice: IceSettings,
+    max_browsers: int = 64,
+) -> None:
+    """Serve the browser client on ``app``.
+
+    ``rooms(hex)`` returns the room with that ID (lower-case hex) or None; ``default_room()``
+    the hex ID of the room a page without ``?room=`` joins ("" if none). At most
+    ``max_browsers`` browsers are connected at once; the connections are closed when the app
+    shuts down.
+    """
+    links = BrowserLinks(ice, max_connections=max_browsers)
+    app[BROWSER_LINKS] = links
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers=_NO_CACHE)
+
+    async def get_default_room(request: web.Request) -> web.Response:
+        room = default_room()
+        if not room:
+            return _error(404, "this node hosts no room yet")
+        return web.json_response({"room": room}, headers=_NO_CACHE)
+
+    async def get_ice(request: web.Request) -> web.Response:
+        servers: list[dict[str, Any]] = []
+        for s in ice.servers:
+            entry: dict[str, Any] = {"urls": list(s.urls)}
+            if s.username is not None:
+                entry["username"] = s.username
+            if s.credential is not None:
+                entry["credential"] = s.credential
+            servers.append(entry)
+        return web.json_response({"iceServers": servers}, headers=_NO_CACHE)
+
+    async def post_offer(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            return _error(415, "send the offer as application/json")
+        if request.content_length is not None and request.content_length > MAX_OFFER_BODY:
+            return _error(400, f"the request body is over {MAX_OFFER_BODY} bytes")
+        try:
+            body = await request.read()  # bounded by the app's client_max_size as well
+        except web.HTTPRequestEntityTooLarge:
+            return _error(400, f"the request body is over {MAX_OFFER_BODY} bytes")
+        if len(body) > MAX_OFFER_BODY:
+            return _error(400, f"the request body is over {MAX_OFFER_BODY} bytes")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return _error(400, "the request body is not valid JSON")
+        if type(data) is not dict:
+            return _error(400, 'send {"room": hex, "sdp": offer}')
+        room_hex, sdp = data.get("room"), data.get("sdp")
+        if type(room_hex) is not str or not _ROOM_HEX.match(room_hex.lower()):
+            return _error(400, '"room" must be a room ID in hex')
+        if type(sdp) is not str or not sdp:
+            return _error(400, '"sdp" must be the offer SDP (a string)')
+        room = rooms(room_hex.lower())
+        if room is None:
+            return _error(404, f"this node does not host room {room_hex}")
+        try:
+            answer = await links.answer(sdp, room)
+        except TooManyBrowsers as err:
+            return _error(503, str(err))
+        except InvalidOffer as err:
+            return _error(400, str(err))
+        return web.json_response({"sdp": answer}, headers=_NO_CACHE)
+
+    async def close_links(app: web.Application) -> None:
+        await links.close()
+
+    app.router.add_get("/", index)
+    app.router.add_get("/api/default-room", get_default_room)
+    app.router.add_get("/api/ice", get_ice)
+    app.router.add_post("/api/browser/offer", post_offer)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    app.on_shutdown.append(close_links)

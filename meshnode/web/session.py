@@ -1,0 +1,651 @@
+"""One browser's session with its node: the ``client`` data channel protocol (JSON).
+
+The browser is a thin client: it does not run the scene CRDT. Its node keeps the room's
+``SceneReplica``, pushes the validated state to the browser, and turns the browser's edit
+requests into changes signed with the node's identity. An edit is acknowledged only after the
+node says it is durable.
+
+``BrowserSession`` is the node's side of one browser connection. It does no I/O of its own: it
+is given a ``send(text)`` callable and fed each received text message through ``handle``; it
+only uses the running event loop to schedule its (throttled) state pushes.
+
+Protocol (data channel ``client``, ordered and reliable; one JSON object per message)
+=================================================================================
+
+Browser → node (``req`` is a number the browser picks, echoed in the answer; an integer in
+``0 .. 2**53-1``):
+
+- ``{"t":"create","req":n,"parent":"root"|id,"components":{comp:{field:value}}}``
+- ``{"t":"set","req":n,"id":id,"component":c,"field":f,"value":v}``
+- ``{"t":"move","req":n,"id":id,"parent":p}``
+- ``{"t":"delete","req":n,"id":id}``
+- ``{"t":"presence","fields":{...}}`` (no answer; latest wins)
+
+Node → browser:
+
+- ``{"t":"welcome","room":hex,"room_name":str,"me":PeerID,"session":str,"state":{...},
+  "presence":{...}}``, once, first. ``me`` is the PeerID that signs this browser's edits.
+- ``{"t":"state","state":{...}}``: the whole scene, replacing the browser's view.
+- ``{"t":"delta","set":{id:entity},"del":[id,...]}``: entities added or changed (each given
+  whole) and entities removed, relative to the last state the browser was sent.
+- ``{"t":"presence","presence":{PeerID:{...}}}``: everyone's presence, replacing the last.
+- ``{"t":"ack","req":n,"ok":true}`` (``"id":entityId`` added for ``create``), sent only
+  after the edit is durable, and after the state message that shows it (so the browser reads
+  its own writes once the ack arrives).
+- ``{"t":"ack","req":n,"ok":false,"error":str}``: the node refused a well-formed request
+  (permission, unknown entity, invalid value, rate limit, ...). Nothing was changed.
+- ``{"t":"error","req":n|null,"error":str}``: the message itself was malformed (bad JSON, not
+  an object, unknown ``t``, a field missing or of the wrong type, over 64 KiB); ``req`` is
+  echoed when it could be read.
+
+A message carrying ``state`` (``welcome``, ``state``), ``set`` (``delta``) or ``presence`` may
+be too large for one data channel message; it is then split by entry and every part but the
+last carries ``"more":true``. Parts of a ``welcome`` or ``state`` continue as ``state``
+messages (parts of a ``delta`` as ``delta``, of a ``presence`` as ``presence``); the browser
+merges the parts and applies them when the last one arrives.
+
+State is ``SceneReplica.state()``: ``{id: {"parent": id, "components": {comp: {field:
+value}}}}`` with entity IDs as ``"<PeerID>/<counter>"`` (the root is ``"root"``). Values are
+JSON: numbers, strings, booleans, null, lists and objects map directly (a float that happens
+to be integral reaches Python as whatever ``json`` gives: ``1.0`` a float, ``1`` an int);
+bytes, should a value or a presence field ever hold them, are sent as ``{"$bytes": base64}``.
+NaN and infinities are refused.
+
+Limits (``SessionLimits``): messages over 64 KiB are refused; state pushes caused by other
+changes are coalesced to at most 20 a second; edits are rate-limited per session (token bucket,
+50/s, burst 100) and so is presence (20/s; over the rate the latest fields wait for the next
+token instead of being dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from meshnode.crdt import EntityId, PermissionDenied, SceneReplica
+
+__all__ = [
+    "BrowserSession",
+    "RoomAccess",
+    "SessionLimits",
+    "TokenBucket",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_REQ = 2**53 - 1
+"""The largest request number (the largest integer a JavaScript number holds exactly)."""
+
+
+class RoomAccess(Protocol):
+    """What a browser session needs from its node's room (the node implements it).
+
+    ``room_id``, ``room_name`` and ``me`` may be plain attributes or properties.
+    """
+
+    @property
+    def room_id(self) -> bytes:
+        """The room's ID (the hash of its genesis change)."""
+        ...
+
+    @property
+    def room_name(self) -> str:
+        """The room's name, from its genesis change."""
+        ...
+
+    @property
+    def me(self) -> str:
+        """The PeerID that signs this room's edits on this node."""
+        ...
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The scene, exactly as ``SceneReplica.state()``: a fresh copy the session may keep
+        (it diffs the next state against it)."""
+        ...
+
+    def presence(self) -> dict[str, dict[str, Any]]:
+        """Each present participant's PeerID mapped to their presence fields (a fresh copy
+        the session may keep)."""
+        ...
+
+    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
+        """Run ``fn`` on the replica's local batch, commit it, wait until it is durable and
+        return what ``fn`` returned. If ``fn`` raises (``PermissionDenied``, ``ValueError``,
+        ``TypeError``, ...) the batch is discarded and the error propagates."""
+        ...
+
+    def set_presence(self, fields: dict[str, Any]) -> None:
+        """Publish this node's presence fields in the room (latest wins)."""
+        ...
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after any applied change or presence change; returns a
+        function that unsubscribes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one browser session may do, and how the node paces what it sends."""
+
+    max_message_bytes: int = 64 * 1024
+    """Largest message accepted from the browser (UTF-8 bytes)."""
+    max_send_bytes: int = 60_000
+    """Messages larger than this are split by entry (see the module docstring)."""
+    push_interval_s: float = 0.05
+    """Least time between two state pushes caused by changes (20 per second)."""
+    edit_rate: float = 50.0
+    edit_burst: float = 100.0
+    max_edits_in_flight: int = 256
+    """Edits accepted but not yet durable; beyond this the node answers ``busy``."""
+    presence_rate: float = 20.0
+    presence_burst: float = 20.0
+    max_presence_fields: int = 32
+    max_presence_field_chars: int = 64
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+        self._last = now
+
+    def take(self) -> bool:
+        """Take one token if there is one."""
+        self._refill()
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self) -> float:
+        """Seconds until a token is available (0 if one is)."""
+        self._refill()
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+
+class _BadMessage(Exception):
+    """A browser message that does not follow the protocol."""
+
+    def __init__(self, reason: str, text: str, req: int | None = None) -> None:
+        super().__init__(text)
+        self.reason = reason
+        self.text = text
+        self.req = req
+
+
+class BrowserSession:
+    """The node's side of one browser connection (see the module docstring for the protocol).
+
+    ``counters`` counts what happened, by label: ``messages``, ``acks``, ``pushes``, and
+    refusals (``bad_json``, ``bad_message``, ``unknown_type``, ``oversized``,
+    ``edit_rate_limited``, ``edit_refused``, ``busy``, ``presence_coalesced``, ...).
+    """
+
+    def __init__(
+        self,
+        room: RoomAccess,
+        send: Callable[[str], None],
+        *,
+        session_name: str,
+        limits: SessionLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._room = room
+        self._send_raw = send
+        self.name = session_name
+        self.limits = limits = limits if limits is not None else SessionLimits()
+        self._clock = clock
+        self._edit_bucket = TokenBucket(limits.edit_rate, limits.edit_burst, clock)
+        self._presence_bucket = TokenBucket(limits.presence_rate, limits.presence_burst, clock)
+        self.counters: Counter[str] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._started = False
+        self._closed = False
+        self._dirty = False
+        self._push_handle: asyncio.TimerHandle | None = None
+        self._last_push = -math.inf
+        self._sent_state: dict[str, dict[str, Any]] = {}
+        self._sent_presence: dict[str, dict[str, Any]] = {}
+        self._acks: list[dict[str, Any]] = []
+        self._ack_handle: asyncio.Handle | None = None
+        self._acks_sent: asyncio.Future[None] | None = None
+        self._edits_in_flight = 0
+        self._pending_presence: dict[str, Any] | None = None
+        self._presence_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Send the welcome (with the current state and presence) and follow the room.
+
+        Call it from the event loop, once, when the data channel is open.
+        """
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        state = self._room.state()
+        presence = self._room.presence()
+        room_id = self._room.room_id
+        head = {
+            "t": "welcome",
+            "room": room_id.hex(),
+            "room_name": self._room.room_name,
+            "me": self._room.me,
+            "session": self.name,
+            "presence": presence,
+        }
+        self._send_parts(head, {"t": "state"}, "state", state)
+        self._sent_state = state
+        self._sent_presence = presence
+        self._last_push = self._loop.time()
+        self._unsubscribe = self._room.subscribe(self._on_room_change)
+
+    def close(self) -> None:
+        """Stop following the room; nothing more is sent. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._push_handle, self._ack_handle, self._presence_handle):
+            if handle is not None:
+                handle.cancel()
+        self._push_handle = self._ack_handle = self._presence_handle = None
+        self._acks.clear()
+        sent, self._acks_sent = self._acks_sent, None
+        if sent is not None and not sent.done():
+            sent.set_result(None)  # nothing more will be sent
+        self._pending_presence = None
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            try:
+                unsubscribe()
+            except Exception:
+                log.exception("session %s: unsubscribing from the room failed", self.name)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        self._send_text(_dumps(msg))
+
+    def _send_text(self, text: str) -> None:
+        if self._closed:
+            return
+        try:
+            self._send_raw(text)
+        except Exception:
+            # The channel is closing; the connection's owner will close the session.
+            self.counters["send_failed"] += 1
+            log.debug("session %s: send failed", self.name, exc_info=True)
+        else:
+            self.counters["sent"] += 1
+
+    def _send_parts(
+        self,
+        head: dict[str, Any],
+        next_head: dict[str, Any],
+        key: str,
+        entries: dict[str, Any],
+    ) -> None:
+        """Send ``head | {key: entries}``, split by entry if it is too large: every part but
+        the last carries ``"more": true``; parts after the first use ``next_head``."""
+        limit = self.limits.max_send_bytes
+        text = _dumps({**head, key: entries})
+        if len(text) <= limit // 4 or len(text.encode()) <= limit:
+            self._send_text(text)
+            return
+        items = [_dumps(k) + ":" + _dumps(v) for k, v in entries.items()]
+        current = head
+        prefix = _dumps(current)[:-1] + "," + _dumps(key) + ":{"
+        chunk: list[str] = []
+        size = len(prefix.encode()) + 16
+        for item in items:
+            n = len(item.encode()) + 1
+            if chunk and size + n > limit:
+                self._send_text(prefix + ",".join(chunk) + '},"more":true}')
+                current = next_head
+                prefix = _dumps(current)[:-1] + "," + _dumps(key) + ":{"
+                chunk = []
+                size = len(prefix.encode()) + 16
+            chunk.append(item)
+            size += n
+        self._send_text(prefix + ",".join(chunk) + "}}")
+
+    def _on_room_change(self) -> None:
+        """The room's subscriber callback: mark the view dirty, schedule one push."""
+        if self._closed or not self._started:
+            return
+        self._dirty = True
+        try:
+            self._schedule_push()
+        except Exception:  # never let an error reach the node's notifier
+            log.exception("session %s: scheduling a push failed", self.name)
+
+    def _schedule_push(self) -> None:
+        if self._push_handle is not None or self._loop is None:
+            return
+        delay = max(0.0, self._last_push + self.limits.push_interval_s - self._loop.time())
+        self._push_handle = self._loop.call_later(delay, self._push_now)
+
+    def _push_now(self) -> None:
+        self._push_handle = None
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what changed since the last push (state delta and/or presence)."""
+        if not self._dirty or self._closed or self._loop is None:
+            return
+        self._dirty = False
+        self._last_push = self._loop.time()
+        try:
+            self._push_state()
+            self._push_presence()
+        except Exception:
+            self.counters["push_failed"] += 1
+            log.exception("session %s: pushing state failed", self.name)
+
+    def _push_state(self) -> None:
+        new = self._room.state()
+        old = self._sent_state
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        removed = [k for k in old if k not in new]
+        if not changed and not removed:
+            return
+        self._sent_state = new
+        self.counters["pushes"] += 1
+        if len(changed) + len(removed) > max(16, len(new) // 2):
+            self._send_parts({"t": "state"}, {"t": "state"}, "state", new)
+        else:
+            self._send_parts({"t": "delta", "del": removed}, {"t": "delta", "del": []},
+                             "set", changed)
+
+    def _push_presence(self) -> None:
+        presence = self._room.presence()
+        if presence == self._sent_presence:
+            return
+        self._sent_presence = presence
+        self._send_parts({"t": "presence"}, {"t": "presence"}, "presence", presence)
+
+    async def _ack(self, ack: dict[str, Any]) -> None:
+        """Send the ack of a successful edit, after a push that shows the edit; acks that
+        complete in the same loop iteration share that push. Returns once it is sent."""
+        if self._closed or self._loop is None:
+            return
+        self._acks.append(ack)
+        sent = self._acks_sent
+        if self._ack_handle is None or sent is None:
+            sent = self._acks_sent = self._loop.create_future()
+            self._ack_handle = self._loop.call_soon(self._send_acks)
+        await asyncio.shield(sent)
+
+    def _send_acks(self) -> None:
+        self._ack_handle = None
+        acks, self._acks = self._acks, []
+        self._dirty = True  # our own edits changed the state, whether or not we were told yet
+        self._flush()
+        for ack in acks:
+            self.counters["acks"] += 1
+            self._send(ack)
+        sent, self._acks_sent = self._acks_sent, None
+        if sent is not None and not sent.done():
+            sent.set_result(None)
+
+    def _refuse(self, req: int, reason: str, error: str) -> None:
+        self.counters[reason] += 1
+        self._send({"t": "ack", "req": req, "ok": False, "error": error})
+
+    def _error(self, reason: str, error: str, req: int | None) -> None:
+        self.counters[reason] += 1
+        self._send({"t": "error", "req": req, "error": error})
+
+    # ------------------------------------------------------------------ receiving
+
+    async def handle(self, text: str | bytes) -> None:
+        """Handle one message from the browser. Never raises on bad input: it answers with
+        an ``error`` or a refusing ``ack``. An edit returns once it is durable and acked."""
+        if self._closed or not self._started:
+            return
+        self.counters["messages"] += 1
+        try:
+            msg = self._parse(text)
+            kind = msg["t"]
+            if kind == "presence":
+                self._handle_presence(msg)
+                return
+            handler = _EDITS.get(kind)
+            if handler is None:
+                raise _BadMessage("unknown_type", f"unknown message type {kind!r}",
+                                  _peek_req(msg))
+            req = _want_req(msg)
+            fn = handler(msg, req)
+        except _BadMessage as bad:
+            self._error(bad.reason, bad.text, bad.req)
+            return
+        await self._run_edit(req, fn)
+
+    def _parse(self, text: str | bytes) -> dict[str, Any]:
+        if not isinstance(text, str):
+            raise _BadMessage("bad_message", "binary messages are not part of the protocol")
+        limit = self.limits.max_message_bytes
+        if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            raise _BadMessage("oversized", f"message over {limit} bytes")
+        try:
+            msg = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as err:
+            raise _BadMessage("bad_json", f"not valid JSON: {err}") from None
+        if type(msg) is not dict:
+            raise _BadMessage("bad_message", "a message is a JSON object")
+        if type(msg.get("t")) is not str:
+            raise _BadMessage("bad_message", 'a message needs a string "t"', _peek_req(msg))
+        return msg
+
+    async def _run_edit(self, req: int, fn: Callable[[SceneReplica], Any]) -> None:
+        if self._edits_in_flight >= self.limits.max_edits_in_flight:
+            self._refuse(req, "busy", "busy: too many edits waiting to be durable")
+            return
+        if not self._edit_bucket.take():
+            self._refuse(req, "edit_rate_limited",
+                         f"rate limited: at most {self.limits.edit_rate:g} edits a second")
+            return
+        self._edits_in_flight += 1
+        try:
+            result = await self._room.edit(fn)
+        except PermissionDenied as err:
+            self._refuse(req, "edit_refused", f"permission denied: {err}")
+            return
+        except (ValueError, TypeError) as err:
+            self._refuse(req, "edit_refused", str(err) or type(err).__name__)
+            return
+        except Exception as err:
+            log.exception("session %s: edit %d failed", self.name, req)
+            self._refuse(req, "edit_failed", f"the node could not make this edit: {err}")
+            return
+        finally:
+            self._edits_in_flight -= 1
+        ack: dict[str, Any] = {"t": "ack", "req": req, "ok": True}
+        if isinstance(result, EntityId):
+            ack["id"] = str(result)
+        await self._ack(ack)
+
+    def _handle_presence(self, msg: dict[str, Any]) -> None:
+        fields = msg.get("fields")
+        lim = self.limits
+        if type(fields) is not dict:
+            raise _BadMessage("bad_message", 'presence needs an object "fields"')
+        if len(fields) > lim.max_presence_fields:
+            raise _BadMessage("bad_message", f"at most {lim.max_presence_fields} presence fields")
+        for key in fields:
+            if not key or len(key) > lim.max_presence_field_chars:
+                raise _BadMessage(
+                    "bad_message",
+                    f"presence field names are 1..{lim.max_presence_field_chars} characters",
+                )
+        if self._presence_bucket.take():
+            self._pending_presence = None
+            self._set_presence(fields)
+            return
+        # Over the rate: keep only the latest fields and publish them when a token is due.
+        self.counters["presence_coalesced"] += 1
+        self._pending_presence = fields
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        if self._presence_handle is None and self._loop is not None:
+            delay = max(self._presence_bucket.wait_time(), 0.001)
+            self._presence_handle = self._loop.call_later(delay, self._presence_due)
+
+    def _presence_due(self) -> None:
+        self._presence_handle = None
+        fields = self._pending_presence
+        if fields is None or self._closed:
+            return
+        if not self._presence_bucket.take():
+            self._schedule_presence()
+            return
+        self._pending_presence = None
+        self._set_presence(fields)
+
+    def _set_presence(self, fields: dict[str, Any]) -> None:
+        try:
+            self._room.set_presence(fields)
+        except (ValueError, TypeError) as err:
+            self._error("presence_refused", f"presence refused: {err}", None)
+        except Exception:
+            log.exception("session %s: set_presence failed", self.name)
+            self._error("presence_failed", "the node could not publish this presence", None)
+        else:
+            self.counters["presence"] += 1
+
+
+# ---------------------------------------------------------------------- message parsing
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _peek_req(msg: dict[str, Any]) -> int | None:
+    req = msg.get("req")
+    return req if type(req) is int and 0 <= req <= MAX_REQ else None
+
+
+def _want_req(msg: dict[str, Any]) -> int:
+    req = msg.get("req")
+    if type(req) is not int or not 0 <= req <= MAX_REQ:
+        raise _BadMessage("bad_message", f'an edit needs an integer "req" in 0..{MAX_REQ}')
+    return req
+
+
+def _want_str(msg: dict[str, Any], key: str, req: int) -> str:
+    value = msg.get(key)
+    if type(value) is not str:
+        raise _BadMessage("bad_message", f"{msg['t']} needs a string {key!r}", req)
+    return value
+
+
+def _want_entity(msg: dict[str, Any], key: str, req: int) -> EntityId:
+    text = _want_str(msg, key, req)
+    try:
+        return EntityId.parse(text)
+    except ValueError as err:
+        raise _BadMessage("bad_message", f"{key!r}: {err}", req) from None
+
+
+def _parse_create(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
+    parent = _want_entity(msg, "parent", req)
+    components = msg.get("components", {})
+    if type(components) is not dict or any(type(f) is not dict for f in components.values()):
+        raise _BadMessage(
+            "bad_message", 'create needs "components" as {component: {field: value}}', req
+        )
+    return lambda replica: replica.create_entity(parent, components)
+
+
+def _parse_set(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
+    entity = _want_entity(msg, "id", req)
+    component = _want_str(msg, "component", req)
+    field = _want_str(msg, "field", req)
+    if "value" not in msg:
+        raise _BadMessage("bad_message", 'set needs a "value" (null is one)', req)
+    value = msg["value"]
+    return lambda replica: replica.set_field(entity, component, field, value)
+
+
+def _parse_move(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
+    entity = _want_entity(msg, "id", req)
+    parent = _want_entity(msg, "parent", req)
+    return lambda replica: replica.move(entity, parent)
+
+
+def _parse_delete(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
+    entity = _want_entity(msg, "id", req)
+    return lambda replica: replica.delete(entity)
+
+
+_EDITS: dict[str, Callable[[dict[str, Any], int], Callable[[SceneReplica], Any]]] = {
+    "create": _parse_create,
+    "set": _parse_set,
+    "move": _parse_move,
+    "delete": _parse_delete,
+}
+
+
+# ---------------------------------------------------------------------- JSON encoding
+
+
+def _json_default(obj: object) -> Any:
+    if isinstance(obj, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    raise TypeError(f"{type(obj).__name__} cannot be sent to a browser")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(obj: Any) -> str:
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_json_default)
+    except ValueError:  # a NaN or infinity (scene values cannot hold one; presence might)
+        return json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False, default=_json_default)

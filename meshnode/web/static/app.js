@@ -1,0 +1,852 @@
+// meshnode browser client: a thin client of one node.
+//
+// The page does not run the scene CRDT. It opens a WebRTC data channel "client" to the node
+// that served it, shows the state the node pushes, and sends edit requests that the node signs
+// and acknowledges once they are durable. The JSON protocol is documented in
+// meshnode/web/session.py.
+//
+// Component convention (what this page reads and writes; other components are kept as is):
+//   transform  {position: [x, y, z]}   numbers, relative to the parent entity
+//   name       {value: "text"}         the label (name.text is read too, for older scenes)
+//   appearance {color: "#rrggbb"}
+//
+// For automation (tests), window.meshnode = {ready, state(), presence(), info(),
+// createEntity(parent, components) -> Promise<id>, setField(id, component, field, value),
+// moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view}.
+
+const PRESENCE_INTERVAL_MS = 250; // at most 4 presence updates a second
+const GATHER_TIMEOUT_MS = 5000;
+const CONNECT_TIMEOUT_MS = 20000;
+
+// ------------------------------------------------------------------ connection and state
+
+let scene = {}; // the last state the node pushed: SceneReplica.state()
+let presence = {}; // PeerID -> presence fields
+let info = null; // {room, room_name, me, session}
+const partial = { state: null, presence: null };
+let welcomed = false;
+let pc = null;
+let channel = null;
+let nextReq = 1;
+const pending = new Map(); // req -> {resolve, reject}
+const changeListeners = new Set();
+
+let readyResolve;
+let readyReject;
+const ready = new Promise((resolve, reject) => {
+  readyResolve = resolve;
+  readyReject = reject;
+});
+ready.catch(() => {}); // reported through the status line; callers still see the rejection
+
+function send(msg) {
+  if (!channel || channel.readyState !== "open") throw new Error("not connected to the node");
+  channel.send(JSON.stringify(msg));
+}
+
+function request(msg) {
+  return new Promise((resolve, reject) => {
+    const req = nextReq++;
+    pending.set(req, { resolve, reject });
+    try {
+      send({ ...msg, req });
+    } catch (err) {
+      pending.delete(req);
+      reject(err);
+    }
+  });
+}
+
+function settle(req, ok, msg) {
+  const waiter = pending.get(req);
+  if (!waiter) return;
+  pending.delete(req);
+  if (ok) waiter.resolve(msg);
+  else waiter.reject(new Error(msg.error || "the node refused the request"));
+}
+
+function takeState(msg) {
+  partial.state = Object.assign(partial.state || {}, msg.state || {});
+  if (msg.more) return;
+  scene = partial.state;
+  partial.state = null;
+  changed();
+  if (!welcomed && info) {
+    welcomed = true;
+    readyResolve({ ...info });
+  }
+}
+
+function onMessage(data) {
+  if (typeof data !== "string") return;
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch {
+    console.warn("meshnode: a message from the node is not JSON");
+    return;
+  }
+  switch (msg.t) {
+    case "welcome":
+      info = { room: msg.room, room_name: msg.room_name, me: msg.me, session: msg.session };
+      presence = msg.presence || {};
+      showConnected();
+      takeState(msg);
+      break;
+    case "state":
+      takeState(msg);
+      break;
+    case "delta":
+      for (const [id, entity] of Object.entries(msg.set || {})) scene[id] = entity;
+      for (const id of msg.del || []) delete scene[id];
+      if (!msg.more) changed();
+      break;
+    case "presence":
+      partial.presence = Object.assign(partial.presence || {}, msg.presence || {});
+      if (!msg.more) {
+        presence = partial.presence;
+        partial.presence = null;
+        changed();
+      }
+      break;
+    case "ack":
+      settle(msg.req, msg.ok === true, msg);
+      break;
+    case "error":
+      if (msg.req !== null && msg.req !== undefined) settle(msg.req, false, msg);
+      else showMessage(`The node says: ${msg.error}`);
+      break;
+    default:
+      console.warn("meshnode: unknown message type", msg.t);
+  }
+}
+
+function failAll(reason) {
+  const err = new Error(reason);
+  for (const waiter of pending.values()) waiter.reject(err);
+  pending.clear();
+  if (!welcomed) readyReject(err);
+  setStatus("failed", reason);
+}
+
+async function pickRoom() {
+  const fromUrl = new URLSearchParams(location.search).get("room");
+  if (fromUrl) return fromUrl;
+  const resp = await fetch("/api/default-room");
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok || !body.room) throw new Error(body.error || "this node names no default room");
+  return body.room;
+}
+
+function gatheringComplete(peer) {
+  if (peer.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS); // send what we have by then
+    peer.addEventListener("icegatheringstatechange", () => {
+      if (peer.iceGatheringState === "complete") {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+}
+
+async function connect() {
+  const room = await pickRoom();
+  let iceServers = [];
+  try {
+    const resp = await fetch("/api/ice");
+    if (resp.ok) iceServers = (await resp.json()).iceServers || [];
+  } catch {
+    // no STUN/TURN: host candidates only
+  }
+  pc = new RTCPeerConnection({ iceServers });
+  channel = pc.createDataChannel("client", { ordered: true });
+  channel.onmessage = (ev) => onMessage(ev.data);
+  channel.onclose = () => failAll("the connection to the node closed (reload to reconnect)");
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "failed") failAll("the connection to the node failed");
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await gatheringComplete(pc);
+  const resp = await fetch("/api/browser/offer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ room, sdp: pc.localDescription.sdp }),
+  });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error(`the node refused to connect (${resp.status}): ${body.error || ""}`);
+  await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+}
+
+// ------------------------------------------------------------------ reading entities
+
+function entityName(id, entity) {
+  const n = entity && entity.components && entity.components.name;
+  if (n && typeof n.value === "string" && n.value) return n.value;
+  if (n && typeof n.text === "string" && n.text) return n.text;
+  return shortId(id);
+}
+
+function entityPosition(entity) {
+  const t = entity && entity.components && entity.components.transform;
+  const p = t && t.position;
+  if (Array.isArray(p) && p.length === 3 && p.every((v) => typeof v === "number" && isFinite(v)))
+    return p;
+  return [0, 0, 0];
+}
+
+function entityColor(id, entity) {
+  const a = entity && entity.components && entity.components.appearance;
+  if (a && typeof a.color === "string" && /^#[0-9a-fA-F]{6}$/.test(a.color)) return a.color;
+  return colorFor(id);
+}
+
+function colorFor(text) {
+  let h = 0;
+  for (const ch of text) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  const hue = h % 360;
+  return hslToHex(hue, 0.55, 0.55);
+}
+
+function hslToHex(h, s, l) {
+  const f = (n) => {
+    const k = (n + h / 30) % 12;
+    const c = l - s * Math.min(l, 1 - l) * Math.max(-1, Math.min(k - 3, 9 - k, 1));
+    return Math.round(c * 255).toString(16).padStart(2, "0");
+  };
+  return `#${f(0)}${f(8)}${f(4)}`;
+}
+
+function shortId(id) {
+  if (id === "root") return "root";
+  const slash = id.lastIndexOf("/");
+  const peer = id.slice(0, slash);
+  return `${peer.slice(-6)}/${id.slice(slash + 1)}`;
+}
+
+function childrenMap() {
+  const children = new Map();
+  for (const [id, entity] of Object.entries(scene)) {
+    if (!children.has(entity.parent)) children.set(entity.parent, []);
+    children.get(entity.parent).push(id);
+  }
+  for (const ids of children.values())
+    ids.sort((a, b) => entityName(a, scene[a]).localeCompare(entityName(b, scene[b])) ||
+      (a < b ? -1 : a > b ? 1 : 0));
+  return children;
+}
+
+function treeOrder() {
+  // [id, depth] in depth-first order; entities whose parent is missing go under the root.
+  const children = childrenMap();
+  const out = [];
+  const seen = new Set();
+  const walk = (parent, depth) => {
+    for (const id of children.get(parent) || []) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      out.push([id, depth]);
+      walk(id, depth + 1);
+    }
+  };
+  walk("root", 0);
+  for (const id of Object.keys(scene)) if (!seen.has(id)) {
+    seen.add(id);
+    out.push([id, 0]);
+    walk(id, 1);
+  }
+  return out;
+}
+
+function descendants(id) {
+  const children = childrenMap();
+  const out = new Set([id]);
+  const stack = [id];
+  while (stack.length) for (const c of children.get(stack.pop()) || []) {
+    if (!out.has(c)) {
+      out.add(c);
+      stack.push(c);
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------ change fan-out
+
+let uiQueued = false;
+
+function changed() {
+  if (!uiQueued) {
+    uiQueued = true;
+    setTimeout(() => {
+      uiQueued = false;
+      refreshUi();
+    }, 0);
+  }
+  for (const fn of changeListeners) {
+    try {
+      fn();
+    } catch (err) {
+      console.error(err);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ page UI
+
+const $ = (id) => document.getElementById(id);
+let selected = null;
+let myName = "";
+let myPointer = null;
+
+function setStatus(kind, text) {
+  const el = $("status");
+  if (!el) return;
+  el.className = `status ${kind}`;
+  el.textContent = text;
+}
+
+function showConnected() {
+  setStatus("connected", "connected");
+  $("room-name").textContent = info.room_name || "room";
+  document.title = `${info.room_name || "room"} · meshnode`;
+  $("identity").textContent = `room ${info.room.slice(0, 12)}… · signed by ${info.me}`;
+  $("identity").title = `room ${info.room}\nedits signed by ${info.me}\nsession ${info.session}`;
+}
+
+function showMessage(text, isInfo = false) {
+  const el = $("message");
+  el.textContent = text;
+  el.className = isInfo ? "message info" : "message";
+}
+
+function refreshUi() {
+  if (selected && !(selected in scene)) select(null);
+  renderEntityList();
+  const addParent = $("add-form").elements.parent;
+  if (document.activeElement !== addParent)
+    fillParentSelect(addParent, addParent.value || "root", new Set());
+  if (selected && !$("edit-form").contains(document.activeElement)) fillEditForm();
+  renderPresence();
+  syncView();
+}
+
+function renderEntityList() {
+  const list = $("entities");
+  const items = [];
+  for (const [id, depth] of treeOrder()) {
+    const entity = scene[id];
+    const li = document.createElement("li");
+    li.dataset.id = id;
+    li.style.paddingLeft = `${0.4 + depth * 1.1}em`;
+    if (id === selected) li.className = "selected";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = entityColor(id, entity);
+    const name = document.createElement("span");
+    name.textContent = entityName(id, entity);
+    const small = document.createElement("span");
+    small.className = "entity-id";
+    small.textContent = shortId(id);
+    small.title = id;
+    li.append(swatch, name, small);
+    li.addEventListener("click", () => select(id));
+    items.push(li);
+  }
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.textContent = "No entities yet: add one below.";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
+
+function fillParentSelect(sel, value, exclude) {
+  const options = [new Option("(root)", "root")];
+  for (const [id, depth] of treeOrder()) {
+    if (exclude.has(id)) continue;
+    options.push(new Option(`${"\u00a0\u00a0".repeat(depth + 1)}${entityName(id, scene[id])}`, id));
+  }
+  sel.replaceChildren(...options);
+  sel.value = value in scene || value === "root" ? value : "root";
+}
+
+function select(id) {
+  selected = id;
+  $("edit-panel").hidden = !id;
+  if (id) fillEditForm();
+  renderEntityList();
+  highlightSelected();
+  schedulePresence();
+}
+
+function fillEditForm() {
+  const entity = scene[selected];
+  if (!entity) return;
+  const form = $("edit-form");
+  $("edit-title").textContent = entityName(selected, entity);
+  form.elements.name.value = entityName(selected, entity);
+  const [x, y, z] = entityPosition(entity);
+  form.elements.x.value = x;
+  form.elements.y.value = y;
+  form.elements.z.value = z;
+  form.elements.color.value = entityColor(selected, entity);
+  fillParentSelect(form.elements.parent, entity.parent, descendants(selected));
+}
+
+function readXyz(form) {
+  return ["x", "y", "z"].map((k) => {
+    const v = Number(form.elements[k].value);
+    return Number.isFinite(v) ? v : 0;
+  });
+}
+
+function samePosition(a, b) {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+async function onAdd(ev) {
+  ev.preventDefault();
+  const form = ev.target;
+  const components = {
+    name: { value: form.elements.name.value || "entity" },
+    transform: { position: readXyz(form) },
+    appearance: { color: form.elements.color.value },
+  };
+  try {
+    const id = await api.createEntity(form.elements.parent.value || "root", components);
+    showMessage(`Added ${components.name.value}.`, true);
+    select(id);
+  } catch (err) {
+    showMessage(`Could not add: ${err.message}`);
+  }
+}
+
+async function onApply(ev) {
+  ev.preventDefault();
+  const id = selected;
+  const entity = scene[id];
+  if (!entity) return;
+  const form = ev.target;
+  const edits = [];
+  const name = form.elements.name.value;
+  if (name && name !== entityName(id, entity)) edits.push(api.setField(id, "name", "value", name));
+  const position = readXyz(form);
+  if (!samePosition(position, entityPosition(entity)))
+    edits.push(api.setField(id, "transform", "position", position));
+  const color = form.elements.color.value;
+  if (color !== entityColor(id, entity)) edits.push(api.setField(id, "appearance", "color", color));
+  const parent = form.elements.parent.value;
+  if (parent && parent !== entity.parent) edits.push(api.moveEntity(id, parent));
+  if (!edits.length) return;
+  try {
+    await Promise.all(edits);
+    showMessage("Saved.", true);
+    document.activeElement?.blur();
+    fillEditForm();
+  } catch (err) {
+    showMessage(`Could not save: ${err.message}`);
+  }
+}
+
+async function onDelete() {
+  const id = selected;
+  if (!id) return;
+  try {
+    await api.deleteEntity(id);
+    select(null);
+    showMessage("Deleted.", true);
+  } catch (err) {
+    showMessage(`Could not delete: ${err.message}`);
+  }
+}
+
+function renderPresence() {
+  const list = $("present");
+  const items = [];
+  for (const [peer, fields] of Object.entries(presence)) {
+    const li = document.createElement("li");
+    const dot = document.createElement("span");
+    dot.className = "swatch";
+    dot.style.background = colorFor(peer);
+    const name = document.createElement("span");
+    const label = fields && typeof fields.name === "string" && fields.name ? fields.name : "?";
+    const mine = info && fields && fields.session === info.session;
+    name.textContent = mine ? `${label} (you)` : label;
+    const small = document.createElement("span");
+    small.className = "entity-id";
+    small.textContent = peer.slice(-8);
+    small.title = peer;
+    li.append(dot, name, small);
+    items.push(li);
+  }
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.textContent = "Nobody else is here.";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
+
+// Presence: at most one update per PRESENCE_INTERVAL_MS, always the latest.
+let presenceTimer = null;
+let lastPresenceAt = 0;
+
+function schedulePresence() {
+  if (presenceTimer !== null || !welcomed) return;
+  const wait = Math.max(0, lastPresenceAt + PRESENCE_INTERVAL_MS - performance.now());
+  presenceTimer = setTimeout(() => {
+    presenceTimer = null;
+    lastPresenceAt = performance.now();
+    try {
+      send({
+        t: "presence",
+        fields: { name: myName, pointer: myPointer, selected, session: info.session },
+      });
+    } catch {
+      // not connected: nothing to tell
+    }
+  }, wait);
+}
+
+function initName() {
+  const input = $("my-name");
+  try {
+    myName = localStorage.getItem("meshnode.name") || "";
+  } catch {
+    myName = "";
+  }
+  if (!myName) myName = `guest-${Math.floor(Math.random() * 0xffff).toString(16)}`;
+  input.value = myName;
+  input.addEventListener("input", () => {
+    myName = input.value.slice(0, 40);
+    try {
+      localStorage.setItem("meshnode.name", myName);
+    } catch {
+      // private mode: the name lasts for this page only
+    }
+    schedulePresence();
+  });
+}
+
+// ------------------------------------------------------------------ the 3D view
+
+const view = {
+  webgl: false,
+  reason: "loading",
+  frames: 0,
+  frameWaiters: [],
+};
+let THREE = null;
+let renderer = null;
+let scene3 = null;
+let camera = null;
+let world = null;
+let boxGeometry = null;
+let pointerGeometry = null;
+let ground = null;
+const objects = new Map(); // entity id -> {group, mesh, label, name, color}
+const pointers = new Map(); // PeerID -> mesh
+const orbit = { azimuth: 0.7, elevation: 0.55, distance: 14 };
+let renderQueued = false;
+
+function noView(text) {
+  view.webgl = false;
+  view.reason = text;
+  const el = $("view-message");
+  el.textContent = text;
+  el.hidden = false;
+  for (const resolve of view.frameWaiters.splice(0)) resolve(false);
+}
+
+async function initView() {
+  const container = $("view");
+  try {
+    THREE = await import("./vendor/three.module.min.js");
+  } catch (err) {
+    noView(`The 3D view is off: three.js did not load (${err.message}).`);
+    return;
+  }
+  try {
+    renderer = new THREE.WebGLRenderer({ antialias: true, preserveDrawingBuffer: true });
+  } catch (err) {
+    noView("The 3D view is off: this browser has no WebGL 2. The entity list and the " +
+      "controls still work.");
+    console.warn("meshnode: WebGL unavailable:", err && err.message);
+    return;
+  }
+  renderer.setPixelRatio(Math.min(window.devicePixelRatio || 1, 2));
+  container.prepend(renderer.domElement);
+  scene3 = new THREE.Scene();
+  scene3.background = new THREE.Color(0x20252c);
+  camera = new THREE.PerspectiveCamera(50, 1, 0.1, 1000);
+  scene3.add(new THREE.HemisphereLight(0xffffff, 0x404850, 1.2));
+  const sun = new THREE.DirectionalLight(0xffffff, 2.0);
+  sun.position.set(5, 10, 7);
+  scene3.add(sun);
+  scene3.add(new THREE.GridHelper(20, 20, 0x6a7584, 0x3a414b));
+  ground = new THREE.Plane(new THREE.Vector3(0, 1, 0), 0);
+  world = new THREE.Group();
+  scene3.add(world);
+  boxGeometry = new THREE.BoxGeometry(1, 1, 1);
+  pointerGeometry = new THREE.SphereGeometry(0.15, 16, 12);
+  view.webgl = true;
+  view.reason = "";
+  const resize = () => {
+    const w = Math.max(1, container.clientWidth);
+    const h = Math.max(1, container.clientHeight);
+    renderer.setSize(w, h);
+    camera.aspect = w / h;
+    camera.updateProjectionMatrix();
+    requestRender();
+  };
+  new ResizeObserver(resize).observe(container);
+  resize();
+  initPointer(renderer.domElement);
+  updateCamera();
+  syncView();
+}
+
+function updateCamera() {
+  const { azimuth, elevation, distance } = orbit;
+  camera.position.set(
+    distance * Math.cos(elevation) * Math.sin(azimuth),
+    distance * Math.sin(elevation),
+    distance * Math.cos(elevation) * Math.cos(azimuth),
+  );
+  camera.lookAt(0, 0, 0);
+  requestRender();
+}
+
+function requestRender() {
+  if (!renderer || renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    renderer.render(scene3, camera);
+    view.frames += 1;
+    for (const resolve of view.frameWaiters.splice(0)) resolve(true);
+  });
+}
+
+function makeLabel(text) {
+  const canvas = document.createElement("canvas");
+  canvas.width = 256;
+  canvas.height = 64;
+  const ctx = canvas.getContext("2d");
+  ctx.font = "bold 30px system-ui, sans-serif";
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.lineWidth = 6;
+  ctx.strokeStyle = "rgba(0,0,0,0.75)";
+  const shown = text.length > 18 ? `${text.slice(0, 17)}…` : text;
+  ctx.strokeText(shown, 128, 32);
+  ctx.fillStyle = "#ffffff";
+  ctx.fillText(shown, 128, 32);
+  const texture = new THREE.CanvasTexture(canvas);
+  texture.colorSpace = THREE.SRGBColorSpace;
+  const sprite = new THREE.Sprite(new THREE.SpriteMaterial({ map: texture, depthTest: false }));
+  sprite.scale.set(2, 0.5, 1);
+  sprite.position.set(0, 0.95, 0);
+  sprite.renderOrder = 1;
+  return sprite;
+}
+
+function disposeLabel(label) {
+  label.material.map.dispose();
+  label.material.dispose();
+}
+
+function syncView() {
+  if (!renderer) return;
+  for (const [id, entity] of Object.entries(scene)) {
+    let obj = objects.get(id);
+    if (!obj) {
+      const group = new THREE.Group();
+      const mesh = new THREE.Mesh(boxGeometry, new THREE.MeshLambertMaterial());
+      mesh.userData.entity = id;
+      group.add(mesh);
+      obj = { group, mesh, label: null, name: null, color: null };
+      objects.set(id, obj);
+    }
+    const [x, y, z] = entityPosition(entity);
+    obj.group.position.set(x, y, z);
+    const color = entityColor(id, entity);
+    if (color !== obj.color) {
+      obj.mesh.material.color.set(color);
+      obj.color = color;
+    }
+    const name = entityName(id, entity);
+    if (name !== obj.name) {
+      if (obj.label) {
+        obj.group.remove(obj.label);
+        disposeLabel(obj.label);
+      }
+      obj.label = makeLabel(name);
+      obj.group.add(obj.label);
+      obj.name = name;
+    }
+  }
+  for (const [id, obj] of objects) {
+    if (id in scene) continue;
+    obj.group.removeFromParent();
+    obj.mesh.material.dispose();
+    if (obj.label) disposeLabel(obj.label);
+    objects.delete(id);
+  }
+  for (const [id, entity] of Object.entries(scene)) {
+    const obj = objects.get(id);
+    const parent = entity.parent === "root" ? world : objects.get(entity.parent)?.group || world;
+    if (obj.group.parent !== parent) parent.add(obj.group);
+  }
+  syncPointers();
+  highlightSelected();
+  requestRender();
+}
+
+function syncPointers() {
+  const seen = new Set();
+  for (const [peer, fields] of Object.entries(presence)) {
+    const p = fields && fields.pointer;
+    if (info && fields && fields.session === info.session) continue; // our own pointer
+    if (!Array.isArray(p) || p.length !== 3 || !p.every((v) => typeof v === "number" && isFinite(v)))
+      continue;
+    seen.add(peer);
+    let mesh = pointers.get(peer);
+    if (!mesh) {
+      mesh = new THREE.Mesh(pointerGeometry, new THREE.MeshBasicMaterial({ color: colorFor(peer) }));
+      pointers.set(peer, mesh);
+      scene3.add(mesh);
+    }
+    mesh.position.set(p[0], p[1], p[2]);
+  }
+  for (const [peer, mesh] of pointers) {
+    if (seen.has(peer)) continue;
+    mesh.removeFromParent();
+    mesh.material.dispose();
+    pointers.delete(peer);
+  }
+}
+
+function highlightSelected() {
+  if (!renderer) return;
+  for (const [id, obj] of objects) obj.mesh.material.emissive.setHex(id === selected ? 0x333333 : 0);
+  requestRender();
+}
+
+function initPointer(canvas) {
+  const raycaster = new THREE.Raycaster();
+  const ndc = new THREE.Vector2();
+  let drag = null;
+  const toNdc = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    ndc.set(((ev.clientX - r.left) / r.width) * 2 - 1, -((ev.clientY - r.top) / r.height) * 2 + 1);
+    raycaster.setFromCamera(ndc, camera);
+  };
+  canvas.addEventListener("pointerdown", (ev) => {
+    drag = { x: ev.clientX, y: ev.clientY, moved: 0 };
+    canvas.setPointerCapture(ev.pointerId);
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (drag) {
+      const dx = ev.clientX - drag.x;
+      const dy = ev.clientY - drag.y;
+      drag.moved += Math.abs(dx) + Math.abs(dy);
+      drag.x = ev.clientX;
+      drag.y = ev.clientY;
+      orbit.azimuth -= dx * 0.008;
+      orbit.elevation = Math.min(1.45, Math.max(0.05, orbit.elevation + dy * 0.008));
+      updateCamera();
+      return;
+    }
+    toNdc(ev);
+    const hit = new THREE.Vector3();
+    if (raycaster.ray.intersectPlane(ground, hit)) {
+      myPointer = [hit.x, hit.y, hit.z].map((v) => Math.round(v * 100) / 100);
+      schedulePresence();
+    }
+  });
+  canvas.addEventListener("pointerup", (ev) => {
+    const wasClick = drag && drag.moved < 5;
+    drag = null;
+    if (!wasClick) return;
+    toNdc(ev);
+    const hits = raycaster.intersectObjects([...objects.values()].map((o) => o.mesh), false);
+    select(hits.length ? hits[0].object.userData.entity : null);
+  });
+  canvas.addEventListener("pointerleave", () => {
+    if (drag) return;
+    myPointer = null;
+    schedulePresence();
+  });
+  canvas.addEventListener("wheel", (ev) => {
+    ev.preventDefault();
+    orbit.distance = Math.min(200, Math.max(2, orbit.distance * (ev.deltaY > 0 ? 1.1 : 1 / 1.1)));
+    updateCamera();
+  }, { passive: false });
+}
+
+// ------------------------------------------------------------------ automation API
+
+const api = {
+  ready,
+  state: () => structuredClone(scene),
+  presence: () => structuredClone(presence),
+  info: () => (info ? { ...info } : null),
+  createEntity: (parent, components) =>
+    request({ t: "create", parent, components: components || {} }).then((ack) => ack.id),
+  setField: (id, component, field, value) =>
+    request({ t: "set", id, component, field, value }).then(() => undefined),
+  moveEntity: (id, parent) => request({ t: "move", id, parent }).then(() => undefined),
+  deleteEntity: (id) => request({ t: "delete", id }).then(() => undefined),
+  setPresence: (fields) => send({ t: "presence", fields }),
+  onChange: (fn) => {
+    changeListeners.add(fn);
+    return () => changeListeners.delete(fn);
+  },
+  view: {
+    status: () => ({
+      webgl: view.webgl,
+      reason: view.reason,
+      frames: view.frames,
+      meshes: objects.size,
+    }),
+    // Resolves true after the next frame is drawn (false if there is no 3D view).
+    nextFrame: () => {
+      if (!renderer) return Promise.resolve(false);
+      const p = new Promise((resolve) => view.frameWaiters.push(resolve));
+      requestRender();
+      return p;
+    },
+  },
+};
+window.meshnode = api;
+
+// ------------------------------------------------------------------ start
+
+function main() {
+  initName();
+  $("add-form").addEventListener("submit", onAdd);
+  $("edit-form").addEventListener("submit", onApply);
+  $("delete-button").addEventListener("click", onDelete);
+  fillParentSelect($("add-form").elements.parent, "root", new Set());
+  renderEntityList();
+  renderPresence();
+  const viewReady = initView().catch((err) => noView(`The 3D view failed: ${err.message}`));
+  const timer = setTimeout(
+    () => failAll(`could not connect to the node within ${CONNECT_TIMEOUT_MS / 1000} s`),
+    CONNECT_TIMEOUT_MS,
+  );
+  ready.then(() => {
+    clearTimeout(timer);
+    schedulePresence();
+  }, () => clearTimeout(timer));
+  connect().catch((err) => failAll(err.message));
+  viewReady.then(() => syncView());
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", main);
+else main();
