@@ -1,0 +1,79 @@
+"""Headless Chromium on node A's web client, a Python client on node C: edits flow both ways
+through three real ``meshnode up`` processes; a screenshot of the 3D view is saved."""
+
+import json
+from pathlib import Path
+
+from meshnode.client import connect
+from meshnode.crdt import ROOT
+from meshnode.identity import Identity
+from tests.integration.nodeproc import NodeProcess
+from tests.integration.test_line import ICE, line, until
+
+from .chromium import Chromium
+from .test_web_client import decode_png
+
+__all__ = ["line"]  # the fixture, imported so pytest finds it here
+
+WAIT_FOR_ENTITY = """new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("not seen")), 30000);
+    const poll = () => (ENTITY in window.meshnode.state())
+      ? (clearTimeout(t), resolve(true)) : setTimeout(poll, 20);
+    poll(); })"""
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+async def test_browser_at_a_and_python_client_at_c(
+        chromium: Chromium, line: tuple[NodeProcess, NodeProcess, NodeProcess, str]) -> None:
+    a, _b, c, room = line
+    editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+    page = await chromium.new_page()
+    try:
+        await page.goto(f"{a.url}/?room={room}")
+        await page.evaluate("window.meshnode.ready")
+        async with connect(c.url, room, Identity.generate(), ice=ICE, invite=editor) as at_c:
+            # Browser at A -> Python client at C.
+            made = await page.evaluate(
+                'window.meshnode.createEntity("root", {"name": {"value": "from the browser"},'
+                ' "transform": {"position": [1.5, 0.5, 0]},'
+                ' "appearance": {"color": "#d03030"}})')
+            assert isinstance(made, str)
+            await until(lambda: made in at_c.state(), "the browser's entity at C")
+            assert at_c.state()[made]["components"]["name"] == {"value": "from the browser"}
+            assert await page.evaluate(
+                f'window.meshnode.setField({made!r}, "name", "value", "renamed")') is not False
+            await until(lambda: at_c.state().get(made, {}).get("components", {})
+                        .get("name") == {"value": "renamed"}, "the rename at C")
+
+            # Python client at C -> browser at A.
+            cube = at_c.create_entity(ROOT, {"name": {"value": "from python"},
+                                             "transform": {"position": [-1.5, 0.5, 0.0]},
+                                             "appearance": {"color": "#3050d0"}})
+            await at_c.flush()
+            await page.evaluate(WAIT_FOR_ENTITY.replace("ENTITY", json.dumps(str(cube))))
+            # The browser's view is the canonical view: equal to the replica's at C.
+            browser_state = await page.evaluate("window.meshnode.state()")
+            assert browser_state[str(cube)] == at_c.state()[str(cube)]
+            assert browser_state[made] == at_c.state()[made]
+
+            await page.evaluate("""new Promise((resolve, reject) => {
+                const t = setTimeout(() => reject(new Error("meshes: " +
+                  window.meshnode.view.status().meshes)), 10000);
+                const poll = () => window.meshnode.view.status().meshes >= 2
+                  ? (clearTimeout(t), resolve()) : setTimeout(poll, 20);
+                poll(); })""")
+            assert await page.evaluate("window.meshnode.view.nextFrame()") is True
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = await page.screenshot(ARTIFACTS / "node_a_room.png", selector="#view")
+            width, height, bpp, pixels = decode_png(shot)
+            assert width > 300 and height > 300
+            colours = {pixels[i:i + 3] for i in range(0, len(pixels), bpp * 7)}
+            assert len(colours) > 20, "the 3D view is (nearly) one colour"
+            # Deleting from the browser removes it at C.
+            await page.evaluate(f"window.meshnode.deleteEntity({made!r})")
+            await until(lambda: made not in at_c.state(), "the delete at C")
+
+        errors = [m for m in page.console if m.kind in ("exception", "error", "log:error")]
+        assert not errors, page.console_text()
+    finally:
+        await page.close()
