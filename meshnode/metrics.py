@@ -17,6 +17,9 @@ class NodeMetrics:
         self.registry = r = CollectorRegistry()
         self.peers = Gauge("meshnode_peers", "Established links, by kind", ["kind"], registry=r)
         self.browsers = Gauge("meshnode_browsers", "Connected browser sessions", registry=r)
+        self.browser_events = Gauge("meshnode_browser_events",
+                                    "Browser session events since start (acks, refusals, bad "
+                                    "messages...), by kind", ["kind"], registry=r)
         self.rooms = Gauge("meshnode_rooms", "Rooms this node hosts", registry=r)
         self.room_changes = Gauge("meshnode_room_changes", "Changes held, per room", ["room"],
                                   registry=r)

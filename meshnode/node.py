@@ -488,6 +488,20 @@ class Node(LinkOwner):
 
     # ------------------------------------------------------------------ status
 
+    def refresh_metrics(self) -> None:
+        """Update the gauges that are read rather than counted (before a /metrics scrape)."""
+        from meshnode.web.routes import BROWSER_LINKS
+
+        if self.app is not None and BROWSER_LINKS in self.app:
+            browsers = self.app[BROWSER_LINKS]
+            self.metrics.browsers.set(browsers.count)
+            for kind, n in browsers.counters().items():
+                self.metrics.browser_events.labels(kind).set(n)
+        for rid, hosted in self.rooms.items():
+            label = rid.hex()[:16]
+            self.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
+            self.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
+
     def status(self) -> dict[str, Any]:
         """What ``meshnode status`` and ``/api/status`` show."""
         links = self.links.links if self.links is not None else {}

@@ -133,6 +133,7 @@ def build_app(node: "Node") -> web.Application:
             status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
+        node.refresh_metrics()
         return web.Response(body=node.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
