@@ -83,7 +83,8 @@ class RoomClient(LinkOwner):
             raise ClientError("the node sent a genesis change that is not this room's")
         replica = SceneReplica.from_genesis(genesis, self.identity)
         overlay = RoomOverlay(replica, self.identity,
-                              dataclasses.replace(LIVE_OVERLAY, active_view_size=1))
+                              dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
+                                                  rewire_interval_s=0.0))
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
         if self._ice.host_addresses:
             install_host_addresses(self._ice.host_addresses)

@@ -19,6 +19,10 @@ class OverlayConfig:
     shuffle_sample: int = 8
     repair_interval_s: float = 2.0
     connect_timeout_s: float = 10.0
+    # Every rewire_interval_s (jittered), a node whose active view is full links to a random
+    # passive peer and swaps it in for a random neighbour (both ends). Rare random rewiring
+    # is what re-merges two groups whose views all filled up during a partition; 0 = never.
+    rewire_interval_s: float = 0.0
     # Plumtree broadcast
     ihave_interval_s: float = 0.05
     graft_timeout_s: float = 0.5

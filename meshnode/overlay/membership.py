@@ -14,6 +14,12 @@ frame is such a JOIN, and otherwise answers ``Disconnect`` with alternatives fro
 views. Only a JOIN starts ``ForwardJoin`` random walks, so repairs do not cascade; only the
 end of such a walk evicts a neighbour to make room (a repair link that arrives once the view
 has filled up is refused instead).
+
+Rewiring (``rewire_interval_s``): now and then a node whose active view is full links to a
+random passive peer, evicts a random neighbour for it, and sends a ``ForwardJoin`` naming
+itself with TTL 0: a JOIN that asks to be taken (evicting if full) but starts no walk. Views
+fill up from whoever is reachable, so after a long partition two groups can each be complete
+and refuse every link from the other; only such a swap links them again.
 """
 
 import random
@@ -47,6 +53,9 @@ class PartialView:
         self.requested: dict[str, float] = {}  # peer -> when we asked the driver to connect
         self.pending: dict[str, float] = {}  # unasked links held while full, until a JOIN
         self.walk_ends: set[str] = set()  # requested links that end a newcomer's ForwardJoin
+        self.swaps: set[str] = set()  # requested links that rewire (swap in a passive peer)
+        self.next_rewire = (config.rewire_interval_s * (0.5 + rng.random())
+                            if config.rewire_interval_s > 0 else float("inf"))
         self.next_shuffle = 0.0
         self.next_repair = 0.0
 
@@ -61,6 +70,16 @@ class PartialView:
         asked = self.requested.pop(peer, None) is not None
         walk_end = asked and peer in self.walk_ends
         self.walk_ends.discard(peer)
+        swap = asked and peer in self.swaps
+        self.swaps.discard(peer)
+        if swap:
+            # Our rewire: make room, and ask the peer to take us even if it is full.
+            if len(self.active) >= self.config.active_view_size:
+                self.evict(self.rng.choice(sorted(self.active)), "rewire")
+            self.active.add(peer)
+            self._remove_passive(peer)
+            self._send(peer, ForwardJoin(self.room_id, self.me, 0))
+            return True
         if len(self.active) >= self.config.active_view_size:
             if not asked:
                 self.pending[peer] = now
@@ -78,9 +97,10 @@ class PartialView:
         self._remove_passive(peer)
         return True
 
-    def on_join(self, peer: str, now: float) -> bool:
-        """``peer`` has no other neighbour (it sent a ForwardJoin naming itself): take it even
-        if the view is full, and walk it into the overlay. True if it just became active."""
+    def on_join(self, peer: str, now: float, walk: bool = True) -> bool:
+        """``peer`` sent a ForwardJoin naming itself: take it even if the view is full, and
+        (``walk``: a newcomer's JOIN, not a rewire) walk it into the overlay. True if it just
+        became active."""
         accepted = False
         if self.pending.pop(peer, None) is not None:
             if len(self.active) >= self.config.active_view_size:
@@ -88,7 +108,7 @@ class PartialView:
             self.active.add(peer)
             self._remove_passive(peer)
             accepted = True
-        if peer in self.active:
+        if peer in self.active and walk:
             for other in sorted(self.active - {peer}):
                 self._send(other, ForwardJoin(self.room_id, peer, self.config.forward_join_ttl))
         return accepted
@@ -104,6 +124,7 @@ class PartialView:
         """A link went down; returns True if the peer was active."""
         self.requested.pop(peer, None)
         self.walk_ends.discard(peer)
+        self.swaps.discard(peer)
         self.pending.pop(peer, None)
         if peer in self.active:
             self.active.discard(peer)
@@ -115,6 +136,7 @@ class PartialView:
         """The driver could not reach ``peer``: forget it."""
         self.requested.pop(peer, None)
         self.walk_ends.discard(peer)
+        self.swaps.discard(peer)
         self._remove_passive(peer)
 
     def evict(self, peer: str, reason: str) -> None:
@@ -130,6 +152,7 @@ class PartialView:
         self.active.discard(peer)
         self.requested.pop(peer, None)
         self.walk_ends.discard(peer)
+        self.swaps.discard(peer)
         self.pending.pop(peer, None)
         self._remove_passive(peer)
 
@@ -213,6 +236,16 @@ class PartialView:
                 self._send(
                     target, Shuffle(self.room_id, self.me, 0, tuple(self.sample(target)))
                 )
+        if now >= self.next_rewire:
+            self.next_rewire = now + self.config.rewire_interval_s * (
+                0.75 + 0.5 * self.rng.random()
+            )
+            if len(self.active) >= self.config.active_view_size and not self.swaps:
+                candidates = sorted(p for p in self.passive if p not in self.requested)
+                if candidates:
+                    peer = self.rng.choice(candidates)
+                    self.swaps.add(peer)
+                    self.request(peer, now)
         if now >= self.next_repair:
             self.next_repair = now + self.config.repair_interval_s
             free = self.config.active_view_size - len(self.active) - len(self.requested)
@@ -223,4 +256,4 @@ class PartialView:
 
     def next_deadline(self) -> float:
         """When ``tick`` next has work."""
-        return min(self.next_shuffle, self.next_repair)
+        return min(self.next_shuffle, self.next_repair, self.next_rewire)

@@ -309,7 +309,7 @@ class RoomOverlay:
             self._on_presence(peer, msg, now)
         elif isinstance(msg, ForwardJoin):
             if msg.peer == peer:
-                if self.view.on_join(peer, now):
+                if self.view.on_join(peer, now, walk=msg.ttl > 0):
                     self._accepted(peer, now)
             else:
                 self.view.on_forward_join(peer, msg, now)

@@ -178,11 +178,11 @@ def test_settled_overlay_is_stable() -> None:
     assert len(changed) <= 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known HyParView limitation: two groups whose members all have full active views never "
-    "link again after a partition (only a node with an empty view may displace a neighbour)"))
-def test_two_full_cliques_merge_after_a_partition() -> None:
-    config = OverlayConfig(active_view_size=5, repair_interval_s=0.5, anti_entropy_interval_s=1.0)
+def _split_cliques(rewire_interval_s: float) -> tuple[Network, list[int], list[int]]:
+    """12 nodes on a ring, partitioned into two halves for 30 s (each half becomes a
+    complete graph of 6: every view full), an edit on each side, then healed."""
+    config = OverlayConfig(active_view_size=5, repair_interval_s=0.5, anti_entropy_interval_s=1.0,
+                           rewire_interval_s=rewire_interval_s)
     net = Network(seed=50, config=config, allow_new_links=True)
     room = net.add_room(12)
     left, right = room.nodes[:6], room.nodes[6:]
@@ -190,10 +190,48 @@ def test_two_full_cliques_merge_after_a_partition() -> None:
         net.link(a, b)
     net.partition([left, right])
     net.run_for(30.0)
-    # Each side is now a complete graph of 6: every view holds 5, it is full.
     assert all(len(active(net, i)) == 5 for i in room.nodes)
+    net.edit_random(left[0])
+    net.edit_random(right[0])
+    net.run_for(2.0)
     net.heal()  # reopens the two cut ring links: both ends are full, so both are refused
     for i in room.nodes:
         net.introduce(i, room.nodes)
-    net.run_for(20.0)
+    return net, left, right
+
+
+def test_two_full_cliques_stay_split_without_rewiring() -> None:
+    """The limitation rewiring exists for: HyParView alone never links full views again."""
+    net, _left, _right = _split_cliques(rewire_interval_s=0.0)
+    net.run_for(60.0)
+    assert not net.is_connected(active=True)
+    assert not net.converged()
+
+
+def test_two_full_cliques_merge_after_a_partition() -> None:
+    """Two groups whose views all filled up during a partition refuse every link from the
+    other side (only a JOIN may displace a neighbour): rewiring links them again, and
+    anti-entropy then merges what each side wrote."""
+    net, left, right = _split_cliques(rewire_interval_s=5.0)
     assert net.run_until(lambda: net.is_connected(active=True), timeout=60.0)
+    assert net.run_until(net.converged, timeout=30.0)
+    net.assert_converged()
+    for i in left + right:
+        assert len(active(net, i)) <= 5
+
+
+def test_rewiring_keeps_a_healthy_overlay_connected_and_bounded() -> None:
+    config = OverlayConfig(active_view_size=4, rewire_interval_s=2.0)
+    net = Network(seed=7, config=config, allow_new_links=True)
+    room = net.add_room(20)
+    for a, b in ring_edges(room.nodes):
+        net.link(a, b)
+    for i in room.nodes:
+        net.introduce(i, room.nodes)
+    net.run_for(20.0)
+    for step in range(10):
+        net.edit_random(room.nodes[step % 20])
+        net.run_for(3.0)
+        assert net.is_connected(active=True)
+        assert all(len(active(net, i)) <= 4 for i in room.nodes)
+    assert net.run_until(net.converged, timeout=30.0)
