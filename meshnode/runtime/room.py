@@ -153,7 +153,9 @@ class RoomRuntime:
         assert cid is not None
         waiter = self.durable(cid)
         self.pump()
-        await waiter
+        # Shielded: a caller that stops waiting (a browser that left) must not cancel the
+        # future others wait on (the node's acknowledgement, metrics).
+        await asyncio.shield(waiter)
         return cid
 
     def durable(self, change_id: bytes) -> "asyncio.Future[None]":
