@@ -3,6 +3,7 @@
 Command-line flags of ``meshnode up`` override the file; the file overrides the defaults.
 """
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,8 @@ ADMIT_POLICIES = ("open", "invite")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_MODES = ("full", "normal")
+ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
+MAX_ROOM_NAME_CHARS = 200  # as POST /api/rooms
 
 
 class ConfigError(ValueError):
@@ -67,7 +70,8 @@ _SECTIONS: dict[str, set[str]] = {
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8470`` for IPv6; a bare ``:PORT`` means 127.0.0.1)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+    # isascii: str.isdigit() also accepts "²" (int() then fails) and "٣" (int() reads 3).
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"listen must be HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}; "
                           f"got {text!r}")
     host = host.strip("[]") or "127.0.0.1"
@@ -100,13 +104,16 @@ def _ice_servers(value: Any) -> tuple[IceServer, ...]:
         if isinstance(urls, str):
             urls = [urls]
         if not isinstance(urls, list) or not urls or not all(
-            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "stuns", "turn", "turns")
+            isinstance(u, str) and u.partition(":")[0] in ICE_SCHEMES and u.partition(":")[2]
             for u in urls
         ):
             raise ConfigError(f"{key}.urls must list stun:/turn: URLs")
         user, cred = entry.get("username"), entry.get("credential")
         if (user is None) != (cred is None):
             raise ConfigError(f"{key}: give both username and credential (TURN) or neither")
+        if user is not None:
+            _want(user, str, f"{key}.username")
+            _want(cred, str, f"{key}.credential")
         out.append(IceServer(tuple(urls), user, cred))
     return tuple(out)
 
@@ -130,8 +137,12 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "data_dir" in node:
         changes["data_dir"] = Path(_want(node["data_dir"], str, "node.data_dir"))
     if "listen" in node:
-        changes["listen_host"], changes["listen_port"] = parse_listen(
-            _want(node["listen"], str, "node.listen"))
+        try:
+            changes["listen_host"], changes["listen_port"] = parse_listen(
+                _want(node["listen"], str, "node.listen"))
+        except ConfigError as err:
+            msg = str(err)
+            raise ConfigError(msg if msg.startswith("node.") else f"node.{msg}") from None
     if "public_url" in node:
         url = _want(node["public_url"], str, "node.public_url")
         if url and not url.startswith(("http://", "https://")):
@@ -148,8 +159,12 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         ice = replace(ice, servers=_ice_servers(net["ice_servers"]))
     if "host_addresses" in net:
         addrs = _want(net["host_addresses"], list, "network.host_addresses")
-        if not all(isinstance(a, str) for a in addrs):
-            raise ConfigError("network.host_addresses must be a list of IP address strings")
+        for addr in addrs:
+            try:
+                ipaddress.ip_address(_want(addr, str, "network.host_addresses"))
+            except (ConfigError, ValueError):
+                raise ConfigError("network.host_addresses must be a list of IP address "
+                                  f"strings; got {addr!r}") from None
         ice = replace(ice, host_addresses=tuple(addrs))
     changes["ice"] = ice
     for key, section, name in (("max_links", net, "network.max_links"),
@@ -164,8 +179,11 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "default_room" in rooms:
         changes["default_room"] = _want(rooms["default_room"], bool, "rooms.default_room")
     if "default_room_name" in rooms:
-        changes["default_room_name"] = _want(rooms["default_room_name"], str,
-                                             "rooms.default_room_name")
+        name = _want(rooms["default_room_name"], str, "rooms.default_room_name")
+        if not 0 < len(name) <= MAX_ROOM_NAME_CHARS:
+            raise ConfigError(f"rooms.default_room_name must be 1 to {MAX_ROOM_NAME_CHARS} "
+                              "characters")
+        changes["default_room_name"] = name
     if "admit" in rooms:
         changes["admit"] = _choice(rooms["admit"], ADMIT_POLICIES, "rooms.admit")
     if "admit_role" in rooms:

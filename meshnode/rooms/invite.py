@@ -7,13 +7,14 @@ hello is granted the role by the node that checks it, if the issuer may grant th
 that node's replica. A token is a bearer capability: share it like a password.
 """
 
+import math
 import secrets
 from dataclasses import dataclass
 
 import base58
 
 from protocol.change import change_id
-from protocol.errors import DecodeError, SchemaError
+from protocol.errors import DecodeError, FrameTooLarge, SchemaError
 from protocol.limits import DEFAULT_LIMITS
 from protocol.msgpack_io import pack, unpack
 
@@ -21,6 +22,10 @@ PREFIX = "mninv1"
 INVITE_DOMAIN = b"meshnode/invite/v1\x00"
 GRANTABLE = ("viewer", "editor", "admin")
 MAX_URLS = 8
+MAX_INVITE_BYTES = 4_096
+# base58 of MAX_INVITE_BYTES bytes is at most this long (decoding is quadratic in the length,
+# so longer text is refused before it is decoded).
+MAX_TOKEN_CHARS = len(PREFIX) + math.ceil(MAX_INVITE_BYTES * math.log(256) / math.log(58)) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +74,24 @@ def make_invite(
     body = pack([room_id, genesis, role, issuer_public_key, expires_ms, urls[:MAX_URLS], nonce])
     assert callable(sign)
     sig = sign(INVITE_DOMAIN + body)
-    return Invite(room_id, genesis, role, issuer_public_key, expires_ms, tuple(urls[:MAX_URLS]),
-                  nonce, sig, body)
+    inv = Invite(room_id, genesis, role, issuer_public_key, expires_ms, tuple(urls[:MAX_URLS]),
+                 nonce, sig, body)
+    try:  # never hand out a token that no node can read back
+        decode_invite_bytes(inv.raw())
+    except DecodeError as err:
+        raise ValueError(f"cannot make this invite: {err}") from None
+    return inv
 
 
 def decode_invite_bytes(raw: bytes) -> Invite:
     """Decode the bytes form; raises ``DecodeError`` on anything malformed."""
-    outer = unpack(raw, DEFAULT_LIMITS, 4_096, "invite")
+    outer = unpack(raw, DEFAULT_LIMITS, MAX_INVITE_BYTES, "invite")
     if type(outer) is not list or len(outer) != 2:
         raise SchemaError("invite is [body, signature]")
     body, sig = outer
     if type(body) is not bytes or type(sig) is not bytes or len(sig) != 64:
         raise SchemaError("invite is [body: bytes, signature: 64 bytes]")
-    f = unpack(body, DEFAULT_LIMITS, 4_096, "invite body")
+    f = unpack(body, DEFAULT_LIMITS, MAX_INVITE_BYTES, "invite body")
     if type(f) is not list or len(f) != 7:
         raise SchemaError("invite body is [room, genesis, role, issuer, expires, urls, nonce]")
     room_id, genesis, role, issuer, expires, urls, nonce = f
@@ -107,6 +117,9 @@ def parse_invite(token: str) -> Invite:
     token = token.strip()
     if not token.startswith(PREFIX):
         raise DecodeError(f"an invite starts with {PREFIX!r}")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise FrameTooLarge(f"invite of {len(token)} characters is over the limit of "
+                            f"{MAX_TOKEN_CHARS}")
     try:
         raw = base58.b58decode(token[len(PREFIX):])
     except ValueError:

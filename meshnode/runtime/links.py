@@ -96,7 +96,9 @@ class LinkOwner:
 def room_of_frame(data: bytes) -> bytes | None:
     """The room ID of a room frame, read without decoding it (None if it does not start like
     one: ``[version, type, bin8(32) room_id, ...]``)."""
-    if len(data) >= 37 and data[3] == 0xC4 and data[4] == 32:
+    mtype = peek_type(data)
+    if (mtype is not None and mtype < FIRST_LINK_TYPE and len(data) >= 37 and data[3] == 0xC4
+            and data[4] == 32):
         return data[5:37]
     return None
 

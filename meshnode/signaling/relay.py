@@ -6,6 +6,10 @@ address for it, and it may be behind a NAT anyway. So it sends its SDP offer as 
 neighbour, else to a few neighbours with the TTL decremented; the destination answers, and
 the answer walks back along the path the offer took (each hop remembered where the offer came
 from). Offers are deduplicated by nonce, so a flood of copies dies out.
+
+A route is remembered for the offer's (nonce, src, dst), and only an answer or error from that
+``dst`` to that ``src`` follows it: a peer that saw a nonce go by cannot redirect the answer
+by sending an offer of its own under the same nonce.
 """
 
 import random
@@ -43,8 +47,9 @@ class SignalRelay:
         self.rng = rng or random.Random()
         self.memory = memory
         self.route_ttl_s = route_ttl_s
-        # nonce -> (peer the offer came from, when); answers go back that way
-        self._routes: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        # (nonce, offer src, offer dst) -> (peer the offer came from, when); answers from
+        # dst to src with that nonce go back that way
+        self._routes: OrderedDict[tuple[bytes, str, str], tuple[str, float]] = OrderedDict()
         self._seen: OrderedDict[tuple[bytes, str, str], None] = OrderedDict()
         self.dropped = 0
 
@@ -63,7 +68,7 @@ class SignalRelay:
             self.dropped += 1
             return []
         if sig.kind == "offer":
-            self._routes[sig.nonce] = (from_peer, now)
+            self._routes[(sig.nonce, sig.src, sig.dst)] = (from_peer, now)
             if len(self._routes) > self.memory:
                 self._routes.popitem(last=False)
         if sig.dst == self.me:
@@ -75,7 +80,7 @@ class SignalRelay:
         if sig.dst in neighbours:
             return [Forward(sig.dst, nxt)]
         if sig.kind != "offer":
-            back = self._routes.get(sig.nonce)
+            back = self._routes.get((sig.nonce, sig.dst, sig.src))
             if back is not None and now - back[1] <= self.route_ttl_s and back[0] in neighbours:
                 return [Forward(back[0], nxt)]
             self.dropped += 1
@@ -90,7 +95,7 @@ class SignalRelay:
         if sig.dst in neighbours:
             return [Forward(sig.dst, sig)]
         if sig.kind != "offer":
-            back = self._routes.get(sig.nonce)
+            back = self._routes.get((sig.nonce, sig.dst, sig.src))
             if back is not None and back[0] in neighbours:
                 return [Forward(back[0], sig)]
             return []
@@ -99,6 +104,9 @@ class SignalRelay:
         return [Forward(p, sig) for p in others[:FANOUT]]
 
     def answer_route(self, nonce: bytes) -> str | None:
-        """The neighbour an offer with ``nonce`` came from (where its answer must go)."""
-        back = self._routes.get(nonce)
-        return back[0] if back is not None else None
+        """The neighbour an offer with ``nonce`` came from (where its answer must go); the
+        latest such offer if several used the nonce."""
+        for (n, _, _), (peer, _) in reversed(self._routes.items()):
+            if n == nonce:
+                return peer
+        return None
