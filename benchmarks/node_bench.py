@@ -174,17 +174,12 @@ async def presence_capacity(node_b: NodeProcess, observer: RoomClient, room: str
     delays: list[float] = []
     results = []
 
-    def on_update() -> None:
-        now = time.time()
-        for fields in observer.presence().values():
-            t = fields.get("t")
-            key = (fields.get("who"), t)
-            if isinstance(t, float) and key not in seen:
-                seen.add(key)
-                delays.append(now - t)
+    def on_presence(participant: str, fields: dict[str, Any] | None) -> None:
+        t = fields.get("t") if fields else None
+        if isinstance(t, float):
+            delays.append(time.time() - t)
 
-    seen: set[tuple[Any, Any]] = set()
-    observer.subscribe(on_update)
+    observer.on_presence(on_presence)
     best = 0
     try:
         for target in steps:

@@ -394,7 +394,8 @@ class Node(LinkOwner):
         for rid in est.rooms & set(self.rooms):
             runtime = self.rooms[rid].runtime
             if est.peer not in runtime.peers():
-                runtime.attach(est.peer)
+                # Our clients are served whatever the size of the room's partial view.
+                runtime.attach(est.peer, leaf=est.hello.kind == "client")
 
     def _redeem(self, peer: str, raw: bytes) -> None:
         try:

@@ -27,7 +27,13 @@ from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
-from meshnode.overlay.events import ChangeApplied, ConnectRequest, Event
+from meshnode.overlay.events import (
+    ChangeApplied,
+    ConnectRequest,
+    Event,
+    PresenceExpired,
+    PresenceUpdated,
+)
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.transport.ice import IceSettings, install_host_addresses
@@ -169,6 +175,12 @@ class RoomClient(LinkOwner):
         if isinstance(event, ChangeApplied):
             for cb in list(self._change_cbs):
                 cb(event.change_id, event.peer)
+        elif isinstance(event, PresenceUpdated):
+            for pcb in list(self._presence_cbs):
+                pcb(event.participant, event.fields)
+        elif isinstance(event, PresenceExpired):
+            for pcb in list(self._presence_cbs):
+                pcb(event.participant, None)
         elif isinstance(event, ConnectRequest):
             rt.overlay.connect_failed(event.peer, time.time())  # a client has one link
 
@@ -228,6 +240,11 @@ class RoomClient(LinkOwner):
     def presence(self) -> dict[str, dict[str, Any]]:
         """Who is present: PeerID -> their latest fields."""
         return self.runtime.presence()
+
+    def on_presence(self, callback: Callable[[str, dict[str, Any] | None], None]) -> None:
+        """Call ``callback(participant, fields)`` on every presence update received
+        (``fields`` None: the participant's presence expired)."""
+        self._presence_cbs.append(callback)
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after any change or presence update; returns unsubscribe."""

@@ -100,6 +100,10 @@ class RoomOverlay:
         self.me = identity.public_id
         self.room_id = replica.room_id
         self.connected: set[str] = set()
+        # Leaves: peers served outside the partial view (a node's own clients). They get
+        # every change and presence update, never count against active_view_size and are
+        # never offered to others as neighbours.
+        self.leaves: set[str] = set()
         self.stats = OverlayStats()
         self._out: list[tuple[str, str, bytes]] = []
         self._out_bytes: dict[str, int] = {}
@@ -145,8 +149,11 @@ class RoomOverlay:
         return t
 
     def active_peers(self) -> set[str]:
-        """The active view: the neighbours this node gossips with."""
+        """The active view: the neighbours this node gossips with (leaves not included)."""
         return set(self.view.active)
+
+    def _targets(self) -> set[str]:
+        return self.view.active | self.leaves if self.leaves else self.view.active
 
     def _emit(self, event: Event) -> None:
         if len(self._events) >= self.config.max_events:
@@ -212,8 +219,11 @@ class RoomOverlay:
                 self.view.add_passive(peer)
         self.view.next_repair = min(self.view.next_repair, now)
 
-    def connect(self, peer: str, now: float) -> None:
-        """A link to ``peer`` is up (both data channels open, identity checked)."""
+    def connect(self, peer: str, now: float, *, leaf: bool = False) -> None:
+        """A link to ``peer`` is up (both data channels open, identity checked).
+
+        ``leaf``: serve ``peer`` outside the partial view (a client of this node): it is
+        always accepted and gets everything, but is never a neighbour for the overlay."""
         if peer == self.me or peer in self.connected:
             return
         if self.scores.is_banned(peer, now):
@@ -221,6 +231,11 @@ class RoomOverlay:
             return
         self.connected.add(peer)
         self.scores.add(peer, now)
+        if leaf:
+            self.leaves.add(peer)
+            self._accepted(peer, now)
+            self._flush_changes()
+            return
         alone = not self.view.active
         if self.view.on_connect(peer, now):
             if alone:
@@ -239,7 +254,10 @@ class RoomOverlay:
     def disconnect(self, peer: str, now: float) -> None:
         """The link to ``peer`` is down."""
         self.connected.discard(peer)
-        self.view.on_disconnect(peer)
+        if peer in self.leaves:
+            self.leaves.discard(peer)
+        else:
+            self.view.on_disconnect(peer)
         self._forget(peer)
 
     def connect_failed(self, peer: str, now: float) -> None:
@@ -307,6 +325,9 @@ class RoomOverlay:
             self._on_heads(peer, msg, now)
         elif isinstance(msg, Presence):
             self._on_presence(peer, msg, now)
+        elif peer in self.leaves and isinstance(msg, ForwardJoin | Shuffle | ShuffleReply
+                                                   | Disconnect):
+            pass  # a leaf takes no part in membership
         elif isinstance(msg, ForwardJoin):
             if msg.peer == peer:
                 if self.view.on_join(peer, now, walk=msg.ttl > 0):
@@ -369,7 +390,7 @@ class RoomOverlay:
         if data is None or author is None:
             return
         self.stats.changes_applied += 1
-        self.tree.broadcast(cid, author, data, source, self.view.active, now)
+        self.tree.broadcast(cid, author, data, source, self._targets(), now)
         self._emit(ChangeApplied(cid, source, now))
 
     def _want_missing(self, peer: str, now: float) -> None:
@@ -435,7 +456,7 @@ class RoomOverlay:
         if self.presence.accept(msg, now):
             who = peer_id_from_public_key(msg.participant)
             self._emit(PresenceUpdated(who, msg.fields, now))
-            self.presence.enqueue(msg, lambda: self.view.active, peer, now)
+            self.presence.enqueue(msg, self._targets, peer, now)
 
     # ------------------------------------------------------------------ local input
 
@@ -470,7 +491,7 @@ class RoomOverlay:
         if not self.presence.accept(msg, now):
             return False
         self._presence_seq = seq
-        self.presence.enqueue(msg, lambda: self.view.active, None, now)
+        self.presence.enqueue(msg, self._targets, None, now)
         return True
 
     # ------------------------------------------------------------------ time
@@ -483,7 +504,7 @@ class RoomOverlay:
         self.view.tick(now)
         self.scores.expire_bans(now)
         active = self.view.active
-        self.tree.tick(now, self._known, active)
+        self.tree.tick(now, self._known, self._targets())
         for peer, msg in self.presence.flush(now):
             self._send(peer, msg)
         for gone in self.presence.expire(now):
@@ -505,6 +526,7 @@ class RoomOverlay:
         self._emit(PeerMisbehaved(peer, reason, score, now))
         if cut:
             self.connected.discard(peer)
+            self.leaves.discard(peer)
             self.view.forget(peer)
             self._forget(peer)
             self._emit(DisconnectRequest(peer, "misbehaving"))

@@ -75,9 +75,10 @@ class RoomRuntime:
 
     # ------------------------------------------------------------------ links
 
-    def attach(self, peer: str) -> None:
-        """A link to ``peer`` now carries this room."""
-        self.overlay.connect(peer, self._clock())
+    def attach(self, peer: str, *, leaf: bool = False) -> None:
+        """A link to ``peer`` now carries this room (``leaf``: a client of ours, served
+        outside the overlay's partial view)."""
+        self.overlay.connect(peer, self._clock(), leaf=leaf)
         self.pump()
 
     def detach(self, peer: str) -> None:

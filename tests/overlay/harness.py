@@ -285,6 +285,7 @@ class Network:
         self.nodes: list[SimNode] = []
         self.rooms: list[Room] = []
         self.links: dict[tuple[int, int], Link] = {}
+        self._leaves: set[tuple[int, int]] = set()  # (hub, leaf) pairs
         self.changes: dict[bytes, Origin] = {}
         self.disconnects: list[tuple[float, int, int, str]] = []
         self.dropped: dict[str, int] = {}
@@ -389,10 +390,12 @@ class Network:
         loss: float | tuple[float, float] = 0.0,
         jitter: float | tuple[float, float] = 0.0,
         reorder: float | tuple[float, float] = 0.0,
+        leaf: bool = False,
     ) -> Link:
         """Open a link between ``a`` and ``b`` and connect both overlays now. Options are
         numbers or per-direction pairs ``(a->b, b->a)``; ``reorder`` is the probability
-        that a presence frame is held back (up to two latencies)."""
+        that a presence frame is held back (up to two latencies). ``leaf``: ``a`` serves ``b``
+        as a leaf (a node and its client)."""
         if a == b:
             raise ValueError("a node cannot link to itself")
         if self._key(a, b) in self.links:
@@ -404,6 +407,8 @@ class Network:
             raise ValueError(f"nodes {a} and {b} are in different partition groups")
         lat = latency if latency is not None else self.default_latency
         params = {"latency": lat, "loss": loss, "jitter": jitter, "reorder": reorder}
+        if leaf:
+            self._leaves.add((a, b))
         return self._open(a, b, params, first=a)
 
     def _open(self, a: int, b: int, params: dict[str, Any], first: int) -> Link:
@@ -422,7 +427,8 @@ class Network:
         for i, j in ((first, second), (second, first)):
             node = self.nodes[i]
             if node.overlay is not None and link.open[i] and self.links.get((lo, hi)) is link:
-                node.overlay.connect(node_peer(self, j), self.now)
+                node.overlay.connect(node_peer(self, j), self.now,
+                                     leaf=(i, j) in self._leaves)
                 self._pump(node)
         return link
 

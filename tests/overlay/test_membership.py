@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from meshnode.overlay import ConnectRequest, OverlayConfig
+from meshnode.overlay import ConnectRequest, OverlayConfig, PresenceUpdated
 
 from .harness import Network, line_edges, random_connected_edges, ring_edges
 
@@ -235,3 +235,38 @@ def test_rewiring_keeps_a_healthy_overlay_connected_and_bounded() -> None:
         assert net.is_connected(active=True)
         assert all(len(active(net, i)) <= 4 for i in room.nodes)
     assert net.run_until(net.converged, timeout=30.0)
+
+
+def test_leaves_are_served_beyond_the_view_and_take_no_part_in_membership() -> None:
+    """A node's clients are leaves: ten of them on a hub whose view holds two neighbours all
+    get every change and every presence update, and none is walked into the overlay."""
+    config = OverlayConfig(active_view_size=2, repair_interval_s=0.5)
+    net = Network(seed=11, config=config, allow_new_links=True)
+    room = net.add_room(14)
+    hub, other, *clients = room.nodes
+    net.link(hub, other)
+    client_config = OverlayConfig(active_view_size=1)
+    for c in clients:
+        net.nodes[c].overlay.config = client_config  # type: ignore[union-attr]
+        net.link(hub, c, leaf=True)
+    net.run_for(5.0)
+    hub_overlay = net.nodes[hub].overlay
+    assert hub_overlay is not None
+    assert active(net, hub) == {other}
+    assert len(hub_overlay.leaves) == len(clients)
+    assert not any(isinstance(e, ConnectRequest) for e in net.nodes[other].events)
+    # A change from one client reaches every other client and the other node.
+    cid = net.edit_random(clients[0])
+    assert cid is not None
+    assert net.run_until(lambda: net.delivered(cid), timeout=10.0)
+    # Presence too.
+    assert net.presence(clients[1], {"position": [1.0, 0.0, 0.0]})
+    who = net.nodes[clients[1]].peer_id
+    assert net.run_until(lambda: all(
+        any(e.participant == who for e in net.nodes[c].events_of(PresenceUpdated))
+        for c in clients[2:] + [other]), timeout=10.0)
+    # A leaf that leaves is forgotten, not replaced.
+    net.crash(clients[0])
+    net.run_for(5.0)
+    assert len(hub_overlay.leaves) == len(clients) - 1
+    assert active(net, hub) == {other}
