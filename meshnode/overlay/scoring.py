@@ -41,6 +41,11 @@ class TokenBucket:
             return True
         return False
 
+    def wait_time(self, now: float, amount: float = 1.0) -> float:
+        """Seconds from ``now`` until ``amount`` tokens are saved up (0 if they are)."""
+        tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        return 0.0 if tokens >= amount else (amount - tokens) / self.rate
+
 
 @dataclass(slots=True)
 class PeerRecord:

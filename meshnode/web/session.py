@@ -71,12 +71,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from meshnode.crdt import EntityId, PermissionDenied, SceneReplica
+from meshnode.overlay.scoring import TokenBucket
 
 __all__ = [
     "BrowserSession",
     "RoomAccess",
     "SessionLimits",
-    "TokenBucket",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,41 +154,6 @@ class SessionLimits:
     max_presence_field_chars: int = 64
 
 
-class TokenBucket:
-    """A token bucket: ``rate`` tokens a second, at most ``burst`` saved up."""
-
-    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = burst
-        self._last = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-        self._last = now
-
-    def take(self) -> bool:
-        """Take one token if there is one."""
-        self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def wait_time(self) -> float:
-        """Seconds until a token is available (0 if one is)."""
-        self._refill()
-        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
-
-
 class _BadMessage(Exception):
     """A browser message that does not follow the protocol."""
 
@@ -221,8 +186,11 @@ class BrowserSession:
         self.name = session_name
         self.limits = limits = limits if limits is not None else SessionLimits()
         self._clock = clock
-        self._edit_bucket = TokenBucket(limits.edit_rate, limits.edit_burst, clock)
-        self._presence_bucket = TokenBucket(limits.presence_rate, limits.presence_burst, clock)
+        now = clock()
+        self._edit_bucket = TokenBucket(limits.edit_rate, limits.edit_burst, limits.edit_burst,
+                                        now)
+        self._presence_bucket = TokenBucket(limits.presence_rate, limits.presence_burst,
+                                            limits.presence_burst, now)
         self.counters: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -473,7 +441,7 @@ class BrowserSession:
         if self._edits_in_flight >= self.limits.max_edits_in_flight:
             self._refuse(req, "busy", "busy: too many edits waiting to be durable")
             return
-        if not self._edit_bucket.take():
+        if not self._edit_bucket.take(1.0, self._clock()):
             self._refuse(req, "edit_rate_limited",
                          f"rate limited: at most {self.limits.edit_rate:g} edits a second")
             return
@@ -510,7 +478,7 @@ class BrowserSession:
                     "bad_message",
                     f"presence field names are 1..{lim.max_presence_field_chars} characters",
                 )
-        if self._presence_bucket.take():
+        if self._presence_bucket.take(1.0, self._clock()):
             self._pending_presence = None
             self._set_presence(fields)
             return
@@ -521,7 +489,7 @@ class BrowserSession:
 
     def _schedule_presence(self) -> None:
         if self._presence_handle is None and self._loop is not None:
-            delay = max(self._presence_bucket.wait_time(), 0.001)
+            delay = max(self._presence_bucket.wait_time(self._clock()), 0.001)
             self._presence_handle = self._loop.call_later(delay, self._presence_due)
 
     def _presence_due(self) -> None:
@@ -529,7 +497,7 @@ class BrowserSession:
         fields = self._pending_presence
         if fields is None or self._closed:
             return
-        if not self._presence_bucket.take():
+        if not self._presence_bucket.take(1.0, self._clock()):
             self._schedule_presence()
             return
         self._pending_presence = None
