@@ -37,7 +37,7 @@ from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
 from meshnode.identity import Identity  # noqa: E402
 from meshnode.transport.ice import IceSettings, install_host_addresses  # noqa: E402
 from meshnode.transport.link import LinkSettings, LocalHello, PeerLink  # noqa: E402
-from tests.integration.nodeproc import NodeProcess  # noqa: E402
+from tests.integration.nodeproc import NodeProcess, start_host  # noqa: E402
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 
@@ -240,16 +240,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         try:
             room = a.default_room
             assert room is not None
-            token = a.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
-            b = NodeProcess(base / "b", config=quiet,
-                            args=["--no-default-room", "--bootstrap", a.url, "--join", token])
-            nodes.append(b.start())
-            c = NodeProcess(base / "c", config=quiet,
-                            args=["--no-default-room", "--bootstrap", b.url, "--join", token])
-            nodes.append(c.start())
-            for n in (b, c):
-                n.wait_for(lambda n=n: any(r["role"] == "admin" for r in n.get("/api/rooms")),
-                           "admission")
+            nodes.append(start_host(base / "b", a, room, bootstrap=a, config=quiet))
+            nodes.append(start_host(base / "c", a, room, bootstrap=nodes[1], config=quiet))
+            b, c = nodes[1], nodes[2]
             editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
             async with connect(a.url, room, Identity.generate(), ice=ICE) as writer, \
                     connect(c.url, room, Identity.generate(), ice=ICE,

@@ -2,7 +2,6 @@
 through three real ``meshnode up`` processes; a screenshot of the 3D view is saved."""
 
 import json
-from pathlib import Path
 
 from meshnode.client import connect
 from meshnode.crdt import ROOT
@@ -11,7 +10,7 @@ from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_line import ICE, line, until
 
 from .chromium import Chromium
-from .test_web_client import decode_png
+from .view import screenshot_view
 
 __all__ = ["line"]  # the fixture, imported so pytest finds it here
 
@@ -20,7 +19,6 @@ WAIT_FOR_ENTITY = """new Promise((resolve, reject) => {
     const poll = () => (ENTITY in window.meshnode.state())
       ? (clearTimeout(t), resolve(true)) : setTimeout(poll, 20);
     poll(); })"""
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 
 
 async def test_browser_at_a_and_python_client_at_c(
@@ -56,19 +54,7 @@ async def test_browser_at_a_and_python_client_at_c(
             assert browser_state[str(cube)] == at_c.state()[str(cube)]
             assert browser_state[made] == at_c.state()[made]
 
-            await page.evaluate("""new Promise((resolve, reject) => {
-                const t = setTimeout(() => reject(new Error("meshes: " +
-                  window.meshnode.view.status().meshes)), 10000);
-                const poll = () => window.meshnode.view.status().meshes >= 2
-                  ? (clearTimeout(t), resolve()) : setTimeout(poll, 20);
-                poll(); })""")
-            assert await page.evaluate("window.meshnode.view.nextFrame()") is True
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = await page.screenshot(ARTIFACTS / "node_a_room.png", selector="#view")
-            width, height, bpp, pixels = decode_png(shot)
-            assert width > 300 and height > 300
-            colours = {pixels[i:i + 3] for i in range(0, len(pixels), bpp * 7)}
-            assert len(colours) > 20, "the 3D view is (nearly) one colour"
+            await screenshot_view(page, "node_a_room.png", meshes=2)
             # Deleting from the browser removes it at C.
             await page.evaluate(f"window.meshnode.deleteEntity({made!r})")
             await until(lambda: made not in at_c.state(), "the delete at C")

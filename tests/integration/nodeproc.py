@@ -132,3 +132,21 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+def start_host(data_dir: Path, inviter: NodeProcess, room: str, bootstrap: NodeProcess,
+               config: str = LOOPBACK_CONFIG) -> NodeProcess:
+    """Start a node that hosts ``room`` with an admin invite from ``inviter``, bootstrapped to
+    ``bootstrap``, and wait until it has been admitted as an admin."""
+    token = inviter.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
+    node = NodeProcess(data_dir, config=config,
+                       args=["--no-default-room", "--bootstrap", bootstrap.url, "--join", token])
+    node.start()
+    try:
+        node.wait_for(lambda: any(r["id"] == room and r["role"] == "admin"
+                                  for r in node.get("/api/rooms")),
+                      f"{data_dir.name} admitted as admin")
+    except BaseException:
+        node.kill()
+        raise
+    return node

@@ -8,7 +8,7 @@ from pathlib import Path
 from meshnode.client import connect
 from meshnode.crdt import ROOT, EntityId
 from meshnode.identity import Identity
-from tests.integration.nodeproc import NodeProcess
+from tests.integration.nodeproc import NodeProcess, start_host
 from tests.integration.test_line import ICE, until
 
 
@@ -18,11 +18,7 @@ async def test_kill_9_loses_no_acknowledged_edit(tmp_path: Path) -> None:
     try:
         room = a.default_room
         assert room is not None
-        token = a.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
-        b = NodeProcess(tmp_path / "b", args=["--no-default-room", "--bootstrap", a.url,
-                                              "--join", token]).start()
-        b.wait_for(lambda: any(r["role"] == "admin" for r in b.get("/api/rooms")),
-                   "B admitted")
+        b = start_host(tmp_path / "b", a, room, bootstrap=a)
         editor = Identity.generate()
         acked: list[EntityId] = []
         port = a.url.rsplit(":", 1)[1]

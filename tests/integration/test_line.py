@@ -15,7 +15,7 @@ from meshnode.client import connect
 from meshnode.crdt import ROOT
 from meshnode.identity import Identity
 from meshnode.transport.ice import IceSettings
-from tests.integration.nodeproc import NodeProcess
+from tests.integration.nodeproc import NodeProcess, start_host
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 
@@ -36,17 +36,9 @@ def line(tmp_path: Path) -> Iterator[tuple[NodeProcess, NodeProcess, NodeProcess
     try:
         room = a.default_room
         assert room is not None
-        token = a.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
-        b = NodeProcess(tmp_path / "b", args=["--no-default-room", "--bootstrap", a.url,
-                                              "--join", token]).start()
-        nodes.append(b)
-        c = NodeProcess(tmp_path / "c", args=["--no-default-room", "--bootstrap", b.url,
-                                              "--join", token]).start()
-        nodes.append(c)
-        for node in (b, c):
-            node.wait_for(lambda n=node: any(r["id"] == room and r["role"] == "admin"
-                                             for r in n.get("/api/rooms")),
-                          f"{node.data_dir.name} admitted as admin")
+        nodes.append(start_host(tmp_path / "b", a, room, bootstrap=a))
+        nodes.append(start_host(tmp_path / "c", a, room, bootstrap=nodes[1]))
+        b, c = nodes[1], nodes[2]
         yield a, b, c, room
     finally:
         for node in nodes:

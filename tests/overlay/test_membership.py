@@ -264,7 +264,7 @@ def test_leaves_are_served_beyond_the_view_and_take_no_part_in_membership() -> N
     who = net.nodes[clients[1]].peer_id
     assert net.run_until(lambda: all(
         any(e.participant == who for e in net.nodes[c].events_of(PresenceUpdated))
-        for c in clients[2:] + [other]), timeout=10.0)
+        for c in [*clients[2:], other]), timeout=10.0)
     # A leaf that leaves is forgotten, not replaced.
     net.crash(clients[0])
     net.run_for(5.0)
