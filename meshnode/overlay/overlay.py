@@ -81,6 +81,7 @@ class OverlayStats:
     frames_dropped_outbox: int = 0
     frames_dropped_rate: int = 0
     events_dropped: int = 0
+    presence_from_strangers: int = 0
 
 
 class RoomOverlay:
@@ -447,7 +448,9 @@ class RoomOverlay:
         if seen is not None and msg.seq <= seen.msg.seq:
             return  # a copy over another path, or stale: normal on a mesh
         if self.replica.role_of(msg.participant) == "none":
-            self._penalize(peer, "bad_presence", now)
+            # Not (yet) a member here: the grant of someone just admitted may still be on
+            # its way, so the relay is not at fault. Drop it; the next update will pass.
+            self.stats.presence_from_strangers += 1
             return
         payload = presence_payload(self.room_id, msg.body)
         if not verify_signature(msg.participant, msg.signature, payload):
