@@ -33,6 +33,12 @@ class NodeMetrics:
         self.changes_local = Counter("meshnode_changes_local",
                                      "Changes made on this node (browser edits, grants)",
                                      registry=r)
+        self.changes_out = Gauge("meshnode_changes_out",
+                                 "Change copies sent to peers (pushed or answering requests)",
+                                 registry=r)
+        self.overlay_bytes_out = Gauge("meshnode_overlay_bytes_out",
+                                       "Bytes of room frames sent, by message kind",
+                                       ["kind"], registry=r)
         self.changes_stored = Counter("meshnode_changes_stored",
                                       "Changes written durably to the store", registry=r)
         self.frames_out = Counter("meshnode_frames_out", "Messages sent on links, by channel",

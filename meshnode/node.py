@@ -307,6 +307,10 @@ class Node(LinkOwner):
                 self.metrics.changes_local.inc()
             else:
                 self.metrics.changes_in.inc()
+                made = runtime.replica.change_time(event.change_id)
+                if made is not None:
+                    # Author's clock to ours: includes any clock skew between the two.
+                    self.metrics.change_latency.observe(max(0.0, time.time() - made))
             hosted.stored_since_snapshot += 1
             started = time.perf_counter()
             waiter = runtime.durable(event.change_id)
@@ -498,6 +502,14 @@ class Node(LinkOwner):
             self.metrics.browsers.set(browsers.count)
             for kind, n in browsers.counters().items():
                 self.metrics.browser_events.labels(kind).set(n)
+        totals: dict[str, int] = {}
+        for hosted in self.rooms.values():
+            for kind, n in hosted.runtime.overlay.stats.bytes_out_by_kind.items():
+                totals[kind] = totals.get(kind, 0) + n
+        for kind, n in totals.items():
+            self.metrics.overlay_bytes_out.labels(kind).set(n)
+        self.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
+                                         for h in self.rooms.values()))
         for rid, hosted in self.rooms.items():
             label = rid.hex()[:16]
             self.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from meshnode.crdt.clock import HybridClock, hlc_from_seconds
+from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
 from meshnode.crdt.editing import EditBatch, Fields, LocalEdits
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
@@ -179,6 +179,12 @@ class SceneReplica(LocalEdits):
         """The author's public key of an applied change (None if unknown)."""
         meta = self._graph.meta.get(change_id)
         return None if meta is None else meta.author
+
+    def change_time(self, change_id: bytes) -> float | None:
+        """When an applied change was made, by its author's clock (seconds; None if
+        unknown): the physical part of its hybrid logical clock stamp."""
+        meta = self._graph.meta.get(change_id)
+        return None if meta is None else hlc_millis(meta.hlc) / 1000.0
 
     def is_buffered(self, change_id: bytes) -> bool:
         """True if the change is verified and waiting for its deps."""

@@ -82,6 +82,7 @@ class OverlayStats:
     frames_dropped_rate: int = 0
     events_dropped: int = 0
     presence_from_strangers: int = 0
+    changes_out: int = 0
 
 
 class RoomOverlay:
@@ -205,6 +206,7 @@ class RoomOverlay:
     def _send_changes(self, peer: str, batch: list[bytes], push: bool,
                       encoded: dict[tuple[tuple[bytes, ...], bool], bytes]) -> None:
         kind = "Changes.push" if push else "Changes.pull"
+        self.stats.changes_out += len(batch)
         key = (tuple(batch), push)
         frame = encoded.get(key)
         if frame is None:

@@ -80,6 +80,10 @@ async def test_edit_at_a_reaches_c_with_presence_and_metrics(
     assert mc["meshnode_presence_updates_total"] >= 1
     assert ma['meshnode_peers{kind="node"}'] >= 1
     assert any(k.startswith("meshnode_bytes_out_total") and v > 0 for k, v in ma.items())
+    assert ma["meshnode_changes_out"] >= 2
+    assert mc["meshnode_change_age_seconds_count"] >= 2  # a latency histogram
+    assert ma["meshnode_store_commit_seconds_count"] >= 2
+    assert mc['meshnode_room_participants{room="' + room[:16] + '"}'] >= 0
     status = c.get("/api/status")
     assert status["peer_id"] == c.peer_id
     assert a.get("/healthz")["ok"] is True
