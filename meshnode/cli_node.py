@@ -10,12 +10,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meshnode.config import DEFAULT_PORT, ConfigError, NodeConfig, load_config, parse_listen
+from meshnode.config import (
+    DEFAULT_PORT,
+    ConfigError,
+    NodeConfig,
+    config_from_mapping,
+    load_config,
+    parse_listen,
+)
 
 DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def _up(args: argparse.Namespace) -> int:
+    from meshnode.identity import IdentityFileError
     from meshnode.logs import setup_logging
     from meshnode.node import Node
     from meshnode.store import StoreError
@@ -31,11 +39,13 @@ def _up(args: argparse.Namespace) -> int:
         if args.bootstrap:
             cfg = replace(cfg, bootstrap=tuple(args.bootstrap))
         if args.public_url is not None:
-            cfg = replace(cfg, public_url=args.public_url)
+            cfg = config_from_mapping({"node": {"public_url": args.public_url}}, cfg)
         if args.no_default_room:
             cfg = replace(cfg, default_room=False)
         if args.log_format is not None:
             cfg = replace(cfg, log_format=args.log_format)
+        if args.log_level is not None:
+            cfg = replace(cfg, log_level=args.log_level)
     except ConfigError as err:
         print(f"meshnode up: {err}", file=sys.stderr)
         return 2
@@ -47,7 +57,7 @@ def _up(args: argparse.Namespace) -> int:
         node.handle_signals()
         try:
             await node.start()
-        except (StoreError, OSError) as err:
+        except (StoreError, IdentityFileError, OSError) as err:
             print(f"meshnode up: {err}", file=sys.stderr)
             await node.stop()
             return 1
@@ -56,9 +66,9 @@ def _up(args: argparse.Namespace) -> int:
                 node.join_room(token)
             except ValueError as err:
                 print(f"meshnode up: --join: {err}", file=sys.stderr)
-        room = node.default_room_id().hex() if node.rooms else None
+        room = node.default_room_hex()
         print(f"meshnode {node.peer_id} is up.", flush=True)
-        if room is not None:
+        if room:
             print(f"Open {node.url}/?room={room} in a browser to enter the room.", flush=True)
         print(f"Metrics: {node.url}/metrics   Stop: Ctrl+C", flush=True)
         await node.run_until_signalled()
@@ -143,6 +153,7 @@ def add_node_commands(sub: Any) -> None:
     up.add_argument("--no-default-room", action="store_true",
                     help="do not create a default room on first start")
     up.add_argument("--log-format", choices=("text", "json"))
+    up.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     up.set_defaults(handler=_up)
 
     def with_node(p: argparse.ArgumentParser) -> None:
@@ -154,7 +165,8 @@ def add_node_commands(sub: Any) -> None:
     create = rsub.add_parser("create", help="found a new room owned by the node")
     create.add_argument("name")
     create.add_argument("--admit", choices=("open", "invite"),
-                        help="open: any client that connects becomes an editor")
+                        help="open: any client that connects is admitted (as the node's "
+                             "rooms.admit_role, editor by default)")
     with_node(create)
     lst = rsub.add_parser("list", help="list the node's rooms")
     with_node(lst)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from meshnode.transport.ice import IceServer, IceSettings
+from protocol.link import MAX_URL_CHARS
 
 DEFAULT_PORT = 8470
 ADMIT_POLICIES = ("open", "invite")
@@ -147,6 +148,9 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         url = _want(node["public_url"], str, "node.public_url")
         if url and not url.startswith(("http://", "https://")):
             raise ConfigError("node.public_url must start with http:// or https://")
+        if len(url) > MAX_URL_CHARS:
+            raise ConfigError(f"node.public_url is longer than {MAX_URL_CHARS} characters "
+                              "(it travels in every hello)")
         changes["public_url"] = url
     if "bootstrap" in net:
         boot = _want(net["bootstrap"], list, "network.bootstrap")

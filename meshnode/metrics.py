@@ -36,6 +36,11 @@ class NodeMetrics:
         self.changes_out = Gauge("meshnode_changes_out",
                                  "Change copies sent to peers (pushed or answering requests)",
                                  registry=r)
+        self.changes_rejected = Gauge(
+            "meshnode_changes_rejected",
+            "Changes refused by the scene rules since start, by reason (future_timestamp: the "
+            "author's clock is ahead of ours by more than the allowed skew)",
+            ["reason"], registry=r)
         self.overlay_bytes_out = Gauge("meshnode_overlay_bytes_out",
                                        "Bytes of room frames sent, by message kind",
                                        ["kind"], registry=r)

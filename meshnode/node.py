@@ -38,7 +38,7 @@ from meshnode.overlay.events import (
     PresenceUpdated,
 )
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
-from meshnode.runtime.links import Established, LinkManager, LinkOwner, LinkRefused
+from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.store import ChangeStore, DurableLog, RoomRecord
 from meshnode.transport.ice import install_host_addresses
@@ -50,6 +50,7 @@ from protocol.link import MAX_ROOMS_PER_LINK, Ack, Rooms
 log = logging.getLogger("meshnode.node")
 
 BOOTSTRAP_RETRY_S = 5.0
+JOIN_GRACE_S = 10.0
 
 
 @dataclass(slots=True)
@@ -240,13 +241,21 @@ class Node(LinkOwner):
             record = next(r for r in self.store.rooms() if r.room_id == invite.room_id)
             self._host(record)
             self._rooms_changed()
-        if not self.config.bootstrap and self.links is not None and not self.links.links:
-            # Nowhere else to go: link to the inviter. With bootstrap nodes, the room's
-            # overlay finds the inviter through them (relayed signaling).
-            for url in invite.urls:
-                if url != self.url:
-                    self._spawn(self._dial_once(url), f"join-dial {url}")
+        self._spawn(self._reach_inviter(invite), f"join {invite.room_id.hex()[:12]}")
         return invite.room_id
+
+    async def _reach_inviter(self, invite: Invite) -> None:
+        """Link to the inviter's node unless the room finds peers another way first (through
+        bootstrap nodes that host it, the overlay then reaches the inviter by relayed
+        signaling, which also works behind NATs)."""
+        if self.config.bootstrap:
+            await asyncio.sleep(JOIN_GRACE_S)
+        hosted = self.rooms.get(invite.room_id)
+        if hosted is None or hosted.runtime.peers():
+            return
+        for url in invite.urls:
+            if url != self.url:
+                await self._dial_once(url)
 
     def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400) -> str:
         """An invite token for ``room_id`` signed by this node."""
@@ -256,12 +265,17 @@ class Node(LinkOwner):
                           self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url])
         return inv.token()
 
-    def default_room_id(self) -> bytes:
-        """The default room (or the first room)."""
+    def default_room_id(self) -> bytes | None:
+        """The default room (or the first room; None if the node hosts none)."""
         for rid, hosted in self.rooms.items():
             if hosted.settings.get("default"):
                 return rid
-        return next(iter(self.rooms))
+        return next(iter(self.rooms), None)
+
+    def default_room_hex(self) -> str:
+        """The default room's ID in hex ("" if none), for the web client."""
+        rid = self.default_room_id()
+        return rid.hex() if rid is not None else ""
 
     def room(self, hex_id: str) -> RoomRuntime | None:
         """A room's runtime by hex ID (for the web client)."""
@@ -413,9 +427,13 @@ class Node(LinkOwner):
         if problem is None and hosted is None:
             problem = "unknown_room"
         if problem is None and hosted is not None:
-            issuer_role = hosted.runtime.replica.role_of(invite.issuer)
-            if issuer_role not in ("owner", "admin"):
-                problem = "issuer_not_admin"
+            # The invite carries its issuer's authority, no more: an admin's invite cannot
+            # make an admin, whoever redeems it.
+            replica = hosted.runtime.replica
+            issuer_role = ROLE_BY_NAME[replica.role_of(invite.issuer)]
+            current = ROLE_BY_NAME[replica.role_of(peer)]
+            if not may_set_role(issuer_role, current, ROLE_BY_NAME[invite.role]):
+                problem = "issuer_may_not_grant"
         if problem is not None or hosted is None:
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
@@ -474,8 +492,8 @@ class Node(LinkOwner):
         assert self.links is not None
         try:
             await self.links.dial_url(url)
-        except LinkRefused as err:
-            log.info("could not link to %s: %s", url, err)
+        except Exception as err:  # LinkRefused, LinkClosed, HelloRejected, ...
+            log.info("could not link to %s: %s", url, _describe(err))
 
     async def _keep_bootstrapped(self, url: str) -> None:
         """Stay linked to a bootstrap node: redial while we have no link to it."""
@@ -486,9 +504,9 @@ class Node(LinkOwner):
                 try:
                     est = await self.links.dial_url(url)
                     peer = est.peer
-                except LinkRefused as err:
-                    if err.reason != "duplicate":
-                        log.info("bootstrap %s: %s (retrying)", url, err)
+                except Exception as err:  # whatever went wrong, keep trying
+                    if getattr(err, "reason", None) != "duplicate":
+                        log.info("bootstrap %s: %s (retrying)", url, _describe(err))
             await asyncio.sleep(BOOTSTRAP_RETRY_S)
 
     # ------------------------------------------------------------------ status
@@ -508,6 +526,12 @@ class Node(LinkOwner):
                 totals[kind] = totals.get(kind, 0) + n
         for kind, n in totals.items():
             self.metrics.overlay_bytes_out.labels(kind).set(n)
+        rejected: dict[str, int] = {}
+        for hosted in self.rooms.values():
+            for reason, n in hosted.runtime.replica.rejections.items():
+                rejected[reason] = rejected.get(reason, 0) + n
+        for reason, n in rejected.items():
+            self.metrics.changes_rejected.labels(reason).set(n)
         self.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
                                          for h in self.rooms.values()))
         for rid, hosted in self.rooms.items():
@@ -563,3 +587,10 @@ class Node(LinkOwner):
 def genesis_matches(room_id: bytes, genesis: bytes) -> bool:
     """Whether ``genesis`` is the genesis change of ``room_id``."""
     return change_id(genesis) == room_id
+
+
+def _describe(err: BaseException) -> str:
+    """An error for a log line: its reason label and message, or at least its type."""
+    text = str(err) or type(err).__name__
+    reason = getattr(err, "reason", None)
+    return text if reason is None or text.startswith(str(reason)) else f"{reason}: {text}"

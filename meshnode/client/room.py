@@ -96,7 +96,13 @@ class RoomClient(LinkOwner):
             install_host_addresses(self._ice.host_addresses)
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
                                   NodeMetrics(), max_links=1)
-        est = await asyncio.wait_for(self._links.dial_url(self.url), self._timeout)
+        try:
+            est = await asyncio.wait_for(self._links.dial_url(self.url), self._timeout)
+        except TimeoutError:
+            raise ClientError(f"no link to {self.url} within {self._timeout:g} s") from None
+        except Exception as err:  # LinkRefused, LinkClosed, HelloRejected
+            reason = getattr(err, "reason", type(err).__name__)
+            raise ClientError(f"could not link to {self.url}: {reason}: {err}") from err
         self.node_peer_id = est.peer
         target = {bytes.fromhex(k): int(v) for k, v in heads.get("vv", {}).items()}
         await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
@@ -153,7 +159,10 @@ class RoomClient(LinkOwner):
         self._connected.clear()
         if self._runtime is not None:
             self._runtime.detach(est.peer)
-        log.warning("link to node %s closed: %s", est.peer, reason)
+        if reason == "shutdown":
+            log.info("link to node %s closed", est.peer)
+        else:
+            log.warning("link to node %s closed: %s", est.peer, reason)
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """A room frame from the node."""
@@ -172,16 +181,20 @@ class RoomClient(LinkOwner):
         rt = self._runtime
         if rt is None:
             return
-        if isinstance(event, ChangeApplied):
-            for cb in list(self._change_cbs):
-                cb(event.change_id, event.peer)
-        elif isinstance(event, PresenceUpdated):
-            for pcb in list(self._presence_cbs):
-                pcb(event.participant, event.fields)
-        elif isinstance(event, PresenceExpired):
-            for pcb in list(self._presence_cbs):
-                pcb(event.participant, None)
-        elif isinstance(event, ConnectRequest):
+        # A callback's bug must not stop the room: log it and go on.
+        try:
+            if isinstance(event, ChangeApplied):
+                for cb in list(self._change_cbs):
+                    cb(event.change_id, event.peer)
+            elif isinstance(event, PresenceUpdated):
+                for pcb in list(self._presence_cbs):
+                    pcb(event.participant, event.fields)
+            elif isinstance(event, PresenceExpired):
+                for pcb in list(self._presence_cbs):
+                    pcb(event.participant, None)
+        except Exception:
+            log.exception("a room callback failed")
+        if isinstance(event, ConnectRequest):
             rt.overlay.connect_failed(event.peer, time.time())  # a client has one link
 
     # ------------------------------------------------------------------ the room
@@ -226,7 +239,8 @@ class RoomClient(LinkOwner):
     async def flush(self, timeout_s: float | None = None) -> bytes | None:
         """Sign the edits made since the last flush as one change, send it, and return its
         ID once the node has stored it durably (None if there was nothing to send).
-        Raises ``TimeoutError`` if the node does not acknowledge in time."""
+        Raises ``TimeoutError`` if the node does not acknowledge in time (the change may
+        still arrive: it is signed and sent; the next ``flush`` does not resend it)."""
         return await asyncio.wait_for(self.runtime.publish(), timeout_s or self._timeout)
 
     def on_change(self, callback: ChangeCallback) -> None:

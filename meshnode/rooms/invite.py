@@ -16,13 +16,15 @@ import base58
 from protocol.change import change_id
 from protocol.errors import DecodeError, FrameTooLarge, SchemaError
 from protocol.limits import DEFAULT_LIMITS
+from protocol.link import MAX_INVITE_BYTES as LINK_MAX_INVITE_BYTES
 from protocol.msgpack_io import pack, unpack
 
 PREFIX = "mninv1"
 INVITE_DOMAIN = b"meshnode/invite/v1\x00"
 GRANTABLE = ("viewer", "editor", "admin")
-MAX_URLS = 8
-MAX_INVITE_BYTES = 4_096
+MAX_URLS = 4  # with 256 characters each, an invite still fits in a hello
+# An invite must fit in a hello, which carries invites of at most this size.
+MAX_INVITE_BYTES = LINK_MAX_INVITE_BYTES
 # base58 of MAX_INVITE_BYTES bytes is at most this long (decoding is quadratic in the length,
 # so longer text is refused before it is decoded).
 MAX_TOKEN_CHARS = len(PREFIX) + math.ceil(MAX_INVITE_BYTES * math.log(256) / math.log(58)) + 1

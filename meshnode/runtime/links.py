@@ -213,7 +213,7 @@ class LinkManager:
             await self._establish(link, offered_by_us=False, started=started)
         except Exception as err:
             reason = getattr(err, "reason", type(err).__name__)
-            log.info("incoming link failed: %s", err)
+            log.info("incoming link failed: %s", str(err) or reason)
             self.metrics.links_closed.labels(str(reason)).inc()
             await link.close(str(reason))
         finally:
@@ -287,7 +287,7 @@ class LinkManager:
                 self._establish(link, offered_by_us=True, started=started), timeout_s)
         except Exception as err:
             reason = getattr(err, "reason", type(err).__name__)
-            log.info("relayed dial to %s failed: %s", peer, err)
+            log.info("relayed dial to %s failed: %s", peer, str(err) or reason)
             self.metrics.links_closed.labels(str(reason)).inc()
             if link is not None:
                 await link.close(str(reason))

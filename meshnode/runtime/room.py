@@ -25,6 +25,7 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
 )
+from protocol.change import change_id
 
 T = TypeVar("T")
 
@@ -72,6 +73,7 @@ class RoomRuntime:
         self._presence: dict[str, dict[str, Any]] = {}
         self._closed = False
         self._pumping = False
+        self.store_failures = 0
 
     # ------------------------------------------------------------------ links
 
@@ -149,9 +151,13 @@ class RoomRuntime:
         data = self.replica.commit(self._clock())
         if data is None:
             return None
-        res = self.overlay.submit_change(data, self._clock())
-        cid = res.change_id
-        assert cid is not None
+        cid = change_id(data)
+        if self._persist is not None:
+            # Our own change is stored before anyone sees it: after a crash, the replica
+            # rebuilt from the store must know every seq we ever signed, or our next edit
+            # would reuse one (an equivocation, for which peers cut us off).
+            await asyncio.shield(self._persist(self.room_id, cid, data))
+        self.overlay.submit_change(data, self._clock())
         waiter = self.durable(cid)
         self.pump()
         # Shielded: a caller that stops waiting (a browser that left) must not cancel the
@@ -218,8 +224,15 @@ class RoomRuntime:
             if self._persist is not None:
                 data = self.replica.change_bytes(event.change_id)
                 if data is not None:
-                    fut = self._persist(self.room_id, event.change_id, data)
-                    fut.add_done_callback(functools.partial(self._stored, event.change_id))
+                    try:
+                        fut = self._persist(self.room_id, event.change_id, data)
+                    except Exception as err:  # StoreBusy, StoreClosed: not durable here
+                        log.error("could not queue change %s for the store: %s",
+                                  event.change_id.hex()[:12], err)
+                        self.store_failures += 1
+                    else:
+                        fut.add_done_callback(
+                            functools.partial(self._stored, event.change_id))
         elif isinstance(event, PresenceUpdated):
             self._presence[event.participant] = dict(event.fields)
             notify = True

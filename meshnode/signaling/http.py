@@ -39,12 +39,17 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _is_loopback(request: web.Request) -> bool:
-    remote = request.remote or ""
+def _address_is_loopback(remote: str) -> bool:
     try:
         return ipaddress.ip_address(remote.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback(request: web.Request) -> bool:
+    # A reverse proxy on this machine makes every request look local: operators who put
+    # one in front must not forward /api/ (docs/operators.md says how).
+    return _address_is_loopback(request.remote or "")
 
 
 def admin_only(handler: Handler) -> Handler:
@@ -199,6 +204,12 @@ def build_app(node: "Node") -> web.Application:
 def _add_web_client(app: web.Application, node: "Node") -> None:
     from meshnode.web.routes import add_web_routes
 
+    def may_edit(room_hex: str, remote: str) -> bool:
+        # A browser on this machine is the operator's; others may edit open rooms only.
+        hosted = node.rooms.get(bytes.fromhex(room_hex))
+        return hosted is not None and (hosted.settings.get("admit") == "open"
+                                       or _address_is_loopback(remote))
+
     add_web_routes(app, rooms=node.room,  # type: ignore[arg-type]  # set_presence -> bool
-                   default_room=lambda: node.default_room_id().hex(),
-                   ice=node.config.ice, max_browsers=node.config.max_browsers)
+                   default_room=node.default_room_hex, ice=node.config.ice,
+                   max_browsers=node.config.max_browsers, may_edit=may_edit)

@@ -15,7 +15,7 @@ from meshnode.web.browser_link import (
     answer_browser_offer,
 )
 from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
-from meshnode.web.session import BrowserSession, RoomAccess, SessionLimits
+from meshnode.web.session import BrowserSession, ReadOnlyRoom, RoomAccess, SessionLimits
 
 __all__ = [
     "BROWSER_LINKS",
@@ -24,6 +24,7 @@ __all__ = [
     "BrowserLinks",
     "BrowserSession",
     "InvalidOffer",
+    "ReadOnlyRoom",
     "RoomAccess",
     "SessionLimits",
     "TooManyBrowsers",

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
-from meshnode.web.session import RoomAccess
+from meshnode.web.session import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
 
@@ -49,13 +49,15 @@ def add_web_routes(
     default_room: Callable[[], str],
     ice: IceSettings,
     max_browsers: int = 64,
+    may_edit: Callable[[str, str], bool] | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
     ``rooms(hex)`` returns the room with that ID (lower-case hex) or None; ``default_room()``
-    the hex ID of the room a page without ``?room=`` joins ("" if none). At most
-    ``max_browsers`` browsers are connected at once; the connections are closed when the app
-    shuts down.
+    the hex ID of the room a page without ``?room=`` joins ("" if none). ``may_edit(hex,
+    remote address)`` says whether a browser may edit that room (default: yes); a browser
+    that may not gets the room read-only. At most ``max_browsers`` browsers are connected at
+    once; the connections are closed when the app shuts down.
     """
     links = BrowserLinks(ice, max_connections=max_browsers)
     app[BROWSER_LINKS] = links
@@ -105,6 +107,8 @@ def add_web_routes(
         room = rooms(room_hex.lower())
         if room is None:
             return _error(404, f"this node does not host room {room_hex}")
+        if may_edit is not None and not may_edit(room_hex.lower(), request.remote or ""):
+            room = ReadOnlyRoom(room)
         try:
             answer = await links.answer(sdp, room)
         except TooManyBrowsers as err:

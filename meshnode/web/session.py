@@ -75,6 +75,7 @@ from meshnode.overlay.scoring import TokenBucket
 
 __all__ = [
     "BrowserSession",
+    "ReadOnlyRoom",
     "RoomAccess",
     "SessionLimits",
 ]
@@ -152,6 +153,49 @@ class SessionLimits:
     presence_burst: float = 20.0
     max_presence_fields: int = 32
     max_presence_field_chars: int = 64
+
+
+class ReadOnlyRoom:
+    """A room as a browser that may not edit it sees it: every edit is refused."""
+
+    def __init__(self, room: RoomAccess) -> None:
+        self._room = room
+
+    @property
+    def room_id(self) -> bytes:
+        """The room's ID."""
+        return self._room.room_id
+
+    @property
+    def room_name(self) -> str:
+        """The room's name."""
+        return self._room.room_name
+
+    @property
+    def me(self) -> str:
+        """The PeerID that signs this room's edits on this node."""
+        return self._room.me
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """The scene, as the room gives it."""
+        return self._room.state()
+
+    def presence(self) -> dict[str, dict[str, Any]]:
+        """Presence, as the room gives it."""
+        return self._room.presence()
+
+    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
+        """Always refused."""
+        raise PermissionDenied("this room admits members by invite: from this address the "
+                               "web client is read-only")
+
+    def set_presence(self, fields: dict[str, Any]) -> None:
+        """Presence still flows (it says who is watching)."""
+        self._room.set_presence(fields)
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Subscribe to the room's changes."""
+        return self._room.subscribe(callback)
 
 
 class _BadMessage(Exception):

@@ -825,3 +825,42 @@ async def test_the_page_edits_and_follows_the_room_in_chromium(
     finally:
         print(page.console_text())
         await page.close()
+
+
+async def test_read_only_room_refuses_edits_and_passes_the_rest() -> None:
+    from meshnode.crdt import PermissionDenied
+    from meshnode.web import ReadOnlyRoom
+
+    replica = SceneReplica.create(Identity.generate(), 0.0)
+
+    class Room:
+        room_id = replica.room_id
+        room_name = "r"
+        me = "me"
+
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        def state(self) -> dict[str, dict[str, Any]]:
+            return replica.state()
+
+        def presence(self) -> dict[str, dict[str, Any]]:
+            return {}
+
+        async def edit(self, fn: Callable[[SceneReplica], Any]) -> Any:
+            return fn(replica)
+
+        def set_presence(self, fields: dict[str, Any]) -> None:
+            self.seen.append(fields)
+
+        def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+            return lambda: None
+
+    room = Room()
+    ro = ReadOnlyRoom(room)
+    with pytest.raises(PermissionDenied):
+        await ro.edit(lambda r: r.create_entity(ROOT))
+    assert replica.entities() == []
+    assert ro.state() == replica.state() and ro.room_id == replica.room_id
+    ro.set_presence({"name": "watcher"})
+    assert room.seen == [{"name": "watcher"}]

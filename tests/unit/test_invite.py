@@ -242,10 +242,10 @@ def test_truncated_token() -> None:
 def test_largest_invite_still_parses() -> None:
     size = len(_invite(genesis=b"").raw())
     genesis = b"g" * 10
-    while len(_invite(genesis=genesis).raw()) < 4_096:
+    while len(_invite(genesis=genesis).raw()) < MAX_INVITE_BYTES:
         genesis += b"g"
     inv = _invite(genesis=genesis)
-    assert len(inv.raw()) == 4_096 > size
+    assert len(inv.raw()) == MAX_INVITE_BYTES > size
     assert parse_invite(inv.token()) == inv
     with pytest.raises(ValueError, match="cannot make this invite"):
         _invite(genesis=genesis + b"g")

@@ -512,6 +512,14 @@ function schedulePresence() {
   }, wait);
 }
 
+// Presence expires on other nodes after 10 s of silence: repeat it while the page is open.
+const PRESENCE_KEEPALIVE_MS = 4000;
+setInterval(() => {
+  if (welcomed && performance.now() - lastPresenceAt >= PRESENCE_KEEPALIVE_MS) {
+    schedulePresence();
+  }
+}, PRESENCE_KEEPALIVE_MS / 2);
+
 function initName() {
   const input = $("my-name");
   try {

@@ -1,0 +1,40 @@
+"""Admission across real nodes: an invite carries its issuer's authority and no more."""
+
+from pathlib import Path
+
+import pytest
+
+from meshnode.client import ClientError, connect
+from meshnode.crdt import PermissionDenied
+from meshnode.identity import Identity
+from tests.integration.nodeproc import NodeProcess, start_host
+from tests.integration.test_line import ICE
+
+
+async def test_an_admins_invite_cannot_make_an_admin(tmp_path: Path) -> None:
+    a = NodeProcess(tmp_path / "a").start()
+    b = None
+    try:
+        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite"})["id"]
+        b = start_host(tmp_path / "b", a, room, bootstrap=a)  # B is an admin
+        escalate = b.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]
+        with pytest.raises(ClientError, match="admission"):
+            async with connect(a.url, room, Identity.generate(), ice=ICE, invite=escalate,
+                               timeout_s=3):
+                pass
+        assert any(k.startswith("meshnode_rejections_total")
+                   and 'invite_issuer_may_not_grant' in k and v >= 1
+                   for k, v in a.metrics().items())
+        # What an admin may grant, its invite grants, at any host that may grant it.
+        editor = b.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        async with connect(a.url, room, Identity.generate(), ice=ICE, invite=editor) as c:
+            assert c.role() == "editor"
+        # Without an invite, nobody is admitted to this room: such a client may only read.
+        async with connect(a.url, room, Identity.generate(), ice=ICE, timeout_s=5) as c:
+            assert c.role() == "none"
+            with pytest.raises(PermissionDenied):
+                c.create_entity()
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()
