@@ -98,7 +98,9 @@ class Node(LinkOwner):
 
     async def start(self) -> None:
         """Open the store, load rooms, serve HTTP and dial the bootstrap nodes."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.exists():
+            # The identity key and the rooms live here: nobody else needs to list it.
+            self.data_dir.mkdir(parents=True, mode=0o700)
         if self._identity is None:
             self._identity = Identity.load_or_generate(self.data_dir / "identity.key")
         self.store = ChangeStore.open(self.data_dir / "meshnode.db",

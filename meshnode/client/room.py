@@ -54,7 +54,8 @@ class RoomClient(LinkOwner):
     """A joined room; build it with :func:`connect`."""
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
-                 ice: IceSettings, invite: str | None, timeout_s: float) -> None:
+                 ice: IceSettings, invite: str | None, timeout_s: float,
+                 signaling: str = "http") -> None:
         self.url = url.rstrip("/")
         self.room_id = room_id
         self.identity = identity
@@ -63,6 +64,7 @@ class RoomClient(LinkOwner):
         self._ice = ice
         self._invite = invite
         self._timeout = timeout_s
+        self._signaling = signaling
         self._runtime: RoomRuntime | None = None
         self._links: LinkManager | None = None
         self._change_cbs: list[ChangeCallback] = []
@@ -97,7 +99,8 @@ class RoomClient(LinkOwner):
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
                                   NodeMetrics(), max_links=1)
         try:
-            est = await asyncio.wait_for(self._links.dial_url(self.url), self._timeout)
+            est = await asyncio.wait_for(
+                self._links.dial_url(self.url, signaling=self._signaling), self._timeout)
         except TimeoutError:
             raise ClientError(f"no link to {self.url} within {self._timeout:g} s") from None
         except Exception as err:  # LinkRefused, LinkClosed, HelloRejected
@@ -267,10 +270,14 @@ class RoomClient(LinkOwner):
 
 def connect(url: str, room_id: bytes | str, identity: Identity, *,
             ice: IceSettings | None = None, invite: str | None = None,
-            timeout_s: float = 30.0) -> RoomClient:
+            timeout_s: float = 30.0, signaling: str = "http") -> RoomClient:
     """Join ``room_id`` (bytes or hex) through the node at ``url``; use as
     ``async with connect(...) as room``. Entering links to the node, syncs the scene, and, in
-    a room that admits clients (or with an ``invite`` token), waits until we are a member."""
+    a room that admits clients (or with an ``invite`` token), waits until we are a member.
+    ``signaling``: how the WebRTC offer reaches the node, ``"http"`` (a POST) or
+    ``"websocket"``."""
     rid = bytes.fromhex(room_id) if isinstance(room_id, str) else room_id
+    if signaling not in ("http", "websocket"):
+        raise ValueError("signaling must be 'http' or 'websocket'")
     return RoomClient(url, rid, identity, ice=ice or IceSettings(), invite=invite,
-                      timeout_s=timeout_s)
+                      timeout_s=timeout_s, signaling=signaling)

@@ -163,8 +163,32 @@ class LinkManager:
         return PeerLink(self.identity, self.settings, self.owner.local_hello(kind_hint),
                         expected_peer=expected)
 
-    async def dial_url(self, url: str) -> Established:
-        """Open a link to the node serving ``url`` (HTTP offer/answer). Raises LinkRefused."""
+    async def _exchange(self, url: str, offer: str, signaling: str) -> object:
+        """Send ``offer`` to the node at ``url`` and return its JSON answer."""
+        assert self._http is not None
+        base = url.rstrip("/")
+        if signaling == "websocket":
+            ws_url = "ws" + base[len("http"):] + "/signal/ws"
+            async with self._http.ws_connect(ws_url, heartbeat=20.0) as ws:
+                await ws.send_json({"type": "offer", "sdp": offer})
+                body = await ws.receive_json(timeout=15)
+            if not isinstance(body, dict) or body.get("type") != "answer":
+                error = body.get("error") if isinstance(body, dict) else body
+                raise LinkRefused("refused", str(error))
+            return body
+        async with self._http.post(base + "/signal/offer",
+                                   json={"sdp": offer, "peer": self.me}) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise LinkRefused("refused", str(body.get("error", resp.status)))
+            return body
+
+    async def dial_url(self, url: str, *, signaling: str = "http") -> Established:
+        """Open a link to the node serving ``url`` (an ``http(s)://`` URL), exchanging SDP by
+        ``signaling``: ``"http"`` (POST /signal/offer) or ``"websocket"`` (/signal/ws).
+        Raises LinkRefused."""
+        if signaling not in ("http", "websocket"):
+            raise ValueError("signaling must be 'http' or 'websocket'")
         if self._count() >= self.max_links:
             raise LinkRefused("too_many_links")
         if self._http is None:
@@ -175,12 +199,8 @@ class LinkManager:
         try:
             offer = await link.create_offer()
             try:
-                async with self._http.post(url.rstrip("/") + "/signal/offer",
-                                           json={"sdp": offer, "peer": self.me}) as resp:
-                    body = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        raise LinkRefused("refused", str(body.get("error", resp.status)))
-            except (TimeoutError, aiohttp.ClientError, ValueError) as err:
+                body = await self._exchange(url, offer, signaling)
+            except (TimeoutError, aiohttp.ClientError, ValueError, TypeError) as err:
                 raise LinkRefused("unreachable", f"{url}: {err}") from None
             if not isinstance(body, dict) or not isinstance(body.get("sdp"), str):
                 raise LinkRefused("bad_answer", url)

@@ -170,6 +170,9 @@ class RoomRuntime:
         fut = self._durable.get(change_id)
         if fut is None:
             fut = self._durable[change_id] = asyncio.get_running_loop().create_future()
+            # Whoever gave up waiting (a timed-out flush) must not make the loop complain
+            # about an exception nobody retrieved when the room closes.
+            fut.add_done_callback(_retrieve)
             if self._persist is None and self._closed:
                 fut.set_exception(ConnectionError("room closed"))
         return fut
@@ -297,3 +300,7 @@ class RoomRuntime:
         self._durable.clear()
         self._subscribers.clear()
 
+
+def _retrieve(fut: "asyncio.Future[None]") -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -2,8 +2,10 @@
 
 Public (any peer may call):
     POST /signal/offer                 {"sdp": offer}  ->  {"sdp": answer, "peer": PeerID}
+    GET  /signal/ws                    WebSocket: {"type": "offer", "sdp"} -> {"type": "answer",
+                                       "sdp", "peer"} or {"type": "error", "error"}, repeatable
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
-    GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n}
+    GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
     GET  /healthz                      {"ok": true, ...}
     GET  /metrics                      Prometheus text format
@@ -19,9 +21,11 @@ import contextlib
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     from meshnode.node import Node
 
 log = logging.getLogger("meshnode.http")
+
+WS_OFFERS_PER_S = 1.0
+WS_OFFER_BURST = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -110,6 +117,47 @@ def build_app(node: "Node") -> web.Application:
             return _error(400, f"offer refused: {err}")
         return web.json_response({"sdp": answer, "peer": node.peer_id})
 
+    async def offer_ws(request: web.Request) -> web.WebSocketResponse:
+        # The same offer/answer as POST /signal/offer, over one WebSocket that may carry
+        # several (a client that relinks, a tool that keeps a socket open).
+        ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_OFFER_BYTES)
+        await ws.prepare(request)
+        tokens, at = WS_OFFER_BURST, time.monotonic()
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                await ws.close(code=1003, message=b"text JSON messages only")
+                break
+            now = time.monotonic()
+            tokens = min(WS_OFFER_BURST, tokens + (now - at) * WS_OFFERS_PER_S)
+            at = now
+            if tokens < 1:
+                await ws.send_json({"type": "error", "error": "too many offers; slow down"})
+                continue
+            tokens -= 1
+            try:
+                body = json.loads(msg.data)
+            except ValueError:
+                body = None
+            sdp = body.get("sdp") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(
+                    sdp, str) or not sdp.startswith("v=0"):
+                node.metrics.rejections.labels("bad_offer").inc()
+                await ws.send_json({"type": "error",
+                                    "error": 'expected {"type": "offer", "sdp": "v=0..."}'})
+                continue
+            assert node.links is not None
+            try:
+                answer = await node.links.accept_offer(sdp)
+            except LinkRefused as err:
+                await ws.send_json({"type": "error", "error": str(err)})
+                continue
+            except Exception as err:  # aiortc raises assorted errors on a malformed SDP
+                node.metrics.rejections.labels("bad_offer").inc()
+                await ws.send_json({"type": "error", "error": f"offer refused: {err}"})
+                continue
+            await ws.send_json({"type": "answer", "sdp": answer, "peer": node.peer_id})
+        return ws
+
     async def genesis(request: web.Request) -> web.Response:
         hosted = room_or_404(request)
         return web.Response(body=hosted.runtime.replica.genesis,
@@ -186,6 +234,7 @@ def build_app(node: "Node") -> web.Application:
         return web.json_response({"token": token, "room": hosted.runtime.room_id.hex()})
 
     app.router.add_post("/signal/offer", offer)
+    app.router.add_get("/signal/ws", offer_ws)
     app.router.add_get("/api/rooms/{room}/genesis", genesis)
     app.router.add_get("/api/rooms/{room}/heads", heads)
     app.router.add_get("/api/rooms/{room}/snapshot", snapshot)
