@@ -11,6 +11,7 @@ Public (any peer may call):
     GET  /metrics                      Prometheus text format
     GET  /, /static/*, /api/browser/*  the web client (meshnode.web)
 Admin (only from loopback addresses; the CLI uses these):
+    GET  /status                       the operator's status page (HTML, polls the two below)
     GET  /api/status, /api/peers, /api/rooms
     POST /api/rooms                    {"name": str, "admit": "open"|"invite"} -> room
     POST /api/rooms/join               {"token": invite} -> room
@@ -193,6 +194,11 @@ def build_app(node: "Node") -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(node.status())
 
+    async def status_page(request: web.Request) -> web.StreamResponse:
+        from meshnode.web.routes import STATIC_DIR
+
+        return web.FileResponse(STATIC_DIR / "status.html")
+
     async def peers(request: web.Request) -> web.Response:
         return web.json_response(node.peers_info())
 
@@ -241,6 +247,7 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", admin_only(status))
+    app.router.add_get("/status", admin_only(status_page))
     app.router.add_get("/api/peers", admin_only(peers))
     app.router.add_get("/api/rooms", admin_only(rooms))
     app.router.add_post("/api/rooms", admin_only(create_room))

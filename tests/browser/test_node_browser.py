@@ -61,5 +61,14 @@ async def test_browser_at_a_and_python_client_at_c(
 
         errors = [m for m in page.console if m.kind in ("exception", "error", "log:error")]
         assert not errors, page.console_text()
+        # The operator's status page shows the node, its room and its links.
+        await page.goto(f"{a.url}/status")
+        await page.evaluate("""new Promise((resolve, reject) => {
+            const t = setTimeout(() => reject(new Error(document.body.innerText)), 10000);
+            const poll = () => document.querySelectorAll("#peers tbody tr").length >= 1
+              ? (clearTimeout(t), resolve()) : setTimeout(poll, 20);
+            poll(); })""")
+        text = await page.evaluate("document.body.innerText")
+        assert a.peer_id in text and "lobby" in text
     finally:
         await page.close()
