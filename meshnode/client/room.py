@@ -70,6 +70,9 @@ class RoomClient(LinkOwner):
         self._change_cbs: list[ChangeCallback] = []
         self._presence_cbs: list[Callable[[str, dict[str, Any] | None], None]] = []
         self._connected = asyncio.Event()
+        self._closing = False
+        self._reconnect: asyncio.Task[None] | None = None
+        self.reconnects = 0
 
     # ------------------------------------------------------------------ joining
 
@@ -123,6 +126,10 @@ class RoomClient(LinkOwner):
 
     async def close(self) -> None:
         """Leave: close the link and stop the room's timers."""
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            await asyncio.gather(self._reconnect, return_exceptions=True)
         if self._links is not None:
             await self._links.aclose()
         if self._runtime is not None:
@@ -162,10 +169,28 @@ class RoomClient(LinkOwner):
         self._connected.clear()
         if self._runtime is not None:
             self._runtime.detach(est.peer)
-        if reason == "shutdown":
+        if reason == "shutdown" or self._closing:
             log.info("link to node %s closed", est.peer)
-        else:
-            log.warning("link to node %s closed: %s", est.peer, reason)
+            return
+        log.warning("link to node %s closed: %s; reconnecting", est.peer, reason)
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.ensure_future(self._relink())
+
+    async def _relink(self) -> None:
+        """Link to the node again, with backoff, until it works or we close. Changes
+        committed meanwhile (or not yet acknowledged) reach the node through anti-entropy
+        once the link is back, and their ``flush`` completes then."""
+        delay = 0.25
+        while not self._closing and self._links is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._links.dial_url(self.url, signaling=self._signaling)
+                self.reconnects += 1
+                log.info("link to node %s is back", self.url)
+                return
+            except Exception as err:
+                log.info("reconnecting to %s: %s", self.url, getattr(err, "reason", err))
+            delay = min(5.0, delay * 2)
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """A room frame from the node."""

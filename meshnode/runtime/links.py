@@ -32,6 +32,7 @@ from protocol.link import (
     Ack,
     Hello,
     LinkMessage,
+    Ping,
     Rooms,
     Signal,
     decode_link,
@@ -44,6 +45,8 @@ log = logging.getLogger("meshnode.links")
 MAX_OFFER_BYTES = 64 * 1024
 SIGNALS_PER_S = 5.0
 GARBAGE_LIMIT = 20
+KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
+DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
 DUPLICATE_WINDOW_S = 10.0
 
 
@@ -68,6 +71,8 @@ class Established:
     signal_tokens: float = 10.0
     signal_at: float = 0.0
     since: float = field(default_factory=time.monotonic)
+    last_in: float = field(default_factory=time.monotonic)
+    last_out: float = field(default_factory=time.monotonic)
 
 
 class LinkOwner:
@@ -124,6 +129,9 @@ class LinkManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
+        self.keepalive_s = KEEPALIVE_S
+        self.dead_after_s = DEAD_AFTER_S
+        self._keepalive: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -145,6 +153,7 @@ class LinkManager:
         est = self.links.get(peer)
         if est is None:
             return False
+        est.last_out = time.monotonic()
         ok = est.link.send(channel, data)
         if ok:
             self.metrics.frames_out.labels(channel).inc()
@@ -266,6 +275,8 @@ class LinkManager:
         link.on_message = lambda ch, data: self._on_message(est, ch, data)
         link.on_close = lambda reason: self._on_close(est, reason)
         self.links[peer] = est
+        if self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._keep_alive(), name="link-keepalive")
         self.metrics.connect_latency.observe(time.perf_counter() - started)
         log.info("link up with %s (%s, offered by %s)", peer, hello.kind,
                  "us" if offered_by_us else "them")
@@ -320,6 +331,7 @@ class LinkManager:
     # ------------------------------------------------------------------ receiving
 
     def _on_message(self, est: Established, channel: str, data: bytes) -> None:
+        est.last_in = time.monotonic()
         self.metrics.bytes_in.labels(channel).inc(len(data))
         mtype = peek_type(data)
         if mtype is not None and mtype >= FIRST_LINK_TYPE:
@@ -362,6 +374,8 @@ class LinkManager:
                     self.send_link(action.peer, action.signal)
                 elif isinstance(action, Deliver):
                     self._deliver(action)
+        elif isinstance(msg, Ping):
+            pass  # arriving was the point (last_in)
         elif isinstance(msg, Ack):
             self.owner.ack(est, msg)
         elif isinstance(msg, Rooms):
@@ -405,6 +419,20 @@ class LinkManager:
         finally:
             self._opening -= 1
 
+    async def _keep_alive(self) -> None:
+        """Ping idle links; close links that have been silent too long. ICE consent would
+        notice a vanished peer only after ~30 s, and meanwhile gossip to it is lost."""
+        while not self._closed:
+            await asyncio.sleep(self.keepalive_s / 2)
+            now = time.monotonic()
+            for est in list(self.links.values()):
+                if now - est.last_in > self.dead_after_s:
+                    log.info("link to %s silent for %.0f s: closing", est.peer,
+                             now - est.last_in)
+                    self.close(est.peer, "keepalive_timeout")
+                elif now - est.last_out >= self.keepalive_s:
+                    self.send_link(est.peer, Ping())
+
     # ------------------------------------------------------------------ closing
 
     def _on_close(self, est: Established, reason: str) -> None:
@@ -423,6 +451,9 @@ class LinkManager:
     async def aclose(self) -> None:
         """Close every link and stop every task this manager started."""
         self._closed = True
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            await asyncio.gather(self._keepalive, return_exceptions=True)
         for est in list(self.links.values()):
             await est.link.close("shutdown")
         for task in list(self._tasks):

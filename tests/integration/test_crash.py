@@ -72,3 +72,27 @@ def test_sigterm_stops_cleanly_and_keeps_the_room(tmp_path: Path) -> None:
         assert a.peer_id == peer  # the same identity
     finally:
         a.kill()
+
+
+async def test_client_reconnects_after_its_node_crashes_and_delivers_its_edit(
+        tmp_path: Path) -> None:
+    a = NodeProcess(tmp_path / "a").start()
+    try:
+        room = a.default_room
+        assert room is not None
+        port = a.url.rsplit(":", 1)[1]
+        async with connect(a.url, room, Identity.generate(), ice=ICE) as client:
+            a.kill()
+            # Edited while the node is down: the flush waits for the node to come back.
+            ent = client.create_entity(ROOT, {"name": {"value": "made during the outage"}})
+            pending = asyncio.create_task(client.flush(timeout_s=90))
+            await asyncio.sleep(1.0)
+            a.start(extra=["--listen", f"127.0.0.1:{port}"])
+            # The dead link is noticed by keepalive (seconds, not ICE consent's ~30 s), the
+            # client relinks, and anti-entropy hands the node the unacknowledged change.
+            assert await pending is not None
+            assert client.reconnects >= 1
+        async with connect(a.url, room, Identity.generate(), ice=ICE) as check:
+            assert str(ent) in check.state()
+    finally:
+        a.kill()

@@ -32,6 +32,7 @@ from protocol.link import (
     MAX_URL_CHARS,
     Ack,
     Hello,
+    Ping,
     Rooms,
     Signal,
     decode_link,
@@ -79,6 +80,7 @@ VALID = [
     encode_link(Ack(ROOM, (HASH, b"\x12" * 32))),
     encode_link(Rooms((ROOM,))),
     encode_link(Rooms(())),
+    encode_link(Ping()),
 ]
 
 
@@ -116,9 +118,9 @@ def test_hello_round_trips_and_is_signed() -> None:
 @pytest.mark.parametrize("msg", [
     signal(), signal(kind="error", sdp=""), signal(kind="answer", ttl=16),
     Ack(ROOM, ()), Ack(ROOM, tuple(bytes([i]) * 32 for i in range(10))),
-    Rooms(()), Rooms(tuple(bytes([i]) * 32 for i in range(MAX_ROOMS_PER_LINK))),
+    Rooms(()), Rooms(tuple(bytes([i]) * 32 for i in range(MAX_ROOMS_PER_LINK))), Ping(),
 ])
-def test_other_messages_round_trip(msg: Signal | Ack | Rooms) -> None:
+def test_other_messages_round_trip(msg: Signal | Ack | Rooms | Ping) -> None:
     assert decode_link(encode_link(msg)) == msg
 
 
@@ -138,6 +140,7 @@ def test_peek_type_tells_frames_from_link_messages() -> None:
     assert peek_type(encode_link(signal())) == Signal.TYPE
     assert peek_type(encode_link(Ack(ROOM, ()))) == Ack.TYPE
     assert peek_type(encode_link(Rooms(()))) == Rooms.TYPE
+    assert peek_type(encode_link(Ping())) == Ping.TYPE
     for junk in (b"", b"\x93", b"\x93\x01", b"\xc0\x01\x40", b"\x93\xcc\x01\x40",
                  b"\x91\x01\x40", b"\x93\x01\xcc"):
         assert peek_type(junk) is None
@@ -249,7 +252,7 @@ def _decode_or_decode_error(data: bytes) -> None:
     except DecodeError as exc:
         assert exc.reason
         return
-    assert isinstance(msg, Hello | Signal | Ack | Rooms)
+    assert isinstance(msg, Hello | Signal | Ack | Rooms | Ping)
     # whatever decodes re-encodes to a message that decodes to the same thing
     assert decode_link(encode_link(msg)) == msg
 
@@ -307,3 +310,9 @@ def test_fuzz_structured_link_messages(version: int, mtype: int, fields: list[An
 @given(st.lists(_values, min_size=9, max_size=9), st.binary(min_size=64, max_size=64))
 def test_fuzz_hello_bodies(fields: list[Any], sig: bytes) -> None:
     _decode_or_decode_error(hello_with_body(fields, sig))
+
+
+def test_ping_takes_no_fields() -> None:
+    assert encode_link(Ping()) == pack([PROTOCOL_VERSION, Ping.TYPE])
+    with pytest.raises(SchemaError):
+        decode_link(pack([PROTOCOL_VERSION, Ping.TYPE, 1]))

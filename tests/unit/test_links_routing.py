@@ -20,6 +20,7 @@ from protocol.link import (
     FIRST_LINK_TYPE,
     Ack,
     Hello,
+    Ping,
     Rooms,
     Signal,
     decode_link,
@@ -66,6 +67,7 @@ def every_link_message() -> list[Any]:
         Ack(ROOM, ()),
         Rooms((ROOM, OTHER_ROOM)),
         Rooms(()),
+        Ping(),
     ]
 
 
