@@ -61,30 +61,34 @@ def existing(dirs: Sequence[str]) -> list[str]:
     return [d for d in dirs if (ROOT / d).is_dir()]
 
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian packages the tests drive for real: Chromium (the web client's tests) and coturn (a
+# TURN server, for links relayed through TURN). Binary -> package.
+SYSTEM_PACKAGES = {Path("/usr/bin/chromium"): "chromium", Path("/usr/bin/turnserver"): "coturn"}
 
 
-def ensure_browser() -> None:
-    """The web client's tests drive Debian's Chromium. Install it when we can (root with
-    apt-get, as in CI); otherwise say how, and those tests skip unless
-    MESHNODE_REQUIRE_BROWSER is set (CI sets it, so there a missing browser fails)."""
-    if CHROMIUM.exists():
+def ensure_system_packages() -> None:
+    """Install the Debian packages the tests use when we can (root with apt-get, as in CI);
+    otherwise say how. Their tests skip without them unless MESHNODE_REQUIRE_BROWSER /
+    MESHNODE_REQUIRE_TURN is set (CI sets both, so there a missing package fails)."""
+    missing = [pkg for binary, pkg in SYSTEM_PACKAGES.items() if not binary.exists()]
+    if not missing:
         return
     if os.name == "posix" and os.geteuid() == 0 and Path("/usr/bin/apt-get").exists():
-        say("installing Debian chromium for the browser tests")
+        say("installing Debian packages for the tests: " + " ".join(missing))
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         for cmd in (["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
             say("$ " + " ".join(cmd))
             if subprocess.call(cmd, env=env) != 0:
-                say("could not install chromium; the browser tests will not run")
+                say("could not install " + " ".join(missing) + "; their tests will not run")
                 return
         return
-    say("no /usr/bin/chromium: browser tests will skip (as root: apt-get install chromium)")
+    say("missing " + " ".join(missing) + ": their tests will skip (as root: apt-get install "
+        + " ".join(missing) + ")")
 
 
 def cmd_test(python: Path, pytest_args: Sequence[str]) -> int:
-    ensure_browser()
+    ensure_system_packages()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [python, "-m", "ruff", "check", *existing(LINT_DIRS)]),
         ("mypy", [python, "-m", "mypy", *existing(TYPED_DIRS)]),

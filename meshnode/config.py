@@ -61,7 +61,8 @@ class NodeConfig:
 
 _SECTIONS: dict[str, set[str]] = {
     "node": {"data_dir", "listen", "public_url"},
-    "network": {"bootstrap", "ice_servers", "host_addresses", "max_links", "max_browsers"},
+    "network": {"bootstrap", "ice_servers", "host_addresses", "relay_only", "max_links",
+                "max_browsers"},
     "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
@@ -170,6 +171,12 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
                 raise ConfigError("network.host_addresses must be a list of IP address "
                                   f"strings; got {addr!r}") from None
         ice = replace(ice, host_addresses=tuple(addrs))
+    if "relay_only" in net:
+        relay = _want(net["relay_only"], bool, "network.relay_only")
+        if relay and not any(u.startswith(("turn:", "turns:")) for srv in ice.servers
+                             for u in srv.urls):
+            raise ConfigError("network.relay_only needs a TURN server in network.ice_servers")
+        ice = replace(ice, relay_only=relay)
     changes["ice"] = ice
     for key, section, name in (("max_links", net, "network.max_links"),
                                ("max_browsers", net, "network.max_browsers"),

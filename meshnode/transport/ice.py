@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +31,26 @@ class IceSettings:
     ``servers``: STUN/TURN servers (none: host candidates only, enough on a LAN or loopback).
     ``host_addresses``: the local addresses offered as host candidates; empty means every
     interface address, loopback included.
+    ``relay_only``: gather and use only TURN relay candidates (the web platform's
+    ``iceTransportPolicy: "relay"``): hides this machine's addresses from peers, and proves
+    that a TURN server works.
     """
 
     servers: tuple[IceServer, ...] = ()
     host_addresses: tuple[str, ...] = field(default_factory=tuple)
+    relay_only: bool = False
 
     def rtc_configuration(self) -> RTCConfiguration:
         """The ``RTCConfiguration`` to give every ``RTCPeerConnection`` (never the default,
         which would contact a public STUN server)."""
-        return RTCConfiguration(iceServers=[
-            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
-            for s in self.servers
-        ])
+        return RTCConfiguration(
+            iceServers=[
+                RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                for s in self.servers
+            ],
+            iceTransportPolicy=(RTCIceTransportPolicy.RELAY if self.relay_only
+                                else RTCIceTransportPolicy.ALL),
+        )
 
 
 _original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses

@@ -30,6 +30,7 @@ bootstrap = ["https://a.example.org", "http://10.0.0.2:8470"]
 host_addresses = ["192.0.2.10", "2001:db8::1"]
 max_links = 16
 max_browsers = 8
+relay_only = true
 
 [[network.ice_servers]]
 urls = "stun:stun.example.org:3478"
@@ -103,6 +104,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
                            "turns:turn.example.org:5349"), "mesh", "s3cret"),
             ),
             host_addresses=("192.0.2.10", "2001:db8::1"),
+            relay_only=True,
         ),
         max_links=16,
         max_browsers=8,
@@ -120,6 +122,14 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
     rtc = cfg.ice.rtc_configuration()
     assert rtc.iceServers is not None and len(rtc.iceServers) == 2
     assert rtc.iceServers[1].username == "mesh" and rtc.iceServers[1].credential == "s3cret"
+    assert rtc.iceTransportPolicy.value == "relay"
+
+
+def test_relay_only_needs_a_turn_server() -> None:
+    assert "needs a TURN server" in _error({"network": {"relay_only": True}})
+    assert "needs a TURN server" in _error({"network": {
+        "relay_only": True, "ice_servers": [{"urls": "stun:stun.example.org"}]}})
+    assert "network.relay_only" in _error({"network": {"relay_only": "yes"}})
 
 
 def test_full_example_covers_every_known_key() -> None:
