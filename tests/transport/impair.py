@@ -113,5 +113,3 @@ def point_candidates_at(sdp: str, port: int) -> str:
         if ln.startswith("m=application"):
             out.append(f"a=candidate:relay0 1 udp 2130706431 127.0.0.1 {port} typ host")
     return "\r\n".join(out) + "\r\n"
-
-
