@@ -43,6 +43,7 @@ from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.store import ChangeStore, DurableLog, RoomRecord
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
+from meshnode.web.shared_presence import SharedPresenceRoom
 from protocol.change import change_id
 from protocol.errors import DecodeError
 from protocol.link import MAX_ROOMS_PER_LINK, Ack, Rooms
@@ -61,6 +62,7 @@ class HostedRoom:
     settings: dict[str, Any]
     stored_since_snapshot: int = 0
     clients: set[str] = field(default_factory=set)
+    browser_view: SharedPresenceRoom | None = None
 
 
 class Node(LinkOwner):
@@ -279,13 +281,18 @@ class Node(LinkOwner):
         rid = self.default_room_id()
         return rid.hex() if rid is not None else ""
 
-    def room(self, hex_id: str) -> RoomRuntime | None:
-        """A room's runtime by hex ID (for the web client)."""
+    def room(self, hex_id: str) -> SharedPresenceRoom | None:
+        """A room as this node's browsers see it, by hex ID (one presence entry per
+        browser inside the node's own presence)."""
         try:
             hosted = self.rooms.get(bytes.fromhex(hex_id))
         except ValueError:
             return None
-        return hosted.runtime if hosted is not None else None
+        if hosted is None:
+            return None
+        if hosted.browser_view is None:
+            hosted.browser_view = SharedPresenceRoom(hosted.runtime)
+        return hosted.browser_view
 
     def _rooms_changed(self) -> None:
         self.metrics.rooms.set(len(self.rooms))

@@ -190,7 +190,16 @@ class RoomRuntime:
         if ok:
             self._presence[self.me] = dict(fields)
         self.pump()
+        if ok:
+            self._notify()  # our own pages show our presence too
         return ok
+
+    def _notify(self) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb()
+            except Exception:  # a subscriber's bug must not stop the room
+                log.exception("room subscriber failed")
 
     # ------------------------------------------------------------------ the pump
 
@@ -211,11 +220,7 @@ class RoomRuntime:
                     notify |= self._handle(event)
                     event = self.overlay.next_event()
             if notify:
-                for cb in list(self._subscribers):
-                    try:
-                        cb()
-                    except Exception:  # a subscriber's bug must not stop the room
-                        log.exception("room subscriber failed")
+                self._notify()
         finally:
             self._pumping = False
         self._arm_timer()

@@ -266,6 +266,6 @@ def _add_web_client(app: web.Application, node: "Node") -> None:
         return hosted is not None and (hosted.settings.get("admit") == "open"
                                        or _address_is_loopback(remote))
 
-    add_web_routes(app, rooms=node.room,  # type: ignore[arg-type]  # set_presence -> bool
+    add_web_routes(app, rooms=node.room,
                    default_room=node.default_room_hex, ice=node.config.ice,
                    max_browsers=node.config.max_browsers, may_edit=may_edit)

@@ -193,6 +193,12 @@ class ReadOnlyRoom:
         """Presence still flows (it says who is watching)."""
         self._room.set_presence(fields)
 
+    def forget(self, session: str) -> None:
+        """Pass a leaving browser on to the room, if it keeps one entry per browser."""
+        forget = getattr(self._room, "forget", None)
+        if callable(forget):
+            forget(session)
+
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Subscribe to the room's changes."""
         return self._room.subscribe(callback)
@@ -298,6 +304,12 @@ class BrowserSession:
         if sent is not None and not sent.done():
             sent.set_result(None)  # nothing more will be sent
         self._pending_presence = None
+        forget = getattr(self._room, "forget", None)
+        if callable(forget):  # a room that shows each browser (SharedPresenceRoom)
+            try:
+                forget(self.name)
+            except Exception:
+                log.exception("session %s: leaving the room's presence failed", self.name)
         unsubscribe, self._unsubscribe = self._unsubscribe, None
         if unsubscribe is not None:
             try:
@@ -548,6 +560,8 @@ class BrowserSession:
         self._set_presence(fields)
 
     def _set_presence(self, fields: dict[str, Any]) -> None:
+        # The session's name is ours to say: a page cannot speak for another browser.
+        fields = {**fields, "session": self.name}
         try:
             self._room.set_presence(fields)
         except (ValueError, TypeError) as err:

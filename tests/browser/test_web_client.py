@@ -263,10 +263,12 @@ async def test_presence_goes_to_the_room_and_comes_back() -> None:
     room = FakeRoom()
     session, wire = open_session(room)
     fields = {"name": "ann", "pointer": [1.5, 0, -2], "selected": None}
-    await session.handle(msg(t="presence", fields=fields))
-    assert room.peers[room.me] == fields
+    # The session names itself: a page cannot speak for another browser.
+    await session.handle(msg(t="presence", fields={**fields, "session": "someone-else"}))
+    sent = {**fields, "session": session.name}
+    assert room.peers[room.me] == sent
     await until(lambda: bool(wire.of("presence")))
-    assert wire.of("presence")[-1] == {"t": "presence", "presence": {room.me: fields}}
+    assert wire.of("presence")[-1] == {"t": "presence", "presence": {room.me: sent}}
     assert not wire.of("ack") and not wire.of("error")
     session.close()
 
@@ -430,13 +432,14 @@ async def test_presence_over_the_rate_keeps_only_the_latest() -> None:
     session, wire = open_session(room, clock=clock, presence_rate=20.0, presence_burst=20.0)
     for i in range(25):
         await session.handle(msg(t="presence", fields={"n": i}))
-    assert room.presence_sets == 20 and room.peers[room.me] == {"n": 19}
+    assert room.presence_sets == 20 and room.peers[room.me] == {"n": 19, "session": session.name}
     assert session.counters["presence_coalesced"] == 5
     await asyncio.sleep(0.1)  # the clock stands still: no token, nothing published
     assert room.presence_sets == 20
     clock.t += 1.0
     await until(lambda: room.presence_sets == 21)
-    assert room.peers[room.me] == {"n": 24}  # the latest, not the first held back
+    # The latest, not the first held back.
+    assert room.peers[room.me] == {"n": 24, "session": session.name}
     assert not wire.of("error")
     session.close()
 

@@ -463,10 +463,28 @@ async function onDelete() {
   }
 }
 
+// Who is here, one entry per person: a node publishes its browsers' presence inside its
+// own, as {browsers: {session: fields}} (browsers have no identity of their own); anyone
+// else (a Python client, a node) is one entry. Keys are "PeerID" or "PeerID#session".
+function presenceEntries() {
+  const out = [];
+  for (const [peer, fields] of Object.entries(presence)) {
+    const browsers = fields && fields.browsers;
+    if (browsers && typeof browsers === "object" && !Array.isArray(browsers)) {
+      for (const [session, bf] of Object.entries(browsers)) {
+        if (bf && typeof bf === "object") out.push([`${peer}#${session}`, bf]);
+      }
+    } else {
+      out.push([peer, fields]);
+    }
+  }
+  return out;
+}
+
 function renderPresence() {
   const list = $("present");
   const items = [];
-  for (const [peer, fields] of Object.entries(presence)) {
+  for (const [peer, fields] of presenceEntries()) {
     const li = document.createElement("li");
     const dot = document.createElement("span");
     dot.className = "swatch";
@@ -477,7 +495,7 @@ function renderPresence() {
     name.textContent = mine ? `${label} (you)` : label;
     const small = document.createElement("span");
     small.className = "entity-id";
-    small.textContent = peer.slice(-8);
+    small.textContent = peer.split("#")[0].slice(-8);
     small.title = peer;
     li.append(dot, name, small);
     items.push(li);
@@ -717,7 +735,7 @@ function syncView() {
 
 function syncPointers() {
   const seen = new Set();
-  for (const [peer, fields] of Object.entries(presence)) {
+  for (const [peer, fields] of presenceEntries()) {
     const p = fields && fields.pointer;
     if (info && fields && fields.session === info.session) continue; // our own pointer
     if (!Array.isArray(p) || p.length !== 3 || !p.every((v) => typeof v === "number" && isFinite(v)))
@@ -803,6 +821,7 @@ const api = {
   ready,
   state: () => structuredClone(scene),
   presence: () => structuredClone(presence),
+  people: () => presenceEntries().map(([key, fields]) => ({ key, ...structuredClone(fields) })),
   info: () => (info ? { ...info } : null),
   createEntity: (parent, components) =>
     request({ t: "create", parent, components: components || {} }).then((ack) => ack.id),
