@@ -75,6 +75,7 @@ from meshnode.overlay.scoring import TokenBucket
 
 __all__ = [
     "BrowserSession",
+    "DelegatingRoom",
     "ReadOnlyRoom",
     "RoomAccess",
     "SessionLimits",
@@ -125,8 +126,9 @@ class RoomAccess(Protocol):
         ``TypeError``, ...) the batch is discarded and the error propagates."""
         ...
 
-    def set_presence(self, fields: dict[str, Any]) -> None:
-        """Publish this node's presence fields in the room (latest wins)."""
+    def set_presence(self, fields: dict[str, Any]) -> object:
+        """Publish this node's presence fields in the room (latest wins; any result is
+        ignored)."""
         ...
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -155,8 +157,8 @@ class SessionLimits:
     max_presence_field_chars: int = 64
 
 
-class ReadOnlyRoom:
-    """A room as a browser that may not edit it sees it: every edit is refused."""
+class DelegatingRoom:
+    """A room that passes everything on to another; subclasses change what they need."""
 
     def __init__(self, room: RoomAccess) -> None:
         self._room = room
@@ -185,13 +187,16 @@ class ReadOnlyRoom:
         return self._room.presence()
 
     async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
-        """Always refused."""
-        raise PermissionDenied("this room admits members by invite: from this address the "
-                               "web client is read-only")
+        """An edit, as the room makes it."""
+        return await self._room.edit(fn)
 
-    def set_presence(self, fields: dict[str, Any]) -> None:
-        """Presence still flows (it says who is watching)."""
-        self._room.set_presence(fields)
+    def set_presence(self, fields: dict[str, Any]) -> object:
+        """Presence, as the room publishes it."""
+        return self._room.set_presence(fields)
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Follow the room's changes."""
+        return self._room.subscribe(callback)
 
     def forget(self, session: str) -> None:
         """Pass a leaving browser on to the room, if it keeps one entry per browser."""
@@ -199,9 +204,15 @@ class ReadOnlyRoom:
         if callable(forget):
             forget(session)
 
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Subscribe to the room's changes."""
-        return self._room.subscribe(callback)
+
+class ReadOnlyRoom(DelegatingRoom):
+    """A room as a browser that may not edit it sees it: every edit is refused (presence
+    still flows: it says who is watching)."""
+
+    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
+        """Always refused."""
+        raise PermissionDenied("this room admits members by invite: from this address the "
+                               "web client is read-only")
 
 
 class _BadMessage(Exception):

@@ -15,32 +15,18 @@ session that stops refreshing (the page sends every few seconds) is dropped afte
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
-from meshnode.crdt import SceneReplica
-
-T = TypeVar("T")
+from meshnode.web.session import DelegatingRoom, RoomAccess
 
 
-class _Room(Protocol):
-    room_id: bytes
-    room_name: str
-    me: str
-
-    def state(self) -> dict[str, dict[str, Any]]: ...
-    def presence(self) -> dict[str, dict[str, Any]]: ...
-    async def edit(self, fn: Callable[[SceneReplica], T]) -> T: ...
-    def set_presence(self, fields: dict[str, Any]) -> object: ...
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]: ...
-
-
-class SharedPresenceRoom:
+class SharedPresenceRoom(DelegatingRoom):
     """A room as the node's browsers see it: everything passes through, except that
     ``set_presence`` merges each session's fields into the node's one presence."""
 
-    def __init__(self, room: _Room, *, max_rate: float = 10.0, ttl_s: float = 12.0,
+    def __init__(self, room: RoomAccess, *, max_rate: float = 10.0, ttl_s: float = 12.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._room = room
+        super().__init__(room)
         self._min_gap = 1.0 / max_rate
         self._ttl = ttl_s
         self._clock = clock
@@ -48,37 +34,6 @@ class SharedPresenceRoom:
         self._last_publish = float("-inf")
         self._scheduled: asyncio.TimerHandle | None = None
         self._refreshing = False
-
-    @property
-    def room_id(self) -> bytes:
-        """The room's ID."""
-        return self._room.room_id
-
-    @property
-    def room_name(self) -> str:
-        """The room's name."""
-        return self._room.room_name
-
-    @property
-    def me(self) -> str:
-        """The node's PeerID (the author of browser edits)."""
-        return self._room.me
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        """The scene."""
-        return self._room.state()
-
-    def presence(self) -> dict[str, dict[str, Any]]:
-        """Everyone's presence (ours included, as published)."""
-        return self._room.presence()
-
-    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
-        """An edit, signed by the node."""
-        return await self._room.edit(fn)
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Subscribe to changes and presence."""
-        return self._room.subscribe(callback)
 
     def set_presence(self, fields: dict[str, Any]) -> None:
         """One browser's presence: ``fields["session"]`` names it."""

@@ -4,11 +4,8 @@ rejection shows in /metrics, and the node keeps serving an honest client through
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
-import pytest
 
 from meshnode.client import connect
 from meshnode.crdt import ROOT
@@ -29,15 +26,6 @@ class Impostor:
 
     def sign(self, data: bytes) -> bytes:
         return self._own.sign(data)
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path / "n").start()
-    try:
-        yield n
-    finally:
-        n.kill()
 
 
 async def open_link(url: str, identity: object, room: bytes) -> PeerLink:

@@ -3,8 +3,6 @@
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,15 +12,6 @@ from meshnode.crdt import ROOT
 from meshnode.identity import Identity
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_line import ICE
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path / "n").start()
-    try:
-        yield n
-    finally:
-        n.kill()
 
 
 async def test_client_links_through_the_websocket(node: NodeProcess) -> None:
