@@ -30,6 +30,7 @@ from protocol.errors import DecodeError
 from protocol.link import (
     FIRST_LINK_TYPE,
     Ack,
+    Bundle,
     Hello,
     LinkMessage,
     Ping,
@@ -47,6 +48,10 @@ SIGNALS_PER_S = 5.0
 GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
+MAX_PENDING_BYTES = 8 * 1024 * 1024  # frames queued for one peer within one loop turn
+# Bundles: up to ~16 KB on the reliable channel (the brief's batch size); on the unreliable
+# one small enough for one packet, since losing any fragment loses the whole message.
+BUNDLE_TARGET = {"sync": 16 * 1024, "presence": 1_100}
 DUPLICATE_WINDOW_S = 10.0
 
 
@@ -73,6 +78,8 @@ class Established:
     since: float = field(default_factory=time.monotonic)
     last_in: float = field(default_factory=time.monotonic)
     last_out: float = field(default_factory=time.monotonic)
+    pending: dict[str, list[bytes]] = field(default_factory=dict)
+    pending_bytes: int = 0
 
 
 class LinkOwner:
@@ -132,6 +139,7 @@ class LinkManager:
         self.keepalive_s = KEEPALIVE_S
         self.dead_after_s = DEAD_AFTER_S
         self._keepalive: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -149,22 +157,66 @@ class LinkManager:
         return set(self.links)
 
     def send(self, peer: str, channel: str, data: bytes) -> bool:
-        """Put ``data`` on the link to ``peer``; False if there is none or it is full."""
+        """Queue room frame ``data`` for ``peer``; False if there is no link or its queue is
+        full. Everything queued for a peer in one turn of the event loop leaves together,
+        as one message (a ``Bundle`` when there are several frames)."""
         est = self.links.get(peer)
         if est is None:
             return False
+        if est.pending_bytes + len(data) > MAX_PENDING_BYTES:
+            self.metrics.frames_dropped.labels(channel).inc()
+            return False
+        est.pending.setdefault(channel, []).append(data)
+        est.pending_bytes += len(data)
+        self.metrics.frames_out.labels(channel).inc()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        return True
+
+    def _flush_all(self) -> None:
+        self._flush_scheduled = False
+        for est in list(self.links.values()):
+            if est.pending:
+                self._flush(est)
+
+    def _flush(self, est: Established) -> None:
+        pending, est.pending, est.pending_bytes = est.pending, {}, 0
         est.last_out = time.monotonic()
-        ok = est.link.send(channel, data)
-        if ok:
-            self.metrics.frames_out.labels(channel).inc()
+        for channel, frames in pending.items():
+            target = BUNDLE_TARGET[channel]
+            batch: list[bytes] = []
+            size = 0
+            for frame in frames:
+                if batch and size + len(frame) > target:
+                    self._put(est, channel, batch)
+                    batch, size = [], 0
+                batch.append(frame)
+                size += len(frame) + 5
+            if batch:
+                self._put(est, channel, batch)
+
+    def _put(self, est: Established, channel: str, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else encode_link(Bundle(tuple(frames)))
+        if est.link.send(channel, data):
             self.metrics.bytes_out.labels(channel).inc(len(data))
         else:
-            self.metrics.frames_dropped.labels(channel).inc()
-        return ok
+            self.metrics.frames_dropped.labels(channel).inc(len(frames))
 
     def send_link(self, peer: str, msg: LinkMessage) -> bool:
-        """Send a link message to ``peer``."""
-        return self.send(peer, "sync", encode_link(msg))
+        """Send a link message to ``peer`` now (after the frames queued for it, on
+        ``sync``)."""
+        est = self.links.get(peer)
+        if est is None:
+            return False
+        if est.pending:
+            self._flush(est)
+        est.last_out = time.monotonic()
+        data = encode_link(msg)
+        ok = est.link.send("sync", data)
+        if ok:
+            self.metrics.bytes_out.labels("sync").inc(len(data))
+        return ok
 
     # ------------------------------------------------------------------ opening links
 
@@ -340,8 +392,15 @@ class LinkManager:
             except DecodeError as err:
                 self._garbage(est, err.reason)
                 return
+            if isinstance(msg, Bundle):
+                for frame in msg.frames:
+                    self._on_frame(est, channel, frame)
+                return
             self._on_link_message(est, msg)
             return
+        self._on_frame(est, channel, data)
+
+    def _on_frame(self, est: Established, channel: str, data: bytes) -> None:
         room = room_of_frame(data)
         if room is None or room not in est.rooms:
             # Not a frame of a room this link carries: the overlay never sees it, so count it

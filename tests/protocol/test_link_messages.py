@@ -31,6 +31,7 @@ from protocol.link import (
     MAX_SDP_CHARS,
     MAX_URL_CHARS,
     Ack,
+    Bundle,
     Hello,
     Ping,
     Rooms,
@@ -81,6 +82,7 @@ VALID = [
     encode_link(Rooms((ROOM,))),
     encode_link(Rooms(())),
     encode_link(Ping()),
+    encode_link(Bundle((b"\x93\x01\x04", b"\x93\x01\x08"))),
 ]
 
 
@@ -252,7 +254,7 @@ def _decode_or_decode_error(data: bytes) -> None:
     except DecodeError as exc:
         assert exc.reason
         return
-    assert isinstance(msg, Hello | Signal | Ack | Rooms | Ping)
+    assert isinstance(msg, Hello | Signal | Ack | Rooms | Ping | Bundle)
     # whatever decodes re-encodes to a message that decodes to the same thing
     assert decode_link(encode_link(msg)) == msg
 
@@ -316,3 +318,12 @@ def test_ping_takes_no_fields() -> None:
     assert encode_link(Ping()) == pack([PROTOCOL_VERSION, Ping.TYPE])
     with pytest.raises(SchemaError):
         decode_link(pack([PROTOCOL_VERSION, Ping.TYPE, 1]))
+
+
+def test_bundle_round_trips_and_refuses_what_it_must_not_carry() -> None:
+    frames = (b"\x93\x01\x04abc", b"\x93\x01\x08" + b"x" * 100)
+    assert decode_link(encode_link(Bundle(frames))) == Bundle(frames)
+    assert peek_type(encode_link(Bundle(frames))) == Bundle.TYPE
+    for bad in ([], [encode_link(Ping())], ["text"], [b"\x93\x01\x04"] * 1_025):
+        with pytest.raises(DecodeError):
+            decode_link(pack([PROTOCOL_VERSION, Bundle.TYPE, bad]))

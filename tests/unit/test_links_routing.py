@@ -1,6 +1,7 @@
 """How ``LinkManager`` splits what arrives on a link: room frames (by room ID, read without
 decoding) and link messages (types >= 64), which must never be taken for frames."""
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from protocol.frames import decode_frame, encode_frame, make_presence
 from protocol.link import (
     FIRST_LINK_TYPE,
     Ack,
+    Bundle,
     Hello,
     Ping,
     Rooms,
@@ -211,3 +213,58 @@ def test_random_bytes_on_a_link_never_raise(data: bytes) -> None:
     mgr._on_message(est, "sync", data)
     for _, got, room in owner.frames:
         assert got == data and room == ROOM
+
+
+class FakeLink:
+    """Records what a LinkManager hands to the transport."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, channel: str, data: bytes) -> bool:
+        self.sent.append((channel, data))
+        return True
+
+
+def test_a_bundle_is_routed_frame_by_frame() -> None:
+    mgr, owner, est = _manager()
+    inner = [encode_frame(m) for m in every_frame()[:5]]
+    mgr._on_message(est, "sync", encode_link(Bundle(tuple(inner))))
+    assert [d for _, d, _ in owner.frames] == inner
+    mgr._on_message(est, "sync", encode_link(Bundle((b"\x93\x01\x04nonsense",))))
+    assert est.garbage == 1  # a bad frame inside a bundle counts like one outside
+
+
+async def test_frames_queued_in_one_turn_leave_as_one_bundle() -> None:
+    mgr, _owner, est = _manager()
+    link = FakeLink()
+    est.link = link  # type: ignore[assignment]
+    mgr.links[est.peer] = est
+    sync = [encode_frame(m) for m in every_frame()[:6]]
+    for data in sync:
+        assert mgr.send(est.peer, "sync", data)
+    assert mgr.send(est.peer, "presence", sync[0])
+    assert link.sent == []  # nothing before the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert len(link.sent) == 2
+    channel, data = link.sent[0]
+    assert channel == "sync" and decode_link(data) == Bundle(tuple(sync))
+    assert link.sent[1] == ("presence", sync[0])  # a lone frame goes as itself
+    # A link message goes after the frames queued before it.
+    link.sent.clear()
+    assert mgr.send(est.peer, "sync", sync[1])
+    assert mgr.send_link(est.peer, Ping())
+    assert [d for _, d in link.sent] == [sync[1], encode_link(Ping())]
+
+
+async def test_bundles_stay_under_the_target_size() -> None:
+    mgr, _owner, est = _manager()
+    link = FakeLink()
+    est.link = link  # type: ignore[assignment]
+    mgr.links[est.peer] = est
+    big = encode_frame(frames.Changes(ROOM, (b"c" * 5_000,)))
+    for _ in range(10):
+        mgr.send(est.peer, "sync", big)
+    await asyncio.sleep(0)
+    assert len(link.sent) == 4  # 3 + 3 + 3 + 1 frames of ~5 KB within ~16 KB
+    assert all(len(d) <= 16 * 1024 + 64 for _, d in link.sent)
