@@ -25,8 +25,7 @@ from aiohttp import web
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, SceneReplica
-from meshnode.crdt.roles import ROLE_BY_NAME, may_set_role
-from meshnode.identity import Identity, peer_id_from_public_key
+from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
@@ -37,6 +36,7 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceUpdated,
 )
+from meshnode.rooms.admission import invite_problem, may_grant
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
@@ -44,7 +44,6 @@ from meshnode.store import ChangeStore, DurableLog, RoomRecord
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
 from meshnode.web.shared_presence import SharedPresenceRoom
-from protocol.change import change_id
 from protocol.errors import DecodeError
 from protocol.link import MAX_ROOMS_PER_LINK, Ack, Rooms
 
@@ -400,11 +399,6 @@ class Node(LinkOwner):
     def link_up(self, est: Established) -> None:
         """Record the peer, redeem its invites, admit it, attach the rooms we share."""
         assert self.links is not None and self.store is not None
-        kinds = {"node": 0, "client": 0}
-        for e in self.links.links.values():
-            kinds[e.hello.kind] = kinds.get(e.hello.kind, 0) + 1
-        for kind, n in kinds.items():
-            self.metrics.peers.labels(kind).set(n)
         if est.hello.url and est.hello.kind == "node":
             self.store.remember_peer(est.peer, est.hello.url, time.time())
         for raw in est.hello.invites:
@@ -431,18 +425,9 @@ class Node(LinkOwner):
             self.metrics.rejections.labels("bad_invite").inc()
             log.warning("bad invite from %s: %s", peer, err)
             return
-        problem = invite.verify(int(time.time() * 1000))
         hosted = self.rooms.get(invite.room_id)
-        if problem is None and hosted is None:
-            problem = "unknown_room"
-        if problem is None and hosted is not None:
-            # The invite carries its issuer's authority, no more: an admin's invite cannot
-            # make an admin, whoever redeems it.
-            replica = hosted.runtime.replica
-            issuer_role = ROLE_BY_NAME[replica.role_of(invite.issuer)]
-            current = ROLE_BY_NAME[replica.role_of(peer)]
-            if not may_set_role(issuer_role, current, ROLE_BY_NAME[invite.role]):
-                problem = "issuer_may_not_grant"
+        problem = "unknown_room" if hosted is None else invite_problem(
+            hosted.runtime.replica, invite, peer, int(time.time() * 1000))
         if problem is not None or hosted is None:
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
@@ -451,11 +436,9 @@ class Node(LinkOwner):
 
     def _admit(self, hosted: HostedRoom, peer: str, role: str) -> None:
         replica = hosted.runtime.replica
-        current = replica.role_of(peer)
-        if current != "none" or peer == self.peer_id:
+        if replica.role_of(peer) != "none" or peer == self.peer_id:
             return
-        mine = ROLE_BY_NAME[replica.role_of(self.peer_id)]
-        if not may_set_role(mine, ROLE_BY_NAME[current], ROLE_BY_NAME[role]):
+        if not may_grant(replica, self.peer_id, peer, role):
             log.info("cannot admit %s as %s: this node is %s", peer, role,
                      replica.role_of(self.peer_id))
             return
@@ -476,9 +459,6 @@ class Node(LinkOwner):
             hosted.clients.discard(est.peer)
             if est.peer in hosted.runtime.peers():
                 hosted.runtime.detach(est.peer)
-        if self.links is not None:
-            n = sum(1 for e in self.links.links.values() if e.hello.kind == est.hello.kind)
-            self.metrics.peers.labels(est.hello.kind).set(n)
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """Give a room frame to its room."""
@@ -519,83 +499,6 @@ class Node(LinkOwner):
             await asyncio.sleep(BOOTSTRAP_RETRY_S)
 
     # ------------------------------------------------------------------ status
-
-    def refresh_metrics(self) -> None:
-        """Update the gauges that are read rather than counted (before a /metrics scrape)."""
-        from meshnode.web.routes import BROWSER_LINKS
-
-        if self.app is not None and BROWSER_LINKS in self.app:
-            browsers = self.app[BROWSER_LINKS]
-            self.metrics.browsers.set(browsers.count)
-            for kind, n in browsers.counters().items():
-                self.metrics.browser_events.labels(kind).set(n)
-        totals: dict[str, int] = {}
-        for hosted in self.rooms.values():
-            for kind, n in hosted.runtime.overlay.stats.bytes_out_by_kind.items():
-                totals[kind] = totals.get(kind, 0) + n
-        for kind, n in totals.items():
-            self.metrics.overlay_bytes_out.labels(kind).set(n)
-        rejected: dict[str, int] = {}
-        for hosted in self.rooms.values():
-            for reason, n in hosted.runtime.replica.rejections.items():
-                rejected[reason] = rejected.get(reason, 0) + n
-        for reason, n in rejected.items():
-            self.metrics.changes_rejected.labels(reason).set(n)
-        self.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
-                                         for h in self.rooms.values()))
-        for rid, hosted in self.rooms.items():
-            label = rid.hex()[:16]
-            self.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
-            self.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
-
-    def status(self) -> dict[str, Any]:
-        """What ``meshnode status`` and ``/api/status`` show."""
-        links = self.links.links if self.links is not None else {}
-        return {
-            "peer_id": self.peer_id,
-            "url": self.url,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "links": len(links),
-            "rooms": [self.room_info(rid) for rid in self.rooms],
-        }
-
-    def room_info(self, room_id: bytes) -> dict[str, Any]:
-        """One room's summary."""
-        hosted = self.rooms[room_id]
-        rt = hosted.runtime
-        return {
-            "id": room_id.hex(),
-            "name": rt.room_name,
-            "changes": rt.replica.change_count(),
-            "entities": len(rt.replica.entities()),
-            "peers": sorted(rt.peers()),
-            "role": rt.replica.role_of(self.peer_id),
-            "admit": hosted.settings.get("admit", "invite"),
-            "default": bool(hosted.settings.get("default")),
-            "participants": sorted(rt.presence()),
-            "owner": peer_id_from_public_key(rt.replica.owner),
-        }
-
-    def peers_info(self) -> list[dict[str, Any]]:
-        """Established links, for ``meshnode peers``."""
-        if self.links is None:
-            return []
-        out = []
-        for est in self.links.links.values():
-            out.append({
-                "peer": est.peer,
-                "kind": est.hello.kind,
-                "url": est.hello.url,
-                "rooms": sorted(r.hex() for r in est.rooms & set(self.rooms)),
-                "offered_by_us": est.offered_by_us,
-                "buffered_bytes": est.link.buffered_bytes(),
-            })
-        return out
-
-
-def genesis_matches(room_id: bytes, genesis: bytes) -> bool:
-    """Whether ``genesis`` is the genesis change of ``room_id``."""
-    return change_id(genesis) == room_id
 
 
 def _describe(err: BaseException) -> str:

@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
+from meshnode.status import node_status, peers_info, refresh_metrics, room_info
 from protocol.errors import DecodeError
 
 if TYPE_CHECKING:
@@ -187,12 +188,12 @@ def build_app(node: "Node") -> web.Application:
             status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        node.refresh_metrics()
+        refresh_metrics(node)
         return web.Response(body=node.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(node.status())
+        return web.json_response(node_status(node))
 
     async def status_page(request: web.Request) -> web.StreamResponse:
         from meshnode.web.routes import STATIC_DIR
@@ -200,10 +201,10 @@ def build_app(node: "Node") -> web.Application:
         return web.FileResponse(STATIC_DIR / "status.html")
 
     async def peers(request: web.Request) -> web.Response:
-        return web.json_response(node.peers_info())
+        return web.json_response(peers_info(node))
 
     async def rooms(request: web.Request) -> web.Response:
-        return web.json_response([node.room_info(rid) for rid in node.rooms])
+        return web.json_response([room_info(node, rid) for rid in node.rooms])
 
     async def create_room(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -214,7 +215,7 @@ def build_app(node: "Node") -> web.Application:
         if admit not in (None, "open", "invite"):
             return _error(400, "admit must be open or invite")
         rid = node.create_room(name, admit=admit)
-        return web.json_response(node.room_info(rid))
+        return web.json_response(room_info(node, rid))
 
     async def join_room(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -225,7 +226,7 @@ def build_app(node: "Node") -> web.Application:
             rid = node.join_room(token)
         except (DecodeError, ValueError) as err:
             return _error(400, str(err))
-        return web.json_response(node.room_info(rid))
+        return web.json_response(room_info(node, rid))
 
     async def invite(request: web.Request) -> web.Response:
         hosted = room_or_404(request)

@@ -1,0 +1,29 @@
+"""Who may let whom into a room, decided from the replica alone (pure functions).
+
+Membership is signed `ROLE` changes in the room's CRDT, so admitting someone is writing one:
+a node can admit only as far as its own role allows (``meshnode.crdt.roles``), and an invite
+carries its issuer's authority and no more, whoever redeems it.
+"""
+
+from meshnode.crdt import SceneReplica
+from meshnode.crdt.roles import ROLE_BY_NAME, may_set_role
+from meshnode.rooms.invite import Invite
+
+
+def may_grant(replica: SceneReplica, granter: str | bytes, member: str | bytes,
+              role: str) -> bool:
+    """Whether ``granter`` (PeerID or key) may give ``member`` the role ``role`` now."""
+    return may_set_role(ROLE_BY_NAME[replica.role_of(granter)],
+                        ROLE_BY_NAME[replica.role_of(member)], ROLE_BY_NAME[role])
+
+
+def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: int) -> str | None:
+    """Why ``invite``, presented by ``member``, does not admit them to ``replica``'s room
+    (None: it does): ``bad_signature``, ``expired``, ``wrong_room`` or
+    ``issuer_may_not_grant`` (an admin's invite can never make an admin)."""
+    problem = invite.verify(now_ms)
+    if problem is None and invite.room_id != replica.room_id:
+        problem = "wrong_room"
+    if problem is None and not may_grant(replica, invite.issuer, member, invite.role):
+        problem = "issuer_may_not_grant"
+    return problem

@@ -1,0 +1,89 @@
+"""What a node shows about itself: ``meshnode status``/``peers``, the admin API, the status
+page, and the gauges of ``/metrics`` that are read from its state at scrape time."""
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from meshnode.identity import peer_id_from_public_key
+from meshnode.web.routes import BROWSER_LINKS
+
+if TYPE_CHECKING:
+    from meshnode.node import Node
+
+
+def refresh_metrics(node: "Node") -> None:
+    """Update the gauges that are read rather than counted (before a /metrics scrape)."""
+    links = node.links.links if node.links is not None else {}
+    kinds = {"node": 0, "client": 0}
+    for est in links.values():
+        kinds[est.hello.kind] = kinds.get(est.hello.kind, 0) + 1
+    for kind, n in kinds.items():
+        node.metrics.peers.labels(kind).set(n)
+
+    if node.app is not None and BROWSER_LINKS in node.app:
+        browsers = node.app[BROWSER_LINKS]
+        node.metrics.browsers.set(browsers.count)
+        for kind, n in browsers.counters().items():
+            node.metrics.browser_events.labels(kind).set(n)
+    totals: dict[str, int] = {}
+    for hosted in node.rooms.values():
+        for kind, n in hosted.runtime.overlay.stats.bytes_out_by_kind.items():
+            totals[kind] = totals.get(kind, 0) + n
+    for kind, n in totals.items():
+        node.metrics.overlay_bytes_out.labels(kind).set(n)
+    rejected: dict[str, int] = {}
+    for hosted in node.rooms.values():
+        for reason, n in hosted.runtime.replica.rejections.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    for reason, n in rejected.items():
+        node.metrics.changes_rejected.labels(reason).set(n)
+    node.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
+                                     for h in node.rooms.values()))
+    for rid, hosted in node.rooms.items():
+        label = rid.hex()[:16]
+        node.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
+        node.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
+
+def node_status(node: "Node") -> dict[str, Any]:
+    """What ``meshnode status``, ``/api/status`` and the status page show."""
+    links = node.links.links if node.links is not None else {}
+    return {
+        "peer_id": node.peer_id,
+        "url": node.url,
+        "uptime_s": round(time.time() - node.started_at, 1),
+        "links": len(links),
+        "rooms": [room_info(node, rid) for rid in node.rooms],
+    }
+
+def room_info(node: "Node", room_id: bytes) -> dict[str, Any]:
+    """One room's summary."""
+    hosted = node.rooms[room_id]
+    rt = hosted.runtime
+    return {
+        "id": room_id.hex(),
+        "name": rt.room_name,
+        "changes": rt.replica.change_count(),
+        "entities": len(rt.replica.entities()),
+        "peers": sorted(rt.peers()),
+        "role": rt.replica.role_of(node.peer_id),
+        "admit": hosted.settings.get("admit", "invite"),
+        "default": bool(hosted.settings.get("default")),
+        "participants": sorted(rt.presence()),
+        "owner": peer_id_from_public_key(rt.replica.owner),
+    }
+
+def peers_info(node: "Node") -> list[dict[str, Any]]:
+    """Established links, for ``meshnode peers``."""
+    if node.links is None:
+        return []
+    out = []
+    for est in node.links.links.values():
+        out.append({
+            "peer": est.peer,
+            "kind": est.hello.kind,
+            "url": est.hello.url,
+            "rooms": sorted(r.hex() for r in est.rooms & set(node.rooms)),
+            "offered_by_us": est.offered_by_us,
+            "buffered_bytes": est.link.buffered_bytes(),
+        })
+    return out

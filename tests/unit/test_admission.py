@@ -1,0 +1,54 @@
+"""Admission decisions from the replica alone (meshnode.rooms.admission)."""
+
+from meshnode.crdt import SceneReplica
+from meshnode.identity import Identity
+from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.invite import Invite, make_invite
+
+NOW_MS = 1_700_000_000_000
+
+
+def room_with_admin() -> tuple[SceneReplica, Identity, Identity]:
+    owner, admin = Identity.generate(), Identity.generate()
+    replica = SceneReplica.create(owner, NOW_MS / 1000)
+    replica.grant(admin.public_id, "admin")
+    replica.commit(NOW_MS / 1000)
+    return replica, owner, admin
+
+
+def invite(replica: SceneReplica, issuer: Identity, role: str, expires_ms: int = NOW_MS + 1,
+           room_id: bytes | None = None) -> Invite:
+    return make_invite(room_id or replica.room_id, replica.genesis, role, issuer.public_key,
+                       issuer.sign, expires_ms, ["http://127.0.0.1:8470"])
+
+
+def test_roles_grant_what_the_table_allows() -> None:
+    replica, owner, admin = room_with_admin()
+    newcomer = Identity.generate().public_id
+    assert may_grant(replica, owner.public_id, newcomer, "admin")
+    assert may_grant(replica, admin.public_id, newcomer, "editor")
+    assert not may_grant(replica, admin.public_id, newcomer, "admin")
+    assert not may_grant(replica, newcomer, Identity.generate().public_id, "viewer")
+    assert not may_grant(replica, admin.public_id, owner.public_id, "none")
+
+
+def test_an_invite_carries_its_issuers_authority_and_no_more() -> None:
+    replica, owner, admin = room_with_admin()
+    newcomer = Identity.generate().public_id
+    assert invite_problem(replica, invite(replica, owner, "admin"), newcomer, NOW_MS) is None
+    assert invite_problem(replica, invite(replica, admin, "editor"), newcomer, NOW_MS) is None
+    assert invite_problem(replica, invite(replica, admin, "admin"), newcomer,
+                          NOW_MS) == "issuer_may_not_grant"
+    stranger = Identity.generate()
+    assert invite_problem(replica, invite(replica, stranger, "viewer"), newcomer,
+                          NOW_MS) == "issuer_may_not_grant"
+
+
+def test_expired_and_foreign_invites_are_refused() -> None:
+    replica, owner, _ = room_with_admin()
+    newcomer = Identity.generate().public_id
+    assert invite_problem(replica, invite(replica, owner, "editor", expires_ms=NOW_MS - 1),
+                          newcomer, NOW_MS) == "expired"
+    other = SceneReplica.create(owner, NOW_MS / 1000, name="other")
+    assert invite_problem(replica, invite(other, owner, "editor"), newcomer,
+                          NOW_MS) == "wrong_room"
