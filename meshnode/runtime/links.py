@@ -24,6 +24,7 @@ import aiohttp
 
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
+from meshnode.runtime.outbox import Outbox
 from meshnode.signaling.relay import DEFAULT_TTL, Deliver, Forward, SignalRelay
 from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
 from protocol.errors import DecodeError
@@ -48,10 +49,6 @@ SIGNALS_PER_S = 5.0
 GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
-MAX_PENDING_BYTES = 8 * 1024 * 1024  # frames queued for one peer within one loop turn
-# Bundles: up to ~16 KB on the reliable channel (the brief's batch size); on the unreliable
-# one small enough for one packet, since losing any fragment loses the whole message.
-BUNDLE_TARGET = {"sync": 16 * 1024, "presence": 1_100}
 DUPLICATE_WINDOW_S = 10.0
 
 
@@ -78,8 +75,7 @@ class Established:
     since: float = field(default_factory=time.monotonic)
     last_in: float = field(default_factory=time.monotonic)
     last_out: float = field(default_factory=time.monotonic)
-    pending: dict[str, list[bytes]] = field(default_factory=dict)
-    pending_bytes: int = 0
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 class LinkOwner:
@@ -163,11 +159,9 @@ class LinkManager:
         est = self.links.get(peer)
         if est is None:
             return False
-        if est.pending_bytes + len(data) > MAX_PENDING_BYTES:
+        if not est.outbox.add(channel, data):
             self.metrics.frames_dropped.labels(channel).inc()
             return False
-        est.pending.setdefault(channel, []).append(data)
-        est.pending_bytes += len(data)
         self.metrics.frames_out.labels(channel).inc()
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -177,31 +171,16 @@ class LinkManager:
     def _flush_all(self) -> None:
         self._flush_scheduled = False
         for est in list(self.links.values()):
-            if est.pending:
+            if est.outbox:
                 self._flush(est)
 
     def _flush(self, est: Established) -> None:
-        pending, est.pending, est.pending_bytes = est.pending, {}, 0
         est.last_out = time.monotonic()
-        for channel, frames in pending.items():
-            target = BUNDLE_TARGET[channel]
-            batch: list[bytes] = []
-            size = 0
-            for frame in frames:
-                if batch and size + len(frame) > target:
-                    self._put(est, channel, batch)
-                    batch, size = [], 0
-                batch.append(frame)
-                size += len(frame) + 5
-            if batch:
-                self._put(est, channel, batch)
-
-    def _put(self, est: Established, channel: str, frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else encode_link(Bundle(tuple(frames)))
-        if est.link.send(channel, data):
-            self.metrics.bytes_out.labels(channel).inc(len(data))
-        else:
-            self.metrics.frames_dropped.labels(channel).inc(len(frames))
+        for channel, data, frames in est.outbox.drain():
+            if est.link.send(channel, data):
+                self.metrics.bytes_out.labels(channel).inc(len(data))
+            else:
+                self.metrics.frames_dropped.labels(channel).inc(frames)
 
     def send_link(self, peer: str, msg: LinkMessage) -> bool:
         """Send a link message to ``peer`` now (after the frames queued for it, on
@@ -209,7 +188,7 @@ class LinkManager:
         est = self.links.get(peer)
         if est is None:
             return False
-        if est.pending:
+        if est.outbox:
             self._flush(est)
         est.last_out = time.monotonic()
         data = encode_link(msg)
