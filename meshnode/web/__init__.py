@@ -14,8 +14,9 @@ from meshnode.web.browser_link import (
     TooManyBrowsers,
     answer_browser_offer,
 )
+from meshnode.web.rooms import DelegatingRoom, ReadOnlyRoom, RoomAccess
 from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
-from meshnode.web.session import BrowserSession, ReadOnlyRoom, RoomAccess, SessionLimits
+from meshnode.web.session import BrowserSession, SessionLimits
 
 __all__ = [
     "BROWSER_LINKS",
@@ -23,6 +24,7 @@ __all__ = [
     "BrowserConnection",
     "BrowserLinks",
     "BrowserSession",
+    "DelegatingRoom",
     "InvalidOffer",
     "ReadOnlyRoom",
     "RoomAccess",

@@ -18,7 +18,8 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from meshnode.transport.ice import IceSettings, strip_mdns_candidates
-from meshnode.web.session import BrowserSession, RoomAccess, SessionLimits
+from meshnode.web.rooms import RoomAccess
+from meshnode.web.session import BrowserSession, SessionLimits
 
 __all__ = [
     "CLIENT_CHANNEL",

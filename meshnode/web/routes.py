@@ -24,7 +24,7 @@ from aiohttp import web
 
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
-from meshnode.web.session import ReadOnlyRoom, RoomAccess
+from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
 

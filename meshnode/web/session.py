@@ -60,7 +60,6 @@ token instead of being dropped).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -68,74 +67,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from meshnode.crdt import EntityId, PermissionDenied, SceneReplica
 from meshnode.overlay.scoring import TokenBucket
+from meshnode.web.messages import EDITS, BadMessage, dumps, peek_req, refuse_constant, want_req
+from meshnode.web.rooms import RoomAccess
 
-__all__ = [
-    "BrowserSession",
-    "DelegatingRoom",
-    "ReadOnlyRoom",
-    "RoomAccess",
-    "SessionLimits",
-]
+__all__ = ["BrowserSession", "SessionLimits"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-MAX_REQ = 2**53 - 1
-"""The largest request number (the largest integer a JavaScript number holds exactly)."""
-
-
-class RoomAccess(Protocol):
-    """What a browser session needs from its node's room (the node implements it).
-
-    ``room_id``, ``room_name`` and ``me`` may be plain attributes or properties.
-    """
-
-    @property
-    def room_id(self) -> bytes:
-        """The room's ID (the hash of its genesis change)."""
-        ...
-
-    @property
-    def room_name(self) -> str:
-        """The room's name, from its genesis change."""
-        ...
-
-    @property
-    def me(self) -> str:
-        """The PeerID that signs this room's edits on this node."""
-        ...
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        """The scene, exactly as ``SceneReplica.state()``: a fresh copy the session may keep
-        (it diffs the next state against it)."""
-        ...
-
-    def presence(self) -> dict[str, dict[str, Any]]:
-        """Each present participant's PeerID mapped to their presence fields (a fresh copy
-        the session may keep)."""
-        ...
-
-    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
-        """Run ``fn`` on the replica's local batch, commit it, wait until it is durable and
-        return what ``fn`` returned. If ``fn`` raises (``PermissionDenied``, ``ValueError``,
-        ``TypeError``, ...) the batch is discarded and the error propagates."""
-        ...
-
-    def set_presence(self, fields: dict[str, Any]) -> object:
-        """Publish this node's presence fields in the room (latest wins; any result is
-        ignored)."""
-        ...
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback()`` after any applied change or presence change; returns a
-        function that unsubscribes."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -155,74 +98,6 @@ class SessionLimits:
     presence_burst: float = 20.0
     max_presence_fields: int = 32
     max_presence_field_chars: int = 64
-
-
-class DelegatingRoom:
-    """A room that passes everything on to another; subclasses change what they need."""
-
-    def __init__(self, room: RoomAccess) -> None:
-        self._room = room
-
-    @property
-    def room_id(self) -> bytes:
-        """The room's ID."""
-        return self._room.room_id
-
-    @property
-    def room_name(self) -> str:
-        """The room's name."""
-        return self._room.room_name
-
-    @property
-    def me(self) -> str:
-        """The PeerID that signs this room's edits on this node."""
-        return self._room.me
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        """The scene, as the room gives it."""
-        return self._room.state()
-
-    def presence(self) -> dict[str, dict[str, Any]]:
-        """Presence, as the room gives it."""
-        return self._room.presence()
-
-    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
-        """An edit, as the room makes it."""
-        return await self._room.edit(fn)
-
-    def set_presence(self, fields: dict[str, Any]) -> object:
-        """Presence, as the room publishes it."""
-        return self._room.set_presence(fields)
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Follow the room's changes."""
-        return self._room.subscribe(callback)
-
-    def forget(self, session: str) -> None:
-        """Pass a leaving browser on to the room, if it keeps one entry per browser."""
-        forget = getattr(self._room, "forget", None)
-        if callable(forget):
-            forget(session)
-
-
-class ReadOnlyRoom(DelegatingRoom):
-    """A room as a browser that may not edit it sees it: every edit is refused (presence
-    still flows: it says who is watching)."""
-
-    async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
-        """Always refused."""
-        raise PermissionDenied("this room admits members by invite: from this address the "
-                               "web client is read-only")
-
-
-class _BadMessage(Exception):
-    """A browser message that does not follow the protocol."""
-
-    def __init__(self, reason: str, text: str, req: int | None = None) -> None:
-        super().__init__(text)
-        self.reason = reason
-        self.text = text
-        self.req = req
 
 
 class BrowserSession:
@@ -331,7 +206,7 @@ class BrowserSession:
     # ------------------------------------------------------------------ sending
 
     def _send(self, msg: dict[str, Any]) -> None:
-        self._send_text(_dumps(msg))
+        self._send_text(dumps(msg))
 
     def _send_text(self, text: str) -> None:
         if self._closed:
@@ -355,13 +230,13 @@ class BrowserSession:
         """Send ``head | {key: entries}``, split by entry if it is too large: every part but
         the last carries ``"more": true``; parts after the first use ``next_head``."""
         limit = self.limits.max_send_bytes
-        text = _dumps({**head, key: entries})
+        text = dumps({**head, key: entries})
         if len(text) <= limit // 4 or len(text.encode()) <= limit:
             self._send_text(text)
             return
-        items = [_dumps(k) + ":" + _dumps(v) for k, v in entries.items()]
+        items = [dumps(k) + ":" + dumps(v) for k, v in entries.items()]
         current = head
-        prefix = _dumps(current)[:-1] + "," + _dumps(key) + ":{"
+        prefix = dumps(current)[:-1] + "," + dumps(key) + ":{"
         chunk: list[str] = []
         size = len(prefix.encode()) + 16
         for item in items:
@@ -369,7 +244,7 @@ class BrowserSession:
             if chunk and size + n > limit:
                 self._send_text(prefix + ",".join(chunk) + '},"more":true}')
                 current = next_head
-                prefix = _dumps(current)[:-1] + "," + _dumps(key) + ":{"
+                prefix = dumps(current)[:-1] + "," + dumps(key) + ":{"
                 chunk = []
                 size = len(prefix.encode()) + 16
             chunk.append(item)
@@ -477,31 +352,31 @@ class BrowserSession:
             if kind == "presence":
                 self._handle_presence(msg)
                 return
-            handler = _EDITS.get(kind)
+            handler = EDITS.get(kind)
             if handler is None:
-                raise _BadMessage("unknown_type", f"unknown message type {kind!r}",
-                                  _peek_req(msg))
-            req = _want_req(msg)
+                raise BadMessage("unknown_type", f"unknown message type {kind!r}",
+                                  peek_req(msg))
+            req = want_req(msg)
             fn = handler(msg, req)
-        except _BadMessage as bad:
+        except BadMessage as bad:
             self._error(bad.reason, bad.text, bad.req)
             return
         await self._run_edit(req, fn)
 
     def _parse(self, text: str | bytes) -> dict[str, Any]:
         if not isinstance(text, str):
-            raise _BadMessage("bad_message", "binary messages are not part of the protocol")
+            raise BadMessage("bad_message", "binary messages are not part of the protocol")
         limit = self.limits.max_message_bytes
         if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
-            raise _BadMessage("oversized", f"message over {limit} bytes")
+            raise BadMessage("oversized", f"message over {limit} bytes")
         try:
-            msg = json.loads(text, parse_constant=_refuse_constant)
+            msg = json.loads(text, parse_constant=refuse_constant)
         except (ValueError, RecursionError) as err:
-            raise _BadMessage("bad_json", f"not valid JSON: {err}") from None
+            raise BadMessage("bad_json", f"not valid JSON: {err}") from None
         if type(msg) is not dict:
-            raise _BadMessage("bad_message", "a message is a JSON object")
+            raise BadMessage("bad_message", "a message is a JSON object")
         if type(msg.get("t")) is not str:
-            raise _BadMessage("bad_message", 'a message needs a string "t"', _peek_req(msg))
+            raise BadMessage("bad_message", 'a message needs a string "t"', peek_req(msg))
         return msg
 
     async def _run_edit(self, req: int, fn: Callable[[SceneReplica], Any]) -> None:
@@ -536,12 +411,12 @@ class BrowserSession:
         fields = msg.get("fields")
         lim = self.limits
         if type(fields) is not dict:
-            raise _BadMessage("bad_message", 'presence needs an object "fields"')
+            raise BadMessage("bad_message", 'presence needs an object "fields"')
         if len(fields) > lim.max_presence_fields:
-            raise _BadMessage("bad_message", f"at most {lim.max_presence_fields} presence fields")
+            raise BadMessage("bad_message", f"at most {lim.max_presence_fields} presence fields")
         for key in fields:
             if not key or len(key) > lim.max_presence_field_chars:
-                raise _BadMessage(
+                raise BadMessage(
                     "bad_message",
                     f"presence field names are 1..{lim.max_presence_field_chars} characters",
                 )
@@ -582,107 +457,3 @@ class BrowserSession:
             self._error("presence_failed", "the node could not publish this presence", None)
         else:
             self.counters["presence"] += 1
-
-
-# ---------------------------------------------------------------------- message parsing
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _peek_req(msg: dict[str, Any]) -> int | None:
-    req = msg.get("req")
-    return req if type(req) is int and 0 <= req <= MAX_REQ else None
-
-
-def _want_req(msg: dict[str, Any]) -> int:
-    req = msg.get("req")
-    if type(req) is not int or not 0 <= req <= MAX_REQ:
-        raise _BadMessage("bad_message", f'an edit needs an integer "req" in 0..{MAX_REQ}')
-    return req
-
-
-def _want_str(msg: dict[str, Any], key: str, req: int) -> str:
-    value = msg.get(key)
-    if type(value) is not str:
-        raise _BadMessage("bad_message", f"{msg['t']} needs a string {key!r}", req)
-    return value
-
-
-def _want_entity(msg: dict[str, Any], key: str, req: int) -> EntityId:
-    text = _want_str(msg, key, req)
-    try:
-        return EntityId.parse(text)
-    except ValueError as err:
-        raise _BadMessage("bad_message", f"{key!r}: {err}", req) from None
-
-
-def _parse_create(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
-    parent = _want_entity(msg, "parent", req)
-    components = msg.get("components", {})
-    if type(components) is not dict or any(type(f) is not dict for f in components.values()):
-        raise _BadMessage(
-            "bad_message", 'create needs "components" as {component: {field: value}}', req
-        )
-    return lambda replica: replica.create_entity(parent, components)
-
-
-def _parse_set(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
-    entity = _want_entity(msg, "id", req)
-    component = _want_str(msg, "component", req)
-    field = _want_str(msg, "field", req)
-    if "value" not in msg:
-        raise _BadMessage("bad_message", 'set needs a "value" (null is one)', req)
-    value = msg["value"]
-    return lambda replica: replica.set_field(entity, component, field, value)
-
-
-def _parse_move(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
-    entity = _want_entity(msg, "id", req)
-    parent = _want_entity(msg, "parent", req)
-    return lambda replica: replica.move(entity, parent)
-
-
-def _parse_delete(msg: dict[str, Any], req: int) -> Callable[[SceneReplica], Any]:
-    entity = _want_entity(msg, "id", req)
-    return lambda replica: replica.delete(entity)
-
-
-_EDITS: dict[str, Callable[[dict[str, Any], int], Callable[[SceneReplica], Any]]] = {
-    "create": _parse_create,
-    "set": _parse_set,
-    "move": _parse_move,
-    "delete": _parse_delete,
-}
-
-
-# ---------------------------------------------------------------------- JSON encoding
-
-
-def _json_default(obj: object) -> Any:
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(obj)).decode("ascii")}
-    if isinstance(obj, set | frozenset):
-        return sorted(obj, key=repr)
-    raise TypeError(f"{type(obj).__name__} cannot be sent to a browser")
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by null (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _dumps(obj: Any) -> str:
-    try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_json_default)
-    except ValueError:  # a NaN or infinity (scene values cannot hold one; presence might)
-        return json.dumps(_finite(obj), separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False, default=_json_default)

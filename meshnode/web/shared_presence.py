@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshnode.web.session import DelegatingRoom, RoomAccess
+from meshnode.web.rooms import DelegatingRoom, RoomAccess
 
 
 class SharedPresenceRoom(DelegatingRoom):
