@@ -108,13 +108,10 @@ class Node(LinkOwner):
                                       synchronous=self.config.store_synchronous)
         self.durable = DurableLog(self.store)
         await self.durable.start()
-        if self.config.ice.host_addresses:
-            install_host_addresses(self.config.ice.host_addresses)
-        else:
-            install_host_addresses(())
+        # Process-wide, and needed before any link: browser links do not go through PeerLink.
+        install_host_addresses(self.config.ice.host_addresses)
         self.links = LinkManager(self.identity, LinkSettings(ice=self.config.ice), self,
                                  self.metrics, max_links=self.config.max_links)
-        self.links.dial_failed = self._dial_failed  # type: ignore[method-assign]
         for record in self.store.rooms():
             self._host(record)
         if not self.rooms and self.config.default_room:
@@ -379,7 +376,8 @@ class Node(LinkOwner):
         if not any(peer in h.runtime.peers() for h in self.rooms.values()):
             self.links.close(peer, "unused")
 
-    def _dial_failed(self, peer: str) -> None:
+    def dial_failed(self, peer: str) -> None:
+        """The overlay's rooms learn that ``peer`` could not be reached."""
         for hosted in self.rooms.values():
             hosted.runtime.connect_failed(peer)
 

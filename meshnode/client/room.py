@@ -36,7 +36,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
-from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
 from protocol.link import Ack
@@ -97,8 +97,6 @@ class RoomClient(LinkOwner):
                               dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
                                                   rewire_interval_s=0.0))
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
-        if self._ice.host_addresses:
-            install_host_addresses(self._ice.host_addresses)
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
                                   NodeMetrics(), max_links=1)
         try:

@@ -100,6 +100,9 @@ class LinkOwner:
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         """The peer now shares ``rooms`` over the link (``est.rooms`` was the old set)."""
 
+    def dial_failed(self, peer: str) -> None:
+        """A link to ``peer`` asked for with ``dial_peer`` could not be opened."""
+
 
 def room_of_frame(data: bytes) -> bytes | None:
     """The room ID of a room frame, read without decoding it (None if it does not start like
@@ -322,9 +325,6 @@ class LinkManager:
         self._dialing.add(peer)
         self._spawn(self._dial_relayed(peer, timeout_s), f"dial-{peer[:12]}")
 
-    def dial_failed(self, peer: str) -> None:  # overridden by owners that care
-        """Hook: a relayed dial to ``peer`` failed."""
-
     async def _dial_relayed(self, peer: str, timeout_s: float) -> None:
         link: PeerLink | None = None
         nonce = secrets.token_bytes(16)
@@ -353,7 +353,7 @@ class LinkManager:
             self.metrics.links_closed.labels(str(reason)).inc()
             if link is not None:
                 await link.close(str(reason))
-            self.dial_failed(peer)
+            self.owner.dial_failed(peer)
         finally:
             self._opening -= 1
             self._pending_relay.pop(nonce, None)

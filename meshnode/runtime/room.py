@@ -74,6 +74,7 @@ class RoomRuntime:
         self._closed = False
         self._pumping = False
         self.store_failures = 0
+        self._stored_before_gossip: set[bytes] = set()
 
     # ------------------------------------------------------------------ links
 
@@ -157,6 +158,7 @@ class RoomRuntime:
             # rebuilt from the store must know every seq we ever signed, or our next edit
             # would reuse one (an equivocation, for which peers cut us off).
             await asyncio.shield(self._persist(self.room_id, cid, data))
+            self._stored_before_gossip.add(cid)
         self.overlay.submit_change(data, self._clock())
         waiter = self.durable(cid)
         self.pump()
@@ -227,9 +229,14 @@ class RoomRuntime:
 
     def _handle(self, event: Event) -> bool:
         notify = False
+        stored_already: bytes | None = None
         if isinstance(event, ChangeApplied):
             notify = True
-            if self._persist is not None:
+            if event.change_id in self._stored_before_gossip:
+                # publish() wrote it before spreading it: no second write.
+                self._stored_before_gossip.discard(event.change_id)
+                stored_already = event.change_id
+            elif self._persist is not None:
                 data = self.replica.change_bytes(event.change_id)
                 if data is not None:
                     try:
@@ -256,6 +263,9 @@ class RoomRuntime:
             pass  # the link owner acts on these through on_event
         if self._on_event is not None:
             self._on_event(event)
+        if stored_already is not None:
+            # After on_event, so that waiters it registers (the node's ack) resolve too.
+            self.mark_durable([stored_already])
         return notify
 
     def _stored(self, cid: bytes, fut: "asyncio.Future[None]") -> None:

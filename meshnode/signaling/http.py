@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from meshnode.overlay.scoring import TokenBucket
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
 from meshnode.status import node_status, peers_info, refresh_metrics, room_info
 from protocol.errors import DecodeError
@@ -102,62 +103,55 @@ def build_app(node: "Node") -> web.Application:
                                    content_type="application/json")
         return hosted
 
-    async def offer(request: web.Request) -> web.Response:
-        body = await _json_body(request, MAX_OFFER_BYTES)
-        sdp = body.get("sdp")
+    async def answer_offer(sdp: object, remote: str | None) -> tuple[int, str]:
+        """Answer an offer from either endpoint: ``(200, answer)`` or ``(status, error)``."""
         if not isinstance(sdp, str) or not sdp.startswith("v=0"):
             node.metrics.rejections.labels("bad_offer").inc()
-            return _error(400, "expected {\"sdp\": \"v=0...\"}")
+            return 400, "expected an SDP offer (\"v=0...\")"
         assert node.links is not None
         try:
-            answer = await node.links.accept_offer(sdp)
+            return 200, await node.links.accept_offer(sdp)
         except LinkRefused as err:
-            return _error(503, str(err))
+            return 503, str(err)
         except Exception as err:  # aiortc raises assorted errors on a malformed SDP
             node.metrics.rejections.labels("bad_offer").inc()
-            log.info("bad offer from %s: %s", request.remote, err)
-            return _error(400, f"offer refused: {err}")
-        return web.json_response({"sdp": answer, "peer": node.peer_id})
+            log.info("bad offer from %s: %s", remote, err)
+            return 400, f"offer refused: {err}"
+
+    async def offer(request: web.Request) -> web.Response:
+        body = await _json_body(request, MAX_OFFER_BYTES)
+        status, text = await answer_offer(body.get("sdp"), request.remote)
+        if status != 200:
+            return _error(status, text)
+        return web.json_response({"sdp": text, "peer": node.peer_id})
 
     async def offer_ws(request: web.Request) -> web.WebSocketResponse:
         # The same offer/answer as POST /signal/offer, over one WebSocket that may carry
         # several (a client that relinks, a tool that keeps a socket open).
         ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_OFFER_BYTES)
         await ws.prepare(request)
-        tokens, at = WS_OFFER_BURST, time.monotonic()
+        bucket = TokenBucket(WS_OFFERS_PER_S, WS_OFFER_BURST, WS_OFFER_BURST, time.monotonic())
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 await ws.close(code=1003, message=b"text JSON messages only")
                 break
-            now = time.monotonic()
-            tokens = min(WS_OFFER_BURST, tokens + (now - at) * WS_OFFERS_PER_S)
-            at = now
-            if tokens < 1:
+            if not bucket.take(1.0, time.monotonic()):
                 await ws.send_json({"type": "error", "error": "too many offers; slow down"})
                 continue
-            tokens -= 1
             try:
                 body = json.loads(msg.data)
             except ValueError:
                 body = None
-            sdp = body.get("sdp") if isinstance(body, dict) else None
-            if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(
-                    sdp, str) or not sdp.startswith("v=0"):
+            if not isinstance(body, dict) or body.get("type") != "offer":
                 node.metrics.rejections.labels("bad_offer").inc()
                 await ws.send_json({"type": "error",
                                     "error": 'expected {"type": "offer", "sdp": "v=0..."}'})
                 continue
-            assert node.links is not None
-            try:
-                answer = await node.links.accept_offer(sdp)
-            except LinkRefused as err:
-                await ws.send_json({"type": "error", "error": str(err)})
+            status, text = await answer_offer(body.get("sdp"), request.remote)
+            if status != 200:
+                await ws.send_json({"type": "error", "error": text})
                 continue
-            except Exception as err:  # aiortc raises assorted errors on a malformed SDP
-                node.metrics.rejections.labels("bad_offer").inc()
-                await ws.send_json({"type": "error", "error": f"offer refused: {err}"})
-                continue
-            await ws.send_json({"type": "answer", "sdp": answer, "peer": node.peer_id})
+            await ws.send_json({"type": "answer", "sdp": text, "peer": node.peer_id})
         return ws
 
     async def genesis(request: web.Request) -> web.Response:

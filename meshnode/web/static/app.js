@@ -354,13 +354,7 @@ function renderEntityList() {
     li.addEventListener("click", () => select(id));
     items.push(li);
   }
-  if (!items.length) {
-    const li = document.createElement("li");
-    li.className = "empty";
-    li.textContent = "No entities yet: add one below.";
-    items.push(li);
-  }
-  list.replaceChildren(...items);
+  fillList(list, items, "No entities yet: add one below.");
 }
 
 function fillParentSelect(sel, value, exclude) {
@@ -500,10 +494,15 @@ function renderPresence() {
     li.append(dot, name, small);
     items.push(li);
   }
+  fillList(list, items, "Nobody else is here.");
+}
+
+// Show ``items`` in ``list``, or one line saying ``emptyText`` when there are none.
+function fillList(list, items, emptyText) {
   if (!items.length) {
     const li = document.createElement("li");
     li.className = "empty";
-    li.textContent = "Nobody else is here.";
+    li.textContent = emptyText;
     items.push(li);
   }
   list.replaceChildren(...items);
