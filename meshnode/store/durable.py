@@ -38,6 +38,7 @@ store's other methods as coroutines that run there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -340,19 +341,16 @@ class DurableLog:
         if self._closing:
             delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
         self._retry_now.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._retry_now.wait(), delay)
-        except TimeoutError:
-            pass
 
     async def _commit(self, n: int) -> bool:
         """Try to commit the first ``n`` queued entries; True if they are resolved."""
         batch = self._queue[:n]
         try:
+            # Cancelled (loop shutdown): the thread may still commit, but the changes cannot
+            # be reported durable; _run's finally fails them.
             new, elapsed, rejected = await self.run(self._write, batch)
-        except asyncio.CancelledError:
-            # The thread may still commit, but the change cannot be reported durable.
-            raise
         except Exception as exc:
             self._record_failure(exc, n)
             return False
