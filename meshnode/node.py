@@ -49,6 +49,7 @@ from meshnode.store import (
     DurableLogEvent,
     ReplayReport,
     RoomRecord,
+    StoreError,
     StoreRecovered,
     replay_report,
 )
@@ -329,6 +330,18 @@ class Node(LinkOwner):
         except Exception:
             log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
 
+    async def _save_snapshot(self, hosted: HostedRoom) -> None:
+        """``_snapshot`` while serving: the SQLite write runs in the store's worker thread."""
+        if self.durable is None or hosted.stored_since_snapshot == 0:
+            return
+        replica = hosted.runtime.replica
+        data, count = replica.snapshot(), replica.change_count()
+        hosted.stored_since_snapshot = 0
+        try:
+            await self.durable.aio.save_snapshot(replica.room_id, data, count)
+        except Exception:
+            log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
+
     # ------------------------------------------------------------------ room events
 
     def _send_frame(self, peer: str, channel: str, frame: bytes) -> bool:
@@ -389,7 +402,7 @@ class Node(LinkOwner):
         if peer is not None and peer in hosted.clients and self.links is not None:
             self.links.send_link(peer, Ack(room_id, (cid,)))
         if hosted.stored_since_snapshot >= self.config.snapshot_every:
-            self._snapshot(hosted)
+            self._spawn(self._save_snapshot(hosted), "snapshot")
 
     def _nack_if_stuck(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str,
                        waiter: "asyncio.Future[None]") -> None:
@@ -457,8 +470,8 @@ class Node(LinkOwner):
     def link_up(self, est: Established) -> None:
         """Record the peer, redeem its invites, admit it, attach the rooms we share."""
         assert self.links is not None and self.store is not None
-        if est.hello.url and est.hello.kind == "node":
-            self.store.remember_peer(est.peer, est.hello.url, time.time())
+        if est.hello.url and est.hello.kind == "node" and self.durable is not None:
+            self._spawn(self._remember_peer(est.peer, est.hello.url), f"remember {est.peer[:12]}")
         for raw in est.hello.invites:
             self._redeem(est.peer, raw)
         if est.hello.kind == "client":
@@ -468,6 +481,13 @@ class Node(LinkOwner):
                 if hosted.settings.get("admit") == "open":
                     self._admit(hosted, est.peer, self.config.admit_role)
         self._attach_shared(est)
+
+    async def _remember_peer(self, peer: str, url: str) -> None:
+        assert self.durable is not None
+        try:
+            await self.durable.aio.remember_peer(peer, url, time.time())
+        except StoreError as err:  # the address book is a convenience: log and go on
+            log.warning("could not remember peer %s: %s", peer, err)
 
     def _attach_shared(self, est: Established) -> None:
         for rid in est.rooms & set(self.rooms):
