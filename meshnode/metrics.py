@@ -46,6 +46,26 @@ class NodeMetrics:
                                        ["kind"], registry=r)
         self.changes_stored = Counter("meshnode_changes_stored",
                                       "Changes written durably to the store", registry=r)
+        self.store_failed_commits = Counter(
+            "meshnode_store_failed_commits",
+            "Store commits that failed (their changes are kept and retried), by reason "
+            "(disk_full, io_error, locked, read_only, corrupt, other)", ["reason"], registry=r)
+        self.store_retries = Counter("meshnode_store_commit_retries",
+                                     "Store commits retried after a failure", registry=r)
+        self.store_failing = Gauge("meshnode_store_failing",
+                                   "1 while the store fails to commit (then /healthz is 503)",
+                                   registry=r)
+        self.store_missing_history = Gauge(
+            "meshnode_store_changes_missing_history",
+            "Stored changes found at start-up whose history the store lacks (invisible until "
+            "a peer supplies it)", registry=r)
+        self.store_replay_refused = Gauge(
+            "meshnode_store_replay_refused",
+            "Stored changes the replicas refused at start-up, by reason", ["reason"],
+            registry=r)
+        self.nacks_sent = Counter("meshnode_nacks_sent",
+                                  "Changes of clients reported not durable yet (Nack), by reason",
+                                  ["reason"], registry=r)
         self.frames_out = Counter("meshnode_frames_out", "Messages sent on links, by channel",
                                   ["channel"], registry=r)
         self.frames_dropped = Counter("meshnode_frames_dropped",

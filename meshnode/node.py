@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from meshnode.config import NodeConfig
-from meshnode.crdt import PermissionDenied, SceneReplica
+from meshnode.crdt import ApplyResult, PermissionDenied, SceneReplica
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
@@ -40,17 +40,30 @@ from meshnode.rooms.admission import invite_problem, may_grant
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
-from meshnode.store import ChangeStore, DurableLog, RoomRecord
+from meshnode.store import (
+    ChangeStore,
+    CommitFailed,
+    CommitRetried,
+    DataDirLock,
+    DurableLog,
+    DurableLogEvent,
+    ReplayReport,
+    RoomRecord,
+    StoreError,
+    StoreRecovered,
+    replay_report,
+)
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
 from meshnode.web.shared_presence import SharedPresenceRoom
 from protocol.errors import DecodeError
-from protocol.link import MAX_ROOMS_PER_LINK, Ack, Rooms
+from protocol.link import MAX_ROOMS_PER_LINK, Ack, Nack, Rooms
 
 log = logging.getLogger("meshnode.node")
 
 BOOTSTRAP_RETRY_S = 5.0
 JOIN_GRACE_S = 10.0
+NACK_AFTER_S = 1.0  # a client's change not durable after this long, store failing: Nack
 
 
 @dataclass(slots=True)
@@ -80,6 +93,7 @@ class Node(LinkOwner):
         self._stopping = asyncio.Event()
         self.store: ChangeStore | None = None
         self.durable: DurableLog | None = None
+        self._lock: DataDirLock | None = None
         self.links: LinkManager | None = None
         self.url = config.url
         self.app: web.Application | None = None
@@ -102,11 +116,13 @@ class Node(LinkOwner):
         if not self.data_dir.exists():
             # The identity key and the rooms live here: nobody else needs to list it.
             self.data_dir.mkdir(parents=True, mode=0o700)
+        # Before the identity: two processes on one data dir would sign as one (equivocate).
+        self._lock = DataDirLock(self.data_dir).acquire()
         if self._identity is None:
             self._identity = Identity.load_or_generate(self.data_dir / "identity.key")
         self.store = ChangeStore.open(self.data_dir / "meshnode.db",
                                       synchronous=self.config.store_synchronous)
-        self.durable = DurableLog(self.store)
+        self.durable = DurableLog(self.store, on_event=self._store_event)
         await self.durable.start()
         # Process-wide, and needed before any link: browser links do not go through PeerLink.
         install_host_addresses(self.config.ice.host_addresses)
@@ -176,6 +192,8 @@ class Node(LinkOwner):
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._lock is not None:
+            self._lock.release()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -189,20 +207,23 @@ class Node(LinkOwner):
         assert self.store is not None and self.durable is not None
         replica = SceneReplica.from_genesis(record.genesis, self.identity)
         batch: list[bytes] = []
+        results: list[ApplyResult] = []
         for data in self.store.changes(record.room_id):
             batch.append(data)
             if len(batch) >= 1_000:
-                replica.apply_many(batch, time.time())
+                results += replica.apply_many(batch, time.time())
                 batch = []
         if batch:
-            replica.apply_many(batch, time.time())
+            results += replica.apply_many(batch, time.time())
+        self._report_replay(replay_report(replica, results))
         overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY)
         room_id = record.room_id
         durable = self.durable
         runtime = RoomRuntime(
             overlay,
             send=self._send_frame,
-            persist=lambda rid, cid, data: durable.append(rid, cid, data),
+            # applied=True: the replica holds the change already; never drop it from the log.
+            persist=lambda rid, cid, data: durable.append(rid, cid, data, applied=True),
             on_event=lambda ev: self._on_room_event(room_id, ev),
         )
         hosted = HostedRoom(runtime, dict(record.settings))
@@ -309,6 +330,18 @@ class Node(LinkOwner):
         except Exception:
             log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
 
+    async def _save_snapshot(self, hosted: HostedRoom) -> None:
+        """``_snapshot`` while serving: the SQLite write runs in the store's worker thread."""
+        if self.durable is None or hosted.stored_since_snapshot == 0:
+            return
+        replica = hosted.runtime.replica
+        data, count = replica.snapshot(), replica.change_count()
+        hosted.stored_since_snapshot = 0
+        try:
+            await self.durable.aio.save_snapshot(replica.room_id, data, count)
+        except Exception:
+            log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
+
     # ------------------------------------------------------------------ room events
 
     def _send_frame(self, peer: str, channel: str, frame: bytes) -> bool:
@@ -335,6 +368,10 @@ class Node(LinkOwner):
             waiter = runtime.durable(event.change_id)
             waiter.add_done_callback(functools.partial(
                 self._stored, hosted, room_id, event.change_id, event.peer, started))
+            if event.peer is not None and event.peer in hosted.clients:
+                asyncio.get_running_loop().call_later(
+                    NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, event.change_id,
+                    event.peer, waiter)
         elif isinstance(event, ConnectRequest):
             est = self.links.links.get(event.peer)
             if est is not None:
@@ -365,7 +402,43 @@ class Node(LinkOwner):
         if peer is not None and peer in hosted.clients and self.links is not None:
             self.links.send_link(peer, Ack(room_id, (cid,)))
         if hosted.stored_since_snapshot >= self.config.snapshot_every:
-            self._snapshot(hosted)
+            self._spawn(self._save_snapshot(hosted), "snapshot")
+
+    def _nack_if_stuck(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str,
+                       waiter: "asyncio.Future[None]") -> None:
+        """A client's change is still not durable: if the store is failing, tell the client
+        why (a ``Nack``; the ``Ack`` follows once the retried commit lands); if it is only
+        slow, look again later."""
+        if waiter.done() or self.durable is None or self.links is None:
+            return
+        if peer not in hosted.clients:
+            return  # gone; it resyncs and flushes again when it comes back
+        failure = self.durable.failing
+        if failure is None:
+            asyncio.get_running_loop().call_later(
+                NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, cid, peer, waiter)
+            return
+        self.metrics.nacks_sent.labels(failure.reason).inc()
+        self.links.send_link(peer, Nack(room_id, (cid,), str(failure.reason)))
+
+    def _store_event(self, event: DurableLogEvent) -> None:
+        """The durable log's health, on /metrics (it logs the failures itself)."""
+        if isinstance(event, CommitFailed):
+            self.metrics.store_failed_commits.labels(event.failure.reason).inc()
+            self.metrics.store_failing.set(1)
+        elif isinstance(event, CommitRetried):
+            self.metrics.store_retries.inc()
+        elif isinstance(event, StoreRecovered):
+            self.metrics.store_failing.set(0)
+
+    def _report_replay(self, report: ReplayReport) -> None:
+        """Stored changes that replay could not make visible are reported, never hidden."""
+        if report.complete:
+            return
+        log.warning("%s", report.describe())
+        self.metrics.store_missing_history.inc(report.missing_history)
+        for reason, n in report.refused.items():
+            self.metrics.store_replay_refused.labels(reason).inc(n)
 
     def _close_if_unused(self, peer: str) -> None:
         if self.links is None:
@@ -397,8 +470,8 @@ class Node(LinkOwner):
     def link_up(self, est: Established) -> None:
         """Record the peer, redeem its invites, admit it, attach the rooms we share."""
         assert self.links is not None and self.store is not None
-        if est.hello.url and est.hello.kind == "node":
-            self.store.remember_peer(est.peer, est.hello.url, time.time())
+        if est.hello.url and est.hello.kind == "node" and self.durable is not None:
+            self._spawn(self._remember_peer(est.peer, est.hello.url), f"remember {est.peer[:12]}")
         for raw in est.hello.invites:
             self._redeem(est.peer, raw)
         if est.hello.kind == "client":
@@ -408,6 +481,13 @@ class Node(LinkOwner):
                 if hosted.settings.get("admit") == "open":
                     self._admit(hosted, est.peer, self.config.admit_role)
         self._attach_shared(est)
+
+    async def _remember_peer(self, peer: str, url: str) -> None:
+        assert self.durable is not None
+        try:
+            await self.durable.aio.remember_peer(peer, url, time.time())
+        except StoreError as err:  # the address book is a convenience: log and go on
+            log.warning("could not remember peer %s: %s", peer, err)
 
     def _attach_shared(self, est: Established) -> None:
         for rid in est.rooms & set(self.rooms):

@@ -11,6 +11,9 @@ checks every field and raises only ``protocol.errors.DecodeError`` subclasses.
 - :class:`Signal` carries an SDP offer or answer through the mesh, so a node can open a link
   to a peer it learnt about from the overlay without knowing its address.
 - :class:`Ack` tells a client which of its changes are durable at the node.
+- :class:`Nack` tells a client which of its changes the node cannot make durable yet, and why
+  (its store fails: ``disk_full``, ``io_error``...). The node keeps them and retries; an
+  ``Ack`` follows once they are durable.
 - :class:`Rooms` updates the list of rooms the sender takes part in over this link.
 - :class:`Ping` says "still here" on an idle link, so a peer that vanished (a crash, a cut
   cable) is noticed in seconds rather than when ICE consent fails (~30 s).
@@ -49,6 +52,7 @@ MAX_SDP_CHARS = 32_768
 MAX_ACK_IDS = 1_024
 NONCE_BYTES = 16
 MAX_BUNDLE_FRAMES = 1_024
+MAX_REASON_CHARS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,20 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Nack:
+    """These changes of ``room_id`` are not durable at the sender yet, for ``reason``.
+
+    ``reason`` is a short label (``[a-z0-9_]``, at most 32 characters) naming why its store
+    fails, e.g. ``disk_full``; receivers must accept labels they do not know. Not a refusal:
+    the sender keeps the changes and sends an :class:`Ack` once they are durable."""
+
+    TYPE: ClassVar[int] = 70
+    room_id: bytes
+    ids: tuple[bytes, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rooms:
     """The sender now shares exactly these rooms over this link."""
 
@@ -123,7 +141,7 @@ class Bundle:
     frames: tuple[bytes, ...]
 
 
-LinkMessage = Hello | Signal | Ack | Rooms | Ping | Bundle
+LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle
 
 
 def peek_type(data: bytes) -> int | None:
@@ -160,6 +178,8 @@ def _fields_of(msg: LinkMessage) -> list[Any]:
         return [msg.src, msg.dst, msg.ttl, msg.nonce, msg.kind, msg.sdp]
     if isinstance(msg, Ack):
         return [msg.room_id, list(msg.ids)]
+    if isinstance(msg, Nack):
+        return [msg.room_id, list(msg.ids), msg.reason]
     if isinstance(msg, Ping):
         return []
     if isinstance(msg, Bundle):
@@ -191,6 +211,16 @@ def _ids(value: object, limit: int, size: int, what: str) -> tuple[bytes, ...]:
     if len(set(value)) != len(value):
         raise SchemaError(f"duplicate entry in {what}")
     return tuple(value)
+
+
+def _reason(value: object) -> str:
+    text = _text(value, MAX_REASON_CHARS, "nack reason")
+    if not text or not all(c in _REASON_CHARS for c in text):
+        raise SchemaError("nack reason must be 1.. characters of [a-z0-9_]")
+    return text
+
+
+_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
 def _arity(fields: list[Any], n: int, layout: str) -> None:
@@ -262,6 +292,14 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
         if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
             raise SchemaError("ack room_id must be 32 bytes")
         return Ack(f[0], _ids(f[1], MAX_ACK_IDS, HASH_BYTES, "ids"))
+    if mtype == Nack.TYPE:
+        _arity(f, 3, "room_id, [change id...], reason")
+        if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
+            raise SchemaError("nack room_id must be 32 bytes")
+        ids = _ids(f[1], MAX_ACK_IDS, HASH_BYTES, "ids")
+        if not ids:
+            raise SchemaError("a nack names at least one change")
+        return Nack(f[0], ids, _reason(f[2]))
     if mtype == Rooms.TYPE:
         _arity(f, 1, "[room id...]")
         return Rooms(_ids(f[0], MAX_ROOMS_PER_LINK, ROOM_ID_BYTES, "rooms"))

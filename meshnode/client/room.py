@@ -39,7 +39,7 @@ from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
-from protocol.link import Ack
+from protocol.link import Ack, Nack
 
 log = logging.getLogger("meshnode.client")
 
@@ -48,6 +48,26 @@ ChangeCallback = Callable[[bytes, str | None], None]
 
 class ClientError(Exception):
     """The client could not join the room (the message says why)."""
+
+
+class StoreUnavailable(ClientError):
+    """The node cannot make our change durable now: its store fails for :attr:`reason`
+    (``disk_full``, ``io_error``, ``locked``...; a stable label).
+
+    Nothing is lost: the change is signed, the node holds it and retries, and acknowledges it
+    once it is durable. A later :meth:`RoomClient.flush` that succeeds means this change is
+    durable too (the node acknowledges a change only after its whole causal past).
+    """
+
+    def __init__(self, url: str, reason: str, change_ids: tuple[bytes, ...]) -> None:
+        shown = ", ".join(cid.hex()[:12] for cid in change_ids[:3])
+        super().__init__(
+            f"the node at {url} cannot store change {shown} yet: its store fails "
+            f"({reason}). The node keeps the change and retries; flush again later (a "
+            f"successful flush covers this change too) or ask the operator to fix the node"
+        )
+        self.reason = reason
+        self.change_ids = change_ids
 
 
 class RoomClient(LinkOwner):
@@ -200,6 +220,15 @@ class RoomClient(LinkOwner):
         if self._runtime is not None and msg.room_id == self.room_id:
             self._runtime.mark_durable(msg.ids)
 
+    def nack(self, est: Established, msg: Nack) -> None:
+        """The node cannot store these changes yet: their ``flush`` raises
+        :class:`StoreUnavailable`."""
+        if self._runtime is not None and msg.room_id == self.room_id:
+            log.warning("node %s cannot store %d change(s) yet: %s", est.peer, len(msg.ids),
+                        msg.reason)
+            self._runtime.mark_not_durable(
+                msg.ids, StoreUnavailable(self.url, msg.reason, msg.ids))
+
     def _send(self, peer: str, channel: str, frame: bytes) -> bool:
         return self._links.send(peer, channel, frame) if self._links is not None else False
 
@@ -264,9 +293,11 @@ class RoomClient(LinkOwner):
 
     async def flush(self, timeout_s: float | None = None) -> bytes | None:
         """Sign the edits made since the last flush as one change, send it, and return its
-        ID once the node has stored it durably (None if there was nothing to send).
-        Raises ``TimeoutError`` if the node does not acknowledge in time (the change may
-        still arrive: it is signed and sent; the next ``flush`` does not resend it)."""
+        ID once the node has stored it and its whole history durably (None if there was
+        nothing to send). Raises :class:`StoreUnavailable` (naming the reason) if the node
+        says its store cannot keep the change now, and ``TimeoutError`` if the node does not
+        answer in time. Either way the change is signed and sent, and the next ``flush`` does
+        not resend it; a later ``flush`` that succeeds covers it too."""
         return await asyncio.wait_for(self.runtime.publish(), timeout_s or self._timeout)
 
     def on_change(self, callback: ChangeCallback) -> None:

@@ -34,6 +34,7 @@ from protocol.link import (
     Bundle,
     Hello,
     LinkMessage,
+    Nack,
     Ping,
     Rooms,
     Signal,
@@ -96,6 +97,9 @@ class LinkOwner:
 
     def ack(self, est: Established, msg: Ack) -> None:
         """The peer says these changes are durable."""
+
+    def nack(self, est: Established, msg: Nack) -> None:
+        """The peer says these changes are not durable yet, and why (its store fails)."""
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         """The peer now shares ``rooms`` over the link (``est.rooms`` was the old set)."""
@@ -416,6 +420,8 @@ class LinkManager:
             pass  # arriving was the point (last_in)
         elif isinstance(msg, Ack):
             self.owner.ack(est, msg)
+        elif isinstance(msg, Nack):
+            self.owner.nack(est, msg)
         elif isinstance(msg, Rooms):
             new = set(msg.rooms)
             self.owner.rooms_changed(est, new)

@@ -186,6 +186,16 @@ class RoomRuntime:
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
+    def mark_not_durable(self, change_ids: list[bytes] | tuple[bytes, ...],
+                         error: BaseException) -> None:
+        """Fail the waits on these changes with ``error`` (a client calls this when its node
+        says it cannot store them yet). The changes stay in the replica; a later
+        acknowledgement of them finds no waiter and changes nothing."""
+        for cid in change_ids:
+            fut = self._durable.pop(cid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+
     def set_presence(self, fields: dict[str, Any]) -> bool:
         """Publish our presence; False if dropped by the rate limit."""
         ok = self.overlay.submit_presence(fields, self._clock())

@@ -7,7 +7,7 @@ Public (any peer may call):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
     GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
-    GET  /healthz                      {"ok": true, ...}
+    GET  /healthz                      {"ok": true, ...}; 503 {"store": {"failing": reason}}
     GET  /metrics                      Prometheus text format
     GET  /, /static/*, /api/browser/*  the web client (meshnode.web)
 Admin (only from loopback addresses; the CLI uses these):
@@ -175,11 +175,17 @@ def build_app(node: "Node") -> web.Application:
         return web.Response(body=snap[0], content_type="application/octet-stream")
 
     async def healthz(request: web.Request) -> web.Response:
-        ok = node.store is not None
-        return web.json_response(
-            {"ok": ok, "peer_id": node.peer_id, "rooms": len(node.rooms),
-             "links": len(node.links.links) if node.links is not None else 0},
-            status=200 if ok else 503)
+        # A failing store means no edit can be acknowledged: unhealthy, with the reason (not
+        # the error text: it names paths, and this endpoint is public; the log has it).
+        failing = node.durable.failing if node.durable is not None else None
+        ok = node.store is not None and failing is None
+        body: dict[str, object] = {
+            "ok": ok, "peer_id": node.peer_id, "rooms": len(node.rooms),
+            "links": len(node.links.links) if node.links is not None else 0}
+        if failing is not None:
+            body["store"] = {"failing": str(failing.reason), "since": failing.since,
+                             "attempts": failing.attempts}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         refresh_metrics(node)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -35,6 +36,7 @@ __all__ = [
     "ChangeStore",
     "RoomRecord",
     "StoreError",
+    "StoreErrorReason",
     "UnknownRoom",
 ]
 
@@ -48,9 +50,14 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # Primary SQLite result codes (sqlite3.SQLITE_* exists only from Python 3.11's stubs onwards and
 # the extended codes carry the primary code in their low byte).
+_SQLITE_PERM = 3
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
 _SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
 # Rows fetched per query when streaming a room's log: big enough to amortise the query, small
@@ -106,11 +113,39 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
+class StoreErrorReason(StrEnum):
+    """Why the store failed, as a stable label (metrics, ``/healthz``, ``Nack`` messages)."""
+
+    DISK_FULL = "disk_full"
+    """The file system holding the database is full: free space, nothing is lost."""
+    IO_ERROR = "io_error"
+    """The operating system reported an I/O error (a failing disk, a vanished mount)."""
+    LOCKED = "locked"
+    """Another process held a lock on the database for longer than the busy timeout."""
+    READ_ONLY = "read_only"
+    """The database file or its directory cannot be written (permissions, a read-only mount)."""
+    CORRUPT = "corrupt"
+    """The file is damaged or is not a meshnode database."""
+    CLOSED = "closed"
+    """The store (or its writer) was closed."""
+    BUSY = "busy"
+    """Backpressure: too many changes wait for the disk."""
+    UNKNOWN_ROOM = "unknown_room"
+    """A write named a room the store does not hold (a caller's mistake, not the disk's)."""
+    OTHER = "other"
+    """Anything else SQLite reported; the message says what."""
+
+
 class StoreError(Exception):
     """The store cannot do what was asked: corrupt or foreign file, disk full, I/O error, closed.
 
-    The message names the file and says what the operator should do.
+    The message names the file and says what the operator should do; :attr:`reason` is the
+    stable label of the kind of failure.
     """
+
+    def __init__(self, message: str, reason: StoreErrorReason = StoreErrorReason.OTHER) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnknownRoom(StoreError):
@@ -122,7 +157,9 @@ class UnknownRoom(StoreError):
     def __init__(self, room_ids: Iterable[bytes]) -> None:
         self.room_ids: frozenset[bytes] = frozenset(room_ids)
         shown = ", ".join(sorted(r.hex() for r in self.room_ids))
-        super().__init__(f"unknown room(s): {shown}; add_room() them first")
+        super().__init__(
+            f"unknown room(s): {shown}; add_room() them first", StoreErrorReason.UNKNOWN_ROOM
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +183,10 @@ def _corrupt_message(path: Path, detail: object) -> str:
     )
 
 
+def _corrupt(path: Path, detail: object) -> StoreError:
+    return StoreError(_corrupt_message(path, detail), StoreErrorReason.CORRUPT)
+
+
 def _translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     primary = code & 0xFF if isinstance(code, int) else None
@@ -153,16 +194,30 @@ def _translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
         "malformed" in text or "not a database" in text
     ):
-        return StoreError(_corrupt_message(path, text))
+        return _corrupt(path, text)
     if primary == _SQLITE_FULL:
         return StoreError(
             f"{action} failed: the disk holding {path} is full ({text}). Free some space; "
-            f"nothing that was acknowledged has been lost."
+            f"nothing that was acknowledged has been lost.",
+            StoreErrorReason.DISK_FULL,
         )
-    if primary == _SQLITE_IOERR:
+    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
         return StoreError(
             f"{action} failed: I/O error on {path} ({text}). Stop the node and check the "
-            f"disk and the file system (dmesg) before restarting it."
+            f"disk and the file system (dmesg) before restarting it.",
+            StoreErrorReason.IO_ERROR,
+        )
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StoreError(
+            f"{action} failed: another process holds a lock on {path} ({text}). Stop the "
+            f"program that has it open (a backup, an sqlite3 shell) or make it finish sooner.",
+            StoreErrorReason.LOCKED,
+        )
+    if primary in (_SQLITE_READONLY, _SQLITE_PERM):
+        return StoreError(
+            f"{action} failed: {path} cannot be written ({text}). Check the permissions of "
+            f"the file and its directory, and that the file system is mounted read-write.",
+            StoreErrorReason.READ_ONLY,
         )
     return StoreError(f"{action} failed on {path}: {text}")
 
@@ -196,7 +251,7 @@ def _check_header(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(len(_SQLITE_MAGIC))
     if head and head != _SQLITE_MAGIC:
-        raise StoreError(_corrupt_message(path, "no SQLite header"))
+        raise _corrupt(path, "no SQLite header")
 
 
 class ChangeStore:
@@ -271,7 +326,7 @@ class ChangeStore:
             if quick_check:
                 rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
                 if rows != ["ok"]:
-                    raise StoreError(_corrupt_message(path, "; ".join(rows[:5])))
+                    raise _corrupt(path, "; ".join(rows[:5]))
             journal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(journal).lower() != "wal":
                 raise StoreError(
@@ -319,7 +374,7 @@ class ChangeStore:
             )
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None or not str(row[0]).isdigit():
-            raise StoreError(_corrupt_message(path, "missing or invalid schema_version"))
+            raise _corrupt(path, "missing or invalid schema_version")
         version = int(row[0])
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -362,7 +417,9 @@ class ChangeStore:
         with self._lock:
             conn = self._conn
             if conn is None:
-                raise StoreError(f"{action}: the store at {self._path} is closed")
+                raise StoreError(
+                    f"{action}: the store at {self._path} is closed", StoreErrorReason.CLOSED
+                )
             try:
                 yield conn
             except sqlite3.Error as exc:
@@ -390,7 +447,7 @@ class ChangeStore:
         with self._read("checking integrity") as conn:
             rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
         if rows != ["ok"]:
-            raise StoreError(_corrupt_message(self._path, "; ".join(rows[:5])))
+            raise _corrupt(self._path, "; ".join(rows[:5]))
 
     # ------------------------------------------------------------------ rooms
 
@@ -436,7 +493,7 @@ class ChangeStore:
         for room_id, genesis, name, settings, created_at in rows:
             decoded = json.loads(settings)
             if not isinstance(decoded, dict):
-                raise StoreError(_corrupt_message(self._path, "room settings are not an object"))
+                raise _corrupt(self._path, "room settings are not an object")
             out.append(RoomRecord(bytes(room_id), bytes(genesis), name, decoded, created_at))
         return out
 
