@@ -1,5 +1,5 @@
 """The Python client: ``async with meshnode.client.connect(url, room_id, identity) as room``."""
 
-from meshnode.client.room import ClientError, RoomClient, connect
+from meshnode.client.room import AdmissionRefused, ClientError, RoomClient, connect
 
-__all__ = ["ClientError", "RoomClient", "connect"]
+__all__ = ["AdmissionRefused", "ClientError", "RoomClient", "connect"]
