@@ -61,9 +61,11 @@ def existing(dirs: Sequence[str]) -> list[str]:
     return [d for d in dirs if (ROOT / d).is_dir()]
 
 
-# Debian packages the tests drive for real: Chromium (the web client's tests) and coturn (a
-# TURN server, for links relayed through TURN). Binary -> package.
-SYSTEM_PACKAGES = {Path("/usr/bin/chromium"): "chromium", Path("/usr/bin/turnserver"): "coturn"}
+# Debian packages the tests drive for real: Chromium (the web client's tests), coturn (a
+# TURN server, for links relayed through TURN) and libfaketime (nodes whose wall clock is
+# wrong, or stepped while they run). Binary -> package.
+SYSTEM_PACKAGES = {Path("/usr/bin/chromium"): "chromium", Path("/usr/bin/turnserver"): "coturn",
+                   Path("/usr/bin/faketime"): "faketime"}
 
 
 def ensure_system_packages() -> None:

@@ -36,6 +36,15 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceUpdated,
 )
+from meshnode.rooms.access import (
+    Decision,
+    Refusal,
+    Refuse,
+    RoomFacts,
+    Share,
+    announced_in_hello,
+    decide,
+)
 from meshnode.rooms.admission import invite_problem, may_grant
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
@@ -57,7 +66,7 @@ from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
 from meshnode.web.shared_presence import SharedPresenceRoom
 from protocol.errors import DecodeError
-from protocol.link import MAX_ROOMS_PER_LINK, Ack, Nack, Rooms
+from protocol.link import MAX_ROOMS_PER_LINK, Ack, Nack, Refused, Rooms
 
 log = logging.getLogger("meshnode.node")
 
@@ -97,6 +106,12 @@ class Node(LinkOwner):
         self.links: LinkManager | None = None
         self.url = config.url
         self.app: web.Application | None = None
+        # Per linked peer: invites it presented (room -> problem, "" if good), the rooms we
+        # named to it, the rooms we told it it may not read.
+        self._presented: dict[str, dict[bytes, str]] = {}
+        self._announced: dict[str, set[bytes]] = {}
+        self._refused: dict[str, set[bytes]] = {}
+        self._members: dict[bytes, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -315,9 +330,7 @@ class Node(LinkOwner):
         self.metrics.rooms.set(len(self.rooms))
         if self.links is None:
             return
-        rooms = tuple(list(self.rooms)[:MAX_ROOMS_PER_LINK])
         for est in list(self.links.links.values()):
-            self.links.send_link(est.peer, Rooms(rooms))
             self._attach_shared(est)
 
     def _snapshot(self, hosted: HostedRoom) -> None:
@@ -364,6 +377,7 @@ class Node(LinkOwner):
                     # Author's clock to ours: includes any clock skew between the two.
                     self.metrics.change_latency.observe(max(0.0, time.time() - made))
             hosted.stored_since_snapshot += 1
+            self._members_may_have_changed(room_id, runtime.replica)
             started = time.perf_counter()
             waiter = runtime.durable(event.change_id)
             waiter.add_done_callback(functools.partial(
@@ -392,6 +406,17 @@ class Node(LinkOwner):
         elif isinstance(event, PresenceUpdated):
             self.metrics.presence_updates.inc()
             self.metrics.participants.labels(room_id.hex()[:16]).set(len(runtime.presence()))
+
+    def _members_may_have_changed(self, room_id: bytes, replica: SceneReplica) -> None:
+        """After a change: if it granted or took away a role, share or unshare the room on
+        every link to match (a removed member stops reading at once)."""
+        members = replica.members()
+        if members == self._members.get(room_id):
+            return
+        self._members[room_id] = members
+        if self.links is not None:
+            for est in list(self.links.links.values()):
+                self._attach_shared(est)
 
     def _stored(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str | None,
                 started: float, fut: "asyncio.Future[None]") -> None:
@@ -457,29 +482,43 @@ class Node(LinkOwner):
     # ------------------------------------------------------------------ links (LinkOwner)
 
     def local_hello(self, kind_hint: str) -> LocalHello:
-        """Our hello: all our rooms, our URL, and the invites of rooms we were invited to."""
+        """Our hello, sent before we know who the peer is: our open rooms and the rooms we
+        are joining (with their invites), our URL. Invite-only rooms are named to a peer
+        only once it has shown it may read them, with a ``Rooms`` message
+        (``meshnode.rooms.access``)."""
         invites: list[bytes] = []
-        for hosted in self.rooms.values():
+        joining: list[bytes] = []
+        for rid, hosted in self.rooms.items():
             token = hosted.settings.get("invite")
             if isinstance(token, str) and hosted.runtime.replica.role_of(self.peer_id) == "none":
                 with contextlib.suppress(DecodeError):
                     invites.append(parse_invite(token).raw())
-        return LocalHello("node", tuple(list(self.rooms)[:MAX_ROOMS_PER_LINK]), self.url,
+                    joining.append(rid)
+        opened = {rid: hosted.settings.get("admit") == "open" for rid, hosted in self.rooms.items()}
+        rooms = announced_in_hello(opened, joining[:4])
+        return LocalHello("node", tuple(rooms[:MAX_ROOMS_PER_LINK]), self.url,
                           tuple(invites[:4]))
 
     def link_up(self, est: Established) -> None:
-        """Record the peer, redeem its invites, admit it, attach the rooms we share."""
+        """Record the peer, redeem its invites, admit it, share the rooms it may read."""
         assert self.links is not None and self.store is not None
         if est.hello.url and est.hello.kind == "node" and self.durable is not None:
             self._spawn(self._remember_peer(est.peer, est.hello.url), f"remember {est.peer[:12]}")
+        presented = self._presented.setdefault(est.peer, {})
         for raw in est.hello.invites:
-            self._redeem(est.peer, raw)
+            verdict = self._redeem(est.peer, raw)
+            if verdict is not None:
+                presented[verdict[0]] = verdict[1]
         if est.hello.kind == "client":
             for rid in est.rooms & set(self.rooms):
                 hosted = self.rooms[rid]
-                hosted.clients.add(est.peer)
-                if hosted.settings.get("admit") == "open":
+                if isinstance(self._decision(est, rid), Share):
+                    hosted.clients.add(est.peer)
+                if hosted.settings.get("admit") == "open" and not presented.get(rid):
                     self._admit(hosted, est.peer, self.config.admit_role)
+            for rid in sorted(est.rooms - set(self.rooms)):
+                self._refuse(est, rid, Refuse(Refusal.UNKNOWN_ROOM.value,
+                                              "this node does not host the room"))
         self._attach_shared(est)
 
     async def _remember_peer(self, peer: str, url: str) -> None:
@@ -489,28 +528,68 @@ class Node(LinkOwner):
         except StoreError as err:  # the address book is a convenience: log and go on
             log.warning("could not remember peer %s: %s", peer, err)
 
+    def _facts(self, est: Established, rid: bytes) -> RoomFacts:
+        hosted = self.rooms[rid]
+        return RoomFacts(open=hosted.settings.get("admit") == "open",
+                         peer_role=hosted.runtime.replica.role_of(est.peer),
+                         invite_problem=self._presented.get(est.peer, {}).get(rid))
+
+    def _decision(self, est: Established, rid: bytes) -> Decision:
+        return decide(self._facts(est, rid))
+
     def _attach_shared(self, est: Established) -> None:
+        """Share with the peer exactly the rooms it may read: name them (``Rooms``), attach
+        those it shares too, detach and refuse the others (``meshnode.rooms.access``)."""
+        if self.links is None or est.peer not in self.links.links:
+            return
+        allowed = {rid for rid in self.rooms if isinstance(self._decision(est, rid), Share)}
+        if allowed != self._announced.get(est.peer):
+            self._announced[est.peer] = allowed
+            self.links.send_link(est.peer, Rooms(tuple(sorted(allowed))[:MAX_ROOMS_PER_LINK]))
         for rid in est.rooms & set(self.rooms):
             runtime = self.rooms[rid].runtime
-            if est.peer not in runtime.peers():
-                # Our clients are served whatever the size of the room's partial view.
-                runtime.attach(est.peer, leaf=est.hello.kind == "client")
+            if rid in allowed:
+                self._refused.get(est.peer, set()).discard(rid)
+                if est.peer not in runtime.peers():
+                    # Our clients are served whatever the size of the room's partial view.
+                    runtime.attach(est.peer, leaf=est.hello.kind == "client")
+            else:
+                if est.peer in runtime.peers():
+                    runtime.detach(est.peer)
+                self.rooms[rid].clients.discard(est.peer)
+                decision = self._decision(est, rid)
+                assert isinstance(decision, Refuse)
+                self._refuse(est, rid, decision)
 
-    def _redeem(self, peer: str, raw: bytes) -> None:
+    def _refuse(self, est: Established, rid: bytes, decision: Refuse) -> None:
+        """Tell the peer once per room why it may not read the room; log and count it."""
+        refused = self._refused.setdefault(est.peer, set())
+        if rid in refused or self.links is None:
+            return
+        refused.add(rid)
+        self.metrics.rejections.labels(decision.reason).inc()
+        log.info("room %s not shared with %s: %s", rid.hex()[:16], est.peer, decision.reason)
+        self.links.send_link(est.peer, Refused(rid, decision.reason, decision.detail))
+
+    def _redeem(self, peer: str, raw: bytes) -> tuple[bytes, str] | None:
+        """Check an invite from a hello and admit its bearer; returns (room, problem) with
+        problem "" when the invite is good (None if it does not decode)."""
         try:
             invite: Invite = decode_invite_bytes(raw)
         except DecodeError as err:
             self.metrics.rejections.labels("bad_invite").inc()
             log.warning("bad invite from %s: %s", peer, err)
-            return
+            return None
         hosted = self.rooms.get(invite.room_id)
-        problem = "unknown_room" if hosted is None else invite_problem(
-            hosted.runtime.replica, invite, peer, int(time.time() * 1000))
-        if problem is not None or hosted is None:
+        if hosted is None:
+            return None
+        problem = invite_problem(hosted.runtime.replica, invite, peer, int(time.time() * 1000))
+        if problem is not None:
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
-            return
+            return invite.room_id, problem
         self._admit(hosted, peer, invite.role)
+        return invite.room_id, ""
 
     def _admit(self, hosted: HostedRoom, peer: str, role: str) -> None:
         replica = hosted.runtime.replica
@@ -531,8 +610,17 @@ class Node(LinkOwner):
 
         self._spawn(grant(), f"admit {peer[:12]}")
 
+    def refused(self, est: Established, msg: Refused) -> None:
+        """A peer will not share a room with us: say so in the log (the operator of a node
+        that joined with a bad invite learns it here)."""
+        log.warning("%s refused room %s: %s (%s)", est.peer, msg.room_id.hex()[:16],
+                    msg.reason, msg.detail)
+
     def link_down(self, est: Established, reason: str) -> None:
         """Detach the peer from every room."""
+        self._presented.pop(est.peer, None)
+        self._announced.pop(est.peer, None)
+        self._refused.pop(est.peer, None)
         for hosted in self.rooms.values():
             hosted.clients.discard(est.peer)
             if est.peer in hosted.runtime.peers():
@@ -541,8 +629,15 @@ class Node(LinkOwner):
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """Give a room frame to its room."""
         hosted = self.rooms.get(room_id)
-        if hosted is not None:
-            hosted.runtime.receive(est.peer, channel, data)
+        if hosted is None:
+            return
+        if est.peer not in hosted.runtime.peers():
+            # A frame for a room the peer may not read (or has not been given): it costs
+            # the sender, like any bytes the link does not carry.
+            if self.links is not None:
+                self.links.count_garbage(est, "not_shared")
+            return
+        hosted.runtime.receive(est.peer, channel, data)
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         """The peer's room list changed: attach and detach rooms to match."""

@@ -17,6 +17,8 @@ checks every field and raises only ``protocol.errors.DecodeError`` subclasses.
 - :class:`Rooms` updates the list of rooms the sender takes part in over this link.
 - :class:`Ping` says "still here" on an idle link, so a peer that vanished (a crash, a cut
   cable) is noticed in seconds rather than when ICE consent fails (~30 s).
+- :class:`Refused` tells the peer that it may not take part in a room over this link, and
+  why (a stable reason label), so a client waiting to be admitted can stop and say so.
 - :class:`Bundle` carries several room frames in one data-channel message: aiortc spends
   about as much CPU on a message as on its bytes, so a node sends what it has for a neighbour
   at the end of each turn of its event loop as one message.
@@ -53,6 +55,8 @@ MAX_ACK_IDS = 1_024
 NONCE_BYTES = 16
 MAX_BUNDLE_FRAMES = 1_024
 MAX_REASON_CHARS = 32
+MAX_REFUSAL_REASON_CHARS = 64
+MAX_DETAIL_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,20 @@ class Bundle:
     frames: tuple[bytes, ...]
 
 
-LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The sender will not share ``room_id`` with the receiver over this link.
+
+    ``reason`` is a stable label (``not_member``, ``invite_expired``, ``invite_bad_signature``,
+    ...; lowercase letters, digits and ``_``), ``detail`` a sentence for a person."""
+
+    TYPE: ClassVar[int] = 71
+    room_id: bytes
+    reason: str
+    detail: str
+
+
+LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle | Refused
 
 
 def peek_type(data: bytes) -> int | None:
@@ -184,6 +201,8 @@ def _fields_of(msg: LinkMessage) -> list[Any]:
         return []
     if isinstance(msg, Bundle):
         return [list(msg.frames)]
+    if isinstance(msg, Refused):
+        return [msg.room_id, msg.reason, msg.detail]
     return [list(msg.rooms)]
 
 
@@ -318,4 +337,13 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
             if inner is not None and inner >= FIRST_LINK_TYPE:
                 raise SchemaError("a bundle carries room frames, not link messages")
         return Bundle(tuple(frames))
+    if mtype == Refused.TYPE:
+        _arity(f, 3, "room_id, reason, detail")
+        if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
+            raise SchemaError("refused room_id must be 32 bytes")
+        reason = _text(f[1], MAX_REFUSAL_REASON_CHARS, "refusal reason")
+        if not reason or not all(c.isascii() and (c.islower() or c.isdigit() or c == "_")
+                                 for c in reason):
+            raise SchemaError("refusal reason must be a label of a-z, 0-9 and _")
+        return Refused(f[0], reason, _text(f[2], MAX_DETAIL_CHARS, "refusal detail"))
     raise UnknownMessageType(f"link message type {mtype!r} is not defined in version {version}")

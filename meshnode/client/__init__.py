@@ -1,5 +1,11 @@
 """The Python client: ``async with meshnode.client.connect(url, room_id, identity) as room``."""
 
-from meshnode.client.room import ClientError, RoomClient, StoreUnavailable, connect
+from meshnode.client.room import (
+    AdmissionRefused,
+    ClientError,
+    RoomClient,
+    StoreUnavailable,
+    connect,
+)
 
-__all__ = ["ClientError", "RoomClient", "StoreUnavailable", "connect"]
+__all__ = ["AdmissionRefused", "ClientError", "RoomClient", "StoreUnavailable", "connect"]

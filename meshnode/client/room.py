@@ -39,7 +39,7 @@ from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
-from protocol.link import Ack, Nack
+from protocol.link import Ack, Nack, Refused
 
 log = logging.getLogger("meshnode.client")
 
@@ -70,6 +70,17 @@ class StoreUnavailable(ClientError):
         self.change_ids = change_ids
 
 
+class AdmissionRefused(ClientError):
+    """The node will not let us into the room; ``reason`` is its stable label
+    (``not_member``, ``invite_expired``, ``invite_bad_signature``, ``unknown_room``, ...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(f"the node refused us the room: {reason}{suffix}")
+        self.reason = reason
+        self.detail = detail
+
+
 class RoomClient(LinkOwner):
     """A joined room; build it with :func:`connect`."""
 
@@ -92,6 +103,7 @@ class RoomClient(LinkOwner):
         self._connected = asyncio.Event()
         self._closing = False
         self._reconnect: asyncio.Task[None] | None = None
+        self._refusal: AdmissionRefused | None = None
         self.reconnects = 0
 
     # ------------------------------------------------------------------ joining
@@ -131,13 +143,14 @@ class RoomClient(LinkOwner):
         target = {bytes.fromhex(k): int(v) for k, v in heads.get("vv", {}).items()}
         await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
                                      for a, s in target.items()), "sync with the node")
-        if heads.get("admit") == "open" or self._invite:
-            await self._wait(lambda: replica.role_of(self.peer_id) != "none",
-                             "admission to the room")
+        await self._wait(lambda: replica.role_of(self.peer_id) != "none",
+                         "admission to the room")
 
     async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout
         while not predicate():
+            if self._refusal is not None:
+                raise self._refusal
             if time.monotonic() > deadline:
                 raise ClientError(f"timed out waiting for {what}")
             await asyncio.sleep(0.01)
@@ -209,6 +222,24 @@ class RoomClient(LinkOwner):
             except Exception as err:
                 log.info("reconnecting to %s: %s", self.url, getattr(err, "reason", err))
             delay = min(5.0, delay * 2)
+
+    def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
+        """The node now shares these rooms with us: (re)attach or detach ours."""
+        if self._runtime is None:
+            return
+        shared = self.room_id in rooms
+        if shared and est.peer not in self._runtime.peers():
+            self._refusal = None
+            self._runtime.attach(est.peer)
+        elif not shared and est.peer in self._runtime.peers():
+            self._runtime.detach(est.peer)
+
+    def refused(self, est: Established, msg: Refused) -> None:
+        """The node will not share our room with us (``open`` raises it)."""
+        if msg.room_id == self.room_id:
+            log.warning("node %s refused room %s: %s %s", est.peer, self.room_id.hex()[:16],
+                        msg.reason, msg.detail)
+            self._refusal = AdmissionRefused(msg.reason, msg.detail)
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """A room frame from the node."""

@@ -36,6 +36,7 @@ from protocol.link import (
     LinkMessage,
     Nack,
     Ping,
+    Refused,
     Rooms,
     Signal,
     decode_link,
@@ -103,6 +104,9 @@ class LinkOwner:
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         """The peer now shares ``rooms`` over the link (``est.rooms`` was the old set)."""
+
+    def refused(self, est: Established, msg: Refused) -> None:
+        """The peer will not share a room with us, and says why."""
 
     def dial_failed(self, peer: str) -> None:
         """A link to ``peer`` asked for with ``dial_peer`` could not be opened."""
@@ -392,6 +396,11 @@ class LinkManager:
             return
         self.owner.frame(est, channel, data, room)
 
+    def count_garbage(self, est: Established, reason: str) -> None:
+        """Count a message the link should not have carried against its peer (``reason`` is
+        a metric label); a peer that keeps sending them is cut off."""
+        self._garbage(est, reason)
+
     def _garbage(self, est: Established, reason: str) -> None:
         self.metrics.rejections.labels(reason).inc()
         est.garbage += 1
@@ -422,6 +431,8 @@ class LinkManager:
             self.owner.ack(est, msg)
         elif isinstance(msg, Nack):
             self.owner.nack(est, msg)
+        elif isinstance(msg, Refused):
+            self.owner.refused(est, msg)
         elif isinstance(msg, Rooms):
             new = set(msg.rooms)
             self.owner.rooms_changed(est, new)

@@ -41,14 +41,17 @@ class NodeProcess:
         self.default_room: str | None = None
         self.lines: list[str] = []
 
-    def start(self, timeout: float = 60.0, extra: list[str] | None = None) -> "NodeProcess":
-        """Start and wait until it prints its URL."""
+    def start(self, timeout: float = 60.0, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> "NodeProcess":
+        """Start and wait until it prints its URL (``env``: extra environment variables, e.g.
+        a ``tests.fakeclock.WallClock``'s)."""
         cmd = [sys.executable, "-m", "meshnode", "up", "--config", str(self.config_path),
                "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
                *self.args, *(extra or [])]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)
+                                     text=True, env=dict(os.environ, PYTHONUNBUFFERED="1",
+                                                         **(env or {})),
+                                     start_new_session=True)
         self.lines = []
         ready = threading.Event()
 

@@ -35,6 +35,7 @@ from protocol.link import (
     Hello,
     LinkMessage,
     Ping,
+    Refused,
     Rooms,
     Signal,
     decode_link,
@@ -84,6 +85,7 @@ VALID = [
     encode_link(Rooms(())),
     encode_link(Ping()),
     encode_link(Bundle((b"\x93\x01\x04", b"\x93\x01\x08"))),
+    encode_link(Refused(ROOM, "not_member", "ask the room's owner for an invite")),
 ]
 
 
@@ -122,8 +124,9 @@ def test_hello_round_trips_and_is_signed() -> None:
     signal(), signal(kind="error", sdp=""), signal(kind="answer", ttl=16),
     Ack(ROOM, ()), Ack(ROOM, tuple(bytes([i]) * 32 for i in range(10))),
     Rooms(()), Rooms(tuple(bytes([i]) * 32 for i in range(MAX_ROOMS_PER_LINK))), Ping(),
+    Refused(ROOM, "invite_expired", ""), Refused(ROOM, "x" * 64, "d" * 256),
 ])
-def test_other_messages_round_trip(msg: Signal | Ack | Rooms | Ping) -> None:
+def test_other_messages_round_trip(msg: Signal | Ack | Rooms | Ping | Refused) -> None:
     assert decode_link(encode_link(msg)) == msg
 
 
@@ -219,6 +222,14 @@ REJECTED: list[tuple[str, bytes, type[DecodeError]]] = [
     ("rooms too many",
      encode_link(Rooms(tuple(bytes([i]) * 32 for i in range(MAX_ROOMS_PER_LINK + 1)))),
      LimitExceeded),
+    # refused
+    ("refused arity", pack([1, Refused.TYPE, ROOM, "not_member"]), SchemaError),
+    ("refused room size", encode_link(Refused(ROOM[:31], "not_member", "")), SchemaError),
+    ("refused empty reason", encode_link(Refused(ROOM, "", "")), SchemaError),
+    ("refused reason not a label", encode_link(Refused(ROOM, "Not Member!", "")), SchemaError),
+    ("refused reason too long", encode_link(Refused(ROOM, "x" * 65, "")), LimitExceeded),
+    ("refused detail too long", encode_link(Refused(ROOM, "a", "d" * 257)), LimitExceeded),
+    ("refused detail type", pack([1, Refused.TYPE, ROOM, "a", b"d"]), SchemaError),
 ]
 
 
@@ -295,7 +306,7 @@ _scalars = (
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
     | st.text(max_size=40) | st.binary(max_size=40)
     | st.sampled_from([ROOM, HASH, NONCE, ID.public_key, b"s" * 64, "node", "client", "offer",
-                       FP_A, ID.public_id])
+                       FP_A, ID.public_id, "not_member"])
 )
 _values = st.recursive(
     _scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(
@@ -304,7 +315,7 @@ _values = st.recursive(
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from([1, 2]), st.integers(62, 68), st.lists(_values, max_size=7))
+@given(st.sampled_from([1, 2]), st.integers(62, 72), st.lists(_values, max_size=7))
 def test_fuzz_structured_link_messages(version: int, mtype: int, fields: list[Any]) -> None:
     _decode_or_decode_error(pack([version, mtype, *fields]))
 
