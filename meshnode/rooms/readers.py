@@ -22,6 +22,7 @@ from meshnode.crdt.roles import ROLE_BY_NAME, ROLE_NONE, may_set_role
 from meshnode.rooms.invite import Invite
 
 __all__ = [
+    "INVITE_HEADER",
     "BrowserAccess",
     "ReadRefused",
     "RoomPart",
@@ -31,6 +32,10 @@ __all__ = [
 ]
 
 READER_ROLES = ("viewer", "editor", "admin", "owner")
+
+INVITE_HEADER = "Meshnode-Invite"
+"""The HTTP request header holding an invite token (``mninv1...``): lets its holder read the
+room's genesis."""
 
 
 class RoomPart(StrEnum):

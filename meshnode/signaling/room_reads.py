@@ -13,6 +13,7 @@ from aiohttp import web
 from meshnode.crdt import SceneReplica
 from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import (
+    INVITE_HEADER,
     BrowserAccess,
     Credentials,
     ReadRefused,
@@ -28,8 +29,6 @@ from protocol.link import MAX_INVITE_BYTES
 
 __all__ = ["INVITE_HEADER", "browser_access_of", "may_read"]
 
-INVITE_HEADER = "Meshnode-Invite"
-"""A request header holding an invite token (``mninv1...``): lets its holder read the genesis."""
 
 
 def may_read(guard: Guard, request: web.Request, replica: SceneReplica, admit: str,
