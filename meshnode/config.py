@@ -99,7 +99,7 @@ def check_node_url(url: Any, what: str) -> str:
         parts = urlsplit(url)
         host, _port = parts.hostname, parts.port
     except ValueError as err:
-        raise ConfigError(f"{what} is not a valid URL ({err}), e.g. {example}; "
+        raise ConfigError(f"{what} must be a valid URL ({err}), e.g. {example}; "
                           f"got {url!r}") from None
     if not host or any(c.isspace() for c in url):
         raise ConfigError(f"{what} must name a host, e.g. {example}; got {url!r}")

@@ -86,14 +86,17 @@ def may_read_room(admit: str, part: RoomPart, creds: Credentials) -> ReadRefused
 
 def invite_problem_for_reading(replica: SceneReplica, invite: Invite, now_ms: int) -> str:
     """"" if ``invite`` is a valid invite to ``replica``'s room now (signed, unexpired, for
-    this room, from someone who may grant its role to a newcomer), else why not."""
+    this room, from someone who may let newcomers in at all), else why not.
+
+    Whether its issuer may grant the role it names is judged at admission, which refuses it
+    with its own reason; the genesis it lets one read is inside the invite already."""
     problem = invite.verify(now_ms)
     if problem is not None:
         return problem
     if invite.room_id != replica.room_id:
         return "wrong_room"
     issuer_role = ROLE_BY_NAME[replica.role_of(invite.issuer)]
-    if not may_set_role(issuer_role, ROLE_NONE, ROLE_BY_NAME[invite.role]):
+    if not may_set_role(issuer_role, ROLE_NONE, ROLE_BY_NAME["viewer"]):
         return "issuer_may_not_grant"
     return ""
 
