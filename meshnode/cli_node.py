@@ -100,7 +100,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str, code: int = 1) -> SystemExit:
-    print(f"meshnode: {message}", file=sys.stderr)
+    # One line whatever a server or an OS error put in the message.
+    print("meshnode: " + " ".join(message.split()), file=sys.stderr)
     return SystemExit(code)
 
 
@@ -142,12 +143,14 @@ def _api(args: argparse.Namespace, method: str, path: str,
         if err.code == 401 and token_problem:
             detail = token_problem
         raise _fail(f"{detail} ({err.code})") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+    except (urllib.error.URLError, ConnectionRefusedError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
         raise _fail(f"no node answers at {base} ({reason}); start one with `meshnode up` "
                     "or pass --node URL") from None
-    except ValueError as err:  # a URL urllib cannot use, or an answer that is not JSON
-        raise _fail(f"{base} did not give a meshnode answer ({err}); is --node the "
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        # A server that hangs up or speaks something else, a URL urllib cannot use, or an
+        # answer that is not JSON.
+        raise _fail(f"{base} did not answer like a meshnode node ({err!r}); is --node the "
                     "node's URL?") from None
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "RequestSignature",
     "RequestVerifier",
+    "SignatureHeaderError",
     "SignatureRefused",
     "parse_signature_header",
     "sign_request",
