@@ -224,3 +224,9 @@ def test_browser_access(admit: str, admit_role: str, operator: bool, invite_role
                         expected: BrowserAccess) -> None:
     assert browser_access(admit, admit_role, operator=operator,
                           invite_role=invite_role) is expected
+
+
+@given(st.text(max_size=300), st.text(max_size=300))
+def test_host_and_origin_rules_never_crash(host: str, origin: str) -> None:
+    assert HostPolicy("0.0.0.0", "https://mesh.example.org").allows(host) in (True, False)
+    assert origin_allowed(origin, host, "https://mesh.example.org") in (True, False)
