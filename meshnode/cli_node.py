@@ -74,7 +74,7 @@ def _up(args: argparse.Namespace) -> int:
         node.handle_signals()
         try:
             await node.start()
-        except (StoreError, IdentityFileError, OSError) as err:
+        except (StoreError, IdentityFileError, AdminTokenError, OSError) as err:
             print(f"meshnode up: {err}", file=sys.stderr)
             await node.stop()
             return 1

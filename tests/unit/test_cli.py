@@ -151,3 +151,14 @@ def test_status_open_prints_the_page_with_the_token(tmp_path: Path,
     assert main(["status", "--open", "--node", "http://127.0.0.1:8470",
                  "--data-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"http://127.0.0.1:8470/status#token={token}"
+
+
+def test_up_refuses_a_token_file_others_can_read(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "admin.token").write_text("mnadm1leaked\n")
+    (data / "admin.token").chmod(0o644)
+    code, err = _run(["up", "--data-dir", str(data), "--listen", "127.0.0.1:0",
+                      "--no-default-room"], capsys)
+    assert code == 1 and "rotate-token" in err and "Traceback" not in err
