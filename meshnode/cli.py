@@ -4,7 +4,8 @@ meshnode up [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--bootstrap U
                                          run a node (the default command)
 meshnode keygen [--out PATH] [--force]   create an identity file, print its PeerID
 meshnode room create|list|invite|join    manage the rooms of a running node
-meshnode peers | status                  what a running node is linked to / doing
+meshnode peers | status [--open]         what a running node is linked to / doing
+meshnode admin rotate-token              replace the admin token (the CLI's key to the node)
 meshnode demo                            run the local scene-CRDT demo
 """
 

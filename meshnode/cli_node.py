@@ -1,7 +1,14 @@
 """The node's commands: ``up`` runs a node; the others ask a running node over its admin API
-(which answers on loopback only), at ``--node URL`` (default ``http://127.0.0.1:8470``)."""
+(which answers on loopback only, to the admin token), at ``--node URL`` (default
+``http://127.0.0.1:8470``), with the token read from ``--data-dir`` (default
+``./meshnode-data``) or ``--admin-token-file``.
+
+Every failure ends in one line on stderr and a non-zero exit, never a traceback: 2 for input
+the user must fix (a bad URL, a bad flag), 1 for everything else (no node there, a refusal).
+"""
 
 import argparse
+import http.client
 import json
 import sys
 import urllib.error
@@ -14,12 +21,20 @@ from meshnode.config import (
     DEFAULT_PORT,
     ConfigError,
     NodeConfig,
+    check_node_url,
     config_from_mapping,
     load_config,
     parse_listen,
 )
+from meshnode.signaling.admin_token import (
+    ADMIN_TOKEN_FILE,
+    AdminTokenError,
+    read_admin_token,
+    write_admin_token,
+)
 
 DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_DATA_DIR = Path("meshnode-data")
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -37,6 +52,8 @@ def _up(args: argparse.Namespace) -> int:
             host, port = parse_listen(args.listen)
             cfg = replace(cfg, listen_host=host, listen_port=port)
         if args.bootstrap:
+            for url in args.bootstrap:
+                check_node_url(url, "--bootstrap")
             cfg = replace(cfg, bootstrap=tuple(args.bootstrap))
         if args.public_url is not None:
             cfg = config_from_mapping({"node": {"public_url": args.public_url}}, cfg)
@@ -57,7 +74,7 @@ def _up(args: argparse.Namespace) -> int:
         node.handle_signals()
         try:
             await node.start()
-        except (StoreError, IdentityFileError, OSError) as err:
+        except (StoreError, IdentityFileError, AdminTokenError, OSError) as err:
             print(f"meshnode up: {err}", file=sys.stderr)
             await node.stop()
             return 1
@@ -82,24 +99,59 @@ def _up(args: argparse.Namespace) -> int:
         return 0
 
 
+def _fail(message: str, code: int = 1) -> SystemExit:
+    # One line whatever a server or an OS error put in the message.
+    print("meshnode: " + " ".join(message.split()), file=sys.stderr)
+    return SystemExit(code)
+
+
+def _token_path(args: argparse.Namespace) -> Path:
+    if args.admin_token_file is not None:
+        return Path(args.admin_token_file)
+    return Path(args.data_dir) / ADMIN_TOKEN_FILE
+
+
+def _node_url(args: argparse.Namespace) -> str:
+    try:
+        return check_node_url(args.node, "--node").rstrip("/")
+    except ConfigError as err:
+        raise _fail(str(err), 2) from None
+
+
 def _api(args: argparse.Namespace, method: str, path: str,
          body: dict[str, Any] | None = None) -> Any:
-    url = args.node.rstrip("/") + path
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    base = _node_url(args)
+    # Without a token the node answers 401; ask anyway, so that "no node there" is told first.
+    token_problem = ""
+    headers: dict[str, str] = {}
     try:
+        headers["Authorization"] = f"Bearer {read_admin_token(_token_path(args))}"
+    except AdminTokenError as err:
+        token_problem = str(err)
+    data = json.dumps(body).encode() if body is not None else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
         with urllib.request.urlopen(req, timeout=15) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:
         try:
             detail = json.loads(err.read()).get("error", err.reason)
-        except ValueError:
+        except (ValueError, AttributeError, OSError):
             detail = err.reason
-        raise SystemExit(f"meshnode: {detail} ({err.code})") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise SystemExit(f"meshnode: no node answers at {args.node} ({err}); "
-                         f"start one with `meshnode up` or pass --node URL") from None
+        if err.code == 401 and token_problem:
+            detail = token_problem
+        raise _fail(f"{detail} ({err.code})") from None
+    except (urllib.error.URLError, ConnectionRefusedError, TimeoutError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise _fail(f"no node answers at {base} ({reason}); start one with `meshnode up` "
+                    "or pass --node URL") from None
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        # A server that hangs up or speaks something else, a URL urllib cannot use, or an
+        # answer that is not JSON.
+        raise _fail(f"{base} did not answer like a meshnode node ({err!r}); is --node the "
+                    "node's URL?") from None
 
 
 def _print(obj: Any) -> None:
@@ -133,7 +185,28 @@ def _peers(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.open:
+        # The token travels in the fragment: browsers never send it to a server, and the
+        # page moves it to sessionStorage and out of the address bar at once.
+        base = _node_url(args)
+        try:
+            token = read_admin_token(_token_path(args))
+        except AdminTokenError as err:
+            raise _fail(str(err)) from None
+        print(f"{base}/status#token={token}")
+        return 0
     _print(_api(args, "GET", "/api/status"))
+    return 0
+
+
+def _admin(args: argparse.Namespace) -> int:
+    path = _token_path(args)
+    try:
+        write_admin_token(path)
+    except OSError as err:
+        raise _fail(f"cannot write {path}: {err.strerror or err}") from None
+    print(f"wrote a new admin token to {path} (mode 0600); the running node uses it from "
+          "its next admin request, and the old token no longer works", file=sys.stderr)
     return 0
 
 
@@ -156,9 +229,17 @@ def add_node_commands(sub: Any) -> None:
     up.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     up.set_defaults(handler=_up)
 
+    def with_token(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                       help=f"the node's data directory, where its {ADMIN_TOKEN_FILE} is "
+                            f"(default {DEFAULT_DATA_DIR})")
+        p.add_argument("--admin-token-file", type=Path,
+                       help=f"the admin token file (default DATA_DIR/{ADMIN_TOKEN_FILE})")
+
     def with_node(p: argparse.ArgumentParser) -> None:
         p.add_argument("--node", default=DEFAULT_NODE_URL,
                        help=f"the running node's URL (default {DEFAULT_NODE_URL})")
+        with_token(p)
 
     room = sub.add_parser("room", help="manage the rooms of a running node")
     rsub = room.add_subparsers(dest="room_command", metavar="ACTION", required=True)
@@ -185,4 +266,13 @@ def add_node_commands(sub: Any) -> None:
     peers.set_defaults(handler=_peers)
     status = sub.add_parser("status", help="show a running node's status")
     with_node(status)
+    status.add_argument("--open", action="store_true",
+                        help="print the status page's URL, with the admin token for the page")
     status.set_defaults(handler=_status)
+
+    admin = sub.add_parser("admin", help="the admin token of a node")
+    asub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    rotate = asub.add_parser("rotate-token",
+                             help="write a new admin token; the old one stops working")
+    with_token(rotate)
+    admin.set_defaults(handler=_admin)

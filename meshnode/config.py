@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from meshnode.transport.ice import IceServer, IceSettings
 from protocol.link import MAX_URL_CHARS
@@ -45,6 +46,11 @@ class NodeConfig:
     snapshot_every: int = 1_000
     log_level: str = "info"
     log_format: str = "text"
+    # [http]: limits of the HTTP endpoint (guard.py)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    offers_per_s: float = 2.0
+    offer_burst: int = 16
 
     @property
     def url(self) -> str:
@@ -66,6 +72,7 @@ _SECTIONS: dict[str, set[str]] = {
     "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
+    "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
 }
 
 
@@ -78,6 +85,27 @@ def parse_listen(text: str) -> tuple[str, int]:
                           f"got {text!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+def check_node_url(url: Any, what: str) -> str:
+    """A node's URL as the node and the CLI take it: ``http(s)://host[:port][/path]``; raises
+    ``ConfigError`` naming ``what`` and showing the fix."""
+    example = f"http://node-b:{DEFAULT_PORT}"
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        fix = f" (did you mean 'http://{url}'?)" if isinstance(url, str) and url else ""
+        raise ConfigError(f"{what} must be a node URL starting with http:// or https://, "
+                          f"e.g. {example}; got {url!r}{fix}")
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port
+    except ValueError as err:
+        raise ConfigError(f"{what} must be a valid URL ({err}), e.g. {example}; "
+                          f"got {url!r}") from None
+    if not host or any(c.isspace() for c in url):
+        raise ConfigError(f"{what} must name a host, e.g. {example}; got {url!r}")
+    if len(url) > MAX_URL_CHARS:
+        raise ConfigError(f"{what} is longer than {MAX_URL_CHARS} characters")
+    return url
 
 
 def _want(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
@@ -156,8 +184,7 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "bootstrap" in net:
         boot = _want(net["bootstrap"], list, "network.bootstrap")
         for url in boot:
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise ConfigError(f"network.bootstrap entries are node URLs; got {url!r}")
+            check_node_url(url, "each network.bootstrap entry")
         changes["bootstrap"] = tuple(boot)
     ice = cfg.ice
     if "ice_servers" in net:
@@ -203,6 +230,20 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "synchronous" in store:
         changes["store_synchronous"] = _choice(store["synchronous"], SYNC_MODES,
                                                "store.synchronous")
+    http = doc.get("http", {})
+    for key in ("header_timeout_s", "body_timeout_s", "offers_per_s"):
+        if key in http:
+            if isinstance(http[key], bool):
+                raise ConfigError(f"http.{key} must be a number of seconds")
+            value = float(_want(http[key], (int, float), f"http.{key}"))
+            if not 0 < value <= 3600:
+                raise ConfigError(f"http.{key} must be above 0 and at most 3600")
+            changes[key] = value
+    if "offer_burst" in http:
+        burst = _want(http["offer_burst"], int, "http.offer_burst")
+        if not 1 <= burst <= 10_000:
+            raise ConfigError("http.offer_burst must be 1 to 10000")
+        changes["offer_burst"] = burst
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:

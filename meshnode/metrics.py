@@ -1,5 +1,9 @@
 """Prometheus metrics of one node (served at ``/metrics``).
 
+Public ``/metrics`` carries aggregates only: a series labelled by room would tell anyone who can
+reach the node which rooms it hosts and how busy each is. Per-room series live in a second
+registry, served to the operator only (``GET /api/metrics``, admin token).
+
 Each node has its own registry, so several nodes (or a node and its tests) can live in one
 process without their counters mixing.
 """
@@ -15,6 +19,7 @@ class NodeMetrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self.admin_registry = a = CollectorRegistry()
         self.peers = Gauge("meshnode_peers", "Established links, by kind", ["kind"], registry=r)
         self.browsers = Gauge("meshnode_browsers", "Connected browser sessions", registry=r)
         self.browser_events = Gauge("meshnode_browser_events",
@@ -22,12 +27,12 @@ class NodeMetrics:
                                     "messages...), by kind", ["kind"], registry=r)
         self.rooms = Gauge("meshnode_rooms", "Rooms this node hosts", registry=r)
         self.room_changes = Gauge("meshnode_room_changes", "Changes held, per room", ["room"],
-                                  registry=r)
+                                  registry=a)
         self.room_members = Gauge("meshnode_room_active_peers",
-                                  "Overlay neighbours, per room", ["room"], registry=r)
+                                  "Overlay neighbours, per room", ["room"], registry=a)
         self.participants = Gauge("meshnode_room_participants",
                                   "Participants with live presence, per room", ["room"],
-                                  registry=r)
+                                  registry=a)
         self.changes_in = Counter("meshnode_changes_in", "Changes applied that came from peers",
                                   registry=r)
         self.changes_local = Counter("meshnode_changes_local",
@@ -92,7 +97,16 @@ class NodeMetrics:
         self.connect_latency = Histogram("meshnode_link_connect_seconds",
                                          "Time to open a link, hello included",
                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.http_refused = Counter(
+            "meshnode_http_refused",
+            "HTTP requests refused by the guard, by reason (misdirected_host, foreign_origin, "
+            "admin_token_missing, rate_limited, room_read_*, signature_*, ...)",
+            ["reason"], registry=r)
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format of the public metrics."""
         return generate_latest(self.registry)
+
+    def render_admin(self) -> bytes:
+        """The text exposition format of the per-room series (the operator's only)."""
+        return generate_latest(self.admin_registry)

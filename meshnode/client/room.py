@@ -14,11 +14,13 @@ each change once durable; ``flush`` waits for that acknowledgement.
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -34,11 +36,15 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
 )
+from meshnode.rooms.invite import parse_invite
+from meshnode.rooms.readers import INVITE_HEADER
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
+from meshnode.signaling.signed_request import sign_request
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
+from protocol.errors import DecodeError
 from protocol.link import Ack, Nack, Refused
 
 log = logging.getLogger("meshnode.client")
@@ -111,17 +117,19 @@ class RoomClient(LinkOwner):
     async def open(self) -> None:
         """Fetch the room's genesis, link to the node, and sync (see :func:`connect`)."""
         hex_id = self.room_id.hex()
-        timeout = aiohttp.ClientTimeout(total=self._timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            try:
-                async with http.get(f"{self.url}/api/rooms/{hex_id}/genesis") as resp:
-                    if resp.status != 200:
-                        raise ClientError(f"{self.url} does not host room {hex_id}")
-                    genesis = await resp.read()
-                async with http.get(f"{self.url}/api/rooms/{hex_id}/heads") as resp:
-                    heads = await resp.json()
-            except aiohttp.ClientError as err:
-                raise ClientError(f"cannot reach {self.url}: {err}") from None
+        # An invite carries the room's genesis: with one, the node's verdict on it comes
+        # over the link, with its reason (AdmissionRefused), not as an HTTP 404.
+        genesis = self._invite_genesis()
+        if genesis is None:
+            genesis = await self._fetch("genesis")
+        if genesis is None:
+            raise ClientError(f"{self.url} does not host room {hex_id} (or, if the room is "
+                              "invite-only, does not let this identity read it: pass an "
+                              "invite)")
+        # An invite-only room shows its heads to members only: a newcomer reads them once
+        # admitted (below).
+        raw_heads = await self._fetch("heads")
+        heads: dict[str, Any] = json.loads(raw_heads) if raw_heads is not None else {}
         if change_id(genesis) != self.room_id:
             raise ClientError("the node sent a genesis change that is not this room's")
         replica = SceneReplica.from_genesis(genesis, self.identity)
@@ -140,11 +148,57 @@ class RoomClient(LinkOwner):
             reason = getattr(err, "reason", type(err).__name__)
             raise ClientError(f"could not link to {self.url}: {reason}: {err}") from err
         self.node_peer_id = est.peer
+        if raw_heads is not None:
+            await self._wait_for_heads(replica, heads)
+        # A stranger never reads a room: wait until we are a member (or the node says why
+        # we will not be).
+        await self._wait(lambda: replica.role_of(self.peer_id) != "none",
+                         "admission to the room")
+        if raw_heads is None:
+            raw_heads = await self._fetch("heads")
+            if raw_heads is not None:
+                await self._wait_for_heads(replica, json.loads(raw_heads))
+
+    def _invite_genesis(self) -> bytes | None:
+        if not self._invite:
+            return None
+        try:
+            invite = parse_invite(self._invite)
+        except DecodeError as err:
+            raise ClientError(f"the invite is not a valid token: {err}") from None
+        if invite.room_id != self.room_id:
+            raise ClientError(f"the invite is for room {invite.room_id.hex()}, not "
+                              f"{self.room_id.hex()}")
+        return invite.genesis
+
+    async def _wait_for_heads(self, replica: SceneReplica, heads: dict[str, Any]) -> None:
         target = {bytes.fromhex(k): int(v) for k, v in heads.get("vv", {}).items()}
         await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
                                      for a, s in target.items()), "sync with the node")
-        await self._wait(lambda: replica.role_of(self.peer_id) != "none",
-                         "admission to the room")
+
+    async def _fetch(self, part: str) -> bytes | None:
+        """GET one of the room's HTTP endpoints, signed with our identity (members of an
+        invite-only room may read it) and, for the genesis, with our invite; None if the
+        node does not let us read it."""
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition("@")[2]
+        path = f"{parts.path.rstrip('/')}/api/rooms/{self.room_id.hex()}/{part}"
+        headers = {"Host": host, **sign_request(self.identity, "GET", path, host)}
+        if part == "genesis" and self._invite:
+            headers[INVITE_HEADER] = self._invite.strip()
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as http, \
+                    http.get(f"{self.url}/api/rooms/{self.room_id.hex()}/{part}",
+                             headers=headers) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise ClientError(f"{self.url} refused to give the room's {part}: "
+                                      f"{resp.status} {await resp.text()}")
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise ClientError(f"cannot reach {self.url}: {err or type(err).__name__}") from None
 
     async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout
@@ -184,8 +238,6 @@ class RoomClient(LinkOwner):
         """We are a client in exactly one room."""
         invites: tuple[bytes, ...] = ()
         if self._invite:
-            from meshnode.rooms.invite import parse_invite
-
             invites = (parse_invite(self._invite).raw(),)
         return LocalHello("client", (self.room_id,), "", invites)
 

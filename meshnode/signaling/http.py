@@ -1,25 +1,36 @@
 """The node's HTTP endpoint (aiohttp): signaling, room data, the admin API, health, metrics.
 
+Every request passes the guard first (``meshnode.signaling.guard``): a ``Host`` that names
+this node (else 421), per-address offer rates (429), header and body timeouts.
+
 Public (any peer may call):
     POST /signal/offer                 {"sdp": offer}  ->  {"sdp": answer, "peer": PeerID}
-    GET  /signal/ws                    WebSocket: {"type": "offer", "sdp"} -> {"type": "answer",
-                                       "sdp", "peer"} or {"type": "error", "error"}, repeatable
+    GET  /signal/ws                    WebSocket (this node's pages or programs only: a foreign
+                                       Origin gets 403): {"type": "offer", "sdp"} ->
+                                       {"type": "answer", "sdp", "peer"} or {"type": "error",
+                                       "error"}, repeatable
+    GET  /healthz                      {"ok": true, ...}; 503 {"store": {"failing": reason}}
+    GET  /metrics                      Prometheus text format, aggregates only (no room labels)
+    GET  /, /static/*, /api/browser/*  the web client (meshnode.web)
+Room data (``open`` rooms: anyone; other rooms: the admin token, a member's signed request
+(``Meshnode-Signature``), or for the genesis an invite (``Meshnode-Invite``); anyone else gets
+the 404 of an unknown room; see meshnode.rooms.readers):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
     GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
-    GET  /healthz                      {"ok": true, ...}; 503 {"store": {"failing": reason}}
-    GET  /metrics                      Prometheus text format
-    GET  /, /static/*, /api/browser/*  the web client (meshnode.web)
-Admin (only from loopback addresses; the CLI uses these):
-    GET  /status                       the operator's status page (HTML, polls the two below)
+Admin (loopback only, ``Authorization: Bearer <admin token>``, JSON bodies only, no foreign
+Origin; the CLI uses these):
+    GET  /status                       the operator's status page (HTML; loopback and Host
+                                       checks only: the page asks for the token, the data
+                                       routes below want it)
     GET  /api/status, /api/peers, /api/rooms
+    GET  /api/metrics                  Prometheus text: the per-room series
     POST /api/rooms                    {"name": str, "admit": "open"|"invite"} -> room
     POST /api/rooms/join               {"token": invite} -> room
     POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float} -> {"token": str}
 """
 
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -30,7 +41,12 @@ import aiohttp
 from aiohttp import web
 
 from meshnode.overlay.scoring import TokenBucket
+from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
+from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
+from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal, status_page_only
+from meshnode.signaling.room_reads import browser_access_of, may_read
+from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import node_status, peers_info, refresh_metrics, room_info
 from protocol.errors import DecodeError
 
@@ -49,34 +65,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _address_is_loopback(remote: str) -> bool:
-    try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_loopback(request: web.Request) -> bool:
-    # A reverse proxy on this machine makes every request look local: operators who put
-    # one in front must not forward /api/ (docs/operators.md says how).
-    return _address_is_loopback(request.remote or "")
-
-
-def admin_only(handler: Handler) -> Handler:
-    """Refuse the request unless it comes from this machine."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        if not _is_loopback(request):
-            return _error(403, "the admin API answers only on loopback")
-        return await handler(request)
-
-    return wrapped
-
-
 async def _json_body(request: web.Request, limit: int = 16 * 1024) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.content.read(limit + 1)
+    raw = await request.read()  # the guard has read it already, within the body timeout
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
@@ -92,12 +84,28 @@ async def _json_body(request: web.Request, limit: int = 16 * 1024) -> dict[str, 
 
 def build_app(node: "Node") -> web.Application:
     """The aiohttp application of ``node``."""
-    app = web.Application(client_max_size=MAX_OFFER_BYTES)
+    cfg = node.config
+    guard = Guard(policy=HostPolicy(cfg.listen_host, cfg.public_url),
+                  token=AdminTokenFile(node.data_dir / ADMIN_TOKEN_FILE),
+                  offers=SourceBuckets(cfg.offers_per_s, cfg.offer_burst),
+                  count=lambda reason: node.metrics.http_refused.labels(reason).inc(),
+                  body_timeout_s=cfg.body_timeout_s)
+    guard.token.ensure()
+    # keepalive_timeout is armed when a connection opens, so it also bounds the wait for the
+    # first request head (aiohttp >= 3.14): a half-sent header is closed after it.
+    app = web.Application(client_max_size=MAX_OFFER_BYTES, middlewares=[guard.middleware],
+                          handler_args={"keepalive_timeout": cfg.header_timeout_s})
+    app[GUARD] = guard
+    admin_only = guard.admin_only
 
-    def room_or_404(request: web.Request) -> Any:
+    def room_or_404(request: web.Request, part: RoomPart | None = None) -> Any:
         hosted = None
         with contextlib.suppress(ValueError):
             hosted = node.rooms.get(bytes.fromhex(request.match_info["room"]))
+        if hosted is not None and part is not None and not may_read(
+                guard, request, hosted.runtime.replica,
+                hosted.settings.get("admit", "invite"), part):
+            hosted = None  # a refused read looks like an unknown room
         if hosted is None:
             raise web.HTTPNotFound(text='{"error": "no such room on this node"}',
                                    content_type="application/json")
@@ -138,6 +146,14 @@ def build_app(node: "Node") -> web.Application:
             if not bucket.take(1.0, time.monotonic()):
                 await ws.send_json({"type": "error", "error": "too many offers; slow down"})
                 continue
+            # The address's bucket too: a new socket per offer must not get around it.
+            wait = guard.offers.take(request.remote, time.monotonic())
+            if wait > 0:
+                guard.note(request, Refusal.RATE_LIMITED)
+                await ws.send_json({"type": "error", "retry_after": round(wait, 1),
+                                    "error": "too many offers from your address; retry in "
+                                             f"{wait:.1f} s"})
+                continue
             try:
                 body = json.loads(msg.data)
             except ValueError:
@@ -155,19 +171,19 @@ def build_app(node: "Node") -> web.Application:
         return ws
 
     async def genesis(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
+        hosted = room_or_404(request, RoomPart.GENESIS)
         return web.Response(body=hosted.runtime.replica.genesis,
                             content_type="application/octet-stream")
 
     async def heads(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
+        hosted = room_or_404(request, RoomPart.HEADS)
         replica = hosted.runtime.replica
         vv = {k.hex(): v for k, v in replica.version_vector().items()}
         return web.json_response({"vv": vv, "changes": replica.change_count(),
                                   "admit": hosted.settings.get("admit", "invite")})
 
     async def snapshot(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
+        hosted = room_or_404(request, RoomPart.SNAPSHOT)
         assert node.store is not None
         snap = node.store.latest_snapshot(hosted.runtime.room_id)
         if snap is None:
@@ -190,6 +206,11 @@ def build_app(node: "Node") -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         refresh_metrics(node)
         return web.Response(body=node.metrics.render(),
+                            content_type="text/plain", charset="utf-8")
+
+    async def admin_metrics(request: web.Request) -> web.Response:
+        refresh_metrics(node)
+        return web.Response(body=node.metrics.render_admin(),
                             content_type="text/plain", charset="utf-8")
 
     async def status(request: web.Request) -> web.Response:
@@ -248,25 +269,29 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/status", admin_only(status))
-    app.router.add_get("/status", admin_only(status_page))
+    app.router.add_get("/api/metrics", admin_only(admin_metrics))
+    app.router.add_get("/status", status_page_only(guard, status_page))
     app.router.add_get("/api/peers", admin_only(peers))
     app.router.add_get("/api/rooms", admin_only(rooms))
     app.router.add_post("/api/rooms", admin_only(create_room))
     app.router.add_post("/api/rooms/join", admin_only(join_room))
     app.router.add_post("/api/rooms/{room}/invites", admin_only(invite))
-    _add_web_client(app, node)
+    _add_web_client(app, node, guard)
     return app
 
 
-def _add_web_client(app: web.Application, node: "Node") -> None:
+def _add_web_client(app: web.Application, node: "Node", guard: Guard) -> None:
     from meshnode.web.routes import add_web_routes
 
-    def may_edit(room_hex: str, remote: str) -> bool:
-        # A browser on this machine is the operator's; others may edit open rooms only.
+    def access(room_hex: str, request: web.Request, invite: object) -> BrowserAccess:
+        # From the room's rules and what the page proves, never from its address.
         hosted = node.rooms.get(bytes.fromhex(room_hex))
-        return hosted is not None and (hosted.settings.get("admit") == "open"
-                                       or _address_is_loopback(remote))
+        if hosted is None:
+            return BrowserAccess.NONE
+        return browser_access_of(guard, request, hosted.runtime.replica,
+                                 hosted.settings.get("admit", "invite"),
+                                 node.config.admit_role, invite)
 
     add_web_routes(app, rooms=node.room,
                    default_room=node.default_room_hex, ice=node.config.ice,
-                   max_browsers=node.config.max_browsers, may_edit=may_edit)
+                   max_browsers=node.config.max_browsers, access=access)

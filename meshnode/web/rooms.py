@@ -113,5 +113,5 @@ class ReadOnlyRoom(DelegatingRoom):
 
     async def edit(self, fn: Callable[[SceneReplica], T]) -> T:
         """Always refused."""
-        raise PermissionDenied("this room admits members by invite: from this address the "
-                               "web client is read-only")
+        raise PermissionDenied("this page may view the room but not edit it: open it with "
+                               "an editor's invite (#invite=...) to edit")

@@ -6,10 +6,11 @@
 - ``GET /api/default-room`` → ``{"room": hex}`` (404 if the node hosts no room).
 - ``GET /api/ice`` → ``{"iceServers": [{"urls": [...], "username"?, "credential"?}]}``: the
   STUN/TURN servers the browser should use (the node's own ``IceSettings.servers``).
-- ``POST /api/browser/offer`` with ``{"room": hex, "sdp": offer}`` (``Content-Type:
-  application/json``) → ``{"sdp": answer}``. Errors are ``{"error": str}`` with status 400
-  (bad input or an offer that cannot be answered), 404 (unknown room), 415 (not JSON) or 503
-  (the node serves ``max_browsers`` browsers already).
+- ``POST /api/browser/offer`` with ``{"room": hex, "sdp": offer, "invite"?: token}``
+  (``Content-Type: application/json``; ``Authorization: Bearer <admin token>`` if the page
+  holds it) → ``{"sdp": answer}``. Errors are ``{"error": str}`` with status 400 (bad input
+  or an offer that cannot be answered), 404 (unknown room, or a room this browser may not
+  see), 415 (not JSON) or 503 (the node serves ``max_browsers`` browsers already).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshnode.rooms.readers import BrowserAccess
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
 from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
@@ -49,15 +51,17 @@ def add_web_routes(
     default_room: Callable[[], str],
     ice: IceSettings,
     max_browsers: int = 64,
-    may_edit: Callable[[str, str], bool] | None = None,
+    access: Callable[[str, web.Request, object], BrowserAccess] | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
     ``rooms(hex)`` returns the room with that ID (lower-case hex) or None; ``default_room()``
-    the hex ID of the room a page without ``?room=`` joins ("" if none). ``may_edit(hex,
-    remote address)`` says whether a browser may edit that room (default: yes); a browser
-    that may not gets the room read-only. At most ``max_browsers`` browsers are connected at
-    once; the connections are closed when the app shuts down.
+    the hex ID of the room a page without ``?room=`` joins ("" if none). ``access(hex,
+    request, invite)`` says what a browser gets in that room (default: edit), from what the
+    request proves and the offer's ``"invite"`` (None if absent): ``EDIT``, ``READ`` (the room
+    read-only) or ``NONE`` (404, as for a room this node does not host). At most
+    ``max_browsers`` browsers are connected at once; the connections are closed when the app
+    shuts down.
     """
     links = BrowserLinks(ice, max_connections=max_browsers)
     app[BROWSER_LINKS] = links
@@ -105,9 +109,13 @@ def add_web_routes(
         if type(sdp) is not str or not sdp:
             return _error(400, '"sdp" must be the offer SDP (a string)')
         room = rooms(room_hex.lower())
-        if room is None:
+        rights = BrowserAccess.EDIT
+        if room is not None and access is not None:
+            rights = access(room_hex.lower(), request, data.get("invite"))
+        if room is None or rights is BrowserAccess.NONE:
+            # A room this browser may not see looks like one this node does not host.
             return _error(404, f"this node does not host room {room_hex}")
-        if may_edit is not None and not may_edit(room_hex.lower(), request.remote or ""):
+        if rights is BrowserAccess.READ:
             room = ReadOnlyRoom(room)
         try:
             answer = await links.answer(sdp, room)

@@ -81,7 +81,7 @@ async def test_browser_at_a_and_python_client_at_c(
         finally:
             await second.close()
         # The operator's status page shows the node, its room and its links.
-        await page.goto(f"{a.url}/status")
+        await page.goto(f"{a.url}/status#token={a.admin_token}")  # as `status --open`
         await page.evaluate("""new Promise((resolve, reject) => {
             const t = setTimeout(() => reject(new Error(document.body.innerText)), 10000);
             const poll = () => document.querySelectorAll("#peers tbody tr").length >= 1

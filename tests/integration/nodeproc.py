@@ -81,23 +81,34 @@ class NodeProcess:
         """Everything the node printed so far."""
         return "\n".join(self.lines)
 
+    @property
+    def admin_token(self) -> str:
+        """The node's admin token (it writes the file on first start)."""
+        return (self.data_dir / "admin.token").read_text(encoding="ascii").strip()
+
     def get(self, path: str) -> Any:
-        """GET a JSON endpoint."""
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+        """GET a JSON endpoint, as the operator (with the admin token)."""
+        req = urllib.request.Request(self.url + path,
+                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST JSON, return JSON."""
+        """POST JSON, return JSON (as the operator)."""
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {self.admin_token}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
 
-    def metrics(self) -> dict[str, float]:
-        """Parsed /metrics samples: ``name{labels}`` -> value."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+    def metrics(self, path: str = "/metrics") -> dict[str, float]:
+        """Parsed public /metrics samples: ``name{labels}`` -> value (``path="/api/metrics"``:
+        the operator's per-room series)."""
+        req = urllib.request.Request(self.url + path,
+                                     headers={"Authorization": f"Bearer {self.admin_token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
             text = resp.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():

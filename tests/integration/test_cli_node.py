@@ -23,6 +23,11 @@ def meshnode(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[s
                           text=True, timeout=timeout)
 
 
+def at(node: NodeProcess) -> list[str]:
+    """The flags that point the CLI at ``node``: its URL and its data dir (the admin token)."""
+    return ["--node", node.url, "--data-dir", str(node.data_dir)]
+
+
 def ok(*args: str) -> str:
     done = meshnode(*args)
     assert done.returncode == 0, f"meshnode {' '.join(args)} failed:\n{done.stderr}"
@@ -45,7 +50,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProces
 
 def test_status(nodes: tuple[NodeProcess, NodeProcess]) -> None:
     a, _ = nodes
-    status = json.loads(ok("status", "--node", a.url))
+    status = json.loads(ok("status", *at(a)))
     assert status["peer_id"] == a.peer_id and status["peer_id"].startswith("12D3KooW")
     assert status["url"] == a.url
     assert [r["id"] for r in status["rooms"]] == [a.default_room]
@@ -53,17 +58,17 @@ def test_status(nodes: tuple[NodeProcess, NodeProcess]) -> None:
 
 def test_room_create_list_invite(nodes: tuple[NodeProcess, NodeProcess]) -> None:
     a, _ = nodes
-    room = json.loads(ok("room", "create", "design review", "--node", a.url))
+    room = json.loads(ok("room", "create", "design review", *at(a)))
     rid = room["id"]
     assert len(rid) == 64 and bytes.fromhex(rid)
     assert room["name"] == "design review" and room["role"] == "owner"
 
-    listed = ok("room", "list", "--node", a.url).splitlines()
+    listed = ok("room", "list", *at(a)).splitlines()
     ids = {line.split()[0] for line in listed}
     assert {a.default_room, rid} <= ids
     assert any("'design review'" in line and "role=owner" in line for line in listed)
 
-    token = ok("room", "invite", rid, "--role", "viewer", "--node", a.url).strip()
+    token = ok("room", "invite", rid, "--role", "viewer", *at(a)).strip()
     assert token.startswith(PREFIX) and len(token.splitlines()) == 1
     invite = parse_invite(token)
     assert invite.role == "viewer"
@@ -71,21 +76,21 @@ def test_room_create_list_invite(nodes: tuple[NodeProcess, NodeProcess]) -> None
     assert invite.verify(int(time.time() * 1000)) is None
     assert a.url in invite.urls
 
-    short = parse_invite(ok("room", "invite", rid, "--ttl", "60", "--node", a.url).strip())
+    short = parse_invite(ok("room", "invite", rid, "--ttl", "60", *at(a)).strip())
     assert short.role == "editor"
     assert short.expires_ms <= int((time.time() + 120) * 1000)
 
 
 def test_invite_for_an_unknown_room_fails(nodes: tuple[NodeProcess, NodeProcess]) -> None:
     a, _ = nodes
-    done = meshnode("room", "invite", "00" * 32, "--node", a.url)
+    done = meshnode("room", "invite", "00" * 32, *at(a))
     assert done.returncode != 0
     assert "404" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_join_a_bad_token_fails(nodes: tuple[NodeProcess, NodeProcess]) -> None:
     _, b = nodes
-    done = meshnode("room", "join", "mninv1notatoken0", "--node", b.url)
+    done = meshnode("room", "join", "mninv1notatoken0", *at(b))
     assert done.returncode != 0
     assert "400" in done.stderr and "invite" in done.stderr
     assert "Traceback" not in done.stderr
@@ -94,19 +99,19 @@ def test_join_a_bad_token_fails(nodes: tuple[NodeProcess, NodeProcess]) -> None:
 def test_peers_then_join_makes_the_second_node_host_the_room(
         nodes: tuple[NodeProcess, NodeProcess]) -> None:
     a, b = nodes
-    assert ok("peers", "--node", b.url) == ""
-    assert ok("room", "list", "--node", b.url) == ""
-    assert json.loads(ok("status", "--node", b.url))["rooms"] == []
+    assert ok("peers", *at(b)) == ""
+    assert ok("room", "list", *at(b)) == ""
+    assert json.loads(ok("status", *at(b)))["rooms"] == []
 
-    rid = json.loads(ok("room", "create", "shared lab", "--node", a.url))["id"]
-    token = ok("room", "invite", rid, "--role", "editor", "--node", a.url).strip()
-    joined = json.loads(ok("room", "join", token, "--node", b.url))
+    rid = json.loads(ok("room", "create", "shared lab", *at(a)))["id"]
+    token = ok("room", "invite", rid, "--role", "editor", *at(a)).strip()
+    joined = json.loads(ok("room", "join", token, *at(b)))
     assert joined["id"] == rid and joined["name"] == "shared lab"
 
-    assert [line.split()[0] for line in ok("room", "list", "--node", b.url).splitlines()] == [rid]
+    assert [line.split()[0] for line in ok("room", "list", *at(b)).splitlines()] == [rid]
     assert rid in {r["id"] for r in b.get("/api/rooms")}
     # joining again is harmless
-    assert json.loads(ok("room", "join", token, "--node", b.url))["id"] == rid
+    assert json.loads(ok("room", "join", token, *at(b)))["id"] == rid
     assert len(b.get("/api/rooms")) == 1
 
 

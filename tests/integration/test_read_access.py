@@ -1,11 +1,12 @@
 """Read access over links, against a real node: an invite-only room gives nothing to a
 stranger (issue: trust, read access). Each test here failed on the node before the fix."""
 
+import time
 from pathlib import Path
 
 import pytest
 
-from meshnode.client import AdmissionRefused, connect
+from meshnode.client import AdmissionRefused, ClientError, connect
 from meshnode.crdt import ROOT
 from meshnode.identity import Identity
 from protocol.link import Refused, Rooms
@@ -58,11 +59,20 @@ async def test_connect_without_an_invite_is_refused_with_a_reason(tmp_path: Path
         async with connect(a.url, room, Identity.generate(), ice=ICE, invite=token) as member:
             member.create_entity(ROOT, {"name": {"value": "private thing"}})
             await member.flush()
-        with pytest.raises(AdmissionRefused) as info:
+        # Over HTTP the room does not exist for a stranger (not even its genesis), and the
+        # error says what to do.
+        with pytest.raises(ClientError, match="does not host room") as info:
             async with connect(a.url, room, Identity.generate(), ice=ICE, timeout_s=10):
                 pass
-        assert info.value.reason == "not_member"
         assert "invite" in str(info.value)
+        # An expired invite: the node says so over the link.
+        expired = a.post(f"/api/rooms/{room}/invites", {"role": "editor", "ttl_s": 0.001})
+        time.sleep(0.01)
+        with pytest.raises(AdmissionRefused) as refused:
+            async with connect(a.url, room, Identity.generate(), ice=ICE, timeout_s=10,
+                               invite=expired["token"]):
+                pass
+        assert refused.value.reason == "invite_expired"
     finally:
         a.kill()
 

@@ -53,6 +53,12 @@ snapshot_every = 250
 [log]
 level = "debug"
 format = "json"
+
+[http]
+header_timeout_s = 5
+body_timeout_s = 7.5
+offers_per_s = 1.5
+offer_burst = 8
 """
 
 
@@ -116,6 +122,10 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         snapshot_every=250,
         log_level="debug",
         log_format="json",
+        header_timeout_s=5.0,
+        body_timeout_s=7.5,
+        offers_per_s=1.5,
+        offer_burst=8,
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
@@ -250,6 +260,13 @@ def test_host_addresses() -> None:
     ("node", "listen", 8470),
     ("node", "public_url", True),
     ("network", "bootstrap", "http://a.example"),
+    ("network", "bootstrap", ["node-b:8470"]),
+    ("network", "bootstrap", ["http://[::1"]),
+    ("http", "header_timeout_s", 0),
+    ("http", "body_timeout_s", True),
+    ("http", "offers_per_s", "2"),
+    ("http", "offer_burst", 0),
+    ("http", "offer_burst", 2.5),
     ("network", "ice_servers", {"urls": "stun:a"}),
     ("network", "ice_servers", "stun:a"),
     ("network", "host_addresses", "127.0.0.1"),

@@ -129,6 +129,23 @@ function failAll(reason) {
   setStatus("failed", reason);
 }
 
+// What this page may prove to its node: an invite (`#invite=mninv1...` in the address: a
+// fragment never reaches a server) or the operator's admin token (kept in sessionStorage by
+// the status page, `meshnode status --open`). Both stay in this tab's sessionStorage and
+// leave the address bar at once. Without them a page gets what the room gives anyone.
+function credentials() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const fromHash = params.get("invite");
+  if (fromHash) {
+    sessionStorage.setItem("meshnode-invite", fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return {
+    invite: sessionStorage.getItem("meshnode-invite"),
+    adminToken: sessionStorage.getItem("meshnode-admin-token"),
+  };
+}
+
 async function pickRoom() {
   const fromUrl = new URLSearchParams(location.search).get("room");
   if (fromUrl) return fromUrl;
@@ -169,10 +186,15 @@ async function connect() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
+  const offer = { room, sdp: pc.localDescription.sdp };
+  const headers = { "Content-Type": "application/json" };
+  const { invite, adminToken } = credentials();
+  if (invite) offer.invite = invite;
+  if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
   const resp = await fetch("/api/browser/offer", {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ room, sdp: pc.localDescription.sdp }),
+    headers,
+    body: JSON.stringify(offer),
   });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(`the node refused to connect (${resp.status}): ${body.error || ""}`);

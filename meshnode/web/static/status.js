@@ -1,5 +1,29 @@
-// The operator's status page: polls the admin API (loopback only) every 2 s.
+// The operator's status page: polls the admin API (loopback only, admin token) every 2 s.
+// The token comes from the page's fragment (`meshnode status --open` prints such a link:
+// browsers never send a fragment to a server) or from the form, and is kept in
+// sessionStorage (this tab only), never in the address bar or the history.
 "use strict";
+
+const TOKEN_KEY = "meshnode-admin-token";
+
+function takeTokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function adminFetch(path) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  return fetch(path, { headers }).then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
+}
+
+function askForToken(show) {
+  document.getElementById("token-form").hidden = !show;
+}
 
 function cell(text, code = false) {
   const td = document.createElement("td");
@@ -20,9 +44,10 @@ function short(id) {
 async function refresh() {
   try {
     const [status, peers] = await Promise.all([
-      fetch("/api/status").then((r) => (r.ok ? r.json() : Promise.reject(r.status))),
-      fetch("/api/peers").then((r) => (r.ok ? r.json() : Promise.reject(r.status))),
+      adminFetch("/api/status"),
+      adminFetch("/api/peers"),
     ]);
+    askForToken(false);
     document.getElementById("peer-id").textContent = status.peer_id;
     document.getElementById("summary").textContent =
       `${status.url} · up ${Math.round(status.uptime_s)} s · ${status.links} link(s) · ` +
@@ -49,10 +74,22 @@ async function refresh() {
     }));
     document.getElementById("error").textContent = "";
   } catch (err) {
-    document.getElementById("error").textContent =
-      `cannot read the node's status (${err}); the status page answers on loopback only`;
+    const noToken = err === 401 || err === 403;
+    askForToken(noToken);
+    document.getElementById("error").textContent = noToken
+      ? "this page needs the node's admin token: run `meshnode status --open` and open the " +
+        "link it prints, or paste the token from DATA_DIR/admin.token below"
+      : `cannot read the node's status (${err}); the status page answers on loopback only`;
   }
 }
 
+takeTokenFromFragment();
+document.getElementById("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("token");
+  if (input.value.trim()) sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+  input.value = "";
+  refresh();
+});
 refresh();
 setInterval(refresh, 2000);
