@@ -177,6 +177,15 @@ class LocalEdits:
             batch.required = level
         return batch
 
+    def _own_history_problem(self) -> str | None:
+        have = self._graph.vv_all.get(self._me, 0)
+        if self._seq_floor <= have:
+            return None
+        return (
+            f"this identity already signed seq {self._seq_floor} in this room but this replica "
+            f"holds its changes only up to seq {have}"
+        )
+
     def _byte_budget(self) -> int:
         """Bytes the batch's ops, actors and names may take: what is left of a change once the
         envelope and one dep per current head are counted."""
@@ -294,6 +303,10 @@ class LocalEdits:
                 self._check_name(field)
                 prepared.append((comp, field, *self._prepared_value(value)))
         par = self._live(parent, "parent")
+        problem = self._own_history_problem()
+        if problem is not None:
+            # The missing changes may have created entities: their numbers are unknown here.
+            raise OwnHistoryMissing(f"{problem}: new entities must wait until peers send them")
         counter = self._counter + 1
         if self._role() >= ROLE_EDITOR:
             problem = quota_problem(self._role(), counter)
@@ -510,12 +523,12 @@ class LocalEdits:
                 self.discard()
                 raise QuotaExceeded(f"{problem}: the batch was rolled back")
         seq = vv.get(self._me, 0) + 1
-        if seq <= self._seq_floor:
+        problem = self._own_history_problem()
+        if problem is not None:
             raise OwnHistoryMissing(
-                f"this identity already signed seq {self._seq_floor} in this room but this "
-                f"replica has its changes only up to seq {seq - 1}: signing seq {seq} again "
-                "would equivocate and skipping ahead is refused by peers (bad_seq). Sync with "
-                "peers until its own changes are back; the batch is kept"
+                f"{problem}: signing seq {seq} again would equivocate and skipping ahead is "
+                "refused by peers (bad_seq). Sync with peers until its own changes are back; "
+                "the batch is kept"
             )
         deps = sorted(graph.heads)
         if len(deps) > self.limits.max_deps:

@@ -381,7 +381,7 @@ class SceneReplica(LocalEdits):
             duplicates=duplicates,
             rejected=tuple(rejected),
             missing_history=tuple(missing),
-            missing_deps=tuple(sorted(self.missing_deps())),
+            missing_deps=tuple(sorted(d for d in self.missing_deps() if d not in self._buffer)),
             own_seq=self.own_seq,
         )
 
