@@ -358,19 +358,22 @@ class LocalEdits:
             value, size = self._prepared_value(value)
         batch = self._batch
         key = (ent, component, field)
+        op = ci = fi = None
         fast = False
         if batch is not None and level <= batch.required:
-            # Everything this op needs is already in the batch (role checked, names and
-            # creator listed): only the room left needs a look.
-            if key in batch.set_index:
-                fast = batch.bytes + size <= self._byte_budget()
-            else:
+            # Everything this op needs may already be in the batch (role checked, names and
+            # creator listed): then only the room left needs a look.
+            op = batch.set_index.get(key)
+            room = self._max_batch_bytes - DEP_BYTES * len(self._graph.heads) - batch.bytes
+            if op is not None:
+                fast = size <= room
+            elif size + SET_OP_BYTES <= room and len(batch.ops) < self._max_ops:
                 names = batch.name_index
+                ci = names.get(component)
+                fi = names.get(field)
                 fast = (
-                    len(batch.ops) < self._max_ops
-                    and component in names and field in names
+                    ci is not None and fi is not None
                     and (creator is self._me or creator in batch.actor_index)
-                    and batch.bytes + size + SET_OP_BYTES <= self._byte_budget()
                 )
         if not fast:
             self._check_name(component)
@@ -384,12 +387,36 @@ class LocalEdits:
                 (component, field) if new_op else (),
                 (creator,) if new_op else (),
             )
-        self._put_field(batch, ent, component, field, value, size)  # type: ignore[arg-type]
+            op = batch.set_index.get(key)
+        assert batch is not None  # opened by _require, or ``fast`` (for the type checker)
+        # From here on nothing can fail (the body of _put_field, inlined for speed).
+        if op is not None:
+            batch.bytes += size
+            op[4] = value  # a later write in the same batch replaces the earlier one
+        else:
+            if ci is None:
+                ci = self._name(batch, component)
+            if fi is None:
+                fi = self._name(batch, field)
+            ref = counter if creator is self._me else self._ref(batch, ent)
+            op = [OP_SET, ref, ci, fi, value]
+            batch.ops.append(op)
+            batch.set_index[key] = op
+            batch.bytes += size + SET_OP_BYTES
+        comps = self._fields.get(ent)
+        if comps is None:
+            comps = self._fields[ent] = {}
+        fd = comps.get(component)
+        if fd is None:
+            fd = comps[component] = {}
+        batch.field_undo.append((fd, field, fd.get(field)))
+        fd[field] = (batch.stamp, value)
 
     def _put_field(
         self, batch: EditBatch, ent: Node, component: str, field: str, value: Value, size: int
     ) -> None:
-        """Record a checked ``SET`` in the batch and show it in the scene (cannot fail)."""
+        """Record a checked ``SET`` in the batch and show it in the scene (cannot fail; the
+        same steps are inlined at the end of ``set_field``)."""
         key = (ent, component, field)
         op = batch.set_index.get(key)
         if op is not None:

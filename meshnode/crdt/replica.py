@@ -44,6 +44,7 @@ from meshnode.crdt.roles import (
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, verify_signature
 from protocol.change import (
+    MAX_NONCE_BYTES,
     OP_CREATE,
     OP_DELETE,
     OP_GENESIS,
@@ -51,7 +52,6 @@ from protocol.change import (
     OP_ROLE,
     OP_SET,
     Change,
-    MAX_NONCE_BYTES,
     change_id,
     decode_change,
     encode_change,

@@ -114,7 +114,7 @@ def test_replay_reports_what_it_cannot_apply():
 
 def test_replay_buffers_changes_of_authors_it_does_not_know_yet():
     """In the store, a member's change may come before the grant that admits them."""
-    (o, ed), store = _history("replay-unknown-author")
+    (o, _ed), store = _history("replay-unknown-author")
     grant, rest = store[1], [store[0], *store[2:]]
     fresh = _restart(o)
     report = fresh.replay(rest)  # the grant is missing: the editor is unknown here
@@ -269,6 +269,6 @@ def test_replay_of_a_peer_change_is_not_a_time_reference():
 def test_crafted_seq_gap_is_refused_by_peers():
     """Why a lossy replica must not skip seqs: peers reject a gap for good (``bad_seq``)."""
     room = make_room(["editor"], tag="seq-gap", now=T)
-    o, ed = room.replicas
+    o, _ed = room.replicas
     gap = craft(o, room.identities[1], [[1, 1, None]], seq=3, now=T + 1)
     assert o.apply(gap, T + 1).reason == "bad_seq"
