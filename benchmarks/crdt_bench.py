@@ -269,7 +269,7 @@ def run_meshnode(plan: Plan, seed: int) -> dict[str, Any]:
     def now() -> float:
         return vclock[0]
 
-    room = SceneReplica.create(idents[0], now=now())
+    room = SceneReplica.create(idents[0], now=now(), nonce=b"crdt-bench")
     reps = [room] + [SceneReplica.from_genesis(room.genesis, idents[i]) for i in range(1, A)]
     for i in range(1, A):
         room.grant(idents[i].public_id, "admin")

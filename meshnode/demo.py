@@ -39,7 +39,7 @@ def main() -> int:
     print(f"owner {owner.public_id}\nbob   {bob.public_id}\ncarol {carol.public_id}")
 
     # 1. The owner creates the room; the genesis change is what others need to join it.
-    room = SceneReplica.create(owner, now=0.0)
+    room = SceneReplica.create(owner, now=0.0, nonce=b"demo")
     print(f"\nroom  {room.room_id.hex()}")
 
     # 2. Roles are themselves signed changes in the same CRDT.

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ class Node(LinkOwner):
                     admit: str | None = None) -> bytes:
         """Found a room owned by this node; returns its ID."""
         assert self.store is not None
-        replica = SceneReplica.create(self.identity, time.time(), name=name)
+        replica = SceneReplica.create(self.identity, time.time(), name=name, nonce=os.urandom(16))
         settings = {"admit": admit or self.config.admit, "default": default}
         self.store.add_room(replica.room_id, replica.genesis, name, settings)
         record = next(r for r in self.store.rooms() if r.room_id == replica.room_id)

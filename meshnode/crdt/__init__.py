@@ -12,8 +12,13 @@ from meshnode.crdt.results import (
     REJECTED,
     ApplyResult,
     BatchFull,
+    CommitRefused,
     Equivocation,
+    OwnHistoryMissing,
     PermissionDenied,
+    QuotaExceeded,
+    ReplayFailure,
+    ReplayReport,
 )
 
 __all__ = [
@@ -24,8 +29,13 @@ __all__ = [
     "ROOT",
     "ApplyResult",
     "BatchFull",
+    "CommitRefused",
     "EntityId",
     "Equivocation",
+    "OwnHistoryMissing",
     "PermissionDenied",
+    "QuotaExceeded",
+    "ReplayFailure",
+    "ReplayReport",
     "SceneReplica",
 ]

@@ -6,15 +6,29 @@ one change. Until then its ops carry an "infinitely late" stamp, so changes appl
 in between sort before them, exactly as they will once the batch is stamped (its clock value is
 taken at commit, after everything applied so far). ``LocalEdits`` is a mixin of
 ``SceneReplica``: it declares the replica state it works on.
+
+What it guarantees: a refused edit (any exception from an editing method) leaves no trace, so
+every change ``commit`` returns is one every honest replica applies. Each method first checks
+everything that can fail (arguments, values, names, role, quota, room in the batch) and only
+then touches the batch and the scene; ``commit`` re-checks what a change applied from a peer in
+the meantime can invalidate (role, quota), never reuses a seq it signed before, and never
+returns an empty change or one over the wire limits.
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
-from meshnode.crdt.results import BatchFull, PermissionDenied
+from meshnode.crdt.quota import quota_problem
+from meshnode.crdt.results import (
+    BatchFull,
+    CommitRefused,
+    OwnHistoryMissing,
+    PermissionDenied,
+    QuotaExceeded,
+)
 from meshnode.crdt.roles import (
     ROLE_ADMIN,
     ROLE_BY_NAME,
@@ -43,6 +57,20 @@ from protocol.values import InvalidValue, Value, normalize_value
 
 INF_HLC = 1 << 64
 """Clock value of an uncommitted local batch: later than any real stamp."""
+
+# Upper bounds of the msgpack size of each op, its value excluded, so that a batch that fits
+# its byte budget always encodes within ``max_change_bytes``. A reference is at most
+# ``[actor index, counter]``: array header 1 + uint16 3 + uint64 9.
+_REF_BYTES = 13
+SET_OP_BYTES = 1 + 1 + _REF_BYTES + 3 + 3
+CREATE_OP_BYTES = 1 + 1 + 9 + _REF_BYTES
+MOVE_OP_BYTES = 1 + 1 + 2 * _REF_BYTES
+DELETE_OP_BYTES = 1 + 1 + _REF_BYTES
+ROLE_OP_BYTES = 1 + 1 + 3 + 1
+ACTOR_BYTES = 2 + 32
+DEP_BYTES = 2 + 32
+ENVELOPE_BYTES = 256
+"""Array headers, author, seq, hlc and the 64-byte signature, rounded up (deps apart)."""
 
 Node = tuple[bytes, int]
 Register = tuple[Stamp, Value]
@@ -83,7 +111,7 @@ class EditBatch:
         self.role_ops: list[tuple[bytes, int]] = []
         self.required = ROLE_VIEWER
         self.counter_before = counter
-        self.bytes = 200  # envelope, deps and signature, roughly
+        self.bytes = 0  # an upper bound of the encoded ops, actors and names
 
 
 class LocalEdits:
@@ -104,6 +132,7 @@ class LocalEdits:
     _clock: HybridClock
     _max_ops: int
     _max_batch_bytes: int
+    _seq_floor: int
     limits: Limits
     room_id: bytes
 
@@ -124,19 +153,96 @@ class LocalEdits:
             self._my_role = self._roles.current_role(self._me)
         return self._my_role
 
-    def _require(self, level: int, what: str, ops: int = 1) -> EditBatch:
+    def _require(
+        self,
+        level: int,
+        what: str,
+        ops: int = 1,
+        nbytes: int = 0,
+        names: Collection[str] = (),
+        actors: Collection[bytes] = (),
+    ) -> EditBatch:
+        """Check the role and that ``ops`` more ops (``nbytes`` encoded, using ``names`` and
+        entities of ``actors``) fit in the batch; only then open the batch and return it.
+        Raises before touching anything, so a refused edit leaves no trace."""
         if self._role() < level:
             raise PermissionDenied(
                 f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
             )
+        self._check_room(ops, nbytes, names, actors)
         batch = self._batch
         if batch is None:
             batch = self._batch = EditBatch(self._me, self._counter)
-        if len(batch.ops) + ops > self._max_ops or batch.bytes >= self._max_batch_bytes:
-            raise BatchFull("the uncommitted batch is full: call commit() first")
         if level > batch.required:
             batch.required = level
         return batch
+
+    def _own_history_problem(self) -> str | None:
+        have = self._graph.vv_all.get(self._me, 0)
+        if self._seq_floor <= have:
+            return None
+        return (
+            f"this identity already signed seq {self._seq_floor} in this room but this replica "
+            f"holds its changes only up to seq {have}"
+        )
+
+    def _byte_budget(self) -> int:
+        """Bytes the batch's ops, actors and names may take: what is left of a change once the
+        envelope and one dep per current head are counted."""
+        return self._max_batch_bytes - DEP_BYTES * len(self._graph.heads)
+
+    def _check_room(
+        self, ops: int, nbytes: int, names: Collection[str], actors: Collection[bytes]
+    ) -> None:
+        batch = self._batch
+        limits = self.limits
+        n_ops, used = (0, 0) if batch is None else (len(batch.ops), batch.bytes)
+        if n_ops + ops > self._max_ops:
+            raise BatchFull(
+                f"the uncommitted batch holds {n_ops} ops and one change may hold "
+                f"{self._max_ops}: call commit() first"
+            )
+        new_names = {n for n in names if batch is None or n not in batch.name_index}
+        if new_names:
+            have = 0 if batch is None else len(batch.names)
+            if have + len(new_names) > limits.max_names_per_change:
+                raise BatchFull("too many different names in one batch: commit() first")
+            nbytes += sum(len(n.encode()) + 3 for n in new_names)
+        new_actors = {
+            a for a in actors if a != self._me and (batch is None or a not in batch.actor_index)
+        }
+        if new_actors:
+            have = 0 if batch is None else len(batch.actors)
+            if have + len(new_actors) > limits.max_actors_per_change:
+                raise BatchFull("too many different creators in one batch: commit() first")
+            nbytes += ACTOR_BYTES * len(new_actors)
+        if used + nbytes > self._byte_budget():
+            raise BatchFull(
+                f"the uncommitted batch would take {used + nbytes} of the "
+                f"{self._byte_budget()} bytes one change has room for: call commit() first"
+            )
+
+    def _check_name(self, name: object) -> None:
+        if type(name) is not str or not name or len(name) > self.limits.max_name_chars:
+            raise ValueError(
+                f"component and field names are 1..{self.limits.max_name_chars} chars, "
+                f"not {name!r}"
+            )
+
+    def _prepared_value(self, value: object) -> tuple[Value, int]:
+        """The value as it will be sent, and (an upper bound of) its encoded size; raises
+        ``ValueError`` if the wire cannot carry it."""
+        if type(value) is list and len(value) <= 16:
+            for x in value:
+                if type(x) is not float or x - x != 0.0:
+                    break
+            else:
+                return list(value), 9 * len(value) + 3  # the common case: a float vector
+        out = self._normalized(value)
+        size = len(pack(out))
+        if size > self.limits.max_value_bytes:
+            raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
+        return out, size
 
     def _ref(self, batch: EditBatch, ent: Node) -> Any:
         if ent == ROOT:
@@ -163,7 +269,7 @@ class LocalEdits:
                 raise BatchFull("too many different names in one batch: commit() first")
             idx = batch.name_index[name] = len(batch.names)
             batch.names.append(name)
-            batch.bytes += len(name) + 2
+            batch.bytes += len(name.encode()) + 3
         return idx
 
     def _live(self, entity: Node, what: str) -> Node:
@@ -182,29 +288,50 @@ class LocalEdits:
         components: Mapping[str, Mapping[str, object]] | None = None,
     ) -> EntityId:
         """Create an entity under ``parent`` with initial ``components``
-        (``{component: {field: value}}``); returns its ID."""
+        (``{component: {field: value}}``); returns its ID.
+
+        All or nothing: if any part is refused (``ValueError``, ``TypeError``,
+        ``PermissionDenied``, ``QuotaExceeded``, ``BatchFull``) nothing is created."""
         if components is not None and not isinstance(components, Mapping):
             raise TypeError("components must be a mapping of component -> {field: value}")
+        prepared: list[tuple[str, str, Value, int]] = []
         for comp, fields in (components or {}).items():
             if not isinstance(fields, Mapping):
                 raise TypeError(f"component {comp!r} must map field names to values")
-        n_fields = sum(len(f) for f in (components or {}).values())
-        # Reserve room for the whole entity so it is never committed half-made.
-        batch = self._require(ROLE_EDITOR, "create entities", 1 + n_fields)
+            self._check_name(comp)
+            for field, value in fields.items():
+                self._check_name(field)
+                prepared.append((comp, field, *self._prepared_value(value)))
         par = self._live(parent, "parent")
+        problem = self._own_history_problem()
+        if problem is not None:
+            # The missing changes may have created entities: their numbers are unknown here.
+            raise OwnHistoryMissing(f"{problem}: new entities must wait until peers send them")
         counter = self._counter + 1
+        if self._role() >= ROLE_EDITOR:
+            problem = quota_problem(self._role(), counter)
+            if problem is not None:
+                raise QuotaExceeded(problem)
+        # Reserve room for the whole entity so it is never committed half-made.
+        batch = self._require(
+            ROLE_EDITOR,
+            "create entities",
+            1 + len(prepared),
+            CREATE_OP_BYTES + sum(size + SET_OP_BYTES for *_, size in prepared),
+            [n for comp, field, *_ in prepared for n in (comp, field)],
+            [par[0]] if par != ROOT else [],
+        )
         ent = EntityId(self._me, counter)
         node: Node = (self._me, counter)
         idx = len(batch.ops)
         batch.ops.append([OP_CREATE, counter, self._ref(batch, par)])
-        batch.bytes += 12
+        batch.bytes += CREATE_OP_BYTES
         self._counter = counter
         self._creation[node] = self._graph.vv_all.get(self._me, 0) + 1
         batch.creates.append(node)
         self._tree.apply([make_entry(batch.stamp, idx, node, par)])
-        for comp, fields in (components or {}).items():
-            for field, value in fields.items():
-                self.set_field(ent, comp, field, value)
+        for comp, field, value, size in prepared:
+            self._put_field(batch, node, comp, field, value, size)
         return ent
 
     def set_field(self, entity: Node, component: str, field: str, value: object) -> None:
@@ -219,26 +346,77 @@ class LocalEdits:
         if creator is None or ent not in self._creation:
             raise ValueError(f"entity {entity} is unknown")
         level = ROLE_EDITOR if creator is self._me else ROLE_ADMIN
-        batch = self._batch
-        if (
-            batch is None or level > batch.required
-            or len(batch.ops) >= self._max_ops or batch.bytes >= self._max_batch_bytes
-        ):
-            batch = self._require(level, "edit this entity")
         if type(value) is list and len(value) <= 16:
             for x in value:
                 if type(x) is not float or x - x != 0.0:
-                    value = self._normalized(value)
-                    size = len(pack(value))
+                    value, size = self._prepared_value(value)
                     break
             else:
                 value = list(value)
                 size = 9 * len(value) + 3
         else:
-            value = self._normalized(value)
-            size = len(pack(value))
-        if size > self.limits.max_value_bytes:
-            raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
+            value, size = self._prepared_value(value)
+        batch = self._batch
+        key = (ent, component, field)
+        op = ci = fi = None
+        fast = False
+        if batch is not None and level <= batch.required:
+            # Everything this op needs may already be in the batch (role checked, names and
+            # creator listed): then only the room left needs a look.
+            op = batch.set_index.get(key)
+            room = self._max_batch_bytes - DEP_BYTES * len(self._graph.heads) - batch.bytes
+            if op is not None:
+                fast = size <= room
+            elif size + SET_OP_BYTES <= room and len(batch.ops) < self._max_ops:
+                names = batch.name_index
+                ci = names.get(component)
+                fi = names.get(field)
+                fast = (
+                    ci is not None and fi is not None
+                    and (creator is self._me or creator in batch.actor_index)
+                )
+        if not fast:
+            self._check_name(component)
+            self._check_name(field)
+            new_op = batch is None or key not in batch.set_index
+            batch = self._require(
+                level,
+                "edit this entity",
+                1 if new_op else 0,
+                size + (SET_OP_BYTES if new_op else 0),
+                (component, field) if new_op else (),
+                (creator,) if new_op else (),
+            )
+            op = batch.set_index.get(key)
+        assert batch is not None  # opened by _require, or ``fast`` (for the type checker)
+        # From here on nothing can fail (the body of _put_field, inlined for speed).
+        if op is not None:
+            batch.bytes += size
+            op[4] = value  # a later write in the same batch replaces the earlier one
+        else:
+            if ci is None:
+                ci = self._name(batch, component)
+            if fi is None:
+                fi = self._name(batch, field)
+            ref = counter if creator is self._me else self._ref(batch, ent)
+            op = [OP_SET, ref, ci, fi, value]
+            batch.ops.append(op)
+            batch.set_index[key] = op
+            batch.bytes += size + SET_OP_BYTES
+        comps = self._fields.get(ent)
+        if comps is None:
+            comps = self._fields[ent] = {}
+        fd = comps.get(component)
+        if fd is None:
+            fd = comps[component] = {}
+        batch.field_undo.append((fd, field, fd.get(field)))
+        fd[field] = (batch.stamp, value)
+
+    def _put_field(
+        self, batch: EditBatch, ent: Node, component: str, field: str, value: Value, size: int
+    ) -> None:
+        """Record a checked ``SET`` in the batch and show it in the scene (cannot fail; the
+        same steps are inlined at the end of ``set_field``)."""
         key = (ent, component, field)
         op = batch.set_index.get(key)
         if op is not None:
@@ -252,11 +430,11 @@ class LocalEdits:
             fi = names.get(field)
             if fi is None:
                 fi = self._name(batch, field)
-            ref = counter if creator is self._me else self._ref(batch, ent)
+            ref = ent[1] if ent[0] is self._me else self._ref(batch, ent)
             op = [OP_SET, ref, ci, fi, value]
             batch.ops.append(op)
             batch.set_index[key] = op
-            batch.bytes += size + 8
+            batch.bytes += size + SET_OP_BYTES
         comps = self._fields.get(ent)
         if comps is None:
             comps = self._fields[ent] = {}
@@ -284,10 +462,13 @@ class LocalEdits:
             return  # already there: no op (as Loro does), so nothing to sign or send
         if self._tree.is_ancestor(ent, par):
             raise ValueError("moving an entity under itself or its descendant makes a cycle")
-        batch = self._require(self._needed_for(ent), "move this entity")
+        batch = self._require(
+            self._needed_for(ent), "move this entity", 1, MOVE_OP_BYTES, (),
+            [n[0] for n in (ent, par) if n != ROOT],
+        )
         idx = len(batch.ops)
         batch.ops.append([OP_MOVE, self._ref(batch, ent), self._ref(batch, par)])
-        batch.bytes += 14
+        batch.bytes += MOVE_OP_BYTES
         self._tree.apply([make_entry(batch.stamp, idx, ent, par)])
 
     def delete(self, entity: Node) -> None:
@@ -295,10 +476,12 @@ class LocalEdits:
         if entity == ROOT:
             raise ValueError("the root cannot be deleted")
         ent = self._live(entity, "entity")
-        batch = self._require(self._needed_for(ent), "delete this entity")
+        batch = self._require(
+            self._needed_for(ent), "delete this entity", 1, DELETE_OP_BYTES, (), [ent[0]]
+        )
         idx = len(batch.ops)
         batch.ops.append([OP_DELETE, self._ref(batch, ent)])
-        batch.bytes += 10
+        batch.bytes += DELETE_OP_BYTES
         self._tree.apply([make_entry(batch.stamp, idx, ent, TRASH)])
 
     def grant(self, member: str | bytes, role: str) -> None:
@@ -314,13 +497,13 @@ class LocalEdits:
             raise PermissionDenied(
                 f"a {ROLE_NAMES[self._role()]} may not make this member {role!r}"
             )
-        batch = self._require(ROLE_ADMIN, "change roles")
+        batch = self._require(ROLE_ADMIN, "change roles", 1, ROLE_OP_BYTES, (), [key])
         if key not in batch.actor_index:
             batch.actor_index[key] = len(batch.actors)
             batch.actors.append(key)
-            batch.bytes += 34
+            batch.bytes += ACTOR_BYTES
         batch.ops.append([OP_ROLE, batch.actor_index[key], code])
-        batch.bytes += 6
+        batch.bytes += ROLE_OP_BYTES
         batch.role_ops.append((key, code))
         seq = self._graph.vv_all.get(self._me, 0) + 1
         self._roles.add(key, (batch.stamp, code, self._me, seq))
@@ -334,14 +517,23 @@ class LocalEdits:
         """How many local ops wait for ``commit``."""
         return 0 if self._batch is None else len(self._batch.ops)
 
-    def commit(self, now: float) -> bytes | None:
+    def commit(self, now: float, *, mono: float | None = None) -> bytes | None:
         """Sign the uncommitted batch as one change; return its bytes (None if empty).
 
-        If a change applied since the edits took away the right to make them, the batch is
-        rolled back and ``PermissionDenied`` raised.
+        ``now`` is wall-clock time (seconds) for the change's clock stamp; ``mono`` the
+        monotonic reading taken with it (None: same as ``now``; see ``SceneReplica.apply``).
+
+        If a change applied since the edits took away the right to make them (role or entity
+        quota), the batch is rolled back and ``PermissionDenied`` (``QuotaExceeded``) raised.
+        ``CommitRefused`` (the batch is kept) if the change could not be valid now: this
+        identity signed later seqs than this replica holds (``OwnHistoryMissing``), more
+        heads than one change may name, or a change over ``max_change_bytes``.
         """
         batch = self._batch
         if batch is None:
+            return None
+        if not batch.ops:
+            self.discard()  # nothing to sign: an empty change is invalid everywhere
             return None
         graph = self._graph
         vv = dict(graph.vv_all)
@@ -352,9 +544,27 @@ class LocalEdits:
         if not allowed:
             self.discard()
             raise PermissionDenied("this replica's role changed: the batch was rolled back")
+        if batch.creates:
+            problem = quota_problem(role, max(n[1] for n in batch.creates))
+            if problem is not None:
+                self.discard()
+                raise QuotaExceeded(f"{problem}: the batch was rolled back")
         seq = vv.get(self._me, 0) + 1
-        hlc = self._clock.tick(now)
+        problem = self._own_history_problem()
+        if problem is not None:
+            raise OwnHistoryMissing(
+                f"{problem}: signing seq {seq} again would equivocate and skipping ahead is "
+                "refused by peers (bad_seq). Sync with peers until its own changes are back; "
+                "the batch is kept"
+            )
         deps = sorted(graph.heads)
+        if len(deps) > self.limits.max_deps:
+            raise CommitRefused(
+                f"the replica has {len(deps)} heads and one change may name "
+                f"{self.limits.max_deps}: wait until peers' changes merge them; the batch is kept",
+                "too_many_heads",
+            )
+        hlc = self._clock.tick(now, mono)
         # An actor that authored one of the deps is sent as that dep's index (1 byte, not 33).
         head_author: dict[bytes, int] = {}
         for i, d in enumerate(deps):
@@ -371,6 +581,14 @@ class LocalEdits:
             room_id=self.room_id,
             sign=self._identity.sign,
         )
+        if len(data) > self.limits.max_change_bytes:
+            # Only when heads grew since the edits were made: the bytes are never sent.
+            raise CommitRefused(
+                f"the change would take {len(data)} bytes, over {self.limits.max_change_bytes} "
+                "(the replica's heads grew since the edits): discard() and redo them in "
+                "smaller batches; the batch is kept",
+                "too_large",
+            )
         cid = change_id(data)
         stamp = batch.stamp
         stamp[0] = hlc

@@ -1,7 +1,10 @@
 """``SceneReplica``: one room's scene as a signed, Byzantine-tolerant CRDT.
 
-Sans-I/O: it never reads a clock, a socket or a disk. Callers pass ``now`` (seconds) and
-move change bytes between replicas themselves.
+Sans-I/O: it never reads a clock, a socket or a disk. Callers pass ``now`` (wall-clock
+seconds, and optionally a monotonic ``mono`` reading) and move change bytes between replicas
+themselves. Changes from the node's own store go through :meth:`SceneReplica.replay`, which
+trusts their clocks, reports every change it cannot apply, and sets the floor below which the
+replica never signs a seq again.
 
 This module holds construction, reading and the application of changes from peers (validation
 against each change's causal past, then the effects); the local editing API comes from
@@ -13,9 +16,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
-from meshnode.crdt.editing import EditBatch, Fields, LocalEdits
+from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
+from meshnode.crdt.quota import entity_quota
 from meshnode.crdt.results import (
     APPLIED,
     BUFFERED,
@@ -25,6 +29,8 @@ from meshnode.crdt.results import (
     ApplyResult,
     Equivocation,
     Rejected,
+    ReplayFailure,
+    ReplayReport,
 )
 from meshnode.crdt.roles import (
     ROLE_ADMIN,
@@ -38,6 +44,7 @@ from meshnode.crdt.roles import (
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, verify_signature
 from protocol.change import (
+    MAX_NONCE_BYTES,
     OP_CREATE,
     OP_DELETE,
     OP_GENESIS,
@@ -76,14 +83,17 @@ class SceneReplica(LocalEdits):
         self._me = self._key(identity.public_key)
         self.limits = limits
         self._max_ops = limits.max_ops_per_change
-        # Room for one more op of the largest allowed value, and the envelope.
-        self._max_batch_bytes = limits.max_change_bytes - limits.max_value_bytes - 1024
+        # What a change has room for besides its envelope (its deps are counted at each edit).
+        self._max_batch_bytes = limits.max_change_bytes - ENVELOPE_BYTES
         self.max_clock_skew_s = max_clock_skew_s
         self._graph = ChangeGraph()
         self._buffer = PendingBuffer(max_buffered_changes, max_buffered_bytes)
         self._rejected: OrderedDict[bytes, str] = OrderedDict()
         self._rejected_cache_size = rejected_cache_size
-        self._clock = HybridClock()
+        # Stamps stay within half the skew of the peers' time (see clock.py), so honest peers
+        # whose clocks agree within the other half accept them at once.
+        self._clock = HybridClock(max_lead_s=max_clock_skew_s / 2)
+        self._seq_floor = 0  # the highest seq this identity is known to have signed
         self._tree = MoveTree()
         self._fields: dict[Node, Fields] = {}
         self._creation: dict[Node, int] = {}
@@ -104,17 +114,19 @@ class SceneReplica(LocalEdits):
 
     @classmethod
     def create(
-        cls, owner: Identity, now: float, *, name: str = "room", nonce: bytes | None = None,
-        **kwargs: Any,
+        cls, owner: Identity, now: float, *, nonce: bytes, name: str = "room", **kwargs: Any,
     ) -> "SceneReplica":
         """Found a new room owned by ``owner``: sign its genesis change.
 
-        ``nonce`` (default: 16 random bytes) makes two rooms with one owner and name distinct.
+        ``nonce`` (1 to 32 bytes) makes two rooms with one owner and name distinct. It is
+        required because the core has no randomness of its own: a node passes
+        ``os.urandom(16)``, a simulation or test a value derived from its seed.
         """
-        if nonce is None:
-            import secrets
-
-            nonce = secrets.token_bytes(16)
+        if type(nonce) is not bytes or not 1 <= len(nonce) <= MAX_NONCE_BYTES:
+            raise ValueError(
+                f"nonce must be 1..{MAX_NONCE_BYTES} bytes (e.g. os.urandom(16)), "
+                f"not {nonce!r:.40}"
+            )
         clock = HybridClock()
         genesis = encode_change(
             author=owner.public_key,
@@ -294,20 +306,108 @@ class SceneReplica(LocalEdits):
 
     # ------------------------------------------------------------------ applying changes
 
-    def apply(self, data: bytes, now: float) -> ApplyResult:
-        """Offer one change from a peer. Never raises on bad input: see ``ApplyResult``."""
-        return self.apply_many([data], now)[0]
+    def apply(self, data: bytes, now: float, *, mono: float | None = None) -> ApplyResult:
+        """Offer one change from a peer. Never raises on bad input: see ``ApplyResult``.
 
-    def apply_many(self, datas: Iterable[bytes], now: float) -> list[ApplyResult]:
+        ``now`` is wall-clock time (seconds): a change stamped more than ``max_clock_skew_s``
+        after it is refused as ``future_timestamp`` (transient). ``mono`` is a monotonic
+        reading taken with it (None: same as ``now``, for drivers with a single clock such as
+        netsim); a driver that passes it must pass readings of the same monotonic clock to
+        ``commit`` too, so that a wall clock that jumps cannot drag local stamps ahead of the
+        peers' (see ``clock.HybridClock``).
+        """
+        return self.apply_many([data], now, mono=mono)[0]
+
+    def apply_many(
+        self, datas: Iterable[bytes], now: float, *, mono: float | None = None
+    ) -> list[ApplyResult]:
         """Offer several changes at once (in any order); one result per change, in order.
 
-        Batching lets the tree merge all new moves in one undo-redo pass.
+        Batching lets the tree merge all new moves in one undo-redo pass. ``now`` and
+        ``mono`` as for :meth:`apply`.
+        """
+        horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
+        results = self._apply_batch(list(datas), horizon, trusted=False)
+        latest = 0
+        meta = self._graph.meta
+        me = self._me
+        for res in results:
+            for cid in res.applied:
+                m = meta[cid]
+                if m.author != me and m.hlc > latest:
+                    latest = m.hlc
+        if latest:
+            self._clock.observe_peer(latest, now if mono is None else mono)
+        return results
+
+    def replay(self, datas: Iterable[bytes]) -> ReplayReport:
+        """Apply changes from this node's own store (any order) and report every one that
+        fails; never raises on bad input.
+
+        Stored changes were validated when they were stored, so no clock bound applies: a
+        node that restarts with its wall clock far behind (or ahead) keeps every change.
+        Signatures and every rule of the causal past are still checked: the store is a file
+        that disks, backups and people can damage, and a change kept here is served to peers,
+        who would reject a bad one and everything built on it. Changes whose deps are missing
+        stay buffered (peers may send the missing history) and are reported as
+        ``missing_history``, even if their author is not (yet) known to be a member.
+
+        The replica observes the clock stamp of every correctly signed change, so its own
+        stamps never go backwards across a restart, and raises its own-seq floor to the
+        highest seq of its own identity found (applied or not): ``commit`` never signs one of
+        those seqs again.
         """
         datas = list(datas)
+        results = self._apply_batch(datas, None, trusted=True)
+        applied = duplicates = 0
+        rejected: list[ReplayFailure] = []
+        missing: list[ReplayFailure] = []
+        for i, res in enumerate(results):
+            cid = res.change_id
+            if res.status == DUPLICATE:
+                duplicates += 1
+            elif res.status == REJECTED or cid is None:
+                rejected.append(ReplayFailure(i, cid, res.reason or "rejected"))
+            elif cid in self._graph.meta:
+                applied += 1  # applied at once, or released from the buffer later
+            elif cid in self._buffer:
+                missing.append(ReplayFailure(i, cid, "missing_deps"))
+            elif cid in self._rejected:
+                rejected.append(ReplayFailure(i, cid, self._rejected[cid]))
+            else:
+                missing.append(ReplayFailure(i, cid, "evicted"))  # the buffer was full
+        return ReplayReport(
+            applied=applied,
+            duplicates=duplicates,
+            rejected=tuple(rejected),
+            missing_history=tuple(missing),
+            missing_deps=tuple(sorted(d for d in self.missing_deps() if d not in self._buffer)),
+            own_seq=self.own_seq,
+        )
+
+    def ensure_seq_above(self, seq: int) -> None:
+        """Never sign a change with a seq at or below ``seq`` (the highest seq this identity
+        is known to have signed in this room, e.g. from the store). If the replica holds fewer
+        of its own changes, ``commit`` raises ``OwnHistoryMissing`` until peers send them back:
+        peers accept an author's seqs only in order (``bad_seq``), so a gap cannot be skipped,
+        and signing a held seq again would be an equivocation."""
+        if seq > self._seq_floor:
+            self._seq_floor = seq
+
+    @property
+    def own_seq(self) -> int:
+        """The highest seq this replica's identity is known to have signed in this room."""
+        return max(self._seq_floor, self._graph.vv_all.get(self._me, 0))
+
+    def _apply_batch(
+        self, datas: list[bytes], horizon: int | None, *, trusted: bool
+    ) -> list[ApplyResult]:
+        """The work of ``apply_many`` (``horizon``: the latest acceptable stamp) and of
+        ``replay`` (``trusted``: no clock bound, every signed stamp and own seq observed,
+        changes with missing deps buffered whoever wrote them)."""
         results: list[ApplyResult | None] = [None] * len(datas)
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
-        horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
         meta = self._graph.meta
         for i, data in enumerate(datas):
             if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
@@ -335,7 +435,11 @@ class SceneReplica(LocalEdits):
             ):
                 results[i] = self._reject(cid, "bad_signature")
                 continue
-            if ch.hlc > horizon:
+            if trusted:
+                self._clock.observe(ch.hlc)
+                if ch.author == self._me:
+                    self.ensure_seq_above(ch.seq)
+            elif horizon is not None and ch.hlc > horizon:
                 results[i] = self._reject(cid, "future_timestamp")
                 continue
             seen.add(cid)
@@ -349,7 +453,7 @@ class SceneReplica(LocalEdits):
                 if missing:
                     if any(d in self._rejected for d in missing):
                         results[i] = self._reject(ch.change_id, "depends_on_rejected")
-                    elif self._roles.current_role(ch.author) == ROLE_NONE:
+                    elif not trusted and self._roles.current_role(ch.author) == ROLE_NONE:
                         # Only buffer for known members, so strangers cannot fill the buffer.
                         results[i] = self._reject(ch.change_id, "unknown_author")
                     else:
@@ -424,6 +528,7 @@ class SceneReplica(LocalEdits):
                 raise Rejected("bad_actor")
             actors.append(actor)
         names = ch.names
+        quota = entity_quota(role)
         creation = self._creation
         created: dict[Node, None] = {}  # ordered, for deterministic iteration
 
@@ -469,6 +574,8 @@ class SceneReplica(LocalEdits):
                 ent = (author, op[1])
                 if ent in created or known(ent):
                     raise Rejected("entity_exists")
+                if quota is not None and op[1] > quota:
+                    raise Rejected("quota")
                 parent = _resolve(op[2], author, actors)
                 if parent != ROOT and not known(parent):
                     raise Rejected("unknown_entity")

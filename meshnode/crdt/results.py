@@ -44,6 +44,75 @@ class BatchFull(RuntimeError):
     """The uncommitted batch is as large as one change may be: call ``commit()`` first."""
 
 
+class QuotaExceeded(PermissionDenied):
+    """The local member has created as many entities as its role allows in this room
+    (``meshnode.crdt.quota``); every replica would reject the change as ``quota``."""
+
+    reason = "quota"
+
+
+class CommitRefused(RuntimeError):
+    """``commit()`` cannot sign the batch without emitting a change that peers would reject or
+    that would reuse a seq. The batch is kept: fix the cause (or ``discard()``) and commit
+    again. ``reason`` is a stable label for logs and metrics."""
+
+    reason = "commit_refused"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class OwnHistoryMissing(CommitRefused):
+    """This identity already signed changes up to a seq this replica has not applied (e.g. a
+    replay lost some): signing the next seq again would equivocate, and skipping seqs makes
+    peers reject the change (``bad_seq``). Sync with peers until the own history is back."""
+
+    reason = "own_history_missing"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayFailure:
+    """One stored change that ``SceneReplica.replay`` could not apply: its position in the
+    input, its ID (None if it does not even decode) and a stable reason (an apply rejection
+    reason, ``missing_deps`` if it still waits for history, or ``evicted``)."""
+
+    index: int
+    change_id: bytes | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What ``SceneReplica.replay`` did with a node's stored changes.
+
+    Every input change is counted exactly once: ``applied`` (now part of the scene),
+    ``duplicates`` (already known), ``rejected`` (invalid: corrupt bytes, bad signature, or a
+    rule violation), or ``missing_history`` (valid so far but some of its causal past is not
+    in the store; it stays buffered unless evicted, and ``missing_deps`` says what to ask peers
+    for). ``own_seq`` is the highest seq of this replica's own identity seen in the input:
+    the floor below which it will never sign again.
+    """
+
+    applied: int
+    duplicates: int
+    rejected: tuple[ReplayFailure, ...]
+    missing_history: tuple[ReplayFailure, ...]
+    missing_deps: tuple[bytes, ...]
+    own_seq: int
+
+    @property
+    def ok(self) -> bool:
+        """True if every stored change is applied (or was already known)."""
+        return not self.rejected and not self.missing_history
+
+    @property
+    def failures(self) -> tuple[ReplayFailure, ...]:
+        """Every change that is not applied, rejected ones first."""
+        return self.rejected + self.missing_history
+
+
 class Rejected(Exception):
     """Internal: a change failed validation; ``reason`` is its stable label."""
 

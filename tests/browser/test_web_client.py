@@ -41,7 +41,9 @@ class FakeRoom:
     """``RoomAccess`` over a real ``SceneReplica``; ``durable`` gates when edits return."""
 
     def __init__(self, replica: SceneReplica | None = None) -> None:
-        self.replica = replica or SceneReplica.create(Identity.generate(), NOW, name="test room")
+        self.replica = replica or SceneReplica.create(
+            Identity.generate(), NOW, name="test room", nonce=b"web-client"
+        )
         self.room_id = self.replica.room_id
         self.room_name = self.replica.room_name
         self.me = self.replica.identity.public_id
@@ -365,7 +367,7 @@ async def test_refused_edits_get_a_failed_ack_and_the_batch_is_discarded() -> No
 
 
 async def test_a_non_member_is_told_permission_denied() -> None:
-    owner = SceneReplica.create(Identity.generate(), NOW)
+    owner = SceneReplica.create(Identity.generate(), NOW, nonce=b"web-client-2")
     room = FakeRoom(SceneReplica.from_genesis(owner.genesis, Identity.generate()))
     session, wire = open_session(room)
     await session.handle(msg(t="create", req=1, parent="root"))
@@ -834,7 +836,7 @@ async def test_read_only_room_refuses_edits_and_passes_the_rest() -> None:
     from meshnode.crdt import PermissionDenied
     from meshnode.web import ReadOnlyRoom
 
-    replica = SceneReplica.create(Identity.generate(), 0.0)
+    replica = SceneReplica.create(Identity.generate(), 0.0, nonce=b"web-client-3")
 
     class Room:
         room_id = replica.room_id

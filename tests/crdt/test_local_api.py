@@ -26,7 +26,7 @@ NOW = 1000.0
 
 def test_readme_snippet_works_as_written():
     owner, bob = Identity.generate(), Identity.generate()
-    room = SceneReplica.create(owner, now=0.0)
+    room = SceneReplica.create(owner, now=0.0, nonce=b"readme")
     peer = SceneReplica.from_genesis(room.genesis, bob)
     room.grant(bob.public_id, "editor")
     e = room.create_entity(

@@ -91,7 +91,7 @@ class World:
     def __init__(self, n: int, salt: int = 0) -> None:
         idents = [_ident(salt, i) for i in range(n)]
         owner = idents[0]
-        room = SceneReplica.create(owner, now=NOW)
+        room = SceneReplica.create(owner, now=NOW, nonce=b"loro-tree")
         reps = [room] + [SceneReplica.from_genesis(room.genesis, ident) for ident in idents[1:]]
         for ident in idents[1:]:
             room.grant(ident.public_id, "admin")

@@ -10,7 +10,7 @@ NOW_MS = 1_700_000_000_000
 
 def room_with_admin() -> tuple[SceneReplica, Identity, Identity]:
     owner, admin = Identity.generate(), Identity.generate()
-    replica = SceneReplica.create(owner, NOW_MS / 1000)
+    replica = SceneReplica.create(owner, NOW_MS / 1000, nonce=b"admission-1")
     replica.grant(admin.public_id, "admin")
     replica.commit(NOW_MS / 1000)
     return replica, owner, admin
@@ -49,6 +49,6 @@ def test_expired_and_foreign_invites_are_refused() -> None:
     newcomer = Identity.generate().public_id
     assert invite_problem(replica, invite(replica, owner, "editor", expires_ms=NOW_MS - 1),
                           newcomer, NOW_MS) == "expired"
-    other = SceneReplica.create(owner, NOW_MS / 1000, name="other")
+    other = SceneReplica.create(owner, NOW_MS / 1000, name="other", nonce=b"admission-2")
     assert invite_problem(replica, invite(other, owner, "editor"), newcomer,
                           NOW_MS) == "wrong_room"

@@ -28,8 +28,8 @@ from protocol.msgpack_io import pack
 OWNER = Identity.generate()
 OTHER = Identity.generate()
 NOW_MS = 1_700_000_000_000
-ROOM = SceneReplica.create(OWNER, NOW_MS / 1000, name="design review")
-OTHER_ROOM = SceneReplica.create(OWNER, NOW_MS / 1000, name="lab")
+ROOM = SceneReplica.create(OWNER, NOW_MS / 1000, name="design review", nonce=b"invite-1")
+OTHER_ROOM = SceneReplica.create(OWNER, NOW_MS / 1000, name="lab", nonce=b"invite-2")
 URLS = ["http://127.0.0.1:8470", "https://mesh.example.org"]
 EXPIRES = NOW_MS + 3_600_000
 
