@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -196,7 +198,8 @@ class Node(LinkOwner):
                 batch = []
         if batch:
             replica.apply_many(batch, time.time())
-        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY)
+        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY,
+                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
         room_id = record.room_id
         durable = self.durable
         runtime = RoomRuntime(

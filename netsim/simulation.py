@@ -179,8 +179,11 @@ class Simulation:
         return self.obs
 
     def _start(self, node: SimNode) -> None:
+        engine = self.engine
+        # One virtual clock serves as both the monotonic and the wall clock.
         node.overlay = RoomOverlay(node.replica, node.identity, self.config,
-                                   random.Random(self.rng.random()))
+                                   rng=random.Random(self.rng.random()),
+                                   wall_clock=lambda: engine.now)
         node.alive = True
         node.timer_at = None
 
