@@ -465,11 +465,11 @@ class RoomOverlay:
         kept: list[bytes] = []
         over = 0
         for data in datas:
-            if type(data) is bytes and len(data) > 35 and data.startswith(_CHANGE_PREFIX):
-                if not self._known(change_id(data)) and not self.quota.admit(
-                        data[3:35], len(data), now):
-                    over += 1
-                    continue
+            new = (type(data) is bytes and len(data) > 35 and data.startswith(_CHANGE_PREFIX)
+                   and not self._known(change_id(data)))
+            if new and not self.quota.admit(data[3:35], len(data), now):
+                over += 1
+                continue
             kept.append(data)
         if over:
             self._refuse(peer, RefusalReason.QUOTA, over, now)
