@@ -94,6 +94,10 @@ PRESENCE = "presence"
 MAX_WANT = 256
 MAX_PULLED = 4_096
 _CHANGE_PREFIX = b"\x95\xc4\x20"  # a change is [author: bin8 of 32 bytes, seq, deps, hlc, ops]
+# Framing a change in a Changes frame adds at most this much (its bin header, and a frame's
+# header when a large change goes alone): charged with each reply, so the budget bounds bytes
+# on the wire, not just change bytes.
+_REPLY_OVERHEAD = 48
 
 
 @dataclass(slots=True)
@@ -423,7 +427,7 @@ class RoomOverlay:
                 data = self.replica.change_bytes(cid)
                 if data is None:
                     continue
-                if not self._may_reply(peer, len(data), now):
+                if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
                     self._refuse(peer, RefusalReason.REPLY_BUDGET, len(msg.ids) - k, now)
                     break
                 if isinstance(msg, Graft):
@@ -576,7 +580,7 @@ class RoomOverlay:
         if missing:
             queue = self._pullq.setdefault(peer, [])
             for k, data in enumerate(missing):
-                if not self._may_reply(peer, len(data), now):
+                if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
                     # The rest comes with a later round, as the budget refills.
                     self._refuse(peer, RefusalReason.REPLY_BUDGET, len(missing) - k, now)
                     break

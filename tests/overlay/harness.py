@@ -676,7 +676,7 @@ class Network:
         and spreads the change when it is back (anti-entropy)."""
         node = self.nodes[i]
         fn(node.replica)
-        data = node.replica.commit(self.now)
+        data = node.replica.commit(self.now + node.wall_offset)  # the scene clock is wall time
         if data is None:
             return None
         cid = _change_id(data)
