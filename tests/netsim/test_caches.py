@@ -83,11 +83,13 @@ def test_mutating_a_decoded_change_cannot_affect_another_consumer() -> None:
     assert second == pristine
 
 
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+VALUES = st.one_of(st.integers(-2**40, 2**40), st.text(max_size=20),
+                   st.lists(FINITE, max_size=3), st.booleans())
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["t", "m"]), st.sampled_from(["v", "w"]),
-                          st.one_of(st.integers(-2**40, 2**40), st.text(max_size=20),
-                                    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=3),
-                                    st.booleans())),
+@given(st.lists(st.tuples(st.sampled_from(["t", "m"]), st.sampled_from(["v", "w"]), VALUES),
                 min_size=1, max_size=8))
 def test_a_cache_hit_decodes_exactly_what_a_decode_gives(edits: list[Any]) -> None:
     ident = Identity.from_private_bytes(b"\x09" * 32)
