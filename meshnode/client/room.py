@@ -111,12 +111,14 @@ class RoomClient(LinkOwner):
             reason = getattr(err, "reason", type(err).__name__)
             raise ClientError(f"could not link to {self.url}: {reason}: {err}") from err
         self.node_peer_id = est.peer
+        if heads.get("admit") != "open" and not self._invite:
+            return  # a peer without a role is served nothing (docs/protocol.md): no sync
+        # The node serves us once it has admitted us, so admission comes before the sync.
+        await self._wait(lambda: replica.role_of(self.peer_id) != "none",
+                         "admission to the room")
         target = {bytes.fromhex(k): int(v) for k, v in heads.get("vv", {}).items()}
         await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
                                      for a, s in target.items()), "sync with the node")
-        if heads.get("admit") == "open" or self._invite:
-            await self._wait(lambda: replica.role_of(self.peer_id) != "none",
-                             "admission to the room")
 
     async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout
