@@ -1,4 +1,6 @@
-"""What a ``RoomOverlay`` tells its driver and application (``next_event()``)."""
+"""What a ``RoomOverlay`` tells its driver and application (``next_event()``).
+
+Every ``at`` is the monotonic ``now`` the driver passed in (never wall time)."""
 
 from dataclasses import dataclass
 from enum import StrEnum
