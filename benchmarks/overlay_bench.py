@@ -272,7 +272,8 @@ class OverlaySim(Sim):
         self.room = room
         self.reps = room.replicas()
         self.ovs = [
-            RoomOverlay(r, room.ids[k], cfg, random.Random(seed * 1_000_003 + k))
+            RoomOverlay(r, room.ids[k], cfg, rng=random.Random(seed * 1_000_003 + k),
+                        wall_clock=self._wall)
             for k, r in enumerate(self.reps)
         ]
         self.timer_at: list[float | None] = [None] * len(adj)
@@ -281,6 +282,9 @@ class OverlaySim(Sim):
         self.misbehaved: dict[str, int] = {}
         self.disconnects: dict[str, int] = {}
         self.connect_refused = 0
+
+    def _wall(self) -> float:
+        return self.now  # the virtual clock is both the monotonic and the wall clock
 
     def after(self, i: int) -> None:
         ov = self.ovs[i]

@@ -24,6 +24,8 @@ import binascii
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -109,20 +111,35 @@ _KEY_CACHE_SIZE = 4096
 _key_cache: OrderedDict[bytes, Ed25519PublicKey] = OrderedDict()
 
 
-_verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
-_verified_size = 0
-
-
-def enable_verify_cache(max_entries: int) -> None:
-    """Remember up to ``max_entries`` successful verifications (0 turns the cache off).
+class VerifyCache:
+    """Successful signature checks, remembered (at most ``max_entries``, oldest forgotten).
 
     A simulator runs thousands of replicas in one process, each checking the same signed
-    bytes; with the cache each signature is checked once. Only successes are cached, keyed by
-    the exact key, signature and data, so the answer is always the one a check would give.
-    """
-    global _verified_size
-    _verified_size = max_entries
-    _verified.clear()
+    bytes; with a cache installed (``using_verify_cache``) each signature is checked once.
+    Only successes are kept, keyed by the exact key, signature and data, so the answer is
+    always the one a check would give. The entries are immutable (tuples of bytes)."""
+
+    __slots__ = ("entries", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+
+
+_verify_cache: VerifyCache | None = None
+
+
+@contextmanager
+def using_verify_cache(cache: VerifyCache | None) -> Iterator[None]:
+    """Let ``verify_signature`` use ``cache`` (None: no cache) inside the block; whatever was
+    installed before is back when the block ends, even on error. The owner of the cache
+    (a simulation) decides its scope: nothing stays switched on for the rest of the process."""
+    global _verify_cache
+    previous, _verify_cache = _verify_cache, cache
+    try:
+        yield
+    finally:
+        _verify_cache = previous
 
 
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
@@ -131,18 +148,19 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     ``public_key`` is the raw 32-byte key (as ``bytes``). Loaded keys are kept in a bounded LRU
     cache, since loading a key costs more than a verification.
     """
-    if _verified_size:
+    cache = _verify_cache
+    if cache is not None and cache.max_entries:
         try:
             memo = (public_key, signature, data)
-            if memo in _verified:
+            if memo in cache.entries:
                 return True
         except TypeError:
             return False
         if not _verify(public_key, signature, data):
             return False
-        _verified[memo] = None
-        if len(_verified) > _verified_size:
-            _verified.popitem(last=False)
+        cache.entries[memo] = None
+        if len(cache.entries) > cache.max_entries:
+            cache.entries.popitem(last=False)
         return True
     return _verify(public_key, signature, data)
 

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from meshnode.config import NodeConfig
-from meshnode.crdt import ApplyResult, PermissionDenied, SceneReplica
+from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
@@ -57,11 +58,9 @@ from meshnode.store import (
     DataDirLock,
     DurableLog,
     DurableLogEvent,
-    ReplayReport,
     RoomRecord,
     StoreError,
     StoreRecovered,
-    replay_report,
 )
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings, LocalHello
@@ -222,17 +221,11 @@ class Node(LinkOwner):
     def _host(self, record: RoomRecord) -> HostedRoom:
         assert self.store is not None and self.durable is not None
         replica = SceneReplica.from_genesis(record.genesis, self.identity)
-        batch: list[bytes] = []
-        results: list[ApplyResult] = []
-        for data in self.store.changes(record.room_id):
-            batch.append(data)
-            if len(batch) >= 1_000:
-                results += replica.apply_many(batch, time.time())
-                batch = []
-        if batch:
-            results += replica.apply_many(batch, time.time())
-        self._report_replay(replay_report(replica, results))
-        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY)
+        # Our own store, validated when written: replayed as trusted, so no wall clock (a Pi
+        # without RTC boots 10 min behind) can refuse it; our seq floor comes from it.
+        self._report_replay(record.room_id, replica.replay(self.store.changes(record.room_id)))
+        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY,
+                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
         room_id = record.room_id
         durable = self.durable
         runtime = RoomRuntime(
@@ -457,13 +450,13 @@ class Node(LinkOwner):
         elif isinstance(event, StoreRecovered):
             self.metrics.store_failing.set(0)
 
-    def _report_replay(self, report: ReplayReport) -> None:
+    def _report_replay(self, room_id: bytes, report: ReplayReport) -> None:
         """Stored changes that replay could not make visible are reported, never hidden."""
-        if report.complete:
+        if report.ok:
             return
-        log.warning("%s", report.describe())
-        self.metrics.store_missing_history.inc(report.missing_history)
-        for reason, n in report.refused.items():
+        log.warning("%s", report.describe(room_id))
+        self.metrics.store_missing_history.inc(len(report.missing_history))
+        for reason, n in report.refused_by_reason().items():
             self.metrics.store_replay_refused.labels(reason).inc(n)
 
     def _close_if_unused(self, peer: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
-from meshnode.identity import Identity, enable_verify_cache
+from meshnode.identity import Identity
 from meshnode.overlay import (
     SYNC,
     ChangeApplied,
@@ -24,14 +24,13 @@ from meshnode.overlay import (
     OverlayStats,
     RoomOverlay,
 )
-from meshnode.tuning import tune_gc
+from netsim.caches import SimulationCaches
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.scenario import Event, Scenario, ScenarioError
 from netsim.topology import Topology, build, neighbours
-from protocol.change import enable_change_cache
 from protocol.errors import DecodeError
-from protocol.frames import Changes, IHave, decode_frame, enable_frame_cache, encode_frame
+from protocol.frames import Changes, IHave, decode_frame, encode_frame
 
 Pair = tuple[int, int]
 
@@ -76,10 +75,9 @@ class Simulation:
         self.rng = random.Random(scenario.seed)
         self.engine = Engine()
         self.obs = Observations()
-        enable_verify_cache(200_000)
-        enable_frame_cache(100_000)  # every node decodes the same frames and changes
-        enable_change_cache(100_000)
-        tune_gc(freeze=False)
+        # Every node decodes the same frames and changes: caches owned by this simulation,
+        # installed only while it builds and runs (netsim/caches.py).
+        self.caches = SimulationCaches()
         try:
             self.topology: Topology = build(
                 scenario.topology["kind"], scenario.topology, random.Random(self.rng.random()),
@@ -114,7 +112,8 @@ class Simulation:
         max_degree = max(self.topology.degrees(), default=1)
         cfg = {"active_view_size": max(6, max_degree), **scenario.overlay}
         self.config = OverlayConfig(**cfg)
-        self._build_room(n)
+        with self.caches.active():
+            self._build_room(n)
 
     # ------------------------------------------------------------------ set-up
 
@@ -156,7 +155,11 @@ class Simulation:
     # ------------------------------------------------------------------ running
 
     def run(self) -> Observations:
-        """Run the scenario to its end."""
+        """Run the scenario to its end (with this simulation's caches installed)."""
+        with self.caches.active():
+            return self._run()
+
+    def _run(self) -> Observations:
         sc = self.scenario
         for node in self.nodes:
             if node.alive:
@@ -179,8 +182,11 @@ class Simulation:
         return self.obs
 
     def _start(self, node: SimNode) -> None:
+        engine = self.engine
+        # One virtual clock serves as both the monotonic and the wall clock.
         node.overlay = RoomOverlay(node.replica, node.identity, self.config,
-                                   random.Random(self.rng.random()))
+                                   rng=random.Random(self.rng.random()),
+                                   wall_clock=lambda: engine.now)
         node.alive = True
         node.timer_at = None
 

@@ -11,7 +11,8 @@ and types; what they *mean* (and whether their author may do them) is the CRDT's
 """
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,35 +176,66 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
             raise _bad(f"unknown op code {code}")
 
 
-_change_cache: dict[bytes, Change] = {}
-_change_cache_size = 0
+class ChangeCache:
+    """Which change bytes passed ``decode_change``'s checks (at most ``max_entries``, oldest
+    forgotten). For simulators, where every replica decodes the same bytes.
+
+    What is shared is only that fact (and the change ID): every hit builds a fresh ``Change``
+    from the bytes (msgpack's C parser only, not the Python schema checks), so no two
+    consumers ever hold the same mutable object."""
+
+    __slots__ = ("ids", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.ids: dict[bytes, bytes] = {}  # change bytes -> change ID
 
 
-def enable_change_cache(max_entries: int) -> None:
-    """Remember up to ``max_entries`` decoded changes (0: off). For simulators, where every
-    replica decodes the same bytes. Callers must treat a ``Change`` as read-only."""
-    global _change_cache_size
-    _change_cache_size = max_entries
-    _change_cache.clear()
+_change_cache: ChangeCache | None = None
+
+
+@contextmanager
+def using_change_cache(cache: ChangeCache | None) -> Iterator[None]:
+    """Let ``decode_change`` use ``cache`` (None: no cache) inside the block; the cache
+    installed before is back when the block ends, even on error."""
+    global _change_cache
+    previous, _change_cache = _change_cache, cache
+    try:
+        yield
+    finally:
+        _change_cache = previous
 
 
 def decode_change(
     data: bytes, limits: Limits = DEFAULT_LIMITS, *, known_id: bytes | None = None
 ) -> Change:
-    """Decode and schema-check a change (memoised when ``enable_change_cache`` is on).
+    """Decode and schema-check a change (the checks are memoised while a ``ChangeCache`` is
+    installed; the ``Change`` returned is always the caller's own).
 
     ``known_id``: ``change_id(data)`` if the caller has already computed it (not hashed twice).
     """
-    if _change_cache_size and limits is DEFAULT_LIMITS and type(data) is bytes:
-        key = data  # only default-limit decodes are cached: the bytes alone are the key
-        ch = _change_cache.get(key)
-        if ch is None:
-            ch = _decode_change(data, limits, known_id)
-            if len(_change_cache) >= _change_cache_size:
-                del _change_cache[next(iter(_change_cache))]
-            _change_cache[key] = ch
+    cache = _change_cache
+    if cache is not None and cache.max_entries and limits is DEFAULT_LIMITS \
+            and type(data) is bytes:
+        ids = cache.ids  # only default-limit decodes are cached: the bytes alone are the key
+        cid = ids.get(data)
+        if cid is not None:
+            return _rebuild_checked(data, cid)
+        ch = _decode_change(data, limits, known_id)
+        if len(ids) >= cache.max_entries:
+            del ids[next(iter(ids))]
+        ids[data] = ch.change_id
         return ch
     return _decode_change(data, limits, known_id)
+
+
+def _rebuild_checked(data: bytes, cid: bytes) -> Change:
+    """A fresh ``Change`` from bytes that already passed ``_decode_change``'s checks."""
+    body = data[:-SIGNATURE_BYTES]
+    author, seq, deps, hlc, (actors, names, ops) = unpack(
+        body, DEFAULT_LIMITS, DEFAULT_LIMITS.max_change_bytes, "change")
+    return Change(author=author, seq=seq, deps=deps, hlc=hlc, actors=actors, names=names,
+                  ops=ops, body=body, signature=data[-SIGNATURE_BYTES:], change_id=cid)
 
 
 def _decode_change(data: bytes, limits: Limits, known_id: bytes | None) -> Change:

@@ -6,7 +6,8 @@ returns, and raises only ``protocol.errors.DecodeError`` subclasses. The field l
 each type is in ``docs/protocol.md``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -272,36 +273,52 @@ def _arity(fields: list[Any], n: int, layout: str) -> None:
         raise SchemaError(f"frame layout is [version, type, room_id, {layout}]")
 
 
-_frame_cache: dict[bytes, Message] = {}
-_frame_cache_size = 0
-
-
-def enable_frame_cache(max_entries: int) -> None:
-    """Remember up to ``max_entries`` decoded frames (0 turns the cache off).
+class FrameCache:
+    """Decoded frames, keyed by their bytes (at most ``max_entries``, oldest forgotten).
 
     For simulators: thousands of nodes in one process receive byte-identical frames (the same
     ``Changes``/``IHave`` travels the whole mesh). Only successful decodes of immutable
-    messages are kept (not ``Presence``, whose ``fields`` is a dict); the answer is the one a
-    decode would give, since a frame's meaning depends only on its bytes and the limits.
-    """
-    global _frame_cache_size
-    _frame_cache_size = max_entries
-    _frame_cache.clear()
+    messages are kept (frozen dataclasses of bytes, ints and tuples; never ``Presence``, whose
+    ``fields`` is a dict), so sharing one among consumers is safe; the answer is the one a
+    decode would give, since a frame's meaning depends only on its bytes and the limits."""
+
+    __slots__ = ("entries", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.entries: dict[bytes, Message] = {}
+
+
+_frame_cache: FrameCache | None = None
+
+
+@contextmanager
+def using_frame_cache(cache: FrameCache | None) -> Iterator[None]:
+    """Let ``decode_frame`` use ``cache`` (None: no cache) inside the block; the cache
+    installed before is back when the block ends, even on error."""
+    global _frame_cache
+    previous, _frame_cache = _frame_cache, cache
+    try:
+        yield
+    finally:
+        _frame_cache = previous
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame; raise a ``DecodeError`` subclass for anything malformed."""
     # Only frames decoded with the default limits are cached, so the key is the bytes alone
     # (hashing a Limits per call cost more than the lookup saved).
-    if _frame_cache_size and limits is DEFAULT_LIMITS and type(data) is bytes:
-        key = data
-        msg = _frame_cache.get(key)
+    cache = _frame_cache
+    if cache is not None and cache.max_entries and limits is DEFAULT_LIMITS \
+            and type(data) is bytes:
+        entries = cache.entries
+        msg = entries.get(data)
         if msg is None:
             msg = _decode_frame(data, limits)
             if type(msg) is not Presence:
-                if len(_frame_cache) >= _frame_cache_size:
-                    del _frame_cache[next(iter(_frame_cache))]  # FIFO eviction
-                _frame_cache[key] = msg
+                if len(entries) >= cache.max_entries:
+                    del entries[next(iter(entries))]  # FIFO eviction
+                entries[data] = msg
         return msg
     return _decode_frame(data, limits)
 

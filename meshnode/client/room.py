@@ -16,6 +16,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -135,7 +137,8 @@ class RoomClient(LinkOwner):
         replica = SceneReplica.from_genesis(genesis, self.identity)
         overlay = RoomOverlay(replica, self.identity,
                               dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
-                                                  rewire_interval_s=0.0))
+                                                  rewire_interval_s=0.0),
+                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
                                   NodeMetrics(), max_links=1)
@@ -333,7 +336,7 @@ class RoomClient(LinkOwner):
         except Exception:
             log.exception("a room callback failed")
         if isinstance(event, ConnectRequest):
-            rt.overlay.connect_failed(event.peer, time.time())  # a client has one link
+            rt.connect_failed(event.peer)  # a client has one link
 
     # ------------------------------------------------------------------ the room
 

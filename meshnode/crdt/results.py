@@ -112,6 +112,30 @@ class ReplayReport:
         """Every change that is not applied, rejected ones first."""
         return self.rejected + self.missing_history
 
+    def refused_by_reason(self) -> dict[str, int]:
+        """How many stored changes were rejected, by reason."""
+        out: dict[str, int] = {}
+        for failure in self.rejected:
+            out[failure.reason] = out.get(failure.reason, 0) + 1
+        return out
+
+    def describe(self, room_id: bytes) -> str:
+        """A log line that says what was found and what happens next."""
+        parts = []
+        if self.missing_history:
+            parts.append(
+                f"{len(self.missing_history)} stored change(s) lack their history "
+                f"({len(self.missing_deps)} missing dependency(ies)); they stay invisible until "
+                f"a peer that has the history syncs with this node"
+            )
+        refused = self.refused_by_reason()
+        if refused:
+            shown = ", ".join(f"{r}={n}" for r, n in sorted(refused.items()))
+            parts.append(f"{len(self.rejected)} stored change(s) refused ({shown})")
+        what = "; ".join(parts) if parts else "every stored change is visible"
+        total = self.applied + self.duplicates + len(self.rejected) + len(self.missing_history)
+        return f"room {room_id.hex()[:16]}: {total} change(s) replayed: {what}"
+
 
 class Rejected(Exception):
     """Internal: a change failed validation; ``reason`` is its stable label."""

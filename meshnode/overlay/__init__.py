@@ -13,6 +13,8 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceExpired,
     PresenceUpdated,
+    RefusalReason,
+    Refused,
 )
 from meshnode.overlay.overlay import PRESENCE, SYNC, OverlayStats, RoomOverlay
 
@@ -29,5 +31,7 @@ __all__ = [
     "PeerMisbehaved",
     "PresenceExpired",
     "PresenceUpdated",
+    "RefusalReason",
+    "Refused",
     "RoomOverlay",
 ]

@@ -116,8 +116,10 @@ class Broadcast:
             elif peer not in entry.announcers:
                 entry.announcers.append(peer)
 
-    def tick(self, now: float, known: Callable[[bytes], bool], active: set[str]) -> None:
-        """Send batched announcements and grafts that are due."""
+    def tick(self, now: float, known: Callable[[bytes], bool], active: set[str],
+             graft_from: set[str]) -> None:
+        """Send batched announcements (to ``active``: the neighbours served) and grafts
+        (to announcers in ``graft_from``: any linked neighbour) that are due."""
         if self.next_announce is not None and now >= self.next_announce:
             self.next_announce = None
             holders = self.holders
@@ -137,7 +139,8 @@ class Broadcast:
             if known(cid):
                 del self.missing[cid]
                 continue
-            candidates = [p for p in entry.announcers if p in active and p not in entry.tried]
+            candidates = [p for p in entry.announcers
+                          if p in graft_from and p not in entry.tried]
             if not candidates:
                 del self.missing[cid]  # anti-entropy will bring it
                 continue

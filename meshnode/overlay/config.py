@@ -7,7 +7,8 @@ from dataclasses import dataclass
 class OverlayConfig:
     """Tuning of membership, broadcast, anti-entropy, presence and peer defence.
 
-    Times are seconds of the ``now`` the driver passes in; rates are per second.
+    Times are seconds of the monotonic ``now`` the driver passes in (never the wall clock:
+    see ``RoomOverlay``); rates are per second unless named per minute.
     """
 
     # HyParView partial view
@@ -34,7 +35,17 @@ class OverlayConfig:
     bloom_recent: int = 2_000
     want_interval_s: float = 0.5
     heads_min_interval_s: float = 0.5
-    pull_bytes_per_s: float = 2_000_000.0
+    # Replies (changes answering Heads/Want/Graft, Heads answering Heads) to one peer are
+    # paid from a budget: reply_factor bytes per byte received from it, plus an allowance
+    # refilled at reply_refill_bytes_per_s (see overlay/budget.py).
+    reply_factor: float = 4.0
+    reply_allowance_bytes: int = 1024 * 1024
+    reply_refill_bytes_per_s: float = 512 * 1024.0
+    # Per-author ingress quota on new changes, whoever relays them (see overlay/budget.py).
+    author_changes_per_min: float = 1_200.0
+    author_change_burst: float = 600.0
+    author_bytes_per_min: float = 16 * 1024 * 1024.0
+    author_byte_burst: float = 8 * 1024 * 1024.0
     # Presence
     presence_interval_s: float = 0.05
     presence_rate_per_s: float = 20.0

@@ -1,6 +1,9 @@
-"""What a ``RoomOverlay`` tells its driver and application (``next_event()``)."""
+"""What a ``RoomOverlay`` tells its driver and application (``next_event()``).
+
+Every ``at`` is the monotonic ``now`` the driver passed in (never wall time)."""
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -40,6 +43,30 @@ class PeerMisbehaved:
     at: float
 
 
+class RefusalReason(StrEnum):
+    """Why the overlay refused a peer's request or change (a stable metric label)."""
+
+    NOT_A_MEMBER = "not_a_member"
+    """The peer holds no role in the room: it gets no changes, heads or presence."""
+    QUOTA = "quota"
+    """The change's author is over its ingress quota; anti-entropy brings it later."""
+    REPLY_BUDGET = "reply_budget"
+    """The peer asked for more than its reply budget allows; the rest comes later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The overlay refused something ``peer`` sent (``count`` items of one frame).
+
+    ``NOT_A_MEMBER`` costs the peer score; ``QUOTA`` and ``REPLY_BUDGET`` do not (an honest
+    relay or a peer far behind hits them too): they only slow things down."""
+
+    peer: str
+    reason: RefusalReason
+    count: int
+    at: float
+
+
 @dataclass(frozen=True, slots=True)
 class EquivocationDetected:
     """``author`` (PeerID) signed two changes with one sequence number."""
@@ -71,6 +98,7 @@ Event = (
     | PresenceUpdated
     | PresenceExpired
     | PeerMisbehaved
+    | Refused
     | EquivocationDetected
     | ConnectRequest
     | DisconnectRequest

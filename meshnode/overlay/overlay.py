@@ -11,18 +11,45 @@ time, and carries out what it asks for:
     overlay.handle_timer(now) when now >= overlay.get_timer()
     overlay.frames_to_send() -> [(peer_id, channel, frame)]   channel: "sync" | "presence"
     overlay.next_event() -> Event | None
+
+Two clocks, as in aioquic. Every ``now`` passed in is MONOTONIC time (seconds from any
+origin): timer deadlines, rate limits, scores and budgets use it, so a wall clock stepped back
+or forward (NTP, a board without a real-time clock, a restored VM) never stalls or rushes
+them. Wall time (the scene's hybrid logical clock: the horizon a remote change's stamp is
+checked against, the stamps of presence updates) comes from ``wall_clock``, a source the driver
+owns and injects at construction. A simulator or test may give both the same virtual clock.
+
+Read access (who is served). A peer linked to the room is served (changes pushed or pulled,
+``IHave``, ``Heads``, presence) only while it holds a role in the room (viewer or above; hosting
+nodes are members with a role), judged by this replica's current roles:
+
+    peer's role   we send it                          its Heads / Want / Graft
+    none          membership frames only (*)          refused: ``Refused(NOT_A_MEMBER)``, scored
+    viewer+       everything                          answered, within its reply budget
+
+(*) and, while this node holds no role itself (it is joining with an invite), its own
+``Heads``, so that a host it does not yet know as a member can serve it. Changes from any peer
+are accepted (they are signed; the replica checks their authors). When a grant makes a linked
+peer a member, it is served at once (``Heads`` then sync, presence); when it loses its role,
+nothing more is sent to it, queued frames included.
 """
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, REJECTED, ApplyResult, SceneReplica
 from meshnode.crdt.results import TRANSIENT_REASONS
-from meshnode.identity import Identity, peer_id_from_public_key, verify_signature
+from meshnode.identity import (
+    Identity,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+    verify_signature,
+)
 from meshnode.overlay.broadcast import Broadcast
+from meshnode.overlay.budget import IngressQuota, ReplyBudget
 from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.events import (
     ChangeApplied,
@@ -32,10 +59,12 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceExpired,
     PresenceUpdated,
+    RefusalReason,
+    Refused,
 )
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
-from meshnode.overlay.scoring import PeerScores, TokenBucket
+from meshnode.overlay.scoring import PeerScores
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.errors import DecodeError
@@ -64,6 +93,11 @@ SYNC = "sync"
 PRESENCE = "presence"
 MAX_WANT = 256
 MAX_PULLED = 4_096
+_CHANGE_PREFIX = b"\x95\xc4\x20"  # a change is [author: bin8 of 32 bytes, seq, deps, hlc, ops]
+# Framing a change in a Changes frame adds at most this much (its bin header, and a frame's
+# header when a large change goes alone): charged with each reply, so the budget bounds bytes
+# on the wire, not just change bytes.
+_REPLY_OVERHEAD = 48
 
 
 @dataclass(slots=True)
@@ -83,6 +117,8 @@ class OverlayStats:
     events_dropped: int = 0
     presence_from_strangers: int = 0
     changes_out: int = 0
+    reply_bytes_out: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # RefusalReason -> items refused
 
 
 class RoomOverlay:
@@ -93,12 +129,18 @@ class RoomOverlay:
         replica: SceneReplica,
         identity: Identity,
         config: OverlayConfig | None = None,
-        rng: random.Random | None = None,
+        *,
+        rng: random.Random,
+        wall_clock: Callable[[], float],
     ) -> None:
+        """``rng``: every random choice of this overlay (seed it for a reproducible run).
+        ``wall_clock``: seconds since the Unix epoch, read for the scene clock only; every
+        ``now`` argument is monotonic time (see the module docstring)."""
         self.replica = replica
         self.identity = identity
         self.config = config or OverlayConfig()
-        self.rng = rng or random.Random()
+        self.rng = rng
+        self.wall_clock = wall_clock
         self.me = identity.public_id
         self.room_id = replica.room_id
         self.connected: set[str] = set()
@@ -117,7 +159,12 @@ class RoomOverlay:
         # one comes from our tree parent, which must not be pruned.
         self._pulled: OrderedDict[bytes, None] = OrderedDict()
         self._heads_at: dict[str, float] = {}
-        self._pull_budget: dict[str, TokenBucket] = {}
+        # Connected peers that hold a role in the room, and so are served (module docstring).
+        self._serving: set[str] = set()
+        self._peer_keys: dict[str, bytes | None] = {}
+        self._member_self = replica.role_of(identity.public_key) != "none"
+        self.replies = ReplyBudget(self.config)
+        self.quota = IngressQuota(self.config)
         self._presence_seq = 0
         self._equivocations_seen = len(replica.equivocations)
         self.view = PartialView(self.me, self.room_id, self.config, self.rng, self._send,
@@ -154,8 +201,15 @@ class RoomOverlay:
         """The active view: the neighbours this node gossips with (leaves not included)."""
         return set(self.view.active)
 
+    def serving(self) -> set[str]:
+        """Connected peers this node serves (those holding a role in the room)."""
+        return set(self._serving)
+
     def _targets(self) -> set[str]:
-        return self.view.active | self.leaves if self.leaves else self.view.active
+        """Who gets pushes, announcements and presence: neighbours and leaves that are
+        members."""
+        peers = self.view.active | self.leaves if self.leaves else self.view.active
+        return peers & self._serving
 
     def _emit(self, event: Event) -> None:
         if len(self._events) >= self.config.max_events:
@@ -234,6 +288,9 @@ class RoomOverlay:
             return
         self.connected.add(peer)
         self.scores.add(peer, now)
+        self._member_self = self._role_of_self() != "none"
+        if self._is_member(peer):
+            self._serving.add(peer)
         if leaf:
             self.leaves.add(peer)
             self._accepted(peer, now)
@@ -250,9 +307,58 @@ class RoomOverlay:
         self._flush_changes()
 
     def _accepted(self, peer: str, now: float) -> None:
-        self._send(peer, self._heads(reply=True))
-        for seen in self.presence.seen.values():
-            self.presence.enqueue(seen.msg, lambda: {peer}, None, now)
+        """``peer`` became a neighbour or leaf (or, already one, a member): start syncing."""
+        if peer in self._serving:
+            self._send(peer, self._heads(reply=True))
+            for seen in self.presence.seen.values():
+                self.presence.enqueue(seen.msg, lambda: {peer}, None, now)
+        elif not self._member_self:
+            # We are joining: ask to be served, even by a host we do not know as a member.
+            self._send(peer, self._heads(reply=True))
+
+    # ------------------------------------------------------------------ access
+
+    def _role_of_self(self) -> str:
+        return self.replica.role_of(self.identity.public_key)
+
+    def _is_member(self, peer: str) -> bool:
+        if peer not in self._peer_keys:
+            try:
+                self._peer_keys[peer] = public_key_from_peer_id(peer)
+            except ValueError:
+                self._peer_keys[peer] = None  # not a PeerID: never a member
+        key = self._peer_keys[peer]
+        return key is not None and self.replica.role_of(key) != "none"
+
+    def _review_access(self, now: float) -> None:
+        """Roles may have changed: serve peers that became members, stop serving those
+        that lost their role (see the module docstring)."""
+        self._member_self = self._role_of_self() != "none"
+        for peer in sorted(self.connected):
+            member = self._is_member(peer)
+            if member and peer not in self._serving:
+                self._serving.add(peer)
+                if peer in self.leaves or peer in self.view.active:
+                    self._accepted(peer, now)
+            elif not member and peer in self._serving:
+                self._serving.discard(peer)
+                self._stop_serving(peer)
+
+    def _stop_serving(self, peer: str) -> None:
+        """Drop everything queued for a peer that is no longer served."""
+        self._pushq.pop(peer, None)
+        self._pullq.pop(peer, None)
+        self.presence.forget_peer(peer)
+        self.tree.announce.pop(peer, None)
+        self._out = [f for f in self._out if f[0] != peer]
+        self._out_bytes.pop(peer, None)
+
+    def _refuse(self, peer: str, reason: RefusalReason, count: int, now: float) -> None:
+        st = self.stats
+        st.refused[reason.value] = st.refused.get(reason.value, 0) + count
+        self._emit(Refused(peer, reason, count, now))
+        if reason is RefusalReason.NOT_A_MEMBER:
+            self._penalize(peer, "not_a_member", now)
 
     def disconnect(self, peer: str, now: float) -> None:
         """The link to ``peer`` is down."""
@@ -268,6 +374,9 @@ class RoomOverlay:
         self.view.on_connect_failed(peer)
 
     def _forget(self, peer: str) -> None:
+        self._serving.discard(peer)
+        self._peer_keys.pop(peer, None)
+        self.replies.forget(peer)
         self.tree.forget_peer(peer)
         self.presence.forget_peer(peer)
         self.scores.remove(peer)
@@ -275,7 +384,6 @@ class RoomOverlay:
         self._pullq.pop(peer, None)
         self._want_at.pop(peer, None)
         self._heads_at.pop(peer, None)
-        self._pull_budget.pop(peer, None)
 
     # ------------------------------------------------------------------ inputs
 
@@ -288,6 +396,7 @@ class RoomOverlay:
             self.stats.frames_dropped_rate += 1
             self._penalize(peer, "flood", now)
             return
+        self.replies.credit(peer, len(frame), now)
         try:
             msg = decode_frame(frame, self.replica.limits)
         except DecodeError:
@@ -311,11 +420,15 @@ class RoomOverlay:
         elif isinstance(msg, IHave):
             self.tree.on_ihave(peer, msg.ids, self._known, now)
         elif isinstance(msg, Graft | Want):
-            for cid in msg.ids[:MAX_WANT]:
+            if peer not in self._serving:
+                self._refuse(peer, RefusalReason.NOT_A_MEMBER, len(msg.ids), now)
+                return
+            for k, cid in enumerate(msg.ids[:MAX_WANT]):
                 data = self.replica.change_bytes(cid)
                 if data is None:
                     continue
-                if not self._may_pull(peer, len(data), now):
+                if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
+                    self._refuse(peer, RefusalReason.REPLY_BUDGET, len(msg.ids) - k, now)
                     break
                 if isinstance(msg, Graft):
                     author = self.replica.change_author(cid)
@@ -350,8 +463,28 @@ class RoomOverlay:
     def _known(self, cid: bytes) -> bool:
         return self.replica.has_change(cid) or self.replica.is_buffered(cid)
 
+    def _within_quota(self, peer: str, datas: tuple[bytes, ...], now: float) -> list[bytes]:
+        """The changes of ``datas`` whose authors are within their ingress quota (already
+        known changes and malformed ones pass: the replica sorts those out)."""
+        kept: list[bytes] = []
+        over = 0
+        for data in datas:
+            new = (type(data) is bytes and len(data) > 35 and data.startswith(_CHANGE_PREFIX)
+                   and not self._known(change_id(data)))
+            if new and not self.quota.admit(data[3:35], len(data), now):
+                over += 1
+                continue
+            kept.append(data)
+        if over:
+            self._refuse(peer, RefusalReason.QUOTA, over, now)
+        return kept
+
     def _on_changes(self, peer: str, msg: Changes, now: float) -> None:
-        results = self.replica.apply_many(msg.changes, now)
+        datas = self._within_quota(peer, msg.changes, now)
+        results = self.replica.apply_many(datas, self.wall_clock())
+        if any(res.status == APPLIED for res in results):
+            # Before spreading: a grant just applied decides who gets these changes.
+            self._review_access(now)
         st = self.stats
         if msg.push:
             st.payload_pushed_in += len(results)
@@ -415,14 +548,14 @@ class RoomOverlay:
             bloom = BloomFilter.build(recent, self.rng.randbytes(4)).encode()
         return Heads(self.room_id, tuple(self.replica.heads()), vv, bloom, reply)
 
-    def _may_pull(self, peer: str, size: int, now: float) -> bool:
-        """Charge ``size`` bytes of answers to ``peer``'s pull budget, so that requests (a
-        few bytes) cannot make this node send unbounded history (amplification)."""
-        bucket = self._pull_budget.get(peer)
-        if bucket is None:
-            rate = self.config.pull_bytes_per_s
-            bucket = self._pull_budget[peer] = TokenBucket(rate, 4 * rate, 4 * rate, now)
-        return bucket.take(float(size), now)
+    def _may_reply(self, peer: str, size: int, now: float) -> bool:
+        """Pay ``size`` bytes of reply to ``peer`` from its reply budget, so that requests
+        (a few bytes) cannot make this node send much more than the peer sent
+        (amplification; see ``overlay/budget.py``)."""
+        if not self.replies.take(peer, size, now):
+            return False
+        self.stats.reply_bytes_out += size
+        return True
 
     def _on_heads(self, peer: str, msg: Heads, now: float) -> None:
         last = self._heads_at.get(peer)
@@ -430,6 +563,14 @@ class RoomOverlay:
             return  # answered recently; anti-entropy is periodic, so nothing is lost
         self._heads_at[peer] = now
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
+        if peer not in self._serving:
+            if self._member_self:
+                self._refuse(peer, RefusalReason.NOT_A_MEMBER, 1, now)
+            elif unknown and msg.reply:
+                # We are joining and hold nothing to protect: answer with our heads, so
+                # that a peer able to serve us does.
+                self._reply_heads(peer, now)
+            return
         missing = self.replica.changes_since(msg.heads, dict(msg.vv))
         if unknown and msg.bloom:
             # changes_since over-approximates what they lack when the room has equivocations;
@@ -438,12 +579,21 @@ class RoomOverlay:
             missing = [c for c in missing if change_id(c) not in bloom]
         if missing:
             queue = self._pullq.setdefault(peer, [])
-            for data in missing:
-                if not self._may_pull(peer, len(data), now):
-                    break  # the rest comes with the next round
+            for k, data in enumerate(missing):
+                if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
+                    # The rest comes with a later round, as the budget refills.
+                    self._refuse(peer, RefusalReason.REPLY_BUDGET, len(missing) - k, now)
+                    break
                 queue.append(data)
         if unknown and msg.reply:
-            self._send(peer, self._heads(reply=False))
+            self._reply_heads(peer, now)
+
+    def _reply_heads(self, peer: str, now: float) -> None:
+        heads = encode_frame(self._heads(reply=False))
+        if self._may_reply(peer, len(heads), now):
+            self._enqueue(peer, SYNC, heads, "Heads")
+        else:
+            self._refuse(peer, RefusalReason.REPLY_BUDGET, 1, now)
 
     def _on_presence(self, peer: str, msg: Presence, now: float) -> None:
         seen = self.presence.seen.get(msg.participant)
@@ -459,6 +609,7 @@ class RoomOverlay:
             self._penalize(peer, "bad_presence", now)
             return
         if self.presence.accept(msg, now):
+            # Presence is latest-wins by the participant's seq, never by our clocks.
             who = peer_id_from_public_key(msg.participant)
             self._emit(PresenceUpdated(who, msg.fields, now))
             self.presence.enqueue(msg, self._targets, peer, now)
@@ -469,11 +620,13 @@ class RoomOverlay:
         """Spread a local change: one this replica just committed, or one from a client."""
         cid = change_id(data)
         if self.replica.has_change(cid):
+            self._review_access(now)  # it may grant or revoke: decide who gets it first
             self._spread(cid, None, now)
             self._flush_changes()
             return ApplyResult(APPLIED, None, cid, (cid,))
-        res = self.replica.apply(data, now)
+        res = self.replica.apply(data, self.wall_clock())
         if res.status == APPLIED:
+            self._review_access(now)
             for c in res.applied:
                 self._spread(c, None, now)
         self._flush_changes()
@@ -490,7 +643,9 @@ class RoomOverlay:
             raise ValueError(str(err)) from None
         if type(value) is not dict:
             raise TypeError("presence fields must be a mapping")
-        seq = max(self._presence_seq + 1, int(now * 1000))
+        # Wall-clock milliseconds, so a restarted participant's seq outruns its old one; +1
+        # keeps it growing if the wall clock steps back.
+        seq = max(self._presence_seq + 1, int(self.wall_clock() * 1000))
         msg = make_presence(self.room_id, self.identity.public_key, seq, value,
                             self.identity.sign)
         if not self.presence.accept(msg, now):
@@ -509,15 +664,18 @@ class RoomOverlay:
         self.view.tick(now)
         self.scores.expire_bans(now)
         active = self.view.active
-        self.tree.tick(now, self._known, self._targets())
+        targets = self._targets()
+        self.tree.tick(now, self._known, targets, active | self.leaves)
         for peer, msg in self.presence.flush(now):
             self._send(peer, msg)
         for gone in self.presence.expire(now):
             self._emit(PresenceExpired(peer_id_from_public_key(gone), now))
         if self.next_anti_entropy is not None and now >= self.next_anti_entropy:
             self.next_anti_entropy = now + self._ae_interval()
-            if active:
-                self._send(self.rng.choice(sorted(active)), self._heads(reply=True))
+            # Members only, unless we are joining (module docstring).
+            asked = active & self._serving if self._member_self else active
+            if asked:
+                self._send(self.rng.choice(sorted(asked)), self._heads(reply=True))
         self._flush_changes()
 
     # ------------------------------------------------------------------ defence
@@ -534,6 +692,7 @@ class RoomOverlay:
             self.leaves.discard(peer)
             self.view.forget(peer)
             self._forget(peer)
+            self._stop_serving(peer)
             self._emit(DisconnectRequest(peer, "misbehaving"))
 
     def _check_equivocations(self, now: float) -> None:

@@ -18,6 +18,9 @@ PENALTIES = {
     "broken_promise": 10.0,
     "flood": 2.0,
     "bad_presence": 5.0,
+    # Asking for a room's content without a role in it. Small: a peer just admitted can ask
+    # before its grant has reached this node; a stranger that keeps asking is cut off.
+    "not_a_member": 2.0,
     "equivocation": 1_000.0,
 }
 

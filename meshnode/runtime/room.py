@@ -1,9 +1,14 @@
 """``RoomRuntime``: runs one room's sans-I/O ``RoomOverlay`` on an asyncio loop.
 
 It is the thin driver of the core for one room, shared by the node and the Python client:
-it feeds the overlay links, frames and the wall clock, fires its timer, hands the frames it
-produces to a ``send`` callback, and turns its events into durable writes, acknowledgements
-and subscriber callbacks. It owns no sockets: links belong to the caller.
+it feeds the overlay links, frames and the monotonic clock, fires its timer, hands the frames
+it produces to a ``send`` callback, and turns its events into durable writes,
+acknowledgements and subscriber callbacks. It owns no sockets: links belong to the caller.
+
+Clocks: every ``now`` it gives the overlay, and every timer it arms, is on ``clock``
+(``time.monotonic`` by default), so a wall clock stepped back never stalls gossip. Wall
+time (the scene's stamps) comes only from the overlay's injected ``wall_clock``, which this
+runtime also uses to stamp its own commits.
 """
 
 import asyncio
@@ -24,6 +29,8 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceExpired,
     PresenceUpdated,
+    RefusalReason,
+    Refused,
 )
 from protocol.change import change_id
 
@@ -45,7 +52,8 @@ class RoomRuntime:
 
     ``send(peer, channel, frame)`` puts a frame on a link; ``persist(room_id, change_id,
     data)`` (None for an in-memory client) returns a future that completes once the change is
-    durable; ``on_event`` sees every overlay event after the runtime has handled it.
+    durable; ``on_event`` sees every overlay event after the runtime has handled it;
+    ``clock`` is monotonic time for the overlay's ``now`` and timers (never the wall clock).
     """
 
     def __init__(
@@ -55,7 +63,7 @@ class RoomRuntime:
         send: SendFrame,
         persist: Persist | None = None,
         on_event: Callable[[Event], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.overlay = overlay
         self.replica: SceneReplica = overlay.replica
@@ -149,7 +157,7 @@ class RoomRuntime:
         """Commit the uncommitted local batch (if any), spread it, and wait until it is
         durable (at this node, or acknowledged by the node for a client). Returns the change
         ID."""
-        data = self.replica.commit(self._clock())
+        data = self.replica.commit(self.overlay.wall_clock())
         if data is None:
             return None
         cid = change_id(data)
@@ -266,6 +274,12 @@ class RoomRuntime:
         elif isinstance(event, PeerMisbehaved):
             log.warning("peer %s misbehaved in room %s: %s (score %.0f)", event.peer,
                         self.room_id.hex()[:12], event.reason, event.score)
+        elif isinstance(event, Refused):
+            # Quota and reply budget only slow a peer down; a non-member asking is scored.
+            level = (logging.WARNING if event.reason is RefusalReason.NOT_A_MEMBER
+                     else logging.DEBUG)
+            log.log(level, "refused %d item(s) from %s in room %s: %s", event.count,
+                    event.peer, self.room_id.hex()[:12], event.reason.value)
         elif isinstance(event, EquivocationDetected):
             log.warning("author %s equivocated at seq %d in room %s", event.author, event.seq,
                         self.room_id.hex()[:12])

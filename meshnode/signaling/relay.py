@@ -41,10 +41,12 @@ class Forward:
 class SignalRelay:
     """Decides what to do with each ``Signal`` a neighbour sends (see the module docstring)."""
 
-    def __init__(self, me: str, rng: random.Random | None = None, *, memory: int = 1_024,
+    def __init__(self, me: str, rng: random.Random, *, memory: int = 1_024,
                  route_ttl_s: float = 60.0) -> None:
+        """``rng`` picks the neighbours an offer is flooded to: the driver passes its own
+        (seeded for a reproducible run); there is no hidden fallback."""
         self.me = me
-        self.rng = rng or random.Random()
+        self.rng = rng
         self.memory = memory
         self.route_ttl_s = route_ttl_s
         # (nonce, offer src, offer dst) -> (peer the offer came from, when); answers from

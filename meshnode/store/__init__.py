@@ -17,7 +17,6 @@ from meshnode.store.durable import (
     StoreFailure,
     StoreRecovered,
 )
-from meshnode.store.history import ReplayReport, replay_report
 from meshnode.store.lock import LOCK_FILENAME, DataDirInUse, DataDirLock
 from meshnode.store.sqlite import (
     DB_FILENAME,
@@ -41,7 +40,6 @@ __all__ = [
     "DataDirLock",
     "DurableLog",
     "DurableLogEvent",
-    "ReplayReport",
     "RoomRecord",
     "StoreBusy",
     "StoreClosed",
@@ -50,5 +48,4 @@ __all__ = [
     "StoreFailure",
     "StoreRecovered",
     "UnknownRoom",
-    "replay_report",
 ]

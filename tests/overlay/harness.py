@@ -67,6 +67,11 @@ Records
     who, peer, reason) for every ``DisconnectRequest``; ``net.dropped`` counts lost frames by
     reason.
 
+Clocks
+    Every ``now`` an overlay gets is the network clock ``net.now`` (monotonic). Its wall
+    clock is ``net.now + node.wall_offset``: step ``wall_offset`` to model a node whose wall
+    clock jumps (NTP, no real-time clock) while its monotonic clock runs on.
+
 Determinism: identities, room nonce, overlay and link randomness all derive from ``seed``;
 ties on the heap are broken by (time, destination node, kind, source node, sequence), so a
 run does not depend on hash randomisation.
@@ -218,6 +223,10 @@ class SimNode:
     timer_at: float | None = None
     in_timer: bool = False
     timer_stalls: int = 0
+    wall_offset: float = 0.0
+    """Added to the network clock for this node's wall clock (``wall_clock``); every ``now``
+    the overlay is given stays the network clock. Step it to model a wall clock stepped
+    back or forward."""
     send_filter: Callable[[int, int, str, bytes], Iterable[tuple[str, bytes]]] | None = None
 
     @property
@@ -365,7 +374,8 @@ class Network:
 
     def _start_overlay(self, node: SimNode) -> None:
         rng = random.Random(f"overlay/{self.seed}/{node.index}/{node.incarnation}")
-        node.overlay = RoomOverlay(node.replica, node.identity, node.config, rng)
+        node.overlay = RoomOverlay(node.replica, node.identity, node.config, rng=rng,
+                                   wall_clock=lambda: self.now + node.wall_offset)
         node.timer_at = None
         self._pump(node)
 
@@ -666,7 +676,7 @@ class Network:
         and spreads the change when it is back (anti-entropy)."""
         node = self.nodes[i]
         fn(node.replica)
-        data = node.replica.commit(self.now)
+        data = node.replica.commit(self.now + node.wall_offset)  # the scene clock is wall time
         if data is None:
             return None
         cid = _change_id(data)

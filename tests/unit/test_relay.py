@@ -36,27 +36,27 @@ def forwards(actions: Iterable[Deliver | Forward]) -> list[Forward]:
 
 
 def test_delivery_to_self_keeps_the_signal() -> None:
-    relay = SignalRelay("D")
+    relay = SignalRelay("D", random.Random(0))
     sig = offer()
     assert relay.handle(sig, "C", {"C", "E"}, 0.0) == [Deliver(sig, "C")]
     assert relay.answer_route(NONCE) == "C"
 
 
 def test_delivery_to_self_even_with_ttl_zero() -> None:
-    relay = SignalRelay("D")
+    relay = SignalRelay("D", random.Random(0))
     sig = offer(ttl=0)
     assert relay.handle(sig, "C", {"C"}, 0.0) == [Deliver(sig, "C")]
 
 
 @pytest.mark.parametrize("kind", ["answer", "error"])
 def test_answers_and_errors_are_delivered_to_self(kind: str) -> None:
-    relay = SignalRelay("A")
+    relay = SignalRelay("A", random.Random(0))
     sig = Signal("D", "A", 2, NONCE, kind, "x")
     assert relay.handle(sig, "B", {"B"}, 0.0) == [Deliver(sig, "B")]
 
 
 def test_direct_forward_when_dst_is_a_neighbour() -> None:
-    relay = SignalRelay("C")
+    relay = SignalRelay("C", random.Random(0))
     sig = offer()
     out = relay.handle(sig, "B", {"B", "D", "E", "F", "G", "H"}, 0.0)
     assert out == [Forward("D", offer(ttl=DEFAULT_TTL - 1))]
@@ -100,7 +100,7 @@ def test_ttl_is_decremented(ttl: int) -> None:
 
 
 def test_ttl_zero_is_dropped() -> None:
-    relay = SignalRelay("C")
+    relay = SignalRelay("C", random.Random(0))
     assert relay.handle(offer(ttl=0), "B", {"B", "E", "D"}, 0.0) == []
     assert relay.dropped == 1
     assert relay.handle(reply(offer(), ttl=0), "E", {"B", "E"}, 1.0) == []
@@ -161,12 +161,12 @@ def test_originate_answer_goes_back_where_the_offer_came_from() -> None:
     ans = reply(sig)
     assert relay.originate(ans, {"C", "E"}) == [Forward("C", ans)]
     # without a route (or with the way back gone) there is nowhere to send it
-    assert SignalRelay("D").originate(ans, {"C", "E"}) == []
+    assert SignalRelay("D", random.Random(0)).originate(ans, {"C", "E"}) == []
     assert relay.originate(reply(sig, "error"), {"E"}) == []
 
 
 def test_originate_answer_direct_when_offerer_is_a_neighbour() -> None:
-    relay = SignalRelay("D")
+    relay = SignalRelay("D", random.Random(0))
     ans = reply(offer())
     assert relay.originate(ans, {"A", "C"}) == [Forward("A", ans)]
 
@@ -181,7 +181,7 @@ def test_answer_follows_the_remembered_route(kind: str) -> None:
 
 
 def test_answer_without_route_is_dropped() -> None:
-    relay = SignalRelay("C")
+    relay = SignalRelay("C", random.Random(0))
     assert relay.handle(reply(offer()), "E", {"B", "E"}, 0.0) == []
     assert relay.dropped == 1
 
@@ -235,7 +235,7 @@ def test_duplicate_memory_is_bounded() -> None:
 
 
 def test_answer_route_unknown_nonce() -> None:
-    assert SignalRelay("C").answer_route(b"\x09" * 16) is None
+    assert SignalRelay("C", random.Random(0)).answer_route(b"\x09" * 16) is None
 
 
 def test_reused_nonce_from_another_source_does_not_steal_the_route() -> None:
@@ -434,3 +434,9 @@ def test_random_graphs(case: tuple[Graph, str, str, int]) -> None:
         assert not offers  # the TTL bounds the walk
     elif dist == 1 or (dist == 2 and len(graph[src]) <= FANOUT) or max_degree <= FANOUT:
         assert len(offers) == 1 and len(answers) == 1
+
+
+def test_rng_is_required() -> None:
+    # No silent fallback to unseeded randomness: the driver must choose (issue 16, item 3).
+    with pytest.raises(TypeError):
+        SignalRelay("C")  # type: ignore[call-arg]

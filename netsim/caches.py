@@ -1,0 +1,44 @@
+"""The process settings a simulation needs, owned by the simulation and scoped to it.
+
+Thousands of cores in one process decode and verify the very same bytes, so a run installs
+three caches (signature checks, frames, changes) and raises the GC thresholds. All four are
+process-global hooks: ``SimulationCaches.active()`` installs this simulation's own caches and
+thresholds for the duration of a block and restores whatever was there before when the block
+ends (even on error), so nothing a simulation switches on leaks into later code in the same
+process (other tests, a node). The caches only remember what a decode or check would answer,
+and what they hand out is immutable or the caller's own copy, so results are byte-for-byte
+the same with or without them.
+"""
+
+import gc
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from meshnode.identity import VerifyCache, using_verify_cache
+from meshnode.tuning import GC_THRESHOLDS
+from protocol.change import ChangeCache, using_change_cache
+from protocol.frames import FrameCache, using_frame_cache
+
+
+class SimulationCaches:
+    """One simulation's decode and verify caches (see the module docstring)."""
+
+    def __init__(self, *, verify: int = 200_000, frames: int = 100_000,
+                 changes: int = 100_000) -> None:
+        self.verify = VerifyCache(verify)
+        self.frames = FrameCache(frames)
+        self.changes = ChangeCache(changes)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Install these caches and the simulator's GC thresholds inside the block."""
+        thresholds = gc.get_threshold()
+        with ExitStack() as stack:
+            stack.enter_context(using_verify_cache(self.verify))
+            stack.enter_context(using_frame_cache(self.frames))
+            stack.enter_context(using_change_cache(self.changes))
+            gc.set_threshold(*GC_THRESHOLDS)
+            try:
+                yield
+            finally:
+                gc.set_threshold(*thresholds)

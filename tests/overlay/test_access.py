@@ -1,0 +1,116 @@
+"""Read access in the overlay (issue 9, item 1): a room's changes, announcements, heads
+answers and presence go only to linked peers that hold a role in it. A peer with role
+``none`` (a stranger, or a member who was removed) gets nothing; asking costs it score; a
+grant makes the overlay serve it at once, and a removal stops that at once."""
+
+from __future__ import annotations
+
+from meshnode.crdt import ROOT
+from meshnode.overlay import OverlayConfig, PeerMisbehaved, PresenceUpdated, RefusalReason, Refused
+from protocol.change import change_id
+from protocol.frames import Heads, Want, encode_frame
+
+from .harness import SYNC, Network, frame_kind
+
+CONFIG = OverlayConfig(anti_entropy_interval_s=0.5, heads_min_interval_s=0.1)
+CONTENT = {"Changes.push", "Changes.pull", "IHave", "Presence", "Heads"}
+
+
+def build() -> tuple[Network, int, int, int]:
+    """Owner 0, editor 1, and 2 with role ``none``, all linked to each other."""
+    net = Network(seed=3, config=CONFIG, trace=True)
+    room = net.add_room(3, roles=["editor", "none"])
+    owner, editor, stranger = room.nodes
+    net.link(owner, editor)
+    net.link(owner, stranger)
+    net.link(editor, stranger)
+    return net, owner, editor, stranger
+
+
+def delivered_to(net: Network, dst: int, since: float = 0.0) -> dict[str, int]:
+    """Frames delivered to ``dst`` (after ``since``) by kind."""
+    assert net.trace is not None
+    kinds: dict[str, int] = {}
+    for at, _src, to, _channel, frame in net.trace:
+        if to == dst and at >= since:
+            k = frame_kind(frame)
+            kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
+def content_to(net: Network, dst: int, since: float = 0.0) -> dict[str, int]:
+    return {k: n for k, n in delivered_to(net, dst, since).items() if k in CONTENT}
+
+
+def activity(net: Network, owner: int, editor: int, seconds: float) -> None:
+    """Edits and presence from the two members for ``seconds``."""
+    end = net.now + seconds
+    net.every(0.1, lambda n: n.edit(owner, lambda r: r.create_entity(ROOT)), until=end)
+    net.every(0.1, lambda n: n.edit(editor, lambda r: r.create_entity(ROOT)), until=end)
+    net.every(0.05, lambda n: n.presence(editor, {"position": [1.0, 2.0, n.now]}), until=end)
+    net.run_for(seconds + 1.0)
+
+
+def test_a_peer_with_role_none_gets_nothing() -> None:
+    net, owner, editor, stranger = build()
+    before = net.nodes[stranger].replica.change_count()
+    activity(net, owner, editor, 3.0)
+    # The members sync each other; the stranger, linked to both, received no content at all.
+    net.assert_converged([owner, editor])
+    assert net.nodes[owner].replica.change_count() > before + 50
+    assert content_to(net, stranger) == {}
+    assert net.nodes[stranger].replica.change_count() == before
+    assert net.nodes[stranger].events_of(PresenceUpdated) == []
+
+
+def test_asking_without_a_role_is_refused_and_scored() -> None:
+    net, owner, editor, stranger = build()
+    activity(net, owner, editor, 1.0)
+    room_id = net.rooms[0].room_id
+    # It asks for everything from scratch, and for the changes it knows exist.
+    genesis = net.rooms[0].genesis
+    ask_all = encode_frame(Heads(room_id, (change_id(genesis),), (), b"", True))
+    wanted = tuple(sorted(net.nodes[owner].replica.recent_changes(20)))
+    since = net.now
+    for _ in range(5):
+        net.inject(stranger, owner, SYNC, ask_all)
+        net.inject(stranger, owner, SYNC, encode_frame(Want(room_id, wanted)))
+        net.run_for(0.2)
+    assert content_to(net, stranger, since) == {}
+    refused = net.nodes[owner].events_of(Refused)
+    stranger_id = net.nodes[stranger].peer_id
+    assert refused and all(e.peer == stranger_id for e in refused)
+    assert {e.reason for e in refused} == {RefusalReason.NOT_A_MEMBER}
+    penalties = [e for e in net.nodes[owner].events_of(PeerMisbehaved)
+                 if e.peer == stranger_id]
+    assert penalties and all(e.reason == "not_a_member" for e in penalties)
+    assert penalties[-1].score < penalties[0].score  # it costs the asker, more each time
+
+
+def test_a_grant_starts_serving_at_once_and_a_removal_stops_it() -> None:
+    net, owner, editor, stranger = build()
+    activity(net, owner, editor, 1.0)
+    assert content_to(net, stranger) == {}
+    stranger_id = net.nodes[stranger].peer_id
+
+    # Granted: served without any reconnection (the links stay as they are).
+    links_before = set(net.edges())
+    net.edit(owner, lambda r: r.grant(stranger_id, "viewer"))
+    activity(net, owner, editor, 2.0)
+    assert set(net.edges()) == links_before
+    net.assert_converged([owner, editor, stranger])
+    editor_id = net.nodes[editor].peer_id
+    assert any(e.participant == editor_id
+               for e in net.nodes[stranger].events_of(PresenceUpdated))
+
+    # Removed: from then on it receives nothing new, though still linked.
+    net.edit(owner, lambda r: r.revoke(stranger_id))
+    net.run_for(1.0)  # the removal reaches the editor too
+    assert net.nodes[editor].replica.role_of(stranger_id) == "none"
+    since = net.now
+    count = net.nodes[stranger].replica.change_count()
+    activity(net, owner, editor, 3.0)
+    assert set(net.edges()) >= {(min(owner, stranger), max(owner, stranger))}
+    assert content_to(net, stranger, since) == {}
+    assert net.nodes[stranger].replica.change_count() == count
+    assert net.nodes[owner].replica.change_count() > count + 50
