@@ -25,7 +25,7 @@ DEFAULT_NODE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 def _up(args: argparse.Namespace) -> int:
     from meshnode.identity import IdentityFileError
     from meshnode.logs import setup_logging
-    from meshnode.node import Node
+    from meshnode.node import Node, NodeCrashed
     from meshnode.store import StoreError
     from meshnode.tuning import tune_gc
 
@@ -63,15 +63,19 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         for token in args.join or []:
             try:
-                node.join_room(token)
+                await node.rooms.join_room(token)
             except ValueError as err:
                 print(f"meshnode up: --join: {err}", file=sys.stderr)
-        room = node.default_room_hex()
+        room = node.rooms.default_room_hex()
         print(f"meshnode {node.peer_id} is up.", flush=True)
         if room:
             print(f"Open {node.url}/?room={room} in a browser to enter the room.", flush=True)
         print(f"Metrics: {node.url}/metrics   Stop: Ctrl+C", flush=True)
-        await node.run_until_signalled()
+        try:
+            await node.run_until_signalled()
+        except NodeCrashed as err:
+            print(f"meshnode up: {err}", file=sys.stderr)
+            return 1
         return 0
 
     try:

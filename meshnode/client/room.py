@@ -34,12 +34,12 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
 )
-from meshnode.runtime.links import Established, LinkManager, LinkOwner
+from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
-from protocol.link import Ack
+from protocol.link import Ack, LinkMessage
 
 log = logging.getLogger("meshnode.client")
 
@@ -50,8 +50,10 @@ class ClientError(Exception):
     """The client could not join the room (the message says why)."""
 
 
-class RoomClient(LinkOwner):
+class RoomClient(LinkService):
     """A joined room; build it with :func:`connect`."""
+
+    link_messages = (Ack,)
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
                  ice: IceSettings, invite: str | None, timeout_s: float,
@@ -97,8 +99,9 @@ class RoomClient(LinkOwner):
                               dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
                                                   rewire_interval_s=0.0))
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
-        self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
+        self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self.local_hello,
                                   NodeMetrics(), max_links=1)
+        self._links.register(self)
         try:
             est = await asyncio.wait_for(
                 self._links.dial_url(self.url, signaling=self._signaling), self._timeout)
@@ -145,7 +148,7 @@ class RoomClient(LinkOwner):
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ LinkOwner
+    # ------------------------------------------------------------------ LinkService
 
     def local_hello(self, kind_hint: str) -> LocalHello:
         """We are a client in exactly one room."""
@@ -195,9 +198,10 @@ class RoomClient(LinkOwner):
         if self._runtime is not None and room_id == self.room_id:
             self._runtime.receive(est.peer, channel, data)
 
-    def ack(self, est: Established, msg: Ack) -> None:
-        """The node stored these changes durably."""
-        if self._runtime is not None and msg.room_id == self.room_id:
+    def link_message(self, est: Established, msg: LinkMessage) -> None:
+        """An ``Ack``: the node stored these changes durably."""
+        if (self._runtime is not None and isinstance(msg, Ack)
+                and msg.room_id == self.room_id):
             self._runtime.mark_durable(msg.ids)
 
     def _send(self, peer: str, channel: str, frame: bytes) -> bool:
