@@ -56,16 +56,13 @@ def _up(args: argparse.Namespace) -> int:
         node = Node(cfg)
         node.handle_signals()
         try:
-            await node.start()
+            refused = await node.start(join=args.join or ())
         except (StoreError, IdentityFileError, OSError) as err:
             print(f"meshnode up: {err}", file=sys.stderr)
             await node.stop()
             return 1
-        for token in args.join or []:
-            try:
-                await node.rooms.join_room(token)
-            except ValueError as err:
-                print(f"meshnode up: --join: {err}", file=sys.stderr)
+        for problem in refused:
+            print(f"meshnode up: --join: {problem}", file=sys.stderr)
         room = node.rooms.default_room_hex()
         print(f"meshnode {node.peer_id} is up.", flush=True)
         if room:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Sequence
 
 from meshnode.config import NodeConfig
 from meshnode.identity import Identity
@@ -71,17 +72,20 @@ class Node:
         assert self._rooms is not None, "start() the node first"
         return self._rooms
 
-    async def start(self) -> None:
-        """Start every service (see the module docstring); on failure, close those started."""
+    async def start(self, join: Sequence[str] = ()) -> list[str]:
+        """Start every service (see the module docstring); on failure, close those started.
+        ``join``: invite tokens of rooms to host, joined before bootstrap links are dialled
+        (so the hellos carry the invites); returns why each refused token was refused."""
         try:
-            await self._start(self._stack)
+            refused = await self._start(self._stack, join)
         except BaseException:
             await self._stack.aclose()
             raise
         log.info("node %s serving %s with %d room(s)", self.peer_id, self.url,
                  len(self.rooms.rooms))
+        return refused
 
-    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+    async def _start(self, stack: contextlib.AsyncExitStack, join: Sequence[str]) -> list[str]:
         cfg, crashed = self.config, self._crashed
         if not cfg.data_dir.exists():
             # The identity key and the rooms live here: nobody else needs to list it.
@@ -113,8 +117,15 @@ class Node:
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.
             self.url = f"{cfg.url.rsplit(':', 1)[0]}:{port}"
+        refused = []
+        for token in join:
+            try:
+                await rooms.join_room(token)
+            except ValueError as err:  # DecodeError included
+                refused.append(str(err))
         stack.push_async_callback(bootstrap.aclose)
         await bootstrap.start()
+        return refused
 
     def _crashed(self, task: str, error: BaseException) -> None:
         if self._crash is None:
