@@ -92,8 +92,8 @@ class Node:
             cfg.data_dir.mkdir(parents=True, mode=0o700)
         if self._identity is None:
             self._identity = Identity.load_or_generate(cfg.data_dir / "identity.key")
-        store = stack.enter_context(ChangeStore.open(cfg.data_dir / "meshnode.db",
-                                                     synchronous=cfg.store_synchronous))
+        store = stack.enter_context(await asyncio.to_thread(
+            ChangeStore.open, cfg.data_dir / "meshnode.db", synchronous=cfg.store_synchronous))
         durable = DurableLog(store)
         await durable.start()
         stack.push_async_callback(durable.close)
