@@ -352,7 +352,7 @@ class LinkManager:
 
     def dial_peer(self, peer: str, timeout_s: float = 15.0) -> None:
         """Open a link to ``peer`` through the mesh (relayed offer); in the background. The
-        owner hears ``link_up`` or, on failure, ``dial_failed``."""
+        services hear ``link_up`` or, on failure, ``dial_failed``."""
         if peer in self.links or peer in self._dialing or peer == self.me:
             return
         self._dialing.add(peer)
