@@ -40,7 +40,7 @@ DEFAULT_DATA_DIR = Path("meshnode-data")
 def _up(args: argparse.Namespace) -> int:
     from meshnode.identity import IdentityFileError
     from meshnode.logs import setup_logging
-    from meshnode.node import Node
+    from meshnode.node import Node, NodeCrashed
     from meshnode.store import StoreError
     from meshnode.tuning import tune_gc
 
@@ -73,22 +73,23 @@ def _up(args: argparse.Namespace) -> int:
         node = Node(cfg)
         node.handle_signals()
         try:
-            await node.start()
+            refused = await node.start(join=args.join or ())
         except (StoreError, IdentityFileError, AdminTokenError, OSError) as err:
             print(f"meshnode up: {err}", file=sys.stderr)
             await node.stop()
             return 1
-        for token in args.join or []:
-            try:
-                node.join_room(token)
-            except ValueError as err:
-                print(f"meshnode up: --join: {err}", file=sys.stderr)
-        room = node.default_room_hex()
+        for problem in refused:
+            print(f"meshnode up: --join: {problem}", file=sys.stderr)
+        room = node.rooms.default_room_hex()
         print(f"meshnode {node.peer_id} is up.", flush=True)
         if room:
             print(f"Open {node.url}/?room={room} in a browser to enter the room.", flush=True)
         print(f"Metrics: {node.url}/metrics   Stop: Ctrl+C", flush=True)
-        await node.run_until_signalled()
+        try:
+            await node.run_until_signalled()
+        except NodeCrashed as err:
+            print(f"meshnode up: {err}", file=sys.stderr)
+            return 1
         return 0
 
     try:

@@ -1,27 +1,44 @@
 """What a node shows about itself: ``meshnode status``/``peers``, the admin API, the status
-page, and the gauges of ``/metrics`` that are read from its state at scrape time."""
+page, and the gauges of ``/metrics`` that are read from its state at scrape time.
+
+Everything here reads a ``NodeView``: the node's identity, metrics and live tables of rooms
+and links, not the node itself."""
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from meshnode.identity import peer_id_from_public_key
-from meshnode.web.routes import BROWSER_LINKS
+from meshnode.metrics import NodeMetrics
+from meshnode.rooms.host import HostedRoom
+from meshnode.runtime.links import Established
+from meshnode.web.browser_link import BrowserLinks
 
-if TYPE_CHECKING:
-    from meshnode.node import Node
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What a node shows, read-only: ``rooms`` and ``links`` are the live tables of its room
+    host and link manager; ``url()`` is known once it serves."""
+
+    peer_id: str
+    url: Callable[[], str]
+    started_at: float
+    metrics: NodeMetrics
+    rooms: Mapping[bytes, HostedRoom]
+    links: Mapping[str, Established]
 
 
-def refresh_metrics(node: "Node") -> None:
+def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
     """Update the gauges that are read rather than counted (before a /metrics scrape)."""
-    links = node.links.links if node.links is not None else {}
+    links = node.links
     kinds = {"node": 0, "client": 0}
     for est in links.values():
         kinds[est.hello.kind] = kinds.get(est.hello.kind, 0) + 1
     for kind, n in kinds.items():
         node.metrics.peers.labels(kind).set(n)
 
-    if node.app is not None and BROWSER_LINKS in node.app:
-        browsers = node.app[BROWSER_LINKS]
+    if browsers is not None:
         node.metrics.browsers.set(browsers.count)
         for kind, n in browsers.counters().items():
             node.metrics.browser_events.labels(kind).set(n)
@@ -44,18 +61,17 @@ def refresh_metrics(node: "Node") -> None:
         node.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
         node.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
 
-def node_status(node: "Node") -> dict[str, Any]:
+def node_status(node: NodeView) -> dict[str, Any]:
     """What ``meshnode status``, ``/api/status`` and the status page show."""
-    links = node.links.links if node.links is not None else {}
     return {
         "peer_id": node.peer_id,
-        "url": node.url,
+        "url": node.url(),
         "uptime_s": round(time.time() - node.started_at, 1),
-        "links": len(links),
+        "links": len(node.links),
         "rooms": [room_info(node, rid) for rid in node.rooms],
     }
 
-def room_info(node: "Node", room_id: bytes) -> dict[str, Any]:
+def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
     """One room's summary."""
     hosted = node.rooms[room_id]
     rt = hosted.runtime
@@ -72,12 +88,10 @@ def room_info(node: "Node", room_id: bytes) -> dict[str, Any]:
         "owner": peer_id_from_public_key(rt.replica.owner),
     }
 
-def peers_info(node: "Node") -> list[dict[str, Any]]:
+def peers_info(node: NodeView) -> list[dict[str, Any]]:
     """Established links, for ``meshnode peers``."""
-    if node.links is None:
-        return []
     out = []
-    for est in node.links.links.values():
+    for est in node.links.values():
         out.append({
             "peer": est.peer,
             "kind": est.hello.kind,

@@ -40,14 +40,14 @@ from meshnode.overlay.events import (
 )
 from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import INVITE_HEADER
-from meshnode.runtime.links import Established, LinkManager, LinkOwner
+from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.signaling.signed_request import sign_request
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
 from protocol.errors import DecodeError
-from protocol.link import Ack, Nack, Refused
+from protocol.link import Ack, LinkMessage, Nack, Refused
 
 log = logging.getLogger("meshnode.client")
 
@@ -89,8 +89,10 @@ class AdmissionRefused(ClientError):
         self.detail = detail
 
 
-class RoomClient(LinkOwner):
+class RoomClient(LinkService):
     """A joined room; build it with :func:`connect`."""
+
+    link_messages = (Ack, Nack, Refused)
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
                  ice: IceSettings, invite: str | None, timeout_s: float,
@@ -140,8 +142,9 @@ class RoomClient(LinkOwner):
                                                   rewire_interval_s=0.0),
                               rng=random.Random(os.urandom(16)), wall_clock=time.time)
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
-        self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self,
+        self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self.local_hello,
                                   NodeMetrics(), max_links=1)
+        self._links.register(self)
         try:
             est = await asyncio.wait_for(
                 self._links.dial_url(self.url, signaling=self._signaling), self._timeout)
@@ -235,7 +238,7 @@ class RoomClient(LinkOwner):
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ LinkOwner
+    # ------------------------------------------------------------------ LinkService
 
     def local_hello(self, kind_hint: str) -> LocalHello:
         """We are a client in exactly one room."""
@@ -301,9 +304,15 @@ class RoomClient(LinkOwner):
         if self._runtime is not None and room_id == self.room_id:
             self._runtime.receive(est.peer, channel, data)
 
-    def ack(self, est: Established, msg: Ack) -> None:
-        """The node stored these changes durably."""
-        if self._runtime is not None and msg.room_id == self.room_id:
+    def link_message(self, est: Established, msg: LinkMessage) -> None:
+        """``Ack``: the node stored these changes durably; ``Nack``: it cannot yet;
+        ``Refused``: it will not share the room with us."""
+        if isinstance(msg, Refused):
+            self.refused(est, msg)
+        elif isinstance(msg, Nack):
+            self.nack(est, msg)
+        elif (self._runtime is not None and isinstance(msg, Ack)
+                and msg.room_id == self.room_id):
             self._runtime.mark_durable(msg.ids)
 
     def nack(self, est: Established, msg: Nack) -> None:

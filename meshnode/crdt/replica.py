@@ -677,6 +677,26 @@ class SceneReplica(LocalEdits):
         load_snapshot(replica, data, trusted_signers)
         return replica
 
+    def restore_bytes(self, datas: Iterable[bytes]) -> list[bytes]:
+        """Give a replica started from a snapshot the bytes of the changes it has applied,
+        so it serves them to peers again; return the other changes, in order, for
+        ``apply_many``. A change's ID is the hash of its bytes, so only the right bytes can
+        be attached to an applied change."""
+        graph = self._graph
+        rest: list[bytes] = []
+        for data in datas:
+            cid = change_id(data)
+            if cid in graph.meta:
+                graph.raw.setdefault(cid, data)
+            else:
+                rest.append(data)
+        return rest
+
+    def unserved_count(self) -> int:
+        """Applied changes whose bytes this replica lacks, so cannot send to peers (those a
+        snapshot brought and ``restore_bytes`` did not)."""
+        return len(self._graph.meta) - len(self._graph.raw)
+
 
 def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:
     if ref is None:

@@ -8,8 +8,12 @@ its signed hello has been checked. Two links to one peer (both dialled at once) 
 by keeping the one offered by the smaller PeerID, on both sides; a peer that dials again
 later (it restarted) replaces its old link.
 
-Messages after the hello are split here: link messages (types >= 64) are handled or given to
-the owner; room frames go to the owner, which routes them by room ID.
+Messages after the hello are split here and fanned out to the registered services
+(``LinkService``: the node's room host and address book, media, discovery; the client's room):
+every service hears links come up and go down and every room frame (routed by room ID, read
+without decoding); a link message goes to the one service that registered its type. The
+manager itself handles the link protocol (``Hello``, ``Signal``, ``Ping``, ``Bundle``,
+``Rooms``).
 """
 
 import asyncio
@@ -17,26 +21,25 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.runtime.outbox import Outbox
+from meshnode.runtime.tasks import TaskSet
 from meshnode.signaling.relay import DEFAULT_TTL, Deliver, Forward, SignalRelay
 from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
 from protocol.errors import DecodeError
 from protocol.link import (
     FIRST_LINK_TYPE,
-    Ack,
     Bundle,
     Hello,
     LinkMessage,
-    Nack,
     Ping,
-    Refused,
     Rooms,
     Signal,
     decode_link,
@@ -80,12 +83,22 @@ class Established:
     outbox: Outbox = field(default_factory=Outbox)
 
 
-class LinkOwner:
-    """What the ``LinkManager`` tells its owner (the node or the client). Override."""
+LocalHelloSource = Callable[[str], LocalHello]
+"""Our hello for a new link, given a hint of the peer's kind (``"node"`` or ``"any"``)."""
 
-    def local_hello(self, kind_hint: str) -> LocalHello:
-        """Our hello for a new link."""
-        raise NotImplementedError
+# The link protocol itself: handled here, never given to a service.
+_MANAGER_TYPES: frozenset[type[LinkMessage]] = frozenset({Hello, Signal, Ping, Bundle, Rooms})
+
+
+class LinkService:
+    """A service that plugs into the ``LinkManager`` (see ``LinkManager.register``).
+
+    Override the hooks you need; the defaults do nothing. ``link_messages`` lists the link
+    message types this service handles (``Ack`` for the client's room; media and discovery
+    add their own): each type belongs to one service, which gets them in ``link_message``.
+    """
+
+    link_messages: tuple[type[LinkMessage], ...] = ()
 
     def link_up(self, est: Established) -> None:
         """A link passed its hello and is now counted."""
@@ -94,19 +107,13 @@ class LinkOwner:
         """An established link closed."""
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
-        """A room frame arrived."""
+        """A room frame of a room the link carries arrived."""
 
-    def ack(self, est: Established, msg: Ack) -> None:
-        """The peer says these changes are durable."""
-
-    def nack(self, est: Established, msg: Nack) -> None:
-        """The peer says these changes are not durable yet, and why (its store fails)."""
+    def link_message(self, est: Established, msg: LinkMessage) -> None:
+        """A link message of one of the types in ``link_messages`` arrived."""
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
-        """The peer now shares ``rooms`` over the link (``est.rooms`` was the old set)."""
-
-    def refused(self, est: Established, msg: Refused) -> None:
-        """The peer will not share a room with us, and says why."""
+        """The peer now shares ``rooms`` over the link (``est.rooms`` is still the old set)."""
 
     def dial_failed(self, peer: str) -> None:
         """A link to ``peer`` asked for with ``dial_peer`` could not be opened."""
@@ -125,13 +132,16 @@ def room_of_frame(data: bytes) -> bytes | None:
 class LinkManager:
     """Opens, checks, tracks and closes the node's links (see the module docstring)."""
 
-    def __init__(self, identity: Identity, settings: LinkSettings, owner: LinkOwner,
+    def __init__(self, identity: Identity, settings: LinkSettings, local_hello: LocalHelloSource,
                  metrics: NodeMetrics, *, max_links: int = 64,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_crash: Callable[[str, BaseException], None] | None = None) -> None:
         self.identity = identity
         self.me = identity.public_id
         self.settings = settings
-        self.owner = owner
+        self.local_hello = local_hello
+        self.services: list[LinkService] = []
+        self._by_type: dict[type[LinkMessage], LinkService] = {}
         self.metrics = metrics
         self.max_links = max_links
         self.clock = clock
@@ -140,7 +150,7 @@ class LinkManager:
         self._pending_relay: dict[bytes, tuple[PeerLink, str, asyncio.Future[str]]] = {}
         self._dialing: set[str] = set()
         self._opening = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("links", on_crash)
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
         self.keepalive_s = KEEPALIVE_S
@@ -150,11 +160,24 @@ class LinkManager:
 
     # ------------------------------------------------------------------ helpers
 
-    def _spawn(self, coro: "asyncio.Future[None] | object", name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def register(self, service: LinkService) -> None:
+        """Fan link events out to ``service`` too (after those registered before it), and
+        give it the link messages of the types it lists in ``link_messages``."""
+        for mtype in service.link_messages:
+            if mtype in _MANAGER_TYPES:
+                raise ValueError(f"{mtype.__name__} is the link protocol's own message; "
+                                 "the LinkManager handles it")
+            owner = self._by_type.get(mtype)
+            if owner is not None:
+                raise ValueError(f"{mtype.__name__} is already handled by "
+                                 f"{type(owner).__name__}; each link message type has one "
+                                 "service")
+        for mtype in service.link_messages:
+            self._by_type[mtype] = service
+        self.services.append(service)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.spawn(coro, name)
 
     def _count(self) -> int:
         return len(self.links) + self._opening
@@ -211,7 +234,7 @@ class LinkManager:
     # ------------------------------------------------------------------ opening links
 
     def _new_link(self, kind_hint: str, expected: str | None) -> PeerLink:
-        return PeerLink(self.identity, self.settings, self.owner.local_hello(kind_hint),
+        return PeerLink(self.identity, self.settings, self.local_hello(kind_hint),
                         expected_peer=expected)
 
     async def _exchange(self, url: str, offer: str, signaling: str) -> object:
@@ -310,7 +333,8 @@ class LinkManager:
                 await link.close("duplicate")
                 raise LinkRefused("duplicate", peer)
             del self.links[peer]
-            self.owner.link_down(old, "duplicate")
+            for service in self.services:
+                service.link_down(old, "duplicate")
             await old.link.close("duplicate")
         est = Established(link, peer, hello, offered_by_us, set(hello.rooms),
                           signal_at=self.clock())
@@ -322,12 +346,13 @@ class LinkManager:
         self.metrics.connect_latency.observe(time.perf_counter() - started)
         log.info("link up with %s (%s, offered by %s)", peer, hello.kind,
                  "us" if offered_by_us else "them")
-        self.owner.link_up(est)
+        for service in self.services:
+            service.link_up(est)
         return est
 
     def dial_peer(self, peer: str, timeout_s: float = 15.0) -> None:
         """Open a link to ``peer`` through the mesh (relayed offer); in the background. The
-        owner hears ``link_up`` or, on failure, ``dial_failed``."""
+        services hear ``link_up`` or, on failure, ``dial_failed``."""
         if peer in self.links or peer in self._dialing or peer == self.me:
             return
         self._dialing.add(peer)
@@ -361,7 +386,8 @@ class LinkManager:
             self.metrics.links_closed.labels(str(reason)).inc()
             if link is not None:
                 await link.close(str(reason))
-            self.owner.dial_failed(peer)
+            for service in self.services:
+                service.dial_failed(peer)
         finally:
             self._opening -= 1
             self._pending_relay.pop(nonce, None)
@@ -394,7 +420,8 @@ class LinkManager:
             # here and cut a link that keeps sending such bytes.
             self._garbage(est, "garbage" if room is None else "unshared_room")
             return
-        self.owner.frame(est, channel, data, room)
+        for service in self.services:
+            service.frame(est, channel, data, room)
 
     def count_garbage(self, est: Established, reason: str) -> None:
         """Count a message the link should not have carried against its peer (``reason`` is
@@ -427,16 +454,15 @@ class LinkManager:
                     self._deliver(action)
         elif isinstance(msg, Ping):
             pass  # arriving was the point (last_in)
-        elif isinstance(msg, Ack):
-            self.owner.ack(est, msg)
-        elif isinstance(msg, Nack):
-            self.owner.nack(est, msg)
-        elif isinstance(msg, Refused):
-            self.owner.refused(est, msg)
         elif isinstance(msg, Rooms):
             new = set(msg.rooms)
-            self.owner.rooms_changed(est, new)
+            for service in self.services:
+                service.rooms_changed(est, new)
             est.rooms = new
+        else:
+            handler = self._by_type.get(type(msg))
+            if handler is not None:
+                handler.link_message(est, msg)
 
     def _deliver(self, d: Deliver) -> None:
         sig = d.signal
@@ -495,7 +521,8 @@ class LinkManager:
             del self.links[est.peer]
             self.metrics.links_closed.labels(reason).inc()
             log.info("link to %s closed: %s", est.peer, reason)
-            self.owner.link_down(est, reason)
+            for service in self.services:
+                service.link_down(est, reason)
 
     def close(self, peer: str, reason: str) -> None:
         """Close the link to ``peer`` (in the background)."""
@@ -511,10 +538,7 @@ class LinkManager:
             await asyncio.gather(self._keepalive, return_exceptions=True)
         for est in list(self.links.values()):
             await est.link.close("shutdown")
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -28,18 +28,23 @@ Origin; the CLI uses these):
     POST /api/rooms                    {"name": str, "admit": "open"|"invite"} -> room
     POST /api/rooms/join               {"token": invite} -> room
     POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float} -> {"token": str}
+
+The app sees its node only through ``NodeApi`` (what it reads, the room host's actions, the
+offer answerer), never the ``Node`` itself.
 """
 
 import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
 
+from meshnode.config import NodeConfig
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
@@ -47,11 +52,11 @@ from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
 from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal, status_page_only
 from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
-from meshnode.status import node_status, peers_info, refresh_metrics, room_info
+from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
+from meshnode.store import StoreFailure
+from meshnode.web.rooms import RoomAccess
+from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
 from protocol.errors import DecodeError
-
-if TYPE_CHECKING:
-    from meshnode.node import Node
 
 log = logging.getLogger("meshnode.http")
 
@@ -59,6 +64,69 @@ WS_OFFERS_PER_S = 1.0
 WS_OFFER_BURST = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RoomAdmin(Protocol):
+    """The room host's actions the HTTP endpoint offers (``meshnode.rooms.host.RoomHost``)."""
+
+    async def create_room(self, name: str, *, default: bool = False,
+                          admit: str | None = None) -> bytes:
+        """Found a room owned by this node; returns its ID."""
+        ...
+
+    async def join_room(self, token: str) -> bytes:
+        """Host a room from an invite token (``DecodeError``/``ValueError`` if bad)."""
+        ...
+
+    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400) -> str:
+        """An invite token for a hosted room."""
+        ...
+
+    def room(self, hex_id: str) -> RoomAccess | None:
+        """A hosted room as browsers see it, by hex ID."""
+        ...
+
+    def default_room_hex(self) -> str:
+        """The default room's hex ID ("" if none)."""
+        ...
+
+    async def latest_snapshot(self, room_id: bytes) -> bytes | None:
+        """The room's latest stored snapshot (None if none yet)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeApi:
+    """What the HTTP endpoint may use of its node; the composition root builds it.
+
+    ``accept_offer(sdp)`` answers a WebRTC offer (``LinkManager.accept_offer``);
+    ``healthy()`` says whether the node can take writes (its store is open);
+    ``store_failure()`` why its commits fail now (None: they do not). ``config`` gives the
+    listen address, ``public_url``, the data directory (the admin token), the HTTP limits and
+    the browsers' settings.
+    """
+
+    view: NodeView
+    host: RoomAdmin
+    accept_offer: Callable[[str], Awaitable[str]]
+    healthy: Callable[[], bool]
+    store_failure: Callable[[], StoreFailure | None]
+    config: NodeConfig
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int]:
+    """Serve ``app`` on ``host:port`` until the context exits; yields the port bound (with
+    port 0, the free port the OS picked)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        yield sockets[0].getsockname()[1] if sockets else port
+    finally:
+        await runner.cleanup()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -82,13 +150,13 @@ async def _json_body(request: web.Request, limit: int = 16 * 1024) -> dict[str, 
     return body
 
 
-def build_app(node: "Node") -> web.Application:
-    """The aiohttp application of ``node``."""
-    cfg = node.config
+def build_app(node: NodeApi) -> web.Application:
+    """The aiohttp application of a node."""
+    view, host, metrics, cfg = node.view, node.host, node.view.metrics, node.config
     guard = Guard(policy=HostPolicy(cfg.listen_host, cfg.public_url),
-                  token=AdminTokenFile(node.data_dir / ADMIN_TOKEN_FILE),
+                  token=AdminTokenFile(cfg.data_dir / ADMIN_TOKEN_FILE),
                   offers=SourceBuckets(cfg.offers_per_s, cfg.offer_burst),
-                  count=lambda reason: node.metrics.http_refused.labels(reason).inc(),
+                  count=lambda reason: metrics.http_refused.labels(reason).inc(),
                   body_timeout_s=cfg.body_timeout_s)
     guard.token.ensure()
     # keepalive_timeout is armed when a connection opens, so it also bounds the wait for the
@@ -101,7 +169,7 @@ def build_app(node: "Node") -> web.Application:
     def room_or_404(request: web.Request, part: RoomPart | None = None) -> Any:
         hosted = None
         with contextlib.suppress(ValueError):
-            hosted = node.rooms.get(bytes.fromhex(request.match_info["room"]))
+            hosted = view.rooms.get(bytes.fromhex(request.match_info["room"]))
         if hosted is not None and part is not None and not may_read(
                 guard, request, hosted.runtime.replica,
                 hosted.settings.get("admit", "invite"), part):
@@ -114,15 +182,14 @@ def build_app(node: "Node") -> web.Application:
     async def answer_offer(sdp: object, remote: str | None) -> tuple[int, str]:
         """Answer an offer from either endpoint: ``(200, answer)`` or ``(status, error)``."""
         if not isinstance(sdp, str) or not sdp.startswith("v=0"):
-            node.metrics.rejections.labels("bad_offer").inc()
+            metrics.rejections.labels("bad_offer").inc()
             return 400, "expected an SDP offer (\"v=0...\")"
-        assert node.links is not None
         try:
-            return 200, await node.links.accept_offer(sdp)
+            return 200, await node.accept_offer(sdp)
         except LinkRefused as err:
             return 503, str(err)
         except Exception as err:  # aiortc raises assorted errors on a malformed SDP
-            node.metrics.rejections.labels("bad_offer").inc()
+            metrics.rejections.labels("bad_offer").inc()
             log.info("bad offer from %s: %s", remote, err)
             return 400, f"offer refused: {err}"
 
@@ -131,7 +198,7 @@ def build_app(node: "Node") -> web.Application:
         status, text = await answer_offer(body.get("sdp"), request.remote)
         if status != 200:
             return _error(status, text)
-        return web.json_response({"sdp": text, "peer": node.peer_id})
+        return web.json_response({"sdp": text, "peer": view.peer_id})
 
     async def offer_ws(request: web.Request) -> web.WebSocketResponse:
         # The same offer/answer as POST /signal/offer, over one WebSocket that may carry
@@ -159,7 +226,7 @@ def build_app(node: "Node") -> web.Application:
             except ValueError:
                 body = None
             if not isinstance(body, dict) or body.get("type") != "offer":
-                node.metrics.rejections.labels("bad_offer").inc()
+                metrics.rejections.labels("bad_offer").inc()
                 await ws.send_json({"type": "error",
                                     "error": 'expected {"type": "offer", "sdp": "v=0..."}'})
                 continue
@@ -167,7 +234,7 @@ def build_app(node: "Node") -> web.Application:
             if status != 200:
                 await ws.send_json({"type": "error", "error": text})
                 continue
-            await ws.send_json({"type": "answer", "sdp": text, "peer": node.peer_id})
+            await ws.send_json({"type": "answer", "sdp": text, "peer": view.peer_id})
         return ws
 
     async def genesis(request: web.Request) -> web.Response:
@@ -184,48 +251,45 @@ def build_app(node: "Node") -> web.Application:
 
     async def snapshot(request: web.Request) -> web.Response:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
-        assert node.store is not None
-        snap = node.store.latest_snapshot(hosted.runtime.room_id)
+        snap = await host.latest_snapshot(hosted.runtime.room_id)
         if snap is None:
             return _error(404, "no snapshot yet")
-        return web.Response(body=snap[0], content_type="application/octet-stream")
+        return web.Response(body=snap, content_type="application/octet-stream")
 
     async def healthz(request: web.Request) -> web.Response:
         # A failing store means no edit can be acknowledged: unhealthy, with the reason (not
         # the error text: it names paths, and this endpoint is public; the log has it).
-        failing = node.durable.failing if node.durable is not None else None
-        ok = node.store is not None and failing is None
+        failing = node.store_failure()
+        ok = node.healthy() and failing is None
         body: dict[str, object] = {
-            "ok": ok, "peer_id": node.peer_id, "rooms": len(node.rooms),
-            "links": len(node.links.links) if node.links is not None else 0}
+            "ok": ok, "peer_id": view.peer_id, "rooms": len(view.rooms),
+            "links": len(view.links)}
         if failing is not None:
             body["store"] = {"failing": str(failing.reason), "since": failing.since,
                              "attempts": failing.attempts}
         return web.json_response(body, status=200 if ok else 503)
 
-    async def metrics(request: web.Request) -> web.Response:
-        refresh_metrics(node)
-        return web.Response(body=node.metrics.render(),
+    async def get_metrics(request: web.Request) -> web.Response:
+        refresh_metrics(view, request.app.get(BROWSER_LINKS))
+        return web.Response(body=metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def admin_metrics(request: web.Request) -> web.Response:
-        refresh_metrics(node)
-        return web.Response(body=node.metrics.render_admin(),
+        refresh_metrics(view, request.app.get(BROWSER_LINKS))
+        return web.Response(body=metrics.render_admin(),
                             content_type="text/plain", charset="utf-8")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(node_status(node))
+        return web.json_response(node_status(view))
 
     async def status_page(request: web.Request) -> web.StreamResponse:
-        from meshnode.web.routes import STATIC_DIR
-
         return web.FileResponse(STATIC_DIR / "status.html")
 
     async def peers(request: web.Request) -> web.Response:
-        return web.json_response(peers_info(node))
+        return web.json_response(peers_info(view))
 
     async def rooms(request: web.Request) -> web.Response:
-        return web.json_response([room_info(node, rid) for rid in node.rooms])
+        return web.json_response([room_info(view, rid) for rid in view.rooms])
 
     async def create_room(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -235,8 +299,8 @@ def build_app(node: "Node") -> web.Application:
             return _error(400, "name must be a string of 1 to 200 characters")
         if admit not in (None, "open", "invite"):
             return _error(400, "admit must be open or invite")
-        rid = node.create_room(name, admit=admit)
-        return web.json_response(room_info(node, rid))
+        rid = await host.create_room(name, admit=admit)
+        return web.json_response(room_info(view, rid))
 
     async def join_room(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -244,10 +308,10 @@ def build_app(node: "Node") -> web.Application:
         if not isinstance(token, str):
             return _error(400, "expected {\"token\": \"mninv1...\"}")
         try:
-            rid = node.join_room(token)
+            rid = await host.join_room(token)
         except (DecodeError, ValueError) as err:
             return _error(400, str(err))
-        return web.json_response(room_info(node, rid))
+        return web.json_response(room_info(view, rid))
 
     async def invite(request: web.Request) -> web.Response:
         hosted = room_or_404(request)
@@ -258,7 +322,7 @@ def build_app(node: "Node") -> web.Application:
             return _error(400, "role must be viewer, editor or admin")
         if not isinstance(ttl, int | float) or not 0 < ttl <= 365 * 86_400:
             return _error(400, "ttl_s must be a number of seconds up to a year")
-        token = node.invite(hosted.runtime.room_id, role, float(ttl))
+        token = host.invite(hosted.runtime.room_id, role, float(ttl))
         return web.json_response({"token": token, "room": hosted.runtime.room_id.hex()})
 
     app.router.add_post("/signal/offer", offer)
@@ -267,7 +331,7 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_get("/api/rooms/{room}/heads", heads)
     app.router.add_get("/api/rooms/{room}/snapshot", snapshot)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/status", admin_only(status))
     app.router.add_get("/api/metrics", admin_only(admin_metrics))
     app.router.add_get("/status", status_page_only(guard, status_page))
@@ -280,18 +344,16 @@ def build_app(node: "Node") -> web.Application:
     return app
 
 
-def _add_web_client(app: web.Application, node: "Node", guard: Guard) -> None:
-    from meshnode.web.routes import add_web_routes
-
+def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
     def access(room_hex: str, request: web.Request, invite: object) -> BrowserAccess:
         # From the room's rules and what the page proves, never from its address.
-        hosted = node.rooms.get(bytes.fromhex(room_hex))
+        hosted = node.view.rooms.get(bytes.fromhex(room_hex))
         if hosted is None:
             return BrowserAccess.NONE
         return browser_access_of(guard, request, hosted.runtime.replica,
                                  hosted.settings.get("admit", "invite"),
                                  node.config.admit_role, invite)
 
-    add_web_routes(app, rooms=node.room,
-                   default_room=node.default_room_hex, ice=node.config.ice,
+    add_web_routes(app, rooms=node.host.room,
+                   default_room=node.host.default_room_hex, ice=node.config.ice,
                    max_browsers=node.config.max_browsers, access=access)

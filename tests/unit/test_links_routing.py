@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
-from meshnode.runtime.links import Established, LinkManager, LinkOwner, room_of_frame
-from meshnode.transport.link import LinkSettings
+from meshnode.runtime.links import Established, LinkManager, LinkService, room_of_frame
+from meshnode.transport.link import LinkSettings, LocalHello
 from protocol import frames
 from protocol.frames import decode_frame, encode_frame, make_presence
 from protocol.link import (
@@ -22,6 +22,7 @@ from protocol.link import (
     Ack,
     Bundle,
     Hello,
+    LinkMessage,
     Ping,
     Rooms,
     Signal,
@@ -145,7 +146,8 @@ def test_room_of_any_frame(room: bytes, which: int, blob: bytes) -> None:
 
 
 @dataclass
-class Recorder(LinkOwner):
+class Recorder(LinkService):
+    link_messages = (Ack,)
     frames: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
     rooms: list[set[bytes]] = field(default_factory=list)
@@ -153,16 +155,22 @@ class Recorder(LinkOwner):
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         self.frames.append((channel, data, room_id))
 
-    def ack(self, est: Established, msg: Ack) -> None:
+    def link_message(self, est: Established, msg: LinkMessage) -> None:
+        assert isinstance(msg, Ack)
         self.acks.append(msg)
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         self.rooms.append(rooms)
 
 
+def _no_hello(kind_hint: str) -> LocalHello:
+    raise AssertionError("these tests open no link")
+
+
 def _manager() -> tuple[LinkManager, Recorder, Established]:
     owner = Recorder()
-    mgr = LinkManager(ME, LinkSettings(), owner, NodeMetrics(), clock=lambda: 1000.0)
+    mgr = LinkManager(ME, LinkSettings(), _no_hello, NodeMetrics(), clock=lambda: 1000.0)
+    mgr.register(owner)
     mgr.relay.rng = random.Random(0)
     hello = every_link_message()[0]
     assert isinstance(hello, Hello)
@@ -177,6 +185,42 @@ def test_frames_of_a_shared_room_go_to_the_owner() -> None:
         mgr._on_message(est, "sync", encode_frame(msg))
     assert [r for _, _, r in owner.frames] == [ROOM] * 14
     assert est.garbage == 0 and not owner.acks
+
+
+def test_every_service_hears_frames_and_links_in_registration_order() -> None:
+    mgr, first, est = _manager()
+    calls: list[str] = []
+
+    class Second(LinkService):
+        def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
+            calls.append("frame")
+
+        def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
+            calls.append("rooms")
+
+    mgr.register(Second())
+    mgr._on_message(est, "sync", encode_frame(frames.Want(ROOM, (H1,))))
+    mgr._on_message(est, "sync", encode_link(Rooms((ROOM,))))
+    mgr._on_message(est, "sync", encode_link(Ack(ROOM, (H1,))))
+    assert len(first.frames) == 1 and first.rooms == [{ROOM}]
+    assert calls == ["frame", "rooms"]  # the Ack went to its one owner only
+    assert first.acks == [Ack(ROOM, (H1,))]
+
+
+def test_a_link_message_type_has_one_service() -> None:
+    mgr, _first, _est = _manager()
+
+    class AlsoAcks(LinkService):
+        link_messages = (Ack,)
+
+    class Pings(LinkService):
+        link_messages = (Ping,)
+
+    with pytest.raises(ValueError, match="already handled by Recorder"):
+        mgr.register(AlsoAcks())
+    with pytest.raises(ValueError, match="link protocol's own message"):
+        mgr.register(Pings())
+    assert len(mgr.services) == 1
 
 
 def test_frames_of_an_unshared_room_are_garbage() -> None:

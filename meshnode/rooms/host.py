@@ -1,0 +1,537 @@
+"""``RoomHost``: the rooms a node hosts, and everything that happens to them.
+
+It owns one ``RoomRuntime`` per hosted room: rebuilt from the store at start
+(``meshnode.rooms.loading``: latest snapshot, then the changes after it), created here
+(``create_room``) or from an invite (``join_room``). As a ``LinkService`` it attaches rooms
+to the links that share them, routes room frames, redeems the invites peers present in their
+hellos and admits clients of ``open`` rooms (as ``admit_role``, if this node may grant it).
+Every applied change is written through the ``DurableLog``; a client's change is
+acknowledged (``Ack`` on its link) once durable. Every ``snapshot_every`` stored changes,
+and at shutdown, the room's snapshot is saved. Store calls run in a worker thread, never on
+the event loop.
+"""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnode.config import NodeConfig
+from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
+from meshnode.identity import Identity
+from meshnode.metrics import NodeMetrics
+from meshnode.overlay import RoomOverlay
+from meshnode.overlay.events import (
+    ChangeApplied,
+    ConnectRequest,
+    DisconnectRequest,
+    Event,
+    PeerMisbehaved,
+    PresenceUpdated,
+)
+from meshnode.rooms.access import (
+    Decision,
+    Refusal,
+    Refuse,
+    RoomFacts,
+    Share,
+    announced_in_hello,
+    decide,
+)
+from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
+from meshnode.rooms.loading import load_replica
+from meshnode.runtime.bootstrap import dial_once
+from meshnode.runtime.links import Established, LinkManager, LinkService
+from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
+from meshnode.runtime.tasks import TaskSet
+from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
+from meshnode.transport.link import LocalHello
+from meshnode.web.shared_presence import SharedPresenceRoom
+from protocol.errors import DecodeError
+from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused, Rooms
+
+log = logging.getLogger("meshnode.node")
+
+__all__ = ["JOIN_GRACE_S", "HostedRoom", "RoomHost"]
+
+JOIN_GRACE_S = 10.0
+NACK_AFTER_S = 1.0  # a client's change not durable after this long, store failing: Nack
+
+
+@dataclass(slots=True)
+class HostedRoom:
+    """A room on this node: its runtime and the operator's settings for it."""
+
+    runtime: RoomRuntime
+    settings: dict[str, Any]
+    stored_since_snapshot: int = 0
+    saving_snapshot: bool = False
+    clients: set[str] = field(default_factory=set)
+    browser_view: SharedPresenceRoom | None = None
+
+
+class RoomHost(LinkService):
+    """The hosted rooms (see the module docstring). ``await load()`` once, then serve;
+    ``await aclose()`` saves snapshots and closes the rooms."""
+
+    link_messages = (Refused,)
+
+    def __init__(self, identity: Identity, config: NodeConfig, store: ChangeStore,
+                 durable: DurableLog, links: LinkManager, metrics: NodeMetrics, *,
+                 url: Callable[[], str],
+                 on_crash: Callable[[str, BaseException], None] | None = None) -> None:
+        self.identity = identity
+        self.peer_id = identity.public_id
+        self.config = config
+        self.store = store
+        self.durable = durable
+        self.links = links
+        self.metrics = metrics
+        self._url = url
+        self.rooms: dict[bytes, HostedRoom] = {}
+        self._tasks = TaskSet("rooms", on_crash)
+        # Per linked peer: invites it presented (room -> problem, "" if good), the rooms we
+        # named to it, the rooms we told it it may not read; per room, its members.
+        self._presented: dict[str, dict[bytes, str]] = {}
+        self._announced: dict[str, set[bytes]] = {}
+        self._refused: dict[str, set[bytes]] = {}
+        self._members: dict[bytes, dict[str, str]] = {}
+        links.register(self)
+
+    @property
+    def url(self) -> str:
+        """Where this node serves (known once HTTP is up)."""
+        return self._url()
+
+    async def load(self) -> None:
+        """Host every stored room, and create the default room on a first run."""
+        for record in await asyncio.to_thread(self.store.rooms):
+            await self._host(record)
+        if not self.rooms and self.config.default_room:
+            await self.create_room(self.config.default_room_name, default=True)
+
+    async def aclose(self) -> None:
+        """Stop this host's tasks, save every room's snapshot, close the rooms."""
+        await self._tasks.aclose()
+        for hosted in self.rooms.values():
+            await self._save_snapshot(hosted)
+        for hosted in self.rooms.values():
+            hosted.runtime.close()
+
+    async def latest_snapshot(self, room_id: bytes) -> bytes | None:
+        """The room's latest stored snapshot (None if none yet)."""
+        snap = await asyncio.to_thread(self.store.latest_snapshot, room_id)
+        return None if snap is None else snap[0]
+
+    # ------------------------------------------------------------------ rooms
+
+    async def _host(self, record: RoomRecord) -> HostedRoom:
+        started = time.perf_counter()
+        store, room_id = self.store, record.room_id
+        snapshot = await self.latest_snapshot(room_id)
+        loaded = await asyncio.to_thread(
+            load_replica, record.genesis, self.identity,
+            functools.partial(store.changes, room_id), snapshot)
+        if room_id in self.rooms:  # hosted meanwhile (two joins with one token)
+            return self.rooms[room_id]
+        self._report_replay(room_id, loaded.report)
+        replica = loaded.replica
+        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY,
+                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
+        durable = self.durable
+        runtime = RoomRuntime(
+            overlay,
+            send=self._send_frame,
+            # applied=True: the replica holds the change already; never drop it from the log.
+            persist=lambda rid, cid, data: durable.append(rid, cid, data, applied=True),
+            on_event=lambda ev: self._on_room_event(room_id, ev),
+        )
+        hosted = HostedRoom(runtime, dict(record.settings))
+        self.rooms[room_id] = hosted
+        self.metrics.rooms.set(len(self.rooms))
+        self.metrics.room_changes.labels(room_id.hex()[:16]).set(replica.change_count())
+        if loaded.snapshot_problem is not None:
+            log.warning("room %s: stored snapshot not used (%s): replayed the whole log",
+                        room_id.hex()[:16], loaded.snapshot_problem)
+        log.info("room %s (%s): %d changes loaded%s in %.2f s", room_id.hex()[:16], record.name,
+                 replica.change_count(), " from a snapshot" if loaded.from_snapshot else "",
+                 time.perf_counter() - started)
+        return hosted
+
+    async def create_room(self, name: str, *, default: bool = False,
+                          admit: str | None = None) -> bytes:
+        """Found a room owned by this node; returns its ID."""
+        replica = SceneReplica.create(self.identity, time.time(), name=name,
+                                      nonce=os.urandom(16))
+        settings = {"admit": admit or self.config.admit, "default": default}
+        await asyncio.to_thread(self.store.add_room, replica.room_id, replica.genesis, name,
+                                settings)
+        record = next(r for r in await asyncio.to_thread(self.store.rooms)
+                      if r.room_id == replica.room_id)
+        await self._host(record)
+        self._rooms_changed()
+        return replica.room_id
+
+    async def join_room(self, token: str) -> bytes:
+        """Host a room from an invite token, and dial the nodes it names. Raises
+        ``DecodeError`` or ``ValueError`` for a bad or expired token."""
+        invite = parse_invite(token)
+        problem = invite.verify(int(time.time() * 1000))
+        if problem is not None:
+            raise ValueError(f"invite is not valid: {problem}")
+        if invite.room_id not in self.rooms:
+            replica = SceneReplica.from_genesis(invite.genesis, self.identity)
+            name = replica.room_name
+            await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
+                                    {"admit": "invite", "invite": token})
+            record = next(r for r in await asyncio.to_thread(self.store.rooms)
+                          if r.room_id == invite.room_id)
+            await self._host(record)
+            self._rooms_changed()
+        self._tasks.spawn(self._reach_inviter(invite), f"join {invite.room_id.hex()[:12]}")
+        return invite.room_id
+
+    async def _reach_inviter(self, invite: Invite) -> None:
+        """Link to the inviter's node unless the room finds peers another way first (through
+        bootstrap nodes that host it, the overlay then reaches the inviter by relayed
+        signaling, which also works behind NATs)."""
+        if self.config.bootstrap:
+            await asyncio.sleep(JOIN_GRACE_S)
+        hosted = self.rooms.get(invite.room_id)
+        if hosted is None or hosted.runtime.peers():
+            return
+        for url in invite.urls:
+            if url != self.url:
+                await dial_once(self.links, url)
+
+    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400) -> str:
+        """An invite token for ``room_id`` signed by this node."""
+        hosted = self.rooms[room_id]
+        replica = hosted.runtime.replica
+        inv = make_invite(room_id, replica.genesis, role, self.identity.public_key,
+                          self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url])
+        return inv.token()
+
+    def default_room_id(self) -> bytes | None:
+        """The default room (or the first room; None if the node hosts none)."""
+        for rid, hosted in self.rooms.items():
+            if hosted.settings.get("default"):
+                return rid
+        return next(iter(self.rooms), None)
+
+    def default_room_hex(self) -> str:
+        """The default room's ID in hex ("" if none), for the web client."""
+        rid = self.default_room_id()
+        return rid.hex() if rid is not None else ""
+
+    def room(self, hex_id: str) -> SharedPresenceRoom | None:
+        """A room as this node's browsers see it, by hex ID (one presence entry per
+        browser inside the node's own presence)."""
+        try:
+            hosted = self.rooms.get(bytes.fromhex(hex_id))
+        except ValueError:
+            return None
+        if hosted is None:
+            return None
+        if hosted.browser_view is None:
+            hosted.browser_view = SharedPresenceRoom(hosted.runtime)
+        return hosted.browser_view
+
+    def _rooms_changed(self) -> None:
+        self.metrics.rooms.set(len(self.rooms))
+        for est in list(self.links.links.values()):
+            self._attach_shared(est)
+
+    def _snapshot(self, hosted: HostedRoom) -> None:
+        """Save the room's snapshot in the background, unless a save is under way."""
+        if hosted.stored_since_snapshot and not hosted.saving_snapshot:
+            self._tasks.spawn(self._save_snapshot(hosted),
+                              f"snapshot {hosted.runtime.room_id.hex()[:12]}")
+
+    async def _save_snapshot(self, hosted: HostedRoom) -> None:
+        # Encoded here, on the loop (the replica changes only there), written in a thread.
+        if hosted.stored_since_snapshot == 0 or hosted.saving_snapshot:
+            return
+        replica = hosted.runtime.replica
+        hosted.saving_snapshot = True
+        try:
+            covered = hosted.stored_since_snapshot
+            data, count = replica.snapshot(), replica.change_count()
+            await asyncio.to_thread(self.store.save_snapshot, replica.room_id, data, count)
+            hosted.stored_since_snapshot -= covered  # those stored meanwhile count on
+        except Exception:
+            log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
+        finally:
+            hosted.saving_snapshot = False
+
+    # ------------------------------------------------------------------ room events
+
+    def _send_frame(self, peer: str, channel: str, frame: bytes) -> bool:
+        return self.links.send(peer, channel, frame)
+
+    def _on_room_event(self, room_id: bytes, event: Event) -> None:
+        hosted = self.rooms.get(room_id)
+        if hosted is None:
+            return
+        runtime = hosted.runtime
+        if isinstance(event, ChangeApplied):
+            label = room_id.hex()[:16]
+            self.metrics.room_changes.labels(label).set(runtime.replica.change_count())
+            if event.peer is None:
+                self.metrics.changes_local.inc()
+            else:
+                self.metrics.changes_in.inc()
+                made = runtime.replica.change_time(event.change_id)
+                if made is not None:
+                    # Author's clock to ours: includes any clock skew between the two.
+                    self.metrics.change_latency.observe(max(0.0, time.time() - made))
+            hosted.stored_since_snapshot += 1
+            self._members_may_have_changed(room_id, runtime.replica)
+            started = time.perf_counter()
+            waiter = runtime.durable(event.change_id)
+            waiter.add_done_callback(functools.partial(
+                self._stored, hosted, room_id, event.change_id, event.peer, started))
+            if event.peer is not None and event.peer in hosted.clients:
+                asyncio.get_running_loop().call_later(
+                    NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, event.change_id,
+                    event.peer, waiter)
+        elif isinstance(event, ConnectRequest):
+            est = self.links.links.get(event.peer)
+            if est is not None:
+                if room_id in est.rooms:
+                    runtime.attach(event.peer)
+                else:
+                    runtime.connect_failed(event.peer)
+            else:
+                self.links.dial_peer(event.peer)
+        elif isinstance(event, DisconnectRequest):
+            runtime.overlay.disconnect(event.peer, time.time())
+            if event.reason == "misbehaving" or event.reason == "banned":
+                self.links.close(event.peer, event.reason)
+            else:
+                self._close_if_unused(event.peer)
+        elif isinstance(event, PeerMisbehaved):
+            self.metrics.rejections.labels(event.reason).inc()
+        elif isinstance(event, PresenceUpdated):
+            self.metrics.presence_updates.inc()
+            self.metrics.participants.labels(room_id.hex()[:16]).set(len(runtime.presence()))
+
+    def _members_may_have_changed(self, room_id: bytes, replica: SceneReplica) -> None:
+        """After a change: if it granted or took away a role, share or unshare the room on
+        every link to match (a removed member stops reading at once)."""
+        members = replica.members()
+        if members == self._members.get(room_id):
+            return
+        self._members[room_id] = members
+        for est in list(self.links.links.values()):
+            self._attach_shared(est)
+
+    def _nack_if_stuck(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str,
+                       waiter: "asyncio.Future[None]") -> None:
+        """A client's change is still not durable: if the store is failing, tell the client
+        why (a ``Nack``; the ``Ack`` follows once the retried commit lands); if it is only
+        slow, look again later."""
+        if waiter.done() or peer not in hosted.clients:
+            return  # stored, or the client is gone (it resyncs and flushes again)
+        failure = self.durable.failing
+        if failure is None:
+            asyncio.get_running_loop().call_later(
+                NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, cid, peer, waiter)
+            return
+        self.metrics.nacks_sent.labels(failure.reason).inc()
+        self.links.send_link(peer, Nack(room_id, (cid,), str(failure.reason)))
+
+    def _report_replay(self, room_id: bytes, report: ReplayReport) -> None:
+        """Stored changes that replay could not make visible are reported, never hidden."""
+        if report.ok:
+            return
+        log.warning("%s", report.describe(room_id))
+        self.metrics.store_missing_history.inc(len(report.missing_history))
+        for reason, n in report.refused_by_reason().items():
+            self.metrics.store_replay_refused.labels(reason).inc(n)
+
+    def _stored(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str | None,
+                started: float, fut: "asyncio.Future[None]") -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self.metrics.changes_stored.inc()
+        self.metrics.store_latency.observe(time.perf_counter() - started)
+        if peer is not None and peer in hosted.clients:
+            self.links.send_link(peer, Ack(room_id, (cid,)))
+        if hosted.stored_since_snapshot >= self.config.snapshot_every:
+            self._snapshot(hosted)
+
+    def _close_if_unused(self, peer: str) -> None:
+        est = self.links.links.get(peer)
+        if est is None or est.hello.kind == "client":
+            return
+        if not any(peer in h.runtime.peers() for h in self.rooms.values()):
+            self.links.close(peer, "unused")
+
+    # ------------------------------------------------------------------ links (LinkService)
+
+    def dial_failed(self, peer: str) -> None:
+        """The overlay's rooms learn that ``peer`` could not be reached."""
+        for hosted in self.rooms.values():
+            hosted.runtime.connect_failed(peer)
+
+    def local_hello(self, kind_hint: str) -> LocalHello:
+        """Our hello, sent before we know who the peer is: our open rooms and the rooms we
+        are joining (with their invites), our URL. Invite-only rooms are named to a peer
+        only once it has shown it may read them, with a ``Rooms`` message
+        (``meshnode.rooms.access``)."""
+        invites: list[bytes] = []
+        joining: list[bytes] = []
+        for rid, hosted in self.rooms.items():
+            token = hosted.settings.get("invite")
+            if isinstance(token, str) and hosted.runtime.replica.role_of(self.peer_id) == "none":
+                with contextlib.suppress(DecodeError):
+                    invites.append(parse_invite(token).raw())
+                    joining.append(rid)
+        opened = {rid: h.settings.get("admit") == "open" for rid, h in self.rooms.items()}
+        rooms = announced_in_hello(opened, joining[:4])
+        return LocalHello("node", tuple(rooms[:MAX_ROOMS_PER_LINK]), self.url,
+                          tuple(invites[:4]))
+
+    def link_up(self, est: Established) -> None:
+        """Redeem the peer's invites, admit it, share the rooms it may read."""
+        presented = self._presented.setdefault(est.peer, {})
+        for raw in est.hello.invites:
+            verdict = self._redeem(est.peer, raw)
+            if verdict is not None:
+                presented[verdict[0]] = verdict[1]
+        if est.hello.kind == "client":
+            for rid in est.rooms & set(self.rooms):
+                hosted = self.rooms[rid]
+                if isinstance(self._decision(est, rid), Share):
+                    hosted.clients.add(est.peer)
+                if hosted.settings.get("admit") == "open" and not presented.get(rid):
+                    self._admit(hosted, est.peer, self.config.admit_role)
+            for rid in sorted(est.rooms - set(self.rooms)):
+                self._refuse(est, rid, Refuse(Refusal.UNKNOWN_ROOM.value,
+                                              "this node does not host the room"))
+        self._attach_shared(est)
+
+    def _decision(self, est: Established, rid: bytes) -> Decision:
+        hosted = self.rooms[rid]
+        return decide(RoomFacts(open=hosted.settings.get("admit") == "open",
+                                peer_role=hosted.runtime.replica.role_of(est.peer),
+                                invite_problem=self._presented.get(est.peer, {}).get(rid)))
+
+    def _attach_shared(self, est: Established) -> None:
+        """Share with the peer exactly the rooms it may read: name them (``Rooms``), attach
+        those it shares too, detach and refuse the others (``meshnode.rooms.access``)."""
+        if est.peer not in self.links.links:
+            return
+        allowed = {rid for rid in self.rooms if isinstance(self._decision(est, rid), Share)}
+        if allowed != self._announced.get(est.peer):
+            self._announced[est.peer] = allowed
+            self.links.send_link(est.peer, Rooms(tuple(sorted(allowed))[:MAX_ROOMS_PER_LINK]))
+        for rid in est.rooms & set(self.rooms):
+            runtime = self.rooms[rid].runtime
+            decision = self._decision(est, rid)
+            if isinstance(decision, Share):
+                self._refused.get(est.peer, set()).discard(rid)
+                if est.peer not in runtime.peers():
+                    # Our clients are served whatever the size of the room's partial view.
+                    runtime.attach(est.peer, leaf=est.hello.kind == "client")
+            else:
+                if est.peer in runtime.peers():
+                    runtime.detach(est.peer)
+                self.rooms[rid].clients.discard(est.peer)
+                self._refuse(est, rid, decision)
+
+    def _refuse(self, est: Established, rid: bytes, decision: Refuse) -> None:
+        """Tell the peer once per room why it may not read the room; log and count it."""
+        refused = self._refused.setdefault(est.peer, set())
+        if rid in refused:
+            return
+        refused.add(rid)
+        self.metrics.rejections.labels(decision.reason).inc()
+        log.info("room %s not shared with %s: %s", rid.hex()[:16], est.peer, decision.reason)
+        self.links.send_link(est.peer, Refused(rid, decision.reason, decision.detail))
+
+    def _redeem(self, peer: str, raw: bytes) -> tuple[bytes, str] | None:
+        """Check an invite from a hello and admit its bearer; returns (room, problem) with
+        problem "" when the invite is good (None if it does not decode or names no room of
+        ours)."""
+        try:
+            invite: Invite = decode_invite_bytes(raw)
+        except DecodeError as err:
+            self.metrics.rejections.labels("bad_invite").inc()
+            log.warning("bad invite from %s: %s", peer, err)
+            return None
+        hosted = self.rooms.get(invite.room_id)
+        if hosted is None:
+            return None
+        problem = invite_problem(hosted.runtime.replica, invite, peer, int(time.time() * 1000))
+        if problem is not None:
+            self.metrics.rejections.labels(f"invite_{problem}").inc()
+            log.warning("invite from %s refused: %s", peer, problem)
+            return invite.room_id, problem
+        self._admit(hosted, peer, invite.role)
+        return invite.room_id, ""
+
+    def _admit(self, hosted: HostedRoom, peer: str, role: str) -> None:
+        replica = hosted.runtime.replica
+        if replica.role_of(peer) != "none" or peer == self.peer_id:
+            return
+        if not may_grant(replica, self.peer_id, peer, role):
+            log.info("cannot admit %s as %s: this node is %s", peer, role,
+                     replica.role_of(self.peer_id))
+            return
+
+        async def grant() -> None:
+            try:
+                await hosted.runtime.edit(lambda r: r.grant(peer, role))
+                log.info("admitted %s as %s in room %s", peer, role,
+                         replica.room_id.hex()[:16])
+            except (PermissionDenied, ValueError, StoreError, ConnectionError) as err:
+                log.warning("could not admit %s: %s", peer, err)
+
+        self._tasks.spawn(grant(), f"admit {peer[:12]}")
+
+    def link_message(self, est: Established, msg: LinkMessage) -> None:
+        """A ``Refused``: a peer will not share a room with us; say so in the log (the
+        operator of a node that joined with a bad invite learns it here)."""
+        if isinstance(msg, Refused):
+            log.warning("%s refused room %s: %s (%s)", est.peer, msg.room_id.hex()[:16],
+                        msg.reason, msg.detail)
+
+    def link_down(self, est: Established, reason: str) -> None:
+        """Detach the peer from every room."""
+        self._presented.pop(est.peer, None)
+        self._announced.pop(est.peer, None)
+        self._refused.pop(est.peer, None)
+        for hosted in self.rooms.values():
+            hosted.clients.discard(est.peer)
+            if est.peer in hosted.runtime.peers():
+                hosted.runtime.detach(est.peer)
+
+    def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
+        """Give a room frame to its room."""
+        hosted = self.rooms.get(room_id)
+        if hosted is None:
+            return
+        if est.peer not in hosted.runtime.peers():
+            # A frame for a room the peer may not read (or has not been given): it costs
+            # the sender, like any bytes the link does not carry.
+            self.links.count_garbage(est, "not_shared")
+            return
+        hosted.runtime.receive(est.peer, channel, data)
+
+    def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
+        """The peer's room list changed: attach and detach rooms to match."""
+        for rid in est.rooms - rooms:
+            hosted = self.rooms.get(rid)
+            if hosted is not None and est.peer in hosted.runtime.peers():
+                hosted.runtime.detach(est.peer)
+        est.rooms = set(rooms)
+        self._attach_shared(est)
