@@ -15,7 +15,11 @@ Admin (only from loopback addresses; the CLI uses these):
     GET  /api/status, /api/peers, /api/rooms
     POST /api/rooms                    {"name": str, "admit": "open"|"invite"} -> room
     POST /api/rooms/join               {"token": invite} -> room
-    POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float} -> {"token": str}
+    POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float, "max_uses": int|null}
+                                       -> {"token": str, "id": invite ID hex, ...}
+    POST /api/rooms/{room}/invites/{id}/revoke            -> {"room", "invite"}
+    POST /api/rooms/{room}/members     {"peer": PeerID, "role": str} -> {"room", "peer", "role"}
+    DELETE /api/rooms/{room}/members/{peer}               -> {"room", "peer", "role": "none"}
 """
 
 import contextlib
@@ -29,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from meshnode.crdt import PermissionDenied
 from meshnode.overlay.scoring import TokenBucket
+from meshnode.rooms.invite import parse_invite
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
 from meshnode.status import node_status, peers_info, refresh_metrics, room_info
 from protocol.errors import DecodeError
@@ -231,8 +237,57 @@ def build_app(node: "Node") -> web.Application:
             return _error(400, "role must be viewer, editor or admin")
         if not isinstance(ttl, int | float) or not 0 < ttl <= 365 * 86_400:
             return _error(400, "ttl_s must be a number of seconds up to a year")
-        token = node.invite(hosted.runtime.room_id, role, float(ttl))
-        return web.json_response({"token": token, "room": hosted.runtime.room_id.hex()})
+        max_uses = body.get("max_uses")
+        if max_uses is not None and (type(max_uses) is not int or not 0 < max_uses < 2**32):
+            return _error(400, "max_uses must be a whole number from 1 (or null: no limit)")
+        token = node.invite(hosted.runtime.room_id, role, float(ttl), max_uses)
+        return web.json_response({"token": token, "room": hosted.runtime.room_id.hex(),
+                                  "id": parse_invite(token).id.hex(), "role": role,
+                                  "max_uses": max_uses})
+
+    async def room_edit(hosted: Any, edit: Awaitable[None],
+                        answer: dict[str, Any]) -> web.Response:
+        """Run a membership edit; its refusals become errors that say what to do."""
+        node_role = hosted.runtime.replica.role_of(node.peer_id)
+        try:
+            await edit
+        except PermissionDenied as err:
+            return _error(403, f"{err} (this node is {node_role} in the room; only the owner "
+                               "and admins change members and invites)")
+        except ValueError as err:
+            return _error(400, str(err))
+        return web.json_response(answer)
+
+    async def set_member(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        body = await _json_body(request)
+        peer, role = body.get("peer"), body.get("role")
+        if not isinstance(peer, str) or role not in ("admin", "editor", "viewer", "none"):
+            return _error(400, 'expected {"peer": PeerID, "role": "admin" | "editor" | '
+                               '"viewer" | "none"}')
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, node.set_role(rid, peer, role),
+                               {"room": rid.hex(), "peer": peer, "role": role})
+
+    async def remove_member(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        peer = request.match_info["peer"]
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, node.remove_member(rid, peer),
+                               {"room": rid.hex(), "peer": peer, "role": "none"})
+
+    async def revoke_invite(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        try:
+            invite_id = bytes.fromhex(request.match_info["invite"])
+        except ValueError:
+            invite_id = b""
+        if len(invite_id) != 32:
+            return _error(400, "an invite ID is 64 hex digits (the \"id\" that "
+                               "`meshnode room invite --json` prints)")
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, node.revoke_invite(rid, invite_id),
+                               {"room": rid.hex(), "invite": invite_id.hex()})
 
     app.router.add_post("/signal/offer", offer)
     app.router.add_get("/signal/ws", offer_ws)
@@ -248,6 +303,9 @@ def build_app(node: "Node") -> web.Application:
     app.router.add_post("/api/rooms", admin_only(create_room))
     app.router.add_post("/api/rooms/join", admin_only(join_room))
     app.router.add_post("/api/rooms/{room}/invites", admin_only(invite))
+    app.router.add_post("/api/rooms/{room}/invites/{invite}/revoke", admin_only(revoke_invite))
+    app.router.add_post("/api/rooms/{room}/members", admin_only(set_member))
+    app.router.add_delete("/api/rooms/{room}/members/{peer}", admin_only(remove_member))
     _add_web_client(app, node)
     return app
 
