@@ -112,6 +112,7 @@ class SceneReplica(LocalEdits):
         self._roles = RoleBook(b"")
         self._revocation = RevocationBook()
         self._base: SceneContent | None = None  # where a rebuild starts (a loaded snapshot)
+        self._full_graph: ChangeGraph | None = None  # the whole history, while rebuilding
         self._my_role: int | None = None
         self._counter = 0
         self._batch: EditBatch | None = None
@@ -293,8 +294,11 @@ class SceneReplica(LocalEdits):
         return self._revocation.is_revoked_invite(invite_id)
 
     def _in_past(self, target: bytes, of: bytes) -> bool:
-        meta = self._graph.meta
-        return target in meta and of in meta and self._graph.in_past(target, (of,))
+        # While rebuilding, an invite revocation may be known before it is replayed: ask the
+        # whole history, which holds the same changes.
+        graph = self._full_graph or self._graph
+        meta = graph.meta
+        return target in meta and of in meta and graph.in_past(target, (of,))
 
     def parent_of(self, entity: Node) -> EntityId | None:
         """The entity's parent, or None if it is deleted or unknown."""
@@ -723,8 +727,10 @@ class SceneReplica(LocalEdits):
         ]
         batch = self._batch
         pending = [e for e in self._tree.log if batch is not None and e[0] is batch.stamp]
+        before = set(self._revocation.dead)
         knowledge = None
         previous: dict[bytes, str] | None = None
+        self._full_graph = graph
         for _ in range(MAX_REBUILD_PASSES):
             self._reset_content()
             if knowledge is not None:
@@ -745,7 +751,11 @@ class SceneReplica(LocalEdits):
             if found == knowledge and book.dead == previous:
                 break
             knowledge, previous = found, dict(book.dead)
+        self._full_graph = None
         self._revocation.needs_rebuild = False
+        for cid, reason in self._revocation.dead.items():
+            if cid not in before:
+                self._count_retraction(reason)
         if batch is not None:
             self._carry_batch(batch, pending)
 
