@@ -224,17 +224,17 @@ def assert_converged_after_sync(replicas: list[SceneReplica]) -> None:
 # --------------------------------------------------------------------------- invites
 
 
-def two_hosts() -> tuple[Any, SceneReplica, SceneReplica, SceneReplica]:
+def two_hosts() -> tuple[SceneReplica, SceneReplica, SceneReplica]:
     """The owner and an admin host the room; two newcomers redeem invites at them."""
     room = make_room(["admin"], tag="invites")
     owner, admin = room.replicas
     watcher = SceneReplica.from_genesis(room.genesis, ident("watcher"))
     deliver(watcher, owner.changes_since([]), NOW)
-    return room, owner, admin, watcher
+    return owner, admin, watcher
 
 
 def test_a_single_use_invite_redeemed_at_two_nodes_at_once_admits_one_everywhere() -> None:
-    room, owner, admin, watcher = two_hosts()
+    owner, admin, watcher = two_hosts()
     n1, n2 = ident("newcomer", 1), ident("newcomer", 2)
     owner.grant(n1.public_id, "editor", invite=INVITE, max_uses=1)
     g1 = owner.commit(NOW + 1)
@@ -259,7 +259,7 @@ def test_a_single_use_invite_redeemed_at_two_nodes_at_once_admits_one_everywhere
 
 
 def test_a_used_up_or_revoked_invite_is_refused_locally() -> None:
-    room, owner, admin, _ = two_hosts()
+    owner, _, _ = two_hosts()
     owner.grant(ident("n", 1).public_id, "viewer", invite=INVITE, max_uses=1)
     owner.commit(NOW + 1)
     with pytest.raises(PermissionDenied, match="used 1"):
@@ -275,7 +275,7 @@ def test_a_used_up_or_revoked_invite_is_refused_locally() -> None:
 
 
 def test_grants_a_revocation_had_not_seen_are_void_everywhere() -> None:
-    room, owner, admin, watcher = two_hosts()
+    owner, admin, watcher = two_hosts()
     n1, n2 = ident("rv", 1), ident("rv", 2)
     admin.grant(n1.public_id, "editor", invite=INVITE)
     seen = admin.commit(NOW + 1)
@@ -461,3 +461,35 @@ def test_random_grants_demotions_edits_and_backdating_converge_and_cut_offs_hold
                 assert xid in retracted, (xid.hex()[:8], cutoff)
                 created = [EntityId(member, op[1]) for op in ch.ops if op[0] == OP_CREATE]
                 assert not any(first.exists(e) for e in created)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+_ELEM = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**33), st.binary(max_size=40),
+                  st.text(max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ELEM, min_size=0, max_size=7), st.sampled_from([5, 6]))
+def test_role_and_revoke_invite_ops_decode_or_are_typed_errors(rest: list[Any],
+                                                                code: int) -> None:
+    """The new op shapes at the decoding trust boundary: valid, or a ``DecodeError``."""
+    from protocol.change import INVITE_ID_BYTES, encode_change
+    from protocol.errors import DecodeError
+
+    author, member = ident("fuzz", 1), ident("fuzz", 2)
+    data = encode_change(author=author.public_key, seq=2, deps=[b"\x01" * 32], hlc=5,
+                         actors=[member.public_key], names=[], ops=[[code, *rest]],
+                         room_id=b"\x02" * 32, sign=author.sign)
+    try:
+        ch = decode_change(data)
+    except DecodeError:
+        return
+    op = ch.ops[0]
+    if code == 6:
+        assert len(op) == 2 and type(op[1]) is bytes and len(op[1]) == INVITE_ID_BYTES
+    else:
+        assert len(op) in (3, 4, 6) and op[1] == 0 and 0 <= op[2] <= 3
+        if len(op) == 6:
+            assert len(op[4]) == INVITE_ID_BYTES and 0 <= op[5] < 2**32 and op[2] >= 1

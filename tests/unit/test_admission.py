@@ -69,7 +69,7 @@ def test_a_used_up_invite_admits_nobody_more() -> None:
 
 
 def test_a_revoked_invite_admits_nobody() -> None:
-    replica, owner, admin = room_with_admin()
+    replica, _, admin = room_with_admin()
     inv = invite(replica, admin, "viewer")
     replica.revoke_invite(inv.id)
     replica.commit(NOW_MS / 1000 + 1)
