@@ -36,7 +36,7 @@ from meshnode.overlay.events import (
     PeerMisbehaved,
     PresenceUpdated,
 )
-from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.runtime.links import Established, LinkManager, LinkOwner
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
@@ -429,7 +429,8 @@ class Node(LinkOwner):
             for rid in est.rooms & set(self.rooms):
                 hosted = self.rooms[rid]
                 hosted.clients.add(est.peer)
-                if hosted.settings.get("admit") == "open":
+                if hosted.settings.get("admit") == "open" and may_auto_admit(
+                        hosted.runtime.replica, est.peer):
                     self._admit(hosted, est.peer, self.config.admit_role)
         self._attach_shared(est)
 

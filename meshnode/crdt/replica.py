@@ -275,6 +275,11 @@ class SceneReplica(LocalEdits):
             peer_id_from_public_key(k): ROLE_NAMES[r] for k, r in self._roles.members().items()
         }
 
+    def was_removed(self, member: str | bytes) -> bool:
+        """True if ``member`` held a role that a grant took away (role none now)."""
+        key = self._member_key(member)
+        return bool(self._roles.grants.get(key)) and self._roles.current_role(key) == ROLE_NONE
+
     def retraction(self, change_id: bytes) -> str | None:
         """Why an applied change is kept only as a tombstone (``"revoked"``: its author's
         seq is past a cut-off it had not seen; ``"authority_revoked"``: its author's role

@@ -35,3 +35,9 @@ def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: i
     if problem is None and not may_grant(replica, invite.issuer, member, invite.role):
         problem = "issuer_may_not_grant"
     return problem
+
+
+def may_auto_admit(replica: SceneReplica, member: str | bytes) -> bool:
+    """Whether an ``open`` room may admit ``member`` on its own: not if an owner or admin
+    removed them (an invite they are given again still admits them)."""
+    return not replica.was_removed(member)

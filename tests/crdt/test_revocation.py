@@ -316,6 +316,25 @@ def test_snapshot_carries_cut_offs_and_invite_state() -> None:
         assert r.state() == {}
 
 
+def test_a_replica_started_from_a_snapshot_rebuilds_from_it() -> None:
+    room = make_room(["editor"], tag="snap-rebuild")
+    owner, bob = room.replicas
+    late = SceneReplica.from_snapshot(owner.snapshot(), ident("late-2"))
+    keep = owner.create_entity(ROOT, {"name": {"text": "owner's"}})
+    mine = owner.commit(NOW + 1)
+    owner.revoke(room.identities[1].public_id)
+    removal = owner.commit(NOW + 2)
+    e = bob.create_entity(ROOT)
+    victim = bob.commit(NOW + 2)
+    deliver(late, [mine, victim], NOW + 3)
+    assert late.exists(e)
+    deliver(late, [removal], NOW + 4)  # a rebuild from the snapshot's content
+    assert not late.exists(e) and late.exists(keep)
+    deliver(owner, [victim], NOW + 4)
+    assert late.state() == owner.state()
+    assert late.retracted_changes() == owner.retracted_changes()
+
+
 # --------------------------------------------------------------------------- property
 
 

@@ -2,7 +2,7 @@
 
 from meshnode.crdt import SceneReplica
 from meshnode.identity import Identity
-from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import Invite, make_invite
 
 NOW_MS = 1_700_000_000_000
@@ -77,3 +77,15 @@ def test_a_revoked_invite_admits_nobody() -> None:
     # Only that invite: another one of the same admin still admits.
     other = invite(replica, admin, "viewer")
     assert invite_problem(replica, other, Identity.generate().public_id, NOW_MS) is None
+
+
+def test_an_open_room_does_not_readmit_a_removed_member_on_its_own() -> None:
+    replica, _, _ = room_with_admin()
+    member, newcomer = Identity.generate().public_id, Identity.generate().public_id
+    assert may_auto_admit(replica, member) and may_auto_admit(replica, newcomer)
+    replica.grant(member, "editor")
+    replica.commit(NOW_MS / 1000 + 1)
+    replica.revoke(member)
+    replica.commit(NOW_MS / 1000 + 2)
+    assert not may_auto_admit(replica, member)
+    assert may_auto_admit(replica, newcomer)
