@@ -155,6 +155,16 @@ def _api(args: argparse.Namespace, method: str, path: str,
                     "node's URL?") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return value
+
+
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
@@ -171,9 +181,27 @@ def _room(args: argparse.Namespace) -> int:
             print(f"{r['id']}  {r['name']!r}  role={r['role']} changes={r['changes']} "
                   f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}")
     elif args.room_command == "invite":
-        out = _api(args, "POST", f"/api/rooms/{args.room}/invites",
-                   {"role": args.role, "ttl_s": args.ttl})
-        print(out["token"])
+        body = {"role": args.role, "ttl_s": args.ttl}
+        if args.max_uses is not None:
+            body["max_uses"] = args.max_uses
+        out = _api(args, "POST", f"/api/rooms/{args.room}/invites", body)
+        if args.json:
+            _print(out)
+        else:
+            print(out["token"])
+            print(f"invite ID {out['id']} (revoke it with `meshnode room revoke-invite "
+                  f"{args.room} {out['id']}`)", file=sys.stderr)
+    elif args.room_command == "role":
+        out = _api(args, "POST", f"/api/rooms/{args.room}/members",
+                   {"peer": args.peer, "role": args.role})
+        print(f"{out['peer']} is now {out['role']} in room {out['room']}")
+    elif args.room_command == "remove":
+        out = _api(args, "DELETE", f"/api/rooms/{args.room}/members/{args.peer}")
+        print(f"{out['peer']} removed from room {out['room']}; its changes made without "
+              f"having seen the removal are retracted on every replica")
+    elif args.room_command == "revoke-invite":
+        out = _api(args, "POST", f"/api/rooms/{args.room}/invites/{args.invite_id}/revoke", {})
+        print(f"invite {out['invite']} revoked in room {out['room']}")
     elif args.room_command == "join":
         _print(_api(args, "POST", "/api/rooms/join", {"token": args.token}))
     return 0
@@ -256,7 +284,26 @@ def add_node_commands(sub: Any) -> None:
     invite.add_argument("room", help="room ID (hex)")
     invite.add_argument("--role", default="editor", choices=("viewer", "editor", "admin"))
     invite.add_argument("--ttl", type=float, default=7 * 86_400.0, help="seconds (default 7 days)")
+    invite.add_argument("--max-uses", type=_positive_int, metavar="N",
+                        help="admit at most N members with it (default: no limit)")
+    invite.add_argument("--json", action="store_true",
+                        help="print the token, its ID and limits as JSON")
     with_node(invite)
+    role = rsub.add_parser("role", help="give a member a role (a lower one retracts what they "
+                                        "do without having seen it)")
+    role.add_argument("room", help="room ID (hex)")
+    role.add_argument("peer", help="the member's PeerID")
+    role.add_argument("role", choices=("admin", "editor", "viewer", "none"))
+    with_node(role)
+    remove = rsub.add_parser("remove", help="remove a member from a room")
+    remove.add_argument("room", help="room ID (hex)")
+    remove.add_argument("peer", help="the member's PeerID")
+    with_node(remove)
+    revoke = rsub.add_parser("revoke-invite", help="revoke an invite: nobody joins with it "
+                                                   "any more")
+    revoke.add_argument("room", help="room ID (hex)")
+    revoke.add_argument("invite_id", help="the invite ID (hex) that `room invite` printed")
+    with_node(revoke)
     join = rsub.add_parser("join", help="host a room from an invite token")
     join.add_argument("token")
     with_node(join)

@@ -32,7 +32,8 @@ OP_CREATE = 1  # [1, counter: uint>=1, parent: ref]
 OP_SET = 2  # [2, entity: ref, component: name index, field: name index, value]
 OP_MOVE = 3  # [3, entity: ref, parent: ref]
 OP_DELETE = 4  # [4, entity: ref]
-OP_ROLE = 5  # [5, member: actor index, role: 0..3]
+OP_ROLE = 5  # [5, member: actor index, role: 0..3, cutoff: uint, (invite: bin32, max_uses: uint)]
+OP_REVOKE_INVITE = 6  # [6, invite: bin32]
 
 # Roles as carried on the wire; 0 removes a member (revoke / ban).
 ROLE_NONE = 0
@@ -40,6 +41,10 @@ ROLE_VIEWER = 1
 ROLE_EDITOR = 2
 ROLE_ADMIN = 3
 ROLE_OWNER = 4  # never on the wire: the genesis author is the owner
+
+INVITE_ID_BYTES = 32
+MAX_INVITE_USES = 1 << 32  # an invite's use limit (0: unlimited) is below this
+MAX_CUTOFF = (1 << 63) - 1
 
 MAX_ROOM_NAME_CHARS = 200
 MAX_NONCE_BYTES = 32
@@ -160,13 +165,27 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
             if op[1] is None:
                 raise _bad("the root cannot be deleted")
         elif code == OP_ROLE:
-            if n != 3:
-                raise _bad("role op needs 3 elements")
+            # 3 elements: a grant from before cut-offs (still read); 4: with the member's
+            # last permitted seq; 6: a grant made by redeeming an invite.
+            if n not in (3, 4, 6):
+                raise _bad("role op needs 3, 4 or 6 elements")
             m, r = op[1], op[2]
             if type(m) is not int or not 0 <= m < n_actors:
                 raise _bad("role op member index out of range")
             if type(r) is not int or not ROLE_NONE <= r <= ROLE_ADMIN:
                 raise _bad("role op role must be 0..3")
+            if n >= 4 and (type(op[3]) is not int or not 0 <= op[3] <= MAX_CUTOFF):
+                raise _bad("role op cut-off must be an integer >= 0")
+            if n == 6:
+                if type(op[4]) is not bytes or len(op[4]) != INVITE_ID_BYTES:
+                    raise _bad("role op invite must be a 32-byte invite ID")
+                if type(op[5]) is not int or not 0 <= op[5] < MAX_INVITE_USES:
+                    raise _bad("role op max_uses must be an integer in [0, 2^32)")
+                if r == ROLE_NONE:
+                    raise _bad("an invite cannot grant role none")
+        elif code == OP_REVOKE_INVITE:
+            if n != 2 or type(op[1]) is not bytes or len(op[1]) != INVITE_ID_BYTES:
+                raise _bad("revoke-invite op is [6, invite: 32 bytes]")
         elif code == OP_GENESIS:
             if n != 3 or type(op[1]) is not str or type(op[2]) is not bytes:
                 raise _bad("genesis op is [0, name, nonce]")

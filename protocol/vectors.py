@@ -215,7 +215,7 @@ def build_vectors() -> dict[str, Any]:
             [OP_SET, 2, 4, 5, tags],  # A/2 meta.tags
             [OP_CREATE, 3, None],  # A/3 under the root ...
             [OP_DELETE, 3],  # ... and deleted again
-            [OP_ROLE, 0, ROLE_EDITOR],  # B becomes an editor
+            [OP_ROLE, 0, ROLE_EDITOR, 0],  # B becomes an editor (cut-off: B's seq seen, 0)
         ],
         room_id=room,
     )
@@ -338,6 +338,9 @@ def build_vectors() -> dict[str, Any]:
         ("invalid/change-owner-role", "decode_change",
          _signed(SEED_A, room, [a, 3, [id2], hlc_at(NOW_APPLY), [[c], [], [[5, 0, 4]]]]),
          "SchemaError", "A `ROLE` op granting role 4 (owner is never on the wire)."),
+        ("invalid/change-role-five-elements", "decode_change",
+         _signed(SEED_A, room, [a, 3, [id2], hlc_at(NOW_APPLY), [[c], [], [[5, 0, 1, 0, 0]]]]),
+         "SchemaError", "A `ROLE` op of 5 elements (3, 4 or 6 are valid)."),
         ("invalid/change-actor-is-author", "decode_change",
          _signed(SEED_A, room, [a, 3, [id2], hlc_at(NOW_APPLY), [[a], [], [[4, [0, 1]]]]]),
          "SchemaError", "The actors table lists the author."),
@@ -400,6 +403,10 @@ def build_vectors() -> dict[str, Any]:
         ("reject/role-change-not-allowed",
          by(SEED_B, 2, [id2], later, [c], [], [[OP_ROLE, 0, ROLE_VIEWER]]),
          "role_change_not_allowed", "B (an editor) makes C a viewer."),
+        ("reject/bad-cutoff",
+         by(SEED_A, 3, [id2], later, [b], [], [[OP_ROLE, 0, ROLE_VIEWER, 0]]),
+         "bad_cutoff", "A demotes B naming cut-off 0, but B's seq 1 (change 2) is in its "
+                       "past: the cut-off must be 1."),
         ("reject/misplaced-genesis",
          by(SEED_A, 3, [id2], later, [], [], [[OP_GENESIS, "again", b""]]),
          "misplaced_genesis", "A `GENESIS` op in a change other than the genesis."),

@@ -34,6 +34,7 @@ from meshnode.crdt.roles import (
     ROLE_BY_NAME,
     ROLE_EDITOR,
     ROLE_NAMES,
+    ROLE_NONE,
     ROLE_OWNER,
     ROLE_VIEWER,
     RoleBook,
@@ -42,9 +43,11 @@ from meshnode.crdt.roles import (
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, public_key_from_peer_id
 from protocol.change import (
+    MAX_INVITE_USES,
     OP_CREATE,
     OP_DELETE,
     OP_MOVE,
+    OP_REVOKE_INVITE,
     OP_ROLE,
     OP_SET,
     Op,
@@ -66,7 +69,8 @@ SET_OP_BYTES = 1 + 1 + _REF_BYTES + 3 + 3
 CREATE_OP_BYTES = 1 + 1 + 9 + _REF_BYTES
 MOVE_OP_BYTES = 1 + 1 + 2 * _REF_BYTES
 DELETE_OP_BYTES = 1 + 1 + _REF_BYTES
-ROLE_OP_BYTES = 1 + 1 + 3 + 1
+ROLE_OP_BYTES = 1 + 1 + 3 + 1 + 9  # with the cut-off seq (uint64 at most)
+INVITE_EXTRA_BYTES = 2 + 32 + 9  # the invite ID and max_uses
 ACTOR_BYTES = 2 + 32
 DEP_BYTES = 2 + 32
 ENVELOPE_BYTES = 256
@@ -91,6 +95,7 @@ class EditBatch:
         "names",
         "ops",
         "required",
+        "revokes",
         "role_ops",
         "set_index",
         "shadowed",
@@ -109,6 +114,7 @@ class EditBatch:
         self.field_undo: list[tuple[dict[str, Register], str, Register | None]] = []
         self.shadowed: list[tuple[dict[str, Register], str, Register]] = []
         self.role_ops: list[tuple[bytes, int]] = []
+        self.revokes: list[bytes] = []
         self.required = ROLE_VIEWER
         self.counter_before = counter
         self.bytes = 0  # an upper bound of the encoded ops, actors and names
@@ -135,6 +141,18 @@ class LocalEdits:
     _seq_floor: int
     limits: Limits
     room_id: bytes
+
+    def _record_role_ops(
+        self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,
+        roles: list[tuple[int, bytes, list[Any], int, int]], revokes: list[bytes],
+    ) -> None:
+        raise NotImplementedError  # SceneReplica's
+
+    def invite_uses(self, invite_id: bytes) -> int:
+        raise NotImplementedError  # SceneReplica's
+
+    def invite_revoked(self, invite_id: bytes) -> bool:
+        raise NotImplementedError  # SceneReplica's
 
     def _key(self, key: bytes) -> bytes:
         """Intern a public key so the many entity IDs that embed it share one object."""
@@ -484,9 +502,18 @@ class LocalEdits:
         batch.bytes += DELETE_OP_BYTES
         self._tree.apply([make_entry(batch.stamp, idx, ent, TRASH)])
 
-    def grant(self, member: str | bytes, role: str) -> None:
+    def grant(
+        self, member: str | bytes, role: str, *, invite: bytes | None = None,
+        max_uses: int = 0,
+    ) -> None:
         """Give ``member`` (PeerID or public key) a role: "admin", "editor", "viewer" or
-        "none" (removes them). See ``meshnode.crdt.roles`` for who may grant what."""
+        "none" (removes them). See ``meshnode.crdt.roles`` for who may grant what.
+
+        A grant that lowers a role names the member's cut-off (filled in at ``commit``):
+        every replica then retracts the member's changes that had not seen it.
+        ``invite``: the ID of the invite being redeemed, whose use limit is ``max_uses``
+        (0: none); ``PermissionDenied`` if it is used up or revoked here.
+        """
         key = self._member_key(member)
         code = ROLE_BY_NAME.get(role)
         if code is None or code == ROLE_OWNER:
@@ -497,20 +524,64 @@ class LocalEdits:
             raise PermissionDenied(
                 f"a {ROLE_NAMES[self._role()]} may not make this member {role!r}"
             )
-        batch = self._require(ROLE_ADMIN, "change roles", 1, ROLE_OP_BYTES, (), [key])
+        if invite is not None:
+            if type(invite) is not bytes or len(invite) != 32 or code == ROLE_NONE:
+                raise ValueError("an invite is a 32-byte ID and grants a role other than none")
+            if not 0 <= max_uses < MAX_INVITE_USES:
+                raise ValueError(f"max_uses must be in [0, {MAX_INVITE_USES})")
+            if self.invite_revoked(invite):
+                raise PermissionDenied("this invite was revoked")
+            if max_uses and self.invite_uses(invite) >= max_uses:
+                raise PermissionDenied(f"this invite was used {max_uses} time(s) already")
+        op_bytes = ROLE_OP_BYTES + (INVITE_EXTRA_BYTES if invite is not None else 0)
+        batch = self._require(ROLE_ADMIN, "change roles", 1, op_bytes, (), [key])
         if key not in batch.actor_index:
             batch.actor_index[key] = len(batch.actors)
             batch.actors.append(key)
             batch.bytes += ACTOR_BYTES
-        batch.ops.append([OP_ROLE, batch.actor_index[key], code])
-        batch.bytes += ROLE_OP_BYTES
+        op: Op = [OP_ROLE, batch.actor_index[key], code, 0]  # cut-off: set at commit
+        if invite is not None:
+            op += [invite, max_uses]
+        batch.ops.append(op)
+        batch.bytes += op_bytes
         batch.role_ops.append((key, code))
         seq = self._graph.vv_all.get(self._me, 0) + 1
         self._roles.add(key, (batch.stamp, code, self._me, seq))
 
     def revoke(self, member: str | bytes) -> None:
-        """Remove a member (their later changes are rejected)."""
+        """Remove a member: their role becomes none, and every replica retracts their
+        changes that had not seen the removal (see ``grant``)."""
         self.grant(member, "none")
+
+    def revoke_invite(self, invite_id: bytes) -> None:
+        """Revoke an invite: grants naming it that this change has not seen count for
+        nothing, on every replica (owner and admins may)."""
+        if type(invite_id) is not bytes or len(invite_id) != 32:
+            raise ValueError("an invite ID is 32 bytes")
+        batch = self._require(ROLE_ADMIN, "revoke invites")
+        batch.ops.append([OP_REVOKE_INVITE, invite_id])
+        batch.bytes += 40
+        batch.revokes.append(invite_id)
+
+    def _fill_cutoffs(self, batch: EditBatch, vv: Mapping[bytes, int]) -> None:
+        """Each role op names the member's highest seq this replica has seen."""
+        for op in batch.ops:
+            if op[0] == OP_ROLE:
+                op[3] = vv.get(batch.actors[op[1]], 0)
+
+    def _commit_role_ops(self, batch: EditBatch, cid: bytes, seq: int, hlc: int) -> None:
+        """Book the role ops of a just-committed batch as a peer's would be booked."""
+        if not batch.role_ops and not batch.revokes:
+            return
+        stamp = batch.stamp
+        self._roles.drop_stamp(stamp)  # booked again below, as committed grants
+        vv = self._graph.vv_all
+        roles = [
+            (i, m, op, op[3], self._roles.role_in_past(m, vv))
+            for i, op in enumerate(batch.ops) if op[0] == OP_ROLE
+            for m in (batch.actors[op[1]],)
+        ]
+        self._record_role_ops(cid, self._me, seq, hlc, stamp, roles, batch.revokes)
 
     @property
     def pending_ops(self) -> int:
@@ -557,6 +628,7 @@ class LocalEdits:
                 "refused by peers (bad_seq). Sync with peers until its own changes are back; "
                 "the batch is kept"
             )
+        self._fill_cutoffs(batch, vv)
         deps = sorted(graph.heads)
         if len(deps) > self.limits.max_deps:
             raise CommitRefused(
@@ -599,6 +671,7 @@ class LocalEdits:
         vv[self._me] = seq
         self._batch = None
         graph.add(cid, ChangeMeta(self._me, seq, hlc, tuple(deps), vv), data)
+        self._commit_role_ops(batch, cid, seq, hlc)
         return data
 
     def discard(self) -> None:

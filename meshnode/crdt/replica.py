@@ -8,7 +8,11 @@ replica never signs a seq again.
 
 This module holds construction, reading and the application of changes from peers (validation
 against each change's causal past, then the effects); the local editing API comes from
-``meshnode.crdt.editing.LocalEdits``.
+``meshnode.crdt.editing.LocalEdits``. Revocation (cut-offs, invite limits) is judged with
+``meshnode.crdt.revocation``: a change it retracts is kept as a tombstone (in the hash graph,
+without effects), and when a new change retracts changes already applied, the replica rebuilds
+its state from the stored change bytes (``_rebuild``), so the state depends only on the set of
+changes held.
 """
 
 from collections import OrderedDict
@@ -16,6 +20,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
+from meshnode.crdt.content import (
+    ChangeRecord,
+    EntityRecord,
+    FieldRecord,
+    GrantRecord,
+    MoveRecord,
+    SceneContent,
+)
 from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
@@ -32,6 +44,7 @@ from meshnode.crdt.results import (
     ReplayFailure,
     ReplayReport,
 )
+from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse, RevocationBook
 from meshnode.crdt.roles import (
     ROLE_ADMIN,
     ROLE_EDITOR,
@@ -41,6 +54,7 @@ from meshnode.crdt.roles import (
     RoleBook,
     may_set_role,
 )
+from meshnode.crdt.snapshot import decode_snapshot, encode_snapshot
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, verify_signature
 from protocol.change import (
@@ -49,6 +63,7 @@ from protocol.change import (
     OP_DELETE,
     OP_GENESIS,
     OP_MOVE,
+    OP_REVOKE_INVITE,
     OP_ROLE,
     OP_SET,
     Change,
@@ -57,11 +72,16 @@ from protocol.change import (
     encode_change,
     signing_payload,
 )
-from protocol.errors import DecodeError
+from protocol.errors import DecodeError, SchemaError
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.values import Value
 
 Node = tuple[bytes, int]
+
+MAX_REBUILD_PASSES = 8
+"""A rebuild replays the history until the retracted set stops changing; with an honest
+owner two or three passes do (``meshnode.crdt.revocation``). The cap keeps a pathological
+history (an owner who equivocated) from looping; the result is still the same everywhere."""
 
 
 class SceneReplica(LocalEdits):
@@ -100,6 +120,9 @@ class SceneReplica(LocalEdits):
         self._created_by: dict[Node, list[bytes]] = {}
         self._equivocators: set[bytes] = set()
         self._roles = RoleBook(b"")
+        self._revocation = RevocationBook()
+        self._base: SceneContent | None = None  # where a rebuild starts (a loaded snapshot)
+        self._full_graph: ChangeGraph | None = None  # the whole history, while rebuilding
         self._my_role: int | None = None
         self._counter = 0
         self._batch: EditBatch | None = None
@@ -263,6 +286,36 @@ class SceneReplica(LocalEdits):
         return {
             peer_id_from_public_key(k): ROLE_NAMES[r] for k, r in self._roles.members().items()
         }
+
+    def was_removed(self, member: str | bytes) -> bool:
+        """True if ``member`` held a role that a grant took away (role none now)."""
+        key = self._member_key(member)
+        return bool(self._roles.grants.get(key)) and self._roles.current_role(key) == ROLE_NONE
+
+    def retraction(self, change_id: bytes) -> str | None:
+        """Why an applied change is kept only as a tombstone (``"revoked"``: its author's
+        seq is past a cut-off it had not seen; ``"authority_revoked"``: its author's role
+        came from a retracted change or a void invite use), or None if it has effect."""
+        return self._revocation.dead.get(change_id)
+
+    def retracted_changes(self) -> dict[bytes, str]:
+        """Every applied change kept only as a tombstone, with why (see ``retraction``)."""
+        return dict(self._revocation.dead)
+
+    def invite_uses(self, invite_id: bytes) -> int:
+        """How many grants naming the invite take effect here (its uses so far)."""
+        return self._revocation.use_count(invite_id, self._in_past)
+
+    def invite_revoked(self, invite_id: bytes) -> bool:
+        """True if a change applied here revoked the invite."""
+        return self._revocation.is_revoked_invite(invite_id)
+
+    def _in_past(self, target: bytes, of: bytes) -> bool:
+        # While rebuilding, an invite revocation may be known before it is replayed: ask the
+        # whole history, which holds the same changes.
+        graph = self._full_graph or self._graph
+        meta = graph.meta
+        return target in meta and of in meta and graph.in_past(target, (of,))
 
     def parent_of(self, entity: Node) -> EntityId | None:
         """The entity's parent, or None if it is deleted or unknown."""
@@ -464,6 +517,8 @@ class SceneReplica(LocalEdits):
         finally:
             entries, self._tree_batch = self._tree_batch, None
             self._tree.apply(entries)
+        if self._revocation.needs_rebuild:
+            self._rebuild()  # a change in this batch retracted changes applied before
         return [r for r in results if r is not None]
 
     def _reject(self, cid: bytes | None, reason: str) -> ApplyResult:
@@ -478,24 +533,37 @@ class SceneReplica(LocalEdits):
 
     def _integrate_and_release(self, ch: Change, data: bytes) -> ApplyResult:
         try:
-            self._integrate(ch, data)
+            retracted = self._integrate(ch, data)
         except Rejected as rej:
             return self._reject(ch.change_id, rej.reason)
+        self._count_retraction(retracted)
         applied = [ch.change_id]
         work = [ch.change_id]
         while work:
             for waiting in self._buffer.release(work.pop()):
                 try:
-                    self._integrate(waiting.change, waiting.data)
+                    self._count_retraction(self._integrate(waiting.change, waiting.data))
                 except Rejected as rej:
                     self._reject(waiting.change.change_id, rej.reason)
                     continue
                 applied.append(waiting.change.change_id)
                 work.append(waiting.change.change_id)
-        return ApplyResult(APPLIED, None, ch.change_id, tuple(applied))
+        # A retracted change is "applied" as a tombstone: kept, stored and relayed (honest
+        # changes may depend on it), its reason says it has no effect.
+        return ApplyResult(APPLIED, retracted, ch.change_id, tuple(applied))
 
-    def _integrate(self, ch: Change, data: bytes | None) -> None:
-        """Validate a change whose deps are all applied, then apply it. All or nothing."""
+    def _count_retraction(self, reason: str | None) -> None:
+        if reason is not None:
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    def _integrate(self, ch: Change, data: bytes | None) -> str | None:
+        """Validate a change whose deps are all applied, then apply it. All or nothing.
+
+        Returns None, or the reason the change is kept only as a tombstone (see
+        ``retraction``): acceptance is judged with every grant in the causal past, inert ones
+        included, so it never depends on what was retracted; effect, with live grants and
+        the cut-offs known here.
+        """
         graph = self._graph
         meta = graph.meta
         author = self._key(ch.author)
@@ -514,7 +582,9 @@ class SceneReplica(LocalEdits):
         def in_past(target: bytes) -> bool:
             return graph.in_past(target, deps)
 
-        role = self._roles.role_in_past(author, vv, in_past, equivocators)
+        book = self._roles
+        inert = bool(book.inert)
+        role = book.role_in_past(author, vv, in_past, equivocators, with_inert=inert)
         if role < ROLE_VIEWER:
             raise Rejected("not_a_member")
         admin = role >= ROLE_ADMIN
@@ -530,7 +600,7 @@ class SceneReplica(LocalEdits):
         names = ch.names
         quota = entity_quota(role)
         creation = self._creation
-        created: dict[Node, None] = {}  # ordered, for deterministic iteration
+        created: dict[Node, Node] = {}  # entity -> parent; ordered, for deterministic iteration
 
         def known(ent: Node) -> bool:
             """Created in this change's causal past (or earlier in this change)?"""
@@ -549,7 +619,9 @@ class SceneReplica(LocalEdits):
 
         sets: list[tuple[Node, str, str, Value]] = []
         moves: list[tuple[int, Node, Node]] = []
-        roles: list[tuple[bytes, int]] = []
+        roles: list[tuple[int, bytes, list[Any], int]] = []  # (index, member, op, cut-off)
+        revokes: list[bytes] = []
+        foreign = False  # touches an entity of someone else (needs admin)
         for idx, op in enumerate(ch.ops):
             code = op[0]
             if code == OP_SET:
@@ -567,8 +639,10 @@ class SceneReplica(LocalEdits):
                         or (ent[0] in equivocators and not known(ent))
                     ):
                         raise Rejected("unknown_entity")
-                if ent[0] is not author and not admin:
-                    raise Rejected("not_entity_owner")
+                if ent[0] is not author:
+                    if not admin:
+                        raise Rejected("not_entity_owner")
+                    foreign = True
                 sets.append((ent, names[op[2]], names[op[3]], op[4]))
             elif code == OP_CREATE:
                 ent = (author, op[1])
@@ -579,27 +653,66 @@ class SceneReplica(LocalEdits):
                 parent = _resolve(op[2], author, actors)
                 if parent != ROOT and not known(parent):
                     raise Rejected("unknown_entity")
-                created[ent] = None
+                created[ent] = parent
                 moves.append((idx, ent, parent))
             elif code in (OP_MOVE, OP_DELETE):
                 ent = _resolve(op[1], author, actors)
                 parent = TRASH if code == OP_DELETE else _resolve(op[2], author, actors)
                 if not known(ent) or (parent != ROOT and parent != TRASH and not known(parent)):
                     raise Rejected("unknown_entity")
-                if ent[0] is not author and not admin:
-                    raise Rejected("not_entity_owner")
+                if ent[0] is not author:
+                    if not admin:
+                        raise Rejected("not_entity_owner")
+                    foreign = True
                 moves.append((idx, ent, parent))
             elif code == OP_ROLE:
                 member = actors[op[1]]
-                target_role = self._roles.role_in_past(member, vv, in_past, equivocators)
+                target_role = book.role_in_past(member, vv, in_past, equivocators,
+                                                with_inert=inert)
                 if not may_set_role(role, target_role, op[2]):
                     raise Rejected("role_change_not_allowed")
-                roles.append((member, op[2]))
+                cutoff = vv.get(member, 0)
+                if len(op) >= 4 and op[3] != cutoff:
+                    # The cut-off is what the revoker had seen: no more (it would let the
+                    # member's backdated changes through), no less (it would retract what
+                    # the revoker had already accepted). A 3-element op implies it.
+                    raise Rejected("bad_cutoff")
+                roles.append((idx, member, op, cutoff))
+            elif code == OP_REVOKE_INVITE:
+                if not admin:
+                    raise Rejected("role_change_not_allowed")
+                revokes.append(op[1])
             else:
                 raise Rejected("misplaced_genesis")
 
-        # Valid: apply everything.
+        # Accepted. Does it take effect?
         cid = ch.change_id
+        revocation = self._revocation
+        retracted: str | None = None
+        if author in revocation.cuts:
+
+            def has_seen(cut: Cut) -> bool:
+                if cut.change_id not in meta:
+                    return False  # a rebuild knows cut-offs that sort after this change
+                if cut.author in equivocators:
+                    return graph.in_past(cut.change_id, deps)
+                return vv.get(cut.author, 0) >= cut.seq
+
+            if revocation.cutting(author, seq, has_seen) is not None:
+                retracted = "revoked"
+        live_targets: list[int] = []
+        if retracted is None and (roles or inert):
+            live = book.role_in_past(author, vv, in_past, equivocators) if inert else role
+            live_targets = [book.role_in_past(r[1], vv, in_past, equivocators) for r in roles]
+            if (
+                live < ROLE_VIEWER
+                or (live < ROLE_EDITOR and any(op[0] != OP_ROLE for op in ch.ops))
+                or (live < ROLE_ADMIN and (foreign or revokes))
+                or not all(may_set_role(live, t, r[2][2])
+                           for t, r in zip(live_targets, roles, strict=True))
+            ):
+                retracted = "authority_revoked"
+
         stamp: Stamp = [ch.hlc, author, cid]
         created_by = self._created_by
         for ent in created:
@@ -611,17 +724,27 @@ class SceneReplica(LocalEdits):
                 created_by[ent] = [cid]
             else:
                 makers.append(cid)  # an equivocator created it twice
-        if sets:
-            self._apply_sets(stamp, sets)
-        if moves:
-            entries = [make_entry(stamp, i, c, p) for i, c, p in moves]
-            if self._tree_batch is not None:
-                self._tree_batch.extend(entries)
-            else:
-                self._tree.apply(entries)
-        for member, new_role in roles:
-            self._roles.add(member, (stamp, new_role, author, seq))
-            self._my_role = None
+        dead_ents = revocation.dead_entities
+        if retracted is not None:
+            dead_ents.update(created)
+            for _, member, op, _ in roles:
+                book.add_inert(member, (stamp, op[2], author, seq))
+        else:
+            if dead_ents:
+                # Ops on entities a retracted change created are no-ops, everywhere alike.
+                for ent, parent in created.items():
+                    if parent in dead_ents:
+                        dead_ents.add(ent)
+                moves = [m for m in moves if m[1] not in dead_ents and m[2] not in dead_ents]
+                sets = [x for x in sets if x[0] not in dead_ents]
+            if sets:
+                self._apply_sets(stamp, sets)
+            if moves:
+                entries = [make_entry(stamp, i, c, p) for i, c, p in moves]
+                if self._tree_batch is not None:
+                    self._tree_batch.extend(entries)
+                else:
+                    self._tree.apply(entries)
         vv[author] = seq
         other = graph.add(cid, ChangeMeta(author, seq, ch.hlc, tuple(ch.deps), vv), data)
         if other is not None:
@@ -632,6 +755,53 @@ class SceneReplica(LocalEdits):
             for ent in created:
                 if ent[1] > self._counter:
                     self._counter = ent[1]
+        if retracted is not None:
+            revocation.dead[cid] = retracted
+            return retracted
+        if roles or revokes:
+            self._record_role_ops(
+                cid, author, seq, ch.hlc, stamp,
+                [(*r, t) for r, t in zip(roles, live_targets, strict=True)],
+                revokes,
+            )
+        return None
+
+    def _record_role_ops(
+        self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,
+        roles: list[tuple[int, bytes, list[Any], int, int]], revokes: list[bytes],
+    ) -> None:
+        """Take the role ops of an applied live change (``(op index, member, op, cut-off,
+        member's live role before)``) into the books; flag a rebuild if they retract or void
+        anything already applied."""
+        book = self._roles
+        revocation = self._revocation
+        vv_all = self._graph.vv_all
+        for idx, member, op, cutoff, before in roles:
+            grant = (stamp, op[2], author, seq)
+            if len(op) == 6:
+                use = InviteUse(op[4], hlc, author, cid, idx, member, op[5])
+                was = revocation.effective_uses(op[4], self._in_past)
+                revocation.add_use(use)
+                now = revocation.effective_uses(op[4], self._in_past)
+                if use in now:
+                    book.add(member, grant)
+                else:
+                    book.add_inert(member, grant)  # over the limit, or after a revocation
+                if any(u not in now for u in was):
+                    revocation.needs_rebuild = True
+            else:
+                book.add(member, grant)
+            if op[2] < before:
+                revocation.add_cut(Cut(member, cid, author, seq, cutoff))
+                if vv_all.get(member, 0) > cutoff or member in self._equivocators:
+                    revocation.needs_rebuild = True  # the member has changes past the cut-off
+        for invite_id in revokes:
+            was = revocation.effective_uses(invite_id, self._in_past)
+            revocation.add_revocation(InviteRevocation(invite_id, cid))
+            now = revocation.effective_uses(invite_id, self._in_past)
+            if any(u not in now for u in was):
+                revocation.needs_rebuild = True
+        self._my_role = None
 
     def _apply_sets(self, stamp: Stamp, sets: list[tuple[Node, str, str, Value]]) -> None:
         fields = self._fields
@@ -651,15 +821,210 @@ class SceneReplica(LocalEdits):
                 # Hidden behind an uncommitted local write; needed if that batch is discarded.
                 batch.shadowed.append((fd, field, (stamp, value)))
 
+    # ------------------------------------------------------------------ rebuilding
+
+    def _rebuild(self) -> None:
+        """Recompute the state from the stored change bytes (from the loaded snapshot, if
+        any, on), judging every change with the cut-offs and invite ops the previous pass
+        found live, until the retracted set stops changing. A pure function of the set of
+        changes held, so every replica with that set ends in the same state."""
+        graph = self._graph
+        todo = sorted(
+            (m.hlc, m.author, cid) for cid, m in graph.meta.items()
+            if cid in graph.raw and cid != self.room_id
+        )
+        changes = [
+            (decode_change(graph.raw[cid], self.limits, known_id=cid), graph.raw[cid])
+            for _, _, cid in todo
+        ]
+        batch = self._batch
+        pending = [e for e in self._tree.log if batch is not None and e[0] is batch.stamp]
+        before = set(self._revocation.dead)
+        knowledge = None
+        previous: dict[bytes, str] | None = None
+        self._full_graph = graph
+        for _ in range(MAX_REBUILD_PASSES):
+            self._reset_content()
+            if knowledge is not None:
+                self._revocation.seed(knowledge)
+            self._tree_batch = []
+            try:
+                for ch, data in changes:  # (hlc, author, id) order is a causal order
+                    try:
+                        self._integrate(ch, data)
+                    except Rejected:  # pragma: no cover - acceptance does not depend on it
+                        continue
+            finally:
+                entries, self._tree_batch = self._tree_batch, None
+                self._tree.apply(entries)
+            book = self._revocation
+            book.drop_changes(book.dead)
+            found = book.copy_knowledge()
+            if found == knowledge and book.dead == previous:
+                break
+            knowledge, previous = found, dict(book.dead)
+        self._full_graph = None
+        self._revocation.needs_rebuild = False
+        for cid, reason in self._revocation.dead.items():
+            if cid not in before:
+                self._count_retraction(reason)
+        if batch is not None:
+            self._carry_batch(batch, pending)
+
+    def _reset_content(self) -> None:
+        """Forget every change's effect: back to the genesis (or the loaded snapshot)."""
+        self._graph = ChangeGraph()
+        self._tree = MoveTree()
+        self._fields = {}
+        self._creation = {}
+        self._created_by = {}
+        self._equivocators = set()
+        self.equivocations = []
+        self._revocation = RevocationBook()
+        self._my_role = None
+        if self._base is not None:
+            self._import_content(self._base)
+        else:
+            self._adopt_genesis(decode_change(self.genesis, self.limits), self.genesis)
+
+    def _carry_batch(self, batch: EditBatch, pending: list[list[Any]]) -> None:
+        """Put the uncommitted local batch back on top of a rebuilt state."""
+        seq = self._graph.vv_all.get(self._me, 0) + 1
+        self._tree.apply([make_entry(batch.stamp, e[1], e[2], e[3]) for e in pending])
+        for node in batch.creates:
+            self._creation[node] = seq
+        batch.field_undo = []
+        batch.shadowed = []
+        for (ent, comp, fname), op in batch.set_index.items():
+            fd = self._fields.setdefault(ent, {}).setdefault(comp, {})
+            batch.field_undo.append((fd, fname, fd.get(fname)))
+            fd[fname] = (batch.stamp, op[4])
+        for member, code in batch.role_ops:
+            self._roles.add(member, (batch.stamp, code, self._me, seq))
+
     # ------------------------------------------------------------------ snapshots
+
+    def export_content(self) -> SceneContent:
+        """The committed state as plain data (what a snapshot holds)."""
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch first")
+        graph = self._graph
+        meta = graph.meta
+        book = self._revocation
+        grants = [
+            GrantRecord(member, g[0][2], g[1], inert)
+            for inert, table in ((False, self._roles.grants), (True, self._roles.inert))
+            for member, gl in table.items()
+            for g in gl
+        ]
+        return SceneContent(
+            genesis=self.genesis,
+            clock=self._clock.value,
+            changes=tuple(
+                ChangeRecord(cid, m.author, m.seq, m.hlc, m.deps)
+                for cid in graph.order
+                for m in (meta[cid],)
+            ),
+            entities=tuple(
+                EntityRecord(ent[0], ent[1], seq, tuple(self._created_by.get(ent, ())))
+                for ent, seq in self._creation.items()
+            ),
+            moves=tuple(MoveRecord(e[0][2], e[1], e[2], e[3]) for e in self._tree.log),
+            fields=tuple(
+                FieldRecord(ent, comp, fname, stamp[2], value)
+                for ent, comps in self._fields.items()
+                for comp, fd in comps.items()
+                for fname, (stamp, value) in fd.items()
+            ),
+            grants=tuple(grants),
+            equivocations=tuple(e.change_ids for e in self.equivocations),
+            retracted=tuple(book.dead.items()),
+            dead_entities=tuple(sorted(book.dead_entities)),
+            cuts=tuple(c for per in book.cuts.values() for c in per.values()),
+            invite_uses=tuple(u for per in book.uses.values() for u in per.values()),
+            invite_revocations=tuple(
+                r for per in book.revocations.values() for r in per.values()
+            ),
+        )
+
+    def _import_content(self, content: SceneContent) -> None:
+        """Fill an empty replica from ``content``. Raises ``KeyError``/``ValueError`` if it
+        is inconsistent (the snapshot loader turns those into a ``DecodeError``)."""
+        gch = decode_change(content.genesis, self.limits)
+        self._adopt_genesis(gch, content.genesis)
+        graph = self._graph
+        key = self._key
+        stamps: dict[bytes, Stamp] = {gch.change_id: [gch.hlc, self.owner, gch.change_id]}
+        for c in content.changes[1:]:
+            if c.change_id in graph.meta or not all(d in graph.meta for d in c.deps):
+                raise ValueError("changes are not in causal order")
+            author = key(c.author)
+            # An equivocating pair is recorded from the equivocations below.
+            graph.add(c.change_id, ChangeMeta(author, c.seq, c.hlc, c.deps, None), None)
+            stamps[c.change_id] = [c.hlc, author, c.change_id]
+
+        def node(n: Node) -> Node:
+            return n if n[0] == b"" else (key(n[0]), n[1])
+
+        for e in content.entities:
+            ent = node((e.creator, e.counter))
+            self._creation[ent] = e.creation_seq
+            self._created_by[ent] = [stamps[c][2] for c in e.makers]
+        entries = [
+            make_entry(stamps[m.change_id], m.op_index, node(m.child), node(m.parent))
+            for m in content.moves
+        ]
+        tree = self._tree
+        entries.sort(key=lambda e: (e[0], e[1]))
+        for entry in entries:
+            tree._do(entry)
+        tree.log = entries
+        for f in content.fields:
+            self._fields.setdefault(node(f.entity), {}).setdefault(f.component, {})[f.field] = (
+                stamps[f.change_id], f.value)
+        metas = graph.meta
+        for g in content.grants:
+            m = metas[g.change_id]
+            grant = (stamps[g.change_id], g.role, m.author, m.seq)
+            if g.inert:
+                self._roles.add_inert(key(g.member), grant)
+            else:
+                self._roles.add(key(g.member), grant)
+        for a, b in content.equivocations:
+            ma = metas[a]
+            if b not in metas:
+                raise KeyError("equivocation names an unknown change")
+            self.equivocations.append(Equivocation(ma.author, ma.seq, (a, b)))
+            self._equivocators.add(ma.author)
+        book = self._revocation
+        for cid, reason in content.retracted:
+            if cid not in metas:
+                raise KeyError("a retracted change is unknown")
+            book.dead[cid] = reason
+        book.dead_entities.update(node(n) for n in content.dead_entities)
+        for cut in content.cuts:
+            book.add_cut(Cut(key(cut.member), cut.change_id, metas[cut.change_id].author,
+                             cut.seq, cut.cutoff))
+        for use in content.invite_uses:
+            if use.change_id not in metas:
+                raise KeyError("an invite use names an unknown change")
+            book.add_use(InviteUse(use.invite_id, use.hlc, use.author, use.change_id,
+                                   use.op_index, key(use.member), use.max_uses))
+        for rev in content.invite_revocations:
+            if rev.change_id not in metas:
+                raise KeyError("an invite revocation names an unknown change")
+            book.add_revocation(rev)
+        self._clock.observe(content.clock)
+        me = self._me
+        self._counter = max((n[1] for n in self._creation if n[0] == me), default=0)
 
     def snapshot(self) -> bytes:
         """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``)."""
-        from meshnode.crdt.snapshot import make_snapshot
-
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before a snapshot")
-        return make_snapshot(self)
+        ident = self._identity
+        return encode_snapshot(self.export_content(), ident.public_key, self.room_id,
+                               ident.sign)
 
     @classmethod
     def from_snapshot(
@@ -670,11 +1035,23 @@ class SceneReplica(LocalEdits):
 
         The snapshot's state is taken on trust from its signer: by default any current member
         of the room it describes; pass ``trusted_signers`` (public keys) to narrow that.
+        Changes inside the snapshot cannot be retracted by a cut-off that arrives later (the
+        replica has no history to replay; ``docs/protocol.md``, Snapshots).
         """
-        from meshnode.crdt.snapshot import load_snapshot
-
         replica = cls(identity, **kwargs)
-        load_snapshot(replica, data, trusted_signers)
+        snap = decode_snapshot(data, replica.limits, trusted_signers)
+        try:
+            replica._import_content(snap.content)
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"snapshot: inconsistent contents ({type(exc).__name__}: {exc})") from None
+        if (
+            trusted_signers is None
+            and snap.signer != replica.owner
+            and replica._roles.current_role(snap.signer) == ROLE_NONE
+        ):
+            raise DecodeError("snapshot signer is not a member of the room")
+        replica._base = snap.content
         return replica
 
     def restore_bytes(self, datas: Iterable[bytes]) -> list[bytes]:

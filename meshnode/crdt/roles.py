@@ -3,8 +3,19 @@
 A role grant is an op in a signed change, so every replica sees the same grants. Whether a
 change's author may do what it does is decided against the grants in that change's *causal
 past* (its version vector), never against whatever this replica happens to have received: that
-is what makes the verdict identical on every replica, in any delivery order. A revocation that
-is concurrent with an edit therefore does not undo the edit; it stops the next one.
+is what makes the verdict identical on every replica, in any delivery order.
+
+That rule alone cannot stop a demoted member: one who keeps signing on a copy of the room from
+before the demotion (next seq, deps from before) has changes whose causal past still shows the
+old role. So a role op that *lowers* a role names the member's **cut-off** (the highest seq of
+that member the revoker had seen), and every replica retracts the member's changes above the
+cut-off that have not seen the revocation, whatever their deps (``meshnode.crdt.revocation``).
+Trade-off: an honest edit the member made concurrently with the demotion, before hearing of
+it, is retracted too; the member redoes it if still allowed.
+
+Grants of retracted changes and void invite uses are kept as *inert* grants: they still count
+when a change is checked for acceptance into the hash graph (so whether a change is accepted
+never depends on delivery order), but never for what a change may do.
 
 Who may set roles (the state table):
 
@@ -56,15 +67,21 @@ def may_set_role(actor_role: int, target_role: int, new_role: int) -> bool:
 class RoleBook:
     """Every grant ever applied, per member; roles are computed from them on demand."""
 
-    __slots__ = ("grants", "owner")
+    __slots__ = ("grants", "inert", "owner")
 
     def __init__(self, owner: bytes) -> None:
         self.owner = owner
         self.grants: dict[bytes, list[Grant]] = {}
+        self.inert: dict[bytes, list[Grant]] = {}
 
     def add(self, member: bytes, grant: Grant) -> None:
         """Record a grant (already authorised by the caller)."""
         self.grants.setdefault(member, []).append(grant)
+
+    def add_inert(self, member: bytes, grant: Grant) -> None:
+        """Record a grant that counts only for acceptance (a retracted change's, or a void
+        invite use): see the module docstring."""
+        self.inert.setdefault(member, []).append(grant)
 
     def role_in_past(
         self,
@@ -72,15 +89,20 @@ class RoleBook:
         vv: dict[bytes, int],
         in_past: Callable[[bytes], bool] | None = None,
         equivocators: AbstractSet[bytes] = frozenset(),
+        *,
+        with_inert: bool = False,
     ) -> int:
         """The member's role as seen by a change whose causal past has version vector ``vv``.
 
         A grant by an author who equivocated is checked with ``in_past(grant change ID)``
         instead: the version vector cannot tell that author's two changes with one seq apart.
+        ``with_inert``: count inert grants too (the acceptance check).
         """
         if member == self.owner:
             return ROLE_OWNER
         grants = self.grants.get(member)
+        if with_inert and member in self.inert:
+            grants = (grants or []) + self.inert[member]
         if not grants:
             return ROLE_NONE
         best: Grant | None = None

@@ -1,58 +1,92 @@
 """Signed snapshots: a replica's materialised state, so a late joiner need not replay history.
 
+The codec works on ``SceneContent`` (``meshnode.crdt.content``), the plain structure a replica
+exports and imports; it never touches a replica.
+
 Wire form: ``body || signature``; ``body`` is the msgpack array
 
-``["meshnode-snapshot", 1, signer, genesis, hlc, keys, changes, entities, log, fields, grants,
-equivocations]``
+``["meshnode-snapshot", 2, signer, genesis, hlc, keys, changes, entities, log, fields, grants,
+equivocations, retracted, dead_entities, cuts, invite_uses, invite_revocations]``
 
 * ``keys``: public keys; other sections refer to them by index.
 * ``changes``: ``[change_id, key, seq, hlc, [dep index...]]`` per applied change, in causal
   order (genesis first). Raw change bytes are not included: a replica started from a snapshot
   serves history only from the snapshot on.
 * ``entities``: ``[key, counter, creation seq, [creating change index...]]``; entity index
-  ``i`` here is ``i + 2`` in ``log`` and ``fields`` (0 is ROOT, 1 is TRASH). The creating
-  changes (usually one; two if an equivocator made it twice) keep causal checks exact.
+  ``i`` here is ``i + 2`` in ``log``, ``fields`` and ``dead_entities`` (0 is ROOT, 1 is
+  TRASH). The creating changes (usually one; two if an equivocator made it twice) keep causal
+  checks exact.
 * ``log``: the tree's move log, ``[change index, op index, child, parent]`` in log order.
 * ``fields``: ``[entity, component, field, change index, value]`` (each register's winner).
-* ``grants``: ``[member key, change index, role]``.
+* ``grants``: ``[member key, change index, role, inert]``.
 * ``equivocations``: ``[change index, change index]``.
+* ``retracted``: ``[change index, reason]``: changes kept only as tombstones (cut-offs).
+* ``dead_entities``: entity indices.
+* ``cuts``: ``[member key, change index, cut-off]``.
+* ``invite_uses``: ``[invite ID, change index, op index, member key, max_uses]``.
+* ``invite_revocations``: ``[invite ID, change index]``.
 
 The signer signs ``SNAPSHOT_DOMAIN || room_id || body``. A snapshot is trusted content: its
 state is not re-derived from signed changes, so load snapshots only from signers you trust
-(by default: members of the room).
+(by default: members of the room). Version 1 snapshots (before cut-offs) are refused: a node
+then syncs the history instead.
 """
 
-from __future__ import annotations
-
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
-from meshnode.crdt.graph import ChangeMeta
+from meshnode.crdt.content import (
+    ChangeRecord,
+    EntityRecord,
+    FieldRecord,
+    GrantRecord,
+    MoveRecord,
+    SceneContent,
+)
 from meshnode.crdt.ids import ROOT, TRASH
-from meshnode.crdt.results import Equivocation
-from meshnode.crdt.roles import ROLE_ADMIN, ROLE_NONE
-from meshnode.crdt.tree import make_entry
+from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse
 from meshnode.identity import verify_signature
-from protocol.change import OP_GENESIS, SIGNATURE_BYTES, decode_change, signing_payload
+from protocol.change import (
+    INVITE_ID_BYTES,
+    MAX_INVITE_USES,
+    OP_GENESIS,
+    ROLE_ADMIN,
+    ROLE_NONE,
+    SIGNATURE_BYTES,
+    Change,
+    decode_change,
+    signing_payload,
+)
 from protocol.errors import DecodeError, FrameTooLarge, MalformedMsgpack, SchemaError
+from protocol.limits import Limits
 from protocol.msgpack_io import pack
 from protocol.values import check_value
 
-if TYPE_CHECKING:
-    from meshnode.crdt.replica import SceneReplica
-
 MAGIC = "meshnode-snapshot"
-VERSION = 1
+VERSION = 2
 SNAPSHOT_DOMAIN = b"meshnode/snapshot/v1\x00"
+_SECTIONS = 17
 
 Node = tuple[bytes, int]
 
 
-def make_snapshot(replica: SceneReplica) -> bytes:
-    """Encode and sign ``replica``'s committed state."""
-    graph = replica._graph
+@dataclass(frozen=True, slots=True)
+class DecodedSnapshot:
+    """A snapshot whose signature verified: its content, signer and room."""
+
+    content: SceneContent
+    signer: bytes
+    room_id: bytes
+    genesis: Change
+
+
+def encode_snapshot(
+    content: SceneContent, signer: bytes, room_id: bytes, sign: Callable[[bytes], bytes]
+) -> bytes:
+    """Encode ``content`` and sign it (``sign``: bytes -> signature, e.g. ``Identity.sign``)."""
     key_index: dict[bytes, int] = {}
 
     def k(key: bytes) -> int:
@@ -61,57 +95,42 @@ def make_snapshot(replica: SceneReplica) -> bytes:
             idx = key_index[key] = len(key_index)
         return idx
 
-    change_index = {cid: i for i, cid in enumerate(graph.order)}
-    changes = []
-    for cid in graph.order:
-        m = graph.meta[cid]
-        changes.append([cid, k(m.author), m.seq, m.hlc, [change_index[d] for d in m.deps]])
-
+    change_index = {c.change_id: i for i, c in enumerate(content.changes)}
+    changes = [
+        [c.change_id, k(c.author), c.seq, c.hlc, [change_index[d] for d in c.deps]]
+        for c in content.changes
+    ]
     entity_index: dict[Node, int] = {ROOT: 0, TRASH: 1}
     entities: list[list[Any]] = []
-    for ent, seq in replica._creation.items():
-        entity_index[ent] = len(entities) + 2
-        makers = [change_index[c] for c in replica._created_by.get(ent, ()) if c in change_index]
-        entities.append([k(ent[0]), ent[1], seq, makers])
-
+    for e in content.entities:
+        entity_index[(e.creator, e.counter)] = len(entities) + 2
+        makers = [change_index[c] for c in e.makers if c in change_index]
+        entities.append([k(e.creator), e.counter, e.creation_seq, makers])
     log = [
-        [change_index[e[0][2]], e[1], entity_index[e[2]], entity_index[e[3]]]
-        for e in replica._tree.log
+        [change_index[m.change_id], m.op_index, entity_index[m.child], entity_index[m.parent]]
+        for m in content.moves
     ]
-    fields = []
-    for ent, comps in replica._fields.items():
-        eidx = entity_index[ent]
-        for comp, fd in comps.items():
-            for field, (stamp, value) in fd.items():
-                fields.append([eidx, comp, field, change_index[stamp[2]], value])
-    grants = [
-        [k(member), change_index[g[0][2]], g[1]]
-        for member, gl in replica._roles.grants.items()
-        for g in gl
+    fields = [
+        [entity_index[f.entity], f.component, f.field, change_index[f.change_id], f.value]
+        for f in content.fields
     ]
-    equivocations = [
-        [change_index[e.change_ids[0]], change_index[e.change_ids[1]]]
-        for e in replica.equivocations
+    grants = [[k(g.member), change_index[g.change_id], g.role, g.inert] for g in content.grants]
+    equivocations = [[change_index[a], change_index[b]] for a, b in content.equivocations]
+    retracted = [[change_index[c], reason] for c, reason in content.retracted]
+    dead = [entity_index[e] for e in content.dead_entities]
+    cuts = [[k(c.member), change_index[c.change_id], c.cutoff] for c in content.cuts]
+    uses = [
+        [u.invite_id, change_index[u.change_id], u.op_index, k(u.member), u.max_uses]
+        for u in content.invite_uses
     ]
-    signer = replica.identity.public_key
+    revs = [[r.invite_id, change_index[r.change_id]] for r in content.invite_revocations]
     body = pack(
         [
-            MAGIC,
-            VERSION,
-            signer,
-            replica.genesis,
-            replica._clock.value,
-            list(key_index),
-            changes,
-            entities,
-            log,
-            fields,
-            grants,
-            equivocations,
+            MAGIC, VERSION, signer, content.genesis, content.clock, list(key_index), changes,
+            entities, log, fields, grants, equivocations, retracted, dead, cuts, uses, revs,
         ]
     )
-    sig = replica.identity.sign(SNAPSHOT_DOMAIN + replica.room_id + body)
-    return body + sig
+    return body + sign(SNAPSHOT_DOMAIN + room_id + body)
 
 
 def _fail(msg: str) -> SchemaError:
@@ -128,12 +147,19 @@ def _list(obj: object, width: int | None, what: str) -> list[Any]:
     return obj
 
 
-def load_snapshot(
-    replica: SceneReplica, data: bytes, trusted_signers: Iterable[bytes] | None
-) -> None:
-    """Fill an empty replica from snapshot bytes; raise ``DecodeError`` if they are invalid,
-    badly signed or from an untrusted signer."""
-    limits = replica.limits
+def _at(seq: list[Any], index: object, what: str) -> Any:
+    """``seq[index]`` for a non-negative in-range int index, else a schema error."""
+    if type(index) is not int or not 0 <= index < len(seq):
+        raise _fail(f"{what} index out of range")
+    return seq[index]
+
+
+def decode_snapshot(
+    data: bytes, limits: Limits, trusted_signers: Iterable[bytes] | None
+) -> DecodedSnapshot:
+    """Check and decode snapshot bytes; raise ``DecodeError`` if they are invalid, badly
+    signed or from a signer outside ``trusted_signers`` (None: any signer; the caller then
+    checks that the signer is a member of the room)."""
     if type(data) is not bytes or len(data) <= SIGNATURE_BYTES:
         raise _fail("too short")
     if len(data) > limits.max_snapshot_bytes:
@@ -143,10 +169,12 @@ def load_snapshot(
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True, max_ext_len=0)
     except Exception as exc:  # any parser failure at this trust boundary
         raise MalformedMsgpack(f"snapshot is not valid msgpack: {exc}") from None
-    if type(obj) is not list or len(obj) != 12 or obj[0] != MAGIC:
+    if type(obj) is not list or len(obj) < 2 or obj[0] != MAGIC:
         raise _fail("not a meshnode snapshot")
     if obj[1] != VERSION:
-        raise _fail(f"unsupported snapshot version {obj[1]!r}")
+        raise _fail(f"unsupported snapshot version {obj[1]!r} (this node reads {VERSION})")
+    if len(obj) != _SECTIONS:
+        raise _fail(f"a version {VERSION} snapshot has {_SECTIONS} sections")
     signer, genesis, hlc = obj[2], obj[3], obj[4]
     if type(signer) is not bytes or type(genesis) is not bytes or type(hlc) is not int:
         raise _fail("bad header")
@@ -161,113 +189,118 @@ def load_snapshot(
     if trusted_signers is not None and signer not in set(trusted_signers):
         raise DecodeError("snapshot signer is not trusted")
     try:
-        _rebuild(replica, obj, gch, genesis)
+        content = _content(obj, gch, genesis, limits)
     except DecodeError:
         raise
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         # Indices and types are checked as they are used; a bad one lands here.
         raise _fail(f"inconsistent contents ({type(exc).__name__}: {exc})") from None
-    if (
-        trusted_signers is None
-        and signer != replica.owner
-        and replica._roles.current_role(signer) == ROLE_NONE
-    ):
-        raise DecodeError("snapshot signer is not a member of the room")
+    return DecodedSnapshot(content, signer, room_id, gch)
 
 
-def _at(seq: list[Any], index: object, what: str) -> Any:
-    """``seq[index]`` for a non-negative in-range int index, else a schema error."""
-    if type(index) is not int or not 0 <= index < len(seq):
-        raise _fail(f"{what} index out of range")
-    return seq[index]
-
-
-def _rebuild(replica: SceneReplica, obj: list[Any], gch: Any, genesis: bytes) -> None:
-    keys_raw = _list(obj[5], None, "keys")
-    for kb in keys_raw:
+def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> SceneContent:
+    keys = _list(obj[5], None, "keys")
+    for kb in keys:
         if type(kb) is not bytes or len(kb) != 32:
             raise _fail("bad key")
-    keys = [replica._key(kb) for kb in keys_raw]
-    changes = _list(obj[6], 5, "changes")
-    entities = _list(obj[7], 4, "entities")
-    log = _list(obj[8], 4, "log")
-    fields = _list(obj[9], 5, "fields")
-    grants = _list(obj[10], 3, "grants")
-    equivs = _list(obj[11], 2, "equivocations")
-    if not changes or changes[0][0] != gch.change_id:
+    changes_raw = _list(obj[6], 5, "changes")
+    if not changes_raw or changes_raw[0][0] != gch.change_id:
         raise _fail("first change is not the genesis")
-
-    replica._adopt_genesis(gch, genesis)
-    graph = replica._graph
+    changes = [ChangeRecord(gch.change_id, gch.author, 1, gch.hlc, ())]
     ids: list[bytes] = [gch.change_id]
-    stamps: list[list[Any]] = [[gch.hlc, replica.owner, gch.change_id]]
-    for cid, ki, seq, chlc, deps in changes[1:]:
-        if type(cid) is not bytes or len(cid) != 32 or cid in graph.meta:
+    seen = {gch.change_id}
+    for cid, ki, seq, chlc, deps in changes_raw[1:]:
+        if type(cid) is not bytes or len(cid) != 32 or cid in seen:
             raise _fail("bad or repeated change id")
-        if type(seq) is not int or type(chlc) is not int or type(deps) is not list or not deps:
+        if type(seq) is not int or seq < 1 or type(chlc) is not int or type(deps) is not list \
+                or not deps:
             raise _fail("bad change row")
         dep_ids = []
         for d in deps:
             if type(d) is not int or not 0 <= d < len(ids):
                 raise _fail("dep is not an earlier change")
             dep_ids.append(ids[d])
-        author = _at(keys, ki, "key")
-        # An equivocating pair is recorded from the equivocations section below.
-        graph.add(cid, ChangeMeta(author, seq, chlc, tuple(dep_ids), None), None)
+        changes.append(ChangeRecord(cid, _at(keys, ki, "key"), seq, chlc, tuple(dep_ids)))
         ids.append(cid)
-        stamps.append([chlc, author, cid])
+        seen.add(cid)
 
     nodes: list[Node] = [ROOT, TRASH]
-    creation = replica._creation
-    created_by = replica._created_by
-    for ki, counter, seq, makers in entities:
+    entities = []
+    for ki, counter, seq, makers in _list(obj[7], 4, "entities"):
         if type(counter) is not int or counter < 1 or type(seq) is not int:
             raise _fail("bad entity row")
         if type(makers) is not list:
             raise _fail("bad entity makers")
         node = (_at(keys, ki, "key"), counter)
-        creation[node] = seq
-        created_by[node] = [_at(ids, ci, "change") for ci in makers]
+        entities.append(EntityRecord(node[0], counter, seq,
+                                     tuple(_at(ids, ci, "change") for ci in makers)))
         nodes.append(node)
 
-    entries = []
-    for ci, oi, child, parent in log:
+    moves = []
+    for ci, oi, child, parent in _list(obj[8], 4, "log"):
         if type(oi) is not int or type(child) is not int or child < 2:
             raise _fail("bad log row")
-        entries.append(
-            make_entry(
-                _at(stamps, ci, "change"), oi, _at(nodes, child, "entity"),
-                _at(nodes, parent, "entity"),
-            )
-        )
-    tree = replica._tree
-    entries.sort(key=lambda e: (e[0], e[1]))
-    for e in entries:
-        tree._do(e)
-    tree.log = entries
+        moves.append(MoveRecord(_at(ids, ci, "change"), oi, _at(nodes, child, "entity"),
+                                _at(nodes, parent, "entity")))
 
-    store = replica._fields
-    for eidx, comp, field, ci, value in fields:
+    fields = []
+    for eidx, comp, field, ci, value in _list(obj[9], 5, "fields"):
         if type(comp) is not str or type(field) is not str or type(eidx) is not int or eidx < 2:
             raise _fail("bad field row")
-        check_value(value, replica.limits)
-        node = _at(nodes, eidx, "entity")
-        store.setdefault(node, {}).setdefault(comp, {})[field] = (_at(stamps, ci, "change"), value)
+        check_value(value, limits)
+        fields.append(FieldRecord(_at(nodes, eidx, "entity"), comp, field,
+                                  _at(ids, ci, "change"), value))
 
-    roles = replica._roles
-    metas = graph.meta
-    for ki, ci, role in grants:
-        if type(role) is not int or not ROLE_NONE <= role <= ROLE_ADMIN:
+    grants = []
+    for ki, ci, role, inert in _list(obj[10], 4, "grants"):
+        if type(role) is not int or not ROLE_NONE <= role <= ROLE_ADMIN or type(inert) is not bool:
             raise _fail("bad grant row")
-        m = metas[_at(ids, ci, "change")]
-        roles.add(_at(keys, ki, "key"), (stamps[ci], role, m.author, m.seq))
+        grants.append(GrantRecord(_at(keys, ki, "key"), _at(ids, ci, "change"), role, inert))
 
-    for a, b in equivs:
-        ma = metas[_at(ids, a, "change")]
-        replica.equivocations.append(
-            Equivocation(ma.author, ma.seq, (ids[a], _at(ids, b, "change")))
-        )
+    equivs = tuple((_at(ids, a, "change"), _at(ids, b, "change"))
+                   for a, b in _list(obj[11], 2, "equivocations"))
+    retracted = []
+    for ci, reason in _list(obj[12], 2, "retracted"):
+        if type(reason) is not str or not 0 < len(reason) <= 64:
+            raise _fail("bad retracted row")
+        retracted.append((_at(ids, ci, "change"), reason))
+    dead = tuple(_at(nodes, e, "entity") for e in _list(obj[13], None, "dead_entities"))
+    by_id = {c.change_id: c for c in changes}
+    cuts = []
+    for ki, ci, cutoff in _list(obj[14], 3, "cuts"):
+        if type(cutoff) is not int or cutoff < 0:
+            raise _fail("bad cut row")
+        ch = by_id[_at(ids, ci, "change")]
+        cuts.append(Cut(_at(keys, ki, "key"), ch.change_id, ch.author, ch.seq, cutoff))
+    uses = []
+    for inv, ci, oi, ki, max_uses in _list(obj[15], 5, "invite_uses"):
+        if type(inv) is not bytes or len(inv) != INVITE_ID_BYTES or type(oi) is not int \
+                or type(max_uses) is not int or not 0 <= max_uses < MAX_INVITE_USES:
+            raise _fail("bad invite use row")
+        ch = by_id[_at(ids, ci, "change")]
+        uses.append(InviteUse(inv, ch.hlc, ch.author, ch.change_id, oi, _at(keys, ki, "key"),
+                              max_uses))
+    revs = []
+    for inv, ci in _list(obj[16], 2, "invite_revocations"):
+        if type(inv) is not bytes or len(inv) != INVITE_ID_BYTES:
+            raise _fail("bad invite revocation row")
+        revs.append(InviteRevocation(inv, _at(ids, ci, "change")))
+    return SceneContent(
+        genesis=genesis,
+        clock=obj[4],
+        changes=tuple(changes),
+        entities=tuple(entities),
+        moves=tuple(moves),
+        fields=tuple(fields),
+        grants=tuple(grants),
+        equivocations=equivs,
+        retracted=tuple(retracted),
+        dead_entities=dead,
+        cuts=tuple(cuts),
+        invite_uses=tuple(uses),
+        invite_revocations=tuple(revs),
+    )
 
-    replica._clock.observe(obj[4])
-    me = replica.identity.public_key
-    replica._counter = max((n[1] for n in creation if n[0] == me), default=0)
+
+__all__ = ["MAGIC", "SNAPSHOT_DOMAIN", "VERSION", "DecodedSnapshot", "decode_snapshot",
+           "encode_snapshot"]

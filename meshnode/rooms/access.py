@@ -8,6 +8,7 @@ the peer                               in an ``open`` room          in an invite
 =====================================  ==========================  ======================
 holds a role (viewer or above)         shared                      shared
 presents a valid invite for the room   shared                      shared
+was removed (and has no valid invite)  refused: ``removed``        refused: ``removed``
 none of these                          shared (it may join)        refused: ``not_member``
 presents an invite that is refused     refused: ``invite_<why>``   refused: ``invite_<why>``
 =====================================  ==========================  ======================
@@ -28,6 +29,7 @@ class Refusal(enum.StrEnum):
     """Why a room is not shared with a peer; the value is the ``Refused`` reason label."""
 
     NOT_MEMBER = "not_member"
+    REMOVED = "removed"
     UNKNOWN_ROOM = "unknown_room"
 
 
@@ -39,6 +41,8 @@ class RoomFacts:
     peer_role: str
     invite_problem: str | None = None
     """None: the peer presented no invite for this room; "" : a valid one; else why not."""
+    removed: bool = False
+    """The peer was a member and was removed (an ``open`` room does not take it back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,12 @@ def decide(facts: RoomFacts) -> Decision:
     if facts.invite_problem:
         return Refuse(f"invite_{facts.invite_problem}",
                       f"the invite was refused ({facts.invite_problem}): ask for a new one")
-    if facts.peer_role != "none" or facts.open or facts.invite_problem == "":
+    if facts.peer_role != "none" or facts.invite_problem == "":
+        return Share()
+    if facts.removed:
+        return Refuse(Refusal.REMOVED.value,
+                      "you were removed from this room: ask one of its admins for a new invite")
+    if facts.open:
         return Share()
     return Refuse(Refusal.NOT_MEMBER.value,
                   "this room admits members only: join it with an invite from a member")

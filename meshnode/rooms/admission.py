@@ -2,7 +2,10 @@
 
 Membership is signed `ROLE` changes in the room's CRDT, so admitting someone is writing one:
 a node can admit only as far as its own role allows (``meshnode.crdt.roles``), and an invite
-carries its issuer's authority and no more, whoever redeems it.
+carries its issuer's authority and no more, whoever redeems it. An invite revoked in the room,
+or whose uses (as this replica counts them) reached its ``max_uses``, admits nobody; the CRDT's
+count stays the source of truth when two nodes redeem the last use at once
+(``meshnode.crdt.revocation``).
 """
 
 from meshnode.crdt import SceneReplica
@@ -19,11 +22,22 @@ def may_grant(replica: SceneReplica, granter: str | bytes, member: str | bytes,
 
 def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: int) -> str | None:
     """Why ``invite``, presented by ``member``, does not admit them to ``replica``'s room
-    (None: it does): ``bad_signature``, ``expired``, ``wrong_room`` or
-    ``issuer_may_not_grant`` (an admin's invite can never make an admin)."""
+    (None: it does): ``bad_signature``, ``expired``, ``wrong_room``,
+    ``issuer_may_not_grant`` (an admin's invite can never make an admin), ``revoked`` or
+    ``used_up`` (its ``max_uses`` members were admitted already)."""
     problem = invite.verify(now_ms)
     if problem is None and invite.room_id != replica.room_id:
         problem = "wrong_room"
+    if problem is None and replica.invite_revoked(invite.id):
+        problem = "revoked"
+    if problem is None and invite.max_uses and replica.invite_uses(invite.id) >= invite.max_uses:
+        problem = "used_up"
     if problem is None and not may_grant(replica, invite.issuer, member, invite.role):
         problem = "issuer_may_not_grant"
     return problem
+
+
+def may_auto_admit(replica: SceneReplica, member: str | bytes) -> bool:
+    """Whether an ``open`` room may admit ``member`` on its own: not if an owner or admin
+    removed them (an invite they are given again still admits them)."""
+    return not replica.was_removed(member)

@@ -44,7 +44,7 @@ from meshnode.rooms.access import (
     announced_in_hello,
     decide,
 )
-from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.rooms.loading import load_replica
 from meshnode.runtime.bootstrap import dial_once
@@ -211,13 +211,37 @@ class RoomHost(LinkService):
             if url != self.url:
                 await dial_once(self.links, url)
 
-    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400) -> str:
-        """An invite token for ``room_id`` signed by this node."""
+    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400,
+               max_uses: int | None = None) -> str:
+        """An invite token for ``room_id`` signed by this node; ``max_uses``: how many members
+        it may admit (None: no limit). Its ID is ``parse_invite(token).id``."""
         hosted = self.rooms[room_id]
         replica = hosted.runtime.replica
         inv = make_invite(room_id, replica.genesis, role, self.identity.public_key,
-                          self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url])
+                          self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url],
+                          max_uses or 0)
         return inv.token()
+
+    async def set_role(self, room_id: bytes, peer: str, role: str) -> None:
+        """Give ``peer`` a role in the room ("admin", "editor", "viewer" or "none"), as a
+        signed change. A lower role names the member's cut-off: every replica retracts the
+        member's changes that had not seen it. Raises ``KeyError`` (no such room),
+        ``ValueError`` (bad PeerID or role) or ``PermissionDenied`` (this node's role may not)."""
+        hosted = self.rooms[room_id]
+        await hosted.runtime.edit(lambda r: r.grant(peer, role))
+        log.info("room %s: %s is now %s", room_id.hex()[:16], peer, role)
+
+    async def remove_member(self, room_id: bytes, peer: str) -> None:
+        """Remove ``peer`` from the room (role none, with a cut-off); see ``set_role``."""
+        await self.set_role(room_id, peer, "none")
+
+    async def revoke_invite(self, room_id: bytes, invite_id: bytes) -> None:
+        """Revoke an invite of the room by ID: no replica admits anyone with it any more
+        (grants naming it that the revocation had not seen count for nothing). Raises
+        ``KeyError``, ``ValueError`` or ``PermissionDenied`` as ``set_role`` does."""
+        hosted = self.rooms[room_id]
+        await hosted.runtime.edit(lambda r: r.revoke_invite(invite_id))
+        log.info("room %s: invite %s revoked", room_id.hex()[:16], invite_id.hex()[:16])
 
     def default_room_id(self) -> bytes | None:
         """The default room (or the first room; None if the node hosts none)."""
@@ -412,7 +436,8 @@ class RoomHost(LinkService):
                 hosted = self.rooms[rid]
                 if isinstance(self._decision(est, rid), Share):
                     hosted.clients.add(est.peer)
-                if hosted.settings.get("admit") == "open" and not presented.get(rid):
+                if (hosted.settings.get("admit") == "open" and not presented.get(rid)
+                        and may_auto_admit(hosted.runtime.replica, est.peer)):
                     self._admit(hosted, est.peer, self.config.admit_role)
             for rid in sorted(est.rooms - set(self.rooms)):
                 self._refuse(est, rid, Refuse(Refusal.UNKNOWN_ROOM.value,
@@ -421,9 +446,12 @@ class RoomHost(LinkService):
 
     def _decision(self, est: Established, rid: bytes) -> Decision:
         hosted = self.rooms[rid]
+        replica = hosted.runtime.replica
+        role = replica.role_of(est.peer)
         return decide(RoomFacts(open=hosted.settings.get("admit") == "open",
-                                peer_role=hosted.runtime.replica.role_of(est.peer),
-                                invite_problem=self._presented.get(est.peer, {}).get(rid)))
+                                peer_role=role,
+                                invite_problem=self._presented.get(est.peer, {}).get(rid),
+                                removed=role == "none" and replica.was_removed(est.peer)))
 
     def _attach_shared(self, est: Established) -> None:
         """Share with the peer exactly the rooms it may read: name them (``Rooms``), attach
@@ -476,10 +504,11 @@ class RoomHost(LinkService):
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
             return invite.room_id, problem
-        self._admit(hosted, peer, invite.role)
+        self._admit(hosted, peer, invite.role, invite)
         return invite.room_id, ""
 
-    def _admit(self, hosted: HostedRoom, peer: str, role: str) -> None:
+    def _admit(self, hosted: HostedRoom, peer: str, role: str,
+               invite: Invite | None = None) -> None:
         replica = hosted.runtime.replica
         if replica.role_of(peer) != "none" or peer == self.peer_id:
             return
@@ -490,7 +519,11 @@ class RoomHost(LinkService):
 
         async def grant() -> None:
             try:
-                await hosted.runtime.edit(lambda r: r.grant(peer, role))
+                if invite is None:
+                    await hosted.runtime.edit(lambda r: r.grant(peer, role))
+                else:  # the grant names the invite, so every replica counts its uses
+                    await hosted.runtime.edit(lambda r: r.grant(
+                        peer, role, invite=invite.id, max_uses=invite.max_uses))
                 log.info("admitted %s as %s in room %s", peer, role,
                          replica.room_id.hex()[:16])
             except (PermissionDenied, ValueError, StoreError, ConnectionError) as err:

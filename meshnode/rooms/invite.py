@@ -2,18 +2,25 @@
 
 A token is text an operator can paste (``mninv1`` + base58). It holds the room's genesis
 change (so the receiver can build the replica offline and check the room ID), the role it
-grants, an expiry, where to connect, and the issuer's signature. Whoever presents it in a
-hello is granted the role by the node that checks it, if the issuer may grant that role in
-that node's replica. A token is a bearer capability: share it like a password.
+grants, an expiry, where to connect, how many members it may admit (``max_uses``, 0: no
+limit), and the issuer's signature. Whoever presents it in a hello is granted the role by the
+node that checks it, if the issuer may grant that role in that node's replica. A token is a
+bearer capability: share it like a password.
+
+Its **ID** (SHA-256 of the signed body) names it in the room's CRDT: the grant a node makes
+when redeeming it names the ID, so every replica counts its uses the same way, and an admin
+revokes it by ID (``SceneReplica.revoke_invite``). Tokens from before use limits (a body of
+7 fields) still parse, with no limit.
 """
 
+import hashlib
 import math
 import secrets
 from dataclasses import dataclass
 
 import base58
 
-from protocol.change import change_id
+from protocol.change import MAX_INVITE_USES, change_id
 from protocol.errors import DecodeError, FrameTooLarge, SchemaError
 from protocol.limits import DEFAULT_LIMITS
 from protocol.link import MAX_INVITE_BYTES as LINK_MAX_INVITE_BYTES
@@ -43,6 +50,12 @@ class Invite:
     nonce: bytes
     signature: bytes
     body: bytes
+    max_uses: int = 0
+
+    @property
+    def id(self) -> bytes:
+        """The invite ID: SHA-256 of the signed body."""
+        return invite_id(self.body)
 
     def verify(self, now_ms: int) -> str | None:
         """None if valid now, else why not (``bad_signature``, ``expired``, ``wrong_room``)."""
@@ -65,19 +78,28 @@ class Invite:
         return PREFIX + base58.b58encode(self.raw()).decode()
 
 
+def invite_id(body: bytes) -> bytes:
+    """The ID of the invite whose signed body is ``body``."""
+    return hashlib.sha256(body).digest()
+
+
 def make_invite(
     room_id: bytes, genesis: bytes, role: str, issuer_public_key: bytes, sign: object,
-    expires_ms: int, urls: list[str],
+    expires_ms: int, urls: list[str], max_uses: int = 0,
 ) -> Invite:
-    """Build and sign an invite (``sign``: bytes -> signature, e.g. ``Identity.sign``)."""
+    """Build and sign an invite (``sign``: bytes -> signature, e.g. ``Identity.sign``).
+    ``max_uses``: how many members it may admit (0: no limit)."""
     if role not in GRANTABLE:
         raise ValueError(f"role must be one of {', '.join(GRANTABLE)}")
+    if type(max_uses) is not int or not 0 <= max_uses < MAX_INVITE_USES:
+        raise ValueError(f"max_uses must be an integer from 0 (no limit) to {MAX_INVITE_USES - 1}")
     nonce = secrets.token_bytes(8)
-    body = pack([room_id, genesis, role, issuer_public_key, expires_ms, urls[:MAX_URLS], nonce])
+    body = pack([room_id, genesis, role, issuer_public_key, expires_ms, urls[:MAX_URLS], nonce,
+                 max_uses])
     assert callable(sign)
     sig = sign(INVITE_DOMAIN + body)
     inv = Invite(room_id, genesis, role, issuer_public_key, expires_ms, tuple(urls[:MAX_URLS]),
-                 nonce, sig, body)
+                 nonce, sig, body, max_uses)
     try:  # never hand out a token that no node can read back
         decode_invite_bytes(inv.raw())
     except DecodeError as err:
@@ -94,9 +116,11 @@ def decode_invite_bytes(raw: bytes) -> Invite:
     if type(body) is not bytes or type(sig) is not bytes or len(sig) != 64:
         raise SchemaError("invite is [body: bytes, signature: 64 bytes]")
     f = unpack(body, DEFAULT_LIMITS, MAX_INVITE_BYTES, "invite body")
-    if type(f) is not list or len(f) != 7:
-        raise SchemaError("invite body is [room, genesis, role, issuer, expires, urls, nonce]")
-    room_id, genesis, role, issuer, expires, urls, nonce = f
+    if type(f) is not list or len(f) not in (7, 8):
+        raise SchemaError("invite body is [room, genesis, role, issuer, expires, urls, nonce, "
+                          "max_uses]")
+    room_id, genesis, role, issuer, expires, urls, nonce = f[:7]
+    max_uses = f[7] if len(f) == 8 else 0  # a token from before use limits
     if type(room_id) is not bytes or len(room_id) != 32 or type(genesis) is not bytes:
         raise SchemaError("invite room must be 32 bytes and genesis bytes")
     if role not in GRANTABLE or type(role) is not str:
@@ -111,7 +135,10 @@ def decode_invite_bytes(raw: bytes) -> Invite:
         raise SchemaError("invite urls must be a short list of strings")
     if type(nonce) is not bytes:
         raise SchemaError("invite nonce must be bytes")
-    return Invite(room_id, genesis, role, issuer, expires, tuple(urls), nonce, sig, body)
+    if type(max_uses) is not int or not 0 <= max_uses < MAX_INVITE_USES:
+        raise SchemaError("invite max_uses must be an integer in [0, 2^32)")
+    return Invite(room_id, genesis, role, issuer, expires, tuple(urls), nonce, sig, body,
+                  max_uses)
 
 
 def parse_invite(token: str) -> Invite:

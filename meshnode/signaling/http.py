@@ -27,7 +27,11 @@ Origin; the CLI uses these):
     GET  /api/metrics                  Prometheus text: the per-room series
     POST /api/rooms                    {"name": str, "admit": "open"|"invite"} -> room
     POST /api/rooms/join               {"token": invite} -> room
-    POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float} -> {"token": str}
+    POST /api/rooms/{room}/invites     {"role": str, "ttl_s": float, "max_uses": int|null}
+                                       -> {"token": str, "id": invite ID hex, ...}
+    POST /api/rooms/{room}/invites/{id}/revoke            -> {"room", "invite"}
+    POST /api/rooms/{room}/members     {"peer": PeerID, "role": str} -> {"room", "peer", "role"}
+    DELETE /api/rooms/{room}/members/{peer}               -> {"room", "peer", "role": "none"}
 
 The app sees its node only through ``NodeApi`` (what it reads, the room host's actions, the
 offer answerer), never the ``Node`` itself.
@@ -45,7 +49,9 @@ import aiohttp
 from aiohttp import web
 
 from meshnode.config import NodeConfig
+from meshnode.crdt import PermissionDenied
 from meshnode.overlay.scoring import TokenBucket
+from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
 from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
@@ -78,8 +84,21 @@ class RoomAdmin(Protocol):
         """Host a room from an invite token (``DecodeError``/``ValueError`` if bad)."""
         ...
 
-    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400) -> str:
-        """An invite token for a hosted room."""
+    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400,
+               max_uses: int | None = None) -> str:
+        """An invite token for a hosted room (``max_uses``: how many it may admit)."""
+        ...
+
+    async def set_role(self, room_id: bytes, peer: str, role: str) -> None:
+        """Give a member a role (a lower one names its cut-off)."""
+        ...
+
+    async def remove_member(self, room_id: bytes, peer: str) -> None:
+        """Remove a member (role none, with a cut-off)."""
+        ...
+
+    async def revoke_invite(self, room_id: bytes, invite_id: bytes) -> None:
+        """Revoke an invite of the room by ID."""
         ...
 
     def room(self, hex_id: str) -> RoomAccess | None:
@@ -322,8 +341,57 @@ def build_app(node: NodeApi) -> web.Application:
             return _error(400, "role must be viewer, editor or admin")
         if not isinstance(ttl, int | float) or not 0 < ttl <= 365 * 86_400:
             return _error(400, "ttl_s must be a number of seconds up to a year")
-        token = host.invite(hosted.runtime.room_id, role, float(ttl))
-        return web.json_response({"token": token, "room": hosted.runtime.room_id.hex()})
+        max_uses = body.get("max_uses")
+        if max_uses is not None and (type(max_uses) is not int or not 0 < max_uses < 2**32):
+            return _error(400, "max_uses must be a whole number from 1 (or null: no limit)")
+        token = host.invite(hosted.runtime.room_id, role, float(ttl), max_uses)
+        return web.json_response({"token": token, "room": hosted.runtime.room_id.hex(),
+                                  "id": parse_invite(token).id.hex(), "role": role,
+                                  "max_uses": max_uses})
+
+    async def room_edit(hosted: Any, edit: Awaitable[None],
+                        answer: dict[str, Any]) -> web.Response:
+        """Run a membership edit; its refusals become errors that say what to do."""
+        node_role = hosted.runtime.replica.role_of(view.peer_id)
+        try:
+            await edit
+        except PermissionDenied as err:
+            return _error(403, f"{err} (this node is {node_role} in the room; only the owner "
+                               "and admins change members and invites)")
+        except ValueError as err:
+            return _error(400, str(err))
+        return web.json_response(answer)
+
+    async def set_member(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        body = await _json_body(request)
+        peer, role = body.get("peer"), body.get("role")
+        if not isinstance(peer, str) or role not in ("admin", "editor", "viewer", "none"):
+            return _error(400, 'expected {"peer": PeerID, "role": "admin" | "editor" | '
+                               '"viewer" | "none"}')
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, host.set_role(rid, peer, role),
+                               {"room": rid.hex(), "peer": peer, "role": role})
+
+    async def remove_member(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        peer = request.match_info["peer"]
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, host.remove_member(rid, peer),
+                               {"room": rid.hex(), "peer": peer, "role": "none"})
+
+    async def revoke_invite(request: web.Request) -> web.Response:
+        hosted = room_or_404(request)
+        try:
+            invite_id = bytes.fromhex(request.match_info["invite"])
+        except ValueError:
+            invite_id = b""
+        if len(invite_id) != 32:
+            return _error(400, "an invite ID is 64 hex digits (the \"id\" that "
+                               "`meshnode room invite --json` prints)")
+        rid = hosted.runtime.room_id
+        return await room_edit(hosted, host.revoke_invite(rid, invite_id),
+                               {"room": rid.hex(), "invite": invite_id.hex()})
 
     app.router.add_post("/signal/offer", offer)
     app.router.add_get("/signal/ws", offer_ws)
@@ -340,6 +408,9 @@ def build_app(node: NodeApi) -> web.Application:
     app.router.add_post("/api/rooms", admin_only(create_room))
     app.router.add_post("/api/rooms/join", admin_only(join_room))
     app.router.add_post("/api/rooms/{room}/invites", admin_only(invite))
+    app.router.add_post("/api/rooms/{room}/invites/{invite}/revoke", admin_only(revoke_invite))
+    app.router.add_post("/api/rooms/{room}/members", admin_only(set_member))
+    app.router.add_delete("/api/rooms/{room}/members/{peer}", admin_only(remove_member))
     _add_web_client(app, node, guard)
     return app
 

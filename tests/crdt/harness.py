@@ -226,17 +226,24 @@ def craft(
 # --------------------------------------------------------------------------- oracle
 
 
-def reference_state(changes: Iterable[bytes]) -> dict[str, dict[str, Any]]:
+def reference_state(
+    changes: Iterable[bytes], retracted: Iterable[bytes] = ()
+) -> dict[str, dict[str, Any]]:
     """The scene an honest history should produce, computed from scratch.
 
     Sort every tree op by (hlc, author, change id, op index) and apply it to an empty parent
     map, skipping a move that would make a cycle; every field is the set with the largest
     (hlc, author, change id, op index). Assumes every change is valid (no permission checks).
+    Changes in ``retracted`` have no effect, and neither has any op on an entity they
+    created (nor on a child created under such an entity, and so on).
     """
     tree_ops: list[tuple[tuple[Any, ...], tuple[bytes, int], tuple[bytes, int]]] = []
     regs: dict[tuple[tuple[bytes, int], str, str], tuple[tuple[Any, ...], Any]] = {}
-    decoded = [decode_change(data) for data in changes]
+    decoded = sorted((decode_change(data) for data in changes),
+                     key=lambda c: (c.hlc, c.author, c.change_id))
     author_of = {ch.change_id: ch.author for ch in decoded}
+    dead_changes = set(retracted)
+    dead: set[Any] = set()
     for ch in decoded:
         author, names = ch.author, ch.names
         # An actor is a key, or the index of a dep whose author it is.
@@ -249,16 +256,28 @@ def reference_state(changes: Iterable[bytes]) -> dict[str, dict[str, Any]]:
                 return (author, ref)
             return (actors[ref[0]], ref[1])
 
+        if ch.change_id in dead_changes:
+            dead.update((author, op[1]) for op in ch.ops if op[0] == OP_CREATE)
+            continue
         for idx, op in enumerate(ch.ops):
             key = (ch.hlc, author, ch.change_id, idx)
             code = op[0]
             if code == OP_CREATE:
+                if res(op[2]) in dead:
+                    dead.add((author, op[1]))
+                    continue
                 tree_ops.append((key, (author, op[1]), res(op[2])))
             elif code == OP_MOVE:
+                if res(op[1]) in dead or res(op[2]) in dead:
+                    continue
                 tree_ops.append((key, res(op[1]), res(op[2])))
             elif code == OP_DELETE:
+                if res(op[1]) in dead:
+                    continue
                 tree_ops.append((key, res(op[1]), tuple(TRASH)))
             elif code == OP_SET:
+                if res(op[1]) in dead:
+                    continue
                 rk = (res(op[1]), names[op[2]], names[op[3]])
                 cur = regs.get(rk)
                 if cur is None or cur[0] < key:

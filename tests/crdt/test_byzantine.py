@@ -319,13 +319,14 @@ def test_admin_cannot_demote_owner_or_admins_or_make_admins(room):
     assert o.role_of(newbie.public_id) == "editor"
 
 
-def test_revoked_editors_later_change_rejected_concurrent_one_accepted():
+def test_revoked_editors_concurrent_change_is_retracted_later_one_rejected():
     room = make_room(["editor", "editor"], tag="byz-revoke")
     o, bob, carol = room.replicas
     bob_id = room.identities[1]
     o.revoke(bob_id.public_id)
     revoke = o.commit(NOW + 1)
-    # Bob has not seen the revocation: his edit is concurrent with it, and stands.
+    # Bob has not seen the revocation: his edit is past the cut-off it names (his last seq
+    # the owner had seen), so it is retracted everywhere: kept as a tombstone, no effect.
     e1 = bob.create_entity(ROOT, {"name": {"text": "concurrent"}})
     c1 = bob.commit(NOW + 2)
     # Bob then learns of it; his replica refuses to edit ...
@@ -342,9 +343,11 @@ def test_revoked_editors_later_change_rejected_concurrent_one_accepted():
     res = o.apply_many([c2, c1], NOW + 5)
     assert [r.status for r in res] == [REJECTED, APPLIED]
     assert res[0].reason == "not_a_member"  # judged after c1 was applied in the same batch
+    assert res[1].reason == "revoked"
     assert_rejected(bob, c2, "not_a_member", now=NOW + 5)
     for r in (o, bob, carol):
-        assert r.exists(e1)
+        assert not r.exists(e1)
+        assert r.retraction(change_id(c1)) == "revoked"
         assert not r.exists((bob_id.public_key, 2))
         assert r.role_of(bob_id.public_id) == "none"
         assert not r.has_change(change_id(c2))

@@ -333,7 +333,7 @@ class Run:
     def check_committed_state(self, i: int) -> None:
         """With no local batch, the state is exactly what the applied changes say."""
         r = self.replicas[i]
-        assert r.state() == reference_state(r.changes_since([]))
+        assert r.state() == reference_state(r.changes_since([]), r.retracted_changes())
 
     def finish(self) -> None:
         net = self.net
@@ -346,7 +346,7 @@ class Run:
         for d in net.log:
             cid = change_id(d)
             assert all(r.has_change(cid) for r in reps)
-        expected = reference_state(reps[0].changes_since([]))
+        expected = reference_state(reps[0].changes_since([]), reps[0].retracted_changes())
         for r in reps:
             assert r.state() == expected
             assert_created_accounted(r, net.created)

@@ -2,7 +2,7 @@
 
 from meshnode.crdt import SceneReplica
 from meshnode.identity import Identity
-from meshnode.rooms.admission import invite_problem, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import Invite, make_invite
 
 NOW_MS = 1_700_000_000_000
@@ -17,9 +17,9 @@ def room_with_admin() -> tuple[SceneReplica, Identity, Identity]:
 
 
 def invite(replica: SceneReplica, issuer: Identity, role: str, expires_ms: int = NOW_MS + 1,
-           room_id: bytes | None = None) -> Invite:
+           room_id: bytes | None = None, max_uses: int = 0) -> Invite:
     return make_invite(room_id or replica.room_id, replica.genesis, role, issuer.public_key,
-                       issuer.sign, expires_ms, ["http://127.0.0.1:8470"])
+                       issuer.sign, expires_ms, ["http://127.0.0.1:8470"], max_uses)
 
 
 def test_roles_grant_what_the_table_allows() -> None:
@@ -52,3 +52,40 @@ def test_expired_and_foreign_invites_are_refused() -> None:
     other = SceneReplica.create(owner, NOW_MS / 1000, name="other", nonce=b"admission-2")
     assert invite_problem(replica, invite(other, owner, "editor"), newcomer,
                           NOW_MS) == "wrong_room"
+
+
+def test_a_used_up_invite_admits_nobody_more() -> None:
+    replica, owner, _ = room_with_admin()
+    inv = invite(replica, owner, "editor", max_uses=2)
+    for i in range(2):
+        member = Identity.generate().public_id
+        assert invite_problem(replica, inv, member, NOW_MS) is None
+        replica.grant(member, inv.role, invite=inv.id, max_uses=inv.max_uses)
+        replica.commit(NOW_MS / 1000 + 1 + i)
+    assert replica.invite_uses(inv.id) == 2
+    assert invite_problem(replica, inv, Identity.generate().public_id, NOW_MS) == "used_up"
+    unlimited = invite(replica, owner, "viewer")
+    assert invite_problem(replica, unlimited, Identity.generate().public_id, NOW_MS) is None
+
+
+def test_a_revoked_invite_admits_nobody() -> None:
+    replica, _, admin = room_with_admin()
+    inv = invite(replica, admin, "viewer")
+    replica.revoke_invite(inv.id)
+    replica.commit(NOW_MS / 1000 + 1)
+    assert invite_problem(replica, inv, Identity.generate().public_id, NOW_MS) == "revoked"
+    # Only that invite: another one of the same admin still admits.
+    other = invite(replica, admin, "viewer")
+    assert invite_problem(replica, other, Identity.generate().public_id, NOW_MS) is None
+
+
+def test_an_open_room_does_not_readmit_a_removed_member_on_its_own() -> None:
+    replica, _, _ = room_with_admin()
+    member, newcomer = Identity.generate().public_id, Identity.generate().public_id
+    assert may_auto_admit(replica, member) and may_auto_admit(replica, newcomer)
+    replica.grant(member, "editor")
+    replica.commit(NOW_MS / 1000 + 1)
+    replica.revoke(member)
+    replica.commit(NOW_MS / 1000 + 2)
+    assert not may_auto_admit(replica, member)
+    assert may_auto_admit(replica, newcomer)

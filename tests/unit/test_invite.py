@@ -36,10 +36,10 @@ EXPIRES = NOW_MS + 3_600_000
 
 def _invite(role: str = "editor", *, expires_ms: int = EXPIRES, urls: list[str] | None = None,
             signer: Identity = OWNER, room: SceneReplica = ROOM,
-            genesis: bytes | None = None) -> Invite:
+            genesis: bytes | None = None, max_uses: int = 0) -> Invite:
     return make_invite(room.room_id, room.genesis if genesis is None else genesis, role,
                        OWNER.public_key, signer.sign, expires_ms,
-                       URLS if urls is None else urls)
+                       URLS if urls is None else urls, max_uses)
 
 
 VALID = _invite()
@@ -48,7 +48,7 @@ VALID_TOKEN = VALID.token()
 
 def _fields(inv: Invite) -> list[Any]:
     return [inv.room_id, inv.genesis, inv.role, inv.issuer, inv.expires_ms, list(inv.urls),
-            inv.nonce]
+            inv.nonce, inv.max_uses]
 
 
 def _raw(fields: list[Any], signature: bytes = b"\x00" * 64) -> bytes:
@@ -118,6 +118,39 @@ def test_room_built_from_the_invite_genesis() -> None:
     replica = SceneReplica.from_genesis(parse_invite(VALID_TOKEN).genesis, OTHER)
     assert replica.room_id == ROOM.room_id
     assert replica.room_name == "design review"
+
+
+# ------------------------------------------------------------------ ID and use limit
+
+
+def test_max_uses_round_trips_and_is_signed() -> None:
+    inv = _invite(max_uses=3)
+    back = parse_invite(inv.token())
+    assert back.max_uses == 3 and back == inv and back.verify(NOW_MS) is None
+    assert parse_invite(PREFIX + base58.b58encode(_with(7, 30)).decode()).verify(
+        NOW_MS) == "bad_signature"  # raising the limit breaks the signature
+
+
+def test_the_id_is_the_hash_of_the_signed_body() -> None:
+    import hashlib
+
+    assert VALID.id == hashlib.sha256(VALID.body).digest()
+    assert parse_invite(VALID_TOKEN).id == VALID.id
+    assert _invite().id != VALID.id  # a fresh nonce, a fresh ID
+
+
+def test_a_token_from_before_use_limits_still_parses() -> None:
+    old = _fields(VALID)[:7]
+    body = pack(old)
+    token = PREFIX + base58.b58encode(pack([body, OWNER.sign(INVITE_DOMAIN + body)])).decode()
+    inv = parse_invite(token)
+    assert inv.max_uses == 0 and inv.verify(NOW_MS) is None and inv.role == VALID.role
+
+
+@pytest.mark.parametrize("max_uses", [-1, 2**32, 1.5])
+def test_make_refuses_bad_max_uses(max_uses: Any) -> None:
+    with pytest.raises(ValueError, match="max_uses"):
+        _invite(max_uses=max_uses)
 
 
 # ------------------------------------------------------------------ make_invite refuses
@@ -292,6 +325,7 @@ def test_body_shape(fields: Any) -> None:
     (5, "http://a"), (5, [b"http://a"]), (5, [1]), (5, ["u"] * (MAX_URLS + 1)),
     (5, ["u" * 257]), (5, None),
     (6, "nonce"), (6, None), (6, 8),
+    (7, -1), (7, 2**32), (7, "1"), (7, None), (7, 1.0), (7, True),
 ])
 def test_each_body_field_is_checked(index: int, value: Any) -> None:
     with pytest.raises(SchemaError):
@@ -369,7 +403,7 @@ _ANY = st.recursive(
 
 
 @FUZZ
-@given(st.integers(0, 6), _ANY)
+@given(st.integers(0, 7), _ANY)
 def test_fuzz_mutated_body_field(index: int, value: Any) -> None:
     _only_decode_errors_bytes(_with(index, value))
 
