@@ -392,8 +392,18 @@ class RoomClient(LinkService):
         nothing to send). Raises :class:`StoreUnavailable` (naming the reason) if the node
         says its store cannot keep the change now, and ``TimeoutError`` if the node does not
         answer in time. Either way the change is signed and sent, and the next ``flush`` does
-        not resend it; a later ``flush`` that succeeds covers it too."""
+        not resend it; a later ``flush`` that succeeds covers it too. Raises
+        :class:`AdmissionRefused` if the node no longer shares the room with us (we were
+        removed): nothing we send is taken any more."""
+        if self._refusal is not None:
+            raise self._refusal
         return await asyncio.wait_for(self.runtime.publish(), timeout_s or self._timeout)
+
+    @property
+    def refusal(self) -> "AdmissionRefused | None":
+        """Why the node stopped sharing the room with us (``reason`` ``removed`` once an
+        admin removed us), or None while it shares it."""
+        return self._refusal
 
     def on_change(self, callback: ChangeCallback) -> None:
         """Call ``callback(change_id, peer)`` after each change applied (peer None: ours)."""

@@ -310,6 +310,11 @@ class SceneReplica(LocalEdits):
         """True if a change applied here revoked the invite."""
         return self._revocation.is_revoked_invite(invite_id)
 
+    def invite_admitted(self, invite_id: bytes, member: str | bytes) -> bool:
+        """True if the invite has admitted ``member`` before (a grant naming it, applied)."""
+        key = self._member_key(member)
+        return any(u.member == key for u in self._revocation.uses.get(invite_id, {}).values())
+
     def _in_past(self, target: bytes, of: bytes) -> bool:
         # While rebuilding, an invite revocation may be known before it is replayed: ask the
         # whole history, which holds the same changes.

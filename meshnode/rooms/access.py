@@ -66,12 +66,12 @@ def decide(facts: RoomFacts) -> Decision:
     if facts.invite_problem:
         return Refuse(f"invite_{facts.invite_problem}",
                       f"the invite was refused ({facts.invite_problem}): ask for a new one")
-    if facts.peer_role != "none" or facts.invite_problem == "":
+    if facts.peer_role != "none":
         return Share()
-    if facts.removed:
+    if facts.removed and facts.invite_problem != "":
         return Refuse(Refusal.REMOVED.value,
                       "you were removed from this room: ask one of its admins for a new invite")
-    if facts.open:
+    if facts.open or facts.invite_problem == "":
         return Share()
     return Refuse(Refusal.NOT_MEMBER.value,
                   "this room admits members only: join it with an invite from a member")

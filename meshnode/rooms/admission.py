@@ -23,8 +23,10 @@ def may_grant(replica: SceneReplica, granter: str | bytes, member: str | bytes,
 def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: int) -> str | None:
     """Why ``invite``, presented by ``member``, does not admit them to ``replica``'s room
     (None: it does): ``bad_signature``, ``expired``, ``wrong_room``,
-    ``issuer_may_not_grant`` (an admin's invite can never make an admin), ``revoked`` or
-    ``used_up`` (its ``max_uses`` members were admitted already)."""
+    ``issuer_may_not_grant`` (an admin's invite can never make an admin), ``revoked``,
+    ``used_up`` (its ``max_uses`` members were admitted already) or ``removed`` (it admitted
+    this member once, and they were removed since: a removed member comes back only with a
+    new invite or a role an admin gives them)."""
     problem = invite.verify(now_ms)
     if problem is None and invite.room_id != replica.room_id:
         problem = "wrong_room"
@@ -32,6 +34,9 @@ def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: i
         problem = "revoked"
     if problem is None and invite.max_uses and replica.invite_uses(invite.id) >= invite.max_uses:
         problem = "used_up"
+    if (problem is None and replica.was_removed(member)
+            and replica.invite_admitted(invite.id, member)):
+        problem = "removed"
     if problem is None and not may_grant(replica, invite.issuer, member, invite.role):
         problem = "issuer_may_not_grant"
     return problem
@@ -39,5 +44,5 @@ def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: i
 
 def may_auto_admit(replica: SceneReplica, member: str | bytes) -> bool:
     """Whether an ``open`` room may admit ``member`` on its own: not if an owner or admin
-    removed them (an invite they are given again still admits them)."""
+    removed them (a new invite still admits them; the one they came in with does not)."""
     return not replica.was_removed(member)

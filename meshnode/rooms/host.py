@@ -97,9 +97,9 @@ class RoomHost(LinkService):
         self._url = url
         self.rooms: dict[bytes, HostedRoom] = {}
         self._tasks = TaskSet("rooms", on_crash)
-        # Per linked peer: invites it presented (room -> problem, "" if good), the rooms we
-        # named to it, the rooms we told it it may not read; per room, its members.
-        self._presented: dict[str, dict[bytes, str]] = {}
+        # Per linked peer: invites it presented (room -> (problem or "" if good, invite ID)),
+        # the rooms we named to it, the rooms we told it it may not read; per room, members.
+        self._presented: dict[str, dict[bytes, tuple[str, bytes]]] = {}
         self._announced: dict[str, set[bytes]] = {}
         self._refused: dict[str, set[bytes]] = {}
         self._members: dict[bytes, dict[str, str]] = {}
@@ -430,13 +430,13 @@ class RoomHost(LinkService):
         for raw in est.hello.invites:
             verdict = self._redeem(est.peer, raw)
             if verdict is not None:
-                presented[verdict[0]] = verdict[1]
+                presented[verdict[0]] = verdict[1:]
         if est.hello.kind == "client":
             for rid in est.rooms & set(self.rooms):
                 hosted = self.rooms[rid]
                 if isinstance(self._decision(est, rid), Share):
                     hosted.clients.add(est.peer)
-                if (hosted.settings.get("admit") == "open" and not presented.get(rid)
+                if (hosted.settings.get("admit") == "open" and rid not in presented
                         and may_auto_admit(hosted.runtime.replica, est.peer)):
                     self._admit(hosted, est.peer, self.config.admit_role)
             for rid in sorted(est.rooms - set(self.rooms)):
@@ -448,10 +448,15 @@ class RoomHost(LinkService):
         hosted = self.rooms[rid]
         replica = hosted.runtime.replica
         role = replica.role_of(est.peer)
-        return decide(RoomFacts(open=hosted.settings.get("admit") == "open",
-                                peer_role=role,
-                                invite_problem=self._presented.get(est.peer, {}).get(rid),
-                                removed=role == "none" and replica.was_removed(est.peer)))
+        removed = role == "none" and replica.was_removed(est.peer)
+        problem: str | None = None
+        entry = self._presented.get(est.peer, {}).get(rid)
+        if entry is not None:
+            problem, invite_id = entry
+            if removed and replica.invite_admitted(invite_id, est.peer):
+                problem = None  # it let them in before the removal: it is spent for them
+        return decide(RoomFacts(open=hosted.settings.get("admit") == "open", peer_role=role,
+                                invite_problem=problem, removed=removed))
 
     def _attach_shared(self, est: Established) -> None:
         """Share with the peer exactly the rooms it may read: name them (``Rooms``), attach
@@ -486,10 +491,10 @@ class RoomHost(LinkService):
         log.info("room %s not shared with %s: %s", rid.hex()[:16], est.peer, decision.reason)
         self.links.send_link(est.peer, Refused(rid, decision.reason, decision.detail))
 
-    def _redeem(self, peer: str, raw: bytes) -> tuple[bytes, str] | None:
-        """Check an invite from a hello and admit its bearer; returns (room, problem) with
-        problem "" when the invite is good (None if it does not decode or names no room of
-        ours)."""
+    def _redeem(self, peer: str, raw: bytes) -> tuple[bytes, str, bytes] | None:
+        """Check an invite from a hello and admit its bearer; returns (room, problem, invite
+        ID) with problem "" when the invite is good (None if it does not decode or names no
+        room of ours)."""
         try:
             invite: Invite = decode_invite_bytes(raw)
         except DecodeError as err:
@@ -503,9 +508,9 @@ class RoomHost(LinkService):
         if problem is not None:
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
-            return invite.room_id, problem
+            return invite.room_id, problem, invite.id
         self._admit(hosted, peer, invite.role, invite)
-        return invite.room_id, ""
+        return invite.room_id, "", invite.id
 
     def _admit(self, hosted: HostedRoom, peer: str, role: str,
                invite: Invite | None = None) -> None:

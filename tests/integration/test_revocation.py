@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from meshnode.client import ClientError, connect
+from meshnode.client import AdmissionRefused, connect
 from meshnode.crdt import ROOT, PermissionDenied, SceneReplica
 from meshnode.identity import Identity
+from protocol.frames import Changes, encode_frame
 from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_line import ICE, until
 
@@ -22,7 +23,8 @@ from tests.integration.test_line import ICE, until
 async def cli(node: NodeProcess, *args: str) -> str:
     """Run ``meshnode ARGS --node URL`` as the operator would (off the event loop, so the
     clients' links keep running)."""
-    cmd = [sys.executable, "-m", "meshnode", *args, "--node", node.url]
+    cmd = [sys.executable, "-m", "meshnode", *args, "--node", node.url,
+           "--data-dir", str(node.data_dir)]
     done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
                                    timeout=60)
     assert done.returncode == 0, f"meshnode {' '.join(args)} failed:\n{done.stderr}"
@@ -31,6 +33,11 @@ async def cli(node: NodeProcess, *args: str) -> str:
 
 async def invite(node: NodeProcess, room: str, role: str, *extra: str) -> dict[str, str]:
     return json.loads(await cli(node, "room", "invite", room, "--role", role, "--json", *extra))
+
+
+def _rejections(node: NodeProcess, reason: str) -> float:
+    return sum(v for k, v in node.metrics().items()
+               if k.startswith("meshnode_rejections_total") and f'reason="{reason}"' in k)
 
 
 def entities(node: NodeProcess, room: str) -> int:
@@ -47,8 +54,8 @@ async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path
         room = a.post("/api/rooms", {"name": "revocation", "admit": "invite"})["id"]
         mallory, bob, sock = Identity.generate(), Identity.generate(), Identity.generate()
         watch = await invite(a, room, "viewer")
-        async with connect(a.url, room, mallory, ice=ICE,
-                           invite=(await invite(a, room, "admin"))["token"]) as m, \
+        mallory_invite = (await invite(a, room, "admin"))["token"]
+        async with connect(a.url, room, mallory, ice=ICE, invite=mallory_invite) as m, \
                 connect(a.url, room, bob, ice=ICE,
                         invite=(await invite(a, room, "editor"))["token"]) as b, \
                 connect(a.url, room, Identity.generate(), ice=ICE,
@@ -64,8 +71,13 @@ async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path
             out = await cli(a, "room", "role", room, bob.public_id, "viewer")
             assert f"{bob.public_id} is now viewer" in out
             await cli(a, "room", "remove", room, mallory.public_id)
-            await until(lambda: m.role() == "none" and b.role() == "viewer",
+            # Bob learns of his demotion; Mallory is told she was removed and gets nothing
+            # of the room any more (not even the change that removed her).
+            await until(lambda: b.role() == "viewer" and m.refusal is not None,
                         "the demotion and the removal to reach the members")
+            assert m.refusal is not None and m.refusal.reason == "removed"
+            with pytest.raises(AdmissionRefused):
+                await m.flush()
             with pytest.raises(PermissionDenied):
                 b.create_entity(ROOT)
 
@@ -79,8 +91,15 @@ async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path
             forged = old.commit(time.time())
             assert forged is not None
             before = changes(a, room)
-            m.runtime.overlay.submit_change(forged, time.time())  # over the real link
-            m.runtime.pump()
+            # Over her own link, the node takes nothing from her any more.
+            assert m._links is not None and m.node_peer_id is not None
+            frame = encode_frame(Changes(bytes.fromhex(room), (forged,)))
+            m._links.send(m.node_peer_id, "sync", frame)
+            await until(lambda: _rejections(a, "not_shared") >= 1, "her frame refused")
+            # So a member who is still in the room (Bob, hostile too) relays it, raw, over
+            # his real link: the replica's rule must hold on its own.
+            assert b._links is not None and b.node_peer_id is not None
+            b._links.send(b.node_peer_id, "sync", frame)
             await until(lambda: changes(a, room) > before,
                         "the node to receive the forged change")
             await until(lambda: observer.replica.change_count() == changes(a, room),
@@ -92,6 +111,12 @@ async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path
             assert observer.replica.role_of(mallory.public_id) == "none"
             assert observer.replica.role_of(bob.public_id) == "viewer"
             assert len(observer.state()) == 1
+        # The invite Mallory came in with does not bring her back.
+        with pytest.raises(AdmissionRefused) as back:
+            async with connect(a.url, room, mallory, ice=ICE, invite=mallory_invite,
+                               timeout_s=10):
+                pass
+        assert back.value.reason == "removed"
     finally:
         a.kill()
 
@@ -105,10 +130,11 @@ async def test_invites_honour_max_uses_and_revocation(tmp_path: Path) -> None:
         async with connect(a.url, room, Identity.generate(), ice=ICE,
                            invite=once["token"]) as first:
             assert first.role() == "editor"
-        with pytest.raises(ClientError, match="admission"):
+        with pytest.raises(AdmissionRefused) as used_up:
             async with connect(a.url, room, Identity.generate(), ice=ICE,
                                invite=once["token"], timeout_s=5):
                 pass
+        assert used_up.value.reason == "invite_used_up"
         await until(lambda: any('invite_used_up' in k and v >= 1
                                 for k, v in a.metrics().items()),
                     "the used-up invite to be counted")
@@ -116,10 +142,11 @@ async def test_invites_honour_max_uses_and_revocation(tmp_path: Path) -> None:
         revoked = await invite(a, room, "viewer")
         out = await cli(a, "room", "revoke-invite", room, revoked["id"])
         assert f"invite {revoked['id']} revoked" in out
-        with pytest.raises(ClientError, match="admission"):
+        with pytest.raises(AdmissionRefused) as refused:
             async with connect(a.url, room, Identity.generate(), ice=ICE,
                                invite=revoked["token"], timeout_s=5):
                 pass
+        assert refused.value.reason == "invite_revoked"
         await until(lambda: any('invite_revoked' in k and v >= 1
                                 for k, v in a.metrics().items()),
                     "the revoked invite to be counted")
