@@ -14,7 +14,7 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
     RefusalReason,
-    Refused,
+    RequestRefused,
 )
 from meshnode.overlay.overlay import PRESENCE, SYNC, OverlayStats, RoomOverlay
 
@@ -32,6 +32,6 @@ __all__ = [
     "PresenceExpired",
     "PresenceUpdated",
     "RefusalReason",
-    "Refused",
+    "RequestRefused",
     "RoomOverlay",
 ]

@@ -55,7 +55,7 @@ class RefusalReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class RequestRefused:
     """The overlay refused something ``peer`` sent (``count`` items of one frame).
 
     ``NOT_A_MEMBER`` costs the peer score; ``QUOTA`` and ``REPLY_BUDGET`` do not (an honest
@@ -98,7 +98,7 @@ Event = (
     | PresenceUpdated
     | PresenceExpired
     | PeerMisbehaved
-    | Refused
+    | RequestRefused
     | EquivocationDetected
     | ConnectRequest
     | DisconnectRequest

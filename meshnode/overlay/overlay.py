@@ -23,9 +23,9 @@ Read access (who is served). A peer linked to the room is served (changes pushed
 ``IHave``, ``Heads``, presence) only while it holds a role in the room (viewer or above; hosting
 nodes are members with a role), judged by this replica's current roles:
 
-    peer's role   we send it                          its Heads / Want / Graft
-    none          membership frames only (*)          refused: ``Refused(NOT_A_MEMBER)``, scored
-    viewer+       everything                          answered, within its reply budget
+    peer's role   we send it                    its Heads / Want / Graft
+    none          membership frames only (*)    refused (``RequestRefused``, NOT_A_MEMBER), scored
+    viewer+       everything                    answered, within its reply budget
 
 (*) and, while this node holds no role itself (it is joining with an invite), its own
 ``Heads``, so that a host it does not yet know as a member can serve it. Changes from any peer
@@ -60,7 +60,7 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
     RefusalReason,
-    Refused,
+    RequestRefused,
 )
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
@@ -356,7 +356,7 @@ class RoomOverlay:
     def _refuse(self, peer: str, reason: RefusalReason, count: int, now: float) -> None:
         st = self.stats
         st.refused[reason.value] = st.refused.get(reason.value, 0) + count
-        self._emit(Refused(peer, reason, count, now))
+        self._emit(RequestRefused(peer, reason, count, now))
         if reason is RefusalReason.NOT_A_MEMBER:
             self._penalize(peer, "not_a_member", now)
 
@@ -481,7 +481,7 @@ class RoomOverlay:
 
     def _on_changes(self, peer: str, msg: Changes, now: float) -> None:
         datas = self._within_quota(peer, msg.changes, now)
-        results = self.replica.apply_many(datas, self.wall_clock())
+        results = self.replica.apply_many(datas, self.wall_clock(), mono=now)
         if any(res.status == APPLIED for res in results):
             # Before spreading: a grant just applied decides who gets these changes.
             self._review_access(now)
@@ -624,7 +624,7 @@ class RoomOverlay:
             self._spread(cid, None, now)
             self._flush_changes()
             return ApplyResult(APPLIED, None, cid, (cid,))
-        res = self.replica.apply(data, self.wall_clock())
+        res = self.replica.apply(data, self.wall_clock(), mono=now)
         if res.status == APPLIED:
             self._review_access(now)
             for c in res.applied:

@@ -30,7 +30,7 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
     RefusalReason,
-    Refused,
+    RequestRefused,
 )
 from protocol.change import change_id
 
@@ -157,7 +157,9 @@ class RoomRuntime:
         """Commit the uncommitted local batch (if any), spread it, and wait until it is
         durable (at this node, or acknowledged by the node for a client). Returns the change
         ID."""
-        data = self.replica.commit(self.overlay.wall_clock())
+        # The monotonic reading goes with the wall one: the replica bounds its stamps' lead
+        # over the peers' time with it (a wall clock that jumps ahead cannot run away).
+        data = self.replica.commit(self.overlay.wall_clock(), mono=self._clock())
         if data is None:
             return None
         cid = change_id(data)
@@ -274,7 +276,7 @@ class RoomRuntime:
         elif isinstance(event, PeerMisbehaved):
             log.warning("peer %s misbehaved in room %s: %s (score %.0f)", event.peer,
                         self.room_id.hex()[:12], event.reason, event.score)
-        elif isinstance(event, Refused):
+        elif isinstance(event, RequestRefused):
             # Quota and reply budget only slow a peer down; a non-member asking is scored.
             level = (logging.WARNING if event.reason is RefusalReason.NOT_A_MEMBER
                      else logging.DEBUG)

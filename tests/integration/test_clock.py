@@ -121,3 +121,35 @@ async def test_a_wall_clock_stepped_back_does_not_stop_the_timers(tmp_path: Path
         a.kill()
         if b is not None:
             b.kill()
+
+
+async def test_a_clock_that_jumps_ahead_and_back_leaves_no_change_unacceptable(
+        tmp_path: Path) -> None:
+    clock = WallClock(tmp_path / "a.clock")
+    a = NodeProcess(tmp_path / "a").start(env=clock.env())
+    b = None
+    try:
+        room = a.default_room
+        assert room is not None
+        b = start_host(tmp_path / "b", a, room, bootstrap=a)
+        token = b.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        async with connect(b.url, room, Identity.generate(), ice=ICE, invite=token) as member:
+            member.create_entity(ROOT, {"name": {"value": "from B's side"}})
+            await member.flush()
+            await until(lambda: _vv(a, room) == _vv(b, room), "A has B's changes")
+            # A's wall clock jumps a day ahead (a bad NTP answer), A signs a change (the
+            # operator demotes the member), then the clock comes back and A signs another.
+            clock.set("+1d")
+            a.post(f"/api/rooms/{room}/members", {"peer": member.peer_id, "role": "viewer"})
+            await until(lambda: member.role() == "viewer", "the demotion reaches B's member",
+                        timeout=30)
+            clock.set("+0")
+            a.post(f"/api/rooms/{room}/members", {"peer": member.peer_id, "role": "editor"})
+            await until(lambda: member.role() == "editor", "the promotion reaches B's member",
+                        timeout=30)
+            await until(lambda: _vv(a, room) == _vv(b, room), "B takes both of A's changes")
+            assert "future_timestamp" not in b.log()
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()

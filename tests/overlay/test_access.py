@@ -6,7 +6,13 @@ grant makes the overlay serve it at once, and a removal stops that at once."""
 from __future__ import annotations
 
 from meshnode.crdt import ROOT
-from meshnode.overlay import OverlayConfig, PeerMisbehaved, PresenceUpdated, RefusalReason, Refused
+from meshnode.overlay import (
+    OverlayConfig,
+    PeerMisbehaved,
+    PresenceUpdated,
+    RefusalReason,
+    RequestRefused,
+)
 from protocol.change import change_id
 from protocol.frames import Heads, Want, encode_frame
 
@@ -77,7 +83,7 @@ def test_asking_without_a_role_is_refused_and_scored() -> None:
         net.inject(stranger, owner, SYNC, encode_frame(Want(room_id, wanted)))
         net.run_for(0.2)
     assert content_to(net, stranger, since) == {}
-    refused = net.nodes[owner].events_of(Refused)
+    refused = net.nodes[owner].events_of(RequestRefused)
     stranger_id = net.nodes[stranger].peer_id
     assert refused and all(e.peer == stranger_id for e in refused)
     assert {e.reason for e in refused} == {RefusalReason.NOT_A_MEMBER}

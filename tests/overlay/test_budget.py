@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from meshnode.crdt import ROOT
-from meshnode.overlay import OverlayConfig, PeerMisbehaved, RefusalReason, Refused
+from meshnode.overlay import OverlayConfig, PeerMisbehaved, RefusalReason, RequestRefused
 from protocol.change import change_id
 from protocol.frames import Heads, Want, encode_frame
 
@@ -68,7 +68,7 @@ def test_a_heads_and_want_flood_is_bounded_by_what_the_peer_sent() -> None:
     assert replies <= bound
     # Everything else it got (its own Heads announcements) is a few hundred bytes.
     assert sent <= bound + 2_048
-    refused = [e for e in net.nodes[owner].events_of(Refused)
+    refused = [e for e in net.nodes[owner].events_of(RequestRefused)
                if e.reason is RefusalReason.REPLY_BUDGET]
     assert refused
     # Slowed, not punished: the asker is still linked, and catches up in the end.
@@ -94,7 +94,7 @@ def test_an_author_over_quota_is_slowed_not_lost_and_the_relay_is_not_blamed() -
     made = [net.edit(writer, lambda r: r.create_entity(ROOT)) for _ in range(30)]
     net.run_for(1.0)
     # Beyond its burst, the writer's changes were refused for now with reason "quota"...
-    relay_refused = [e for e in net.nodes[relay].events_of(Refused)
+    relay_refused = [e for e in net.nodes[relay].events_of(RequestRefused)
                      if e.reason is RefusalReason.QUOTA]
     assert relay_refused and relay_refused[0].peer == net.nodes[writer].peer_id
     assert not all(net.nodes[relay].replica.has_change(c) for c in made if c)
@@ -105,7 +105,7 @@ def test_an_author_over_quota_is_slowed_not_lost_and_the_relay_is_not_blamed() -
     net.run_for(40.0)
     assert all(net.delivered(c, [relay, reader]) for c in made if c)
     net.assert_converged()
-    reader_refused = [e for e in net.nodes[reader].events_of(Refused)
+    reader_refused = [e for e in net.nodes[reader].events_of(RequestRefused)
                       if e.reason is RefusalReason.QUOTA]
     assert all(e.peer == net.nodes[relay].peer_id for e in reader_refused)
     assert net.nodes[reader].stats()["changes_applied"] >= 30
