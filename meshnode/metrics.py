@@ -72,6 +72,14 @@ class NodeMetrics:
         self.connect_latency = Histogram("meshnode_link_connect_seconds",
                                          "Time to open a link, hello included",
                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.pending_links = Gauge(
+            "meshnode_pending_links",
+            "Connections answered whose handshake is not done (hello for peers, client channel "
+            "for browsers), by kind (peer, browser)", ["kind"], registry=r)
+        self.pending_evictions = Counter(
+            "meshnode_pending_evictions",
+            "Unfinished connections closed by the pending pool's rules, by kind and reason "
+            "(pool_full, hello_timeout, established_full)", ["kind", "reason"], registry=r)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -110,8 +110,11 @@ class Node(LinkOwner):
         await self.durable.start()
         # Process-wide, and needed before any link: browser links do not go through PeerLink.
         install_host_addresses(self.config.ice.host_addresses)
-        self.links = LinkManager(self.identity, LinkSettings(ice=self.config.ice), self,
-                                 self.metrics, max_links=self.config.max_links)
+        self.links = LinkManager(self.identity,
+                                 LinkSettings(ice=self.config.ice,
+                                              hello_timeout_s=self.config.handshake_timeout_s),
+                                 self, self.metrics, max_links=self.config.max_links,
+                                 max_pending=self.config.max_pending_links)
         for record in self.store.rooms():
             self._host(record)
         if not self.rooms and self.config.default_room:

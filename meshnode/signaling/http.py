@@ -263,4 +263,6 @@ def _add_web_client(app: web.Application, node: "Node") -> None:
 
     add_web_routes(app, rooms=node.room,
                    default_room=node.default_room_hex, ice=node.config.ice,
-                   max_browsers=node.config.max_browsers, may_edit=may_edit)
+                   max_browsers=node.config.max_browsers, may_edit=may_edit,
+                   max_pending_browsers=node.config.max_pending_browsers,
+                   handshake_timeout_s=node.config.handshake_timeout_s, metrics=node.metrics)

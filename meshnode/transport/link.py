@@ -48,6 +48,7 @@ from meshnode.transport.ice import (
     sdp_fingerprints,
     strip_mdns_candidates,
 )
+from meshnode.transport.reclaim import reclaim_soon
 from protocol.errors import DecodeError
 from protocol.frames import ROOM_ID_BYTES
 from protocol.link import (
@@ -661,6 +662,8 @@ class PeerLink:
             logger.exception("link %r: closing the peer connection failed", self)
         finally:
             self._channels.clear()
+            # aiortc's objects hold each other in cycles: only the collector frees them.
+            reclaim_soon()
 
 
 def _enlarge_socket_buffers(pc: RTCPeerConnection, size: int) -> None:

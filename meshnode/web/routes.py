@@ -9,7 +9,8 @@
 - ``POST /api/browser/offer`` with ``{"room": hex, "sdp": offer}`` (``Content-Type:
   application/json``) → ``{"sdp": answer}``. Errors are ``{"error": str}`` with status 400
   (bad input or an offer that cannot be answered), 404 (unknown room), 415 (not JSON) or 503
-  (the node serves ``max_browsers`` browsers already).
+  (the node serves ``max_browsers`` browsers already, or newer offers took this one's place
+  among the connections still opening: see ``meshnode.web.browser_link``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
+from meshnode.metrics import NodeMetrics
 from meshnode.transport.ice import IceSettings
-from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
+from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
 from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
@@ -50,6 +52,9 @@ def add_web_routes(
     ice: IceSettings,
     max_browsers: int = 64,
     may_edit: Callable[[str, str], bool] | None = None,
+    max_pending_browsers: int = 16,
+    handshake_timeout_s: float = OPEN_TIMEOUT_S,
+    metrics: NodeMetrics | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
@@ -57,9 +62,12 @@ def add_web_routes(
     the hex ID of the room a page without ``?room=`` joins ("" if none). ``may_edit(hex,
     remote address)`` says whether a browser may edit that room (default: yes); a browser
     that may not gets the room read-only. At most ``max_browsers`` browsers are connected at
-    once; the connections are closed when the app shuts down.
+    once, and apart from them at most ``max_pending_browsers`` are connecting, each for at most
+    ``handshake_timeout_s`` (counted in ``metrics`` if given); the connections are closed when
+    the app shuts down.
     """
-    links = BrowserLinks(ice, max_connections=max_browsers)
+    links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
+                         open_timeout_s=handshake_timeout_s, metrics=metrics)
     app[BROWSER_LINKS] = links
 
     async def index(request: web.Request) -> web.StreamResponse:
