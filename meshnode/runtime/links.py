@@ -6,12 +6,12 @@ over HTTP (another node or a Python client dialling us), or through the mesh wit
 ``Signal`` messages (a peer the overlay named). Whatever the way, the link counts only once
 its signed hello has been checked. Until then a link we answered (an offer over HTTP or
 relayed) lives in a small pool of its own (``meshnode.runtime.pending``): it never takes one of
-the ``max_links`` established slots, and when the pool is full the oldest unfinished link is
-evicted, so offers that never complete cost the node at most ``max_pending`` connections and
-never keep an honest peer out. Links we dial ourselves reserve an established slot while they
-open. Two links to one peer (both dialled at once) are resolved
-by keeping the one offered by the smaller PeerID, on both sides; a peer that dials again
-later (it restarted) replaces its old link.
+the ``max_links`` established slots, and when the pool is full the unfinished link that got
+least far (the oldest of those) is evicted, so offers that never complete cost the node at
+most ``max_pending`` connections and never keep an honest peer out. Links we dial ourselves
+reserve an established slot while they open. Two links to one peer (both dialled at once) are
+resolved by keeping the one offered by the smaller PeerID, on both sides; a peer that dials
+again later (it restarted) replaces its old link.
 
 Messages after the hello are split here: link messages (types >= 64) are handled or given to
 the owner; room frames go to the owner, which routes them by room ID.
@@ -31,7 +31,14 @@ import aiohttp
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.runtime.outbox import Outbox
-from meshnode.runtime.pending import Evict, EvictReason, PendingPolicy, PendingPool, Refuse
+from meshnode.runtime.pending import (
+    Evict,
+    EvictReason,
+    PendingPolicy,
+    PendingPool,
+    Refuse,
+    Stage,
+)
 from meshnode.signaling.relay import DEFAULT_TTL, Deliver, Forward, SignalRelay
 from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
 from protocol.errors import DecodeError
@@ -57,6 +64,7 @@ GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
 DUPLICATE_WINDOW_S = 10.0
+_STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
 
 
 class LinkRefused(Exception):
@@ -126,7 +134,7 @@ class LinkManager:
 
     def __init__(self, identity: Identity, settings: LinkSettings, owner: LinkOwner,
                  metrics: NodeMetrics, *, max_links: int = 64, max_pending: int = 16,
-                 pending_policy: PendingPolicy = PendingPolicy.EVICT_OLDEST,
+                 pending_policy: PendingPolicy = PendingPolicy.EVICT_LEAST_ADVANCED,
                  clock: Callable[[], float] = time.time) -> None:
         self.identity = identity
         self.me = identity.public_id
@@ -185,6 +193,10 @@ class LinkManager:
                 self._spawn(victim.close(EvictReason.POOL_FULL.value), "evict-link")
         self.metrics.pending_links.labels("peer").set(len(self._pending))
         return ticket
+
+    def _track_pending(self, ticket: int, link: PeerLink) -> None:
+        self._pending_links[ticket] = link
+        link.on_progress = lambda step: self._pending.advance(ticket, _STAGES[step])
 
     def _pending_done(self, ticket: int) -> None:
         self._pending.finish(ticket)
@@ -306,7 +318,7 @@ class LinkManager:
             raise LinkRefused("too_many_links")
         ticket = self._admit_pending()
         link = self._new_link("any", None)
-        self._pending_links[ticket] = link
+        self._track_pending(ticket, link)
         started = time.perf_counter()
         try:
             answer = await link.accept_offer(sdp)
@@ -510,7 +522,7 @@ class LinkManager:
                 self.send_link(fwd.peer, fwd.signal)
             return
         link = self._new_link("node", sig.src)
-        self._pending_links[ticket] = link
+        self._track_pending(ticket, link)
         started = time.perf_counter()
         try:
             answer = await link.accept_offer(sig.sdp)

@@ -9,8 +9,9 @@ A browser connection is *pending* from its offer until its ``client`` channel op
 *established*. The two are counted apart (``BrowserLinks``): at most ``max_connections``
 established sessions, and at most ``max_pending`` pending connections in a pool of their own
 (``meshnode.runtime.pending``) that each get ``open_timeout_s`` to open their channel. When
-that pool is full a new offer evicts the oldest pending connection, so offers that never
-complete can neither take a session's slot nor keep real browsers out.
+that pool is full a new offer evicts the pending connection that got least far through its
+handshake (the oldest of those), so offers that never complete can neither take a session's
+slot nor keep real browsers out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from meshnode.metrics import NodeMetrics
-from meshnode.runtime.pending import Evict, EvictReason, PendingPolicy, PendingPool, Refuse
+from meshnode.runtime.pending import (
+    Evict,
+    EvictReason,
+    PendingPolicy,
+    PendingPool,
+    Refuse,
+    Stage,
+)
 from meshnode.transport.ice import IceSettings, strip_mdns_candidates
 from meshnode.transport.reclaim import reclaim_soon
 from meshnode.web.rooms import RoomAccess
@@ -105,8 +113,12 @@ class BrowserConnection:
         self._open_timer: asyncio.TimerHandle | None = loop.call_later(
             open_timeout_s, self._open_timed_out
         )
+        self.stage = Stage.ANSWERED
+        """How far the handshake got (the pending pool evicts the least advanced first)."""
+        self.on_progress: Callable[[Stage], None] | None = None
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("iceconnectionstatechange", self._on_ice_state)
 
     @property
     def closed(self) -> bool:
@@ -165,6 +177,19 @@ class BrowserConnection:
     def _on_connection_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
             self._close_soon()
+        elif self.pc.connectionState == "connected":
+            self._progress(Stage.SECURED)
+
+    def _on_ice_state(self) -> None:
+        if self.pc.iceConnectionState == "completed":
+            self._progress(Stage.ICE_CONNECTED)
+
+    def _progress(self, stage: Stage) -> None:
+        if stage <= self.stage or self.closed:
+            return
+        self.stage = stage
+        if self.on_progress is not None:
+            self.on_progress(stage)
 
     def _on_datachannel(self, channel: Any) -> None:
         if self.closed or channel.label != CLIENT_CHANNEL or self.session is not None:
@@ -273,7 +298,7 @@ class BrowserLinks:
         open_timeout_s: float = OPEN_TIMEOUT_S,
         limits: SessionLimits | None = None,
         metrics: NodeMetrics | None = None,
-        pending_policy: PendingPolicy = PendingPolicy.EVICT_OLDEST,
+        pending_policy: PendingPolicy = PendingPolicy.EVICT_LEAST_ADVANCED,
     ) -> None:
         if max_connections < 0:
             raise ValueError("max_connections must be >= 0")
@@ -403,6 +428,8 @@ class BrowserLinks:
             self._done(ticket)
         elif ticket in self._pending:
             self._pending_conns[ticket] = conn
+            self._pending.advance(ticket, conn.stage)
+            conn.on_progress = lambda stage: self._pending.advance(ticket, stage)
         self.total += 1
         return answer
 
