@@ -50,7 +50,7 @@ from meshnode.transport.ice import (
     sdp_fingerprints,
     strip_mdns_candidates,
 )
-from meshnode.transport.reclaim import reclaim_soon
+from meshnode.transport.reclaim import close_peer_connection
 from protocol.errors import DecodeError
 from protocol.frames import ROOM_ID_BYTES
 from protocol.link import (
@@ -678,13 +678,11 @@ class PeerLink:
             self._describing = None
         try:
             if pc is not None:
-                await pc.close()
+                await close_peer_connection(pc)
         except Exception:
             logger.exception("link %r: closing the peer connection failed", self)
         finally:
             self._channels.clear()
-            # aiortc's objects hold each other in cycles: only the collector frees them.
-            reclaim_soon()
 
 
 def _enlarge_socket_buffers(pc: RTCPeerConnection, size: int) -> None:

@@ -35,7 +35,7 @@ from meshnode.runtime.pending import (
     Stage,
 )
 from meshnode.transport.ice import IceSettings, strip_mdns_candidates
-from meshnode.transport.reclaim import reclaim_soon
+from meshnode.transport.reclaim import close_peer_connection
 from meshnode.web.rooms import RoomAccess
 from meshnode.web.session import BrowserSession, SessionLimits
 
@@ -156,10 +156,9 @@ class BrowserConnection:
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
         try:
-            await self.pc.close()
+            await close_peer_connection(self.pc)
         except Exception:
             log.debug("browser %s: closing the peer connection failed", self.name, exc_info=True)
-        reclaim_soon()  # aiortc's objects hold each other in cycles: only the collector frees them
         on_closed, self._on_closed = self._on_closed, None
         if on_closed is not None:
             try:
