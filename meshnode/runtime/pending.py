@@ -12,9 +12,10 @@ When the pool is full, a new offer **evicts** an unfinished connection (policy
 that has made the least progress through its handshake (:class:`Stage`), the oldest among
 equals. An honest peer passes ICE within milliseconds of getting the answer and finishes in a
 fraction of a second; an offer sent only to cost the node never passes ICE unless its sender
-runs a real ICE agent for it. So a flood of cheap offers only ever evicts itself, and a
-flood that does pay for ICE still evicts its own older connections before an honest one that
-is further along. With refusal, by contrast, the flood holds every slot for the whole timeout
+runs a real ICE agent for it. So a flood of cheap offers evicts itself, as long as an honest
+connection passes ICE before ``capacity`` newer offers arrive (per-source rate limits keep the
+arrival rate there), and a flood that does pay for ICE still evicts its own older
+connections before an honest one that is further along. With refusal, by contrast, the flood holds every slot for the whole timeout
 and an honest offer gets in only when it happens to arrive just as a slot frees (see
 docs/operators.md, "Limits", for the measurement).
 
