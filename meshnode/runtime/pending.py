@@ -14,9 +14,10 @@ equals. An honest peer passes ICE within milliseconds of getting the answer and 
 fraction of a second; an offer sent only to cost the node never passes ICE unless its sender
 runs a real ICE agent for it. So a flood of cheap offers evicts itself, as long as an honest
 connection passes ICE before ``capacity`` newer offers arrive (per-source rate limits keep the
-arrival rate there), and a flood that does pay for ICE still evicts its own older
-connections before an honest one that is further along. With refusal, by contrast, the flood holds every slot for the whole timeout
-and an honest offer gets in only when it happens to arrive just as a slot frees (see
+arrival rate there), and a flood that does pay for ICE still evicts its own older connections
+before an honest one that is further along. With refusal, by contrast, the flood holds every
+slot for the whole timeout and an honest offer gets in only when it happens to arrive just as
+a slot frees (see
 docs/operators.md, "Limits", for the measurement).
 
 The pool decides; the caller acts: it admits a key and gets back an :data:`AdmitDecision`,
