@@ -38,6 +38,9 @@ class NodeConfig:
     ice: IceSettings = field(default_factory=IceSettings)
     max_links: int = 64
     max_browsers: int = 32
+    max_pending_links: int = 16
+    max_pending_browsers: int = 16
+    handshake_timeout_s: float = 5.0
     default_room: bool = True
     default_room_name: str = "lobby"
     admit: str = "open"
@@ -68,7 +71,8 @@ class NodeConfig:
 _SECTIONS: dict[str, set[str]] = {
     "node": {"data_dir", "listen", "public_url"},
     "network": {"bootstrap", "ice_servers", "host_addresses", "relay_only", "max_links",
-                "max_browsers"},
+                "max_browsers", "max_pending_links", "max_pending_browsers",
+                "handshake_timeout_s"},
     "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
@@ -207,6 +211,8 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     changes["ice"] = ice
     for key, section, name in (("max_links", net, "network.max_links"),
                                ("max_browsers", net, "network.max_browsers"),
+                               ("max_pending_links", net, "network.max_pending_links"),
+                               ("max_pending_browsers", net, "network.max_pending_browsers"),
                                ("snapshot_every", store, "store.snapshot_every")):
         src = key if key != "snapshot_every" else "snapshot_every"
         if src in section:
@@ -214,6 +220,12 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
             changes[key] = value
+    if "handshake_timeout_s" in net:
+        timeout = _want(net["handshake_timeout_s"], (int, float), "network.handshake_timeout_s")
+        if isinstance(timeout, bool) or not 0.5 <= timeout <= 120:
+            raise ConfigError("network.handshake_timeout_s must be 0.5 to 120 seconds (5 suits "
+                              "most networks; 10 for satellite paths)")
+        changes["handshake_timeout_s"] = float(timeout)
     if "default_room" in rooms:
         changes["default_room"] = _want(rooms["default_room"], bool, "rooms.default_room")
     if "default_room_name" in rooms:

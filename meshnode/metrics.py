@@ -102,6 +102,14 @@ class NodeMetrics:
             "HTTP requests refused by the guard, by reason (misdirected_host, foreign_origin, "
             "admin_token_missing, rate_limited, room_read_*, signature_*, ...)",
             ["reason"], registry=r)
+        self.pending_links = Gauge(
+            "meshnode_pending_links",
+            "Connections answered whose handshake is not done (hello for peers, client channel "
+            "for browsers), by kind (peer, browser)", ["kind"], registry=r)
+        self.pending_evictions = Counter(
+            "meshnode_pending_evictions",
+            "Unfinished connections closed by the pending pool's rules, by kind and reason "
+            "(pool_full, hello_timeout, established_full)", ["kind", "reason"], registry=r)
 
     def render(self) -> bytes:
         """The text exposition format of the public metrics."""

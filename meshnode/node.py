@@ -110,9 +110,11 @@ class Node:
         stack.push_async_callback(durable.close)
         # Process-wide, and needed before any link: browser links do not go through PeerLink.
         install_host_addresses(cfg.ice.host_addresses)
-        links = LinkManager(self.identity, LinkSettings(ice=cfg.ice),
+        links = LinkManager(self.identity,
+                            LinkSettings(ice=cfg.ice, hello_timeout_s=cfg.handshake_timeout_s),
                             lambda kind: self.rooms.local_hello(kind), self.metrics,
-                            max_links=cfg.max_links, on_crash=crashed)
+                            max_links=cfg.max_links, max_pending=cfg.max_pending_links,
+                            on_crash=crashed)
         self._rooms = rooms = RoomHost(self.identity, cfg, store, durable, links, self.metrics,
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)

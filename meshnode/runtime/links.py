@@ -4,9 +4,14 @@ A link is one aiortc ``PeerLink`` (see ``meshnode.transport.link``), opened in o
 ways: by dialling a node's HTTP signaling URL (bootstrap), by answering an offer that came
 over HTTP (another node or a Python client dialling us), or through the mesh with relayed
 ``Signal`` messages (a peer the overlay named). Whatever the way, the link counts only once
-its signed hello has been checked. Two links to one peer (both dialled at once) are resolved
-by keeping the one offered by the smaller PeerID, on both sides; a peer that dials again
-later (it restarted) replaces its old link.
+its signed hello has been checked. Until then a link we answered (an offer over HTTP or
+relayed) lives in a small pool of its own (``meshnode.runtime.pending``): it never takes one of
+the ``max_links`` established slots, and when the pool is full the unfinished link that got
+least far (the oldest of those) is evicted, so offers that never complete cost the node at
+most ``max_pending`` connections and never keep an honest peer out. Links we dial ourselves
+reserve an established slot while they open. Two links to one peer (both dialled at once) are
+resolved by keeping the one offered by the smaller PeerID, on both sides; a peer that dials
+again later (it restarted) replaces its old link.
 
 Messages after the hello are split here and fanned out to the registered services
 (``LinkService``: the node's room host and address book, media, discovery; the client's room):
@@ -17,6 +22,7 @@ manager itself handles the link protocol (``Hello``, ``Signal``, ``Ping``, ``Bun
 """
 
 import asyncio
+import itertools
 import logging
 import random
 import secrets
@@ -30,6 +36,14 @@ import aiohttp
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.runtime.outbox import Outbox
+from meshnode.runtime.pending import (
+    Evict,
+    EvictReason,
+    PendingPolicy,
+    PendingPool,
+    Refuse,
+    Stage,
+)
 from meshnode.runtime.tasks import TaskSet
 from meshnode.signaling.relay import DEFAULT_TTL, Deliver, Forward, SignalRelay
 from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
@@ -55,6 +69,7 @@ GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
 DUPLICATE_WINDOW_S = 10.0
+_STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
 
 
 class LinkRefused(Exception):
@@ -133,7 +148,8 @@ class LinkManager:
     """Opens, checks, tracks and closes the node's links (see the module docstring)."""
 
     def __init__(self, identity: Identity, settings: LinkSettings, local_hello: LocalHelloSource,
-                 metrics: NodeMetrics, *, max_links: int = 64,
+                 metrics: NodeMetrics, *, max_links: int = 64, max_pending: int = 16,
+                 pending_policy: PendingPolicy = PendingPolicy.EVICT_LEAST_ADVANCED,
                  clock: Callable[[], float] = time.time,
                  on_crash: Callable[[str, BaseException], None] | None = None) -> None:
         self.identity = identity
@@ -149,8 +165,12 @@ class LinkManager:
         self.relay = SignalRelay(self.me, random.Random())
         self._pending_relay: dict[bytes, tuple[PeerLink, str, asyncio.Future[str]]] = {}
         self._dialing: set[str] = set()
-        self._opening = 0
+        self._opening = 0  # our own dials under way: each reserves an established slot
         self._tasks = TaskSet("links", on_crash)
+        # Links we answered whose hello is not done, by ticket (see the module docstring).
+        self._pending = PendingPool[int](max_pending, pending_policy)
+        self._pending_links: dict[int, PeerLink] = {}
+        self._tickets = itertools.count()
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
         self.keepalive_s = KEEPALIVE_S
@@ -181,6 +201,41 @@ class LinkManager:
 
     def _count(self) -> int:
         return len(self.links) + self._opening
+
+    @property
+    def pending(self) -> int:
+        """Links we answered that have not finished their hello."""
+        return len(self._pending_links)
+
+    def _admit_pending(self) -> int:
+        """Take a slot in the pool of unfinished links for a link about to be answered (the
+        oldest unfinished one may be evicted for it); returns its ticket. Raises LinkRefused
+        if the pool refuses (policy ``REFUSE_NEW``)."""
+        ticket = next(self._tickets)
+        decision = self._pending.admit(ticket)
+        if isinstance(decision, Refuse):
+            self.metrics.rejections.labels(decision.reason).inc()
+            raise LinkRefused(decision.reason, "too many links opening; try again soon")
+        if isinstance(decision, Evict):
+            victim = self._pending_links.pop(decision.victim, None)
+            if victim is not None:
+                self._evicted(EvictReason.POOL_FULL)
+                log.info("unfinished link evicted: %d links were opening", self._pending.capacity)
+                self._spawn(victim.close(EvictReason.POOL_FULL.value), "evict-link")
+        self.metrics.pending_links.labels("peer").set(len(self._pending))
+        return ticket
+
+    def _track_pending(self, ticket: int, link: PeerLink) -> None:
+        self._pending_links[ticket] = link
+        link.on_progress = lambda step: self._pending.advance(ticket, _STAGES[step])
+
+    def _pending_done(self, ticket: int) -> None:
+        self._pending.finish(ticket)
+        self._pending_links.pop(ticket, None)
+        self.metrics.pending_links.labels("peer").set(len(self._pending))
+
+    def _evicted(self, reason: EvictReason) -> None:
+        self.metrics.pending_evictions.labels("peer", reason.value).inc()
 
     def neighbours(self) -> set[str]:
         """PeerIDs with an established link."""
@@ -287,38 +342,56 @@ class LinkManager:
             self._opening -= 1
 
     async def accept_offer(self, sdp: str) -> str:
-        """Answer an offer that came over HTTP; the link completes in the background."""
+        """Answer an offer that came over HTTP; the link completes in the background, in the
+        pool of unfinished links (see the module docstring). Raises LinkRefused
+        (``too_many_links`` when every established slot is taken)."""
         if self._count() >= self.max_links:
             raise LinkRefused("too_many_links")
+        ticket = self._admit_pending()
         link = self._new_link("any", None)
-        self._opening += 1
+        self._track_pending(ticket, link)
         started = time.perf_counter()
         try:
             answer = await link.accept_offer(sdp)
-        except BaseException:
-            self._opening -= 1
+        except BaseException as err:
+            self._pending_done(ticket)
+            evicted = link.close_reason == EvictReason.POOL_FULL.value
             await link.close("bad_offer")
+            if evicted and isinstance(err, Exception):
+                raise LinkRefused(EvictReason.POOL_FULL.value,
+                                  "newer offers took its place while it was answered") from None
             raise
-        self._spawn(self._finish_accept(link, started), "accept-link")
+        self._spawn(self._finish_accept(link, started, ticket), "accept-link")
         return answer
 
-    async def _finish_accept(self, link: PeerLink, started: float) -> None:
+    async def _finish_accept(self, link: PeerLink, started: float, ticket: int) -> None:
         try:
-            await self._establish(link, offered_by_us=False, started=started)
+            await self._establish(link, offered_by_us=False, started=started, ticket=ticket)
         except Exception as err:
             reason = getattr(err, "reason", type(err).__name__)
             log.info("incoming link failed: %s", str(err) or reason)
             self.metrics.links_closed.labels(str(reason)).inc()
+            if reason == EvictReason.HELLO_TIMEOUT.value:
+                self._evicted(EvictReason.HELLO_TIMEOUT)
             await link.close(str(reason))
         finally:
-            self._opening -= 1
+            self._pending_done(ticket)
 
     async def _establish(self, link: PeerLink, *, offered_by_us: bool,
-                         started: float) -> Established:
+                         started: float, ticket: int | None = None) -> Established:
+        """Wait for ``link``'s hello and count it. ``ticket``: its slot in the pool of
+        unfinished links (a link we answered), freed here; such a link needs a free
+        established slot now (a link we dialled reserved one when it started)."""
         hello = await link.established()
         peer = link.peer_id
         assert peer is not None
         old = self.links.get(peer)
+        if ticket is not None:
+            self._pending_done(ticket)
+            if old is None and self._count() >= self.max_links:
+                self._evicted(EvictReason.ESTABLISHED_FULL)
+                await link.close("too_many_links")
+                raise LinkRefused("too_many_links", f"{self.max_links} links established")
         if old is not None:
             # Both dialled at once: keep the link the smaller PeerID offered, on both sides.
             # Otherwise the peer dialled again because, for it, the old link is gone (it
@@ -484,21 +557,30 @@ class LinkManager:
             for fwd in self.relay.originate(reply, self.neighbours()):
                 self.send_link(fwd.peer, fwd.signal)
             return
+        try:
+            ticket = self._admit_pending()
+        except LinkRefused as err:
+            reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "error", str(err))
+            for fwd in self.relay.originate(reply, self.neighbours()):
+                self.send_link(fwd.peer, fwd.signal)
+            return
         link = self._new_link("node", sig.src)
-        self._opening += 1
+        self._track_pending(ticket, link)
         started = time.perf_counter()
         try:
             answer = await link.accept_offer(sig.sdp)
             reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "answer", answer)
             for fwd in self.relay.originate(reply, self.neighbours()):
                 self.send_link(fwd.peer, fwd.signal)
-            await self._establish(link, offered_by_us=False, started=started)
+            await self._establish(link, offered_by_us=False, started=started, ticket=ticket)
         except Exception as err:
             reason = getattr(err, "reason", type(err).__name__)
             self.metrics.links_closed.labels(str(reason)).inc()
+            if reason == EvictReason.HELLO_TIMEOUT.value:
+                self._evicted(EvictReason.HELLO_TIMEOUT)
             await link.close(str(reason))
         finally:
-            self._opening -= 1
+            self._pending_done(ticket)
 
     async def _keep_alive(self) -> None:
         """Ping idle links; close links that have been silent too long. ICE consent would
@@ -538,6 +620,8 @@ class LinkManager:
             await asyncio.gather(self._keepalive, return_exceptions=True)
         for est in list(self.links.values()):
             await est.link.close("shutdown")
+        for link in list(self._pending_links.values()):
+            await link.close("shutdown")
         await self._tasks.aclose()
         if self._http is not None:
             await self._http.close()

@@ -427,4 +427,7 @@ def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
 
     add_web_routes(app, rooms=node.host.room,
                    default_room=node.host.default_room_hex, ice=node.config.ice,
-                   max_browsers=node.config.max_browsers, access=access)
+                   max_browsers=node.config.max_browsers, access=access,
+                   max_pending_browsers=node.config.max_pending_browsers,
+                   handshake_timeout_s=node.config.handshake_timeout_s,
+                   metrics=node.view.metrics)

@@ -19,6 +19,8 @@ state            allowed
 ===============  ==========================================================================
 
 ``close()``, ``established()``, ``buffered_bytes()`` and ``stats`` work in every state.
+While ``connecting``, ``on_progress`` hears the steps passed: ``ice_connected`` (a
+connectivity check succeeded) and ``secured`` (DTLS is up; only the hello is missing).
 
 Backpressure: aiortc hands data to SCTP without pacing, so a link never lets more than
 ``high_water_bytes`` wait in a channel's buffer; further ``sync`` messages wait in the link's
@@ -48,6 +50,7 @@ from meshnode.transport.ice import (
     sdp_fingerprints,
     strip_mdns_candidates,
 )
+from meshnode.transport.reclaim import close_peer_connection
 from protocol.errors import DecodeError
 from protocol.frames import ROOM_ID_BYTES
 from protocol.link import (
@@ -226,6 +229,7 @@ class PeerLink:
             configuration=settings.ice.rtc_configuration()
         )
         self._pc.on("connectionstatechange", self._on_connection_state_change)
+        self._pc.on("iceconnectionstatechange", self._on_ice_state_change)
         self._pc.on("datachannel", self._on_datachannel)
         self._state = "new"
         self._offerer = False
@@ -249,6 +253,8 @@ class PeerLink:
         self._describing: asyncio.Task[None] | None = None
         self._on_close: Callable[[str], None] | None = None
         self._close_told = False
+        self.on_progress: Callable[[str], None] | None = None
+        """Called with ``ice_connected`` then ``secured`` as the handshake passes them."""
         self.peer_id: str | None = None
         self.remote_hello: Hello | None = None
         self.closed = False
@@ -610,6 +616,21 @@ class PeerLink:
         state = self._pc.connectionState if self._pc is not None else "closed"
         if state in ("failed", "closed"):
             self._close_now(f"connection_{state}", None)
+        elif state == "connected":
+            self._progress("secured")
+
+    def _on_ice_state_change(self) -> None:
+        if self._pc is not None and self._pc.iceConnectionState == "completed":
+            self._progress("ice_connected")
+
+    def _progress(self, step: str) -> None:
+        handler = self.on_progress
+        if handler is None or self.closed or self._state == "established":
+            return
+        try:
+            handler(step)
+        except Exception:
+            logger.exception("link %r: on_progress handler failed", self)
 
     def _close_now(self, reason: str, error: Exception | None) -> None:
         """Mark the link closed, tell the owner, and start releasing the connection."""
@@ -634,6 +655,7 @@ class PeerLink:
         if not self._result.done():
             self._result.set_exception(error if error is not None else LinkClosed(reason))
         self._on_message = None
+        self.on_progress = None
         self._teardown = self._loop.create_task(self._release(), name=f"close {self!r}")
         _teardowns.add(self._teardown)
         self._teardown.add_done_callback(_teardowns.discard)
@@ -656,7 +678,7 @@ class PeerLink:
             self._describing = None
         try:
             if pc is not None:
-                await pc.close()
+                await close_peer_connection(pc)
         except Exception:
             logger.exception("link %r: closing the peer connection failed", self)
         finally:

@@ -10,7 +10,9 @@
   (``Content-Type: application/json``; ``Authorization: Bearer <admin token>`` if the page
   holds it) → ``{"sdp": answer}``. Errors are ``{"error": str}`` with status 400 (bad input
   or an offer that cannot be answered), 404 (unknown room, or a room this browser may not
-  see), 415 (not JSON) or 503 (the node serves ``max_browsers`` browsers already).
+  see), 415 (not JSON) or 503 (the node serves ``max_browsers`` browsers already, or newer
+  offers took this one's place among the connections still opening: see
+  ``meshnode.web.browser_link``).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any
 
 from aiohttp import web
 
+from meshnode.metrics import NodeMetrics
 from meshnode.rooms.readers import BrowserAccess
 from meshnode.transport.ice import IceSettings
-from meshnode.web.browser_link import BrowserLinks, InvalidOffer, TooManyBrowsers
+from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
 from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
@@ -52,6 +55,9 @@ def add_web_routes(
     ice: IceSettings,
     max_browsers: int = 64,
     access: Callable[[str, web.Request, object], BrowserAccess] | None = None,
+    max_pending_browsers: int = 16,
+    handshake_timeout_s: float = OPEN_TIMEOUT_S,
+    metrics: NodeMetrics | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
@@ -60,10 +66,12 @@ def add_web_routes(
     request, invite)`` says what a browser gets in that room (default: edit), from what the
     request proves and the offer's ``"invite"`` (None if absent): ``EDIT``, ``READ`` (the room
     read-only) or ``NONE`` (404, as for a room this node does not host). At most
-    ``max_browsers`` browsers are connected at once; the connections are closed when the app
-    shuts down.
+    ``max_browsers`` browsers are connected at once, and apart from them at most
+    ``max_pending_browsers`` are connecting, each for at most ``handshake_timeout_s`` (counted
+    in ``metrics`` if given); the connections are closed when the app shuts down.
     """
-    links = BrowserLinks(ice, max_connections=max_browsers)
+    links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
+                         open_timeout_s=handshake_timeout_s, metrics=metrics)
     app[BROWSER_LINKS] = links
 
     async def index(request: web.Request) -> web.StreamResponse:

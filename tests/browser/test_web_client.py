@@ -701,13 +701,15 @@ async def test_routes_serve_the_page_and_refuse_bad_offers(
     assert status == 400 and body["error"]
     assert client.app[BROWSER_LINKS].count == 0
 
-    # The node is full (max_browsers=1) once one browser is connected.
+    # The node is full (max_browsers=1) once one browser is connected: its channel opened.
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.createDataChannel("client")
     try:
         await pc.setLocalDescription(await pc.createOffer())
         status, body = await offer({"room": hex_id.upper(), "sdp": pc.localDescription.sdp})
         assert status == 200 and body["sdp"].startswith("v=0")
+        await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+        await until(lambda: client.app[BROWSER_LINKS].sessions == 1, timeout=20.0)
         status, body = await offer({"room": hex_id, "sdp": pc.localDescription.sdp})
         assert status == 503 and "at most 1" in body["error"]
     finally:

@@ -30,6 +30,9 @@ bootstrap = ["https://a.example.org", "http://10.0.0.2:8470"]
 host_addresses = ["192.0.2.10", "2001:db8::1"]
 max_links = 16
 max_browsers = 8
+max_pending_links = 4
+max_pending_browsers = 3
+handshake_timeout_s = 8.5
 relay_only = true
 
 [[network.ice_servers]]
@@ -114,6 +117,9 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         ),
         max_links=16,
         max_browsers=8,
+        max_pending_links=4,
+        max_pending_browsers=3,
+        handshake_timeout_s=8.5,
         default_room=False,
         default_room_name="classroom",
         admit="invite",
@@ -170,6 +176,10 @@ def test_mapping_applies_over_base() -> None:
     ("network", "bootstrap", ["http://x:1"], "bootstrap", ("http://x:1",)),
     ("network", "max_links", 1, "max_links", 1),
     ("network", "max_browsers", 200, "max_browsers", 200),
+    ("network", "max_pending_links", 1, "max_pending_links", 1),
+    ("network", "max_pending_browsers", 64, "max_pending_browsers", 64),
+    ("network", "handshake_timeout_s", 3, "handshake_timeout_s", 3.0),
+    ("network", "handshake_timeout_s", 0.5, "handshake_timeout_s", 0.5),
     ("rooms", "default_room", True, "default_room", True),
     ("rooms", "default_room", False, "default_room", False),
     ("rooms", "default_room_name", "design review", "default_room_name", "design review"),
@@ -275,6 +285,10 @@ def test_host_addresses() -> None:
     ("network", "max_links", True),
     ("network", "max_browsers", None),
     ("network", "max_browsers", False),
+    ("network", "max_pending_links", 1.5),
+    ("network", "max_pending_browsers", "8"),
+    ("network", "handshake_timeout_s", "5"),
+    ("network", "handshake_timeout_s", True),
     ("rooms", "default_room", "yes"),
     ("rooms", "default_room", 1),
     ("rooms", "default_room_name", 7),
@@ -311,10 +325,17 @@ def test_bad_choice_names_the_key_and_the_choices(section: str, key: str, value:
 
 @pytest.mark.parametrize(("section", "key"), [
     ("network", "max_links"), ("network", "max_browsers"), ("store", "snapshot_every"),
+    ("network", "max_pending_links"), ("network", "max_pending_browsers"),
 ])
 @pytest.mark.parametrize("value", [0, -1, -1000])
 def test_counts_must_be_positive(section: str, key: str, value: int) -> None:
     assert f"{section}.{key} must be at least 1" in _error({section: {key: value}})
+
+
+@pytest.mark.parametrize("value", [0, 0.1, -5, 121, float("inf"), float("nan")])
+def test_handshake_timeout_must_be_sensible(value: float) -> None:
+    assert "network.handshake_timeout_s must be 0.5 to 120 seconds" in _error(
+        {"network": {"handshake_timeout_s": value}})
 
 
 @pytest.mark.parametrize("section", ["node", "network", "rooms", "store", "log"])
