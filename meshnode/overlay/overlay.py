@@ -353,11 +353,12 @@ class RoomOverlay:
         self._out = [f for f in self._out if f[0] != peer]
         self._out_bytes.pop(peer, None)
 
-    def _refuse(self, peer: str, reason: RefusalReason, count: int, now: float) -> None:
+    def _refuse(self, peer: str, reason: RefusalReason, count: int, now: float, *,
+                score: bool = True) -> None:
         st = self.stats
         st.refused[reason.value] = st.refused.get(reason.value, 0) + count
         self._emit(RequestRefused(peer, reason, count, now))
-        if reason is RefusalReason.NOT_A_MEMBER:
+        if reason is RefusalReason.NOT_A_MEMBER and score:
             self._penalize(peer, "not_a_member", now)
 
     def disconnect(self, peer: str, now: float) -> None:
@@ -561,16 +562,20 @@ class RoomOverlay:
         last = self._heads_at.get(peer)
         if last is not None and now - last < self.config.heads_min_interval_s:
             return  # answered recently; anti-entropy is periodic, so nothing is lost
-        self._heads_at[peer] = now
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
         if peer not in self._serving:
             if self._member_self:
-                self._refuse(peer, RefusalReason.NOT_A_MEMBER, 1, now)
+                # Counted, not scored: every joiner says its heads before its grant is
+                # applied. Not marked as answered either, so the heads it sends once it is
+                # a member are answered at once, not after the next anti-entropy round.
+                self._refuse(peer, RefusalReason.NOT_A_MEMBER, 1, now, score=False)
             elif unknown and msg.reply:
                 # We are joining and hold nothing to protect: answer with our heads, so
                 # that a peer able to serve us does.
+                self._heads_at[peer] = now
                 self._reply_heads(peer, now)
             return
+        self._heads_at[peer] = now
         missing = self.replica.changes_since(msg.heads, dict(msg.vv))
         if unknown and msg.bloom:
             # changes_since over-approximates what they lack when the room has equivocations;

@@ -34,6 +34,7 @@ from meshnode.overlay.events import (
     Event,
     PeerMisbehaved,
     PresenceUpdated,
+    RequestRefused,
 )
 from meshnode.rooms.access import (
     Decision,
@@ -343,6 +344,8 @@ class RoomHost(LinkService):
                 self._close_if_unused(event.peer)
         elif isinstance(event, PeerMisbehaved):
             self.metrics.rejections.labels(event.reason).inc()
+        elif isinstance(event, RequestRefused):
+            self.metrics.rejections.labels(event.reason.value).inc(event.count)
         elif isinstance(event, PresenceUpdated):
             self.metrics.presence_updates.inc()
             self.metrics.participants.labels(room_id.hex()[:16]).set(len(runtime.presence()))

@@ -277,8 +277,9 @@ class RoomRuntime:
             log.warning("peer %s misbehaved in room %s: %s (score %.0f)", event.peer,
                         self.room_id.hex()[:12], event.reason, event.score)
         elif isinstance(event, RequestRefused):
-            # Quota and reply budget only slow a peer down; a non-member asking is scored.
-            level = (logging.WARNING if event.reason is RefusalReason.NOT_A_MEMBER
+            # Quota and reply budget only slow a peer down; a non-member asking is counted
+            # (a joiner's heads before its grant are routine; scoring says the rest).
+            level = (logging.INFO if event.reason is RefusalReason.NOT_A_MEMBER
                      else logging.DEBUG)
             log.log(level, "refused %d item(s) from %s in room %s: %s", event.count,
                     event.peer, self.room_id.hex()[:12], event.reason.value)

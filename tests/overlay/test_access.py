@@ -120,3 +120,29 @@ def test_a_grant_starts_serving_at_once_and_a_removal_stops_it() -> None:
     assert content_to(net, stranger, since) == {}
     assert net.nodes[stranger].replica.change_count() == count
     assert net.nodes[owner].replica.change_count() > count + 50
+
+
+def test_a_joiner_asking_before_its_grant_is_not_scored_and_syncs_at_once() -> None:
+    """Every joiner says its heads before its grant is applied (the node admits it on link
+    up): that is counted, not scored, and once granted it is served at once, not after the
+    next anti-entropy round (the early refusal does not count as an answer)."""
+    config = OverlayConfig(anti_entropy_interval_s=60.0, heads_min_interval_s=5.0)
+    net = Network(seed=4, config=config, trace=True)
+    room = net.add_room(2, roles=["none"])
+    owner, joiner = room.nodes
+    net.link(owner, joiner)
+    for _ in range(20):
+        net.edit(owner, lambda r: r.create_entity(ROOT))
+    net.run_for(1.0)
+    joiner_id = net.nodes[joiner].peer_id
+    ask = encode_frame(Heads(room.room_id, (change_id(room.genesis),), (), b"", True))
+    net.inject(joiner, owner, SYNC, ask)
+    net.run_for(0.2)
+    refused = [e.reason for e in net.nodes[owner].events_of(RequestRefused)
+               if e.peer == joiner_id]
+    assert refused and set(refused) == {RefusalReason.NOT_A_MEMBER}
+    assert not [e for e in net.nodes[owner].events_of(PeerMisbehaved) if e.peer == joiner_id]
+
+    net.edit(owner, lambda r: r.grant(joiner_id, "editor"))
+    net.run_for(1.0)  # far less than the anti-entropy interval and the heads interval
+    net.assert_converged([owner, joiner])
