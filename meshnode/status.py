@@ -11,7 +11,7 @@ from typing import Any
 
 from meshnode.identity import peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
-from meshnode.rooms.host import HostedRoom
+from meshnode.rooms.hosted import HostedRoom
 from meshnode.runtime.links import Established
 from meshnode.web.browser_link import BrowserLinks
 

@@ -19,8 +19,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
@@ -37,17 +35,16 @@ from meshnode.overlay.events import (
     RequestRefused,
 )
 from meshnode.rooms.access import (
-    Decision,
     Refusal,
     Refuse,
-    RoomFacts,
     Share,
     announced_in_hello,
-    decide,
 )
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
+from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.rooms.loading import load_replica
+from meshnode.rooms.sharing import RoomSharing
 from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
@@ -56,7 +53,7 @@ from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
 from meshnode.transport.link import LocalHello
 from meshnode.web.shared_presence import SharedPresenceRoom
 from protocol.errors import DecodeError
-from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused, Rooms
+from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused
 
 log = logging.getLogger("meshnode.node")
 
@@ -64,18 +61,6 @@ __all__ = ["JOIN_GRACE_S", "HostedRoom", "RoomHost"]
 
 JOIN_GRACE_S = 10.0
 NACK_AFTER_S = 1.0  # a client's change not durable after this long, store failing: Nack
-
-
-@dataclass(slots=True)
-class HostedRoom:
-    """A room on this node: its runtime and the operator's settings for it."""
-
-    runtime: RoomRuntime
-    settings: dict[str, Any]
-    stored_since_snapshot: int = 0
-    saving_snapshot: bool = False
-    clients: set[str] = field(default_factory=set)
-    browser_view: SharedPresenceRoom | None = None
 
 
 class RoomHost(LinkService):
@@ -98,12 +83,8 @@ class RoomHost(LinkService):
         self._url = url
         self.rooms: dict[bytes, HostedRoom] = {}
         self._tasks = TaskSet("rooms", on_crash)
-        # Per linked peer: invites it presented (room -> (problem or "" if good, invite ID)),
-        # the rooms we named to it, the rooms we told it it may not read; per room, members.
-        self._presented: dict[str, dict[bytes, tuple[str, bytes]]] = {}
-        self._announced: dict[str, set[bytes]] = {}
-        self._refused: dict[str, set[bytes]] = {}
-        self._members: dict[bytes, dict[str, str]] = {}
+        self.sharing = RoomSharing(self.rooms, links, metrics)
+        self._members: dict[bytes, dict[str, str]] = {}  # per room, to notice role changes
         links.register(self)
 
     @property
@@ -272,7 +253,7 @@ class RoomHost(LinkService):
     def _rooms_changed(self) -> None:
         self.metrics.rooms.set(len(self.rooms))
         for est in list(self.links.links.values()):
-            self._attach_shared(est)
+            self.sharing.share(est)
 
     def _snapshot(self, hosted: HostedRoom) -> None:
         """Save the room's snapshot in the background, unless a save is under way."""
@@ -358,7 +339,7 @@ class RoomHost(LinkService):
             return
         self._members[room_id] = members
         for est in list(self.links.links.values()):
-            self._attach_shared(est)
+            self.sharing.share(est)
 
     def _nack_if_stuck(self, hosted: HostedRoom, room_id: bytes, cid: bytes, peer: str,
                        waiter: "asyncio.Future[None]") -> None:
@@ -429,70 +410,23 @@ class RoomHost(LinkService):
 
     def link_up(self, est: Established) -> None:
         """Redeem the peer's invites, admit it, share the rooms it may read."""
-        presented = self._presented.setdefault(est.peer, {})
         for raw in est.hello.invites:
             verdict = self._redeem(est.peer, raw)
             if verdict is not None:
-                presented[verdict[0]] = verdict[1:]
+                self.sharing.presented(est.peer, *verdict)
         if est.hello.kind == "client":
             for rid in est.rooms & set(self.rooms):
                 hosted = self.rooms[rid]
-                if isinstance(self._decision(est, rid), Share):
+                if isinstance(self.sharing.decision(est, rid), Share):
                     hosted.clients.add(est.peer)
-                if (hosted.settings.get("admit") == "open" and rid not in presented
+                if (hosted.settings.get("admit") == "open"
+                        and not self.sharing.has_presented(est.peer, rid)
                         and may_auto_admit(hosted.runtime.replica, est.peer)):
                     self._admit(hosted, est.peer, self.config.admit_role)
             for rid in sorted(est.rooms - set(self.rooms)):
-                self._refuse(est, rid, Refuse(Refusal.UNKNOWN_ROOM.value,
-                                              "this node does not host the room"))
-        self._attach_shared(est)
-
-    def _decision(self, est: Established, rid: bytes) -> Decision:
-        hosted = self.rooms[rid]
-        replica = hosted.runtime.replica
-        role = replica.role_of(est.peer)
-        removed = role == "none" and replica.was_removed(est.peer)
-        problem: str | None = None
-        entry = self._presented.get(est.peer, {}).get(rid)
-        if entry is not None:
-            problem, invite_id = entry
-            if removed and replica.invite_admitted(invite_id, est.peer):
-                problem = None  # it let them in before the removal: it is spent for them
-        return decide(RoomFacts(open=hosted.settings.get("admit") == "open", peer_role=role,
-                                invite_problem=problem, removed=removed))
-
-    def _attach_shared(self, est: Established) -> None:
-        """Share with the peer exactly the rooms it may read: name them (``Rooms``), attach
-        those it shares too, detach and refuse the others (``meshnode.rooms.access``)."""
-        if est.peer not in self.links.links:
-            return
-        allowed = {rid for rid in self.rooms if isinstance(self._decision(est, rid), Share)}
-        if allowed != self._announced.get(est.peer):
-            self._announced[est.peer] = allowed
-            self.links.send_link(est.peer, Rooms(tuple(sorted(allowed))[:MAX_ROOMS_PER_LINK]))
-        for rid in est.rooms & set(self.rooms):
-            runtime = self.rooms[rid].runtime
-            decision = self._decision(est, rid)
-            if isinstance(decision, Share):
-                self._refused.get(est.peer, set()).discard(rid)
-                if est.peer not in runtime.peers():
-                    # Our clients are served whatever the size of the room's partial view.
-                    runtime.attach(est.peer, leaf=est.hello.kind == "client")
-            else:
-                if est.peer in runtime.peers():
-                    runtime.detach(est.peer)
-                self.rooms[rid].clients.discard(est.peer)
-                self._refuse(est, rid, decision)
-
-    def _refuse(self, est: Established, rid: bytes, decision: Refuse) -> None:
-        """Tell the peer once per room why it may not read the room; log and count it."""
-        refused = self._refused.setdefault(est.peer, set())
-        if rid in refused:
-            return
-        refused.add(rid)
-        self.metrics.rejections.labels(decision.reason).inc()
-        log.info("room %s not shared with %s: %s", rid.hex()[:16], est.peer, decision.reason)
-        self.links.send_link(est.peer, Refused(rid, decision.reason, decision.detail))
+                self.sharing.refuse(est, rid, Refuse(Refusal.UNKNOWN_ROOM.value,
+                                                     "this node does not host the room"))
+        self.sharing.share(est)
 
     def _redeem(self, peer: str, raw: bytes) -> tuple[bytes, str, bytes] | None:
         """Check an invite from a hello and admit its bearer; returns (room, problem, invite
@@ -548,9 +482,7 @@ class RoomHost(LinkService):
 
     def link_down(self, est: Established, reason: str) -> None:
         """Detach the peer from every room."""
-        self._presented.pop(est.peer, None)
-        self._announced.pop(est.peer, None)
-        self._refused.pop(est.peer, None)
+        self.sharing.forget(est.peer)
         for hosted in self.rooms.values():
             hosted.clients.discard(est.peer)
             if est.peer in hosted.runtime.peers():
@@ -575,4 +507,4 @@ class RoomHost(LinkService):
             if hosted is not None and est.peer in hosted.runtime.peers():
                 hosted.runtime.detach(est.peer)
         est.rooms = set(rooms)
-        self._attach_shared(est)
+        self.sharing.share(est)

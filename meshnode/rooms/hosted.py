@@ -1,0 +1,21 @@
+"""``HostedRoom``: one room on this node, as the node's services share it."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshnode.runtime.room import RoomRuntime
+from meshnode.web.shared_presence import SharedPresenceRoom
+
+__all__ = ["HostedRoom"]
+
+
+@dataclass(slots=True)
+class HostedRoom:
+    """A room on this node: its runtime and the operator's settings for it."""
+
+    runtime: RoomRuntime
+    settings: dict[str, Any]
+    stored_since_snapshot: int = 0
+    saving_snapshot: bool = False
+    clients: set[str] = field(default_factory=set)
+    browser_view: SharedPresenceRoom | None = None
