@@ -24,8 +24,7 @@ import binascii
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NoReturn
 
@@ -40,6 +39,8 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+
+from protocol.scoped import ScopedHook
 
 __all__ = [
     "FILE_HEADER",
@@ -126,20 +127,14 @@ class VerifyCache:
         self.entries: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
 
 
-_verify_cache: VerifyCache | None = None
+_verify_cache: ScopedHook[VerifyCache] = ScopedHook()
 
 
-@contextmanager
-def using_verify_cache(cache: VerifyCache | None) -> Iterator[None]:
+def using_verify_cache(cache: VerifyCache | None) -> AbstractContextManager[None]:
     """Let ``verify_signature`` use ``cache`` (None: no cache) inside the block; whatever was
     installed before is back when the block ends, even on error. The owner of the cache
     (a simulation) decides its scope: nothing stays switched on for the rest of the process."""
-    global _verify_cache
-    previous, _verify_cache = _verify_cache, cache
-    try:
-        yield
-    finally:
-        _verify_cache = previous
+    return _verify_cache.using(cache)
 
 
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
@@ -148,7 +143,7 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     ``public_key`` is the raw 32-byte key (as ``bytes``). Loaded keys are kept in a bounded LRU
     cache, since loading a key costs more than a verification.
     """
-    cache = _verify_cache
+    cache = _verify_cache.value
     if cache is not None and cache.max_entries:
         try:
             memo = (public_key, signature, data)

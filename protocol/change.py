@@ -11,14 +11,15 @@ and types; what they *mean* (and whether their author may do them) is the CRDT's
 """
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import FrameTooLarge, LimitExceeded, SchemaError
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack, unpack
+from protocol.scoped import ScopedHook
 from protocol.values import check_value
 
 SIGNATURE_BYTES = 64
@@ -210,19 +211,13 @@ class ChangeCache:
         self.ids: dict[bytes, bytes] = {}  # change bytes -> change ID
 
 
-_change_cache: ChangeCache | None = None
+_change_cache: ScopedHook[ChangeCache] = ScopedHook()
 
 
-@contextmanager
-def using_change_cache(cache: ChangeCache | None) -> Iterator[None]:
+def using_change_cache(cache: ChangeCache | None) -> AbstractContextManager[None]:
     """Let ``decode_change`` use ``cache`` (None: no cache) inside the block; the cache
     installed before is back when the block ends, even on error."""
-    global _change_cache
-    previous, _change_cache = _change_cache, cache
-    try:
-        yield
-    finally:
-        _change_cache = previous
+    return _change_cache.using(cache)
 
 
 def decode_change(
@@ -233,7 +228,7 @@ def decode_change(
 
     ``known_id``: ``change_id(data)`` if the caller has already computed it (not hashed twice).
     """
-    cache = _change_cache
+    cache = _change_cache.value
     if cache is not None and cache.max_entries and limits is DEFAULT_LIMITS \
             and type(data) is bytes:
         ids = cache.ids  # only default-limit decodes are cached: the bytes alone are the key

@@ -6,14 +6,15 @@ returns, and raises only ``protocol.errors.DecodeError`` subclasses. The field l
 each type is in ``docs/protocol.md``.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack, unpack
+from protocol.scoped import ScopedHook
 from protocol.values import check_value
 
 PROTOCOL_VERSION = 1
@@ -289,26 +290,20 @@ class FrameCache:
         self.entries: dict[bytes, Message] = {}
 
 
-_frame_cache: FrameCache | None = None
+_frame_cache: ScopedHook[FrameCache] = ScopedHook()
 
 
-@contextmanager
-def using_frame_cache(cache: FrameCache | None) -> Iterator[None]:
+def using_frame_cache(cache: FrameCache | None) -> AbstractContextManager[None]:
     """Let ``decode_frame`` use ``cache`` (None: no cache) inside the block; the cache
     installed before is back when the block ends, even on error."""
-    global _frame_cache
-    previous, _frame_cache = _frame_cache, cache
-    try:
-        yield
-    finally:
-        _frame_cache = previous
+    return _frame_cache.using(cache)
 
 
 def decode_frame(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode one frame; raise a ``DecodeError`` subclass for anything malformed."""
     # Only frames decoded with the default limits are cached, so the key is the bytes alone
     # (hashing a Limits per call cost more than the lookup saved).
-    cache = _frame_cache
+    cache = _frame_cache.value
     if cache is not None and cache.max_entries and limits is DEFAULT_LIMITS \
             and type(data) is bytes:
         entries = cache.entries

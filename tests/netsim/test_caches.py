@@ -31,8 +31,8 @@ SMALL: dict[str, Any] = {
 
 
 def process_state() -> tuple[Any, ...]:
-    return (gc.get_threshold(), identity_mod._verify_cache, frames_mod._frame_cache,
-            change_mod._change_cache)
+    return (gc.get_threshold(), identity_mod._verify_cache.value,
+            frames_mod._frame_cache.value, change_mod._change_cache.value)
 
 
 def test_a_simulation_leaves_the_process_as_it_found_it() -> None:
@@ -51,7 +51,7 @@ def test_caches_are_restored_even_when_the_run_fails() -> None:
     caches = SimulationCaches(verify=10, frames=10, changes=10)
     try:
         with caches.active():
-            assert change_mod._change_cache is caches.changes
+            assert change_mod._change_cache.value is caches.changes
             assert gc.get_threshold() == GC_THRESHOLDS
             raise RuntimeError("a failing run")
     except RuntimeError:
