@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import stat
 from collections import OrderedDict
@@ -75,7 +76,14 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     """Render a raw 32-byte Ed25519 public key as a libp2p PeerID (``12D3KooW...``)."""
     if not isinstance(public_key, bytes | bytearray) or len(public_key) != PUBLIC_KEY_SIZE:
         raise ValueError(f"an Ed25519 public key is {PUBLIC_KEY_SIZE} raw bytes")
-    return base58.b58encode(_PEER_ID_PREFIX + bytes(public_key)).decode("ascii")
+    return _render_peer_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=4_096)
+def _render_peer_id(public_key: bytes) -> str:
+    # base58 costs ~8 us a key, and the same few keys are rendered on every change and
+    # presence update of a room (members, participants): remember the recent ones.
+    return base58.b58encode(_PEER_ID_PREFIX + public_key).decode("ascii")
 
 
 def public_key_from_peer_id(peer_id: str) -> bytes:
