@@ -232,14 +232,21 @@ def _ids(value: object, limit: int, size: int, what: str) -> tuple[bytes, ...]:
     return tuple(value)
 
 
-def _reason(value: object) -> str:
-    text = _text(value, MAX_REASON_CHARS, "nack reason")
-    if not text or not all(c in _REASON_CHARS for c in text):
-        raise SchemaError("nack reason must be 1.. characters of [a-z0-9_]")
+def _label(value: object, limit: int, what: str) -> str:
+    """A stable reason label: 1..``limit`` characters of [a-z0-9_]."""
+    text = _text(value, limit, what)
+    if not text or not all(c in _LABEL_CHARS for c in text):
+        raise SchemaError(f"{what} must be 1..{limit} characters of [a-z0-9_]")
     return text
 
 
-_REASON_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _room_id(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != ROOM_ID_BYTES:
+        raise SchemaError(f"{what} room_id must be {ROOM_ID_BYTES} bytes")
+    return value
 
 
 def _arity(fields: list[Any], n: int, layout: str) -> None:
@@ -308,17 +315,14 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
                       _text(sdp, MAX_SDP_CHARS, "sdp"))
     if mtype == Ack.TYPE:
         _arity(f, 2, "room_id, [change id...]")
-        if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
-            raise SchemaError("ack room_id must be 32 bytes")
-        return Ack(f[0], _ids(f[1], MAX_ACK_IDS, HASH_BYTES, "ids"))
+        return Ack(_room_id(f[0], "ack"), _ids(f[1], MAX_ACK_IDS, HASH_BYTES, "ids"))
     if mtype == Nack.TYPE:
         _arity(f, 3, "room_id, [change id...], reason")
-        if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
-            raise SchemaError("nack room_id must be 32 bytes")
+        room = _room_id(f[0], "nack")
         ids = _ids(f[1], MAX_ACK_IDS, HASH_BYTES, "ids")
         if not ids:
             raise SchemaError("a nack names at least one change")
-        return Nack(f[0], ids, _reason(f[2]))
+        return Nack(room, ids, _label(f[2], MAX_REASON_CHARS, "nack reason"))
     if mtype == Rooms.TYPE:
         _arity(f, 1, "[room id...]")
         return Rooms(_ids(f[0], MAX_ROOMS_PER_LINK, ROOM_ID_BYTES, "rooms"))
@@ -339,11 +343,7 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
         return Bundle(tuple(frames))
     if mtype == Refused.TYPE:
         _arity(f, 3, "room_id, reason, detail")
-        if type(f[0]) is not bytes or len(f[0]) != ROOM_ID_BYTES:
-            raise SchemaError("refused room_id must be 32 bytes")
-        reason = _text(f[1], MAX_REFUSAL_REASON_CHARS, "refusal reason")
-        if not reason or not all(c.isascii() and (c.islower() or c.isdigit() or c == "_")
-                                 for c in reason):
-            raise SchemaError("refusal reason must be a label of a-z, 0-9 and _")
-        return Refused(f[0], reason, _text(f[2], MAX_DETAIL_CHARS, "refusal detail"))
+        return Refused(_room_id(f[0], "refused"),
+                       _label(f[1], MAX_REFUSAL_REASON_CHARS, "refusal reason"),
+                       _text(f[2], MAX_DETAIL_CHARS, "refusal detail"))
     raise UnknownMessageType(f"link message type {mtype!r} is not defined in version {version}")
