@@ -34,6 +34,7 @@ from protocol.link import (
     Bundle,
     Hello,
     LinkMessage,
+    Nack,
     Ping,
     Refused,
     Rooms,
@@ -86,6 +87,7 @@ VALID = [
     encode_link(Ping()),
     encode_link(Bundle((b"\x93\x01\x04", b"\x93\x01\x08"))),
     encode_link(Refused(ROOM, "not_member", "ask the room's owner for an invite")),
+    encode_link(Nack(ROOM, (HASH, b"\x12" * 32), "disk_full")),
 ]
 
 

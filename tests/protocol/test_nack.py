@@ -1,4 +1,5 @@
-"""The ``Nack`` link message: round trips, each schema rule, and fuzzing (hypothesis)."""
+"""The ``Nack`` link message: round trips, each schema rule, and fuzzing (hypothesis; the
+mutation fuzz of every link message, ``Nack`` among them, is in ``test_link_messages``)."""
 
 from typing import Any
 
@@ -11,17 +12,16 @@ from protocol.frames import PROTOCOL_VERSION
 from protocol.link import (
     MAX_ACK_IDS,
     MAX_REASON_CHARS,
-    LinkMessage,
     Nack,
     decode_link,
     encode_link,
     peek_type,
 )
 from protocol.msgpack_io import pack
+from tests.protocol.test_link_messages import _decode_or_decode_error
 
 ROOM = bytes(range(32))
 HASH = b"\x11" * 32
-VALID = encode_link(Nack(ROOM, (HASH, b"\x12" * 32), "disk_full"))
 
 
 @pytest.mark.parametrize("msg", [
@@ -64,41 +64,6 @@ def test_each_nack_rule_rejects(case: str, data: bytes, error: type[DecodeError]
     with pytest.raises(error) as info:
         decode_link(data)
     assert info.value.reason
-
-
-def _decode_or_decode_error(data: bytes) -> None:
-    try:
-        msg = decode_link(data)
-    except DecodeError as exc:
-        assert exc.reason
-        return
-    assert isinstance(msg, LinkMessage)
-    assert decode_link(encode_link(msg)) == msg
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(VALID)
-    for _ in range(draw(st.integers(1, 4))):
-        pos = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["flip", "set", "cut", "insert"]))
-        if op == "flip":
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "set":
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[pos:]
-            if not data:
-                break
-        else:
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-    return bytes(data)
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
-def test_fuzz_mutated_nacks(data: bytes) -> None:
-    _decode_or_decode_error(data)
 
 
 _field = (
