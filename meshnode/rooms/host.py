@@ -57,7 +57,7 @@ from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused
 
 log = logging.getLogger("meshnode.node")
 
-__all__ = ["JOIN_GRACE_S", "HostedRoom", "RoomHost"]
+__all__ = ["JOIN_GRACE_S", "RoomHost"]
 
 JOIN_GRACE_S = 10.0
 NACK_AFTER_S = 1.0  # a client's change not durable after this long, store failing: Nack
