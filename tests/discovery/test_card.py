@@ -96,7 +96,7 @@ GOOD = card().encode()
     st.binary(max_size=3000),
     st.builds(lambda i, b: GOOD[:i] + bytes([b]) + GOOD[i + 1:],
               st.integers(0, len(GOOD) - 1), st.integers(0, 255)),
-    st.lists(st.one_of(st.integers(), st.binary(max_size=40), st.text(max_size=20),
+    st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=40), st.text(max_size=20),
                        st.lists(st.text(max_size=300), max_size=20), st.none()),
              max_size=10).map(pack),
 ))
