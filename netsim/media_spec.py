@@ -7,8 +7,8 @@ Parsed and checked here (every key; a mistake is a ``ScenarioError`` naming it);
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 from typing import Any
 
 from meshnode.media.selection import SelectionConfig
