@@ -20,8 +20,11 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from meshnode.config import NodeConfig
+from meshnode.discovery import DiscoveryState, HostRecord
+from meshnode.discovery.known import known_hosts
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
@@ -63,6 +66,9 @@ class Node:
         self._stopping = asyncio.Event()
         self._crash: tuple[str, BaseException] | None = None
         self._rooms: RoomHost | None = None
+        self._links: LinkManager | None = None
+        self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
+        self.discovery_state = DiscoveryState(False, "the node has not started")
 
     @property
     def identity(self) -> Identity:
@@ -115,6 +121,7 @@ class Node:
                             lambda kind: self.rooms.local_hello(kind), self.metrics,
                             max_links=cfg.max_links, max_pending=cfg.max_pending_links,
                             on_crash=crashed)
+        self._links = links
         self._rooms = rooms = RoomHost(self.identity, cfg, store, durable, links, self.metrics,
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
@@ -125,7 +132,8 @@ class Node:
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
                         rooms.rooms, links.links)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
-                                lambda: durable.failing, cfg))
+                                lambda: durable.failing, cfg, find_hosts=self.find_hosts,
+                                discovery=lambda: self.discovery_state))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.
@@ -139,6 +147,16 @@ class Node:
         stack.push_async_callback(bootstrap.aclose)
         await bootstrap.start()
         return refused
+
+    async def find_hosts(self, room_id: bytes, timeout: float = 5.0) -> list[HostRecord]:
+        """The room's hosts: through the DHT when discovery runs, else those this node knows
+        (itself and its linked nodes that share the room)."""
+        if self.discovery is not None:
+            found: list[HostRecord] = await self.discovery.find_hosts(room_id, timeout)
+            return found
+        assert self._links is not None, "start() the node first"
+        return known_hosts(room_id, me=self.peer_id, my_url=self.url,
+                           hosted=room_id in self.rooms.rooms, links=self._links.links)
 
     def _crashed(self, task: str, error: BaseException) -> None:
         if self._crash is None:
