@@ -63,8 +63,12 @@ async def test_any_host_killed_clients_fail_over_and_converge(tmp_path: Path) ->
         nodes.append(c)
         port = a.url.rsplit(":", 1)[1]
         async with contextlib.AsyncExitStack() as stack:
+            # B and C host the room as an invite-only one: their clients bring an invite.
+            invites = [None] + [a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+                                for _ in (b, c)]
             clients = [await stack.enter_async_context(
-                connect(n.url, room, Identity.generate(), ice=ICE)) for n in nodes]
+                connect(n.url, room, Identity.generate(), ice=ICE, invite=inv))
+                for n, inv in zip(nodes, invites, strict=True)]
             # The room's other hosts are learnt from the node (not configured).
             await until(lambda: all(len(cl.hosts) == 3 for cl in clients),
                         "every client to learn the room's three hosts")
