@@ -484,7 +484,22 @@ def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
                    max_browsers=node.config.max_browsers, access=access,
                    max_pending_browsers=node.config.max_pending_browsers,
                    handshake_timeout_s=node.config.handshake_timeout_s,
-                   metrics=node.view.metrics, cross_origin=_cross_origin(node.host_origins))
+                   metrics=node.view.metrics, cross_origin=_cross_origin(node.host_origins),
+                   hosts=_host_urls(node))
+
+
+def _host_urls(node: NodeApi) -> Callable[[str], Awaitable[list[str]]] | None:
+    """The URLs of a room's live hosts but this node (a browser page's failover list)."""
+    find = node.find_hosts
+    if find is None:
+        return None
+
+    async def urls(room_hex: str) -> list[str]:
+        records = await find(bytes.fromhex(room_hex), 2.0)
+        return [u for r in records if r.live and r.peer_id != node.view.peer_id
+                for u in r.urls][:32]
+
+    return urls
 
 
 def _cross_origin(origins: HostOrigins | None) -> Callable[[str, str | None], bool] | None:

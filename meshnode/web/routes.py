@@ -13,6 +13,9 @@
   see), 415 (not JSON) or 503 (the node serves ``max_browsers`` browsers already, or newer
   offers took this one's place among the connections still opening: see
   ``meshnode.web.browser_link``).
+- ``GET /api/browser/hosts?room=<hex>`` (``Meshnode-Invite`` header or the admin token, as
+  for an offer) → ``{"hosts": [url, ...]}``: where the room's other hosts serve, the page's
+  failover candidates (404 as for an offer if the browser may not see the room).
 - ``OPTIONS /api/browser/offer``: the CORS preflight. A page of another host of one of our
   rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer cross-origin, with
   ``Content-Type`` only (never ``Authorization``): its page fails over to this node when its
@@ -24,14 +27,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from meshnode.metrics import NodeMetrics
-from meshnode.rooms.readers import BrowserAccess
+from meshnode.rooms.readers import INVITE_HEADER, BrowserAccess
 from meshnode.signaling.guard import GUARD, Refusal
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
@@ -65,6 +68,7 @@ def add_web_routes(
     handshake_timeout_s: float = OPEN_TIMEOUT_S,
     metrics: NodeMetrics | None = None,
     cross_origin: Callable[[str, str | None], bool] | None = None,
+    hosts: Callable[[str], Awaitable[list[str]]] | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
@@ -78,7 +82,8 @@ def add_web_routes(
     in ``metrics`` if given); the connections are closed when the app shuts down.
     ``cross_origin(origin, room_hex)`` says whether a page from a foreign ``origin`` may offer
     for that room (``room_hex`` None: for any room, the preflight's question); without it no
-    foreign page may.
+    foreign page may. ``hosts(hex)`` lists the URLs of the room's other hosts (none without
+    it).
     """
     links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
                          open_timeout_s=handshake_timeout_s, metrics=metrics)
@@ -103,6 +108,17 @@ def add_web_routes(
                 entry["credential"] = s.credential
             servers.append(entry)
         return web.json_response({"iceServers": servers}, headers=_NO_CACHE)
+
+    async def get_hosts(request: web.Request) -> web.Response:
+        room_hex = request.query.get("room", "").lower()
+        if not _ROOM_HEX.match(room_hex):
+            return _error(400, "expected ?room=<room ID in hex>")
+        room = rooms(room_hex)
+        if room is None or (access is not None and access(
+                room_hex, request, request.headers.get(INVITE_HEADER)) is BrowserAccess.NONE):
+            return _error(404, f"this node does not host room {room_hex}")
+        urls = await hosts(room_hex) if hosts is not None else []
+        return web.json_response({"hosts": urls}, headers=_NO_CACHE)
 
     def foreign_origin(request: web.Request) -> str | None:
         """The request's ``Origin`` if it is not this node's own (None: own, or a program)."""
@@ -182,6 +198,7 @@ def add_web_routes(
     app.router.add_get("/", index)
     app.router.add_get("/api/default-room", get_default_room)
     app.router.add_get("/api/ice", get_ice)
+    app.router.add_get("/api/browser/hosts", get_hosts)
     app.router.add_post("/api/browser/offer", post_offer)
     app.router.add_route("OPTIONS", "/api/browser/offer", preflight)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)

@@ -13,7 +13,7 @@
 //   op         {id: "hex"}                set by this page on the entities it creates: a create
 //                                          redelivered after a failover is recognised by it
 //
-// Failover: the page asks its node for the room's other hosts (GET /api/rooms/<room>/hosts).
+// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts).
 // When its node dies (the data channel closes, or the connection stays "disconnected" for
 // DISCONNECTED_GRACE_MS), it offers to those hosts in turn (cross-origin: a node lets the
 // pages of its room's other hosts in), round-robin with a bounded backoff, and redelivers the
@@ -258,14 +258,12 @@ async function learnHosts() {
       const { invite, adminToken } = credentials();
       if (invite) headers["Meshnode-Invite"] = invite;
       if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
-      const resp = await fetch(`/api/rooms/${room}/hosts`, { headers });
+      const resp = await fetch(`/api/browser/hosts?room=${room}`, { headers });
       if (resp.ok) {
         const found = [];
-        for (const h of await resp.json()) {
-          for (const u of (h && Array.isArray(h.urls) ? h.urls : [])) {
-            const url = hostOrigin(u);
-            if (url && url !== location.origin && !found.includes(url)) found.push(url);
-          }
+        for (const u of (await resp.json()).hosts || []) {
+          const url = hostOrigin(u);
+          if (url && url !== location.origin && !found.includes(url)) found.push(url);
         }
         for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
         hosts = found.slice(0, 32);
