@@ -54,6 +54,11 @@ class NodeConfig:
     body_timeout_s: float = 10.0
     offers_per_s: float = 2.0
     offer_burst: int = 16
+    # [discovery]: the libp2p Kademlia DHT (meshnode.discovery)
+    discovery_enabled: bool = True
+    discovery_port: int = 0
+    discovery_dht_mode: str = "server"
+    discovery_announce_interval_s: float = 600.0
 
     @property
     def url(self) -> str:
@@ -77,6 +82,7 @@ _SECTIONS: dict[str, set[str]] = {
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
+    "discovery": {"enabled", "port", "dht_mode", "announce_interval_s"},
 }
 
 
@@ -256,11 +262,35 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         if not 1 <= burst <= 10_000:
             raise ConfigError("http.offer_burst must be 1 to 10000")
         changes["offer_burst"] = burst
+    changes.update(_discovery(doc.get("discovery", {})))
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:
         changes["log_format"] = _choice(log["format"], LOG_FORMATS, "log.format")
     return replace(cfg, **changes)
+
+
+def _discovery(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``[discovery]`` keys, checked."""
+    changes: dict[str, Any] = {}
+    if "enabled" in section:
+        changes["discovery_enabled"] = _want(section["enabled"], bool, "discovery.enabled")
+    if "port" in section:
+        port = _want(section["port"], int, "discovery.port")
+        if not 0 <= port < 65536:
+            raise ConfigError("discovery.port must be 0 (any free port) to 65535")
+        changes["discovery_port"] = port
+    if "dht_mode" in section:
+        changes["discovery_dht_mode"] = _choice(section["dht_mode"], ("server", "client"),
+                                                "discovery.dht_mode")
+    if "announce_interval_s" in section:
+        value = section["announce_interval_s"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                10 <= value <= 86_400):
+            raise ConfigError("discovery.announce_interval_s must be 10 to 86400 seconds "
+                              "(600 suits most nodes)")
+        changes["discovery_announce_interval_s"] = float(value)
+    return changes
 
 
 def load_config(path: Path) -> NodeConfig:
