@@ -44,6 +44,7 @@ from meshnode.store import (
 )
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings
+from meshnode.web.host_origins import HostOrigins
 
 log = logging.getLogger("meshnode.node")
 
@@ -130,10 +131,17 @@ class Node:
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
+        # Pages of our rooms' other hosts may fail over to us (meshnode.web.host_origins).
+        origins = HostOrigins(lambda rid: rooms.rooms[rid].runtime.replica
+                              if rid in rooms.rooms else None)
+        for peer, url, _seen in reversed(await asyncio.to_thread(store.known_peers, 256)):
+            origins.remember(peer, url)
+        links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
                         rooms.rooms, links.links)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
+                                host_origins=origins,
                                 discovery=lambda: self.discovery_state))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:

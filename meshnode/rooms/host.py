@@ -27,6 +27,7 @@ from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
     ChangeApplied,
+    ChangeRedelivered,
     ConnectRequest,
     DisconnectRequest,
     Event,
@@ -312,6 +313,11 @@ class RoomHost(LinkService):
                 asyncio.get_running_loop().call_later(
                     NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, event.change_id,
                     event.peer, waiter)
+        elif isinstance(event, ChangeRedelivered):
+            if event.peer in hosted.clients:
+                self._tasks.spawn(self._ack_redelivered(hosted, room_id, event.change_id,
+                                                        event.peer),
+                                  f"ack {event.change_id.hex()[:12]}")
         elif isinstance(event, ConnectRequest):
             est = self.links.links.get(event.peer)
             if est is not None:
@@ -359,6 +365,19 @@ class RoomHost(LinkService):
             return
         self.metrics.nacks_sent.labels(failure.reason).inc()
         self.links.send_link(peer, Nack(room_id, (cid,), str(failure.reason)))
+
+    async def _ack_redelivered(self, hosted: HostedRoom, room_id: bytes, cid: bytes,
+                               peer: str) -> None:
+        """A client redelivered a change we hold (it failed over to us, or relinked before
+        our Ack reached it): acknowledge it once it is durable here, with its causal past
+        (guarantee 3 of ``store/durable.py``). A change held but never queued for the
+        store (a failed append) gets no Ack: the client keeps it."""
+        try:
+            await self.durable.wait_durable(room_id, cid)
+        except (KeyError, StoreError):
+            return
+        if peer in hosted.clients:
+            self.links.send_link(peer, Ack(room_id, (cid,)))
 
     def _report_replay(self, room_id: bytes, report: ReplayReport) -> None:
         """Stored changes that replay could not make visible are reported, never hidden."""

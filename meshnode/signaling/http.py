@@ -66,6 +66,7 @@ from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
 from meshnode.store import StoreFailure
+from meshnode.web.host_origins import HostOrigins
 from meshnode.web.rooms import RoomAccess
 from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
 from protocol.errors import DecodeError
@@ -142,6 +143,8 @@ class NodeApi:
     config: NodeConfig
     find_hosts: Callable[[bytes, float], Awaitable[list[HostRecord]]] | None = None
     discovery: Callable[[], DiscoveryState] | None = None
+    host_origins: HostOrigins | None = None
+    """The web origins of our rooms' other hosts: their pages may offer cross-origin."""
 
 
 @contextlib.asynccontextmanager
@@ -187,7 +190,8 @@ def build_app(node: NodeApi) -> web.Application:
                   token=AdminTokenFile(cfg.data_dir / ADMIN_TOKEN_FILE),
                   offers=SourceBuckets(cfg.offers_per_s, cfg.offer_burst),
                   count=lambda reason: metrics.http_refused.labels(reason).inc(),
-                  body_timeout_s=cfg.body_timeout_s)
+                  body_timeout_s=cfg.body_timeout_s,
+                  foreign_page_ok=node.host_origins.known if node.host_origins else None)
     guard.token.ensure()
     # keepalive_timeout is armed when a connection opens, so it also bounds the wait for the
     # first request head (aiohttp >= 3.14): a half-sent header is closed after it.
@@ -480,4 +484,36 @@ def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
                    max_browsers=node.config.max_browsers, access=access,
                    max_pending_browsers=node.config.max_pending_browsers,
                    handshake_timeout_s=node.config.handshake_timeout_s,
-                   metrics=node.view.metrics)
+                   metrics=node.view.metrics, cross_origin=_cross_origin(node.host_origins),
+                   hosts=_host_urls(node))
+
+
+def _host_urls(node: NodeApi) -> Callable[[str], Awaitable[list[str]]] | None:
+    """The URLs of a room's live hosts but this node (a browser page's failover list)."""
+    find = node.find_hosts
+    if find is None:
+        return None
+
+    async def urls(room_hex: str) -> list[str]:
+        records = await find(bytes.fromhex(room_hex), 2.0)
+        return [u for r in records if r.live and r.peer_id != node.view.peer_id
+                for u in r.urls][:32]
+
+    return urls
+
+
+def _cross_origin(origins: HostOrigins | None) -> Callable[[str, str | None], bool] | None:
+    """Whether a foreign page may offer for a room (None: for any): the room's other hosts'
+    pages only (``meshnode.web.host_origins``)."""
+    if origins is None:
+        return None
+
+    def allowed(origin: str, room_hex: str | None) -> bool:
+        if room_hex is None:
+            return origins.known(origin)
+        try:
+            return origins.allows(origin, bytes.fromhex(room_hex))
+        except ValueError:
+            return False
+
+    return allowed
