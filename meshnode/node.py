@@ -114,7 +114,7 @@ class Node:
                             LinkSettings(ice=cfg.ice, hello_timeout_s=cfg.handshake_timeout_s),
                             lambda kind: self.rooms.local_hello(kind), self.metrics,
                             max_links=cfg.max_links, max_pending=cfg.max_pending_links,
-                            on_crash=crashed)
+                            on_crash=crashed, federation=cfg.federation)
         self._rooms = rooms = RoomHost(self.identity, cfg, store, durable, links, self.metrics,
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
@@ -123,9 +123,9 @@ class Node:
                               on_crash=crashed)
         await rooms.load()
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links)
+                        rooms.rooms, links.links, links.federation, links.refusals)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
-                                lambda: durable.failing, cfg))
+                                lambda: durable.failing, cfg, links.offer_refusal))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.
