@@ -204,6 +204,12 @@ def _room(args: argparse.Namespace) -> int:
         print(f"invite {out['invite']} revoked in room {out['room']}")
     elif args.room_command == "join":
         _print(_api(args, "POST", "/api/rooms/join", {"token": args.token}))
+    elif args.room_command == "hosts":
+        room = args.room.strip().lower()
+        if len(room) != 64 or any(c not in "0123456789abcdef" for c in room):
+            raise _fail(f"a room ID is 64 hex digits (as `meshnode room list` prints); got "
+                        f"{args.room!r}", 2)
+        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout}"))
     return 0
 
 
@@ -329,6 +335,12 @@ def add_node_commands(sub: Any) -> None:
     join = rsub.add_parser("join", help="host a room from an invite token")
     join.add_argument("token")
     with_node(join)
+    hosts = rsub.add_parser("hosts", help="the room's live hosts, found through the DHT: a "
+                                          "JSON list, one object per host (peer_id, urls)")
+    hosts.add_argument("room", help="room ID (hex)")
+    hosts.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds to search the DHT (default 5)")
+    with_node(hosts)
     room.set_defaults(handler=_room)
 
     peers = sub.add_parser("peers", help="list a running node's links, which operators host "

@@ -64,6 +64,11 @@ class NodeConfig:
     # [discovery]: LAN discovery (meshnode.discovery.mdns); () = the private-range interfaces
     mdns: bool = True
     mdns_interfaces: tuple[str, ...] = ()
+    # [discovery]: the libp2p Kademlia DHT (meshnode.discovery)
+    discovery_enabled: bool = True
+    discovery_port: int = 0
+    discovery_dht_mode: str = "server"
+    discovery_announce_interval_s: float = 600.0
 
     @property
     def url(self) -> str:
@@ -88,7 +93,8 @@ _SECTIONS: dict[str, set[str]] = {
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
     "federation": {"deny", "allow", "announce", "no_announce", "announce_rooms"},
-    "discovery": {"mdns", "mdns_interfaces"},
+    "discovery": {"enabled", "port", "dht_mode", "announce_interval_s", "mdns",
+                  "mdns_interfaces"},
 }
 
 
@@ -331,6 +337,7 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "federation" in doc:
         changes["federation"] = _federation(doc["federation"])
     disc = doc.get("discovery", {})
+    changes.update(_discovery(disc))
     if "mdns" in disc:
         changes["mdns"] = _want(disc["mdns"], bool, "discovery.mdns")
     if "mdns_interfaces" in disc:
@@ -340,6 +347,29 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "format" in log:
         changes["log_format"] = _choice(log["format"], LOG_FORMATS, "log.format")
     return replace(cfg, **changes)
+
+
+def _discovery(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``[discovery]`` keys, checked."""
+    changes: dict[str, Any] = {}
+    if "enabled" in section:
+        changes["discovery_enabled"] = _want(section["enabled"], bool, "discovery.enabled")
+    if "port" in section:
+        port = _want(section["port"], int, "discovery.port")
+        if not 0 <= port < 65536:
+            raise ConfigError("discovery.port must be 0 (any free port) to 65535")
+        changes["discovery_port"] = port
+    if "dht_mode" in section:
+        changes["discovery_dht_mode"] = _choice(section["dht_mode"], ("server", "client"),
+                                                "discovery.dht_mode")
+    if "announce_interval_s" in section:
+        value = section["announce_interval_s"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                10 <= value <= 86_400):
+            raise ConfigError("discovery.announce_interval_s must be 10 to 86400 seconds "
+                              "(600 suits most nodes)")
+        changes["discovery_announce_interval_s"] = float(value)
+    return changes
 
 
 def load_config(path: Path) -> NodeConfig:

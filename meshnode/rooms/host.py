@@ -85,6 +85,8 @@ class RoomHost(LinkService):
         self._tasks = TaskSet("rooms", on_crash)
         self.sharing = RoomSharing(self.rooms, links, metrics)
         self._members: dict[bytes, dict[str, str]] = {}  # per room, to notice role changes
+        # Told the room ID of each invite redeemed (discovery dials the room's other hosts).
+        self.on_join: Callable[[bytes], None] | None = None
         links.register(self)
 
     @property
@@ -178,6 +180,8 @@ class RoomHost(LinkService):
             await self._host(record)
             self._rooms_changed()
         self._tasks.spawn(self._reach_inviter(invite), f"join {invite.room_id.hex()[:12]}")
+        if self.on_join is not None:
+            self.on_join(invite.room_id)
         return invite.room_id
 
     async def _reach_inviter(self, invite: Invite) -> None:

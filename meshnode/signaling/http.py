@@ -20,6 +20,11 @@ the 404 of an unknown room; see meshnode.rooms.readers):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
     GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
+    GET  /api/rooms/{room}/hosts       [{"peer_id", "urls", "addrs", "live"}]: the room's live
+                                       hosts (meshnode.discovery); for a room this node does
+                                       not host, the admin API only (it runs a DHT lookup)
+    GET  /api/libp2p                   {"peer_id", "addrs"}: where this node's libp2p host
+                                       listens (seeds a peer's DHT); 404 when discovery is off
 Admin (loopback only, ``Authorization: Bearer <admin token>``, JSON bodies only, no foreign
 Origin; the CLI uses these):
     GET  /status                       the operator's status page (HTML; loopback and Host
@@ -52,6 +57,7 @@ from aiohttp import web
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied
+from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import BrowserAccess, RoomPart
@@ -69,6 +75,7 @@ from protocol.errors import DecodeError
 log = logging.getLogger("meshnode.http")
 
 WS_OFFERS_PER_S = 1.0
+HOSTS_TIMEOUT_S = 5.0  # default wait of GET /api/rooms/{room}/hosts for the DHT
 WS_OFFER_BURST = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -124,8 +131,11 @@ class NodeApi:
     ``healthy()`` says whether the node can take writes (its store is open);
     ``store_failure()`` why its commits fail now (None: they do not). ``config`` gives the
     listen address, ``public_url``, the data directory (the admin token), the HTTP limits and
-    the browsers' settings. ``offer_refusal(peer)``: why an offer naming ``peer`` as its
-    sender is refused before it is answered (``LinkManager.offer_refusal``; None: answer it).
+    the browsers' settings. ``find_hosts(room_id, timeout)`` finds a room's hosts
+    (``RoomDiscovery.find_hosts``, or only those known without the DHT when discovery is
+    off); ``discovery()`` says whether discovery runs and why not. ``offer_refusal(peer)``:
+    why an offer naming ``peer`` as its sender is refused before it is answered
+    (``LinkManager.offer_refusal``; None: answer it).
     """
 
     view: NodeView
@@ -134,6 +144,8 @@ class NodeApi:
     healthy: Callable[[], bool]
     store_failure: Callable[[], StoreFailure | None]
     config: NodeConfig
+    find_hosts: Callable[[bytes, float], Awaitable[list[HostRecord]]] | None = None
+    discovery: Callable[[], DiscoveryState] | None = None
     offer_refusal: Callable[[object], str | None] = lambda peer: None
 
 
@@ -306,7 +318,44 @@ def build_app(node: NodeApi) -> web.Application:
                             content_type="text/plain", charset="utf-8")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(node_status(view))
+        body = node_status(view)
+        if node.discovery is not None:
+            body["discovery"] = node.discovery().to_json()
+        return web.json_response(body)
+
+    async def find_hosts(request: web.Request) -> web.Response:
+        try:
+            room_id = bytes.fromhex(request.match_info["room"])
+            timeout = min(max(float(request.query.get("timeout", HOSTS_TIMEOUT_S)), 0.5), 30.0)
+        except ValueError:
+            return _error(400, "expected /api/rooms/<room ID: 64 hex digits>/hosts"
+                               "[?timeout=seconds]")
+        if len(room_id) != 32 or node.find_hosts is None:
+            return _error(400 if len(room_id) != 32 else 404,
+                          "a room ID is 64 hex digits" if len(room_id) != 32
+                          else "this node cannot look up hosts")
+        records = await node.find_hosts(room_id, timeout)
+        return web.json_response([r.to_json() for r in records if r.live])
+
+    admin_find_hosts = admin_only(find_hosts)
+
+    async def room_hosts(request: web.Request) -> web.StreamResponse:
+        # A hosted room answers like its other reads (open, a member's signature, the admin
+        # token); any other room only on the admin API: a stranger must not learn which
+        # rooms are hosted here, nor use this node to run DHT lookups for it.
+        hosted = None
+        with contextlib.suppress(ValueError):
+            hosted = view.rooms.get(bytes.fromhex(request.match_info["room"]))
+        if hosted is None or guard.is_operator(request):
+            return await admin_find_hosts(request)
+        room_or_404(request, RoomPart.HOSTS)
+        return await find_hosts(request)
+
+    async def libp2p_info(request: web.Request) -> web.Response:
+        state = node.discovery() if node.discovery is not None else None
+        if state is None or not state.on:
+            return _error(404, "discovery is off on this node")
+        return web.json_response({"peer_id": state.peer_id, "addrs": list(state.addrs)})
 
     async def status_page(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC_DIR / "status.html")
@@ -405,6 +454,8 @@ def build_app(node: NodeApi) -> web.Application:
     app.router.add_get("/api/rooms/{room}/genesis", genesis)
     app.router.add_get("/api/rooms/{room}/heads", heads)
     app.router.add_get("/api/rooms/{room}/snapshot", snapshot)
+    app.router.add_get("/api/rooms/{room}/hosts", room_hosts)
+    app.router.add_get("/api/libp2p", libp2p_info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/status", admin_only(status))
