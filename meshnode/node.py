@@ -26,6 +26,7 @@ from typing import Any
 from meshnode.config import NodeConfig
 from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.discovery.known import known_hosts
+from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
@@ -69,6 +70,7 @@ class Node:
         self._rooms: RoomHost | None = None
         self._links: LinkManager | None = None
         self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
+        self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
         self.discovery_state = DiscoveryState(False, "the node has not started")
 
     @property
@@ -151,6 +153,11 @@ class Node:
                 refused.append(str(err))
         stack.push_async_callback(bootstrap.aclose)
         await bootstrap.start()
+        # LAN peers found by mDNS are dialled like bootstrap nodes (closed before them).
+        self.mdns = await start_mdns(
+            enabled=cfg.mdns, interfaces=cfg.mdns_interfaces, public_url=cfg.public_url,
+            listen_host=cfg.listen_host, port=port, peer_id=self.peer_id, links=links,
+            metrics=self.metrics, stack=stack, on_crash=crashed)
         return refused
 
     async def _start_discovery(self, stack: contextlib.AsyncExitStack, links: LinkManager,
