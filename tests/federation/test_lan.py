@@ -67,7 +67,10 @@ def test_any_url_parses_or_is_refused(url: str) -> None:
         assert err.reason in {"bad_url", "missing_field"}
 
 
-def _table(policy: FederationPolicy = FederationPolicy(), **kw: Any) -> LanPeers:
+EVERYONE = FederationPolicy()
+
+
+def _table(policy: FederationPolicy = EVERYONE, **kw: Any) -> LanPeers:
     def refusal(peer: str) -> str | None:
         r = policy.refusal(peer)
         return None if r is None else r.value

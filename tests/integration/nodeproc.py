@@ -47,8 +47,8 @@ class NodeProcess:
               env: dict[str, str] | None = None) -> "NodeProcess":
         """Start and wait until it prints its URL (``env``: extra environment variables, e.g.
         a ``tests.fakeclock.WallClock``'s)."""
-        cmd = [*self.prefix, sys.executable, "-m", "meshnode", "up", "--config", str(self.config_path),
-               "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
+        cmd = [*self.prefix, sys.executable, "-m", "meshnode", "up", "--config",
+               str(self.config_path), "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
                *self.args, *(extra or [])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=dict(os.environ, PYTHONUNBUFFERED="1",
