@@ -200,11 +200,11 @@ def triage(providers: Sequence[tuple[str, tuple[str, ...]]], *, me: str,
     out: list[Check | Skip] = []
     seen: set[str] = set()
     checks = 0
-    for index, (peer, addrs) in enumerate(providers):
+    for peer, addrs in providers:
         if peer in seen or peer == me:
             continue
         seen.add(peer)
-        if index >= config.max_providers:
+        if len(seen) > config.max_providers:
             out.append(Skip(peer, Rejection.TOO_MANY_PROVIDERS))
         elif not _meshnode_peer(peer):
             out.append(Skip(peer, Rejection.BAD_PROVIDER))

@@ -6,6 +6,7 @@ invite. C never hears of A's URL from anyone but the DHT and the room.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,20 @@ def test_joiner_finds_and_links_to_a_host_only_the_dht_names(tmp_path: Path) -> 
     finally:
         for n in reversed(nodes):
             n.kill()
+
+
+def test_without_libp2p_the_node_runs_and_says_discovery_is_off(tmp_path: Path) -> None:
+    # A `libp2p` that fails to import, first on the path: as if it were not installed.
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "libp2p.py").write_text("raise ImportError('No module named libp2p')\n")
+    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
+    node = NodeProcess(tmp_path / "n").start(env={"PYTHONPATH": path})
+    try:
+        state = node.get("/api/status")["discovery"]["state"]
+        assert state.startswith("discovery off: py-libp2p is not installed")
+        assert "pip install libp2p==0.8.1" in state and "discovery off" in node.log()
+        hosts = room_hosts(node, node.default_room or "")
+        assert [h["peer_id"] for h in hosts] == [node.peer_id]  # still knows itself
+    finally:
+        node.kill()

@@ -62,6 +62,12 @@ header_timeout_s = 5
 body_timeout_s = 7.5
 offers_per_s = 1.5
 offer_burst = 8
+
+[discovery]
+enabled = true
+port = 4001
+dht_mode = "server"
+announce_interval_s = 300
 """
 
 
@@ -132,6 +138,8 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         body_timeout_s=7.5,
         offers_per_s=1.5,
         offer_burst=8,
+        discovery_port=4001,
+        discovery_announce_interval_s=300.0,
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
