@@ -223,20 +223,22 @@ def _peers(args: argparse.Namespace) -> int:
 
 
 def _print_federation(fed: dict[str, Any]) -> None:
-    """Which operators host which rooms with us, the policy, and whom it refused."""
-    print("\noperators hosting rooms with us:")
-    for room in fed["rooms"]:
-        hosts = ", ".join(room["hosts"]) or "none linked now"
-        print(f"  {room['room'][:16]} {room['name']}: {hosts}")
+    """Which operators host which rooms with us, the policy, and whom it refused (each part
+    only when there is something to say: a default node with no links prints nothing)."""
+    hosted = [r for r in fed["rooms"] if r["hosts"]]
+    if hosted:
+        print("\noperators hosting rooms with us:")
+        for room in hosted:
+            print(f"  {room['room'][:16]} {room['name']}: {', '.join(room['hosts'])}")
     policy = fed["policy"]
-    allow = policy["allow"]
-    print("federation policy: deny " + (", ".join(policy["deny"]) or "nobody") + "; allow "
-          + ("any operator" if allow is None else ", ".join(allow) or "no other node"))
-    off = policy["no_announce"]
-    print("  announce: " + ("every room" if policy["announce_default"] else "no room")
-          + (f" except {', '.join(r[:16] for r in off)}" if off else "")
-          + (f"; also {', '.join(r[:16] for r in policy['announce_rooms'])}"
-             if not policy["announce_default"] and policy["announce_rooms"] else ""))
+    allow, off = policy["allow"], policy["no_announce"]
+    if policy["deny"] or allow is not None or off or not policy["announce_default"]:
+        print("federation policy: deny " + (", ".join(policy["deny"]) or "nobody") + "; allow "
+              + ("any operator" if allow is None else ", ".join(allow) or "no other node"))
+        print("  announce: " + ("every room" if policy["announce_default"] else "no room")
+              + (f" except {', '.join(r[:16] for r in off)}" if off else "")
+              + (f"; also {', '.join(r[:16] for r in policy['announce_rooms'])}"
+                 if not policy["announce_default"] and policy["announce_rooms"] else ""))
     for r in fed["refused"]:
         print(f"  refused {r['peer']}: {r['reason']} x{r['count']} (last: {r['how']})")
 
