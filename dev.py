@@ -101,9 +101,10 @@ def existing(dirs: Sequence[str]) -> list[str]:
 
 # Debian packages the tests drive for real: Chromium (the web client's tests), coturn (a
 # TURN server, for links relayed through TURN) and libfaketime (nodes whose wall clock is
-# wrong, or stepped while they run). Binary -> package.
+# wrong, or stepped while they run) and iproute2 (`ip netns`: LAN discovery between network
+# namespaces, and netsim's emulation mode). Binary -> package.
 SYSTEM_PACKAGES = {Path("/usr/bin/chromium"): "chromium", Path("/usr/bin/turnserver"): "coturn",
-                   Path("/usr/bin/faketime"): "faketime"}
+                   Path("/usr/bin/faketime"): "faketime", Path("/usr/sbin/ip"): "iproute2"}
 
 
 def ensure_system_packages() -> None:

@@ -216,7 +216,31 @@ def _room(args: argparse.Namespace) -> int:
 def _peers(args: argparse.Namespace) -> int:
     for p in _api(args, "GET", "/api/peers"):
         print(f"{p['peer']}  {p['kind']:6}  rooms={len(p['rooms'])}  {p['url'] or '-'}")
+    fed = _api(args, "GET", "/api/status").get("federation")
+    if fed is not None:
+        _print_federation(fed)
     return 0
+
+
+def _print_federation(fed: dict[str, Any]) -> None:
+    """Which operators host which rooms with us, the policy, and whom it refused (each part
+    only when there is something to say: a default node with no links prints nothing)."""
+    hosted = [r for r in fed["rooms"] if r["hosts"]]
+    if hosted:
+        print("\noperators hosting rooms with us:")
+        for room in hosted:
+            print(f"  {room['room'][:16]} {room['name']}: {', '.join(room['hosts'])}")
+    policy = fed["policy"]
+    allow, off = policy["allow"], policy["no_announce"]
+    if policy["deny"] or allow is not None or off or not policy["announce_default"]:
+        print("federation policy: deny " + (", ".join(policy["deny"]) or "nobody") + "; allow "
+              + ("any operator" if allow is None else ", ".join(allow) or "no other node"))
+        print("  announce: " + ("every room" if policy["announce_default"] else "no room")
+              + (f" except {', '.join(r[:16] for r in off)}" if off else "")
+              + (f"; also {', '.join(r[:16] for r in policy['announce_rooms'])}"
+                 if not policy["announce_default"] and policy["announce_rooms"] else ""))
+    for r in fed["refused"]:
+        print(f"  refused {r['peer']}: {r['reason']} x{r['count']} (last: {r['how']})")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -321,7 +345,8 @@ def add_node_commands(sub: Any) -> None:
     with_node(hosts)
     room.set_defaults(handler=_room)
 
-    peers = sub.add_parser("peers", help="list a running node's links")
+    peers = sub.add_parser("peers", help="list a running node's links, which operators host "
+                                         "which rooms with it, and its federation policy")
     with_node(peers)
     peers.set_defaults(handler=_peers)
     status = sub.add_parser("status", help="show a running node's status")

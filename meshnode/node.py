@@ -26,6 +26,7 @@ from typing import Any
 from meshnode.config import NodeConfig
 from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.discovery.known import known_hosts
+from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
@@ -70,6 +71,7 @@ class Node:
         self._rooms: RoomHost | None = None
         self._links: LinkManager | None = None
         self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
+        self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
         self.discovery_state = DiscoveryState(False, "the node has not started")
 
     @property
@@ -122,7 +124,7 @@ class Node:
                             LinkSettings(ice=cfg.ice, hello_timeout_s=cfg.handshake_timeout_s),
                             lambda kind: self.rooms.local_hello(kind), self.metrics,
                             max_links=cfg.max_links, max_pending=cfg.max_pending_links,
-                            on_crash=crashed)
+                            on_crash=crashed, federation=cfg.federation)
         self._links = links
         self._rooms = rooms = RoomHost(self.identity, cfg, store, durable, links, self.metrics,
                                        url=lambda: self.url, on_crash=crashed)
@@ -138,11 +140,12 @@ class Node:
             origins.remember(peer, url)
         links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links)
+                        rooms.rooms, links.links, links.federation, links.refusals)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
                                 host_origins=origins,
-                                discovery=lambda: self.discovery_state))
+                                discovery=lambda: self.discovery_state,
+                                offer_refusal=links.offer_refusal))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.
@@ -158,6 +161,11 @@ class Node:
                 refused.append(str(err))
         stack.push_async_callback(bootstrap.aclose)
         await bootstrap.start()
+        # LAN peers found by mDNS are dialled like bootstrap nodes (closed before them).
+        self.mdns = await start_mdns(
+            enabled=cfg.mdns, interfaces=cfg.mdns_interfaces, public_url=cfg.public_url,
+            listen_host=cfg.listen_host, port=port, peer_id=self.peer_id, links=links,
+            metrics=self.metrics, stack=stack, on_crash=crashed)
         return refused
 
     async def _start_discovery(self, stack: contextlib.AsyncExitStack, links: LinkManager,
@@ -204,6 +212,7 @@ class Node:
         discovery = RoomDiscovery(
             self.identity, host, validator, rooms=self.rooms.rooms, links=links, store=store,
             url=lambda: self.url, metrics=self.metrics, bootstrap=cfg.bootstrap,
+            may_link=links.federation.may_link, may_announce=cfg.federation.may_announce,
             config=PlannerConfig(announce_interval_s=interval,
                                  card_ttl_s=max(3 * interval, 3600.0)),
             on_crash=self._crashed)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
-from meshnode.identity import Identity
+from meshnode.identity import Identity, peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
@@ -193,6 +193,12 @@ class RoomHost(LinkService):
             await asyncio.sleep(JOIN_GRACE_S)
         hosted = self.rooms.get(invite.room_id)
         if hosted is None or hosted.runtime.peers():
+            return
+        # A denied inviter is not dialled (the room may have other hosts; the policy refuses
+        # the inviter's hello anyway, whoever else answers at its URL). Only ``deny`` here:
+        # an invite may be signed by a person, and ``allow`` binds nodes.
+        issuer = peer_id_from_public_key(invite.issuer)
+        if self.links.policy_refusal(issuer, "client", "the inviter, named by an invite"):
             return
         for url in invite.urls:
             if url != self.url:

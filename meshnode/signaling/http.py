@@ -4,7 +4,9 @@ Every request passes the guard first (``meshnode.signaling.guard``): a ``Host`` 
 this node (else 421), per-address offer rates (429), header and body timeouts.
 
 Public (any peer may call):
-    POST /signal/offer                 {"sdp": offer}  ->  {"sdp": answer, "peer": PeerID}
+    POST /signal/offer                 {"sdp": offer, "peer": sender's PeerID (optional)}
+                                       ->  {"sdp": answer, "peer": PeerID}; 403 if the
+                                       federation policy denies the named sender
     GET  /signal/ws                    WebSocket (this node's pages or programs only: a foreign
                                        Origin gets 403): {"type": "offer", "sdp"} ->
                                        {"type": "answer", "sdp", "peer"} or {"type": "error",
@@ -132,7 +134,9 @@ class NodeApi:
     listen address, ``public_url``, the data directory (the admin token), the HTTP limits and
     the browsers' settings. ``find_hosts(room_id, timeout)`` finds a room's hosts
     (``RoomDiscovery.find_hosts``, or only those known without the DHT when discovery is
-    off); ``discovery()`` says whether discovery runs and why not.
+    off); ``discovery()`` says whether discovery runs and why not. ``offer_refusal(peer)``:
+    why an offer naming ``peer`` as its sender is refused before it is answered
+    (``LinkManager.offer_refusal``; None: answer it).
     """
 
     view: NodeView
@@ -145,6 +149,7 @@ class NodeApi:
     discovery: Callable[[], DiscoveryState] | None = None
     host_origins: HostOrigins | None = None
     """The web origins of our rooms' other hosts: their pages may offer cross-origin."""
+    offer_refusal: Callable[[object], str | None] = lambda peer: None
 
 
 @contextlib.asynccontextmanager
@@ -229,6 +234,9 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def offer(request: web.Request) -> web.Response:
         body = await _json_body(request, MAX_OFFER_BYTES)
+        refused = node.offer_refusal(body.get("peer"))
+        if refused is not None:
+            return _error(403, refused)
         status, text = await answer_offer(body.get("sdp"), request.remote)
         if status != 200:
             return _error(status, text)
