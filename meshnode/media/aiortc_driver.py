@@ -204,8 +204,8 @@ class SourceTap:
     ``on_packet(tap, packet, now)`` is awaited for every admitted packet. ``ssrc``: the SSRC
     the publisher announced (None: the first one seen); packets on any other SSRC are dropped
     (``ssrc``), as are packets over ``max_kbps`` (``rate``: give a generous multiple of the
-    announced rate), unknown payload types (``payload_type``) and malformed VP8 descriptors
-    (``vp8_descriptor``). ``clock`` gives ``now`` (seconds, monotonic).
+    announced rate), unknown payload types (``payload_type``), payloads aiortc cannot
+    depayload (``malformed``) and malformed VP8 descriptors (``vp8_descriptor``). ``clock`` gives ``now`` (seconds, monotonic).
     """
 
     def __init__(
@@ -227,6 +227,7 @@ class SourceTap:
         self.ssrc = ssrc
         self.rtx_ssrc: int | None = None
         self.payload_type: int | None = None
+        self.last_sequence_number: int | None = None
         self.mime_type: str | None = None
         self.packets = 0
         self.bytes = 0
@@ -255,6 +256,10 @@ class SourceTap:
     def clock_rate(self) -> int:
         """The RTP clock rate of the source's codec (a default for its kind until known)."""
         return self._clock_rate
+
+    def set_max_kbps(self, max_kbps: float | None) -> None:
+        """Drop (as ``rate``) what goes over ``max_kbps`` from now on (None: no limit)."""
+        self._rate = RateLimit(max_kbps) if max_kbps is not None else None
 
     def detach(self) -> None:
         """Give the receiver back its own jitter buffer and packet handler."""
@@ -313,8 +318,10 @@ class SourceTap:
             return
         await self._original_handle(packet, arrival_time_ms=arrival_time_ms)
         tapped, self._buffer.packet = self._buffer.packet, None
-        if tapped is None:  # aiortc itself dropped it (disabled receiver, bad RTX, depayload)
+        if tapped is None:  # aiortc dropped it: payload it cannot depayload, bad RTX
+            self._drop("malformed")
             return
+        self.last_sequence_number = tapped.sequence_number
         source_packet = self._source_packet(tapped, now)
         if source_packet is None or self.on_packet is None:
             return

@@ -246,6 +246,41 @@ async def test_relay_forwards_identical_payloads_without_decoding_and_resumes_on
         assert not set(decoder_calls) & relay.decoder_threads()
         assert all(tap.attached for tap in relay.taps)
 
+        # Bad input from the publisher, on the wire: an unknown SSRC, an unknown payload
+        # type, a VP8 packet with a truncated descriptor, a burst over the rate, a forwarding
+        # error. Each is dropped and counted; nothing stops the stream.
+        vtap, atap = relay.taps[video], relay.taps[audio]
+        assert vtap.ssrc is not None and vtap.payload_type is not None
+        wire = publisher.getSenders()[0].transport
+        stranger = RtpPacket(payload_type=vtap.payload_type, ssrc=vtap.ssrc ^ 1, payload=b"x")
+        await wire._send_rtp(stranger.serialize())
+        # Packets on the publisher's own SSRC go in where aiortc's transport hands them over
+        # after SRTP (the publisher's SRTP context would refuse to resend a sequence number):
+        # an unknown payload type, a payload aiortc cannot depayload, a VP8 descriptor with
+        # no payload after it.
+        assert vtap.last_sequence_number is not None
+        for payload_type, payload in ((127, b"\x10x"), (vtap.payload_type, b"\x90\x80"),
+                                      (vtap.payload_type, b"\x10")):
+            packet = RtpPacket(payload_type=payload_type, ssrc=vtap.ssrc, payload=payload,
+                               sequence_number=vtap.last_sequence_number)
+            await vtap.receiver._handle_rtp_packet(packet, arrival_time_ms=0)
+        await until(lambda: {"ssrc", "payload_type", "malformed", "vp8_descriptor"}
+                    <= set(vtap.dropped), "the bad packets counted")
+        atap.set_max_kbps(1)  # far below what the publisher sends
+        await until(lambda: atap.dropped["rate"] >= 5, "over-rate packets dropped")
+        atap.set_max_kbps(None)
+
+        async def broken(tap: SourceTap, packet: object, now: float) -> None:
+            raise RuntimeError("forwarding bug")
+
+        atap.on_packet, healthy = broken, atap.on_packet
+        await until(lambda: atap.dropped["error"] >= 3, "forwarding errors counted")
+        atap.on_packet = healthy
+        frames_now = [min(s.frames.values()) for s in subscribers]
+        await until(lambda: all(min(s.frames.values()) > f + 5
+                                for s, f in zip(subscribers, frames_now, strict=True)),
+                    "the stream goes on after bad input")
+
         # Pause sub0's video, then resume: a keyframe is requested and frames decode again.
         forwarder, tap = relay.forwarders[video], relay.taps[video]
         forwarder.pause("sub0")
