@@ -205,7 +205,8 @@ class SourceTap:
     the publisher announced (None: the first one seen); packets on any other SSRC are dropped
     (``ssrc``), as are packets over ``max_kbps`` (``rate``: give a generous multiple of the
     announced rate), unknown payload types (``payload_type``), payloads aiortc cannot
-    depayload (``malformed``) and malformed VP8 descriptors (``vp8_descriptor``). ``clock`` gives ``now`` (seconds, monotonic).
+    depayload (``malformed``) and malformed VP8 descriptors (``vp8_descriptor``).
+    ``clock`` gives ``now`` (seconds, monotonic).
     """
 
     def __init__(
