@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshnode.media.config import (
+    MEDIA_KEYS,
+    MediaConfig,
+    MediaConfigError,
+    media_config_from_mapping,
+)
 from meshnode.transport.ice import IceServer, IceSettings
 from protocol.link import MAX_URL_CHARS
 
@@ -54,6 +60,8 @@ class NodeConfig:
     body_timeout_s: float = 10.0
     offers_per_s: float = 2.0
     offer_burst: int = 16
+    # [media]: the media relay (meshnode.media.config)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     @property
     def url(self) -> str:
@@ -77,6 +85,7 @@ _SECTIONS: dict[str, set[str]] = {
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
+    "media": set(MEDIA_KEYS),
 }
 
 
@@ -256,6 +265,11 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         if not 1 <= burst <= 10_000:
             raise ConfigError("http.offer_burst must be 1 to 10000")
         changes["offer_burst"] = burst
+    if "media" in doc:
+        try:
+            changes["media"] = media_config_from_mapping(doc["media"], cfg.media)
+        except MediaConfigError as err:
+            raise ConfigError(str(err)) from None
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:

@@ -97,5 +97,9 @@ class RelayPort(Protocol):
                      transceiver: RTCRtpTransceiver) -> None:
         """The m-line asked for with ``add_output`` is negotiated: forward into it."""
 
+    def output_ended(self, endpoint: MediaEndpoint, source_id: str) -> None:
+        """The m-line of an output ended (removed, or its connection was recycled: then
+        ``output_ready`` follows again for the new one)."""
+
     def preferences_changed(self, endpoint: MediaEndpoint, room_id: bytes) -> None:
         """``endpoint.preferences(room_id)`` changed; the relay re-plans soon."""
