@@ -1,5 +1,6 @@
 """The Python client: ``async with meshnode.client.connect(url, room_id, identity) as room``."""
 
+from meshnode.client.media import MediaRefusedError, Publication
 from meshnode.client.room import (
     AdmissionRefused,
     ClientError,
@@ -8,4 +9,5 @@ from meshnode.client.room import (
     connect,
 )
 
-__all__ = ["AdmissionRefused", "ClientError", "RoomClient", "StoreUnavailable", "connect"]
+__all__ = ["AdmissionRefused", "ClientError", "MediaRefusedError", "Publication", "RoomClient",
+           "StoreUnavailable", "connect"]
