@@ -335,3 +335,27 @@ class KeyframeThrottle:
         self._last = now
         self.sent += 1
         return True
+
+
+class RateLimit:
+    """A token bucket over bytes: ``allow(size, now)`` is False once a source sends more than
+    ``kbps`` on average over ``burst_s`` seconds (the driver drops those packets as ``rate``)."""
+
+    def __init__(self, kbps: float, burst_s: float = 1.0) -> None:
+        if kbps <= 0 or burst_s <= 0:
+            raise ValueError(f"kbps and burst_s must be positive, not {kbps}, {burst_s}")
+        self.bytes_per_s = kbps * 1000 / 8
+        self.capacity = self.bytes_per_s * burst_s
+        self._tokens = self.capacity
+        self._last: float | None = None
+
+    def allow(self, size: int, now: float) -> bool:
+        """Take ``size`` bytes from the bucket if they are there."""
+        if self._last is not None:
+            elapsed = max(0.0, now - self._last)
+            self._tokens = min(self.capacity, self._tokens + elapsed * self.bytes_per_s)
+        self._last = now
+        if size > self._tokens:
+            return False
+        self._tokens -= size
+        return True

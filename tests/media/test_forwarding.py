@@ -14,6 +14,7 @@ from meshnode.media.forwarding import (
     KeyframeThrottle,
     Output,
     PacketInfo,
+    RateLimit,
 )
 
 L1T3 = (0, 2, 1, 2)
@@ -319,3 +320,13 @@ def test_keyframe_throttle_allows_one_request_per_interval(gaps: list[float]) ->
     assert granted[0] == gaps[0]
     assert all(b - a >= 0.3 for a, b in pairwise(granted))
     assert throttle.sent == len(granted) and throttle.suppressed == len(gaps) - len(granted)
+
+
+def test_rate_limit_allows_the_rate_and_a_burst_only() -> None:
+    limit = RateLimit(kbps=80, burst_s=1.0)  # 10,000 bytes per second
+    assert sum(limit.allow(1000, 0.0) for _ in range(20)) == 10
+    # Over the next 10 s at twice the rate, about half passes.
+    passed = sum(limit.allow(1000, 0.05 * i) for i in range(1, 201))
+    assert 98 <= passed <= 101
+    with pytest.raises(ValueError):
+        RateLimit(kbps=0)
