@@ -2,6 +2,7 @@
 
     identity, store (SQLite) + DurableLog
         LinkManager (aiortc links)  --link events-->  RoomHost (rooms, admission, durability)
+                                    --link events-->  MediaRelay (voice and video, meshnode.media)
                                     --link events-->  Bootstrap (bootstrap links, address book)
         HTTP (signaling, room data, admin API, web client, /metrics) on a NodeApi
 
@@ -23,6 +24,9 @@ from collections.abc import Sequence
 
 from meshnode.config import NodeConfig
 from meshnode.identity import Identity
+from meshnode.media.relay import MediaRelay
+from meshnode.media.relay_driver import AiortcMediaDriver
+from meshnode.media.room_access import media_access, participant_positions
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
 from meshnode.runtime.bootstrap import Bootstrap
@@ -63,6 +67,7 @@ class Node:
         self._stopping = asyncio.Event()
         self._crash: tuple[str, BaseException] | None = None
         self._rooms: RoomHost | None = None
+        self.media: MediaRelay | None = None
 
     @property
     def identity(self) -> Identity:
@@ -119,11 +124,21 @@ class Node:
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
         stack.push_async_callback(links.aclose)  # before the rooms close: no frame after
+        media_cfg = cfg.media
+        self.media = media = MediaRelay(
+            links, media_cfg, self.metrics,
+            AiortcMediaDriver(cfg.ice.rtc_configuration,
+                              max_ingest_kbps=2 * media_cfg.max_peer_kbps),
+            access=functools.partial(media_access, rooms.rooms),
+            positions=functools.partial(participant_positions, rooms.rooms),
+            hosted=lambda: set(rooms.rooms), on_crash=crashed)
+        stack.push_async_callback(media.aclose)  # media connections close before the links
+        media.start()
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links)
+                        rooms.rooms, links.links, media.status)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))

@@ -27,6 +27,8 @@ class NodeView:
     metrics: NodeMetrics
     rooms: Mapping[bytes, HostedRoom]
     links: Mapping[str, Established]
+    media: Callable[[], dict[str, Any]] | None = None
+    """The media relay's load (``MediaRelay.status``), if it runs."""
 
 
 def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
@@ -69,6 +71,7 @@ def node_status(node: NodeView) -> dict[str, Any]:
         "uptime_s": round(time.time() - node.started_at, 1),
         "links": len(node.links),
         "rooms": [room_info(node, rid) for rid in node.rooms],
+        **({"media": node.media()} if node.media is not None else {}),
     }
 
 def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:

@@ -92,8 +92,11 @@ class ClientMedia(LinkService):
         self._callbacks: list[TrackCallback] = []
         self.tracks: dict[str, MediaStreamTrack] = {}
         """The tracks received now, by source ID (``<publisher PeerID>/<label>``)."""
+        self.transceivers: dict[str, RTCRtpTransceiver] = {}
+        """Their transceivers (for statistics, or to read their RTP)."""
         self._prefs = MediaPrefs(room_id)
         self.refusals: list[MediaRefusedError] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def bind(self, links: LinkManager) -> None:
         """Use ``links`` (the room's link manager) and hear its links."""
@@ -156,7 +159,7 @@ class ClientMedia(LinkService):
         """Our node: a fresh media session (the node offers)."""
         self._node = est.peer
         if self.session is not None:
-            asyncio.ensure_future(self.session.close())
+            self._close_later(self.session)
         self.session = MediaSession(offerer=False, send_signal=self._send, make_pc=self._pc,
                                     hooks=self, on_bad=self._bad)
         if self._prefs != MediaPrefs(self.room_id):
@@ -169,7 +172,20 @@ class ClientMedia(LinkService):
         self._node = None
         session, self.session = self.session, None
         if session is not None:
-            asyncio.ensure_future(session.close())
+            self._close_later(session)
+
+    def _close_later(self, session: MediaSession) -> None:
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        """Close the media connection (the room's ``close`` does)."""
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     def link_message(self, est: Established, msg: LinkMessage) -> None:
         """Signals for our session; refusals."""
@@ -213,12 +229,14 @@ class ClientMedia(LinkService):
         if track is None:
             return
         self.tracks[source_id] = track
+        self.transceivers[source_id] = transceiver
         for cb in list(self._callbacks):
             self._tell(cb, source_id, track)
 
     def ended(self, source_id: str, direction: str, replaced: bool) -> None:
         """A line ended: a received track stops."""
         if direction == RECV:
+            self.transceivers.pop(source_id, None)
             track = self.tracks.pop(source_id, None)
             if track is not None:
                 track.stop()

@@ -225,6 +225,7 @@ class RoomClient(LinkService):
         if self._reconnect is not None:
             self._reconnect.cancel()
             await asyncio.gather(self._reconnect, return_exceptions=True)
+        await self.media.aclose()
         if self._links is not None:
             await self._links.aclose()
         if self._runtime is not None:

@@ -174,7 +174,7 @@ class LinkMedia:
             self._on_bad("media_unknown_source")
             transceiver.direction = "inactive"
             return
-        self._relay.publish(self, info, transceiver.receiver)
+        self._relay.publish(self, info, transceiver)
 
     def ended(self, source_id: str, direction: str, replaced: bool) -> None:
         """A line ended (``replaced``: its connection was recycled; it comes back)."""

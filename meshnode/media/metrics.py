@@ -18,7 +18,7 @@ class MediaMetrics:
         self.kbps = Gauge("meshnode_media_kbps", "Media bitrate relayed now, by direction "
                           "and kind", ["direction", "kind"], registry=r)
         self.bytes = Counter("meshnode_media_bytes", "RTP bytes relayed, by direction "
-                             "(in, out, trunk_out: to neighbour nodes)", ["direction"],
+                             "(in, out: to clients, trunk: to neighbour nodes)", ["direction"],
                              registry=r)
         self.keyframe_requests = Counter("meshnode_media_keyframe_requests",
                                          "Keyframe requests sent to publishers", registry=r)
@@ -32,5 +32,5 @@ class MediaMetrics:
                                             "Outputs per relayed source, the largest now",
                                             registry=r)
         self.decoders = Gauge("meshnode_media_decoders",
-                              "Media decoders running on this node (always 0: the relay "
+                              "Media decoders aiortc created in this node (0: the relay "
                               "forwards RTP and never decodes)", registry=r)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpTransceiver
 
 from meshnode.media.config import MediaConfig
 from meshnode.media.endpoint import MediaEndpoint, Preferences, RelayPort, SourceInfo
@@ -81,8 +81,9 @@ class MediaDriver(Protocol):
     """What the relay needs of the aiortc driver (``meshnode.media.aiortc_driver``)."""
 
     def make_pc(self) -> RTCPeerConnection: ...
-    def tap(self, source: SourceInfo, receiver: RTCRtpReceiver) -> TapPort: ...
-    def output(self, tap: TapPort, transceiver: RTCRtpTransceiver, trunk: bool) -> OutputPort: ...
+    def tap(self, source: SourceInfo, transceiver: RTCRtpTransceiver) -> Any: ...
+    def output(self, tap: Any, transceiver: RTCRtpTransceiver, key: str,
+               trunk: bool) -> OutputPort: ...
     def stats(self) -> Mapping[str, Any]: ...
 
 
@@ -121,7 +122,6 @@ class MediaRelay(LinkService, RelayPort):
         self.config = config
         self.node_metrics = metrics
         self.metrics = MediaMetrics(metrics.registry)
-        self.metrics.decoders.set(0)
         self.driver = driver
         self._access = access
         self._positions = positions
@@ -136,6 +136,7 @@ class MediaRelay(LinkService, RelayPort):
         self._tasks = TaskSet("media", on_crash)
         self._timer: asyncio.Task[None] | None = None
         self.refusals: Counter[str] = Counter()
+        self._totals: dict[tuple[str, str], float] = {}
         links.register(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -226,7 +227,7 @@ class MediaRelay(LinkService, RelayPort):
             del self._pending_outputs[pending]
 
     def publish(self, endpoint: MediaEndpoint, source: SourceInfo,
-                receiver: RTCRtpReceiver) -> str | None:
+                transceiver: RTCRtpTransceiver) -> str | None:
         """Tap a publication (or a source arriving over a trunk)."""
         reason = self._may_publish(endpoint, source)
         if reason is not None:
@@ -239,7 +240,7 @@ class MediaRelay(LinkService, RelayPort):
                 # One path per source: a second arrival (a route changed) replaces the first.
                 log.info("source %s now arrives from %s", source.source_id, endpoint.peer_id)
             self._end_source(source.source_id)
-        tap = self.driver.tap(source, receiver)
+        tap: TapPort = self.driver.tap(source, transceiver)
         self.sources[source.source_id] = _Source(source, endpoint, tap)
         log.info("source %s (%s) in room %s from %s %s", source.source_id, source.kind,
                  source.room_id.hex()[:16], endpoint.kind, endpoint.peer_id)
@@ -263,7 +264,7 @@ class MediaRelay(LinkService, RelayPort):
         old = src.outputs.pop(key, None)
         if old is not None:
             old.close()
-        out = self.driver.output(src.tap, transceiver, endpoint.kind == "node")
+        out = self.driver.output(src.tap, transceiver, key, endpoint.kind == "node")
         out.set_max_tid(tid)
         src.outputs[key] = out
 
@@ -495,6 +496,26 @@ class MediaRelay(LinkService, RelayPort):
                 m.streams.labels(direction, kind).set(streams[(direction, kind)])
                 m.kbps.labels(direction, kind).set(round(kbps.get((direction, kind), 0.0), 1))
         m.subscribers_per_source.set(widest)
+        # The driver's running totals, as counters (increments since the last refresh).
+        stats = self.driver.stats()
+        m.decoders.set(float(stats.get("decoders", 0)))
+        totals: dict[tuple[str, str], float] = {("keyframes", ""): float(
+            stats.get("keyframe_requests", 0))}
+        for reason, n in dict(stats.get("drops", {})).items():
+            totals[("drops", str(reason))] = float(n)
+        for direction, n in dict(stats.get("bytes", {})).items():
+            totals[("bytes", str(direction))] = float(n)
+        for (what, label), value in totals.items():
+            delta = value - self._totals.get((what, label), 0.0)
+            if delta <= 0:
+                continue
+            self._totals[(what, label)] = value
+            if what == "keyframes":
+                m.keyframe_requests.inc(delta)
+            elif what == "drops":
+                m.drops.labels(label).inc(delta)
+            else:
+                m.bytes.labels(label).inc(delta)
 
     def status(self) -> dict[str, Any]:
         """Media load, for the status page and ``/api/status``."""
