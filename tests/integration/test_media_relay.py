@@ -1,13 +1,14 @@
 """The media relay against real ``meshnode up`` processes, real aiortc clients (issue 10):
 one publisher, a relay node, three subscribers: the RTP payloads arrive byte-identical and the
-node decodes nothing; an audio-only subscriber gets no video; a stranger is refused media."""
+node decodes nothing; an audio-only subscriber gets no video; a removed member's media stops
+and it is refused; two nodes with a trunk carry one copy of each source between them."""
 
 import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiortc import RTCRtpTransceiver
@@ -17,7 +18,7 @@ from meshnode.client import MediaRefusedError, RoomClient, connect
 from meshnode.identity import Identity
 from meshnode.media.aiortc_driver import SourcePacket, SourceTap
 from meshnode.media.rtp import parse_rtp
-from tests.integration.nodeproc import NodeProcess
+from tests.integration.nodeproc import NodeProcess, start_host
 from tests.integration.test_line import ICE
 
 
@@ -27,7 +28,8 @@ async def until(predicate: Callable[[], Any], what: str | Callable[[], str],
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}")
+            said = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out waiting for {said}")
         await asyncio.sleep(0.05)
 
 
@@ -113,9 +115,13 @@ async def test_one_publisher_three_subscribers_byte_identical_no_decoder(
         audio = await pub.publish(AudioStreamTrack())
         sent = Published(pub)
         sent.hook()
+
+        def counts() -> list[dict[str, int]]:
+            return [{k: len(v) for k, v in r.hashes.items()} for r in received]
+
         await until(lambda: all(len(r.hashes.get("audio", [])) > 50 for r in received)
                     and all(len(r.hashes.get("video", [])) > 30 for r in received[:2]),
-                    lambda: f"media at every subscriber: {[dict((k, len(v)) for k, v in r.hashes.items()) for r in received]}\n" + relay.log()[-6000:], 60)
+                    lambda: f"media at every subscriber: {counts()}\n{relay.log()[-6000:]}", 60)
         # Every payload a subscriber got is one the publisher sent, byte for byte.
         for rec in received:
             for kind, hashes in rec.hashes.items():
@@ -144,7 +150,7 @@ async def test_one_publisher_three_subscribers_byte_identical_no_decoder(
                 tap.detach()
 
 
-async def test_a_stranger_is_refused_media_and_a_removed_member_loses_it(
+async def test_a_removed_member_loses_its_media_and_is_refused_more(
         tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", args=["--no-default-room"]).start()
     try:
@@ -172,3 +178,56 @@ async def test_a_stranger_is_refused_media_and_a_removed_member_loses_it(
                    if k.startswith("meshnode_media_refusals_total")) >= 1
     finally:
         node.kill()
+
+
+def _bytes(node: NodeProcess, direction: str) -> float:
+    return node.metrics().get(f'meshnode_media_bytes_total{{direction="{direction}"}}', 0.0)
+
+
+async def test_two_nodes_one_trunk_copy_for_five_subscribers(tmp_path: Path) -> None:
+    a = NodeProcess(tmp_path / "a").start()
+    b: NodeProcess | None = None
+    try:
+        room = a.default_room
+        assert room is not None
+        b = start_host(tmp_path / "b", a, room, a)
+        publisher = Identity.generate()
+        async with connect(a.url, room, publisher, ice=ICE) as pub:
+            # B hosts the room invite-only (it joined with an invite): B invites its listeners.
+            subs = [connect(b.url, room, Identity.generate(), ice=ICE, invite=b.post(
+                f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]) for _ in range(5)]
+            for sub in subs:
+                await sub.__aenter__()
+            try:
+                audio = await pub.publish(AudioStreamTrack())
+                await until(lambda: all(len(s.media.tracks) == 1 for s in subs),
+                            lambda: "the audio at B's five subscribers\n" + b.log()[-4000:])
+                # A track added while running crosses too, then goes away.
+                video = await pub.publish(VideoStreamTrack())
+                await until(lambda: all(len(s.media.tracks) == 2 for s in subs),
+                            "the video at B's subscribers")
+                for sub in subs:
+                    assert await asyncio.wait_for(
+                        next(t for t in sub.media.tracks.values() if t.kind == "video").recv(),
+                        20) is not None
+                before_in, before_trunk = _bytes(a, "in"), _bytes(a, "trunk")
+                before_out_b = _bytes(b, "out")
+                await asyncio.sleep(3)
+                sent_in = _bytes(a, "in") - before_in
+                on_trunk = _bytes(a, "trunk") - before_trunk
+                fanned_out = _bytes(b, "out") - before_out_b
+                # One copy of each source crosses A-B; B fans out five.
+                assert sent_in > 2_000, (sent_in, on_trunk, fanned_out)
+                assert 0.8 * sent_in < on_trunk < 1.2 * sent_in, (sent_in, on_trunk, fanned_out)
+                assert fanned_out > 4 * on_trunk
+                await video.stop()
+                await until(lambda: all(len(s.media.tracks) == 1 for s in subs),
+                            "the video to end at B's subscribers")
+                await audio.stop()
+            finally:
+                for sub in subs:
+                    await sub.__aexit__(None, None, None)
+    finally:
+        if b is not None:
+            b.kill()
+        a.kill()
