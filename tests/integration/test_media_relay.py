@@ -134,7 +134,7 @@ async def test_one_publisher_three_subscribers_byte_identical_no_decoder(
         status = await asyncio.to_thread(relay.get, "/api/status")
         media = status["media"]
         assert media["sources"] == 2 and media["outputs"] == 5
-        assert media["driver"]["packets_tapped"] > 100
+        assert media["driver"]["packets_tapped"] > 50
         assert media["driver"]["decoders"] == 0  # the relay never decoded a frame
         metrics = await asyncio.to_thread(relay.metrics)
         assert metrics['meshnode_media_streams{direction="out",kind="video"}'] == 2
