@@ -2,6 +2,7 @@
 
     identity, store (SQLite) + DurableLog
         LinkManager (aiortc links)  --link events-->  RoomHost (rooms, admission, durability)
+                                    --link events-->  MediaRelay (voice and video, meshnode.media)
                                     --link events-->  Bootstrap (bootstrap links, address book)
         HTTP (signaling, room data, admin API, web client, /metrics) on a NodeApi
 
@@ -28,6 +29,9 @@ from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.discovery.known import known_hosts
 from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
+from meshnode.media.relay import MediaRelay
+from meshnode.media.relay_driver import AiortcMediaDriver
+from meshnode.media.room_access import media_access, participant_positions
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
 from meshnode.runtime.bootstrap import Bootstrap
@@ -73,6 +77,7 @@ class Node:
         self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
         self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
         self.discovery_state = DiscoveryState(False, "the node has not started")
+        self.media: MediaRelay | None = None
 
     @property
     def identity(self) -> Identity:
@@ -130,6 +135,16 @@ class Node:
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
         stack.push_async_callback(links.aclose)  # before the rooms close: no frame after
+        media_cfg = cfg.media
+        self.media = media = MediaRelay(
+            links, media_cfg, self.metrics,
+            AiortcMediaDriver(cfg.ice.rtc_configuration,
+                              max_ingest_kbps=2 * media_cfg.max_peer_kbps),
+            access=functools.partial(media_access, rooms.rooms),
+            positions=functools.partial(participant_positions, rooms.rooms),
+            hosted=lambda: set(rooms.rooms), on_crash=crashed)
+        stack.push_async_callback(media.aclose)  # media connections close before the links
+        media.start()
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
@@ -140,7 +155,8 @@ class Node:
             origins.remember(peer, url)
         links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links, links.federation, links.refusals)
+                        rooms.rooms, links.links, links.federation, links.refusals,
+                        media.status)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
                                 host_origins=origins,
