@@ -32,13 +32,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._env import environment  # noqa: E402
-from meshnode.crdt import ROOT, SceneReplica  # noqa: E402
-from meshnode.identity import Identity  # noqa: E402
-from meshnode.overlay import SYNC, RoomOverlay  # noqa: E402
-from meshnode.runtime.room import LIVE_OVERLAY  # noqa: E402
-from meshnode.transport.ice import IceSettings  # noqa: E402
-from meshnode.transport.link import LinkSettings, LocalHello, PeerLink  # noqa: E402
+from benchmarks._env import environment
+from meshnode.crdt import ROOT, SceneReplica
+from meshnode.identity import Identity
+from meshnode.overlay import SYNC, RoomOverlay
+from meshnode.runtime.room import LIVE_OVERLAY
+from meshnode.transport.ice import IceSettings
+from meshnode.transport.link import LinkSettings, LocalHello, PeerLink
 
 
 def _line_of_three(seed: int) -> tuple[list[RoomOverlay], list[Identity]]:

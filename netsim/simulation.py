@@ -10,6 +10,7 @@ from the scenario seed, so a run is reproducible byte for byte.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.identity import Identity
-from meshnode.runtime.room import LIVE_OVERLAY
 from meshnode.overlay import (
     SYNC,
     ChangeApplied,
@@ -27,6 +27,7 @@ from meshnode.overlay import (
     OverlayStats,
     RoomOverlay,
 )
+from meshnode.runtime.room import LIVE_OVERLAY
 from netsim.caches import SimulationCaches
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
@@ -111,7 +112,7 @@ class Simulation:
         engine = self.engine
         for (s, d), link in self.links.items():
             channel = link.bind(engine.at, lambda: engine.now,
-                                lambda payload, s=s, d=d: self._arrive(s, d, SYNC, payload))
+                                functools.partial(self._arrive, s, d, SYNC))
             channel.reverse = self.links[(d, s)]
         # Per-hop processing ([node]): when each node's event loop is next free.
         self.node_spec = scenario.node
@@ -287,7 +288,8 @@ class Simulation:
             if channel == SYNC:
                 self.held.setdefault(pair, []).append((channel, frame))
             return
-        self.engine.at(t, self._arrive, src, dst, channel, (channel, frame, self.epoch.get(pair, 0)))
+        self.engine.at(t, self._arrive, src, dst, channel,
+                       (channel, frame, self.epoch.get(pair, 0)))
 
     def _arrive(self, src: int, dst: int, channel: str,
                 payload: tuple[str, bytes, int]) -> None:

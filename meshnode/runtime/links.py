@@ -323,7 +323,8 @@ class LinkManager:
         if self._count() >= self.max_links:
             raise LinkRefused("too_many_links")
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SIGNALING_TIMEOUT_S))
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SIGNALING_TIMEOUT_S))
         link = self._new_link("node", None)
         self._opening += 1
         started = time.perf_counter()
