@@ -185,19 +185,30 @@ class Liveness:
         sim = self.sim
         if (a, b) in sim.connected or (a, b) in self.dialing:
             return
-        now = sim.engine.now
-        if not any((a, y) in sim.connected for y in sim.adj[a]):
+        ok, delay = self.relayed_outcome(a, b)
+        if delay == 0.0:
             self._relayed_failed(a, b)  # no_route: nobody to relay the offer
             return
         self.dialing.add((a, b))
-        edge = (min(a, b), max(a, b))
+        sim.engine.at(sim.engine.now + delay, self._relayed_end, a, b, ok,
+                      self.path_generation)
+
+    def relayed_outcome(self, a: int, b: int) -> tuple[bool, float]:
+        """How a relayed dial from ``a`` to ``b`` started now ends: ``(succeeds, after s)``.
+
+        No link at ``a``: fails at once (no route). ``b`` unreachable over working links (down
+        or cut off): no answer, fails after ``relayed_timeout_s``. Answered but no topology
+        edge (or the edge is cut): ICE never connects, fails after ``hello_timeout_s``.
+        Otherwise it succeeds after ``setup_s``."""
+        sim = self.sim
+        if not any((a, y) in sim.connected for y in sim.adj[a]):
+            return False, 0.0
         if not self._reachable(a, b):
-            sim.engine.at(now + self.spec.relayed_timeout_s, self._relayed_end, a, b, False, 0)
-        elif edge not in sim.edge_set or not self.usable(a, b):
-            sim.engine.at(now + self.spec.hello_timeout_s, self._relayed_end, a, b, False, 0)
-        else:
-            sim.engine.at(now + self.spec.setup_s, self._relayed_end, a, b, True,
-                          self.path_generation)
+            return False, self.spec.relayed_timeout_s
+        edge = (min(a, b), max(a, b))
+        if edge not in sim.edge_set or not self.usable(a, b):
+            return False, self.spec.hello_timeout_s
+        return True, self.spec.setup_s
 
     def _reachable(self, a: int, b: int) -> bool:
         """Whether a relayed offer from ``a`` reaches ``b`` over working links (BFS)."""

@@ -102,6 +102,9 @@ class ReliableChannel:
     def _reset_state(self) -> None:
         self.next_tsn = 0
         self.outstanding: dict[int, _Message] = {}  # insertion order = TSN order
+        # Sent on a clean path without SACK bookkeeping: they can only be lost if a partition
+        # swallows them on the wire, and then they join ``outstanding`` (see _arrive).
+        self.in_flight: dict[int, _Message] = {}
         self.cum_acked = -1
         self.srtt: float | None = None
         self.rttvar = 0.0
@@ -132,6 +135,7 @@ class ReliableChannel:
             assert arrival is not None
             if self.srtt is None:
                 self._update_rto(2.0 * (arrival - now))
+            self.in_flight[tsn] = _Message(tsn, size, payload, now)
             self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
             return
         msg = _Message(tsn, size, payload, now)
@@ -158,8 +162,17 @@ class ReliableChannel:
     # ------------------------------------------------------------------ receiver
 
     def _arrive(self, tsn: int, payload: Any, packets: int, generation: int) -> None:
-        if generation != self.generation or self.link.cut:
-            return  # an old association's packet, or one the partition swallowed
+        if generation != self.generation:
+            return  # an old association's packet
+        fast = self.in_flight.pop(tsn, None) if not packets else None
+        if self.link.cut:  # the partition swallowed it on the wire
+            if fast is not None:  # the sender learns of it like any loss: recover it
+                self.link.frames_lost += 1
+                self.outstanding[tsn] = fast
+                self.outstanding = dict(sorted(self.outstanding.items()))
+                if self.t3_deadline is None:
+                    self._t3_start(self.clock())
+            return
         if tsn > self.rcv_cum and tsn not in self.rcv_buffer:
             self.rcv_buffer[tsn] = payload
             while self.rcv_cum + 1 in self.rcv_buffer:
