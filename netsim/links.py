@@ -32,7 +32,13 @@ Unreliable frames (the ``presence`` channel: unordered, ``maxRetransmits=0``) ar
 delivered, and may be reordered.
 
 Reliable frames (the ``sync`` channel: SCTP reliable, ordered) are never lost while the link is
-up. Each lost or tail-dropped attempt costs a retransmission timeout: the RTO starts at
+up. With ``recovery = "sctp"`` (the default) and a bound channel (:meth:`Link.bind`, what the
+simulation does), :meth:`Link.send_reliable` hands them to ``netsim.sctp.ReliableChannel``,
+which recovers losses as aiortc does (fast retransmit after three gap reports, T3 without
+backoff) and delivers in order through a callback; :meth:`Link.attempt` is its one
+transmission attempt, and ``cut`` (a partition) loses every packet. :meth:`Link.send` with
+``reliable=True`` keeps the closed-form model below (``recovery = "rto"``): each lost or
+tail-dropped attempt costs a retransmission timeout: the RTO starts at
 ``max(rto_min_ms, 3 * latency_ms)`` (aiortc's SCTP has a 1 s minimum RTO), doubles on every retry
 (capped at ``rto_max_ms``), and the next attempt starts when the timer fires (a timer is armed at
 the end of the attempt's serialisation). After ``max_retransmits`` retries the next attempt is
