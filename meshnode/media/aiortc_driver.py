@@ -204,8 +204,9 @@ class SourceTap:
     ``on_packet(tap, packet, now)`` is awaited for every admitted packet. ``ssrc``: the SSRC
     the publisher announced (None: the first one seen); packets on any other SSRC are dropped
     (``ssrc``), as are packets over ``max_kbps`` (``rate``: give a generous multiple of the
-    announced rate), unknown payload types (``payload_type``) and malformed VP8 descriptors
-    (``vp8_descriptor``). ``clock`` gives ``now`` (seconds, monotonic).
+    announced rate), unknown payload types (``payload_type``), payloads aiortc cannot
+    depayload (``malformed``) and malformed VP8 descriptors (``vp8_descriptor``).
+    ``clock`` gives ``now`` (seconds, monotonic).
     """
 
     def __init__(
@@ -227,6 +228,7 @@ class SourceTap:
         self.ssrc = ssrc
         self.rtx_ssrc: int | None = None
         self.payload_type: int | None = None
+        self.last_sequence_number: int | None = None
         self.mime_type: str | None = None
         self.packets = 0
         self.bytes = 0
@@ -247,9 +249,18 @@ class SourceTap:
         self._original_handle = type(self.receiver)._handle_rtp_packet.__get__(self.receiver)
 
     @property
+    def attached(self) -> bool:
+        """True while the receiver holds this tap instead of its jitter buffer (R1)."""
+        return getattr(self.receiver, _RX_JITTER_BUFFER) is self._buffer
+
+    @property
     def clock_rate(self) -> int:
         """The RTP clock rate of the source's codec (a default for its kind until known)."""
         return self._clock_rate
+
+    def set_max_kbps(self, max_kbps: float | None) -> None:
+        """Drop (as ``rate``) what goes over ``max_kbps`` from now on (None: no limit)."""
+        self._rate = RateLimit(max_kbps) if max_kbps is not None else None
 
     def detach(self) -> None:
         """Give the receiver back its own jitter buffer and packet handler."""
@@ -308,8 +319,10 @@ class SourceTap:
             return
         await self._original_handle(packet, arrival_time_ms=arrival_time_ms)
         tapped, self._buffer.packet = self._buffer.packet, None
-        if tapped is None:  # aiortc itself dropped it (disabled receiver, bad RTX, depayload)
+        if tapped is None:  # aiortc dropped it: payload it cannot depayload, bad RTX
+            self._drop("malformed")
             return
+        self.last_sequence_number = tapped.sequence_number
         source_packet = self._source_packet(tapped, now)
         if source_packet is None or self.on_packet is None:
             return
@@ -429,8 +442,12 @@ class OutputSender:
 
     @property
     def ready(self) -> bool:
-        """True once negotiated for sending (packets written before are dropped)."""
-        return self.transceiver.currentDirection in ("sendonly", "sendrecv")
+        """True once negotiated for sending and the DTLS transport is connected (the
+        :class:`Forwarder` holds the output paused until then, so it starts on a keyframe)."""
+        return (
+            self.transceiver.currentDirection in ("sendonly", "sendrecv")
+            and self.sender.transport.state == "connected"
+        )
 
     def close(self) -> None:
         """Give the sender back its own PLI and RTCP handlers."""
@@ -538,6 +555,13 @@ class OutputStats:
     keyframe_requests: int
 
 
+@dataclass(slots=True)
+class _Entry:
+    output: Output
+    sender: OutputSender
+    user_paused: bool
+
+
 class Forwarder:
     """One source (a :class:`SourceTap`) fanned out to outputs (:class:`OutputSender`),
     each with its own :class:`Output` state, keyed by a name the caller chooses (e.g. the
@@ -549,7 +573,7 @@ class Forwarder:
     def __init__(self, tap: SourceTap, *, rng: random.Random | None = None) -> None:
         self.tap = tap
         self._rng = rng or random.Random()
-        self._outputs: dict[str, tuple[Output, OutputSender]] = {}
+        self._outputs: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         tap.on_packet = self.on_packet
 
@@ -571,10 +595,10 @@ class Forwarder:
             first_timestamp=self._rng.randrange(1 << 32),
         )
         output.set_max_tid(max_tid)
-        if paused:
+        if paused or not sender.ready:
             output.pause()
         sender.on_keyframe_request = lambda: self._subscriber_wants_keyframe(key)
-        self._outputs[key] = (output, sender)
+        self._outputs[key] = _Entry(output, sender, user_paused=paused)
         if output.wants_keyframe:
             self._request_keyframe()
 
@@ -582,24 +606,30 @@ class Forwarder:
         """Stop forwarding to ``key`` (no error if it is not there)."""
         entry = self._outputs.pop(key, None)
         if entry is not None:
-            entry[1].on_keyframe_request = None
+            entry.sender.on_keyframe_request = None
 
     def pause(self, key: str) -> None:
-        """Stop sending to ``key``; its sequence numbers go on without a gap on resume."""
-        self._outputs[key][0].pause()
+        """Stop sending to ``key`` (after the current frame); its sequence numbers go on
+        without a gap on resume."""
+        entry = self._outputs[key]
+        entry.user_paused = True
+        entry.output.pause()
 
     def resume(self, key: str) -> None:
         """Send to ``key`` again (video: from the next keyframe, requested now)."""
-        if self._outputs[key][0].resume(self.tap._clock()):
+        entry = self._outputs[key]
+        entry.user_paused = False
+        if entry.sender.ready and entry.output.resume(self.tap._clock()):
             self._request_keyframe()
 
     def set_max_tid(self, key: str, tid: int | None) -> None:
         """Forward temporal layers 0..tid to ``key`` (None: all)."""
-        self._outputs[key][0].set_max_tid(tid)
+        self._outputs[key].output.set_max_tid(tid)
 
     def stats(self, key: str) -> OutputStats:
         """Counters and estimates of one output."""
-        output, sender = self._outputs[key]
+        entry = self._outputs[key]
+        output, sender = entry.output, entry.sender
         dropped = Counter(output.dropped)
         dropped.update(sender.dropped)
         return OutputStats(
@@ -624,7 +654,15 @@ class Forwarder:
     async def on_packet(self, tap: SourceTap, packet: SourcePacket, now: float) -> None:
         """The tap's callback: decide and send to every output."""
         wants_keyframe = False
-        for output, sender in list(self._outputs.values()):
+        for entry in list(self._outputs.values()):
+            output, sender = entry.output, entry.sender
+            # Held paused while the subscriber's transport is not up: what it would miss
+            # there must not count as sent, and it must start on a keyframe.
+            hold = entry.user_paused or not sender.ready
+            if hold and not output.paused:
+                output.pause()
+            elif not hold and output.paused:
+                output.resume(now)
             result = output.forward(packet.info, now)
             if isinstance(result, Forward):
                 await sender.write(packet, result)
@@ -635,7 +673,7 @@ class Forwarder:
 
     def _subscriber_wants_keyframe(self, key: str) -> None:
         entry = self._outputs.get(key)
-        if entry is not None and not entry[0].paused:
+        if entry is not None and not entry.output.paused:
             self._request_keyframe()
 
     def _request_keyframe(self) -> None:

@@ -147,7 +147,8 @@ class Output:
         return self._awaiting_keyframe and not self._paused
 
     def pause(self) -> None:
-        """Stop forwarding (the subscriber sees no gap when forwarding resumes)."""
+        """Stop forwarding after the current frame (the subscriber sees no gap when forwarding
+        resumes)."""
         self._paused = True
 
     def resume(self, now: float) -> bool:
@@ -184,7 +185,10 @@ class Output:
             if delta > MAX_DROPOUT:
                 self._restart()
         self._highest = ext
-        if self._paused:
+        if self._paused and not (info.timestamp == self._cur_ts and self._cur_decision is None):
+            # Pausing takes effect on a frame boundary: a frame cut short, with no sequence
+            # gap to show it, would reach the subscriber's decoder as corrupt.
+            self._cur_ts, self._cur_decision = info.timestamp, DropReason.PAUSED
             return self._drop(DropReason.PAUSED, ext)
         if info.timestamp != self._cur_ts:
             self._cur_ts = info.timestamp
