@@ -47,6 +47,7 @@ import os
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,18 @@ def cpu_times(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid``."""
     return sum(cpu_times(pid))
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """(busy, total) jiffies of every core, from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(v) for v in values]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            out[int(name[3:])] = (sum(ticks[:8]) - idle, sum(ticks[:8]))
+    return out
 
 
 def rss_mb(pid: int) -> float:
@@ -488,6 +501,8 @@ class Subscriber:
         self.key, self.kinds, self.publisher = key, kinds, publisher
         self.pc: Any = None
         self.transit: dict[str, list[float]] = {"audio": [], "video": []}
+        self.handled: dict[str, list[float]] = {"audio": [], "video": []}
+        self.arrival: float | None = None
         self.unmatched = 0
         self.packets = 0
         self.keyframe_wait: asyncio.Future[float] | None = None
@@ -500,10 +515,30 @@ class Subscriber:
         offer = await relay.call("offer", key=self.key, kinds=self.kinds)
         self.pc = pc = make_media_pc()
         await pc.setRemoteDescription(RTCSessionDescription(**offer["offer"]))
+        self.stamp_arrivals(_dtls(pc).transport._connection)
         for t in pc.getTransceivers():
             SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
         await pc.setLocalDescription(await pc.createAnswer())
         await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
+
+    def stamp_arrivals(self, connection: Any) -> None:
+        """Note when each datagram is read from the socket (aioice's ``data_received``), and
+        which one the DTLS transport is working on (it takes them one at a time, in order,
+        through ``recvfrom``): transit then ends at the socket, not after this process has
+        decrypted and handled the other subscribers' copies that arrived at the same time."""
+        stamps: deque[float] = deque()
+        data_received, recvfrom = connection.data_received, connection.recvfrom
+
+        def stamped(data: bytes, component: int) -> None:
+            stamps.append(time.perf_counter())
+            data_received(data, component)
+
+        async def next_datagram() -> tuple[bytes, int]:
+            result = await recvfrom()
+            self.arrival = stamps.popleft() if stamps else None
+            return result  # type: ignore[no-any-return]
+
+        connection.data_received, connection.recvfrom = stamped, next_datagram
 
     async def on_packet(self, tap: Any, packet: Any, now: float) -> None:
         self.packets += 1
@@ -511,13 +546,14 @@ class Subscriber:
         if sent is None:
             self.unmatched += 1
         else:
-            self.transit[tap.kind].append(now - sent)
+            self.transit[tap.kind].append((self.arrival or now) - sent)
+            self.handled[tap.kind].append(now - sent)
         if (self.keyframe_wait is not None and not self.keyframe_wait.done()
                 and packet.vp8 is not None and packet.vp8.keyframe and packet.vp8.frame_start):
             self.keyframe_wait.set_result(now)
 
     def reset(self) -> None:
-        for values in self.transit.values():
+        for values in (*self.transit.values(), *self.handled.values()):
             values.clear()
         self.unmatched = self.packets = 0
 
@@ -536,6 +572,7 @@ class Window:
         self.cpu0 = cpu_times(relay.pid)
         self.load0 = cpu_seconds(os.getpid())
         self.wire0 = {k: wire_counters(pc) for k, pc in pcs.items()}
+        self.cores0 = core_ticks()
 
     async def close(self) -> dict[str, Any]:
         seconds = time.perf_counter() - self.t0
@@ -554,7 +591,13 @@ class Window:
                 "rx_packets_per_s": round(delta["rx_packets"] / seconds, 1),
                 "tx_kbps": round(delta["tx_bytes"] * 8 / seconds / 1000, 1),
                 "tx_bytes": delta["tx_bytes"], "rx_bytes": delta["rx_bytes"]}
+        cores = core_ticks()
+        busy = {cpu: round(100 * (cores[cpu][0] - self.cores0[cpu][0])
+                           / max(1, cores[cpu][1] - self.cores0[cpu][1]), 1) for cpu in cores}
         return {"seconds": round(seconds, 2),
+                # Every process on each core, ours included: far above relay_cpu_percent
+                # (relay core) or load_cpu_percent (load core) means other work shared it.
+                "core_busy_percent": busy,
                 "relay_cpu_percent": round(100 * (user + system) / seconds, 2),
                 "relay_cpu_system_percent": round(100 * system / seconds, 2),
                 "relay_rss_mb": rss_mb(self.relay.pid),
@@ -571,6 +614,9 @@ def transit_summary(subs: list[Subscriber]) -> dict[str, Any]:
                      "p99_ms": pct(values, 0.99)}
     out["all"] = {"samples": len(everything), "p50_ms": pct(everything, 0.5),
                   "p99_ms": pct(everything, 0.99), "max_ms": pct(everything, 1.0)}
+    handled = [v for s in subs for k in ("audio", "video") for v in s.handled[k]]
+    out["after_subscriber_receive"] = {"p50_ms": pct(handled, 0.5),
+                                       "p99_ms": pct(handled, 0.99)}
     out["unmatched_packets"] = sum(s.unmatched for s in subs)
     return out
 
