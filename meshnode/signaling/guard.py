@@ -228,7 +228,7 @@ class Guard:
             self.proxies.note(time.time(), request.remote, client,
                               request.headers.get("X-Forwarded-Proto"),
                               request.headers.get("Host"))
-            if client != request.remote:
+            if client is not None and client != request.remote:
                 request = request.clone(remote=client)
         host = request.headers.get("Host")
         if not self.policy.allows(host):

@@ -64,8 +64,8 @@ from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
 from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
 from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal, status_page_only
-from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.proxies import TrustedProxies
+from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
 from meshnode.store import StoreFailure
