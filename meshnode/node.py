@@ -20,6 +20,7 @@ import functools
 import ipaddress
 import logging
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -111,6 +112,8 @@ class Node:
 
     async def _start(self, stack: contextlib.AsyncExitStack, join: Sequence[str]) -> list[str]:
         cfg, crashed = self.config, self._crashed
+        # Nothing on disk (identity, database, room) before we know the port is ours.
+        await asyncio.to_thread(check_port_free, cfg.listen_host, cfg.listen_port)
         if not cfg.data_dir.exists():
             # The identity key and the rooms live here: nobody else needs to list it.
             cfg.data_dir.mkdir(parents=True, mode=0o700)
@@ -278,6 +281,26 @@ class Node:
         """Close every service, last started first. Safe to call twice."""
         self._stopping.set()
         await self._stack.aclose()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``OSError`` (as the HTTP server's bind would: "address already in use") if
+    ``host:port`` cannot be bound now. Checked before the node writes anything, so that a
+    node that cannot serve leaves its data directory as it was. (The server binds again a
+    moment later; losing that race only means the later bind reports the same error.)"""
+    if port == 0:
+        return  # any free port: the server's bind cannot fail for want of one
+    for family, kind, proto, _name, addr in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            # As aiohttp's TCPSite(reuse_address=True): TIME_WAIT leftovers do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as err:
+                why = (err.strerror or str(err)).lower()
+                raise OSError(err.errno, f"error while attempting to bind on address "
+                                         f"{addr[:2]!r}: {why}") from None
 
 
 def _listen_multiaddr(host: str, port: int) -> str:

@@ -145,12 +145,23 @@ def parse_invite(token: str) -> Invite:
     """Decode the text form; raises ``DecodeError`` with what is wrong."""
     token = token.strip()
     if not token.startswith(PREFIX):
-        raise DecodeError(f"an invite starts with {PREFIX!r}")
+        shown = token[:12] + ("…" if len(token) > 12 else "")
+        raise DecodeError(f"this is not an invite token: an invite starts with {PREFIX!r} "
+                          f"(got {shown!r}); copy the whole token that `meshnode room invite` "
+                          "printed")
     if len(token) > MAX_TOKEN_CHARS:
         raise FrameTooLarge(f"invite of {len(token)} characters is over the limit of "
                             f"{MAX_TOKEN_CHARS}")
     try:
         raw = base58.b58decode(token[len(PREFIX):])
     except ValueError:
-        raise DecodeError("invite is not base58") from None
-    return decode_invite_bytes(raw)
+        raise DecodeError(f"the invite token has characters an invite never holds (it is "
+                          f"base58: no 0, O, I, l, spaces or punctuation after {PREFIX!r}); "
+                          "copy it again, in one piece") from None
+    try:
+        return decode_invite_bytes(raw)
+    except DecodeError as err:
+        # The details (msgpack, field layouts) mean nothing to whoever pasted the token.
+        # (The reason label stays the decoder's.)
+        raise type(err)(f"the invite token is damaged or cut short ({len(token)} characters): "
+                        "copy the whole token, in one piece, or ask for a new one") from None

@@ -64,6 +64,7 @@ header_timeout_s = 5
 body_timeout_s = 7.5
 offers_per_s = 1.5
 offer_burst = 8
+trusted_proxies = ["127.0.0.1", "10.1.0.0/16"]
 
 [discovery]
 enabled = true
@@ -162,6 +163,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         body_timeout_s=7.5,
         offers_per_s=1.5,
         offer_burst=8,
+        trusted_proxies=("127.0.0.1/32", "10.1.0.0/16"),
         discovery_port=4001,
         discovery_announce_interval_s=300.0,
         mdns=False,
@@ -188,6 +190,23 @@ def test_relay_only_needs_a_turn_server() -> None:
     assert "needs a TURN server" in _error({"network": {
         "relay_only": True, "ice_servers": [{"urls": "stun:stun.example.org"}]}})
     assert "network.relay_only" in _error({"network": {"relay_only": "yes"}})
+
+
+def test_turn_server_without_credentials_is_refused() -> None:
+    message = _error({"network": {"ice_servers": [{"urls": ["stun:s.example",
+                                                             "turn:t.example:3478"]}]}})
+    assert "network.ice_servers[0]" in message and "needs username and credential" in message
+    assert "needs username" in _error({"network": {"ice_servers": [{"urls": "turns:t:5349"}]}})
+    # STUN needs none.
+    assert _cfg("network", "ice_servers", [{"urls": "stun:s.example"}]).ice.servers
+
+
+def test_trusted_proxies() -> None:
+    assert _cfg("http", "trusted_proxies", ["::1", "192.0.2.7"]).trusted_proxies == (
+        "::1/128", "192.0.2.7/32")
+    assert NodeConfig().trusted_proxies == ()
+    for bad in (["proxy.example"], "127.0.0.1", [1]):
+        assert "http.trusted_proxies" in _error({"http": {"trusted_proxies": bad}})
 
 
 def test_full_example_covers_every_known_key() -> None:
