@@ -283,7 +283,7 @@ class PrivateRoom:
             roles[member] = role
         return {m for m, r in roles.items() if r in READER_ROLES}
 
-    def _in_past(self, epoch: Epoch, vv: dict[bytes, int], deps: list[bytes]) -> bool:
+    def _epoch_in_past(self, epoch: Epoch, vv: dict[bytes, int], deps: list[bytes]) -> bool:
         if vv.get(epoch.author, 0) < epoch.seq:
             return False
         if epoch.author in self._equivocators:
@@ -359,7 +359,7 @@ class PrivateRoom:
                     raise Rejected("share_to_non_reader")
                 for eid in op[2]:
                     epoch = ep.epochs.get(eid)
-                    if epoch is None or not self._in_past(epoch, vv, deps):
+                    if epoch is None or not self._epoch_in_past(epoch, vv, deps):
                         raise Rejected("unknown_epoch")
                 plan.shares.append((recipient, op))
             else:
@@ -385,7 +385,7 @@ class PrivateRoom:
                     raise Rejected("unknown_epoch")
             else:
                 epoch = ep.epochs.get(eid)
-                if epoch is None or not self._in_past(epoch, vv, deps):
+                if epoch is None or not self._epoch_in_past(epoch, vv, deps):
                     raise Rejected("unknown_epoch")
                 if self._stale(epoch, vv, deps, own):
                     raise Rejected("stale_epoch")
@@ -582,7 +582,7 @@ class PrivateRoom:
         best: Epoch | None = None
         for eid in ep.secrets:
             epoch = ep.epochs.get(eid)
-            if (epoch is None or not self._in_past(epoch, vv, deps)
+            if (epoch is None or not self._epoch_in_past(epoch, vv, deps)
                     or (best is not None and (epoch.hlc, eid) <= (best.hlc, best.epoch_id))):
                 continue
             if not self._stale(epoch, vv, deps, own):
@@ -651,7 +651,12 @@ class PrivateRoom:
                           back_nonce=back_nonce, back=back)
             key = content
             epoch_ref = b""
-        for member in extra.shares:
+        shares = list(extra.shares)
+        if me in readers and self._frontier(vv):
+            # A reader who grants a reader role shares the keys in the same change.
+            shares += [m for m, r in own if r in READER_ROLES and m not in shares
+                       and self._roles.role_in_past(m, vv) not in READER_ROLES]
+        for member in shares:
             eids = self._frontier(vv)
             plain = b"".join(ep.secrets[e] for e in eids)
             public.append([OP_SHARE, pidx(member), eids,
@@ -668,7 +673,7 @@ class PrivateRoom:
                            key.encrypt(nonce, padded, seal_aad(room, me, seq, hlc, epoch_ref))])
             names_used = [o[1] for o in sealed_ops if o[0] == OP_NAME]
             booked["name"] = names_used[-1] if names_used else None
-        booked["shares"] = [(m, list(self._frontier(vv))) for m in extra.shares]
+        booked["shares"] = [(m, list(self._frontier(vv))) for m in shares]
         return pub_actors, public, booked
 
     def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
