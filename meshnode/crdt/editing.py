@@ -55,9 +55,9 @@ from protocol.change import (
     change_id,
     encode_change,
 )
-from protocol.private_ops import OP_NAME
 from protocol.limits import Limits
 from protocol.msgpack_io import pack
+from protocol.private_ops import OP_NAME
 from protocol.values import InvalidValue, Value, normalize_value
 
 INF_HLC = 1 << 64

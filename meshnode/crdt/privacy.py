@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt.clock import hlc_millis
 from meshnode.crdt.epochs import Epoch, EpochBook
@@ -41,7 +41,7 @@ from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.member_keys import unwrap, wrap, x25519_private
 from meshnode.crdt.quota import entity_quota
 from meshnode.crdt.redemption import check_proof
-from meshnode.crdt.results import CommitRefused, PermissionDenied, Rejected
+from meshnode.crdt.results import PermissionDenied, Rejected
 from meshnode.crdt.revocation import RevocationBook
 from meshnode.crdt.roles import (
     READER_ROLES,
@@ -342,7 +342,7 @@ class PrivateRoom:
         readers: set[bytes] | None = None
         for op in private_ops:
             code = op[0]
-            if code == OP_SEALED or code == OP_ROTATE:
+            if code in (OP_SEALED, OP_ROTATE):
                 if not ROLE_EDITOR <= role <= ROLE_OWNER:
                     raise Rejected("viewer_cannot_edit")
                 if (plan.sealed if code == OP_SEALED else plan.rotate) is not None:

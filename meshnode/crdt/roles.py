@@ -173,6 +173,7 @@ class RoleBook:
 
 
 __all__ = [
+    "READER_ROLES",
     "ROLE_ADMIN",
     "ROLE_BY_NAME",
     "ROLE_EDITOR",
@@ -181,7 +182,6 @@ __all__ = [
     "ROLE_NONE",
     "ROLE_OWNER",
     "ROLE_VIEWER",
-    "READER_ROLES",
     "RoleBook",
     "may_set_role",
     "role_lowered",

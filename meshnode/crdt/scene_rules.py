@@ -104,7 +104,7 @@ def judge_scene_ops(
                 raise Rejected("unknown_entity")
             created[ent] = parent
             moves.append((idx, ent, parent))
-        elif code == OP_MOVE or code == OP_DELETE:
+        elif code in (OP_MOVE, OP_DELETE):
             ent = resolve(op[1], author, actors)
             parent = TRASH if code == OP_DELETE else resolve(op[2], author, actors)
             if not known(ent) or (parent != ROOT and parent != TRASH and not known(parent)):
