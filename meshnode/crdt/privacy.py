@@ -290,13 +290,21 @@ class PrivateRoom:
             return self._graph.in_past(epoch.epoch_id, deps)
         return True
 
+    def _lowered(self, own: list[tuple[bytes, int]], vv: dict[bytes, int],
+                 deps: list[bytes]) -> list[bytes]:
+        """Members whom the change's own role ops take from reader to non-reader."""
+        graph = self._graph
+        return [m for m, r in own if r not in READER_ROLES and self._roles.role_in_past(
+            m, vv, lambda t: graph.in_past(t, deps), self._equivocators, with_inert=True)
+            in READER_ROLES]
+
     def _stale(self, epoch: Epoch, vv: dict[bytes, int], deps: list[bytes],
-               own: list[tuple[bytes, int]]) -> bool:
-        """R4: has a recipient of ``epoch`` stopped being a reader as of this change?"""
-        recipients = epoch.recipients
-        for member, role in own:
-            if member in recipients and role not in READER_ROLES:
-                return True
+               lowered: list[bytes]) -> bool:
+        """R4: is there a removal (a reader made non-reader) in this change's causal past, or
+        in the change itself, that ``epoch`` was not created after? Then a removed member may
+        hold the epoch's key (as a recipient, or through a ``SHARE``)."""
+        if lowered:
+            return True
         ep = self._epochs
         assert ep is not None
         if not ep.lowering:
@@ -305,8 +313,7 @@ class PrivateRoom:
         book = self._roles
         graph = self._graph
         for member, g_author, g_seq in ep.lowering:
-            if (member in recipients and vv.get(g_author, 0) >= g_seq
-                    and evv.get(g_author, 0) < g_seq):
+            if vv.get(g_author, 0) >= g_seq and evv.get(g_author, 0) < g_seq:
                 role = book.role_in_past(member, vv, lambda t: graph.in_past(t, deps),
                                          self._equivocators, with_inert=True)
                 if role not in READER_ROLES:
@@ -338,7 +345,7 @@ class PrivateRoom:
         plan = PrivatePlan()
         deps = ch.deps
         own = [(member, op[2]) for _, member, op, _ in roles]
-        plan.lowering = [m for m, r in own if r not in READER_ROLES]
+        plan.lowering = self._lowered(own, vv, deps)
         readers: set[bytes] | None = None
         for op in private_ops:
             code = op[0]
@@ -387,7 +394,7 @@ class PrivateRoom:
                 epoch = ep.epochs.get(eid)
                 if epoch is None or not self._epoch_in_past(epoch, vv, deps):
                     raise Rejected("unknown_epoch")
-                if self._stale(epoch, vv, deps, own):
+                if self._stale(epoch, vv, deps, plan.lowering):
                     raise Rejected("stale_epoch")
         return plan
 
@@ -575,7 +582,7 @@ class PrivateRoom:
         return sorted(out)
 
     def _usable_epoch(self, vv: dict[bytes, int], deps: list[bytes],
-                      own: list[tuple[bytes, int]]) -> bytes | None:
+                      lowered: list[bytes]) -> bytes | None:
         """The latest held epoch in the past that is not stale (None: none is)."""
         ep = self._epochs
         assert ep is not None
@@ -585,7 +592,7 @@ class PrivateRoom:
             if (epoch is None or not self._epoch_in_past(epoch, vv, deps)
                     or (best is not None and (epoch.hlc, eid) <= (best.hlc, best.epoch_id))):
                 continue
-            if not self._stale(epoch, vv, deps, own):
+            if not self._stale(epoch, vv, deps, lowered):
                 best = epoch
         return None if best is None else best.epoch_id
 
@@ -626,17 +633,15 @@ class PrivateRoom:
                 public.append(op)
         role = self._roles.role_in_past(me, vv)
         readers = self._reader_set(vv, deps, own)
-        lowering = [m for m, r in own if r not in READER_ROLES
-                    and self._roles.role_in_past(m, vv) in READER_ROLES]
+        lowering = self._lowered(own, vv, deps)
         rotate = extra.rotate or (bool(lowering) and ROLE_EDITOR <= role <= ROLE_OWNER
                                   and me in readers)
         epoch_ref: bytes | None = None
         if sealed_ops and not rotate:
-            epoch_ref = self._usable_epoch(vv, deps, own)
+            epoch_ref = self._usable_epoch(vv, deps, lowering)
             rotate = epoch_ref is None
         booked: dict[str, Any] = {"sealed": bool(sealed_ops), "recipients": frozenset(),
-                                  "secret": None, "lowering": [m for m, _ in own
-                                                               if _ not in READER_ROLES]}
+                                  "secret": None, "lowering": lowering}
         key: AESGCM | None = None
         if rotate:
             secret = rnd(SECRET_BYTES)
