@@ -29,6 +29,7 @@ from meshnode.metrics import NodeMetrics
 from meshnode.rooms.readers import BrowserAccess
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
+from meshnode.web.media import BrowserMediaHost, MediaRights, MediaSetup
 from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
@@ -58,6 +59,7 @@ def add_web_routes(
     max_pending_browsers: int = 16,
     handshake_timeout_s: float = OPEN_TIMEOUT_S,
     metrics: NodeMetrics | None = None,
+    media: BrowserMediaHost | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
@@ -68,7 +70,9 @@ def add_web_routes(
     read-only) or ``NONE`` (404, as for a room this node does not host). At most
     ``max_browsers`` browsers are connected at once, and apart from them at most
     ``max_pending_browsers`` are connecting, each for at most ``handshake_timeout_s`` (counted
-    in ``metrics`` if given); the connections are closed when the app shuts down.
+    in ``metrics`` if given); the connections are closed when the app shuts down. ``media``
+    relays the browsers' voice and video (None: none; see ``meshnode.web.media``): a page that
+    reads the room may receive, one that edits it may publish too.
     """
     links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
                          open_timeout_s=handshake_timeout_s, metrics=metrics)
@@ -123,10 +127,13 @@ def add_web_routes(
         if room is None or rights is BrowserAccess.NONE:
             # A room this browser may not see looks like one this node does not host.
             return _error(404, f"this node does not host room {room_hex}")
-        if rights is BrowserAccess.READ:
+        editor = rights is BrowserAccess.EDIT
+        if not editor:
             room = ReadOnlyRoom(room)
+        media_setup = MediaSetup(media, MediaRights(receive=True, publish=editor,
+                                                    role="editor" if editor else "viewer"))
         try:
-            answer = await links.answer(sdp, room)
+            answer = await links.answer(sdp, room, media_setup)
         except TooManyBrowsers as err:
             return _error(503, str(err))
         except InvalidOffer as err:
