@@ -1,0 +1,1 @@
+"""Media relay: forward RTP between peers without decoding."""
