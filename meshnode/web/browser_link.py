@@ -233,7 +233,7 @@ class BrowserConnection:
                 return
             session.start()
             if media is not None:
-                media.hello()
+                media.start()
             log.info("browser %s: session started", self.name)
 
         if channel.readyState == "open":
@@ -243,16 +243,17 @@ class BrowserConnection:
 
     def _start_media(self, session: BrowserSession, setup: MediaSetup) -> BrowserMedia:
         """The browser's voice and video on this connection (``meshnode.web.media``)."""
-        media = BrowserMedia(
-            self.pc, session.send_message, name=self.name,
-            publisher=f"{self.room.me}#{self.name}", rights=setup.rights,
-            limits=setup.limits, counters=session.counters,
-        )
+        port = None
         if setup.host is not None:
             try:
-                media.sink = setup.host.sink_for(self.room.room_id, media)
+                port = setup.host.relay_for(self.room.room_id)
             except Exception:
-                log.exception("browser %s: the media relay refused a new browser", self.name)
+                log.exception("browser %s: no media relay for its room", self.name)
+        media = BrowserMedia(
+            self.pc, session.send_message, name=self.name, node_peer=self.room.me,
+            room_id=self.room.room_id, rights=setup.rights, port=port,
+            limits=setup.limits, counters=session.counters,
+        )
         session.media = media
         return media
 

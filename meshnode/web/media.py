@@ -37,13 +37,16 @@ Node → browser:
   own key in the people list (``PeerID#session``).
 - ``{"t":"media_renegotiate","audio":a,"video":v}``: the node needs ``a`` audio and ``v`` video
   receive slots: add ``recvonly`` transceivers up to these counts and send a ``media_offer``.
-- ``{"t":"media_streams","streams":[{"mid":m,"kind":k,"source":id,"publisher":key,
-  "layer":n|null},...]}``: which receive slot carries whose stream now (replaces the last; a
-  slot not listed is idle). ``publisher`` is the key of the person in the people list
-  (``PeerID`` for a Python client, ``PeerID#session`` for a browser on a node); ``layer`` the
-  highest VP8 temporal layer forwarded (null: all).
+- ``{"t":"media_streams","streams":[{"mid":m,"kind":k,"source":id,"publisher":key},...]}``:
+  which receive slot carries whose stream now (replaces the last; a slot not listed is idle).
+  ``publisher`` is the key of the person in the people list (``PeerID`` for a Python client,
+  ``PeerID#session`` for a browser on a node: ``person_key``).
 - ``{"t":"media_refused","req":n|null,"reason":r,"error":text}``: a refused media message;
-  ``reason`` is a ``MediaRefusal`` value (also counted as ``media_<reason>``).
+  ``reason`` is a ``MediaRefusal`` value (also counted as ``media_<reason>``). Without
+  ``req`` but with ``"source":id`` it is the relay's own refusal of a source ("" : all of
+  the room's media), ``reason`` the relay's label.
+
+A browser's own sources are ``<node PeerID>/web.<session>.<mid>`` (``browser_source_id``).
 
 Access follows the browser's access to the room (``meshnode.rooms.readers.browser_access``): a
 page that may read the room (a viewer's role) may receive; one that may edit it (an editor's
@@ -54,6 +57,7 @@ may refuse with its own rules (``relay_refused``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -65,6 +69,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDe
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
+from meshnode.media.endpoint import Preferences, RelayPort, SourceInfo
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.transport.ice import strip_mdns_candidates
 from meshnode.web.media_messages import (
@@ -76,18 +81,19 @@ from meshnode.web.media_messages import (
     MediaRefusal,
     parse_media_message,
 )
+from protocol.media import make_source_id
 
 __all__ = [
     "MEDIA_TYPES",
     "BrowserMedia",
     "BrowserMediaHost",
-    "BrowserMediaSink",
     "MediaLimits",
     "MediaRights",
     "MediaSetup",
     "Publication",
     "ReceiveSlot",
-    "Stream",
+    "browser_source_id",
+    "person_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,24 +122,14 @@ class MediaLimits:
     message_burst: float = 20.0
 
 
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """A stream the relay wants this browser to receive."""
-
-    source_id: str
-    publisher: str
-    kind: str
-    layer: int | None = None
-
-
 @dataclass(slots=True)
 class ReceiveSlot:
-    """A ``recvonly`` m-line of the browser: the node sends one stream at a time on it."""
+    """A ``recvonly`` m-line of the browser: the node sends one source at a time on it."""
 
     mid: str
     kind: str
     transceiver: RTCRtpTransceiver
-    stream: Stream | None = None
+    source: SourceInfo | None = None
 
     @property
     def sender(self) -> RTCRtpSender:
@@ -149,6 +145,7 @@ class Publication:
     mid: str
     kind: str
     transceiver: RTCRtpTransceiver
+    source: SourceInfo
     active: bool = False
     """It carries a live track (``media_publish``) and the relay took it as a source."""
 
@@ -159,42 +156,34 @@ class Publication:
         return receiver
 
 
-class BrowserMediaSink(Protocol):
-    """The room's relay as one ``BrowserMedia`` sees it (the relay's endpoint adapter)."""
-
-    def published(self, media: BrowserMedia, publication: Publication) -> str | None:
-        """Take ``publication`` as a source; return None, or why it is refused (the browser
-        is told ``relay_refused`` with this text)."""
-        ...
-
-    def unpublished(self, media: BrowserMedia, publication: Publication) -> None:
-        """The publication carries no track any more."""
-        ...
-
-    def prefs_changed(self, media: BrowserMedia) -> None:
-        """``media.audio_only`` or ``media.max_kbps`` changed."""
-        ...
-
-    def attached(self, media: BrowserMedia, slot: ReceiveSlot) -> None:
-        """``slot.sender`` is to carry ``slot.stream`` from now on (it may have carried
-        another stream before: the sender is the same, its sequence must go on)."""
-        ...
-
-    def detached(self, media: BrowserMedia, slot: ReceiveSlot, stream: Stream) -> None:
-        """``slot`` carries ``stream`` no more."""
-        ...
-
-    def closed(self, media: BrowserMedia) -> None:
-        """The browser left: forget its sources and outputs."""
-        ...
-
-
 class BrowserMediaHost(Protocol):
-    """The node's media relay for its browsers (the node implements it)."""
+    """The node's media relay, as its browsers need it (the node implements it)."""
 
-    def sink_for(self, room_id: bytes, media: BrowserMedia) -> BrowserMediaSink | None:
-        """The room's relay for this browser, or None if the node relays no media there."""
+    def relay_for(self, room_id: bytes) -> RelayPort | None:
+        """The relay for ``room_id``, or None if the node relays no media there."""
         ...
+
+
+BROWSER_LABEL_PREFIX = "web."
+"""A browser's sources are ``<node PeerID>/web.<session>.<mid>``: browsers have no PeerID of
+their own, and the label says which of the node's browsers publishes (``person_key``)."""
+
+
+def browser_source_id(node_peer: str, session: str, mid: str) -> str:
+    """The source ID of a browser's publication on m-line ``mid`` (``ValueError`` if the
+    session name or the mid cannot be part of a label)."""
+    return make_source_id(node_peer, f"{BROWSER_LABEL_PREFIX}{session}.{mid}")
+
+
+def person_key(source: SourceInfo) -> str:
+    """The key of the person publishing ``source`` in a page's people list: ``PeerID#session``
+    for a browser on a node, the publisher's PeerID for anyone else."""
+    label = source.source_id.partition("/")[2]
+    if label.startswith(BROWSER_LABEL_PREFIX):
+        session = label[len(BROWSER_LABEL_PREFIX):].rpartition(".")[0]
+        if session:
+            return f"{source.publisher}#{session}"
+    return source.publisher
 
 
 @dataclass(slots=True)
@@ -233,10 +222,12 @@ def _offered_media(text: str) -> list[_Mline]:
 
 
 class BrowserMedia:
-    """One browser's media on its connection (see the module docstring for the protocol).
+    """One browser's media on its connection: the relay's ``MediaEndpoint`` for it (see the
+    module docstring for the protocol with the page).
 
     ``send(msg)`` sends one JSON message to the browser; ``counters`` is the session's counter
-    (refusals count as ``media_<reason>``). ``sink`` is the room's relay (None: media off).
+    (refusals count as ``media_<reason>``). ``port`` is the room's relay (None: media off);
+    ``start()`` attaches to it, ``close()`` detaches.
     """
 
     def __init__(
@@ -245,18 +236,20 @@ class BrowserMedia:
         send: Callable[[dict[str, Any]], None],
         *,
         name: str,
-        publisher: str,
+        node_peer: str,
+        room_id: bytes,
         rights: MediaRights,
-        sink: BrowserMediaSink | None = None,
+        port: RelayPort | None = None,
         limits: MediaLimits | None = None,
         counters: Counter[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pc = pc
         self.name = name
-        self.publisher = publisher
+        self.node_peer = node_peer
+        self.room_id = room_id
         self.rights = rights
-        self.sink = sink
+        self.port = port
         self.limits = limits = limits if limits is not None else MediaLimits()
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self._send = send
@@ -267,39 +260,97 @@ class BrowserMedia:
         self.max_kbps: float | None = None
         self.publications: dict[str, Publication] = {}
         self.slots: dict[str, ReceiveSlot] = {}
-        self._wanted: list[Stream] = []
+        self._waiting: dict[str, SourceInfo] = {}
+        """Outputs the relay asked for that wait for a receive slot."""
         self._shown: list[dict[str, Any]] | None = None
         self._negotiation = _Negotiation()
+        self._attached = False
+        self._ask_scheduled = False
         self.closed = False
+
+    # ------------------------------------------------------------------ MediaEndpoint
+
+    @property
+    def peer_id(self) -> str:
+        """The PeerID this browser's sources are published under: its node's (browsers have
+        none of their own; ``participant`` tells the node's browsers apart)."""
+        return self.node_peer
+
+    @property
+    def participant(self) -> str:
+        """This browser as a person in the room: ``PeerID#session`` (``person_key``)."""
+        return f"{self.node_peer}#{self.name}"
+
+    @property
+    def kind(self) -> str:
+        """Always ``"browser"``."""
+        return "browser"
+
+    def rooms(self) -> frozenset[bytes]:
+        """The browser's one room."""
+        return frozenset((self.room_id,))
+
+    def preferences(self, room_id: bytes) -> Preferences:
+        """What the page asked for (``media_prefs``)."""
+        return Preferences(audio_only=self.audio_only, max_kbps=self.max_kbps)
+
+    def add_output(self, source: SourceInfo) -> None:
+        """Send ``source`` to the browser: on a free receive slot of its kind at once, else
+        after the browser added one (``media_renegotiate``)."""
+        if self.closed or source.kind not in ("audio", "video") or not self.rights.receive:
+            return
+        if any(s.source is not None and s.source.source_id == source.source_id
+               for s in self.slots.values()):
+            return
+        self._waiting[source.source_id] = source
+        self._assign()
+
+    def remove_output(self, source_id: str) -> None:
+        """Stop sending ``source_id``: its slot goes idle (kept for the next source)."""
+        self._waiting.pop(source_id, None)
+        for slot in self.slots.values():
+            if slot.source is not None and slot.source.source_id == source_id:
+                slot.source = None
+        self._show_streams()
+
+    def refuse(self, room_id: bytes, reason: str, detail: str, source_id: str = "") -> None:
+        """Tell the page the relay refused (``media_refused`` with ``source``)."""
+        self.counters["media_relay_refused"] += 1
+        self._send({"t": "media_refused", "req": None, "reason": reason, "error": detail,
+                    "source": source_id})
 
     # ------------------------------------------------------------------ life
 
     @property
     def enabled(self) -> bool:
         """The node relays media in this browser's room."""
-        return self.sink is not None
+        return self.port is not None
 
-    def hello(self) -> None:
-        """Tell the page what it may do (after the session's welcome)."""
+    def start(self) -> None:
+        """Tell the page what it may do (after the session's welcome) and attach to the
+        relay."""
         self._send({
             "t": "media_hello",
             "enabled": self.enabled,
             "publish": self.enabled and self.rights.publish,
             "receive": self.enabled and self.rights.receive,
-            "publisher": self.publisher,
+            "publisher": self.participant,
             "max_audio": self.limits.max_receive_audio,
             "max_video": self.limits.max_receive_video,
         })
+        if self.port is not None and not self._attached and not self.closed:
+            self._attached = True
+            self.port.attach(self)
 
     def close(self) -> None:
         """The browser left: the relay forgets its sources and outputs. Idempotent."""
         if self.closed:
             return
         self.closed = True
-        sink, self.sink = self.sink, None
-        if sink is not None:
+        port, self.port = self.port, None
+        if port is not None and self._attached:
             try:
-                sink.closed(self)
+                port.detach(self)
             except Exception:
                 log.exception("browser %s: the relay failed to forget its media", self.name)
 
@@ -318,7 +369,7 @@ class BrowserMedia:
                     MediaRefusal.RATE_LIMITED,
                     f"at most {self.limits.message_rate:g} media messages a second", req)
             request = parse_media_message(msg)
-            if self.sink is None:
+            if self.port is None:
                 raise BadMediaMessage(MediaRefusal.MEDIA_OFF,
                                       "this node relays no voice or video in this room",
                                       request.req)
@@ -329,10 +380,10 @@ class BrowserMedia:
             else:
                 self._prefs(request)
         except BadMediaMessage as bad:
-            self.refuse(bad.reason, bad.text, bad.req if bad.req is not None else req)
+            self.refuse_request(bad.reason, bad.text, bad.req if bad.req is not None else req)
 
-    def refuse(self, reason: MediaRefusal, text: str, req: int | None) -> None:
-        """Answer ``media_refused`` and count it."""
+    def refuse_request(self, reason: MediaRefusal, text: str, req: int | None) -> None:
+        """Answer ``media_refused`` to a request and count it."""
         self.counters[f"media_{reason.value}"] += 1
         log.info("browser %s: media refused (%s): %s", self.name, reason.value, text)
         self._send({"t": "media_refused", "req": req, "reason": reason.value, "error": text})
@@ -361,7 +412,9 @@ class BrowserMedia:
                         "sdp": self.pc.localDescription.sdp})
         finally:
             neg.busy = False
-        neg.asked = None
+        have = self._slot_counts()
+        if neg.asked is not None and have[0] >= neg.asked[0] and have[1] >= neg.asked[1]:
+            neg.asked = None  # (else the browser's next offer will bring the slots asked for)
         self._assign()
 
     def _check_offer(self, mlines: Sequence[_Mline], req: int) -> None:
@@ -390,6 +443,12 @@ class BrowserMedia:
                     m.mid in self.publications and m.direction not in ("sendonly", "sendrecv")):
                 raise BadMediaMessage(MediaRefusal.BAD_SDP,
                                       f"m-line {m.mid} changed its direction", req)
+            if m in sends:
+                try:
+                    browser_source_id(self.node_peer, self.name, m.mid)
+                except ValueError:
+                    raise BadMediaMessage(MediaRefusal.BAD_SDP,
+                                          f"mid {m.mid!r} cannot name a source", req) from None
 
     def _take_mlines(self, mlines: Sequence[_Mline]) -> None:
         """Note the new m-lines of an applied offer: send m-lines become publications,
@@ -406,7 +465,9 @@ class BrowserMedia:
                 self.slots[m.mid] = ReceiveSlot(m.mid, m.kind, transceiver)
             elif m.direction in ("sendonly", "sendrecv"):
                 transceiver.direction = "recvonly"
-                self.publications[m.mid] = Publication(m.mid, m.kind, transceiver)
+                source = SourceInfo(browser_source_id(self.node_peer, self.name, m.mid),
+                                    self.node_peer, m.kind, self.room_id)
+                self.publications[m.mid] = Publication(m.mid, m.kind, transceiver, source)
 
     def _publish(self, request: MediaPublish) -> None:
         if request.tracks and not self.rights.publish:
@@ -421,23 +482,24 @@ class BrowserMedia:
                                       f"no negotiated {track.kind} send m-line {track.mid!r}: "
                                       "send a media_offer with it first", request.req)
             wanted.add(track.mid)
-        sink = self.sink
-        assert sink is not None  # checked by handle()
+        port = self.port
+        assert port is not None  # checked by handle()
         for pub in self.publications.values():
             if pub.active and pub.mid not in wanted:
                 pub.active = False
-                sink.unpublished(self, pub)
+                port.unpublish(self, pub.source.source_id)
         added: list[Publication] = []
         for mid in sorted(wanted):
             pub = self.publications[mid]
             if pub.active:
                 continue
-            refusal = sink.published(self, pub)
+            refusal = port.publish(self, pub.source, pub.receiver)
             if refusal is not None:
                 for done in added:  # all or nothing
                     done.active = False
-                    sink.unpublished(self, done)
-                raise BadMediaMessage(MediaRefusal.RELAY_REFUSED, refusal, request.req)
+                    port.unpublish(self, done.source.source_id)
+                raise BadMediaMessage(MediaRefusal.RELAY_REFUSED,
+                                      f"the relay refused {pub.kind}: {refusal}", request.req)
             pub.active = True
             added.append(pub)
         self.counters["media_publish"] += 1
@@ -446,65 +508,57 @@ class BrowserMedia:
     def _prefs(self, request: MediaPrefsRequest) -> None:
         self.audio_only = request.audio_only
         self.max_kbps = request.max_kbps
-        if self.sink is not None:
-            self.sink.prefs_changed(self)
+        if self.port is not None:
+            self.port.preferences_changed(self, self.room_id)
         self.counters["media_prefs"] += 1
         self._send({"t": "ack", "req": request.req, "ok": True})
 
-    # ------------------------------------------------------------------ from the relay
-
-    def show(self, streams: Sequence[Stream]) -> None:
-        """The streams the relay wants this browser to receive now (replaces the last call).
-        Streams keep their slot while they stay wanted; new ones take free slots of their
-        kind, and when there are too few the browser is asked for more (they are then sent
-        after its next offer)."""
-        if self.closed:
-            return
-        self._wanted = [s for s in streams if s.kind in ("audio", "video")]
-        self._assign()
+    # ------------------------------------------------------------------ receive slots
 
     def _assign(self) -> None:
+        """Put the waiting outputs on free slots of their kind; ask for more slots when
+        there are too few."""
         if self.closed:
             return
-        sink = self.sink
-        wanted = {s.source_id: s for s in self._wanted}
-        for slot in self.slots.values():
-            current = slot.stream
-            if current is None:
-                continue
-            now = wanted.get(current.source_id)
-            if now is None or now.kind != slot.kind:
-                slot.stream = None
-                if sink is not None:
-                    sink.detached(self, slot, current)
-            else:
-                slot.stream = now  # its layer may have changed
-        placed = {s.stream.source_id for s in self.slots.values() if s.stream is not None}
         missing = {"audio": 0, "video": 0}
-        for stream in self._wanted:
-            if stream.source_id in placed:
-                continue
+        for source_id, source in list(self._waiting.items()):
             free = next((s for s in self.slots.values()
-                         if s.kind == stream.kind and s.stream is None), None)
+                         if s.kind == source.kind and s.source is None), None)
             if free is None:
-                missing[stream.kind] += 1
+                missing[source.kind] += 1
                 continue
-            free.stream = stream
-            placed.add(stream.source_id)
-            if sink is not None:
-                sink.attached(self, free)
+            free.source = source
+            del self._waiting[source_id]
+            if self.port is not None:
+                self.port.output_ready(self, source_id, free.transceiver)
         self._show_streams()
         if missing["audio"] or missing["video"]:
             self._ask_for_slots(missing)
 
     def _ask_for_slots(self, missing: dict[str, int]) -> None:
-        have = {"audio": 0, "video": 0}
-        for slot in self.slots.values():
-            have[slot.kind] += 1
-        want = (min(have["audio"] + missing["audio"], self.limits.max_receive_audio),
-                min(have["video"] + missing["video"], self.limits.max_receive_video))
-        if want == (have["audio"], have["video"]):
-            self.counters["media_slots_exhausted"] += 1
+        # Outputs the relay adds in one go (a new publisher's audio and video) are asked for
+        # in one media_renegotiate: the message goes out once the loop is free.
+        if not self._ask_scheduled:
+            self._ask_scheduled = True
+            asyncio.get_running_loop().call_soon(self._ask_now)
+
+    def _slot_counts(self) -> tuple[int, int]:
+        kinds = [slot.kind for slot in self.slots.values()]
+        return kinds.count("audio"), kinds.count("video")
+
+    def _ask_now(self) -> None:
+        self._ask_scheduled = False
+        if self.closed:
+            return
+        missing = {"audio": 0, "video": 0}
+        for source in self._waiting.values():
+            missing[source.kind] += 1
+        have = self._slot_counts()
+        want = (min(have[0] + missing["audio"], self.limits.max_receive_audio),
+                min(have[1] + missing["video"], self.limits.max_receive_video))
+        if want == have:
+            if missing["audio"] or missing["video"]:
+                self.counters["media_slots_exhausted"] += 1
             return
         neg = self._negotiation
         if neg.busy or neg.asked == want:
@@ -515,20 +569,14 @@ class BrowserMedia:
 
     def _show_streams(self) -> None:
         streams = [
-            {"mid": slot.mid, "kind": slot.kind, "source": slot.stream.source_id,
-             "publisher": slot.stream.publisher, "layer": slot.stream.layer}
+            {"mid": slot.mid, "kind": slot.kind, "source": slot.source.source_id,
+             "publisher": person_key(slot.source)}
             for slot in sorted(self.slots.values(), key=lambda s: (s.kind, s.mid))
-            if slot.stream is not None
+            if slot.source is not None
         ]
-        if streams != self._shown:
+        if streams != self._shown and not self.closed:
             self._shown = streams
             self._send({"t": "media_streams", "streams": streams})
-
-    # ------------------------------------------------------------------ for the relay
-
-    def active_publications(self) -> list[Publication]:
-        """The publications that carry a live track."""
-        return [p for p in self.publications.values() if p.active]
 
 
 @dataclass(frozen=True, slots=True)

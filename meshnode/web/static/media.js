@@ -124,7 +124,19 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
       l.track.stop();
       l.track = null;
     }
-    await request({ t: "media_publish", tracks: publishedTracks() });
+    try {
+      await request({ t: "media_publish", tracks: publishedTracks() });
+    } catch (err) {
+      if (on) {
+        // The node would not take it: stop sending it.
+        const now = local[kind];
+        await now.transceiver.sender.replaceTrack(null);
+        now.track.stop();
+        now.track = null;
+      }
+      renderButtons();
+      throw err;
+    }
     renderButtons();
     return on;
   }
