@@ -20,6 +20,9 @@ Browser → node (``req`` is a number the browser picks, echoed in the answer; a
 - ``{"t":"move","req":n,"id":id,"parent":p}``
 - ``{"t":"delete","req":n,"id":id}``
 - ``{"t":"presence","fields":{...}}`` (no answer; latest wins)
+- ``media_offer``, ``media_publish``, ``media_prefs``: voice and video, handled by the
+  connection's ``BrowserMedia`` (``meshnode.web.media`` documents them and the node's
+  ``media_*`` messages); without one they are refused (``media_refused``, ``media_off``).
 
 Node → browser:
 
