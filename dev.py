@@ -40,6 +40,43 @@ def run(cmd: Sequence[str | Path]) -> int:
     return subprocess.call([str(c) for c in cmd], cwd=ROOT)
 
 
+# Debian packages `pip install` needs to build py-libp2p's `fastecdsa` (no wheel for the
+# version libp2p pins): a C compiler and GMP's headers. Header file -> package.
+BUILD_PACKAGES = {Path("/usr/bin/gcc"): "gcc", Path("/usr/include/gmp.h"): "libgmp-dev"}
+
+
+def _gmp_header_present() -> bool:
+    return any(Path(d).joinpath("gmp.h").exists()
+               for d in ("/usr/include", "/usr/local/include", "/usr/include/x86_64-linux-gnu",
+                         "/usr/include/aarch64-linux-gnu"))
+
+
+def ensure_build_packages() -> None:
+    """Install gcc and libgmp-dev when we can (root with apt-get), before pip compiles
+    fastecdsa for py-libp2p; otherwise say how (pip then fails with the compiler's error)."""
+    missing = [pkg for path, pkg in BUILD_PACKAGES.items()
+               if not (path.exists() or (pkg == "libgmp-dev" and _gmp_header_present()))]
+    if missing:
+        apt_install(missing, "to build py-libp2p's fastecdsa")
+
+
+def apt_install(packages: Sequence[str], why: str) -> bool:
+    """``apt-get install`` ``packages`` as root; False (with a hint) when we cannot."""
+    if not (os.name == "posix" and os.geteuid() == 0 and Path("/usr/bin/apt-get").exists()):
+        say("missing Debian packages " + " ".join(packages) + f" ({why}); as root: "
+            "apt-get install " + " ".join(packages))
+        return False
+    say(f"installing Debian packages {why}: " + " ".join(packages))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        say("$ " + " ".join(cmd))
+        if subprocess.call(cmd, env=env) != 0:
+            say("could not install " + " ".join(packages))
+            return False
+    return True
+
+
 def ensure_env() -> Path:
     """Create .venv if missing and (re)install the project if pyproject.toml changed."""
     python = venv_python()
@@ -51,6 +88,7 @@ def ensure_env() -> Path:
     if MARKER.exists() and MARKER.read_text().strip() == digest:
         return python
     say("pyproject.toml changed since the last install: installing -e .[dev]")
+    ensure_build_packages()
     if run([python, "-m", "pip", "install", "--quiet", "-e", ".[dev]"]) != 0:
         sys.exit("[dev.py] FAILED: pip install -e .[dev]")
     MARKER.write_text(digest + "\n")
@@ -63,9 +101,10 @@ def existing(dirs: Sequence[str]) -> list[str]:
 
 # Debian packages the tests drive for real: Chromium (the web client's tests), coturn (a
 # TURN server, for links relayed through TURN) and libfaketime (nodes whose wall clock is
-# wrong, or stepped while they run). Binary -> package.
+# wrong, or stepped while they run) and iproute2 (`ip netns`: LAN discovery between network
+# namespaces, and netsim's emulation mode). Binary -> package.
 SYSTEM_PACKAGES = {Path("/usr/bin/chromium"): "chromium", Path("/usr/bin/turnserver"): "coturn",
-                   Path("/usr/bin/faketime"): "faketime"}
+                   Path("/usr/bin/faketime"): "faketime", Path("/usr/sbin/ip"): "iproute2"}
 
 
 def ensure_system_packages() -> None:

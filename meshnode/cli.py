@@ -3,7 +3,7 @@
 meshnode up [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--bootstrap URL ...]
                                          run a node (the default command)
 meshnode keygen [--out PATH] [--force]   create an identity file, print its PeerID
-meshnode room create|list|invite|join|role|remove|revoke-invite
+meshnode room create|list|invite|join|hosts|role|remove|revoke-invite
                                          manage the rooms and members of a running node
 meshnode peers | status [--open]         what a running node is linked to / doing
 meshnode admin rotate-token              replace the admin token (the CLI's key to the node)

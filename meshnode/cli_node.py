@@ -204,13 +204,43 @@ def _room(args: argparse.Namespace) -> int:
         print(f"invite {out['invite']} revoked in room {out['room']}")
     elif args.room_command == "join":
         _print(_api(args, "POST", "/api/rooms/join", {"token": args.token}))
+    elif args.room_command == "hosts":
+        room = args.room.strip().lower()
+        if len(room) != 64 or any(c not in "0123456789abcdef" for c in room):
+            raise _fail(f"a room ID is 64 hex digits (as `meshnode room list` prints); got "
+                        f"{args.room!r}", 2)
+        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout}"))
     return 0
 
 
 def _peers(args: argparse.Namespace) -> int:
     for p in _api(args, "GET", "/api/peers"):
         print(f"{p['peer']}  {p['kind']:6}  rooms={len(p['rooms'])}  {p['url'] or '-'}")
+    fed = _api(args, "GET", "/api/status").get("federation")
+    if fed is not None:
+        _print_federation(fed)
     return 0
+
+
+def _print_federation(fed: dict[str, Any]) -> None:
+    """Which operators host which rooms with us, the policy, and whom it refused (each part
+    only when there is something to say: a default node with no links prints nothing)."""
+    hosted = [r for r in fed["rooms"] if r["hosts"]]
+    if hosted:
+        print("\noperators hosting rooms with us:")
+        for room in hosted:
+            print(f"  {room['room'][:16]} {room['name']}: {', '.join(room['hosts'])}")
+    policy = fed["policy"]
+    allow, off = policy["allow"], policy["no_announce"]
+    if policy["deny"] or allow is not None or off or not policy["announce_default"]:
+        print("federation policy: deny " + (", ".join(policy["deny"]) or "nobody") + "; allow "
+              + ("any operator" if allow is None else ", ".join(allow) or "no other node"))
+        print("  announce: " + ("every room" if policy["announce_default"] else "no room")
+              + (f" except {', '.join(r[:16] for r in off)}" if off else "")
+              + (f"; also {', '.join(r[:16] for r in policy['announce_rooms'])}"
+                 if not policy["announce_default"] and policy["announce_rooms"] else ""))
+    for r in fed["refused"]:
+        print(f"  refused {r['peer']}: {r['reason']} x{r['count']} (last: {r['how']})")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -307,9 +337,16 @@ def add_node_commands(sub: Any) -> None:
     join = rsub.add_parser("join", help="host a room from an invite token")
     join.add_argument("token")
     with_node(join)
+    hosts = rsub.add_parser("hosts", help="the room's live hosts, found through the DHT: a "
+                                          "JSON list, one object per host (peer_id, urls)")
+    hosts.add_argument("room", help="room ID (hex)")
+    hosts.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds to search the DHT (default 5)")
+    with_node(hosts)
     room.set_defaults(handler=_room)
 
-    peers = sub.add_parser("peers", help="list a running node's links")
+    peers = sub.add_parser("peers", help="list a running node's links, which operators host "
+                                         "which rooms with it, and its federation policy")
     with_node(peers)
     peers.set_defaults(handler=_peers)
     status = sub.add_parser("status", help="show a running node's status")

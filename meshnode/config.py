@@ -4,12 +4,15 @@ Command-line flags of ``meshnode up`` override the file; the file overrides the 
 """
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshnode.federation.policy import FederationPolicy
+from meshnode.identity import public_key_from_peer_id
 from meshnode.transport.ice import IceServer, IceSettings
 from protocol.link import MAX_URL_CHARS
 
@@ -20,6 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_MODES = ("full", "normal")
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
 MAX_ROOM_NAME_CHARS = 200  # as POST /api/rooms
+MAX_POLICY_ENTRIES = 10_000
+_IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")  # Linux IFNAMSIZ is 16, the NUL included
 
 
 class ConfigError(ValueError):
@@ -54,6 +59,16 @@ class NodeConfig:
     body_timeout_s: float = 10.0
     offers_per_s: float = 2.0
     offer_burst: int = 16
+    # [federation]: which operators' nodes this node federates with (meshnode.federation)
+    federation: FederationPolicy = field(default_factory=FederationPolicy)
+    # [discovery]: LAN discovery (meshnode.discovery.mdns); () = the private-range interfaces
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    # [discovery]: the libp2p Kademlia DHT (meshnode.discovery)
+    discovery_enabled: bool = True
+    discovery_port: int = 0
+    discovery_dht_mode: str = "server"
+    discovery_announce_interval_s: float = 600.0
 
     @property
     def url(self) -> str:
@@ -77,6 +92,9 @@ _SECTIONS: dict[str, set[str]] = {
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
+    "federation": {"deny", "allow", "announce", "no_announce", "announce_rooms"},
+    "discovery": {"enabled", "port", "dht_mode", "announce_interval_s", "mdns",
+                  "mdns_interfaces"},
 }
 
 
@@ -150,6 +168,66 @@ def _ice_servers(value: Any) -> tuple[IceServer, ...]:
             _want(cred, str, f"{key}.credential")
         out.append(IceServer(tuple(urls), user, cred))
     return tuple(out)
+
+
+def _peer_ids(value: Any, key: str) -> list[str]:
+    _want(value, list, key)
+    if len(value) > MAX_POLICY_ENTRIES:
+        raise ConfigError(f"{key} lists more than {MAX_POLICY_ENTRIES} PeerIDs")
+    for i, peer in enumerate(value):
+        try:
+            public_key_from_peer_id(peer)
+        except ValueError as err:
+            raise ConfigError(f"{key}[{i}] is not a node's PeerID ({err}); a PeerID looks "
+                              "like 12D3KooW... (the first line `meshnode up` prints, or "
+                              "`meshnode status`'s peer_id)") from None
+    return list(value)
+
+
+def _room_ids(value: Any, key: str) -> list[str]:
+    _want(value, list, key)
+    if len(value) > MAX_POLICY_ENTRIES:
+        raise ConfigError(f"{key} lists more than {MAX_POLICY_ENTRIES} rooms")
+    for i, room in enumerate(value):
+        ok = isinstance(room, str) and len(room) == 64
+        if ok:
+            try:
+                bytes.fromhex(room)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ConfigError(f"{key}[{i}] must be a room ID: 64 hex digits, as `meshnode "
+                              f"room list` prints it; got {room!r}")
+    return [r.lower() for r in value]
+
+
+def _federation(body: dict[str, Any]) -> FederationPolicy:
+    deny = _peer_ids(body.get("deny", []), "federation.deny")
+    allow = _peer_ids(body["allow"], "federation.allow") if "allow" in body else None
+    both = sorted(set(deny) & set(allow or ()))
+    if both:
+        raise ConfigError(f"federation.deny and federation.allow both name {both[0]}; "
+                          "remove it from one of them (deny would win)")
+    return FederationPolicy.build(
+        deny, allow, _room_ids(body.get("no_announce", []), "federation.no_announce"),
+        _room_ids(body.get("announce_rooms", []), "federation.announce_rooms"),
+        _want(body.get("announce", True), bool, "federation.announce"))
+
+
+def _interfaces(value: Any) -> tuple[str, ...]:
+    _want(value, list, "discovery.mdns_interfaces")
+    for entry in value:
+        ok = isinstance(entry, str) and _IFNAME.fullmatch(entry) is not None
+        if isinstance(entry, str) and not ok:
+            try:
+                ipaddress.ip_address(entry)
+                ok = True
+            except ValueError:
+                pass
+        if not ok:
+            raise ConfigError("discovery.mdns_interfaces must list interface names (eth1, "
+                              f"wlan0) or their IP addresses; got {entry!r}")
+    return tuple(value)
 
 
 def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> NodeConfig:
@@ -256,11 +334,42 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         if not 1 <= burst <= 10_000:
             raise ConfigError("http.offer_burst must be 1 to 10000")
         changes["offer_burst"] = burst
+    if "federation" in doc:
+        changes["federation"] = _federation(doc["federation"])
+    disc = doc.get("discovery", {})
+    changes.update(_discovery(disc))
+    if "mdns" in disc:
+        changes["mdns"] = _want(disc["mdns"], bool, "discovery.mdns")
+    if "mdns_interfaces" in disc:
+        changes["mdns_interfaces"] = _interfaces(disc["mdns_interfaces"])
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:
         changes["log_format"] = _choice(log["format"], LOG_FORMATS, "log.format")
     return replace(cfg, **changes)
+
+
+def _discovery(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``[discovery]`` keys, checked."""
+    changes: dict[str, Any] = {}
+    if "enabled" in section:
+        changes["discovery_enabled"] = _want(section["enabled"], bool, "discovery.enabled")
+    if "port" in section:
+        port = _want(section["port"], int, "discovery.port")
+        if not 0 <= port < 65536:
+            raise ConfigError("discovery.port must be 0 (any free port) to 65535")
+        changes["discovery_port"] = port
+    if "dht_mode" in section:
+        changes["discovery_dht_mode"] = _choice(section["dht_mode"], ("server", "client"),
+                                                "discovery.dht_mode")
+    if "announce_interval_s" in section:
+        value = section["announce_interval_s"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                10 <= value <= 86_400):
+            raise ConfigError("discovery.announce_interval_s must be 10 to 86400 seconds "
+                              "(600 suits most nodes)")
+        changes["discovery_announce_interval_s"] = float(value)
+    return changes
 
 
 def load_config(path: Path) -> NodeConfig:

@@ -110,6 +110,19 @@ class NodeMetrics:
             "meshnode_pending_evictions",
             "Unfinished connections closed by the pending pool's rules, by kind and reason "
             "(pool_full, hello_timeout, established_full)", ["kind", "reason"], registry=r)
+        self.federation_refused = Counter(
+            "meshnode_federation_refused",
+            "Links refused by the [federation] policy, by reason (denied, not_allowed)",
+            ["reason"], registry=r)
+        self.mdns_peers = Gauge("meshnode_mdns_peers",
+                                "Nodes found on the LAN by mDNS and still announced", registry=r)
+        self.mdns_rejected = Counter(
+            "meshnode_mdns_rejected",
+            "mDNS announcements ignored, by reason (bad_peer_id, bad_url, missing_field, "
+            "too_large, table_full, denied, not_allowed, ...)", ["reason"], registry=r)
+        self.mdns_dials = Counter("meshnode_mdns_dials",
+                                  "Links dialled to nodes found by mDNS, by result (ok, failed)",
+                                  ["result"], registry=r)
 
     def render(self) -> bytes:
         """The text exposition format of the public metrics."""

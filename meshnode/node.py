@@ -16,12 +16,17 @@ stops the node and ``run_until_signalled`` raises ``NodeCrashed``.
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from meshnode.config import NodeConfig
+from meshnode.discovery import DiscoveryState, HostRecord
+from meshnode.discovery.known import known_hosts
+from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
@@ -40,6 +45,7 @@ from meshnode.store import (
 )
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings
+from meshnode.web.host_origins import HostOrigins
 
 log = logging.getLogger("meshnode.node")
 
@@ -63,6 +69,10 @@ class Node:
         self._stopping = asyncio.Event()
         self._crash: tuple[str, BaseException] | None = None
         self._rooms: RoomHost | None = None
+        self._links: LinkManager | None = None
+        self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
+        self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
+        self.discovery_state = DiscoveryState(False, "the node has not started")
 
     @property
     def identity(self) -> Identity:
@@ -114,7 +124,8 @@ class Node:
                             LinkSettings(ice=cfg.ice, hello_timeout_s=cfg.handshake_timeout_s),
                             lambda kind: self.rooms.local_hello(kind), self.metrics,
                             max_links=cfg.max_links, max_pending=cfg.max_pending_links,
-                            on_crash=crashed)
+                            on_crash=crashed, federation=cfg.federation)
+        self._links = links
         self._rooms = rooms = RoomHost(self.identity, cfg, store, durable, links, self.metrics,
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
@@ -122,14 +133,26 @@ class Node:
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
+        # Pages of our rooms' other hosts may fail over to us (meshnode.web.host_origins).
+        origins = HostOrigins(lambda rid: rooms.rooms[rid].runtime.replica
+                              if rid in rooms.rooms else None)
+        for peer, url, _seen in reversed(await asyncio.to_thread(store.known_peers, 256)):
+            origins.remember(peer, url)
+        links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links)
+                        rooms.rooms, links.links, links.federation, links.refusals)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
-                                lambda: durable.failing, cfg))
+                                lambda: durable.failing, cfg, find_hosts=self.find_hosts,
+                                host_origins=origins,
+                                discovery=lambda: self.discovery_state,
+                                offer_refusal=links.offer_refusal))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.
             self.url = f"{cfg.url.rsplit(':', 1)[0]}:{port}"
+        self.discovery_state, self.discovery = await self._start_discovery(stack, links, store)
+        if self.discovery is not None:
+            rooms.on_join = self.discovery.joined
         refused = []
         for token in join:
             try:
@@ -138,7 +161,77 @@ class Node:
                 refused.append(str(err))
         stack.push_async_callback(bootstrap.aclose)
         await bootstrap.start()
+        # LAN peers found by mDNS are dialled like bootstrap nodes (closed before them).
+        self.mdns = await start_mdns(
+            enabled=cfg.mdns, interfaces=cfg.mdns_interfaces, public_url=cfg.public_url,
+            listen_host=cfg.listen_host, port=port, peer_id=self.peer_id, links=links,
+            metrics=self.metrics, stack=stack, on_crash=crashed)
         return refused
+
+    async def _start_discovery(self, stack: contextlib.AsyncExitStack, links: LinkManager,
+                               store: ChangeStore) -> tuple[DiscoveryState, Any]:
+        """Start the libp2p host and the DHT on this loop; when that is impossible (turned
+        off, libp2p missing, the port taken), the node runs on and says why."""
+        cfg = self.config
+        if not cfg.discovery_enabled:
+            return DiscoveryState(False, "turned off in the configuration ([discovery] "
+                                         "enabled = false)"), None
+        try:
+            from meshnode.discovery.bridge import TrioBridge
+            from meshnode.discovery.card import CardValidator
+            from meshnode.discovery.libp2p_host import Libp2pHost, Libp2pMissing, import_libp2p
+            from meshnode.discovery.planner import PlannerConfig
+            from meshnode.discovery.service import RoomDiscovery
+            import_libp2p()
+        except (ImportError, Libp2pMissing) as err:
+            why = str(err) if isinstance(err, Libp2pMissing) else (
+                f"trio is not installed ({err}); pip install libp2p==0.8.1")
+            log.warning("discovery off: %s", why)
+            return DiscoveryState(False, why), None
+        bridge = TrioBridge()
+        await bridge.start()
+        stack.push_async_callback(bridge.aclose)
+        rejected: list[RoomDiscovery] = []  # the validator reports to it once it exists
+
+        def on_reject(reason: str, detail: str) -> None:
+            for discovery in rejected:
+                discovery.reject(reason, detail)
+
+        validator = CardValidator(lambda: int(time.time() * 1000), on_reject)
+        host = Libp2pHost(self.identity, bridge, validator,
+                          listen=(_listen_multiaddr(cfg.listen_host, cfg.discovery_port),),
+                          dht_mode="client" if cfg.discovery_dht_mode == "client" else "server")
+        try:
+            await host.start()
+        except Exception as err:  # OSError (port taken) or whatever libp2p raised
+            why = f"the libp2p host did not start: {err!r}"
+            log.warning("discovery off: %s", why)
+            return DiscoveryState(False, why), None
+        stack.push_async_callback(host.aclose)
+        interval = cfg.discovery_announce_interval_s
+        discovery = RoomDiscovery(
+            self.identity, host, validator, rooms=self.rooms.rooms, links=links, store=store,
+            url=lambda: self.url, metrics=self.metrics, bootstrap=cfg.bootstrap,
+            may_link=links.federation.may_link, may_announce=cfg.federation.may_announce,
+            config=PlannerConfig(announce_interval_s=interval,
+                                 card_ttl_s=max(3 * interval, 3600.0)),
+            on_crash=self._crashed)
+        rejected.append(discovery)
+        stack.push_async_callback(discovery.aclose)
+        await discovery.start()
+        log.info("discovery on: libp2p %s, DHT %s mode", " ".join(discovery.addrs()),
+                 cfg.discovery_dht_mode)
+        return discovery.state(), discovery
+
+    async def find_hosts(self, room_id: bytes, timeout: float = 5.0) -> list[HostRecord]:
+        """The room's hosts: through the DHT when discovery runs, else those this node knows
+        (itself and its linked nodes that share the room)."""
+        if self.discovery is not None:
+            found: list[HostRecord] = await self.discovery.find_hosts(room_id, timeout)
+            return found
+        assert self._links is not None, "start() the node first"
+        return known_hosts(room_id, me=self.peer_id, my_url=self.url,
+                           hosted=room_id in self.rooms.rooms, links=self._links.links)
 
     def _crashed(self, task: str, error: BaseException) -> None:
         if self._crash is None:
@@ -169,6 +262,16 @@ class Node:
         """Close every service, last started first. Safe to call twice."""
         self._stopping.set()
         await self._stack.aclose()
+
+
+def _listen_multiaddr(host: str, port: int) -> str:
+    """The libp2p TCP listen address on the node's HTTP listen host (a name that is not an
+    IP address: every interface, or loopback for ``localhost``)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = ipaddress.ip_address("127.0.0.1" if host == "localhost" else "0.0.0.0")
+    return f"/ip{ip.version}/{ip}/tcp/{port}"
 
 
 def _count_store_event(metrics: NodeMetrics, event: DurableLogEvent) -> None:

@@ -6,20 +6,22 @@ and links, not the node itself."""
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
-from meshnode.runtime.links import Established
+from meshnode.runtime.links import Established, PolicyRefusal
 from meshnode.web.browser_link import BrowserLinks
 
 
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """What a node shows, read-only: ``rooms`` and ``links`` are the live tables of its room
-    host and link manager; ``url()`` is known once it serves."""
+    host and link manager; ``url()`` is known once it serves; ``federation`` is the operator's
+    policy and ``refusals`` the link manager's recent refusals under it."""
 
     peer_id: str
     url: Callable[[], str]
@@ -27,6 +29,8 @@ class NodeView:
     metrics: NodeMetrics
     rooms: Mapping[bytes, HostedRoom]
     links: Mapping[str, Established]
+    federation: FederationPolicy = field(default_factory=FederationPolicy)
+    refusals: Mapping[str, PolicyRefusal] = field(default_factory=dict)
 
 
 def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
@@ -69,7 +73,22 @@ def node_status(node: NodeView) -> dict[str, Any]:
         "uptime_s": round(time.time() - node.started_at, 1),
         "links": len(node.links),
         "rooms": [room_info(node, rid) for rid in node.rooms],
+        "federation": federation_info(node),
     }
+
+
+def federation_info(node: NodeView) -> dict[str, Any]:
+    """The federation policy, which operators' nodes host which of our rooms with us now (a
+    node linked to us that shares the room), and the nodes the policy refused lately."""
+    operators = []
+    for rid, hosted in node.rooms.items():
+        hosts = sorted(peer for peer, est in node.links.items()
+                       if est.hello.kind == "node" and rid in est.rooms)
+        operators.append({"room": rid.hex(), "name": hosted.runtime.room_name,
+                          "hosts": hosts})
+    refused = [{"peer": r.peer, "reason": r.reason, "how": r.how, "count": r.count,
+                "at": round(r.at, 1)} for r in list(node.refusals.values())[::-1]]
+    return {"policy": node.federation.describe(), "rooms": operators, "refused": refused}
 
 def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
     """One room's summary."""

@@ -103,7 +103,7 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
         }
         for n in sim.nodes if n.hostile
     }
-    return {
+    out: dict[str, Any] = {
         "scenario": sim.scenario.name,
         "seed": sim.scenario.seed,
         "nodes": len(sim.nodes),
@@ -141,3 +141,8 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
             "partitions": obs.partitions,
         },
     }
+    if sim.media is not None:
+        from netsim.media_report import media_results
+
+        out["media"] = media_results(sim.media)
+    return out

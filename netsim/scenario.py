@@ -9,11 +9,14 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshnode.overlay import OverlayConfig
 from netsim.links import PRESETS, LinkSpec
 from netsim.topology import KINDS
+
+if TYPE_CHECKING:
+    from netsim.media_spec import MediaSpec
 
 EVENT_KINDS = frozenset(
     {"partition", "heal", "degrade", "restore", "crash", "restart", "join", "leave", "hostile"}
@@ -67,6 +70,7 @@ class Scenario:
     events: list[Event]
     name: str = "scenario"
     sample_interval_s: float = 0.5
+    media: MediaSpec | None = None  # the [media] section (netsim/media_spec.py)
 
     @property
     def nodes(self) -> int:
@@ -195,7 +199,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     """Check a scenario given as a dict (as read from TOML)."""
     data = dict(data)
     known = {"seed", "duration_s", "name", "topology", "links", "link_overrides", "overlay",
-             "workload", "events", "sample_interval_s"}
+             "workload", "events", "sample_interval_s", "media"}
     unknown = set(data) - known
     if unknown:
         raise ScenarioError(f"unknown top-level keys: {sorted(unknown)}")
@@ -256,6 +260,11 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     the_seed = seed if seed is not None else data.get("seed", 1)
     if not isinstance(the_seed, int):
         raise ScenarioError("seed must be an integer")
+    media = None
+    if "media" in data:
+        from netsim.media_spec import parse_media  # it imports ScenarioError from here
+
+        media = parse_media(data["media"], n, float(duration))
     return Scenario(
         seed=the_seed,
         duration_s=float(duration),
@@ -268,6 +277,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
         name=str(data.get("name", "scenario")),
         sample_interval_s=_number(data.get("sample_interval_s", 0.5), "sample_interval_s",
                                   positive=True),
+        media=media,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.identity import Identity
@@ -31,6 +32,9 @@ from netsim.scenario import Event, Scenario, ScenarioError
 from netsim.topology import Topology, build, neighbours
 from protocol.errors import DecodeError
 from protocol.frames import Changes, IHave, decode_frame, encode_frame
+
+if TYPE_CHECKING:
+    from netsim.media import MediaSim
 
 Pair = tuple[int, int]
 
@@ -112,6 +116,7 @@ class Simulation:
         max_degree = max(self.topology.degrees(), default=1)
         cfg = {"active_view_size": max(6, max_degree), **scenario.overlay}
         self.config = OverlayConfig(**cfg)
+        self.media: MediaSim | None = None  # the [media] section's model (netsim/media.py)
         with self.caches.active():
             self._build_room(n)
 
@@ -178,6 +183,11 @@ class Simulation:
                 self.engine.at(wl.start_s + self.rng.random() / wl.presence_hz,
                                self._presence, node, stop)
         self.engine.at(0.0, self._sample)
+        if sc.media is not None:
+            from netsim.media import MediaSim
+
+            self.media = MediaSim(self, sc.media)
+            self.media.start()
         self.engine.run_until(sc.duration_s, self.progress)
         return self.obs
 

@@ -1,5 +1,6 @@
 """The Python client: ``async with meshnode.client.connect(url, room_id, identity) as room``."""
 
+from meshnode.client.failover import Connected, ConnectionEvent, FailoverSettings, Reconnecting
 from meshnode.client.room import (
     AdmissionRefused,
     ClientError,
@@ -8,4 +9,14 @@ from meshnode.client.room import (
     connect,
 )
 
-__all__ = ["AdmissionRefused", "ClientError", "RoomClient", "StoreUnavailable", "connect"]
+__all__ = [
+    "AdmissionRefused",
+    "ClientError",
+    "Connected",
+    "ConnectionEvent",
+    "FailoverSettings",
+    "Reconnecting",
+    "RoomClient",
+    "StoreUnavailable",
+    "connect",
+]

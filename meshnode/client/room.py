@@ -10,6 +10,10 @@ The client is a small peer: it keeps its own ``SceneReplica`` (so reads are loca
 change it receives is checked the same way a node checks it), runs the room's overlay core
 with one link, to its node, and signs its edits with its own identity. The node acknowledges
 each change once durable; ``flush`` waits for that acknowledgement.
+
+When its node dies or refuses it, the client links to another host of the room and
+redelivers what no host has acknowledged yet (``meshnode.client.failover`` says where hosts
+come from and exactly what is guaranteed); ``on_connection`` reports it.
 """
 
 import asyncio
@@ -26,6 +30,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from meshnode.client.failover import (
+    Connected,
+    ConnectionEvent,
+    FailoverSettings,
+    HostRing,
+    Reconnecting,
+    UnackedChanges,
+    parse_hosts,
+    redelivery_frames,
+)
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
@@ -38,6 +52,7 @@ from meshnode.overlay.events import (
     PresenceExpired,
     PresenceUpdated,
 )
+from meshnode.rooms.access import Refusal
 from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import INVITE_HEADER
 from meshnode.runtime.links import Established, LinkManager, LinkService
@@ -52,6 +67,12 @@ from protocol.link import Ack, LinkMessage, Nack, Refused
 log = logging.getLogger("meshnode.client")
 
 ChangeCallback = Callable[[bytes, str | None], None]
+ConnectionCallback = Callable[[ConnectionEvent], None]
+NOT_A_HOST = "not_a_host"
+
+FAILOVER_REFUSALS = frozenset({Refusal.UNKNOWN_ROOM.value, Refusal.NOT_MEMBER.value})
+"""Refusals that speak for one node, not the room: it no longer hosts the room, or has not
+yet heard that we are a member. A client already in the room fails over to another host."""
 
 
 class ClientError(Exception):
@@ -96,7 +117,7 @@ class RoomClient(LinkService):
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
                  ice: IceSettings, invite: str | None, timeout_s: float,
-                 signaling: str = "http") -> None:
+                 signaling: str = "http", failover: FailoverSettings | None = None) -> None:
         self.url = url.rstrip("/")
         self.room_id = room_id
         self.identity = identity
@@ -115,6 +136,14 @@ class RoomClient(LinkService):
         self._reconnect: asyncio.Task[None] | None = None
         self._refusal: AdmissionRefused | None = None
         self.reconnects = 0
+        self.failover = failover if failover is not None else FailoverSettings()
+        self._ring = HostRing(self.url, self.failover.urls)
+        self._unacked = UnackedChanges()
+        self._connection_cbs: list[ConnectionCallback] = []
+        self._learning: asyncio.Task[None] | None = None
+        self._opened = False
+        self._linked_once = False
+        self._first_node: str | None = None
 
     # ------------------------------------------------------------------ joining
 
@@ -144,7 +173,12 @@ class RoomClient(LinkService):
         self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self.local_hello,
                                   NodeMetrics(), max_links=1)
+        # A node that stops answering is given up after dead_after_s, not ICE's ~30 s.
+        self._links.dead_after_s = self.failover.dead_after_s
+        self._links.keepalive_s = min(self._links.keepalive_s, self.failover.dead_after_s / 3)
         self._links.register(self)
+        if self._invite:
+            self._ring.learn(parse_invite(self._invite).urls)
         try:
             est = await asyncio.wait_for(
                 self._links.dial_url(self.url, signaling=self._signaling), self._timeout)
@@ -153,7 +187,7 @@ class RoomClient(LinkService):
         except Exception as err:  # LinkRefused, LinkClosed, HelloRejected
             reason = getattr(err, "reason", type(err).__name__)
             raise ClientError(f"could not link to {self.url}: {reason}: {err}") from err
-        self.node_peer_id = est.peer
+        self.node_peer_id = self._first_node = est.peer
         if raw_heads is not None:
             await self._wait_for_heads(replica, heads)
         # A stranger never reads a room: wait until we are a member (or the node says why
@@ -164,6 +198,9 @@ class RoomClient(LinkService):
             raw_heads = await self._fetch("heads")
             if raw_heads is not None:
                 await self._wait_for_heads(replica, json.loads(raw_heads))
+        self._opened = True
+        if self.failover.learn_hosts:
+            self._learning = asyncio.ensure_future(self._learn_hosts())
 
     def _invite_genesis(self) -> bytes | None:
         if not self._invite:
@@ -182,11 +219,12 @@ class RoomClient(LinkService):
         await self._wait(lambda: all(replica.version_vector().get(a, 0) >= s
                                      for a, s in target.items()), "sync with the node")
 
-    async def _fetch(self, part: str) -> bytes | None:
+    async def _fetch(self, part: str, url: str | None = None) -> bytes | None:
         """GET one of the room's HTTP endpoints, signed with our identity (members of an
         invite-only room may read it) and, for the genesis, with our invite; None if the
         node does not let us read it."""
-        parts = urlsplit(self.url)
+        base = url or self.url
+        parts = urlsplit(base)
         host = parts.netloc.rpartition("@")[2]
         path = f"{parts.path.rstrip('/')}/api/rooms/{self.room_id.hex()}/{part}"
         headers = {"Host": host, **sign_request(self.identity, "GET", path, host)}
@@ -195,16 +233,16 @@ class RoomClient(LinkService):
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as http, \
-                    http.get(f"{self.url}/api/rooms/{self.room_id.hex()}/{part}",
+                    http.get(f"{base}/api/rooms/{self.room_id.hex()}/{part}",
                              headers=headers) as resp:
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
-                    raise ClientError(f"{self.url} refused to give the room's {part}: "
+                    raise ClientError(f"{base} refused to give the room's {part}: "
                                       f"{resp.status} {await resp.text()}")
                 return await resp.read()
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise ClientError(f"cannot reach {self.url}: {err or type(err).__name__}") from None
+            raise ClientError(f"cannot reach {base}: {err or type(err).__name__}") from None
 
     async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout
@@ -218,9 +256,10 @@ class RoomClient(LinkService):
     async def close(self) -> None:
         """Leave: close the link and stop the room's timers."""
         self._closing = True
-        if self._reconnect is not None:
-            self._reconnect.cancel()
-            await asyncio.gather(self._reconnect, return_exceptions=True)
+        for task in (self._reconnect, self._learning):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._links is not None:
             await self._links.aclose()
         if self._runtime is not None:
@@ -248,38 +287,119 @@ class RoomClient(LinkService):
         return LocalHello("client", (self.room_id,), "", invites)
 
     def link_up(self, est: Established) -> None:
-        """Attach the room to the link to our node."""
+        """Attach the room to the link to our node (after a failover, only if the node holds
+        a role in the room by our replica)."""
+        if not self._may_host(est.peer):
+            # Not a member by our replica: whatever its URL claims, it is no host of ours.
+            log.warning("%s is %s, which holds no role in the room: not used", self.url,
+                        est.peer)
+            if self._links is not None:
+                self._links.close(est.peer, NOT_A_HOST)
+            return
         self._connected.set()
-        if self._runtime is not None and self.room_id in est.rooms:
-            self._runtime.attach(est.peer)
+        self.node_peer_id = est.peer
+        if self.room_id in est.rooms:
+            self._attach(est.peer)
+        self._emit(Connected(self.url, est.peer, self._linked_once))
+        self._linked_once = True
+
+    def _may_host(self, peer: str) -> bool:
+        return (self._runtime is None or not self._linked_once or peer == self._first_node
+                or self._runtime.replica.role_of(peer) != "none")
+
+    def _attach(self, peer: str) -> None:
+        """Attach the room to the link and redeliver what no host has acknowledged."""
+        if self._runtime is None or peer in self._runtime.peers():
+            return
+        self._runtime.attach(peer)
+        datas = [d for d in (self.replica.change_bytes(cid) for cid in self._unacked)
+                 if d is not None]
+        if datas:
+            log.info("redelivering %d unacknowledged change(s) to %s", len(datas), peer)
+            for frame in redelivery_frames(self.room_id, datas):
+                self._send(peer, "sync", frame)
 
     def link_down(self, est: Established, reason: str) -> None:
-        """Our node went away."""
+        """Our node went away: fail over to another host of the room."""
         self._connected.clear()
         if self._runtime is not None:
             self._runtime.detach(est.peer)
-        if reason == "shutdown" or self._closing:
-            log.info("link to node %s closed", est.peer)
+        if reason in ("shutdown", NOT_A_HOST) or self._closing:
+            log.info("link to node %s closed: %s", est.peer, reason)
             return
-        log.warning("link to node %s closed: %s; reconnecting", est.peer, reason)
+        log.warning("link to node %s (%s) closed: %s; failing over", est.peer, self.url, reason)
+        self._emit(Reconnecting(self.url, reason))
         if self._reconnect is None or self._reconnect.done():
-            self._reconnect = asyncio.ensure_future(self._relink())
+            self._reconnect = asyncio.ensure_future(self._fail_over(self.url))
 
-    async def _relink(self) -> None:
-        """Link to the node again, with backoff, until it works or we close. Changes
-        committed meanwhile (or not yet acknowledged) reach the node through anti-entropy
-        once the link is back, and their ``flush`` completes then."""
-        delay = 0.25
+    async def _fail_over(self, lost: str) -> None:
+        """Link to a host of the room: every known host once, round-robin from the one
+        after ``lost`` (``lost`` last), then a bounded backoff, until one links or we close.
+        Unacknowledged changes are redelivered on the new link (``_attach``)."""
+        rounds = 0
         while not self._closing and self._links is not None:
-            await asyncio.sleep(delay)
+            for url in self._ring.order_after(lost):
+                if self._closing:
+                    return
+                if await self._try_host(url):
+                    return
+            rounds += 1
+            await asyncio.sleep(HostRing.backoff(rounds, self.failover))
+
+    async def _try_host(self, url: str) -> bool:
+        """Link to ``url`` and keep the link if its node may host the room."""
+        assert self._links is not None
+        previous = self.url
+        self.url = url  # link_up reports it
+        try:
+            est = await asyncio.wait_for(
+                self._links.dial_url(url, signaling=self._signaling),
+                self.failover.dial_timeout_s)
+        except Exception as err:  # LinkRefused, LinkClosed, HelloRejected, TimeoutError
+            self.url = previous
+            log.info("failover: %s: %s", url, getattr(err, "reason", None) or
+                     str(err) or type(err).__name__)
+            return False
+        if not self._may_host(est.peer):  # link_up closes its link
+            self.url = previous
+            return False
+        self.reconnects += 1
+        log.info("failover: linked to %s (%s)", url, est.peer)
+        return True
+
+    async def _learn_hosts(self) -> None:
+        """Ask the node for the room's hosts now and every ``hosts_refresh_s``; keep those
+        whose PeerID holds a role in the room by our replica (its grants)."""
+        while not self._closing:
+            if self._connected.is_set():
+                try:
+                    raw = await self._fetch("hosts")
+                except ClientError as err:
+                    log.debug("could not ask %s for the room's hosts: %s", self.url, err)
+                    raw = None
+                if raw is not None:
+                    try:
+                        body: object = json.loads(raw)
+                    except ValueError:
+                        body = None
+                    for entry in parse_hosts(body):
+                        if entry.peer_id == self.peer_id:
+                            continue
+                        if self.replica.role_of(entry.peer_id) == "none":
+                            log.info("the node names %s as a host, but it holds no role in "
+                                     "the room: ignored", entry.peer_id)
+                            continue
+                        if self._ring.learn(entry.urls, entry.peer_id):
+                            log.info("learnt host %s at %s", entry.peer_id,
+                                     ", ".join(entry.urls))
+            await asyncio.sleep(self.failover.hosts_refresh_s)
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        for cb in list(self._connection_cbs):
             try:
-                await self._links.dial_url(self.url, signaling=self._signaling)
-                self.reconnects += 1
-                log.info("link to node %s is back", self.url)
-                return
-            except Exception as err:
-                log.info("reconnecting to %s: %s", self.url, getattr(err, "reason", err))
-            delay = min(5.0, delay * 2)
+                cb(event)
+            except Exception:  # an app's bug must not stop the failover
+                log.exception("a connection callback failed")
 
     def rooms_changed(self, est: Established, rooms: set[bytes]) -> None:
         """The node now shares these rooms with us: (re)attach or detach ours."""
@@ -288,16 +408,21 @@ class RoomClient(LinkService):
         shared = self.room_id in rooms
         if shared and est.peer not in self._runtime.peers():
             self._refusal = None
-            self._runtime.attach(est.peer)
+            self._attach(est.peer)
         elif not shared and est.peer in self._runtime.peers():
             self._runtime.detach(est.peer)
 
     def refused(self, est: Established, msg: Refused) -> None:
         """The node will not share our room with us (``open`` raises it)."""
-        if msg.room_id == self.room_id:
-            log.warning("node %s refused room %s: %s %s", est.peer, self.room_id.hex()[:16],
-                        msg.reason, msg.detail)
-            self._refusal = AdmissionRefused(msg.reason, msg.detail)
+        if msg.room_id != self.room_id:
+            return
+        log.warning("node %s refused room %s: %s %s", est.peer, self.room_id.hex()[:16],
+                    msg.reason, msg.detail)
+        if self._opened and msg.reason in FAILOVER_REFUSALS and self._links is not None:
+            # This node, not the room, refuses us: another host will take us.
+            self._links.close(est.peer, f"refused:{msg.reason}")
+            return
+        self._refusal = AdmissionRefused(msg.reason, msg.detail)
 
     def frame(self, est: Established, channel: str, data: bytes, room_id: bytes) -> None:
         """A room frame from the node."""
@@ -313,6 +438,7 @@ class RoomClient(LinkService):
             self.nack(est, msg)
         elif (self._runtime is not None and isinstance(msg, Ack)
                 and msg.room_id == self.room_id):
+            self._unacked.acked(msg.ids)
             self._runtime.mark_durable(msg.ids)
 
     def nack(self, est: Established, msg: Nack) -> None:
@@ -332,6 +458,8 @@ class RoomClient(LinkService):
         if rt is None:
             return
         # A callback's bug must not stop the room: log it and go on.
+        if isinstance(event, ChangeApplied) and event.peer is None:
+            self._unacked.add(event.change_id)  # ours: kept until a host acknowledges it
         try:
             if isinstance(event, ChangeApplied):
                 for cb in list(self._change_cbs):
@@ -405,6 +533,27 @@ class RoomClient(LinkService):
         admin removed us), or None while it shares it."""
         return self._refusal
 
+    def on_connection(self, callback: ConnectionCallback) -> None:
+        """Call ``callback(event)`` when the link to our host is lost (``Reconnecting``) and
+        when the client is linked to a host (``Connected``, ``failover`` true after a loss):
+        an app shows "reconnecting…" / "connected to X" with it."""
+        self._connection_cbs.append(callback)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is linked to a host now."""
+        return self._connected.is_set()
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The host URLs known for failover, in the order they are tried."""
+        return self._ring.urls
+
+    @property
+    def unacknowledged(self) -> int:
+        """How many of our changes no host has acknowledged yet (redelivered on failover)."""
+        return len(self._unacked)
+
     def on_change(self, callback: ChangeCallback) -> None:
         """Call ``callback(change_id, peer)`` after each change applied (peer None: ours)."""
         self._change_cbs.append(callback)
@@ -429,14 +578,16 @@ class RoomClient(LinkService):
 
 def connect(url: str, room_id: bytes | str, identity: Identity, *,
             ice: IceSettings | None = None, invite: str | None = None,
-            timeout_s: float = 30.0, signaling: str = "http") -> RoomClient:
+            timeout_s: float = 30.0, signaling: str = "http",
+            failover: FailoverSettings | None = None) -> RoomClient:
     """Join ``room_id`` (bytes or hex) through the node at ``url``; use as
     ``async with connect(...) as room``. Entering links to the node, syncs the scene, and, in
     a room that admits clients (or with an ``invite`` token), waits until we are a member.
     ``signaling``: how the WebRTC offer reaches the node, ``"http"`` (a POST) or
-    ``"websocket"``."""
+    ``"websocket"``. ``failover``: where to find the room's other hosts and how fast to
+    move to one when the node dies (``meshnode.client.failover``; on by default)."""
     rid = bytes.fromhex(room_id) if isinstance(room_id, str) else room_id
     if signaling not in ("http", "websocket"):
         raise ValueError("signaling must be 'http' or 'websocket'")
     return RoomClient(url, rid, identity, ice=ice or IceSettings(), invite=invite,
-                      timeout_s=timeout_s, signaling=signaling)
+                      timeout_s=timeout_s, signaling=signaling, failover=failover)

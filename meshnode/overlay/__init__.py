@@ -6,6 +6,7 @@ See ``meshnode.overlay.overlay`` for the driver surface and ``docs/architecture.
 from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.events import (
     ChangeApplied,
+    ChangeRedelivered,
     ConnectRequest,
     DisconnectRequest,
     EquivocationDetected,
@@ -22,6 +23,7 @@ __all__ = [
     "PRESENCE",
     "SYNC",
     "ChangeApplied",
+    "ChangeRedelivered",
     "ConnectRequest",
     "DisconnectRequest",
     "EquivocationDetected",

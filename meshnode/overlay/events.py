@@ -17,6 +17,17 @@ class ChangeApplied:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRedelivered:
+    """A leaf (a client of this node) sent a change this replica already holds: a client
+    that failed over redelivers the changes no node has acknowledged to it yet. The driver
+    acknowledges it again once it is durable here (nothing is applied twice)."""
+
+    change_id: bytes
+    peer: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceUpdated:
     """A participant's presence changed (``participant`` is their PeerID)."""
 
@@ -95,6 +106,7 @@ class DisconnectRequest:
 
 Event = (
     ChangeApplied
+    | ChangeRedelivered
     | PresenceUpdated
     | PresenceExpired
     | PeerMisbehaved

@@ -53,6 +53,7 @@ from meshnode.overlay.budget import IngressQuota, ReplyBudget
 from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.events import (
     ChangeApplied,
+    ChangeRedelivered,
     DisconnectRequest,
     EquivocationDetected,
     Event,
@@ -505,6 +506,9 @@ class RoomOverlay:
             elif res.status == DUPLICATE:
                 st.duplicates_in += 1
                 dup = res.change_id
+                if dup is not None and peer in self.leaves:
+                    # A client redelivering after a failover: it waits for our Ack.
+                    self._emit(ChangeRedelivered(dup, peer, now))
                 if msg.push and dup is not None:
                     if self._pulled.pop(dup, False) is None:
                         continue  # pulled before its push arrived: the pusher is our parent

@@ -22,11 +22,12 @@ from collections.abc import Callable
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
-from meshnode.identity import Identity
+from meshnode.identity import Identity, peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
     ChangeApplied,
+    ChangeRedelivered,
     ConnectRequest,
     DisconnectRequest,
     Event,
@@ -85,6 +86,8 @@ class RoomHost(LinkService):
         self._tasks = TaskSet("rooms", on_crash)
         self.sharing = RoomSharing(self.rooms, links, metrics)
         self._members: dict[bytes, dict[str, str]] = {}  # per room, to notice role changes
+        # Told the room ID of each invite redeemed (discovery dials the room's other hosts).
+        self.on_join: Callable[[bytes], None] | None = None
         links.register(self)
 
     @property
@@ -178,6 +181,8 @@ class RoomHost(LinkService):
             await self._host(record)
             self._rooms_changed()
         self._tasks.spawn(self._reach_inviter(invite), f"join {invite.room_id.hex()[:12]}")
+        if self.on_join is not None:
+            self.on_join(invite.room_id)
         return invite.room_id
 
     async def _reach_inviter(self, invite: Invite) -> None:
@@ -188,6 +193,12 @@ class RoomHost(LinkService):
             await asyncio.sleep(JOIN_GRACE_S)
         hosted = self.rooms.get(invite.room_id)
         if hosted is None or hosted.runtime.peers():
+            return
+        # A denied inviter is not dialled (the room may have other hosts; the policy refuses
+        # the inviter's hello anyway, whoever else answers at its URL). Only ``deny`` here:
+        # an invite may be signed by a person, and ``allow`` binds nodes.
+        issuer = peer_id_from_public_key(invite.issuer)
+        if self.links.policy_refusal(issuer, "client", "the inviter, named by an invite"):
             return
         for url in invite.urls:
             if url != self.url:
@@ -308,6 +319,11 @@ class RoomHost(LinkService):
                 asyncio.get_running_loop().call_later(
                     NACK_AFTER_S, self._nack_if_stuck, hosted, room_id, event.change_id,
                     event.peer, waiter)
+        elif isinstance(event, ChangeRedelivered):
+            if event.peer in hosted.clients:
+                self._tasks.spawn(self._ack_redelivered(hosted, room_id, event.change_id,
+                                                        event.peer),
+                                  f"ack {event.change_id.hex()[:12]}")
         elif isinstance(event, ConnectRequest):
             est = self.links.links.get(event.peer)
             if est is not None:
@@ -355,6 +371,19 @@ class RoomHost(LinkService):
             return
         self.metrics.nacks_sent.labels(failure.reason).inc()
         self.links.send_link(peer, Nack(room_id, (cid,), str(failure.reason)))
+
+    async def _ack_redelivered(self, hosted: HostedRoom, room_id: bytes, cid: bytes,
+                               peer: str) -> None:
+        """A client redelivered a change we hold (it failed over to us, or relinked before
+        our Ack reached it): acknowledge it once it is durable here, with its causal past
+        (guarantee 3 of ``store/durable.py``). A change held but never queued for the
+        store (a failed append) gets no Ack: the client keeps it."""
+        try:
+            await self.durable.wait_durable(room_id, cid)
+        except (KeyError, StoreError):
+            return
+        if peer in hosted.clients:
+            self.links.send_link(peer, Ack(room_id, (cid,)))
 
     def _report_replay(self, room_id: bytes, report: ReplayReport) -> None:
         """Stored changes that replay could not make visible are reported, never hidden."""

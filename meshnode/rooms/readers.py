@@ -8,7 +8,9 @@ and roles) answer only to
 - the operator (the admin token),
 - a peer that holds a role in the room (viewer or above), proven by a signed request,
 - for the genesis only, someone holding a valid invite for the room (the genesis is what a
-  client needs to redeem it; the invite carries the genesis already, so this gives nothing new).
+  client needs to redeem it; the invite carries the genesis already, so this gives nothing new);
+  the same for the room's hosts (whoever holds the room ID can find them in the DHT anyway,
+  and the invitee needs them to join).
 
 A browser's rights come from the room's rules and what the page proves, never from its address:
 see ``browser_access``.
@@ -44,6 +46,7 @@ class RoomPart(StrEnum):
     GENESIS = "genesis"
     HEADS = "heads"
     SNAPSHOT = "snapshot"
+    HOSTS = "hosts"
 
 
 class ReadRefused(StrEnum):
@@ -76,7 +79,8 @@ def may_read_room(admit: str, part: RoomPart, creds: Credentials) -> ReadRefused
     if creds.signer_role in READER_ROLES:
         return None
     if creds.invite_problem == "":
-        return None if part is RoomPart.GENESIS else ReadRefused.INVITE_NOT_FOR_THIS
+        return (None if part in (RoomPart.GENESIS, RoomPart.HOSTS)
+                else ReadRefused.INVITE_NOT_FOR_THIS)
     if creds.invite_problem is not None:
         return ReadRefused.BAD_INVITE
     if creds.signer_role is not None:

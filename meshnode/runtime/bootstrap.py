@@ -1,7 +1,8 @@
 """``Bootstrap``: how a node finds the mesh, and remembers where it found it.
 
 It stays linked to the configured bootstrap nodes (redialling while a link is down), dials
-a few nodes of the address book once at start, and records in the address book every node
+a few nodes of the address book once at start (not those the federation policy refuses),
+and records in the address book every node
 that links to us with a URL. Address-book reads and writes run in a worker thread: the
 store's calls block (an fsync may be under way).
 """
@@ -10,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from meshnode.federation.policy import FederationRefusal
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.tasks import TaskSet
 from meshnode.store import ChangeStore, StoreError
@@ -57,7 +59,8 @@ class Bootstrap(LinkService):
             self._tasks.spawn(self._keep_bootstrapped(url), f"bootstrap {url}")
         known = await asyncio.to_thread(self._store.known_peers, REDIAL_AT_START)
         for peer, url, _seen in known:
-            if url and url not in self._bootstrap and url != self._url():
+            if (url and url not in self._bootstrap and url != self._url()
+                    and self._links.federation.may_link(peer)):
                 self._tasks.spawn(dial_once(self._links, url), f"redial {peer[:12]}")
 
     async def aclose(self) -> None:
@@ -85,6 +88,13 @@ class Bootstrap(LinkService):
                     est = await self._links.dial_url(url)
                     peer = est.peer
                 except Exception as err:  # whatever went wrong, keep trying
-                    if getattr(err, "reason", None) != "duplicate":
+                    reason = getattr(err, "reason", None)
+                    if reason in tuple(FederationRefusal):
+                        # The node there is one the policy refuses: dialling it again
+                        # would only be refused again (a restart reads the URL anew).
+                        log.warning("bootstrap %s: its node is refused by the federation "
+                                    "policy (%s); not dialling it again", url, reason)
+                        return
+                    if reason != "duplicate":
                         log.info("bootstrap %s: %s (retrying)", url, describe_error(err))
             await asyncio.sleep(BOOTSTRAP_RETRY_S)

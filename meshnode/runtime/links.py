@@ -13,6 +13,14 @@ reserve an established slot while they open. Two links to one peer (both dialled
 resolved by keeping the one offered by the smaller PeerID, on both sides; a peer that dials
 again later (it restarted) replaces its old link.
 
+The operator's ``[federation]`` policy (``meshnode.federation``) is enforced here, on every
+way a link gets made: a denied or not-allowed node is never dialled when its PeerID is known
+beforehand (``dial_peer``, ``dial_url(expected_peer=...)``), a relayed offer from it is
+refused before it is answered, an HTTP offer that names a denied PeerID is refused before it
+is answered, and whatever got through (a bootstrap URL, an invite's URL, an offer that did not
+say who sent it) is closed as soon as the peer's hello names it, before any service hears of
+the link. Each refusal is logged and counted (``meshnode_federation_refused_total{reason}``).
+
 Messages after the hello are split here and fanned out to the registered services
 (``LinkService``: the node's room host and address book, media, discovery; the client's room):
 every service hears links come up and go down and every room frame (routed by room ID, read
@@ -33,6 +41,7 @@ from typing import Any
 
 import aiohttp
 
+from meshnode.federation.policy import FederationPolicy, FederationRefusal
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.runtime.outbox import Outbox
@@ -69,15 +78,29 @@ GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
 DUPLICATE_WINDOW_S = 10.0
+MAX_REFUSALS_SHOWN = 64  # federation refusals remembered for the status page, newest kept
 _STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
 
 
 class LinkRefused(Exception):
-    """A link could not be opened; ``reason`` is a metric label."""
+    """A link could not be opened; ``reason`` is a metric label (``denied`` and
+    ``not_allowed``: the federation policy refused the peer)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+
+
+@dataclass(slots=True)
+class PolicyRefusal:
+    """The federation policy refused links with ``peer``: ``count`` times, the last at
+    ``at`` (wall clock), ``how`` the last way the link was being made."""
+
+    peer: str
+    reason: str
+    how: str
+    at: float
+    count: int = 1
 
 
 @dataclass(slots=True)
@@ -151,9 +174,12 @@ class LinkManager:
                  metrics: NodeMetrics, *, max_links: int = 64, max_pending: int = 16,
                  pending_policy: PendingPolicy = PendingPolicy.EVICT_LEAST_ADVANCED,
                  clock: Callable[[], float] = time.time,
-                 on_crash: Callable[[str, BaseException], None] | None = None) -> None:
+                 on_crash: Callable[[str, BaseException], None] | None = None,
+                 federation: FederationPolicy | None = None) -> None:
         self.identity = identity
         self.me = identity.public_id
+        self.federation = (federation or FederationPolicy()).for_node(self.me)
+        self.refusals: dict[str, PolicyRefusal] = {}
         self.settings = settings
         self.local_hello = local_hello
         self.services: list[LinkService] = []
@@ -237,6 +263,34 @@ class LinkManager:
     def _evicted(self, reason: EvictReason) -> None:
         self.metrics.pending_evictions.labels("peer", reason.value).inc()
 
+    def policy_refusal(self, peer: str, kind: str, how: str) -> FederationRefusal | None:
+        """Whether the federation policy refuses a link with ``peer`` (whose hello says, or
+        would say, ``kind``); a refusal is logged, counted and remembered for the status
+        page. ``how``: the way the link was being made, for the log."""
+        reason = self.federation.refusal(peer, kind)
+        if reason is None:
+            return None
+        self.metrics.federation_refused.labels(reason.value).inc()
+        log.warning("federation: refused a link with %s (%s; %s)", peer, reason.value, how)
+        seen = self.refusals.pop(peer, None)
+        count = 1 if seen is None else seen.count + 1
+        self.refusals[peer] = PolicyRefusal(peer, reason.value, how, self.clock(), count)
+        while len(self.refusals) > MAX_REFUSALS_SHOWN:
+            del self.refusals[next(iter(self.refusals))]
+        return reason
+
+    def offer_refusal(self, claimed_peer: object) -> str | None:
+        """An HTTP offer names its sender (``"peer"``, unproven until the hello): if the
+        policy denies that PeerID, why the offer is refused before it is answered (None:
+        answer it; the hello is checked anyway). Only ``deny`` applies here: a client names
+        itself too, and ``allow`` binds nodes only."""
+        if not isinstance(claimed_peer, str):
+            return None
+        reason = self.policy_refusal(claimed_peer, "client", "HTTP offer, before answering")
+        if reason is None:
+            return None
+        return f"{reason.value}: this node's federation policy refuses {claimed_peer}"
+
     def neighbours(self) -> set[str]:
         """PeerIDs with an established link."""
         return set(self.links)
@@ -312,17 +366,24 @@ class LinkManager:
                 raise LinkRefused("refused", str(body.get("error", resp.status)))
             return body
 
-    async def dial_url(self, url: str, *, signaling: str = "http") -> Established:
+    async def dial_url(self, url: str, *, signaling: str = "http",
+                       expected_peer: str | None = None) -> Established:
         """Open a link to the node serving ``url`` (an ``http(s)://`` URL), exchanging SDP by
         ``signaling``: ``"http"`` (POST /signal/offer) or ``"websocket"`` (/signal/ws).
+        ``expected_peer``: the PeerID that must answer (discovery knows it: the federation
+        policy is asked before dialling, and a hello from anyone else fails ``wrong_peer``).
         Raises LinkRefused."""
         if signaling not in ("http", "websocket"):
             raise ValueError("signaling must be 'http' or 'websocket'")
+        if expected_peer is not None:
+            refused = self.policy_refusal(expected_peer, "node", f"dial to {url}")
+            if refused is not None:
+                raise LinkRefused(refused.value, f"{expected_peer} at {url}")
         if self._count() >= self.max_links:
             raise LinkRefused("too_many_links")
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
-        link = self._new_link("node", None)
+        link = self._new_link("node", expected_peer)
         self._opening += 1
         started = time.perf_counter()
         try:
@@ -385,6 +446,14 @@ class LinkManager:
         hello = await link.established()
         peer = link.peer_id
         assert peer is not None
+        refused = self.policy_refusal(
+            peer, hello.kind, "hello of a link " + ("we offered" if offered_by_us else
+                                                    "we answered"))
+        if refused is not None:
+            if ticket is not None:
+                self._pending_done(ticket)
+            await link.close(refused.value)
+            raise LinkRefused(refused.value, peer)
         old = self.links.get(peer)
         if ticket is not None:
             self._pending_done(ticket)
@@ -427,6 +496,13 @@ class LinkManager:
         """Open a link to ``peer`` through the mesh (relayed offer); in the background. The
         services hear ``link_up`` or, on failure, ``dial_failed``."""
         if peer in self.links or peer in self._dialing or peer == self.me:
+            return
+        if self.policy_refusal(peer, "node", "relayed dial asked by a room") is not None:
+            # Said at once (not from inside the caller's event handling): the room forgets
+            # the peer rather than asking again until its own timeout.
+            loop = asyncio.get_running_loop()
+            for service in self.services:
+                loop.call_soon(service.dial_failed, peer)
             return
         self._dialing.add(peer)
         self._spawn(self._dial_relayed(peer, timeout_s), f"dial-{peer[:12]}")
@@ -551,6 +627,13 @@ class LinkManager:
             pending[2].set_exception(LinkRefused("refused", sig.sdp))
 
     async def _answer_relayed(self, sig: Signal) -> None:
+        refused = self.policy_refusal(sig.src, "node", "relayed offer, before answering")
+        if refused is not None:
+            reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "error",
+                           f"{refused.value}: refused by the node's federation policy")
+            for fwd in self.relay.originate(reply, self.neighbours()):
+                self.send_link(fwd.peer, fwd.signal)
+            return
         if sig.src in self.links or self._count() >= self.max_links:
             reply = Signal(self.me, sig.src, DEFAULT_TTL, sig.nonce, "error",
                            "already linked" if sig.src in self.links else "too many links")

@@ -10,7 +10,9 @@ log line — throttled per reason — and ``meshnode_http_refused_total{reason}`
   ``http://<ip>:<port>`` is this node's own origin.)
 - **Origin** (admin routes, WebSocket upgrades, browser offers): a browser's ``Origin`` must be
   this node's own (same host and port as ``Host``, or ``public_url``'s): ``403 foreign_origin``.
-  Requests without ``Origin`` come from programs, not pages, and pass.
+  Requests without ``Origin`` come from programs, not pages, and pass. One exception, for
+  failover: a browser offer from the origin of a node that hosts the room with us passes
+  (``foreign_page_ok``; the offer's route checks the room: ``meshnode.web.host_origins``).
 - **Admin routes** (``admin_only``): loopback peers only (``403 not_loopback``), the admin token
   as ``Authorization: Bearer <token>`` (``401 admin_token_missing``, ``403 admin_token_wrong``),
   and bodies of ``Content-Type: application/json`` only (``415 not_json``), which a page can
@@ -170,8 +172,10 @@ class Guard:
 
     def __init__(self, *, policy: HostPolicy, token: AdminTokenFile, offers: SourceBuckets,
                  count: Callable[[str], None], body_timeout_s: float = 10.0,
-                 verifier: RequestVerifier | None = None) -> None:
+                 verifier: RequestVerifier | None = None,
+                 foreign_page_ok: Callable[[str], bool] | None = None) -> None:
         self.policy = policy
+        self.foreign_page_ok = foreign_page_ok
         self.token = token
         self.offers = offers
         self.body_timeout_s = body_timeout_s
@@ -216,7 +220,7 @@ class Guard:
                 "(a loopback name, its listen address, or the host of its public_url)")
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
         if (websocket or (request.method == "POST" and request.path in ORIGIN_CHECKED_POSTS)) \
-                and not self.origin_ok(request):
+                and not self.origin_ok(request) and not self._host_page(request, websocket):
             return self._foreign_origin(request)
         if request.method == "POST" and request.path in OFFER_PATHS:
             wait = self.offers.take(request.remote, time.monotonic())
@@ -238,6 +242,12 @@ class Guard:
         """Whether the request's ``Origin`` (if any) is this node's own."""
         return origin_allowed(request.headers.get("Origin"), request.headers.get("Host"),
                               self.policy.public_url)
+
+    def _host_page(self, request: web.Request, websocket: bool) -> bool:
+        """A browser offer from a page of one of our rooms' other hosts (failover)."""
+        origin = request.headers.get("Origin")
+        return (not websocket and self.foreign_page_ok is not None and origin is not None
+                and self.foreign_page_ok(origin))
 
     def _foreign_origin(self, request: web.Request) -> web.Response:
         return self.refuse(request, 403, Refusal.FOREIGN_ORIGIN,

@@ -4,7 +4,9 @@ Every request passes the guard first (``meshnode.signaling.guard``): a ``Host`` 
 this node (else 421), per-address offer rates (429), header and body timeouts.
 
 Public (any peer may call):
-    POST /signal/offer                 {"sdp": offer}  ->  {"sdp": answer, "peer": PeerID}
+    POST /signal/offer                 {"sdp": offer, "peer": sender's PeerID (optional)}
+                                       ->  {"sdp": answer, "peer": PeerID}; 403 if the
+                                       federation policy denies the named sender
     GET  /signal/ws                    WebSocket (this node's pages or programs only: a foreign
                                        Origin gets 403): {"type": "offer", "sdp"} ->
                                        {"type": "answer", "sdp", "peer"} or {"type": "error",
@@ -18,6 +20,11 @@ the 404 of an unknown room; see meshnode.rooms.readers):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
     GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
+    GET  /api/rooms/{room}/hosts       [{"peer_id", "urls", "addrs", "live"}]: the room's live
+                                       hosts (meshnode.discovery); for a room this node does
+                                       not host, the admin API only (it runs a DHT lookup)
+    GET  /api/libp2p                   {"peer_id", "addrs"}: where this node's libp2p host
+                                       listens (seeds a peer's DHT); 404 when discovery is off
 Admin (loopback only, ``Authorization: Bearer <admin token>``, JSON bodies only, no foreign
 Origin; the CLI uses these):
     GET  /status                       the operator's status page (HTML; loopback and Host
@@ -50,6 +57,7 @@ from aiohttp import web
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied
+from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import BrowserAccess, RoomPart
@@ -60,6 +68,7 @@ from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
 from meshnode.store import StoreFailure
+from meshnode.web.host_origins import HostOrigins
 from meshnode.web.rooms import RoomAccess
 from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
 from protocol.errors import DecodeError
@@ -67,6 +76,7 @@ from protocol.errors import DecodeError
 log = logging.getLogger("meshnode.http")
 
 WS_OFFERS_PER_S = 1.0
+HOSTS_TIMEOUT_S = 5.0  # default wait of GET /api/rooms/{room}/hosts for the DHT
 WS_OFFER_BURST = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,7 +132,11 @@ class NodeApi:
     ``healthy()`` says whether the node can take writes (its store is open);
     ``store_failure()`` why its commits fail now (None: they do not). ``config`` gives the
     listen address, ``public_url``, the data directory (the admin token), the HTTP limits and
-    the browsers' settings.
+    the browsers' settings. ``find_hosts(room_id, timeout)`` finds a room's hosts
+    (``RoomDiscovery.find_hosts``, or only those known without the DHT when discovery is
+    off); ``discovery()`` says whether discovery runs and why not. ``offer_refusal(peer)``:
+    why an offer naming ``peer`` as its sender is refused before it is answered
+    (``LinkManager.offer_refusal``; None: answer it).
     """
 
     view: NodeView
@@ -131,6 +145,11 @@ class NodeApi:
     healthy: Callable[[], bool]
     store_failure: Callable[[], StoreFailure | None]
     config: NodeConfig
+    find_hosts: Callable[[bytes, float], Awaitable[list[HostRecord]]] | None = None
+    discovery: Callable[[], DiscoveryState] | None = None
+    host_origins: HostOrigins | None = None
+    """The web origins of our rooms' other hosts: their pages may offer cross-origin."""
+    offer_refusal: Callable[[object], str | None] = lambda peer: None
 
 
 @contextlib.asynccontextmanager
@@ -176,7 +195,8 @@ def build_app(node: NodeApi) -> web.Application:
                   token=AdminTokenFile(cfg.data_dir / ADMIN_TOKEN_FILE),
                   offers=SourceBuckets(cfg.offers_per_s, cfg.offer_burst),
                   count=lambda reason: metrics.http_refused.labels(reason).inc(),
-                  body_timeout_s=cfg.body_timeout_s)
+                  body_timeout_s=cfg.body_timeout_s,
+                  foreign_page_ok=node.host_origins.known if node.host_origins else None)
     guard.token.ensure()
     # keepalive_timeout is armed when a connection opens, so it also bounds the wait for the
     # first request head (aiohttp >= 3.14): a half-sent header is closed after it.
@@ -214,6 +234,9 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def offer(request: web.Request) -> web.Response:
         body = await _json_body(request, MAX_OFFER_BYTES)
+        refused = node.offer_refusal(body.get("peer"))
+        if refused is not None:
+            return _error(403, refused)
         status, text = await answer_offer(body.get("sdp"), request.remote)
         if status != 200:
             return _error(status, text)
@@ -299,7 +322,44 @@ def build_app(node: NodeApi) -> web.Application:
                             content_type="text/plain", charset="utf-8")
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(node_status(view))
+        body = node_status(view)
+        if node.discovery is not None:
+            body["discovery"] = node.discovery().to_json()
+        return web.json_response(body)
+
+    async def find_hosts(request: web.Request) -> web.Response:
+        try:
+            room_id = bytes.fromhex(request.match_info["room"])
+            timeout = min(max(float(request.query.get("timeout", HOSTS_TIMEOUT_S)), 0.5), 30.0)
+        except ValueError:
+            return _error(400, "expected /api/rooms/<room ID: 64 hex digits>/hosts"
+                               "[?timeout=seconds]")
+        if len(room_id) != 32 or node.find_hosts is None:
+            return _error(400 if len(room_id) != 32 else 404,
+                          "a room ID is 64 hex digits" if len(room_id) != 32
+                          else "this node cannot look up hosts")
+        records = await node.find_hosts(room_id, timeout)
+        return web.json_response([r.to_json() for r in records if r.live])
+
+    admin_find_hosts = admin_only(find_hosts)
+
+    async def room_hosts(request: web.Request) -> web.StreamResponse:
+        # A hosted room answers like its other reads (open, a member's signature, the admin
+        # token); any other room only on the admin API: a stranger must not learn which
+        # rooms are hosted here, nor use this node to run DHT lookups for it.
+        hosted = None
+        with contextlib.suppress(ValueError):
+            hosted = view.rooms.get(bytes.fromhex(request.match_info["room"]))
+        if hosted is None or guard.is_operator(request):
+            return await admin_find_hosts(request)
+        room_or_404(request, RoomPart.HOSTS)
+        return await find_hosts(request)
+
+    async def libp2p_info(request: web.Request) -> web.Response:
+        state = node.discovery() if node.discovery is not None else None
+        if state is None or not state.on:
+            return _error(404, "discovery is off on this node")
+        return web.json_response({"peer_id": state.peer_id, "addrs": list(state.addrs)})
 
     async def status_page(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC_DIR / "status.html")
@@ -398,6 +458,8 @@ def build_app(node: NodeApi) -> web.Application:
     app.router.add_get("/api/rooms/{room}/genesis", genesis)
     app.router.add_get("/api/rooms/{room}/heads", heads)
     app.router.add_get("/api/rooms/{room}/snapshot", snapshot)
+    app.router.add_get("/api/rooms/{room}/hosts", room_hosts)
+    app.router.add_get("/api/libp2p", libp2p_info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/status", admin_only(status))
@@ -430,4 +492,36 @@ def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
                    max_browsers=node.config.max_browsers, access=access,
                    max_pending_browsers=node.config.max_pending_browsers,
                    handshake_timeout_s=node.config.handshake_timeout_s,
-                   metrics=node.view.metrics)
+                   metrics=node.view.metrics, cross_origin=_cross_origin(node.host_origins),
+                   hosts=_host_urls(node))
+
+
+def _host_urls(node: NodeApi) -> Callable[[str], Awaitable[list[str]]] | None:
+    """The URLs of a room's live hosts but this node (a browser page's failover list)."""
+    find = node.find_hosts
+    if find is None:
+        return None
+
+    async def urls(room_hex: str) -> list[str]:
+        records = await find(bytes.fromhex(room_hex), 2.0)
+        return [u for r in records if r.live and r.peer_id != node.view.peer_id
+                for u in r.urls][:32]
+
+    return urls
+
+
+def _cross_origin(origins: HostOrigins | None) -> Callable[[str, str | None], bool] | None:
+    """Whether a foreign page may offer for a room (None: for any): the room's other hosts'
+    pages only (``meshnode.web.host_origins``)."""
+    if origins is None:
+        return None
+
+    def allowed(origin: str, room_hex: str | None) -> bool:
+        if room_hex is None:
+            return origins.known(origin)
+        try:
+            return origins.allows(origin, bytes.fromhex(room_hex))
+        except ValueError:
+            return False
+
+    return allowed

@@ -43,8 +43,9 @@ __all__ = [
 DB_FILENAME = "meshnode.db"
 """Conventional name of the database file inside a node's data directory."""
 
-SCHEMA_VERSION = 1
-"""The schema this code writes; older schemas would be migrated, newer ones are refused."""
+SCHEMA_VERSION = 2
+"""The schema this code writes; older schemas are migrated, newer ones are refused.
+2: adds ``dht_peers`` (the DHT routing table kept across restarts)."""
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -105,6 +106,14 @@ CREATE TABLE IF NOT EXISTS peers (
     seen_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS peers_by_seen ON peers(seen_at);
+
+-- The DHT's routing table (meshnode.discovery), kept across restarts: libp2p multiaddrs as a
+-- JSON list of strings.
+CREATE TABLE IF NOT EXISTS dht_peers (
+    peer_id TEXT PRIMARY KEY,
+    addrs   TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
@@ -342,7 +351,8 @@ class ChangeStore:
             try:
                 # Read again under the write lock: another process may have created it since.
                 if ChangeStore._schema_version(conn, path) < SCHEMA_VERSION:
-                    # Version 0 is a new file; later versions add their migrations here.
+                    # Version 0 is a new file; 1 -> 2 adds a table. Every statement is
+                    # CREATE ... IF NOT EXISTS, so rerunning them is the migration.
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             conn.execute(statement)
@@ -644,6 +654,41 @@ class ChangeStore:
         """Remove a peer from the address book; a no-op if it is not there."""
         with self._write("forgetting a peer") as conn:
             conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+
+    def remember_dht_peers(self, peers: Sequence[tuple[str, Sequence[str], float]],
+                           limit: int = 512) -> None:
+        """Record DHT peers ``(peer_id, multiaddrs, seen_at)`` (the discovery routing table);
+        beyond ``limit`` the least recently seen are forgotten."""
+        rows = [(p, json.dumps(list(a)), s) for p, a, s in peers]
+        with self._write("remembering DHT peers") as conn:
+            conn.executemany(
+                "INSERT INTO dht_peers (peer_id, addrs, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET addrs = excluded.addrs,"
+                " seen_at = excluded.seen_at WHERE excluded.seen_at >= dht_peers.seen_at",
+                rows,
+            )
+            conn.execute(
+                "DELETE FROM dht_peers WHERE peer_id NOT IN (SELECT peer_id FROM dht_peers"
+                " ORDER BY seen_at DESC, peer_id LIMIT ?)",
+                (limit,),
+            )
+
+    def known_dht_peers(self, limit: int = 64) -> list[tuple[str, tuple[str, ...], float]]:
+        """Up to ``limit`` DHT peers as ``(peer_id, multiaddrs, seen_at)``, most recent
+        first (rows whose addresses do not parse are skipped)."""
+        with self._read("listing DHT peers") as conn:
+            rows = conn.execute(
+                "SELECT peer_id, addrs, seen_at FROM dht_peers ORDER BY seen_at DESC,"
+                " peer_id LIMIT ?", (max(0, limit),)).fetchall()
+        out = []
+        for peer, addrs, seen in rows:
+            try:
+                parsed = json.loads(addrs)
+            except ValueError:
+                continue
+            if isinstance(parsed, list) and all(isinstance(a, str) for a in parsed):
+                out.append((str(peer), tuple(parsed), float(seen)))
+        return out
 
     # ------------------------------------------------------------------ node state
 

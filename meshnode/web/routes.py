@@ -13,20 +13,29 @@
   see), 415 (not JSON) or 503 (the node serves ``max_browsers`` browsers already, or newer
   offers took this one's place among the connections still opening: see
   ``meshnode.web.browser_link``).
+- ``GET /api/browser/hosts?room=<hex>`` (``Meshnode-Invite`` header or the admin token, as
+  for an offer) → ``{"hosts": [url, ...]}``: where the room's other hosts serve, the page's
+  failover candidates (404 as for an offer if the browser may not see the room).
+- ``OPTIONS /api/browser/offer``: the CORS preflight. A page of another host of one of our
+  rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer cross-origin, with
+  ``Content-Type`` only (never ``Authorization``): its page fails over to this node when its
+  own dies. The offer is then judged for its room (403 ``foreign_origin`` if that origin's node
+  does not host it); the answers carry ``Access-Control-Allow-Origin``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from meshnode.metrics import NodeMetrics
-from meshnode.rooms.readers import BrowserAccess
+from meshnode.rooms.readers import INVITE_HEADER, BrowserAccess
+from meshnode.signaling.guard import GUARD, Refusal
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
 from meshnode.web.media import BrowserMediaHost, MediaRights, MediaSetup
@@ -59,6 +68,8 @@ def add_web_routes(
     max_pending_browsers: int = 16,
     handshake_timeout_s: float = OPEN_TIMEOUT_S,
     metrics: NodeMetrics | None = None,
+    cross_origin: Callable[[str, str | None], bool] | None = None,
+    hosts: Callable[[str], Awaitable[list[str]]] | None = None,
     media: BrowserMediaHost | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
@@ -70,9 +81,13 @@ def add_web_routes(
     read-only) or ``NONE`` (404, as for a room this node does not host). At most
     ``max_browsers`` browsers are connected at once, and apart from them at most
     ``max_pending_browsers`` are connecting, each for at most ``handshake_timeout_s`` (counted
-    in ``metrics`` if given); the connections are closed when the app shuts down. ``media``
-    relays the browsers' voice and video (None: none; see ``meshnode.web.media``): a page that
-    reads the room may receive, one that edits it may publish too.
+    in ``metrics`` if given); the connections are closed when the app shuts down.
+    ``cross_origin(origin, room_hex)`` says whether a page from a foreign ``origin`` may offer
+    for that room (``room_hex`` None: for any room, the preflight's question); without it no
+    foreign page may. ``hosts(hex)`` lists the URLs of the room's other hosts (none without
+    it). ``media`` relays the browsers' voice and video (None: none; see
+    ``meshnode.web.media``): a page that reads the room may receive, one that edits it may
+    publish too.
     """
     links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
                          open_timeout_s=handshake_timeout_s, metrics=metrics)
@@ -98,7 +113,43 @@ def add_web_routes(
             servers.append(entry)
         return web.json_response({"iceServers": servers}, headers=_NO_CACHE)
 
+    async def get_hosts(request: web.Request) -> web.Response:
+        room_hex = request.query.get("room", "").lower()
+        if not _ROOM_HEX.match(room_hex):
+            return _error(400, "expected ?room=<room ID in hex>")
+        room = rooms(room_hex)
+        if room is None or (access is not None and access(
+                room_hex, request, request.headers.get(INVITE_HEADER)) is BrowserAccess.NONE):
+            return _error(404, f"this node does not host room {room_hex}")
+        urls = await hosts(room_hex) if hosts is not None else []
+        return web.json_response({"hosts": urls}, headers=_NO_CACHE)
+
+    def foreign_origin(request: web.Request) -> str | None:
+        """The request's ``Origin`` if it is not this node's own (None: own, or a program)."""
+        guard = request.app.get(GUARD)
+        origin = request.headers.get("Origin")
+        if origin is None or guard is None or guard.origin_ok(request):
+            return None
+        return origin
+
+    async def preflight(request: web.Request) -> web.Response:
+        origin = foreign_origin(request)
+        if origin is None or cross_origin is None or not cross_origin(origin, None):
+            return _error(403, "pages from other sites may not offer to this node")
+        return web.Response(status=204, headers={
+            "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600",
+            "Vary": "Origin"})
+
     async def post_offer(request: web.Request) -> web.Response:
+        origin = foreign_origin(request)
+        answer = await offer_answer(request, origin)
+        if origin is not None and answer.status != 403:
+            answer.headers["Access-Control-Allow-Origin"] = origin
+            answer.headers["Vary"] = "Origin"
+        return answer
+
+    async def offer_answer(request: web.Request, origin: str | None) -> web.Response:
         if request.content_type != "application/json":
             return _error(415, "send the offer as application/json")
         if request.content_length is not None and request.content_length > MAX_OFFER_BODY:
@@ -120,6 +171,14 @@ def add_web_routes(
             return _error(400, '"room" must be a room ID in hex')
         if type(sdp) is not str or not sdp:
             return _error(400, '"sdp" must be the offer SDP (a string)')
+        if origin is not None and (cross_origin is None or "Authorization" in request.headers
+                                   or not cross_origin(origin, room_hex.lower())):
+            guard = request.app.get(GUARD)
+            if guard is not None:
+                guard.note(request, Refusal.FOREIGN_ORIGIN,
+                           f"{origin} for room {room_hex[:16]}")
+            return _error(403, f"pages from {origin} may not join room {room_hex} here: only "
+                               "this node's own pages and those of the room's other hosts may")
         room = rooms(room_hex.lower())
         rights = BrowserAccess.EDIT
         if room is not None and access is not None:
@@ -146,6 +205,8 @@ def add_web_routes(
     app.router.add_get("/", index)
     app.router.add_get("/api/default-room", get_default_room)
     app.router.add_get("/api/ice", get_ice)
+    app.router.add_get("/api/browser/hosts", get_hosts)
     app.router.add_post("/api/browser/offer", post_offer)
+    app.router.add_route("OPTIONS", "/api/browser/offer", preflight)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     app.on_shutdown.append(close_links)

@@ -761,9 +761,10 @@ async def test_the_page_edits_and_follows_the_room_in_chromium(
             '"transform": {"position": [1, 2, 3]}, "appearance": {"color": "#3060ff"}})'
         )
         entity = room.replica.state()[cube]
+        op = entity["components"]["op"]  # the page tags its creates (failover redelivery)
         assert entity == {"parent": "root", "components": {
             "name": {"value": "cube"}, "transform": {"position": [1, 2, 3]},
-            "appearance": {"color": "#3060ff"},
+            "appearance": {"color": "#3060ff"}, "op": op,
         }}
         assert cube.startswith(room.me + "/")
         assert (await page.evaluate("window.meshnode.state()"))[cube] == entity

@@ -29,9 +29,11 @@ class NodeProcess:
     """One node in its own process, with its own data directory."""
 
     def __init__(self, data_dir: Path, *, args: list[str] | None = None,
-                 config: str = LOOPBACK_CONFIG) -> None:
+                 config: str = LOOPBACK_CONFIG, prefix: list[str] | None = None) -> None:
+        """``prefix``: a command the node runs under (``["ip", "netns", "exec", NS]``)."""
         self.data_dir = data_dir
         self.args = args or []
+        self.prefix = prefix or []
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir.parent / f"{data_dir.name}.toml"
         self.config_path.write_text(config)
@@ -45,8 +47,8 @@ class NodeProcess:
               env: dict[str, str] | None = None) -> "NodeProcess":
         """Start and wait until it prints its URL (``env``: extra environment variables, e.g.
         a ``tests.fakeclock.WallClock``'s)."""
-        cmd = [sys.executable, "-m", "meshnode", "up", "--config", str(self.config_path),
-               "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
+        cmd = [*self.prefix, sys.executable, "-m", "meshnode", "up", "--config",
+               str(self.config_path), "--data-dir", str(self.data_dir), "--listen", "127.0.0.1:0",
                *self.args, *(extra or [])]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=dict(os.environ, PYTHONUNBUFFERED="1",

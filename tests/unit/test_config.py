@@ -16,6 +16,7 @@ from meshnode.config import (
     load_config,
     parse_listen,
 )
+from meshnode.federation import FederationPolicy
 from meshnode.transport.ice import IceServer, IceSettings
 
 FULL_EXAMPLE = """
@@ -62,6 +63,21 @@ header_timeout_s = 5
 body_timeout_s = 7.5
 offers_per_s = 1.5
 offer_burst = 8
+
+[discovery]
+enabled = true
+port = 4001
+dht_mode = "server"
+announce_interval_s = 300
+mdns = false
+mdns_interfaces = ["eth1", "192.168.7.2"]
+
+[federation]
+deny = ["12D3KooWD64rs2AHM3B3ReRkt9Lpb5JCL1aGDpSSHfrfYZnjvWuj"]
+allow = ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"]
+announce = false
+no_announce = ["abababababababababababababababababababababababababababababababab"]
+announce_rooms = ["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"]
 """
 
 
@@ -132,6 +148,14 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         body_timeout_s=7.5,
         offers_per_s=1.5,
         offer_burst=8,
+        discovery_port=4001,
+        discovery_announce_interval_s=300.0,
+        mdns=False,
+        mdns_interfaces=("eth1", "192.168.7.2"),
+        federation=FederationPolicy.build(
+            ["12D3KooWD64rs2AHM3B3ReRkt9Lpb5JCL1aGDpSSHfrfYZnjvWuj"],
+            ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"],
+            ["ab" * 32], ["cd" * 32], announce_default=False),
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.

@@ -10,16 +10,30 @@
 //   name       {value: "text"}         the label (name.text is read too, for older scenes)
 //   appearance {color: "#rrggbb"}
 //
+//   op         {id: "hex"}                set by this page on the entities it creates: a create
+//                                          redelivered after a failover is recognised by it
+//
+// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts).
+// When its node dies (the data channel closes, or the connection stays "disconnected" for
+// DISCONNECTED_GRACE_MS), it offers to those hosts in turn (cross-origin: a node lets the
+// pages of its room's other hosts in), round-robin with a bounded backoff, and redelivers the
+// edits no node has acknowledged: those the new host's state already shows are settled, the
+// others are sent again. Edits wait; none is lost or made twice.
+//
 // For automation (tests), window.meshnode = {ready, state(), presence(), info(),
 // createEntity(parent, components) -> Promise<id>, setField(id, component, field, value),
-// moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view, media}
-// (media: see media.js).
+// moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view,
+// connection() -> {url, hosts, failovers}, media} (media: see media.js).
 
 import { createMedia } from "./media.js";
 
 const PRESENCE_INTERVAL_MS = 250; // at most 4 presence updates a second
 const GATHER_TIMEOUT_MS = 5000;
 const CONNECT_TIMEOUT_MS = 20000;
+const DISCONNECTED_GRACE_MS = 3000;
+const HOSTS_REFRESH_MS = 10000;
+const FAILOVER_WELCOME_MS = 10000;
+const BACKOFF_MS = [250, 500, 1000, 2000];
 
 // ------------------------------------------------------------------ connection and state
 
@@ -31,7 +45,14 @@ let welcomed = false;
 let pc = null;
 let channel = null;
 let nextReq = 1;
-const pending = new Map(); // req -> {resolve, reject}
+const pending = new Map(); // req -> {resolve, reject, msg}: not yet acknowledged
+let room = null; // hex ID
+let iceServers = [];
+let nodeUrl = ""; // "" while on the node that served the page, else the host's origin
+let hosts = []; // the room's other hosts' URLs (failover candidates)
+let failovers = 0;
+let failingOver = false;
+let welcomeWaiter = null;
 const changeListeners = new Set();
 
 let readyResolve;
@@ -50,12 +71,14 @@ function send(msg) {
 function request(msg) {
   return new Promise((resolve, reject) => {
     const req = nextReq++;
-    pending.set(req, { resolve, reject });
+    pending.set(req, { resolve, reject, msg });
     try {
       send({ ...msg, req });
     } catch (err) {
-      pending.delete(req);
-      reject(err);
+      if (!failingOver) {
+        pending.delete(req);
+        reject(err);
+      } // else kept: sent to the next host
     }
   });
 }
@@ -74,6 +97,10 @@ function takeState(msg) {
   scene = partial.state;
   partial.state = null;
   changed();
+  if (welcomeWaiter) {
+    welcomeWaiter();
+    welcomeWaiter = null;
+  }
   if (!welcomed && info) {
     welcomed = true;
     readyResolve({ ...info });
@@ -179,37 +206,169 @@ function gatheringComplete(peer) {
 }
 
 async function connect() {
-  const room = await pickRoom();
-  let iceServers = [];
+  room = await pickRoom();
   try {
     const resp = await fetch("/api/ice");
     if (resp.ok) iceServers = (await resp.json()).iceServers || [];
   } catch {
     // no STUN/TURN: host candidates only
   }
+  await openSession("");
+  ready.then(() => learnHosts());
+}
+
+// One connection to the node at `base` ("": the page's own); resolves once the offer is
+// answered (the welcome follows on the channel).
+async function openSession(base) {
   // One transport for the data channel and every media m-line added later (media.js).
-  pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
-  channel = pc.createDataChannel("client", { ordered: true });
-  channel.onmessage = (ev) => onMessage(ev.data);
-  channel.onclose = () => failAll("the connection to the node closed (reload to reconnect)");
-  pc.onconnectionstatechange = () => {
-    if (pc.connectionState === "failed") failAll("the connection to the node failed");
+  const peer = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+  const ch = peer.createDataChannel("client", { ordered: true });
+  if (pc) {
+    pc.close();
+    media.reset(); // what was sent and received rode on the old connection
+  }
+  pc = peer;
+  channel = ch;
+  const lost = (why) => {
+    if (ch !== channel) return; // an older connection
+    if (welcomed) failOver(why);
+    else failAll(why);
   };
-  await pc.setLocalDescription(await pc.createOffer());
-  await gatheringComplete(pc);
-  const offer = { room, sdp: pc.localDescription.sdp };
+  let graceTimer = null;
+  ch.onmessage = (ev) => {
+    if (ch === channel) onMessage(ev.data);
+  };
+  ch.onclose = () => lost("the connection to the node closed");
+  peer.onconnectionstatechange = () => {
+    clearTimeout(graceTimer);
+    if (peer.connectionState === "failed") lost("the connection to the node failed");
+    else if (peer.connectionState === "disconnected")
+      graceTimer = setTimeout(() => lost("the node stopped answering"), DISCONNECTED_GRACE_MS);
+  };
+  await peer.setLocalDescription(await peer.createOffer());
+  await gatheringComplete(peer);
+  const offer = { room, sdp: peer.localDescription.sdp };
   const headers = { "Content-Type": "application/json" };
   const { invite, adminToken } = credentials();
   if (invite) offer.invite = invite;
-  if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
-  const resp = await fetch("/api/browser/offer", {
+  // The admin token proves the operator of the page's own node only: never sent elsewhere.
+  if (adminToken && !base) headers.Authorization = `Bearer ${adminToken}`;
+  const resp = await fetch(`${base}/api/browser/offer`, {
     method: "POST",
     headers,
     body: JSON.stringify(offer),
   });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(`the node refused to connect (${resp.status}): ${body.error || ""}`);
-  await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+  await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
+}
+
+// Ask the page's own node for the room's hosts now and every HOSTS_REFRESH_MS (while it lives).
+async function learnHosts() {
+  while (!nodeUrl) {
+    try {
+      const headers = {};
+      const { invite, adminToken } = credentials();
+      if (invite) headers["Meshnode-Invite"] = invite;
+      if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
+      const resp = await fetch(`/api/browser/hosts?room=${room}`, { headers });
+      if (resp.ok) {
+        const found = [];
+        for (const u of (await resp.json()).hosts || []) {
+          const url = hostOrigin(u);
+          if (url && url !== location.origin && !found.includes(url)) found.push(url);
+        }
+        for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
+        hosts = found.slice(0, 32);
+      }
+    } catch {
+      // the node is busy or gone: the next round, or the failover, sees
+    }
+    await new Promise((r) => setTimeout(r, HOSTS_REFRESH_MS));
+  }
+}
+
+function hostOrigin(u) {
+  try {
+    const url = new URL(u);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.origin : null;
+  } catch {
+    return null;
+  }
+}
+
+// The node is gone: offer to the room's other hosts, round-robin after the one lost (the
+// lost one last: it may come back), with a bounded backoff between rounds, until one welcomes
+// us; then redeliver what no node acknowledged.
+async function failOver(why) {
+  if (failingOver) return;
+  failingOver = true;
+  setStatus("connecting", `reconnecting… (${why})`);
+  const lost = nodeUrl || location.origin;
+  for (let round = 0; ; round++) {
+    const all = [location.origin, ...hosts.filter((u) => u !== location.origin)];
+    const i = all.indexOf(lost);
+    const order = [...all.slice(i + 1), ...all.slice(0, i + 1)];
+    for (const url of order) {
+      try {
+        const welcomed = new Promise((resolve, reject) => {
+          welcomeWaiter = resolve;
+          setTimeout(() => reject(new Error("no welcome")), FAILOVER_WELCOME_MS);
+        });
+        welcomed.catch(() => {}); // awaited below unless the offer fails first
+        await openSession(url === location.origin ? "" : url);
+        await welcomed;
+        nodeUrl = url === location.origin ? "" : url;
+        failovers += 1;
+        failingOver = false;
+        setStatus("connected", `connected to ${url}`);
+        redeliver();
+        return;
+      } catch (err) {
+        welcomeWaiter = null;
+        console.info(`meshnode: failover to ${url}: ${err.message}`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, BACKOFF_MS[Math.min(round, BACKOFF_MS.length - 1)]));
+  }
+}
+
+// After a failover: settle the unacknowledged edits the new host's state already shows (the
+// dead node applied them and they reached this one), send the others again (same req).
+function redeliver() {
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  for (const [req, { msg }] of [...pending.entries()].sort((a, b) => a[0] - b[0])) {
+    let done = false;
+    let made = null;
+    if (msg.t.startsWith("media_")) {
+      // About the old connection's media lines: the new node knows none of them.
+      settle(req, false, { error: "the connection to the node was replaced" });
+      continue;
+    }
+    if (msg.t === "create") {
+      const tag = msg.components.op && msg.components.op.id;
+      made = Object.keys(scene).find((id) => {
+        const op = scene[id].components && scene[id].components.op;
+        return op && op.id === tag;
+      });
+      done = made !== undefined;
+    } else if (msg.t === "set") {
+      const comp = scene[msg.id] && scene[msg.id].components[msg.component];
+      done = comp !== undefined && same(comp[msg.field], msg.value);
+    } else if (msg.t === "move") {
+      done = scene[msg.id] !== undefined && scene[msg.id].parent === msg.parent;
+    } else if (msg.t === "delete") {
+      done = !(msg.id in scene);
+    }
+    if (done) settle(req, true, made ? { id: made } : {});
+    else {
+      try {
+        send({ ...msg, req });
+      } catch {
+        return; // lost again: the next failover redelivers
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ reading entities
@@ -908,14 +1067,21 @@ function initPointer(canvas) {
 
 // ------------------------------------------------------------------ automation API
 
+function opId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 const api = {
   ready,
   state: () => structuredClone(scene),
   presence: () => structuredClone(presence),
   people: () => presenceEntries().map(([key, fields]) => ({ key, ...structuredClone(fields) })),
   info: () => (info ? { ...info } : null),
+  connection: () => ({ url: nodeUrl || location.origin, hosts: [...hosts], failovers }),
   createEntity: (parent, components) =>
-    request({ t: "create", parent, components: components || {} }).then((ack) => ack.id),
+    request({ t: "create", parent, components: { ...(components || {}), op: { id: opId() } } })
+      .then((ack) => ack.id),
   setField: (id, component, field, value) =>
     request({ t: "set", id, component, field, value }).then(() => undefined),
   moveEntity: (id, parent) => request({ t: "move", id, parent }).then(() => undefined),

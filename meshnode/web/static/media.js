@@ -333,9 +333,27 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
     }
   }
 
+  // The page's connection was replaced (failover): the new node sends its own media_hello;
+  // nothing sent or received rode on the new connection yet.
+  function reset() {
+    hello = null;
+    streams = [];
+    negotiation = Promise.resolve();
+    for (const kind of ["audio", "video"]) {
+      if (local[kind] && local[kind].track) local[kind].track.stop();
+      local[kind] = null;
+    }
+    lastBytes.clear();
+    statsRows = [];
+    attachStreams();
+    renderButtons();
+    renderReceiving();
+  }
+
   return {
     onMessage,
     initControls,
+    reset,
     // The media box of a person (a video and an audio element), or null if they send nothing.
     elementFor: (key) => (people.has(key) ? people.get(key).box : null),
     // The video element showing a person, or null.

@@ -41,6 +41,29 @@ function short(id) {
   return id.length > 20 ? `${id.slice(0, 12)}…${id.slice(-6)}` : id;
 }
 
+// Which operators' nodes host which rooms with us, the [federation] policy, its refusals.
+function showFederation(fed) {
+  const p = fed.policy;
+  const allow = p.allow === null ? "any operator" : (p.allow.join(", ") || "no other node");
+  document.getElementById("policy").textContent =
+    `deny: ${p.deny.join(", ") || "nobody"} · allow: ${allow} · announce: ` +
+    (p.announce_default ? "every room" : "no room") +
+    (p.no_announce.length ? ` except ${p.no_announce.map(short).join(", ")}` : "") +
+    (!p.announce_default && p.announce_rooms.length
+      ? `, but ${p.announce_rooms.map(short).join(", ")}` : "");
+  document.querySelector("#operators tbody").replaceChildren(...fed.rooms.map((r) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(r.name), cell(short(r.room), true),
+              cell(r.hosts.map(short).join(", ") || "none linked now", true));
+    return tr;
+  }));
+  document.querySelector("#refused tbody").replaceChildren(...fed.refused.map((r) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(short(r.peer), true), cell(r.reason), cell(String(r.count)), cell(r.how));
+    return tr;
+  }));
+}
+
 async function refresh() {
   try {
     const [status, peers] = await Promise.all([
@@ -72,6 +95,7 @@ async function refresh() {
                 cell(p.url || "—"), cell(String(p.buffered_bytes)));
       return tr;
     }));
+    showFederation(status.federation);
     document.getElementById("error").textContent = "";
   } catch (err) {
     const noToken = err === 401 || err === 403;

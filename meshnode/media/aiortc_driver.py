@@ -1,0 +1,687 @@
+"""The thin aiortc driver of the media relay: tap receivers, write RTP into senders.
+
+aiortc has no public RTP API (aiortc#627), so forwarding packets without decoding them goes
+through a few private attributes of aiortc 1.16, all listed in :data:`PRIVATE_HOOKS` (and the
+aiortc call sites they rely on in :data:`CALL_SITES`); ``tests/media/test_aiortc_contract.py``
+fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``aiortc<1.17``.
+
+- :class:`SourceTap` sits on a publisher's ``RTCRtpReceiver``: its jitter buffer is replaced by
+  one that never yields a frame (so nothing is ever decoded), and each packet, after aiortc's
+  SRTP, statistics, NACK/REMB generation and RTX unwrapping, is handed to ``on_packet``.
+- :class:`OutputSender` sits on an ``RTCRtpSender`` of a subscriber's peer connection: aiortc's
+  own RTP loop idles on a track that never yields, and we write rewritten RTP (our SSRC, the
+  negotiated payload type and header-extension IDs) straight into the DTLS transport, keep the
+  RTX history (NACKs are answered) and the Sender Report counters, and read REMB and receiver
+  reports into ``estimate_kbps``, ``loss`` and ``rtt_ms``.
+- :class:`Forwarder` glues one tap to any number of senders through
+  :class:`meshnode.media.forwarding.Output` (sequence/timestamp rewriting, keyframe gate,
+  temporal-layer filter) and one :class:`KeyframeThrottle` per source.
+
+Bad input from a peer (unknown payload type or SSRC, far over its rate, a malformed VP8
+descriptor) is dropped and counted in ``dropped`` by reason; nothing raises into aiortc.
+"""
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    unpack_remb_fci,
+)
+from av.frame import Frame
+from av.packet import Packet
+
+from meshnode.media.forwarding import (
+    Forward,
+    KeyframeThrottle,
+    Output,
+    PacketInfo,
+    RateLimit,
+)
+from meshnode.media.rtp import MediaDecodeError, Vp8Info, parse_vp8
+
+logger = logging.getLogger(__name__)
+
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
+DEFAULT_CLOCK_RATE = {"audio": 48000, "video": 90000}
+
+
+# -- the private aiortc names this driver uses ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateHook:
+    """One private aiortc attribute the driver reads, replaces or wraps.
+
+    ``owner`` is the aiortc class whose instances carry ``attribute`` (name-mangled names are
+    written as Python stores them, e.g. ``_RTCRtpReceiver__jitter_buffer``).
+    """
+
+    label: str
+    owner: str
+    attribute: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallSite:
+    """aiortc code that must still reach a hook the way the driver expects: the source of
+    ``owner.function`` must contain ``text``."""
+
+    label: str
+    owner: str
+    function: str
+    text: str
+
+
+_RX_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_TX_EXTENSIONS_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_TX_HISTORY = "_RTCRtpSender__rtp_history"
+_TX_NTP = "_RTCRtpSender__ntp_timestamp"
+_TX_RTP_TS = "_RTCRtpSender__rtp_timestamp"
+_TX_PACKETS = "_RTCRtpSender__packet_count"
+_TX_OCTETS = "_RTCRtpSender__octet_count"
+
+PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
+    PrivateHook("R1", "RTCRtpReceiver", _RX_JITTER_BUFFER,
+                "replaced by a tap that keeps each packet and never yields a frame"),
+    PrivateHook("R2", "RTCRtpReceiver", "_handle_rtp_packet",
+                "wrapped on the instance: admit, then hand the tapped packet on"),
+    PrivateHook("R3", "RTCRtpReceiver", "_send_rtcp_pli", "ask the publisher for a keyframe"),
+    PrivateHook("S1", "RTCRtpSender", "_ssrc", "the SSRC the subscriber negotiated"),
+    PrivateHook("S1", "RTCRtpTransceiver", "_codecs", "negotiated codecs and payload types"),
+    PrivateHook("S2", "RTCDtlsTransport", "_send_rtp", "SRTP-protect and send our RTP"),
+    PrivateHook("S2", "RTCRtpSender", _TX_EXTENSIONS_MAP, "negotiated header-extension IDs"),
+    PrivateHook("S3", "RTCRtpSender", _TX_HISTORY, "history aiortc answers NACKs (RTX) from"),
+    PrivateHook("S4", "RTCRtpSender", "_send_keyframe",
+                "replaced: a subscriber's PLI/FIR goes upstream"),
+    PrivateHook("S5", "RTCRtpSender", "_handle_rtcp_packet",
+                "wrapped: REMB, loss and RTT per subscriber"),
+    PrivateHook("S6", "RTCRtpSender", _TX_NTP, "Sender Report: NTP time of the last packet"),
+    PrivateHook("S6", "RTCRtpSender", _TX_RTP_TS, "Sender Report: RTP time of the last packet"),
+    PrivateHook("S6", "RTCRtpSender", _TX_PACKETS, "Sender Report: packet count"),
+    PrivateHook("S6", "RTCRtpSender", _TX_OCTETS, "Sender Report: octet count"),
+)
+
+CALL_SITES: tuple[CallSite, ...] = (
+    CallSite("R1", "RTCRtpReceiver", "_handle_rtp_packet", "self.__jitter_buffer.add(packet)"),
+    CallSite("R2", "RTCDtlsTransport", "_handle_rtp_data", "receiver._handle_rtp_packet("),
+    CallSite("S3", "RTCRtpSender", "_retransmit", "self.__rtp_history.get("),
+    CallSite("S4", "RTCRtpSender", "_handle_rtcp_packet", "self._send_keyframe()"),
+    CallSite("S5", "RTCDtlsTransport", "_handle_rtcp_data", "recipient._handle_rtcp_packet("),
+    CallSite("S6", "RTCRtpSender", "_run_rtcp", "packet_count=self.__packet_count"),
+    CallSite("idle", "RTCRtpSender", "_next_encoded_frame", "await self.__track.recv()"),
+)
+
+HOOK_OWNERS: dict[str, type] = {
+    "RTCRtpReceiver": RTCRtpReceiver,
+    "RTCRtpSender": RTCRtpSender,
+    "RTCRtpTransceiver": RTCRtpTransceiver,
+    "RTCDtlsTransport": RTCDtlsTransport,
+}
+
+
+def make_media_pc(configuration: RTCConfiguration | None = None) -> RTCPeerConnection:
+    """An ``RTCPeerConnection`` for media: ``configuration`` (ICE servers and policy; None:
+    host candidates only, never aiortc's public STUN default) with ``bundlePolicy=MAX_BUNDLE``.
+
+    MAX_BUNDLE is required: with aiortc's default (BALANCED), a remote offer with two m-lines
+    of one kind leaves the second on a transport that never connects.
+    """
+    base = configuration if configuration is not None else RTCConfiguration(iceServers=[])
+    return RTCPeerConnection(replace(base, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
+def _codec_map(transceiver: RTCRtpTransceiver) -> dict[int, RTCRtpCodecParameters]:
+    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+    return {c.payloadType: c for c in codecs if c.payloadType is not None}
+
+
+# -- the publisher side -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePacket:
+    """One tapped packet of a source, as the forwarder needs it.
+
+    ``payload`` is the RTP payload exactly as the publisher sent it (no padding);
+    ``audio_level`` is the RFC 6464 (voice, -dBov) pair when the packet carried one; ``vp8``
+    the parsed VP8 descriptor for VP8 video.
+    """
+
+    info: PacketInfo
+    payload: bytes
+    payload_type: int
+    ssrc: int
+    mime_type: str
+    clock_rate: int
+    audio_level: tuple[bool, int] | None
+    vp8: Vp8Info | None
+
+
+PacketHandler = Callable[["SourceTap", SourcePacket, float], Awaitable[None]]
+
+
+class _TapBuffer:
+    """Stands in for aiortc's JitterBuffer (R1): keeps the packet, never yields a frame, so the
+    receiver's decoder thread never gets work and no decoder is ever created."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.packet: RtpPacket | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.packet = packet
+        return False, None
+
+
+class SourceTap:
+    """Taps a publisher's ``RTCRtpReceiver`` (the receiver of ``transceiver``).
+
+    ``on_packet(tap, packet, now)`` is awaited for every admitted packet. ``ssrc``: the SSRC
+    the publisher announced (None: the first one seen); packets on any other SSRC are dropped
+    (``ssrc``), as are packets over ``max_kbps`` (``rate``: give a generous multiple of the
+    announced rate), unknown payload types (``payload_type``), payloads aiortc cannot
+    depayload (``malformed``) and malformed VP8 descriptors (``vp8_descriptor``).
+    ``clock`` gives ``now`` (seconds, monotonic).
+    """
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        *,
+        source_id: str = "",
+        on_packet: PacketHandler | None = None,
+        ssrc: int | None = None,
+        max_kbps: float | None = None,
+        keyframe_interval_s: float = 0.3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transceiver = transceiver
+        self.receiver: RTCRtpReceiver = transceiver.receiver
+        self.kind: str = transceiver.kind
+        self.source_id = source_id
+        self.on_packet = on_packet
+        self.ssrc = ssrc
+        self.rtx_ssrc: int | None = None
+        self.payload_type: int | None = None
+        self.last_sequence_number: int | None = None
+        self.mime_type: str | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.dropped: Counter[str] = Counter()
+        self.audio_level: int | None = None
+        self.voice = False
+        self.audio_level_at: float | None = None
+        self.keyframe_requests = 0
+        self.throttle = KeyframeThrottle(keyframe_interval_s)
+        self._clock = clock
+        self._rate = RateLimit(max_kbps) if max_kbps is not None else None
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._clock_rate = DEFAULT_CLOCK_RATE.get(self.kind, 90000)
+        self._original_buffer = getattr(self.receiver, _RX_JITTER_BUFFER)
+        self._buffer = _TapBuffer(getattr(self._original_buffer, "capacity", 0))
+        setattr(self.receiver, _RX_JITTER_BUFFER, self._buffer)  # R1
+        self.receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        self._original_handle = type(self.receiver)._handle_rtp_packet.__get__(self.receiver)
+
+    @property
+    def attached(self) -> bool:
+        """True while the receiver holds this tap instead of its jitter buffer (R1)."""
+        return getattr(self.receiver, _RX_JITTER_BUFFER) is self._buffer
+
+    @property
+    def clock_rate(self) -> int:
+        """The RTP clock rate of the source's codec (a default for its kind until known)."""
+        return self._clock_rate
+
+    def set_max_kbps(self, max_kbps: float | None) -> None:
+        """Drop (as ``rate``) what goes over ``max_kbps`` from now on (None: no limit)."""
+        self._rate = RateLimit(max_kbps) if max_kbps is not None else None
+
+    def detach(self) -> None:
+        """Give the receiver back its own jitter buffer and packet handler."""
+        setattr(self.receiver, _RX_JITTER_BUFFER, self._original_buffer)
+        self.receiver.__dict__.pop("_handle_rtp_packet", None)
+        self.on_packet = None
+
+    async def request_keyframe(self) -> bool:
+        """Send a PLI to the publisher (R3), at most once per ``keyframe_interval_s``.
+        Returns whether one was sent."""
+        if self.kind != "video" or self.ssrc is None or not self.throttle.request(self._clock()):
+            return False
+        self.keyframe_requests += 1
+        await self.receiver._send_rtcp_pli(self.ssrc)
+        return True
+
+    def _drop(self, reason: str) -> None:
+        if not self.dropped[reason]:
+            logger.warning("media source %s: dropping packets (%s)", self.source_id, reason)
+        self.dropped[reason] += 1
+
+    def _codec(self, payload_type: int) -> RTCRtpCodecParameters | None:
+        codec = self._codecs.get(payload_type)
+        if codec is None:  # first packet or renegotiated: reread the transceiver's codecs
+            self._codecs = _codec_map(self.transceiver)
+            codec = self._codecs.get(payload_type)
+        return codec
+
+    def _admit(self, packet: RtpPacket, now: float) -> str | None:
+        """Why the packet must not reach aiortc, or None."""
+        codec = self._codec(packet.payload_type)
+        if codec is None:
+            return "payload_type"
+        if is_rtx(codec):
+            if self.rtx_ssrc is None:
+                self.rtx_ssrc = packet.ssrc
+            elif packet.ssrc != self.rtx_ssrc:
+                return "ssrc"
+        elif self.ssrc is None:
+            self.ssrc = packet.ssrc
+        elif packet.ssrc != self.ssrc:
+            return "ssrc"
+        size = len(packet.payload) + packet.padding_size
+        if self._rate is not None and not self._rate.allow(size, now):
+            return "rate"
+        self.packets += 1
+        self.bytes += size
+        return None
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """R2: replaces ``receiver._handle_rtp_packet`` on this instance."""
+        now = self._clock()
+        reason = self._admit(packet, now)
+        if reason is not None:
+            self._drop(reason)
+            return
+        await self._original_handle(packet, arrival_time_ms=arrival_time_ms)
+        tapped, self._buffer.packet = self._buffer.packet, None
+        if tapped is None:  # aiortc dropped it: payload it cannot depayload, bad RTX
+            self._drop("malformed")
+            return
+        self.last_sequence_number = tapped.sequence_number
+        source_packet = self._source_packet(tapped, now)
+        if source_packet is None or self.on_packet is None:
+            return
+        try:
+            await self.on_packet(self, source_packet, now)
+        except Exception:  # never into aiortc's receive loop: that would stop the whole PC
+            logger.exception("media source %s: forwarding failed", self.source_id)
+            self.dropped["error"] += 1
+
+    def _source_packet(self, packet: RtpPacket, now: float) -> SourcePacket | None:
+        codec = self._codec(packet.payload_type)
+        if codec is None:
+            return None
+        self.payload_type = packet.payload_type
+        self.mime_type = codec.mimeType
+        self._clock_rate = codec.clockRate
+        level = packet.extensions.audio_level
+        if level is not None:
+            self.voice, self.audio_level = bool(level[0]), int(level[1])
+            self.audio_level_at = now
+        vp8: Vp8Info | None = None
+        keyframe = frame_start = True
+        tid: int | None = None
+        layer_sync = False
+        # Video codecs other than VP8 are not parsed: every packet counts as a frame start and
+        # a keyframe (no gate, no layer filter); decoders recover on the next keyframe.
+        if self.kind == "video" and codec.mimeType.lower() == "video/vp8":
+            try:
+                vp8 = parse_vp8(packet.payload)
+            except MediaDecodeError as exc:
+                self._drop(exc.reason)
+                return None
+            keyframe, frame_start = vp8.keyframe, vp8.frame_start
+            tid, layer_sync = vp8.tid, vp8.layer_sync
+        info = PacketInfo(
+            sequence_number=packet.sequence_number,
+            timestamp=packet.timestamp,
+            marker=bool(packet.marker),
+            keyframe=keyframe,
+            frame_start=frame_start,
+            tid=tid,
+            size=len(packet.payload),
+            layer_sync=layer_sync,
+        )
+        return SourcePacket(
+            info=info,
+            payload=packet.payload,
+            payload_type=packet.payload_type,
+            ssrc=packet.ssrc,
+            mime_type=codec.mimeType,
+            clock_rate=codec.clockRate,
+            audio_level=(bool(level[0]), int(level[1])) if level is not None else None,
+            vp8=vp8,
+        )
+
+
+# -- the subscriber side ------------------------------------------------------------------
+
+
+class IdleTrack(MediaStreamTrack):
+    """A placeholder track whose ``recv()`` never returns: the sender's own RTP loop waits on
+    it forever (no encoder is created) while :class:`OutputSender` writes the packets."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> "Frame | Packet[Any]":
+        forever: asyncio.Future[Frame | Packet[Any]] = asyncio.get_running_loop().create_future()
+        return await forever
+
+
+def _ntp_now(unix_time: float) -> int:
+    return int((unix_time + NTP_UNIX_OFFSET) * (1 << 32))
+
+
+class OutputSender:
+    """Writes forwarded packets into the ``RTCRtpSender`` of ``transceiver`` (a subscriber's
+    peer connection), as if aiortc had produced them.
+
+    ``on_keyframe_request()`` is called when the subscriber sends PLI or FIR (S4). REMB and
+    receiver reports from the subscriber (S5) update ``estimate_kbps`` (None until a REMB),
+    ``loss`` (fraction 0..1) and ``rtt_ms``. ``wall_clock`` gives Unix time (for NTP stamps).
+    """
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        *,
+        on_keyframe_request: Callable[[], None] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transceiver = transceiver
+        self.sender: RTCRtpSender = transceiver.sender
+        self.kind: str = transceiver.kind
+        self.on_keyframe_request = on_keyframe_request
+        self.estimate_kbps: float | None = None
+        self.loss: float | None = None
+        self.rtt_ms: float | None = None
+        self.keyframe_requests = 0
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.dropped: Counter[str] = Counter()
+        self._wall_clock = wall_clock
+        self._payload_types: dict[tuple[str, int], int | None] = {}
+        if self.sender.track is None:
+            self.sender.replaceTrack(IdleTrack(self.kind))
+        self.sender._send_keyframe = self._send_keyframe  # type: ignore[method-assign]  # S4
+        self._original_rtcp = type(self.sender)._handle_rtcp_packet.__get__(self.sender)
+        self.sender._handle_rtcp_packet = self._handle_rtcp_packet  # type: ignore[method-assign]
+
+    @property
+    def ssrc(self) -> int:
+        """The SSRC this sender announced to the subscriber (S1)."""
+        ssrc: int = self.sender._ssrc
+        return ssrc
+
+    @property
+    def ready(self) -> bool:
+        """True once negotiated for sending and the DTLS transport is connected (the
+        :class:`Forwarder` holds the output paused until then, so it starts on a keyframe)."""
+        return (
+            self.transceiver.currentDirection in ("sendonly", "sendrecv")
+            and self.sender.transport.state == "connected"
+        )
+
+    def close(self) -> None:
+        """Give the sender back its own PLI and RTCP handlers."""
+        self.sender.__dict__.pop("_send_keyframe", None)
+        self.sender.__dict__.pop("_handle_rtcp_packet", None)
+        self.on_keyframe_request = None
+
+    def _payload_type(self, mime_type: str, clock_rate: int) -> int | None:
+        key = (mime_type.lower(), clock_rate)
+        if key not in self._payload_types:
+            codecs: list[RTCRtpCodecParameters] = self.transceiver._codecs
+            self._payload_types[key] = next(
+                (c.payloadType for c in codecs
+                 if c.mimeType.lower() == key[0] and c.clockRate == clock_rate),
+                None,
+            )
+        return self._payload_types[key]
+
+    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
+        """Send ``packet`` with the rewritten sequence number and timestamp. Returns False
+        (and counts why) when it could not be sent."""
+        if not self.ready:
+            self.dropped["not_ready"] += 1
+            return False
+        payload_type = self._payload_type(packet.mime_type, packet.clock_rate)
+        if payload_type is None:
+            self.dropped["codec"] += 1
+            return False
+        rtp = RtpPacket(
+            payload_type=payload_type,
+            marker=int(packet.info.marker),
+            sequence_number=forward.sequence_number,
+            timestamp=forward.timestamp,
+            ssrc=self.ssrc,
+            payload=packet.payload,
+        )
+        ntp = _ntp_now(self._wall_clock())
+        rtp.extensions.mid = self.transceiver.mid
+        # abs-send-time is the relay's send time: the subscriber's REMB then measures this hop.
+        rtp.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+        if packet.audio_level is not None:
+            rtp.extensions.audio_level = packet.audio_level
+        # S3: kept before sending, so a NACK for it is answered even if this send fails.
+        getattr(self.sender, _TX_HISTORY)[forward.sequence_number % RTP_HISTORY_SIZE] = rtp
+        data = rtp.serialize(getattr(self.sender, _TX_EXTENSIONS_MAP))
+        try:
+            await self.sender.transport._send_rtp(data)  # S2
+        except ConnectionError:
+            self.dropped["not_connected"] += 1
+            return False
+        # S6: aiortc's Sender Reports read these.
+        setattr(self.sender, _TX_NTP, ntp)
+        setattr(self.sender, _TX_RTP_TS, forward.timestamp)
+        setattr(self.sender, _TX_PACKETS, getattr(self.sender, _TX_PACKETS) + 1)
+        setattr(self.sender, _TX_OCTETS, getattr(self.sender, _TX_OCTETS) + len(packet.payload))
+        self.sent_packets += 1
+        self.sent_bytes += len(packet.payload)
+        return True
+
+    def _send_keyframe(self) -> None:
+        """S4: aiortc calls this on the subscriber's PLI or FIR."""
+        self.keyframe_requests += 1
+        if self.on_keyframe_request is not None:
+            self.on_keyframe_request()
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        """S5: aiortc's handling (NACK -> RTX, PLI -> S4), then our estimates."""
+        await self._original_rtcp(packet)
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                self.dropped["rtcp_remb"] += 1
+                return
+            if self.ssrc in ssrcs:
+                self.estimate_kbps = bitrate / 1000
+        elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != self.ssrc:
+                    continue
+                self.loss = report.fraction_lost / 256
+                if report.lsr:
+                    # RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, in 1/65536 s (middle 32 bits).
+                    arrival = (_ntp_now(self._wall_clock()) >> 16) & 0xFFFFFFFF
+                    rtt = ((arrival - report.lsr - report.dlsr) & 0xFFFFFFFF) / 65536
+                    if rtt < 60:
+                        self.rtt_ms = rtt * 1000
+
+
+# -- the glue -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStats:
+    """One subscriber's view of one source, for metrics and selection."""
+
+    sent_packets: int
+    sent_bytes: int
+    dropped: dict[str, int]
+    paused: bool
+    max_tid: int | None
+    estimate_kbps: float | None
+    loss: float | None
+    rtt_ms: float | None
+    keyframe_requests: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    output: Output
+    sender: OutputSender
+    user_paused: bool
+
+
+class Forwarder:
+    """One source (a :class:`SourceTap`) fanned out to outputs (:class:`OutputSender`),
+    each with its own :class:`Output` state, keyed by a name the caller chooses (e.g. the
+    subscriber's peer ID). Outputs can be added, removed, paused, resumed and layer-limited
+    while packets flow. Keyframe requests to the publisher (outputs waiting for a keyframe,
+    subscribers' PLI/FIR) share the tap's throttle.
+    """
+
+    def __init__(self, tap: SourceTap, *, rng: random.Random | None = None) -> None:
+        self.tap = tap
+        self._rng = rng or random.Random()
+        self._outputs: dict[str, _Entry] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
+        tap.on_packet = self.on_packet
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys of the current outputs."""
+        return tuple(self._outputs)
+
+    def add_output(
+        self, key: str, sender: OutputSender, *, paused: bool = False, max_tid: int | None = None
+    ) -> None:
+        """Start forwarding to ``sender`` (video from the next keyframe, which is requested)."""
+        if key in self._outputs:
+            raise ValueError(f"output {key!r} already exists on source {self.tap.source_id!r}")
+        output = Output(
+            self.tap.kind,
+            self.tap.clock_rate,
+            first_sequence_number=self._rng.randrange(1 << 15),  # as aiortc: no early wrap
+            first_timestamp=self._rng.randrange(1 << 32),
+        )
+        output.set_max_tid(max_tid)
+        if paused or not sender.ready:
+            output.pause()
+        sender.on_keyframe_request = lambda: self._subscriber_wants_keyframe(key)
+        self._outputs[key] = _Entry(output, sender, user_paused=paused)
+        if output.wants_keyframe:
+            self._request_keyframe()
+
+    def remove_output(self, key: str) -> None:
+        """Stop forwarding to ``key`` (no error if it is not there)."""
+        entry = self._outputs.pop(key, None)
+        if entry is not None:
+            entry.sender.on_keyframe_request = None
+
+    def pause(self, key: str) -> None:
+        """Stop sending to ``key`` (after the current frame); its sequence numbers go on
+        without a gap on resume."""
+        entry = self._outputs[key]
+        entry.user_paused = True
+        entry.output.pause()
+
+    def resume(self, key: str) -> None:
+        """Send to ``key`` again (video: from the next keyframe, requested now)."""
+        entry = self._outputs[key]
+        entry.user_paused = False
+        if entry.sender.ready and entry.output.resume(self.tap._clock()):
+            self._request_keyframe()
+
+    def set_max_tid(self, key: str, tid: int | None) -> None:
+        """Forward temporal layers 0..tid to ``key`` (None: all)."""
+        self._outputs[key].output.set_max_tid(tid)
+
+    def stats(self, key: str) -> OutputStats:
+        """Counters and estimates of one output."""
+        entry = self._outputs[key]
+        output, sender = entry.output, entry.sender
+        dropped = Counter(output.dropped)
+        dropped.update(sender.dropped)
+        return OutputStats(
+            sent_packets=sender.sent_packets,
+            sent_bytes=sender.sent_bytes,
+            dropped=dict(dropped),
+            paused=output.paused,
+            max_tid=output.max_tid,
+            estimate_kbps=sender.estimate_kbps,
+            loss=sender.loss,
+            rtt_ms=sender.rtt_ms,
+            keyframe_requests=sender.keyframe_requests,
+        )
+
+    def close(self) -> None:
+        """Remove every output and detach from the tap's callback."""
+        for key in list(self._outputs):
+            self.remove_output(key)
+        if self.tap.on_packet == self.on_packet:
+            self.tap.on_packet = None
+
+    async def on_packet(self, tap: SourceTap, packet: SourcePacket, now: float) -> None:
+        """The tap's callback: decide and send to every output."""
+        wants_keyframe = False
+        for entry in list(self._outputs.values()):
+            output, sender = entry.output, entry.sender
+            # Held paused while the subscriber's transport is not up: what it would miss
+            # there must not count as sent, and it must start on a keyframe.
+            hold = entry.user_paused or not sender.ready
+            if hold and not output.paused:
+                output.pause()
+            elif not hold and output.paused:
+                output.resume(now)
+            result = output.forward(packet.info, now)
+            if isinstance(result, Forward):
+                await sender.write(packet, result)
+            elif output.wants_keyframe:
+                wants_keyframe = True
+        if wants_keyframe:
+            await tap.request_keyframe()
+
+    def _subscriber_wants_keyframe(self, key: str) -> None:
+        entry = self._outputs.get(key)
+        if entry is not None and not entry.output.paused:
+            self._request_keyframe()
+
+    def _request_keyframe(self) -> None:
+        # Called from synchronous contexts (aiortc's PLI handler, add/resume): run the PLI
+        # as a task; the throttle keeps it to one per interval.
+        try:
+            task = asyncio.get_running_loop().create_task(self.tap.request_keyframe())
+        except RuntimeError:  # no running loop: the next packet's gate asks instead
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
