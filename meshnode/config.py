@@ -13,6 +13,12 @@ from urllib.parse import urlsplit
 
 from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import public_key_from_peer_id
+from meshnode.media.config import (
+    MEDIA_KEYS,
+    MediaConfig,
+    MediaConfigError,
+    media_config_from_mapping,
+)
 from meshnode.transport.ice import IceServer, IceSettings
 from protocol.link import MAX_URL_CHARS
 
@@ -69,6 +75,8 @@ class NodeConfig:
     discovery_port: int = 0
     discovery_dht_mode: str = "server"
     discovery_announce_interval_s: float = 600.0
+    # [media]: the media relay (meshnode.media.config)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     @property
     def url(self) -> str:
@@ -95,6 +103,7 @@ _SECTIONS: dict[str, set[str]] = {
     "federation": {"deny", "allow", "announce", "no_announce", "announce_rooms"},
     "discovery": {"enabled", "port", "dht_mode", "announce_interval_s", "mdns",
                   "mdns_interfaces"},
+    "media": set(MEDIA_KEYS),
 }
 
 
@@ -342,6 +351,11 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         changes["mdns"] = _want(disc["mdns"], bool, "discovery.mdns")
     if "mdns_interfaces" in disc:
         changes["mdns_interfaces"] = _interfaces(disc["mdns_interfaces"])
+    if "media" in doc:
+        try:
+            changes["media"] = media_config_from_mapping(doc["media"], cfg.media)
+        except MediaConfigError as err:
+            raise ConfigError(str(err)) from None
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:

@@ -2,6 +2,7 @@
 
     identity, store (SQLite) + DurableLog
         LinkManager (aiortc links)  --link events-->  RoomHost (rooms, admission, durability)
+                                    --link events-->  MediaRelay (voice and video, meshnode.media)
                                     --link events-->  Bootstrap (bootstrap links, address book)
         HTTP (signaling, room data, admin API, web client, /metrics) on a NodeApi
 
@@ -28,6 +29,9 @@ from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.discovery.known import known_hosts
 from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
+from meshnode.media.relay import MediaRelay
+from meshnode.media.relay_driver import AiortcMediaDriver
+from meshnode.media.room_access import media_access, participant_positions
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
 from meshnode.runtime.bootstrap import Bootstrap
@@ -46,6 +50,7 @@ from meshnode.store import (
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings
 from meshnode.web.host_origins import HostOrigins
+from meshnode.web.media import RelayHost
 
 log = logging.getLogger("meshnode.node")
 
@@ -73,6 +78,7 @@ class Node:
         self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
         self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
         self.discovery_state = DiscoveryState(False, "the node has not started")
+        self.media: MediaRelay | None = None
 
     @property
     def identity(self) -> Identity:
@@ -130,6 +136,16 @@ class Node:
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
         stack.push_async_callback(links.aclose)  # before the rooms close: no frame after
+        media_cfg = cfg.media
+        self.media = media = MediaRelay(
+            links, media_cfg, self.metrics,
+            AiortcMediaDriver(cfg.ice.rtc_configuration,
+                              max_ingest_kbps=2 * media_cfg.max_peer_kbps),
+            access=functools.partial(media_access, rooms.rooms),
+            positions=functools.partial(participant_positions, rooms.rooms),
+            hosted=lambda: set(rooms.rooms), on_crash=crashed)
+        stack.push_async_callback(media.aclose)  # media connections close before the links
+        media.start()
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
@@ -140,12 +156,15 @@ class Node:
             origins.remember(peer, url)
         links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links, links.federation, links.refusals)
+                        rooms.rooms, links.links, links.federation, links.refusals,
+                        media.status)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
                                 host_origins=origins,
                                 discovery=lambda: self.discovery_state,
-                                offer_refusal=links.offer_refusal))
+                                offer_refusal=links.offer_refusal,
+                                media=RelayHost(media, enabled=lambda: media_cfg.enabled,
+                                                hosts=lambda rid: rid in rooms.rooms)))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.

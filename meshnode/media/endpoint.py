@@ -3,7 +3,7 @@
 An *endpoint* is one peer's media connection as the relay sees it: a client's (or a
 neighbour node's trunk) media ``RTCPeerConnection`` on a link (``meshnode.media.session``),
 or a browser's (``meshnode.web.media``). The relay never opens a connection itself: an
-endpoint hands it the aiortc receivers of what its peer publishes (``RelayPort.publish``)
+endpoint hands it the aiortc transceivers of what its peer publishes (``RelayPort.publish``)
 and, when the relay asks it to send a source (``MediaEndpoint.add_output``), opens a
 ``sendonly`` m-line and hands back its transceiver (``RelayPort.output_ready``). The relay
 taps the receivers and writes into the senders through the driver
@@ -13,7 +13,7 @@ taps the receivers and writes into the senders through the driver
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+from aiortc import RTCRtpTransceiver
 
 __all__ = ["MediaEndpoint", "Preferences", "RelayPort", "SourceInfo"]
 
@@ -86,9 +86,9 @@ class RelayPort(Protocol):
         """The endpoint closed: its sources end and its outputs are dropped."""
 
     def publish(self, endpoint: MediaEndpoint, source: SourceInfo,
-                receiver: RTCRtpReceiver) -> str | None:
-        """The peer publishes ``source`` on ``receiver``. Returns None if the relay takes
-        it, else the refusal's reason (the relay has called ``endpoint.refuse`` already)."""
+                transceiver: RTCRtpTransceiver) -> str | None:
+        """The peer publishes ``source`` on the receiver of ``transceiver``. Returns None
+        if the relay takes it, else the refusal's reason (the relay has called ``endpoint.refuse`` already)."""
 
     def unpublish(self, endpoint: MediaEndpoint, source_id: str) -> None:
         """The peer stopped publishing ``source_id``."""
@@ -96,6 +96,10 @@ class RelayPort(Protocol):
     def output_ready(self, endpoint: MediaEndpoint, source_id: str,
                      transceiver: RTCRtpTransceiver) -> None:
         """The m-line asked for with ``add_output`` is negotiated: forward into it."""
+
+    def output_ended(self, endpoint: MediaEndpoint, source_id: str) -> None:
+        """The m-line of an output ended (removed, or its connection was recycled: then
+        ``output_ready`` follows again for the new one)."""
 
     def preferences_changed(self, endpoint: MediaEndpoint, room_id: bytes) -> None:
         """``endpoint.preferences(room_id)`` changed; the relay re-plans soon."""

@@ -70,6 +70,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from meshnode.media.endpoint import Preferences, RelayPort, SourceInfo
+from meshnode.media.participants import BROWSER_LABEL_PREFIX, source_participant
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.transport.ice import strip_mdns_candidates
 from meshnode.web.media_messages import (
@@ -92,6 +93,7 @@ __all__ = [
     "MediaSetup",
     "Publication",
     "ReceiveSlot",
+    "RelayHost",
     "browser_source_id",
     "person_key",
 ]
@@ -164,26 +166,34 @@ class BrowserMediaHost(Protocol):
         ...
 
 
-BROWSER_LABEL_PREFIX = "web."
-"""A browser's sources are ``<node PeerID>/web.<session>.<mid>``: browsers have no PeerID of
-their own, and the label says which of the node's browsers publishes (``person_key``)."""
+class RelayHost:
+    """The node's ``BrowserMediaHost``: its ``MediaRelay`` (a ``RelayPort``) for every room it
+    hosts while media is on (``enabled()``; ``hosts(room_id)``)."""
+
+    def __init__(self, relay: RelayPort, *, enabled: Callable[[], bool],
+                 hosts: Callable[[bytes], bool]) -> None:
+        self.relay = relay
+        self._enabled = enabled
+        self._hosts = hosts
+
+    def relay_for(self, room_id: bytes) -> RelayPort | None:
+        """The relay, if media is on and the room hosted here."""
+        return self.relay if self._enabled() and self._hosts(room_id) else None
 
 
 def browser_source_id(node_peer: str, session: str, mid: str) -> str:
     """The source ID of a browser's publication on m-line ``mid`` (``ValueError`` if the
-    session name or the mid cannot be part of a label)."""
+    session name or the mid cannot be part of a label): ``<node PeerID>/web.<session>.<mid>``,
+    browsers have no PeerID of their own, and the label says which of the node's browsers
+    publishes (``person_key``)."""
     return make_source_id(node_peer, f"{BROWSER_LABEL_PREFIX}{session}.{mid}")
 
 
 def person_key(source: SourceInfo) -> str:
     """The key of the person publishing ``source`` in a page's people list: ``PeerID#session``
-    for a browser on a node, the publisher's PeerID for anyone else."""
-    label = source.source_id.partition("/")[2]
-    if label.startswith(BROWSER_LABEL_PREFIX):
-        session = label[len(BROWSER_LABEL_PREFIX):].rpartition(".")[0]
-        if session:
-            return f"{source.publisher}#{session}"
-    return source.publisher
+    for a browser on a node, the publisher's PeerID for anyone else (the relay's participant,
+    ``meshnode.media.participants``)."""
+    return source_participant(source)
 
 
 @dataclass(slots=True)
@@ -493,7 +503,7 @@ class BrowserMedia:
             pub = self.publications[mid]
             if pub.active:
                 continue
-            refusal = port.publish(self, pub.source, pub.receiver)
+            refusal = port.publish(self, pub.source, pub.transceiver)
             if refusal is not None:
                 for done in added:  # all or nothing
                     done.active = False
