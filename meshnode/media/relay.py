@@ -526,8 +526,13 @@ class MediaRelay(LinkService, RelayPort):
         rooms: dict[str, dict[str, Any]] = {}
         for src in self.sources.values():
             room = rooms.setdefault(src.info.room_id.hex(), {"sources": 0, "outputs": 0,
-                                                             "kbps_in": 0.0, "kbps_out": 0.0})
+                                                             "kbps_in": 0.0, "kbps_out": 0.0,
+                                                             "streams": []})
             room["sources"] += 1
+            room["streams"].append({"source": src.info.source_id, "kind": src.info.kind,
+                                    "kbps": round(src.tap.kbps, 1),
+                                    "layer_kbps": [round(k, 1) for k in src.tap.layer_kbps],
+                                    "outputs": len(src.outputs)})
             room["outputs"] += len(src.outputs)
             room["kbps_in"] = round(room["kbps_in"] + src.tap.kbps, 1)
             room["kbps_out"] = round(room["kbps_out"] + src.tap.kbps * len(src.outputs), 1)

@@ -34,7 +34,8 @@ Node → browser:
 
 - ``{"t":"media_hello","enabled":bool,"publish":bool,"receive":bool,"publisher":key,
   "max_audio":n,"max_video":n}``: once, after the welcome. ``publisher`` is this browser's
-  own key in the people list (``PeerID#session``).
+  own key in the people list (``PeerID#session``). The page answers with its ``media_prefs``:
+  the relay plans nothing for a page before its first media message.
 - ``{"t":"media_renegotiate","audio":a,"video":v}``: the node needs ``a`` audio and ``v`` video
   receive slots: add ``recvonly`` transceivers up to these counts and send a ``media_offer``.
 - ``{"t":"media_streams","streams":[{"mid":m,"kind":k,"source":id,"publisher":key},...]}``:
@@ -47,6 +48,9 @@ Node → browser:
   the room's media), ``reason`` the relay's label.
 
 A browser's own sources are ``<node PeerID>/web.<session>.<mid>`` (``browser_source_id``).
+All the browsers of a node share its PeerID, so the relay tells them apart as participants,
+``PeerID#session`` (``BrowserMedia.participant``, ``meshnode.media.participants``): a
+browser never gets its own streams back, and does get those of the node's other browsers.
 
 Access follows the browser's access to the room (``meshnode.rooms.readers.browser_access``): a
 page that may read the room (a viewer's role) may receive; one that may edit it (an editor's
@@ -337,8 +341,10 @@ class BrowserMedia:
         return self.port is not None
 
     def start(self) -> None:
-        """Tell the page what it may do (after the session's welcome) and attach to the
-        relay."""
+        """Tell the page what it may do (after the session's welcome). The relay learns of
+        the browser with its first media message (the page answers the hello with its
+        ``media_prefs``), so nothing is planned for it before its wishes are known: a page
+        that is audio-only from the start never gets a video line."""
         self._send({
             "t": "media_hello",
             "enabled": self.enabled,
@@ -348,9 +354,6 @@ class BrowserMedia:
             "max_audio": self.limits.max_receive_audio,
             "max_video": self.limits.max_receive_video,
         })
-        if self.port is not None and not self._attached and not self.closed:
-            self._attached = True
-            self.port.attach(self)
 
     def close(self) -> None:
         """The browser left: the relay forgets its sources and outputs. Idempotent."""
@@ -383,6 +386,9 @@ class BrowserMedia:
                 raise BadMediaMessage(MediaRefusal.MEDIA_OFF,
                                       "this node relays no voice or video in this room",
                                       request.req)
+            if not self._attached:
+                self._attached = True
+                self.port.attach(self)
             if isinstance(request, MediaOffer):
                 await self._offer(request)
             elif isinstance(request, MediaPublish):

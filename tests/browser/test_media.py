@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from meshnode.web.media_messages import (
     parse_media_message,
 )
 from meshnode.web.routes import add_web_routes
+from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
 
 from .chromium import Chromium
 from .test_web_client import FakeRoom, Wire, loopback_ice, until
@@ -126,7 +128,7 @@ class RecordingPort:
 
     def __init__(self) -> None:
         self.endpoints: list[MediaEndpoint] = []
-        self.published: dict[str, tuple[SourceInfo, RTCRtpReceiver]] = {}
+        self.published: dict[str, tuple[SourceInfo, RTCRtpTransceiver]] = {}
         self.outputs: dict[tuple[int, str], RTCRtpTransceiver] = {}
         self.prefs_changes = 0
         self.detached = 0
@@ -139,11 +141,11 @@ class RecordingPort:
         self.detached += 1
 
     def publish(self, endpoint: MediaEndpoint, source: SourceInfo,
-                receiver: RTCRtpReceiver) -> str | None:
+                transceiver: RTCRtpTransceiver) -> str | None:
         if source.kind in self.refuse_kinds:
             endpoint.refuse(source.room_id, "publications_cap", "one is enough", source.source_id)
             return "publications_cap"
-        self.published[source.source_id] = (source, receiver)
+        self.published[source.source_id] = (source, transceiver)
         return None
 
     def unpublish(self, endpoint: MediaEndpoint, source_id: str) -> None:
@@ -152,6 +154,9 @@ class RecordingPort:
     def output_ready(self, endpoint: MediaEndpoint, source_id: str,
                      transceiver: RTCRtpTransceiver) -> None:
         self.outputs[(id(endpoint), source_id)] = transceiver
+
+    def output_ended(self, endpoint: MediaEndpoint, source_id: str) -> None:
+        self.outputs.pop((id(endpoint), source_id), None)
 
     def preferences_changed(self, endpoint: MediaEndpoint, room_id: bytes) -> None:
         self.prefs_changes += 1
@@ -213,11 +218,14 @@ async def test_the_node_refuses_what_a_page_may_not_do() -> None:
                                 limits=MediaLimits(max_receive_video=1, message_rate=0.001,
                                                   message_burst=6))
     try:
-        assert wire.sent[0]["publish"] is False and port.endpoints == [media]
+        assert wire.sent[0]["publish"] is False
+        # The relay knows of the page from its first media message on.
+        assert port.endpoints == []
         # A viewer's page may not publish...
         await media.handle({"t": "media_offer", "req": 1,
                             "sdp": await browser_offer(send=("audio",))})
         assert wire.last()["reason"] == "no_role"
+        assert port.endpoints == [media]
         # ...nor take more receive slots than its cap, nor publish an m-line it never offered.
         await media.handle({"t": "media_offer", "req": 2, "sdp": await browser_offer(video=2)})
         assert wire.last()["reason"] == "too_many_tracks"
@@ -297,8 +305,8 @@ async def test_pages_publish_and_get_receive_slots_by_renegotiation(
         published = await speaker.evaluate("window.meshnode.media.published()")
         assert published == {"audio": True, "video": True, "scalabilityMode": "L1T3"}
         assert sorted(s.kind for s, _ in port.published.values()) == ["audio", "video"]
-        for source, receiver in port.published.values():
-            assert person_key(source) == who and receiver.track.kind == source.kind
+        for source, transceiver in port.published.values():
+            assert person_key(source) == who and transceiver.receiver.track.kind == source.kind
 
         # The relay sends them to the listener: it is asked for slots, offers, gets them.
         speaker_end, listener_end = port.endpoints
@@ -327,7 +335,8 @@ async def test_pages_publish_and_get_receive_slots_by_renegotiation(
 
         # Preferences reach the relay; the camera going off unpublishes it.
         await listener.evaluate("window.meshnode.media.setPrefs({audio_only: true})")
-        assert port.prefs_changes == 1 and listener_end.preferences(b"").audio_only
+        # (each page sent its preferences on the node's hello, then the listener's change)
+        assert port.prefs_changes == 3 and listener_end.preferences(b"").audio_only
         await speaker.evaluate("window.meshnode.media.camera(false)")
         assert [s.kind for s, _ in port.published.values()] == ["audio"]
 
@@ -343,3 +352,217 @@ async def test_pages_publish_and_get_receive_slots_by_renegotiation(
         await speaker.close()
         await listener.close()
         await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------- through a real node
+
+# Pages of one Chromium in the background must not be throttled (timers, decoding).
+NODE_MEDIA_FLAGS = (*MEDIA_FLAGS, "--disable-background-timer-throttling",
+                    "--disable-renderer-backgrounding",
+                    "--disable-backgrounding-occluded-windows")
+
+# The page's receiving streams and their getStats rows, once `cond(rows)` holds (polled).
+WAIT_ROWS = """new Promise((resolve, reject) => {
+    const cond = (rows) => COND;
+    const t = setTimeout(async () => reject(new Error(
+        "timed out: " + JSON.stringify(await window.meshnode.media.stats()))), TIMEOUT_MS);
+    const poll = async () => {
+      const rows = await window.meshnode.media.stats();
+      if (cond(rows)) { clearTimeout(t); resolve(rows); } else setTimeout(poll, 200);
+    };
+    poll(); })"""
+
+
+async def wait_rows(page: Any, cond: str, timeout_s: float = 90.0) -> list[dict[str, Any]]:
+    """The page's receiving stats rows once the JavaScript ``cond`` (over ``rows``) holds."""
+    rows: list[dict[str, Any]] = await page.evaluate(
+        WAIT_ROWS.replace("COND", cond).replace("TIMEOUT_MS", str(int(timeout_s * 1000))),
+        timeout=timeout_s + 10)
+    return rows
+
+
+def row(rows: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [r for r in rows if r["kind"] == kind]
+    assert len(found) == 1, rows
+    return found[0]
+
+
+MEDIA_CONFIG = """
+[media]
+audio_only_below_kbps = 30
+"""
+
+
+@pytest.fixture
+def media_node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """One real ``meshnode up`` node (media on, as by default) with its default room."""
+    # The fake camera's picture is simple: its video is ~200 kbps in all, so the budget that
+    # fits its base layer is under the default audio-only threshold (100 kbps).
+    node = NodeProcess(tmp_path / "node", config=LOOPBACK_CONFIG + MEDIA_CONFIG).start()
+    try:
+        yield node
+    finally:
+        node.kill()
+
+
+async def open_page(browser: Chromium, node: NodeProcess, invite: str, *,
+                    audio_only: bool = False) -> Any:
+    page = await browser.new_page(width=800, height=600)
+    if audio_only:
+        # The tab's audio-only choice is kept in its sessionStorage: set before the page
+        # connects, so the node never plans a video for it.
+        await page.goto(f"{node.url}/api/ice")
+        await page.evaluate('sessionStorage.setItem("meshnode-audio-only", "1")')
+    await page.goto(f"{node.url}/?room={node.default_room}#invite={invite}")
+    await page.evaluate("window.meshnode.ready")
+    return page
+
+
+async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
+        media_node: NodeProcess, chromium_path: str) -> None:
+    node = media_node
+    room = node.default_room
+    editor = node.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+    viewer = node.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
+    browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS)
+    pages: list[Any] = []
+    try:
+        # Three pages on one node: all three publish under the node's PeerID, so the relay
+        # must tell them apart as participants (PeerID#session).
+        speaker = await open_page(browser, node, editor)
+        full = await open_page(browser, node, viewer)
+        base = await open_page(browser, node, viewer)
+        pages += [speaker, full, base]
+        who = (await speaker.evaluate("window.meshnode.media.hello()"))["publisher"]
+        await speaker.evaluate("window.meshnode.media.camera(true)")
+        await speaker.evaluate("window.meshnode.media.microphone(true)")
+        published = await speaker.evaluate("window.meshnode.media.published()")
+        assert published == {"audio": True, "video": True, "scalabilityMode": "L1T3"}
+
+        # (a) Both subscribers receive the speaker's voice and video through the relay.
+        decoding = ('rows.length === 2 && rows.some((r) => r.kind === "video" && '
+                    'r.framesDecoded > 30) && rows.some((r) => r.kind === "audio" && '
+                    'r.totalSamplesReceived > 48000)')
+        for page in (full, base):
+            rows = await wait_rows(page, decoding)
+            assert {r["publisher"] for r in rows} == {who}
+        assert await speaker.evaluate("window.meshnode.media.streams()") == []
+
+        # (b) The base subscriber's budget fits the voice and the base layer only, by the
+        # rates the relay measures (TL0, TL0+1, all: L1T3 layers 1:1:2 in frames). The
+        # speaker's encoder is held at a steady rate (as a sender on a capped uplink): a rate
+        # still ramping up would move the layers' costs across the budget.
+        await speaker.evaluate(CAP_VIDEO.replace("KBPS", str(PUBLISHER_KBPS)))
+        streams = await wait_for_layers(node, room)
+        audio_kbps = next(s["kbps"] for s in streams if s["kind"] == "audio")
+        layers = next(s["layer_kbps"] for s in streams if s["kind"] == "video")
+        budget = audio_kbps + (layers[0] + layers[1]) / 2
+        print(f"relay measures audio {audio_kbps} kbps, video layers {layers}: "
+              f"base subscriber max_kbps {budget:.0f}")
+        await base.evaluate(f"window.meshnode.media.setPrefs({{max_kbps: {budget:.1f}}})")
+        # Thinned: the base page decodes well under the full page's frame rate.
+        await wait_rows(base, 'rows.some((r) => r.kind === "video" && r.framesPerSecond > 0 '
+                              '&& r.framesPerSecond < 6)')
+        before = {p: row(await p.evaluate("window.meshnode.media.stats()"), "video")
+                  for p in (full, base)}
+        await wait_rows(full, f'rows.some((r) => r.kind === "video" && '
+                              f'r.framesDecoded >= {before[full]["framesDecoded"] + 150})')
+        after = {p: row(await p.evaluate("window.meshnode.media.stats()"), "video")
+                 for p in (full, base)}
+        frames = {p: after[p]["framesDecoded"] - before[p]["framesDecoded"] for p in (full, base)}
+        ratio = frames[base] / frames[full]
+        late = await wait_for_layers(node, room)
+        print("rates after the window:", [(x["kind"], x["kbps"], x["layer_kbps"]) for x in late])
+        print(f"frames decoded in the same window: full {frames[full]}, base {frames[base]}, "
+              f"ratio {ratio:.3f}")
+        assert 0.15 <= ratio <= 0.45, (frames, layers, budget)
+
+        # No loss, no freeze on the full subscriber; its audio barely concealed.
+        rows = await full.evaluate("window.meshnode.media.stats()")
+        video, audio = row(rows, "video"), row(rows, "audio")
+        print(f"full subscriber: video {video}, audio {audio}")
+        assert video["framesDecoded"] > 0 and video["frameWidth"] > 0
+        assert video["packetsLost"] == 0 and audio["packetsLost"] == 0
+        assert video["freezeCount"] == 0
+        assert audio["concealedSamples"] <= 0.05 * audio["totalSamplesReceived"], audio
+        base_video = row(await base.evaluate("window.meshnode.media.stats()"), "video")
+        # Thinned without a gap: the relay renumbers what it forwards. (Its freezeCount is
+        # not asserted: dropping from 15 to ~4 frames a second is a "freeze" by definition.)
+        assert base_video["packetsLost"] == 0, base_video
+        await base.close()
+        pages.remove(base)
+
+        # (c) An audio-only page gets the voice and not a byte of video.
+        listener = await open_page(browser, node, viewer, audio_only=True)
+        pages.append(listener)
+        assert (await listener.evaluate("window.meshnode.media.prefs()"))["audio_only"]
+        await wait_rows(listener, 'rows.some((r) => r.kind === "audio" && '
+                                  'r.totalSamplesReceived > 96000)')
+        # Meanwhile the full page decoded more video: there was video to send.
+        frames_full = row(await full.evaluate("window.meshnode.media.stats()"),
+                          "video")["framesDecoded"]
+        await wait_rows(full, f'rows.some((r) => r.kind === "video" && '
+                              f'r.framesDecoded >= {frames_full + 30})')
+        streams_heard = await listener.evaluate("window.meshnode.media.streams()")
+        assert [s["kind"] for s in streams_heard] == ["audio"]
+        video_in = await listener.evaluate(VIDEO_INBOUND)
+        assert video_in == {"lines": 0, "bytes": 0}, video_in
+
+        errors = [m for p in pages for m in p.console if m.kind in ("exception", "log:error")]
+        assert not errors, [str(m) for m in errors]
+    finally:
+        for page in pages:
+            await page.close()
+        await browser.close()
+
+
+PUBLISHER_KBPS = 150
+
+# Cap the page's camera encoder at KBPS.
+CAP_VIDEO = """(async () => {
+    const pc = window.meshnode.media.connection();
+    const sender = pc.getSenders().find((s) => s.track && s.track.kind === "video");
+    const params = sender.getParameters();
+    params.encodings[0].maxBitrate = KBPS * 1000;
+    await sender.setParameters(params);
+    return sender.getParameters().encodings[0].maxBitrate;
+  })()"""
+
+# What arrived on the page's video m-lines at all (whoever's), from its own connection.
+VIDEO_INBOUND = """(async () => {
+    const pc = window.meshnode.media.connection();
+    let lines = 0;
+    for (const t of pc.getTransceivers()) if (t.receiver.track.kind === "video") lines += 1;
+    let bytes = 0;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") bytes += s.bytesReceived || 0;
+    });
+    return { lines, bytes };
+  })()"""
+
+
+SETTLE_READS = 10
+
+
+async def wait_for_layers(node: NodeProcess, room: str | None,
+                          timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """The room's streams in the node's status once its video has had three temporal layers
+    measured (and the audio a rate) in ``SETTLE_READS`` reads in a row (the relay smooths
+    the layers' rates over a few seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    settled = 0
+    while True:
+        status = await asyncio.to_thread(node.get, "/api/status")
+        streams: list[dict[str, Any]] = status.get("media", {}).get("rooms", {}).get(
+            room, {}).get("streams", [])
+        kinds = {s["kind"]: s for s in streams}
+        if (len(kinds.get("video", {}).get("layer_kbps", [])) == 3
+                and kinds.get("audio", {}).get("kbps", 0) > 0):
+            settled += 1
+            if settled >= SETTLE_READS:
+                return streams
+        else:
+            settled = 0
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no layered video in the node's status: {status.get('media')}")
+        await asyncio.sleep(0.5)

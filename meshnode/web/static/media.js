@@ -10,13 +10,14 @@
 // The JSON messages are documented in meshnode/web/media.py.
 
 const STATS_INTERVAL_MS = 1000;
+const AUDIO_ONLY_KEY = "meshnode-audio-only"; // this tab's choice, kept across reloads
 
 export function createMedia({ getPc, send, request, personName, onStreamsChanged, showMessage }) {
   let hello = null; // the node's media_hello
   let streams = []; // [{mid, kind, source, publisher, layer}] from media_streams
   let negotiation = Promise.resolve();
   const local = { audio: null, video: null }; // {transceiver, track}
-  let prefs = { audio_only: false, max_kbps: null };
+  let prefs = { audio_only: storedAudioOnly(), max_kbps: null };
   const people = new Map(); // publisher key -> {box, video, audio, videoMid, audioMid}
   let statsRows = []; // the last stats, one row per receiving stream
   const lastBytes = new Map(); // mid -> [bytesReceived, timestamp]
@@ -141,8 +142,22 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
     return on;
   }
 
+  function storedAudioOnly() {
+    try {
+      return sessionStorage.getItem(AUDIO_ONLY_KEY) === "1";
+    } catch {
+      return false;
+    }
+  }
+
   async function setPrefs(next) {
     prefs = { ...prefs, ...next };
+    try {
+      sessionStorage.setItem(AUDIO_ONLY_KEY, prefs.audio_only ? "1" : "0");
+    } catch {
+      // no storage: this page load only
+    }
+    renderButtons();
     await request({ t: "media_prefs", audio_only: !!prefs.audio_only, max_kbps: prefs.max_kbps ?? null });
   }
 
@@ -231,6 +246,9 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
         framesPerSecond: s.framesPerSecond || 0,
         freezeCount: s.freezeCount || 0,
         frameWidth: s.frameWidth || 0,
+        concealedSamples: s.concealedSamples || 0,
+        totalSamplesReceived: s.totalSamplesReceived || 0,
+        timestamp: s.timestamp,
       });
     });
     return rows;
@@ -291,7 +309,10 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
       cam.setAttribute("aria-pressed", String(!!(local.video && local.video.track)));
     }
     const only = document.getElementById("audio-only");
-    if (only) only.disabled = !(hello && hello.receive);
+    if (only) {
+      only.disabled = !(hello && hello.receive);
+      only.checked = !!prefs.audio_only;
+    }
   }
 
   function initControls() {
@@ -320,6 +341,8 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
         renderButtons();
         renderReceiving();
         if (statsTimer === null) statsTimer = setInterval(refreshStats, STATS_INTERVAL_MS);
+        // The node plans nothing for this page before it knows what the page wants.
+        if (hello.enabled) setPrefs({}).catch((err) => showMessage(`Voice and video: ${err.message}`));
         return true;
       case "media_renegotiate":
         onRenegotiate(msg);
@@ -366,6 +389,7 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
       microphone: (on) => setSending("audio", on !== false),
       camera: (on) => setSending("video", on !== false),
       setPrefs,
+      prefs: () => ({ ...prefs }),
       streams: () => structuredClone(streams),
       stats: collectStats,
       published: () => ({
@@ -376,6 +400,8 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
           : null,
       }),
       negotiated: () => negotiation.then(() => true),
+      // The page's connection to its node (media and data share it), for inspection.
+      connection: () => getPc(),
     },
   };
 }
