@@ -88,7 +88,8 @@ class RelayPort(Protocol):
     def publish(self, endpoint: MediaEndpoint, source: SourceInfo,
                 transceiver: RTCRtpTransceiver) -> str | None:
         """The peer publishes ``source`` on the receiver of ``transceiver``. Returns None
-        if the relay takes it, else the refusal's reason (the relay has called ``endpoint.refuse`` already)."""
+        if the relay takes it, else the refusal's reason (the relay has called
+        ``endpoint.refuse`` already)."""
 
     def unpublish(self, endpoint: MediaEndpoint, source_id: str) -> None:
         """The peer stopped publishing ``source_id``."""

@@ -17,6 +17,7 @@ from meshnode.config import (
     parse_listen,
 )
 from meshnode.federation import FederationPolicy
+from meshnode.media.config import MediaConfig
 from meshnode.transport.ice import IceServer, IceSettings
 
 FULL_EXAMPLE = """
@@ -78,6 +79,19 @@ allow = ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"]
 announce = false
 no_announce = ["abababababababababababababababababababababababababababababababab"]
 announce_rooms = ["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"]
+
+[media]
+enabled = true
+max_publications_per_peer = 2
+max_relay_kbps = 50000
+max_room_kbps = 20000
+max_peer_kbps = 2000
+audio_only_below_kbps = 80
+last_n = 3
+max_audio = 6
+audio_radius = 25.0
+plan_interval_s = 0.5
+recycle_sdp_chars = 20000
 """
 
 
@@ -156,6 +170,10 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
             ["12D3KooWD64rs2AHM3B3ReRkt9Lpb5JCL1aGDpSSHfrfYZnjvWuj"],
             ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"],
             ["ab" * 32], ["cd" * 32], announce_default=False),
+        media=MediaConfig(max_publications_per_peer=2, max_relay_kbps=50_000.0,
+                          max_room_kbps=20_000.0, max_peer_kbps=2_000.0,
+                          audio_only_below_kbps=80.0, last_n=3, max_audio=6,
+                          audio_radius=25.0, recycle_sdp_chars=20_000),
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
@@ -539,3 +557,13 @@ def test_url_from_listen_text_ipv6() -> None:
     cfg = _cfg("node", "listen", "[::1]:8471")
     assert cfg.url == "http://[::1]:8471"
     assert _cfg("node", "listen", "[::]:8471").url == "http://127.0.0.1:8471"
+
+
+def test_media_section_is_checked() -> None:
+    cfg = config_from_mapping({"media": {"enabled": False, "last_n": 2, "max_peer_kbps": 300}})
+    assert not cfg.media.enabled and cfg.media.last_n == 2 and cfg.media.max_peer_kbps == 300.0
+    assert cfg.media.selection().last_n == 2
+    assert "media.last_n" in _error({"media": {"last_n": -1}})
+    assert "media.enabled" in _error({"media": {"enabled": "yes"}})
+    assert "media.recycle_sdp_chars" in _error({"media": {"recycle_sdp_chars": 100}})
+    assert "unknown key" in _error({"media": {"bitrate": 1}})
