@@ -3,6 +3,7 @@
 meshnode up [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--bootstrap URL ...]
                                          run a node (the default command)
 meshnode keygen [--out PATH] [--force]   create an identity file, print its PeerID
+meshnode identity show|export|import     a person's key, to and from browsers (encrypted file)
 meshnode room create|list|invite|join|hosts|role|remove|revoke-invite
                                          manage the rooms and members of a running node
 meshnode peers | status [--open]         what a running node is linked to / doing
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the local scene-CRDT demo (two replicas, one room)")
     demo.set_defaults(handler=_demo)
+    from meshnode.cli_identity import add_identity_commands
+
+    add_identity_commands(sub)
     from meshnode.cli_node import add_node_commands
 
     add_node_commands(sub)

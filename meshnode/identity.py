@@ -276,11 +276,12 @@ class Identity:
         _fsync_dir(path.parent)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Identity:
-        """Read an identity file written by :meth:`save`.
+    def load(cls, path: str | os.PathLike[str], *, passphrase: str | None = None) -> Identity:
+        """Read an identity file written by :meth:`save`, or an encrypted export (the web
+        page's ``exportIdentity``, :mod:`meshnode.identity_export`) with its ``passphrase``.
 
         Raises :class:`FileNotFoundError` if it does not exist and :class:`IdentityFileError`
-        if group or others may access it or it is malformed.
+        if group or others may access it, it is malformed, or the passphrase is wrong.
         """
         path = Path(path)
         fd = os.open(path, os.O_RDONLY)
@@ -299,6 +300,13 @@ class Identity:
             lines = raw.decode("ascii").splitlines()
         except UnicodeDecodeError:
             raise IdentityFileError(f"identity file {path} is not ASCII text") from None
+        if raw.lstrip().startswith(b"{"):
+            from meshnode.identity_export import import_identity
+
+            try:
+                return import_identity(raw.decode("ascii"), passphrase)
+            except IdentityFileError as err:
+                raise IdentityFileError(f"identity file {path}: {err}") from None
         if len(lines) != 2 or lines[0].strip() != FILE_HEADER:
             raise IdentityFileError(
                 f"identity file {path} is malformed: expected a '{FILE_HEADER}' line "

@@ -594,8 +594,46 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if reason is not None:
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
 
-    def _integrate(self, ch: Change, data: bytes | None) -> str | None:
-        """Validate a change whose deps are all applied, then apply it. All or nothing.
+    def judge_unsigned(self, body: bytes) -> str | None:
+        """Would the change with this ``body``, once its author signs it, be accepted here now
+        (its deps all applied)? None if so, else the stable reason every replica would give
+        (``not_entity_owner``, ``viewer_cannot_edit``, ``quota``, ``bad_seq``, ...). Nothing
+        is changed: a node checks what it asks a person to sign (``meshnode.crdt.authoring``)
+        so that a person never signs a seq that no replica will hold."""
+        try:
+            ch = decode_change(body + bytes(64), self.limits)
+        except DecodeError as err:
+            return err.reason
+        if any(d not in self._graph.meta for d in ch.deps):
+            return "missing_deps"
+        try:
+            self._integrate(ch, None, dry_run=True)
+        except Rejected as rej:
+            return rej.reason
+        return None
+
+    @property
+    def is_private(self) -> bool:
+        """True for a private room (its scene is sealed: ``meshnode.crdt.privacy``)."""
+        return self._epochs is not None
+
+    def is_ancestor(self, ancestor: Node, node: Node) -> bool:
+        """True if ``ancestor`` is ``node``'s parent, grandparent, ... in the live tree."""
+        return self._tree.is_ancestor(ancestor, node)
+
+    def tick_clock(self, now: float, mono: float | None = None) -> int:
+        """A fresh clock stamp, later than everything seen here (as ``commit`` takes one), for
+        a change composed for another author (``meshnode.crdt.authoring``)."""
+        return self._clock.tick(now, mono)
+
+    def entity_counter(self, author: bytes) -> int:
+        """The highest entity counter ``author`` has created in the changes applied here."""
+        return max((n[1] for n in self._creation if n[0] == author), default=0)
+
+    def _integrate(self, ch: Change, data: bytes | None, *, dry_run: bool = False
+                   ) -> str | None:
+        """Validate a change whose deps are all applied, then apply it (``dry_run``: only
+        validate). All or nothing.
 
         Returns None, or the reason the change is kept only as a tombstone (see
         ``retraction``): acceptance is judged with every grant in the causal past, inert ones
@@ -689,6 +727,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if epochs is not None:
             plan = self._judge_private(ch, author, role, vv, actors, roles, private_ops)
 
+        if dry_run:
+            return None
         # Accepted. Does it take effect?
         cid = ch.change_id
         revocation = self._revocation
