@@ -626,6 +626,25 @@ class SceneReplica(PrivateRoom, LocalEdits):
         a change composed for another author (``meshnode.crdt.authoring``)."""
         return self._clock.tick(now, mono)
 
+    def last_writers(self) -> dict[str, str]:
+        """Each live entity (ID text) mapped to the PeerID of the author of its latest
+        applied write (a field set, its creation or a move), for accountability in pages."""
+        from meshnode.identity import peer_id_from_public_key
+
+        best: dict[Node, Stamp] = {}
+        for entry in self._tree.log:
+            stamp, child = entry[0], entry[2]
+            if stamp[0] < (1 << 64) and (child not in best or best[child] < stamp):
+                best[child] = stamp
+        for ent, comps in self._fields.items():
+            for fd in comps.values():
+                for stamp, _ in fd.values():
+                    if stamp[0] < (1 << 64) and (ent not in best or best[ent] < stamp):
+                        best[ent] = stamp
+        live = self._tree.live_nodes()
+        return {str(EntityId(*ent)): peer_id_from_public_key(stamp[1])
+                for ent, stamp in best.items() if ent in live and stamp[1]}
+
     def entity_counter(self, author: bytes) -> int:
         """The highest entity counter ``author`` has created in the changes applied here."""
         return max((n[1] for n in self._creation if n[0] == author), default=0)

@@ -641,6 +641,25 @@ class RoomOverlay:
         self._flush_changes()
         return res
 
+    def submit_signed_presence(self, msg: Presence, now: float) -> str | None:
+        """Publish a presence update signed by someone else: a person whose browser this node
+        serves (``meshnode.web.people``). Judged as one from a link would be (member,
+        signature, newer seq, the participant's rate), but a refusal costs no peer score:
+        the caller refuses it to its page. None if taken, else the reason (``not_a_member``,
+        ``bad_signature``, ``stale_or_rate_limited``)."""
+        if msg.room_id != self.room_id:
+            return "wrong_room"
+        if self.replica.role_of(msg.participant) == "none":
+            return "not_a_member"
+        if not verify_signature(msg.participant, msg.signature,
+                                presence_payload(self.room_id, msg.body)):
+            return "bad_signature"
+        if not self.presence.accept(msg, now):
+            return "stale_or_rate_limited"
+        self._emit(PresenceUpdated(peer_id_from_public_key(msg.participant), msg.fields, now))
+        self.presence.enqueue(msg, self._targets, None, now)
+        return None
+
     def submit_presence(self, fields: dict[str, Any], now: float) -> bool:
         """Publish the local participant's presence (e.g. ``{"position": [x, y, z]}``).
 

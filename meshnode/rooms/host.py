@@ -52,7 +52,7 @@ from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.runtime.tasks import TaskSet
 from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
 from meshnode.transport.link import LocalHello
-from meshnode.web.shared_presence import SharedPresenceRoom
+from meshnode.web.people import PeopleRoom
 from protocol.errors import DecodeError
 from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused
 
@@ -252,9 +252,9 @@ class RoomHost(LinkService):
         rid = self.default_room_id()
         return rid.hex() if rid is not None else ""
 
-    def room(self, hex_id: str) -> SharedPresenceRoom | None:
-        """A room as this node's browsers see it, by hex ID (one presence entry per
-        browser inside the node's own presence)."""
+    def room(self, hex_id: str) -> PeopleRoom | None:
+        """A room as this node's browsers see it, by hex ID: each person in a browser
+        authors their own changes and presence (``meshnode.web.people``)."""
         try:
             hosted = self.rooms.get(bytes.fromhex(hex_id))
         except ValueError:
@@ -262,7 +262,9 @@ class RoomHost(LinkService):
         if hosted is None:
             return None
         if hosted.browser_view is None:
-            hosted.browser_view = SharedPresenceRoom(hosted.runtime)
+            hosted.browser_view = PeopleRoom(
+                hosted.runtime, admit_policy=lambda: hosted.settings.get("admit"),
+                admit_role=self.config.admit_role)
         return hosted.browser_view
 
     def _rooms_changed(self) -> None:

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnode.runtime.room import RoomRuntime
-from meshnode.web.shared_presence import SharedPresenceRoom
+from meshnode.web.people import PeopleRoom
 
 __all__ = ["HostedRoom"]
 
@@ -18,4 +18,4 @@ class HostedRoom:
     stored_since_snapshot: int = 0
     saving_snapshot: bool = False
     clients: set[str] = field(default_factory=set)
-    browser_view: SharedPresenceRoom | None = None
+    browser_view: PeopleRoom | None = None

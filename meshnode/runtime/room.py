@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from meshnode.crdt import SceneReplica
+from meshnode.crdt import APPLIED, ApplyResult, SceneReplica
 from meshnode.overlay import OverlayConfig, RoomOverlay
 from meshnode.overlay.events import (
     ChangeApplied,
@@ -33,6 +33,7 @@ from meshnode.overlay.events import (
     RequestRefused,
 )
 from protocol.change import change_id
+from protocol.frames import Presence
 
 T = TypeVar("T")
 
@@ -176,6 +177,23 @@ class RoomRuntime:
         # future others wait on (the node's acknowledgement, metrics).
         await asyncio.shield(waiter)
         return cid
+
+    async def submit_signed(self, data: bytes) -> ApplyResult:
+        """Apply and spread a change someone else signed (a person in a browser this node
+        serves: ``meshnode.web.people``), judged like one from a link; once applied, wait
+        until it is durable here. Returns the replica's verdict."""
+        res = self.overlay.submit_change(data, self._clock())
+        self.pump()
+        if res.status == APPLIED and res.change_id is not None:
+            await asyncio.shield(self.durable(res.change_id))
+        return res
+
+    def submit_signed_presence(self, msg: Presence) -> str | None:
+        """Publish a presence update someone else signed (see ``submit_signed``); None if
+        taken, else why not (``RoomOverlay.submit_signed_presence``)."""
+        reason = self.overlay.submit_signed_presence(msg, self._clock())
+        self.pump()
+        return reason
 
     def durable(self, change_id: bytes) -> "asyncio.Future[None]":
         """A future that completes when ``change_id`` is durable (see ``mark_durable``)."""

@@ -1,14 +1,22 @@
 """The room as the browser client's code sees it (``RoomAccess``), and wrappers that change
-part of it: ``DelegatingRoom`` passes everything on, ``ReadOnlyRoom`` refuses edits."""
+part of it: ``DelegatingRoom`` passes everything on, ``ReadOnlyRoom`` refuses the node's own
+edits (a person's edits are judged by their role: ``meshnode.web.people``)."""
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from meshnode.crdt import PermissionDenied, SceneReplica
+from meshnode.crdt.authoring import SealedDraft
+from protocol.frames import Presence
 
-__all__ = ["DelegatingRoom", "ReadOnlyRoom", "RoomAccess"]
+__all__ = ["DelegatingRoom", "EditFn", "ReadOnlyRoom", "RoomAccess"]
 
 T = TypeVar("T")
+
+EditFn = Callable[[Any], Any]
+"""An edit: called with something that has the replica's editing methods (``create_entity``,
+``set_field``, ``move``, ``delete``): a ``PersonDraft`` for a person's edit."""
 
 
 class RoomAccess(Protocol):
@@ -58,6 +66,36 @@ class RoomAccess(Protocol):
         function that unsubscribes."""
         ...
 
+    # A person's side (``meshnode.web.people`` documents them).
+
+    def author_lock(self, author: bytes) -> asyncio.Lock:
+        """Held while one change of ``author`` is composed, signed and applied."""
+        ...
+
+    def draft(self, author: bytes, fn: EditFn) -> SealedDraft:
+        """The change ``fn`` makes, composed for ``author`` and judged (unsigned)."""
+        ...
+
+    def author_seq(self, author: bytes) -> int:
+        """The highest seq of ``author``'s chain the replica holds."""
+        ...
+
+    async def submit_signed(self, data: bytes) -> str | None:
+        """Apply a change its author signed; None once durable, else the reason."""
+        ...
+
+    def submit_presence(self, msg: Presence) -> str | None:
+        """Publish a presence its participant signed; None if taken, else the reason."""
+        ...
+
+    def role_of(self, peer: str) -> str:
+        """A person's role in the room."""
+        ...
+
+    async def admit_person(self, peer: str, invite: str | None) -> str | None:
+        """Admit a person (open room, or their invite); None if a member, else why not."""
+        ...
+
 
 class DelegatingRoom:
     """A room that passes everything on to another; subclasses change what they need."""
@@ -105,6 +143,34 @@ class DelegatingRoom:
         forget = getattr(self._room, "forget", None)
         if callable(forget):
             forget(session)
+
+    def author_lock(self, author: bytes) -> asyncio.Lock:
+        """As the room does it."""
+        return self._room.author_lock(author)
+
+    def draft(self, author: bytes, fn: EditFn) -> SealedDraft:
+        """As the room does it."""
+        return self._room.draft(author, fn)
+
+    def author_seq(self, author: bytes) -> int:
+        """As the room does it."""
+        return self._room.author_seq(author)
+
+    async def submit_signed(self, data: bytes) -> str | None:
+        """As the room does it."""
+        return await self._room.submit_signed(data)
+
+    def submit_presence(self, msg: Presence) -> str | None:
+        """As the room does it."""
+        return self._room.submit_presence(msg)
+
+    def role_of(self, peer: str) -> str:
+        """As the room does it."""
+        return self._room.role_of(peer)
+
+    async def admit_person(self, peer: str, invite: str | None) -> str | None:
+        """As the room does it."""
+        return await self._room.admit_person(peer, invite)
 
 
 class ReadOnlyRoom(DelegatingRoom):

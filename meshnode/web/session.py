@@ -63,20 +63,31 @@ token instead of being dropped).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from meshnode.crdt import EntityId, PermissionDenied, SceneReplica
+from meshnode.crdt import EntityId, PermissionDenied
+from meshnode.crdt.authoring import DraftRefused, SealedDraft
+from meshnode.identity import public_key_from_peer_id, verify_signature
+from meshnode.identity_export import did_key
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.web.media import MEDIA_TYPES, BrowserMedia
 from meshnode.web.messages import EDITS, BadMessage, dumps, peek_req, refuse_constant, want_req
-from meshnode.web.rooms import RoomAccess
+from meshnode.web.people import identify_payload, presence_from_page
+from meshnode.web.rooms import EditFn, RoomAccess
+from meshnode.web.signing import SignAnswer, SignDesk, parse_sign_answer
+from protocol.change import OP_CREATE, decode_change, signing_payload
+from protocol.errors import DecodeError
+from protocol.frames import Presence
 
 __all__ = ["BrowserSession", "SessionLimits"]
 
@@ -102,6 +113,14 @@ class SessionLimits:
     presence_burst: float = 20.0
     max_presence_fields: int = 32
     max_presence_field_chars: int = 64
+    sign_timeout_s: float = 20.0
+    """How long the node waits for the page to sign one change."""
+    sign_attempts: int = 4
+    """Drafts of one edit (each after the page showed a later seq it signed) before
+    ``seq_conflict``."""
+    chain_wait_s: float = 5.0
+    """How long the node waits for a person's own earlier change to arrive before drafting
+    the next one (``seq_behind``)."""
 
 
 class BrowserSession:
@@ -141,12 +160,18 @@ class BrowserSession:
         self._last_push = -math.inf
         self._sent_state: dict[str, dict[str, Any]] = {}
         self._sent_presence: dict[str, dict[str, Any]] = {}
+        self._sent_authors: dict[str, str] = {}
         self._acks: list[dict[str, Any]] = []
         self._ack_handle: asyncio.Handle | None = None
         self._acks_sent: asyncio.Future[None] | None = None
         self._edits_in_flight = 0
-        self._pending_presence: dict[str, Any] | None = None
+        self._pending_presence: Presence | None = None
         self._presence_handle: asyncio.TimerHandle | None = None
+        self._challenge = os.urandom(32)
+        self._desk = SignDesk()
+        self.person: bytes | None = None
+        """The key of the person whose page this is, once it proved holding it."""
+        self.person_id: str | None = None
         self.media: BrowserMedia | None = None
         """The browser's voice and video (``meshnode.web.media``), if its link carries any."""
 
@@ -173,11 +198,14 @@ class BrowserSession:
             "room": room_id.hex(),
             "room_name": self._room.room_name,
             "me": self._room.me,
+            "node": self._room.me,
             "session": self.name,
+            "challenge": base64.b64encode(self._challenge).decode("ascii"),
             "presence": presence,
         }
         self._send_parts(head, {"t": "state"}, "state", state)
         self._sent_state = state
+        self._push_authors()
         self._sent_presence = presence
         self._last_push = self._loop.time()
         self._unsubscribe = self._room.subscribe(self._on_room_change)
@@ -196,6 +224,7 @@ class BrowserSession:
         if sent is not None and not sent.done():
             sent.set_result(None)  # nothing more will be sent
         self._pending_presence = None
+        self._desk.close()
         if self.media is not None:
             self.media.close()
         forget = getattr(self._room, "forget", None)
@@ -287,6 +316,7 @@ class BrowserSession:
         self._last_push = self._loop.time()
         try:
             self._push_state()
+            self._push_authors()
             self._push_presence()
         except Exception:
             self.counters["push_failed"] += 1
@@ -306,6 +336,16 @@ class BrowserSession:
         else:
             self._send_parts({"t": "delta", "del": removed}, {"t": "delta", "del": []},
                              "set", changed)
+
+    def _push_authors(self) -> None:
+        """Who wrote each entity last (accountability in the page), when the room knows."""
+        writers = getattr(self._room, "last_writers", None)
+        if not callable(writers):
+            return
+        authors = writers()
+        if authors != self._sent_authors:
+            self._sent_authors = authors
+            self._send_parts({"t": "authors"}, {"t": "authors"}, "authors", authors)
 
     def _push_presence(self) -> None:
         presence = self._room.presence()
@@ -338,13 +378,16 @@ class BrowserSession:
         if sent is not None and not sent.done():
             sent.set_result(None)
 
-    def _refuse(self, req: int, reason: str, error: str) -> None:
+    def _refuse(self, req: int, reason: str, error: str, why: str | None = None) -> None:
+        """A refused edit: ``reason`` is the session's counter, ``why`` the stable reason the
+        page shows (the replicas' label, e.g. ``not_entity_owner``)."""
         self.counters[reason] += 1
-        self._send({"t": "ack", "req": req, "ok": False, "error": error})
+        self._send({"t": "ack", "req": req, "ok": False, "error": error,
+                    "reason": why or reason})
 
     def _error(self, reason: str, error: str, req: int | None) -> None:
         self.counters[reason] += 1
-        self._send({"t": "error", "req": req, "error": error})
+        self._send({"t": "error", "req": req, "error": error, "reason": reason})
 
     # ------------------------------------------------------------------ receiving
 
@@ -360,6 +403,12 @@ class BrowserSession:
             if kind == "presence":
                 self._handle_presence(msg)
                 return
+            if kind == "identify":
+                await self._handle_identify(msg)
+                return
+            if kind in ("signed", "sign_refused"):
+                self._handle_sign_answer(parse_sign_answer(msg))
+                return
             if kind in MEDIA_TYPES:
                 await self._handle_media(msg)
                 return
@@ -372,7 +421,7 @@ class BrowserSession:
         except BadMessage as bad:
             self._error(bad.reason, bad.text, bad.req)
             return
-        await self._run_edit(req, fn)
+        await self._run_person_edit(req, fn)
 
     async def _handle_media(self, msg: dict[str, Any]) -> None:
         if self.media is None:
@@ -402,7 +451,54 @@ class BrowserSession:
             raise BadMessage("bad_message", 'a message needs a string "t"', peek_req(msg))
         return msg
 
-    async def _run_edit(self, req: int, fn: Callable[[SceneReplica], Any]) -> None:
+    # ------------------------------------------------------------------ the person
+
+    async def _handle_identify(self, msg: dict[str, Any]) -> None:
+        """The page proves it holds its person's key (a signature of the welcome's challenge)
+        and, with an invite, redeems it; the node admits the person and says their role."""
+        peer, sig, invite = msg.get("peer"), msg.get("sig"), msg.get("invite")
+        if type(peer) is not str or type(sig) is not str or len(sig) > 100:
+            raise BadMessage("bad_message", 'identify needs a "peer" and a base64 "sig"')
+        if invite is not None and (type(invite) is not str or len(invite) > 8192):
+            raise BadMessage("bad_message", '"invite" must be an invite token')
+        try:
+            key = public_key_from_peer_id(peer)
+            signature = base64.b64decode(sig, validate=True)
+        except (ValueError, binascii.Error) as err:
+            raise BadMessage("bad_message", f"identify: {err}") from None
+        if self.person is not None and self.person != key:
+            raise BadMessage("already_identified", "this session belongs to another person; "
+                             "open a new connection to change identity")
+        node_key = public_key_from_peer_id(self._room.me)
+        payload = identify_payload(self._room.room_id, node_key, self._challenge)
+        if not verify_signature(key, signature, payload):
+            raise BadMessage("bad_identity_proof", "the signature does not prove this key: "
+                             "sign the welcome's challenge with the person's key")
+        self.person, self.person_id = key, peer
+        self.counters["identified"] += 1
+        problem = None
+        try:
+            problem = await self._room.admit_person(peer, invite)
+        except Exception:
+            log.exception("session %s: admitting %s failed", self.name, peer)
+            problem = "admission_failed"
+        if problem is not None:
+            self.counters[f"admission_{problem}"] += 1
+        self._send({"t": "identified", "peer": peer, "did": did_key(key),
+                    "role": self._room.role_of(peer), "problem": problem})
+
+    def _handle_sign_answer(self, answer: SignAnswer) -> None:
+        if not self._desk.answer(answer):
+            # Replayed, reordered or made up: it names no request the node has open.
+            raise BadMessage("unknown_signing_request",
+                             f"signing request {answer.sreq} is not open (answered already, "
+                             "given up on, or never asked): nothing was applied")
+
+    async def _run_person_edit(self, req: int, fn: EditFn) -> None:
+        if self.person is None:
+            self._refuse(req, "not_identified", "identify first: the page signs its edits "
+                         "with its person's key")
+            return
         if self._edits_in_flight >= self.limits.max_edits_in_flight:
             self._refuse(req, "busy", "busy: too many edits waiting to be durable")
             return
@@ -412,44 +508,161 @@ class BrowserSession:
             return
         self._edits_in_flight += 1
         try:
-            result = await self._room.edit(fn)
-        except PermissionDenied as err:
-            self._refuse(req, "edit_refused", f"permission denied: {err}")
-            return
-        except (ValueError, TypeError) as err:
-            self._refuse(req, "edit_refused", str(err) or type(err).__name__)
-            return
+            async with self._room.author_lock(self.person):
+                ack = await self._author(req, self.person, fn)
         except Exception as err:
             log.exception("session %s: edit %d failed", self.name, req)
             self._refuse(req, "edit_failed", f"the node could not make this edit: {err}")
             return
         finally:
             self._edits_in_flight -= 1
-        ack: dict[str, Any] = {"t": "ack", "req": req, "ok": True}
-        if isinstance(result, EntityId):
-            ack["id"] = str(result)
-        await self._ack(ack)
+        if ack is not None:
+            await self._ack(ack)
+
+    async def _author(self, req: int, person: bytes, fn: EditFn) -> dict[str, Any] | None:
+        """Draft the edit as the person, have the page sign it, apply it. Returns the ack to
+        send (None: a refusal was sent)."""
+        for _ in range(self.limits.sign_attempts):
+            try:
+                draft = self._room.draft(person, fn)
+            except DraftRefused as err:
+                self._refuse(req, "edit_refused", f"permission denied: {err}", err.reason)
+                return None
+            except PermissionDenied as err:
+                self._refuse(req, "edit_refused", f"permission denied: {err}")
+                return None
+            except (ValueError, TypeError) as err:
+                self._refuse(req, "edit_refused", str(err) or type(err).__name__)
+                return None
+            answer = await self._ask_signature(req, draft)
+            if answer is None:
+                return None
+            if answer.signature is not None:
+                return await self._apply_signed(req, person, draft, answer.signature)
+            if answer.reason in ("seq_reused", "already_signed") and answer.changes:
+                brought = await self._bring_signed(req, person, answer.changes)
+                if brought is None:
+                    return None
+                if answer.reason == "already_signed" and answer.seq in brought:
+                    # The page signed this very edit before (a failover redelivery).
+                    return self._ack_of_change(req, person, brought[answer.seq])
+                continue  # the person's chain is further along: draft again
+            self._refuse(req, "sign_refused", f"the page refused to sign: {answer.reason}",
+                         answer.reason)
+            return None
+        self._refuse(req, "seq_conflict", "the person's changes from another tab or node "
+                     "kept overtaking this one: try again", "seq_conflict")
+        return None
+
+    async def _ask_signature(self, req: int, draft: SealedDraft) -> SignAnswer | None:
+        try:
+            sreq, fut = self._desk.open()
+        except OverflowError as err:
+            self._refuse(req, "busy", str(err))
+            return None
+        self._send({"t": "sign", "req": req, "sreq": sreq, "seq": draft.seq,
+                    "body": base64.b64encode(draft.body).decode("ascii")})
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.limits.sign_timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            self._desk.forget(sreq)
+            if self._closed:
+                return None
+            self._refuse(req, "sign_timeout", "the page did not sign in time")
+            return None
+
+    async def _apply_signed(self, req: int, person: bytes, draft: SealedDraft,
+                            signature: bytes) -> dict[str, Any] | None:
+        payload = signing_payload(self._room.room_id, draft.body)
+        if not verify_signature(person, signature, payload):
+            self._refuse(req, "bad_signature", "the signature is not the person's over the "
+                         "change asked for: nothing was applied", "bad_signature")
+            return None
+        problem = await self._room.submit_signed(draft.body + signature)
+        if problem is not None:
+            self._refuse(req, "edit_refused", f"the room refused the change: {problem}",
+                         problem)
+            return None
+        ack: dict[str, Any] = {"t": "ack", "req": req, "ok": True, "seq": draft.seq}
+        if isinstance(draft.result, EntityId):
+            ack["id"] = str(draft.result)
+        return ack
+
+    async def _bring_signed(self, req: int, person: bytes, changes: tuple[bytes, ...]
+                            ) -> dict[int, bytes] | None:
+        """The page shows changes it signed that this replica lacks: apply them and wait until
+        the person's chain reaches them here. Returns them by seq (None: refused)."""
+        by_seq: dict[int, bytes] = {}
+        for data in changes:
+            try:
+                ch = decode_change(data)
+            except DecodeError as err:
+                self._refuse(req, "bad_signed_change", f"the page's signed change: {err}",
+                             "bad_signed_change")
+                return None
+            if ch.author != person or not verify_signature(
+                    person, ch.signature, signing_payload(self._room.room_id, ch.body)):
+                self._refuse(req, "bad_signed_change", "the page's signed change is not the "
+                             "person's", "bad_signed_change")
+                return None
+            by_seq[ch.seq] = data
+        for seq in sorted(by_seq):
+            problem = await self._room.submit_signed(by_seq[seq])
+            if problem is not None:
+                self._refuse(req, "edit_refused", f"the person's change {seq} was refused: "
+                             f"{problem}", problem)
+                return None
+        top = max(by_seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.chain_wait_s
+        while self._room.author_seq(person) < top:
+            if loop.time() > deadline or self._closed:
+                self._refuse(req, "seq_behind", "this node does not hold the person's earlier "
+                             "changes yet: try again in a moment", "seq_behind")
+                return None
+            await asyncio.sleep(0.05)
+        return by_seq
+
+    def _ack_of_change(self, req: int, person: bytes, data: bytes) -> dict[str, Any]:
+        ch = decode_change(data)
+        ack: dict[str, Any] = {"t": "ack", "req": req, "ok": True, "seq": ch.seq}
+        creates = [op for op in ch.ops if op[0] == OP_CREATE]
+        if creates:
+            ack["id"] = str(EntityId(person, creates[0][1]))
+        return ack
+
+    # ------------------------------------------------------------------ presence
 
     def _handle_presence(self, msg: dict[str, Any]) -> None:
-        fields = msg.get("fields")
+        """A presence update the page signed with its person's key."""
+        if self.person is None:
+            raise BadMessage("not_identified", "identify first: presence is signed by the "
+                             "person's key")
+        body, sig = msg.get("body"), msg.get("sig")
+        if type(body) is not str or type(sig) is not str or len(body) > 16_384 \
+                or len(sig) > 100:
+            raise BadMessage("presence_unsigned", 'presence is {"body": base64 msgpack '
+                             '[participant, seq, fields], "sig": base64 signature}')
+        try:
+            update = presence_from_page(self._room.room_id, base64.b64decode(body, validate=True),
+                                        base64.b64decode(sig, validate=True))
+        except (DecodeError, binascii.Error, ValueError) as err:
+            raise BadMessage("bad_presence", f"presence: {err}") from None
+        if update.participant != self.person:
+            raise BadMessage("presence_not_yours", "a page publishes its own person's presence "
+                             "only")
         lim = self.limits
-        if type(fields) is not dict:
-            raise BadMessage("bad_message", 'presence needs an object "fields"')
-        if len(fields) > lim.max_presence_fields:
-            raise BadMessage("bad_message", f"at most {lim.max_presence_fields} presence fields")
-        for key in fields:
-            if not key or len(key) > lim.max_presence_field_chars:
-                raise BadMessage(
-                    "bad_message",
-                    f"presence field names are 1..{lim.max_presence_field_chars} characters",
-                )
+        if len(update.fields) > lim.max_presence_fields or any(
+                not key or len(key) > lim.max_presence_field_chars for key in update.fields):
+            raise BadMessage("bad_message", f"at most {lim.max_presence_fields} presence fields "
+                             f"named by 1..{lim.max_presence_field_chars} characters")
         if self._presence_bucket.take(1.0, self._clock()):
             self._pending_presence = None
-            self._set_presence(fields)
+            self._publish_presence(update)
             return
-        # Over the rate: keep only the latest fields and publish them when a token is due.
+        # Over the rate: keep only the latest update and publish it when a token is due.
         self.counters["presence_coalesced"] += 1
-        self._pending_presence = fields
+        self._pending_presence = update
         self._schedule_presence()
 
     def _schedule_presence(self) -> None:
@@ -459,24 +672,26 @@ class BrowserSession:
 
     def _presence_due(self) -> None:
         self._presence_handle = None
-        fields = self._pending_presence
-        if fields is None or self._closed:
+        update = self._pending_presence
+        if update is None or self._closed:
             return
         if not self._presence_bucket.take(1.0, self._clock()):
             self._schedule_presence()
             return
         self._pending_presence = None
-        self._set_presence(fields)
+        self._publish_presence(update)
 
-    def _set_presence(self, fields: dict[str, Any]) -> None:
-        # The session's name is ours to say: a page cannot speak for another browser.
-        fields = {**fields, "session": self.name}
+    def _publish_presence(self, update: Presence) -> None:
         try:
-            self._room.set_presence(fields)
-        except (ValueError, TypeError) as err:
-            self._error("presence_refused", f"presence refused: {err}", None)
+            problem = self._room.submit_presence(update)
         except Exception:
-            log.exception("session %s: set_presence failed", self.name)
+            log.exception("session %s: publishing presence failed", self.name)
             self._error("presence_failed", "the node could not publish this presence", None)
-        else:
+            return
+        if problem is None:
             self.counters["presence"] += 1
+        elif problem == "stale_or_rate_limited":
+            self.counters["presence_dropped"] += 1
+        else:
+            self._error(f"presence_{problem}", f"presence refused: {problem}", None)
+

@@ -1,9 +1,11 @@
-// meshnode browser client: a thin client of one node.
+// meshnode browser client: a thin client of one node, with its person's own key.
 //
 // The page does not run the scene CRDT. It opens a WebRTC data channel "client" to the node
-// that served it, shows the state the node pushes, and sends edit requests that the node signs
-// and acknowledges once they are durable. The JSON protocol is documented in
-// meshnode/web/session.py.
+// that served it, shows the state the node pushes, and sends edit requests. The person's
+// Ed25519 key lives in this browser (identity.js): the page proves it to the node (identify),
+// the node drafts each edit as a change authored by the person, and the page checks the
+// drafted bytes against the edit it asked for (wire.js) before signing them. Presence is
+// signed by the person too. The JSON protocol is documented in meshnode/web/session.py.
 //
 // Component convention (what this page reads and writes; other components are kept as is):
 //   transform  {position: [x, y, z]}   numbers, relative to the parent entity
@@ -20,12 +22,16 @@
 // edits no node has acknowledged: those the new host's state already shows are settled, the
 // others are sent again. Edits wait; none is lost or made twice.
 //
-// For automation (tests), window.meshnode = {ready, state(), presence(), info(),
+// For automation (tests), window.meshnode = {ready, state(), presence(), info(), identity(),
+// exportIdentity(passphrase), importIdentity(file, passphrase), people(), me(), move(dx, dz),
 // createEntity(parent, components) -> Promise<id>, setField(id, component, field, value),
 // moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view,
 // connection() -> {url, hosts, failovers}, media} (media: see media.js).
 
 import { createMedia } from "./media.js";
+import * as ident from "./identity.js";
+import { fromB64, b64, keyOfPeerId, fromHex } from "./wire.js";
+import { createAvatars, createWalker } from "./avatars.js";
 
 const PRESENCE_INTERVAL_MS = 250; // at most 4 presence updates a second
 const GATHER_TIMEOUT_MS = 5000;
@@ -39,7 +45,10 @@ const BACKOFF_MS = [250, 500, 1000, 2000];
 
 let scene = {}; // the last state the node pushed: SceneReplica.state()
 let presence = {}; // PeerID -> presence fields
-let info = null; // {room, room_name, me, session}
+let info = null; // {room, room_name, node, session, peer_id, did, role}
+let challenge = null; // the welcome's, signed to identify
+let authors = {}; // entity ID -> PeerID of its last writer (the node's "authors" message)
+const TAB = crypto.getRandomValues(new Uint32Array(2)).join("-"); // this page load
 const partial = { state: null, presence: null };
 let welcomed = false;
 let pc = null;
@@ -88,7 +97,12 @@ function settle(req, ok, msg) {
   if (!waiter) return;
   pending.delete(req);
   if (ok) waiter.resolve(msg);
-  else waiter.reject(new Error(msg.error || "the node refused the request"));
+  else {
+    const text = msg.error || "the node refused the request";
+    const err = new Error(msg.reason && !text.includes(msg.reason) ? `${text} (${msg.reason})` : text);
+    err.reason = msg.reason || null;
+    waiter.reject(err);
+  }
 }
 
 function takeState(msg) {
@@ -97,13 +111,69 @@ function takeState(msg) {
   scene = partial.state;
   partial.state = null;
   changed();
+  if (challenge) {
+    const c = challenge;
+    challenge = null;
+    identify(c).catch((err) => failAll(`could not identify: ${err.message}`));
+  }
+}
+
+// Prove the person's key to the node (a signature of its challenge) and present the invite.
+async function identify(c) {
+  const me = await ident.loadIdentity({ exportable: identityWanted() === "exportable" });
+  const sig = await ident.signIdentify(fromHex(info.room), keyOfPeerId(info.node), c);
+  const msg = { t: "identify", peer: me.peer_id, sig: b64(sig) };
+  const { invite } = credentials();
+  if (invite) msg.invite = invite;
+  send(msg);
+}
+
+function identityWanted() {
+  return new URLSearchParams(location.search).get("identity");
+}
+
+function onIdentified(msg) {
+  info = { ...info, peer_id: msg.peer, did: msg.did, role: msg.role };
+  if (msg.problem) showMessage(`Not admitted: ${msg.problem}`);
+  showConnected();
   if (welcomeWaiter) {
     welcomeWaiter();
     welcomeWaiter = null;
   }
-  if (!welcomed && info) {
+  if (!welcomed) {
     welcomed = true;
     readyResolve({ ...info });
+  }
+  changed();
+  schedulePresence();
+}
+
+// The node drafted the change for one of our edits: sign it if it is that edit (and its seq
+// is above every seq this person signed here), else refuse (identity.js, wire.js).
+async function onSignRequest(msg) {
+  const waiter = pending.get(msg.req);
+  let answer;
+  if (!waiter || waiter.msg.t === undefined || waiter.msg.t.startsWith("media_")) {
+    answer = { t: "sign_refused", sreq: msg.sreq, reason: "unknown_request" };
+  } else {
+    let out;
+    try {
+      out = await ident.signDraft(info.room, fromHex(info.room), fromB64(msg.body), waiter.msg, TAB, msg.req);
+    } catch (err) {
+      out = { refused: "mismatch", detail: err.message };
+    }
+    if (out.sig) answer = { t: "signed", sreq: msg.sreq, sig: b64(out.sig) };
+    else {
+      answer = { t: "sign_refused", sreq: msg.sreq, reason: out.refused };
+      if (out.seq) answer.seq = out.seq;
+      if (out.changes) answer.changes = out.changes.map((c) => b64(c));
+      if (out.detail) console.warn(`meshnode: refused to sign: ${out.detail}`);
+    }
+  }
+  try {
+    send(answer);
+  } catch {
+    // lost the node: the failover redelivers the edit
   }
 }
 
@@ -118,10 +188,21 @@ function onMessage(data) {
   }
   switch (msg.t) {
     case "welcome":
-      info = { room: msg.room, room_name: msg.room_name, me: msg.me, session: msg.session };
+      info = { ...(info || {}), room: msg.room, room_name: msg.room_name, node: msg.node || msg.me,
+        session: msg.session };
+      challenge = msg.challenge ? fromB64(msg.challenge) : null;
       presence = msg.presence || {};
-      showConnected();
       takeState(msg);
+      break;
+    case "authors":
+      authors = msg.authors || {};
+      changed();
+      break;
+    case "identified":
+      onIdentified(msg);
+      break;
+    case "sign":
+      onSignRequest(msg);
       break;
     case "state":
       takeState(msg);
@@ -503,8 +584,10 @@ function showConnected() {
   setStatus("connected", "connected");
   $("room-name").textContent = info.room_name || "room";
   document.title = `${info.room_name || "room"} · meshnode`;
-  $("identity").textContent = `room ${info.room.slice(0, 12)}… · signed by ${info.me}`;
-  $("identity").title = `room ${info.room}\nedits signed by ${info.me}\nsession ${info.session}`;
+  const who = info.peer_id ? `you: …${info.peer_id.slice(-8)} (${info.role || "?"})` : "";
+  $("identity").textContent = `room ${info.room.slice(0, 12)}… · ${who}`;
+  $("identity").title = `room ${info.room}\nyou: ${info.peer_id}\n${info.did}\n` +
+    `role: ${info.role}\nnode ${info.node}\nsession ${info.session}`;
 }
 
 function showMessage(text, isInfo = false) {
@@ -580,6 +663,12 @@ function fillEditForm() {
   form.elements.z.value = z;
   form.elements.color.value = entityColor(selected, entity);
   fillParentSelect(form.elements.parent, entity.parent, descendants(selected));
+  // Accountability: who made it (its ID names its creator) and who changed it last.
+  const creator = selected.split("/")[0];
+  const last = authors[selected] || creator;
+  const who = (peer) => `${personName(peer)} (…${peer.slice(-8)})`;
+  $("edit-by").textContent = `made by ${who(creator)} · last changed by ${who(last)}`;
+  $("edit-by").title = `creator ${creator}\nlast changed by ${last}`;
 }
 
 function readXyz(form) {
@@ -649,9 +738,9 @@ async function onDelete() {
   }
 }
 
-// Who is here, one entry per person: a node publishes its browsers' presence inside its
-// own, as {browsers: {session: fields}} (browsers have no identity of their own); anyone
-// else (a Python client, a node) is one entry. Keys are "PeerID" or "PeerID#session".
+// Who is here, one entry per person, keyed by their own PeerID: each person signs their own
+// presence. (An older node published its browsers inside its own presence, as
+// {browsers: {session: fields}}: those are shown as "PeerID#session".)
 function presenceEntries() {
   const out = [];
   for (const [peer, fields] of Object.entries(presence)) {
@@ -667,9 +756,17 @@ function presenceEntries() {
   return out;
 }
 
+// A person's media sources are named by the node that relays them and the page's session
+// there ("nodePeerID#session", meshnode.web.media): their presence says which.
+function mediaKey(peer, fields) {
+  return fields && typeof fields.node === "string" && typeof fields.session === "string"
+    ? `${fields.node}#${fields.session}` : peer;
+}
+
 function personName(key) {
   for (const [peer, fields] of presenceEntries()) {
-    if (peer === key && fields && typeof fields.name === "string" && fields.name) return fields.name;
+    if ((peer === key || mediaKey(peer, fields) === key) && fields && typeof fields.name === "string" && fields.name)
+      return fields.name;
   }
   const peer = key.split("#")[0];
   return `…${peer.slice(-6)}`;
@@ -698,14 +795,14 @@ function renderPresence() {
     dot.style.background = colorFor(peer);
     const name = document.createElement("span");
     const label = fields && typeof fields.name === "string" && fields.name ? fields.name : "?";
-    const mine = info && fields && fields.session === info.session;
+    const mine = info && peer === info.peer_id;
     name.textContent = mine ? `${label} (you)` : label;
     const small = document.createElement("span");
     small.className = "entity-id";
     small.textContent = peer.split("#")[0].slice(-8);
     small.title = peer;
     li.append(dot, name, small);
-    const box = media.elementFor(peer);
+    const box = media.elementFor(mediaKey(peer, fields));
     if (box) li.append(box);
     items.push(li);
   }
@@ -733,15 +830,20 @@ function schedulePresence() {
   presenceTimer = setTimeout(() => {
     presenceTimer = null;
     lastPresenceAt = performance.now();
-    try {
-      send({
-        t: "presence",
-        fields: { name: myName, pointer: myPointer, selected, session: info.session },
-      });
-    } catch {
+    publishPresence().catch(() => {
       // not connected: nothing to tell
-    }
+    });
   }, wait);
+}
+
+// The person's presence, signed with their key (identity.js); the node publishes it as theirs.
+async function publishPresence() {
+  const fields = {
+    name: myName, pointer: myPointer, selected, session: info.session, node: info.node,
+    position: walker.position, yaw: walker.yaw, speaking: media.api.speaking ? !!media.api.speaking() : false,
+  };
+  const signed = await ident.signPresence(fromHex(info.room), fields);
+  send({ t: "presence", ...signed });
 }
 
 // Presence expires on other nodes after 10 s of silence: repeat it while the page is open.
@@ -790,6 +892,19 @@ let pointerGeometry = null;
 let ground = null;
 const objects = new Map(); // entity id -> {group, mesh, label, name, color}
 const pointers = new Map(); // PeerID -> mesh
+let avatars = null; // avatars.js, once the view is up
+// The local person: moved by the keyboard, looking where the pointer points (avatars.js).
+const walker = createWalker([Math.round((Math.random() * 6 - 3) * 100) / 100, 0, Math.round((Math.random() * 6 - 3) * 100) / 100]);
+let lastStep = performance.now();
+setInterval(() => {
+  const now = performance.now();
+  const moved = walker.step((now - lastStep) / 1000);
+  lastStep = now;
+  if (moved) {
+    schedulePresence();
+    if (renderer) syncView();
+  }
+}, 50);
 const orbit = { azimuth: 0.7, elevation: 0.55, distance: 14 };
 let renderQueued = false;
 
@@ -846,6 +961,7 @@ async function initView() {
   new ResizeObserver(resize).observe(container);
   resize();
   initPointer(renderer.domElement);
+  avatars = createAvatars({ three: THREE, scene: scene3, requestRender, colorFor, makeLabel, disposeLabel });
   updateCamera();
   syncView();
 }
@@ -943,6 +1059,8 @@ function syncView() {
     if (obj.group.parent !== parent) parent.add(obj.group);
   }
   syncPointers();
+  if (avatars) avatars.sync(presenceEntries().map(([peer, fields]) =>
+    [peer, peer === (info && info.peer_id) ? { ...fields, position: walker.position, yaw: walker.yaw, name: myName } : fields]));
   highlightSelected();
   requestRender();
 }
@@ -951,7 +1069,7 @@ function syncPointers() {
   const seen = new Set();
   for (const [peer, fields] of presenceEntries()) {
     const p = fields && fields.pointer;
-    if (info && fields && fields.session === info.session) continue; // our own pointer
+    if (info && peer === info.peer_id) continue; // our own pointer
     if (!Array.isArray(p) || p.length !== 3 || !p.every((v) => typeof v === "number" && isFinite(v)))
       continue;
     seen.add(peer);
@@ -962,7 +1080,7 @@ function syncPointers() {
       scene3.add(mesh);
     }
     mesh.position.set(p[0], p[1], p[2]);
-    syncBillboard(peer, mesh);
+    syncBillboard(mediaKey(peer, fields), mesh);
   }
   for (const [peer, mesh] of pointers) {
     if (seen.has(peer)) continue;
@@ -1042,6 +1160,7 @@ function initPointer(canvas) {
     const hit = new THREE.Vector3();
     if (raycaster.ray.intersectPlane(ground, hit)) {
       myPointer = [hit.x, hit.y, hit.z].map((v) => Math.round(v * 100) / 100);
+      walker.lookAt(myPointer);
       schedulePresence();
     }
   });
@@ -1076,8 +1195,22 @@ const api = {
   ready,
   state: () => structuredClone(scene),
   presence: () => structuredClone(presence),
-  people: () => presenceEntries().map(([key, fields]) => ({ key, ...structuredClone(fields) })),
+  people: () => presenceEntries().map(([key, fields]) => ({ key, peer_id: key, ...structuredClone(fields) })),
   info: () => (info ? { ...info } : null),
+  identity: () => {
+    const me = ident.identityInfo();
+    return me ? { peer_id: me.peer_id, did: me.did } : null;
+  },
+  exportIdentity: (passphrase) => ident.exportIdentity(passphrase),
+  importIdentity: (file, passphrase) => ident.importIdentity(file, passphrase),
+  me: () => ({ position: walker.position.slice(), yaw: walker.yaw }),
+  move: (dx, dz) => {
+    walker.move(dx, dz);
+    schedulePresence();
+    if (renderer) syncView();
+    return walker.position.slice();
+  },
+  authors: () => ({ ...authors }),
   connection: () => ({ url: nodeUrl || location.origin, hosts: [...hosts], failovers }),
   createEntity: (parent, components) =>
     request({ t: "create", parent, components: { ...(components || {}), op: { id: opId() } } })
@@ -1086,7 +1219,8 @@ const api = {
     request({ t: "set", id, component, field, value }).then(() => undefined),
   moveEntity: (id, parent) => request({ t: "move", id, parent }).then(() => undefined),
   deleteEntity: (id) => request({ t: "delete", id }).then(() => undefined),
-  setPresence: (fields) => send({ t: "presence", fields }),
+  setPresence: (fields) =>
+    ident.signPresence(fromHex(info.room), fields).then((signed) => send({ t: "presence", ...signed })),
   onChange: (fn) => {
     changeListeners.add(fn);
     return () => changeListeners.delete(fn);
@@ -1098,7 +1232,9 @@ const api = {
       reason: view.reason,
       frames: view.frames,
       meshes: objects.size,
+      avatars: avatars ? avatars.count() : 0,
     }),
+    avatars: () => (avatars ? avatars.positions() : {}),
     // Resolves true after the next frame is drawn (false if there is no 3D view).
     nextFrame: () => {
       if (!renderer) return Promise.resolve(false);
@@ -1112,8 +1248,39 @@ window.meshnode = api;
 
 // ------------------------------------------------------------------ start
 
+// Export: a passphrase-encrypted file to download; import: a file, then a reload (the new key
+// identifies on the next connection).
+function initIdentityControls() {
+  $("export-button").addEventListener("click", async () => {
+    const pass = prompt("A passphrase to encrypt the exported identity:");
+    if (!pass) return;
+    try {
+      const text = await api.exportIdentity(pass);
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(new Blob([text], { type: "application/json" }));
+      a.download = `meshnode-identity-${info.peer_id.slice(-8)}.json`;
+      a.click();
+      URL.revokeObjectURL(a.href);
+    } catch (err) {
+      showMessage(`Could not export: ${err.message}`);
+    }
+  });
+  $("import-file").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    const pass = (await file.text()).trim().startsWith("{") ? prompt("The file's passphrase:") : "";
+    try {
+      await api.importIdentity(file, pass);
+      location.reload();
+    } catch (err) {
+      showMessage(`Could not import: ${err.message}`);
+    }
+  });
+}
+
 function main() {
   initName();
+  initIdentityControls();
   $("add-form").addEventListener("submit", onAdd);
   $("edit-form").addEventListener("submit", onApply);
   $("delete-button").addEventListener("click", onDelete);
