@@ -258,6 +258,14 @@ function credentials() {
     sessionStorage.setItem("meshnode-invite", fromHash);
     history.replaceState(null, "", location.pathname + location.search);
   }
+  // An invite link (`/?room=...&invite=mninv1...`): the person's key redeems it.
+  const query = new URLSearchParams(location.search);
+  const fromQuery = query.get("invite");
+  if (fromQuery) {
+    sessionStorage.setItem("meshnode-invite", fromQuery);
+    query.delete("invite");
+    history.replaceState(null, "", `${location.pathname}?${query}${location.hash}`);
+  }
   return {
     invite: sessionStorage.getItem("meshnode-invite"),
     adminToken: sessionStorage.getItem("meshnode-admin-token"),
