@@ -17,7 +17,7 @@ __all__ = ["line"]  # the fixture, imported so pytest finds it here
 WAIT_FOR_PEOPLE = """new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(JSON.stringify(window.meshnode.people()))),
                          15000);
-    const poll = () => window.meshnode.people().filter((p) => p.key.includes("#")).length >= 2
+    const poll = () => window.meshnode.people().length >= 2
       ? (clearTimeout(t), resolve(true)) : setTimeout(poll, 50);
     poll(); })"""
 WAIT_FOR_ENTITY = """new Promise((resolve, reject) => {
@@ -34,7 +34,7 @@ async def test_browser_at_a_and_python_client_at_c(
     page = await chromium.new_page()
     try:
         await page.goto(f"{a.url}/?room={room}")
-        await page.evaluate("window.meshnode.ready")
+        me = await page.evaluate("window.meshnode.ready")
         async with connect(c.url, room, Identity.generate(), ice=ICE, invite=editor) as at_c:
             # Browser at A -> Python client at C.
             made = await page.evaluate(
@@ -67,19 +67,21 @@ async def test_browser_at_a_and_python_client_at_c(
 
         errors = [m for m in page.console if m.kind in ("exception", "error", "log:error")]
         assert not errors, page.console_text()
-        # Two people on node A's page are two people to everyone, though browsers sign as
-        # their node: A publishes each browser's presence inside its own.
-        second = await chromium.new_page()
+        # Two people on node A's page (two browser profiles: two keys) are two people to
+        # everyone: each signs their own presence.
+        other = await Chromium.launch()
         try:
+            second = await other.new_page()
             await second.goto(f"{a.url}/?room={room}")
-            await second.evaluate("window.meshnode.ready")
+            them = await second.evaluate("window.meshnode.ready")
+            assert them["peer_id"] != me["peer_id"]
             async with connect(c.url, room, Identity.generate(), ice=ICE,
                                invite=editor) as watcher:
-                await until(lambda: len(watcher.presence().get(a.peer_id, {})
-                                        .get("browsers", {})) >= 2, "both browsers at C")
+                await until(lambda: {me["peer_id"], them["peer_id"]} <= set(watcher.presence()),
+                            "both people at C")
             await second.evaluate(WAIT_FOR_PEOPLE)
         finally:
-            await second.close()
+            await other.close()
         # The operator's status page shows the node, its room and its links.
         await page.goto(f"{a.url}/status#token={a.admin_token}")  # as `status --open`
         await page.evaluate("""new Promise((resolve, reject) => {

@@ -1,9 +1,12 @@
 """The browser client: ``BrowserSession`` (the JSON protocol), the WebRTC link, the HTTP
-routes, and the page itself in headless Chromium."""
+routes, and the page itself in headless Chromium. The session's pages are people: they identify
+with their own key and sign what the node drafts (``Wire`` does it for the Python-side tests;
+``test_people_session`` tests the signing path's refusals)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 import meshnode.transport.ice as ice_module
-from meshnode.crdt import ROOT, EntityId, SceneReplica
-from meshnode.identity import Identity
+from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, ROOT, EntityId, SceneReplica
+from meshnode.crdt.authoring import PersonDraft, SealedDraft
+from meshnode.identity import Identity, verify_signature
 from meshnode.transport.ice import IceSettings, install_host_addresses
 from meshnode.web import (
     BROWSER_LINKS,
@@ -26,7 +30,11 @@ from meshnode.web import (
     SessionLimits,
     answer_browser_offer,
 )
+from meshnode.web.people import identify_payload
 from meshnode.web.routes import add_web_routes
+from protocol.change import decode_change, signing_payload
+from protocol.frames import Presence, presence_payload
+from protocol.msgpack_io import pack
 
 from .chromium import Chromium
 from .view import screenshot_view
@@ -54,6 +62,7 @@ class FakeRoom:
         self.now = NOW
         self.durable_edits = 0
         self.presence_sets = 0
+        self.locks: dict[bytes, asyncio.Lock] = {}
 
     def state(self) -> dict[str, dict[str, Any]]:
         return self.replica.state()
@@ -79,9 +88,9 @@ class FakeRoom:
         self.notify()
         return result
 
-    def set_presence(self, fields: dict[str, Any]) -> None:
+    def set_presence(self, fields: dict[str, Any], who: str | None = None) -> None:
         self.presence_sets += 1
-        self.peers[self.me] = dict(fields)
+        self.peers[who or self.me] = dict(fields)
         self.notify()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
@@ -92,17 +101,83 @@ class FakeRoom:
         for callback in list(self.subscribers):
             callback()
 
+    # A person's side, as ``meshnode.web.people.PeopleRoom`` does it on a real node.
+
+    def author_lock(self, author: bytes) -> asyncio.Lock:
+        return self.locks.setdefault(author, asyncio.Lock())
+
+    def draft(self, author: bytes, fn: Callable[[Any], Any]) -> SealedDraft:
+        draft = PersonDraft(self.replica, author)
+        result = fn(draft)
+        self.now += 0.001
+        return draft.seal(self.now, None, result)
+
+    def author_seq(self, author: bytes) -> int:
+        return self.replica.version_vector().get(author, 0)
+
+    async def submit_signed(self, data: bytes) -> str | None:
+        res = self.replica.apply(data, self.now)
+        if res.status not in (APPLIED, DUPLICATE, BUFFERED):
+            return res.reason
+        self.notify()
+        await self.durable.wait()
+        self.durable_edits += 1
+        return None
+
+    def submit_presence(self, msg: Presence) -> str | None:
+        if not verify_signature(msg.participant, msg.signature,
+                                presence_payload(self.room_id, msg.body)):
+            return "bad_signature"
+        self.set_presence(msg.fields, str(EntityId(msg.participant, 1)).split("/")[0])
+        return None
+
+    def role_of(self, peer: str) -> str:
+        return self.replica.role_of(peer)
+
+    async def admit_person(self, peer: str, invite: str | None) -> str | None:
+        if self.replica.role_of(peer) != "none":
+            return None
+        if self.replica.role_of(self.me) not in ("owner", "admin"):
+            return "node_may_not_grant"
+        self.local_edit(lambda r: r.grant(peer, "editor"))
+        return None
+
 
 class Wire:
-    """What a session sent, decoded."""
+    """What a session sent, decoded; and the page's person, who signs what the node drafts
+    (``identity.js``, in Python: it trusts the node here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, person: Identity | None = None) -> None:
         self.sent: list[dict[str, Any]] = []
         self.texts: list[str] = []
+        self.person = person or Identity.generate()
+        self.session: BrowserSession | None = None
+        self.room_id = b""
+        self.signing: set[asyncio.Task[None]] = set()
 
     def __call__(self, text: str) -> None:
+        msg = json.loads(text)
+        if msg["t"] == "sign":  # answered, not recorded: the tests look at the protocol's rest
+            task = asyncio.get_running_loop().create_task(self._sign(msg))
+            self.signing.add(task)
+            task.add_done_callback(self.signing.discard)
+            return
         self.texts.append(text)
-        self.sent.append(json.loads(text))
+        self.sent.append(msg)
+
+    async def _sign(self, msg: dict[str, Any]) -> None:
+        body = base64.b64decode(msg["body"])
+        sig = self.person.sign(signing_payload(self.room_id, body))
+        assert self.session is not None
+        await self.session.handle(json.dumps({"t": "signed", "sreq": msg["sreq"],
+                                              "sig": base64.b64encode(sig).decode()}))
+
+    def presence(self, fields: dict[str, Any], seq: int) -> str:
+        """A presence message signed by the person."""
+        body = pack([self.person.public_key, seq, fields])
+        sig = self.person.sign(presence_payload(self.room_id, body))
+        return json.dumps({"t": "presence", "body": base64.b64encode(body).decode(),
+                           "sig": base64.b64encode(sig).decode()})
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.sent if m["t"] == kind]
@@ -147,12 +222,33 @@ class FakeClock:
 
 
 def open_session(room: FakeRoom, **limits: Any) -> tuple[BrowserSession, Wire]:
+    """A started session whose page has not identified yet (see ``identify``)."""
     wire = Wire()
+    wire.room_id = room.room_id
     clock = limits.pop("clock", None)
     kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
     session = BrowserSession(room, wire, session_name="browser-test",
                              limits=SessionLimits(**limits), **kwargs)
+    wire.session = session
     session.start()
+    return session, wire
+
+
+async def identify(session: BrowserSession, wire: Wire, room: FakeRoom) -> None:
+    """The page proves its person's key (and is admitted); the messages so far are dropped."""
+    challenge = base64.b64decode(wire.of("welcome")[0]["challenge"])
+    node_key = EntityId.parse(f"{room.me}/1").creator
+    sig = wire.person.sign(identify_payload(room.room_id, node_key, challenge))
+    await session.handle(json.dumps({"t": "identify", "peer": wire.person.public_id,
+                                     "sig": base64.b64encode(sig).decode()}))
+    assert wire.of("identified")
+
+
+async def open_person(room: FakeRoom, **limits: Any) -> tuple[BrowserSession, Wire]:
+    """A session whose page identified; ``wire`` holds what was sent since."""
+    session, wire = open_session(room, **limits)
+    await identify(session, wire, room)
+    del wire.sent[1:], wire.texts[1:]
     return session, wire
 
 
@@ -194,11 +290,13 @@ async def test_welcome_carries_room_state_and_presence() -> None:
     session, wire = open_session(room)
     assert len(wire.sent) == 1
     welcome = wire.sent[0]
+    assert len(base64.b64decode(welcome.pop("challenge"))) == 32  # to identify with
     assert welcome == {
         "t": "welcome",
         "room": room.room_id.hex(),
         "room_name": "test room",
         "me": room.me,
+        "node": room.me,
         "session": "browser-test",
         "presence": {"12D3KooWpeer": {"name": "ann"}},
         "state": {str(cube): {"parent": "root", "components": {"name": {"value": "cube"}}}},
@@ -210,7 +308,7 @@ async def test_welcome_carries_room_state_and_presence() -> None:
 
 async def test_create_set_move_delete_are_acked_after_the_state_that_shows_them() -> None:
     room = FakeRoom()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     model = BrowserModel()
     seen = 0
 
@@ -231,8 +329,9 @@ async def test_create_set_move_delete_are_acked_after_the_state_that_shows_them(
     assert room.replica.get_field(EntityId.parse(cube), "transform", "position") == [1, 2.5, 3]
     child = (await request(t="create", req=2, parent=cube))["id"]
     assert model.state[child] == {"parent": cube, "components": {}}
+    assert EntityId.parse(cube).creator == wire.person.public_key  # not the node's
     ack = await request(t="set", req=3, id=cube, component="name", field="value", value="box")
-    assert ack == {"t": "ack", "req": 3, "ok": True}
+    assert ack == {"t": "ack", "req": 3, "ok": True, "seq": 3}  # the person's 3rd change
     await request(t="set", req=4, id=cube, component="meta", field="x", value=None)
     await request(t="move", req=5, id=child, parent="root")
     assert room.replica.parent_of(EntityId.parse(child)) == ROOT
@@ -247,7 +346,7 @@ async def test_create_set_move_delete_are_acked_after_the_state_that_shows_them(
 async def test_ack_is_sent_only_once_the_edit_is_durable() -> None:
     room = FakeRoom()
     room.durable.clear()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     task = asyncio.create_task(
         session.handle(msg(t="create", req=7, parent="root", components={"name": {"value": "a"}}))
     )
@@ -263,14 +362,14 @@ async def test_ack_is_sent_only_once_the_edit_is_durable() -> None:
 
 async def test_presence_goes_to_the_room_and_comes_back() -> None:
     room = FakeRoom()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     fields = {"name": "ann", "pointer": [1.5, 0, -2], "selected": None}
-    # The session names itself: a page cannot speak for another browser.
-    await session.handle(msg(t="presence", fields={**fields, "session": "someone-else"}))
-    sent = {**fields, "session": session.name}
-    assert room.peers[room.me] == sent
+    # Signed by the person, published as theirs (not inside the node's presence).
+    await session.handle(wire.presence(fields, 1))
+    me = wire.person.public_id
+    assert room.peers[me] == fields
     await until(lambda: bool(wire.of("presence")))
-    assert wire.of("presence")[-1] == {"t": "presence", "presence": {room.me: sent}}
+    assert wire.of("presence")[-1] == {"t": "presence", "presence": {me: fields}}
     assert not wire.of("ack") and not wire.of("error")
     session.close()
 
@@ -303,11 +402,16 @@ MALFORMED: list[tuple[str | bytes, str, int | None]] = [
     ('{"t": "move", "req": 12, "id": "root"}', "bad_message", 12),
     ('{"t": "delete", "req": 13}', "bad_message", 13),
     ('{"t": "delete", "req": 14, "id": "trash"}', "bad_message", 14),
-    ('{"t": "presence", "fields": []}', "bad_message", None),
-    ('{"t": "presence"}', "bad_message", None),
-    ('{"t": "presence", "fields": {"": 1}}', "bad_message", None),
-    (json.dumps({"t": "presence", "fields": {f"k{i}": i for i in range(33)}}), "bad_message",
+    ('{"t": "presence", "fields": []}', "presence_unsigned", None),
+    ('{"t": "presence"}', "presence_unsigned", None),
+    ('{"t": "presence", "fields": {"name": "unsigned"}}', "presence_unsigned", None),
+    ('{"t": "presence", "body": "!!", "sig": "AA=="}', "bad_presence", None),
+    ('{"t": "presence", "body": "kwE=", "sig": "AA=="}', "bad_presence", None),
+    ('{"t": "signed", "sreq": 1, "sig": "AA=="}', "bad_message", None),
+    ('{"t": "signed", "sreq": 77, "sig": "' + "A" * 86 + '=="}', "unknown_signing_request",
      None),
+    ('{"t": "sign_refused", "sreq": 5}', "bad_message", None),
+    ('{"t": "identify", "peer": "nope", "sig": "AA=="}', "bad_message", None),
     (b'{"t": "presence", "fields": {}}', "bad_message", None),
     ('{"t": "presence", "fields": {"a": "' + "x" * 70_000 + '"}}', "oversized", None),
     ('{"t": "presence", "fields": {"a": "' + "\u00e9" * 40_000 + '"}}', "oversized", None),
@@ -321,7 +425,7 @@ async def test_malformed_messages_get_an_error_and_change_nothing(
     text: str | bytes, reason: str, req: int | None
 ) -> None:
     room = FakeRoom()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     changes = room.replica.change_count()
     await session.handle(text)
     assert len(wire.sent) == 2, wire.sent[1:]
@@ -334,7 +438,7 @@ async def test_malformed_messages_get_an_error_and_change_nothing(
 
 async def test_refused_edits_get_a_failed_ack_and_the_batch_is_discarded() -> None:
     room = FakeRoom()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     await session.handle(msg(t="create", req=1, parent="root"))
     a = wire.last()["id"]
     await session.handle(msg(t="create", req=2, parent=a))
@@ -369,7 +473,7 @@ async def test_refused_edits_get_a_failed_ack_and_the_batch_is_discarded() -> No
 async def test_a_non_member_is_told_permission_denied() -> None:
     owner = SceneReplica.create(Identity.generate(), NOW, nonce=b"web-client-2")
     room = FakeRoom(SceneReplica.from_genesis(owner.genesis, Identity.generate()))
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     await session.handle(msg(t="create", req=1, parent="root"))
     reply = wire.last()
     assert reply["ok"] is False and reply["error"].startswith("permission denied")
@@ -382,8 +486,11 @@ async def test_a_failing_node_gets_a_failed_ack_not_an_exception() -> None:
         async def edit(self, fn: Callable[[SceneReplica], Any]) -> Any:
             raise OSError("disk full")
 
+        async def submit_signed(self, data: bytes) -> str | None:
+            raise OSError("disk full")
+
     room = BrokenRoom()
-    session, wire = open_session(room)
+    session, wire = await open_person(room)
     await session.handle(msg(t="create", req=1, parent="root"))
     reply = wire.last()
     assert reply["ok"] is False and "disk full" in reply["error"]
@@ -394,7 +501,7 @@ async def test_a_failing_node_gets_a_failed_ack_not_an_exception() -> None:
 async def test_edits_are_rate_limited_per_session() -> None:
     room = FakeRoom()
     clock = FakeClock()
-    session, wire = open_session(room, clock=clock, edit_rate=50.0, edit_burst=100.0)
+    session, wire = await open_person(room, clock=clock, edit_rate=50.0, edit_burst=100.0)
     for req in range(100):
         await session.handle(msg(t="create", req=req, parent="root"))
         assert wire.last()["ok"] is True
@@ -415,12 +522,13 @@ async def test_edits_are_rate_limited_per_session() -> None:
 async def test_too_many_edits_in_flight_are_refused_as_busy() -> None:
     room = FakeRoom()
     room.durable.clear()
-    session, wire = open_session(room, max_edits_in_flight=2)
+    session, wire = await open_person(room, max_edits_in_flight=2)
     tasks = [asyncio.create_task(session.handle(msg(t="create", req=i, parent="root")))
              for i in range(2)]
-    await until(lambda: len(room.replica.entities()) == 2)
+    # One person's changes are made one at a time: the second waits for the first.
+    await until(lambda: len(room.replica.entities()) == 1)
     await session.handle(msg(t="create", req=2, parent="root"))
-    assert wire.last() == {"t": "ack", "req": 2, "ok": False,
+    assert wire.last() == {"t": "ack", "req": 2, "ok": False, "reason": "busy",
                            "error": "busy: too many edits waiting to be durable"}
     room.durable.set()
     await asyncio.gather(*tasks)
@@ -431,17 +539,18 @@ async def test_too_many_edits_in_flight_are_refused_as_busy() -> None:
 async def test_presence_over_the_rate_keeps_only_the_latest() -> None:
     room = FakeRoom()
     clock = FakeClock()
-    session, wire = open_session(room, clock=clock, presence_rate=20.0, presence_burst=20.0)
+    session, wire = await open_person(room, clock=clock, presence_rate=20.0, presence_burst=20.0)
+    me = wire.person.public_id
     for i in range(25):
-        await session.handle(msg(t="presence", fields={"n": i}))
-    assert room.presence_sets == 20 and room.peers[room.me] == {"n": 19, "session": session.name}
+        await session.handle(wire.presence({"n": i}, i + 1))
+    assert room.presence_sets == 20 and room.peers[me] == {"n": 19}
     assert session.counters["presence_coalesced"] == 5
     await asyncio.sleep(0.1)  # the clock stands still: no token, nothing published
     assert room.presence_sets == 20
     clock.t += 1.0
     await until(lambda: room.presence_sets == 21)
     # The latest, not the first held back.
-    assert room.peers[room.me] == {"n": 24, "session": session.name}
+    assert room.peers[me] == {"n": 24}
     assert not wire.of("error")
     session.close()
 
@@ -476,7 +585,7 @@ async def test_state_pushes_are_coalesced() -> None:
 
 async def test_pushes_wait_for_the_throttle_but_acks_do_not() -> None:
     room = FakeRoom()
-    session, wire = open_session(room, push_interval_s=3600.0)
+    session, wire = await open_person(room, push_interval_s=3600.0)
     room.local_edit(lambda r: r.create_entity(ROOT))
     await asyncio.sleep(0.2)
     assert len(wire.sent) == 1  # throttled: the push waits
@@ -592,8 +701,20 @@ async def test_an_aiortc_client_edits_through_browser_links(loopback_ice: IceSet
                     return m
 
         welcome = await next_of("welcome")
-        assert welcome["room"] == room.room_id.hex() and welcome["me"] == room.me
+        assert welcome["room"] == room.room_id.hex() and welcome["node"] == room.me
+        # The client is a person: it proves its key, then signs what the node drafts.
+        person = Identity.generate()
+        proof = person.sign(identify_payload(room.room_id, EntityId.parse(f"{room.me}/1").creator,
+                                             base64.b64decode(welcome["challenge"])))
+        channel.send(msg(t="identify", peer=person.public_id,
+                         sig=base64.b64encode(proof).decode()))
+        assert (await next_of("identified"))["role"] == "editor"
         channel.send(msg(t="create", req=1, parent="root", components={"name": {"value": "x"}}))
+        sign = await next_of("sign")
+        body = base64.b64decode(sign["body"])
+        assert decode_change(body + bytes(64)).author == person.public_key
+        sig = person.sign(signing_payload(room.room_id, body))
+        channel.send(msg(t="signed", sreq=sign["sreq"], sig=base64.b64encode(sig).decode()))
         ack = await next_of("ack")
         assert ack["ok"] is True
         assert room.replica.get_field(EntityId.parse(ack["id"]), "name", "value") == "x"
@@ -752,10 +873,13 @@ async def test_the_page_edits_and_follows_the_room_in_chromium(
     try:
         await page.goto(str(client.make_url("/")))
         info = await page.evaluate("window.meshnode.ready", timeout=20.0)
-        assert info["room"] == room.room_id.hex() and info["me"] == room.me
-        assert info["room_name"] == "test room"
+        assert info["room"] == room.room_id.hex() and info["node"] == room.me
+        assert info["room_name"] == "test room" and info["role"] == "editor"
+        assert info["peer_id"] != room.me
+        assert await page.evaluate("window.meshnode.identity()") == {
+            "peer_id": info["peer_id"], "did": info["did"]}
 
-        # The browser creates an entity; the node has it, signed by its identity.
+        # The browser creates an entity; the node has it, signed by the person's key.
         cube = await page.evaluate(
             'window.meshnode.createEntity("root", {"name": {"value": "cube"}, '
             '"transform": {"position": [1, 2, 3]}, "appearance": {"color": "#3060ff"}})'
@@ -766,7 +890,7 @@ async def test_the_page_edits_and_follows_the_room_in_chromium(
             "name": {"value": "cube"}, "transform": {"position": [1, 2, 3]},
             "appearance": {"color": "#3060ff"}, "op": op,
         }}
-        assert cube.startswith(room.me + "/")
+        assert cube.startswith(info["peer_id"] + "/")
         assert (await page.evaluate("window.meshnode.state()"))[cube] == entity
         await page.evaluate(f'window.meshnode.setField("{cube}", "transform", "position", '
                             '[1.5, 0.5, 0])')
@@ -790,10 +914,10 @@ async def test_the_page_edits_and_follows_the_room_in_chromium(
         state = await page.evaluate(WAIT_FOR % f's => !("{temp}" in s)')
         assert state == room.replica.state()
 
-        # Presence: the page publishes its own (name, pointer, session).
+        # Presence: the page publishes its own, signed by the person.
         await page.evaluate('window.meshnode.setPresence({"name": "tester", "pointer": [0, 0, 1],'
                             ' "session": window.meshnode.info().session})')
-        await until(lambda: room.peers.get(room.me, {}).get("name") == "tester")
+        await until(lambda: room.peers.get(info["peer_id"], {}).get("name") == "tester")
 
         # The page's own controls: add, rename, delete.
         await page.evaluate("""(() => { const f = document.getElementById("add-form");
