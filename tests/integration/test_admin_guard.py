@@ -3,6 +3,7 @@
 requests, a real aiortc peer in the role of a browser, raw sockets for slow senders."""
 
 import asyncio
+import base64
 import http.client
 import json
 import socket
@@ -18,9 +19,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from meshnode.client import connect
-from meshnode.identity import Identity
+from meshnode.identity import Identity, public_key_from_peer_id
 from meshnode.signaling.signed_request import SIGNATURE_HEADER, sign_request
 from meshnode.transport.ice import install_host_addresses
+from meshnode.web.people import identify_payload
+from protocol.change import signing_payload
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
 from tests.integration.test_line import ICE
 
@@ -179,9 +182,12 @@ def test_rotating_the_token_takes_effect_without_a_restart(
 
 
 class Browser:
-    """An aiortc peer that speaks the web client's protocol, as a page would."""
+    """An aiortc peer that speaks the web client's protocol, as a page would: a person with
+    their own key, who proves it, presents the invite and signs what the node drafts."""
 
-    def __init__(self) -> None:
+    def __init__(self, person: Identity | None = None) -> None:
+        self.person = person or Identity.generate()
+        self.invite: str | None = None
         install_host_addresses(("127.0.0.1",))
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -194,6 +200,7 @@ class Browser:
         body: dict[str, Any] = {"room": room, "sdp": self.pc.localDescription.sdp}
         if invite is not None:
             body["invite"] = invite
+        self.invite = invite
         status, _, answer = await asyncio.to_thread(
             request, node, "POST", "/api/browser/offer", body=json.dumps(body).encode(),
             headers=JSON, token=operator)
@@ -209,10 +216,27 @@ class Browser:
                 return m
 
     async def create(self) -> dict[str, Any]:
-        await self.next_of("welcome")
+        welcome = await self.next_of("welcome")
+        room_id = bytes.fromhex(welcome["room"])
+        proof = self.person.sign(identify_payload(
+            room_id, public_key_from_peer_id(welcome["node"]),
+            base64.b64decode(welcome["challenge"])))
+        hello: dict[str, Any] = {"t": "identify", "peer": self.person.public_id,
+                                 "sig": base64.b64encode(proof).decode()}
+        if self.invite is not None:
+            hello["invite"] = self.invite
+        self.channel.send(json.dumps(hello))
+        await self.next_of("identified")
         self.channel.send(json.dumps({"t": "create", "req": 1, "parent": "root",
                                       "components": {"name": {"value": "from a page"}}}))
-        return await self.next_of("ack")
+        while True:
+            m = await asyncio.wait_for(self.received.get(), 20.0)
+            if m["t"] == "ack":
+                return m
+            if m["t"] == "sign":
+                sig = self.person.sign(signing_payload(room_id, base64.b64decode(m["body"])))
+                self.channel.send(json.dumps({"t": "signed", "sreq": m["sreq"],
+                                              "sig": base64.b64encode(sig).decode()}))
 
 
 async def test_browser_rights_come_from_the_room_not_the_address(
@@ -226,15 +250,25 @@ async def test_browser_rights_come_from_the_room_not_the_address(
         await stranger.pc.close()
     viewer = node.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
     editor = node.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+    operator = Identity.generate()
     for how, expect_ok in (({"invite": viewer}, False), ({"invite": editor}, True),
-                           ({"operator": True}, True)):
-        page = Browser()
+                           ({"operator": True}, False)):
+        # The operator's page sees the room, but edits only as the person it is: its key
+        # holds no role until the operator grants it one.
+        page = Browser(operator if "operator" in how else None)
         try:
             assert await page.offer(node, room, **how) == 200  # type: ignore[arg-type]
             ack = await page.create()
             assert ack["ok"] is expect_ok, (how, ack)
         finally:
             await page.pc.close()
+    node.post(f"/api/rooms/{room}/members", {"peer": operator.public_id, "role": "admin"})
+    page = Browser(operator)
+    try:
+        assert await page.offer(node, room, operator=True) == 200
+        assert (await page.create())["ok"] is True
+    finally:
+        await page.pc.close()
     assert refused(node, "room_read_no_credentials") >= 1
 
 
