@@ -2,7 +2,8 @@
 
 One ``Forwarder`` per source (its ``SourceTap`` on the publisher's receiver), one
 ``OutputSender`` per subscriber line, keyed by the relay's endpoint key. The tap's rate is
-measured here over windows of about a second; a publisher far over ``max_ingest_kbps`` has
+measured here over windows of about a second (per VP8 temporal layer too, from each
+packet's TID: ``layer_kbps``, what the selector picks layers by); a publisher far over ``max_ingest_kbps`` has
 its excess dropped by the tap (``rate``). Nothing is ever decoded: ``stats()["decoders"]`` counts
 the decoders aiortc created in the process (``count_decoders``), and stays 0, while
 ``packets_tapped`` counts the packets that went through taps instead.
@@ -16,7 +17,13 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_receiver
 
-from meshnode.media.aiortc_driver import Forwarder, OutputSender, SourceTap, make_media_pc
+from meshnode.media.aiortc_driver import (
+    Forwarder,
+    OutputSender,
+    SourceTap,
+    make_media_pc,
+    transport_drops,
+)
 from meshnode.media.endpoint import SourceInfo
 
 __all__ = ["AiortcMediaDriver", "DriverOutput", "DriverTap", "count_decoders"]
@@ -56,6 +63,8 @@ class DriverTap:
         self._clock = clock
         self._window = (clock(), 0)
         self._kbps = 0.0
+        self._layer_window: tuple[float, dict[int, int]] = (clock(), {})
+        self._layer_kbps: tuple[float, ...] = ()
         self.last_spoke: float | None = None
         self.closed = False
 
@@ -79,8 +88,16 @@ class DriverTap:
 
     @property
     def layer_kbps(self) -> tuple[float, ...]:
-        """Per temporal layer rates are not measured yet: one layer."""
-        return ()
+        """``[i]``: the rate of temporal layers ``0..i`` together over the last window, in
+        kbps (measured from each packet's VP8 TID); ``()`` for a source without temporal
+        layers (audio, or video whose packets carry no TID)."""
+        now = self._clock()
+        start, before = self._layer_window
+        if now - start >= RATE_WINDOW_S:
+            current = dict(self.tap.layer_bytes)
+            self._layer_kbps = layer_rates(before, current, now - start)
+            self._layer_window = (now, current)
+        return self._layer_kbps
 
     def close(self) -> None:
         """Stop forwarding and give the receiver back."""
@@ -88,6 +105,22 @@ class DriverTap:
             self.closed = True
             self.forwarder.close()
             self.tap.detach()
+
+
+def layer_rates(before: Mapping[int, int], after: Mapping[int, int],
+                seconds: float) -> tuple[float, ...]:
+    """Cumulative per-layer rates (kbps) from byte counts per TID at two times: ``[i]`` is
+    layers ``0..i`` together, up to the highest layer that sent anything; ``()`` if none."""
+    sent = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    top = max((tid for tid, n in sent.items() if n > 0), default=None)
+    if top is None or seconds <= 0:
+        return ()
+    rates: list[float] = []
+    total = 0
+    for tid in range(top + 1):
+        total += max(0, sent.get(tid, 0))
+        rates.append(total * 8 / 1000 / seconds)
+    return tuple(rates)
 
 
 class DriverOutput:
@@ -108,6 +141,31 @@ class DriverOutput:
     def sent_bytes(self) -> int:
         """Payload bytes sent to the subscriber."""
         return self.sender.sent_bytes
+
+    @property
+    def loss(self) -> float | None:
+        """Fraction lost (0..1) in the subscriber's latest receiver report."""
+        return self.sender.loss
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """Round-trip time from the subscriber's latest receiver report."""
+        return self.sender.rtt_ms
+
+    @property
+    def reports(self) -> int:
+        """Receiver reports from the subscriber so far."""
+        return self.sender.reports
+
+    def pause(self) -> None:
+        """Stop sending (the line stays; ``resume`` starts again on the next keyframe)."""
+        if self.key in self._tap.forwarder.keys:
+            self._tap.forwarder.pause(self.key)
+
+    def resume(self) -> None:
+        """Send again, from the next keyframe (asked of the publisher now)."""
+        if self.key in self._tap.forwarder.keys:
+            self._tap.forwarder.resume(self.key)
 
     def set_max_tid(self, tid: int | None) -> None:
         """Forward temporal layers 0..tid (None: all)."""
@@ -173,6 +231,7 @@ class AiortcMediaDriver:
             self._closed_bytes["in"] += tap.tap.bytes
         bytes_ = Counter(self._closed_bytes)
         drops = Counter(self._closed_drops)
+        drops.update(transport_drops)
         tapped = self._closed_tapped
         keyframes = self._closed_keyframes
         for tap in self.taps:
