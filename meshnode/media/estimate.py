@@ -112,10 +112,10 @@ class LinkEstimate:
                 base = min(base, self.loss_kbps)
             self.loss_kbps = max(cfg.floor_kbps, base * (1 - max(loss, 0.1) / 2))
             self._grown_at = now
-        elif loss < cfg.low_loss and self.loss_kbps is not None and not (
-                report.rtt_ms is not None and report.rtt_ms > cfg.high_rtt_ms / 2):
-            if now - self._grown_at >= cfg.growth_interval_s:
-                self._grown_at = now
-                self.loss_kbps *= cfg.growth
-                if self.loss_kbps > min(self.remb_kbps or cfg.ceiling_kbps, cfg.ceiling_kbps):
-                    self.loss_kbps = None
+        elif (loss < cfg.low_loss and self.loss_kbps is not None
+              and not (report.rtt_ms is not None and report.rtt_ms > cfg.high_rtt_ms / 2)
+              and now - self._grown_at >= cfg.growth_interval_s):
+            self._grown_at = now
+            self.loss_kbps *= cfg.growth
+            if self.loss_kbps > min(self.remb_kbps or cfg.ceiling_kbps, cfg.ceiling_kbps):
+                self.loss_kbps = None

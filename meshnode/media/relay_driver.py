@@ -3,10 +3,11 @@
 One ``Forwarder`` per source (its ``SourceTap`` on the publisher's receiver), one
 ``OutputSender`` per subscriber line, keyed by the relay's endpoint key. The tap's rate is
 measured here over windows of about a second (per VP8 temporal layer too, from each
-packet's TID: ``layer_kbps``, what the selector picks layers by); a publisher far over ``max_ingest_kbps`` has
-its excess dropped by the tap (``rate``). Nothing is ever decoded: ``stats()["decoders"]`` counts
-the decoders aiortc created in the process (``count_decoders``), and stays 0, while
-``packets_tapped`` counts the packets that went through taps instead.
+packet's TID: ``layer_kbps``, what the selector picks layers by); a publisher far over
+``max_ingest_kbps`` has its excess dropped by the tap (``rate``). Nothing is ever decoded:
+``stats()["decoders"]`` counts the decoders aiortc created in the process
+(``count_decoders``), and stays 0, while ``packets_tapped`` counts the packets that went
+through taps instead.
 """
 
 import time
