@@ -626,8 +626,9 @@ class MediaRelay(LinkService, RelayPort):
                 "paused": len(self._paused),
                 "estimates": {key: round(kbps, 1) for key, e in self._estimates.items()
                               if (kbps := e.kbps) is not None},
-                "recycles": sum(m.session.recycles for m in self._link_media.values()
-                                if m.session is not None),
+                "recycles": {kind: sum(m.session.recycles for m in self._link_media.values()
+                                       if m.session is not None and m.kind == kind)
+                             for kind in ("client", "node")},
                 "refusals": dict(self.refusals), "driver": dict(self.driver.stats())}
 
 
