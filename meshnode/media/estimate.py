@@ -43,10 +43,11 @@ class EstimateConfig:
 
 @dataclass(frozen=True, slots=True)
 class LinkReport:
-    """What the outputs to one subscriber say now, together.
+    """What the outputs to one subscriber say now, together (the relay gives the least loss
+    and round trip of its outputs: the others show what one source lost before the relay).
 
     ``remb_kbps``: the latest REMB (None: none yet, or no video output); ``loss`` (0..1) and
-    ``rtt_ms``: from the latest receiver reports (the worst output's); ``reports``: how many
+    ``rtt_ms``: from the latest receiver reports; ``reports``: how many
     receiver reports arrived on its outputs so far (a new one makes ``loss`` news);
     ``sent_bytes``: payload bytes sent to it so far, over every output."""
 

@@ -521,10 +521,13 @@ class MediaRelay(LinkService, RelayPort):
                 rtt.append(out.rtt_ms)
             reports += out.reports
             sent += out.sent_bytes
+        # The least loss of its outputs: a receiver report also counts what was lost before
+        # the relay (a publisher's bad uplink, kept as gaps so NACKs work), which the other
+        # outputs on the same link do not show.
         estimate = self._estimates.setdefault(key, LinkEstimate())
         return estimate.update(LinkReport(max(remb) if remb else None,
-                                          max(loss) if loss else None,
-                                          max(rtt) if rtt else None, reports, sent),
+                                          min(loss) if loss else None,
+                                          min(rtt) if rtt else None, reports, sent),
                                self._clock())
 
     def _apply_outputs(self, key: str, room_id: bytes, wanted: dict[str, int | None]) -> None:

@@ -32,6 +32,7 @@ from av import VideoFrame
 
 from meshnode.client import MediaRefusedError, RoomClient, connect
 from meshnode.identity import Identity
+from meshnode.media.aiortc_driver import IdleTrack
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, start_host
 from tests.integration.test_line import ICE
 from tests.integration.test_media_relay import until
@@ -152,7 +153,9 @@ async def test_caps_and_refusals_reach_the_client_typed_and_are_counted(
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(tmp_path_factory.mktemp("relay") / "n").start()
+    # Publishers' ingest cap: 2 x max_peer_kbps = 1 Mbps.
+    node = NodeProcess(tmp_path_factory.mktemp("relay") / "n",
+                       config=media_config(max_peer_kbps=500)).start()
     try:
         yield node
     finally:
@@ -164,36 +167,45 @@ async def test_bad_input_and_a_keyframe_flood_are_counted_and_others_still_serve
     room = relay.default_room
     assert room is not None
     async with connect(relay.url, room, Identity.generate(), ice=ICE) as pub, \
+            connect(relay.url, room, Identity.generate(), ice=ICE) as burster, \
             connect(relay.url, room, Identity.generate(), ice=ICE) as flooder, \
             connect(relay.url, room, Identity.generate(), ice=ICE) as other:
         frames = Frames(other)
-        flood_tracks: list[MediaStreamTrack] = []
-        flooder.on_track(lambda peer, track: flood_tracks.append(track))
         await pub.publish(VideoStreamTrack())
-        await until(lambda: frames.count > 10 and flooder.media.transceivers,
+        await pub.publish(AudioStreamTrack())
+        # The burster's track never yields: its SSRC (known to the node from the SDP) carries
+        # only what the test writes, with sequence numbers of its own.
+        await burster.publish(IdleTrack("video"))
+        await until(lambda: frames.count > 10 and len(flooder.media.transceivers) >= 2,
                     "video at both subscribers")
-        video = sending(pub, "video")
-        transport = video.sender.transport
-        pt = video._codecs[0].payloadType
-        ssrc = video.sender._ssrc
+        audio = sending(pub, "audio")
+        transport = audio.sender.transport
+        opus = audio._codecs[0].payloadType
         before = await status(relay)
         drops_before = dict(before["driver"]["drops"])
 
-        def rtp(**kw: Any) -> bytes:
-            fields = {"payload_type": pt, "sequence_number": 1, "timestamp": 1,
-                      "ssrc": ssrc, "payload": bytes(1100)} | kw
-            return RtpPacket(**fields).serialize()
+        def rtp(ssrc: int, pt: int, seq: int = 1, payload: bytes = bytes(100)) -> bytes:
+            return RtpPacket(payload_type=pt, sequence_number=seq, timestamp=seq, ssrc=ssrc,
+                             payload=payload).serialize()
 
-        for i in range(20):
-            await transport._send_rtp(rtp(ssrc=0x5EED0000 + i))  # unknown SSRC, known PT
-            await transport._send_rtp(rtp(ssrc=0x5EED0000, payload_type=127))  # nobody's PT
-            await transport._send_rtp(bytes([0x90, pt, 0, 1, 0, 0, 0, 1]) + ssrc.to_bytes(4))
+        for i in range(20):  # (SRTP refuses to send one SSRC's sequence number twice)
+            # An SSRC nobody announced, on the audio's payload type: it reaches the audio
+            # receiver, whose tap knows its SSRC.
+            await transport._send_rtp(rtp(0x5EED0000 + i, opus))
+            await transport._send_rtp(rtp(0x5EED1000 + i, 127))  # nobody's payload type
+            # Padding bit set, padding length 0 (SRTP carries it; aiortc cannot parse it).
+            await transport._send_rtp(bytes([0xA0, opus, 0, 1, 0, 0, 0, 1])
+                                      + (0x5EED2000 + i).to_bytes(4) + bytes(10))
             await transport._send_rtp(bytes([0x80, 201, 0, 40, 0, 0, 0, 1]))  # RTCP, truncated
-        # Far over the ingest cap (2 x max_peer_kbps = 8 Mbps, a 1 s bucket): 1.7 MB at once.
-        for i in range(1500):
-            await transport._send_rtp(rtp(sequence_number=i, payload=b"\x10" + bytes(1099)))
+        # Far over the ingest cap (1 Mbps, a 1 s bucket: 125 kB): 2.2 MB as fast as it goes.
+        idle = sending(burster, "video")
+        vp8 = idle._codecs[0].payloadType
+        for i in range(2000):
+            await idle.sender.transport._send_rtp(
+                rtp(idle.sender._ssrc, vp8, i, b"\x10" + bytes(1099)))
         # The flooder asks for a keyframe 300 times as fast as it can.
-        sub_video = next(t for t in flooder.media.transceivers.values() if t.kind == "video")
+        sub_video = next(t for sid, t in flooder.media.transceivers.items()
+                         if t.kind == "video" and sid.startswith(pub.peer_id))
         relay_ssrc = sub_video.receiver.getSynchronizationSources()[0].source
         sub_transport = sub_video.receiver.transport
         for _ in range(300):
@@ -226,7 +238,9 @@ async def test_bad_input_and_a_keyframe_flood_are_counted_and_others_still_serve
         upstream = last["driver"]["keyframe_requests"] - before["driver"]["keyframe_requests"]
         assert upstream < 30, upstream
         # The other subscriber goes on decoding, and the node never decoded.
-        await until(lambda: frames.count > counted + 30, "frames after the bad input")
+        await until(lambda: frames.count > counted + 30,
+                    lambda: f"frames after the bad input: {frames.count - counted}, "
+                    f"{relay.get('/api/status')['media']}")
         assert last["driver"]["decoders"] == 0
         m = await asyncio.to_thread(relay.metrics)
         for reason in ("ssrc", "unrouted", "malformed_rtp", "malformed_rtcp", "rate",
