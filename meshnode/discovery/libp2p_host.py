@@ -17,7 +17,7 @@ log line: libp2p is pre-1.0 and raises assorted errors, none of which may reach 
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 from meshnode.discovery.bridge import TrioBridge
@@ -81,6 +81,13 @@ class Libp2pHost:
         logging.getLogger("libp2p").setLevel(logging.ERROR)
         nursery = self._bridge_nursery()
         await asyncio.wait_for(self._bridge.call(nursery.start, self._run), timeout)
+        if not self.addrs():
+            # py-libp2p logs a listen failure (the port in use) and runs on, deaf: a host
+            # nobody can reach would announce rooms at no address.
+            await self.aclose()
+            raise OSError(f"the libp2p host could not listen on {' '.join(self._listen)} "
+                          "(the port is in use, or the address is not this machine's); "
+                          "free it or set [discovery] port = 0")
 
     def _bridge_nursery(self) -> Any:
         nursery = getattr(self._bridge, "_nursery", None)
@@ -225,6 +232,24 @@ class Libp2pHost:
         pid = ID.from_base58(peer_id)
         await self._host.connect(PeerInfo(pid, [multiaddr.Multiaddr(a) for a in addrs]))
         return bool(await self._ping.ping(pid))
+
+    def forget_providers(self, cid: str, peers: Iterable[str]) -> int:
+        """Drop ``peers``' provider records of ``cid`` from this node's local provider store;
+        returns how many went. A lookup answers from the local store alone once it holds any
+        record of the key (at most 20 per key, kept 48 h), so records of dead, foreign or
+        garbage providers must not stay there: they would hide the real hosts."""
+        if self._dht is None:
+            return 0
+        from libp2p.kad_dht.kad_dht import _encode_key
+
+        records = self._dht.provider_store.providers.get(_encode_key(cid))
+        if not records:
+            return 0
+        gone = 0
+        for peer in peers:
+            if peer != self.peer_id and records.pop(peer, None) is not None:
+                gone += 1
+        return gone
 
     def routing_peers(self) -> list[tuple[str, tuple[str, ...]]]:
         """The DHT routing table: ``(peer_id, addrs)`` per peer (for the address book)."""
