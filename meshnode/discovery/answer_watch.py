@@ -23,7 +23,7 @@ KAD_LOGGERS = ("libp2p.kad_dht.kad_dht", "libp2p.kad_dht.provider_store",
                "libp2p.kad_dht.utils")
 _GARBAGE = ("error parsing message", "failed to parse", "invalid-signed-record",
             "truncated message", "decodeerror", "unexpected end-group", "wrong wire type",
-            "exceeds maximum", "too large", "unsigned varint")
+            "exceeds maximum", "too large", "unsigned varint", "certified-addr-book")
 BAD_DHT_ANSWER = "bad_dht_answer"
 
 

@@ -13,6 +13,11 @@ log line: libp2p is pre-1.0 and raises assorted errors, none of which may reach 
   ``meshroom`` validator (``card.CardValidator``) registered, so this node never stores or
   returns a forged, unsigned, oversized or expired room card.
 - TCP only, on the configured listen multiaddrs (port 0: the OS picks one).
+- One dial tries at most ``MAX_ADDRS`` addresses ``DIAL_ATTEMPTS`` times each: the planner
+  retries with its own backoff, and each attempt at an unproven address is a packet to
+  whoever the address names.
+- libp2p's auto-connector is off: it would dial every address any DHT peer put in our
+  peerstore (a flood of provider records, a reflector). Only the planner's choices are dialled.
 """
 
 import asyncio
@@ -29,6 +34,10 @@ log = logging.getLogger("meshnode.discovery")
 __all__ = ["Libp2pHost", "Libp2pMissing", "import_libp2p"]
 
 T = TypeVar("T")
+DIAL_ATTEMPTS = 2
+"""TCP attempts per address of one dial (libp2p's default 4: the planner backs off itself)."""
+MAX_ADDRS = 4
+"""Addresses of one peer tried per dial (libp2p's default is more)."""
 DhtMode = Literal["server", "client"]
 
 
@@ -103,7 +112,7 @@ class Libp2pHost:
         from libp2p.crypto.ed25519 import create_new_key_pair
         from libp2p.host.ping import PingService
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-        from libp2p.network.config import ConnectionConfig
+        from libp2p.network.config import ConnectionConfig, RetryConfig
         from libp2p.records.validator import Validator
         from libp2p.tools.anyio_service import background_trio_service
 
@@ -119,10 +128,22 @@ class Libp2pHost:
         key_pair = create_new_key_pair(self.identity.private_bytes())
         addrs = [multiaddr.Multiaddr(a) for a in self._listen]
         host = new_host(key_pair=key_pair, listen_addrs=addrs,
-                        connection_config=ConnectionConfig(max_connections_per_peer=1))
+                        connection_config=ConnectionConfig(max_connections_per_peer=1,
+                                                           max_peer_addrs_to_dial=MAX_ADDRS))
+        host.get_network().retry_config = RetryConfig(max_retries=DIAL_ATTEMPTS - 1)
         if str(host.get_id()) != self.peer_id:  # the evaluation says it never is; be sure
             raise RuntimeError(f"libp2p derived PeerID {host.get_id()} from our key, not "
                                f"{self.peer_id}")
+        connector = getattr(host.get_network(), "auto_connector", None)
+        if connector is not None:
+            # libp2p's auto-connector dials, up to 32 at a time every 10 s, every address
+            # that reached our peerstore, including those any DHT peer named in an answer:
+            # a flood of provider records would make us dial strangers in a loop (or hammer
+            # a victim's address). We dial only peers our planner chose.
+            async def no_auto_dials() -> None:
+                return None
+
+            connector.maybe_connect = no_auto_dials
         mode = DHTMode.SERVER if self._mode == "server" else DHTMode.CLIENT
         dht = KadDHT(host, mode, enable_random_walk=False)
         dht.register_validator(checker.namespace, MeshroomValidator())
