@@ -206,8 +206,28 @@ class Libp2pHost:
         return await self._call(self._find_providers, timeout, cid, count, default=[])
 
     async def _find_providers(self, cid: str, count: int) -> list[tuple[str, tuple[str, ...]]]:
-        infos = await self._dht.find_providers(cid, count)
-        return [(str(i.peer_id), tuple(str(a) for a in i.addrs)) for i in infos]
+        from libp2p.kad_dht.kad_dht import _encode_key
+
+        # py-libp2p answers from the local provider store alone once it holds any record of
+        # the key (records are kept 48 h): a node that looked a room up once, or hosts it,
+        # would never hear of a host that came later. So the local records step aside for
+        # the network lookup, then join its result (the ones it did not return, last).
+        store = self._dht.provider_store
+        key = _encode_key(cid)
+        held = store.providers.pop(key, None) or {}
+        try:
+            infos = list(await store.find_providers(key, count))
+        finally:
+            if held:
+                merged = store.providers.setdefault(key, {})
+                for peer, record in held.items():
+                    merged.setdefault(peer, record)
+        out = [(str(i.peer_id), tuple(str(a) for a in i.addrs)) for i in infos]
+        seen = {peer for peer, _ in out}
+        for peer, record in held.items():
+            if peer not in seen and not record.is_expired():
+                out.append((peer, tuple(str(a) for a in record.addresses)))
+        return out[:count]
 
     async def put_value(self, key: str, value: bytes, timeout: float = 30.0) -> bool:
         """Publish ``value`` under ``key`` (validated here first, then on every node)."""
