@@ -62,8 +62,11 @@ async def test_page_fails_over_to_another_host(chromium: Chromium, tmp_path: Pat
         assert conn["url"] == b.url and conn["failovers"] >= 1
         # A third host joins while A is dead: the page hears of it from B, the node it
         # moved to (cross-origin), not from its own dead node.
-        c = start_host(tmp_path / "c", b, room, bootstrap=b)
-        nodes.append(c)
+        # (An admin may invite editors, not admins: C hosts the room as an editor.)
+        invite_c = b.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        c = NodeProcess(tmp_path / "c", args=["--no-default-room", "--bootstrap", b.url,
+                                              "--join", invite_c])
+        nodes.append(c.start())
         await wait_js(f"window.meshnode.connection().hosts.includes({c.url!r})",
                       "the page to learn C from B after the failover")
 
