@@ -17,11 +17,12 @@
   for an offer) → ``{"hosts": [url, ...]}``: where the room's other hosts serve, the page's
   failover candidates (404 as for an offer if the browser may not see the room). A page that
   failed over here asks cross-origin, under the offer's rule below.
-- ``OPTIONS /api/browser/offer`` and ``/api/browser/hosts``: the CORS preflight. A page of another host of one of our
-  rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer cross-origin, with
-  ``Content-Type`` only (never ``Authorization``): its page fails over to this node when its
-  own dies. The offer is then judged for its room (403 ``foreign_origin`` if that origin's node
-  does not host it); the answers carry ``Access-Control-Allow-Origin``.
+- ``OPTIONS /api/browser/offer`` and ``/api/browser/hosts``: the CORS preflight. A page of
+  another host of one of our rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer
+  (and ask for the hosts) cross-origin, with ``Content-Type`` and ``Meshnode-Invite`` only
+  (never ``Authorization``): its page fails over to this node when its own dies. The offer
+  is then judged for its room (403 ``foreign_origin`` if that origin's node does not host it);
+  the answers carry ``Access-Control-Allow-Origin``.
 """
 
 from __future__ import annotations
