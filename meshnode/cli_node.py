@@ -146,7 +146,10 @@ def _node_url(args: argparse.Namespace) -> str:
 
 
 def _api(args: argparse.Namespace, method: str, path: str,
-         body: dict[str, Any] | None = None) -> Any:
+         body: dict[str, Any] | None = None, *, timeout: float = 15.0,
+         slow: str = "") -> Any:
+    """One admin API call. ``slow``: what the node is doing, said when it does not answer
+    within ``timeout`` (else a timeout reads as "no node answers")."""
     base = _node_url(args)
     # Without a token the node answers 401; ask anyway, so that "no node there" is told first.
     token_problem = ""
@@ -160,7 +163,7 @@ def _api(args: argparse.Namespace, method: str, path: str,
         headers["Content-Type"] = "application/json"
     try:
         req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=15) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:
         try:
@@ -172,6 +175,9 @@ def _api(args: argparse.Namespace, method: str, path: str,
         raise _fail(f"{detail} ({err.code})") from None
     except (urllib.error.URLError, ConnectionRefusedError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
+        if slow and isinstance(reason, TimeoutError):
+            raise _fail(f"the node at {base} did not answer within {timeout:g} s ({slow}); "
+                        "try again, or check its log") from None
         raise _fail(f"no node answers at {base} ({reason}); start one with `meshnode up` "
                     "or pass --node URL") from None
     except (OSError, http.client.HTTPException, ValueError) as err:
@@ -235,7 +241,12 @@ def _room(args: argparse.Namespace) -> int:
         if len(room) != 64 or any(c not in "0123456789abcdef" for c in room):
             raise _fail(f"a room ID is 64 hex digits (as `meshnode room list` prints); got "
                         f"{args.room!r}", 2)
-        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout}"))
+        if not 0.5 <= args.timeout <= 30:
+            raise _fail(f"--timeout is 0.5 to 30 seconds; got {args.timeout:g}", 2)
+        # The node searches for --timeout seconds, then checks what it found (bounded too).
+        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout:g}",
+                    timeout=args.timeout + 10,
+                    slow=f"looking up room {room[:16]}…'s hosts in the DHT"))
     return 0
 
 
@@ -367,7 +378,7 @@ def add_node_commands(sub: Any) -> None:
                                           "JSON list, one object per host (peer_id, urls)")
     hosts.add_argument("room", help="room ID (hex)")
     hosts.add_argument("--timeout", type=float, default=5.0,
-                       help="seconds to search the DHT (default 5)")
+                       help="seconds to search the DHT, 0.5 to 30 (default 5)")
     with_node(hosts)
     room.set_defaults(handler=_room)
 

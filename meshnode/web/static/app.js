@@ -13,7 +13,8 @@
 //   op         {id: "hex"}                set by this page on the entities it creates: a create
 //                                          redelivered after a failover is recognised by it
 //
-// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts).
+// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts), and
+// after a failover asks the node it moved to (cross-origin, under the offer's rule).
 // When its node dies (the data channel closes, or the connection stays "disconnected" for
 // DISCONNECTED_GRACE_MS), it offers to those hosts in turn (cross-origin: a node lets the
 // pages of its room's other hosts in), round-robin with a bounded backoff, and redelivers the
@@ -263,28 +264,36 @@ async function openSession(base) {
   await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
 }
 
-// Ask the page's own node for the room's hosts now and every HOSTS_REFRESH_MS (while it lives).
+// Ask the node the page is connected to (its own, or the host it failed over to) for the
+// room's hosts now and every HOSTS_REFRESH_MS, and at once after a failover: the new node may
+// know hosts the dead one never named.
 async function learnHosts() {
-  while (!nodeUrl) {
-    try {
-      const headers = {};
-      const { invite, adminToken } = credentials();
-      if (invite) headers["Meshnode-Invite"] = invite;
-      if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
-      const resp = await fetch(`/api/browser/hosts?room=${room}`, { headers });
-      if (resp.ok) {
-        const found = [];
-        for (const u of (await resp.json()).hosts || []) {
-          const url = hostOrigin(u);
-          if (url && url !== location.origin && !found.includes(url)) found.push(url);
-        }
-        for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
-        hosts = found.slice(0, 32);
-      }
-    } catch {
-      // the node is busy or gone: the next round, or the failover, sees
-    }
+  for (;;) {
+    await refreshHosts();
     await new Promise((r) => setTimeout(r, HOSTS_REFRESH_MS));
+  }
+}
+
+async function refreshHosts() {
+  const base = nodeUrl; // "" : the page's own node
+  try {
+    const headers = {};
+    const { invite, adminToken } = credentials();
+    if (invite) headers["Meshnode-Invite"] = invite;
+    if (adminToken && !base) headers.Authorization = `Bearer ${adminToken}`; // never cross-origin
+    const resp = await fetch(`${base}/api/browser/hosts?room=${room}`, { headers });
+    if (resp.ok) {
+      const found = [];
+      for (const u of (await resp.json()).hosts || []) {
+        const url = hostOrigin(u);
+        if (url && url !== location.origin && !found.includes(url)) found.push(url);
+      }
+      if (base && !found.includes(base)) found.push(base); // the node we are on
+      for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
+      hosts = found.slice(0, 32);
+    }
+  } catch {
+    // the node is busy or gone: the next round, or the failover, sees
   }
 }
 
@@ -323,6 +332,7 @@ async function failOver(why) {
         failingOver = false;
         setStatus("connected", `connected to ${url}`);
         redeliver();
+        refreshHosts(); // from the new node
         return;
       } catch (err) {
         welcomeWaiter = null;
