@@ -28,7 +28,7 @@ editor, viewer    nothing                                      --
 ================  ===========================================  ===========================
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -86,7 +86,7 @@ class RoleBook:
     def role_in_past(
         self,
         member: bytes,
-        vv: dict[bytes, int],
+        vv: Mapping[bytes, int],
         in_past: Callable[[bytes], bool] | None = None,
         equivocators: AbstractSet[bytes] = frozenset(),
         *,
