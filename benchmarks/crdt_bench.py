@@ -258,7 +258,7 @@ def _ident(seed: int, i: int) -> Any:
 # ---------------------------------------------------------------------------- meshnode
 
 
-def run_meshnode(plan: Plan, seed: int) -> dict[str, Any]:
+def run_meshnode(plan: Plan, seed: int, private: bool = False) -> dict[str, Any]:
     from meshnode.crdt import ROOT, SceneReplica
 
     A, batch = plan.authors, plan.batch
@@ -269,12 +269,14 @@ def run_meshnode(plan: Plan, seed: int) -> dict[str, Any]:
     def now() -> float:
         return vclock[0]
 
-    room = SceneReplica.create(idents[0], now=now(), nonce=b"crdt-bench")
+    room = SceneReplica.create(idents[0], now=now(), nonce=b"crdt-bench", private=private)
     reps = [room] + [SceneReplica.from_genesis(room.genesis, idents[i]) for i in range(1, A)]
     for i in range(1, A):
         room.grant(idents[i].public_id, "admin")
     grants = room.commit(now=now())
-    all_changes: list[bytes] = []
+    all_changes: list[bytes] = room.changes_since([])[1:-1] if private else []
+    for rep in reps[1:]:
+        rep.apply_many(all_changes, now=now())
     if grants is not None:
         all_changes.append(grants)
         for rep in reps[1:]:
@@ -355,13 +357,32 @@ def run_meshnode(plan: Plan, seed: int) -> dict[str, Any]:
     total_ops = setup_ops + edit_ops
 
     # --- a new replica imports the whole signed history
-    fresh = SceneReplica.from_genesis(room.genesis, _ident(seed, 10_000))
+    # (In a private room the importer must be a reader to read: author 1's identity.)
+    fresh = SceneReplica.from_genesis(room.genesis, idents[1] if private else _ident(seed, 10_000))
     gc.collect()
     t0 = _timer()
     fresh.apply_many(all_changes, now=now())
     t_full = _timer() - t0
     converged = converged and fresh.state() == state0
+    t_blind = 0.0
+    if private:  # a blind host imports the same history
+        blind = SceneReplica.from_genesis(room.genesis, _ident(seed, 10_000))
+        gc.collect()
+        t0 = _timer()
+        blind.apply_many(all_changes, now=now())
+        t_blind = _timer() - t0
+        converged = converged and blind.heads() == fresh.heads()
 
+    if private:  # private rooms have no snapshots yet
+        return {"system": "meshnode-sealed", "converged": converged,
+                "sync_import_ops_per_s": _rate(imported_ops, t_sync),
+                "full_history_import_ops_per_s": _rate(total_ops, t_full),
+                "blind_full_history_import_ops_per_s": _rate(total_ops, t_blind),
+                "wire_bytes_per_op": round(edit_bytes / edit_ops, 2) if edit_ops else None,
+                "full_history_bytes": sum(map(len, all_changes)),
+                "seconds": {"local": round(t_local, 3), "sync_import": round(t_sync, 3),
+                            "full_history_import": round(t_full, 3)},
+                "privacy_counters": reps[1].privacy_counters()}
     # --- snapshot
     t0 = _timer()
     snap = reps[0].snapshot()
@@ -568,6 +589,69 @@ RATIO_KEYS = [
 ]
 
 
+def run_sealed(args: argparse.Namespace) -> int:
+    """``--sealed``: the same workload in a plain and a private room, in this process (the
+    ratio is what counts: both runs share the machine's state), then a 50-reader rotation."""
+    from meshnode.crdt import SceneReplica
+
+    plan = make_plan(args.scale, args.authors, args.seed, args.batch)
+    gc.collect()
+    gc.freeze()
+    from meshnode.tuning import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "sealed": []}
+    for _ in range(2):  # alternate, so that drift in the machine hits both alike
+        runs["plain"].append(run_meshnode(plan, args.seed))
+        runs["sealed"].append(run_meshnode(plan, args.seed, private=True))
+    best = {k: max(v, key=lambda r: r["sync_import_ops_per_s"] or 0) for k, v in runs.items()}
+    p, s = best["plain"], best["sealed"]
+    # A 50-reader rotation: the owner of a private room with 49 other readers.
+    idents = [_ident(args.seed, 20_000 + i) for i in range(50)]
+    room = SceneReplica.create(idents[0], now=1_700_000_000.0, nonce=b"rot", private=True)
+    for ident in idents[1:]:
+        room.grant(ident.public_id, "viewer")
+    room.commit(1_700_000_001.0)
+    times = []
+    rot_bytes = 0
+    for i in range(20):
+        room.rotate()
+        t0 = time.perf_counter()
+        data = room.commit(1_700_000_002.0 + i)
+        times.append(time.perf_counter() - t0)
+        assert data is not None
+        rot_bytes = len(data)
+    reader = SceneReplica.from_genesis(room.genesis, idents[1])
+    history = room.changes_since([])
+    t0 = time.perf_counter()
+    reader.apply_many(history, 1_700_000_100.0)
+    t_apply = time.perf_counter() - t0
+    times.sort()
+    out = {
+        "benchmark": "crdt_bench --sealed",
+        "args": vars(args),
+        "environment": environment(),
+        "converged": bool(p["converged"]) and bool(s["converged"]),
+        "sync_import_ops_per_s": {"plain": p["sync_import_ops_per_s"],
+                                  "sealed": s["sync_import_ops_per_s"]},
+        "sync_import_slowdown": round(p["sync_import_ops_per_s"]
+                                      / s["sync_import_ops_per_s"] - 1, 4),
+        "full_history_import_slowdown": round(p["full_history_import_ops_per_s"]
+                                              / s["full_history_import_ops_per_s"] - 1, 4),
+        "blind_host_full_history_import_ops_per_s": s["blind_full_history_import_ops_per_s"],
+        "wire_bytes_per_op": {"plain": p["wire_bytes_per_op"], "sealed": s["wire_bytes_per_op"]},
+        "bytes_per_op_overhead": round(s["wire_bytes_per_op"] - p["wire_bytes_per_op"], 2),
+        "rotation_50_readers_ms": {"median": round(times[len(times) // 2] * 1000, 2),
+                                   "max": round(times[-1] * 1000, 2)},
+        "rotation_50_readers_bytes": rot_bytes,
+        "rotation_history_apply_ms_per_change": round(t_apply / len(history) * 1000, 3),
+        "sealed_privacy_counters": s["privacy_counters"],
+        "runs": runs,
+    }
+    print(json.dumps(out, indent=2))
+    return 0 if out["converged"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="1.0 = 2,000 entities, 100,000 edits")
@@ -589,10 +673,18 @@ def main(argv: list[str] | None = None) -> int:
         help="time phases by process CPU time (default; single-threaded work, so equal to wall "
         "time on a quiet machine) or by wall-clock time",
     )
+    ap.add_argument(
+        "--sealed",
+        action="store_true",
+        help="private rooms: run the meshnode workload unsealed and sealed in one process "
+        "and report the sync-import ratio, a 50-reader rotation and the bytes per op",
+    )
     args = ap.parse_args(argv)
     global _timer
     _timer = time.process_time if args.clock == "cpu" else time.perf_counter
 
+    if args.sealed:
+        return run_sealed(args)
     if args.system != "both":
         plan = make_plan(args.scale, args.authors, args.seed, args.batch)
         # The plan (~100k tuples) is the harness's, not the system's: keep it out of the

@@ -7,6 +7,7 @@ meshnode room create|list|invite|join|hosts|role|remove|revoke-invite
                                          manage the rooms and members of a running node
 meshnode peers | status [--open]         what a running node is linked to / doing
 meshnode admin rotate-token              replace the admin token (the CLI's key to the node)
+meshnode doctor [--config FILE] [--json] check the clock, files, disk, UDP, TURN, public_url
 meshnode demo                            run the local scene-CRDT demo
 """
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     from meshnode.cli_node import add_node_commands
 
     add_node_commands(sub)
+    from meshnode.doctor.command import add_doctor_command
+
+    add_doctor_command(sub)
     return parser
 
 

@@ -63,6 +63,8 @@ def _up(args: argparse.Namespace) -> int:
             cfg = replace(cfg, log_format=args.log_format)
         if args.log_level is not None:
             cfg = replace(cfg, log_level=args.log_level)
+        for token in args.join or ():
+            check_join_token(token)
     except ConfigError as err:
         print(f"meshnode up: {err}", file=sys.stderr)
         return 2
@@ -98,6 +100,30 @@ def _up(args: argparse.Namespace) -> int:
         return uvloop.run(run())
     except KeyboardInterrupt:
         return 0
+
+
+def check_join_token(token: str) -> None:
+    """Refuse a ``--join`` token that cannot work before the node creates anything: one
+    that does not decode, is expired or is not signed by its issuer (``ConfigError``, said in
+    the operator's terms)."""
+    import time
+
+    from meshnode.rooms.invite import parse_invite
+    from protocol.errors import DecodeError
+
+    try:
+        invite = parse_invite(token)
+    except DecodeError as err:
+        raise ConfigError(f"--join: {err}") from None
+    problem = invite.verify(int(time.time() * 1000))
+    if problem == "expired":
+        expired = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(invite.expires_ms / 1000))
+        raise ConfigError(f"--join: the invite expired at {expired} (this machine's clock says "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}): ask for "
+                          "a new one (`meshnode room invite --ttl SECONDS`), or fix the clock")
+    if problem is not None:
+        raise ConfigError(f"--join: the invite token is not genuine ({problem}): it was "
+                          "altered after it was signed; ask for a new one")
 
 
 def _fail(message: str, code: int = 1) -> SystemExit:

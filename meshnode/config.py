@@ -13,6 +13,12 @@ from urllib.parse import urlsplit
 
 from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import public_key_from_peer_id
+from meshnode.media.config import (
+    MEDIA_KEYS,
+    MediaConfig,
+    MediaConfigError,
+    media_config_from_mapping,
+)
 from meshnode.transport.ice import IceServer, IceSettings
 from protocol.link import MAX_URL_CHARS
 
@@ -59,6 +65,8 @@ class NodeConfig:
     body_timeout_s: float = 10.0
     offers_per_s: float = 2.0
     offer_burst: int = 16
+    # [http] trusted_proxies: reverse proxies whose X-Forwarded-For names the client (guard.py)
+    trusted_proxies: tuple[str, ...] = ()
     # [federation]: which operators' nodes this node federates with (meshnode.federation)
     federation: FederationPolicy = field(default_factory=FederationPolicy)
     # [discovery]: LAN discovery (meshnode.discovery.mdns); () = the private-range interfaces
@@ -69,6 +77,8 @@ class NodeConfig:
     discovery_port: int = 0
     discovery_dht_mode: str = "server"
     discovery_announce_interval_s: float = 600.0
+    # [media]: the media relay (meshnode.media.config)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     @property
     def url(self) -> str:
@@ -91,10 +101,12 @@ _SECTIONS: dict[str, set[str]] = {
     "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
-    "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst"},
+    "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst",
+             "trusted_proxies"},
     "federation": {"deny", "allow", "announce", "no_announce", "announce_rooms"},
     "discovery": {"enabled", "port", "dht_mode", "announce_interval_s", "mdns",
                   "mdns_interfaces"},
+    "media": set(MEDIA_KEYS),
 }
 
 
@@ -166,6 +178,12 @@ def _ice_servers(value: Any) -> tuple[IceServer, ...]:
         if user is not None:
             _want(user, str, f"{key}.username")
             _want(cred, str, f"{key}.credential")
+        elif any(u.startswith(("turn:", "turns:")) for u in urls):
+            # Every TURN server asks for credentials: without them each allocation is
+            # refused and links fail later as hello_timeout, far from the cause.
+            raise ConfigError(f"{key}: a turn: server needs username and credential (the "
+                              "TURN server's long-term user, or its REST API's static-auth "
+                              "pair); `meshnode doctor` checks that the server accepts them")
         out.append(IceServer(tuple(urls), user, cred))
     return tuple(out)
 
@@ -212,6 +230,21 @@ def _federation(body: dict[str, Any]) -> FederationPolicy:
         deny, allow, _room_ids(body.get("no_announce", []), "federation.no_announce"),
         _room_ids(body.get("announce_rooms", []), "federation.announce_rooms"),
         _want(body.get("announce", True), bool, "federation.announce"))
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    """``[http] trusted_proxies``: IP addresses or networks (``"10.0.0.0/8"``), normalised."""
+    _want(value, list, "http.trusted_proxies")
+    out = []
+    for entry in value:
+        try:
+            out.append(str(ipaddress.ip_network(_want(entry, str, "http.trusted_proxies"),
+                                                strict=False)))
+        except (ConfigError, ValueError):
+            raise ConfigError("http.trusted_proxies must list the IP addresses (or networks, "
+                              "like \"10.0.0.0/8\") of your reverse proxies, e.g. "
+                              f"[\"127.0.0.1\"]; got {entry!r}") from None
+    return tuple(out)
 
 
 def _interfaces(value: Any) -> tuple[str, ...]:
@@ -334,6 +367,8 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         if not 1 <= burst <= 10_000:
             raise ConfigError("http.offer_burst must be 1 to 10000")
         changes["offer_burst"] = burst
+    if "trusted_proxies" in http:
+        changes["trusted_proxies"] = _networks(http["trusted_proxies"])
     if "federation" in doc:
         changes["federation"] = _federation(doc["federation"])
     disc = doc.get("discovery", {})
@@ -342,6 +377,11 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
         changes["mdns"] = _want(disc["mdns"], bool, "discovery.mdns")
     if "mdns_interfaces" in disc:
         changes["mdns_interfaces"] = _interfaces(disc["mdns_interfaces"])
+    if "media" in doc:
+        try:
+            changes["media"] = media_config_from_mapping(doc["media"], cfg.media)
+        except MediaConfigError as err:
+            raise ConfigError(str(err)) from None
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:

@@ -2,6 +2,7 @@
 
     identity, store (SQLite) + DurableLog
         LinkManager (aiortc links)  --link events-->  RoomHost (rooms, admission, durability)
+                                    --link events-->  MediaRelay (voice and video, meshnode.media)
                                     --link events-->  Bootstrap (bootstrap links, address book)
         HTTP (signaling, room data, admin API, web client, /metrics) on a NodeApi
 
@@ -19,6 +20,7 @@ import functools
 import ipaddress
 import logging
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +30,9 @@ from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.discovery.known import known_hosts
 from meshnode.discovery.mdns import MdnsDiscovery, start_mdns
 from meshnode.identity import Identity
+from meshnode.media.relay import MediaRelay
+from meshnode.media.relay_driver import AiortcMediaDriver
+from meshnode.media.room_access import media_access, participant_positions
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.host import RoomHost
 from meshnode.runtime.bootstrap import Bootstrap
@@ -73,6 +78,7 @@ class Node:
         self.discovery: Any = None  # RoomDiscovery when the libp2p host runs (see discovery)
         self.mdns: MdnsDiscovery | None = None  # LAN discovery, when it runs
         self.discovery_state = DiscoveryState(False, "the node has not started")
+        self.media: MediaRelay | None = None
 
     @property
     def identity(self) -> Identity:
@@ -106,6 +112,8 @@ class Node:
 
     async def _start(self, stack: contextlib.AsyncExitStack, join: Sequence[str]) -> list[str]:
         cfg, crashed = self.config, self._crashed
+        # Nothing on disk (identity, database, room) before we know the port is ours.
+        await asyncio.to_thread(check_port_free, cfg.listen_host, cfg.listen_port)
         if not cfg.data_dir.exists():
             # The identity key and the rooms live here: nobody else needs to list it.
             cfg.data_dir.mkdir(parents=True, mode=0o700)
@@ -130,6 +138,16 @@ class Node:
                                        url=lambda: self.url, on_crash=crashed)
         stack.push_async_callback(rooms.aclose)
         stack.push_async_callback(links.aclose)  # before the rooms close: no frame after
+        media_cfg = cfg.media
+        self.media = media = MediaRelay(
+            links, media_cfg, self.metrics,
+            AiortcMediaDriver(cfg.ice.rtc_configuration,
+                              max_ingest_kbps=2 * media_cfg.max_peer_kbps),
+            access=functools.partial(media_access, rooms.rooms),
+            positions=functools.partial(participant_positions, rooms.rooms),
+            hosted=lambda: set(rooms.rooms), on_crash=crashed)
+        stack.push_async_callback(media.aclose)  # media connections close before the links
+        media.start()
         bootstrap = Bootstrap(links, store, cfg.bootstrap, lambda: self.url, clock=time.time,
                               on_crash=crashed)
         await rooms.load()
@@ -140,7 +158,8 @@ class Node:
             origins.remember(peer, url)
         links.register(origins)
         view = NodeView(self.peer_id, lambda: self.url, self.started_at, self.metrics,
-                        rooms.rooms, links.links, links.federation, links.refusals)
+                        rooms.rooms, links.links, links.federation, links.refusals,
+                        media.status)
         app = build_app(NodeApi(view, rooms, links.accept_offer, lambda: not store.closed,
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
                                 host_origins=origins,
@@ -262,6 +281,26 @@ class Node:
         """Close every service, last started first. Safe to call twice."""
         self._stopping.set()
         await self._stack.aclose()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``OSError`` (as the HTTP server's bind would: "address already in use") if
+    ``host:port`` cannot be bound now. Checked before the node writes anything, so that a
+    node that cannot serve leaves its data directory as it was. (The server binds again a
+    moment later; losing that race only means the later bind reports the same error.)"""
+    if port == 0:
+        return  # any free port: the server's bind cannot fail for want of one
+    for family, kind, proto, _name, addr in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            # As aiohttp's TCPSite(reuse_address=True): TIME_WAIT leftovers do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(addr)
+            except OSError as err:
+                why = (err.strerror or str(err)).lower()
+                raise OSError(err.errno, f"error while attempting to bind on address "
+                                         f"{addr[:2]!r}: {why}") from None
 
 
 def _listen_multiaddr(host: str, port: int) -> str:

@@ -31,6 +31,8 @@ class NodeView:
     links: Mapping[str, Established]
     federation: FederationPolicy = field(default_factory=FederationPolicy)
     refusals: Mapping[str, PolicyRefusal] = field(default_factory=dict)
+    media: Callable[[], dict[str, Any]] | None = None
+    """The media relay's load (``MediaRelay.status``), if it runs."""
 
 
 def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
@@ -74,6 +76,7 @@ def node_status(node: NodeView) -> dict[str, Any]:
         "links": len(node.links),
         "rooms": [room_info(node, rid) for rid in node.rooms],
         "federation": federation_info(node),
+        **({"media": node.media()} if node.media is not None else {}),
     }
 
 

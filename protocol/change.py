@@ -19,6 +19,12 @@ from typing import Any
 from protocol.errors import FrameTooLarge, LimitExceeded, SchemaError
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack, unpack
+from protocol.private_ops import (
+    GENESIS_FLAG_PRIVATE,
+    MAX_PROOF_BYTES,
+    PRIVATE_OPS,
+    check_private_op,
+)
 from protocol.scoped import ScopedHook
 from protocol.values import check_value
 
@@ -28,12 +34,12 @@ HASH_BYTES = 32
 SIGNING_DOMAIN = b"meshnode/change/v1\x00"
 
 # Op codes. The layout of each op is documented in docs/protocol.md.
-OP_GENESIS = 0  # [0, room_name: str, nonce: bin]
+OP_GENESIS = 0  # [0, room_name: str, nonce: bin, (flags: uint)]
 OP_CREATE = 1  # [1, counter: uint>=1, parent: ref]
 OP_SET = 2  # [2, entity: ref, component: name index, field: name index, value]
 OP_MOVE = 3  # [3, entity: ref, parent: ref]
 OP_DELETE = 4  # [4, entity: ref]
-OP_ROLE = 5  # [5, member: actor index, role: 0..3, cutoff: uint, (invite: bin32, max_uses: uint)]
+OP_ROLE = 5  # [5, member, role: 0..3|5, cutoff, (invite: bin32, max_uses, (proof: bin))]
 OP_REVOKE_INVITE = 6  # [6, invite: bin32]
 
 # Roles as carried on the wire; 0 removes a member (revoke / ban).
@@ -42,6 +48,7 @@ ROLE_VIEWER = 1
 ROLE_EDITOR = 2
 ROLE_ADMIN = 3
 ROLE_OWNER = 4  # never on the wire: the genesis author is the owner
+ROLE_HOST = 5  # stores, relays and admits (with invite proofs); never receives keys
 
 INVITE_ID_BYTES = 32
 MAX_INVITE_USES = 1 << 32  # an invite's use limit (0: unlimited) is below this
@@ -167,17 +174,20 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
                 raise _bad("the root cannot be deleted")
         elif code == OP_ROLE:
             # 3 elements: a grant from before cut-offs (still read); 4: with the member's
-            # last permitted seq; 6: a grant made by redeeming an invite.
-            if n not in (3, 4, 6):
-                raise _bad("role op needs 3, 4 or 6 elements")
+            # last permitted seq; 6: a grant made by redeeming an invite; 7: the same with
+            # the invite and its redemption proof (a host's grant, meshnode.crdt.redemption).
+            if n not in (3, 4, 6, 7):
+                raise _bad("role op needs 3, 4, 6 or 7 elements")
             m, r = op[1], op[2]
             if type(m) is not int or not 0 <= m < n_actors:
                 raise _bad("role op member index out of range")
-            if type(r) is not int or not ROLE_NONE <= r <= ROLE_ADMIN:
-                raise _bad("role op role must be 0..3")
+            if type(r) is not int or not (ROLE_NONE <= r <= ROLE_ADMIN or r == ROLE_HOST):
+                raise _bad("role op role must be 0..3 or 5")
             if n >= 4 and (type(op[3]) is not int or not 0 <= op[3] <= MAX_CUTOFF):
                 raise _bad("role op cut-off must be an integer >= 0")
-            if n == 6:
+            if n == 7 and (type(op[6]) is not bytes or len(op[6]) > MAX_PROOF_BYTES):
+                raise _bad("role op proof must be bytes of bounded length")
+            if n >= 6:
                 if type(op[4]) is not bytes or len(op[4]) != INVITE_ID_BYTES:
                     raise _bad("role op invite must be a 32-byte invite ID")
                 if type(op[5]) is not int or not 0 <= op[5] < MAX_INVITE_USES:
@@ -188,10 +198,15 @@ def check_ops(ops: list[Any], n_actors: int, n_names: int, limits: Limits) -> No
             if n != 2 or type(op[1]) is not bytes or len(op[1]) != INVITE_ID_BYTES:
                 raise _bad("revoke-invite op is [6, invite: 32 bytes]")
         elif code == OP_GENESIS:
-            if n != 3 or type(op[1]) is not str or type(op[2]) is not bytes:
-                raise _bad("genesis op is [0, name, nonce]")
+            if n not in (3, 4) or type(op[1]) is not str or type(op[2]) is not bytes:
+                raise _bad("genesis op is [0, name, nonce, (flags)]")
             if len(op[1]) > MAX_ROOM_NAME_CHARS or len(op[2]) > MAX_NONCE_BYTES:
                 raise LimitExceeded("genesis name or nonce too long")
+            if n == 4 and (op[3] != GENESIS_FLAG_PRIVATE or type(op[3]) is not int
+                           or op[1] != ""):
+                raise _bad("genesis flags must be 1 (private), with an empty name")
+        elif code in PRIVATE_OPS:
+            check_private_op(op, n_actors)
         else:
             raise _bad(f"unknown op code {code}")
 

@@ -158,7 +158,39 @@ class Refused:
     detail: str
 
 
-LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle | Refused
+class LinkExtension:
+    """A link message defined in another module (``protocol.media``: types 72..75).
+
+    A subclass is a frozen dataclass with a ``TYPE``; it says how it encodes (``fields``) and
+    decodes (``from_fields``, raising only ``DecodeError`` subclasses), and registers itself
+    with :func:`register_link_type` so that :func:`decode_link` knows it."""
+
+    __slots__ = ()
+    TYPE: ClassVar[int]
+
+    def fields(self) -> list[Any]:
+        """The message's fields after ``[version, type]``, as msgpack values."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_fields(cls, fields: list[Any], limits: Limits) -> "LinkExtension":
+        """Check and build the message from its decoded fields."""
+        raise NotImplementedError
+
+
+_EXTENSIONS: dict[int, type[LinkExtension]] = {}
+
+
+def register_link_type(cls: type[LinkExtension]) -> None:
+    """Make :func:`decode_link` decode ``cls`` (its ``TYPE`` must be a new link type)."""
+    if cls.TYPE < FIRST_LINK_TYPE or cls.TYPE > 0x7F or cls.TYPE in _EXTENSIONS or cls.TYPE in (
+            Hello.TYPE, Signal.TYPE, Ack.TYPE, Nack.TYPE, Rooms.TYPE, Ping.TYPE, Bundle.TYPE,
+            Refused.TYPE):
+        raise ValueError(f"link message type {cls.TYPE} is taken or out of range")
+    _EXTENSIONS[cls.TYPE] = cls
+
+
+LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle | Refused | LinkExtension
 
 
 def peek_type(data: bytes) -> int | None:
@@ -189,6 +221,8 @@ def make_hello(
 
 
 def _fields_of(msg: LinkMessage) -> list[Any]:
+    if isinstance(msg, LinkExtension):
+        return msg.fields()
     if isinstance(msg, Hello):
         return [msg.body, msg.signature]
     if isinstance(msg, Signal):
@@ -346,4 +380,11 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
         return Refused(_room_id(f[0], "refused"),
                        _label(f[1], MAX_REFUSAL_REASON_CHARS, "refusal reason"),
                        _text(f[2], MAX_DETAIL_CHARS, "refusal detail"))
+    extension = _EXTENSIONS.get(mtype)
+    if extension is not None:
+        return extension.from_fields(f, limits)
     raise UnknownMessageType(f"link message type {mtype!r} is not defined in version {version}")
+
+
+# The media link messages register themselves (after everything above: they use it).
+import protocol.media  # noqa: E402, F401

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiortc import MediaStreamTrack
 
 from meshnode.client.failover import (
     Connected,
@@ -40,6 +41,7 @@ from meshnode.client.failover import (
     parse_hosts,
     redelivery_frames,
 )
+from meshnode.client.media import ClientMedia, Publication, TrackCallback
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
@@ -147,6 +149,7 @@ class RoomClient(LinkService):
         self._opened = False
         self._linked_once = False
         self._first_node: str | None = None
+        self.media = ClientMedia(room_id, self.peer_id, ice)
 
     # ------------------------------------------------------------------ joining
 
@@ -184,6 +187,7 @@ class RoomClient(LinkService):
         self._links.register(self)
         if self._invite:
             self._ring.learn(parse_invite(self._invite).urls)
+        self.media.bind(self._links)
         try:
             est = await asyncio.wait_for(
                 self._links.dial_url(self.url, signaling=self._signaling), self._timeout)
@@ -287,6 +291,7 @@ class RoomClient(LinkService):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await self.media.aclose()
         if self._links is not None:
             await self._links.aclose()
         if self._runtime is not None:
@@ -597,6 +602,23 @@ class RoomClient(LinkService):
         """Call ``callback(participant, fields)`` on every presence update received
         (``fields`` None: the participant's presence expired)."""
         self._presence_cbs.append(callback)
+
+    async def publish(self, track: MediaStreamTrack) -> Publication:
+        """Publish an aiortc ``MediaStreamTrack`` (audio or video) in the room, relayed by
+        the node to the other participants; returns once the node receives it. The handle's
+        ``stop()`` ends it. Raises ``MediaRefusedError`` (``reason``: ``not_member``,
+        ``too_many_publications``, ``relay_full``...) if the node will not relay it."""
+        return await self.media.publish(track, self._timeout)
+
+    def on_track(self, callback: TrackCallback) -> None:
+        """Call ``callback(participant_peer_id, track)`` for each track the node forwards to
+        us: a receivable aiortc ``MediaStreamTrack`` (``await track.recv()``)."""
+        self.media.on_track(callback)
+
+    def set_media(self, *, audio_only: bool = False, max_kbps: int | None = None) -> None:
+        """Ask the node for audio only, and/or at most ``max_kbps`` of media in all; without
+        either, the node adapts to our bandwidth estimate."""
+        self.media.set_media(audio_only=audio_only, max_kbps=max_kbps)
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` after any change or presence update; returns unsubscribe."""

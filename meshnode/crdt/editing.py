@@ -16,7 +16,7 @@ returns an empty change or one over the wire limits.
 """
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshnode.crdt.clock import HybridClock
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta
@@ -33,6 +33,7 @@ from meshnode.crdt.roles import (
     ROLE_ADMIN,
     ROLE_BY_NAME,
     ROLE_EDITOR,
+    ROLE_HOST,
     ROLE_NAMES,
     ROLE_NONE,
     ROLE_OWNER,
@@ -56,6 +57,7 @@ from protocol.change import (
 )
 from protocol.limits import Limits
 from protocol.msgpack_io import pack
+from protocol.private_ops import OP_NAME
 from protocol.values import InvalidValue, Value, normalize_value
 
 INF_HLC = 1 << 64
@@ -141,6 +143,23 @@ class LocalEdits:
     _seq_floor: int
     limits: Limits
     room_id: bytes
+    _epochs: Any  # meshnode.crdt.epochs.EpochBook | None (private rooms)
+    _private_batch: Any  # meshnode.crdt.privacy.PrivateBatch | None
+
+    if TYPE_CHECKING:  # provided by PrivateRoom (meshnode.crdt.privacy)
+
+        def _check_sealable(self) -> None: ...
+
+        def _seal_batch(
+            self, ops: list[Any], batch_actors: list[bytes], names: list[str],
+            vv: dict[bytes, int], deps: list[bytes], seq: int, hlc: int,
+        ) -> tuple[list[bytes], list[Any], dict[str, Any]]: ...
+
+        def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
+                            booked: dict[str, Any]) -> None: ...
+
+        def _check_host_grant(self, op: list[Any], member: bytes, target_role: int,
+                              hlc: int, vv: dict[bytes, int], deps: list[bytes]) -> bytes: ...
 
     def _record_role_ops(
         self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,
@@ -167,9 +186,16 @@ class LocalEdits:
         return self._key(public_key_from_peer_id(member))
 
     def _role(self) -> int:
+        """The local role for editing; a host edits nothing (it admits with ``admit``)."""
         if self._my_role is None:
-            self._my_role = self._roles.current_role(self._me)
+            role = self._roles.current_role(self._me)
+            self._my_role = ROLE_NONE if role == ROLE_HOST else role
         return self._my_role
+
+    def _touch_batch(self) -> None:
+        """Open the batch (for ops that ``commit`` adds: rotations, shares)."""
+        if self._batch is None:
+            self._batch = EditBatch(self._me, self._counter)
 
     def _require(
         self,
@@ -179,14 +205,19 @@ class LocalEdits:
         nbytes: int = 0,
         names: Collection[str] = (),
         actors: Collection[bytes] = (),
+        *,
+        scene: bool = True,
     ) -> EditBatch:
         """Check the role and that ``ops`` more ops (``nbytes`` encoded, using ``names`` and
         entities of ``actors``) fit in the batch; only then open the batch and return it.
-        Raises before touching anything, so a refused edit leaves no trace."""
+        Raises before touching anything, so a refused edit leaves no trace. ``scene``: the
+        op is sealed in a private room (which needs every key, ``WaitingForKey``)."""
         if self._role() < level:
             raise PermissionDenied(
                 f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
             )
+        if scene and self._epochs is not None:
+            self._check_sealable()
         self._check_room(ops, nbytes, names, actors)
         batch = self._batch
         if batch is None:
@@ -534,7 +565,7 @@ class LocalEdits:
             if max_uses and self.invite_uses(invite) >= max_uses:
                 raise PermissionDenied(f"this invite was used {max_uses} time(s) already")
         op_bytes = ROLE_OP_BYTES + (INVITE_EXTRA_BYTES if invite is not None else 0)
-        batch = self._require(ROLE_ADMIN, "change roles", 1, op_bytes, (), [key])
+        batch = self._require(ROLE_ADMIN, "change roles", 1, op_bytes, (), [key], scene=False)
         if key not in batch.actor_index:
             batch.actor_index[key] = len(batch.actors)
             batch.actors.append(key)
@@ -558,10 +589,62 @@ class LocalEdits:
         nothing, on every replica (owner and admins may)."""
         if type(invite_id) is not bytes or len(invite_id) != 32:
             raise ValueError("an invite ID is 32 bytes")
-        batch = self._require(ROLE_ADMIN, "revoke invites")
+        batch = self._require(ROLE_ADMIN, "revoke invites", scene=False)
         batch.ops.append([OP_REVOKE_INVITE, invite_id])
         batch.bytes += 40
         batch.revokes.append(invite_id)
+
+    def admit(self, member: str | bytes, role: str, *, invite_id: bytes, max_uses: int,
+              proof: bytes, now: float) -> None:
+        """Grant ``member`` the role of an invite it redeemed, on the invite's authority:
+        ``proof`` is ``meshnode.crdt.redemption.make_proof(...)`` (the signed invite and the
+        invitee's redemption signature). Any member may do it, a ``host`` only this way.
+        Raises ``PermissionDenied`` (with the reason every replica would give) if the proof
+        does not admit ``member`` now (``now``: wall-clock seconds, for the expiry)."""
+        from meshnode.crdt.clock import hlc_from_seconds
+        from meshnode.crdt.results import Rejected
+
+        key = self._member_key(member)
+        code = ROLE_BY_NAME.get(role)
+        if code is None or code in (ROLE_NONE, ROLE_OWNER) or key == self._me:
+            raise ValueError(f"admit gives viewer, editor, admin or host to another member, "
+                             f"not {role!r}")
+        if self._roles.current_role(self._me) == ROLE_NONE:
+            raise PermissionDenied("only members write grants")
+        vv = dict(self._graph.vv_all)
+        op: Op = [OP_ROLE, 0, code, vv.get(key, 0), invite_id, max_uses, proof]
+        try:
+            self._check_host_grant(op, key, self._roles.role_in_past(key, vv), hlc_from_seconds(
+                now), vv, sorted(self._graph.heads))
+        except Rejected as rej:
+            raise PermissionDenied(f"the invite does not admit this member: {rej.reason}") \
+                from None
+        if self.invite_revoked(invite_id):
+            raise PermissionDenied("this invite was revoked")
+        if max_uses and self.invite_uses(invite_id) >= max_uses:
+            raise PermissionDenied(f"this invite was used {max_uses} time(s) already")
+        op_bytes = ROLE_OP_BYTES + INVITE_EXTRA_BYTES + len(proof) + 3
+        batch = self._require(ROLE_NONE, "admit", 1, op_bytes, (), [key], scene=False)
+        if key not in batch.actor_index:
+            batch.actor_index[key] = len(batch.actors)
+            batch.actors.append(key)
+            batch.bytes += ACTOR_BYTES
+        op[1] = batch.actor_index[key]
+        batch.ops.append(op)
+        batch.bytes += op_bytes
+        seq = self._graph.vv_all.get(self._me, 0) + 1
+        self._roles.add(key, (batch.stamp, code, self._me, seq))
+
+    def set_room_name(self, name: str) -> None:
+        """Rename a private room (owner and admins; sealed like scene ops). A room that is
+        not private has its name in the genesis, which cannot change."""
+        if self._epochs is None:
+            raise ValueError("only a private room's name can be set (it is sealed)")
+        if type(name) is not str or len(name) > 200:
+            raise ValueError("a room name is a string of at most 200 characters")
+        batch = self._require(ROLE_ADMIN, "rename the room", 1, len(name.encode()) + 8)
+        batch.ops.append([OP_NAME, name])
+        batch.bytes += len(name.encode()) + 8
 
     def _fill_cutoffs(self, batch: EditBatch, vv: Mapping[bytes, int]) -> None:
         """Each role op names the member's highest seq this replica has seen."""
@@ -603,12 +686,14 @@ class LocalEdits:
         batch = self._batch
         if batch is None:
             return None
-        if not batch.ops:
+        if not batch.ops and self._private_batch is None:
             self.discard()  # nothing to sign: an empty change is invalid everywhere
             return None
         graph = self._graph
         vv = dict(graph.vv_all)
         role = self._roles.role_in_past(self._me, vv)
+        if role == ROLE_HOST:
+            role = ROLE_VIEWER  # its batch holds only proof-carrying grants (``admit``)
         allowed = role >= batch.required and all(
             may_set_role(role, self._roles.role_in_past(m, vv), r) for m, r in batch.role_ops
         )
@@ -641,15 +726,26 @@ class LocalEdits:
         head_author: dict[bytes, int] = {}
         for i, d in enumerate(deps):
             head_author.setdefault(graph.meta[d].author, i)
-        actors: list[bytes | int] = [head_author.get(a, a) for a in batch.actors]
+        booked: dict[str, Any] | None = None
+        ops, names, pub_actors = batch.ops, batch.names, batch.actors
+        if self._epochs is not None:
+            if self._epochs.blocked and any(op[0] not in (OP_ROLE, OP_REVOKE_INVITE)
+                                            for op in ops):
+                raise CommitRefused("some content here waits for an epoch key: the sealed "
+                                    "edits wait for a reader's SHARE; the batch is kept",
+                                    "waiting_for_key")
+            pub_actors, ops, booked = self._seal_batch(
+                batch.ops, batch.actors, batch.names, vv, deps, seq, hlc)
+            names = []
+        actors: list[bytes | int] = [head_author.get(a, a) for a in pub_actors]
         data = encode_change(
             author=self._me,
             seq=seq,
             deps=deps,
             hlc=hlc,
             actors=actors,
-            names=batch.names,
-            ops=batch.ops,
+            names=names,
+            ops=ops,
             room_id=self.room_id,
             sign=self._identity.sign,
         )
@@ -671,12 +767,16 @@ class LocalEdits:
         vv[self._me] = seq
         self._batch = None
         graph.add(cid, ChangeMeta(self._me, seq, hlc, tuple(deps), vv), data)
+        if booked is not None:
+            batch.ops, batch.actors = ops, pub_actors  # book role ops as peers see them
+            self._commit_private(cid, seq, hlc, deps, booked)
         self._commit_role_ops(batch, cid, seq, hlc)
         return data
 
     def discard(self) -> None:
         """Roll back every uncommitted local edit."""
         batch = self._batch
+        self._private_batch = None
         if batch is None:
             return
         self._batch = None

@@ -16,7 +16,7 @@ changes held.
 """
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
@@ -29,8 +29,17 @@ from meshnode.crdt.content import (
     SceneContent,
 )
 from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
+from meshnode.crdt.epochs import EpochBook
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
-from meshnode.crdt.ids import ROOT, TRASH, EntityId
+from meshnode.crdt.ids import ROOT, EntityId
+from meshnode.crdt.privacy import (
+    ROTATION_MARGIN_BYTES,
+    SCENE_CODES,
+    PrivateBatch,
+    PrivatePlan,
+    PrivateRoom,
+    default_random_bytes,
+)
 from meshnode.crdt.quota import entity_quota
 from meshnode.crdt.results import (
     APPLIED,
@@ -48,24 +57,24 @@ from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse, Revocatio
 from meshnode.crdt.roles import (
     ROLE_ADMIN,
     ROLE_EDITOR,
+    ROLE_HOST,
     ROLE_NAMES,
     ROLE_NONE,
+    ROLE_OWNER,
     ROLE_VIEWER,
     RoleBook,
     may_set_role,
+    role_lowered,
 )
+from meshnode.crdt.scene_rules import SceneMove, SceneSet, judge_scene_ops
 from meshnode.crdt.snapshot import decode_snapshot, encode_snapshot
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, verify_signature
 from protocol.change import (
     MAX_NONCE_BYTES,
-    OP_CREATE,
-    OP_DELETE,
     OP_GENESIS,
-    OP_MOVE,
     OP_REVOKE_INVITE,
     OP_ROLE,
-    OP_SET,
     Change,
     change_id,
     decode_change,
@@ -74,6 +83,7 @@ from protocol.change import (
 )
 from protocol.errors import DecodeError, SchemaError
 from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.private_ops import GENESIS_FLAG_PRIVATE, OP_SHARE, PRIVATE_OPS
 from protocol.values import Value
 
 Node = tuple[bytes, int]
@@ -84,7 +94,7 @@ owner two or three passes do (``meshnode.crdt.revocation``). The cap keeps a pat
 history (an owner who equivocated) from looping; the result is still the same everywhere."""
 
 
-class SceneReplica(LocalEdits):
+class SceneReplica(PrivateRoom, LocalEdits):
     """A replica of one room's scene. Build it with :meth:`create`, :meth:`from_genesis` or
     :meth:`from_snapshot`; see ``docs/architecture.md`` for the rules it enforces."""
 
@@ -97,6 +107,7 @@ class SceneReplica(LocalEdits):
         max_buffered_changes: int = 10_000,
         max_buffered_bytes: int = 32 * 1024 * 1024,
         rejected_cache_size: int = 4_096,
+        random_bytes: Callable[[int], bytes] = default_random_bytes,
     ) -> None:
         self._identity = identity
         self._keys: dict[bytes, bytes] = {}
@@ -132,18 +143,28 @@ class SceneReplica(LocalEdits):
         self.genesis = b""
         self.room_name = ""
         self.rejections: dict[str, int] = {}
+        # Private rooms (meshnode.crdt.privacy); None for the others.
+        self._epochs: EpochBook | None = None
+        self._x25519 = None
+        self._random_bytes = random_bytes
+        self._private_batch: PrivateBatch | None = None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def create(
-        cls, owner: Identity, now: float, *, nonce: bytes, name: str = "room", **kwargs: Any,
+        cls, owner: Identity, now: float, *, nonce: bytes, name: str = "room",
+        private: bool = False, **kwargs: Any,
     ) -> "SceneReplica":
         """Found a new room owned by ``owner``: sign its genesis change.
 
         ``nonce`` (1 to 32 bytes) makes two rooms with one owner and name distinct. It is
         required because the core has no randomness of its own: a node passes
         ``os.urandom(16)``, a simulation or test a value derived from its seed.
+
+        ``private``: a private room (docs/protocol.md, "Private rooms"): the genesis carries
+        the private flag and no name; the owner's second change (committed here, sent with
+        the history like any other) creates the first epoch and seals the name.
         """
         if type(nonce) is not bytes or not 1 <= len(nonce) <= MAX_NONCE_BYTES:
             raise ValueError(
@@ -158,11 +179,16 @@ class SceneReplica(LocalEdits):
             hlc=clock.tick(now),
             actors=[],
             names=[],
-            ops=[[OP_GENESIS, name, nonce]],
+            ops=[[OP_GENESIS, name, nonce]] if not private
+            else [[OP_GENESIS, "", nonce, GENESIS_FLAG_PRIVATE]],
             room_id=b"",
             sign=owner.sign,
         )
-        return cls.from_genesis(genesis, owner, **kwargs)
+        replica = cls.from_genesis(genesis, owner, **kwargs)
+        if private:
+            replica.set_room_name(name)
+            replica.commit(now)
+        return replica
 
     @classmethod
     def from_genesis(cls, genesis: bytes, identity: Identity, **kwargs: Any) -> "SceneReplica":
@@ -181,6 +207,13 @@ class SceneReplica(LocalEdits):
         self.genesis = data if data is not None else b""
         self.room_id = ch.change_id
         self.room_name = ch.ops[0][1]
+        if len(ch.ops[0]) == 4:  # the private flag (the only flag there is)
+            if self._epochs is None:
+                self._epochs = EpochBook(ch.change_id)
+                # Leave room in each change for the rotation and sealing overhead.
+                self._max_batch_bytes -= ROTATION_MARGIN_BYTES
+            else:
+                self._epochs.reset_public()
         owner = self._key(ch.author)
         self._roles = RoleBook(owner)
         self._graph.add(ch.change_id, ChangeMeta(owner, 1, ch.hlc, (), {owner: 1}), data)
@@ -592,9 +625,15 @@ class SceneReplica(LocalEdits):
         role = book.role_in_past(author, vv, in_past, equivocators, with_inert=inert)
         if role < ROLE_VIEWER:
             raise Rejected("not_a_member")
-        admin = role >= ROLE_ADMIN
-        if role < ROLE_EDITOR and any(op[0] != OP_ROLE for op in ch.ops):
+        ops = ch.ops
+        if role == ROLE_HOST:
+            # A host stores, relays and admits: it writes grants that carry an invite's
+            # redemption proof, nothing else (meshnode.crdt.redemption).
+            if any(op[0] != OP_ROLE or len(op) != 7 for op in ops):
+                raise Rejected("host_needs_proof")
+        elif role < ROLE_EDITOR and any(op[0] != OP_ROLE and op[0] != OP_SHARE for op in ops):
             raise Rejected("viewer_cannot_edit")
+        admin = ROLE_ADMIN <= role <= ROLE_OWNER
         key = self._key
         actors: list[bytes] = []
         for a in ch.actors:
@@ -602,80 +641,27 @@ class SceneReplica(LocalEdits):
             if actor == author or actor in actors:
                 raise Rejected("bad_actor")
             actors.append(actor)
-        names = ch.names
-        quota = entity_quota(role)
-        creation = self._creation
-        created: dict[Node, Node] = {}  # entity -> parent; ordered, for deterministic iteration
-
-        def known(ent: Node) -> bool:
-            """Created in this change's causal past (or earlier in this change)?"""
-            if ent in created:
-                return True
-            s = creation.get(ent)
-            if s is None or s > vv.get(ent[0], 0):
-                return False
-            if ent[0] in equivocators:
-                # The version vector cannot tell an equivocator's twin changes apart.
-                makers = self._created_by.get(ent)
-                if makers is None:  # known only from a snapshot: the version vector decides
-                    return True
-                return any(graph.in_past(c, deps) for c in makers)
-            return True
-
-        sets: list[tuple[Node, str, str, Value]] = []
-        moves: list[tuple[int, Node, Node]] = []
+        epochs = self._epochs
+        if epochs is not None and any(op[0] in SCENE_CODES for op in ops):
+            raise Rejected("unsealed_content")  # a private room's scene ops are sealed
         roles: list[tuple[int, bytes, list[Any], int]] = []  # (index, member, op, cut-off)
+        issuers: list[bytes] = []  # whose authority each role op uses
         revokes: list[bytes] = []
-        foreign = False  # touches an entity of someone else (needs admin)
-        for idx, op in enumerate(ch.ops):
+        private_ops: list[list[Any]] = []
+
+        def other(idx: int, op: list[Any]) -> None:
             code = op[0]
-            if code == OP_SET:
-                r = op[1]
-                if type(r) is int:
-                    ent: Node = (author, r)
-                elif r is None:
-                    raise Rejected("root_is_immutable")
-                else:
-                    ent = (actors[r[0]], r[1])
-                if ent not in created:
-                    created_in = creation.get(ent)
-                    if (
-                        created_in is None or created_in > vv.get(ent[0], 0)
-                        or (ent[0] in equivocators and not known(ent))
-                    ):
-                        raise Rejected("unknown_entity")
-                if ent[0] is not author:
-                    if not admin:
-                        raise Rejected("not_entity_owner")
-                    foreign = True
-                sets.append((ent, names[op[2]], names[op[3]], op[4]))
-            elif code == OP_CREATE:
-                ent = (author, op[1])
-                if ent in created or known(ent):
-                    raise Rejected("entity_exists")
-                if quota is not None and op[1] > quota:
-                    raise Rejected("quota")
-                parent = _resolve(op[2], author, actors)
-                if parent != ROOT and not known(parent):
-                    raise Rejected("unknown_entity")
-                created[ent] = parent
-                moves.append((idx, ent, parent))
-            elif code in (OP_MOVE, OP_DELETE):
-                ent = _resolve(op[1], author, actors)
-                parent = TRASH if code == OP_DELETE else _resolve(op[2], author, actors)
-                if not known(ent) or (parent != ROOT and parent != TRASH and not known(parent)):
-                    raise Rejected("unknown_entity")
-                if ent[0] is not author:
-                    if not admin:
-                        raise Rejected("not_entity_owner")
-                    foreign = True
-                moves.append((idx, ent, parent))
-            elif code == OP_ROLE:
+            if code == OP_ROLE:
                 member = actors[op[1]]
                 target_role = book.role_in_past(member, vv, in_past, equivocators,
                                                 with_inert=inert)
-                if not may_set_role(role, target_role, op[2]):
+                if len(op) == 7:
+                    issuers.append(self._check_host_grant(op, member, target_role, ch.hlc,
+                                                          vv, deps))
+                elif role == ROLE_HOST or not may_set_role(role, target_role, op[2]):
                     raise Rejected("role_change_not_allowed")
+                else:
+                    issuers.append(author)
                 cutoff = vv.get(member, 0)
                 if len(op) >= 4 and op[3] != cutoff:
                     # The cut-off is what the revoker had seen: no more (it would let the
@@ -687,8 +673,21 @@ class SceneReplica(LocalEdits):
                 if not admin:
                     raise Rejected("role_change_not_allowed")
                 revokes.append(op[1])
+            elif code in PRIVATE_OPS:
+                if epochs is None:
+                    raise Rejected("not_private")
+                private_ops.append(op)
             else:
                 raise Rejected("misplaced_genesis")
+
+        creation = self._creation
+        created, sets, moves, foreign = judge_scene_ops(
+            ops, author, actors, ch.names, admin=admin, quota=entity_quota(role),
+            creation=creation, created_by=self._created_by, equivocators=equivocators,
+            graph=graph, deps=deps, vv=vv, other=other)
+        plan: PrivatePlan | None = None
+        if epochs is not None:
+            plan = self._judge_private(ch, author, role, vv, actors, roles, private_ops)
 
         # Accepted. Does it take effect?
         cid = ch.change_id
@@ -709,16 +708,47 @@ class SceneReplica(LocalEdits):
         if retracted is None and (roles or inert):
             live = book.role_in_past(author, vv, in_past, equivocators) if inert else role
             live_targets = [book.role_in_past(r[1], vv, in_past, equivocators) for r in roles]
+            acting = [live if i is author
+                      else book.role_in_past(i, vv, in_past, equivocators) for i in issuers]
             if (
                 live < ROLE_VIEWER
-                or (live < ROLE_EDITOR and any(op[0] != OP_ROLE for op in ch.ops))
-                or (live < ROLE_ADMIN and (foreign or revokes))
-                or not all(may_set_role(live, t, r[2][2])
-                           for t, r in zip(live_targets, roles, strict=True))
+                or (not ROLE_EDITOR <= live <= ROLE_OWNER
+                    and any(op[0] != OP_ROLE and op[0] != OP_SHARE for op in ops))
+                or (not ROLE_ADMIN <= live <= ROLE_OWNER and (foreign or revokes))
+                or not all(may_set_role(a, t, r[2][2])
+                           for a, t, r in zip(acting, live_targets, roles, strict=True))
             ):
                 retracted = "authority_revoked"
 
         stamp: Stamp = [ch.hlc, author, cid]
+        self._scene_effect(stamp, seq, created, sets, moves, retracted is not None)
+        if retracted is not None:
+            for _, member, op, _ in roles:
+                book.add_inert(member, (stamp, op[2], author, seq))
+        vv[author] = seq
+        twin = graph.add(cid, ChangeMeta(author, seq, ch.hlc, tuple(ch.deps), vv), data)
+        if twin is not None:
+            self.equivocations.append(Equivocation(author, seq, (twin, cid)))
+            self._equivocators.add(author)
+        self._clock.observe(ch.hlc)
+        if retracted is not None:
+            revocation.dead[cid] = retracted
+        elif roles or revokes:
+            self._record_role_ops(
+                cid, author, seq, ch.hlc, stamp,
+                [(*r, t) for r, t in zip(roles, live_targets, strict=True)],
+                revokes,
+            )
+        if plan is not None:
+            self._record_private(ch, cid, author, plan)
+        return retracted
+
+    def _scene_effect(self, stamp: Stamp, seq: int, created: dict[Node, Node],
+                      sets: list[SceneSet], moves: list[SceneMove], dead: bool) -> None:
+        """Apply the scene ops of an accepted change (or of a sealed payload): record what it
+        created; then, unless it is ``dead`` (retracted), its sets and moves."""
+        cid = stamp[2]
+        creation = self._creation
         created_by = self._created_by
         for ent in created:
             old = creation.get(ent)
@@ -729,47 +759,29 @@ class SceneReplica(LocalEdits):
                 created_by[ent] = [cid]
             else:
                 makers.append(cid)  # an equivocator created it twice
-        dead_ents = revocation.dead_entities
-        if retracted is not None:
-            dead_ents.update(created)
-            for _, member, op, _ in roles:
-                book.add_inert(member, (stamp, op[2], author, seq))
-        else:
-            if dead_ents:
-                # Ops on entities a retracted change created are no-ops, everywhere alike.
-                for ent, parent in created.items():
-                    if parent in dead_ents:
-                        dead_ents.add(ent)
-                moves = [m for m in moves if m[1] not in dead_ents and m[2] not in dead_ents]
-                sets = [x for x in sets if x[0] not in dead_ents]
-            if sets:
-                self._apply_sets(stamp, sets)
-            if moves:
-                entries = [make_entry(stamp, i, c, p) for i, c, p in moves]
-                if self._tree_batch is not None:
-                    self._tree_batch.extend(entries)
-                else:
-                    self._tree.apply(entries)
-        vv[author] = seq
-        other = graph.add(cid, ChangeMeta(author, seq, ch.hlc, tuple(ch.deps), vv), data)
-        if other is not None:
-            self.equivocations.append(Equivocation(author, seq, (other, cid)))
-            self._equivocators.add(author)
-        self._clock.observe(ch.hlc)
-        if author == self._me:
+        if stamp[1] == self._me:
             for ent in created:
                 if ent[1] > self._counter:
                     self._counter = ent[1]
-        if retracted is not None:
-            revocation.dead[cid] = retracted
-            return retracted
-        if roles or revokes:
-            self._record_role_ops(
-                cid, author, seq, ch.hlc, stamp,
-                [(*r, t) for r, t in zip(roles, live_targets, strict=True)],
-                revokes,
-            )
-        return None
+        dead_ents = self._revocation.dead_entities
+        if dead:
+            dead_ents.update(created)
+            return
+        if dead_ents:
+            # Ops on entities a retracted change created are no-ops, everywhere alike.
+            for ent, parent in created.items():
+                if parent in dead_ents:
+                    dead_ents.add(ent)
+            moves = [m for m in moves if m[1] not in dead_ents and m[2] not in dead_ents]
+            sets = [x for x in sets if x[0] not in dead_ents]
+        if sets:
+            self._apply_sets(stamp, sets)
+        if moves:
+            entries = [make_entry(stamp, i, c, p) for i, c, p in moves]
+            if self._tree_batch is not None:
+                self._tree_batch.extend(entries)
+            else:
+                self._tree.apply(entries)
 
     def _record_role_ops(
         self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,
@@ -783,7 +795,7 @@ class SceneReplica(LocalEdits):
         vv_all = self._graph.vv_all
         for idx, member, op, cutoff, before in roles:
             grant = (stamp, op[2], author, seq)
-            if len(op) == 6:
+            if len(op) >= 6:
                 use = InviteUse(op[4], hlc, author, cid, idx, member, op[5])
                 was = revocation.effective_uses(op[4], self._in_past)
                 revocation.add_use(use)
@@ -796,7 +808,7 @@ class SceneReplica(LocalEdits):
                     revocation.needs_rebuild = True
             else:
                 book.add(member, grant)
-            if op[2] < before:
+            if role_lowered(before, op[2]):
                 revocation.add_cut(Cut(member, cid, author, seq, cutoff))
                 if vv_all.get(member, 0) > cutoff or member in self._equivocators:
                     revocation.needs_rebuild = True  # the member has changes past the cut-off
@@ -911,6 +923,10 @@ class SceneReplica(LocalEdits):
 
     def export_content(self) -> SceneContent:
         """The committed state as plain data (what a snapshot holds)."""
+        if self._epochs is not None:
+            raise RuntimeError(
+                "snapshots of private rooms are not implemented yet (they need a sealed "
+                "section): serve the change history instead")
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch first")
         graph = self._graph
@@ -1050,6 +1066,8 @@ class SceneReplica(LocalEdits):
         except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise SchemaError(
                 f"snapshot: inconsistent contents ({type(exc).__name__}: {exc})") from None
+        if replica._epochs is not None:
+            raise DecodeError("snapshots of private rooms are not supported yet")
         if (
             trusted_signers is None
             and snap.signer != replica.owner

@@ -25,7 +25,12 @@ author's role     may set these roles                          on members whose 
 owner             none, viewer, editor, admin                  anything but owner
 admin             none, viewer, editor                         none, viewer, editor
 editor, viewer    nothing                                      --
+host              only with an invite's redemption proof       (``meshnode.crdt.redemption``)
 ================  ===========================================  ===========================
+
+``host`` (wire code 5) ranks with editor in this table (owner and admins may grant it; an
+admin may change a host's role) but is no reader: it stores, relays and admits, writes only
+``ROLE`` ops that carry a redemption proof, and never receives keys in a private room.
 """
 
 from collections.abc import Callable, Mapping
@@ -35,6 +40,7 @@ from typing import Any
 from protocol.change import (
     ROLE_ADMIN,
     ROLE_EDITOR,
+    ROLE_HOST,
     ROLE_NONE,
     ROLE_OWNER,
     ROLE_VIEWER,
@@ -46,11 +52,21 @@ ROLE_NAMES = {
     ROLE_EDITOR: "editor",
     ROLE_ADMIN: "admin",
     ROLE_OWNER: "owner",
+    ROLE_HOST: "host",
 }
 ROLE_BY_NAME = {name: code for code, name in ROLE_NAMES.items()}
 
 # A grant: (stamp, role, grantor public key, grantor's seq of the granting change)
 Grant = tuple[list[Any], int, bytes, int]
+
+
+READER_ROLES = frozenset({ROLE_VIEWER, ROLE_EDITOR, ROLE_ADMIN, ROLE_OWNER})
+"""Roles whose holders receive a private room's keys."""
+
+_RANK = {ROLE_NONE: 0, ROLE_VIEWER: 1, ROLE_EDITOR: 2, ROLE_HOST: 2, ROLE_ADMIN: 3,
+         ROLE_OWNER: 4}
+_CAN = {ROLE_NONE: 0, ROLE_VIEWER: 1, ROLE_EDITOR: 3, ROLE_ADMIN: 7, ROLE_OWNER: 15,
+        ROLE_HOST: 16}  # capability bits: read, edit, admin, own; admit-with-proof
 
 
 def may_set_role(actor_role: int, target_role: int, new_role: int) -> bool:
@@ -60,8 +76,16 @@ def may_set_role(actor_role: int, target_role: int, new_role: int) -> bool:
     if actor_role == ROLE_OWNER:
         return True
     if actor_role == ROLE_ADMIN:
-        return target_role < ROLE_ADMIN and new_role < ROLE_ADMIN
+        return _RANK[target_role] < ROLE_ADMIN and _RANK[new_role] < ROLE_ADMIN
     return False
+
+
+def role_lowered(before: int, after: int) -> bool:
+    """True if ``after`` takes away something ``before`` allowed (so the grant names a
+    cut-off that retracts the member's changes which had not seen it)."""
+    if before == ROLE_HOST or after == ROLE_HOST:
+        return before != after and before != ROLE_NONE
+    return after < before
 
 
 class RoleBook:
@@ -149,13 +173,16 @@ class RoleBook:
 
 
 __all__ = [
+    "READER_ROLES",
     "ROLE_ADMIN",
     "ROLE_BY_NAME",
     "ROLE_EDITOR",
+    "ROLE_HOST",
     "ROLE_NAMES",
     "ROLE_NONE",
     "ROLE_OWNER",
     "ROLE_VIEWER",
     "RoleBook",
     "may_set_role",
+    "role_lowered",
 ]

@@ -42,6 +42,24 @@ def invite_problem(replica: SceneReplica, invite: Invite, member: str, now_ms: i
     return problem
 
 
+def mint_problem(replica: SceneReplica, issuer: str | bytes, role: str) -> str | None:
+    """Why an invite for ``role`` signed by ``issuer`` could never admit anyone to
+    ``replica``'s room (None: it can), said so that the operator knows what to do. Checked
+    when the invite is minted, with the rule ``invite_problem`` applies when it is redeemed
+    (``issuer_may_not_grant``): the issuer's role must let it give ``role`` to a newcomer."""
+    issuer_role = replica.role_of(issuer)
+    if may_set_role(ROLE_BY_NAME[issuer_role], ROLE_BY_NAME["none"], ROLE_BY_NAME[role]):
+        return None
+    if issuer_role in ("owner", "admin"):
+        return (f"an {role} invite signed by this node (an {issuer_role} of the room) could "
+                f"never admit anyone: only the room's owner grants {role}. Ask the owner's "
+                "node for the invite, or invite as editor or viewer")
+    return (f"this node is {issuer_role} in the room, so an invite it signs could never admit "
+            "anyone: only the owner and admins admit members. Ask the owner's node for the "
+            "invite, or have the owner make this node an admin (`meshnode room role ROOM "
+            "PEERID admin` on the owner's node)")
+
+
 def may_auto_admit(replica: SceneReplica, member: str | bytes) -> bool:
     """Whether an ``open`` room may admit ``member`` on its own: not if an owner or admin
     removed them (a new invite still admits them; the one they came in with does not)."""

@@ -41,7 +41,7 @@ from meshnode.rooms.access import (
     Share,
     announced_in_hello,
 )
-from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.rooms.loading import load_replica
@@ -207,9 +207,13 @@ class RoomHost(LinkService):
     def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400,
                max_uses: int | None = None) -> str:
         """An invite token for ``room_id`` signed by this node; ``max_uses``: how many members
-        it may admit (None: no limit). Its ID is ``parse_invite(token).id``."""
+        it may admit (None: no limit). Its ID is ``parse_invite(token).id``. Raises
+        ``PermissionDenied`` for an invite that could never admit anyone (``mint_problem``)."""
         hosted = self.rooms[room_id]
         replica = hosted.runtime.replica
+        problem = mint_problem(replica, self.identity.public_key, role)
+        if problem is not None:
+            raise PermissionDenied(problem)
         inv = make_invite(room_id, replica.genesis, role, self.identity.public_key,
                           self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url],
                           max_uses or 0)

@@ -11,6 +11,10 @@ Its **ID** (SHA-256 of the signed body) names it in the room's CRDT: the grant a
 when redeeming it names the ID, so every replica counts its uses the same way, and an admin
 revokes it by ID (``SceneReplica.revoke_invite``). Tokens from before use limits (a body of
 7 fields) still parse, with no limit.
+
+A 9th field names the public half of the invite's own key pair (``invite_key``; see
+``meshnode.crdt.redemption``): the invitee keeps the secret half and signs its redemption, so
+a ``host`` can admit it with a proof every replica checks.
 """
 
 import hashlib
@@ -51,6 +55,7 @@ class Invite:
     signature: bytes
     body: bytes
     max_uses: int = 0
+    invite_key: bytes | None = None
 
     @property
     def id(self) -> bytes:
@@ -85,21 +90,28 @@ def invite_id(body: bytes) -> bytes:
 
 def make_invite(
     room_id: bytes, genesis: bytes, role: str, issuer_public_key: bytes, sign: object,
-    expires_ms: int, urls: list[str], max_uses: int = 0,
+    expires_ms: int, urls: list[str], max_uses: int = 0, invite_key: bytes | None = None,
 ) -> Invite:
     """Build and sign an invite (``sign``: bytes -> signature, e.g. ``Identity.sign``).
-    ``max_uses``: how many members it may admit (0: no limit)."""
+    ``max_uses``: how many members it may admit (0: no limit). ``invite_key``: the public
+    half of the invite's key pair (``meshnode.crdt.redemption.invite_keypair``), for
+    redemption proofs."""
     if role not in GRANTABLE:
         raise ValueError(f"role must be one of {', '.join(GRANTABLE)}")
     if type(max_uses) is not int or not 0 <= max_uses < MAX_INVITE_USES:
         raise ValueError(f"max_uses must be an integer from 0 (no limit) to {MAX_INVITE_USES - 1}")
     nonce = secrets.token_bytes(8)
-    body = pack([room_id, genesis, role, issuer_public_key, expires_ms, urls[:MAX_URLS], nonce,
-                 max_uses])
+    fields: list[object] = [room_id, genesis, role, issuer_public_key, expires_ms,
+                            urls[:MAX_URLS], nonce, max_uses]
+    if invite_key is not None:
+        if type(invite_key) is not bytes or len(invite_key) != 32:
+            raise ValueError("invite_key is a 32-byte Ed25519 public key")
+        fields.append(invite_key)
+    body = pack(fields)
     assert callable(sign)
     sig = sign(INVITE_DOMAIN + body)
     inv = Invite(room_id, genesis, role, issuer_public_key, expires_ms, tuple(urls[:MAX_URLS]),
-                 nonce, sig, body, max_uses)
+                 nonce, sig, body, max_uses, invite_key)
     try:  # never hand out a token that no node can read back
         decode_invite_bytes(inv.raw())
     except DecodeError as err:
@@ -116,11 +128,14 @@ def decode_invite_bytes(raw: bytes) -> Invite:
     if type(body) is not bytes or type(sig) is not bytes or len(sig) != 64:
         raise SchemaError("invite is [body: bytes, signature: 64 bytes]")
     f = unpack(body, DEFAULT_LIMITS, MAX_INVITE_BYTES, "invite body")
-    if type(f) is not list or len(f) not in (7, 8):
+    if type(f) is not list or len(f) not in (7, 8, 9):
         raise SchemaError("invite body is [room, genesis, role, issuer, expires, urls, nonce, "
                           "max_uses]")
     room_id, genesis, role, issuer, expires, urls, nonce = f[:7]
-    max_uses = f[7] if len(f) == 8 else 0  # a token from before use limits
+    max_uses = f[7] if len(f) >= 8 else 0  # a token from before use limits
+    invite_key = f[8] if len(f) == 9 else None
+    if invite_key is not None and (type(invite_key) is not bytes or len(invite_key) != 32):
+        raise SchemaError("invite key must be a 32-byte public key")
     if type(room_id) is not bytes or len(room_id) != 32 or type(genesis) is not bytes:
         raise SchemaError("invite room must be 32 bytes and genesis bytes")
     if role not in GRANTABLE or type(role) is not str:
@@ -138,19 +153,30 @@ def decode_invite_bytes(raw: bytes) -> Invite:
     if type(max_uses) is not int or not 0 <= max_uses < MAX_INVITE_USES:
         raise SchemaError("invite max_uses must be an integer in [0, 2^32)")
     return Invite(room_id, genesis, role, issuer, expires, tuple(urls), nonce, sig, body,
-                  max_uses)
+                  max_uses, invite_key)
 
 
 def parse_invite(token: str) -> Invite:
     """Decode the text form; raises ``DecodeError`` with what is wrong."""
     token = token.strip()
     if not token.startswith(PREFIX):
-        raise DecodeError(f"an invite starts with {PREFIX!r}")
+        shown = token[:12] + ("…" if len(token) > 12 else "")
+        raise DecodeError(f"this is not an invite token: an invite starts with {PREFIX!r} "
+                          f"(got {shown!r}); copy the whole token that `meshnode room invite` "
+                          "printed")
     if len(token) > MAX_TOKEN_CHARS:
         raise FrameTooLarge(f"invite of {len(token)} characters is over the limit of "
                             f"{MAX_TOKEN_CHARS}")
     try:
         raw = base58.b58decode(token[len(PREFIX):])
     except ValueError:
-        raise DecodeError("invite is not base58") from None
-    return decode_invite_bytes(raw)
+        raise DecodeError(f"the invite token has characters an invite never holds (it is "
+                          f"base58: no 0, O, I, l, spaces or punctuation after {PREFIX!r}); "
+                          "copy it again, in one piece") from None
+    try:
+        return decode_invite_bytes(raw)
+    except DecodeError as err:
+        # The details (msgpack, field layouts) mean nothing to whoever pasted the token.
+        # (The reason label stays the decoder's.)
+        raise type(err)(f"the invite token is damaged or cut short ({len(token)} characters): "
+                        "copy the whole token, in one piece, or ask for a new one") from None

@@ -17,6 +17,12 @@ log line — throttled per reason — and ``meshnode_http_refused_total{reason}`
   as ``Authorization: Bearer <token>`` (``401 admin_token_missing``, ``403 admin_token_wrong``),
   and bodies of ``Content-Type: application/json`` only (``415 not_json``), which a page can
   send cross-site only after a CORS preflight that this node never grants.
+- **Behind a reverse proxy** (``[http] trusted_proxies``): a request from a trusted proxy
+  counts as coming from the client its ``X-Forwarded-For`` names (``meshnode.signaling.proxies``)
+  for every check below and for the handlers (``request.remote`` is replaced); from any other
+  address the header is ignored. Admin routes and the status page refuse any request that
+  carries ``X-Forwarded-For`` or ``Forwarded`` (``403 forwarded``): the operator's CLI never
+  sends them, a proxy always does.
 - **Offers** (``POST /signal/offer``, ``POST /api/browser/offer``, and every offer on
   ``/signal/ws``) draw from one token bucket per source address (``SourceBuckets``):
   ``429 rate_limited`` with ``Retry-After``.
@@ -39,6 +45,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from meshnode.signaling.admin_token import AdminTokenFile
+from meshnode.signaling.proxies import TrustedProxies
 from meshnode.signaling.signed_request import (
     SIGNATURE_HEADER,
     RequestSignature,
@@ -69,6 +76,7 @@ class Refusal(StrEnum):
     NOT_JSON = "not_json"
     RATE_LIMITED = "rate_limited"
     BODY_TIMEOUT = "body_timeout"
+    FORWARDED = "forwarded"
 
 
 def _split_host(host: str) -> tuple[str, int | None] | None:
@@ -173,8 +181,10 @@ class Guard:
     def __init__(self, *, policy: HostPolicy, token: AdminTokenFile, offers: SourceBuckets,
                  count: Callable[[str], None], body_timeout_s: float = 10.0,
                  verifier: RequestVerifier | None = None,
-                 foreign_page_ok: Callable[[str], bool] | None = None) -> None:
+                 foreign_page_ok: Callable[[str], bool] | None = None,
+                 proxies: TrustedProxies | None = None) -> None:
         self.policy = policy
+        self.proxies = proxies if proxies is not None else TrustedProxies()
         self.foreign_page_ok = foreign_page_ok
         self.token = token
         self.offers = offers
@@ -212,6 +222,14 @@ class Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Host, Origin (WebSockets, browser offers), offer rate and body timeout checks."""
+        forwarded_for = request.headers.get("X-Forwarded-For")
+        if forwarded_for is not None:
+            client = self.proxies.client(request.remote, forwarded_for)
+            self.proxies.note(time.time(), request.remote, client,
+                              request.headers.get("X-Forwarded-Proto"),
+                              request.headers.get("Host"))
+            if client is not None and client != request.remote:
+                request = request.clone(remote=client)
         host = request.headers.get("Host")
         if not self.policy.allows(host):
             return self.refuse(
@@ -273,7 +291,10 @@ class Guard:
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
             # A reverse proxy on this machine makes every request look local: operators
-            # who put one in front must not forward /api/ (docs/operators.md says how).
+            # who put one in front must not forward /api/ (docs/operators.md says how), and
+            # what a proxy forwarded anyway is refused here.
+            if _forwarded(request):
+                return self.refuse_forwarded(request)
             if not is_loopback_address(request.remote):
                 return self.refuse(request, 403, Refusal.NOT_LOOPBACK,
                                    "the admin API answers only on loopback")
@@ -298,6 +319,13 @@ class Guard:
 
         return wrapped
 
+    def refuse_forwarded(self, request: web.Request) -> web.Response:
+        """The 403 answer to an admin or status-page request a proxy forwarded."""
+        return self.refuse(request, 403, Refusal.FORWARDED,
+                           "the admin API and the status page do not answer requests "
+                           "forwarded by a proxy: block /api/ and /status at the proxy and use "
+                           "them on the node's machine")
+
     # ----------------------------------------------------------------- signed requests
 
     def signer(self, request: web.Request) -> RequestSignature | SignatureRefused | None:
@@ -309,11 +337,18 @@ class Guard:
                                     request.headers.get("Host", ""), time.time())
 
 
+def _forwarded(request: web.Request) -> bool:
+    """Whether a proxy forwarded the request (it names a client or a forwarding chain)."""
+    return "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+
+
 def status_page_only(guard: Guard, handler: Handler) -> Handler:
     """The status page's HTML: loopback only (the Host check ran already). It holds no data:
     its script asks the admin routes, with the token the operator gives the page."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        if _forwarded(request):
+            return guard.refuse_forwarded(request)
         if not is_loopback_address(request.remote):
             return guard.refuse(request, 403, Refusal.NOT_LOOPBACK,
                                 "the status page answers only on loopback")

@@ -64,6 +64,7 @@ from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
 from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
 from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal, status_page_only
+from meshnode.signaling.proxies import TrustedProxies
 from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
@@ -196,7 +197,8 @@ def build_app(node: NodeApi) -> web.Application:
                   offers=SourceBuckets(cfg.offers_per_s, cfg.offer_burst),
                   count=lambda reason: metrics.http_refused.labels(reason).inc(),
                   body_timeout_s=cfg.body_timeout_s,
-                  foreign_page_ok=node.host_origins.known if node.host_origins else None)
+                  foreign_page_ok=node.host_origins.known if node.host_origins else None,
+                  proxies=TrustedProxies(cfg.trusted_proxies))
     guard.token.ensure()
     # keepalive_timeout is armed when a connection opens, so it also bounds the wait for the
     # first request head (aiohttp >= 3.14): a half-sent header is closed after it.
@@ -323,6 +325,7 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def status(request: web.Request) -> web.Response:
         body = node_status(view)
+        body["proxy"] = guard.proxies.to_json()  # for `meshnode doctor`
         if node.discovery is not None:
             body["discovery"] = node.discovery().to_json()
         return web.json_response(body)
@@ -404,7 +407,10 @@ def build_app(node: NodeApi) -> web.Application:
         max_uses = body.get("max_uses")
         if max_uses is not None and (type(max_uses) is not int or not 0 < max_uses < 2**32):
             return _error(400, "max_uses must be a whole number from 1 (or null: no limit)")
-        token = host.invite(hosted.runtime.room_id, role, float(ttl), max_uses)
+        try:
+            token = host.invite(hosted.runtime.room_id, role, float(ttl), max_uses)
+        except PermissionDenied as err:  # an invite that could never admit anyone
+            return _error(403, str(err))
         return web.json_response({"token": token, "room": hosted.runtime.room_id.hex(),
                                   "id": parse_invite(token).id.hex(), "role": role,
                                   "max_uses": max_uses})

@@ -321,10 +321,13 @@ def test_every_rejection_reason_is_documented() -> None:
     section = text[text.index("| reason | kind | meaning |") :]
     section = section[: section.index("\n\n")]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
-    source = (Path(__file__).resolve().parents[2] / "meshnode" / "crdt" / "replica.py").read_text()
+    crdt = Path(__file__).resolve().parents[2] / "meshnode" / "crdt"
+    source = "".join((crdt / f).read_text()
+                     for f in ("replica.py", "scene_rules.py", "privacy.py"))
     in_code = set(re.findall(r"Rejected\(\"([a-z_]+)\"\)", source))
     in_code |= set(re.findall(r"_reject\([^,]+, \"([a-z_]+)\"\)", source))
     in_code |= {"too_large", "malformed_msgpack", "limit_exceeded", "schema"}  # decode
+    in_code |= set(re.findall(r"return None, \"([a-z_]+)\"", (crdt / "redemption.py").read_text()))
     assert documented == in_code
     transient = set(re.findall(r"^\| `([a-z_]+)` \| \*\*transient\*\*", section, re.M))
     assert transient == set(TRANSIENT_REASONS)

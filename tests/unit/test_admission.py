@@ -2,7 +2,7 @@
 
 from meshnode.crdt import SceneReplica
 from meshnode.identity import Identity
-from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
+from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.invite import Invite, make_invite
 
 NOW_MS = 1_700_000_000_000
@@ -89,3 +89,22 @@ def test_an_open_room_does_not_readmit_a_removed_member_on_its_own() -> None:
     replica.commit(NOW_MS / 1000 + 2)
     assert not may_auto_admit(replica, member)
     assert may_auto_admit(replica, newcomer)
+
+
+def test_invites_that_could_never_admit_are_refused_when_minted() -> None:
+    """``mint_problem`` agrees with ``invite_problem``: what it lets through admits a
+    newcomer, what it refuses would be ``issuer_may_not_grant`` at every node."""
+    replica, owner, admin = room_with_admin()
+    editor, stranger = Identity.generate(), Identity.generate()
+    replica.grant(editor.public_id, "editor")
+    replica.commit(NOW_MS / 1000 + 1)
+    for issuer in (owner, admin, editor, stranger):
+        for role in ("viewer", "editor", "admin"):
+            problem = mint_problem(replica, issuer.public_key, role)
+            redeemed = invite_problem(replica, invite(replica, issuer, role),
+                                      Identity.generate().public_id, NOW_MS)
+            assert (problem is None) == (redeemed is None), (issuer, role, redeemed)
+    assert "only the room's owner grants admin" in str(mint_problem(replica, admin.public_key,
+                                                                   "admin"))
+    assert "this node is editor" in str(mint_problem(replica, editor.public_key, "viewer"))
+    assert "this node is none" in str(mint_problem(replica, stranger.public_key, "viewer"))

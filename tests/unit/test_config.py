@@ -17,6 +17,7 @@ from meshnode.config import (
     parse_listen,
 )
 from meshnode.federation import FederationPolicy
+from meshnode.media.config import MediaConfig
 from meshnode.transport.ice import IceServer, IceSettings
 
 FULL_EXAMPLE = """
@@ -63,6 +64,7 @@ header_timeout_s = 5
 body_timeout_s = 7.5
 offers_per_s = 1.5
 offer_burst = 8
+trusted_proxies = ["127.0.0.1", "10.1.0.0/16"]
 
 [discovery]
 enabled = true
@@ -78,6 +80,19 @@ allow = ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"]
 announce = false
 no_announce = ["abababababababababababababababababababababababababababababababab"]
 announce_rooms = ["cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"]
+
+[media]
+enabled = true
+max_publications_per_peer = 2
+max_relay_kbps = 50000
+max_room_kbps = 20000
+max_peer_kbps = 2000
+audio_only_below_kbps = 80
+last_n = 3
+max_audio = 6
+audio_radius = 25.0
+plan_interval_s = 0.5
+recycle_sdp_chars = 20000
 """
 
 
@@ -148,6 +163,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         body_timeout_s=7.5,
         offers_per_s=1.5,
         offer_burst=8,
+        trusted_proxies=("127.0.0.1/32", "10.1.0.0/16"),
         discovery_port=4001,
         discovery_announce_interval_s=300.0,
         mdns=False,
@@ -156,6 +172,10 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
             ["12D3KooWD64rs2AHM3B3ReRkt9Lpb5JCL1aGDpSSHfrfYZnjvWuj"],
             ["12D3KooWPhKUQ48otVawpyvrDFVfFhBLgvb7MTyWyxx28E6Nsu51"],
             ["ab" * 32], ["cd" * 32], announce_default=False),
+        media=MediaConfig(max_publications_per_peer=2, max_relay_kbps=50_000.0,
+                          max_room_kbps=20_000.0, max_peer_kbps=2_000.0,
+                          audio_only_below_kbps=80.0, last_n=3, max_audio=6,
+                          audio_radius=25.0, recycle_sdp_chars=20_000),
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
@@ -170,6 +190,23 @@ def test_relay_only_needs_a_turn_server() -> None:
     assert "needs a TURN server" in _error({"network": {
         "relay_only": True, "ice_servers": [{"urls": "stun:stun.example.org"}]}})
     assert "network.relay_only" in _error({"network": {"relay_only": "yes"}})
+
+
+def test_turn_server_without_credentials_is_refused() -> None:
+    message = _error({"network": {"ice_servers": [{"urls": ["stun:s.example",
+                                                             "turn:t.example:3478"]}]}})
+    assert "network.ice_servers[0]" in message and "needs username and credential" in message
+    assert "needs username" in _error({"network": {"ice_servers": [{"urls": "turns:t:5349"}]}})
+    # STUN needs none.
+    assert _cfg("network", "ice_servers", [{"urls": "stun:s.example"}]).ice.servers
+
+
+def test_trusted_proxies() -> None:
+    assert _cfg("http", "trusted_proxies", ["::1", "192.0.2.7"]).trusted_proxies == (
+        "::1/128", "192.0.2.7/32")
+    assert NodeConfig().trusted_proxies == ()
+    for bad in (["proxy.example"], "127.0.0.1", [1]):
+        assert "http.trusted_proxies" in _error({"http": {"trusted_proxies": bad}})
 
 
 def test_full_example_covers_every_known_key() -> None:
@@ -539,3 +576,13 @@ def test_url_from_listen_text_ipv6() -> None:
     cfg = _cfg("node", "listen", "[::1]:8471")
     assert cfg.url == "http://[::1]:8471"
     assert _cfg("node", "listen", "[::]:8471").url == "http://127.0.0.1:8471"
+
+
+def test_media_section_is_checked() -> None:
+    cfg = config_from_mapping({"media": {"enabled": False, "last_n": 2, "max_peer_kbps": 300}})
+    assert not cfg.media.enabled and cfg.media.last_n == 2 and cfg.media.max_peer_kbps == 300.0
+    assert cfg.media.selection().last_n == 2
+    assert "media.last_n" in _error({"media": {"last_n": -1}})
+    assert "media.enabled" in _error({"media": {"enabled": "yes"}})
+    assert "media.recycle_sdp_chars" in _error({"media": {"recycle_sdp_chars": 100}})
+    assert "unknown key" in _error({"media": {"bitrate": 1}})

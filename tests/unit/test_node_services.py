@@ -104,7 +104,12 @@ async def test_a_failed_start_closes_what_it_opened_and_propagates(
         port = int(first.url.rsplit(":", 1)[1])
         second = Node(replace(_config(tmp_path / "b"), listen_port=port))
         with pytest.raises(OSError):
-            await second.start()  # the port is taken
+            await second.start()  # the port is taken: refused before anything is created
+        assert calls == [] and not (tmp_path / "b").exists()
+        # Another process taking the port between the check and the bind: serving fails.
+        monkeypatch.setattr("meshnode.node.check_port_free", lambda host, port: None)
+        with pytest.raises(OSError):
+            await second.start()
         # Everything entered before serving was closed, last entered first.
         assert calls == ["LinkManager.aclose", "RoomHost.aclose", "DurableLog.close"]
     finally:

@@ -74,7 +74,8 @@ async function refresh() {
     document.getElementById("peer-id").textContent = status.peer_id;
     document.getElementById("summary").textContent =
       `${status.url} · up ${Math.round(status.uptime_s)} s · ${status.links} link(s) · ` +
-      `${status.rooms.length} room(s)`;
+      `${status.rooms.length} room(s)` + (status.media ? ` · media: ${status.media.sources} ` +
+      `source(s), ${status.media.outputs} output(s), ${status.media.kbps_out} kbps out` : "");
     const rooms = document.querySelector("#rooms tbody");
     rooms.replaceChildren(...status.rooms.map((r) => {
       const tr = document.createElement("tr");

@@ -1,0 +1,39 @@
+"""How the media relay reads the node's rooms: who may take part in a room's media, and
+where its participants are. Same rule as the room's data (``meshnode.rooms.access``): a peer
+needs a role in the room; a removed member is refused ``removed``."""
+
+from collections.abc import Mapping
+
+from meshnode.overlay.presence import _position
+from meshnode.rooms.hosted import HostedRoom
+
+__all__ = ["media_access", "participant_positions"]
+
+
+def media_access(rooms: Mapping[bytes, HostedRoom], peer: str, kind: str,
+                 room_id: bytes) -> str | None:
+    """None if ``peer`` (a ``client``, ``node`` or ``browser`` endpoint) may publish and
+    receive the media of ``room_id``, else the refusal's reason label."""
+    hosted = rooms.get(room_id)
+    if hosted is None:
+        return "unknown_room"
+    if kind == "browser":
+        return None  # a browser session is let into the room by the web client's own rules
+    replica = hosted.runtime.replica
+    if replica.role_of(peer) != "none":
+        return None
+    return "removed" if replica.was_removed(peer) else "not_member"
+
+
+def participant_positions(rooms: Mapping[bytes, HostedRoom],
+                          room_id: bytes) -> dict[str, tuple[float, float, float]]:
+    """Each present participant's ``position`` (presence field ``[x, y, z]``)."""
+    hosted = rooms.get(room_id)
+    if hosted is None:
+        return {}
+    out: dict[str, tuple[float, float, float]] = {}
+    for peer, fields in hosted.runtime.presence().items():
+        pos = _position(fields)
+        if pos is not None:
+            out[peer] = pos
+    return out
