@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from meshnode.overlay.config import OverlayConfig
 from protocol.frames import Graft, IHave, Message, Prune
 
-
 MAX_LAZY_AUTHORS = 4_096
 """Authors for whom some neighbour asked for announcements only (Prune). One entry per
 author: without a bound, a room with churn would keep one for every identity that ever

@@ -10,7 +10,6 @@ what makes a long history cheap to build in a test.
 import time
 from pathlib import Path
 
-
 from meshnode.client import connect
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
