@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import gc
 import hashlib
 import json
@@ -171,11 +173,12 @@ def bench_restart(sizes: list[int]) -> list[dict[str, Any]]:
             with ChangeStore.open(path) as store:
                 latest = store.latest_snapshot(room)
                 assert latest is not None
+                log = functools.partial(store.changes, room)
                 t0 = time.perf_counter()
-                fast = load_replica(genesis, hist.owner, lambda: store.changes(room), latest[0])
+                fast = load_replica(genesis, hist.owner, log, latest[0])
                 t_fast = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                full = load_replica(genesis, hist.owner, lambda: store.changes(room), None)
+                full = load_replica(genesis, hist.owner, log, None)
                 t_full = time.perf_counter() - t0
             assert fast.from_snapshot and fast.replica.state() == full.replica.state()
             out.append({"changes": fast.replica.change_count(), "db_mb": round(size / 2**20, 1),
@@ -221,10 +224,8 @@ def _proc_stats(pid: int) -> dict[str, int]:
     fds = sockets = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         fds += 1
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             sockets += os.readlink(fd).startswith("socket:")
-        except OSError:
-            pass
     return {"rss_kb": rss, "fds": fds, "sockets": sockets}
 
 
