@@ -51,6 +51,7 @@ from meshnode.store import (
 from meshnode.transport.ice import install_host_addresses
 from meshnode.transport.link import LinkSettings
 from meshnode.web.host_origins import HostOrigins
+from meshnode.web.media import RelayHost
 
 log = logging.getLogger("meshnode.node")
 
@@ -164,7 +165,9 @@ class Node:
                                 lambda: durable.failing, cfg, find_hosts=self.find_hosts,
                                 host_origins=origins,
                                 discovery=lambda: self.discovery_state,
-                                offer_refusal=links.offer_refusal))
+                                offer_refusal=links.offer_refusal,
+                                media=RelayHost(media, enabled=lambda: media_cfg.enabled,
+                                                hosts=lambda rid: rid in rooms.rooms)))
         port = await stack.enter_async_context(serve(app, cfg.listen_host, cfg.listen_port))
         if cfg.listen_port == 0 and not cfg.public_url:
             # Port 0 asks the OS for a free port (tests): report the real one.

@@ -20,13 +20,42 @@ heal, and fails after ``dial_timeout_s``.
 
 from __future__ import annotations
 
+import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from netsim.engine import Engine
+from netsim.links import Link
 from netsim.node_model import LivenessSpec
+from netsim.sim_node import Pair, SimNode
+from netsim.topology import Topology
 
-if TYPE_CHECKING:
-    from netsim.simulation import Simulation
+
+class Simulation(Protocol):
+    """What liveness reads and drives of :class:`netsim.simulation.Simulation` (a protocol,
+    so that the simulation, which owns a ``Liveness``, and this module do not import each
+    other)."""
+
+    engine: Engine
+    rng: random.Random
+    topology: Topology
+    nodes: list[SimNode]
+    links: dict[Pair, Link]
+    adj: list[list[int]]
+    edge_set: set[Pair]
+    connected: set[Pair]
+    epoch: dict[Pair, int]
+
+    def _cut(self, a: int, b: int) -> bool: ...
+
+    def _link_up(self, a: int, b: int) -> None: ...
+
+    def _link_down(self, a: int, b: int) -> None: ...
+
+    def _arrive(self, src: int, dst: int, channel: str,
+                payload: tuple[str, bytes, int]) -> None: ...
+
+    def _drain(self, i: int) -> None: ...
 
 __all__ = ["PING", "PING_BYTES", "Liveness"]
 
@@ -35,7 +64,6 @@ PING = b"\x00ping"
 #: Bytes of an encoded ``Ping`` on the wire (``protocol.link.encode_link(Ping())``, rounded up).
 PING_BYTES = 8
 
-Pair = tuple[int, int]
 
 
 class Liveness:

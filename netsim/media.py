@@ -47,16 +47,26 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from meshnode.media.selection import Plan, Selector, SourceView, SubscriberView
-from netsim.links import LinkSpec
+from netsim.engine import Engine
+from netsim.links import Link, LinkSpec
 from netsim.media_spec import MediaSpec
+from netsim.scenario import Scenario
+from netsim.sim_node import Pair, SimNode
 
-if TYPE_CHECKING:
-    from netsim.simulation import Simulation
 
-Pair = tuple[int, int]
+class Simulation(Protocol):
+    """What media reads of :class:`netsim.simulation.Simulation` (a protocol, so that the
+    simulation, which owns a ``MediaSim``, and this module do not import each other)."""
+
+    engine: Engine
+    scenario: Scenario
+    nodes: list[SimNode]
+    links: dict[Pair, Link]
+    connected: set[Pair]
+    groups: dict[int, int] | None
 AUDIO_PACKET_S = 0.020
 DTX_PACKET_S = 0.400
 

@@ -12,6 +12,7 @@ from itertools import pairwise
 from typing import Any
 
 from meshnode.media.selection import SelectionConfig
+from netsim.errors import ScenarioError
 
 SPEAKING_PATTERNS = ("turns", "random", "none")
 LAYOUTS = ("grid", "circle")
@@ -77,8 +78,6 @@ _FRACTIONS = ("stall_below", "decrease_factor", "loss_threshold")
 
 
 def _error(message: str) -> Exception:
-    from netsim.scenario import ScenarioError  # scenario imports this module lazily too
-
     return ScenarioError(message)
 
 

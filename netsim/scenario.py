@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshnode.overlay import OverlayConfig
+from netsim.errors import ScenarioError as ScenarioError
 from netsim.links import PRESETS, LinkSpec
 from netsim.node_model import LivenessSpec, NodeSpec, parse_section
 from netsim.topology import KINDS
@@ -24,10 +25,6 @@ EVENT_KINDS = frozenset(
 )
 HOSTILE_BEHAVIOURS = frozenset({"flood", "garbage", "withhold", "equivocate"})
 DEFAULT_MIX = {"transform": 0.70, "field": 0.15, "create": 0.05, "delete": 0.05, "move": 0.05}
-
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be run; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +267,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
         raise ScenarioError(str(err)) from None
     media = None
     if "media" in data:
-        from netsim.media_spec import parse_media  # it imports ScenarioError from here
+        from netsim.media_spec import parse_media
 
         media = parse_media(data["media"], n, float(duration))
     return Scenario(

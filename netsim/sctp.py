@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc.rtcsctptransport import (
     SCTP_RTO_ALPHA,
@@ -48,8 +48,38 @@ from aiortc.rtcsctptransport import (
     SCTP_RTO_MIN,
 )
 
-if TYPE_CHECKING:
-    from netsim.links import Link
+
+class _Spec(Protocol):
+    """What the channel reads of a direction's ``netsim.links.LinkSpec``."""
+
+    @property
+    def rto_min_ms(self) -> float: ...
+
+    @property
+    def rto_max_ms(self) -> float: ...
+
+    def packets(self, size: int) -> int: ...
+
+
+class Link(Protocol):
+    """What the channel needs of one direction of a ``netsim.links.Link`` (a protocol, so
+    that ``netsim.links``, which owns channels, and this module do not import each other)."""
+
+    @property
+    def spec(self) -> _Spec: ...
+
+    cut: bool
+    retransmissions: int
+    frames_lost: int
+    frames_delivered: int
+
+    def clean_path(self) -> bool: ...
+
+    def attempt(self, size: int, now: float) -> float | None: ...
+
+    def ack_lost(self) -> bool: ...
+
+    def ack_latency_s(self) -> float: ...
 
 __all__ = [
     "FAST_RETRANSMIT_MISSES",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from meshnode.crdt import ROOT, EntityId, SceneReplica
+from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.overlay import (
     SYNC,
@@ -33,6 +33,8 @@ from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.liveness import PING, Liveness
 from netsim.scenario import Event, Scenario, ScenarioError
+from netsim.sim_node import Pair as Pair
+from netsim.sim_node import SimNode as SimNode
 from netsim.topology import Topology, build, neighbours
 from protocol.errors import DecodeError
 from protocol.frames import Changes, IHave, decode_frame, encode_frame
@@ -40,25 +42,7 @@ from protocol.frames import Changes, IHave, decode_frame, encode_frame
 if TYPE_CHECKING:
     from netsim.media import MediaSim
 
-Pair = tuple[int, int]
 
-
-@dataclass
-class SimNode:
-    """One simulated host: identity, durable replica, and (while up) an overlay."""
-
-    index: int
-    identity: Identity
-    peer_id: str
-    replica: SceneReplica
-    overlay: RoomOverlay | None = None
-    alive: bool = True
-    departed: bool = False
-    hostile: str = ""
-    timer_at: float | None = None
-    editor: bool = False
-    own_entities: list[EntityId] = field(default_factory=list)
-    old_stats: list[OverlayStats] = field(default_factory=list)
 
 
 @dataclass

@@ -27,6 +27,7 @@ checks every field and raises only ``protocol.errors.DecodeError`` subclasses.
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import protocol.media  # noqa: F401  (the media link messages register themselves)
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.frames import (
     HASH_BYTES,
@@ -39,10 +40,26 @@ from protocol.frames import (
 )
 from protocol.frames import _peer as _peer_id
 from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.link_fields import (
+    FIRST_LINK_TYPE as FIRST_LINK_TYPE,
+)
+from protocol.link_fields import (
+    MAX_DETAIL_CHARS as MAX_DETAIL_CHARS,
+)
+from protocol.link_fields import (
+    MAX_REFUSAL_REASON_CHARS as MAX_REFUSAL_REASON_CHARS,
+)
+from protocol.link_fields import (
+    LinkExtension,
+    _arity,
+    _label,
+    _room_id,
+    _text,
+    extension_type,
+)
 from protocol.msgpack_io import pack, unpack
 
 HELLO_DOMAIN = b"meshnode/hello/v1\x00"
-FIRST_LINK_TYPE = 64
 KINDS = frozenset({"node", "client"})
 SIGNAL_KINDS = frozenset({"offer", "answer", "error"})
 MAX_ROOMS_PER_LINK = 64
@@ -55,8 +72,6 @@ MAX_ACK_IDS = 1_024
 NONCE_BYTES = 16
 MAX_BUNDLE_FRAMES = 1_024
 MAX_REASON_CHARS = 32
-MAX_REFUSAL_REASON_CHARS = 64
-MAX_DETAIL_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,38 +173,6 @@ class Refused:
     detail: str
 
 
-class LinkExtension:
-    """A link message defined in another module (``protocol.media``: types 72..75).
-
-    A subclass is a frozen dataclass with a ``TYPE``; it says how it encodes (``fields``) and
-    decodes (``from_fields``, raising only ``DecodeError`` subclasses), and registers itself
-    with :func:`register_link_type` so that :func:`decode_link` knows it."""
-
-    __slots__ = ()
-    TYPE: ClassVar[int]
-
-    def fields(self) -> list[Any]:
-        """The message's fields after ``[version, type]``, as msgpack values."""
-        raise NotImplementedError
-
-    @classmethod
-    def from_fields(cls, fields: list[Any], limits: Limits) -> "LinkExtension":
-        """Check and build the message from its decoded fields."""
-        raise NotImplementedError
-
-
-_EXTENSIONS: dict[int, type[LinkExtension]] = {}
-
-
-def register_link_type(cls: type[LinkExtension]) -> None:
-    """Make :func:`decode_link` decode ``cls`` (its ``TYPE`` must be a new link type)."""
-    if cls.TYPE < FIRST_LINK_TYPE or cls.TYPE > 0x7F or cls.TYPE in _EXTENSIONS or cls.TYPE in (
-            Hello.TYPE, Signal.TYPE, Ack.TYPE, Nack.TYPE, Rooms.TYPE, Ping.TYPE, Bundle.TYPE,
-            Refused.TYPE):
-        raise ValueError(f"link message type {cls.TYPE} is taken or out of range")
-    _EXTENSIONS[cls.TYPE] = cls
-
-
 LinkMessage = Hello | Signal | Ack | Nack | Rooms | Ping | Bundle | Refused | LinkExtension
 
 
@@ -245,14 +228,6 @@ def encode_link(msg: LinkMessage) -> bytes:
     return pack([PROTOCOL_VERSION, msg.TYPE, *_fields_of(msg)])
 
 
-def _text(value: object, limit: int, what: str) -> str:
-    if type(value) is not str:
-        raise SchemaError(f"{what} must be a string")
-    if len(value) > limit:
-        raise LimitExceeded(f"{what} longer than {limit} characters")
-    return value
-
-
 def _ids(value: object, limit: int, size: int, what: str) -> tuple[bytes, ...]:
     if type(value) is not list:
         raise SchemaError(f"{what} must be an array")
@@ -264,28 +239,6 @@ def _ids(value: object, limit: int, size: int, what: str) -> tuple[bytes, ...]:
     if len(set(value)) != len(value):
         raise SchemaError(f"duplicate entry in {what}")
     return tuple(value)
-
-
-def _label(value: object, limit: int, what: str) -> str:
-    """A stable reason label: 1..``limit`` characters of [a-z0-9_]."""
-    text = _text(value, limit, what)
-    if not text or not all(c in _LABEL_CHARS for c in text):
-        raise SchemaError(f"{what} must be 1..{limit} characters of [a-z0-9_]")
-    return text
-
-
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
-
-
-def _room_id(value: object, what: str) -> bytes:
-    if type(value) is not bytes or len(value) != ROOM_ID_BYTES:
-        raise SchemaError(f"{what} room_id must be {ROOM_ID_BYTES} bytes")
-    return value
-
-
-def _arity(fields: list[Any], n: int, layout: str) -> None:
-    if len(fields) != n:
-        raise SchemaError(f"link message layout is [version, type, {layout}]")
 
 
 def _hello(body: object, sig: object, limits: Limits) -> Hello:
@@ -380,11 +333,7 @@ def decode_link(data: bytes, limits: Limits = DEFAULT_LIMITS) -> LinkMessage:
         return Refused(_room_id(f[0], "refused"),
                        _label(f[1], MAX_REFUSAL_REASON_CHARS, "refusal reason"),
                        _text(f[2], MAX_DETAIL_CHARS, "refusal detail"))
-    extension = _EXTENSIONS.get(mtype)
+    extension = extension_type(mtype)
     if extension is not None:
         return extension.from_fields(f, limits)
     raise UnknownMessageType(f"link message type {mtype!r} is not defined in version {version}")
-
-
-# The media link messages register themselves (after everything above: they use it).
-import protocol.media  # noqa: E402, F401

@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from protocol.errors import LimitExceeded, SchemaError
 from protocol.frames import _peer as _peer_id
 from protocol.limits import Limits
-from protocol.link import (
+from protocol.link_fields import (
     MAX_DETAIL_CHARS,
     MAX_REFUSAL_REASON_CHARS,
     LinkExtension,

@@ -142,7 +142,7 @@ def decide_room(state: RoomState, selector: Selector, now: float) -> RoomDecisio
                 want[origin].add(sid)
     announce: dict[str, tuple[Announce, ...]] = {}
     for neighbour in state.neighbours:
-        entries = [Announce(s.source_id, s.publisher, s.kind, 0 if state.origin.get(
+        entries = [Announce(s.source_id, _peer_of(s.source_id), s.kind, 0 if state.origin.get(
             s.source_id) not in state.remote else _hops(state, s.source_id) + 1)
             for s in state.local if state.origin.get(s.source_id) != neighbour]
         entries += [Announce(sid, ann.publisher, ann.kind, ann.hops + 1)
@@ -157,3 +157,9 @@ def _hops(state: RoomState, source_id: str) -> int:
     origin = state.origin.get(source_id, "")
     ann = state.remote.get(origin, {}).get(source_id)
     return ann.hops if ann is not None else 0
+
+
+def _peer_of(source_id: str) -> str:
+    """The publisher's PeerID, which starts a source ID (a ``SourceView.publisher`` is a
+    participant: ``PeerID#session`` for a browser, ``meshnode.media.participants``)."""
+    return source_id.partition("/")[0]

@@ -39,6 +39,7 @@ from meshnode.media.config import MediaConfig
 from meshnode.media.endpoint import MediaEndpoint, Preferences, RelayPort, SourceInfo
 from meshnode.media.link_media import LinkMedia
 from meshnode.media.metrics import MediaMetrics
+from meshnode.media.participants import participant_of, source_participant
 from meshnode.media.planner import Announce, RoomState, Subscriber, decide_room
 from meshnode.media.selection import Selector, SourceView, SubscriberView
 from meshnode.metrics import NodeMetrics
@@ -104,7 +105,8 @@ class _Source:
 
 
 def _key(endpoint: MediaEndpoint) -> str:
-    return f"{endpoint.kind}:{endpoint.peer_id}"
+    # By participant: a node's browsers share its PeerID (meshnode.media.participants).
+    return f"{endpoint.kind}:{participant_of(endpoint)}"
 
 
 class MediaRelay(LinkService, RelayPort):
@@ -222,7 +224,7 @@ class MediaRelay(LinkService, RelayPort):
                 out = src.outputs.pop(key, None)
                 if out is not None:
                     out.close()
-        self.selector.forget(key)
+        self.selector.forget(participant_of(endpoint))
         for pending in [p for p in self._pending_outputs if p[0] == key]:
             del self._pending_outputs[pending]
 
@@ -399,9 +401,10 @@ class MediaRelay(LinkService, RelayPort):
             if src.info.room_id != room_id:
                 continue
             info = src.info
-            local.append(SourceView(sid, info.publisher,
+            who = source_participant(info)  # never sent back to its own participant
+            local.append(SourceView(sid, who,
                                     "audio" if info.kind == "audio" else "video",
-                                    positions.get(info.publisher), src.tap.audio_level,
+                                    positions.get(who), src.tap.audio_level,
                                     src.tap.last_spoke, src.tap.kbps, src.tap.layer_kbps))
             origin[sid] = _key(src.origin)
         remote: dict[str, dict[str, Announce]] = {}
@@ -423,8 +426,9 @@ class MediaRelay(LinkService, RelayPort):
             estimate = self._estimate(key)
             cap = self.config.max_peer_kbps
             max_kbps = min(prefs.max_kbps, cap) if prefs.max_kbps else cap
+            me = participant_of(endpoint)
             subscribers.append(Subscriber(key, False, SubscriberView(
-                endpoint.peer_id, positions.get(endpoint.peer_id), estimate,
+                me, positions.get(me), estimate,
                 prefs.audio_only, max_kbps)))
         if not local and not remote:
             for sub in subscribers:
@@ -522,8 +526,13 @@ class MediaRelay(LinkService, RelayPort):
         rooms: dict[str, dict[str, Any]] = {}
         for src in self.sources.values():
             room = rooms.setdefault(src.info.room_id.hex(), {"sources": 0, "outputs": 0,
-                                                             "kbps_in": 0.0, "kbps_out": 0.0})
+                                                             "kbps_in": 0.0, "kbps_out": 0.0,
+                                                             "streams": []})
             room["sources"] += 1
+            room["streams"].append({"source": src.info.source_id, "kind": src.info.kind,
+                                    "kbps": round(src.tap.kbps, 1),
+                                    "layer_kbps": [round(k, 1) for k in src.tap.layer_kbps],
+                                    "outputs": len(src.outputs)})
             room["outputs"] += len(src.outputs)
             room["kbps_in"] = round(room["kbps_in"] + src.tap.kbps, 1)
             room["kbps_out"] = round(room["kbps_out"] + src.tap.kbps * len(src.outputs), 1)

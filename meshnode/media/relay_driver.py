@@ -16,7 +16,13 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as aiortc_receiver
 
-from meshnode.media.aiortc_driver import Forwarder, OutputSender, SourceTap, make_media_pc
+from meshnode.media.aiortc_driver import (
+    Forwarder,
+    OutputSender,
+    SourcePacket,
+    SourceTap,
+    make_media_pc,
+)
 from meshnode.media.endpoint import SourceInfo
 
 __all__ = ["AiortcMediaDriver", "DriverOutput", "DriverTap", "count_decoders"]
@@ -42,6 +48,8 @@ def count_decoders() -> None:
 
 SPEAKING_LEVEL = 50  # RFC 6464 -dBov at or below which a voice packet counts as speech
 RATE_WINDOW_S = 1.0
+LAYER_SMOOTHING = 0.25  # weight of the newest window in the per-layer rates
+LOSS_LIMIT = 0.02  # receiver-reported loss from which a subscriber's REMB limits what it gets
 
 
 class DriverTap:
@@ -53,9 +61,14 @@ class DriverTap:
         self.tap = SourceTap(transceiver, source_id=source.source_id, max_kbps=max_kbps,
                              clock=clock)
         self.forwarder = Forwarder(self.tap)
+        self.tap.on_packet = self._on_packet  # counts the layers, then the forwarder
         self._clock = clock
         self._window = (clock(), 0)
         self._kbps = 0.0
+        self._layer_bytes: Counter[int] = Counter()  # this window, per temporal layer
+        self._layer_kbps: tuple[float, ...] = ()
+        self.layered = False
+        """VP8 with temporal layers seen (else a layer limit means the whole stream)."""
         self.last_spoke: float | None = None
         self.closed = False
 
@@ -67,6 +80,17 @@ class DriverTap:
         if now - start >= RATE_WINDOW_S:
             self._kbps = (self.tap.bytes - start_bytes) * 8 / 1000 / (now - start)
             self._window = (now, self.tap.bytes)
+            layers, total = [], 0
+            for tid in range(max(self._layer_bytes, default=-1) + 1):
+                total += self._layer_bytes[tid]
+                layers.append(total * 8 / 1000 / (now - start))
+            old = self._layer_kbps
+            if len(layers) > 1 and len(old) == len(layers):
+                # A second holds ~4 base-layer frames: smoothed over a few windows, a budget
+                # between two layers does not flip the subscriber from one to the other.
+                layers = [o + (n - o) * LAYER_SMOOTHING for o, n in zip(old, layers, strict=True)]
+            self._layer_kbps = tuple(layers) if len(layers) > 1 else ()
+            self._layer_bytes.clear()
         return self._kbps
 
     @property
@@ -79,8 +103,17 @@ class DriverTap:
 
     @property
     def layer_kbps(self) -> tuple[float, ...]:
-        """Per temporal layer rates are not measured yet: one layer."""
-        return ()
+        """The rates of temporal layers 0..i together, over the last window (empty: one
+        layer), as the selector takes them."""
+        self.kbps  # noqa: B018 (rolls the window)
+        return self._layer_kbps
+
+    async def _on_packet(self, tap: SourceTap, packet: SourcePacket, now: float) -> None:
+        tid = packet.info.tid
+        if tid is not None:
+            self._layer_bytes[min(tid, 7)] += packet.info.size
+            self.layered = self.layered or tid > 0
+        await self.forwarder.on_packet(tap, packet, now)
 
     def close(self) -> None:
         """Stop forwarding and give the receiver back."""
@@ -101,7 +134,14 @@ class DriverOutput:
 
     @property
     def estimate_kbps(self) -> float | None:
-        """The subscriber's REMB estimate (None until one arrived)."""
+        """The subscriber's REMB estimate while its receiver reports show loss (at least
+        ``LOSS_LIMIT``), else None: no limit. A browser's REMB for a stream it gets less of
+        than its link carries stays near what it gets (at most ~1.5 times): taken as a limit
+        without loss, a subscriber held to a lower layer once would never get back up, as
+        the relay sends no probing padding."""
+        loss = self.sender.loss
+        if loss is None or loss < LOSS_LIMIT:
+            return None
         return self.sender.estimate_kbps
 
     @property
@@ -110,7 +150,10 @@ class DriverOutput:
         return self.sender.sent_bytes
 
     def set_max_tid(self, tid: int | None) -> None:
-        """Forward temporal layers 0..tid (None: all)."""
+        """Forward temporal layers 0..tid (None: all). For a source without temporal layers
+        the selector's 0 means the whole stream: nothing is filtered."""
+        if not self._tap.layered:
+            tid = None
         if self.key in self._tap.forwarder.keys:
             self._tap.forwarder.set_max_tid(self.key, tid)
 

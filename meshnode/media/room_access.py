@@ -4,6 +4,7 @@ needs a role in the room; a removed member is refused ``removed``."""
 
 from collections.abc import Mapping
 
+from meshnode.media.participants import presence_participants
 from meshnode.overlay.presence import _position
 from meshnode.rooms.hosted import HostedRoom
 
@@ -27,12 +28,13 @@ def media_access(rooms: Mapping[bytes, HostedRoom], peer: str, kind: str,
 
 def participant_positions(rooms: Mapping[bytes, HostedRoom],
                           room_id: bytes) -> dict[str, tuple[float, float, float]]:
-    """Each present participant's ``position`` (presence field ``[x, y, z]``)."""
+    """Each present participant's ``position`` (presence field ``[x, y, z]``); a node's
+    browsers each as ``PeerID#session`` (``meshnode.media.participants``)."""
     hosted = rooms.get(room_id)
     if hosted is None:
         return {}
     out: dict[str, tuple[float, float, float]] = {}
-    for peer, fields in hosted.runtime.presence().items():
+    for peer, fields in presence_participants(hosted.runtime.presence()):
         pos = _position(fields)
         if pos is not None:
             out[peer] = pos

@@ -70,6 +70,7 @@ from meshnode.signaling.source_limits import SourceBuckets
 from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
 from meshnode.store import StoreFailure
 from meshnode.web.host_origins import HostOrigins
+from meshnode.web.media import BrowserMediaHost
 from meshnode.web.rooms import RoomAccess
 from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
 from protocol.errors import DecodeError
@@ -151,6 +152,9 @@ class NodeApi:
     host_origins: HostOrigins | None = None
     """The web origins of our rooms' other hosts: their pages may offer cross-origin."""
     offer_refusal: Callable[[object], str | None] = lambda peer: None
+    media: BrowserMediaHost | None = None
+    """The media relay for the browsers' voice and video (None: pages are told media is
+    off)."""
 
 
 @contextlib.asynccontextmanager
@@ -499,7 +503,7 @@ def _add_web_client(app: web.Application, node: NodeApi, guard: Guard) -> None:
                    max_pending_browsers=node.config.max_pending_browsers,
                    handshake_timeout_s=node.config.handshake_timeout_s,
                    metrics=node.view.metrics, cross_origin=_cross_origin(node.host_origins),
-                   hosts=_host_urls(node))
+                   hosts=_host_urls(node), media=node.media)
 
 
 def _host_urls(node: NodeApi) -> Callable[[str], Awaitable[list[str]]] | None:

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCPeerConnection, RTCSessionDescription
 
 from meshnode.metrics import NodeMetrics
 from meshnode.runtime.pending import (
@@ -36,6 +36,7 @@ from meshnode.runtime.pending import (
 )
 from meshnode.transport.ice import IceSettings, strip_mdns_candidates
 from meshnode.transport.reclaim import close_peer_connection
+from meshnode.web.media import BrowserMedia, MediaSetup
 from meshnode.web.rooms import RoomAccess
 from meshnode.web.session import BrowserSession, SessionLimits
 
@@ -97,8 +98,10 @@ class BrowserConnection:
         limits: SessionLimits | None = None,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         on_open: Callable[[], bool] | None = None,
+        media: MediaSetup | None = None,
     ) -> None:
         self.pc = pc
+        self._media_setup = media
         self.room = room
         self.name = session_name
         self.session: BrowserSession | None = None
@@ -202,6 +205,9 @@ class BrowserConnection:
 
         session = BrowserSession(self.room, send, session_name=self.name, limits=self._limits)
         self.session = session
+        media: BrowserMedia | None = None
+        if self._media_setup is not None:
+            media = self._start_media(session, self._media_setup)
 
         def on_message(message: str | bytes) -> None:
             if session.closed:
@@ -226,12 +232,30 @@ class BrowserConnection:
                 self._close_soon(EvictReason.ESTABLISHED_FULL.value)
                 return
             session.start()
+            if media is not None:
+                media.start()
             log.info("browser %s: session started", self.name)
 
         if channel.readyState == "open":
             start()
         else:
             channel.on("open", start)
+
+    def _start_media(self, session: BrowserSession, setup: MediaSetup) -> BrowserMedia:
+        """The browser's voice and video on this connection (``meshnode.web.media``)."""
+        port = None
+        if setup.host is not None:
+            try:
+                port = setup.host.relay_for(self.room.room_id)
+            except Exception:
+                log.exception("browser %s: no media relay for its room", self.name)
+        media = BrowserMedia(
+            self.pc, session.send_message, name=self.name, node_peer=self.room.me,
+            room_id=self.room.room_id, rights=setup.rights, port=port,
+            limits=setup.limits, counters=session.counters,
+        )
+        session.media = media
+        return media
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -250,23 +274,30 @@ async def answer_browser_offer(
     limits: SessionLimits | None = None,
     open_timeout_s: float = OPEN_TIMEOUT_S,
     on_open: Callable[[], bool] | None = None,
+    media: MediaSetup | None = None,
 ) -> tuple[str, BrowserConnection]:
     """Answer a browser's (complete, non-trickle) offer; return the answer SDP and the
     connection. The session starts when the browser's ``client`` channel opens.
 
     Raises ``InvalidOffer`` if the offer cannot be answered (the connection is then closed).
     ``on_closed`` is called once, when the connection is closed for whatever reason;
-    ``on_open`` as in ``BrowserConnection``.
+    ``on_open`` as in ``BrowserConnection``; ``media``: the browser's voice and video
+    (``meshnode.web.media``; None: the connection carries none).
     """
     if not isinstance(offer_sdp, str) or len(offer_sdp) > MAX_OFFER_CHARS:
         raise InvalidOffer(f"an offer is an SDP string of at most {MAX_OFFER_CHARS} characters")
     if "m=application" not in offer_sdp:
         raise InvalidOffer("the offer has no data channel (m=application)")
     name = session_name or f"browser-{next(_session_numbers)}"
-    pc = RTCPeerConnection(ice.rtc_configuration())
+    config = ice.rtc_configuration()
+    # Media m-lines come later, by renegotiation, all on the data channel's transport:
+    # aiortc's default (BALANCED) leaves a 2nd m-line of one kind on a transport that never
+    # connects (shared/design/media-relay.md, section 4).
+    config.bundlePolicy = RTCBundlePolicy.MAX_BUNDLE
+    pc = RTCPeerConnection(config)
     conn = BrowserConnection(
         pc, room, session_name=name, on_closed=on_closed, limits=limits,
-        open_timeout_s=open_timeout_s, on_open=on_open,
+        open_timeout_s=open_timeout_s, on_open=on_open, media=media,
     )
     try:
         offer = RTCSessionDescription(sdp=strip_mdns_candidates(offer_sdp), type="offer")
@@ -377,9 +408,10 @@ class BrowserLinks:
         self._pending_conns.pop(ticket, None)
         self._pending_changed()
 
-    async def answer(self, offer_sdp: str, room: RoomAccess) -> str:
-        """Answer a browser's offer for ``room``; raises ``TooManyBrowsers`` or
-        ``InvalidOffer``."""
+    async def answer(self, offer_sdp: str, room: RoomAccess,
+                     media: MediaSetup | None = None) -> str:
+        """Answer a browser's offer for ``room`` (with its voice and video set up by ``media``
+        if given); raises ``TooManyBrowsers`` or ``InvalidOffer``."""
         if len(self._connections) >= self.max_connections:
             self.refused_full += 1
             raise TooManyBrowsers(
@@ -412,7 +444,7 @@ class BrowserLinks:
         try:
             answer, conn = await answer_browser_offer(
                 offer_sdp, room, self.ice, on_closed=closed, limits=self.limits,
-                open_timeout_s=self.open_timeout_s, on_open=opened,
+                open_timeout_s=self.open_timeout_s, on_open=opened, media=media,
             )
         except BaseException:
             self._done(ticket)

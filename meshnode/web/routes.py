@@ -38,6 +38,7 @@ from meshnode.rooms.readers import INVITE_HEADER, BrowserAccess
 from meshnode.signaling.guard import GUARD, Refusal
 from meshnode.transport.ice import IceSettings
 from meshnode.web.browser_link import OPEN_TIMEOUT_S, BrowserLinks, InvalidOffer, TooManyBrowsers
+from meshnode.web.media import BrowserMediaHost, MediaRights, MediaSetup
 from meshnode.web.rooms import ReadOnlyRoom, RoomAccess
 
 __all__ = ["BROWSER_LINKS", "STATIC_DIR", "add_web_routes"]
@@ -69,6 +70,7 @@ def add_web_routes(
     metrics: NodeMetrics | None = None,
     cross_origin: Callable[[str, str | None], bool] | None = None,
     hosts: Callable[[str], Awaitable[list[str]]] | None = None,
+    media: BrowserMediaHost | None = None,
 ) -> None:
     """Serve the browser client on ``app``.
 
@@ -83,7 +85,9 @@ def add_web_routes(
     ``cross_origin(origin, room_hex)`` says whether a page from a foreign ``origin`` may offer
     for that room (``room_hex`` None: for any room, the preflight's question); without it no
     foreign page may. ``hosts(hex)`` lists the URLs of the room's other hosts (none without
-    it).
+    it). ``media`` relays the browsers' voice and video (None: none; see
+    ``meshnode.web.media``): a page that reads the room may receive, one that edits it may
+    publish too.
     """
     links = BrowserLinks(ice, max_connections=max_browsers, max_pending=max_pending_browsers,
                          open_timeout_s=handshake_timeout_s, metrics=metrics)
@@ -182,10 +186,13 @@ def add_web_routes(
         if room is None or rights is BrowserAccess.NONE:
             # A room this browser may not see looks like one this node does not host.
             return _error(404, f"this node does not host room {room_hex}")
-        if rights is BrowserAccess.READ:
+        editor = rights is BrowserAccess.EDIT
+        if not editor:
             room = ReadOnlyRoom(room)
+        media_setup = MediaSetup(media, MediaRights(receive=True, publish=editor,
+                                                    role="editor" if editor else "viewer"))
         try:
-            answer = await links.answer(sdp, room)
+            answer = await links.answer(sdp, room, media_setup)
         except TooManyBrowsers as err:
             return _error(503, str(err))
         except InvalidOffer as err:

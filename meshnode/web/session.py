@@ -20,6 +20,9 @@ Browser → node (``req`` is a number the browser picks, echoed in the answer; a
 - ``{"t":"move","req":n,"id":id,"parent":p}``
 - ``{"t":"delete","req":n,"id":id}``
 - ``{"t":"presence","fields":{...}}`` (no answer; latest wins)
+- ``media_offer``, ``media_publish``, ``media_prefs``: voice and video, handled by the
+  connection's ``BrowserMedia`` (``meshnode.web.media`` documents them and the node's
+  ``media_*`` messages); without one they are refused (``media_refused``, ``media_off``).
 
 Node → browser:
 
@@ -71,6 +74,7 @@ from typing import Any, TypeVar
 
 from meshnode.crdt import EntityId, PermissionDenied, SceneReplica
 from meshnode.overlay.scoring import TokenBucket
+from meshnode.web.media import MEDIA_TYPES, BrowserMedia
 from meshnode.web.messages import EDITS, BadMessage, dumps, peek_req, refuse_constant, want_req
 from meshnode.web.rooms import RoomAccess
 
@@ -143,6 +147,8 @@ class BrowserSession:
         self._edits_in_flight = 0
         self._pending_presence: dict[str, Any] | None = None
         self._presence_handle: asyncio.TimerHandle | None = None
+        self.media: BrowserMedia | None = None
+        """The browser's voice and video (``meshnode.web.media``), if its link carries any."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,6 +196,8 @@ class BrowserSession:
         if sent is not None and not sent.done():
             sent.set_result(None)  # nothing more will be sent
         self._pending_presence = None
+        if self.media is not None:
+            self.media.close()
         forget = getattr(self._room, "forget", None)
         if callable(forget):  # a room that shows each browser (SharedPresenceRoom)
             try:
@@ -352,6 +360,9 @@ class BrowserSession:
             if kind == "presence":
                 self._handle_presence(msg)
                 return
+            if kind in MEDIA_TYPES:
+                await self._handle_media(msg)
+                return
             handler = EDITS.get(kind)
             if handler is None:
                 raise BadMessage("unknown_type", f"unknown message type {kind!r}",
@@ -362,6 +373,18 @@ class BrowserSession:
             self._error(bad.reason, bad.text, bad.req)
             return
         await self._run_edit(req, fn)
+
+    async def _handle_media(self, msg: dict[str, Any]) -> None:
+        if self.media is None:
+            self.counters["media_media_off"] += 1
+            self._send({"t": "media_refused", "req": peek_req(msg), "reason": "media_off",
+                        "error": "this connection carries no voice or video"})
+            return
+        await self.media.handle(msg)
+
+    def send_message(self, msg: dict[str, Any]) -> None:
+        """Send one JSON message to the browser (for ``BrowserMedia``)."""
+        self._send(msg)
 
     def _parse(self, text: str | bytes) -> dict[str, Any]:
         if not isinstance(text, str):

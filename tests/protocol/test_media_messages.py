@@ -143,3 +143,14 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(mutated())
 def test_fuzz_mutated_media_messages(data: bytes) -> None:
     _decode_or_decode_error(data)
+
+
+def test_core_link_types_are_reserved_against_extensions() -> None:
+    from protocol.link import Ack, Bundle, Hello, Nack, Ping, Refused, Rooms, Signal
+    from protocol.link_fields import CORE_LINK_TYPES, register_link_type
+    from protocol.media import MediaSignal
+
+    core = {m.TYPE for m in (Hello, Signal, Ack, Nack, Rooms, Ping, Bundle, Refused)}
+    assert core == set(CORE_LINK_TYPES)
+    with pytest.raises(ValueError, match="taken"):
+        register_link_type(MediaSignal)  # already registered by importing protocol.link

@@ -23,7 +23,9 @@
 // For automation (tests), window.meshnode = {ready, state(), presence(), info(),
 // createEntity(parent, components) -> Promise<id>, setField(id, component, field, value),
 // moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view,
-// connection() -> {url, hosts, failovers}}.
+// connection() -> {url, hosts, failovers}, media} (media: see media.js).
+
+import { createMedia } from "./media.js";
 
 const PRESENCE_INTERVAL_MS = 250; // at most 4 presence updates a second
 const GATHER_TIMEOUT_MS = 5000;
@@ -144,8 +146,15 @@ function onMessage(data) {
       if (msg.req !== null && msg.req !== undefined) settle(msg.req, false, msg);
       else showMessage(`The node says: ${msg.error}`);
       break;
+    case "media_answer":
+      settle(msg.req, true, msg);
+      break;
+    case "media_refused":
+      if (msg.req !== null && msg.req !== undefined) settle(msg.req, false, msg);
+      else showMessage(`Voice and video: ${msg.error}`);
+      break;
     default:
-      console.warn("meshnode: unknown message type", msg.t);
+      if (!media.onMessage(msg)) console.warn("meshnode: unknown message type", msg.t);
   }
 }
 
@@ -211,9 +220,13 @@ async function connect() {
 // One connection to the node at `base` ("": the page's own); resolves once the offer is
 // answered (the welcome follows on the channel).
 async function openSession(base) {
-  const peer = new RTCPeerConnection({ iceServers });
+  // One transport for the data channel and every media m-line added later (media.js).
+  const peer = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
   const ch = peer.createDataChannel("client", { ordered: true });
-  if (pc) pc.close();
+  if (pc) {
+    pc.close();
+    media.reset(); // what was sent and received rode on the old connection
+  }
   pc = peer;
   channel = ch;
   const lost = (why) => {
@@ -327,6 +340,11 @@ function redeliver() {
   for (const [req, { msg }] of [...pending.entries()].sort((a, b) => a[0] - b[0])) {
     let done = false;
     let made = null;
+    if (msg.t.startsWith("media_")) {
+      // About the old connection's media lines: the new node knows none of them.
+      settle(req, false, { error: "the connection to the node was replaced" });
+      continue;
+    }
     if (msg.t === "create") {
       const tag = msg.components.op && msg.components.op.id;
       made = Object.keys(scene).find((id) => {
@@ -649,6 +667,27 @@ function presenceEntries() {
   return out;
 }
 
+function personName(key) {
+  for (const [peer, fields] of presenceEntries()) {
+    if (peer === key && fields && typeof fields.name === "string" && fields.name) return fields.name;
+  }
+  const peer = key.split("#")[0];
+  return `…${peer.slice(-6)}`;
+}
+
+const media = createMedia({
+  getPc: () => pc,
+  send,
+  request,
+  personName,
+  onStreamsChanged: () => {
+    renderPresence();
+    if (renderer) syncPointers();
+    requestRender();
+  },
+  showMessage,
+});
+
 function renderPresence() {
   const list = $("present");
   const items = [];
@@ -666,6 +705,8 @@ function renderPresence() {
     small.textContent = peer.split("#")[0].slice(-8);
     small.title = peer;
     li.append(dot, name, small);
+    const box = media.elementFor(peer);
+    if (box) li.append(box);
     items.push(li);
   }
   fillList(list, items, "Nobody else is here.");
@@ -921,14 +962,50 @@ function syncPointers() {
       scene3.add(mesh);
     }
     mesh.position.set(p[0], p[1], p[2]);
+    syncBillboard(peer, mesh);
   }
   for (const [peer, mesh] of pointers) {
     if (seen.has(peer)) continue;
+    dropBillboard(peer);
     mesh.removeFromParent();
     mesh.material.dispose();
     pointers.delete(peer);
   }
+  for (const peer of [...billboards.keys()]) if (!pointers.has(peer)) dropBillboard(peer);
 }
+
+// A person's video on their pointer in the 3D view: a sprite above it, textured by the same
+// <video> element the people list shows.
+const billboards = new Map(); // key -> {sprite, video}
+
+function syncBillboard(peer, mesh) {
+  const video = media.videoFor(peer);
+  const board = billboards.get(peer);
+  if (board && board.video === video) return;
+  dropBillboard(peer);
+  if (!video) return;
+  const texture = new THREE.VideoTexture(video);
+  texture.colorSpace = THREE.SRGBColorSpace;
+  const sprite = new THREE.Sprite(new THREE.SpriteMaterial({ map: texture }));
+  sprite.scale.set(1.6, 0.9, 1);
+  sprite.position.set(0, 0.8, 0);
+  mesh.add(sprite);
+  billboards.set(peer, { sprite, video });
+}
+
+function dropBillboard(peer) {
+  const board = billboards.get(peer);
+  if (!board) return;
+  board.sprite.removeFromParent();
+  board.sprite.material.map.dispose();
+  board.sprite.material.dispose();
+  billboards.delete(peer);
+}
+
+// The view draws on demand; a playing video needs a frame now and then.
+setInterval(() => {
+  if (billboards.size) requestRender();
+}, 100);
 
 function highlightSelected() {
   if (!renderer) return;
@@ -1014,6 +1091,7 @@ const api = {
     changeListeners.add(fn);
     return () => changeListeners.delete(fn);
   },
+  media: media.api,
   view: {
     status: () => ({
       webgl: view.webgl,
@@ -1039,6 +1117,7 @@ function main() {
   $("add-form").addEventListener("submit", onAdd);
   $("edit-form").addEventListener("submit", onApply);
   $("delete-button").addEventListener("click", onDelete);
+  media.initControls();
   fillParentSelect($("add-form").elements.parent, "root", new Set());
   renderEntityList();
   renderPresence();
