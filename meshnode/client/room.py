@@ -119,8 +119,11 @@ class RoomClient(LinkService):
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
                  ice: IceSettings, invite: str | None, timeout_s: float,
-                 signaling: str = "http", failover: FailoverSettings | None = None) -> None:
+                 signaling: str = "http", failover: FailoverSettings | None = None,
+                 full_history: bool = False) -> None:
         self.url = url.rstrip("/")
+        self.full_history = full_history
+        self.joined_from_snapshot = False
         self.room_id = room_id
         self.identity = identity
         self.peer_id = identity.public_id
@@ -168,7 +171,9 @@ class RoomClient(LinkService):
         heads: dict[str, Any] = json.loads(raw_heads) if raw_heads is not None else {}
         if change_id(genesis) != self.room_id:
             raise ClientError("the node sent a genesis change that is not this room's")
-        replica = SceneReplica.from_genesis(genesis, self.identity)
+        replica = None if self.full_history else await self._replica_from_snapshot(genesis)
+        if replica is None:
+            replica = SceneReplica.from_genesis(genesis, self.identity)
         overlay = RoomOverlay(replica, self.identity,
                               dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
                                                   rewire_interval_s=0.0),
@@ -205,6 +210,28 @@ class RoomClient(LinkService):
         self._opened = True
         if self.failover.learn_hosts:
             self._learning = asyncio.ensure_future(self._learn_hosts())
+
+    async def _replica_from_snapshot(self, genesis: bytes) -> SceneReplica | None:
+        """Start from the node's latest signed snapshot (then sync only the changes after
+        it), or None to replay the whole history: no snapshot yet, one this identity may not
+        read, or one that does not verify (bad signature, signer not a member, another
+        room), which is logged."""
+        data = await self._fetch("snapshot")
+        if data is None:
+            return None
+        try:
+            # Verifying and decoding a long room's snapshot takes a while: off the loop.
+            replica = await asyncio.to_thread(SceneReplica.from_snapshot, data, self.identity)
+        except DecodeError as err:
+            log.warning("room %s: the node's snapshot was refused (%s: %s); replaying the "
+                        "whole history instead", self.room_id.hex()[:16], err.reason, err)
+            return None
+        if replica.genesis != genesis:
+            log.warning("room %s: the node's snapshot is another room's; replaying the whole "
+                        "history instead", self.room_id.hex()[:16])
+            return None
+        self.joined_from_snapshot = True
+        return replica
 
     def _invite_genesis(self) -> bytes | None:
         if not self._invite:
@@ -601,15 +628,23 @@ class RoomClient(LinkService):
 def connect(url: str, room_id: bytes | str, identity: Identity, *,
             ice: IceSettings | None = None, invite: str | None = None,
             timeout_s: float = 30.0, signaling: str = "http",
-            failover: FailoverSettings | None = None) -> RoomClient:
+            failover: FailoverSettings | None = None,
+            full_history: bool = False) -> RoomClient:
     """Join ``room_id`` (bytes or hex) through the node at ``url``; use as
     ``async with connect(...) as room``. Entering links to the node, syncs the scene, and, in
     a room that admits clients (or with an ``invite`` token), waits until we are a member.
     ``signaling``: how the WebRTC offer reaches the node, ``"http"`` (a POST) or
     ``"websocket"``. ``failover``: where to find the room's other hosts and how fast to
-    move to one when the node dies (``meshnode.client.failover``; on by default)."""
+    move to one when the node dies (``meshnode.client.failover``; on by default).
+
+    The scene starts from the node's latest signed snapshot (verified: signed by a member of
+    the room) and only the changes after it are synced, so joining costs the room's size, not
+    its history. ``full_history=True`` replays every change from the genesis instead (to
+    audit the history: each change's signature and rules are checked; a snapshot is taken
+    on trust from its signer)."""
     rid = bytes.fromhex(room_id) if isinstance(room_id, str) else room_id
     if signaling not in ("http", "websocket"):
         raise ValueError("signaling must be 'http' or 'websocket'")
     return RoomClient(url, rid, identity, ice=ice or IceSettings(), invite=invite,
-                      timeout_s=timeout_s, signaling=signaling, failover=failover)
+                      timeout_s=timeout_s, signaling=signaling, failover=failover,
+                      full_history=full_history)

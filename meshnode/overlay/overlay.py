@@ -672,6 +672,7 @@ class RoomOverlay:
         """Do whatever is due: view upkeep, announcements, grafts, presence, anti-entropy."""
         self.view.tick(now)
         self.scores.expire_bans(now)
+        self.quota.forget_idle(now)
         active = self.view.active
         targets = self._targets()
         self.tree.tick(now, self._known, targets, active | self.leaves)
