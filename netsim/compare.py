@@ -120,3 +120,60 @@ def write_plot(a: dict[str, Any], b: dict[str, Any], out: Path, label_a: str,
     ax.legend(fontsize=8)
     out.mkdir(parents=True, exist_ok=True)
     return _save(fig, out / "compare_latency_cdf.png", plt)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a simulated metric must be to the emulated one (issue 12's agreement rule)."""
+
+    metric: str
+    relative: float  # allowed |sim - emu| / emu
+    absolute: float = 0.0  # ...or this much in the metric's unit, whichever is larger
+
+
+def latency_tolerances(lossy: bool, hops: int) -> list[Tolerance]:
+    """Latency: without loss within 10% or 5 ms per hop; with loss p50/p90 within 25% and p99
+    within 40%."""
+    if not lossy:
+        return [Tolerance(f"latency_ms.{q}", 0.10, 5.0 * hops) for q in ("p50", "p90", "p99")]
+    return [Tolerance("latency_ms.p50", 0.25), Tolerance("latency_ms.p90", 0.25),
+            Tolerance("latency_ms.p99", 0.40)]
+
+
+HEAL_TOLERANCE = Tolerance("convergence_time_after_heal_s", 0.30, 1.0)
+DELIVERY_TOLERANCE = Tolerance("delivery_ratio", 0.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One metric checked against its tolerance."""
+
+    tolerance: Tolerance
+    sim: float | None
+    emu: float | None
+
+    @property
+    def allowed(self) -> float | None:
+        """The largest difference allowed (None if a value is missing)."""
+        if self.emu is None:
+            return None
+        return max(self.tolerance.relative * abs(self.emu), self.tolerance.absolute)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the simulation agrees (both present and within the allowance)."""
+        if self.sim is None or self.emu is None or self.allowed is None:
+            return self.sim is None and self.emu is None
+        return abs(self.sim - self.emu) <= self.allowed + 1e-9
+
+    def __str__(self) -> str:
+        rel = "" if not self.emu or self.sim is None else f" ({(self.sim - self.emu) / self.emu:+.0%})"
+        return (f"{self.tolerance.metric}: sim {self.sim} vs emu {self.emu}{rel}, allowed "
+                f"±{self.allowed if self.allowed is None else round(self.allowed, 3)} -> "
+                f"{'ok' if self.ok else 'OUT'}")
+
+
+def agreement(sim: dict[str, Any], emu: dict[str, Any],
+              tolerances: list[Tolerance]) -> list[Verdict]:
+    """Check ``sim`` against ``emu`` metric by metric."""
+    return [Verdict(t, dig(sim, t.metric), dig(emu, t.metric)) for t in tolerances]

@@ -105,6 +105,8 @@ class Agent:
                 continue  # our node is down: an editor cannot edit through it
             self.editor.edit(self._target(), str(kind))
             self._spawn(self._flush())
+            # Let the flush commit this edit now: an overdue next edit must not join it.
+            await asyncio.sleep(0)
 
     async def _flush(self) -> None:
         assert self.client is not None
