@@ -32,7 +32,13 @@ Unreliable frames (the ``presence`` channel: unordered, ``maxRetransmits=0``) ar
 delivered, and may be reordered.
 
 Reliable frames (the ``sync`` channel: SCTP reliable, ordered) are never lost while the link is
-up. Each lost or tail-dropped attempt costs a retransmission timeout: the RTO starts at
+up. With ``recovery = "sctp"`` (the default) and a bound channel (:meth:`Link.bind`, what the
+simulation does), :meth:`Link.send_reliable` hands them to ``netsim.sctp.ReliableChannel``,
+which recovers losses as aiortc does (fast retransmit after three gap reports, T3 without
+backoff) and delivers in order through a callback; :meth:`Link.attempt` is its one
+transmission attempt, and ``cut`` (a partition) loses every packet. :meth:`Link.send` with
+``reliable=True`` keeps the closed-form model below (``recovery = "rto"``): each lost or
+tail-dropped attempt costs a retransmission timeout: the RTO starts at
 ``max(rto_min_ms, 3 * latency_ms)`` (aiortc's SCTP has a 1 s minimum RTO), doubles on every retry
 (capped at ``rto_max_ms``), and the next attempt starts when the timer fires (a timer is armed at
 the end of the attempt's serialisation). After ``max_retransmits`` retries the next attempt is
@@ -54,14 +60,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from aiortc.rtcsctptransport import SCTP_RTO_MAX, SCTP_RTO_MIN
+
+from netsim.sctp import ReliableChannel, Schedule
+
 __all__ = [
+    "ACK_LOSS_MODELS",
     "LATENCY_DISTS",
     "MAX_MESSAGE_BYTES",
     "PRESETS",
+    "RECOVERY_MODELS",
     "Link",
     "LinkSpec",
 ]
@@ -71,6 +83,17 @@ MAX_MESSAGE_BYTES = 262_144
 
 #: Accepted values of :attr:`LinkSpec.latency_dist`.
 LATENCY_DISTS = ("fixed", "normal", "pareto")
+
+#: Accepted values of :attr:`LinkSpec.recovery`: ``sctp`` (aiortc's fast retransmit and T3,
+#: ``netsim/sctp.py``) or ``rto`` (the closed-form model: an RTO per lost attempt, doubling).
+RECOVERY_MODELS = ("sctp", "rto")
+
+#: Accepted values of :attr:`LinkSpec.sack_loss`: SACKs lost like the reverse direction's
+#: packets (``reverse``), or never (``none``).
+ACK_LOSS_MODELS = ("reverse", "none")
+
+_CHOICES = {"latency_dist": LATENCY_DISTS, "recovery": RECOVERY_MODELS,
+            "sack_loss": ACK_LOSS_MODELS}
 
 _PROBABILITIES = (
     "loss", "ge_p_good_bad", "ge_p_bad_good", "ge_loss_bad", "ge_loss_good", "reorder"
@@ -101,17 +124,19 @@ class LinkSpec:
     reorder_ms: float = 10.0
     mtu: int = 1200
     overhead_bytes: int = 48
-    rto_min_ms: float = 1000.0
-    rto_max_ms: float = 60_000.0
+    rto_min_ms: float = SCTP_RTO_MIN * 1000.0
+    rto_max_ms: float = SCTP_RTO_MAX * 1000.0
     max_retransmits: int = 10
+    recovery: str = "sctp"
+    sack_loss: str = "reverse"
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "latency_dist":
-                if value not in LATENCY_DISTS:
+            if f.name in _CHOICES:
+                if value not in _CHOICES[f.name]:
                     raise ValueError(
-                        f"latency_dist: must be one of {list(LATENCY_DISTS)}, got {value!r}"
+                        f"{f.name}: must be one of {list(_CHOICES[f.name])}, got {value!r}"
                     )
                 continue
             if f.type in ("int", int):
@@ -233,6 +258,8 @@ class Link:
         self._derive()
         self._rng = rng
         self.up = True
+        self.cut = False  # a partition: every packet, both ways, is lost (sctp recovery)
+        self.channel: ReliableChannel | None = None  # bound by the simulation (bind)
         self.busy_until = 0.0
         self.last_reliable_arrival = 0.0
         self.ge_bad = False
@@ -281,6 +308,74 @@ class Link:
             if fixed and not spec.jitter_ms > 0 and not spec.reorder > 0 else None
         )
 
+    def bind(self, schedule: Schedule, clock: Callable[[], float],
+             deliver: Callable[[Any], None]) -> ReliableChannel:
+        """Attach the event-driven reliable channel (``recovery = "sctp"``): ``schedule(when,
+        fn, *args)`` and ``clock()`` are the engine's, ``deliver(payload)`` is called at the
+        receiver, in order, for every message given to :meth:`send_reliable`."""
+        self.channel = ReliableChannel(self, schedule, clock, deliver)
+        return self.channel
+
+    def send_reliable(self, size: int, now: float, payload: Any) -> bool:
+        """Offer a reliable message to the bound SCTP-like channel (``netsim/sctp.py``); it is
+        delivered later through the ``deliver`` callback. False if the link is down."""
+        self._check_size(size)
+        if self.channel is None:
+            raise RuntimeError("send_reliable needs a channel: call bind() first")
+        if not self.up:
+            self.frames_dropped_down += 1
+            return False
+        self.frames_sent += 1
+        self.channel.send(size, now, payload)
+        return True
+
+    def clean_path(self) -> bool:
+        """True when an attempt can neither be lost nor tail-dropped (no loss, no queue
+        limit, not cut): the reliable channel then needs no recovery bookkeeping."""
+        return not self.cut and self._lossless and self._rate <= 0
+
+    def attempt(self, size: int, now: float) -> float | None:
+        """One transmission attempt of a reliable message: queue, serialisation, loss
+        (everything is lost while ``cut``), propagation. Returns the arrival time, or None
+        if lost or tail-dropped. Used by the reliable channel, which handles recovery."""
+        spec = self._spec
+        packets = max(1, -(-size // spec.mtu))
+        wire = size + packets * spec.overhead_bytes
+        rate = self._rate
+        if rate > 0:
+            tx = wire / rate
+            backlog = max(0.0, self.busy_until - now) * rate
+            if backlog > 0 and backlog + wire > spec.queue_bytes:
+                self.frames_dropped_queue += 1
+                return None
+            finish = max(now, self.busy_until) + tx
+            self.busy_until = finish
+            self.busy_s += tx
+        else:
+            finish = now
+        self.packets_sent += packets
+        self.bytes_sent += wire
+        if self.cut or (not self._lossless and self._lost(packets)):
+            self.frames_lost += 1
+            return None
+        if self._fixed_latency_s is not None:
+            return finish + self._fixed_latency_s
+        return finish + self._latency_s()
+
+    def ack_lost(self) -> bool:
+        """Whether one SACK sent on this direction is lost (``sack_loss``; always while cut)."""
+        if self.cut:
+            return True
+        if self._spec.sack_loss == "none" or self._lossless:
+            return False
+        return self._lost(1)
+
+    def ack_latency_s(self) -> float:
+        """Propagation time of one SACK on this direction (no queueing: SACKs are small)."""
+        if self._fixed_latency_s is not None:
+            return self._fixed_latency_s
+        return self._latency_s()
+
     def set_up(self, up: bool) -> None:
         """Bring the link up or down (partition). Same as assigning ``link.up``."""
         self.up = up
@@ -314,15 +409,18 @@ class Link:
         unreliable frame lost or tail-dropped, or any frame while the link is down (the engine
         must re-send refused reliable frames when the link comes up).
         """
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size: must be a non-negative integer, got {size!r}")
-        if size > MAX_MESSAGE_BYTES:
-            raise ValueError(f"size: {size} B exceeds the SCTP max message {MAX_MESSAGE_BYTES} B")
+        self._check_size(size)
         if not self.up:
             self.frames_dropped_down += 1
             return None
         self.frames_sent += 1
         spec = self._spec
+        if self.cut:  # a partition swallows the packets (reliable ones: use send_reliable)
+            packets = spec.packets(size)
+            self.packets_sent += packets
+            self.bytes_sent += size + packets * spec.overhead_bytes
+            self.frames_lost += 1
+            return None
         packets = max(1, -(-size // spec.mtu))  # spec.packets(size)
         wire = size + packets * spec.overhead_bytes
         rate = self._rate
@@ -382,6 +480,13 @@ class Link:
                 self.last_reliable_arrival = arrival
             self.frames_delivered += 1
             return arrival
+
+    @staticmethod
+    def _check_size(size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"size: must be a non-negative integer, got {size!r}")
+        if size > MAX_MESSAGE_BYTES:
+            raise ValueError(f"size: {size} B exceeds the SCTP max message {MAX_MESSAGE_BYTES} B")
 
     def _lost(self, packets: int) -> bool:
         spec = self._spec

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshnode.overlay import OverlayConfig
 from netsim.links import PRESETS, LinkSpec
+from netsim.node_model import LivenessSpec, NodeSpec, parse_section
 from netsim.topology import KINDS
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class Scenario:
     name: str = "scenario"
     sample_interval_s: float = 0.5
     media: MediaSpec | None = None  # the [media] section (netsim/media_spec.py)
+    node: NodeSpec = field(default_factory=NodeSpec)  # [node]: per-hop processing
+    liveness: LivenessSpec = field(default_factory=LivenessSpec)  # [liveness]
 
     @property
     def nodes(self) -> int:
@@ -199,7 +202,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     """Check a scenario given as a dict (as read from TOML)."""
     data = dict(data)
     known = {"seed", "duration_s", "name", "topology", "links", "link_overrides", "overlay",
-             "workload", "events", "sample_interval_s", "media"}
+             "workload", "events", "sample_interval_s", "media", "node", "liveness"}
     unknown = set(data) - known
     if unknown:
         raise ScenarioError(f"unknown top-level keys: {sorted(unknown)}")
@@ -260,6 +263,11 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     the_seed = seed if seed is not None else data.get("seed", 1)
     if not isinstance(the_seed, int):
         raise ScenarioError("seed must be an integer")
+    try:
+        node = parse_section(NodeSpec, data.get("node", {}), "node")
+        liveness = parse_section(LivenessSpec, data.get("liveness", {}), "liveness")
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
     media = None
     if "media" in data:
         from netsim.media_spec import parse_media  # it imports ScenarioError from here
@@ -278,6 +286,8 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
         sample_interval_s=_number(data.get("sample_interval_s", 0.5), "sample_interval_s",
                                   positive=True),
         media=media,
+        node=node,
+        liveness=liveness,
     )
 
 

@@ -9,6 +9,8 @@ from the scenario seed, so a run is reproducible byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +27,11 @@ from meshnode.overlay import (
     OverlayStats,
     RoomOverlay,
 )
+from meshnode.runtime.room import LIVE_OVERLAY
 from netsim.caches import SimulationCaches
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
+from netsim.liveness import PING, Liveness
 from netsim.scenario import Event, Scenario, ScenarioError
 from netsim.topology import Topology, build, neighbours
 from protocol.errors import DecodeError
@@ -105,6 +109,14 @@ class Simulation:
                 spec = overrides.get((a, b)) or self.topology.link_spec(s, d, scenario.links)
                 self.base_specs[(s, d)] = spec
                 self.links[(s, d)] = Link(spec, random.Random(self.rng.random()))
+        engine = self.engine
+        for (s, d), link in self.links.items():
+            channel = link.bind(engine.at, lambda: engine.now,
+                                functools.partial(self._arrive, s, d, SYNC))
+            channel.reverse = self.links[(d, s)]
+        # Per-hop processing ([node]): when each node's event loop is next free.
+        self.node_spec = scenario.node
+        self.cpu_free_at = [0.0] * self.topology.n
         self.held: dict[Pair, list[tuple[str, bytes]]] = {}
         self.held_in_flight: dict[Pair, int] = {}  # how many of held[pair] were on the wire
         self.epoch: dict[Pair, int] = {}
@@ -114,8 +126,12 @@ class Simulation:
         # date as they are recorded so that _sample does not rescan every change.
         self._delivered_pairs = 0
         max_degree = max(self.topology.degrees(), default=1)
-        cfg = {"active_view_size": max(6, max_degree), **scenario.overlay}
-        self.config = OverlayConfig(**cfg)
+        # The live node's settings (LIVE_OVERLAY, what `meshnode up` runs), with an active
+        # view large enough to use every topology edge, then the scenario's [overlay].
+        cfg = {"active_view_size": max(LIVE_OVERLAY.active_view_size, max_degree),
+               **scenario.overlay}
+        self.config: OverlayConfig = dataclasses.replace(LIVE_OVERLAY, **cfg)
+        self.liveness = Liveness(self, scenario.liveness)
         self.media: MediaSim | None = None  # the [media] section's model (netsim/media.py)
         with self.caches.active():
             self._build_room(n)
@@ -183,6 +199,7 @@ class Simulation:
                 self.engine.at(wl.start_s + self.rng.random() / wl.presence_hz,
                                self._presence, node, stop)
         self.engine.at(0.0, self._sample)
+        self.liveness.start()
         if sc.media is not None:
             from netsim.media import MediaSim
 
@@ -211,6 +228,7 @@ class Simulation:
         self.connected.add((a, b))
         self.connected.add((b, a))
         now = self.engine.now
+        self.liveness.link_up(a, b)
         self._overlay(a).connect(self.nodes[b].peer_id, now)
         self._overlay(b).connect(self.nodes[a].peer_id, now)
         self._drain(a)
@@ -225,6 +243,10 @@ class Simulation:
             self.epoch[pair] = self.epoch.get(pair, 0) + 1
             self.held.pop(pair, None)
             self.held_in_flight.pop(pair, None)
+            channel = self.links[pair].channel
+            if channel is not None:
+                channel.reset()  # a new link is a new SCTP association
+        self.liveness.link_down(a, b)
         now = self.engine.now
         for x, y in ((a, b), (b, a)):
             node = self.nodes[x]
@@ -239,18 +261,56 @@ class Simulation:
         pair = (src, dst)
         if pair not in self.connected:
             return
+        link = self.links[pair]
+        if self.liveness.enabled:
+            # Partitions are lost packets (link.cut); SCTP recovers what it can, the
+            # keepalive closes what stays silent.
+            self.liveness.last_out[pair] = self.engine.now
+            if link.cut:
+                self.obs.frames_cut += 1
+            if channel == SYNC and link.spec.recovery == "sctp":
+                link.send_reliable(len(frame), self.engine.now,
+                                   (channel, frame, self.epoch.get(pair, 0)))
+                return
+            t = link.send(len(frame), self.engine.now, channel == SYNC)
+            if t is not None:
+                self.engine.at(t, self._arrive, src, dst, channel,
+                               (channel, frame, self.epoch.get(pair, 0)))
+            return
         groups = self.groups  # self._cut(src, dst), inlined: this runs once per frame
         if groups is not None and groups.get(src) != groups.get(dst):
             self.obs.frames_cut += 1
             if channel == SYNC:
                 self.held.setdefault(pair, []).append((channel, frame))
             return
-        t = self.links[pair].send(len(frame), self.engine.now, channel == SYNC)
+        t = link.send(len(frame), self.engine.now, channel == SYNC)
         if t is None:
             if channel == SYNC:
                 self.held.setdefault(pair, []).append((channel, frame))
             return
-        self.engine.at(t, self._deliver, src, dst, channel, frame, self.epoch.get(pair, 0))
+        self.engine.at(t, self._arrive, src, dst, channel,
+                       (channel, frame, self.epoch.get(pair, 0)))
+
+    def _arrive(self, src: int, dst: int, channel: str,
+                payload: tuple[str, bytes, int]) -> None:
+        """A message reached ``dst``'s socket: it waits for the node's event loop (per-hop
+        processing, ``[node]``), then the core sees it."""
+        _, frame, epoch = payload
+        if self.epoch.get((src, dst), 0) != epoch:
+            return
+        if frame is PING:
+            self.liveness.heard(src, dst)
+            return
+        spec = self.node_spec
+        cost = (spec.processing_ms + spec.processing_ms_per_kb * len(frame) / 1024.0) / 1000.0
+        if cost <= 0.0:
+            self._deliver(src, dst, channel, frame, epoch)
+            return
+        now = self.engine.now
+        free = self.cpu_free_at[dst]
+        done = (free if free > now else now) + cost
+        self.cpu_free_at[dst] = done
+        self.engine.at(done, self._deliver, src, dst, channel, frame, epoch)
 
     def _deliver(self, src: int, dst: int, channel: str, frame: bytes, epoch: int) -> None:
         pair = (src, dst)
@@ -258,6 +318,11 @@ class Simulation:
             return
         node = self.nodes[dst]
         if not node.alive or node.overlay is None:
+            return
+        if self.liveness.enabled:
+            self.liveness.heard(src, dst)
+            node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
+            self._drain(dst)
             return
         groups = self.groups  # self._cut(src, dst), inlined
         if groups is not None and groups.get(src) != groups.get(dst):
@@ -320,6 +385,9 @@ class Simulation:
 
     def _connect_request(self, a: int, b: int) -> None:
         """Links exist only along topology edges; anything else fails at once."""
+        if self.liveness.enabled:
+            self.liveness.relayed_dial(a, b)
+            return
         edge = (min(a, b), max(a, b))
         ok = (
             edge in self.edge_set and self.nodes[b].alive and not self._cut(a, b)
@@ -419,10 +487,14 @@ class Simulation:
     def _ev_partition(self, ev: Event) -> None:
         self.groups = {x: g for g, members in enumerate(ev.groups) for x in members}
         self.obs.partitions.append(self.engine.now)
+        self.liveness.paths_changed()
 
     def _ev_heal(self, ev: Event) -> None:
         self.groups = None
         self.obs.heals.append(self.engine.now)
+        if self.liveness.enabled:
+            self.liveness.paths_changed()
+            return
         held, self.held = self.held, {}
         self.held_in_flight = {}
         for (src, dst), frames in held.items():
@@ -443,20 +515,23 @@ class Simulation:
         for pair in self._targets(ev):
             self.links[pair].set_spec(self.base_specs[pair], self.engine.now)
 
-    def _ev_crash(self, ev: Event) -> None:
+    def _ev_crash(self, ev: Event, *, leave: bool = False) -> None:
         for x in ev.nodes:
             node = self.nodes[x]
             if not node.alive:
                 continue
-            for y in self.adj[x]:
-                self._link_down(x, y)
+            if not self.liveness.enabled or leave:
+                for y in self.adj[x]:
+                    self._link_down(x, y)
             if node.overlay is not None:
                 node.old_stats.append(node.overlay.stats)
             node.alive = False
             node.overlay = None
+        # A crashed node's neighbours hear nothing more; their keepalive closes the links.
+        self.liveness.paths_changed()
 
     def _ev_leave(self, ev: Event) -> None:
-        self._ev_crash(ev)
+        self._ev_crash(ev, leave=True)
         for x in ev.nodes:
             self.nodes[x].departed = True
 
@@ -464,6 +539,12 @@ class Simulation:
         for x in ev.nodes:
             node = self.nodes[x]
             if node.alive or node.departed:
+                continue
+            if self.liveness.enabled:
+                for y in self.adj[x]:  # links its neighbours still thought up are stale
+                    self._link_down(x, y)
+                self._start(node)
+                self.liveness.node_started(x)
                 continue
             self._start(node)
             for y in self.adj[x]:

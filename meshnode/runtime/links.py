@@ -69,6 +69,8 @@ GARBAGE_LIMIT = 20
 KEEPALIVE_S = 2.0  # an idle link gets a Ping this often
 DEAD_AFTER_S = 8.0  # a link silent this long is closed (the peer vanished)
 DUPLICATE_WINDOW_S = 10.0
+SIGNALING_TIMEOUT_S = 15.0  # a dial's HTTP offer/answer exchange, in total
+RELAYED_DIAL_TIMEOUT_S = 15.0  # a relayed dial waits this long for the answer, then the hello
 _STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
 
 
@@ -321,7 +323,8 @@ class LinkManager:
         if self._count() >= self.max_links:
             raise LinkRefused("too_many_links")
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=SIGNALING_TIMEOUT_S))
         link = self._new_link("node", None)
         self._opening += 1
         started = time.perf_counter()
@@ -423,7 +426,7 @@ class LinkManager:
             service.link_up(est)
         return est
 
-    def dial_peer(self, peer: str, timeout_s: float = 15.0) -> None:
+    def dial_peer(self, peer: str, timeout_s: float = RELAYED_DIAL_TIMEOUT_S) -> None:
         """Open a link to ``peer`` through the mesh (relayed offer); in the background. The
         services hear ``link_up`` or, on failure, ``dial_failed``."""
         if peer in self.links or peer in self._dialing or peer == self.me:

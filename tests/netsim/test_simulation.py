@@ -148,8 +148,10 @@ def test_partition_cuts_all_traffic_until_the_heal(monkeypatch: pytest.MonkeyPat
     assert crossing == []
     assert sim.obs.crossing_after_cut == 0
     assert sim.obs.frames_cut > 0 and r["frames_cut_by_partitions"] == sim.obs.frames_cut
-    assert snapshots["cut"] == snapshots["before_heal"]  # nothing sent on a cut link
-    assert snapshots["after_heal"] > snapshots["before_heal"]  # held frames go at the heal
+    # SCTP keeps retransmitting (and the keepalive pinging) into the cut: bytes leave, none
+    # arrive (crossing == [] above); after the heal traffic crosses again.
+    assert snapshots["before_heal"] > snapshots["cut"]
+    assert snapshots["after_heal"] > snapshots["before_heal"]
     assert any(t >= 11.0 and (a in GROUP_A) != (b in GROUP_A) for t, a, b in log)
     assert any(5.0 <= t < 11.0 and (a in GROUP_A) == (b in GROUP_A) for t, a, b in log)
     assert sim.obs.partitions == [5.0] and sim.obs.heals == [11.0]
@@ -202,8 +204,10 @@ def test_edits_reach_their_own_side_during_a_partition() -> None:
 
 
 def test_crash_and_restart_keep_the_replica_and_converge() -> None:
-    data = scenario(events=[{"at_s": 4, "kind": "crash", "nodes": [2]},
-                            {"at_s": 10, "kind": "restart", "nodes": [2]}])
+    # Neighbours notice the crash by the keepalive (8 s of silence), so the restart comes
+    # after that.
+    data = scenario(duration_s=25, events=[{"at_s": 4, "kind": "crash", "nodes": [2]},
+                                           {"at_s": 15, "kind": "restart", "nodes": [2]}])
     sim = Simulation(parse(data))
     replica = sim.nodes[2].replica
     seen: dict[str, Any] = {}
@@ -217,7 +221,7 @@ def test_crash_and_restart_keep_the_replica_and_converge() -> None:
         seen["links"] = [y for y in sim.adj[2] if (2, y) in sim.connected]
 
     sim.engine.at(3.999, before_crash)
-    sim.engine.at(7.0, while_down)
+    sim.engine.at(14.0, while_down)
     sim.run()
     r = results(sim, 0.0)
     assert seen["applied"]  # it had received changes before crashing
@@ -225,10 +229,10 @@ def test_crash_and_restart_keep_the_replica_and_converge() -> None:
     assert sim.nodes[2].replica is replica  # the durable replica survives the crash
     assert sim.nodes[2].alive
     assert len(sim.overlay_stats(sim.nodes[2])) == 2  # two overlays: before and after
-    missed = [cid for cid, (o, t0) in sim.obs.submitted.items() if 4.0 < t0 < 10.0 and o != 2]
+    missed = [cid for cid, (o, t0) in sim.obs.submitted.items() if 4.0 < t0 < 15.0 and o != 2]
     assert missed
     for cid in missed:  # what it missed while down arrives after the restart
-        assert sim.obs.delivered[cid][2] >= 10.0
+        assert sim.obs.delivered[cid][2] >= 15.0
     assert r["converged"] and r["delivery_ratio"] == 1.0
     assert r["honest_live_nodes"] == 12
 
@@ -297,6 +301,7 @@ def test_latency_on_a_lossless_line_is_the_sum_of_hop_latencies() -> None:
         links={"latency_ms": 10},
         workload={"editors": 1, "edits_per_s": 2, "start_s": 3},
         duration_s=10,
+        node={"processing_ms": 0, "processing_ms_per_kb": 0},  # links only
     )
     sim, r = run(data)
     first = min(sim.obs.submitted, key=lambda cid: sim.obs.submitted[cid][1])

@@ -1,0 +1,248 @@
+"""Link liveness in a simulation: keepalive, silence close, bootstrap redial, dial timing.
+
+The driver side of :class:`netsim.node_model.LivenessSpec` (its docstring is the model). It
+mirrors what a node's ``LinkManager`` and ``Bootstrap`` do, on the virtual clock:
+
+- ``LinkManager._keep_alive``: every ``keepalive_s / 2`` (each node on its own phase), a link
+  silent for more than ``dead_after_s`` is closed and a link we sent nothing on for
+  ``keepalive_s`` gets a ``Ping`` (a small message on the reliable channel, so it is lost and
+  retransmitted like data).
+- ``Bootstrap._keep_bootstrapped``: while there is no link to a bootstrap peer, dial it, then
+  sleep ``bootstrap_retry_s`` (after a success too, as the real loop does).
+- ``LinkManager.dial_peer`` (the overlay's ``ConnectRequest``): relayed through the mesh.
+
+Partitions and crashes set :attr:`netsim.links.Link.cut` on the link directions they sever:
+every packet on them is lost, both ways, so the SCTP model retransmits into the void and the
+keepalive eventually closes the link, as on a real network. A dial needs the path to work for
+``setup_s`` (ICE, DTLS, SCTP, hello): a bootstrap dial started over a cut path waits for it to
+heal, and fails after ``dial_timeout_s``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from netsim.node_model import LivenessSpec
+
+if TYPE_CHECKING:
+    from netsim.simulation import Simulation
+
+__all__ = ["PING", "PING_BYTES", "Liveness"]
+
+#: The payload standing for a link-level ``Ping`` (never given to a core).
+PING = b"\x00ping"
+#: Bytes of an encoded ``Ping`` on the wire (``protocol.link.encode_link(Ping())``, rounded up).
+PING_BYTES = 8
+
+Pair = tuple[int, int]
+
+
+class Liveness:
+    """Keepalive, bootstrap and dial timing for one simulation (see the module docstring)."""
+
+    def __init__(self, sim: Simulation, spec: LivenessSpec) -> None:
+        self.sim = sim
+        self.spec = spec
+        self.enabled = spec.enabled
+        self.last_in: dict[Pair, float] = {}  # (src, dst): when dst last heard src
+        self.last_out: dict[Pair, float] = {}  # (src, dst): when src last sent to dst
+        self.dialing: set[Pair] = set()  # relayed dials under way (a dials b)
+        # Bootstrap attempts under way: (a, b) -> start time; and the cut generation, bumped
+        # whenever paths change, so a set-up scheduled before a change is re-checked.
+        self.attempts: dict[Pair, float] = {}
+        self.path_generation = 0
+        self.bootstrap_pairs: list[Pair] = []
+        self.links_closed = 0
+        self.dials_ok = 0
+        self.dials_failed = 0
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        """Start every node's keepalive loop and bootstrap loops (random phases, seeded)."""
+        if not self.enabled:
+            return
+        sim = self.sim
+        period = self.spec.keepalive_s / 2
+        for node in sim.nodes:
+            sim.engine.at(sim.rng.random() * period, self._keepalive, node.index)
+        if self.spec.bootstrap == "lower":
+            self.bootstrap_pairs = [(b, a) for a, b in sim.topology.edges]  # b > a dials a
+        for a, b in self.bootstrap_pairs:
+            sim.engine.at(sim.rng.random() * self.spec.bootstrap_retry_s,
+                          self._bootstrap_tick, a, b)
+
+    # ------------------------------------------------------------------ paths
+
+    def usable(self, a: int, b: int) -> bool:
+        """Whether packets get through between ``a`` and ``b`` now (both up, not cut)."""
+        sim = self.sim
+        return sim.nodes[a].alive and sim.nodes[b].alive and not sim._cut(a, b)
+
+    def paths_changed(self) -> None:
+        """A partition, heal, crash or restart: recompute every link's ``cut`` and look again
+        at the dials waiting for a path."""
+        if not self.enabled:
+            return
+        self.path_generation += 1
+        sim = self.sim
+        for (a, b), link in sim.links.items():
+            link.cut = not self.usable(a, b)
+        for a, b in list(self.attempts):
+            self._try_setup(a, b)
+
+    def node_started(self, x: int) -> None:
+        """A crashed node restarted (or a node joined): paths changed; its keepalive loop is
+        still running (one per node for the whole run) and bootstrap loops redial it."""
+        self.paths_changed()
+
+    # ------------------------------------------------------------------ links
+
+    def link_up(self, a: int, b: int) -> None:
+        """A link opened: both ends count it as fresh."""
+        now = self.sim.engine.now
+        for pair in ((a, b), (b, a)):
+            self.last_in[pair] = now
+            self.last_out[pair] = now
+
+    def link_down(self, a: int, b: int) -> None:
+        """A link closed (for whatever reason)."""
+        self.links_closed += 1
+        for pair in ((a, b), (b, a)):
+            self.last_in.pop(pair, None)
+            self.last_out.pop(pair, None)
+
+    def heard(self, src: int, dst: int) -> None:
+        """``dst`` received something from ``src``."""
+        if (src, dst) in self.last_in:
+            self.last_in[(src, dst)] = self.sim.engine.now
+
+    def _keepalive(self, i: int) -> None:
+        sim = self.sim
+        now = sim.engine.now
+        sim.engine.at(now + self.spec.keepalive_s / 2, self._keepalive, i)
+        if not sim.nodes[i].alive:
+            return
+        for j in sim.adj[i]:
+            if (i, j) not in sim.connected:
+                continue
+            if now - self.last_in.get((j, i), now) > self.spec.dead_after_s:
+                sim._link_down(i, j)  # "keepalive_timeout"
+            elif now - self.last_out.get((i, j), now) >= self.spec.keepalive_s:
+                self.last_out[(i, j)] = now
+                link = sim.links[(i, j)]
+                if link.spec.recovery == "sctp":
+                    link.send_reliable(PING_BYTES, now, ("sync", PING, sim.epoch.get((i, j), 0)))
+                else:
+                    t = link.send(PING_BYTES, now, True)
+                    if t is not None:
+                        sim.engine.at(t, sim._arrive, i, j, "sync",
+                                      ("sync", PING, sim.epoch.get((i, j), 0)))
+
+    # ------------------------------------------------------------------ bootstrap dials
+
+    def _bootstrap_tick(self, a: int, b: int) -> None:
+        sim = self.sim
+        if (a, b) in self.attempts:
+            return
+        if not sim.nodes[a].alive or (a, b) in sim.connected:
+            sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s,
+                          self._bootstrap_tick, a, b)
+            return
+        start = sim.engine.now
+        self.attempts[(a, b)] = start
+        sim.engine.at(start + self.spec.dial_timeout_s, self._attempt_timeout, a, b, start)
+        self._try_setup(a, b)
+
+    def _try_setup(self, a: int, b: int) -> None:
+        if self.usable(a, b):
+            sim = self.sim
+            sim.engine.at(sim.engine.now + self.spec.setup_s, self._attempt_done, a, b,
+                          self.attempts[(a, b)], self.path_generation)
+
+    def _attempt_done(self, a: int, b: int, start: float, generation: int) -> None:
+        if self.attempts.get((a, b)) != start or generation != self.path_generation:
+            return  # over already, or the path changed meanwhile (a newer check is due)
+        del self.attempts[(a, b)]
+        self.dials_ok += 1
+        sim = self.sim
+        sim._link_up(a, b)
+        sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
+
+    def _attempt_timeout(self, a: int, b: int, start: float) -> None:
+        if self.attempts.get((a, b)) != start:
+            return
+        del self.attempts[(a, b)]
+        self.dials_failed += 1
+        sim = self.sim
+        sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
+
+    # ------------------------------------------------------------------ relayed dials
+
+    def relayed_dial(self, a: int, b: int) -> None:
+        """The overlay at ``a`` asked for a link to ``b`` (``LinkManager.dial_peer``)."""
+        sim = self.sim
+        if (a, b) in sim.connected or (a, b) in self.dialing:
+            return
+        ok, delay = self.relayed_outcome(a, b)
+        if delay == 0.0:
+            self._relayed_failed(a, b)  # no_route: nobody to relay the offer
+            return
+        self.dialing.add((a, b))
+        sim.engine.at(sim.engine.now + delay, self._relayed_end, a, b, ok,
+                      self.path_generation)
+
+    def relayed_outcome(self, a: int, b: int) -> tuple[bool, float]:
+        """How a relayed dial from ``a`` to ``b`` started now ends: ``(succeeds, after s)``.
+
+        No link at ``a``: fails at once (no route). ``b`` unreachable over working links (down
+        or cut off): no answer, fails after ``relayed_timeout_s``. Answered but no topology
+        edge (or the edge is cut): ICE never connects, fails after ``hello_timeout_s``.
+        Otherwise it succeeds after ``setup_s``."""
+        sim = self.sim
+        if not any((a, y) in sim.connected for y in sim.adj[a]):
+            return False, 0.0
+        if not self._reachable(a, b):
+            return False, self.spec.relayed_timeout_s
+        edge = (min(a, b), max(a, b))
+        if edge not in sim.edge_set or not self.usable(a, b):
+            return False, self.spec.hello_timeout_s
+        return True, self.spec.setup_s
+
+    def _reachable(self, a: int, b: int) -> bool:
+        """Whether a relayed offer from ``a`` reaches ``b`` over working links (BFS)."""
+        sim = self.sim
+        if not sim.nodes[b].alive:
+            return False
+        seen = {a}
+        queue = deque([a])
+        while queue:
+            u = queue.popleft()
+            for v in sim.adj[u]:
+                if v in seen or (u, v) not in sim.connected or sim.links[(u, v)].cut:
+                    continue
+                if v == b:
+                    return True
+                seen.add(v)
+                queue.append(v)
+        return False
+
+    def _relayed_end(self, a: int, b: int, ok: bool, generation: int) -> None:
+        sim = self.sim
+        self.dialing.discard((a, b))
+        if ok and generation != self.path_generation and not self.usable(a, b):
+            ok = False
+        if ok and sim.nodes[a].alive:
+            self.dials_ok += 1
+            sim._link_up(a, b)
+            return
+        self._relayed_failed(a, b)
+
+    def _relayed_failed(self, a: int, b: int) -> None:
+        sim = self.sim
+        self.dials_failed += 1
+        ov = sim.nodes[a].overlay
+        if ov is not None and (a, b) not in sim.connected and sim.nodes[a].alive:
+            ov.connect_failed(sim.nodes[b].peer_id, sim.engine.now)
+            sim._drain(a)
