@@ -41,6 +41,7 @@ class Agent:
         self.data_dir = data_dir
         self.address = address
         self.client: RoomClient | None = None
+        self.watcher: RoomClient | None = None
         self.editor: Editor | None = None
         self.tasks: set[asyncio.Future[Any]] = set()
         self.recording = False
@@ -62,7 +63,7 @@ class Agent:
                 raise RuntimeError(f"{method} {path}: {resp.status} {text}")
             return json.loads(text)
 
-    async def join(self, room: str, invite: str) -> None:
+    async def join(self, room: str, invite: str, watch_own: bool = False) -> None:
         """Connect the client to our node (its host addresses: this namespace's only)."""
         url = f"http://{self.address}:{NODE_PORT}"
         self.client = connect(url, room, Identity.generate(),
@@ -71,6 +72,20 @@ class Agent:
                               failover=FailoverSettings(learn_hosts=False, dial_timeout_s=5.0))
         self.client.on_change(self._on_change)
         await self.client.open()
+        if watch_own:
+            # A second client at the editor's own node sees each change after the two local
+            # hops (client -> node -> client) that every emulated latency includes.
+            self.watcher = connect(url, room, Identity.generate(),
+                                   ice=IceSettings(host_addresses=(self.address,)),
+                                   invite=invite, timeout_s=60.0,
+                                   failover=FailoverSettings(learn_hosts=False,
+                                                             dial_timeout_s=5.0))
+            self.watcher.on_change(self._on_local)
+            await self.watcher.open()
+
+    def _on_local(self, cid: bytes, peer: str | None) -> None:
+        if self.recording and peer is not None:
+            self.emit({"ev": "local", "cid": cid.hex(), "t": time.monotonic()})
 
     def _on_change(self, cid: bytes, peer: str | None) -> None:
         if self.recording:
@@ -138,7 +153,7 @@ class Agent:
         if op == "admin":
             return {"body": await self.admin(req["method"], req["path"], req.get("body"))}
         if op == "join":
-            await self.join(req["room"], req["invite"])
+            await self.join(req["room"], req["invite"], bool(req.get("watch_own")))
             return {}
         if op == "initial":
             await self.initial(int(req["seed"]), int(req["node"]), int(req["count"]))
@@ -165,8 +180,9 @@ class Agent:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.client is not None:
-            await self.client.close()
+        for client in (self.client, self.watcher):
+            if client is not None:
+                await client.close()
 
     async def _answer(self, req: dict[str, Any]) -> None:
         try:

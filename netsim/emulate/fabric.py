@@ -254,10 +254,10 @@ def serve(spec: FabricSpec) -> int:
     events = sorted(spec.events, key=lambda e: float(e["at_s"]))
     next_event = 0
     buf = b""
-    poller = select.poll()
+    poller = select.epoll()  # a float timeout: packets leave on time, not on the next ms
     for fd in fds:
-        poller.register(fd, select.POLLIN)
-    poller.register(stdin, select.POLLIN)
+        poller.register(fd, select.EPOLLIN)
+    poller.register(stdin, select.EPOLLIN)
     started = time.monotonic()
     while True:
         now = time.monotonic()
@@ -277,9 +277,8 @@ def serve(spec: FabricSpec) -> int:
         wake = [pending[0][0]] if pending else []
         if t0 is not None and next_event < len(events):
             wake.append(t0 + float(events[next_event]["at_s"]))
-        timeout_ms = max(0, int((min(wake) - time.monotonic()) * 1000.0 + 0.999)) \
-            if wake else 1000
-        for fd, _ in poller.poll(timeout_ms):
+        timeout = max(0.0, min(wake) - time.monotonic()) if wake else 1.0
+        for fd, _ in poller.poll(timeout):
             if fd == stdin:
                 chunk = os.read(stdin, 65536)
                 if not chunk:

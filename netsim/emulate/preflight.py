@@ -21,7 +21,8 @@ NODES_PER_CORE = 4
 MEMORY_PER_NODE_MB = 300
 SUPPORTED_EVENTS = frozenset({"partition", "heal", "degrade", "restore", "crash", "restart",
                               "leave"})
-SCTP_FIELDS = ("rto_min_ms", "rto_max_ms", "max_retransmits", "mtu", "overhead_bytes")
+SCTP_FIELDS = ("rto_min_ms", "rto_max_ms", "max_retransmits", "mtu", "overhead_bytes",
+               "recovery", "sack_loss")
 """Link fields that model what the real stack does itself (SCTP retransmission, packetisation):
 the emulator cannot impose them on real nodes."""
 
@@ -37,6 +38,7 @@ class Refusal(StrEnum):
     UNSUPPORTED_EVENT = "unsupported_event"
     UNSUPPORTED_LINK_FIELD = "unsupported_link_field"
     OVERLAY_SETTINGS = "overlay_settings"
+    NODE_MODEL = "node_model"
     MEDIA = "media"
 
 
@@ -132,6 +134,17 @@ def problems(scenario: Scenario, host: Host, *, node_limit: int | None = None) -
         out.append(Problem(Refusal.OVERLAY_SETTINGS,
                            f"[overlay] {sorted(scenario.overlay)}: real nodes run their live "
                            "settings (meshnode.runtime.room.LIVE_OVERLAY); remove the section"))
+    for section in ("node", "liveness"):
+        spec = getattr(scenario, section, None)
+        if spec is None:
+            continue
+        changed = sorted(f.name for f in fields(spec)
+                         if getattr(spec, f.name) != getattr(type(spec)(), f.name))
+        if changed:
+            out.append(Problem(Refusal.NODE_MODEL,
+                               f"[{section}] {changed}: these model what real nodes do "
+                               "themselves (processing, keepalives, redials); an emulation "
+                               "runs the real thing, so remove them"))
     if scenario.media is not None:
         out.append(Problem(Refusal.MEDIA, "[media] is not emulated yet (real media needs "
                            "publishing clients); remove the section or use netsim run"))

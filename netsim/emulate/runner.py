@@ -48,6 +48,8 @@ from netsim.topology import Topology, build, neighbours
 
 NODE_PORT = 8470
 SETUP_TIMEOUT_S = 60.0
+FOUNDER = 0
+"""The node whose default room the run uses (the room's owner)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -82,29 +84,6 @@ def topology_of(scenario: Scenario) -> tuple[Topology, dict[tuple[int, int], Lin
         for s, d in ((a, b), (b, a)):
             specs[(s, d)] = overrides.get((a, b)) or topo.link_spec(s, d, scenario.links)
     return topo, specs
-
-
-def founder_of(topo: Topology) -> int:
-    """The node that founds the room: the one with the most neighbours (the lowest index
-    among equals), so that as many nodes as possible redeem their admin invite over a link
-    to it (only a room's owner may make admins)."""
-    degrees = topo.degrees()
-    return max(range(topo.n), key=lambda i: (degrees[i], -i))
-
-
-def start_order(topo: Topology, first: int = 0) -> list[int]:
-    """Breadth-first from ``first``, so every node after it has a started neighbour to
-    bootstrap from (then any node the graph leaves unreachable)."""
-    adj = neighbours(topo)
-    order, seen = [first], {first}
-    k = 0
-    while k < len(order):
-        for v in adj[order[k]]:
-            if v not in seen:
-                seen.add(v)
-                order.append(v)
-        k += 1
-    return order + [v for v in range(topo.n) if v not in seen]
 
 
 @dataclass
@@ -156,7 +135,6 @@ class Emulation:
         self.echo = echo or (lambda msg: print(f"netsim emulate: {msg}", file=sys.stderr,
                                                flush=True))
         self.topology, self.specs = topology_of(scenario)
-        self.founder = founder_of(self.topology)
         self.plan = Plan(os.getpid(), scenario.nodes)
         self.children: list[Child] = []
         self.nodes: dict[int, Child] = {}
@@ -217,6 +195,8 @@ class Emulation:
                 cid = str(msg["cid"])
                 if msg["ev"] == "sent":
                     self.obs.submitted[cid] = (node, t)
+                elif msg["ev"] == "local":
+                    self.obs.local.setdefault(cid, t)
                 else:
                     self.obs.delivered.setdefault(cid, {}).setdefault(node, t)
         return on_line
@@ -286,10 +266,12 @@ class Emulation:
             raise EmulationFailed(f"node {i} did not start:\n{child.tail()}")
         return child
 
-    def _bootstrap(self, i: int, started: set[int]) -> list[str]:
+    def _bootstrap(self, i: int) -> list[str]:
+        """Node ``i`` bootstraps to its topology neighbours with a smaller index (those
+        started before it), the rule netsim's liveness model follows (``bootstrap = "lower"``)."""
         args = []
         for j in neighbours(self.topology)[i]:
-            if j in started:
+            if j < i:
                 args += ["--bootstrap", f"http://{Plan.address(j)}:{NODE_PORT}"]
         return args
 
@@ -327,7 +309,11 @@ class Emulation:
                      "edges": [list(e) for e in ev.edges], "link": ev.link}
                     for ev in sc.events if ev.kind in ("partition", "heal", "degrade",
                                                        "restore")],
-            setup_mesh=self.topology.degrees()[self.founder] < sc.nodes - 1,
+            # Only the room's owner may make admins, and a joining node with nothing but the
+            # genesis shares the room only with the owner: a node that is no neighbour of
+            # the founder joins over a setup-only path to it, then restarts with its own
+            # bootstrap list, before the fabric is restricted to the topology.
+            setup_mesh=self.topology.degrees()[FOUNDER] < sc.nodes - 1,
             default_link=sc.links.to_dict())
         spec_path = self.work / "fabric.json"
         spec_path.write_text(spec.to_json())
@@ -355,30 +341,31 @@ class Emulation:
                                str(self.work / f"node{i}"), Plan.address(i)],
                 ns=self.plan.namespace(i), on_line=self._agent_line(i))
         adj = neighbours(self.topology)
-        order = start_order(self.topology, self.founder)
-        started: set[int] = set()
         admin_invite = editor_invite = ""
-        for i in order:
-            if i == order[0]:
+        for i in range(sc.nodes):
+            if i == FOUNDER:
                 await self.start_node(i, [])
                 if not self.room:
-                    raise EmulationFailed(f"node {i} (the founder) did not print its default room")
+                    raise EmulationFailed("node 0 (the founder) did not print its default room")
                 admin_invite = (await self.admin(i, "POST", f"/api/rooms/{self.room}/invites",
                                                  {"role": "admin"}))["token"]
                 editor_invite = (await self.admin(i, "POST", f"/api/rooms/{self.room}/invites",
                                                   {"role": "editor"}))["token"]
-            else:
-                boot = self._bootstrap(i, started)
-                if order[0] not in adj[i]:
-                    boot += ["--bootstrap", f"http://{Plan.address(order[0])}:{NODE_PORT}"]
-                await self.start_node(i, ["--no-default-room", "--join", admin_invite, *boot])
+                continue
+            boot = self._bootstrap(i)
+            detour = FOUNDER not in adj[i]
+            if detour:  # see setup_mesh
+                boot += ["--bootstrap", f"http://{Plan.address(FOUNDER)}:{NODE_PORT}"]
+            await self.start_node(i, ["--no-default-room", "--join", admin_invite, *boot])
 
-                async def admitted(i: int = i) -> bool:
-                    rooms = await self.admin(i, "GET", "/api/rooms")
-                    return any(r["id"] == self.room and r["role"] == "admin" for r in rooms)
+            async def admitted(i: int = i) -> bool:
+                rooms = await self.admin(i, "GET", "/api/rooms")
+                return any(r["id"] == self.room and r["role"] == "admin" for r in rooms)
 
-                await self._until(admitted, f"node {i} to be admitted to the room")
-            started.add(i)
+            await self._until(admitted, f"node {i} to be admitted to the room")
+            if detour:  # again, with its own bootstrap list only
+                await self._crash(i)
+                await self.start_node(i, ["--no-default-room", *self._bootstrap(i)])
         assert self.fabric.proc.stdin is not None
         self.fabric.proc.stdin.write(b'{"restrict": true}\n')
         self.echo("nodes up; waiting for a link on every topology edge and on no other pair")
@@ -393,7 +380,8 @@ class Emulation:
 
         await self._until(linked, "a link on every topology edge")
         self.echo("links up; connecting the clients")
-        await asyncio.gather(*(self.ask(i, "join", room=self.room, invite=editor_invite)
+        await asyncio.gather(*(self.ask(i, "join", room=self.room, invite=editor_invite,
+                                        watch_own=i < sc.workload.editors)
                                for i in range(sc.nodes)))
         wl = sc.workload
         per_editor = max(1, wl.initial_entities // max(1, wl.editors))
@@ -418,9 +406,8 @@ class Emulation:
     async def _restart(self, i: int) -> None:
         if i in self.nodes:
             return
-        all_others = set(range(self.scenario.nodes)) - {i}
         try:
-            await self.start_node(i, ["--no-default-room", *self._bootstrap(i, all_others)])
+            await self.start_node(i, ["--no-default-room", *self._bootstrap(i)])
         except EmulationFailed as err:
             self.obs.warnings.append(f"restart of node {i} failed: {err}")
 
