@@ -119,16 +119,19 @@ class Agent:
             if client is None or not client.connected:
                 continue  # our node is down: an editor cannot edit through it
             self.editor.edit(self._target(), str(kind))
-            self._spawn(self._flush())
+            # publish() as a task of its own (flush() would wrap it in one more): its first
+            # step, at the next turn of the loop, signs and sends this edit as one change.
+            task = asyncio.ensure_future(client.runtime.publish())
+            self.tasks.add(task)
+            task.add_done_callback(self._published)
             # Let the flush commit this edit now: an overdue next edit must not join it.
             await asyncio.sleep(0)
 
-    async def _flush(self) -> None:
-        assert self.client is not None
-        try:
-            await self.client.flush(timeout_s=60.0)
-        except Exception as err:  # the node crashed meanwhile: the change is redelivered
-            logging.getLogger("netsim.emulate").info("flush: %s", err)
+    def _published(self, task: "asyncio.Future[Any]") -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The node crashed meanwhile: the client redelivers the change.
+            logging.getLogger("netsim.emulate").info("publish: %s", task.exception())
 
     async def _presence(self, t0: float, hz: float, stop_s: float) -> None:
         k = 0
