@@ -167,7 +167,8 @@ class Verdict:
         return abs(self.sim - self.emu) <= self.allowed + 1e-9
 
     def __str__(self) -> str:
-        rel = "" if not self.emu or self.sim is None else f" ({(self.sim - self.emu) / self.emu:+.0%})"
+        rel = ("" if not self.emu or self.sim is None
+               else f" ({(self.sim - self.emu) / self.emu:+.0%})")
         return (f"{self.tolerance.metric}: sim {self.sim} vs emu {self.emu}{rel}, allowed "
                 f"±{self.allowed if self.allowed is None else round(self.allowed, 3)} -> "
                 f"{'ok' if self.ok else 'OUT'}")

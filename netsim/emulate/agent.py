@@ -127,7 +127,7 @@ class Agent:
             # Let the flush commit this edit now: an overdue next edit must not join it.
             await asyncio.sleep(0)
 
-    def _published(self, task: "asyncio.Future[Any]") -> None:
+    def _published(self, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # The node crashed meanwhile: the client redelivers the change.

@@ -7,6 +7,7 @@ a run that was killed outright (SIGKILL: no ``finally`` ran) from those of a liv
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,10 +73,8 @@ def remove(names: list[str]) -> None:
     The TUN devices inside go with them."""
     for ns in names:
         for pid in pids_in(ns):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for ns in names:
         _ip("netns", "del", ns, check=False)
 

@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 from netsim.links import LinkSpec
 from netsim.scenario import Scenario, ScenarioError
@@ -135,11 +136,11 @@ def problems(scenario: Scenario, host: Host, *, node_limit: int | None = None) -
                            f"[overlay] {sorted(scenario.overlay)}: real nodes run their live "
                            "settings (meshnode.runtime.room.LIVE_OVERLAY); remove the section"))
     for section in ("node", "liveness"):
-        spec = getattr(scenario, section, None)
-        if spec is None:
+        model: Any = getattr(scenario, section, None)
+        if model is None:
             continue
-        changed = sorted(f.name for f in fields(spec)
-                         if getattr(spec, f.name) != getattr(type(spec)(), f.name))
+        changed = sorted(f.name for f in fields(model)
+                         if getattr(model, f.name) != getattr(type(model)(), f.name))
         if changed:
             out.append(Problem(Refusal.NODE_MODEL,
                                f"[{section}] {changed}: these model what real nodes do "

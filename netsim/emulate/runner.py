@@ -22,6 +22,7 @@ failure and on Ctrl+C / SIGTERM; namespaces a SIGKILLed run left behind are remo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -63,10 +64,8 @@ def _die_with_parent() -> None:
     ahead of unrelated work on the machine (each emulated node stands for a host of its own)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    try:
+    with contextlib.suppress(OSError):
         os.nice(NICE)
-    except OSError:
-        pass
 
 
 def topology_of(scenario: Scenario) -> tuple[Topology, dict[tuple[int, int], LinkSpec]]:
@@ -90,6 +89,17 @@ def topology_of(scenario: Scenario) -> tuple[Topology, dict[tuple[int, int], Lin
         for s, d in ((a, b), (b, a)):
             specs[(s, d)] = overrides.get((a, b)) or topo.link_spec(s, d, scenario.links)
     return topo, specs
+
+
+async def _ready_or_exit(ready: asyncio.Future[None], child: Child, timeout: float) -> bool:
+    """Wait until ``ready`` is set; False if the process exits first or ``timeout`` passes."""
+    exited: asyncio.Future[Any] = asyncio.ensure_future(child.proc.wait())
+    waiting: list[asyncio.Future[Any]] = [ready, exited]
+    try:
+        await asyncio.wait(waiting, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        exited.cancel()
+    return ready.done()
 
 
 @dataclass
@@ -120,10 +130,8 @@ class Child:
     def kill(self) -> None:
         """SIGKILL its process group (it was started in a session of its own)."""
         if self.proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def tail(self, n: int = 30) -> str:
         """The last lines it printed."""
@@ -178,10 +186,8 @@ class Emulation:
         if self.created_namespaces:
             namespaces.remove(namespaces.ours(self.plan.pid))
         for child in self.children:
-            try:
+            with contextlib.suppress(OSError):
                 child.log.close()
-            except OSError:
-                pass
         shutil.rmtree(self.work, ignore_errors=True)
 
     # ------------------------------------------------------------------ agents
@@ -266,9 +272,7 @@ class Emulation:
                           "--listen", f"0.0.0.0:{NODE_PORT}", *extra],
             ns=self.plan.namespace(i), on_line=on_line)
         self.nodes[i] = child
-        done, _ = await asyncio.wait([ready, asyncio.ensure_future(child.proc.wait())],
-                                     timeout=SETUP_TIMEOUT_S, return_when="FIRST_COMPLETED")
-        if ready not in done:
+        if not await _ready_or_exit(ready, child, SETUP_TIMEOUT_S):
             raise EmulationFailed(f"node {i} did not start:\n{child.tail()}")
         return child
 
@@ -337,14 +341,9 @@ class Emulation:
 
         self.fabric = await self._spawn("fabric", [self.python, "-m", "netsim.emulate.fabric",
                                                    str(spec_path)], on_line=fabric_line)
-        exited = asyncio.ensure_future(self.fabric.proc.wait())
-        done, _ = await asyncio.wait([fabric_ready, exited], timeout=30,
-                                     return_when="FIRST_COMPLETED")
-        if fabric_ready not in done:
-            exited.cancel()
+        if not await _ready_or_exit(fabric_ready, self.fabric, 30):
             raise EmulationFailed("the fabric did not start; see "
                                   f"{self.logs / 'fabric.log'}")
-        exited.cancel()
         self.echo(f"fabric up; starting {sc.nodes} nodes")
         for i in range(sc.nodes):
             self.agents[i] = await self._spawn(
@@ -476,10 +475,8 @@ class Emulation:
         for child in self.children:
             child.kill()
         for child in self.children:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(child.proc.wait(), 10)
-            except TimeoutError:
-                pass
             if child.reader is not None:
                 child.reader.cancel()
                 await asyncio.gather(child.reader, return_exceptions=True)

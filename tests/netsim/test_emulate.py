@@ -313,7 +313,7 @@ def test_compare_table_and_agreement(tmp_path: Path, capsys: pytest.CaptureFixtu
     with pytest.raises(ScenarioError, match="cannot read"):
         load(tmp_path / "missing")
     (tmp_path / "bad.json").write_text("[1]")
-    with pytest.raises(ScenarioError, match="not a netsim results.json"):
+    with pytest.raises(ScenarioError, match=r"not a netsim results\.json"):
         load(tmp_path / "bad.json")
 
 
