@@ -1,7 +1,8 @@
 """netsim against the real stack: the reference cases of issue 12, in both modes.
 
 Each case (``cases/*.toml``: a line of 3 nodes, a client editing at 20/s at node 0, 16-28 s) runs
-once in netsim and once with real ``meshnode up`` processes through the packet fabric, and the
+in netsim (3 seeds, pooled) and once with real ``meshnode up`` processes through the packet
+fabric, and the
 shared metrics must agree within the issue's tolerances (``netsim.compare``): without loss,
 latency within 10% or 5 ms per hop; with loss, p50/p90 within 25% and p99 within 40%;
 convergence after a heal within max(1 s, 30%); delivery exact. The measured table is printed
@@ -27,6 +28,7 @@ from netsim.compare import (
 )
 from netsim.emulate import namespaces
 from netsim.emulate.runner import emulate
+from netsim.metrics import percentile
 from netsim.scenario import parse
 
 CASES = Path(__file__).parent / "cases"
@@ -41,9 +43,29 @@ def tolerances(name: str) -> list[Tolerance]:
     return [*latency_tolerances(lossy, HOPS), DELIVERY_TOLERANCE]
 
 
+SIM_SEEDS = 3
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """netsim over several seeds as one result: latency percentiles of all (change, receiver)
+    pairs together, the worst delivery, the mean convergence after the heal."""
+    lat = sorted(x for r in runs for x in r["series"]["latency_ms"])
+    heals = [r["convergence_time_after_heal_s"] for r in runs]
+    out = dict(runs[0])
+    out["latency_ms"] = {f"p{q}": percentile(lat, q) for q in (50, 90, 99)}
+    out["latency_ms"]["max"] = lat[-1] if lat else None
+    out["delivery_ratio"] = min(r["delivery_ratio"] for r in runs)
+    out["converged"] = all(r["converged"] for r in runs)
+    out["convergence_time_after_heal_s"] = (
+        None if any(h is None for h in heals) else sum(heals) / len(heals))
+    out["series"] = {**runs[0]["series"], "latency_ms": lat}
+    return out
+
+
 def run_both(name: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     raw = tomllib.loads((CASES / f"{name}.toml").read_text())
-    sim = run_scenario(raw)
+    # netsim is cheap: pool a few seeds, so that its side of the comparison is not one draw.
+    sim = pooled([run_scenario(raw, seed=int(raw["seed"]) + k) for k in range(SIM_SEEDS)])
     emu = emulate(parse(raw), out, echo=lambda msg: None)
     # Nothing of the run is left: no namespace, no TUN device (processes die with them).
     assert namespaces.ours(os.getpid()) == []
