@@ -66,6 +66,15 @@ def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
         label = rid.hex()[:16]
         node.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
         node.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
+        private = hosted.runtime.replica.privacy_counters()
+        if private:
+            m = node.metrics
+            m.sealed_changes.labels(label).set(private["sealed_changes"])
+            m.pending_content.labels(label).set(private["waiting_for_key"])
+            m.epochs.labels(label, "all").set(private["epochs"])
+            m.epochs.labels(label, "held").set(private["epochs_held"])
+            for reason, n in private["voided"].items():
+                m.content_voided.labels(label, reason).set(n)
 
 def node_status(node: NodeView) -> dict[str, Any]:
     """What ``meshnode status``, ``/api/status`` and the status page show."""
@@ -87,7 +96,7 @@ def federation_info(node: NodeView) -> dict[str, Any]:
     for rid, hosted in node.rooms.items():
         hosts = sorted(peer for peer, est in node.links.items()
                        if est.hello.kind == "node" and rid in est.rooms)
-        operators.append({"room": rid.hex(), "name": hosted.runtime.room_name,
+        operators.append({"room": rid.hex(), "name": hosted.runtime.replica.room_name,
                           "hosts": hosts})
     refused = [{"peer": r.peer, "reason": r.reason, "how": r.how, "count": r.count,
                 "at": round(r.at, 1)} for r in list(node.refusals.values())[::-1]]
@@ -99,7 +108,8 @@ def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
     rt = hosted.runtime
     return {
         "id": room_id.hex(),
-        "name": rt.room_name,
+        # A private room's name is sealed: "" on a blind host (and on a reader before its key).
+        "name": rt.replica.room_name,
         "changes": rt.replica.change_count(),
         "entities": len(rt.replica.entities()),
         "peers": sorted(rt.peers()),
@@ -108,6 +118,24 @@ def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
         "default": bool(hosted.settings.get("default")),
         "participants": sorted(rt.presence()),
         "owner": peer_id_from_public_key(rt.replica.owner),
+        **private_info(rt.replica, node.peer_id),
+    }
+
+
+def private_info(replica: Any, peer_id: str) -> dict[str, Any]:
+    """A room's privacy as ``room list`` and the pages show it: ``private``; for a private
+    room, ``this_node``: ``reader`` (it holds the keys: it can read and render the room) or
+    ``host`` (a blind host: it stores, relays and admits, and reads nothing), ``readable``
+    (it holds every key it needs now) and ``keys``: each reader's PeerID -> whether it holds
+    the newest epoch (False: waiting for a reader to come online and share the keys)."""
+    if not replica.private:
+        return {"private": False}
+    return {
+        "private": True,
+        "this_node": "reader" if replica.is_reader() else replica.role_of(peer_id),
+        "readable": replica.readable,
+        "keys": {peer_id_from_public_key(k): ok for k, ok in sorted(
+            replica.key_holders().items())},
     }
 
 def peers_info(node: NodeView) -> list[dict[str, Any]]:
