@@ -1,6 +1,7 @@
 """Sealed presence in private rooms: readers seal their fields, relays forward them blind.
 
-A private room's presence update carries one field, ``{"sealed": [epoch, nonce, ct]}``:
+A private room's presence update carries one field, ``{"sealed": base64(epoch || nonce ||
+ct)}`` (standard base64 text: presence values carry no bytes):
 
 * ``epoch``: the 32-byte ID of the epoch whose ``presence`` key sealed it (the sender's
   ``current_epoch()``);
@@ -19,6 +20,7 @@ host, a reader before its ``SHARE``) publishes nothing in a private room: presen
 would leak exactly what sealing hides.
 """
 
+import base64
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -56,20 +58,24 @@ def seal_presence(replica: SceneReplica, participant: bytes, seq: int, fields: d
     nonce = random_bytes(NONCE_BYTES)
     ct = AESGCM(key).encrypt(nonce, pad(pack(fields)),
                              presence_aad(replica.room_id, participant, seq, epoch))
-    return {SEALED_FIELD: [epoch, nonce, ct]}
+    return {SEALED_FIELD: base64.b64encode(epoch + nonce + ct).decode("ascii")}
 
 
 def open_presence(replica: SceneReplica, participant: bytes, seq: int, fields: dict[str, Any],
                   limits: Limits) -> dict[str, Any] | None:
     """The fields of a sealed update, or None if this replica cannot open it (no key for its
     epoch, or not a well-formed sealed update: either way it shows nothing)."""
-    sealed = fields.get(SEALED_FIELD)
-    if (len(fields) != 1 or type(sealed) is not list or len(sealed) != 3
-            or not all(type(x) is bytes for x in sealed)):
+    text = fields.get(SEALED_FIELD)
+    if len(fields) != 1 or type(text) is not str:
         return None
-    epoch, nonce, ct = sealed
-    if len(epoch) != EPOCH_BYTES or len(nonce) != NONCE_BYTES:
+    try:
+        sealed = base64.b64decode(text, validate=True)
+    except ValueError:
         return None
+    head = EPOCH_BYTES + NONCE_BYTES
+    if len(sealed) < head + 16:
+        return None
+    epoch, nonce, ct = sealed[:EPOCH_BYTES], sealed[EPOCH_BYTES:head], sealed[head:]
     key = replica.epoch_key(epoch, "presence")
     if key is None:
         return None

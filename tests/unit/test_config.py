@@ -368,6 +368,15 @@ def test_wrong_type_names_the_key(section: str, key: str, value: Any) -> None:
     assert "must" in message
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("rotate_every_s", -1), ("rotate_every_s", True), ("rotate_every_s", "daily"),
+    ("share_jitter_s", 61), ("share_jitter_s", -0.5),
+])
+def test_private_room_key_settings_are_bounded(key: str, value: Any) -> None:
+    message = _error({"rooms": {key: value}})
+    assert f"rooms.{key} must be" in message
+
+
 @pytest.mark.parametrize(("section", "key", "value"), [
     ("rooms", "admit", "closed"),
     ("rooms", "admit", 1),
@@ -375,9 +384,6 @@ def test_wrong_type_names_the_key(section: str, key: str, value: Any) -> None:
     ("rooms", "admit_role", "admin"),
     ("rooms", "admit_role", "owner"),
     ("rooms", "admit_role", "Editor"),
-    ("rooms", "rotate_every_s", -1),
-    ("rooms", "rotate_every_s", True),
-    ("rooms", "share_jitter_s", 61),
     ("store", "synchronous", "off"),
     ("store", "synchronous", "FULL"),
     ("store", "synchronous", True),
