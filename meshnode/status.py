@@ -13,6 +13,7 @@ from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
+from meshnode.rooms.privacy_info import private_info
 from meshnode.runtime.links import Established, PolicyRefusal
 from meshnode.web.browser_link import BrowserLinks
 
@@ -121,22 +122,6 @@ def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
         **private_info(rt.replica, node.peer_id),
     }
 
-
-def private_info(replica: Any, peer_id: str) -> dict[str, Any]:
-    """A room's privacy as ``room list`` and the pages show it: ``private``; for a private
-    room, ``this_node``: ``reader`` (it holds the keys: it can read and render the room) or
-    ``host`` (a blind host: it stores, relays and admits, and reads nothing), ``readable``
-    (it holds every key it needs now) and ``keys``: each reader's PeerID -> whether it holds
-    the newest epoch (False: waiting for a reader to come online and share the keys)."""
-    if not replica.private:
-        return {"private": False}
-    return {
-        "private": True,
-        "this_node": "reader" if replica.is_reader() else replica.role_of(peer_id),
-        "readable": replica.readable,
-        "keys": {peer_id_from_public_key(k): ok for k, ok in sorted(
-            replica.key_holders().items())},
-    }
 
 def peers_info(node: NodeView) -> list[dict[str, Any]]:
     """Established links, for ``meshnode peers``."""
