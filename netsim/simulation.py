@@ -494,6 +494,7 @@ class Simulation:
         for x in ev.nodes:
             owner.replica.grant(self.nodes[x].peer_id, "none")
             self.nodes[x].editor = False
+            self.nodes[x].removed = True
         self._commit_and_spread(owner, self.engine.now)
 
     def _ev_rotate(self, ev: Event) -> None:
@@ -622,8 +623,8 @@ class Simulation:
     # ------------------------------------------------------------------ sampling
 
     def honest_live(self) -> list[SimNode]:
-        """Nodes that are up and not hostile: those that must converge."""
-        return [n for n in self.nodes if n.alive and not n.hostile]
+        """Nodes that are up, not hostile and not removed: those that must converge."""
+        return [n for n in self.nodes if n.alive and not n.hostile and not n.removed]
 
     def _sample(self) -> None:
         now = self.engine.now
