@@ -14,7 +14,7 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshnode.crdt import ROOT, PermissionDenied, SceneReplica
 from meshnode.identity import Identity
@@ -126,9 +126,9 @@ class Simulation:
         ids = [Identity.from_private_bytes(self.rng.randbytes(32)) for _ in range(n)]
         wl = self.scenario.workload
         # A private room's replicas draw nonces and epoch secrets from the seeded rng too.
-        private = {"private": True, "random_bytes": self.rng.randbytes} if wl.private else {}
+        extra: dict[str, Any] = {"random_bytes": self.rng.randbytes} if wl.private else {}
         owner = SceneReplica.create(ids[0], now=0.0, name=self.scenario.name,
-                                    nonce=self.rng.randbytes(16), **private)
+                                    nonce=self.rng.randbytes(16), private=wl.private, **extra)
         setup: list[bytes] = list(owner.changes_since([])[1:])
         for i in range(1, n):
             owner.grant(ids[i].public_id, "editor" if i < wl.editors
@@ -142,8 +142,7 @@ class Simulation:
         joiners = {x for ev in self.scenario.events if ev.kind == "join" for x in ev.nodes}
         for i in range(n):
             rep = owner if i == 0 else SceneReplica.from_genesis(
-                owner.genesis, ids[i], **({"random_bytes": self.rng.randbytes}
-                                          if wl.private else {}))
+                owner.genesis, ids[i], **extra)
             if i:
                 rep.apply_many(setup, 0.0)
             node = SimNode(i, ids[i], ids[i].public_id, rep, editor=i < wl.editors)

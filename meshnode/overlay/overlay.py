@@ -65,8 +65,8 @@ from meshnode.overlay.events import (
 )
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
-from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from meshnode.overlay.scoring import PeerScores
+from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.errors import DecodeError

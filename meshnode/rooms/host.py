@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
+from meshnode.crdt.redemption import check_proof, invite_keypair
+from meshnode.crdt.roles import ROLE_BY_NAME
 from meshnode.identity import Identity, peer_id_from_public_key, public_key_from_peer_id
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
@@ -41,8 +43,6 @@ from meshnode.rooms.access import (
     Share,
     announced_in_hello,
 )
-from meshnode.crdt.redemption import check_proof, invite_keypair
-from meshnode.crdt.roles import ROLE_BY_NAME
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite

@@ -209,9 +209,8 @@ def decode_invite_bytes(raw: bytes) -> Invite:
     redemption = extra if extra is not None and len(extra) == REDEMPTION_BYTES else None
     if extra is not None and invite_key is None:
         raise SchemaError("an invite without a key pair carries no secret or redemption")
-    if secret is not None:
-        if invite_keypair(secret)[1] != invite_key:
-            raise SchemaError("the invite's secret is not the half of its invite key")
+    if secret is not None and invite_keypair(secret)[1] != invite_key:
+        raise SchemaError("the invite's secret is not the half of its invite key")
     return Invite(room_id, genesis, role, issuer, expires, tuple(urls), nonce, sig, body,
                   max_uses, invite_key, secret, redemption)
 
