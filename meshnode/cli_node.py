@@ -204,14 +204,23 @@ def _print(obj: Any) -> None:
 def _room(args: argparse.Namespace) -> int:
     if args.room_command == "create":
         body: dict[str, Any] = {"name": args.name}
-        if args.admit:
-            body["admit"] = args.admit
+        # Private is the default for invite rooms; an open room admits anyone, so it is not.
+        if args.private and args.public:
+            raise _fail("--private and --public exclude each other", 2)
+        if args.private and args.admit == "open":
+            raise _fail("an open room admits anyone, so it cannot be private: use --admit "
+                        "invite (the default with --private) or --public", 2)
+        private = args.private or not (args.public or args.admit == "open")
+        body["private"] = private
+        if args.admit or private:
+            body["admit"] = args.admit or "invite"
         _print(_api(args, "POST", "/api/rooms", body))
     elif args.room_command == "list":
         rooms = _api(args, "GET", "/api/rooms")
         for r in rooms:
             print(f"{r['id']}  {r['name']!r}  role={r['role']} changes={r['changes']} "
-                  f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}")
+                  f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}"
+                  f"{_privacy_line(r)}")
     elif args.room_command == "invite":
         body = {"role": args.role, "ttl_s": args.ttl}
         if args.max_uses is not None:
@@ -248,6 +257,16 @@ def _room(args: argparse.Namespace) -> int:
                     timeout=args.timeout + 10,
                     slow=f"looking up room {room[:16]}…'s hosts in the DHT"))
     return 0
+
+
+def _privacy_line(room: dict[str, Any]) -> str:
+    """`` private · this node: reader`` (or ``host (cannot read)``), "" for other rooms."""
+    if not room.get("private"):
+        return ""
+    if room.get("this_node") == "reader":
+        waiting = "" if room.get("readable") else ", waiting for keys from a reader"
+        return f"  private · this node: reader{waiting}"
+    return f"  private · this node: {room.get('this_node', 'host')} (cannot read)"
 
 
 def _peers(args: argparse.Namespace) -> int:
@@ -343,13 +362,23 @@ def add_node_commands(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--admit", choices=("open", "invite"),
                         help="open: any client that connects is admitted (as the node's "
-                             "rooms.admit_role, editor by default)")
+                             "rooms.admit_role, editor by default); invite (the default "
+                             "unless --public): members join with invites")
+    create.add_argument("--private", action="store_true",
+                        help="seal the scene, presence and name so that hosts that are not "
+                             "members cannot read them (the default for invite rooms)")
+    create.add_argument("--public", action="store_true",
+                        help="not private: every node hosting the room can read it (with "
+                             "the node's admit policy unless --admit)")
     with_node(create)
     lst = rsub.add_parser("list", help="list the node's rooms")
     with_node(lst)
     invite = rsub.add_parser("invite", help="print an invite token for a room")
     invite.add_argument("room", help="room ID (hex)")
-    invite.add_argument("--role", default="editor", choices=("viewer", "editor", "admin"))
+    invite.add_argument("--role", default="editor",
+                        choices=("viewer", "editor", "admin", "host"),
+                        help="host: a node that stores, relays and admits members of a "
+                             "private room without reading it (default editor)")
     invite.add_argument("--ttl", type=float, default=7 * 86_400.0, help="seconds (default 7 days)")
     invite.add_argument("--max-uses", type=_positive_int, metavar="N",
                         help="admit at most N members with it (default: no limit)")
@@ -360,7 +389,7 @@ def add_node_commands(sub: Any) -> None:
                                         "do without having seen it)")
     role.add_argument("room", help="room ID (hex)")
     role.add_argument("peer", help="the member's PeerID")
-    role.add_argument("role", choices=("admin", "editor", "viewer", "none"))
+    role.add_argument("role", choices=("admin", "editor", "viewer", "host", "none"))
     with_node(role)
     remove = rsub.add_parser("remove", help="remove a member from a room")
     remove.add_argument("room", help="room ID (hex)")

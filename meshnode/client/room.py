@@ -42,7 +42,7 @@ from meshnode.client.failover import (
     redelivery_frames,
 )
 from meshnode.client.media import ClientMedia, Publication, TrackCallback
-from meshnode.crdt import ROOT, EntityId, SceneReplica
+from meshnode.crdt import ROOT, EntityId, PermissionDenied, SceneReplica
 from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
@@ -56,6 +56,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.rooms.access import Refusal
 from meshnode.rooms.invite import parse_invite
+from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.readers import INVITE_HEADER
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
@@ -147,6 +148,10 @@ class RoomClient(LinkService):
         self._connection_cbs: list[ConnectionCallback] = []
         self._learning: asyncio.Task[None] | None = None
         self._opened = False
+        # Private rooms: share keys with keyless readers, rotate on schedule (a reader only).
+        self.key_upkeep = KeyUpkeep()
+        self._keys_task: asyncio.Task[None] | None = None
+        self._key_rng = random.Random(os.urandom(16))
         self._linked_once = False
         self._first_node: str | None = None
         self.media = ClientMedia(room_id, self.peer_id, ice)
@@ -208,6 +213,8 @@ class RoomClient(LinkService):
             if raw_heads is not None:
                 await self._wait_for_heads(replica, json.loads(raw_heads))
         self._opened = True
+        if replica.private:
+            self._keys_task = asyncio.ensure_future(self._key_loop())
         if self.failover.learn_hosts:
             self._learning = asyncio.ensure_future(self._learn_hosts())
 
@@ -287,7 +294,7 @@ class RoomClient(LinkService):
     async def close(self) -> None:
         """Leave: close the link and stop the room's timers."""
         self._closing = True
-        for task in (self._reconnect, self._learning):
+        for task in (self._reconnect, self._learning, self._keys_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -315,7 +322,8 @@ class RoomClient(LinkService):
         """We are a client in exactly one room."""
         invites: tuple[bytes, ...] = ()
         if self._invite:
-            invites = (parse_invite(self._invite).raw(),)
+            # Our redemption signature for our own key; the invite's secret stays here.
+            invites = (parse_invite(self._invite).presented(self.identity.public_key),)
         return LocalHello("client", (self.room_id,), "", invites)
 
     def link_up(self, est: Established) -> None:
@@ -528,6 +536,51 @@ class RoomClient(LinkService):
     def role(self) -> str:
         """Our role in the room."""
         return self.replica.role_of(self.peer_id)
+
+    @property
+    def private(self) -> bool:
+        """True for a private room (sealed scene, presence and name)."""
+        return self.replica.private
+
+    @property
+    def readable(self) -> bool:
+        """True if we can read the whole scene now: a room that is not private, or a private
+        room where we are a reader holding every key (until a reader shares them with us,
+        the scene shows only what we could open, and edits raise ``WaitingForKey``)."""
+        return self.replica.readable
+
+    async def wait_readable(self, timeout_s: float | None = None) -> None:
+        """Return once :attr:`readable` (a private room's keys arrive when a reader who
+        holds them is online: ``TimeoutError``-like ``ClientError`` otherwise)."""
+        saved = self._timeout
+        if timeout_s is not None:
+            self._timeout = timeout_s
+        try:
+            await self._wait(lambda: self.replica.readable, "the room's keys from a reader")
+        finally:
+            self._timeout = saved
+
+    async def _key_loop(self) -> None:
+        """A reader's part in a private room (``meshnode.rooms.key_upkeep``): share the keys
+        with readers who lack them, after a jitter, and rotate on schedule. Runs only between
+        the user's edits (never commits a half-made batch of theirs)."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            replica = self.replica
+            if replica.pending_ops or self._refusal is not None:
+                continue
+            work = self.key_upkeep.plan(replica, self.identity.public_key, time.monotonic(),
+                                        self._key_rng, time.time())
+            if work.empty:
+                continue
+            try:
+                for member in work.shares:
+                    replica.share(member)
+                if work.rotate:
+                    replica.rotate()
+                await self.flush()
+            except (ClientError, PermissionDenied, ValueError, TimeoutError) as err:
+                log.warning("could not write the room's keys: %s", err)
 
     def create_entity(self, parent: NodeRef = ROOT,
                       components: Mapping[str, Mapping[str, object]] | None = None) -> EntityId:

@@ -221,6 +221,18 @@ class PrivateRoom:
                 out.append(member)
         return sorted(out)
 
+    def key_holders(self) -> dict[bytes, bool]:
+        """Every current reader -> whether the room's newest epoch (by clock stamp) was
+        wrapped or shared to it: public data, so a blind host can show it too ("keys ok" or
+        "waiting for a reader to come online"). Empty for rooms that are not private."""
+        ep = self._epochs
+        if ep is None:
+            return {}
+        newest = max(ep.epochs.values(), key=lambda e: (e.hlc, e.epoch_id), default=None)
+        return {m: newest is not None and (m in newest.recipients
+                                           or newest.epoch_id in ep.shared.get(m, set()))
+                for m, r in self._roles.members().items() if r in READER_ROLES}
+
     # ------------------------------------------------------------------ local API
 
     def rotate(self) -> None:

@@ -122,6 +122,7 @@ function onMessage(data) {
       info = { room: msg.room, room_name: msg.room_name, me: msg.me, session: msg.session };
       presence = msg.presence || {};
       showConnected();
+      showPrivacy(msg.privacy || { private: false });
       takeState(msg);
       break;
     case "state":
@@ -139,6 +140,9 @@ function onMessage(data) {
         partial.presence = null;
         changed();
       }
+      break;
+    case "privacy":
+      showPrivacy(msg.privacy || { private: false });
       break;
     case "ack":
       settle(msg.req, msg.ok === true, msg);
@@ -515,6 +519,43 @@ function showConnected() {
   document.title = `${info.room_name || "room"} · meshnode`;
   $("identity").textContent = `room ${info.room.slice(0, 12)}… · signed by ${info.me}`;
   $("identity").title = `room ${info.room}\nedits signed by ${info.me}\nsession ${info.session}`;
+}
+
+// A private room: a lock, which members hold the keys, and who renders the room for this
+// page. The page is a thin client of its node (no crypto in the browser yet): the node reads
+// the room for it, so a page served by a blind host cannot read the room at all.
+function showPrivacy(p) {
+  const lock = $("lock");
+  const box = $("privacy");
+  if (!lock || !box) return;
+  lock.hidden = !p.private;
+  box.hidden = !p.private;
+  if (!p.private) return;
+  box.textContent = "";
+  const line = document.createElement("p");
+  if (p.this_node === "reader") {
+    line.textContent = `Private room: your node ${p.node} renders this room for you and can ` +
+      "read it. Hosts that are not members store and relay it without reading it." +
+      (p.readable ? "" : " Your node is waiting for a member to come online and share the keys.");
+  } else {
+    line.className = "blind";
+    line.textContent = `Private room: this node (${p.node}) is a blind host: it stores and ` +
+      "relays the room but cannot read it, so this page cannot show the scene. Open the room " +
+      "from a node that is a member (a reader), or with the Python client.";
+  }
+  box.append(line);
+  const keys = Object.entries(p.keys || {});
+  if (keys.length) {
+    const list = document.createElement("ul");
+    list.className = "keys";
+    for (const [peer, ok] of keys) {
+      const li = document.createElement("li");
+      li.textContent = `${peer}: ${ok ? "keys ok" : "waiting for a member to come online"}`;
+      li.className = ok ? "ok" : "waiting";
+      list.append(li);
+    }
+    box.append(list);
+  }
 }
 
 function showMessage(text, isInfo = false) {
