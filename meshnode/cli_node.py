@@ -146,7 +146,10 @@ def _node_url(args: argparse.Namespace) -> str:
 
 
 def _api(args: argparse.Namespace, method: str, path: str,
-         body: dict[str, Any] | None = None) -> Any:
+         body: dict[str, Any] | None = None, *, timeout: float = 15.0,
+         slow: str = "") -> Any:
+    """One admin API call. ``slow``: what the node is doing, said when it does not answer
+    within ``timeout`` (else a timeout reads as "no node answers")."""
     base = _node_url(args)
     # Without a token the node answers 401; ask anyway, so that "no node there" is told first.
     token_problem = ""
@@ -160,7 +163,7 @@ def _api(args: argparse.Namespace, method: str, path: str,
         headers["Content-Type"] = "application/json"
     try:
         req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=15) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as err:
         try:
@@ -172,6 +175,9 @@ def _api(args: argparse.Namespace, method: str, path: str,
         raise _fail(f"{detail} ({err.code})") from None
     except (urllib.error.URLError, ConnectionRefusedError, TimeoutError) as err:
         reason = getattr(err, "reason", None) or err
+        if slow and isinstance(reason, TimeoutError):
+            raise _fail(f"the node at {base} did not answer within {timeout:g} s ({slow}); "
+                        "try again, or check its log") from None
         raise _fail(f"no node answers at {base} ({reason}); start one with `meshnode up` "
                     "or pass --node URL") from None
     except (OSError, http.client.HTTPException, ValueError) as err:
@@ -198,14 +204,23 @@ def _print(obj: Any) -> None:
 def _room(args: argparse.Namespace) -> int:
     if args.room_command == "create":
         body: dict[str, Any] = {"name": args.name}
-        if args.admit:
-            body["admit"] = args.admit
+        # Private is the default for invite rooms; an open room admits anyone, so it is not.
+        if args.private and args.public:
+            raise _fail("--private and --public exclude each other", 2)
+        if args.private and args.admit == "open":
+            raise _fail("an open room admits anyone, so it cannot be private: use --admit "
+                        "invite (the default with --private) or --public", 2)
+        private = args.private or not (args.public or args.admit == "open")
+        body["private"] = private
+        if args.admit or private:
+            body["admit"] = args.admit or "invite"
         _print(_api(args, "POST", "/api/rooms", body))
     elif args.room_command == "list":
         rooms = _api(args, "GET", "/api/rooms")
         for r in rooms:
             print(f"{r['id']}  {r['name']!r}  role={r['role']} changes={r['changes']} "
-                  f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}")
+                  f"entities={r['entities']} peers={len(r['peers'])} admit={r['admit']}"
+                  f"{_privacy_line(r)}")
     elif args.room_command == "invite":
         body = {"role": args.role, "ttl_s": args.ttl}
         if args.max_uses is not None:
@@ -235,8 +250,23 @@ def _room(args: argparse.Namespace) -> int:
         if len(room) != 64 or any(c not in "0123456789abcdef" for c in room):
             raise _fail(f"a room ID is 64 hex digits (as `meshnode room list` prints); got "
                         f"{args.room!r}", 2)
-        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout}"))
+        if not 0.5 <= args.timeout <= 30:
+            raise _fail(f"--timeout is 0.5 to 30 seconds; got {args.timeout:g}", 2)
+        # The node searches for --timeout seconds, then checks what it found (bounded too).
+        _print(_api(args, "GET", f"/api/rooms/{room}/hosts?timeout={args.timeout:g}",
+                    timeout=args.timeout + 10,
+                    slow=f"looking up room {room[:16]}…'s hosts in the DHT"))
     return 0
+
+
+def _privacy_line(room: dict[str, Any]) -> str:
+    """`` private · this node: reader`` (or ``host (cannot read)``), "" for other rooms."""
+    if not room.get("private"):
+        return ""
+    if room.get("this_node") == "reader":
+        waiting = "" if room.get("readable") else ", waiting for keys from a reader"
+        return f"  private · this node: reader{waiting}"
+    return f"  private · this node: {room.get('this_node', 'host')} (cannot read)"
 
 
 def _peers(args: argparse.Namespace) -> int:
@@ -332,13 +362,23 @@ def add_node_commands(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--admit", choices=("open", "invite"),
                         help="open: any client that connects is admitted (as the node's "
-                             "rooms.admit_role, editor by default)")
+                             "rooms.admit_role, editor by default); invite (the default "
+                             "unless --public): members join with invites")
+    create.add_argument("--private", action="store_true",
+                        help="seal the scene, presence and name so that hosts that are not "
+                             "members cannot read them (the default for invite rooms)")
+    create.add_argument("--public", action="store_true",
+                        help="not private: every node hosting the room can read it (with "
+                             "the node's admit policy unless --admit)")
     with_node(create)
     lst = rsub.add_parser("list", help="list the node's rooms")
     with_node(lst)
     invite = rsub.add_parser("invite", help="print an invite token for a room")
     invite.add_argument("room", help="room ID (hex)")
-    invite.add_argument("--role", default="editor", choices=("viewer", "editor", "admin"))
+    invite.add_argument("--role", default="editor",
+                        choices=("viewer", "editor", "admin", "host"),
+                        help="host: a node that stores, relays and admits members of a "
+                             "private room without reading it (default editor)")
     invite.add_argument("--ttl", type=float, default=7 * 86_400.0, help="seconds (default 7 days)")
     invite.add_argument("--max-uses", type=_positive_int, metavar="N",
                         help="admit at most N members with it (default: no limit)")
@@ -349,7 +389,7 @@ def add_node_commands(sub: Any) -> None:
                                         "do without having seen it)")
     role.add_argument("room", help="room ID (hex)")
     role.add_argument("peer", help="the member's PeerID")
-    role.add_argument("role", choices=("admin", "editor", "viewer", "none"))
+    role.add_argument("role", choices=("admin", "editor", "viewer", "host", "none"))
     with_node(role)
     remove = rsub.add_parser("remove", help="remove a member from a room")
     remove.add_argument("room", help="room ID (hex)")
@@ -367,7 +407,7 @@ def add_node_commands(sub: Any) -> None:
                                           "JSON list, one object per host (peer_id, urls)")
     hosts.add_argument("room", help="room ID (hex)")
     hosts.add_argument("--timeout", type=float, default=5.0,
-                       help="seconds to search the DHT (default 5)")
+                       help="seconds to search the DHT, 0.5 to 30 (default 5)")
     with_node(hosts)
     room.set_defaults(handler=_room)
 

@@ -56,6 +56,8 @@ class NodeConfig:
     default_room_name: str = "lobby"
     admit: str = "open"
     admit_role: str = "editor"
+    rotate_every_s: float = 86_400.0
+    share_jitter_s: float = 2.0
     store_synchronous: str = "full"
     snapshot_every: int = 1_000
     log_level: str = "info"
@@ -98,7 +100,8 @@ _SECTIONS: dict[str, set[str]] = {
     "network": {"bootstrap", "ice_servers", "host_addresses", "relay_only", "max_links",
                 "max_browsers", "max_pending_links", "max_pending_browsers",
                 "handshake_timeout_s"},
-    "rooms": {"default_room", "default_room_name", "admit", "admit_role"},
+    "rooms": {"default_room", "default_room_name", "admit", "admit_role", "rotate_every_s",
+              "share_jitter_s"},
     "store": {"synchronous", "snapshot_every"},
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst",
@@ -350,6 +353,17 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
     if "admit_role" in rooms:
         changes["admit_role"] = _choice(rooms["admit_role"], ("viewer", "editor"),
                                         "rooms.admit_role")
+    # Private rooms (meshnode.rooms.key_upkeep): scheduled key rotation, SHARE jitter.
+    for key, low, high, hint in (("rotate_every_s", 0.0, 365 * 86_400.0,
+                                  "0 (never) or seconds up to a year; 86400 is a day"),
+                                 ("share_jitter_s", 0.0, 60.0, "0 to 60 seconds (2 suits most "
+                                                              "rooms)")):
+        if key in rooms:
+            value = rooms[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not low <= value <= high:
+                raise ConfigError(f"rooms.{key} must be {hint}")
+            changes[key] = float(value)
     if "synchronous" in store:
         changes["store_synchronous"] = _choice(store["synchronous"], SYNC_MODES,
                                                "store.synchronous")

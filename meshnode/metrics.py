@@ -33,6 +33,29 @@ class NodeMetrics:
         self.participants = Gauge("meshnode_room_participants",
                                   "Participants with live presence, per room", ["room"],
                                   registry=a)
+        # Private rooms (docs/operators.md, "Private rooms"): per room, the operator's only.
+        self.sealed_changes = Gauge("meshnode_sealed_changes",
+                                    "Changes with a sealed payload held, per private room",
+                                    ["room"], registry=a)
+        self.content_voided = Gauge(
+            "meshnode_content_voided",
+            "Sealed payloads voided (no effect) by this reader, per private room and reason "
+            "(undecryptable, bad_padding, schema, unknown_entity, ...)", ["room", "reason"],
+            registry=a)
+        self.pending_content = Gauge(
+            "meshnode_pending_content",
+            "Changes whose sealed content waits for a key, per private room", ["room"],
+            registry=a)
+        self.epochs = Gauge("meshnode_epochs", "Key epochs of a private room, and how many of "
+                                               "them this node holds (held: 0 on a blind host)",
+                            ["room", "kind"], registry=a)
+        self.rotation_seconds = Histogram(
+            "meshnode_rotation_seconds",
+            "Time to write a key rotation (wraps to every reader, seal, sign), per private room",
+            ["room"], buckets=_LATENCY_BUCKETS, registry=a)
+        self.key_shares = Counter("meshnode_key_shares",
+                                  "SHAREs this node wrote to keyless readers, per private room",
+                                  ["room"], registry=a)
         self.changes_in = Counter("meshnode_changes_in", "Changes applied that came from peers",
                                   registry=r)
         self.changes_local = Counter("meshnode_changes_local",

@@ -226,7 +226,8 @@ class Node:
         try:
             await host.start()
         except Exception as err:  # OSError (port taken) or whatever libp2p raised
-            why = f"the libp2p host did not start: {err!r}"
+            why = (str(err) if isinstance(err, OSError) and str(err)
+                   else f"the libp2p host did not start: {err!r}")
             log.warning("discovery off: %s", why)
             return DiscoveryState(False, why), None
         stack.push_async_callback(host.aclose)

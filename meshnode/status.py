@@ -13,6 +13,7 @@ from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
+from meshnode.rooms.privacy_info import private_info
 from meshnode.runtime.links import Established, PolicyRefusal
 from meshnode.web.browser_link import BrowserLinks
 
@@ -66,6 +67,15 @@ def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
         label = rid.hex()[:16]
         node.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
         node.metrics.participants.labels(label).set(len(hosted.runtime.presence()))
+        private = hosted.runtime.replica.privacy_counters()
+        if private:
+            m = node.metrics
+            m.sealed_changes.labels(label).set(private["sealed_changes"])
+            m.pending_content.labels(label).set(private["waiting_for_key"])
+            m.epochs.labels(label, "all").set(private["epochs"])
+            m.epochs.labels(label, "held").set(private["epochs_held"])
+            for reason, n in private["voided"].items():
+                m.content_voided.labels(label, reason).set(n)
 
 def node_status(node: NodeView) -> dict[str, Any]:
     """What ``meshnode status``, ``/api/status`` and the status page show."""
@@ -87,7 +97,7 @@ def federation_info(node: NodeView) -> dict[str, Any]:
     for rid, hosted in node.rooms.items():
         hosts = sorted(peer for peer, est in node.links.items()
                        if est.hello.kind == "node" and rid in est.rooms)
-        operators.append({"room": rid.hex(), "name": hosted.runtime.room_name,
+        operators.append({"room": rid.hex(), "name": hosted.runtime.replica.room_name,
                           "hosts": hosts})
     refused = [{"peer": r.peer, "reason": r.reason, "how": r.how, "count": r.count,
                 "at": round(r.at, 1)} for r in list(node.refusals.values())[::-1]]
@@ -99,7 +109,8 @@ def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
     rt = hosted.runtime
     return {
         "id": room_id.hex(),
-        "name": rt.room_name,
+        # A private room's name is sealed: "" on a blind host (and on a reader before its key).
+        "name": rt.replica.room_name,
         "changes": rt.replica.change_count(),
         "entities": len(rt.replica.entities()),
         "peers": sorted(rt.peers()),
@@ -108,7 +119,9 @@ def room_info(node: NodeView, room_id: bytes) -> dict[str, Any]:
         "default": bool(hosted.settings.get("default")),
         "participants": sorted(rt.presence()),
         "owner": peer_id_from_public_key(rt.replica.owner),
+        **private_info(rt.replica, node.peer_id),
     }
+
 
 def peers_info(node: NodeView) -> list[dict[str, Any]]:
     """Established links, for ``meshnode peers``."""

@@ -1,4 +1,5 @@
-"""``netsim run`` and ``netsim sweep``: the researcher's commands (see ``docs/netsim.md``)."""
+"""``netsim run``, ``sweep``, ``emulate`` and ``compare``: the researcher's commands (see
+``docs/netsim.md``)."""
 
 from __future__ import annotations
 
@@ -217,6 +218,56 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    """``netsim emulate``: the scenario with real nodes (netsim/emulate/runner.py)."""
+    from netsim.emulate.runner import EmulationFailed, emulate
+
+    scenario = parse(_read(args.scenario), seed=args.seed)
+    out = Path(args.out)
+    try:
+        result = emulate(scenario, out, node_limit=args.max_nodes)
+    except EmulationFailed as err:
+        print(f"netsim emulate: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("netsim emulate: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    _write_results(result, out, args.no_plots)
+    return 0
+
+
+def _write_results(result: dict[str, Any], out: Path, no_plots: bool) -> None:
+    (out / "results.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "series"}, indent=1,
+                     sort_keys=True))
+    if not no_plots:
+        from netsim.report import PlotsUnavailable, write_plots
+
+        try:
+            for p in write_plots(result, out):
+                print(f"wrote {p}", file=sys.stderr)
+        except PlotsUnavailable as err:
+            print(f"note: {err}", file=sys.stderr)
+    print(f"wrote {out / 'results.json'}", file=sys.stderr)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``netsim compare``: two runs' shared metrics side by side (netsim/compare.py)."""
+    from netsim.compare import load, table, write_plot
+
+    a, b = load(args.a), load(args.b)
+    print(table(a, b, args.label_a, args.label_b))
+    if not args.no_plots:
+        from netsim.report import PlotsUnavailable
+
+        try:
+            path = write_plot(a, b, Path(args.out or args.b), args.label_a, args.label_b)
+            print(f"wrote {path}", file=sys.stderr)
+        except PlotsUnavailable as err:
+            print(f"note: {err}", file=sys.stderr)
+    return 0
+
+
 def _print_table(rows: list[dict[str, Any]], params: list[str]) -> None:
     cols = [*params, "latency_ms_p99_mean", "delivery_ratio_mean",
             "convergence_time_after_heal_s_mean", "payload_copies_per_node_mean"]
@@ -249,6 +300,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     sw.add_argument("--metric", default="latency_ms.p99", help="metric for the sweep plot")
     sw.add_argument("--out", default="netsim-sweep", help="output folder")
     sw.set_defaults(func=cmd_sweep)
+    em = sub.add_parser("emulate", help="run a scenario with real nodes in network namespaces "
+                        "(root, /dev/net/tun); same results.json and plots")
+    em.add_argument("scenario", help="scenario TOML file")
+    em.add_argument("--seed", type=int, help="override the scenario's seed")
+    em.add_argument("--out", default="netsim-emulate", help="output folder")
+    em.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    em.add_argument("--max-nodes", type=int, help="override the node limit for this machine")
+    em.set_defaults(func=cmd_emulate)
+    cmp = sub.add_parser("compare", help="two runs' shared metrics side by side")
+    cmp.add_argument("a", help="first run's folder (e.g. netsim run --out)")
+    cmp.add_argument("b", help="second run's folder (e.g. netsim emulate --out)")
+    cmp.add_argument("--label-a", default="sim", help="column name of the first run")
+    cmp.add_argument("--label-b", default="emu", help="column name of the second run")
+    cmp.add_argument("--out", help="where the plot goes (default: the second folder)")
+    cmp.add_argument("--no-plots", action="store_true", help="skip the plot")
+    cmp.set_defaults(func=cmd_compare)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

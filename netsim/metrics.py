@@ -65,8 +65,11 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
     heads = {tuple(n.replica.heads()) for n in honest}
     converged = len(heads) <= 1
     if converged and honest:
-        reference = honest[0].replica.state()
+        readers = [n for n in honest if n.replica.readable]
+        reference = (readers or honest)[0].replica.state()
         sample = honest if len(honest) <= 200 else honest[:: max(1, len(honest) // 200)]
+        # A private room's blind hosts cannot read the scene: compare the readers' states.
+        sample = [n for n in sample if n.replica.readable]
         converged = all(n.replica.state() == reference for n in sample)
 
     convergence_after_heal: float | None = None

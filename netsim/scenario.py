@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from netsim.media_spec import MediaSpec
 
 EVENT_KINDS = frozenset(
-    {"partition", "heal", "degrade", "restore", "crash", "restart", "join", "leave", "hostile"}
+    {"partition", "heal", "degrade", "restore", "crash", "restart", "join", "leave", "hostile",
+     "remove", "rotate"}
 )
 HOSTILE_BEHAVIOURS = frozenset({"flood", "garbage", "withhold", "equivocate"})
 DEFAULT_MIX = {"transform": 0.70, "field": 0.15, "create": 0.05, "delete": 0.05, "move": 0.05}
@@ -38,6 +39,8 @@ class Workload:
     stop_s: float | None = None  # default: duration_s * 0.75, leaving time to settle
     initial_entities: int = 20
     presence_hz: float = 0.0  # presence updates per second per editor
+    private: bool = False  # a private room (sealed scene and presence; docs/protocol.md)
+    hosts: int = 0  # the last `hosts` nodes are blind hosts (role host; private rooms)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def _event(raw: dict[str, Any], n: int, i: int) -> Event:
         if rest_at is not None:
             resolved[rest_at] = [x for x in range(n) if x not in listed]
         ev["groups"] = resolved
-    elif kind in ("crash", "restart", "join", "leave"):
+    elif kind in ("crash", "restart", "join", "leave", "remove", "rotate"):
         ev["nodes"] = _nodes(raw.pop("nodes", None), n, f"{where}.nodes")
     elif kind in ("degrade", "restore"):
         if "edges" in raw:
@@ -248,13 +251,18 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
             _number(wl_raw[key], f"workload.{key}")
     if wl_raw.get("stop_s") is not None:
         _number(wl_raw["stop_s"], "workload.stop_s")
-    for key in ("editors", "initial_entities"):
+    if type(wl_raw.get("private", False)) is not bool:
+        raise ScenarioError("workload.private must be true or false")
+    for key in ("editors", "initial_entities", "hosts"):
         value = wl_raw.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ScenarioError(f"workload.{key} must be an integer >= 0, not {value!r}")
     workload = Workload(**wl_raw)
     if not 0 <= workload.editors <= n:
         raise ScenarioError(f"workload.editors must be between 0 and {n}")
+    if workload.hosts and (not workload.private or workload.editors + workload.hosts > n):
+        raise ScenarioError("workload.hosts needs private = true and at most nodes - editors "
+                            "hosts (the last nodes host blind)")
     events = [_event(e, n, i) for i, e in enumerate(_tables(data.get("events", []), "events"))]
     events.sort(key=lambda e: e.at_s)
     the_seed = seed if seed is not None else data.get("seed", 1)

@@ -24,6 +24,7 @@ class SimNode:
     overlay: RoomOverlay | None = None
     alive: bool = True
     departed: bool = False
+    removed: bool = False  # removed from the room (a "remove" event): served nothing more
     hostile: str = ""
     timer_at: float | None = None
     editor: bool = False

@@ -14,9 +14,9 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from meshnode.crdt import ROOT, SceneReplica
+from meshnode.crdt import ROOT, PermissionDenied, SceneReplica
 from meshnode.identity import Identity
 from meshnode.overlay import (
     SYNC,
@@ -124,12 +124,15 @@ class Simulation:
 
     def _build_room(self, n: int) -> None:
         ids = [Identity.from_private_bytes(self.rng.randbytes(32)) for _ in range(n)]
-        owner = SceneReplica.create(ids[0], now=0.0, name=self.scenario.name,
-                                    nonce=self.rng.randbytes(16))
         wl = self.scenario.workload
-        setup: list[bytes] = []
+        # A private room's replicas draw nonces and epoch secrets from the seeded rng too.
+        extra: dict[str, Any] = {"random_bytes": self.rng.randbytes} if wl.private else {}
+        owner = SceneReplica.create(ids[0], now=0.0, name=self.scenario.name,
+                                    nonce=self.rng.randbytes(16), private=wl.private, **extra)
+        setup: list[bytes] = list(owner.changes_since([])[1:])
         for i in range(1, n):
-            owner.grant(ids[i].public_id, "editor" if i < wl.editors else "viewer")
+            owner.grant(ids[i].public_id, "editor" if i < wl.editors
+                        else "host" if i >= n - wl.hosts else "viewer")
             if owner.pending_ops >= 200:
                 setup.append(owner.commit(0.0) or b"")
         tail = owner.commit(0.0)
@@ -138,7 +141,8 @@ class Simulation:
         self.nodes: list[SimNode] = []
         joiners = {x for ev in self.scenario.events if ev.kind == "join" for x in ev.nodes}
         for i in range(n):
-            rep = owner if i == 0 else SceneReplica.from_genesis(owner.genesis, ids[i])
+            rep = owner if i == 0 else SceneReplica.from_genesis(
+                owner.genesis, ids[i], **extra)
             if i:
                 rep.apply_many(setup, 0.0)
             node = SimNode(i, ids[i], ids[i].public_id, rep, editor=i < wl.editors)
@@ -412,6 +416,12 @@ class Simulation:
         self._one_edit(node, now)
 
     def _one_edit(self, node: SimNode, now: float) -> None:
+        try:
+            self._try_edit(node, now)
+        except PermissionDenied:  # a private room's editor waiting for a key, or removed
+            node.replica.discard()
+
+    def _try_edit(self, node: SimNode, now: float) -> None:
         rep, rng = node.replica, self.rng
         node.own_entities = [e for e in node.own_entities if rep.exists(e)]
         mix = self.scenario.workload.mix
@@ -436,6 +446,10 @@ class Simulation:
                 rep.move(e, ROOT)
         else:
             rep.set_field(rng.choice(own), "transform", "position", [0.0, 0.0, 0.0])
+        self._commit_and_spread(node, now)
+
+    def _commit_and_spread(self, node: SimNode, now: float) -> None:
+        rep = node.replica
         data = rep.commit(now)
         if data is None or node.overlay is None:
             return
@@ -472,6 +486,26 @@ class Simulation:
         self.groups = {x: g for g, members in enumerate(ev.groups) for x in members}
         self.obs.partitions.append(self.engine.now)
         self.liveness.paths_changed()
+
+    def _ev_remove(self, ev: Event) -> None:
+        """The owner (node 0) removes these members; in a private room that rotates."""
+        owner = self.nodes[0]
+        for x in ev.nodes:
+            owner.replica.grant(self.nodes[x].peer_id, "none")
+            self.nodes[x].editor = False
+            self.nodes[x].removed = True
+        self._commit_and_spread(owner, self.engine.now)
+
+    def _ev_rotate(self, ev: Event) -> None:
+        """These members (editors or above of a private room) each rotate the keys now."""
+        for x in ev.nodes:
+            node = self.nodes[x]
+            if node.alive:
+                try:
+                    node.replica.rotate()
+                except PermissionDenied:  # not an editor, or waiting for its key
+                    continue
+                self._commit_and_spread(node, self.engine.now)
 
     def _ev_heal(self, ev: Event) -> None:
         self.groups = None
@@ -588,8 +622,8 @@ class Simulation:
     # ------------------------------------------------------------------ sampling
 
     def honest_live(self) -> list[SimNode]:
-        """Nodes that are up and not hostile: those that must converge."""
-        return [n for n in self.nodes if n.alive and not n.hostile]
+        """Nodes that are up, not hostile and not removed: those that must converge."""
+        return [n for n in self.nodes if n.alive and not n.hostile and not n.removed]
 
     def _sample(self) -> None:
         now = self.engine.now

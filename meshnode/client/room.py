@@ -42,7 +42,7 @@ from meshnode.client.failover import (
     redelivery_frames,
 )
 from meshnode.client.media import ClientMedia, Publication, TrackCallback
-from meshnode.crdt import ROOT, EntityId, SceneReplica
+from meshnode.crdt import ROOT, EntityId, PermissionDenied, SceneReplica
 from meshnode.crdt.tree import Node as NodeRef
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
@@ -56,6 +56,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.rooms.access import Refusal
 from meshnode.rooms.invite import parse_invite
+from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.readers import INVITE_HEADER
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
@@ -119,8 +120,11 @@ class RoomClient(LinkService):
 
     def __init__(self, url: str, room_id: bytes, identity: Identity, *,
                  ice: IceSettings, invite: str | None, timeout_s: float,
-                 signaling: str = "http", failover: FailoverSettings | None = None) -> None:
+                 signaling: str = "http", failover: FailoverSettings | None = None,
+                 full_history: bool = False) -> None:
         self.url = url.rstrip("/")
+        self.full_history = full_history
+        self.joined_from_snapshot = False
         self.room_id = room_id
         self.identity = identity
         self.peer_id = identity.public_id
@@ -144,6 +148,10 @@ class RoomClient(LinkService):
         self._connection_cbs: list[ConnectionCallback] = []
         self._learning: asyncio.Task[None] | None = None
         self._opened = False
+        # Private rooms: share keys with keyless readers, rotate on schedule (a reader only).
+        self.key_upkeep = KeyUpkeep()
+        self._keys_task: asyncio.Task[None] | None = None
+        self._key_rng = random.Random(os.urandom(16))
         self._linked_once = False
         self._first_node: str | None = None
         self.media = ClientMedia(room_id, self.peer_id, ice)
@@ -168,7 +176,9 @@ class RoomClient(LinkService):
         heads: dict[str, Any] = json.loads(raw_heads) if raw_heads is not None else {}
         if change_id(genesis) != self.room_id:
             raise ClientError("the node sent a genesis change that is not this room's")
-        replica = SceneReplica.from_genesis(genesis, self.identity)
+        replica = None if self.full_history else await self._replica_from_snapshot(genesis)
+        if replica is None:
+            replica = SceneReplica.from_genesis(genesis, self.identity)
         overlay = RoomOverlay(replica, self.identity,
                               dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
                                                   rewire_interval_s=0.0),
@@ -203,8 +213,32 @@ class RoomClient(LinkService):
             if raw_heads is not None:
                 await self._wait_for_heads(replica, json.loads(raw_heads))
         self._opened = True
+        if replica.private:
+            self._keys_task = asyncio.ensure_future(self._key_loop())
         if self.failover.learn_hosts:
             self._learning = asyncio.ensure_future(self._learn_hosts())
+
+    async def _replica_from_snapshot(self, genesis: bytes) -> SceneReplica | None:
+        """Start from the node's latest signed snapshot (then sync only the changes after
+        it), or None to replay the whole history: no snapshot yet, one this identity may not
+        read, or one that does not verify (bad signature, signer not a member, another
+        room), which is logged."""
+        data = await self._fetch("snapshot")
+        if data is None:
+            return None
+        try:
+            # Verifying and decoding a long room's snapshot takes a while: off the loop.
+            replica = await asyncio.to_thread(SceneReplica.from_snapshot, data, self.identity)
+        except DecodeError as err:
+            log.warning("room %s: the node's snapshot was refused (%s: %s); replaying the "
+                        "whole history instead", self.room_id.hex()[:16], err.reason, err)
+            return None
+        if replica.genesis != genesis:
+            log.warning("room %s: the node's snapshot is another room's; replaying the whole "
+                        "history instead", self.room_id.hex()[:16])
+            return None
+        self.joined_from_snapshot = True
+        return replica
 
     def _invite_genesis(self) -> bytes | None:
         if not self._invite:
@@ -260,7 +294,7 @@ class RoomClient(LinkService):
     async def close(self) -> None:
         """Leave: close the link and stop the room's timers."""
         self._closing = True
-        for task in (self._reconnect, self._learning):
+        for task in (self._reconnect, self._learning, self._keys_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -288,7 +322,8 @@ class RoomClient(LinkService):
         """We are a client in exactly one room."""
         invites: tuple[bytes, ...] = ()
         if self._invite:
-            invites = (parse_invite(self._invite).raw(),)
+            # Our redemption signature for our own key; the invite's secret stays here.
+            invites = (parse_invite(self._invite).presented(self.identity.public_key),)
         return LocalHello("client", (self.room_id,), "", invites)
 
     def link_up(self, est: Established) -> None:
@@ -502,6 +537,51 @@ class RoomClient(LinkService):
         """Our role in the room."""
         return self.replica.role_of(self.peer_id)
 
+    @property
+    def private(self) -> bool:
+        """True for a private room (sealed scene, presence and name)."""
+        return self.replica.private
+
+    @property
+    def readable(self) -> bool:
+        """True if we can read the whole scene now: a room that is not private, or a private
+        room where we are a reader holding every key (until a reader shares them with us,
+        the scene shows only what we could open, and edits raise ``WaitingForKey``)."""
+        return self.replica.readable
+
+    async def wait_readable(self, timeout_s: float | None = None) -> None:
+        """Return once :attr:`readable` (a private room's keys arrive when a reader who
+        holds them is online: ``TimeoutError``-like ``ClientError`` otherwise)."""
+        saved = self._timeout
+        if timeout_s is not None:
+            self._timeout = timeout_s
+        try:
+            await self._wait(lambda: self.replica.readable, "the room's keys from a reader")
+        finally:
+            self._timeout = saved
+
+    async def _key_loop(self) -> None:
+        """A reader's part in a private room (``meshnode.rooms.key_upkeep``): share the keys
+        with readers who lack them, after a jitter, and rotate on schedule. Runs only between
+        the user's edits (never commits a half-made batch of theirs)."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            replica = self.replica
+            if replica.pending_ops or self._refusal is not None:
+                continue
+            work = self.key_upkeep.plan(replica, self.identity.public_key, time.monotonic(),
+                                        self._key_rng, time.time())
+            if work.empty:
+                continue
+            try:
+                for member in work.shares:
+                    replica.share(member)
+                if work.rotate:
+                    replica.rotate()
+                await self.flush()
+            except (ClientError, PermissionDenied, ValueError, TimeoutError) as err:
+                log.warning("could not write the room's keys: %s", err)
+
     def create_entity(self, parent: NodeRef = ROOT,
                       components: Mapping[str, Mapping[str, object]] | None = None) -> EntityId:
         """Create an entity (sent on the next :meth:`flush`)."""
@@ -601,15 +681,23 @@ class RoomClient(LinkService):
 def connect(url: str, room_id: bytes | str, identity: Identity, *,
             ice: IceSettings | None = None, invite: str | None = None,
             timeout_s: float = 30.0, signaling: str = "http",
-            failover: FailoverSettings | None = None) -> RoomClient:
+            failover: FailoverSettings | None = None,
+            full_history: bool = False) -> RoomClient:
     """Join ``room_id`` (bytes or hex) through the node at ``url``; use as
     ``async with connect(...) as room``. Entering links to the node, syncs the scene, and, in
     a room that admits clients (or with an ``invite`` token), waits until we are a member.
     ``signaling``: how the WebRTC offer reaches the node, ``"http"`` (a POST) or
     ``"websocket"``. ``failover``: where to find the room's other hosts and how fast to
-    move to one when the node dies (``meshnode.client.failover``; on by default)."""
+    move to one when the node dies (``meshnode.client.failover``; on by default).
+
+    The scene starts from the node's latest signed snapshot (verified: signed by a member of
+    the room) and only the changes after it are synced, so joining costs the room's size, not
+    its history. ``full_history=True`` replays every change from the genesis instead (to
+    audit the history: each change's signature and rules are checked; a snapshot is taken
+    on trust from its signer)."""
     rid = bytes.fromhex(room_id) if isinstance(room_id, str) else room_id
     if signaling not in ("http", "websocket"):
         raise ValueError("signaling must be 'http' or 'websocket'")
     return RoomClient(url, rid, identity, ice=ice or IceSettings(), invite=invite,
-                      timeout_s=timeout_s, signaling=signaling, failover=failover)
+                      timeout_s=timeout_s, signaling=signaling, failover=failover,
+                      full_history=full_history)

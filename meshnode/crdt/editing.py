@@ -152,14 +152,14 @@ class LocalEdits:
 
         def _seal_batch(
             self, ops: list[Any], batch_actors: list[bytes], names: list[str],
-            vv: dict[bytes, int], deps: list[bytes], seq: int, hlc: int,
+            vv: Mapping[bytes, int], deps: list[bytes], seq: int, hlc: int,
         ) -> tuple[list[bytes], list[Any], dict[str, Any]]: ...
 
         def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
                             booked: dict[str, Any]) -> None: ...
 
         def _check_host_grant(self, op: list[Any], member: bytes, target_role: int,
-                              hlc: int, vv: dict[bytes, int], deps: list[bytes]) -> bytes: ...
+                              hlc: int, vv: Mapping[bytes, int], deps: list[bytes]) -> bytes: ...
 
     def _record_role_ops(
         self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,

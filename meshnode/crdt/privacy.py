@@ -27,7 +27,7 @@ Public rules:
 """
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +221,18 @@ class PrivateRoom:
                 out.append(member)
         return sorted(out)
 
+    def key_holders(self) -> dict[bytes, bool]:
+        """Every current reader -> whether the room's newest epoch (by clock stamp) was
+        wrapped or shared to it: public data, so a blind host can show it too ("keys ok" or
+        "waiting for a reader to come online"). Empty for rooms that are not private."""
+        ep = self._epochs
+        if ep is None:
+            return {}
+        newest = max(ep.epochs.values(), key=lambda e: (e.hlc, e.epoch_id), default=None)
+        return {m: newest is not None and (m in newest.recipients
+                                           or newest.epoch_id in ep.shared.get(m, set()))
+                for m, r in self._roles.members().items() if r in READER_ROLES}
+
     # ------------------------------------------------------------------ local API
 
     def rotate(self) -> None:
@@ -266,7 +278,7 @@ class PrivateRoom:
 
     # ------------------------------------------------------------------ public rules
 
-    def _reader_set(self, vv: dict[bytes, int], deps: list[bytes],
+    def _reader_set(self, vv: Mapping[bytes, int], deps: list[bytes],
                     own: Iterable[tuple[bytes, int]]) -> set[bytes]:
         """The readers as of a change with causal past ``vv``/``deps`` whose own role ops are
         ``own`` ((member, new role), in order)."""
@@ -283,14 +295,14 @@ class PrivateRoom:
             roles[member] = role
         return {m for m, r in roles.items() if r in READER_ROLES}
 
-    def _epoch_in_past(self, epoch: Epoch, vv: dict[bytes, int], deps: list[bytes]) -> bool:
+    def _epoch_in_past(self, epoch: Epoch, vv: Mapping[bytes, int], deps: list[bytes]) -> bool:
         if vv.get(epoch.author, 0) < epoch.seq:
             return False
         if epoch.author in self._equivocators:
             return self._graph.in_past(epoch.epoch_id, deps)
         return True
 
-    def _lowered(self, own: list[tuple[bytes, int]], vv: dict[bytes, int],
+    def _lowered(self, own: list[tuple[bytes, int]], vv: Mapping[bytes, int],
                  deps: list[bytes]) -> list[bytes]:
         """Members whom the change's own role ops take from reader to non-reader."""
         graph = self._graph
@@ -298,7 +310,7 @@ class PrivateRoom:
             m, vv, lambda t: graph.in_past(t, deps), self._equivocators, with_inert=True)
             in READER_ROLES]
 
-    def _stale(self, epoch: Epoch, vv: dict[bytes, int], deps: list[bytes],
+    def _stale(self, epoch: Epoch, vv: Mapping[bytes, int], deps: list[bytes],
                lowered: list[bytes]) -> bool:
         """R4: is there a removal (a reader made non-reader) in this change's causal past, or
         in the change itself, that ``epoch`` was not created after? Then a removed member may
@@ -309,7 +321,7 @@ class PrivateRoom:
         assert ep is not None
         if not ep.lowering:
             return False
-        evv = self._graph.vv_of(epoch.epoch_id)
+        evv = self._graph.past_vv((epoch.epoch_id,))
         book = self._roles
         graph = self._graph
         for member, g_author, g_seq in ep.lowering:
@@ -321,7 +333,7 @@ class PrivateRoom:
         return False
 
     def _check_host_grant(self, op: list[Any], member: bytes, target_role: int, hlc: int,
-                          vv: dict[bytes, int], deps: list[bytes]) -> bytes:
+                          vv: Mapping[bytes, int], deps: list[bytes]) -> bytes:
         """A proof-carrying grant (``meshnode.crdt.redemption``): the issuer, or Rejected."""
         terms, reason = check_proof(op[6], self.room_id, op[4], op[2], op[5], member)
         if terms is None:
@@ -336,7 +348,7 @@ class PrivateRoom:
             raise Rejected("issuer_may_not_grant")
         return issuer
 
-    def _judge_private(self, ch: Change, author: bytes, role: int, vv: dict[bytes, int],
+    def _judge_private(self, ch: Change, author: bytes, role: int, vv: Mapping[bytes, int],
                        actors: list[bytes], roles: list[tuple[int, bytes, list[Any], int]],
                        private_ops: list[list[Any]]) -> PrivatePlan:
         """Rules R1-R5 for one change of a private room; raises ``Rejected``."""
@@ -567,7 +579,7 @@ class PrivateRoom:
 
     # ------------------------------------------------------------------ sealing on commit
 
-    def _frontier(self, vv: dict[bytes, int]) -> list[bytes]:
+    def _frontier(self, vv: Mapping[bytes, int]) -> list[bytes]:
         """Held epochs in the past ``vv`` that no other such epoch has in its past."""
         ep = self._epochs
         assert ep is not None
@@ -576,12 +588,12 @@ class PrivateRoom:
         graph = self._graph
         out = []
         for e in held:
-            if not any(o is not e and graph.vv_of(o.epoch_id).get(e.author, 0) >= e.seq
+            if not any(o is not e and graph.seq_in(o.epoch_id, e.author) >= e.seq
                        for o in held):
                 out.append(e.epoch_id)
         return sorted(out)
 
-    def _usable_epoch(self, vv: dict[bytes, int], deps: list[bytes],
+    def _usable_epoch(self, vv: Mapping[bytes, int], deps: list[bytes],
                       lowered: list[bytes]) -> bytes | None:
         """The latest held epoch in the past that is not stale (None: none is)."""
         ep = self._epochs
@@ -597,7 +609,7 @@ class PrivateRoom:
         return None if best is None else best.epoch_id
 
     def _seal_batch(
-        self, ops: list[Any], batch_actors: list[bytes], names: list[str], vv: dict[bytes, int],
+        self, ops: list[Any], batch_actors: list[bytes], names: list[str], vv: Mapping[bytes, int],
         deps: list[bytes], seq: int, hlc: int,
     ) -> tuple[list[bytes], list[Any], dict[str, Any]]:
         """Turn a batch into a private room's public ops: role ops in clear (members in a

@@ -33,7 +33,7 @@ admin may change a host's role) but is no reader: it stores, relays and admits, 
 ``ROLE`` ops that carry a redemption proof, and never receives keys in a private room.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -110,7 +110,7 @@ class RoleBook:
     def role_in_past(
         self,
         member: bytes,
-        vv: dict[bytes, int],
+        vv: Mapping[bytes, int],
         in_past: Callable[[bytes], bool] | None = None,
         equivocators: AbstractSet[bytes] = frozenset(),
         *,

@@ -7,7 +7,7 @@ violation voids the payload, without cascading). The rules and reasons are those
 docs/protocol.md, "Receiving a change", rule 7.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshnode.crdt.graph import ChangeGraph
@@ -43,7 +43,7 @@ def judge_scene_ops(
     equivocators: set[bytes],
     graph: ChangeGraph,
     deps: list[bytes],
-    vv: dict[bytes, int],
+    vv: Mapping[bytes, int],
     other: Callable[[int, list[Any]], None],
 ) -> tuple[dict[Node, Node], list[SceneSet], list[SceneMove], bool]:
     """Judge every op in order; scene ops here, any other op code by ``other(index, op)``.

@@ -13,11 +13,16 @@ log line: libp2p is pre-1.0 and raises assorted errors, none of which may reach 
   ``meshroom`` validator (``card.CardValidator``) registered, so this node never stores or
   returns a forged, unsigned, oversized or expired room card.
 - TCP only, on the configured listen multiaddrs (port 0: the OS picks one).
+- One dial tries at most ``MAX_ADDRS`` addresses ``DIAL_ATTEMPTS`` times each: the planner
+  retries with its own backoff, and each attempt at an unproven address is a packet to
+  whoever the address names.
+- libp2p's auto-connector is off: it would dial every address any DHT peer put in our
+  peerstore (a flood of provider records, a reflector). Only the planner's choices are dialled.
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar
 
 from meshnode.discovery.bridge import TrioBridge
@@ -29,6 +34,10 @@ log = logging.getLogger("meshnode.discovery")
 __all__ = ["Libp2pHost", "Libp2pMissing", "import_libp2p"]
 
 T = TypeVar("T")
+DIAL_ATTEMPTS = 2
+"""TCP attempts per address of one dial (libp2p's default 4: the planner backs off itself)."""
+MAX_ADDRS = 4
+"""Addresses of one peer tried per dial (libp2p's default is more)."""
 DhtMode = Literal["server", "client"]
 
 
@@ -81,6 +90,13 @@ class Libp2pHost:
         logging.getLogger("libp2p").setLevel(logging.ERROR)
         nursery = self._bridge_nursery()
         await asyncio.wait_for(self._bridge.call(nursery.start, self._run), timeout)
+        if not self.addrs():
+            # py-libp2p logs a listen failure (the port in use) and runs on, deaf: a host
+            # nobody can reach would announce rooms at no address.
+            await self.aclose()
+            raise OSError(f"the libp2p host could not listen on {' '.join(self._listen)} "
+                          "(the port is in use, or the address is not this machine's); "
+                          "free it or set [discovery] port = 0")
 
     def _bridge_nursery(self) -> Any:
         nursery = getattr(self._bridge, "_nursery", None)
@@ -96,7 +112,7 @@ class Libp2pHost:
         from libp2p.crypto.ed25519 import create_new_key_pair
         from libp2p.host.ping import PingService
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-        from libp2p.network.config import ConnectionConfig
+        from libp2p.network.config import ConnectionConfig, RetryConfig
         from libp2p.records.validator import Validator
         from libp2p.tools.anyio_service import background_trio_service
 
@@ -112,10 +128,22 @@ class Libp2pHost:
         key_pair = create_new_key_pair(self.identity.private_bytes())
         addrs = [multiaddr.Multiaddr(a) for a in self._listen]
         host = new_host(key_pair=key_pair, listen_addrs=addrs,
-                        connection_config=ConnectionConfig(max_connections_per_peer=1))
+                        connection_config=ConnectionConfig(max_connections_per_peer=1,
+                                                           max_peer_addrs_to_dial=MAX_ADDRS))
+        host.get_network().retry_config = RetryConfig(max_retries=DIAL_ATTEMPTS - 1)
         if str(host.get_id()) != self.peer_id:  # the evaluation says it never is; be sure
             raise RuntimeError(f"libp2p derived PeerID {host.get_id()} from our key, not "
                                f"{self.peer_id}")
+        connector = getattr(host.get_network(), "auto_connector", None)
+        if connector is not None:
+            # libp2p's auto-connector dials, up to 32 at a time every 10 s, every address
+            # that reached our peerstore, including those any DHT peer named in an answer:
+            # a flood of provider records would make us dial strangers in a loop (or hammer
+            # a victim's address). We dial only peers our planner chose.
+            async def no_auto_dials() -> None:
+                return None
+
+            connector.maybe_connect = no_auto_dials
         mode = DHTMode.SERVER if self._mode == "server" else DHTMode.CLIENT
         dht = KadDHT(host, mode, enable_random_walk=False)
         dht.register_validator(checker.namespace, MeshroomValidator())
@@ -178,8 +206,28 @@ class Libp2pHost:
         return await self._call(self._find_providers, timeout, cid, count, default=[])
 
     async def _find_providers(self, cid: str, count: int) -> list[tuple[str, tuple[str, ...]]]:
-        infos = await self._dht.find_providers(cid, count)
-        return [(str(i.peer_id), tuple(str(a) for a in i.addrs)) for i in infos]
+        from libp2p.kad_dht.kad_dht import _encode_key
+
+        # py-libp2p answers from the local provider store alone once it holds any record of
+        # the key (records are kept 48 h): a node that looked a room up once, or hosts it,
+        # would never hear of a host that came later. So the local records step aside for
+        # the network lookup, then join its result (the ones it did not return, last).
+        store = self._dht.provider_store
+        key = _encode_key(cid)
+        held = store.providers.pop(key, None) or {}
+        try:
+            infos = list(await store.find_providers(key, count))
+        finally:
+            if held:
+                merged = store.providers.setdefault(key, {})
+                for peer, record in held.items():
+                    merged.setdefault(peer, record)
+        out = [(str(i.peer_id), tuple(str(a) for a in i.addrs)) for i in infos]
+        seen = {peer for peer, _ in out}
+        for peer, record in held.items():
+            if peer not in seen and not record.is_expired():
+                out.append((peer, tuple(str(a) for a in record.addresses)))
+        return out[:count]
 
     async def put_value(self, key: str, value: bytes, timeout: float = 30.0) -> bool:
         """Publish ``value`` under ``key`` (validated here first, then on every node)."""
@@ -225,6 +273,24 @@ class Libp2pHost:
         pid = ID.from_base58(peer_id)
         await self._host.connect(PeerInfo(pid, [multiaddr.Multiaddr(a) for a in addrs]))
         return bool(await self._ping.ping(pid))
+
+    def forget_providers(self, cid: str, peers: Iterable[str]) -> int:
+        """Drop ``peers``' provider records of ``cid`` from this node's local provider store;
+        returns how many went. A lookup answers from the local store alone once it holds any
+        record of the key (at most 20 per key, kept 48 h), so records of dead, foreign or
+        garbage providers must not stay there: they would hide the real hosts."""
+        if self._dht is None:
+            return 0
+        from libp2p.kad_dht.kad_dht import _encode_key
+
+        records = self._dht.provider_store.providers.get(_encode_key(cid))
+        if not records:
+            return 0
+        gone = 0
+        for peer in peers:
+            if peer != self.peer_id and records.pop(peer, None) is not None:
+                gone += 1
+        return gone
 
     def routing_peers(self) -> list[tuple[str, tuple[str, ...]]]:
         """The DHT routing table: ``(peer_id, addrs)`` per peer (for the address book)."""

@@ -253,11 +253,17 @@ class MdnsDiscovery:
 
     async def _tick(self) -> None:
         while True:
-            busy = set(self.links.links) | self._dialing
-            for dial in self.table.due(self.clock(), busy):
-                self._dialing.add(dial.peer_id)
-                self._tasks.spawn(self._dial(dial), f"mdns-dial {dial.peer_id[:12]}")
+            self.tick()
             await asyncio.sleep(TICK_S)
+
+    def tick(self) -> int:
+        """Start the dials the table says are due (at most ``dials_per_tick``); how many."""
+        busy = set(self.links.links) | self._dialing
+        dials = self.table.due(self.clock(), busy)
+        for dial in dials:
+            self._dialing.add(dial.peer_id)
+            self._tasks.spawn(self._dial(dial), f"mdns-dial {dial.peer_id[:12]}")
+        return len(dials)
 
     async def _dial(self, dial: LanDial) -> None:
         try:

@@ -18,6 +18,15 @@ Rules:
   table is bounded (``max_tracked``, oldest forgotten first): garbage peers cannot grow it.
 - Found hosts are dialled only when live, not linked already, not us, allowed by the
   federation policy (``may_link``), at most ``max_dials`` at once, in PeerID order.
+- A provider record is anyone's claim: whoever knows a room's ID can announce itself as a
+  host. A node that holds the room's replica *and has been admitted* (its grants are the
+  room's) trusts only providers that hold a role in the room (``member``); the others are
+  skipped (``not_in_room``) before any liveness check, so a stranger is never even contacted.
+- A joiner (``pick_join_dials``: not admitted yet, its replica knows only the founder) dials
+  in bounded rounds: first only the hosts it can vouch for (the founder, by the genesis, and
+  the inviter, by the invite); hosts it cannot vouch for (each would see the invite in our
+  hello) only from round ``join_unverified_round`` on, when neither answered; once admitted,
+  only members. Failed hosts are backed off, so no host is dialled in a loop.
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +37,7 @@ from meshnode.discovery import HostRecord
 from meshnode.identity import public_key_from_peer_id
 
 __all__ = ["AnnounceSchedule", "Check", "Dial", "PeerBackoff", "PlannerConfig", "Rejection",
-           "Skip", "pick_dials", "triage"]
+           "Skip", "pick_dials", "pick_join_dials", "triage"]
 
 
 class Rejection(StrEnum):
@@ -49,6 +58,11 @@ class Rejection(StrEnum):
     """A node's ``/api/libp2p`` answer was garbage or named another PeerID."""
     BAD_DHT_PEER = "bad_dht_peer"
     """A DHT peer whose addresses could not be dialled or used."""
+    NOT_IN_ROOM = "not_in_room"
+    """A provider (or linked node) that holds no role in the room by our replica: a
+    stranger who knows the room's ID announcing itself as a host."""
+    BAD_DHT_ANSWER = "bad_dht_answer"
+    """A DHT peer answered a query with garbage (undecodable, wrongly signed records)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +78,9 @@ class PlannerConfig:
     backoff_max_s: float = 600.0
     max_tracked: int = 1024
     max_dials: int = 4
+    join_rounds: int = 5
+    join_wait_s: float = 2.0
+    join_unverified_round: int = 3
 
     def __post_init__(self) -> None:
         if self.announce_interval_s <= 0 or self.retry_announce_s <= 0:
@@ -192,10 +209,13 @@ def _meshnode_peer(peer_id: str) -> bool:
 
 def triage(providers: Sequence[tuple[str, tuple[str, ...]]], *, me: str,
            known_live: Iterable[str], backoff: PeerBackoff, may_link: Callable[[str], bool],
-           now: float, config: PlannerConfig) -> list[Check | Skip]:
+           now: float, config: PlannerConfig,
+           member: Callable[[str], bool] | None = None) -> list[Check | Skip]:
     """What to do with the providers a lookup returned, ``(peer_id, addrs)`` each: ``Check``
     those worth checking, ``Skip`` the rest with a reason. Ourselves and hosts already known
-    live (linked) need neither."""
+    live (linked) need neither. ``member``: given when our replica of the room is
+    authoritative (we were admitted), whether a PeerID holds a role in it; non-members are
+    skipped unchecked."""
     live = set(known_live)
     out: list[Check | Skip] = []
     seen: set[str] = set()
@@ -210,6 +230,8 @@ def triage(providers: Sequence[tuple[str, tuple[str, ...]]], *, me: str,
             out.append(Skip(peer, Rejection.BAD_PROVIDER))
         elif not may_link(peer):
             out.append(Skip(peer, Rejection.DENIED))
+        elif member is not None and not member(peer):
+            out.append(Skip(peer, Rejection.NOT_IN_ROOM))
         elif peer in live:
             continue
         elif not backoff.may_try(peer, now):
@@ -227,6 +249,11 @@ def pick_dials(records: Iterable[HostRecord], *, me: str, linked: Iterable[str],
                config: PlannerConfig) -> list[Dial]:
     """The found hosts to link to (see the module docstring): one ``Dial`` each, by its
     first URL."""
+    return _dialable(records, me, linked, may_link, backoff, now)[:config.max_dials]
+
+
+def _dialable(records: Iterable[HostRecord], me: str, linked: Iterable[str],
+              may_link: Callable[[str], bool], backoff: PeerBackoff, now: float) -> list[Dial]:
     skip = set(linked) | {me}
     out = []
     for rec in sorted(records, key=lambda r: r.peer_id):
@@ -234,4 +261,20 @@ def pick_dials(records: Iterable[HostRecord], *, me: str, linked: Iterable[str],
                 and backoff.may_try(rec.peer_id, now)):
             out.append(Dial(rec.peer_id, rec.urls[0]))
             skip.add(rec.peer_id)
-    return out[:config.max_dials]
+    return out
+
+
+def pick_join_dials(records: Iterable[HostRecord], *, me: str, linked: Iterable[str],
+                    may_link: Callable[[str], bool], backoff: PeerBackoff, now: float,
+                    config: PlannerConfig, round_no: int, admitted: bool,
+                    vouched: Callable[[str], bool]) -> list[Dial]:
+    """The hosts a joiner dials in join round ``round_no`` (see the module docstring).
+
+    ``admitted``: our replica holds our grant (it is the room's, then), and ``vouched(peer)``
+    says whether the peer holds a role in it; before that, ``vouched`` says whether the
+    genesis or the invite vouch for the peer (the founder, the inviter). Vouched hosts come
+    first; unvouched ones only before admission and from ``join_unverified_round`` on."""
+    unverified_ok = not admitted and round_no >= config.join_unverified_round
+    picked = _dialable(records, me, linked, may_link, backoff, now)
+    ranked = sorted(picked, key=lambda d: (not vouched(d.peer_id), d.peer_id))
+    return [d for d in ranked if unverified_ok or vouched(d.peer_id)][:config.max_dials]

@@ -29,6 +29,7 @@ import aiohttp
 from prometheus_client import Counter, Gauge
 
 from meshnode.discovery import DiscoveryState, HostRecord
+from meshnode.discovery.answer_watch import DhtAnswerWatch
 from meshnode.discovery.card import CardRejected, CardValidator, decode_card, make_card
 from meshnode.discovery.keys import card_key, rendezvous, rendezvous_cid
 from meshnode.discovery.known import known_hosts, merge_hosts
@@ -36,17 +37,19 @@ from meshnode.discovery.libp2p_host import Libp2pHost
 from meshnode.discovery.planner import (
     AnnounceSchedule,
     Check,
+    Dial,
     PeerBackoff,
     PlannerConfig,
     Rejection,
     Skip,
-    pick_dials,
+    pick_join_dials,
     triage,
 )
-from meshnode.identity import Identity, public_key_from_peer_id
+from meshnode.identity import Identity, peer_id_from_public_key, public_key_from_peer_id
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
-from meshnode.runtime.bootstrap import dial_once
+from meshnode.rooms.invite import parse_invite
+from meshnode.runtime.bootstrap import describe_error
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.tasks import TaskSet
 from meshnode.store import ChangeStore, StoreError
@@ -62,6 +65,11 @@ SEED_RETRY_MAX_S = 300.0
 HTTP_TIMEOUT_S = 3.0
 MAX_SEED_BYTES = 8 * 1024
 _LOG_EVERY_S = 10.0
+# Provider records dropped from the local store after a lookup (with those that failed the
+# liveness check): they would hide the real hosts. Not a denied peer's: our policy is ours,
+# and this store answers other nodes' lookups too.
+_FORGET = frozenset({Rejection.BAD_PROVIDER, Rejection.NOT_IN_ROOM,
+                     Rejection.TOO_MANY_PROVIDERS})
 
 
 class DiscoveryMetrics:
@@ -113,6 +121,7 @@ class RoomDiscovery(LinkService):
         self._seeded: set[str] = set()
         self._logged: dict[str, float] = {}
         self._wake = asyncio.Event()
+        self._watch = DhtAnswerWatch(self.reject)
         links.register(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,6 +129,7 @@ class RoomDiscovery(LinkService):
     async def start(self) -> None:
         """Redial the stored DHT peers, seed from the bootstrap URLs, start announcing."""
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
+        self._watch.install()
         try:
             stored = await asyncio.to_thread(self._store.known_dht_peers, REDIAL_DHT_PEERS)
         except StoreError as err:
@@ -137,6 +147,7 @@ class RoomDiscovery(LinkService):
     async def aclose(self) -> None:
         """Stop announcing, save the routing table, close the libp2p host."""
         await self._tasks.aclose()
+        self._watch.uninstall()
         await self._save_routing()
         await self.host.aclose()
         if self._http is not None:
@@ -305,30 +316,82 @@ class RoomDiscovery(LinkService):
 
     # ------------------------------------------------------------------ finding
 
+    def membership(self, room_id: bytes) -> tuple[bool, Callable[[str], bool]] | None:
+        """What our replica of ``room_id`` says about who hosts it: ``(admitted, vouched)``,
+        or None when we do not hold the room. ``admitted``: we hold a role in it, so our
+        replica carries the room's grants, and ``vouched(peer)`` is "holds a role in the
+        room". Before that (a joiner), ``vouched`` holds for the founder (by the genesis)
+        and the inviter (by the invite we were given) only."""
+        hosted = self._rooms.get(room_id)
+        if hosted is None:
+            return None
+        replica = hosted.runtime.replica
+
+        def member(peer: str) -> bool:
+            try:
+                return replica.role_of(peer) != "none"
+            except ValueError:
+                return False
+
+        if member(self.peer_id):
+            return True, member
+        inviter = ""
+        token = hosted.settings.get("invite")
+        if isinstance(token, str):
+            with contextlib.suppress(ValueError):  # DecodeError included
+                inviter = peer_id_from_public_key(parse_invite(token).issuer)
+        return False, lambda peer: peer == inviter or member(peer)
+
     async def find_hosts(self, room_id: bytes, timeout: float = 5.0) -> list[HostRecord]:
         """The room's hosts: this node and linked nodes that share the room, and the
         providers found in the DHT that passed a liveness check (``live``); dead ones are
-        left out (and backed off)."""
+        left out (and backed off). When we were admitted to the room, only hosts that hold a
+        role in it by our replica are listed (a provider record is anyone's claim); denied
+        operators never are. Returns within about ``timeout`` whatever the DHT does."""
         deadline = time.monotonic() + timeout
+        membership = self.membership(room_id)
+        member = membership[1] if membership is not None and membership[0] else None
         known = known_hosts(room_id, me=self.peer_id, my_url=self._url(),
                             hosted=room_id in self._rooms, links=self._links.links,
                             addrs=self.addrs())
-        providers = await self.host.find_providers(rendezvous_cid(room_id),
-                                                   self.config.max_providers * 2, timeout)
+        if member is not None:
+            for rec in known:
+                if rec.peer_id != self.peer_id and not member(rec.peer_id):
+                    self.reject(Rejection.NOT_IN_ROOM, f"{rec.peer_id} (a link naming the "
+                                                       f"room {room_id.hex()[:16]})")
+            known = [r for r in known if r.peer_id == self.peer_id or member(r.peer_id)]
+        cid = rendezvous_cid(room_id)
+        providers = await self.host.find_providers(cid, self.config.max_providers * 2,
+                                                   max(deadline - time.monotonic(), 0.1))
         now = time.monotonic()
         actions = triage(providers, me=self.peer_id, known_live=[h.peer_id for h in known],
                          backoff=self.backoff, may_link=self.may_link, now=now,
-                         config=self.config)
+                         config=self.config, member=member)
         checks = []
+        unwanted = []
         for action in actions:
             if isinstance(action, Skip):
                 self.reject(action.reason, action.peer_id)
+                if action.reason in _FORGET:
+                    unwanted.append(action.peer_id)
             elif isinstance(action, Check):
                 checks.append(action)
         rdv = rendezvous(room_id)
         budget = max(deadline - time.monotonic(), 1.0)
-        found = await asyncio.gather(*(self._check(rdv, c, budget) for c in checks))
-        records = merge_hosts(known, [r for r in found if r is not None])
+        tasks = [asyncio.ensure_future(self._check(rdv, c, budget)) for c in checks]
+        found: list[HostRecord] = []
+        if tasks:
+            # The checks are bounded one by one; this bounds the lookup as a whole.
+            done, pending = await asyncio.wait(tasks, timeout=budget + 0.5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            found = [r for t in done if not t.cancelled() and t.exception() is None
+                     and (r := t.result()) is not None]
+        alive = {r.peer_id for r in found}
+        unwanted += [c.peer_id for c in checks if c.peer_id not in alive]
+        self.host.forget_providers(cid, unwanted)
+        records = merge_hosts(known, found)
         live_others = [r for r in records if r.live and r.peer_id != self.peer_id]
         self.metrics.lookups.labels("found" if live_others else "empty").inc()
         return records
@@ -372,15 +435,37 @@ class RoomDiscovery(LinkService):
         self._tasks.spawn(self._dial_hosts(room_id), f"dht-join {room_id.hex()[:12]}")
 
     async def _dial_hosts(self, room_id: bytes) -> None:
-        # The bootstrap seeds may still be on their way: look a few times.
-        for attempt in range(3):
+        """Bounded join rounds (``planner.pick_join_dials``): the hosts our replica or our
+        invite vouch for first; others only if those did not answer by a later round, and
+        no longer once we are admitted; a host that fails is backed off."""
+        cfg = self.config
+        for round_no in range(cfg.join_rounds):
+            if round_no:
+                await asyncio.sleep(cfg.join_wait_s * 2 ** (round_no - 1))
+            membership = self.membership(room_id)
+            if membership is None:
+                return  # the room was left meanwhile
+            admitted, vouched = membership
             records = await self.find_hosts(room_id, 5.0)
-            dials = pick_dials(records, me=self.peer_id, linked=self._links.links,
-                               may_link=self.may_link, backoff=self.backoff,
-                               now=time.monotonic(), config=self.config)
+            dials = pick_join_dials(records, me=self.peer_id, linked=self._links.links,
+                                    may_link=self.may_link, backoff=self.backoff,
+                                    now=time.monotonic(), config=cfg, round_no=round_no,
+                                    admitted=admitted, vouched=vouched)
             if dials:
-                log.info("room %s: dialling %d host(s) found in the DHT", room_id.hex()[:16],
-                         len(dials))
-                await asyncio.gather(*(dial_once(self._links, d.url) for d in dials))
-                return
-            await asyncio.sleep(2.0 * (attempt + 1))
+                log.info("room %s: dialling %d host(s) found in the DHT (%s)",
+                         room_id.hex()[:16], len(dials),
+                         ", ".join(d.peer_id if vouched(d.peer_id) else f"{d.peer_id} "
+                                   "(unverified)" for d in dials))
+                await asyncio.gather(*(self._dial(d) for d in dials))
+            if admitted:
+                return  # the grants decided whom to dial: done
+
+    async def _dial(self, dial: Dial) -> None:
+        """Link to a found host; the hello must come from the PeerID it claimed."""
+        try:
+            await self._links.dial_url(dial.url, expected_peer=dial.peer_id)
+        except Exception as err:  # LinkRefused, LinkClosed, HelloRejected, ...
+            if getattr(err, "reason", None) != "duplicate":  # it dialled us meanwhile
+                self.backoff.failed(dial.peer_id, time.monotonic())
+                log.info("could not link to %s at %s: %s", dial.peer_id, dial.url,
+                         describe_error(err))

@@ -45,6 +45,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTP_HISTORY_SIZE,
+    RtcpPacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
     RtcpSrPacket,
@@ -124,6 +125,13 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("S6", "RTCRtpSender", _TX_RTP_TS, "Sender Report: RTP time of the last packet"),
     PrivateHook("S6", "RTCRtpSender", _TX_PACKETS, "Sender Report: packet count"),
     PrivateHook("S6", "RTCRtpSender", _TX_OCTETS, "Sender Report: octet count"),
+    PrivateHook("T1", "RTCDtlsTransport", "_handle_rtp_data",
+                "wrapped on the instance: count malformed and unroutable RTP"),
+    PrivateHook("T1", "RTCDtlsTransport", "_rtp_router", "routes RTP to a receiver"),
+    PrivateHook("T1", "RTCDtlsTransport", "_rtp_header_extensions_map",
+                "header-extension IDs to parse RTP with"),
+    PrivateHook("T2", "RTCDtlsTransport", "_handle_rtcp_data",
+                "wrapped on the instance: count malformed RTCP"),
 )
 
 CALL_SITES: tuple[CallSite, ...] = (
@@ -134,6 +142,9 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("S5", "RTCDtlsTransport", "_handle_rtcp_data", "recipient._handle_rtcp_packet("),
     CallSite("S6", "RTCRtpSender", "_run_rtcp", "packet_count=self.__packet_count"),
     CallSite("idle", "RTCRtpSender", "_next_encoded_frame", "await self.__track.recv()"),
+    CallSite("T1", "RTCDtlsTransport", "_recv_next", "await self._handle_rtp_data("),
+    CallSite("T1", "RTCDtlsTransport", "_handle_rtp_data", "self._rtp_router.route_rtp(packet)"),
+    CallSite("T2", "RTCDtlsTransport", "_recv_next", "await self._handle_rtcp_data("),
 )
 
 HOOK_OWNERS: dict[str, type] = {
@@ -158,6 +169,47 @@ def make_media_pc(configuration: RTCConfiguration | None = None) -> RTCPeerConne
 def _codec_map(transceiver: RTCRtpTransceiver) -> dict[int, RTCRtpCodecParameters]:
     codecs: list[RTCRtpCodecParameters] = transceiver._codecs
     return {c.payloadType: c for c in codecs if c.payloadType is not None}
+
+
+# -- what arrives on a media connection, before any receiver ------------------------------
+
+transport_drops: Counter[str] = Counter()
+"""Packets dropped on this process's guarded media connections before reaching a receiver:
+``malformed_rtp`` (aiortc cannot parse it), ``unrouted`` (no receiver takes its SSRC and
+payload type), ``malformed_rtcp``. aiortc drops these silently; the guard counts them."""
+
+
+def guard_transport(transport: RTCDtlsTransport) -> None:
+    """Count what aiortc would drop silently on ``transport`` (T1, T2) in
+    :data:`transport_drops`. Idempotent. The RTP path is aiortc's own
+    ``_handle_rtp_data`` with counting added (one parse per packet, as before)."""
+    if transport.__dict__.get("_meshnode_guarded"):
+        return
+    transport.__dict__["_meshnode_guarded"] = True
+    original_rtcp = type(transport)._handle_rtcp_data.__get__(transport)
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            packet = RtpPacket.parse(data, transport._rtp_header_extensions_map)
+        except ValueError:
+            transport_drops["malformed_rtp"] += 1
+            return
+        receiver = transport._rtp_router.route_rtp(packet)
+        if receiver is None:
+            transport_drops["unrouted"] += 1
+            return
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            RtcpPacket.parse(data)
+        except ValueError:
+            transport_drops["malformed_rtcp"] += 1
+            return
+        await original_rtcp(data)
+
+    transport._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
+    transport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
 # -- the publisher side -------------------------------------------------------------------
@@ -237,6 +289,8 @@ class SourceTap:
         self.voice = False
         self.audio_level_at: float | None = None
         self.keyframe_requests = 0
+        self.layer_bytes: Counter[int] = Counter()
+        """Payload bytes per VP8 temporal layer (TID) so far: per-layer rates."""
         self.throttle = KeyframeThrottle(keyframe_interval_s)
         self._clock = clock
         self._rate = RateLimit(max_kbps) if max_kbps is not None else None
@@ -271,7 +325,11 @@ class SourceTap:
     async def request_keyframe(self) -> bool:
         """Send a PLI to the publisher (R3), at most once per ``keyframe_interval_s``.
         Returns whether one was sent."""
-        if self.kind != "video" or self.ssrc is None or not self.throttle.request(self._clock()):
+        if self.kind != "video" or self.ssrc is None:
+            return False
+        if not self.throttle.request(self._clock()):
+            # Counted: a subscriber flooding PLI/FIR shows here, never upstream.
+            self.dropped["keyframe_throttled"] += 1
             return False
         self.keyframe_requests += 1
         await self.receiver._send_rtcp_pli(self.ssrc)
@@ -312,6 +370,8 @@ class SourceTap:
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         """R2: replaces ``receiver._handle_rtp_packet`` on this instance."""
+        # Here, not at creation: bundling may move the receiver to another transport.
+        guard_transport(self.receiver.transport)
         now = self._clock()
         reason = self._admit(packet, now)
         if reason is not None:
@@ -357,6 +417,8 @@ class SourceTap:
                 return None
             keyframe, frame_start = vp8.keyframe, vp8.frame_start
             tid, layer_sync = vp8.tid, vp8.layer_sync
+            if tid is not None:
+                self.layer_bytes[tid] += len(packet.payload)
         info = PacketInfo(
             sequence_number=packet.sequence_number,
             timestamp=packet.timestamp,
@@ -423,6 +485,8 @@ class OutputSender:
         self.loss: float | None = None
         self.rtt_ms: float | None = None
         self.keyframe_requests = 0
+        self.reports = 0
+        """Receiver reports about this sender's SSRC so far (each updates ``loss``)."""
         self.sent_packets = 0
         self.sent_bytes = 0
         self.dropped: Counter[str] = Counter()
@@ -472,6 +536,7 @@ class OutputSender:
         if not self.ready:
             self.dropped["not_ready"] += 1
             return False
+        guard_transport(self.sender.transport)
         payload_type = self._payload_type(packet.mime_type, packet.clock_rate)
         if payload_type is None:
             self.dropped["codec"] += 1
@@ -528,6 +593,7 @@ class OutputSender:
             for report in packet.reports:
                 if report.ssrc != self.ssrc:
                     continue
+                self.reports += 1
                 self.loss = report.fraction_lost / 256
                 if report.lsr:
                     # RFC 3550 6.4.1: RTT = arrival - LSR - DLSR, in 1/65536 s (middle 32 bits).

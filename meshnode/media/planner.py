@@ -21,12 +21,21 @@ Then, per neighbour: we *want* a remote source through it if a local subscriber'
 another neighbour's wish needs it; we *announce* to it every source we have or can reach
 except those we reach through it (split horizon), one hop further. A source that crossed
 ``MAX_HOPS`` nodes is not announced further.
+
+Finally the room's cap (``RoomState.cap_kbps``: what the operator lets this node send for the
+room, ``max_room_kbps`` and what ``max_relay_kbps`` leaves after the other rooms): while the
+planned outputs cost more, existing outputs are *demoted* rather than new ones refused: first
+the farthest video (from its subscriber) loses its top temporal layer, again and again, then
+the farthest video is paused for its subscriber (``RoomDecision.demoted``, reason
+``relay_full``). Audio and trunk copies are never demoted: they are cheap, and a trunk copy
+serves a whole node.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshnode.media.selection import Plan, Selector, SourceView, SubscriberView
+from meshnode.media.selection import Plan, Selector, SourceView, SubscriberView, layer_costs
 from protocol.media import MAX_HOPS
 
 __all__ = ["Announce", "RoomDecision", "RoomState", "Subscriber", "decide_room"]
@@ -60,13 +69,15 @@ class RoomState:
 
     ``local``: the sources flowing into this node (``SourceView`` with their measured rates
     and levels), with the endpoint each arrives from in ``origin``; ``remote``: per
-    neighbour endpoint, what it announced (source ID -> ``Announce``)."""
+    neighbour endpoint, what it announced (source ID -> ``Announce``); ``cap_kbps``: the
+    most the room's outputs may cost together (None: no cap)."""
 
     local: Sequence[SourceView]
     origin: Mapping[str, str]
     remote: Mapping[str, Mapping[str, Announce]]
     subscribers: Sequence[Subscriber]
     neighbours: Sequence[str]
+    cap_kbps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +85,16 @@ class RoomDecision:
     """What to do in one room: ``outputs``: per subscriber endpoint, the sources to forward
     to it with their highest temporal layer (None: all); ``want``: per neighbour, the
     sources to ask it for; ``announce``: per neighbour, the sources to announce to it;
-    ``plans``: the selector's plan per client subscriber (for metrics and logs)."""
+    ``plans``: the selector's plan per client subscriber (for metrics and logs);
+    ``demoted``: per subscriber, the videos the room's cap paused (source ID -> reason);
+    ``kbps``: what the outputs cost together, as planned."""
 
     outputs: dict[str, dict[str, int | None]]
     want: dict[str, frozenset[str]]
     announce: dict[str, tuple[Announce, ...]]
     plans: dict[str, Plan] = field(default_factory=dict)
+    demoted: dict[str, dict[str, str]] = field(default_factory=dict)
+    kbps: float = 0.0
 
 
 def _routes(state: RoomState, local_ids: set[str]) -> dict[str, tuple[str, Announce]]:
@@ -149,7 +164,75 @@ def decide_room(state: RoomState, selector: Selector, now: float) -> RoomDecisio
                     for sid, (via, ann) in routes.items() if via != neighbour]
         announce[neighbour] = tuple(sorted(
             (a for a in entries if a.hops <= MAX_HOPS), key=lambda a: a.source_id))
-    return RoomDecision(outputs, {n: frozenset(s) for n, s in want.items()}, announce, plans)
+    demoted, kbps = fit_room_cap(state, outputs)
+    return RoomDecision(outputs, {n: frozenset(s) for n, s in want.items()}, announce, plans,
+                        demoted, kbps)
+
+
+def _cost(source: SourceView, tid: int | None) -> float:
+    costs = layer_costs(source)
+    return costs[-1] if tid is None else costs[min(tid, len(costs) - 1)]
+
+
+def fit_room_cap(state: RoomState,
+                 outputs: dict[str, dict[str, int | None]]) -> tuple[dict[str, dict[str, str]],
+                                                                    float]:
+    """Demote ``outputs`` in place until they cost at most ``state.cap_kbps`` (see the
+    module docstring); returns the paused videos per subscriber and the final cost."""
+    local = {s.source_id: s for s in state.local}
+    subs = {s.endpoint: s for s in state.subscribers}
+    total = sum(_cost(local[sid], tid) for chosen in outputs.values()
+                for sid, tid in chosen.items() if sid in local)
+    demoted: dict[str, dict[str, str]] = {}
+    cap = state.cap_kbps
+    if cap is None or total <= cap:
+        return demoted, total
+
+    def farthest(with_layers: bool) -> tuple[str, str] | None:
+        best: tuple[float, str, str] | None = None
+        for key, chosen in outputs.items():
+            sub = subs.get(key)
+            if sub is None or sub.node:
+                continue
+            for sid, tid in chosen.items():
+                src = local.get(sid)
+                if src is None or src.kind != "video":
+                    continue
+                if with_layers and (len(layer_costs(src)) < 2
+                                    or (tid is not None and tid <= 0)):
+                    continue
+                d = _distance(sub.view.position, src.position)
+                rank = (d, key, sid)
+                if best is None or rank > best:
+                    best = rank
+        return None if best is None else (best[1], best[2])
+
+    while total > cap:
+        pick = farthest(with_layers=True)
+        if pick is not None:
+            key, sid = pick
+            tid = outputs[key][sid]
+            top = len(layer_costs(local[sid])) - 1 if tid is None else min(
+                tid, len(layer_costs(local[sid])) - 1)
+            total -= _cost(local[sid], top) - _cost(local[sid], top - 1)
+            outputs[key][sid] = top - 1
+            continue
+        pick = farthest(with_layers=False)
+        if pick is None:
+            break  # only audio and trunk copies left: never demoted
+        key, sid = pick
+        total -= _cost(local[sid], outputs[key].pop(sid))
+        demoted.setdefault(key, {})[sid] = "relay_full"
+    return demoted, total
+
+
+def _distance(a: tuple[float, float, float] | None,
+              b: tuple[float, float, float] | None) -> float:
+    """How far apart (unknown: infinitely, so demoted first)."""
+    if a is None or b is None:
+        return math.inf
+    d = math.dist(a, b)
+    return d if math.isfinite(d) else math.inf
 
 
 def _hops(state: RoomState, source_id: str) -> int:

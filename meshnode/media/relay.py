@@ -16,12 +16,19 @@ Registered with the node's ``LinkManager`` as a ``LinkService`` (media link mess
   the sources it has or can reach (``MediaSources``, split horizon, hop counts) and asks
   for what its own subscribers need (``MediaPrefs.wanted``), so each source crosses a link
   between two nodes at most once, and only towards nodes that need it.
-- **Access.** A peer may publish or receive a room's media only while it holds a role in the
-  room (the same rule as the room's data: ``access``); otherwise, or once removed, its
-  sources end, its outputs close, and it is told why (``MediaRefused``).
+- **Access.** A peer may receive a room's media only while it holds a role in the room (the
+  same rule as the room's data: ``access``), and publish only with an editor's role or better
+  (``read_only``); otherwise, or once removed, its sources end, its outputs close, and it is
+  told why (``MediaRefused``).
 - **Caps.** Publications per peer, relayed kbps per node and per room, kbps per subscriber.
   Every refusal is a stable reason label: a ``MediaRefused``, a log line and
-  ``meshnode_media_refusals_total{reason}``.
+  ``meshnode_media_refusals_total{reason}``. Over a room's cap, existing videos are demoted
+  (``planner.fit_room_cap``: lower layers, then the farthest paused, ``relay_full``).
+- **Bandwidth.** Each client subscriber's budget is the smallest of ``max_peer_kbps``, its own
+  ``MediaPrefs.max_kbps`` and its link estimate (``meshnode.media.estimate``: REMB, loss and
+  RTT from its receiver reports). A video the plan leaves out is *paused*, not torn down:
+  its line stays for ``PAUSED_KEEP_S``, and when the plan takes it back it resumes on the
+  next keyframe (asked of the publisher at once), without renegotiation.
 """
 
 import asyncio
@@ -37,6 +44,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver
 
 from meshnode.media.config import MediaConfig
 from meshnode.media.endpoint import MediaEndpoint, Preferences, RelayPort, SourceInfo
+from meshnode.media.estimate import LinkEstimate, LinkReport
 from meshnode.media.link_media import LinkMedia
 from meshnode.media.metrics import MediaMetrics
 from meshnode.media.participants import participant_of, source_participant
@@ -70,11 +78,23 @@ class TapPort(Protocol):
 
 
 class OutputPort(Protocol):
-    """The driver's output of one source into one sender."""
+    """The driver's output of one source into one sender, and what the subscriber's RTCP
+    says about it (REMB ``estimate_kbps``; ``loss``, ``rtt_ms`` and the count of
+    ``reports`` from its receiver reports)."""
 
     @property
     def estimate_kbps(self) -> float | None: ...
+    @property
+    def loss(self) -> float | None: ...
+    @property
+    def rtt_ms(self) -> float | None: ...
+    @property
+    def reports(self) -> int: ...
+    @property
+    def sent_bytes(self) -> int: ...
     def set_max_tid(self, tid: int | None) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -88,9 +108,17 @@ class MediaDriver(Protocol):
     def stats(self) -> Mapping[str, Any]: ...
 
 
-AccessCheck = Callable[[str, str, bytes], str | None]
-"""``access(peer, kind, room_id)``: None if the peer may take part in the room's media, else
-the refusal reason (``not_member``, ``removed``, ``unknown_room``)."""
+class AccessCheck(Protocol):
+    """``access(peer, kind, room_id, publish)``: None if the peer may receive the room's
+    media (``publish``: may publish into it), else the refusal reason (``not_member``,
+    ``removed``, ``unknown_room``, ``read_only``)."""
+
+    def __call__(self, peer: str, kind: str, room_id: bytes,
+                 publish: bool = False) -> str | None: ...
+
+
+PAUSED_KEEP_S = 30.0
+"""How long a paused video output keeps its line before it is torn down."""
 
 PositionsOf = Callable[[bytes], Mapping[str, tuple[float, float, float]]]
 """The positions of a room's participants, from its presence (PeerID -> x, y, z)."""
@@ -139,6 +167,8 @@ class MediaRelay(LinkService, RelayPort):
         self._timer: asyncio.Task[None] | None = None
         self.refusals: Counter[str] = Counter()
         self._totals: dict[tuple[str, str], float] = {}
+        self._paused: dict[tuple[str, str], float] = {}  # (key, source) -> paused since
+        self._estimates: dict[str, LinkEstimate] = {}
         links.register(self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -225,6 +255,9 @@ class MediaRelay(LinkService, RelayPort):
                 if out is not None:
                     out.close()
         self.selector.forget(participant_of(endpoint))
+        self._estimates.pop(key, None)
+        for paused in [p for p in self._paused if p[0] == key]:
+            del self._paused[paused]
         for pending in [p for p in self._pending_outputs if p[0] == key]:
             del self._pending_outputs[pending]
 
@@ -268,6 +301,8 @@ class MediaRelay(LinkService, RelayPort):
             old.close()
         out = self.driver.output(src.tap, transceiver, key, endpoint.kind == "node")
         out.set_max_tid(tid)
+        if (key, source_id) in self._paused:  # its line was recycled while paused
+            out.pause()
         src.outputs[key] = out
 
     def output_ended(self, endpoint: MediaEndpoint, source_id: str) -> None:
@@ -312,12 +347,13 @@ class MediaRelay(LinkService, RelayPort):
             return "media_disabled"
         if source.room_id not in endpoint.rooms():
             return "not_shared"
-        reason = self._access(endpoint.peer_id, endpoint.kind, source.room_id)
+        if endpoint.kind == "node":
+            # A neighbour relays others' sources; their publishers must be editors too.
+            return (self._access(endpoint.peer_id, endpoint.kind, source.room_id)
+                    or self._access(source.publisher, "client", source.room_id, True))
+        reason = self._access(endpoint.peer_id, endpoint.kind, source.room_id, True)
         if reason is not None:
             return reason
-        if endpoint.kind == "node":
-            # A neighbour relays others' sources; their publishers must be members too.
-            return self._access(source.publisher, "client", source.room_id)
         if already is None:
             already = sum(1 for s in self.sources.values() if s.origin is endpoint
                           and s.info.room_id == source.room_id
@@ -357,13 +393,19 @@ class MediaRelay(LinkService, RelayPort):
 
     def relayed_kbps(self, room_id: bytes | None = None) -> float:
         """What this node sends now (estimated from the sources' rates), in a room or all."""
-        return sum(src.tap.kbps * len(src.outputs) for src in self.sources.values()
+        return sum(src.tap.kbps * self._sending(src) for src in self.sources.values()
                    if room_id is None or src.info.room_id == room_id)
+
+    def _sending(self, src: _Source) -> int:
+        """How many of the source's outputs are not paused."""
+        return sum(1 for key in src.outputs if (key, src.info.source_id) not in self._paused)
 
     def tick(self) -> None:
         """Re-check access, re-plan every room, apply the plans, refresh the gauges."""
         now = self._clock()
         self._enforce_access()
+        self._paused = {(key, sid): since for (key, sid), since in self._paused.items()
+                        if sid in self.sources and key in self.sources[sid].outputs}
         for room_id in self._hosted():
             self._plan_room(room_id, now)
         self._refresh_metrics()
@@ -373,9 +415,10 @@ class MediaRelay(LinkService, RelayPort):
         for endpoint in list(self.endpoints.values()):
             for sid, src in list(self.sources.items()):
                 if src.origin is endpoint:
-                    reason = self._may_keep(endpoint, src.info.room_id)
+                    reason = self._may_keep(endpoint, src.info.room_id, publish=True)
                     if reason is None and endpoint.kind == "node":
-                        reason = self._access(src.info.publisher, "client", src.info.room_id)
+                        reason = self._access(src.info.publisher, "client", src.info.room_id,
+                                              True)
                     if reason is not None:
                         self._end_source(sid)
                         if isinstance(endpoint, LinkMedia):
@@ -388,10 +431,13 @@ class MediaRelay(LinkService, RelayPort):
                     src.outputs.pop(key).close()
                     endpoint.remove_output(sid)
 
-    def _may_keep(self, endpoint: MediaEndpoint, room_id: bytes) -> str | None:
+    def _may_keep(self, endpoint: MediaEndpoint, room_id: bytes,
+                  publish: bool = False) -> str | None:
         if room_id not in endpoint.rooms():
             return "not_shared"
-        return self._access(endpoint.peer_id, endpoint.kind, room_id)
+        if publish and endpoint.kind == "node":
+            publish = False  # a node relays; its sources' publishers are checked instead
+        return self._access(endpoint.peer_id, endpoint.kind, room_id, publish)
 
     def _plan_room(self, room_id: bytes, now: float) -> None:
         positions = self._positions(room_id)
@@ -419,7 +465,7 @@ class MediaRelay(LinkService, RelayPort):
                 if isinstance(endpoint, LinkMedia):
                     remote[key] = {sid: Announce(sid, s.publisher, s.kind, s.hops)
                                    for sid, s in endpoint.offered.get(room_id, {}).items()
-                                   if self._access(s.publisher, "client", room_id) is None}
+                                   if self._access(s.publisher, "client", room_id, True) is None}
                 subscribers.append(Subscriber(key, True, SubscriberView(
                     key, None, None, False, None), prefs.wanted or frozenset()))
                 continue
@@ -434,10 +480,14 @@ class MediaRelay(LinkService, RelayPort):
             for sub in subscribers:
                 self._apply_outputs(sub.endpoint, room_id, {})
             return
-        decision = decide_room(RoomState(local, origin, remote, subscribers, neighbours),
-                               self.selector, now)
+        decision = decide_room(RoomState(local, origin, remote, subscribers, neighbours,
+                                         self._room_cap(room_id)), self.selector, now)
         for key, outputs in decision.outputs.items():
             self._apply_outputs(key, room_id, outputs)
+        for key, demoted in decision.demoted.items():
+            for sid in demoted:  # told once; the video resumes when the room has room again
+                self._refuse(self.endpoints[key], room_id, "relay_full",
+                             _DETAILS["relay_full"], sid)
         for key in neighbours:
             endpoint = self.endpoints[key]
             if isinstance(endpoint, LinkMedia):
@@ -446,15 +496,48 @@ class MediaRelay(LinkService, RelayPort):
                     MediaSource(a.source_id, a.publisher, a.kind, "", a.hops)
                     for a in decision.announce.get(key, ())))
 
+    def _room_cap(self, room_id: bytes) -> float | None:
+        """What the room's outputs may cost: ``max_room_kbps``, and what ``max_relay_kbps``
+        leaves after the other rooms (None: no cap)."""
+        caps: list[float] = []
+        if self.config.max_room_kbps:
+            caps.append(self.config.max_room_kbps)
+        if self.config.max_relay_kbps:
+            others = self.relayed_kbps() - self.relayed_kbps(room_id)
+            caps.append(max(0.0, self.config.max_relay_kbps - others))
+        return min(caps) if caps else None
+
     def _estimate(self, key: str) -> float | None:
-        estimates = [e for src in self.sources.values()
-                     if (out := src.outputs.get(key)) is not None
-                     and (e := out.estimate_kbps) is not None]
-        return max(estimates) if estimates else None
+        """The subscriber's link estimate, from what its outputs' RTCP says."""
+        remb: list[float] = []
+        loss: list[float] = []
+        rtt: list[float] = []
+        reports = sent = 0
+        for src in self.sources.values():
+            out = src.outputs.get(key)
+            if out is None:
+                continue
+            if out.estimate_kbps is not None and (key, src.info.source_id) not in self._paused:
+                remb.append(out.estimate_kbps)
+            if out.loss is not None:
+                loss.append(out.loss)
+            if out.rtt_ms is not None:
+                rtt.append(out.rtt_ms)
+            reports += out.reports
+            sent += out.sent_bytes
+        # The least loss of its outputs: a receiver report also counts what was lost before
+        # the relay (a publisher's bad uplink, kept as gaps so NACKs work), which the other
+        # outputs on the same link do not show.
+        estimate = self._estimates.setdefault(key, LinkEstimate())
+        return estimate.update(LinkReport(max(remb) if remb else None,
+                                          min(loss) if loss else None,
+                                          min(rtt) if rtt else None, reports, sent),
+                               self._clock())
 
     def _apply_outputs(self, key: str, room_id: bytes, wanted: dict[str, int | None]) -> None:
         endpoint = self.endpoints[key]
         room_kbps = self.relayed_kbps(room_id)
+        now = self._clock()
         for sid, src in self.sources.items():
             if src.info.room_id != room_id:
                 continue
@@ -463,14 +546,27 @@ class MediaRelay(LinkService, RelayPort):
                 out = src.outputs.get(key)
                 if out is not None:
                     out.set_max_tid(tid)
+                    if self._paused.pop((key, sid), None) is not None:
+                        out.resume()  # from the next keyframe, asked for now
                 elif (key, sid) not in self._pending_outputs:
-                    if self._over_caps(room_kbps, src):
+                    # A client's outputs fit the room's cap already (the planner demoted
+                    # them); a trunk's copy is refused when it would not fit.
+                    if endpoint.kind == "node" and self._over_caps(room_kbps, src):
                         self._refuse(endpoint, room_id, "relay_full",
                                      _DETAILS["relay_full"], sid)
                         continue
                     self._pending_outputs[(key, sid)] = tid
                     endpoint.add_output(src.info)
             elif key in src.outputs or (key, sid) in self._pending_outputs:
+                out = src.outputs.get(key)
+                since = self._paused.get((key, sid))
+                if (out is not None and src.info.kind == "video" and endpoint.kind != "node"
+                        and (since is None or now - since < PAUSED_KEEP_S)):
+                    if since is None:  # left out for now: pause, keep the line
+                        self._paused[(key, sid)] = now
+                        out.pause()
+                    continue
+                self._paused.pop((key, sid), None)
                 self._pending_outputs.pop((key, sid), None)
                 out = src.outputs.pop(key, None)
                 if out is not None:
@@ -493,7 +589,7 @@ class MediaRelay(LinkService, RelayPort):
             streams[("in", kind)] += 1
             kbps[("in", kind)] = kbps.get(("in", kind), 0.0) + src.tap.kbps
             streams[("out", kind)] += len(src.outputs)
-            kbps[("out", kind)] = kbps.get(("out", kind), 0.0) + src.tap.kbps * len(src.outputs)
+            kbps[("out", kind)] = kbps.get(("out", kind), 0.0) + src.tap.kbps * self._sending(src)
             widest = max(widest, len(src.outputs))
         for direction in ("in", "out"):
             for kind in ("audio", "video"):
@@ -535,10 +631,16 @@ class MediaRelay(LinkService, RelayPort):
                                     "outputs": len(src.outputs)})
             room["outputs"] += len(src.outputs)
             room["kbps_in"] = round(room["kbps_in"] + src.tap.kbps, 1)
-            room["kbps_out"] = round(room["kbps_out"] + src.tap.kbps * len(src.outputs), 1)
+            room["kbps_out"] = round(room["kbps_out"] + src.tap.kbps * self._sending(src), 1)
         return {"enabled": self.config.enabled, "sources": len(self.sources),
                 "outputs": sum(len(s.outputs) for s in self.sources.values()),
                 "kbps_out": round(self.relayed_kbps(), 1), "rooms": rooms,
+                "paused": len(self._paused),
+                "estimates": {key: round(kbps, 1) for key, e in self._estimates.items()
+                              if (kbps := e.kbps) is not None},
+                "recycles": {kind: sum(m.session.recycles for m in self._link_media.values()
+                                       if m.session is not None and m.kind == kind)
+                             for kind in ("client", "node")},
                 "refusals": dict(self.refusals), "driver": dict(self.driver.stats())}
 
 

@@ -2,10 +2,12 @@
 
 One ``Forwarder`` per source (its ``SourceTap`` on the publisher's receiver), one
 ``OutputSender`` per subscriber line, keyed by the relay's endpoint key. The tap's rate is
-measured here over windows of about a second; a publisher far over ``max_ingest_kbps`` has
-its excess dropped by the tap (``rate``). Nothing is ever decoded: ``stats()["decoders"]`` counts
-the decoders aiortc created in the process (``count_decoders``), and stays 0, while
-``packets_tapped`` counts the packets that went through taps instead.
+measured here over windows of about a second (per VP8 temporal layer too, from each
+packet's TID: ``layer_kbps``, what the selector picks layers by); a publisher far over
+``max_ingest_kbps`` has its excess dropped by the tap (``rate``). Nothing is ever decoded:
+``stats()["decoders"]`` counts the decoders aiortc created in the process
+(``count_decoders``), and stays 0, while ``packets_tapped`` counts the packets that went
+through taps instead.
 """
 
 import time
@@ -19,9 +21,9 @@ from aiortc import rtcrtpreceiver as aiortc_receiver
 from meshnode.media.aiortc_driver import (
     Forwarder,
     OutputSender,
-    SourcePacket,
     SourceTap,
     make_media_pc,
+    transport_drops,
 )
 from meshnode.media.endpoint import SourceInfo
 
@@ -61,14 +63,11 @@ class DriverTap:
         self.tap = SourceTap(transceiver, source_id=source.source_id, max_kbps=max_kbps,
                              clock=clock)
         self.forwarder = Forwarder(self.tap)
-        self.tap.on_packet = self._on_packet  # counts the layers, then the forwarder
         self._clock = clock
         self._window = (clock(), 0)
         self._kbps = 0.0
-        self._layer_bytes: Counter[int] = Counter()  # this window, per temporal layer
+        self._layer_window: tuple[float, dict[int, int]] = (clock(), {})
         self._layer_kbps: tuple[float, ...] = ()
-        self.layered = False
-        """VP8 with temporal layers seen (else a layer limit means the whole stream)."""
         self.last_spoke: float | None = None
         self.closed = False
 
@@ -80,17 +79,6 @@ class DriverTap:
         if now - start >= RATE_WINDOW_S:
             self._kbps = (self.tap.bytes - start_bytes) * 8 / 1000 / (now - start)
             self._window = (now, self.tap.bytes)
-            layers, total = [], 0
-            for tid in range(max(self._layer_bytes, default=-1) + 1):
-                total += self._layer_bytes[tid]
-                layers.append(total * 8 / 1000 / (now - start))
-            old = self._layer_kbps
-            if len(layers) > 1 and len(old) == len(layers):
-                # A second holds ~4 base-layer frames: smoothed over a few windows, a budget
-                # between two layers does not flip the subscriber from one to the other.
-                layers = [o + (n - o) * LAYER_SMOOTHING for o, n in zip(old, layers, strict=True)]
-            self._layer_kbps = tuple(layers) if len(layers) > 1 else ()
-            self._layer_bytes.clear()
         return self._kbps
 
     @property
@@ -103,17 +91,28 @@ class DriverTap:
 
     @property
     def layer_kbps(self) -> tuple[float, ...]:
-        """The rates of temporal layers 0..i together, over the last window (empty: one
-        layer), as the selector takes them."""
-        self.kbps  # noqa: B018 (rolls the window)
+        """``[i]``: the rate of temporal layers ``0..i`` together over the last window, in
+        kbps (measured from each packet's VP8 TID); ``()`` for a source without temporal
+        layers (audio, or video whose packets carry no TID)."""
+        now = self._clock()
+        start, before = self._layer_window
+        if now - start >= RATE_WINDOW_S:
+            current = dict(self.tap.layer_bytes)
+            layers = layer_rates(before, current, now - start)
+            old = self._layer_kbps
+            if len(layers) > 1 and len(old) == len(layers):
+                # A second holds ~4 base-layer frames: smoothed over a few windows, a budget
+                # between two layers does not flip the subscriber from one to the other.
+                layers = tuple(o + (n - o) * LAYER_SMOOTHING
+                               for o, n in zip(old, layers, strict=True))
+            self._layer_kbps = layers if len(layers) > 1 else ()
+            self._layer_window = (now, current)
         return self._layer_kbps
 
-    async def _on_packet(self, tap: SourceTap, packet: SourcePacket, now: float) -> None:
-        tid = packet.info.tid
-        if tid is not None:
-            self._layer_bytes[min(tid, 7)] += packet.info.size
-            self.layered = self.layered or tid > 0
-        await self.forwarder.on_packet(tap, packet, now)
+    @property
+    def layered(self) -> bool:
+        """VP8 with temporal layers seen (else a layer limit means the whole stream)."""
+        return any(tid > 0 for tid, n in self.tap.layer_bytes.items() if n)
 
     def close(self) -> None:
         """Stop forwarding and give the receiver back."""
@@ -121,6 +120,22 @@ class DriverTap:
             self.closed = True
             self.forwarder.close()
             self.tap.detach()
+
+
+def layer_rates(before: Mapping[int, int], after: Mapping[int, int],
+                seconds: float) -> tuple[float, ...]:
+    """Cumulative per-layer rates (kbps) from byte counts per TID at two times: ``[i]`` is
+    layers ``0..i`` together, up to the highest layer that sent anything; ``()`` if none."""
+    sent = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    top = max((tid for tid, n in sent.items() if n > 0), default=None)
+    if top is None or seconds <= 0:
+        return ()
+    rates: list[float] = []
+    total = 0
+    for tid in range(top + 1):
+        total += max(0, sent.get(tid, 0))
+        rates.append(total * 8 / 1000 / seconds)
+    return tuple(rates)
 
 
 class DriverOutput:
@@ -148,6 +163,31 @@ class DriverOutput:
     def sent_bytes(self) -> int:
         """Payload bytes sent to the subscriber."""
         return self.sender.sent_bytes
+
+    @property
+    def loss(self) -> float | None:
+        """Fraction lost (0..1) in the subscriber's latest receiver report."""
+        return self.sender.loss
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """Round-trip time from the subscriber's latest receiver report."""
+        return self.sender.rtt_ms
+
+    @property
+    def reports(self) -> int:
+        """Receiver reports from the subscriber so far."""
+        return self.sender.reports
+
+    def pause(self) -> None:
+        """Stop sending (the line stays; ``resume`` starts again on the next keyframe)."""
+        if self.key in self._tap.forwarder.keys:
+            self._tap.forwarder.pause(self.key)
+
+    def resume(self) -> None:
+        """Send again, from the next keyframe (asked of the publisher now)."""
+        if self.key in self._tap.forwarder.keys:
+            self._tap.forwarder.resume(self.key)
 
     def set_max_tid(self, tid: int | None) -> None:
         """Forward temporal layers 0..tid (None: all). For a source without temporal layers
@@ -216,6 +256,7 @@ class AiortcMediaDriver:
             self._closed_bytes["in"] += tap.tap.bytes
         bytes_ = Counter(self._closed_bytes)
         drops = Counter(self._closed_drops)
+        drops.update(transport_drops)
         tapped = self._closed_tapped
         keyframes = self._closed_keyframes
         for tap in self.taps:

@@ -12,18 +12,25 @@ __all__ = ["media_access", "participant_positions"]
 
 
 def media_access(rooms: Mapping[bytes, HostedRoom], peer: str, kind: str,
-                 room_id: bytes) -> str | None:
-    """None if ``peer`` (a ``client``, ``node`` or ``browser`` endpoint) may publish and
-    receive the media of ``room_id``, else the refusal's reason label."""
+                 room_id: bytes, publish: bool = False) -> str | None:
+    """None if ``peer`` (a ``client``, ``node`` or ``browser`` endpoint) may receive the media
+    of ``room_id`` (``publish``: may publish into it), else the refusal's reason label.
+
+    Any role lets a peer receive; publishing takes an editor's role or better (``read_only``
+    otherwise), as for browsers (``meshnode.web.media``): an open room that admits viewers
+    does not let every passer-by talk into it."""
     hosted = rooms.get(room_id)
     if hosted is None:
         return "unknown_room"
     if kind == "browser":
         return None  # a browser session is let into the room by the web client's own rules
     replica = hosted.runtime.replica
-    if replica.role_of(peer) != "none":
-        return None
-    return "removed" if replica.was_removed(peer) else "not_member"
+    role = replica.role_of(peer)
+    if role == "none":
+        return "removed" if replica.was_removed(peer) else "not_member"
+    if publish and role == "viewer":
+        return "read_only"
+    return None
 
 
 def participant_positions(rooms: Mapping[bytes, HostedRoom],

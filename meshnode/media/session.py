@@ -229,7 +229,10 @@ class MediaSession:
             await close_peer_connection(pc)
 
     async def _negotiate(self) -> None:
-        if self._pc is not None and self.sdp_chars > self.recycle_sdp_chars:
+        # Recycle only towards a connection that carries something: a fresh one with no
+        # line would send no offer, and the answerer would never hear the last lines end.
+        if (self._pc is not None and self.sdp_chars > self.recycle_sdp_chars
+                and any(not ln.stopping for ln in self._lines.values())):
             self.generation += 1
             self.recycles += 1
             await self._drop_pc(replaced=True)

@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from meshnode.overlay.config import OverlayConfig
 from protocol.frames import Graft, IHave, Message, Prune
 
+MAX_LAZY_AUTHORS = 4_096
+"""Authors for whom some neighbour asked for announcements only (Prune). One entry per
+author: without a bound, a room with churn would keep one for every identity that ever
+wrote, as long as the neighbour stays linked."""
+
 
 @dataclass(slots=True)
 class Missing:
@@ -83,14 +88,23 @@ class Broadcast:
 
     def on_prune(self, peer: str, origins: tuple[bytes, ...]) -> None:
         """``peer`` asks us to only announce these authors' changes to it."""
+        lazy = self.lazy
         for author in origins:
-            self.lazy.setdefault(author, set()).add(peer)
+            peers = lazy.pop(author, None)  # re-inserted: the table is in last-prune order
+            lazy[author] = peers if peers is not None else set()
+            lazy[author].add(peer)
+        while len(lazy) > MAX_LAZY_AUTHORS:
+            # The author pruned longest ago (most likely gone) is pushed eagerly again:
+            # at worst a few duplicate pushes, which prune it anew.
+            del lazy[next(iter(lazy))]
 
     def on_graft(self, peer: str, author: bytes) -> None:
         """``peer`` wants this author's changes pushed eagerly again."""
         lazy = self.lazy.get(author)
         if lazy is not None:
             lazy.discard(peer)
+            if not lazy:
+                del self.lazy[author]
 
     def peer_has(self, peer: str, cid: bytes) -> None:
         """``peer`` has change ``cid`` (it announced or sent it): never announce it back."""
@@ -169,8 +183,11 @@ class Broadcast:
 
     def forget_peer(self, peer: str) -> None:
         """A neighbour left: drop it from every table."""
-        for lazy in self.lazy.values():
+        for author in [a for a, lazy in self.lazy.items() if peer in lazy]:
+            lazy = self.lazy[author]
             lazy.discard(peer)
+            if not lazy:
+                del self.lazy[author]  # authors who left must not stay keys forever
         self.announce.pop(peer, None)
         for key in [k for k in self.promises if k[0] == peer]:
             del self.promises[key]

@@ -98,3 +98,17 @@ class IngressQuota:
         changes.tokens -= 1.0
         sizes.tokens -= size
         return True
+
+    def forget_idle(self, now: float) -> int:
+        """Drop the buckets of authors who are back to a full allowance: a full bucket says
+        nothing a fresh one would not, so this is exact, and the table holds only authors
+        who wrote recently, not everyone who ever wrote (rooms with churn). Returns how
+        many were dropped."""
+        idle = [
+            author for author, (changes, sizes) in self.authors.items()
+            if changes.wait_time(now, changes.burst) == 0.0
+            and sizes.wait_time(now, sizes.burst) == 0.0
+        ]
+        for author in idle:
+            del self.authors[author]
+        return len(idle)

@@ -66,6 +66,7 @@ from meshnode.overlay.events import (
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
 from meshnode.overlay.scoring import PeerScores
+from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.errors import DecodeError
@@ -620,7 +621,11 @@ class RoomOverlay:
         if self.presence.accept(msg, now):
             # Presence is latest-wins by the participant's seq, never by our clocks.
             who = peer_id_from_public_key(msg.participant)
-            self._emit(PresenceUpdated(who, msg.fields, now))
+            fields = msg.fields
+            if self.replica.private:  # relayed blind; shown only if we hold the key
+                fields = open_presence(self.replica, msg.participant, msg.seq, fields,
+                                       self.replica.limits) or {}
+            self._emit(PresenceUpdated(who, fields, now))
             self.presence.enqueue(msg, self._targets, peer, now)
 
     # ------------------------------------------------------------------ local input
@@ -663,7 +668,8 @@ class RoomOverlay:
     def submit_presence(self, fields: dict[str, Any], now: float) -> bool:
         """Publish the local participant's presence (e.g. ``{"position": [x, y, z]}``).
 
-        Returns False if it was dropped by the local rate limit.
+        Returns False if it was dropped by the local rate limit, or not sent because this
+        replica holds no presence key of a private room.
         """
         try:
             value = normalize_value(fields, self.replica.limits)
@@ -674,6 +680,14 @@ class RoomOverlay:
         # Wall-clock milliseconds, so a restarted participant's seq outruns its old one; +1
         # keeps it growing if the wall clock steps back.
         seq = max(self._presence_seq + 1, int(self.wall_clock() * 1000))
+        if self.replica.private:
+            # Sealed under the epoch's presence key; without one (a blind host, a reader
+            # waiting for its key) nothing is published (meshnode.overlay.sealed_presence).
+            sealed = seal_presence(self.replica, self.identity.public_key, seq, value,
+                                   self.replica._random_bytes)
+            if sealed is None:
+                return False
+            value = sealed
         msg = make_presence(self.room_id, self.identity.public_key, seq, value,
                             self.identity.sign)
         if not self.presence.accept(msg, now):
@@ -691,6 +705,7 @@ class RoomOverlay:
         """Do whatever is due: view upkeep, announcements, grafts, presence, anti-entropy."""
         self.view.tick(now)
         self.scores.expire_bans(now)
+        self.quota.forget_idle(now)
         active = self.view.active
         targets = self._targets()
         self.tree.tick(now, self._known, targets, active | self.leaves)

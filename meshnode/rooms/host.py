@@ -22,7 +22,9 @@ from collections.abc import Callable
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
-from meshnode.identity import Identity, peer_id_from_public_key
+from meshnode.crdt.redemption import check_proof, invite_keypair
+from meshnode.crdt.roles import ROLE_BY_NAME
+from meshnode.identity import Identity, peer_id_from_public_key, public_key_from_peer_id
 from meshnode.metrics import NodeMetrics
 from meshnode.overlay import RoomOverlay
 from meshnode.overlay.events import (
@@ -44,6 +46,7 @@ from meshnode.rooms.access import (
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
+from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.loading import load_replica
 from meshnode.rooms.sharing import RoomSharing
 from meshnode.runtime.bootstrap import dial_once
@@ -53,6 +56,7 @@ from meshnode.runtime.tasks import TaskSet
 from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
 from meshnode.transport.link import LocalHello
 from meshnode.web.people import PeopleRoom
+from protocol.change import change_id
 from protocol.errors import DecodeError
 from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused
 
@@ -61,6 +65,7 @@ log = logging.getLogger("meshnode.node")
 __all__ = ["JOIN_GRACE_S", "RoomHost"]
 
 JOIN_GRACE_S = 10.0
+KEY_TICK_S = 0.5  # how often private rooms' key upkeep (auto-SHARE, rotation) looks
 NACK_AFTER_S = 1.0  # a client's change not durable after this long, store failing: Nack
 
 
@@ -88,6 +93,9 @@ class RoomHost(LinkService):
         self._members: dict[bytes, dict[str, str]] = {}  # per room, to notice role changes
         # Told the room ID of each invite redeemed (discovery dials the room's other hosts).
         self.on_join: Callable[[bytes], None] | None = None
+        self._keys: dict[bytes, KeyUpkeep] = {}  # private rooms this node reads
+        self._key_rng = random.Random(os.urandom(16))
+        self._key_writing: set[bytes] = set()
         links.register(self)
 
     @property
@@ -101,6 +109,7 @@ class RoomHost(LinkService):
             await self._host(record)
         if not self.rooms and self.config.default_room:
             await self.create_room(self.config.default_room_name, default=True)
+        self._tasks.spawn(self._key_loop(), "private room keys")
 
     async def aclose(self) -> None:
         """Stop this host's tasks, save every room's snapshot, close the rooms."""
@@ -151,13 +160,25 @@ class RoomHost(LinkService):
         return hosted
 
     async def create_room(self, name: str, *, default: bool = False,
-                          admit: str | None = None) -> bytes:
-        """Found a room owned by this node; returns its ID."""
+                          admit: str | None = None, private: bool = False) -> bytes:
+        """Found a room owned by this node; returns its ID. ``private``: a private room
+        (sealed scene, presence and name; docs/protocol.md, "Private rooms"), for invite-only
+        rooms (an ``open`` room admits anyone, so it cannot be private)."""
+        admit = admit or self.config.admit
+        if private and admit == "open":
+            raise ValueError("an open room admits anyone, so it cannot be private: create it "
+                             "with admit invite")
         replica = SceneReplica.create(self.identity, time.time(), name=name,
-                                      nonce=os.urandom(16))
-        settings = {"admit": admit or self.config.admit, "default": default}
-        await asyncio.to_thread(self.store.add_room, replica.room_id, replica.genesis, name,
-                                settings)
+                                      nonce=os.urandom(16), private=private)
+        settings: dict[str, object] = {"admit": admit, "default": default}
+        if private:
+            settings["private"] = True
+        # A private room's name is sealed in its history: the store's room table holds "".
+        await asyncio.to_thread(self.store.add_room, replica.room_id, replica.genesis,
+                                "" if private else name, settings)
+        if private:  # the owner's second change: the first epoch and the sealed name
+            await asyncio.to_thread(self.store.append_changes, replica.room_id,
+                                    [(change_id(c), c) for c in replica.changes_since({})[1:]])
         record = next(r for r in await asyncio.to_thread(self.store.rooms)
                       if r.room_id == replica.room_id)
         await self._host(record)
@@ -174,8 +195,11 @@ class RoomHost(LinkService):
         if invite.room_id not in self.rooms:
             replica = SceneReplica.from_genesis(invite.genesis, self.identity)
             name = replica.room_name
+            settings: dict[str, object] = {"admit": "invite", "invite": token}
+            if replica.private:
+                settings["private"] = True
             await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
-                                    {"admit": "invite", "invite": token})
+                                    settings)
             record = next(r for r in await asyncio.to_thread(self.store.rooms)
                           if r.room_id == invite.room_id)
             await self._host(record)
@@ -214,18 +238,30 @@ class RoomHost(LinkService):
         problem = mint_problem(replica, self.identity.public_key, role)
         if problem is not None:
             raise PermissionDenied(problem)
+        # Every invite gets its own key pair (meshnode.crdt.redemption): the token carries the
+        # secret half, so a blind host can admit its holder, and only its holder, by proof.
+        secret, _public = invite_keypair(os.urandom(32))
         inv = make_invite(room_id, replica.genesis, role, self.identity.public_key,
                           self.identity.sign, int((time.time() + ttl_s) * 1000), [self.url],
-                          max_uses or 0)
+                          max_uses or 0, invite_secret=secret)
         return inv.token()
 
     async def set_role(self, room_id: bytes, peer: str, role: str) -> None:
-        """Give ``peer`` a role in the room ("admin", "editor", "viewer" or "none"), as a
-        signed change. A lower role names the member's cut-off: every replica retracts the
-        member's changes that had not seen it. Raises ``KeyError`` (no such room),
-        ``ValueError`` (bad PeerID or role) or ``PermissionDenied`` (this node's role may not)."""
+        """Give ``peer`` a role in the room ("admin", "editor", "viewer", "host" or "none"),
+        as a signed change. A lower role names the member's cut-off: every replica retracts
+        the member's changes that had not seen it (in a private room, a removal also rotates
+        the keys in the same change, timed in ``meshnode_rotation_seconds``). Raises
+        ``KeyError`` (no such room), ``ValueError`` (bad PeerID or role) or
+        ``PermissionDenied`` (this node's role may not)."""
         hosted = self.rooms[room_id]
+        replica = hosted.runtime.replica
+        rotates = replica.private and replica.is_reader(public_key_from_peer_id(peer)) \
+            and role in ("none", "host")
+        started = time.perf_counter()
         await hosted.runtime.edit(lambda r: r.grant(peer, role))
+        if rotates:
+            self.metrics.rotation_seconds.labels(room_id.hex()[:16]).observe(
+                time.perf_counter() - started)
         log.info("room %s: %s is now %s", room_id.hex()[:16], peer, role)
 
     async def remove_member(self, room_id: bytes, peer: str) -> None:
@@ -239,6 +275,56 @@ class RoomHost(LinkService):
         hosted = self.rooms[room_id]
         await hosted.runtime.edit(lambda r: r.revoke_invite(invite_id))
         log.info("room %s: invite %s revoked", room_id.hex()[:16], invite_id.hex()[:16])
+
+    # ------------------------------------------------------------------ private rooms' keys
+
+    async def _key_loop(self) -> None:
+        """Every ``KEY_TICK_S``: in each private room this node reads, share the keys with
+        readers who lack them (after a jitter, unless another reader does first) and rotate
+        on schedule (``meshnode.rooms.key_upkeep``). Blind hosts do nothing here."""
+        while True:
+            await asyncio.sleep(KEY_TICK_S)
+            for room_id, hosted in list(self.rooms.items()):
+                if hosted.runtime.replica.private and room_id not in self._key_writing:
+                    self._key_tick(room_id, hosted)
+
+    def _key_tick(self, room_id: bytes, hosted: HostedRoom) -> None:
+        upkeep = self._keys.setdefault(room_id, KeyUpkeep(
+            share_jitter_s=self.config.share_jitter_s,
+            rotate_every_s=self.config.rotate_every_s))
+        work = upkeep.plan(hosted.runtime.replica, self.identity.public_key,
+                           time.monotonic(), self._key_rng, time.time())
+        if work.empty:
+            return
+        self._key_writing.add(room_id)
+        self._tasks.spawn(self._write_keys(room_id, hosted, work.shares, work.rotate),
+                          f"keys {room_id.hex()[:12]}")
+
+    async def _write_keys(self, room_id: bytes, hosted: HostedRoom, shares: tuple[bytes, ...],
+                          rotate: bool) -> None:
+        label = room_id.hex()[:16]
+
+        def write(replica: SceneReplica) -> None:
+            for member in shares:
+                if member in replica.keyless_readers():
+                    replica.share(member)
+            if rotate:
+                replica.rotate()
+
+        started = time.perf_counter()
+        try:
+            await hosted.runtime.edit(write)
+        except (PermissionDenied, ValueError, StoreError, ConnectionError) as err:
+            log.warning("room %s: could not write keys: %s", label, err)
+            return
+        finally:
+            self._key_writing.discard(room_id)
+        if rotate:
+            self.metrics.rotation_seconds.labels(label).observe(time.perf_counter() - started)
+            log.info("room %s: keys rotated (scheduled)", label)
+        if shares:
+            self.metrics.key_shares.labels(label).inc(len(shares))
+            log.info("room %s: keys shared with %d reader(s)", label, len(shares))
 
     def default_room_id(self) -> bytes | None:
         """The default room (or the first room; None if the node hosts none)."""
@@ -280,9 +366,14 @@ class RoomHost(LinkService):
 
     async def _save_snapshot(self, hosted: HostedRoom) -> None:
         # Encoded here, on the loop (the replica changes only there), written in a thread.
+        replica = hosted.runtime.replica
+        if replica.private:
+            # No snapshots of private rooms (a plain one would hold the scene in clear; sealed
+            # snapshots are not implemented): they load and serve from their change history.
+            hosted.stored_since_snapshot = 0
+            return
         if hosted.stored_since_snapshot == 0 or hosted.saving_snapshot:
             return
-        replica = hosted.runtime.replica
         hosted.saving_snapshot = True
         try:
             covered = hosted.stored_since_snapshot
@@ -436,7 +527,8 @@ class RoomHost(LinkService):
             token = hosted.settings.get("invite")
             if isinstance(token, str) and hosted.runtime.replica.role_of(self.peer_id) == "none":
                 with contextlib.suppress(DecodeError):
-                    invites.append(parse_invite(token).raw())
+                    # The presented form: our redemption signature, never the secret half.
+                    invites.append(parse_invite(token).presented(self.identity.public_key))
                     joining.append(rid)
         opened = {rid: h.settings.get("admit") == "open" for rid, h in self.rooms.items()}
         rooms = announced_in_hello(opened, joining[:4])
@@ -476,7 +568,10 @@ class RoomHost(LinkService):
         hosted = self.rooms.get(invite.room_id)
         if hosted is None:
             return None
-        problem = invite_problem(hosted.runtime.replica, invite, peer, int(time.time() * 1000))
+        replica = hosted.runtime.replica
+        problem = invite_problem(replica, invite, peer, int(time.time() * 1000))
+        if problem is None and not self._may_grant_itself(replica, peer, invite.role):
+            problem = self._proof_problem(replica, invite, peer)
         if problem is not None:
             self.metrics.rejections.labels(f"invite_{problem}").inc()
             log.warning("invite from %s refused: %s", peer, problem)
@@ -484,19 +579,44 @@ class RoomHost(LinkService):
         self._admit(hosted, peer, invite.role, invite)
         return invite.room_id, "", invite.id
 
+    def _may_grant_itself(self, replica: SceneReplica, peer: str, role: str) -> bool:
+        """Whether this node's own role lets it grant ``role`` (a blind host's never does: it
+        admits only on an invite's authority, with the invitee's redemption proof)."""
+        return (replica.role_of(self.peer_id) != "host"
+                and may_grant(replica, self.peer_id, peer, role))
+
+    def _proof_problem(self, replica: SceneReplica, invite: Invite, peer: str) -> str | None:
+        """Why ``invite`` cannot be redeemed by proof for ``peer`` here (None: it can):
+        ``no_redemption`` (a token without a key pair, or a hello without the redemption
+        signature) or the reason every replica would give (``bad_redemption``...)."""
+        proof = invite.proof()
+        if proof is None or replica.role_of(self.peer_id) == "none":
+            return "no_redemption"
+        _terms, reason = check_proof(proof, replica.room_id, invite.id,
+                                     ROLE_BY_NAME[invite.role], invite.max_uses,
+                                     public_key_from_peer_id(peer))
+        return reason or None
+
     def _admit(self, hosted: HostedRoom, peer: str, role: str,
                invite: Invite | None = None) -> None:
         replica = hosted.runtime.replica
         if replica.role_of(peer) != "none" or peer == self.peer_id:
             return
-        if not may_grant(replica, self.peer_id, peer, role):
-            log.info("cannot admit %s as %s: this node is %s", peer, role,
-                     replica.role_of(self.peer_id))
+        by_proof = not self._may_grant_itself(replica, peer, role)
+        proof = invite.proof() if invite is not None else None
+        if by_proof and (invite is None or proof is None):
+            log.info("cannot admit %s as %s: this node is %s and has no redemption proof",
+                     peer, role, replica.role_of(self.peer_id))
             return
 
         async def grant() -> None:
             try:
-                if invite is None:
+                if by_proof:
+                    assert invite is not None and proof is not None
+                    await hosted.runtime.edit(lambda r: r.admit(
+                        peer, role, invite_id=invite.id, max_uses=invite.max_uses,
+                        proof=proof, now=time.time()))
+                elif invite is None:
                     await hosted.runtime.edit(lambda r: r.grant(peer, role))
                 else:  # the grant names the invite, so every replica counts its uses
                     await hosted.runtime.edit(lambda r: r.grant(

@@ -32,6 +32,7 @@ from meshnode.overlay.events import (
     RefusalReason,
     RequestRefused,
 )
+from meshnode.rooms.privacy_info import private_info
 from protocol.change import change_id
 from protocol.frames import Presence
 
@@ -69,7 +70,6 @@ class RoomRuntime:
         self.overlay = overlay
         self.replica: SceneReplica = overlay.replica
         self.room_id = overlay.room_id
-        self.room_name = self.replica.room_name
         self.me = overlay.identity.public_id
         self._send = send
         self._persist = persist
@@ -119,6 +119,11 @@ class RoomRuntime:
 
     # ------------------------------------------------------------------ reading
 
+    @property
+    def room_name(self) -> str:
+        """The room's name (a private room's is sealed: "" until this replica reads it)."""
+        return self.replica.room_name
+
     def state(self) -> dict[str, dict[str, Any]]:
         """The canonical scene view (``SceneReplica.state()``)."""
         return self.replica.state()
@@ -126,6 +131,11 @@ class RoomRuntime:
     def presence(self) -> dict[str, dict[str, Any]]:
         """Live presence: participant PeerID -> fields."""
         return dict(self._presence)
+
+    def privacy(self) -> dict[str, Any]:
+        """The room's privacy as pages show it (``meshnode.rooms.privacy_info``), with
+        ``node``: the PeerID of whoever renders the room here."""
+        return {**private_info(self.replica, self.me), "node": self.me}
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` after every applied change or presence change; returns a

@@ -88,8 +88,8 @@ class RoomAdmin(Protocol):
     """The room host's actions the HTTP endpoint offers (``meshnode.rooms.host.RoomHost``)."""
 
     async def create_room(self, name: str, *, default: bool = False,
-                          admit: str | None = None) -> bytes:
-        """Found a room owned by this node; returns its ID."""
+                          admit: str | None = None, private: bool = False) -> bytes:
+        """Found a room owned by this node (``private``: sealed); returns its ID."""
         ...
 
     async def join_room(self, token: str) -> bytes:
@@ -299,6 +299,10 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def snapshot(request: web.Request) -> web.Response:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
+        if hosted.runtime.replica.private:
+            # No snapshots of private rooms (one in clear would hold the scene): a joiner
+            # replays the change history.
+            return _error(404, "a private room has no snapshots: sync its changes")
         snap = await host.latest_snapshot(hosted.runtime.room_id)
         if snap is None:
             return _error(404, "no snapshot yet")
@@ -381,11 +385,17 @@ def build_app(node: NodeApi) -> web.Application:
         body = await _json_body(request)
         name = body.get("name", "room")
         admit = body.get("admit")
+        private = body.get("private", False)
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             return _error(400, "name must be a string of 1 to 200 characters")
         if admit not in (None, "open", "invite"):
             return _error(400, "admit must be open or invite")
-        rid = await host.create_room(name, admit=admit)
+        if type(private) is not bool:
+            return _error(400, "private must be true or false")
+        try:
+            rid = await host.create_room(name, admit=admit, private=private)
+        except ValueError as err:  # a private room that would be open
+            return _error(400, str(err))
         return web.json_response(room_info(view, rid))
 
     async def join_room(request: web.Request) -> web.Response:
@@ -404,8 +414,9 @@ def build_app(node: NodeApi) -> web.Application:
         body = await _json_body(request)
         role = body.get("role", "editor")
         ttl = body.get("ttl_s", 7 * 86_400)
-        if role not in ("viewer", "editor", "admin"):
-            return _error(400, "role must be viewer, editor or admin")
+        if role not in ("viewer", "editor", "admin", "host"):
+            return _error(400, "role must be viewer, editor, admin or host (a node that "
+                               "stores and relays a private room without reading it)")
         if not isinstance(ttl, int | float) or not 0 < ttl <= 365 * 86_400:
             return _error(400, "ttl_s must be a number of seconds up to a year")
         max_uses = body.get("max_uses")
@@ -436,9 +447,10 @@ def build_app(node: NodeApi) -> web.Application:
         hosted = room_or_404(request)
         body = await _json_body(request)
         peer, role = body.get("peer"), body.get("role")
-        if not isinstance(peer, str) or role not in ("admin", "editor", "viewer", "none"):
+        if not isinstance(peer, str) or role not in ("admin", "editor", "viewer", "host",
+                                                     "none"):
             return _error(400, 'expected {"peer": PeerID, "role": "admin" | "editor" | '
-                               '"viewer" | "none"}')
+                               '"viewer" | "host" | "none"}')
         rid = hosted.runtime.room_id
         return await room_edit(hosted, host.set_role(rid, peer, role),
                                {"room": rid.hex(), "peer": peer, "role": role})

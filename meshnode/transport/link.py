@@ -43,6 +43,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidStateError
 
 from meshnode.identity import Identity
+from meshnode.transport.capture import record
 from meshnode.transport.hello import HelloRejected, check_hello, local_fingerprint_of
 from meshnode.transport.ice import (
     IceSettings,
@@ -521,6 +522,7 @@ class PeerLink:
         stats = self.stats.channel(channel)
         stats.messages_in += 1
         stats.bytes_in += len(data)
+        record(False, data)
         if len(data) > self._settings.max_message_bytes:
             self._close_now("too_large", None)
             return
@@ -593,6 +595,7 @@ class PeerLink:
             return self._drop(stats, "closed")
         stats.messages_out += 1
         stats.bytes_out += len(data)
+        record(True, data)
         return True
 
     def _drain(self) -> None:

@@ -95,6 +95,10 @@ class PeopleRoom:
         """The scene."""
         return self.runtime.state()
 
+    def privacy(self) -> dict[str, Any]:
+        """The room's privacy, as the page shows it (``RoomRuntime.privacy``)."""
+        return self.runtime.privacy()
+
     def last_writers(self) -> dict[str, str]:
         """Each entity's last writer's PeerID (``SceneReplica.last_writers``)."""
         return self.runtime.replica.last_writers()

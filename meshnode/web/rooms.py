@@ -138,6 +138,11 @@ class DelegatingRoom:
         """Follow the room's changes."""
         return self._room.subscribe(callback)
 
+    def privacy(self) -> dict[str, Any]:
+        """The room's privacy, if the room tells it (``RoomRuntime.privacy``)."""
+        privacy = getattr(self._room, "privacy", None)
+        return privacy() if callable(privacy) else {"private": False}
+
     def forget(self, session: str) -> None:
         """Pass a leaving browser on to the room, if it keeps one entry per browser."""
         forget = getattr(self._room, "forget", None)

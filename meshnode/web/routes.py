@@ -15,12 +15,14 @@
   ``meshnode.web.browser_link``).
 - ``GET /api/browser/hosts?room=<hex>`` (``Meshnode-Invite`` header or the admin token, as
   for an offer) → ``{"hosts": [url, ...]}``: where the room's other hosts serve, the page's
-  failover candidates (404 as for an offer if the browser may not see the room).
-- ``OPTIONS /api/browser/offer``: the CORS preflight. A page of another host of one of our
-  rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer cross-origin, with
-  ``Content-Type`` only (never ``Authorization``): its page fails over to this node when its
-  own dies. The offer is then judged for its room (403 ``foreign_origin`` if that origin's node
-  does not host it); the answers carry ``Access-Control-Allow-Origin``.
+  failover candidates (404 as for an offer if the browser may not see the room). A page that
+  failed over here asks cross-origin, under the offer's rule below.
+- ``OPTIONS /api/browser/offer`` and ``/api/browser/hosts``: the CORS preflight. A page of
+  another host of one of our rooms (``cross_origin``; ``meshnode.web.host_origins``) may offer
+  (and ask for the hosts) cross-origin, with ``Content-Type`` and ``Meshnode-Invite`` only
+  (never ``Authorization``): its page fails over to this node when its own dies. The offer
+  is then judged for its room (403 ``foreign_origin`` if that origin's node does not host it);
+  the answers carry ``Access-Control-Allow-Origin``.
 """
 
 from __future__ import annotations
@@ -117,6 +119,19 @@ def add_web_routes(
         room_hex = request.query.get("room", "").lower()
         if not _ROOM_HEX.match(room_hex):
             return _error(400, "expected ?room=<room ID in hex>")
+        # A page that failed over here asks for the hosts too (cross-origin): the same rule
+        # as for its offer (a page of the room's other hosts, no admin token).
+        origin = foreign_origin(request)
+        if origin is not None and (cross_origin is None or "Authorization" in request.headers
+                                   or not cross_origin(origin, room_hex)):
+            return _error(403, f"pages from {origin} may not ask for room {room_hex}'s hosts")
+        answer = await hosts_answer(request, room_hex)
+        if origin is not None:
+            answer.headers["Access-Control-Allow-Origin"] = origin
+            answer.headers["Vary"] = "Origin"
+        return answer
+
+    async def hosts_answer(request: web.Request, room_hex: str) -> web.Response:
         room = rooms(room_hex)
         if room is None or (access is not None and access(
                 room_hex, request, request.headers.get(INVITE_HEADER)) is BrowserAccess.NONE):
@@ -137,8 +152,9 @@ def add_web_routes(
         if origin is None or cross_origin is None or not cross_origin(origin, None):
             return _error(403, "pages from other sites may not offer to this node")
         return web.Response(status=204, headers={
-            "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "POST",
-            "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600",
+            "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "GET, POST",
+            "Access-Control-Allow-Headers": f"Content-Type, {INVITE_HEADER}",
+            "Access-Control-Max-Age": "600",
             "Vary": "Origin"})
 
     async def post_offer(request: web.Request) -> web.Response:
@@ -206,6 +222,7 @@ def add_web_routes(
     app.router.add_get("/api/default-room", get_default_room)
     app.router.add_get("/api/ice", get_ice)
     app.router.add_get("/api/browser/hosts", get_hosts)
+    app.router.add_route("OPTIONS", "/api/browser/hosts", preflight)
     app.router.add_post("/api/browser/offer", post_offer)
     app.router.add_route("OPTIONS", "/api/browser/offer", preflight)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)

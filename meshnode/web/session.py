@@ -32,6 +32,11 @@ Node → browser:
 - ``{"t":"delta","set":{id:entity},"del":[id,...]}``: entities added or changed (each given
   whole) and entities removed, relative to the last state the browser was sent.
 - ``{"t":"presence","presence":{PeerID:{...}}}``: everyone's presence, replacing the last.
+- ``{"t":"privacy","privacy":{...}}``: in the welcome as ``privacy`` and again whenever it
+  changes: ``private``; for a private room ``node`` (the PeerID of the node that renders
+  the room for this page: the page is its thin client), ``this_node`` (``reader``: the node
+  holds the keys and reads the room; ``host``: a blind host, which cannot read it, so neither
+  can this page), ``readable`` and ``keys`` (each reader's PeerID -> holds the keys).
 - ``{"t":"ack","req":n,"ok":true}`` (``"id":entityId`` added for ``create``), sent only
   after the edit is durable, and after the state message that shows it (so the browser reads
   its own writes once the ack arrives).
@@ -161,6 +166,7 @@ class BrowserSession:
         self._sent_state: dict[str, dict[str, Any]] = {}
         self._sent_presence: dict[str, dict[str, Any]] = {}
         self._sent_authors: dict[str, str] = {}
+        self._sent_privacy: dict[str, Any] = {}
         self._acks: list[dict[str, Any]] = []
         self._ack_handle: asyncio.Handle | None = None
         self._acks_sent: asyncio.Future[None] | None = None
@@ -193,6 +199,7 @@ class BrowserSession:
         state = self._room.state()
         presence = self._room.presence()
         room_id = self._room.room_id
+        privacy = self._privacy()
         head = {
             "t": "welcome",
             "room": room_id.hex(),
@@ -202,11 +209,13 @@ class BrowserSession:
             "session": self.name,
             "challenge": base64.b64encode(self._challenge).decode("ascii"),
             "presence": presence,
+            "privacy": privacy,
         }
         self._send_parts(head, {"t": "state"}, "state", state)
         self._sent_state = state
         self._push_authors()
         self._sent_presence = presence
+        self._sent_privacy = privacy
         self._last_push = self._loop.time()
         self._unsubscribe = self._room.subscribe(self._on_room_change)
 
@@ -318,6 +327,7 @@ class BrowserSession:
             self._push_state()
             self._push_authors()
             self._push_presence()
+            self._push_privacy()
         except Exception:
             self.counters["push_failed"] += 1
             log.exception("session %s: pushing state failed", self.name)
@@ -346,6 +356,16 @@ class BrowserSession:
         if authors != self._sent_authors:
             self._sent_authors = authors
             self._send_parts({"t": "authors"}, {"t": "authors"}, "authors", authors)
+    def _privacy(self) -> dict[str, Any]:
+        privacy = getattr(self._room, "privacy", None)
+        value = privacy() if callable(privacy) else {"private": False}
+        return value if isinstance(value, dict) else {"private": False}
+
+    def _push_privacy(self) -> None:
+        privacy = self._privacy()
+        if privacy != self._sent_privacy:
+            self._sent_privacy = privacy
+            self._send({"t": "privacy", "privacy": privacy})
 
     def _push_presence(self) -> None:
         presence = self._room.presence()

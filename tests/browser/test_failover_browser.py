@@ -1,5 +1,6 @@
 """The page's node is killed mid-stream: the page reconnects to the room's other host (learnt
-from its node, joined cross-origin) and keeps editing; every edit lands exactly once."""
+from its node, joined cross-origin) and keeps editing; every edit lands exactly once; and it
+then learns the room's hosts from the node it moved to."""
 
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,7 @@ EDIT_LOOP = f"""window.__made = []; window.__errors = [];
 async def test_page_fails_over_to_another_host(chromium: Chromium, tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     b: NodeProcess | None = None
+    nodes: list[NodeProcess] = []
     try:
         room = a.default_room
         assert room is not None
@@ -58,6 +60,15 @@ async def test_page_fails_over_to_another_host(chromium: Chromium, tmp_path: Pat
         conn = await js("window.meshnode.connection()")
         assert isinstance(conn, dict)
         assert conn["url"] == b.url and conn["failovers"] >= 1
+        # A third host joins while A is dead: the page hears of it from B, the node it
+        # moved to (cross-origin), not from its own dead node.
+        # (An admin may invite editors, not admins: C hosts the room as an editor.)
+        invite_c = b.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        c = NodeProcess(tmp_path / "c", args=["--no-default-room", "--bootstrap", b.url,
+                                              "--join", invite_c])
+        nodes.append(c.start())
+        await wait_js(f"window.meshnode.connection().hosts.includes({c.url!r})",
+                      "the page to learn C from B after the failover")
 
         # B holds every edit of the page exactly once (the one in flight when A died too).
         async with connect(b.url, room, Identity.generate(), ice=ICE, invite=token) as at_b:
@@ -72,5 +83,6 @@ async def test_page_fails_over_to_another_host(chromium: Chromium, tmp_path: Pat
             assert all(m in at_b.state() for m in made)
     finally:
         a.kill()
-        if b is not None:
-            b.kill()
+        for n in [b, *nodes]:
+            if n is not None:
+                n.kill()

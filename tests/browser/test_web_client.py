@@ -299,11 +299,51 @@ async def test_welcome_carries_room_state_and_presence() -> None:
         "node": room.me,
         "session": "browser-test",
         "presence": {"12D3KooWpeer": {"name": "ann"}},
+        "privacy": {"private": False},
         "state": {str(cube): {"parent": "root", "components": {"name": {"value": "cube"}}}},
     }
     assert room.subscribers
     session.close()
     assert not room.subscribers
+
+
+class PrivateFakeRoom(FakeRoom):
+    """A private room as a node's runtime shows it (``RoomRuntime.privacy``)."""
+
+    def privacy(self) -> dict[str, Any]:
+        from meshnode.rooms.privacy_info import private_info
+
+        return {**private_info(self.replica, self.me), "node": self.me}
+
+
+async def test_a_private_room_tells_the_page_who_renders_it_and_who_holds_keys() -> None:
+    owner, host, ann = Identity.generate(), Identity.generate(), Identity.generate()
+    founded = SceneReplica.create(owner, NOW, name="sealed lab", nonce=b"p", private=True)
+    founded.grant(host.public_id, "host")
+    founded.commit(NOW + 1)
+    # The page is served by the blind host: its node cannot read, so neither can the page.
+    blind = SceneReplica.from_genesis(founded.genesis, host)
+    blind.apply_many(founded.changes_since([]), NOW + 2)
+    room = PrivateFakeRoom(blind)
+    session, wire = open_session(room)
+    privacy = wire.sent[0]["privacy"]
+    assert wire.sent[0]["room_name"] == ""
+    assert privacy == {"private": True, "this_node": "host", "readable": False,
+                       "keys": {owner.public_id: True}, "node": host.public_id}
+    # A reader without keys yet: the page lists them as waiting, then as holding keys.
+    founded.grant(ann.public_id, "viewer")
+    founded.commit(NOW + 3)
+    room.local_edit(lambda r: r.apply_many(founded.changes_since([]), NOW + 4))
+    await until(lambda: bool(wire.of("privacy")))
+    keys = wire.of("privacy")[-1]["privacy"]["keys"]
+    assert keys == {owner.public_id: True, ann.public_id: True}  # shared with the grant
+    session.close()
+    # Served by the owner's node (a reader), the page is told that its node renders it.
+    reader_session, reader_wire = open_session(PrivateFakeRoom(founded))
+    shown = reader_wire.sent[0]
+    assert shown["room_name"] == "sealed lab"
+    assert shown["privacy"]["this_node"] == "reader" and shown["privacy"]["readable"]
+    reader_session.close()
 
 
 async def test_create_set_move_delete_are_acked_after_the_state_that_shows_them() -> None:

@@ -15,6 +15,7 @@ from meshnode.discovery.planner import (
     Rejection,
     Skip,
     pick_dials,
+    pick_join_dials,
     triage,
 )
 from meshnode.identity import Identity
@@ -101,3 +102,70 @@ def test_pick_dials_only_live_unlinked_allowed_hosts_with_urls() -> None:
 def test_config_refuses_cards_that_expire_before_their_republication() -> None:
     with pytest.raises(ValueError):
         PlannerConfig(announce_interval_s=600, card_ttl_s=60)
+
+
+def test_triage_skips_providers_that_hold_no_role_unchecked() -> None:
+    """A provider record is anyone's claim: with an authoritative replica, strangers are
+    skipped before any liveness check (never contacted)."""
+    members = {PEERS[1], PEERS[3]}
+    providers = [(p, ("/x",)) for p in PEERS[1:5]]
+    out = triage(providers, me=ME, known_live=[], backoff=PeerBackoff(CFG),
+                 may_link=lambda p: True, now=0, config=CFG, member=members.__contains__)
+    assert out == [Check(PEERS[1], ("/x",)), Skip(PEERS[2], Rejection.NOT_IN_ROOM),
+                   Check(PEERS[3], ("/x",)), Skip(PEERS[4], Rejection.NOT_IN_ROOM)]
+    # Without the replica (None) nothing is known: all are checked (up to max_checks).
+    out = triage(providers, me=ME, known_live=[], backoff=PeerBackoff(CFG),
+                 may_link=lambda p: True, now=0, config=CFG)
+    assert [type(a) for a in out] == [Check, Check, Skip, Skip]
+
+
+def test_join_dials_vouched_hosts_first_strangers_late_and_never_once_admitted() -> None:
+    cfg = PlannerConfig(max_dials=3, join_unverified_round=2)
+    founder, inviter, s1, s2 = PEERS[4], PEERS[6], PEERS[1], PEERS[2]
+    recs = [HostRecord(p, (f"http://{p[-4:]}",), (), True) for p in (s1, s2, founder, inviter)]
+    vouched = {founder, inviter}.__contains__
+    backoff = PeerBackoff(cfg)
+
+    def pick(round_no: int, admitted: bool, linked: tuple[str, ...] = ()) -> list[str]:
+        return [d.peer_id for d in pick_join_dials(
+            recs, me=ME, linked=linked, may_link=lambda p: True, backoff=backoff, now=0,
+            config=cfg, round_no=round_no, admitted=admitted, vouched=vouched)]
+
+    # Early rounds: only those the genesis or the invite vouch for (their invite is safe).
+    assert pick(0, False) == [founder, inviter] and pick(1, False) == [founder, inviter]
+    # The vouched did not answer (linked none): strangers too, vouched first, bounded.
+    assert pick(2, False) == [founder, inviter, s1]
+    assert pick(2, False, linked=(founder, inviter)) == [s1, s2]
+    # Admitted: the grants decide; a stranger is never dialled, whatever the round.
+    assert pick(4, True, linked=(founder,)) == [inviter]
+    # A host that failed is backed off: not dialled again in the next rounds.
+    backoff.failed(s1, 0)
+    assert pick(3, False, linked=(founder, inviter)) == [s2]
+
+
+def test_the_answer_watch_counts_libp2p_parse_failures_and_hides_them() -> None:
+    import logging
+
+    from meshnode.discovery.answer_watch import DhtAnswerWatch
+
+    seen: list[tuple[str, str]] = []
+    watch = DhtAnswerWatch(lambda reason, detail: seen.append((reason, detail)))
+    watch.install()
+    logger = logging.getLogger("libp2p.kad_dht.provider_store")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        logger.warning("Error getting providers from QmX: Error parsing message with type "
+                       "'Message'")
+        logger.warning("Received an invalid-signed-record, skipping provider")
+        logger.warning("Failed to get providers from QmY: connection refused")  # not garbage
+        logger.error("Host or peer_routing not initialized")
+    finally:
+        logger.removeHandler(handler)
+        watch.uninstall()
+    assert [r for r, _ in seen] == ["bad_dht_answer", "bad_dht_answer"]
+    assert [r.getMessage() for r in records] == ["Host or peer_routing not initialized"]
+    logger.warning("Error parsing message")  # uninstalled: not counted
+    assert len(seen) == 2

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from meshnode.identity import Identity
 from tests.integration.nodeproc import NodeProcess
 
 PORT = 8470  # each namespace has its own ports
@@ -104,11 +105,15 @@ print(urllib.request.urlopen(req, timeout=10).read().decode())
 class LanNode:
     """A node inside a namespace, reached through its admin API from inside it."""
 
-    def __init__(self, tmp: Path, name: str, ns: str, addr: str) -> None:
+    def __init__(self, tmp: Path, name: str, ns: str, addr: str, extra_config: str = "",
+                 identity: Identity | None = None) -> None:
         self.ns = ns
         self.proc = NodeProcess(
-            tmp / name, config=CONFIG.format(addr=addr), prefix=["ip", "netns", "exec", ns],
+            tmp / name, config=CONFIG.format(addr=addr) + extra_config,
+            prefix=["ip", "netns", "exec", ns],
             args=["--listen", f"0.0.0.0:{PORT}", "--public-url", f"http://{addr}:{PORT}"])
+        if identity is not None:
+            identity.save(self.proc.data_dir / "identity.key")
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         out = subprocess.run(
@@ -166,6 +171,46 @@ def test_two_lan_nodes_find_each_other_by_mdns_and_sync_a_room(
         hosts = next(r["hosts"] for r in b.api("GET", "/api/status")["federation"]["rooms"]
                      if r["room"] == room)
         assert hosts == [A]
+    finally:
+        a.proc.kill()
+        b.proc.kill()
+
+
+def _metric(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_denied_node_found_by_mdns_is_never_dialled(
+        netns_pair: tuple[str, str], tmp_path: Path) -> None:
+    idb = Identity.generate()
+    B = idb.public_id
+    a = LanNode(tmp_path, "a", netns_pair[0], ADDRS[0],
+                extra_config=f'[federation]\ndeny = ["{B}"]\n')
+    b = LanNode(tmp_path, "b", netns_pair[1], ADDRS[1], identity=idb)
+    try:
+        a.proc.start()
+        b.proc.start()
+        A = a.proc.peer_id
+        # A hears B's announcement and drops it (the policy, before the table); B, which
+        # denies no one, dials A, and A refuses B's offer before answering it.
+        a.proc.wait_for(lambda: _metric(a.text("/metrics"),
+                                        'meshnode_mdns_rejected_total{reason="denied"}') >= 1,
+                        "A to find B by mDNS and ignore it")
+        b.proc.wait_for(lambda: _metric(b.text("/metrics"),
+                                        'meshnode_mdns_dials_total{result="failed"}') >= 1,
+                        "B's dial to A to be refused")
+        assert f"mDNS: ignored '{B}._meshnode._tcp.local.': denied" in a.proc.log()
+        assert f"federation: refused a link with {B} (denied" in a.proc.log()
+        a_metrics = a.text("/metrics")
+        assert _metric(a_metrics, 'meshnode_mdns_dials_total{result="ok"}') == 0
+        assert _metric(a_metrics, 'meshnode_mdns_dials_total{result="failed"}') == 0
+        assert "mDNS: found node" not in a.proc.log()  # never in A's table: never dialled
+        assert B not in a.peers() and A not in b.peers()
+        for n, other in ((a, B), (b, A)):
+            assert f"link up with {other}" not in n.proc.log()
     finally:
         a.proc.kill()
         b.proc.kill()

@@ -2,6 +2,7 @@
 its ``[federation]`` section refuses, by any way a link gets made, while the room still
 reaches it through the nodes it does federate with, and its clients are unaffected."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -156,3 +157,56 @@ async def test_allow_list_federates_with_the_listed_nodes_only(mesh: _Mesh) -> N
     async with connect(a.url, a.default_room, Identity.generate(), ice=ICE) as client:
         assert client.role() == "editor"
     assert a.get("/api/status")["federation"]["policy"]["allow"] == [c.peer_id]
+
+
+def _room_hosts(n: NodeProcess, room: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "meshnode", "room", "hosts", room, "--node",
+                          n.url, "--data-dir", str(n.data_dir), "--timeout", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [h["peer_id"] for h in json.loads(out.stdout)]
+
+
+def test_deny_holds_when_the_dht_names_the_denied_host(mesh: _Mesh) -> None:
+    """B hosts the room and is a provider of it in the DHT; A (deny = [B]) finds B there,
+    before and after it joins: B is never listed by A, never checked, never dialled, and no
+    link between them ever comes up (the room reaches both through C)."""
+    pytest.importorskip("libp2p", reason="the DHT needs py-libp2p")
+    idb = Identity.generate()
+    B = idb.public_id
+    c = mesh.node("c", Identity.generate(), _free_port(), []).start()
+    room = c.post("/api/rooms", {"name": "dht", "admit": "invite"})["id"]
+    b = mesh.node("b", idb, _free_port(), [
+        "--no-default-room", "--bootstrap", c.url,
+        "--join", c.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]]).start()
+    b.wait_for(lambda: _role(b, room) == "admin", "B admitted")
+    # B's provider record and card are in the DHT: C's lookup lists it.
+    c.wait_for(lambda: B in _room_hosts(c, room), "C to find B through the DHT", 90)
+    a = mesh.node("a", Identity.generate(), _free_port(),
+                  ["--no-default-room", "--bootstrap", c.url], config=_policy(deny=(B,)))
+    a.start()
+    A = a.peer_id
+
+    def denied_in_a_lookup() -> bool:
+        hosts = _room_hosts(a, room)
+        assert B not in hosts  # filtered, never "marked": A would never link to it anyway
+        return a.metrics().get(
+            'meshnode_discovery_rejected_total{reason="denied"}', 0) >= 1
+    a.wait_for(denied_in_a_lookup, "A's DHT lookup to name B (and skip it)", 90)
+    assert f"discovery ignored input: denied: {B}" in a.log()
+    # A joins: its join rounds look the room up again and dial the hosts found, never B.
+    a.post("/api/rooms/join", {"token": c.post(f"/api/rooms/{room}/invites",
+                                               {"role": "editor"})["token"]})
+    a.wait_for(lambda: _role(a, room) == "editor", "A admitted")
+
+    def counts() -> set[int]:
+        return {next(r["changes"] for r in n.get("/api/rooms") if r["id"] == room)
+                for n in (a, b, c)}
+    a.wait_for(lambda: len(counts()) == 1, "the room converging on A, B and C")
+    assert B not in _room_hosts(a, room)
+    for n, other in ((a, B), (b, A)):
+        assert other not in _peers(n) and f"link up with {other}" not in n.log()
+        hosts = next(r["hosts"] for r in n.get("/api/status")["federation"]["rooms"]
+                     if r["room"] == room)
+        assert hosts == [c.peer_id]
+    assert f"dialling 1 host(s) found in the DHT ({B}" not in a.log()

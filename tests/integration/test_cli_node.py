@@ -62,6 +62,7 @@ def test_room_create_list_invite(nodes: tuple[NodeProcess, NodeProcess]) -> None
     rid = room["id"]
     assert len(rid) == 64 and bytes.fromhex(rid)
     assert room["name"] == "design review" and room["role"] == "owner"
+    assert room["private"] and room["this_node"] == "reader"  # the default for invite rooms
 
     listed = ok("room", "list", *at(a)).splitlines()
     ids = {line.split()[0] for line in listed}
@@ -103,7 +104,8 @@ def test_peers_then_join_makes_the_second_node_host_the_room(
     assert ok("room", "list", *at(b)) == ""
     assert json.loads(ok("status", *at(b)))["rooms"] == []
 
-    rid = json.loads(ok("room", "create", "shared lab", *at(a)))["id"]
+    # --public: a private room's name is sealed, so B could not show it before its keys.
+    rid = json.loads(ok("room", "create", "shared lab", "--public", *at(a)))["id"]
     token = ok("room", "invite", rid, "--role", "editor", *at(a)).strip()
     joined = json.loads(ok("room", "join", token, *at(b)))
     assert joined["id"] == rid and joined["name"] == "shared lab"

@@ -1,5 +1,6 @@
-"""Three operators host a room; one is killed: its client fails over to another host and keeps
-editing, the other clients keep editing, and when the node returns everyone converges. No
+"""Three operators host a room; one is killed (the founder's node, then one that joined by
+invite): its client fails over to another host and keeps editing, the other clients keep
+editing, and when the node returns everyone converges. No
 acknowledged edit is lost and none is applied twice (every edit is counted)."""
 
 import asyncio
@@ -51,6 +52,31 @@ def names(client: RoomClient) -> Counter[str]:
     return Counter(v for v in values if isinstance(v, str) and v[:2] in ("a-", "b-", "c-"))
 
 
+async def kill_and_return(node: NodeProcess, editors: list[Editor], i: int,
+                          others: list[NodeProcess]) -> None:
+    """Kill ``node`` mid-stream: its client (``editors[i]``) fails over to one of
+    ``others`` and every client keeps editing; then the node returns (same port, its
+    store) and the editing goes on."""
+    port = node.url.rsplit(":", 1)[1]
+    node.kill()
+    killed_at = [len(e.acked) for e in editors]
+    moved = editors[i]
+    reconnects = moved.client.reconnects
+    await until(lambda: all(len(e.acked) >= k + 15
+                            for e, k in zip(editors, killed_at, strict=True))
+                and moved.client.reconnects > reconnects,
+                f"every client ({moved.who}'s after failover) to keep editing")
+    assert any(isinstance(ev, Reconnecting) for ev in moved.events)
+    last = moved.events[-1]
+    assert isinstance(last, Connected) and last.failover
+    assert last.url in [o.url for o in others]
+    assert last.peer_id in [o.peer_id for o in others]
+    node.start(extra=["--listen", f"127.0.0.1:{port}"])  # it returns, from its store
+    await until(lambda: all(len(e.acked) >= k + 25
+                            for e, k in zip(editors, killed_at, strict=True)),
+                "editing to go on after the node returned")
+
+
 async def test_any_host_killed_clients_fail_over_and_converge(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     nodes = [a]
@@ -61,7 +87,6 @@ async def test_any_host_killed_clients_fail_over_and_converge(tmp_path: Path) ->
         nodes.append(b)
         c = start_host(tmp_path / "c", a, room, bootstrap=b)
         nodes.append(c)
-        port = a.url.rsplit(":", 1)[1]
         async with contextlib.AsyncExitStack() as stack:
             # B and C host the room as an invite-only one: their clients bring an invite.
             invites = [None] + [a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
@@ -75,22 +100,11 @@ async def test_any_host_killed_clients_fail_over_and_converge(tmp_path: Path) ->
             editors = [Editor(who, cl) for who, cl in zip("abc", clients, strict=True)]
             await until(lambda: all(len(e.acked) >= 10 for e in editors), "10 edits each")
 
-            a.kill()  # the founder's node, mid-stream
-            killed_at = [len(e.acked) for e in editors]
-            await until(lambda: all(len(e.acked) >= k + 15
-                                    for e, k in zip(editors, killed_at, strict=True)),
-                        "every client (A's after failover) to keep editing")
-            moved = editors[0]
-            assert any(isinstance(ev, Reconnecting) for ev in moved.events)
-            last = moved.events[-1]
-            assert isinstance(last, Connected) and last.failover
-            assert last.url in (b.url, c.url) and last.peer_id in (b.peer_id, c.peer_id)
-            assert moved.client.reconnects >= 1
-
-            a.start(extra=["--listen", f"127.0.0.1:{port}"])  # it returns, from its store
-            await until(lambda: all(len(e.acked) >= k + 25
-                                    for e, k in zip(editors, killed_at, strict=True)),
-                        "editing to go on after the node returned")
+            # The founder's node dies mid-stream, then a host that joined by invite: each
+            # one's client fails over to a host still up, then the node returns from its
+            # store (same processes throughout: one kill per kind of host).
+            for i, node in ((0, a), (1, b)):
+                await kill_and_return(node, editors, i, [n for n in nodes if n is not node])
             for e in editors:
                 await e.stop()
             made = Counter(name for e in editors for name in e.made)

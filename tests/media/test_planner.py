@@ -2,7 +2,7 @@
 ask for, a remote source is asked from one neighbour only (fewest hops), announcements never
 go back where a source came from, and nothing goes beyond MAX_HOPS."""
 
-from meshnode.media.planner import Announce, RoomState, Subscriber, decide_room
+from meshnode.media.planner import Announce, RoomDecision, RoomState, Subscriber, decide_room
 from meshnode.media.selection import Selector, SourceView, SubscriberView
 from protocol.media import MAX_HOPS
 
@@ -54,3 +54,44 @@ def test_sources_from_a_neighbour_are_not_sent_back_and_hops_are_bounded() -> No
                        [client("s1")], ["node:B", "node:C"])
     d = decide_room(deeper, Selector(), 1.0)
     assert d.announce["node:C"] == () and d.want["node:B"] == frozenset()
+
+
+def _video(sid: str, publisher: str, x: float, layers: tuple[float, ...] = ()) -> SourceView:
+    return SourceView(sid, publisher, "video", (x, 0.0, 0.0), None, None,
+                      layers[-1] if layers else 600.0, layers)
+
+
+def test_the_room_cap_lowers_layers_of_the_farthest_video_first_then_pauses_it() -> None:
+    near = _video("12D3KooWNear/cam", "12D3KooWNear", 1.0, (150.0, 300.0, 600.0))
+    far = _video("12D3KooWFar/cam", "12D3KooWFar", 20.0, (150.0, 300.0, 600.0))
+    mic = SourceView("12D3KooWFar/mic", "12D3KooWFar", "audio", (20.0, 0.0, 0.0), 30, 0.0,
+                     40.0)
+    trunk = Subscriber("node:B", True, SubscriberView("node:B", None, None, False, None),
+                       frozenset({far.source_id}))
+    origin = {s.source_id: f"client:{s.publisher}" for s in (near, far, mic)}
+
+    def decide(cap: float | None) -> RoomDecision:
+        return decide_room(RoomState([near, far, mic], origin, {}, [client("s1"), trunk],
+                                     ["node:B"], cap), Selector(), 1.0)
+
+    free = decide(None)
+    assert free.outputs["client:s1"] == {near.source_id: 2, far.source_id: 2, mic.source_id: None}
+    assert free.kbps == 600 + 600 + 40 + 600  # the trunk copy carries every layer
+    # 1500 (of 1840): the far video loses its top layers first, the near one keeps them.
+    d = decide(1500.0)
+    assert d.outputs["client:s1"] == {near.source_id: 2, far.source_id: 0, mic.source_id: None}
+    assert d.kbps == 1390 and not d.demoted
+    # 1000: then the nearer one's layers go too.
+    d = decide(1000.0)
+    assert d.outputs["client:s1"] == {near.source_id: 0, far.source_id: 0, mic.source_id: None}
+    assert d.kbps == 940 and not d.demoted
+    # 900: both at their base layer are still too much: the far video pauses.
+    d = decide(900.0)
+    assert d.outputs["client:s1"] == {near.source_id: 0, mic.source_id: None}
+    assert d.demoted == {"client:s1": {far.source_id: "relay_full"}}
+    assert d.kbps == 790
+    # Audio and the trunk copy are never demoted, even over the cap.
+    d = decide(10.0)
+    assert d.outputs["client:s1"] == {mic.source_id: None}
+    assert d.outputs["node:B"] == {far.source_id: None}
+    assert set(d.demoted["client:s1"]) == {near.source_id, far.source_id}

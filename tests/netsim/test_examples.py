@@ -198,7 +198,8 @@ def test_example_runs_reduced_and_converges(path: Path) -> None:
         assert result["frames_cut_by_partitions"] > 0
     left = {x for ev in sc.events if ev.kind == "leave" for x in ev.nodes}
     hostile = {x for ev in sc.events if ev.kind == "hostile" for x in ev.nodes}
-    assert result["honest_live_nodes"] == sc.nodes - len(left | hostile)
+    removed = {x for ev in sc.events if ev.kind == "remove" for x in ev.nodes}
+    assert result["honest_live_nodes"] == sc.nodes - len(left | hostile | removed)
     for index, info in result["hostile"].items():
         if info["behaviour"] in MUST_CUT_OFF:
             assert info["cut_off"], f"hostile node {index} ({info['behaviour']}) still linked"

@@ -50,6 +50,8 @@ default_room = false
 default_room_name = "classroom"
 admit = "invite"
 admit_role = "viewer"
+rotate_every_s = 3600
+share_jitter_s = 0.5
 
 [store]
 synchronous = "normal"
@@ -155,6 +157,8 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         default_room_name="classroom",
         admit="invite",
         admit_role="viewer",
+        rotate_every_s=3600.0,
+        share_jitter_s=0.5,
         store_synchronous="normal",
         snapshot_every=250,
         log_level="debug",
@@ -248,6 +252,8 @@ def test_mapping_applies_over_base() -> None:
     ("rooms", "admit", "invite", "admit", "invite"),
     ("rooms", "admit_role", "viewer", "admit_role", "viewer"),
     ("rooms", "admit_role", "editor", "admit_role", "editor"),
+    ("rooms", "rotate_every_s", 0, "rotate_every_s", 0.0),
+    ("rooms", "share_jitter_s", 1.5, "share_jitter_s", 1.5),
     ("store", "synchronous", "full", "store_synchronous", "full"),
     ("store", "synchronous", "normal", "store_synchronous", "normal"),
     ("store", "snapshot_every", 1, "snapshot_every", 1),
@@ -360,6 +366,15 @@ def test_wrong_type_names_the_key(section: str, key: str, value: Any) -> None:
     message = _error({section: {key: value}})
     assert f"{section}.{key}" in message
     assert "must" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("rotate_every_s", -1), ("rotate_every_s", True), ("rotate_every_s", "daily"),
+    ("share_jitter_s", 61), ("share_jitter_s", -0.5),
+])
+def test_private_room_key_settings_are_bounded(key: str, value: Any) -> None:
+    message = _error({"rooms": {key: value}})
+    assert f"rooms.{key} must be" in message
 
 
 @pytest.mark.parametrize(("section", "key", "value"), [

@@ -15,7 +15,8 @@
 //   op         {id: "hex"}                set by this page on the entities it creates: a create
 //                                          redelivered after a failover is recognised by it
 //
-// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts).
+// Failover: the page asks its node for the room's other hosts (GET /api/browser/hosts), and
+// after a failover asks the node it moved to (cross-origin, under the offer's rule).
 // When its node dies (the data channel closes, or the connection stays "disconnected" for
 // DISCONNECTED_GRACE_MS), it offers to those hosts in turn (cross-origin: a node lets the
 // pages of its room's other hosts in), round-robin with a bounded backoff, and redelivers the
@@ -192,6 +193,7 @@ function onMessage(data) {
         session: msg.session };
       challenge = msg.challenge ? fromB64(msg.challenge) : null;
       presence = msg.presence || {};
+      showPrivacy(msg.privacy || { private: false });
       takeState(msg);
       break;
     case "authors":
@@ -219,6 +221,9 @@ function onMessage(data) {
         partial.presence = null;
         changed();
       }
+      break;
+    case "privacy":
+      showPrivacy(msg.privacy || { private: false });
       break;
     case "ack":
       settle(msg.req, msg.ok === true, msg);
@@ -352,28 +357,36 @@ async function openSession(base) {
   await peer.setRemoteDescription({ type: "answer", sdp: body.sdp });
 }
 
-// Ask the page's own node for the room's hosts now and every HOSTS_REFRESH_MS (while it lives).
+// Ask the node the page is connected to (its own, or the host it failed over to) for the
+// room's hosts now and every HOSTS_REFRESH_MS, and at once after a failover: the new node may
+// know hosts the dead one never named.
 async function learnHosts() {
-  while (!nodeUrl) {
-    try {
-      const headers = {};
-      const { invite, adminToken } = credentials();
-      if (invite) headers["Meshnode-Invite"] = invite;
-      if (adminToken) headers.Authorization = `Bearer ${adminToken}`;
-      const resp = await fetch(`/api/browser/hosts?room=${room}`, { headers });
-      if (resp.ok) {
-        const found = [];
-        for (const u of (await resp.json()).hosts || []) {
-          const url = hostOrigin(u);
-          if (url && url !== location.origin && !found.includes(url)) found.push(url);
-        }
-        for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
-        hosts = found.slice(0, 32);
-      }
-    } catch {
-      // the node is busy or gone: the next round, or the failover, sees
-    }
+  for (;;) {
+    await refreshHosts();
     await new Promise((r) => setTimeout(r, HOSTS_REFRESH_MS));
+  }
+}
+
+async function refreshHosts() {
+  const base = nodeUrl; // "" : the page's own node
+  try {
+    const headers = {};
+    const { invite, adminToken } = credentials();
+    if (invite) headers["Meshnode-Invite"] = invite;
+    if (adminToken && !base) headers.Authorization = `Bearer ${adminToken}`; // never cross-origin
+    const resp = await fetch(`${base}/api/browser/hosts?room=${room}`, { headers });
+    if (resp.ok) {
+      const found = [];
+      for (const u of (await resp.json()).hosts || []) {
+        const url = hostOrigin(u);
+        if (url && url !== location.origin && !found.includes(url)) found.push(url);
+      }
+      if (base && !found.includes(base)) found.push(base); // the node we are on
+      for (const u of hosts) if (!found.includes(u)) found.push(u); // keep those seen once
+      hosts = found.slice(0, 32);
+    }
+  } catch {
+    // the node is busy or gone: the next round, or the failover, sees
   }
 }
 
@@ -412,6 +425,7 @@ async function failOver(why) {
         failingOver = false;
         setStatus("connected", `connected to ${url}`);
         redeliver();
+        refreshHosts(); // from the new node
         return;
       } catch (err) {
         welcomeWaiter = null;
@@ -596,6 +610,43 @@ function showConnected() {
   $("identity").textContent = `room ${info.room.slice(0, 12)}… · ${who}`;
   $("identity").title = `room ${info.room}\nyou: ${info.peer_id}\n${info.did}\n` +
     `role: ${info.role}\nnode ${info.node}\nsession ${info.session}`;
+}
+
+// A private room: a lock, which members hold the keys, and who renders the room for this
+// page. The page is a thin client of its node (no crypto in the browser yet): the node reads
+// the room for it, so a page served by a blind host cannot read the room at all.
+function showPrivacy(p) {
+  const lock = $("lock");
+  const box = $("privacy");
+  if (!lock || !box) return;
+  lock.hidden = !p.private;
+  box.hidden = !p.private;
+  if (!p.private) return;
+  box.textContent = "";
+  const line = document.createElement("p");
+  if (p.this_node === "reader") {
+    line.textContent = `Private room: your node ${p.node} renders this room for you and can ` +
+      "read it. Hosts that are not members store and relay it without reading it." +
+      (p.readable ? "" : " Your node is waiting for a member to come online and share the keys.");
+  } else {
+    line.className = "blind";
+    line.textContent = `Private room: this node (${p.node}) is a blind host: it stores and ` +
+      "relays the room but cannot read it, so this page cannot show the scene. Open the room " +
+      "from a node that is a member (a reader), or with the Python client.";
+  }
+  box.append(line);
+  const keys = Object.entries(p.keys || {});
+  if (keys.length) {
+    const list = document.createElement("ul");
+    list.className = "keys";
+    for (const [peer, ok] of keys) {
+      const li = document.createElement("li");
+      li.textContent = `${peer}: ${ok ? "keys ok" : "waiting for a member to come online"}`;
+      li.className = ok ? "ok" : "waiting";
+      list.append(li);
+    }
+    box.append(list);
+  }
 }
 
 function showMessage(text, isInfo = false) {

@@ -1,0 +1,350 @@
+"""Longevity benchmark (issue 18, issue 17 compaction): rooms that live for months.
+
+Run ``python benchmarks/longevity_bench.py [--quick] [--mode all|memory|restart|join|nodes]``.
+It prints ONE JSON object. Parts:
+
+* **memory** (in-process, no network): one node's replica takes changes from a stream of
+  new identities (each granted a role, then editing); reports heap bytes (tracemalloc) per
+  change and per identity as linear fits, at up to ``--changes`` changes and ``--identities``
+  identities (1M and 10k reach in minutes without ``--quick``... on a free core).
+* **restart** (compaction): a real SQLite store with 10k/100k(/1M with ``--big``) changes;
+  restart time from the latest snapshot plus the log after it, the same by full replay, and
+  the database size.
+* **join**: a joiner's start from a signed snapshot of a room of 1,000 entities with 1k, 10k
+  and 100k changes of history (decode, verify, import), against replaying that history.
+* **nodes** (real processes): ``--nodes`` ``meshnode up`` processes hosting one open room and
+  ``--clients`` Python clients always connected, one replaced by a new identity every
+  ``--churn-s`` seconds, each editing at 2/s with flush and sending presence at 5 Hz, for
+  ``--minutes``; RSS at start, every ``--sample-s`` seconds and at idle, KB per client
+  session and per change (linear fits), fds and sockets at idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import gc
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._env import environment  # noqa: E402
+from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
+from meshnode.crdt import SceneReplica  # noqa: E402
+from meshnode.identity import Identity  # noqa: E402
+from meshnode.rooms.loading import load_replica  # noqa: E402
+from meshnode.store import ChangeStore  # noqa: E402
+from protocol.change import OP_CREATE, OP_SET, encode_change  # noqa: E402
+
+
+def _ident(tag: str, i: int) -> Identity:
+    return Identity.from_private_bytes(hashlib.sha256(f"longevity/{tag}/{i}".encode()).digest())
+
+
+def fit(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (0 with fewer than two distinct xs)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+class History:
+    """Grows one room's history as a node would see it: the owner grants each new identity
+    editor, the identity creates one entity and then sets a field over and over; every
+    change is signed and applied (verified) at the node's replica."""
+
+    def __init__(self, entities: int = 0) -> None:
+        self.owner = _ident("owner", 0)
+        self.t = 1_000_000.0
+        self.node = SceneReplica.create(self.owner, self.t, nonce=b"longevity",
+                                        max_clock_skew_s=1e12)
+        self.made = 0
+        self.ids = 0
+        ents = []
+        for _ in range(entities):  # the room's size (owned by the owner)
+            ents.append(self.node.create_entity(SCENE_ROOT, {"p": {"x": 0.0}}))
+            if len(ents) % 50 == 0:
+                self._commit_owner()
+        self._commit_owner()
+        self.entities = ents
+
+    def _commit_owner(self) -> bytes | None:
+        self.t += 0.001
+        data = self.node.commit(self.t)
+        self.made += data is not None
+        return data
+
+    def identity(self, edits: int) -> None:
+        """A new identity: granted, creates an entity, then ``edits`` sets of it."""
+        self.ids += 1
+        me = _ident("member", self.ids)
+        self.node.grant(me.public_id, "editor")
+        self._commit_owner()
+        for seq in range(1, edits + 2):
+            ops: list[list[Any]] = ([[OP_CREATE, 1, None]] if seq == 1
+                                    else [[OP_SET, 1, 0, 1, float(seq)]])
+            self.t += 0.001
+            data = encode_change(author=me.public_key, seq=seq, deps=self.node.heads(),
+                                 hlc=(int(self.t * 1000) << 16), actors=[],
+                                 names=[] if seq == 1 else ["p", "x"], ops=ops,
+                                 room_id=self.node.room_id, sign=me.sign)
+            res = self.node.apply(data, self.t)
+            assert res.status == "applied", res
+            self.made += 1
+
+
+def bench_memory(changes: int, identities: int) -> dict[str, Any]:
+    """Heap per change and per identity (tracemalloc, linear fits)."""
+    per_id = max(1, changes // identities - 2)
+    hist = History()
+    samples: list[tuple[int, int, int]] = []
+    tracemalloc.start()
+    started = time.perf_counter()
+    step = max(1, identities // 20)
+    while hist.ids < identities:
+        hist.identity(per_id)
+        if hist.ids % step == 0:
+            gc.collect()
+            samples.append((hist.node.change_count(), hist.ids, tracemalloc.get_traced_memory()[0]))
+    elapsed = time.perf_counter() - started
+    tracemalloc.stop()
+    xs = [float(c) for c, _, _ in samples]
+    ys = [float(m) for _, _, m in samples]
+    per_change = fit(xs, ys)
+    # Per identity: what is left once the changes are paid for.
+    resid = [m - per_change * c for c, _, m in samples]
+    per_identity = fit([float(i) for _, i, _ in samples], resid)
+    half = len(samples) // 2
+    early = fit(xs[:half], ys[:half]) if half >= 2 else per_change
+    late = fit(xs[half:], ys[half:]) if len(samples) - half >= 2 else per_change
+    return {
+        "changes": hist.node.change_count(), "identities": hist.ids,
+        "heap_mb": round(samples[-1][2] / 2**20, 1) if samples else 0.0,
+        "bytes_per_change": round(per_change), "bytes_per_change_first_half": round(early),
+        "bytes_per_change_second_half": round(late),
+        "bytes_per_identity_beyond_its_changes": round(per_identity),
+        "seconds": round(elapsed, 1),
+    }
+
+
+def bench_restart(sizes: list[int]) -> list[dict[str, Any]]:
+    """Restart time from snapshot + log tail, and by full replay; database size."""
+    out = []
+    for n in sizes:
+        hist = History(entities=1_000)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "meshnode.db"
+            room = hist.node.room_id
+            with ChangeStore.open(path) as store:
+                store.add_room(room, hist.node.genesis, "bench", {})
+                store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
+                                            for c in hist.node.recent_changes(10**9)[1:]])
+                while hist.node.change_count() < n:
+                    before = hist.node.change_count()
+                    hist.identity(48)
+                    fresh = hist.node.recent_changes(hist.node.change_count() - before)
+                    store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
+                                                for c in fresh])
+                snap = hist.node.snapshot()
+                store.save_snapshot(room, snap, hist.node.change_count())
+                # A tail after the snapshot, as a node that stopped between two snapshots has.
+                before = hist.node.change_count()
+                hist.identity(98)
+                fresh = hist.node.recent_changes(hist.node.change_count() - before)
+                store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
+                                            for c in fresh])
+                genesis = hist.node.genesis
+            size = path.stat().st_size + sum(p.stat().st_size for p in Path(tmp).glob("*-wal"))
+            with ChangeStore.open(path) as store:
+                latest = store.latest_snapshot(room)
+                assert latest is not None
+                log = functools.partial(store.changes, room)
+                t0 = time.perf_counter()
+                fast = load_replica(genesis, hist.owner, log, latest[0])
+                t_fast = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                full = load_replica(genesis, hist.owner, log, None)
+                t_full = time.perf_counter() - t0
+            assert fast.from_snapshot and fast.replica.state() == full.replica.state()
+            out.append({"changes": fast.replica.change_count(), "db_mb": round(size / 2**20, 1),
+                        "snapshot_mb": round(len(snap) / 2**20, 2),
+                        "restart_from_snapshot_s": round(t_fast, 2),
+                        "restart_full_replay_s": round(t_full, 2)})
+    return out
+
+
+def bench_join(sizes: list[int]) -> list[dict[str, Any]]:
+    """A joiner's start from a snapshot of a 1,000-entity room, against a full replay."""
+    out = []
+    for n in sizes:
+        hist = History(entities=1_000)
+        while hist.node.change_count() < n:
+            hist.identity(48)
+        snap = hist.node.snapshot()
+        joiner = _ident("joiner", n)
+        t0 = time.perf_counter()
+        rep = SceneReplica.from_snapshot(snap, joiner)
+        t_snap = time.perf_counter() - t0
+        history = hist.node.changes_since([])
+        t0 = time.perf_counter()
+        full = SceneReplica.from_genesis(hist.node.genesis, joiner, max_clock_skew_s=1e12)
+        full.apply_many(history, hist.t)
+        t_full = time.perf_counter() - t0
+        assert rep.state() == full.state()
+        out.append({"changes": rep.change_count(), "entities": len(rep.entities()),
+                    "snapshot_mb": round(len(snap) / 2**20, 2),
+                    "join_from_snapshot_s": round(t_snap, 3),
+                    "join_full_replay_s": round(t_full, 2)})
+    return out
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def _proc_stats(pid: int) -> dict[str, int]:
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    fds = sockets = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        fds += 1
+        with contextlib.suppress(OSError):  # closed meanwhile
+            sockets += os.readlink(fd).startswith("socket:")
+    return {"rss_kb": rss, "fds": fds, "sockets": sockets}
+
+
+async def bench_nodes(nodes: int, clients: int, minutes: float, churn_s: float,
+                      sample_s: float) -> dict[str, Any]:
+    """Real nodes under scripted churn; RSS, fits, fds and sockets at idle."""
+    from meshnode.client import RoomClient, connect
+    from meshnode.transport.ice import IceSettings
+    from tests.integration.nodeproc import NodeProcess, start_host
+
+    ice = IceSettings(host_addresses=("127.0.0.1",))
+    tmp = Path(tempfile.mkdtemp(prefix="longevity-"))
+    first = NodeProcess(tmp / "n0").start()
+    procs = [first]
+    room = first.default_room
+    assert room is not None
+    try:
+        for i in range(1, nodes):
+            procs.append(start_host(tmp / f"n{i}", first, room, first))
+        await asyncio.sleep(2.0)
+        assert all(p.proc is not None for p in procs)
+        pids = [p.proc.pid for p in procs if p.proc is not None]
+        start = [_proc_stats(pid) for pid in pids]
+        stop = time.monotonic() + minutes * 60
+        sessions = 0
+        changes = 0
+        join_s: list[float] = []
+        samples: list[dict[str, Any]] = []
+        rng = random.Random(7)
+
+        async def session(k: int, until: float) -> None:
+            nonlocal changes
+            node = procs[k % len(procs)]
+            t0 = time.monotonic()
+            async with connect(node.url, room, Identity.generate(), ice=ice) as c:
+                join_s.append(time.monotonic() - t0)
+                ent = c.create_entity(SCENE_ROOT, {"p": {"x": 0.0}})
+                n = 0
+                while time.monotonic() < until:
+                    for _ in range(2):  # presence at 5 Hz, two edits a second
+                        c.set_presence({"position": [rng.random(), 0.0, 0.0]})
+                        await asyncio.sleep(0.2)
+                    n += 1
+                    c.set_field(ent, "p", "x", float(n))
+                    await c.flush(10.0)
+                    changes += 1
+                    c.set_presence({"position": [rng.random(), 1.0, 0.0]})
+                    await asyncio.sleep(0.1)
+
+        async def churn(slot: int) -> None:
+            nonlocal sessions
+            while time.monotonic() < stop:
+                life = churn_s * clients * (0.5 + rng.random())
+                sessions += 1
+                try:
+                    await session(sessions, min(stop, time.monotonic() + life))
+                except Exception as err:  # a failed session is counted, not fatal
+                    print(f"session failed: {err}", file=sys.stderr)
+
+        async def sampler() -> None:
+            t0 = time.monotonic()
+            while time.monotonic() < stop:
+                await asyncio.sleep(sample_s)
+                samples.append({"min": round((time.monotonic() - t0) / 60, 1),
+                                "sessions": sessions, "changes": changes,
+                                "rss_mb": [round(_proc_stats(p)["rss_kb"] / 1024, 1)
+                                           for p in pids]})
+
+        await asyncio.gather(sampler(), *(churn(i) for i in range(clients)))
+        await asyncio.sleep(max(10.0, sample_s / 10))  # idle: presence expires, links close
+        idle = [_proc_stats(pid) for pid in pids]
+        xs_s = [float(s["sessions"]) for s in samples]
+        xs_c = [float(s["changes"]) for s in samples]
+        ys = [sum(s["rss_mb"]) / len(pids) * 1024 for s in samples]
+        join_s.sort()
+        return {
+            "nodes": nodes, "clients": clients, "minutes": minutes, "sessions": sessions,
+            "changes": changes, "start": start, "samples": samples, "idle": idle,
+            "kb_per_session": round(fit(xs_s, ys), 2), "kb_per_change": round(fit(xs_c, ys), 3),
+            "join_p50_s": round(join_s[len(join_s) // 2], 3) if join_s else None,
+        }
+    finally:
+        for p in procs:
+            p.kill()
+        _ = RoomClient  # imported for the type of connect()'s result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, a few minutes at most")
+    ap.add_argument("--mode", default="all", choices=["all", "memory", "restart", "join", "nodes"])
+    ap.add_argument("--changes", type=int, default=1_000_000)
+    ap.add_argument("--identities", type=int, default=10_000)
+    ap.add_argument("--big", action="store_true", help="restart and join at 1M changes too")
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--churn-s", type=float, default=10.0)
+    ap.add_argument("--sample-s", type=float, default=300.0)
+    args = ap.parse_args()
+    out: dict[str, Any] = {"env": environment()}
+    if args.quick:
+        args.changes, args.identities = min(args.changes, 20_000), min(args.identities, 400)
+        args.nodes, args.clients, args.minutes = 1, 3, min(args.minutes, 1.0)
+        args.sample_s = min(args.sample_s, 10.0)
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    if args.mode in ("all", "memory"):
+        out["memory"] = bench_memory(args.changes, args.identities)
+    if args.mode in ("all", "restart"):
+        out["restart"] = bench_restart([s for s in sizes if s >= 10_000]
+                                       + ([1_000_000] if args.big else []))
+    if args.mode in ("all", "join"):
+        out["join"] = bench_join(sizes + ([1_000_000] if args.big else []))
+    if args.mode in ("all", "nodes"):
+        out["nodes"] = asyncio.run(bench_nodes(args.nodes, args.clients, args.minutes,
+                                               args.churn_s, args.sample_s))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

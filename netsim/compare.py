@@ -1,0 +1,180 @@
+"""``netsim compare DIR_A DIR_B``: the shared metrics of two runs side by side.
+
+Typically ``DIR_A`` is a ``netsim run`` and ``DIR_B`` a ``netsim emulate`` of the same scenario;
+the relative difference is ``(A - B) / B`` (how far the simulation is from the real stack).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netsim.scenario import ScenarioError
+
+COMPARED = (
+    "latency_ms.p50",
+    "latency_ms.p90",
+    "latency_ms.p99",
+    "latency_ms.max",
+    "shortest_path_latency_ms.p50",
+    "latency_stretch_p99",
+    "delivery_ratio",
+    "changes_submitted",
+    "changes_delivered",
+    "convergence_time_after_heal_s",
+    "converged",
+    "bytes_sent_per_node.mean",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric in both runs."""
+
+    metric: str
+    a: float | None
+    b: float | None
+
+    @property
+    def diff(self) -> float | None:
+        """``a - b`` (None if either is missing)."""
+        return None if self.a is None or self.b is None else self.a - self.b
+
+    @property
+    def relative(self) -> float | None:
+        """``(a - b) / b`` (None if either is missing or b is 0)."""
+        if self.a is None or self.b is None or self.b == 0:
+            return None
+        return (self.a - self.b) / abs(self.b)
+
+
+def dig(result: dict[str, Any], dotted: str) -> float | None:
+    """A number at a dotted path of results.json (booleans as 1/0), or None."""
+    node: Any = result
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool):
+        return 1.0 if node else 0.0
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def load(folder: str | Path) -> dict[str, Any]:
+    """A run's results.json (a folder or the file itself)."""
+    path = Path(folder)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ScenarioError(f"{path}: cannot read: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ScenarioError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, dict) or "latency_ms" not in data:
+        raise ScenarioError(f"{path}: not a netsim results.json (no latency_ms)")
+    return data
+
+
+def rows(a: dict[str, Any], b: dict[str, Any]) -> list[Row]:
+    """The compared metrics of two results."""
+    return [Row(m, dig(a, m), dig(b, m)) for m in COMPARED]
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}"
+
+
+def table(a: dict[str, Any], b: dict[str, Any], label_a: str = "A",
+          label_b: str = "B") -> str:
+    """The side-by-side table as text."""
+    lines = [f"{'metric':34} {label_a:>14} {label_b:>14} {'A-B':>12} {'(A-B)/B':>9}"]
+    for r in rows(a, b):
+        rel = "-" if r.relative is None else f"{r.relative:+.1%}"
+        lines.append(f"{r.metric:34} {_fmt(r.a):>14} {_fmt(r.b):>14} {_fmt(r.diff):>12} "
+                     f"{rel:>9}")
+    return "\n".join(lines)
+
+
+def write_plot(a: dict[str, Any], b: dict[str, Any], out: Path, label_a: str,
+               label_b: str) -> Path:
+    """Both latency CDFs on one plot (``compare_latency_cdf.png``)."""
+    from netsim.report import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for result, label in ((a, label_a), (b, label_b)):
+        lat = result.get("series", {}).get("latency_ms", [])
+        if lat:
+            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], drawstyle="steps-post",
+                    label=f"{label} (p50 {dig(result, 'latency_ms.p50')} ms)")
+    ax.set_xscale("log")
+    ax.set_xlabel("delivery latency, submit to applied (ms, log)")
+    ax.set_ylabel("fraction of (change, receiver) pairs")
+    ax.set_title(f"Latency CDF - {a.get('scenario')}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out / "compare_latency_cdf.png", plt)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a simulated metric must be to the emulated one (issue 12's agreement rule)."""
+
+    metric: str
+    relative: float  # allowed |sim - emu| / emu
+    absolute: float = 0.0  # ...or this much in the metric's unit, whichever is larger
+
+
+def latency_tolerances(lossy: bool, hops: int) -> list[Tolerance]:
+    """Latency: without loss within 10% or 5 ms per hop; with loss p50/p90 within 25% and p99
+    within 40%."""
+    if not lossy:
+        return [Tolerance(f"latency_ms.{q}", 0.10, 5.0 * hops) for q in ("p50", "p90", "p99")]
+    return [Tolerance("latency_ms.p50", 0.25), Tolerance("latency_ms.p90", 0.25),
+            Tolerance("latency_ms.p99", 0.40)]
+
+
+HEAL_TOLERANCE = Tolerance("convergence_time_after_heal_s", 0.30, 1.0)
+DELIVERY_TOLERANCE = Tolerance("delivery_ratio", 0.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One metric checked against its tolerance."""
+
+    tolerance: Tolerance
+    sim: float | None
+    emu: float | None
+
+    @property
+    def allowed(self) -> float | None:
+        """The largest difference allowed (None if a value is missing)."""
+        if self.emu is None:
+            return None
+        return max(self.tolerance.relative * abs(self.emu), self.tolerance.absolute)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the simulation agrees (both present and within the allowance)."""
+        if self.sim is None or self.emu is None or self.allowed is None:
+            return self.sim is None and self.emu is None
+        return abs(self.sim - self.emu) <= self.allowed + 1e-9
+
+    def __str__(self) -> str:
+        rel = ("" if not self.emu or self.sim is None
+               else f" ({(self.sim - self.emu) / self.emu:+.0%})")
+        return (f"{self.tolerance.metric}: sim {self.sim} vs emu {self.emu}{rel}, allowed "
+                f"±{self.allowed if self.allowed is None else round(self.allowed, 3)} -> "
+                f"{'ok' if self.ok else 'OUT'}")
+
+
+def agreement(sim: dict[str, Any], emu: dict[str, Any],
+              tolerances: list[Tolerance]) -> list[Verdict]:
+    """Check ``sim`` against ``emu`` metric by metric."""
+    return [Verdict(t, dig(sim, t.metric), dig(emu, t.metric)) for t in tolerances]
