@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import random
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.authoring import PersonDraft
@@ -26,8 +29,10 @@ from meshnode.identity_export import (
 )
 from meshnode.overlay import RoomOverlay
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
+from meshnode.web.messages import BadMessage
 from meshnode.web.people import PeopleRoom, identify_payload
 from meshnode.web.session import BrowserSession
+from meshnode.web.signing import parse_sign_answer
 from protocol.change import decode_change, signing_payload
 from protocol.frames import presence_payload
 from protocol.msgpack_io import pack
@@ -286,3 +291,56 @@ def test_encrypted_export_round_trip_and_wrong_passphrase() -> None:
     assert public_key_from_did(did_key(person.public_key)) == person.public_key
     # The did:key of the W3C spec's first Ed25519 example key prefix.
     assert did_key(person.public_key).startswith("did:key:z6Mk")
+
+
+# ---------------------------------------------------------------------- new decoders, fuzzed
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["signed", "sign_refused"]),
+       fields=st.dictionaries(st.sampled_from(["sreq", "sig", "reason", "seq", "changes"]),
+                              JSONISH, max_size=5))
+def test_signing_answers_parse_or_are_refused(kind: str, fields: dict[str, Any]) -> None:
+    try:
+        answer = parse_sign_answer({"t": kind, **fields})
+    except BadMessage as bad:
+        assert bad.reason == "bad_message"
+        return
+    assert answer.sreq >= 1
+    assert (answer.signature is not None) == (kind == "signed")
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.one_of(st.text(max_size=300), JSONISH.map(json.dumps),
+                      st.dictionaries(st.sampled_from(
+                          ["format", "kdf", "cipher", "iterations", "salt", "iv", "ciphertext",
+                           "peer_id", "did"]), JSONISH, max_size=9).map(json.dumps)))
+def test_identity_files_load_or_are_refused(text: str) -> None:
+    with contextlib.suppress(IdentityFileError):
+        import_identity(text, "pass")
+
+
+def test_the_cli_exports_and_imports_identities(tmp_path: Any, monkeypatch: Any,
+                                                capsys: Any) -> None:
+    from meshnode.cli import main
+
+    person = Identity.generate()
+    person.save(tmp_path / "me.key")
+    monkeypatch.setenv("MESHNODE_PASSPHRASE", "a passphrase")
+    assert main(["identity", "export", "--identity", str(tmp_path / "me.key"),
+                 "--out", str(tmp_path / "me.json")]) == 0
+    assert main(["identity", "import", str(tmp_path / "me.json"),
+                 "--out", str(tmp_path / "again.key")]) == 0
+    assert Identity.load(tmp_path / "again.key") == person
+    assert Identity.load(tmp_path / "me.json", passphrase="a passphrase") == person
+    capsys.readouterr()
+    assert main(["identity", "show", "--identity", str(tmp_path / "me.json")]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [person.public_id, did_key(person.public_key)]
