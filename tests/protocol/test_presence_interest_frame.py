@@ -21,8 +21,9 @@ ROOM = b"r" * 32
 MSGS = st.one_of(st.just(0.0), st.floats(1.0, 10_000.0))
 BYTES = st.one_of(st.just(0.0), st.floats(1_024.0, 100_000_000.0))
 RADIUS = st.one_of(st.just(0.0), st.floats(0.01, 1_000_000.0))
-ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
-                st.binary(max_size=5), st.lists(st.integers(), max_size=2))
+INT = st.integers(-(2**63), 2**64 - 1)
+ANY = st.one_of(st.none(), st.booleans(), INT, st.floats(), st.text(max_size=5),
+                st.binary(max_size=5), st.lists(INT, max_size=2))
 
 
 @given(MSGS, BYTES, RADIUS)
