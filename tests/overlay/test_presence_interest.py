@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 
 import pytest
@@ -85,7 +86,7 @@ def gaps(sent: list[tuple[float, int, int]], k: int, end: float) -> float:
     times = [t for t, j, _ in sent if j == k]
     if not times:
         return math.inf
-    return max([b - a for a, b in zip(times, times[1:], strict=False)] + [end - times[-1]])
+    return max([b - a for a, b in itertools.pairwise(times)] + [end - times[-1]])
 
 
 def test_frame_size_is_the_encoded_size() -> None:
