@@ -24,11 +24,13 @@ from meshnode.overlay.presence_interest import (
     make_plan,
     new_recipient,
     pick,
+    position,
     rebudget,
 )
-from meshnode.overlay.presence_interest import position as _position
 from meshnode.overlay.scoring import TokenBucket
 from protocol.frames import Presence
+
+_position = position  # the name meshnode.media imports
 
 
 @dataclass(slots=True)

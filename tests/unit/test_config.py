@@ -601,3 +601,16 @@ def test_media_section_is_checked() -> None:
     assert "media.enabled" in _error({"media": {"enabled": "yes"}})
     assert "media.recycle_sdp_chars" in _error({"media": {"recycle_sdp_chars": 100}})
     assert "unknown key" in _error({"media": {"bitrate": 1}})
+
+
+def test_presence_section_sets_the_interest_filter() -> None:
+    from meshnode.config import ConfigError, config_from_mapping
+
+    cfg = config_from_mapping({"presence": {"filter": False, "client_msgs_per_s": 120,
+                                            "near_count": 8, "view_radius": 12.5}})
+    assert dict(cfg.presence) == {"presence_filter": False, "presence_client_msgs_per_s": 120.0,
+                                  "presence_near_count": 8, "presence_view_radius": 12.5}
+    for bad in ({"floor_s": 6}, {"near_count": 2.5}, {"near_count": True}, {"filter": 1},
+                {"client_msgs_per_s": 0}, {"link_bytes_per_s": "lots"}):
+        with pytest.raises(ConfigError, match="presence"):
+            config_from_mapping({"presence": bad})
