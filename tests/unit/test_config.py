@@ -95,6 +95,16 @@ max_audio = 6
 audio_radius = 25.0
 plan_interval_s = 0.5
 recycle_sdp_chars = 20000
+
+[presence]
+filter = false
+client_msgs_per_s = 150
+client_bytes_per_s = 65536
+link_msgs_per_s = 2000
+link_bytes_per_s = 1048576
+near_count = 8
+view_radius = 20.0
+floor_s = 2.5
 """
 
 
@@ -180,6 +190,11 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
                           max_room_kbps=20_000.0, max_peer_kbps=2_000.0,
                           audio_only_below_kbps=80.0, last_n=3, max_audio=6,
                           audio_radius=25.0, recycle_sdp_chars=20_000),
+        presence=(("presence_client_bytes_per_s", 65_536.0), ("presence_client_msgs_per_s", 150.0),
+                  ("presence_filter", False), ("presence_floor_s", 2.5),
+                  ("presence_link_bytes_per_s", 1_048_576.0),
+                  ("presence_link_msgs_per_s", 2_000.0), ("presence_near_count", 8),
+                  ("presence_view_radius", 20.0)),
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
