@@ -349,7 +349,9 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
     out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
                            "workers": workers}
     for name, extra in (("filtered", ""), ("baseline_unfiltered", "[presence]\nfilter = false\n")):
-        node = NodeProcess(base / f"interest-{name}", config=quiet + extra).start()
+        # Fifty clients of one address dial within seconds: lift the per-address offer limit.
+        http = "[http]\noffers_per_s = 1000\noffer_burst = 1000\n"
+        node = NodeProcess(base / f"interest-{name}", config=quiet + http + extra).start()
         try:
             room = node.default_room
             assert room is not None
