@@ -62,8 +62,11 @@ class OverlayConfig:
     # presence_floor_s: keep it under presence_ttl_s / 2), how often a recipient's plan is
     # recomputed, and the bucket depth in seconds. presence_filter False: no filtering.
     presence_filter: bool = True
-    presence_client_msgs_per_s: float = 400.0
-    presence_client_bytes_per_s: float = 128 * 1024.0
+    # A client's default: its 10 nearest at 20 Hz (200/s), the floor of a room of 50 (~17/s),
+    # and a little for the next ring; a room of 50 then costs a node 12,000 updates/s, not
+    # the 49,000 of sending everything (benchmarks/node_bench.py).
+    presence_client_msgs_per_s: float = 240.0
+    presence_client_bytes_per_s: float = 64 * 1024.0
     presence_link_msgs_per_s: float = 4_000.0
     presence_link_bytes_per_s: float = 2 * 1024 * 1024.0
     presence_near_count: int = 10

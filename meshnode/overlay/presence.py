@@ -113,7 +113,9 @@ class PresenceTable:
         queued = False
         for peer in sorted(peers()):
             if peer != source:
-                self.recipient(peer, now).queue[msg.participant] = msg
+                r = self.recipient(peer, now)
+                r.queue[msg.participant] = msg
+                r.fresh = True
                 queued = True
         if queued and self.next_flush is None:
             self.next_flush = now + self.config.presence_interval_s

@@ -92,6 +92,10 @@ class Recipient:
     last_sent: dict[bytes, float] = field(default_factory=dict)
     waiting: dict[bytes, float] = field(default_factory=dict)  # never sent: queued since
     plan: Plan = field(default_factory=Plan)
+    # Nothing queued can be due before ``wake`` unless an update arrived since (``fresh``):
+    # the flush skips this recipient without scanning its queue.
+    wake: float = -math.inf
+    fresh: bool = True
     sent_msgs: int = 0
     sent_bytes: int = 0
     held_back: int = 0  # due updates left queued by the budget (they wait, coalesced)
@@ -132,7 +136,7 @@ def rebudget(config: OverlayConfig, r: Recipient, interest: Interest, now: float
         bucket.rate, bucket.burst = rate, burst
         bucket.tokens = min(bucket.tokens, burst)
     r.budget = b
-    r.plan.until = -math.inf
+    r.plan.until = r.wake = -math.inf
 
 
 def _bursts(config: OverlayConfig, b: Budget) -> tuple[float, float]:
@@ -215,8 +219,12 @@ def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
     tol = config.presence_interval_s / 2
     floor = config.presence_floor_s
     plan = r.plan
+    if not r.fresh and now < r.wake:
+        return []
+    r.fresh = False
     overdue: list[tuple[float, bytes]] = []
     due: list[tuple[tuple[int, float], float, bytes]] = []
+    wake = math.inf
     for p in r.queue:
         last = r.last_sent.get(p)
         if last is None:
@@ -228,8 +236,13 @@ def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
                 due.append((plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p))
         elif now - last + tol >= floor:
             overdue.append((last, p))
-        elif now - last + tol >= plan.interval.get(p, 0.0):
-            due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
+        else:
+            at = last + plan.interval.get(p, 0.0) - tol
+            if now >= at:
+                due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
+            elif at < wake:
+                wake = at
+    r.wake = min(wake, plan.until)
     if not overdue and not due:
         return []
     overdue.sort()
@@ -247,6 +260,7 @@ def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
             continue
         if len(out) >= limit or r.msgs.wait_time(now) > 0 or r.size.wait_time(now, cost) > 0:
             r.held_back += len(order) - k
+            r.wake = now  # due ones wait for tokens: look again at the next flush
             break
         r.msgs.take(1.0, now)
         r.size.take(float(cost), now)
