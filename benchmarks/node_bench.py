@@ -343,11 +343,50 @@ async def interest_phase(url: str, room: str, n: int, hz: float, hold_s: float,
     }
 
 
+def presence_core(n: int, hz: float, seconds: float = 5.0) -> dict[str, Any]:
+    """The node's presence core alone (no links): ``n`` clients as leaves on the grid, each
+    publishing at ``hz``, 10 ms flushes; updates sent and CPU (``process_time``), filtered
+    and not."""
+    import dataclasses
+    import hashlib
+
+    from meshnode.overlay.presence import PresenceTable
+    from meshnode.runtime.room import LIVE_OVERLAY
+    from protocol.frames import make_presence
+
+    keys = [Identity.from_private_bytes(hashlib.sha256(b"%d" % i).digest()) for i in range(n)]
+    peers = {f"c{i}" for i in range(n)}
+    every = max(1, round(1.0 / hz / LIVE_OVERLAY.presence_interval_s))
+    out: dict[str, Any] = {}
+    for name, on in (("filtered", True), ("unfiltered", False)):
+        table = PresenceTable(dataclasses.replace(LIVE_OVERLAY, presence_filter=on), b"N" * 32)
+        for i in range(n):
+            table.set_leaf(f"c{i}", keys[i].public_key)
+        sent = 0
+        start = time.process_time()
+        for tick in range(round(seconds / LIVE_OVERLAY.presence_interval_s)):
+            now = tick * LIVE_OVERLAY.presence_interval_s
+            for i in range(n):
+                if (tick + i) % every == 0:
+                    msg = make_presence(b"R" * 32, keys[i].public_key, tick + 1,
+                                        {"position": grid_spot(i), "t": 1.0, "who": i},
+                                        lambda _: b"\0" * 64)
+                    if table.accept(msg, now, f"c{i}"):
+                        table.enqueue(msg, lambda: peers, f"c{i}", now)
+            sent += len(table.flush(now))
+        out[name] = {"updates_sent_per_s": round(sent / seconds),
+                     "per_client_per_s": round(sent / seconds / n, 1),
+                     "cpu_s_per_s": round((time.process_time() - start) / seconds, 3)}
+    out["updates_filtered_over_unfiltered"] = round(
+        out["filtered"]["updates_sent_per_s"] / out["unfiltered"]["updates_sent_per_s"], 3)
+    return out
+
+
 async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: float,
                             workers: int) -> dict[str, Any]:
     """The filtered run, then the unfiltered baseline, each on a fresh node."""
     out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
-                           "workers": workers}
+                           "workers": workers, "core_without_links": presence_core(n, hz)}
     for name, extra in (("filtered", ""), ("baseline_unfiltered", "[presence]\nfilter = false\n")):
         # Fifty clients of one address dial within seconds: lift the per-address offer limit.
         http = "[http]\noffers_per_s = 1000\noffer_burst = 1000\n"
