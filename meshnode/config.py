@@ -81,6 +81,8 @@ class NodeConfig:
     discovery_announce_interval_s: float = 600.0
     # [media]: the media relay (meshnode.media.config)
     media: MediaConfig = field(default_factory=MediaConfig)
+    # [presence]: interest management, as OverlayConfig overrides (name, value)
+    presence: tuple[tuple[str, float | int | bool], ...] = ()
 
     @property
     def url(self) -> str:
@@ -110,6 +112,15 @@ _SECTIONS: dict[str, set[str]] = {
     "discovery": {"enabled", "port", "dht_mode", "announce_interval_s", "mdns",
                   "mdns_interfaces"},
     "media": set(MEDIA_KEYS),
+    "presence": {"filter", "client_msgs_per_s", "client_bytes_per_s", "link_msgs_per_s",
+                 "link_bytes_per_s", "near_count", "view_radius", "floor_s"},
+}
+
+# [presence] key -> (low, high) for numbers; each maps to OverlayConfig.presence_<key>.
+_PRESENCE_RANGES: dict[str, tuple[float, float]] = {
+    "client_msgs_per_s": (1.0, 10_000.0), "client_bytes_per_s": (1_024.0, 100_000_000.0),
+    "link_msgs_per_s": (1.0, 100_000.0), "link_bytes_per_s": (1_024.0, 1_000_000_000.0),
+    "near_count": (1, 1_000), "view_radius": (0.01, 1_000_000.0), "floor_s": (0.1, 4.9),
 }
 
 
@@ -396,11 +407,32 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
             changes["media"] = media_config_from_mapping(doc["media"], cfg.media)
         except MediaConfigError as err:
             raise ConfigError(str(err)) from None
+    if "presence" in doc:
+        changes["presence"] = _presence(doc["presence"])
     if "level" in log:
         changes["log_level"] = _choice(log["level"], LOG_LEVELS, "log.level")
     if "format" in log:
         changes["log_format"] = _choice(log["format"], LOG_FORMATS, "log.format")
     return replace(cfg, **changes)
+
+
+def _presence(section: dict[str, Any]) -> tuple[tuple[str, float | int | bool], ...]:
+    """``[presence]`` as ``OverlayConfig`` overrides (docs/operators.md, "Presence")."""
+    out: list[tuple[str, float | int | bool]] = []
+    for key in sorted(section):
+        value: Any = section[key]
+        if key == "filter":
+            out.append(("presence_filter", _want(value, bool, "presence.filter")))
+            continue
+        low, high = _PRESENCE_RANGES[key]
+        kinds = (int,) if key == "near_count" else (int, float)
+        if type(value) not in kinds or not low <= value <= high:
+            what = "an integer" if key == "near_count" else "a number"
+            raise ConfigError(f"presence.{key} must be {what} from {low:g} to {high:g}"
+                              + (" (under half of the 10 s presence expiry, so nobody "
+                                 "vanishes between refreshes)" if key == "floor_s" else ""))
+        out.append((f"presence_{key}", value if key == "near_count" else float(value)))
+    return tuple(out)
 
 
 def _discovery(section: dict[str, Any]) -> dict[str, Any]:

@@ -144,8 +144,32 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
             "partitions": obs.partitions,
         },
     }
+    out["presence"] = _presence(sim)
     if sim.media is not None:
         from netsim.media_report import media_results
 
         out["media"] = media_results(sim.media)
     return out
+
+
+def _presence(sim: Simulation) -> dict[str, Any]:
+    """Presence bytes and messages sent to each node (the interest filter's effect), over
+    the nodes that were up at the end; per node index in ``per_node``."""
+    obs = sim.obs
+    idx = [n.index for n in sim.nodes if n.alive]
+    size = [float(obs.presence_bytes_to.get(i, 0)) for i in idx]
+    msgs = [float(obs.presence_frames_to.get(i, 0)) for i in idx]
+    d = max(sim.scenario.duration_s, 1e-9)
+
+    def summary(values: list[float]) -> dict[str, float | None]:
+        return {**_summary(values, (50, 99)),
+                "mean": _round(sum(values) / len(values)) if values else None,
+                "max": _round(max(values)) if values else None}
+
+    return {
+        "bytes_per_recipient": summary(size),
+        "messages_per_recipient": summary(msgs),
+        "bytes_per_recipient_per_s": summary([x / d for x in size]),
+        "per_node": {str(i): {"bytes": int(b), "messages": int(m)}
+                     for i, b, m in zip(idx, size, msgs, strict=True)},
+    }

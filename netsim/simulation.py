@@ -56,6 +56,9 @@ class Observations:
     partitions: list[float] = field(default_factory=list)
     frames_cut: int = 0
     crossing_after_cut: int = 0
+    # Presence frames (the ``presence`` channel) put on the wire to each node, by index.
+    presence_bytes_to: dict[int, int] = field(default_factory=dict)
+    presence_frames_to: dict[int, int] = field(default_factory=dict)
 
 
 class Simulation:
@@ -249,6 +252,10 @@ class Simulation:
         pair = (src, dst)
         if pair not in self.connected:
             return
+        if channel != SYNC:
+            obs = self.obs
+            obs.presence_bytes_to[dst] = obs.presence_bytes_to.get(dst, 0) + len(frame)
+            obs.presence_frames_to[dst] = obs.presence_frames_to.get(dst, 0) + 1
         link = self.links[pair]
         if self.liveness.enabled:
             # Partitions are lost packets (link.cut); SCTP recovers what it can, the

@@ -53,3 +53,10 @@ class UnknownMessageType(DecodeError):
     """A message type number that this version does not define."""
 
     reason = "unknown_type"
+
+
+class BadPresenceInterest(DecodeError):
+    """A ``PresenceInterest`` whose budget or view radius is not a finite number in its range
+    (``protocol.frames.check_presence_interest`` says which)."""
+
+    reason = "bad_presence_interest"

@@ -6,12 +6,19 @@ returns, and raises only ``protocol.errors.DecodeError`` subclasses. The field l
 each type is in ``docs/protocol.md``.
 """
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
+from protocol.errors import (
+    BadPresenceInterest,
+    LimitExceeded,
+    SchemaError,
+    UnknownMessageType,
+    UnknownVersion,
+)
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack, unpack
 from protocol.scoped import ScopedHook
@@ -161,10 +168,51 @@ class Disconnect:
     peers: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceInterest:
+    """What presence the sender wants from the receiver in this room (a client to its node,
+    or a node on a thin link): at most ``msgs_per_s`` updates and ``bytes_per_s`` frame
+    bytes a second, and full detail only within ``view_radius`` (metres, in the units of the
+    ``position`` field) of its own position. 0 in any field: the receiver's default. The
+    receiver never sends more than its own cap for the link, whatever is asked
+    (``meshnode.overlay.presence``). Ranges: :func:`check_presence_interest`."""
+
+    TYPE: ClassVar[int] = 13
+    room_id: bytes
+    msgs_per_s: float
+    bytes_per_s: float
+    view_radius: float
+
+
 Message = (
     Changes | Heads | Snapshot | IHave | Graft | Prune | Want | Presence | ForwardJoin | Shuffle
-    | ShuffleReply | Disconnect
+    | ShuffleReply | Disconnect | PresenceInterest
 )
+
+INTEREST_MSGS_PER_S = (1.0, 10_000.0)
+INTEREST_BYTES_PER_S = (1_024.0, 100_000_000.0)
+INTEREST_VIEW_RADIUS = (0.01, 1_000_000.0)
+
+
+def check_presence_interest(msgs_per_s: object, bytes_per_s: object,
+                            view_radius: object) -> tuple[float, float, float]:
+    """The three values of a ``PresenceInterest`` as floats, or ``BadPresenceInterest``
+    (``reason`` ``bad_presence_interest``) naming the first bad one. Each is 0 (the
+    receiver's default) or a finite number in its range: ``msgs_per_s`` 1..10,000,
+    ``bytes_per_s`` 1,024..100,000,000, ``view_radius`` 0.01..1,000,000."""
+    out: list[float] = []
+    for name, value, (low, high) in (("msgs_per_s", msgs_per_s, INTEREST_MSGS_PER_S),
+                                     ("bytes_per_s", bytes_per_s, INTEREST_BYTES_PER_S),
+                                     ("view_radius", view_radius, INTEREST_VIEW_RADIUS)):
+        if type(value) not in (int, float):
+            raise BadPresenceInterest(f"presence interest {name} must be a number, not "
+                                      f"{type(value).__name__}")
+        x = float(value)  # type: ignore[arg-type]
+        if not math.isfinite(x) or not (x == 0.0 or low <= x <= high):
+            raise BadPresenceInterest(f"presence interest {name} must be 0 (the node's "
+                                      f"default) or {low:g} to {high:g}; got {value!r}")
+        out.append(x)
+    return out[0], out[1], out[2]
 
 PRESENCE_DOMAIN = b"meshnode/presence/v1\x00"
 
@@ -200,6 +248,8 @@ def _fields_of(msg: Message) -> list[Any]:
         return [msg.peer, msg.ttl]
     if isinstance(msg, Shuffle):
         return [msg.origin, msg.ttl, list(msg.peers)]
+    if isinstance(msg, PresenceInterest):
+        return [msg.msgs_per_s, msg.bytes_per_s, msg.view_radius]
     return [list(msg.peers)]  # ShuffleReply, Disconnect
 
 
@@ -387,4 +437,7 @@ def _decode_frame(data: bytes, limits: Limits) -> Message:
     if mtype == Disconnect.TYPE:
         _arity(f, 1, "[peer...]")
         return Disconnect(room_id, _peers(f[0]))
+    if mtype == PresenceInterest.TYPE:
+        _arity(f, 3, "msgs_per_s, bytes_per_s, view_radius")
+        return PresenceInterest(room_id, *check_presence_interest(f[0], f[1], f[2]))
     raise UnknownMessageType(f"message type {mtype} is not defined in version {version}")

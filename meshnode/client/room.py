@@ -647,6 +647,23 @@ class RoomClient(LinkService):
         """Publish our presence (pose, pointer...); False if rate-limited."""
         return self.runtime.set_presence(fields)
 
+    def set_presence_interest(self, *, budget_msgs_per_s: float = 0.0,
+                              budget_bytes_per_s: float = 0.0,
+                              view_radius: float = 0.0) -> None:
+        """Say how much presence this client wants from its node (a phone on 3G asks for
+        little): at most ``budget_msgs_per_s`` updates and ``budget_bytes_per_s`` bytes a
+        second, and full detail only within ``view_radius`` of our own ``position`` (the
+        nearest and whoever speaks still come at the full rate; everyone else at least
+        every few seconds). 0 leaves a value at the node's default; the node never gives
+        more than its operator's cap. Kept across failovers (sent to every new node).
+
+        Raises ``protocol.errors.BadPresenceInterest`` (a ``ValueError``, ``reason``
+        ``bad_presence_interest``) for a value that is not 0 or within range: budget 1 to
+        10,000 updates/s, 1,024 to 100,000,000 bytes/s, radius 0.01 to 1,000,000."""
+        rt = self.runtime
+        rt.overlay.set_presence_interest(budget_msgs_per_s, budget_bytes_per_s, view_radius)
+        rt.pump()
+
     def presence(self) -> dict[str, dict[str, Any]]:
         """Who is present: PeerID -> their latest fields."""
         return self.runtime.presence()

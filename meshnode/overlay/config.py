@@ -56,6 +56,24 @@ class OverlayConfig:
     presence_ttl_s: float = 10.0
     presence_per_flush: int = 32
     max_participants: int = 1_024
+    # Interest management (overlay/presence_interest.py): per-recipient budgets (a client's
+    # default and cap; a neighbour node's per link), the nearest that get the full rate, the
+    # view radius beyond which only the floor applies, the floor (everyone at least every
+    # presence_floor_s: keep it under presence_ttl_s / 2), how often a recipient's plan is
+    # recomputed, and the bucket depth in seconds. presence_filter False: no filtering.
+    presence_filter: bool = True
+    # A client's default: its 10 nearest at 20 Hz (200/s), the floor of a room of 50 (~17/s),
+    # and a little for the next ring; a room of 50 then costs a node 12,000 updates/s, not
+    # the 49,000 of sending everything (benchmarks/node_bench.py).
+    presence_client_msgs_per_s: float = 240.0
+    presence_client_bytes_per_s: float = 64 * 1024.0
+    presence_link_msgs_per_s: float = 4_000.0
+    presence_link_bytes_per_s: float = 2 * 1024 * 1024.0
+    presence_near_count: int = 10
+    presence_view_radius: float = 30.0
+    presence_floor_s: float = 3.0
+    presence_plan_s: float = 0.5
+    presence_budget_burst_s: float = 0.25
     # Defence
     peer_frames_per_s: float = 1_000.0
     peer_frame_burst: float = 2_000.0

@@ -65,6 +65,7 @@ from meshnode.overlay.events import (
 )
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
+from meshnode.overlay.presence_interest import Interest
 from meshnode.overlay.scoring import PeerScores
 from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
@@ -79,11 +80,13 @@ from protocol.frames import (
     IHave,
     Message,
     Presence,
+    PresenceInterest,
     Prune,
     Shuffle,
     ShuffleReply,
     Snapshot,
     Want,
+    check_presence_interest,
     decode_frame,
     encode_frame,
     make_presence,
@@ -168,6 +171,7 @@ class RoomOverlay:
         self.replies = ReplyBudget(self.config)
         self.quota = IngressQuota(self.config)
         self._presence_seq = 0
+        self._interest: PresenceInterest | None = None  # what we asked of our peers
         self._equivocations_seen = len(replica.equivocations)
         self.view = PartialView(self.me, self.room_id, self.config, self.rng, self._send,
                                 self._emit)
@@ -295,6 +299,7 @@ class RoomOverlay:
             self._serving.add(peer)
         if leaf:
             self.leaves.add(peer)
+            self.presence.set_leaf(peer, self._peer_keys.get(peer))
             self._accepted(peer, now)
             self._flush_changes()
             return
@@ -310,6 +315,8 @@ class RoomOverlay:
 
     def _accepted(self, peer: str, now: float) -> None:
         """``peer`` became a neighbour or leaf (or, already one, a member): start syncing."""
+        if self._interest is not None:
+            self._send(peer, self._interest)  # what presence we want from it
         if peer in self._serving:
             self._send(peer, self._heads(reply=True))
             for seen in self.presence.seen.values():
@@ -381,7 +388,7 @@ class RoomOverlay:
         self._peer_keys.pop(peer, None)
         self.replies.forget(peer)
         self.tree.forget_peer(peer)
-        self.presence.forget_peer(peer)
+        self.presence.forget_link(peer)
         self.scores.remove(peer)
         self._pushq.pop(peer, None)
         self._pullq.pop(peer, None)
@@ -444,6 +451,11 @@ class RoomOverlay:
             self._on_heads(peer, msg, now)
         elif isinstance(msg, Presence):
             self._on_presence(peer, msg, now)
+        elif isinstance(msg, PresenceInterest):
+            # It can only lower what we send it (budget_for caps it), so it is taken from
+            # any linked peer, member or not.
+            self.presence.set_interest(
+                peer, Interest(msg.msgs_per_s, msg.bytes_per_s, msg.view_radius), now)
         elif peer in self.leaves and isinstance(msg, ForwardJoin | Shuffle | ShuffleReply
                                                    | Disconnect):
             pass  # a leaf takes no part in membership
@@ -618,7 +630,7 @@ class RoomOverlay:
         if not verify_signature(msg.participant, msg.signature, payload):
             self._penalize(peer, "bad_presence", now)
             return
-        if self.presence.accept(msg, now):
+        if self.presence.accept(msg, now, peer):
             # Presence is latest-wins by the participant's seq, never by our clocks.
             who = peer_id_from_public_key(msg.participant)
             fields = msg.fields
@@ -664,6 +676,25 @@ class RoomOverlay:
         self._emit(PresenceUpdated(peer_id_from_public_key(msg.participant), msg.fields, now))
         self.presence.enqueue(msg, self._targets, None, now)
         return None
+
+    def set_presence_interest(self, msgs_per_s: float = 0.0, bytes_per_s: float = 0.0,
+                              view_radius: float = 0.0) -> None:
+        """State what presence this participant wants from the peers it is linked to (a
+        client: from its node): at most ``msgs_per_s`` updates and ``bytes_per_s`` bytes a
+        second, full detail within ``view_radius`` of its own position; 0: the peer's
+        default. Sent now and to every peer linked later (a failover). Raises
+        ``protocol.errors.BadPresenceInterest`` (a ``ValueError``; ``reason``
+        ``bad_presence_interest``) on a value out of range (``check_presence_interest``)."""
+        m, b, r = check_presence_interest(msgs_per_s, bytes_per_s, view_radius)
+        self._interest = PresenceInterest(self.room_id, m, b, r)
+        for peer in sorted(self.connected):
+            self._send(peer, self._interest)
+
+    def presence_sent(self) -> dict[str, tuple[int, int]]:
+        """Per recipient now linked: presence updates and frame bytes sent to it so far
+        (counted while it is served)."""
+        return {peer: (r.sent_msgs, r.sent_bytes)
+                for peer, r in sorted(self.presence.recipients.items())}
 
     def submit_presence(self, fields: dict[str, Any], now: float) -> bool:
         """Publish the local participant's presence (e.g. ``{"position": [x, y, z]}``).

@@ -2,10 +2,13 @@
 
 Each participant signs its own updates, numbered by a growing ``seq``; a node keeps only the
 latest per participant (older or repeated ones are dropped), limits each participant's rate,
-forgets participants silent for ``presence_ttl_s``, and forwards updates to its neighbours over
-the unreliable ``presence`` channel. What is queued for a neighbour is coalesced (latest wins)
-and sent in order of interest, a bounded number per flush: speaking participants first, then by
-distance from the local participant's position.
+forgets participants silent for ``presence_ttl_s``, and forwards updates to its neighbours
+and clients over the unreliable ``presence`` channel. What is queued for a recipient is
+coalesced (latest wins) and filtered by interest within the recipient's budget: nearest and
+speaking participants at the full rate, farther ones less often, everyone at least every
+``presence_floor_s`` (``meshnode.overlay.presence_interest``). ``presence_filter = False``
+turns the filter off: every update goes to every recipient, in order of interest, at most
+``presence_per_flush`` per flush (the behaviour before interest management).
 """
 
 import math
@@ -14,43 +17,79 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshnode.overlay.config import OverlayConfig
+from meshnode.overlay.presence_interest import (
+    MAX_BEHIND,
+    Interest,
+    Recipient,
+    make_plan,
+    new_recipient,
+    pick,
+    position,
+    rebudget,
+)
 from meshnode.overlay.scoring import TokenBucket
 from protocol.frames import Presence
+
+_position = position  # the name meshnode.media imports
 
 
 @dataclass(slots=True)
 class Seen:
-    """The latest update from one participant."""
+    """The latest update from one participant, and the peer it came from (None: ours)."""
 
     msg: Presence
     at: float
     bucket: TokenBucket
-
-
-def _position(fields: dict[str, Any]) -> tuple[float, float, float] | None:
-    pos = fields.get("position")
-    if (
-        type(pos) is list
-        and len(pos) == 3
-        and all(type(x) in (int, float) for x in pos)
-    ):
-        return (float(pos[0]), float(pos[1]), float(pos[2]))
-    return None
+    via: str | None = None
 
 
 class PresenceTable:
-    """Latest presence per participant, plus per-neighbour send queues."""
+    """Latest presence per participant, plus per-recipient queues, budgets and plans."""
 
     def __init__(self, config: OverlayConfig, me: bytes) -> None:
         self.config = config
         self.me = me
         self.seen: dict[bytes, Seen] = {}
-        self.queues: dict[str, dict[bytes, Presence]] = {}
+        self.recipients: dict[str, Recipient] = {}
+        # Clients of this node (leaves) and their participant keys; stated interests.
+        self._leaves: dict[str, bytes | None] = {}
+        self._interests: dict[str, Interest] = {}
         self.next_flush: float | None = None
         self.dropped_rate = 0
 
-    def accept(self, msg: Presence, now: float) -> bool:
-        """Take an update if it is newer than what we have and within the sender's rate."""
+    @property
+    def queues(self) -> dict[str, dict[bytes, Presence]]:
+        """What waits for each recipient (recipients with nothing queued left out)."""
+        return {peer: r.queue for peer, r in self.recipients.items() if r.queue}
+
+    def set_leaf(self, peer: str, participant: bytes | None) -> None:
+        """``peer`` is a client of this node, publishing as ``participant``: its interest is
+        centred on its own position and its budget is a client's."""
+        self._leaves[peer] = participant
+        r = self.recipients.get(peer)
+        if r is not None and not r.leaf:
+            del self.recipients[peer]  # rebuilt as a client's at the next enqueue
+
+    def set_interest(self, peer: str, interest: Interest, now: float) -> None:
+        """``peer`` stated its budget and view radius (a ``PresenceInterest`` frame)."""
+        self._interests[peer] = interest
+        r = self.recipients.get(peer)
+        if r is not None:
+            rebudget(self.config, r, interest, now)
+
+    def recipient(self, peer: str, now: float) -> Recipient:
+        """The state of recipient ``peer`` (made on first use)."""
+        r = self.recipients.get(peer)
+        if r is None:
+            leaf = peer in self._leaves
+            r = self.recipients[peer] = new_recipient(
+                self.config, leaf, self._leaves.get(peer), self._interests.get(peer, Interest()),
+                now)
+        return r
+
+    def accept(self, msg: Presence, now: float, via: str | None = None) -> bool:
+        """Take an update if it is newer than what we have and within the sender's rate;
+        ``via``: the peer it came from (None: published here)."""
         old = self.seen.get(msg.participant)
         if old is not None:
             if msg.seq <= old.msg.seq:
@@ -58,23 +97,27 @@ class PresenceTable:
             if not old.bucket.take(1.0, now):
                 self.dropped_rate += 1
                 return False
-            old.msg, old.at = msg, now
+            old.msg, old.at, old.via = msg, now, via
             return True
         if len(self.seen) >= self.config.max_participants:
             oldest = min(self.seen, key=lambda k: self.seen[k].at)
             del self.seen[oldest]
         c = self.config
         bucket = TokenBucket(c.presence_rate_per_s, c.presence_burst, c.presence_burst - 1, now)
-        self.seen[msg.participant] = Seen(msg, now, bucket)
+        self.seen[msg.participant] = Seen(msg, now, bucket, via)
         return True
 
     def enqueue(self, msg: Presence, peers: Callable[[], set[str]], source: str | None,
                 now: float) -> None:
-        """Queue an update for every neighbour but its source (replacing an older one)."""
+        """Queue an update for every recipient but its source (replacing an older one)."""
+        queued = False
         for peer in sorted(peers()):
             if peer != source:
-                self.queues.setdefault(peer, {})[msg.participant] = msg
-        if self.queues and self.next_flush is None:
+                r = self.recipient(peer, now)
+                r.queue[msg.participant] = msg
+                r.fresh = True
+                queued = True
+        if queued and self.next_flush is None:
             self.next_flush = now + self.config.presence_interval_s
 
     def _interest(self, msg: Presence) -> tuple[int, float]:
@@ -86,19 +129,51 @@ class PresenceTable:
             return (speaking, math.inf)
         return (speaking, math.dist(here, there))
 
+    def _centres(self, peer: str, r: Recipient) -> list[tuple[float, float, float]]:
+        """Where recipient ``peer``'s interest is centred: a client's own position; for a
+        neighbour, the positions of the participants heard through it, else our own."""
+        if r.leaf:
+            own = self.seen.get(r.participant) if r.participant is not None else None
+            pos = _position(own.msg.fields) if own is not None else None
+            return [pos] if pos is not None else []
+        centres: list[tuple[float, float, float]] = []
+        for p in sorted(k for k, s in self.seen.items() if s.via == peer)[:MAX_BEHIND]:
+            pos = _position(self.seen[p].msg.fields)
+            if pos is not None:
+                centres.append(pos)
+        if not centres:
+            mine = self.seen.get(self.me)
+            pos = _position(mine.msg.fields) if mine is not None else None
+            if pos is not None:
+                centres.append(pos)
+        return centres
+
     def flush(self, now: float) -> list[tuple[str, Presence]]:
-        """The updates to send now: at most ``presence_per_flush`` per neighbour, most
-        interesting first; the rest stay queued (and may be replaced by newer ones)."""
+        """The updates to send now, by recipient (see the module docstring); the rest stay
+        queued (and may be replaced by newer ones)."""
         if self.next_flush is None or now < self.next_flush:
             return []
         out: list[tuple[str, Presence]] = []
-        for peer, queue in self.queues.items():
-            ranked = sorted(queue.values(), key=self._interest)
-            for msg in ranked[: self.config.presence_per_flush]:
-                out.append((peer, msg))
-                del queue[msg.participant]
-        self.queues = {p: q for p, q in self.queues.items() if q}
-        self.next_flush = now + self.config.presence_interval_s if self.queues else None
+        if not self.config.presence_filter:
+            for peer, r in self.recipients.items():
+                ranked = sorted(r.queue.values(), key=self._interest)
+                for msg in ranked[: self.config.presence_per_flush]:
+                    out.append((peer, msg))
+                    del r.queue[msg.participant]
+                    r.sent_msgs += 1
+        else:
+            latest: dict[bytes, dict[str, Any]] | None = None
+            for peer, r in self.recipients.items():
+                if not r.queue:
+                    continue
+                if now >= r.plan.until:
+                    if latest is None:
+                        latest = {k: s.msg.fields for k, s in self.seen.items()}
+                    r.plan = make_plan(self.config, r, latest, self._centres(peer, r), now)
+                for msg in pick(self.config, r, now):
+                    out.append((peer, msg))
+        queued = any(r.queue for r in self.recipients.values())
+        self.next_flush = now + self.config.presence_interval_s if queued else None
         return out
 
     def expire(self, now: float) -> list[bytes]:
@@ -109,13 +184,22 @@ class PresenceTable:
         gone = [k for k, s in self.seen.items() if s.at + ttl <= now and k != self.me]
         for k in gone:
             del self.seen[k]
-            for q in self.queues.values():
-                q.pop(k, None)
+            for r in self.recipients.values():
+                r.queue.pop(k, None)
+                r.last_sent.pop(k, None)
+                r.waiting.pop(k, None)
         return gone
 
     def forget_peer(self, peer: str) -> None:
-        """A neighbour left: drop its queue."""
-        self.queues.pop(peer, None)
+        """A recipient is no longer served: drop its queue and budget."""
+        self.recipients.pop(peer, None)
+
+    def forget_link(self, peer: str) -> None:
+        """A neighbour or client left: drop all that is kept about it, stated interest
+        included."""
+        self.recipients.pop(peer, None)
+        self._leaves.pop(peer, None)
+        self._interests.pop(peer, None)
 
     def next_deadline(self) -> float | None:
         """When the next flush or expiry is due."""

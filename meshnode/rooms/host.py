@@ -13,12 +13,14 @@ the event loop.
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from meshnode.config import NodeConfig
 from meshnode.crdt import PermissionDenied, ReplayReport, SceneReplica
@@ -137,7 +139,9 @@ class RoomHost(LinkService):
             return self.rooms[room_id]
         self._report_replay(room_id, loaded.report)
         replica = loaded.replica
-        overlay = RoomOverlay(replica, self.identity, LIVE_OVERLAY,
+        overrides: dict[str, Any] = dict(self.config.presence)
+        tuning = dataclasses.replace(LIVE_OVERLAY, **overrides)
+        overlay = RoomOverlay(replica, self.identity, tuning,
                               rng=random.Random(os.urandom(16)), wall_clock=time.time)
         durable = self.durable
         runtime = RoomRuntime(

@@ -406,3 +406,27 @@ def test_presence_expiry_does_not_stall_the_clock() -> None:
     assert sim.engine.now == 70.0
     assert all(not n.overlay.presence.seen.keys() - {n.overlay.presence.me}
                for n in sim.nodes if n.overlay is not None)  # everyone silent has expired
+
+
+# ---------------------------------------------------------------------------------- presence
+
+
+def test_presence_bytes_per_recipient_are_reported_and_follow_the_budget() -> None:
+    """results.json reports presence per recipient; a small per-link budget (an [overlay]
+    key) thins it, deterministically."""
+    data = scenario(duration_s=8, workload={"editors": 8, "edits_per_s": 1, "presence_hz": 10})
+    sim, full = run(data)
+    sent = sum(st.bytes_out_by_kind.get("Presence", 0)
+               for n in sim.nodes for st in sim.overlay_stats(n))
+    per_node = full["presence"]["per_node"]
+    assert sum(v["bytes"] for v in per_node.values()) == sent > 0
+    assert full["presence"]["messages_per_recipient"]["max"] > 0
+    thin = scenario(duration_s=8, workload={"editors": 8, "edits_per_s": 1, "presence_hz": 10},
+                    overlay={"presence_link_msgs_per_s": 5.0})
+    thin_sim, low = run(thin)
+    for i, got in low["presence"]["per_node"].items():
+        # Each neighbour sends it at most 5 a second (bucket depth: 1).
+        assert got["messages"] <= len(thin_sim.adj[int(i)]) * (5.0 * 8 + 1)
+    assert (low["presence"]["bytes_per_recipient"]["mean"]
+            < full["presence"]["bytes_per_recipient"]["mean"] / 2)
+    assert strip_wall(run(thin)[1]) == strip_wall(low)

@@ -234,7 +234,7 @@ def test_unknown_version(version: int) -> None:
         decode_frame(frame(version, 12345, "anything"))
 
 
-@pytest.mark.parametrize("mtype", [0, 13, 99, 2**64 - 1, -1])
+@pytest.mark.parametrize("mtype", [0, 14, 99, 2**64 - 1, -1])
 def test_unknown_message_type(mtype: int) -> None:
     with pytest.raises(UnknownMessageType) as info:
         decode_frame(frame(1, mtype, ROOM, []))

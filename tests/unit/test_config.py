@@ -95,6 +95,16 @@ max_audio = 6
 audio_radius = 25.0
 plan_interval_s = 0.5
 recycle_sdp_chars = 20000
+
+[presence]
+filter = false
+client_msgs_per_s = 150
+client_bytes_per_s = 65536
+link_msgs_per_s = 2000
+link_bytes_per_s = 1048576
+near_count = 8
+view_radius = 20.0
+floor_s = 2.5
 """
 
 
@@ -180,6 +190,11 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
                           max_room_kbps=20_000.0, max_peer_kbps=2_000.0,
                           audio_only_below_kbps=80.0, last_n=3, max_audio=6,
                           audio_radius=25.0, recycle_sdp_chars=20_000),
+        presence=(("presence_client_bytes_per_s", 65_536.0), ("presence_client_msgs_per_s", 150.0),
+                  ("presence_filter", False), ("presence_floor_s", 2.5),
+                  ("presence_link_bytes_per_s", 1_048_576.0),
+                  ("presence_link_msgs_per_s", 2_000.0), ("presence_near_count", 8),
+                  ("presence_view_radius", 20.0)),
     )
     assert cfg.url == "https://mesh.example.org"
     # The servers reach aiortc as RTCIceServers with their credentials.
@@ -601,3 +616,16 @@ def test_media_section_is_checked() -> None:
     assert "media.enabled" in _error({"media": {"enabled": "yes"}})
     assert "media.recycle_sdp_chars" in _error({"media": {"recycle_sdp_chars": 100}})
     assert "unknown key" in _error({"media": {"bitrate": 1}})
+
+
+def test_presence_section_sets_the_interest_filter() -> None:
+    from meshnode.config import ConfigError, config_from_mapping
+
+    cfg = config_from_mapping({"presence": {"filter": False, "client_msgs_per_s": 120,
+                                            "near_count": 8, "view_radius": 12.5}})
+    assert dict(cfg.presence) == {"presence_filter": False, "presence_client_msgs_per_s": 120.0,
+                                  "presence_near_count": 8, "presence_view_radius": 12.5}
+    for bad in ({"floor_s": 6}, {"near_count": 2.5}, {"near_count": True}, {"filter": 1},
+                {"client_msgs_per_s": 0}, {"link_bytes_per_s": "lots"}):
+        with pytest.raises(ConfigError, match="presence"):
+            config_from_mapping({"presence": bad})
