@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshnode import __version__
-
-DEFAULT_IDENTITY_PATH = Path("meshnode-data") / "identity.key"
+from meshnode.cli_identity import DEFAULT_IDENTITY_PATH
 
 
 def _keygen(args: argparse.Namespace) -> int:

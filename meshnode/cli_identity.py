@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meshnode.cli import DEFAULT_IDENTITY_PATH
+DEFAULT_IDENTITY_PATH = Path("meshnode-data") / "identity.key"
+"""Where ``meshnode keygen`` and ``meshnode identity`` keep the identity by default."""
+
 
 PASSPHRASE_ENV = "MESHNODE_PASSPHRASE"
 
@@ -32,12 +34,12 @@ def _passphrase(confirm: bool) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from meshnode.identity import Identity, IdentityFileError
-    from meshnode.identity_export import did_key
+    from meshnode.identity import IdentityFileError
+    from meshnode.identity_export import did_key, load_identity
 
     try:
         text = Path(args.identity).read_text("ascii")
-        identity = Identity.load(args.identity, passphrase=_passphrase(False)
+        identity = load_identity(args.identity, _passphrase(False)
                                  if text.lstrip().startswith("{") else None)
     except (OSError, UnicodeDecodeError, IdentityFileError) as err:
         print(f"meshnode identity show: {err}", file=sys.stderr)

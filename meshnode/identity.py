@@ -276,9 +276,10 @@ class Identity:
         _fsync_dir(path.parent)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, passphrase: str | None = None) -> Identity:
-        """Read an identity file written by :meth:`save`, or an encrypted export (the web
-        page's ``exportIdentity``, :mod:`meshnode.identity_export`) with its ``passphrase``.
+    def load(cls, path: str | os.PathLike[str]) -> Identity:
+        """Read an identity file written by :meth:`save`. (An encrypted export, the web
+        page's ``exportIdentity``, is read by :func:`meshnode.identity_export.load_identity`,
+        which takes either kind.)
 
         Raises :class:`FileNotFoundError` if it does not exist and :class:`IdentityFileError`
         if group or others may access it, it is malformed, or the passphrase is wrong.
@@ -301,12 +302,10 @@ class Identity:
         except UnicodeDecodeError:
             raise IdentityFileError(f"identity file {path} is not ASCII text") from None
         if raw.lstrip().startswith(b"{"):
-            from meshnode.identity_export import import_identity
-
-            try:
-                return import_identity(raw.decode("ascii"), passphrase)
-            except IdentityFileError as err:
-                raise IdentityFileError(f"identity file {path}: {err}") from None
+            raise IdentityFileError(
+                f"identity file {path} is an encrypted export: read it with "
+                f"meshnode.identity_export.load_identity(path, passphrase), or turn it into "
+                f"a key file with: meshnode identity import {path}")
         if len(lines) != 2 or lines[0].strip() != FILE_HEADER:
             raise IdentityFileError(
                 f"identity file {path} is malformed: expected a '{FILE_HEADER}' line "

@@ -27,6 +27,7 @@ import base64
 import binascii
 import json
 import os
+from pathlib import Path
 
 import base58
 from cryptography.exceptions import InvalidTag
@@ -50,6 +51,7 @@ __all__ = [
     "export_identity",
     "import_identity",
     "is_encrypted_identity",
+    "load_identity",
     "public_key_from_did",
 ]
 
@@ -176,6 +178,26 @@ def import_identity(text: str, passphrase: str | None) -> Identity:
     if did is not None and did != did_key(identity.public_key):
         raise IdentityFileError("encrypted identity file: the key is not the did it names")
     return identity
+
+
+def load_identity(path: str | os.PathLike[str], passphrase: str | None = None) -> Identity:
+    """Read an identity file of either kind: a key file (:meth:`Identity.load`, with its
+    permission check) or an encrypted export (needs ``passphrase``).
+
+    Raises :class:`FileNotFoundError` or :class:`IdentityFileError`."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(64)
+    if not head.lstrip().startswith(b"{"):
+        return Identity.load(path)
+    try:
+        text = path.read_text("ascii")
+    except UnicodeDecodeError:
+        raise IdentityFileError(f"identity file {path} is not ASCII text") from None
+    try:
+        return import_identity(text, passphrase)
+    except IdentityFileError as err:
+        raise IdentityFileError(f"identity file {path}: {err}") from None
 
 
 def peer_id_of_did(did: str) -> str:

@@ -25,6 +25,7 @@ from meshnode.identity_export import (
     did_key,
     export_identity,
     import_identity,
+    load_identity,
     public_key_from_did,
 )
 from meshnode.overlay import RoomOverlay
@@ -339,7 +340,9 @@ def test_the_cli_exports_and_imports_identities(tmp_path: Any, monkeypatch: Any,
     assert main(["identity", "import", str(tmp_path / "me.json"),
                  "--out", str(tmp_path / "again.key")]) == 0
     assert Identity.load(tmp_path / "again.key") == person
-    assert Identity.load(tmp_path / "me.json", passphrase="a passphrase") == person
+    assert load_identity(tmp_path / "me.json", "a passphrase") == person
+    with pytest.raises(IdentityFileError, match="encrypted export"):
+        Identity.load(tmp_path / "me.json")
     capsys.readouterr()
     assert main(["identity", "show", "--identity", str(tmp_path / "me.json")]) == 0
     out = capsys.readouterr().out.split()
