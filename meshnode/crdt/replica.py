@@ -24,13 +24,14 @@ from meshnode.crdt.content import (
     ChangeRecord,
     EntityRecord,
     FieldRecord,
+    FrontierContent,
     GrantRecord,
     MoveRecord,
     SceneContent,
 )
 from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
 from meshnode.crdt.epochs import EpochBook
-from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
+from meshnode.crdt.graph import BaseEntry, ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, EntityId
 from meshnode.crdt.privacy import (
     ROTATION_MARGIN_BYTES,
@@ -263,8 +264,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
         return self._graph.order[-limit:]
 
     def change_count(self) -> int:
-        """Number of applied changes, genesis included."""
-        return len(self._graph.order)
+        """Number of applied changes, genesis (and those below a snapshot's frontier)
+        included."""
+        return self._graph.count()
 
     def buffered_count(self) -> int:
         """Number of verified changes waiting for their deps."""
@@ -298,10 +300,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
             if vv.get(author, 0) < seq:
                 vv[author] = seq
         wanted: list[bytes] = []
+        index = graph.by_author_seq.get
         for author, top in graph.vv_all.items():
-            have = vv.get(author, 0)
+            have = max(vv.get(author, 0), graph.base.get(author, 0))
             for seq in range(have + 1, top + 1):
-                wanted.append(graph.by_author_seq[(author, seq)])
+                cid = index((author, seq))
+                if cid is not None:
+                    wanted.append(cid)
         if len(wanted) * 8 > len(graph.order):
             want = set(wanted)
             return [graph.raw[c] for c in graph.order if c in want and c in graph.raw]
@@ -500,6 +505,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
         meta = self._graph.meta
+        base, base_hlc = self._graph.base, self._graph.base_hlc
         for i, data in enumerate(datas):
             if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
                 data = bytes(data)  # an immutable copy: the caller may reuse its buffer
@@ -517,6 +523,16 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 results[i] = self._reject(None, err.reason)
                 continue
             cid = ch.change_id
+            if ch.hlc <= base_hlc:
+                # Stamped below this replica's frontier (a snapshot's): the frontier holds
+                # the author's seqs up to base[author] only as a summary, so a change there
+                # is one it has (or an equivocation it cannot place); a later seq is one
+                # the frontier never saw, which cannot be merged under it.
+                if ch.seq <= base.get(ch.author, 0):
+                    results[i] = ApplyResult(DUPLICATE, "behind_frontier", cid)
+                else:
+                    results[i] = self._reject(cid, "behind_frontier")
+                continue
             cached = self._rejected.get(cid)
             if cached is not None:
                 results[i] = self._reject(cid, cached)
@@ -544,6 +560,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 if missing:
                     if any(d in self._rejected for d in missing):
                         results[i] = self._reject(ch.change_id, "depends_on_rejected")
+
                     elif not trusted and self._roles.current_role(ch.author) == ROLE_NONE:
                         # Only buffer for known members, so strangers cannot fill the buffer.
                         results[i] = self._reject(ch.change_id, "unknown_author")
@@ -921,8 +938,16 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     # ------------------------------------------------------------------ snapshots
 
-    def export_content(self) -> SceneContent:
-        """The committed state as plain data (what a snapshot holds)."""
+    def export_content(self, keep_after_hlc: int | None = None) -> SceneContent:
+        """The committed state as plain data (what a snapshot holds).
+
+        ``keep_after_hlc``: the frontier (a hybrid clock stamp; ``clock.hlc_from_seconds``):
+        changes stamped after it are listed with their deps, those at or before it only
+        summarised (``ChangeGraph.cut``). A replica started from the result validates a
+        later change exactly as this one does if the change's deps are after the frontier,
+        on its boundary or heads; others (a peer that has seen nothing after the frontier)
+        wait for deps that never come, and that peer must start again from a snapshot.
+        None: the genesis alone is below the frontier (every change listed)."""
         if self._epochs is not None:
             raise RuntimeError(
                 "snapshots of private rooms are not implemented yet (they need a sealed "
@@ -932,6 +957,24 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         meta = graph.meta
         book = self._revocation
+        named: set[bytes] = set()
+        for comps in self._fields.values():
+            for fd in comps.values():
+                for stamp, _ in fd.values():
+                    named.add(stamp[2])
+        named.update(e[0][2] for e in self._tree.log)
+        for makers in self._created_by.values():
+            named.update(makers)
+        for table in (self._roles.grants, self._roles.inert):
+            for gl in table.values():
+                named.update(g[0][2] for g in gl)
+        named.update(book.dead)
+        for e in self.equivocations:
+            named.update(e.change_ids)
+        named.update(c.change_id for per in book.cuts.values() for c in per.values())
+        named.update(u.change_id for per in book.uses.values() for u in per.values())
+        with_vv = {r.change_id for per in book.revocations.values() for r in per.values()}
+        cut = graph.cut(-1 if keep_after_hlc is None else keep_after_hlc, named, with_vv)
         grants = [
             GrantRecord(member, g[0][2], g[1], inert)
             for inert, table in ((False, self._roles.grants), (True, self._roles.inert))
@@ -943,7 +986,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             clock=self._clock.value,
             changes=tuple(
                 ChangeRecord(cid, m.author, m.seq, m.hlc, m.deps)
-                for cid in graph.order
+                for cid in cut.window
                 for m in (meta[cid],)
             ),
             entities=tuple(
@@ -966,6 +1009,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
             invite_revocations=tuple(
                 r for per in book.revocations.values() for r in per.values()
             ),
+            frontier=FrontierContent(
+                cut.hlc, tuple((a, s, cut.head_of[a]) for a, s in cut.base.items()),
+                cut.pruned, cut.entries),
         )
 
     def _import_content(self, content: SceneContent) -> None:
@@ -976,7 +1022,23 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         key = self._key
         stamps: dict[bytes, Stamp] = {gch.change_id: [gch.hlc, self.owner, gch.change_id]}
-        for c in content.changes[1:]:
+        frontier = content.frontier
+        if frontier is not None:
+            graph = self._graph = ChangeGraph()
+            base_entries = [BaseEntry(e.change_id, key(e.author), e.seq, e.hlc, e.kind,
+                                      tuple((key(a), s) for a, s in e.lag), e.past)
+                            for e in frontier.entries]
+            graph.load_frontier({key(a): s for a, s, _ in frontier.authors},
+                                {key(a): h for a, _, h in frontier.authors},
+                                frontier.pruned, frontier.hlc, base_entries)
+            if gch.change_id not in graph.meta:
+                raise ValueError("the frontier lacks the genesis")
+            for be in base_entries:
+                if be.seq > graph.base.get(be.author, 0):
+                    raise ValueError("a frontier entry is above its author's count")
+                stamps[be.change_id] = [be.hlc, be.author, be.change_id]
+        changes = content.changes if frontier is not None else content.changes[1:]
+        for c in changes:
             if c.change_id in graph.meta or not all(d in graph.meta for d in c.deps):
                 raise ValueError("changes are not in causal order")
             author = key(c.author)
@@ -1017,6 +1079,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 raise KeyError("equivocation names an unknown change")
             self.equivocations.append(Equivocation(ma.author, ma.seq, (a, b)))
             self._equivocators.add(ma.author)
+            if graph.forked.get(ma.author, ma.seq + 1) > ma.seq:
+                graph.forked[ma.author] = ma.seq
         book = self._revocation
         for cid, reason in content.retracted:
             if cid not in metas:
@@ -1039,13 +1103,14 @@ class SceneReplica(PrivateRoom, LocalEdits):
         me = self._me
         self._counter = max((n[1] for n in self._creation if n[0] == me), default=0)
 
-    def snapshot(self) -> bytes:
-        """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``)."""
+    def snapshot(self, keep_after_hlc: int | None = None) -> bytes:
+        """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``);
+        ``keep_after_hlc``: its frontier (see ``export_content``)."""
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before a snapshot")
         ident = self._identity
-        return encode_snapshot(self.export_content(), ident.public_key, self.room_id,
-                               ident.sign)
+        return encode_snapshot(self.export_content(keep_after_hlc), ident.public_key,
+                               self.room_id, ident.sign)
 
     @classmethod
     def from_snapshot(
@@ -1095,7 +1160,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
     def unserved_count(self) -> int:
         """Applied changes whose bytes this replica lacks, so cannot send to peers (those a
         snapshot brought and ``restore_bytes`` did not)."""
-        return len(self._graph.meta) - len(self._graph.raw)
+        graph = self._graph
+        return sum(1 for c in graph.order if c not in graph.raw)
 
 
 def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:
