@@ -15,6 +15,7 @@ its state from the stored change bytes (``_rebuild``), so the state depends only
 changes held.
 """
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -135,6 +136,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
         self._revocation = RevocationBook()
         self._base: SceneContent | None = None  # where a rebuild starts (a loaded snapshot)
         self._full_graph: ChangeGraph | None = None  # the whole history, while rebuilding
+        # History off the heap (``use_history``): bytes of older changes come from the store.
+        self._history: Callable[[list[bytes]], Mapping[bytes, bytes]] | None = None
+        self._keep_recent = 0
+        self._restored_missing = 0
         self._my_role: int | None = None
         self._counter = 0
         self._batch: EditBatch | None = None
@@ -242,7 +247,47 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     def change_bytes(self, change_id: bytes) -> bytes | None:
         """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
-        return self._graph.raw.get(change_id)
+        got = self._bytes_of([change_id])
+        return got[0] if got else None
+
+    def _bytes_of(self, ids: list[bytes]) -> list[bytes]:
+        """The bytes of applied changes, in order, from memory or the history source; those
+        unavailable (below a snapshot, not yet stored) are left out."""
+        raw = self._graph.raw
+        missing = [c for c in ids if c not in raw]
+        loaded: Mapping[bytes, bytes] = {}
+        if missing and self._history is not None:
+            loaded = self._history(missing)
+        out = []
+        for c in ids:
+            data = raw.get(c)
+            if data is None:
+                data = loaded.get(c)
+            if data is not None:
+                out.append(data)
+        return out
+
+    def use_history(self, source: Callable[[list[bytes]], Mapping[bytes, bytes]],
+                    keep_recent: int = 4_096) -> None:
+        """Keep change bytes off the heap: only the last ``keep_recent`` applied changes'
+        bytes stay in memory; older ones are read from ``source`` (change IDs -> bytes, e.g.
+        the node's store) when a peer asks for them or a rebuild needs them. The caller
+        stores every applied change (its durable log); one not yet stored when it leaves
+        memory is simply not served until it is. Private rooms keep their bytes in memory
+        (their sync replays history; this call does nothing for them)."""
+        if self.private:
+            return
+        self._history = source
+        self._keep_recent = keep_recent
+        self._trim_bytes()
+
+    def _trim_bytes(self) -> None:
+        raw = self._graph.raw
+        if self._history is None or len(raw) <= 2 * self._keep_recent:
+            return
+        drop = len(raw) - self._keep_recent
+        for cid in list(itertools.islice(raw, drop)):
+            del raw[cid]
 
     def change_author(self, change_id: bytes) -> bytes | None:
         """The author's public key of an applied change (None if unknown)."""
@@ -291,10 +336,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         meta = graph.meta
         known = [h for h in heads if h in meta]
+        # Below a frontier only the genesis's bytes are known; a peer with nothing gets it.
+        first = [self.genesis] if graph.base and not known and self.genesis and \
+            not (version_vector or {}).get(self.owner, 0) else []
         if self.equivocations:
             # Version vectors cannot tell two changes with one (author, seq) apart.
             past = graph.ancestors(known)
-            return [graph.raw[c] for c in graph.order if c not in past and c in graph.raw]
+            return first + self._bytes_of([c for c in graph.order if c not in past])
         vv = graph.past_vv(known)
         for author, seq in (version_vector or {}).items():
             if vv.get(author, 0) < seq:
@@ -309,9 +357,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
                     wanted.append(cid)
         if len(wanted) * 8 > len(graph.order):
             want = set(wanted)
-            return [graph.raw[c] for c in graph.order if c in want and c in graph.raw]
+            return first + self._bytes_of([c for c in graph.order if c in want])
         wanted.sort(key=lambda c: (meta[c].hlc, meta[c].author, c))
-        return [graph.raw[c] for c in wanted if c in graph.raw]
+        return first + self._bytes_of(wanted)
 
     def role_of(self, member: str | bytes) -> str:
         """A member's current role name (``"none"`` if not a member)."""
@@ -574,6 +622,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             self._tree.apply(entries)
         if self._revocation.needs_rebuild:
             self._rebuild()  # a change in this batch retracted changes applied before
+        self._trim_bytes()
         return [r for r in results if r is not None]
 
     def _reject(self, cid: bytes | None, reason: str) -> ApplyResult:
@@ -863,14 +912,18 @@ class SceneReplica(PrivateRoom, LocalEdits):
         found live, until the retracted set stops changing. A pure function of the set of
         changes held, so every replica with that set ends in the same state."""
         graph = self._graph
+        base = self._base
+        in_base: set[bytes] = set()
+        if base is not None:  # imported with the base itself
+            in_base.update(c.change_id for c in base.changes)
+            if base.frontier is not None:
+                in_base.update(e.change_id for e in base.frontier.entries)
         todo = sorted(
             (m.hlc, m.author, cid) for cid, m in graph.meta.items()
-            if cid in graph.raw and cid != self.room_id
+            if m.pos >= 0 and cid != self.room_id and cid not in in_base
         )
-        changes = [
-            (decode_change(graph.raw[cid], self.limits, known_id=cid), graph.raw[cid])
-            for _, _, cid in todo
-        ]
+        datas = self._bytes_of([cid for _, _, cid in todo])
+        changes = [(decode_change(d, self.limits), d) for d in datas]
         batch = self._batch
         pending = [e for e in self._tree.log if batch is not None and e[0] is batch.stamp]
         before = set(self._revocation.dead)
@@ -1149,19 +1202,54 @@ class SceneReplica(PrivateRoom, LocalEdits):
         be attached to an applied change."""
         graph = self._graph
         rest: list[bytes] = []
+        seen: set[bytes] = set()
+        keep = self._history is None
         for data in datas:
             cid = change_id(data)
-            if cid in graph.meta:
-                graph.raw.setdefault(cid, data)
-            else:
+            m = graph.meta.get(cid)
+            if m is None:
                 rest.append(data)
+            elif m.pos >= 0:
+                if keep:
+                    graph.raw.setdefault(cid, data)
+                else:
+                    seen.add(cid)  # stays in the store: only its presence is checked
+        if not keep:
+            self._restored_missing = sum(1 for c in graph.order
+                                         if c not in graph.raw and c not in seen)
         return rest
 
     def unserved_count(self) -> int:
         """Applied changes whose bytes this replica lacks, so cannot send to peers (those a
         snapshot brought and ``restore_bytes`` did not)."""
+        if self._history is not None:
+            return self._restored_missing
         graph = self._graph
         return sum(1 for c in graph.order if c not in graph.raw)
+
+    def compact(self, keep_after_hlc: int) -> tuple[bytes, list[bytes]]:
+        """Prune the history below a frontier (``export_content``): the replica carries on
+        from its own frontier snapshot, holding the changes after it and a summary of the
+        rest. Returns the signed snapshot (to store before anything is deleted) and the IDs
+        of the changes now below the frontier (those a store may delete once the snapshot
+        is stored). A peer whose heads are all below the frontier must start again from a
+        snapshot (its changes are refused as ``behind_frontier`` or wait for deps)."""
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch before compact()")
+        old = self._graph
+        content = self.export_content(keep_after_hlc)
+        ident = self._identity
+        data = encode_snapshot(content, ident.public_key, self.room_id, ident.sign)
+        self._base = content
+        self._reset_content()
+        graph = self._graph
+        for cid in graph.order:
+            raw = old.raw.get(cid)
+            if raw is not None:
+                graph.raw[cid] = raw
+        room = self.room_id  # the genesis stays (it names the room)
+        return data, [c for c in old.meta
+                      if c != room and (c not in graph.meta or graph.meta[c].pos < 0)]
 
 
 def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:
