@@ -54,6 +54,7 @@ admit_role = "viewer"
 [store]
 synchronous = "normal"
 snapshot_every = 250
+history_days = 14
 
 [log]
 level = "debug"
@@ -157,6 +158,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         admit_role="viewer",
         store_synchronous="normal",
         snapshot_every=250,
+        history_days=14.0,
         log_level="debug",
         log_format="json",
         header_timeout_s=5.0,
