@@ -1227,6 +1227,21 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         return sum(1 for c in graph.order if c not in graph.raw)
 
+    def prunable(self, keep_after_hlc: int) -> int:
+        """How many of the oldest applied changes (in application order, genesis aside) are
+        stamped at or before ``keep_after_hlc``: a cheap lower bound of what ``compact``
+        would prune, to decide whether it is worth its cost (it re-imports the state)."""
+        graph = self._graph
+        n = 0
+        for cid in graph.order:
+            m = graph.meta[cid]
+            if not m.deps:
+                continue
+            if m.hlc > keep_after_hlc:
+                break
+            n += 1
+        return n
+
     def compact(self, keep_after_hlc: int) -> tuple[bytes, list[bytes]]:
         """Prune the history below a frontier (``export_content``): the replica carries on
         from its own frontier snapshot, holding the changes after it and a summary of the

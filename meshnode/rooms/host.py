@@ -44,7 +44,7 @@ from meshnode.rooms.access import (
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
-from meshnode.rooms.loading import frontier_for, load_replica
+from meshnode.rooms.loading import frontier_for, load_replica, worth_compacting
 from meshnode.rooms.sharing import RoomSharing
 from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
@@ -286,9 +286,10 @@ class RoomHost(LinkService):
         try:
             covered = hosted.stored_since_snapshot
             retention = self.config.history_days * 86_400.0
-            if retention > 0 and not replica.private:
+            frontier = frontier_for(time.time(), retention)
+            if retention > 0 and not replica.private and worth_compacting(replica, frontier):
                 # Prune below the retention frontier (docs/operators.md, "Pruning rule").
-                data, dropped = replica.compact(frontier_for(time.time(), retention))
+                data, dropped = replica.compact(frontier)
                 await asyncio.to_thread(self.store.compact, replica.room_id, data,
                                         replica.change_count(), dropped)
             else:

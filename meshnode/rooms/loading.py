@@ -35,7 +35,7 @@ from meshnode.crdt.clock import hlc_from_seconds
 from meshnode.identity import Identity
 from protocol.errors import DecodeError
 
-__all__ = ["LoadedRoom", "compact_room", "frontier_for", "load_replica"]
+__all__ = ["LoadedRoom", "compact_room", "frontier_for", "load_replica", "worth_compacting"]
 
 History = Callable[[list[bytes]], Mapping[bytes, bytes]]
 
@@ -93,6 +93,17 @@ def frontier_for(now: float, retention_s: float) -> int:
     every change stamped before ``now - retention_s`` goes below it (docs/operators.md,
     "Pruning rule")."""
     return hlc_from_seconds(now - retention_s)
+
+
+COMPACT_MIN = 10_000
+"""Prune only when at least this many changes (and a tenth of those held) fell below the
+frontier: ``compact`` re-imports the room's state and the changes after the frontier, on the
+event loop, so its cost is spread over many changes."""
+
+
+def worth_compacting(replica: SceneReplica, keep_after_hlc: int) -> bool:
+    """Whether pruning at ``keep_after_hlc`` now is worth it (see ``COMPACT_MIN``)."""
+    return replica.prunable(keep_after_hlc) >= max(COMPACT_MIN, replica.change_count() // 10)
 
 
 def compact_room(replica: SceneReplica, keep_after_hlc: int,

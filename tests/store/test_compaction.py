@@ -12,7 +12,7 @@ from pathlib import Path
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.crdt.clock import hlc_from_seconds
 from meshnode.identity import Identity
-from meshnode.rooms.loading import compact_room, load_replica
+from meshnode.rooms.loading import compact_room, load_replica, worth_compacting
 from meshnode.store import ChangeStore
 
 NOW = 1_700_000_000.0
@@ -67,6 +67,10 @@ def test_restart_after_pruning_loses_nothing(tmp_path: Path) -> None:
     store.append_changes(node.room_id, [(node.recent_changes(1)[0], first)])
     t = _edit(node, editor, store, 600, NOW, rng)  # ten hours
     logged = store.change_count(node.room_id)
+    # The host prunes only when enough went below the frontier to be worth a re-import.
+    assert node.prunable(hlc_from_seconds(t - 7_200)) > 400
+    assert node.prunable(hlc_from_seconds(NOW - 1)) == 0
+    assert not worth_compacting(node, hlc_from_seconds(t - 7_200))  # < COMPACT_MIN
     # Keep the last two hours.
     pruned = compact_room(node, hlc_from_seconds(t - 7_200),
                           functools.partial(store.compact, node.room_id))
