@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._env import environment  # noqa: E402
 from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
 from meshnode.crdt import SceneReplica  # noqa: E402
+from meshnode.crdt.clock import hlc_from_seconds  # noqa: E402
 from meshnode.identity import Identity  # noqa: E402
-from meshnode.rooms.loading import load_replica  # noqa: E402
+from meshnode.rooms.loading import compact_room, load_replica  # noqa: E402
 from meshnode.store import ChangeStore  # noqa: E402
 from protocol.change import OP_CREATE, OP_SET, encode_change  # noqa: E402
 
@@ -108,16 +109,34 @@ class History:
             self.made += 1
 
 
-def bench_memory(changes: int, identities: int) -> dict[str, Any]:
-    """Heap per change and per identity (tracemalloc, linear fits)."""
+def bench_memory(changes: int, identities: int, store_path: Path | None = None,
+                 compact_every: int = 0, keep: int = 2_000) -> dict[str, Any]:
+    """Heap per change and per identity (tracemalloc, linear fits). With ``store_path`` the
+    node keeps change bytes in a SQLite store (``use_history``); with ``compact_every`` it
+    prunes every that many changes, keeping about the last ``keep`` (1 ms of clock each)."""
     per_id = max(1, changes // identities - 2)
     hist = History()
     samples: list[tuple[int, int, int]] = []
+    store = None
+    if store_path is not None:
+        store = ChangeStore.open(store_path, synchronous="normal")
+        room = hist.node.room_id
+        store.add_room(room, hist.node.genesis, "bench", {})
+        hist.node.use_history(functools.partial(store.change_bytes, room))
     tracemalloc.start()
     started = time.perf_counter()
     step = max(1, identities // 20)
+    last_compaction = 0
     while hist.ids < identities:
+        before = hist.node.change_count()
         hist.identity(per_id)
+        if store is not None:
+            fresh = hist.node.recent_changes(hist.node.change_count() - before)
+            store.append_changes(room, [(c, hist.node.change_bytes(c) or b"") for c in fresh])
+            if compact_every and hist.node.change_count() - last_compaction >= compact_every:
+                last_compaction = hist.node.change_count()
+                frontier = hlc_from_seconds(hist.t - keep / 1000)
+                compact_room(hist.node, frontier, functools.partial(store.compact, room))
         if hist.ids % step == 0:
             gc.collect()
             samples.append((hist.node.change_count(), hist.ids, tracemalloc.get_traced_memory()[0]))
@@ -138,30 +157,40 @@ def bench_memory(changes: int, identities: int) -> dict[str, Any]:
         "bytes_per_change": round(per_change), "bytes_per_change_first_half": round(early),
         "bytes_per_change_second_half": round(late),
         "bytes_per_identity_beyond_its_changes": round(per_identity),
-        "seconds": round(elapsed, 1),
+        "seconds": round(elapsed, 1), "store": store is not None, "compact_every": compact_every,
+        "db_mb": round(store_path.stat().st_size / 2**20, 1) if store_path else None,
     }
 
 
-def bench_restart(sizes: list[int]) -> list[dict[str, Any]]:
-    """Restart time from snapshot + log tail, and by full replay; database size."""
+def bench_restart(sizes: list[int], keep: int = 2_000,
+                  compact_every: int = 5_000) -> list[dict[str, Any]]:
+    """Restart time from the (frontier) snapshot plus the log after it, and database size,
+    for a node that prunes every ``compact_every`` changes keeping about the last ``keep``
+    (the clock advances 1 ms per change, so "the last ``keep`` ms")."""
     out = []
     for n in sizes:
         hist = History(entities=1_000)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "meshnode.db"
             room = hist.node.room_id
-            with ChangeStore.open(path) as store:
+            with ChangeStore.open(path, synchronous="normal") as store:
                 store.add_room(room, hist.node.genesis, "bench", {})
+                hist.node.use_history(functools.partial(store.change_bytes, room))
                 store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
-                                            for c in hist.node.recent_changes(10**9)[1:]])
+                                            for c in hist.node.recent_changes(10**9)])
+                last = 0
+                snap = b""
                 while hist.node.change_count() < n:
                     before = hist.node.change_count()
                     hist.identity(48)
                     fresh = hist.node.recent_changes(hist.node.change_count() - before)
                     store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
                                                 for c in fresh])
-                snap = hist.node.snapshot()
-                store.save_snapshot(room, snap, hist.node.change_count())
+                    if hist.node.change_count() - last >= compact_every:
+                        last = hist.node.change_count()
+                        snap, dropped = hist.node.compact(
+                            hlc_from_seconds(hist.t - keep / 1000))
+                        store.compact(room, snap, hist.node.change_count(), dropped)
                 # A tail after the snapshot, as a node that stopped between two snapshots has.
                 before = hist.node.change_count()
                 hist.identity(98)
@@ -169,47 +198,60 @@ def bench_restart(sizes: list[int]) -> list[dict[str, Any]]:
                 store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
                                             for c in fresh])
                 genesis = hist.node.genesis
+                logged = store.change_count(room)
+                state = hist.node.state()
             size = path.stat().st_size + sum(p.stat().st_size for p in Path(tmp).glob("*-wal"))
             with ChangeStore.open(path) as store:
                 latest = store.latest_snapshot(room)
                 assert latest is not None
                 log = functools.partial(store.changes, room)
+                gc.collect()
+                gc.freeze()  # a restarting node's heap holds none of this process's history
                 t0 = time.perf_counter()
-                fast = load_replica(genesis, hist.owner, log, latest[0])
+                fast = load_replica(genesis, hist.owner, log, latest[0],
+                                    functools.partial(store.change_bytes, room))
                 t_fast = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                full = load_replica(genesis, hist.owner, log, None)
-                t_full = time.perf_counter() - t0
-            assert fast.from_snapshot and fast.replica.state() == full.replica.state()
+                gc.unfreeze()
+            assert fast.from_snapshot and fast.replica.state() == state
             out.append({"changes": fast.replica.change_count(), "db_mb": round(size / 2**20, 1),
-                        "snapshot_mb": round(len(snap) / 2**20, 2),
-                        "restart_from_snapshot_s": round(t_fast, 2),
-                        "restart_full_replay_s": round(t_full, 2)})
+                        "log_changes": logged, "snapshot_mb": round(len(snap) / 2**20, 2),
+                        "restart_from_snapshot_s": round(t_fast, 2)})
     return out
 
 
-def bench_join(sizes: list[int]) -> list[dict[str, Any]]:
-    """A joiner's start from a snapshot of a 1,000-entity room, against a full replay."""
+def bench_join(sizes: list[int], keep: int = 2_000, replay: bool = True) -> list[dict[str, Any]]:
+    """A joiner's start from a frontier snapshot of a 1,000-entity room (the changes of
+    about the last ``keep`` ms listed), against a full replay."""
     out = []
     for n in sizes:
         hist = History(entities=1_000)
         while hist.node.change_count() < n:
             hist.identity(48)
-        snap = hist.node.snapshot()
+        every = hist.node.snapshot()  # every change listed (version 2's size)
+        snap = hist.node.snapshot(keep_after_hlc=hlc_from_seconds(hist.t - keep / 1000))
         joiner = _ident("joiner", n)
+        # A joiner is another process: keep the node's history (in this one) out of the
+        # collector's passes, as it would be.
+        gc.collect()
+        gc.freeze()
         t0 = time.perf_counter()
         rep = SceneReplica.from_snapshot(snap, joiner)
         t_snap = time.perf_counter() - t0
-        history = hist.node.changes_since([])
-        t0 = time.perf_counter()
-        full = SceneReplica.from_genesis(hist.node.genesis, joiner, max_clock_skew_s=1e12)
-        full.apply_many(history, hist.t)
-        t_full = time.perf_counter() - t0
-        assert rep.state() == full.state()
+        gc.unfreeze()
+        t_full = None
+        if replay:
+            history = hist.node.changes_since([])
+            t0 = time.perf_counter()
+            full = SceneReplica.from_genesis(hist.node.genesis, joiner, max_clock_skew_s=1e12)
+            full.apply_many(history, hist.t)
+            t_full = round(time.perf_counter() - t0, 2)
+            assert rep.state() == full.state()
+        assert rep.state() == hist.node.state()
         out.append({"changes": rep.change_count(), "entities": len(rep.entities()),
                     "snapshot_mb": round(len(snap) / 2**20, 2),
+                    "snapshot_every_change_mb": round(len(every) / 2**20, 2),
                     "join_from_snapshot_s": round(t_snap, 3),
-                    "join_full_replay_s": round(t_full, 2)})
+                    "join_full_replay_s": t_full})
     return out
 
 
@@ -325,6 +367,13 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--churn-s", type=float, default=10.0)
     ap.add_argument("--sample-s", type=float, default=300.0)
+    ap.add_argument("--store", action="store_true",
+                    help="memory mode: change bytes in a SQLite store (history off the heap)")
+    ap.add_argument("--compact-every", type=int, default=0,
+                    help="memory mode (with --store): prune every N changes")
+    ap.add_argument("--keep", type=int, default=2_000,
+                    help="changes kept after the frontier (restart, join, compaction)")
+    ap.add_argument("--no-replay", action="store_true", help="join: skip the full replay")
     args = ap.parse_args()
     out: dict[str, Any] = {"env": environment()}
     if args.quick:
@@ -333,12 +382,16 @@ def main() -> int:
         args.sample_s = min(args.sample_s, 10.0)
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     if args.mode in ("all", "memory"):
-        out["memory"] = bench_memory(args.changes, args.identities)
+        with tempfile.TemporaryDirectory() as tmp:
+            out["memory"] = bench_memory(
+                args.changes, args.identities,
+                Path(tmp) / "memory.db" if args.store else None, args.compact_every, args.keep)
     if args.mode in ("all", "restart"):
         out["restart"] = bench_restart([s for s in sizes if s >= 10_000]
-                                       + ([1_000_000] if args.big else []))
+                                       + ([1_000_000] if args.big else []), args.keep)
     if args.mode in ("all", "join"):
-        out["join"] = bench_join(sizes + ([1_000_000] if args.big else []))
+        out["join"] = bench_join(sizes + ([1_000_000] if args.big else []), args.keep,
+                                 not args.no_replay)
     if args.mode in ("all", "nodes"):
         out["nodes"] = asyncio.run(bench_nodes(args.nodes, args.clients, args.minutes,
                                                args.churn_s, args.sample_s))

@@ -60,6 +60,8 @@ class NodeConfig:
     share_jitter_s: float = 2.0
     store_synchronous: str = "full"
     snapshot_every: int = 1_000
+    # [store] history_days: changes older than this are pruned at each snapshot (0: never)
+    history_days: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
     # [http]: limits of the HTTP endpoint (guard.py)
@@ -104,7 +106,7 @@ _SECTIONS: dict[str, set[str]] = {
                 "handshake_timeout_s"},
     "rooms": {"default_room", "default_room_name", "admit", "admit_role", "rotate_every_s",
               "share_jitter_s"},
-    "store": {"synchronous", "snapshot_every"},
+    "store": {"synchronous", "snapshot_every", "history_days"},
     "log": {"level", "format"},
     "http": {"header_timeout_s", "body_timeout_s", "offers_per_s", "offer_burst",
              "trusted_proxies"},
@@ -345,6 +347,11 @@ def config_from_mapping(doc: dict[str, Any], base: NodeConfig | None = None) -> 
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1")
             changes[key] = value
+    if "history_days" in store:
+        days = _want(store["history_days"], (int, float), "store.history_days")
+        if isinstance(days, bool) or days < 0:
+            raise ConfigError("store.history_days must be 0 (keep every change) or more days")
+        changes["history_days"] = float(days)
     if "handshake_timeout_s" in net:
         timeout = _want(net["handshake_timeout_s"], (int, float), "network.handshake_timeout_s")
         if isinstance(timeout, bool) or not 0.5 <= timeout <= 120:

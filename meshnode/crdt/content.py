@@ -9,6 +9,7 @@ changes by ID and to entities by ``(creator key, counter)``; ``ROOT`` is ``(b"",
 
 from dataclasses import dataclass
 
+from meshnode.crdt.graph import BaseEntry
 from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse
 from protocol.values import Value
 
@@ -69,10 +70,24 @@ class GrantRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class FrontierContent:
+    """The changes below a snapshot's frontier, summarised (``ChangeGraph.cut``): its clock,
+    per author ``(key, seq count, last change)``, how many changes below it are not listed,
+    and the listed ones (the genesis first)."""
+
+    hlc: int
+    authors: tuple[tuple[bytes, int, bytes], ...]
+    pruned: int
+    entries: tuple[BaseEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SceneContent:
     """Everything a replica needs to carry on from a committed state (see module docstring).
 
-    ``changes`` are in causal order, the genesis first; ``moves`` in log order.
+    ``changes`` are in causal order; ``moves`` in log order. Without ``frontier`` (a version
+    2 snapshot) ``changes`` holds every change, the genesis first; with it, only the changes
+    after the frontier, whose deps are frontier entries or earlier changes.
     """
 
     genesis: bytes
@@ -88,12 +103,14 @@ class SceneContent:
     cuts: tuple[Cut, ...] = ()
     invite_uses: tuple[InviteUse, ...] = ()
     invite_revocations: tuple[InviteRevocation, ...] = ()
+    frontier: FrontierContent | None = None
 
 
 __all__ = [
     "ChangeRecord",
     "EntityRecord",
     "FieldRecord",
+    "FrontierContent",
     "GrantRecord",
     "MoveRecord",
     "SceneContent",

@@ -13,6 +13,15 @@ its *lag*: the authors whose entry in its vector is below "everything applied be
 (changes concurrent with it that happened to be applied first; usually none or a few). The
 vector of change ``c`` at author ``a`` is then ``lag(c)[a]`` if present, else the number of
 ``a``'s seqs applied up to ``c``'s position (a bisection). See ``docs/performance.md``.
+
+A graph started from a *frontier* snapshot (``load_frontier``) does not hold the changes
+below the frontier one by one: ``base[a]`` counts author ``a``'s seqs there, and only a few
+of those changes are kept, as *base* entries (``pos == -1``, no deps): the frontier's
+boundary (its maximal changes and the deps of the changes after it), whose vectors are kept
+as lags below ``base``, and the changes the scene state names (field winners, grants...),
+kept for their author, seq and clock only. Exact causality tests against the changes of an
+author who equivocated (``forked``) use, at a base entry, the set of such changes in its past
+(``base_past``).
 """
 
 import contextlib
@@ -100,11 +109,23 @@ class PastVV(Mapping[bytes, int]):
 class ChangeGraph:
     """Applied changes in application (topological) order, their heads and raw bytes."""
 
-    __slots__ = ("by_author_seq", "heads", "meta", "order", "raw", "tops", "vv_all")
+    __slots__ = ("base", "base_head", "base_hlc", "base_kind", "base_past", "by_author_seq",
+                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all")
 
     by_author_seq: "AuthorSeqIndex"
 
     def __init__(self) -> None:
+        # Below the frontier (empty unless loaded from a frontier snapshot): see the module
+        # docstring. ``pruned``: changes below it not held at all.
+        self.base: dict[bytes, int] = {}
+        self.base_head: dict[bytes, bytes] = {}
+        self.base_kind: dict[bytes, int] = {}
+        self.base_past: dict[bytes, frozenset[bytes]] = {}
+        self.base_hlc = -1
+        self.pruned = 0
+        # author -> lowest seq at which it signed two changes (version vectors are ambiguous
+        # for its seqs from there on)
+        self.forked: dict[bytes, int] = {}
         self.meta: dict[bytes, ChangeMeta] = {}
         self.order: list[bytes] = []
         self.raw: dict[bytes, bytes] = {}
@@ -128,7 +149,8 @@ class ChangeGraph:
         dep_metas = [metas[d] for d in meta.deps]
         # Share the dep hashes with the keys of ``meta`` (decoded ones are fresh copies).
         order = self.order
-        meta.deps = tuple(order[m.pos] for m in dep_metas)
+        meta.deps = tuple(order[m.pos] if m.pos >= 0 else d
+                          for m, d in zip(dep_metas, meta.deps, strict=True))
         meta.pos = pos
         meta.vv = None
         metas[change_id] = meta
@@ -149,7 +171,89 @@ class ChangeGraph:
             meta.lag = self._lag(meta, dep_metas, pos)
         if seq > top:
             return None
-        return order[self.tops[author][seq - 1]]
+        if self.forked.get(author, seq + 1) > seq:
+            self.forked[author] = seq
+        twin = self.by_author_seq.get((author, seq))
+        # Below the frontier only the author's last change is known: the evidence then
+        # names the new change twice.
+        return change_id if twin is None else twin
+
+    def load_frontier(self, base: dict[bytes, int], heads_by_author: dict[bytes, bytes],
+                      pruned: int, hlc: int, entries: "Iterable[BaseEntry]") -> None:
+        """Start an empty graph at a frontier: ``base`` (author -> seq count below it), each
+        author's last change there, how many changes below it are not kept, the frontier's
+        clock and the kept base entries."""
+        if self.meta:
+            raise ValueError("load_frontier needs an empty graph")
+        self.base = dict(base)
+        self.base_head = dict(heads_by_author)
+        self.vv_all = dict(base)
+        self.pruned = pruned
+        self.base_hlc = hlc
+        for e in entries:
+            if e.change_id in self.meta:
+                raise ValueError("repeated base entry")
+            self.meta[e.change_id] = ChangeMeta(e.author, e.seq, e.hlc, (), None, -1,
+                                                dict(e.lag) if e.kind else None)
+            self.base_kind[e.change_id] = e.kind
+            if e.kind == BASE_HEAD:
+                self.heads.add(e.change_id)
+            if e.past:
+                self.base_past[e.change_id] = frozenset(e.past)
+
+    def count(self) -> int:
+        """Every applied change, those below the frontier included."""
+        return len(self.meta) + self.pruned
+
+    def cut(self, hlc: int, named: Iterable[bytes], with_vv: Iterable[bytes]) -> "Frontier":
+        """The frontier of the changes stamped at or before ``hlc`` (raised to this graph's
+        own frontier): a causally closed set, since a change's clock is after its deps'. Keeps
+        the boundary, the ``named`` changes below it and, with their vectors, ``with_vv``."""
+        hlc = max(hlc, self.base_hlc)
+        meta = self.meta
+        # The genesis (no deps) is always below; it is kept too.
+        below = [c for c, m in meta.items() if m.pos < 0 or m.hlc <= hlc or not m.deps]
+        hlc = max(hlc, meta[below[0]].hlc)
+        inside = set(below)
+        window = [c for c in self.order if c not in inside]
+        base = dict(self.base)
+        head_of = dict(self.base_head)
+        depended: set[bytes] = set()
+        boundary: set[bytes] = set(c for c in with_vv if c in inside)
+        for c in below:
+            m = meta[c]
+            if m.pos >= 0 and m.seq > base.get(m.author, 0):
+                base[m.author] = m.seq
+                head_of[m.author] = c
+            depended.update(m.deps)
+        for c in window:
+            boundary.update(d for d in meta[c].deps if d in inside)
+        heads = {c for c in below if c not in depended
+                 and (meta[c].pos >= 0 or self.base_kind.get(c) == BASE_HEAD)}
+        boundary |= heads
+        kept = boundary | {c for c in named if c in inside} | {below[0]}
+        forked = self.forked
+        twins = [c for c in below if meta[c].seq >= forked.get(meta[c].author, meta[c].seq + 1)]
+        kept.update(twins)
+        entries = []
+        for c in below:
+            if c not in kept:
+                continue
+            m = meta[c]
+            kind = BASE_HEAD if c in heads else BASE_BOUNDARY if c in boundary else BASE_NAMED
+            lag: tuple[tuple[bytes, int], ...] = ()
+            past: tuple[bytes, ...] = ()
+            if kind != BASE_NAMED:
+                lag = tuple((a, s) for a, top in base.items()
+                            if (s := self._seq_at(m, a)) < top)
+                past = tuple(t for t in twins if t != c and self.in_past(t, (c,)))
+            entries.append(BaseEntry(c, m.author, m.seq, m.hlc, kind, lag, past))
+        pruned = self.pruned + len(below) - len(entries)
+        return Frontier(hlc, base, head_of, pruned, tuple(entries), tuple(window))
+
+    def window(self) -> list[bytes]:
+        """The applied changes held with their deps (all but the base entries), in order."""
+        return self.order
 
     def _lag(self, meta: ChangeMeta, dep_metas: list[ChangeMeta], pos: int) -> dict[bytes, int]\
             | None:
@@ -171,7 +275,8 @@ class ChangeGraph:
                 s = self._seq_at(m, a)
                 if s > best:
                     best = s
-            if best < bisect_right(tops[a], pos):
+            t = tops.get(a)
+            if best < self.base.get(a, 0) + (0 if t is None else bisect_right(t, pos)):
                 if lag is None:
                     lag = {}
                 lag[a] = best
@@ -184,7 +289,8 @@ class ChangeGraph:
             if s is not None:
                 return s
         tops = self.tops.get(author)
-        return 0 if tops is None else bisect_right(tops, m.pos)
+        below = self.base.get(author, 0)
+        return below if tops is None else below + bisect_right(tops, m.pos)
 
     def seq_in(self, change_id: bytes, author: bytes) -> int:
         """``author``'s highest seq in the causal past of an applied change (itself
@@ -207,8 +313,12 @@ class ChangeGraph:
         skips every change whose version vector shows it cannot reach ``target``."""
         tm = self.meta[target]
         author, seq = tm.author, tm.seq
+        if self.forked.get(author, seq + 1) > seq:
+            # One change has this (author, seq): the version vector answers.
+            return any(self.seq_in(h, author) >= seq for h in heads)
         stack = list(heads)
         seen: set[bytes] = set()
+        base_past = self.base_past
         while stack:
             h = stack.pop()
             if h == target:
@@ -218,7 +328,12 @@ class ChangeGraph:
             seen.add(h)
             if self.seq_in(h, author) < seq:
                 continue
-            stack.extend(self.meta[h].deps)
+            m = self.meta[h]
+            if m.pos < 0 and self.base_kind:
+                if target in base_past.get(h, ()):
+                    return True
+                continue
+            stack.extend(m.deps)
         return False
 
     def ancestors(self, roots: Iterable[bytes]) -> set[bytes]:
@@ -234,6 +349,43 @@ class ChangeGraph:
         return seen
 
 
+BASE_NAMED = 0
+"""A base entry kept because the state names it (author, seq and clock only)."""
+BASE_BOUNDARY = 1
+"""A base entry whose version vector is kept (a dep of a later change, an invite revocation)."""
+BASE_HEAD = 2
+"""A boundary entry no change after the frontier depends on: one of the heads."""
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    """A change below the frontier that the graph keeps (see ``ChangeGraph.load_frontier``):
+    ``lag`` are its vector's entries below ``base`` (kinds 1 and 2), ``past`` the changes of
+    forked authors (from their fork on) in its causal past."""
+
+    change_id: bytes
+    author: bytes
+    seq: int
+    hlc: int
+    kind: int
+    lag: tuple[tuple[bytes, int], ...] = ()
+    past: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Frontier:
+    """What ``ChangeGraph.cut`` returns: the frontier's clock, per-author seq counts and last
+    changes below it, how many changes below it are not kept, the kept ones, and the changes
+    after it (in order)."""
+
+    hlc: int
+    base: dict[bytes, int]
+    head_of: dict[bytes, bytes]
+    pruned: int
+    entries: tuple[BaseEntry, ...]
+    window: tuple[bytes, ...]
+
+
 class AuthorSeqIndex:
     """``index[(author, seq)]``: the first applied change with that author and seq. The
     change at which an author's highest seq first became ``seq`` is exactly that one, so
@@ -247,10 +399,14 @@ class AuthorSeqIndex:
     def get(self, key: tuple[bytes, int]) -> bytes | None:
         """The change ID, or None if no such change is applied."""
         author, seq = key
-        tops = self._graph.tops.get(author)
-        if tops is None or not 1 <= seq <= len(tops):
+        graph = self._graph
+        below = graph.base.get(author, 0)
+        if seq <= below:
+            return graph.base_head.get(author) if seq == below else None
+        tops = graph.tops.get(author)
+        if tops is None or not 1 <= seq - below <= len(tops):
             return None
-        return self._graph.order[tops[seq - 1]]
+        return graph.order[tops[seq - below - 1]]
 
     def __getitem__(self, key: tuple[bytes, int]) -> bytes:
         cid = self.get(key)

@@ -15,6 +15,7 @@ its state from the stored change bytes (``_rebuild``), so the state depends only
 changes held.
 """
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,13 +25,14 @@ from meshnode.crdt.content import (
     ChangeRecord,
     EntityRecord,
     FieldRecord,
+    FrontierContent,
     GrantRecord,
     MoveRecord,
     SceneContent,
 )
 from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
 from meshnode.crdt.epochs import EpochBook
-from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer, Waiting
+from meshnode.crdt.graph import BaseEntry, ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, EntityId
 from meshnode.crdt.privacy import (
     ROTATION_MARGIN_BYTES,
@@ -134,6 +136,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
         self._revocation = RevocationBook()
         self._base: SceneContent | None = None  # where a rebuild starts (a loaded snapshot)
         self._full_graph: ChangeGraph | None = None  # the whole history, while rebuilding
+        # History off the heap (``use_history``): bytes of older changes come from the store.
+        self._history: Callable[[list[bytes]], Mapping[bytes, bytes]] | None = None
+        self._keep_recent = 0
+        self._restored_missing = 0
         self._my_role: int | None = None
         self._counter = 0
         self._batch: EditBatch | None = None
@@ -241,7 +247,47 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     def change_bytes(self, change_id: bytes) -> bytes | None:
         """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
-        return self._graph.raw.get(change_id)
+        got = self._bytes_of([change_id])
+        return got[0] if got else None
+
+    def _bytes_of(self, ids: list[bytes]) -> list[bytes]:
+        """The bytes of applied changes, in order, from memory or the history source; those
+        unavailable (below a snapshot, not yet stored) are left out."""
+        raw = self._graph.raw
+        missing = [c for c in ids if c not in raw]
+        loaded: Mapping[bytes, bytes] = {}
+        if missing and self._history is not None:
+            loaded = self._history(missing)
+        out = []
+        for c in ids:
+            data = raw.get(c)
+            if data is None:
+                data = loaded.get(c)
+            if data is not None:
+                out.append(data)
+        return out
+
+    def use_history(self, source: Callable[[list[bytes]], Mapping[bytes, bytes]],
+                    keep_recent: int = 4_096) -> None:
+        """Keep change bytes off the heap: only the last ``keep_recent`` applied changes'
+        bytes stay in memory; older ones are read from ``source`` (change IDs -> bytes, e.g.
+        the node's store) when a peer asks for them or a rebuild needs them. The caller
+        stores every applied change (its durable log); one not yet stored when it leaves
+        memory is simply not served until it is. Private rooms keep their bytes in memory
+        (their sync replays history; this call does nothing for them)."""
+        if self.private:
+            return
+        self._history = source
+        self._keep_recent = keep_recent
+        self._trim_bytes()
+
+    def _trim_bytes(self) -> None:
+        raw = self._graph.raw
+        if self._history is None or len(raw) <= 2 * self._keep_recent:
+            return
+        drop = len(raw) - self._keep_recent
+        for cid in list(itertools.islice(raw, drop)):
+            del raw[cid]
 
     def change_author(self, change_id: bytes) -> bytes | None:
         """The author's public key of an applied change (None if unknown)."""
@@ -263,8 +309,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
         return self._graph.order[-limit:]
 
     def change_count(self) -> int:
-        """Number of applied changes, genesis included."""
-        return len(self._graph.order)
+        """Number of applied changes, genesis (and those below a snapshot's frontier)
+        included."""
+        return self._graph.count()
 
     def buffered_count(self) -> int:
         """Number of verified changes waiting for their deps."""
@@ -289,24 +336,30 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         meta = graph.meta
         known = [h for h in heads if h in meta]
+        # Below a frontier only the genesis's bytes are known; a peer with nothing gets it.
+        first = [self.genesis] if graph.base and not known and self.genesis and \
+            not (version_vector or {}).get(self.owner, 0) else []
         if self.equivocations:
             # Version vectors cannot tell two changes with one (author, seq) apart.
             past = graph.ancestors(known)
-            return [graph.raw[c] for c in graph.order if c not in past and c in graph.raw]
+            return first + self._bytes_of([c for c in graph.order if c not in past])
         vv = graph.past_vv(known)
         for author, seq in (version_vector or {}).items():
             if vv.get(author, 0) < seq:
                 vv[author] = seq
         wanted: list[bytes] = []
+        index = graph.by_author_seq.get
         for author, top in graph.vv_all.items():
-            have = vv.get(author, 0)
+            have = max(vv.get(author, 0), graph.base.get(author, 0))
             for seq in range(have + 1, top + 1):
-                wanted.append(graph.by_author_seq[(author, seq)])
+                cid = index((author, seq))
+                if cid is not None:
+                    wanted.append(cid)
         if len(wanted) * 8 > len(graph.order):
             want = set(wanted)
-            return [graph.raw[c] for c in graph.order if c in want and c in graph.raw]
+            return first + self._bytes_of([c for c in graph.order if c in want])
         wanted.sort(key=lambda c: (meta[c].hlc, meta[c].author, c))
-        return [graph.raw[c] for c in wanted if c in graph.raw]
+        return first + self._bytes_of(wanted)
 
     def role_of(self, member: str | bytes) -> str:
         """A member's current role name (``"none"`` if not a member)."""
@@ -500,6 +553,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
         meta = self._graph.meta
+        base, base_hlc = self._graph.base, self._graph.base_hlc
         for i, data in enumerate(datas):
             if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
                 data = bytes(data)  # an immutable copy: the caller may reuse its buffer
@@ -517,6 +571,16 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 results[i] = self._reject(None, err.reason)
                 continue
             cid = ch.change_id
+            if ch.hlc <= base_hlc:
+                # Stamped below this replica's frontier (a snapshot's): the frontier holds
+                # the author's seqs up to base[author] only as a summary, so a change there
+                # is one it has (or an equivocation it cannot place); a later seq is one
+                # the frontier never saw, which cannot be merged under it.
+                if ch.seq <= base.get(ch.author, 0):
+                    results[i] = ApplyResult(DUPLICATE, "behind_frontier", cid)
+                else:
+                    results[i] = self._reject(cid, "behind_frontier")
+                continue
             cached = self._rejected.get(cid)
             if cached is not None:
                 results[i] = self._reject(cid, cached)
@@ -544,6 +608,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 if missing:
                     if any(d in self._rejected for d in missing):
                         results[i] = self._reject(ch.change_id, "depends_on_rejected")
+
                     elif not trusted and self._roles.current_role(ch.author) == ROLE_NONE:
                         # Only buffer for known members, so strangers cannot fill the buffer.
                         results[i] = self._reject(ch.change_id, "unknown_author")
@@ -557,6 +622,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             self._tree.apply(entries)
         if self._revocation.needs_rebuild:
             self._rebuild()  # a change in this batch retracted changes applied before
+        self._trim_bytes()
         return [r for r in results if r is not None]
 
     def _reject(self, cid: bytes | None, reason: str) -> ApplyResult:
@@ -905,14 +971,18 @@ class SceneReplica(PrivateRoom, LocalEdits):
         found live, until the retracted set stops changing. A pure function of the set of
         changes held, so every replica with that set ends in the same state."""
         graph = self._graph
+        base = self._base
+        in_base: set[bytes] = set()
+        if base is not None:  # imported with the base itself
+            in_base.update(c.change_id for c in base.changes)
+            if base.frontier is not None:
+                in_base.update(e.change_id for e in base.frontier.entries)
         todo = sorted(
             (m.hlc, m.author, cid) for cid, m in graph.meta.items()
-            if cid in graph.raw and cid != self.room_id
+            if m.pos >= 0 and cid != self.room_id and cid not in in_base
         )
-        changes = [
-            (decode_change(graph.raw[cid], self.limits, known_id=cid), graph.raw[cid])
-            for _, _, cid in todo
-        ]
+        datas = self._bytes_of([cid for _, _, cid in todo])
+        changes = [(decode_change(d, self.limits), d) for d in datas]
         batch = self._batch
         pending = [e for e in self._tree.log if batch is not None and e[0] is batch.stamp]
         before = set(self._revocation.dead)
@@ -980,8 +1050,16 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     # ------------------------------------------------------------------ snapshots
 
-    def export_content(self) -> SceneContent:
-        """The committed state as plain data (what a snapshot holds)."""
+    def export_content(self, keep_after_hlc: int | None = None) -> SceneContent:
+        """The committed state as plain data (what a snapshot holds).
+
+        ``keep_after_hlc``: the frontier (a hybrid clock stamp; ``clock.hlc_from_seconds``):
+        changes stamped after it are listed with their deps, those at or before it only
+        summarised (``ChangeGraph.cut``). A replica started from the result validates a
+        later change exactly as this one does if the change's deps are after the frontier,
+        on its boundary or heads; others (a peer that has seen nothing after the frontier)
+        wait for deps that never come, and that peer must start again from a snapshot.
+        None: the genesis alone is below the frontier (every change listed)."""
         if self._epochs is not None:
             raise RuntimeError(
                 "snapshots of private rooms are not implemented yet (they need a sealed "
@@ -991,6 +1069,24 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         meta = graph.meta
         book = self._revocation
+        named: set[bytes] = set()
+        for comps in self._fields.values():
+            for fd in comps.values():
+                for stamp, _ in fd.values():
+                    named.add(stamp[2])
+        named.update(e[0][2] for e in self._tree.log)
+        for makers in self._created_by.values():
+            named.update(makers)
+        for table in (self._roles.grants, self._roles.inert):
+            for gl in table.values():
+                named.update(g[0][2] for g in gl)
+        named.update(book.dead)
+        for e in self.equivocations:
+            named.update(e.change_ids)
+        named.update(c.change_id for per in book.cuts.values() for c in per.values())
+        named.update(u.change_id for per in book.uses.values() for u in per.values())
+        with_vv = {r.change_id for per in book.revocations.values() for r in per.values()}
+        cut = graph.cut(-1 if keep_after_hlc is None else keep_after_hlc, named, with_vv)
         grants = [
             GrantRecord(member, g[0][2], g[1], inert)
             for inert, table in ((False, self._roles.grants), (True, self._roles.inert))
@@ -1002,7 +1098,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             clock=self._clock.value,
             changes=tuple(
                 ChangeRecord(cid, m.author, m.seq, m.hlc, m.deps)
-                for cid in graph.order
+                for cid in cut.window
                 for m in (meta[cid],)
             ),
             entities=tuple(
@@ -1025,6 +1121,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
             invite_revocations=tuple(
                 r for per in book.revocations.values() for r in per.values()
             ),
+            frontier=FrontierContent(
+                cut.hlc, tuple((a, s, cut.head_of[a]) for a, s in cut.base.items()),
+                cut.pruned, cut.entries),
         )
 
     def _import_content(self, content: SceneContent) -> None:
@@ -1035,7 +1134,23 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         key = self._key
         stamps: dict[bytes, Stamp] = {gch.change_id: [gch.hlc, self.owner, gch.change_id]}
-        for c in content.changes[1:]:
+        frontier = content.frontier
+        if frontier is not None:
+            graph = self._graph = ChangeGraph()
+            base_entries = [BaseEntry(e.change_id, key(e.author), e.seq, e.hlc, e.kind,
+                                      tuple((key(a), s) for a, s in e.lag), e.past)
+                            for e in frontier.entries]
+            graph.load_frontier({key(a): s for a, s, _ in frontier.authors},
+                                {key(a): h for a, _, h in frontier.authors},
+                                frontier.pruned, frontier.hlc, base_entries)
+            if gch.change_id not in graph.meta:
+                raise ValueError("the frontier lacks the genesis")
+            for be in base_entries:
+                if be.seq > graph.base.get(be.author, 0):
+                    raise ValueError("a frontier entry is above its author's count")
+                stamps[be.change_id] = [be.hlc, be.author, be.change_id]
+        changes = content.changes if frontier is not None else content.changes[1:]
+        for c in changes:
             if c.change_id in graph.meta or not all(d in graph.meta for d in c.deps):
                 raise ValueError("changes are not in causal order")
             author = key(c.author)
@@ -1076,6 +1191,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 raise KeyError("equivocation names an unknown change")
             self.equivocations.append(Equivocation(ma.author, ma.seq, (a, b)))
             self._equivocators.add(ma.author)
+            if graph.forked.get(ma.author, ma.seq + 1) > ma.seq:
+                graph.forked[ma.author] = ma.seq
         book = self._revocation
         for cid, reason in content.retracted:
             if cid not in metas:
@@ -1098,13 +1215,14 @@ class SceneReplica(PrivateRoom, LocalEdits):
         me = self._me
         self._counter = max((n[1] for n in self._creation if n[0] == me), default=0)
 
-    def snapshot(self) -> bytes:
-        """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``)."""
+    def snapshot(self, keep_after_hlc: int | None = None) -> bytes:
+        """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``);
+        ``keep_after_hlc``: its frontier (see ``export_content``)."""
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before a snapshot")
         ident = self._identity
-        return encode_snapshot(self.export_content(), ident.public_key, self.room_id,
-                               ident.sign)
+        return encode_snapshot(self.export_content(keep_after_hlc), ident.public_key,
+                               self.room_id, ident.sign)
 
     @classmethod
     def from_snapshot(
@@ -1143,18 +1261,69 @@ class SceneReplica(PrivateRoom, LocalEdits):
         be attached to an applied change."""
         graph = self._graph
         rest: list[bytes] = []
+        seen: set[bytes] = set()
+        keep = self._history is None
         for data in datas:
             cid = change_id(data)
-            if cid in graph.meta:
-                graph.raw.setdefault(cid, data)
-            else:
+            m = graph.meta.get(cid)
+            if m is None:
                 rest.append(data)
+            elif m.pos >= 0:
+                if keep:
+                    graph.raw.setdefault(cid, data)
+                else:
+                    seen.add(cid)  # stays in the store: only its presence is checked
+        if not keep:
+            self._restored_missing = sum(1 for c in graph.order
+                                         if c not in graph.raw and c not in seen)
         return rest
 
     def unserved_count(self) -> int:
         """Applied changes whose bytes this replica lacks, so cannot send to peers (those a
         snapshot brought and ``restore_bytes`` did not)."""
-        return len(self._graph.meta) - len(self._graph.raw)
+        if self._history is not None:
+            return self._restored_missing
+        graph = self._graph
+        return sum(1 for c in graph.order if c not in graph.raw)
+
+    def prunable(self, keep_after_hlc: int) -> int:
+        """How many of the oldest applied changes (in application order, genesis aside) are
+        stamped at or before ``keep_after_hlc``: a cheap lower bound of what ``compact``
+        would prune, to decide whether it is worth its cost (it re-imports the state)."""
+        graph = self._graph
+        n = 0
+        for cid in graph.order:
+            m = graph.meta[cid]
+            if not m.deps:
+                continue
+            if m.hlc > keep_after_hlc:
+                break
+            n += 1
+        return n
+
+    def compact(self, keep_after_hlc: int) -> tuple[bytes, list[bytes]]:
+        """Prune the history below a frontier (``export_content``): the replica carries on
+        from its own frontier snapshot, holding the changes after it and a summary of the
+        rest. Returns the signed snapshot (to store before anything is deleted) and the IDs
+        of the changes now below the frontier (those a store may delete once the snapshot
+        is stored). A peer whose heads are all below the frontier must start again from a
+        snapshot (its changes are refused as ``behind_frontier`` or wait for deps)."""
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch before compact()")
+        old = self._graph
+        content = self.export_content(keep_after_hlc)
+        ident = self._identity
+        data = encode_snapshot(content, ident.public_key, self.room_id, ident.sign)
+        self._base = content
+        self._reset_content()
+        graph = self._graph
+        for cid in graph.order:
+            raw = old.raw.get(cid)
+            if raw is not None:
+                graph.raw[cid] = raw
+        room = self.room_id  # the genesis stays (it names the room)
+        return data, [c for c in old.meta
+                      if c != room and (c not in graph.meta or graph.meta[c].pos < 0)]
 
 
 def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:

@@ -5,13 +5,29 @@ exports and imports; it never touches a replica.
 
 Wire form: ``body || signature``; ``body`` is the msgpack array
 
-``["meshnode-snapshot", 2, signer, genesis, hlc, keys, changes, entities, log, fields, grants,
-equivocations, retracted, dead_entities, cuts, invite_uses, invite_revocations]``
+``["meshnode-snapshot", 3, signer, genesis, hlc, keys, changes, entities, log, fields, grants,
+equivocations, retracted, dead_entities, cuts, invite_uses, invite_revocations, frontier]``
+
+Version 3 (frontier snapshots) summarises the changes below a *frontier* (every change
+stamped at or before a clock value: a causally closed set) instead of listing them:
+
+* ``frontier``: ``[hlc, pruned, authors, entries]``; ``authors``: ``[key, seq count, last
+  change ID]`` per author below the frontier; ``pruned``: how many changes below it are not
+  listed; ``entries``: ``[change_id, key, seq, hlc, kind, [[key, seq]...], [entry index...]]``
+  for the changes below it that are kept (the genesis first): kind 2 a head, kind 1 a change
+  later ones depend on (with the entries where its version vector is below ``authors``),
+  kind 0 one the state names; the last list: changes of equivocating authors in its past.
+* ``changes`` then lists only the changes after the frontier; change index ``i`` is entry
+  ``i`` for ``i < len(entries)``, else ``changes[i - len(entries)]``.
+
+So a snapshot's size is the room's (state, members, boundary) plus the changes after the
+frontier, whatever the history's length. Version 2 (every change listed, no frontier
+section) is still read.
 
 * ``keys``: public keys; other sections refer to them by index.
 * ``changes``: ``[change_id, key, seq, hlc, [dep index...]]`` per applied change, in causal
-  order (genesis first). Raw change bytes are not included: a replica started from a snapshot
-  serves history only from the snapshot on.
+  order (version 2: every change, genesis first). Raw change bytes are not included: a
+  replica started from a snapshot serves history only from the snapshot on.
 * ``entities``: ``[key, counter, creation seq, [creating change index...]]``; entity index
   ``i`` here is ``i + 2`` in ``log``, ``fields`` and ``dead_entities`` (0 is ROOT, 1 is
   TRASH). The creating changes (usually one; two if an equivocator made it twice) keep causal
@@ -42,10 +58,12 @@ from meshnode.crdt.content import (
     ChangeRecord,
     EntityRecord,
     FieldRecord,
+    FrontierContent,
     GrantRecord,
     MoveRecord,
     SceneContent,
 )
+from meshnode.crdt.graph import BASE_HEAD, BASE_NAMED, BaseEntry
 from meshnode.crdt.ids import ROOT, TRASH
 from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse
 from meshnode.identity import verify_signature
@@ -66,9 +84,10 @@ from protocol.msgpack_io import pack
 from protocol.values import check_value
 
 MAGIC = "meshnode-snapshot"
-VERSION = 2
+VERSION = 3
+READABLE_VERSIONS = (2, 3)
 SNAPSHOT_DOMAIN = b"meshnode/snapshot/v1\x00"
-_SECTIONS = 17
+_SECTIONS = {2: 17, 3: 18}
 
 Node = tuple[bytes, int]
 
@@ -95,7 +114,19 @@ def encode_snapshot(
             idx = key_index[key] = len(key_index)
         return idx
 
-    change_index = {c.change_id: i for i, c in enumerate(content.changes)}
+    frontier = content.frontier
+    base_ids = [] if frontier is None else [e.change_id for e in frontier.entries]
+    change_index = {c: i for i, c in enumerate(base_ids)}
+    for c in content.changes:
+        change_index[c.change_id] = len(change_index)
+    extra: list[Any] = []
+    if frontier is not None:
+        extra = [[
+            frontier.hlc, frontier.pruned,
+            [[k(a), seq, head] for a, seq, head in frontier.authors],
+            [[e.change_id, k(e.author), e.seq, e.hlc, e.kind, [[k(a), s] for a, s in e.lag],
+              [change_index[p] for p in e.past]] for e in frontier.entries],
+        ]]
     changes = [
         [c.change_id, k(c.author), c.seq, c.hlc, [change_index[d] for d in c.deps]]
         for c in content.changes
@@ -126,8 +157,9 @@ def encode_snapshot(
     revs = [[r.invite_id, change_index[r.change_id]] for r in content.invite_revocations]
     body = pack(
         [
-            MAGIC, VERSION, signer, content.genesis, content.clock, list(key_index), changes,
-            entities, log, fields, grants, equivocations, retracted, dead, cuts, uses, revs,
+            MAGIC, VERSION if frontier is not None else 2, signer, content.genesis,
+            content.clock, list(key_index), changes, entities, log, fields, grants,
+            equivocations, retracted, dead, cuts, uses, revs, *extra,
         ]
     )
     return body + sign(SNAPSHOT_DOMAIN + room_id + body)
@@ -171,10 +203,12 @@ def decode_snapshot(
         raise MalformedMsgpack(f"snapshot is not valid msgpack: {exc}") from None
     if type(obj) is not list or len(obj) < 2 or obj[0] != MAGIC:
         raise _fail("not a meshnode snapshot")
-    if obj[1] != VERSION:
-        raise _fail(f"unsupported snapshot version {obj[1]!r} (this node reads {VERSION})")
-    if len(obj) != _SECTIONS:
-        raise _fail(f"a version {VERSION} snapshot has {_SECTIONS} sections")
+    version = obj[1]
+    if version not in READABLE_VERSIONS:
+        raise _fail(f"unsupported snapshot version {version!r} (this node reads "
+                    f"{', '.join(map(str, READABLE_VERSIONS))})")
+    if len(obj) != _SECTIONS[version]:
+        raise _fail(f"a version {version} snapshot has {_SECTIONS[version]} sections")
     signer, genesis, hlc = obj[2], obj[3], obj[4]
     if type(signer) is not bytes or type(genesis) is not bytes or type(hlc) is not int:
         raise _fail("bad header")
@@ -204,12 +238,22 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         if type(kb) is not bytes or len(kb) != 32:
             raise _fail("bad key")
     changes_raw = _list(obj[6], 5, "changes")
-    if not changes_raw or changes_raw[0][0] != gch.change_id:
-        raise _fail("first change is not the genesis")
-    changes = [ChangeRecord(gch.change_id, gch.author, 1, gch.hlc, ())]
-    ids: list[bytes] = [gch.change_id]
-    seen = {gch.change_id}
-    for cid, ki, seq, chlc, deps in changes_raw[1:]:
+    frontier: FrontierContent | None = None
+    changes: list[ChangeRecord] = []
+    ids: list[bytes] = []
+    base_meta: dict[bytes, tuple[bytes, int, int]] = {}
+    if len(obj) == _SECTIONS[3]:
+        frontier = _frontier(obj[17], keys, gch)
+        ids = [e.change_id for e in frontier.entries]
+        base_meta = {e.change_id: (e.author, e.seq, e.hlc) for e in frontier.entries}
+    else:
+        if not changes_raw or changes_raw[0][0] != gch.change_id:
+            raise _fail("first change is not the genesis")
+        changes = [ChangeRecord(gch.change_id, gch.author, 1, gch.hlc, ())]
+        ids = [gch.change_id]
+        changes_raw = changes_raw[1:]
+    seen = set(ids)
+    for cid, ki, seq, chlc, deps in changes_raw:
         if type(cid) is not bytes or len(cid) != 32 or cid in seen:
             raise _fail("bad or repeated change id")
         if type(seq) is not int or seq < 1 or type(chlc) is not int or type(deps) is not list \
@@ -266,6 +310,8 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         retracted.append((_at(ids, ci, "change"), reason))
     dead = tuple(_at(nodes, e, "entity") for e in _list(obj[13], None, "dead_entities"))
     by_id = {c.change_id: c for c in changes}
+    for cid, (author, seq, chlc) in base_meta.items():
+        by_id[cid] = ChangeRecord(cid, author, seq, chlc, ())
     cuts = []
     for ki, ci, cutoff in _list(obj[14], 3, "cuts"):
         if type(cutoff) is not int or cutoff < 0:
@@ -299,8 +345,48 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         cuts=tuple(cuts),
         invite_uses=tuple(uses),
         invite_revocations=tuple(revs),
+        frontier=frontier,
     )
 
 
-__all__ = ["MAGIC", "SNAPSHOT_DOMAIN", "VERSION", "DecodedSnapshot", "decode_snapshot",
-           "encode_snapshot"]
+def _frontier(obj: object, keys: list[Any], gch: Change) -> FrontierContent:
+    """Decode a version 3 snapshot's frontier section (see the module docstring)."""
+    if type(obj) is not list or len(obj) != 4:
+        raise _fail("malformed frontier")
+    hlc, pruned, authors_raw, entries_raw = obj
+    if type(hlc) is not int or type(pruned) is not int or pruned < 0:
+        raise _fail("bad frontier header")
+    authors = []
+    seen_authors: set[bytes] = set()
+    for ki, seq, head in _list(authors_raw, 3, "frontier authors"):
+        key = _at(keys, ki, "key")
+        if type(seq) is not int or seq < 1 or type(head) is not bytes or len(head) != 32 \
+                or key in seen_authors:
+            raise _fail("bad frontier author row")
+        seen_authors.add(key)
+        authors.append((key, seq, head))
+    entries: list[BaseEntry] = []
+    seen: set[bytes] = set()
+    for cid, ki, seq, chlc, kind, lag, past in _list(entries_raw, 7, "frontier entries"):
+        if type(cid) is not bytes or len(cid) != 32 or cid in seen:
+            raise _fail("bad or repeated frontier entry")
+        if type(seq) is not int or seq < 1 or type(chlc) is not int or chlc > hlc \
+                or type(kind) is not int or not BASE_NAMED <= kind <= BASE_HEAD:
+            raise _fail("bad frontier entry")
+        lags = []
+        for lk, ls in _list(lag, 2, "frontier lag"):
+            if type(ls) is not int or ls < 0:
+                raise _fail("bad frontier lag")
+            lags.append((_at(keys, lk, "key"), ls))
+        past_ids = [_at(entries, p, "frontier entry").change_id
+                    for p in _list(past, None, "frontier past")]
+        entries.append(BaseEntry(cid, _at(keys, ki, "key"), seq, chlc, kind, tuple(lags),
+                                 tuple(past_ids)))
+        seen.add(cid)
+    if not entries or entries[0].change_id != gch.change_id:
+        raise _fail("first frontier entry is not the genesis")
+    return FrontierContent(hlc, tuple(authors), pruned, tuple(entries))
+
+
+__all__ = ["MAGIC", "READABLE_VERSIONS", "SNAPSHOT_DOMAIN", "VERSION", "DecodedSnapshot",
+           "decode_snapshot", "encode_snapshot"]

@@ -49,7 +49,7 @@ from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, 
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.rooms.key_upkeep import KeyUpkeep
-from meshnode.rooms.loading import load_replica
+from meshnode.rooms.loading import frontier_for, load_replica, worth_compacting
 from meshnode.rooms.sharing import RoomSharing
 from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
@@ -134,7 +134,8 @@ class RoomHost(LinkService):
         snapshot = await self.latest_snapshot(room_id)
         loaded = await asyncio.to_thread(
             load_replica, record.genesis, self.identity,
-            functools.partial(store.changes, room_id), snapshot)
+            functools.partial(store.changes, room_id), snapshot,
+            functools.partial(store.change_bytes, room_id))
         if room_id in self.rooms:  # hosted meanwhile (two joins with one token)
             return self.rooms[room_id]
         self._report_replay(room_id, loaded.report)
@@ -381,8 +382,16 @@ class RoomHost(LinkService):
         hosted.saving_snapshot = True
         try:
             covered = hosted.stored_since_snapshot
-            data, count = replica.snapshot(), replica.change_count()
-            await asyncio.to_thread(self.store.save_snapshot, replica.room_id, data, count)
+            retention = self.config.history_days * 86_400.0
+            frontier = frontier_for(time.time(), retention)
+            if retention > 0 and not replica.private and worth_compacting(replica, frontier):
+                # Prune below the retention frontier (docs/operators.md, "Pruning rule").
+                data, dropped = replica.compact(frontier)
+                await asyncio.to_thread(self.store.compact, replica.room_id, data,
+                                        replica.change_count(), dropped)
+            else:
+                data, count = replica.snapshot(), replica.change_count()
+                await asyncio.to_thread(self.store.save_snapshot, replica.room_id, data, count)
             hosted.stored_since_snapshot -= covered  # those stored meanwhile count on
         except Exception:
             log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])

@@ -587,6 +587,43 @@ class ChangeStore:
             ).fetchone()
         return row is not None
 
+    def change_bytes(self, room_id: bytes, change_ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The stored bytes of some of a room's changes, by ID (those not stored are absent):
+        how a replica that keeps history off the heap serves old changes."""
+        out: dict[bytes, bytes] = {}
+        with self._read("reading changes by ID") as conn:
+            for i in range(0, len(change_ids), 500):
+                part = list(change_ids[i:i + 500])
+                marks = ",".join("?" * len(part))
+                for cid, data in conn.execute(
+                    f"SELECT change_id, data FROM changes WHERE room_id = ? AND change_id IN "
+                    f"({marks})", (room_id, *part)):
+                    out[bytes(cid)] = bytes(data)
+        return out
+
+    def compact(self, room_id: bytes, snapshot: bytes, change_count: int,
+                drop: Sequence[bytes]) -> int:
+        """Store a room's snapshot and delete the changes it summarises (``drop``: their IDs)
+        in one transaction, so a crash leaves either the old snapshot and every change or
+        the new snapshot and the rest. Returns how many changes were deleted. The file does
+        not shrink: SQLite reuses the freed pages for later changes."""
+        if change_count < 0:
+            raise ValueError("change_count must not be negative")
+        with self._write("compacting a room") as conn:
+            if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
+                raise UnknownRoom([room_id])
+            conn.execute(
+                "INSERT INTO snapshots (room_id, data, change_count, saved_at)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room_id) DO UPDATE SET data = excluded.data,"
+                " change_count = excluded.change_count, saved_at = excluded.saved_at",
+                (room_id, snapshot, change_count, time.time()),
+            )
+            before = conn.total_changes
+            conn.executemany("DELETE FROM changes WHERE room_id = ? AND change_id = ?",
+                             [(room_id, c) for c in drop])
+            return conn.total_changes - before
+
     # ------------------------------------------------------------------ snapshots
 
     def save_snapshot(self, room_id: bytes, data: bytes, change_count: int) -> None:

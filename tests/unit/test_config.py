@@ -56,6 +56,7 @@ share_jitter_s = 0.5
 [store]
 synchronous = "normal"
 snapshot_every = 250
+history_days = 14
 
 [log]
 level = "debug"
@@ -171,6 +172,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
         share_jitter_s=0.5,
         store_synchronous="normal",
         snapshot_every=250,
+        history_days=14.0,
         log_level="debug",
         log_format="json",
         header_timeout_s=5.0,
