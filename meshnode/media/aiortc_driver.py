@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -59,6 +60,7 @@ from meshnode.media.forwarding import (
     Forward,
     KeyframeThrottle,
     Output,
+    OutputEnd,
     PacketInfo,
     RateLimit,
 )
@@ -628,6 +630,11 @@ class _Entry:
     user_paused: bool
 
 
+_stream_ends: "weakref.WeakKeyDictionary[RTCRtpSender, OutputEnd]" = weakref.WeakKeyDictionary()
+"""Where the last output written into each aiortc sender left its stream (set when the output
+is removed): the next output on that sender, whichever source it forwards, continues it."""
+
+
 class Forwarder:
     """One source (a :class:`SourceTap`) fanned out to outputs (:class:`OutputSender`),
     each with its own :class:`Output` state, keyed by a name the caller chooses (e.g. the
@@ -651,7 +658,10 @@ class Forwarder:
     def add_output(
         self, key: str, sender: OutputSender, *, paused: bool = False, max_tid: int | None = None
     ) -> None:
-        """Start forwarding to ``sender`` (video from the next keyframe, which is requested)."""
+        """Start forwarding to ``sender`` (video from the next keyframe, which is requested).
+        If an earlier output wrote into the same aiortc sender (a receive slot reused for
+        this source), its sequence numbers and timestamps go on from where it ended, so the
+        subscriber sees one continuous stream on that SSRC."""
         if key in self._outputs:
             raise ValueError(f"output {key!r} already exists on source {self.tap.source_id!r}")
         output = Output(
@@ -659,6 +669,7 @@ class Forwarder:
             self.tap.clock_rate,
             first_sequence_number=self._rng.randrange(1 << 15),  # as aiortc: no early wrap
             first_timestamp=self._rng.randrange(1 << 32),
+            after=_stream_ends.pop(sender.sender, None),
         )
         output.set_max_tid(max_tid)
         if paused or not sender.ready:
@@ -673,6 +684,9 @@ class Forwarder:
         entry = self._outputs.pop(key, None)
         if entry is not None:
             entry.sender.on_keyframe_request = None
+            end = entry.output.end()
+            if end is not None:
+                _stream_ends[entry.sender.sender] = end
 
     def pause(self, key: str) -> None:
         """Stop sending to ``key`` (after the current frame); its sequence numbers go on
