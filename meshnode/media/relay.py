@@ -485,9 +485,9 @@ class MediaRelay(LinkService, RelayPort):
         for key, outputs in decision.outputs.items():
             self._apply_outputs(key, room_id, outputs)
             for sid in outputs:  # flowing again: a later demotion is news again
-                src = self.sources.get(sid)
-                if src is not None and (key in src.outputs
-                                        or (key, sid) in self._pending_outputs):
+                flowing = self.sources.get(sid)
+                if flowing is not None and (key in flowing.outputs
+                                            or (key, sid) in self._pending_outputs):
                     self._refused.discard((key, room_id, f"{sid}:relay_full"))
         for key, demoted in decision.demoted.items():
             for sid in demoted:  # told once per demotion; it resumes when there is room
