@@ -461,6 +461,17 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         budget = audio_kbps + PUBLISHER_KBPS * (layers[0] + layers[1]) / 2 / layers[2]
         print(f"relay measures audio {audio_kbps} kbps, video layers {layers}: "
               f"base subscriber max_kbps {budget:.0f}")
+        # The operator's status page shows the relay's streams and load.
+        status_page = await browser.new_page(width=1000, height=600)
+        pages.append(status_page)
+        await status_page.goto(f"{node.url}/status#token={node.admin_token}")
+        shown = await status_page.evaluate(STATUS_STREAMS)
+        by_kind = {r[2]: r for r in shown}
+        assert set(by_kind) == {"audio", "video"}, shown
+        assert len(by_kind["video"][4].split(" / ")) == 3, shown  # three temporal layers
+        assert int(by_kind["video"][5]) >= 2 and float(by_kind["audio"][3]) > 0, shown
+        load = await status_page.evaluate('document.getElementById("media-load").textContent')
+        assert "2 source(s) in" in load and "decoders 0" in load, load
         await base.evaluate(f"window.meshnode.media.setPrefs({{max_kbps: {budget:.1f}}})")
         # Thinned: the base page decodes well under the full page's frame rate.
         await wait_rows(base, 'rows.some((r) => r.kind === "video" && r.framesPerSecond > 0 '
@@ -518,6 +529,18 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
 
 
 PUBLISHER_KBPS = 150
+
+# The status page's media streams, once it shows two (cells of each row).
+STATUS_STREAMS = """new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(document.body.innerText)), 20000);
+    const poll = () => {
+      const rows = [...document.querySelectorAll("#media-streams tbody tr")];
+      if (rows.length >= 2) {
+        clearTimeout(t);
+        resolve(rows.map((r) => [...r.cells].map((c) => c.textContent)));
+      } else setTimeout(poll, 50);
+    };
+    poll(); })"""
 
 # Cap the page's camera encoder at KBPS.
 CAP_VIDEO = """(async () => {
