@@ -35,7 +35,9 @@ from meshnode.web.media_messages import (
     parse_media_message,
 )
 from meshnode.web.routes import add_web_routes
-from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
+from meshnode.client import connect
+from meshnode.identity import Identity
+from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, start_host
 
 from .chromium import Chromium
 from .test_web_client import FakeRoom, Wire, loopback_ice, until
@@ -528,7 +530,75 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         await browser.close()
 
 
+async def test_a_chromium_publisher_on_one_node_reaches_an_aiortc_subscriber_on_another(
+        tmp_path: Path, chromium_path: str, loopback_ice: IceSettings) -> None:
+    """A browser's sources cross a trunk: Chromium publishes on node A, an aiortc client
+    subscribes on node B, and the voice and video arrive through A's relay, one trunk copy,
+    and B's relay (which decode nothing), and decode at the client."""
+    config = LOOPBACK_CONFIG + MEDIA_CONFIG
+    a = NodeProcess(tmp_path / "a", config=config).start()
+    b: NodeProcess | None = None
+    browser: Chromium | None = None
+    try:
+        room = a.default_room
+        assert room is not None
+        b = start_host(tmp_path / "b", a, room, a, config=config)
+        editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS)
+        page = await open_page(browser, a, editor)
+        who = (await page.evaluate(WAIT_FOR_HELLO))["publisher"]
+        await page.evaluate("window.meshnode.media.camera(true)")
+        await page.evaluate("window.meshnode.media.microphone(true)")
+        viewer = b.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
+        async with connect(b.url, room, Identity.generate(), ice=loopback_ice,
+                           invite=viewer) as sub:
+            seen: list[tuple[str, str]] = []
+            sub.media.on_track(lambda publisher, track: seen.append((publisher, track.kind)))
+            try:
+                await until(lambda: len(sub.media.tracks) == 2, timeout=90.0)
+            except AssertionError:
+                raise AssertionError(f"B's subscriber got {list(sub.media.tracks)}\n"
+                                     f"A: {a.get('/api/status').get('media')}\n"
+                                     f"B: {b.get('/api/status').get('media')}") from None
+            # The browser's sources: published under A's PeerID, labelled by its session.
+            assert all(sid.startswith(f"{a.peer_id}/web.") for sid in sub.media.tracks)
+            assert who.startswith(f"{a.peer_id}#")
+            assert sorted(kind for _, kind in seen) == ["audio", "video"]
+            tracks = {t.kind: t for t in sub.media.tracks.values()}
+            sizes = set()
+            for _ in range(10):
+                frame = await asyncio.wait_for(tracks["video"].recv(), 30)
+                sizes.add((frame.width, frame.height))  # type: ignore[union-attr]
+            assert all(w > 0 and h > 0 for w, h in sizes), sizes
+            audio = await asyncio.wait_for(tracks["audio"].recv(), 30)
+            assert audio.sample_rate == 48000  # type: ignore[union-attr]
+        media_a = a.get("/api/status")["media"]
+        media_b = b.get("/api/status")["media"]
+        # Into A from the browser, one copy on the trunk to B, out of B to its client; no
+        # relay decoded anything.
+        assert media_a["driver"]["bytes"].get("trunk", 0) > 10_000, media_a
+        assert media_b["driver"]["bytes"].get("out", 0) > 10_000, media_b
+        assert media_a["driver"]["decoders"] == 0 and media_b["driver"]["decoders"] == 0
+        errors = [m for m in page.console if m.kind in ("exception", "log:error")]
+        assert not errors, [str(m) for m in errors]
+    finally:
+        if browser is not None:
+            await browser.close()
+        if b is not None:
+            b.kill()
+        a.kill()
+
+
 PUBLISHER_KBPS = 150
+
+# The node's media_hello, once the page has it (it follows the welcome).
+WAIT_FOR_HELLO = """new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("no media_hello")), 20000);
+    const poll = () => {
+      const hello = window.meshnode.media.hello();
+      if (hello) { clearTimeout(t); resolve(hello); } else setTimeout(poll, 20);
+    };
+    poll(); })"""
 
 # The status page's media streams, once it shows two (cells of each row).
 STATUS_STREAMS = """new Promise((resolve, reject) => {
