@@ -17,6 +17,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshnode.client import connect
+from meshnode.identity import Identity
 from meshnode.media.endpoint import MediaEndpoint, SourceInfo
 from meshnode.transport.ice import IceSettings
 from meshnode.web.media import (
@@ -35,8 +37,6 @@ from meshnode.web.media_messages import (
     parse_media_message,
 )
 from meshnode.web.routes import add_web_routes
-from meshnode.client import connect
-from meshnode.identity import Identity
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, start_host
 
 from .chromium import Chromium
