@@ -62,8 +62,9 @@ class NodeSpec:
     it arrived, X drawn (per message, seeded) from the measured per-hop time
     ``processing_quantiles_ms``: its values at the probabilities :data:`PROCESSING_QUANTILES`,
     linear in between. X already holds the CPU work of a one-change frame, so an isolated
-    message takes X (or its CPU time, if larger), and a burst is paced by the CPU. All zero
-    turns it off."""
+    message takes X (or its CPU time, if larger), and a burst is paced by the CPU. Messages
+    reach the core in the order they arrived: a long draw (a stall of the loop) holds back
+    those behind it and releases them together. All zero turns it off."""
 
     processing_ms: float = 0.15
     processing_ms_per_kb: float = 0.63
