@@ -80,12 +80,12 @@ from netsim.sctp import ReliableChannel, Schedule
 
 __all__ = [
     "ACK_LOSS_MODELS",
-    "LATENCY_DISTS",
     "DATA_PACKET_OVERHEAD",
+    "LATENCY_DISTS",
     "MAX_MESSAGE_BYTES",
-    "SACK_PACKET_BYTES",
     "PRESETS",
     "RECOVERY_MODELS",
+    "SACK_PACKET_BYTES",
     "Link",
     "LinkSpec",
 ]

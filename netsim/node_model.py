@@ -29,6 +29,7 @@ measurements, and say where they come from:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -75,7 +76,7 @@ class NodeSpec:
         if len(qs) != len(PROCESSING_QUANTILES):
             raise ValueError(f"node.processing_quantiles_ms: {len(PROCESSING_QUANTILES)} values "
                              f"(at {list(PROCESSING_QUANTILES)}), not {len(qs)}")
-        if any(b < a for a, b in zip(qs, qs[1:], strict=False)):
+        if any(b < a for a, b in itertools.pairwise(qs)):
             raise ValueError("node.processing_quantiles_ms must not decrease")
 
     def draw_ms(self, u: float) -> float:

@@ -1,6 +1,6 @@
 """netsim against the real stack: the reference cases of issue 12, in both modes.
 
-Each case (``cases/*.toml``: a line of 3 nodes, a client editing at 20/s at node 0, 16-28 s) runs
+Each case (``cases/*.toml``: a line of 3 nodes, a client editing at 20/s at node 0, 16-30 s) runs
 in netsim (3 seeds, pooled) and once with real ``meshnode up`` processes through the packet
 fabric, and the
 shared metrics must agree within the issue's tolerances (``netsim.compare``): without loss,
