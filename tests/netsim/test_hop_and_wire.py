@@ -202,3 +202,23 @@ def test_any_trace_file_parses_without_raising(lines: list[str]) -> None:
         packets = trace.read(path)
     summary = trace.summary(packets)
     assert set(summary) >= {"hop_ms", "node_section", "wire"}
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def test_reading_through_clients_widens_the_tails_not_the_median() -> None:
+    from netsim.compare import as_measured_by_clients
+
+    lat = [50.0 + 0.01 * k for k in range(2001)]
+    result = {"latency_ms": {}, "series": {"latency_ms": lat}, "delivery_ratio": 1.0}
+    hops = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 15.0, 40.0)
+    a = as_measured_by_clients(result, hops, seed=1)
+    assert a == as_measured_by_clients(result, hops, seed=1)  # seeded
+    assert a["latency_ms"]["p50"] == pytest.approx(60.0, abs=0.5)
+    assert a["latency_ms"]["p99"] > 69.8 + 3.0  # one end's stall shows at the tail
+    assert min(a["series"]["latency_ms"]) < 50.0 - 3.0  # and the other's below
+    assert a["delivery_ratio"] == 1.0 and result["series"]["latency_ms"] == lat
+    floor = as_measured_by_clients({"latency_ms": {}, "series": {"latency_ms": [0.5] * 50}},
+                                   hops, seed=2)
+    assert min(floor["series"]["latency_ms"]) == 0.0
