@@ -7,10 +7,13 @@ the relative difference is ``(A - B) / B`` (how far the simulation is from the r
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from netsim.metrics import percentile
+from netsim.node_model import NodeSpec
 from netsim.scenario import ScenarioError
 
 COMPARED = (
@@ -178,3 +181,27 @@ def agreement(sim: dict[str, Any], emu: dict[str, Any],
               tolerances: list[Tolerance]) -> list[Verdict]:
     """Check ``sim`` against ``emu`` metric by metric."""
     return [Verdict(t, dig(sim, t.metric), dig(emu, t.metric)) for t in tolerances]
+
+
+def as_measured_by_clients(result: dict[str, Any], hop_quantiles_ms: tuple[float, ...],
+                           seed: int) -> dict[str, Any]:
+    """``result`` (a ``netsim run``) with its latencies read as the emulation reads them.
+
+    The emulation cannot see inside a node: a change's latency is the time between a client
+    at the origin node seeing it and a client at the receiving node seeing it, so each reading
+    holds one node -> client hop more at the receiver (added) and at the origin (subtracted).
+    They cancel in the median, not in the tails. This adds the same to netsim's node-to-node
+    figures: for each (change, receiver) sample, a draw from the per-hop time distribution
+    ``hop_quantiles_ms`` (a ``[node] processing_quantiles_ms``, measured in the emulation run)
+    minus another, floored at 0 as the emulation floors its readings. Seeded: the same inputs
+    give the same output. Latency percentiles and the series are recomputed; nothing else
+    changes."""
+    spec = NodeSpec(processing_quantiles_ms=tuple(hop_quantiles_ms))
+    rng = random.Random(f"{seed}:client-hops")
+    lat = sorted(max(0.0, x + spec.draw_ms(rng.random()) - spec.draw_ms(rng.random()))
+                 for x in result["series"]["latency_ms"])
+    out = dict(result)
+    out["latency_ms"] = {**{f"p{q}": percentile(lat, q) for q in (50, 90, 99)},
+                         "max": lat[-1] if lat else None}
+    out["series"] = {**result["series"], "latency_ms": lat}
+    return out

@@ -11,18 +11,22 @@ to the link, and time is whatever the caller says it is (seconds on the virtual 
 
 Model, per frame of ``size`` payload bytes (``Link.send``):
 
-1. **Packetisation.** The frame is ``ceil(size / mtu)`` packets (at least 1), each carrying
-   ``overhead_bytes`` of headers (IP/UDP/DTLS/SCTP), so it occupies
-   ``size + packets * overhead_bytes`` bytes on the wire.
+1. **Packetisation.** The frame is ``ceil(size / mtu)`` packets (at least 1; ``mtu`` defaults
+   to aiortc's ``USERDATA_MAX_LENGTH``, 1160 B of user data per DATA chunk), each carrying
+   ``overhead_bytes`` of headers (IP/UDP/DTLS/SCTP: 93 B, :data:`DATA_PACKET_OVERHEAD`), so it
+   occupies ``size + padding + packets * overhead_bytes`` bytes on the wire (SCTP pads a chunk
+   to 4 bytes). SACKs are packets too (:meth:`Link.ack`): they share the reverse direction's
+   queue and loss.
 2. **Queue and serialisation.** With ``bandwidth_kbps > 0`` the frame waits in a FIFO behind the
    backlog (``busy_until``) and is serialised at the link rate. The backlog in bytes is
    ``(busy_until - now) * rate``; if the backlog is non-empty and backlog + frame would exceed
    ``queue_bytes`` the frame is tail-dropped. (An empty queue always accepts one frame, so a
    frame larger than the queue is slow, not undeliverable.)
-3. **Loss.** Each transmission attempt first advances the Gilbert–Elliott chain once (when
-   ``ge_p_good_bad > 0``), then each packet is lost independently with probability
-   ``1 - (1 - loss) * (1 - ge_loss_<state>)``; the frame is lost if any packet is. This is drawn
-   as a single uniform against ``1 - (1 - p) ** packets``, which has the same distribution.
+3. **Loss.** Each packet is lost with probability ``1 - (1 - loss) * (1 - ge_loss_<state>)``;
+   the frame is lost if any packet is. With Gilbert–Elliott bursts (``ge_p_good_bad > 0``) the
+   chain advances once per packet before its draw (SACKs and pings included, as the emulation
+   fabric advances it per IP packet); without, one uniform is drawn against
+   ``1 - (1 - p) ** packets``, which has the same distribution.
 4. **Propagation.** Arrival = end of serialisation + latency, where latency is drawn from
    ``latency_dist`` ("fixed"; "normal" with ``latency_sd_ms``, clamped at 0; "pareto" with shape
    ``pareto_shape`` scaled so its mean is ``latency_ms``), plus uniform ``±jitter_ms`` (floored at
@@ -64,22 +68,43 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from aiortc.rtcsctptransport import SCTP_RTO_MAX, SCTP_RTO_MIN
+from aiortc.rtcsctptransport import (
+    SCTP_COMMON_HEADER_LENGTH,
+    SCTP_DATA_CHUNK_HEADER_LENGTH,
+    SCTP_RTO_MAX,
+    SCTP_RTO_MIN,
+    USERDATA_MAX_LENGTH,
+)
 
 from netsim.sctp import ReliableChannel, Schedule
 
 __all__ = [
     "ACK_LOSS_MODELS",
+    "DATA_PACKET_OVERHEAD",
     "LATENCY_DISTS",
     "MAX_MESSAGE_BYTES",
     "PRESETS",
     "RECOVERY_MODELS",
+    "SACK_PACKET_BYTES",
     "Link",
     "LinkSpec",
 ]
 
 #: aiortc's SCTP maximum message size (bytes); larger frames are a caller bug.
 MAX_MESSAGE_BYTES = 262_144
+
+#: Bytes below SCTP in every packet of a data channel: IPv4 20 + UDP 8 + DTLS 1.2 record
+#: header 13 + AES-GCM explicit nonce 8 and tag 16 (aiortc's DTLS). Counted in the emulation
+#: fabric's packet trace: a SACK with no gap block is 93 B = 37 + 28 + SCTP 12 + SACK 16.
+IP_UDP_DTLS_BYTES = 20 + 8 + 13 + 8 + 16
+
+#: Header bytes of one DATA packet (aiortc sends one chunk per packet, no bundling): 93 B.
+DATA_PACKET_OVERHEAD = IP_UDP_DTLS_BYTES + SCTP_COMMON_HEADER_LENGTH + SCTP_DATA_CHUNK_HEADER_LENGTH
+
+#: One SACK packet without gap blocks (SACK chunk header 16 B: type, flags, length, cumulative
+#: TSN, a_rwnd, gap and duplicate counts); each gap block adds :data:`SACK_GAP_BYTES`.
+SACK_PACKET_BYTES = IP_UDP_DTLS_BYTES + SCTP_COMMON_HEADER_LENGTH + 16
+SACK_GAP_BYTES = 4
 
 #: Accepted values of :attr:`LinkSpec.latency_dist`.
 LATENCY_DISTS = ("fixed", "normal", "pareto")
@@ -122,8 +147,8 @@ class LinkSpec:
     queue_bytes: int = 256 * 1024
     reorder: float = 0.0
     reorder_ms: float = 10.0
-    mtu: int = 1200
-    overhead_bytes: int = 48
+    mtu: int = USERDATA_MAX_LENGTH
+    overhead_bytes: int = DATA_PACKET_OVERHEAD
     rto_min_ms: float = SCTP_RTO_MIN * 1000.0
     rto_max_ms: float = SCTP_RTO_MAX * 1000.0
     max_retransmits: int = 10
@@ -221,8 +246,9 @@ class LinkSpec:
         return max(1, -(-size // self.mtu))
 
     def wire_bytes(self, size: int) -> int:
-        """Bytes a frame of ``size`` payload bytes occupies on the wire, headers included."""
-        return size + self.packets(size) * self.overhead_bytes
+        """Bytes a frame of ``size`` payload bytes occupies on the wire, headers included
+        (and the last chunk's padding to 4 bytes, as SCTP pads every chunk)."""
+        return size + (-size) % 4 + self.packets(size) * self.overhead_bytes
 
     def initial_rto_s(self) -> float:
         """The first retransmission timeout in seconds: ``max(rto_min, 3 * latency)``."""
@@ -340,7 +366,7 @@ class Link:
         if lost or tail-dropped. Used by the reliable channel, which handles recovery."""
         spec = self._spec
         packets = max(1, -(-size // spec.mtu))
-        wire = size + packets * spec.overhead_bytes
+        wire = size + (-size) % 4 + packets * spec.overhead_bytes
         rate = self._rate
         if rate > 0:
             tx = wire / rate
@@ -362,19 +388,33 @@ class Link:
             return finish + self._fixed_latency_s
         return finish + self._latency_s()
 
-    def ack_lost(self) -> bool:
-        """Whether one SACK sent on this direction is lost (``sack_loss``; always while cut)."""
+    def ack(self, now: float, gaps: int = 0) -> float | None:
+        """One SACK packet sent on this direction at ``now``: it takes its turn in the
+        bandwidth queue behind data (:data:`SACK_PACKET_BYTES` + 4 per gap block), advances the
+        loss chain like any packet (``sack_loss = "reverse"``) and propagates. Its arrival
+        time, or None if lost, tail-dropped or cut."""
         if self.cut:
-            return True
-        if self._spec.sack_loss == "none" or self._lossless:
-            return False
-        return self._lost(1)
-
-    def ack_latency_s(self) -> float:
-        """Propagation time of one SACK on this direction (no queueing: SACKs are small)."""
+            self.packets_sent += 1
+            return None
+        wire = SACK_PACKET_BYTES + SACK_GAP_BYTES * gaps
+        rate = self._rate
+        finish = now
+        if rate > 0:
+            backlog = max(0.0, self.busy_until - now) * rate
+            if backlog > 0 and backlog + wire > self._spec.queue_bytes:
+                self.frames_dropped_queue += 1
+                return None
+            tx = wire / rate
+            finish = max(now, self.busy_until) + tx
+            self.busy_until = finish
+            self.busy_s += tx
+        self.packets_sent += 1
+        self.bytes_sent += wire
+        if self._spec.sack_loss != "none" and not self._lossless and self._lost(1):
+            return None
         if self._fixed_latency_s is not None:
-            return self._fixed_latency_s
-        return self._latency_s()
+            return finish + self._fixed_latency_s
+        return finish + self._latency_s()
 
     def set_up(self, up: bool) -> None:
         """Bring the link up or down (partition). Same as assigning ``link.up``."""
@@ -418,11 +458,11 @@ class Link:
         if self.cut:  # a partition swallows the packets (reliable ones: use send_reliable)
             packets = spec.packets(size)
             self.packets_sent += packets
-            self.bytes_sent += size + packets * spec.overhead_bytes
+            self.bytes_sent += spec.wire_bytes(size)
             self.frames_lost += 1
             return None
         packets = max(1, -(-size // spec.mtu))  # spec.packets(size)
-        wire = size + packets * spec.overhead_bytes
+        wire = size + (-size) % 4 + packets * spec.overhead_bytes  # spec.wire_bytes(size)
         rate = self._rate
         if rate <= 0 and self._lossless and self._fixed_latency_s is not None:
             # Fast path (unlimited bandwidth, no loss, no random latency): what the loop below
@@ -492,12 +532,20 @@ class Link:
         spec = self._spec
         keep = 1.0 - spec.loss
         if spec.ge_p_good_bad > 0:
-            if self.ge_bad:
-                if self._rng.random() < spec.ge_p_bad_good:
-                    self.ge_bad = False
-            elif self._rng.random() < spec.ge_p_good_bad:
-                self.ge_bad = True
-            keep *= 1.0 - (spec.ge_loss_bad if self.ge_bad else spec.ge_loss_good)
+            # The chain advances once per packet, as the emulation fabric advances it per IP
+            # packet (data, SACKs, pings alike); the frame is lost if any packet is.
+            rng = self._rng
+            lost = False
+            for _ in range(packets):
+                if self.ge_bad:
+                    if rng.random() < spec.ge_p_bad_good:
+                        self.ge_bad = False
+                elif rng.random() < spec.ge_p_good_bad:
+                    self.ge_bad = True
+                k = keep * (1.0 - (spec.ge_loss_bad if self.ge_bad else spec.ge_loss_good))
+                if k < 1.0 and rng.random() >= k:
+                    lost = True
+            return lost
         if keep >= 1.0:
             return False
         return self._rng.random() >= keep**packets

@@ -7,11 +7,20 @@ period (``meshnode.runtime.bootstrap``), the dial timeouts (``meshnode.runtime.l
 ``meshnode.transport.link.LinkSettings``). The two figures that cannot be imported are
 measurements, and say where they come from:
 
-- ``processing_ms`` and ``processing_ms_per_kb``: ``benchmarks/netsim_calibration.py`` on the
-  development machine (2 cores, CPython 3.11): a one-change Changes frame (238 B) costs the
-  relaying core 0.15 ms (decode, signature check, apply, frames to forward) and the aiortc
-  transport 0.15 ms one way (DTLS, SCTP, data channel, both ends): 0.30 ms per hop, of which
-  the core's 0.15 ms scales with the frame (0.63 ms per KiB).
+- ``processing_quantiles_ms``: the per-hop time of a real node, measured in the emulation
+  (``netsim emulate``, the fidelity case ``bandwidth``, 196 relayed one-change frames, load
+  average 1.0-1.2 on the 2-core development machine): from the moment the fabric wrote a DATA
+  packet into the middle node's TUN to the moment the node sent the same frame on to the next
+  node (``netsim.emulate.trace``): DTLS decrypt, SCTP and its SACK, msgpack decode, signature
+  check, apply, SQLite, re-encode, SCTP, DTLS, ``sendto`` and every wait for the event loop
+  and the CPU. Quantiles 0/10/25/50/75/90/95/99/100%: 0.66/1.08/1.35/1.60/2.01/2.15/2.28/3.08/
+  3.42 ms. On a loaded machine it grows (load 4-7: ~4.5 ms per hop); the fidelity suite
+  measures it in every run (see ``docs/netsim.md``).
+- ``processing_ms`` and ``processing_ms_per_kb`` (the CPU a message occupies the loop for):
+  ``benchmarks/netsim_calibration.py`` on the idle machine: a one-change Changes frame (238 B)
+  costs the relaying core 0.15 ms (decode, signature check, apply, frames to forward) and the
+  aiortc transport 0.15 ms (DTLS, SCTP, data channel, both ends), of which the core's part
+  scales with the frame (0.63 ms per KiB).
 - ``setup_s``: a link's set-up once the path works, from the issue's emulation runs (ring of
   4, one node cut 20 s: its first link came 2.0-2.3 s after the heal; ICE checks, DTLS and
   SCTP retransmission pacing over the real path). The CPU part alone is 0.03 s on loopback
@@ -20,6 +29,7 @@ measurements, and say where they come from:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -32,7 +42,14 @@ from meshnode.runtime.links import (
 )
 from meshnode.transport.link import LinkSettings
 
-__all__ = ["BOOTSTRAP_MODES", "LivenessSpec", "NodeSpec", "parse_section"]
+#: Per-hop time of a real node (ms) at :data:`PROCESSING_QUANTILES`, for a one-change frame,
+#: less the per-KiB part: MEASURED (see the module docstring).
+MEASURED_HOP_MS: tuple[float, ...] = (0.66, 1.08, 1.35, 1.60, 2.01, 2.15, 2.28, 3.08, 3.42)
+
+__all__ = ["BOOTSTRAP_MODES", "PROCESSING_QUANTILES", "LivenessSpec", "NodeSpec", "parse_section"]
+
+#: The probabilities at which :attr:`NodeSpec.processing_quantiles_ms` gives the per-hop time.
+PROCESSING_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
 #: Accepted values of :attr:`LivenessSpec.bootstrap`.
 BOOTSTRAP_MODES = ("lower", "none")
@@ -40,12 +57,37 @@ BOOTSTRAP_MODES = ("lower", "none")
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """Per-hop processing: every message a node receives occupies its (single) event loop
-    for ``processing_ms + processing_ms_per_kb * size / 1024`` before the core sees it;
-    messages wait their turn (FIFO), so a busy node queues. 0 and 0 turn it off."""
+    """Per-hop processing. Every message a node receives occupies its (single) event loop for
+    ``processing_ms + processing_ms_per_kb * size / 1024`` of CPU, in turn (FIFO: a burst, or
+    presence and pings beside the changes, queue); and the core sees it no sooner than X after
+    it arrived, X drawn (per message, seeded) from the measured per-hop time
+    ``processing_quantiles_ms``: its values at the probabilities :data:`PROCESSING_QUANTILES`,
+    linear in between. X already holds the CPU work of a one-change frame, so an isolated
+    message takes X (or its CPU time, if larger), and a burst is paced by the CPU. Messages
+    reach the core in the order they arrived: a long draw (a stall of the loop) holds back
+    those behind it and releases them together. All zero turns it off."""
 
     processing_ms: float = 0.15
     processing_ms_per_kb: float = 0.63
+    processing_quantiles_ms: tuple[float, ...] = MEASURED_HOP_MS
+
+    def __post_init__(self) -> None:
+        qs = self.processing_quantiles_ms
+        if len(qs) != len(PROCESSING_QUANTILES):
+            raise ValueError(f"node.processing_quantiles_ms: {len(PROCESSING_QUANTILES)} values "
+                             f"(at {list(PROCESSING_QUANTILES)}), not {len(qs)}")
+        if any(b < a for a, b in itertools.pairwise(qs)):
+            raise ValueError("node.processing_quantiles_ms must not decrease")
+
+    def draw_ms(self, u: float) -> float:
+        """The distribution's value at probability ``u`` in [0, 1) (inverse CDF, linear
+        between the measured quantiles)."""
+        qs, ps = self.processing_quantiles_ms, PROCESSING_QUANTILES
+        for k in range(1, len(ps)):
+            if u <= ps[k]:
+                f = (u - ps[k - 1]) / (ps[k] - ps[k - 1])
+                return qs[k - 1] + f * (qs[k] - qs[k - 1])
+        return qs[-1]
 
 
 @dataclass(frozen=True)
@@ -90,6 +132,15 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
         default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            ok = isinstance(value, list) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and x == x
+                and 0 <= x < float("inf") for x in value)
+            if not ok:
+                raise ValueError(f"{where}.{key} must be a list of finite numbers >= 0, "
+                                 f"not {value!r}")
+            out[key] = tuple(float(x) for x in value)
+            continue
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"{where}.{key} must be true or false, not {value!r}")
@@ -105,4 +156,7 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
                 raise ValueError(f"{where}.{key} must be > 0, not {value!r}")
             value = float(value)
         out[key] = value
-    return cls(**out)
+    try:
+        return cls(**out)
+    except ValueError as err:
+        raise ValueError(str(err).replace("node.", f"{where}.", 1)) from None

@@ -8,7 +8,8 @@ are imported from it, never copied):
 
 - **SACKs.** The receiver answers every DATA packet at once (``_handle_data`` sends a SACK
   whenever one is needed; aiortc has no delayed ack). A SACK carries the cumulative TSN and
-  gap blocks; it travels the reverse direction and is lost like any packet there.
+  gap blocks; it is a packet on the reverse direction (93 B + 4 per gap block: it waits in that
+  direction's bandwidth queue behind data, and is lost like any packet there).
 - **Fast retransmit.** On a SACK whose gap blocks newly acknowledge a TSN (the "highest TSN
   newly acked"), every missing TSN below it gets a miss; at the third miss it is retransmitted
   at once (``_receive_sack_chunk``). A SACK that newly acknowledges nothing strikes nothing.
@@ -27,7 +28,7 @@ A message is the unit (one TSN per message, ``packets`` packets on the wire): it
 any of its packets is, and each of its packets that arrives sends one SACK (each newly acks
 one chunk, so a k-packet message counts up to k misses against an earlier hole). Not
 modelled: cwnd and slow start outside T3 recovery (the scene traffic stays far below aiortc's
-initial window of three packets per round trip), bundling, and the ``presence`` channel's
+initial window of three packets per round trip) and the ``presence`` channel's
 share of the TSN space (its packets would add gap reports).
 
 Everything runs on the simulation's virtual clock through the ``schedule`` callback it hands
@@ -77,9 +78,7 @@ class Link(Protocol):
 
     def attempt(self, size: int, now: float) -> float | None: ...
 
-    def ack_lost(self) -> bool: ...
-
-    def ack_latency_s(self) -> float: ...
+    def ack(self, now: float, gaps: int = 0) -> float | None: ...
 
 __all__ = [
     "FAST_RETRANSMIT_MISSES",
@@ -95,6 +94,18 @@ FAST_RETRANSMIT_MISSES = 3
 
 Schedule = Callable[..., None]
 """``schedule(when, fn, *args)``: run ``fn(*args)`` at virtual time ``when``."""
+
+
+def _gap_blocks(buffered: dict[int, Any]) -> int:
+    """How many gap ack blocks a SACK carries: runs of consecutive TSNs held out of order."""
+    blocks = 0
+    previous = None
+    for tsn in sorted(buffered):
+        if previous is None or tsn != previous + 1:
+            blocks += 1
+        previous = tsn
+    return blocks
+
 
 
 @dataclass(slots=True)
@@ -213,22 +224,25 @@ class ReliableChannel:
             self._send_sack(packets)
 
     def _send_sack(self, packets: int) -> None:
-        """One SACK per packet that arrived; they leave together and travel the reverse
-        path, each lost on its own."""
+        """One SACK per packet that arrived; each is a packet on the reverse direction (its
+        queue, its loss), and the last to arrive carries the weight of those that survive."""
         reverse = self.reverse if self.reverse is not None else self.link
         now = self.clock()
         survived = 0
+        last = 0.0
+        gap_blocks = _gap_blocks(self.rcv_buffer)
         for _ in range(packets):
             self.sacks_sent += 1
-            if reverse.ack_lost():
+            arrival = reverse.ack(now, gap_blocks)
+            if arrival is None:
                 self.sacks_lost += 1
             else:
                 survived += 1
+                last = max(last, arrival)
         if not survived:
             return
         gaps = frozenset(self.rcv_buffer)
-        self.schedule(now + reverse.ack_latency_s(), self._on_sack, self.rcv_cum, gaps,
-                      survived, self.generation)
+        self.schedule(last, self._on_sack, self.rcv_cum, gaps, survived, self.generation)
 
     # ------------------------------------------------------------------ SACKs and T3
 

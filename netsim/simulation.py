@@ -104,6 +104,11 @@ class Simulation:
         # Per-hop processing ([node]): when each node's event loop is next free.
         self.node_spec = scenario.node
         self.cpu_free_at = [0.0] * self.topology.n
+        self.handed_at = [0.0] * self.topology.n  # when the core last got a message
+        # Its own stream (not drawn from self.rng): the per-hop draws leave every other
+        # seeded choice of a run where it was.
+        self.node_rng = random.Random(f"{scenario.seed}:node-processing")
+        self._draws = any(scenario.node.processing_quantiles_ms)
         self.held: dict[Pair, list[tuple[str, bytes]]] = {}
         self.held_in_flight: dict[Pair, int] = {}  # how many of held[pair] were on the wire
         self.epoch: dict[Pair, int] = {}
@@ -297,14 +302,22 @@ class Simulation:
             self.liveness.heard(src, dst)
             return
         spec = self.node_spec
-        cost = (spec.processing_ms + spec.processing_ms_per_kb * len(frame) / 1024.0) / 1000.0
-        if cost <= 0.0:
+        # CPU: the loop is busy this long per message (a burst queues behind it). Latency: an
+        # idle loop hands the message to the core after a measured per-hop time (the draw),
+        # which includes the CPU work and the waits for the loop and the processor. In order:
+        # a message never overtakes an earlier one (one loop, one socket), so a stall holds
+        # back what arrives during it, and releases it at once (a burst on the next link).
+        cpu = (spec.processing_ms + spec.processing_ms_per_kb * len(frame) / 1024.0) / 1000.0
+        hop = spec.draw_ms(self.node_rng.random()) / 1000.0 if self._draws else 0.0
+        if cpu <= 0.0 and hop <= 0.0:
             self._deliver(src, dst, channel, frame, epoch)
             return
         now = self.engine.now
         free = self.cpu_free_at[dst]
-        done = (free if free > now else now) + cost
-        self.cpu_free_at[dst] = done
+        busy_until = (free if free > now else now) + cpu
+        self.cpu_free_at[dst] = busy_until
+        done = max(busy_until, now + hop, self.handed_at[dst])
+        self.handed_at[dst] = done
         self.engine.at(done, self._deliver, src, dst, channel, frame, epoch)
 
     def _deliver(self, src: int, dst: int, channel: str, frame: bytes, epoch: int) -> None:

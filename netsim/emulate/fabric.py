@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from netsim.links import Link, LinkSpec
 
@@ -98,6 +98,7 @@ class FabricSpec:
     events: list[dict[str, Any]] = field(default_factory=list)  # at_s, kind, groups/edges/link
     setup_mesh: bool = False  # carry every pair (default link) until {"restrict": true}
     default_link: dict[str, Any] = field(default_factory=dict)
+    trace: str = ""  # a file: one line per packet once the workload starts (netsim.emulate.trace)
 
     def to_json(self) -> str:
         """The spec as JSON."""
@@ -266,17 +267,27 @@ def serve(spec: FabricSpec) -> int:
     stdin = sys.stdin.fileno()
     os.set_blocking(stdin, False)
     print(json.dumps({"ready": True}), flush=True)
+    poller = select.epoll()  # a float timeout: packets leave on time, not on the next ms
+    for fd in fds:
+        poller.register(fd, select.EPOLLIN)
+    poller.register(stdin, select.EPOLLIN)
+    started = time.monotonic()
+    trace = open(spec.trace, "w", encoding="ascii", buffering=1 << 16) if spec.trace else None  # noqa: SIM115
+    try:
+        return _loop(spec, fabric, fds, poller, stdin, trace, started)
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+def _loop(spec: FabricSpec, fabric: Fabric, fds: list[int], poller: select.epoll, stdin: int,
+          trace: TextIO | None, started: float) -> int:
     pending: list[tuple[float, int, int, int, bytes]] = []  # arrival, seq, src, dst, packet
     seq = 0
     t0: float | None = None
     events = sorted(spec.events, key=lambda e: float(e["at_s"]))
     next_event = 0
     buf = b""
-    poller = select.epoll()  # a float timeout: packets leave on time, not on the next ms
-    for fd in fds:
-        poller.register(fd, select.EPOLLIN)
-    poller.register(stdin, select.EPOLLIN)
-    started = time.monotonic()
     while True:
         now = time.monotonic()
         while t0 is not None and next_event < len(events) and \
@@ -284,12 +295,17 @@ def serve(spec: FabricSpec) -> int:
             fabric.apply(events[next_event], now)
             next_event += 1
         while pending and pending[0][0] <= now:
-            _, _, src, dst, packet = heapq.heappop(pending)
+            due, _, src, dst, packet = heapq.heappop(pending)
             if fabric.cut(src, dst) or (not fabric.mesh and (src, dst) not in fabric.links):
                 continue
             try:
                 os.write(fds[dst], packet)
                 fabric.delivered(src, dst, len(packet))
+                if trace is not None and t0 is not None:
+                    # w: written into dst's TUN (the packet reached dst), and how late
+                    done = time.monotonic()
+                    trace.write(f"w {done - t0:.6f} {src} {dst} {len(packet)} "
+                                f"{done - due:.6f}\n")
             except OSError:
                 pass  # the namespace's interface is down (a node going away): a lost packet
         wake = [pending[0][0]] if pending else []
@@ -319,6 +335,11 @@ def serve(spec: FabricSpec) -> int:
                 except BlockingIOError:
                     break
                 routed = fabric.route(packet, now)
+                if trace is not None and t0 is not None and len(packet) >= 20:
+                    # r: read from a node's TUN (the node sent it), lost or not
+                    trace.write(f"r {now - t0:.6f} {fabric.by_address.get(packet[12:16], -1)} "
+                                f"{fabric.by_address.get(packet[16:20], -1)} {len(packet)} "
+                                f"{packet[9]}\n")
                 if routed is not None:
                     src, dst, arrival = routed
                     seq += 1

@@ -29,6 +29,7 @@ class EmulationObservations:
     down: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
     final_heads: dict[int, Any] = field(default_factory=dict)  # node -> version vector
     fabric: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)  # netsim.emulate.trace.summary
     setup_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -170,6 +171,7 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
             "units": {"frames_cut_by_partitions": "IP packets", "events_run": "IP packets "
                       "offered to the fabric", "bytes_sent_per_node": "IP bytes delivered"},
             "fabric": obs.fabric,
+            "trace": obs.trace,
             "warnings": obs.warnings,
         },
         "series": {

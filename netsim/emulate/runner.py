@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from netsim.emulate import namespaces
+from netsim.emulate import namespaces, trace
 from netsim.emulate.fabric import FabricSpec
 from netsim.emulate.namespaces import PREFIX, Plan
 from netsim.emulate.preflight import EmulationRefused, problems, this_host
@@ -326,7 +326,8 @@ class Emulation:
             # the founder joins over a setup-only path to it, then restarts with its own
             # bootstrap list, before the fabric is restricted to the topology.
             setup_mesh=self.topology.degrees()[FOUNDER] < sc.nodes - 1,
-            default_link=sc.links.to_dict())
+            default_link=sc.links.to_dict(),
+            trace=str(self.logs / "packets.trace"))
         spec_path = self.work / "fabric.json"
         spec_path.write_text(spec.to_json())
         fabric_ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -499,6 +500,7 @@ class Emulation:
                 agent.proc.stdin.write(b'{"op": "stop"}\n')
                 del i
         await asyncio.sleep(0.5)
+        self.obs.trace = trace.summary(trace.read(self.logs / "packets.trace"))
         sc = self.scenario
         return results(name=sc.name, seed=sc.seed, duration_s=sc.duration_s,
                        sample_interval_s=sc.sample_interval_s, topology=self.topology,

@@ -1,12 +1,13 @@
 """netsim against the real stack: the reference cases of issue 12, in both modes.
 
-Each case (``cases/*.toml``: a line of 3 nodes, a client editing at 20/s at node 0, 16-28 s) runs
-in netsim (3 seeds, pooled) and once with real ``meshnode up`` processes through the packet
-fabric, and the
-shared metrics must agree within the issue's tolerances (``netsim.compare``): without loss,
-latency within 10% or 5 ms per hop; with loss, p50/p90 within 25% and p99 within 40%;
-convergence after a heal within max(1 s, 30%); delivery exact. The measured table is printed
-(``-s``) and written to ``$FIDELITY_OUT`` if set.
+Each case (``cases/*.toml``: a line of 3 nodes, a client editing at 20/s at node 0, 16-30 s)
+runs once with real ``meshnode up`` processes through the packet fabric, then in netsim (3
+seeds, pooled) with the per-hop time that run measured (its packet trace) and read through a
+client at each end as the emulation reads it; the shared metrics must agree within the issue's
+tolerances (``netsim.compare``): without loss, latency within 10% or 5 ms per hop; with loss,
+p50/p90 within 25% and p99 within 40%; convergence after a heal within max(1 s, 30%); delivery
+exact. One known gap (``KNOWN_GAPS``) xfails. The measured table is printed (``-s``) and written to
+``$FIDELITY_OUT`` if set, with the load average and the measured hop time.
 """
 
 import json
@@ -23,6 +24,7 @@ from netsim.compare import (
     HEAL_TOLERANCE,
     Tolerance,
     agreement,
+    as_measured_by_clients,
     latency_tolerances,
     table,
 )
@@ -64,31 +66,40 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_both(name: str, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     raw = tomllib.loads((CASES / f"{name}.toml").read_text())
-    # netsim is cheap: pool a few seeds, so that its side of the comparison is not one draw.
-    sim = pooled([run_scenario(raw, seed=int(raw["seed"]) + k) for k in range(SIM_SEEDS)])
     emu = emulate(parse(raw), out, echo=lambda msg: None)
+    (out / "results.json").write_text(json.dumps(emu, indent=1), encoding="utf-8")
     # Nothing of the run is left: no namespace, no TUN device (processes die with them).
     assert namespaces.ours(os.getpid()) == []
     assert namespaces.tun_devices(os.getpid()) == []
+    # netsim gets the per-hop time this machine had during the emulation (the relaying node's
+    # packet-in to packet-out time and the fabric's lateness, from the packet trace): the
+    # machine is shared, and a hop costs 1.6 ms at load 1 but 4.5 ms at load 6. Everything
+    # else (links, SCTP, overlay, workload) netsim models on its own.
+    raw["node"] = node_section(emu)
+    # netsim is cheap: pool a few seeds, so that its side of the comparison is not one draw.
+    sim = pooled([run_scenario(raw, seed=int(raw["seed"]) + k) for k in range(SIM_SEEDS)])
+    # ...and read as the emulation reads latency: through a client at each end.
+    sim = as_measured_by_clients(sim, raw["node"]["processing_quantiles_ms"], int(raw["seed"]))
     return sim, emu
 
 
-# Cases still outside tolerance after the calibration (netsim-model), measured on the 2-core
-# development machine under load (load average 4-7): their latency gaps xfail, with the numbers,
-# rather than widen the tolerances; they pass on some runs (the emulated tail is a few samples
-# of real timing). Delivery and convergence stay strict for every case.
+def node_section(emu: dict[str, Any]) -> dict[str, Any]:
+    """The ``[node]`` table the emulation's packet trace measured (``netsim.emulate.trace``)."""
+    section = emu["emulation"]["trace"]["node_section"]
+    assert section, "the packet trace gave no per-hop sample (no relayed data packet)"
+    return dict(section)
+
+
+# Cases whose latency is still outside tolerance on some runs, measured on the 2-core
+# development machine under load (load average 4-5): their latency gaps xfail (non-strict:
+# they pass on other runs), with the numbers, rather than widen the tolerances. Delivery and
+# convergence stay strict for every case.
 KNOWN_GAPS = {
-    "noloss": "real nodes spend ~4.5 ms per hop here, netsim models 0.3 ms ([node]): measured "
-              "p50/p90/p99 sim 61.7/88.3/97.0 ms vs emu 67.0/99.9/113.4 ms (p90, p99 out: "
-              "allowed 10 ms); another run 61.7/88.6/97.2 vs 65.2/96.4/115.5 (p99 out)",
-    "bursty": "the emulated tail is a handful of Gilbert-Elliott bursts in 12 s (the chain "
-              "advances per IP packet, netsim's per attempt): sim 70.8/185.5/595.6 ms vs emu "
-              "77.7/191.9/406.7 ms (p99 +46%, allowed 40%); another run p90 247 vs 191 ms (+29%, "
-              "allowed 25%)",
-    "bandwidth": "on the 256 kbit/s link real packets are larger (IP/UDP/DTLS/SCTP headers ~85 B "
-                 "and link framing, netsim 48 B) and SACKs share the queue, plus ~4.5 ms per "
-                 "hop: sim 39.7/54.6/63.1 ms vs emu 44.1/68.4/89.5 ms (p90, p99 out: allowed "
-                 "10 ms); another run emu 46.4/71.4/108.2 ms",
+    "bursty": "under burst loss the emulated tail is heavier than netsim's on some runs: p90 "
+              "sim 229 vs emu 318 ms (-28%, allowed 25%) and 214 vs 321 ms, while other runs "
+              "agree (227 vs 238, 220 vs 263 ms); p99 stays within 40% (sim 476-634 vs emu "
+              "530-730 ms). netsim recovers a little faster than aiortc when a burst also "
+              "takes a retransmission (not traced further)",
 }
 
 
@@ -102,8 +113,9 @@ def test_netsim_agrees_with_the_real_stack(name: str, tmp_path: Path) -> None:
     if target:
         with open(target, "a", encoding="utf-8") as fh:
             fh.write(report + "\n")
-            fh.write(json.dumps({"case": name, "sim": _summary(sim), "emu": _summary(emu)})
-                     + "\n")
+            fh.write(json.dumps({"case": name, "sim": _summary(sim), "emu": _summary(emu),
+                                 "load": os.getloadavg(), "hop": emu["emulation"]["trace"][
+                                     "hop_ms"]}) + "\n")
     assert emu["delivery_ratio"] == 1.0, "the real nodes must deliver every change"
     assert emu["converged"] is True
     failed = [v for v in verdicts if not v.ok]

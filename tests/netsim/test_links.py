@@ -17,7 +17,8 @@ from netsim.links import MAX_MESSAGE_BYTES, PRESETS, Link, LinkSpec
 
 def test_defaults_and_presets() -> None:
     s = LinkSpec()
-    assert s.latency_ms == 20.0 and s.latency_dist == "fixed" and s.mtu == 1200
+    assert s.latency_ms == 20.0 and s.latency_dist == "fixed" and s.mtu == 1160
+    assert s.overhead_bytes == 93  # IP 20 + UDP 8 + DTLS 37 + SCTP 12 + DATA 16
     assert s.queue_bytes == 256 * 1024 and s.rto_min_ms == 1000.0 and s.max_retransmits == 10
     assert set(PRESETS) == {"lan", "wan", "3g", "satellite"}
     assert PRESETS["lan"].latency_ms == 1.0 and PRESETS["lan"].bandwidth_kbps == 100_000
@@ -327,5 +328,5 @@ def test_counters_dict() -> None:
         link.send(10, float(i), False)
     c = link.counters()
     assert c["frames_sent"] == 100 and c["frames_lost"] + c["frames_delivered"] == 100
-    assert c["bytes_sent"] == 100 * (10 + 48)
+    assert c["bytes_sent"] == 100 * (12 + 93)  # padded to 4 bytes, plus the headers
     assert math.isclose(c["busy_s"], 0.0)

@@ -301,7 +301,8 @@ def test_latency_on_a_lossless_line_is_the_sum_of_hop_latencies() -> None:
         links={"latency_ms": 10},
         workload={"editors": 1, "edits_per_s": 2, "start_s": 3},
         duration_s=10,
-        node={"processing_ms": 0, "processing_ms_per_kb": 0},  # links only
+        node={"processing_ms": 0, "processing_ms_per_kb": 0,
+              "processing_quantiles_ms": [0] * 9},  # links only
     )
     sim, r = run(data)
     first = min(sim.obs.submitted, key=lambda cid: sim.obs.submitted[cid][1])
