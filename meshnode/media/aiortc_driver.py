@@ -24,7 +24,9 @@ descriptor) is dropped and counted in ``dropped`` by reason; nothing raises into
 import asyncio
 import logging
 import random
+import struct
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -45,6 +47,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTP_HISTORY_SIZE,
+    HeaderExtensionsMap,
     RtcpPacket,
     RtcpPsfbPacket,
     RtcpRrPacket,
@@ -59,10 +62,12 @@ from meshnode.media.forwarding import (
     Forward,
     KeyframeThrottle,
     Output,
+    OutputEnd,
     PacketInfo,
     RateLimit,
 )
 from meshnode.media.rtp import MediaDecodeError, Vp8Info, parse_vp8
+from meshnode.media.rtp_out import ExtensionIds, RtpWriter
 
 logger = logging.getLogger(__name__)
 
@@ -461,6 +466,74 @@ def _ntp_now(unix_time: float) -> int:
     return int((unix_time + NTP_UNIX_OFFSET) * (1 << 32))
 
 
+def extension_ids(extensions: HeaderExtensionsMap) -> tuple[ExtensionIds, bool]:
+    """The IDs ``extensions`` (a sender's negotiated map) writes ``mid``, ``abs-send-time``
+    and the audio level under, found through its public ``get`` (the IDs themselves are
+    private); and whether one of them is over 14 (aiortc then writes the two-byte form)."""
+    found: dict[str, int] = {}
+    for x_id in range(1, 256):
+        if x_id > 14 and len(found) == 3:
+            break
+        for value in (b"012", b"5"):  # abs-send-time and mid read 3 bytes; the level 1
+            if x_id <= 14:
+                data = bytes((x_id << 4 | (len(value) - 1),)) + value
+                profile = 0xBEDE
+            else:
+                data = bytes((x_id, len(value))) + value
+                profile = 0x1000
+            try:
+                # aiortc parses the value of every ID it knows: a size that does not fit
+                # that extension raises, and says it is another one.
+                got = extensions.get(profile, data + bytes(-len(data) % 4))
+            except (ValueError, struct.error):
+                continue
+            for name, is_set in (("mid", got.mid is not None),
+                                 ("abs", got.abs_send_time is not None),
+                                 ("level", got.audio_level is not None)):
+                if is_set:
+                    found.setdefault(name, x_id)
+    ids = ExtensionIds(found.get("mid"), found.get("abs"), found.get("level"))
+    return ids, any(x_id > 14 for x_id in found.values())
+
+
+class RtxHistory:
+    """Stands in for the sender's RTP history (S3): what was sent, by sequence number modulo
+    ``RTP_HISTORY_SIZE``, kept as the values it was written from; aiortc's ``_retransmit``
+    (on a subscriber's NACK) gets an ``RtpPacket`` built only then, so the per-copy path
+    builds none. ``ssrc``: the sender's."""
+
+    def __init__(self, ssrc: int) -> None:
+        self.ssrc = ssrc
+        self.sent: list[tuple[int, bool, int, int, int, tuple[bool, int] | None, bytes,
+                              str | None] | None] = [None] * RTP_HISTORY_SIZE
+
+    def put(self, payload_type: int, marker: bool, sequence_number: int, timestamp: int,
+            abs_send_time: int, audio_level: tuple[bool, int] | None, payload: bytes,
+            mid: str | None) -> None:
+        """Keep one sent packet (replacing the one ``RTP_HISTORY_SIZE`` earlier)."""
+        self.sent[sequence_number % RTP_HISTORY_SIZE] = (
+            payload_type, marker, sequence_number, timestamp, abs_send_time, audio_level,
+            payload, mid)
+
+    def get(self, index: int, default: RtpPacket | None = None) -> RtpPacket | None:
+        """What aiortc's ``_retransmit`` calls: the packet in slot ``index``, rebuilt."""
+        entry = self.sent[index % RTP_HISTORY_SIZE]
+        if entry is None:
+            return default
+        payload_type, marker, seq, timestamp, abs_send_time, level, payload, mid = entry
+        rtp = RtpPacket(payload_type=payload_type, marker=int(marker), sequence_number=seq,
+                        timestamp=timestamp, ssrc=self.ssrc, payload=payload)
+        rtp.extensions.mid = mid
+        rtp.extensions.abs_send_time = abs_send_time
+        rtp.extensions.audio_level = level
+        return rtp
+
+
+READY_RECHECK = 256
+"""Writes after which an :class:`OutputSender` that was ready looks again (a renegotiation
+may have changed its direction; a closed transport shows at once, as a failed send)."""
+
+
 class OutputSender:
     """Writes forwarded packets into the ``RTCRtpSender`` of ``transceiver`` (a subscriber's
     peer connection), as if aiortc had produced them.
@@ -468,6 +541,11 @@ class OutputSender:
     ``on_keyframe_request()`` is called when the subscriber sends PLI or FIR (S4). REMB and
     receiver reports from the subscriber (S5) update ``estimate_kbps`` (None until a REMB),
     ``loss`` (fraction 0..1) and ``rtt_ms``. ``wall_clock`` gives Unix time (for NTP stamps).
+
+    The per-copy path is lean (it bounds subscribers per core): the header is packed by an
+    :class:`RtpWriter` (no ``RtpPacket`` per copy; the RTX history keeps values and rebuilds a
+    packet only when one is NACKed), readiness is cached while sends succeed, and the private
+    Sender Report counters are updated through the sender's ``__dict__`` directly.
     """
 
     def __init__(
@@ -492,6 +570,16 @@ class OutputSender:
         self.dropped: Counter[str] = Counter()
         self._wall_clock = wall_clock
         self._payload_types: dict[tuple[str, int], int | None] = {}
+        self._ready_for = 0  # writes left before readiness is looked at again
+        self._writer: RtpWriter | None = None
+        self._two_byte = False  # aiortc writes this sender's extensions in the two-byte form
+        self._mid: str | None = None
+        self._state = self.sender.__dict__  # S3, S6: the sender's private attributes
+        history = self._state.get(_TX_HISTORY)
+        if not isinstance(history, RtxHistory):  # (a reused slot keeps its history)
+            history = RtxHistory(self.ssrc)
+            self._state[_TX_HISTORY] = history  # S3
+        self._history = history
         if self.sender.track is None:
             self.sender.replaceTrack(IdleTrack(self.kind))
         self.sender._send_keyframe = self._send_keyframe  # type: ignore[method-assign]  # S4
@@ -508,10 +596,21 @@ class OutputSender:
     def ready(self) -> bool:
         """True once negotiated for sending and the DTLS transport is connected (the
         :class:`Forwarder` holds the output paused until then, so it starts on a keyframe)."""
-        return (
-            self.transceiver.currentDirection in ("sendonly", "sendrecv")
-            and self.sender.transport.state == "connected"
-        )
+        if self._ready_for > 0:
+            self._ready_for -= 1
+            return True
+        ready = (self.transceiver.currentDirection in ("sendonly", "sendrecv")
+                 and self.sender.transport.state == "connected")
+        if ready:
+            self._ready_for = READY_RECHECK
+            guard_transport(self.sender.transport)
+            if self._writer is None and not self._two_byte:
+                self._mid = self.transceiver.mid
+                ids, self._two_byte = extension_ids(self._state[_TX_EXTENSIONS_MAP])
+                if not self._two_byte:
+                    self._writer = RtpWriter.for_ids(self.ssrc, self._mid, ids)
+                    self._two_byte = self._writer is None
+        return ready
 
     def close(self) -> None:
         """Give the sender back its own PLI and RTCP handlers."""
@@ -536,40 +635,45 @@ class OutputSender:
         if not self.ready:
             self.dropped["not_ready"] += 1
             return False
-        guard_transport(self.sender.transport)
-        payload_type = self._payload_type(packet.mime_type, packet.clock_rate)
+        cached = self._payload_types.get((packet.mime_type, packet.clock_rate))
+        payload_type = cached if cached is not None else self._payload_type(
+            packet.mime_type, packet.clock_rate)
         if payload_type is None:
             self.dropped["codec"] += 1
             return False
-        rtp = RtpPacket(
-            payload_type=payload_type,
-            marker=int(packet.info.marker),
-            sequence_number=forward.sequence_number,
-            timestamp=forward.timestamp,
-            ssrc=self.ssrc,
-            payload=packet.payload,
-        )
+        if cached is None:  # also under the name as the source spells it: no lower() per copy
+            self._payload_types[(packet.mime_type, packet.clock_rate)] = payload_type
         ntp = _ntp_now(self._wall_clock())
-        rtp.extensions.mid = self.transceiver.mid
         # abs-send-time is the relay's send time: the subscriber's REMB then measures this hop.
-        rtp.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
-        if packet.audio_level is not None:
-            rtp.extensions.audio_level = packet.audio_level
+        abs_send_time = (ntp >> 14) & 0x00FFFFFF
+        marker = packet.info.marker
+        payload = packet.payload
+        sequence_number, timestamp = forward.sequence_number, forward.timestamp
         # S3: kept before sending, so a NACK for it is answered even if this send fails.
-        getattr(self.sender, _TX_HISTORY)[forward.sequence_number % RTP_HISTORY_SIZE] = rtp
-        data = rtp.serialize(getattr(self.sender, _TX_EXTENSIONS_MAP))
+        self._history.put(payload_type, marker, sequence_number, timestamp, abs_send_time,
+                          packet.audio_level, payload, self._mid)
+        writer = self._writer
+        if writer is not None:
+            data = writer.packet(payload_type, marker, sequence_number, timestamp,
+                                 abs_send_time, packet.audio_level, payload)
+        else:  # the two-byte extension form: aiortc's own serializer
+            rtp = self._history.get(sequence_number)
+            assert rtp is not None
+            data = rtp.serialize(self._state[_TX_EXTENSIONS_MAP])
         try:
             await self.sender.transport._send_rtp(data)  # S2
         except ConnectionError:
+            self._ready_for = 0
             self.dropped["not_connected"] += 1
             return False
         # S6: aiortc's Sender Reports read these.
-        setattr(self.sender, _TX_NTP, ntp)
-        setattr(self.sender, _TX_RTP_TS, forward.timestamp)
-        setattr(self.sender, _TX_PACKETS, getattr(self.sender, _TX_PACKETS) + 1)
-        setattr(self.sender, _TX_OCTETS, getattr(self.sender, _TX_OCTETS) + len(packet.payload))
+        state = self._state
+        state[_TX_NTP] = ntp
+        state[_TX_RTP_TS] = timestamp
+        state[_TX_PACKETS] += 1
+        state[_TX_OCTETS] += len(payload)
         self.sent_packets += 1
-        self.sent_bytes += len(packet.payload)
+        self.sent_bytes += len(payload)
         return True
 
     def _send_keyframe(self) -> None:
@@ -628,6 +732,11 @@ class _Entry:
     user_paused: bool
 
 
+_stream_ends: "weakref.WeakKeyDictionary[RTCRtpSender, OutputEnd]" = weakref.WeakKeyDictionary()
+"""Where the last output written into each aiortc sender left its stream (set when the output
+is removed): the next output on that sender, whichever source it forwards, continues it."""
+
+
 class Forwarder:
     """One source (a :class:`SourceTap`) fanned out to outputs (:class:`OutputSender`),
     each with its own :class:`Output` state, keyed by a name the caller chooses (e.g. the
@@ -651,7 +760,10 @@ class Forwarder:
     def add_output(
         self, key: str, sender: OutputSender, *, paused: bool = False, max_tid: int | None = None
     ) -> None:
-        """Start forwarding to ``sender`` (video from the next keyframe, which is requested)."""
+        """Start forwarding to ``sender`` (video from the next keyframe, which is requested).
+        If an earlier output wrote into the same aiortc sender (a receive slot reused for
+        this source), its sequence numbers and timestamps go on from where it ended, so the
+        subscriber sees one continuous stream on that SSRC."""
         if key in self._outputs:
             raise ValueError(f"output {key!r} already exists on source {self.tap.source_id!r}")
         output = Output(
@@ -659,6 +771,7 @@ class Forwarder:
             self.tap.clock_rate,
             first_sequence_number=self._rng.randrange(1 << 15),  # as aiortc: no early wrap
             first_timestamp=self._rng.randrange(1 << 32),
+            after=_stream_ends.pop(sender.sender, None),
         )
         output.set_max_tid(max_tid)
         if paused or not sender.ready:
@@ -673,6 +786,9 @@ class Forwarder:
         entry = self._outputs.pop(key, None)
         if entry is not None:
             entry.sender.on_keyframe_request = None
+            end = entry.output.end()
+            if end is not None:
+                _stream_ends[entry.sender.sender] = end
 
     def pause(self, key: str) -> None:
         """Stop sending to ``key`` (after the current frame); its sequence numbers go on

@@ -70,6 +70,20 @@ class Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputEnd:
+    """Where an output left its subscriber's stream, so that the next output on the same
+    sender (a receive slot reused for another source) continues it: ``next_sequence_number``
+    follows the last one sent, and ``timestamp`` was sent at ``at`` (``now``), in units of
+    ``clock_rate``. A receiver that saw a jump on one SSRC would count it as loss and NACK
+    it (sequence) or stretch its jitter buffer (timestamp)."""
+
+    next_sequence_number: int
+    timestamp: int
+    at: float
+    clock_rate: int
+
+
+@dataclass(frozen=True, slots=True)
 class Drop:
     """Do not send the packet; ``reason`` is a :class:`DropReason` value."""
 
@@ -81,7 +95,9 @@ class Output:
 
     ``kind`` is ``"audio"`` or ``"video"``; video is gated on keyframes, audio is not.
     ``first_sequence_number`` / ``first_timestamp`` are the subscriber-side values of the first
-    forwarded packet (the driver draws them at random, as RTP senders do).
+    forwarded packet (the driver draws them at random, as RTP senders do); ``after``, when
+    given, continues where an earlier output on the same sender ended instead: its next
+    sequence number, and its last timestamp plus the media time elapsed since.
     """
 
     def __init__(
@@ -91,6 +107,7 @@ class Output:
         *,
         first_sequence_number: int = 0,
         first_timestamp: int = 0,
+        after: OutputEnd | None = None,
     ) -> None:
         if kind not in ("audio", "video"):
             raise ValueError(f"kind must be 'audio' or 'video', not {kind!r}")
@@ -108,6 +125,9 @@ class Output:
         # Input sequence numbers are unwrapped to unbounded ints ("ext").
         self._highest: int | None = None
         # Output: out_ext = in_ext + offset; emitted modulo 2**16. _next_out = highest out + 1.
+        self._after = after
+        if after is not None:
+            first_sequence_number = after.next_sequence_number
         self._next_out = first_sequence_number & 0xFFFF
         self._started = False
         self._first_timestamp = first_timestamp & 0xFFFFFFFF
@@ -169,6 +189,14 @@ class Output:
             raise ValueError(f"max_tid must be None or 0..{MAX_TID}, not {tid}")
         self._max_tid = tid
 
+    def end(self) -> OutputEnd | None:
+        """Where this output's stream stands now (None: nothing was forwarded yet, so an
+        output that continues it starts where this one would have)."""
+        if not self._started:
+            return self._after
+        return OutputEnd(self._next_out % SEQ_MOD, self._last_out_ts, self._last_out_now,
+                         self.clock_rate)
+
     # -- packets -------------------------------------------------------------------------
 
     def forward(self, info: PacketInfo, now: float) -> Forward | Drop:
@@ -229,7 +257,12 @@ class Output:
         """Continue the output sequence right after the last forwarded packet."""
         if not self._started:
             self._started = True
-            self._ts_offset = (self._first_timestamp - info.timestamp) % TS_MOD
+            first_ts = self._first_timestamp
+            if self._after is not None:
+                # Media time went on since the previous output's last packet.
+                elapsed = max(1, round((now - self._after.at) * self.clock_rate))
+                first_ts = (self._after.timestamp + elapsed) % TS_MOD
+            self._ts_offset = (first_ts - info.timestamp) % TS_MOD
             base = ext
         else:
             # Packets missing between the last drop and this one belong to this frame unless

@@ -484,8 +484,13 @@ class MediaRelay(LinkService, RelayPort):
                                          self._room_cap(room_id)), self.selector, now)
         for key, outputs in decision.outputs.items():
             self._apply_outputs(key, room_id, outputs)
+            for sid in outputs:  # flowing again: a later demotion is news again
+                flowing = self.sources.get(sid)
+                if flowing is not None and (key in flowing.outputs
+                                            or (key, sid) in self._pending_outputs):
+                    self._refused.discard((key, room_id, f"{sid}:relay_full"))
         for key, demoted in decision.demoted.items():
-            for sid in demoted:  # told once; the video resumes when the room has room again
+            for sid in demoted:  # told once per demotion; it resumes when there is room
                 self._refuse(self.endpoints[key], room_id, "relay_full",
                              _DETAILS["relay_full"], sid)
         for key in neighbours:

@@ -610,15 +610,7 @@ class ChangeStore:
         if change_count < 0:
             raise ValueError("change_count must not be negative")
         with self._write("compacting a room") as conn:
-            if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
-                raise UnknownRoom([room_id])
-            conn.execute(
-                "INSERT INTO snapshots (room_id, data, change_count, saved_at)"
-                " VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (room_id) DO UPDATE SET data = excluded.data,"
-                " change_count = excluded.change_count, saved_at = excluded.saved_at",
-                (room_id, snapshot, change_count, time.time()),
-            )
+            _put_snapshot(conn, room_id, snapshot, change_count)
             before = conn.total_changes
             conn.executemany("DELETE FROM changes WHERE room_id = ? AND change_id = ?",
                              [(room_id, c) for c in drop])
@@ -635,15 +627,7 @@ class ChangeStore:
         if change_count < 0:
             raise ValueError("change_count must not be negative")
         with self._write("saving a snapshot") as conn:
-            if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
-                raise UnknownRoom([room_id])
-            conn.execute(
-                "INSERT INTO snapshots (room_id, data, change_count, saved_at)"
-                " VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (room_id) DO UPDATE SET data = excluded.data,"
-                " change_count = excluded.change_count, saved_at = excluded.saved_at",
-                (room_id, data, change_count, time.time()),
-            )
+            _put_snapshot(conn, room_id, data, change_count)
 
     def latest_snapshot(self, room_id: bytes) -> tuple[bytes, int] | None:
         """The room's latest snapshot as ``(data, change_count)``, or None."""
@@ -739,3 +723,18 @@ class ChangeStore:
         """Set a node-state value (durably, like every write)."""
         with self._write("writing node state") as conn:
             conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+
+def _put_snapshot(conn: sqlite3.Connection, room_id: bytes, data: bytes,
+                  change_count: int) -> None:
+    """Store a room's snapshot in place of the previous one (within the caller's write);
+    :class:`UnknownRoom` if the room is not stored."""
+    if conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is None:
+        raise UnknownRoom([room_id])
+    conn.execute(
+        "INSERT INTO snapshots (room_id, data, change_count, saved_at)"
+        " VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (room_id) DO UPDATE SET data = excluded.data,"
+        " change_count = excluded.change_count, saved_at = excluded.saved_at",
+        (room_id, data, change_count, time.time()),
+    )

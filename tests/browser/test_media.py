@@ -17,6 +17,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshnode.client import connect
+from meshnode.identity import Identity
 from meshnode.media.endpoint import MediaEndpoint, SourceInfo
 from meshnode.transport.ice import IceSettings
 from meshnode.web.media import (
@@ -35,7 +37,7 @@ from meshnode.web.media_messages import (
     parse_media_message,
 )
 from meshnode.web.routes import add_web_routes
-from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
+from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, start_host
 
 from .chromium import Chromium
 from .test_web_client import FakeRoom, Wire, loopback_ice, until
@@ -461,6 +463,17 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         budget = audio_kbps + PUBLISHER_KBPS * (layers[0] + layers[1]) / 2 / layers[2]
         print(f"relay measures audio {audio_kbps} kbps, video layers {layers}: "
               f"base subscriber max_kbps {budget:.0f}")
+        # The operator's status page shows the relay's streams and load.
+        status_page = await browser.new_page(width=1000, height=600)
+        pages.append(status_page)
+        await status_page.goto(f"{node.url}/status#token={node.admin_token}")
+        shown = await status_page.evaluate(STATUS_STREAMS)
+        by_kind = {r[2]: r for r in shown}
+        assert set(by_kind) == {"audio", "video"}, shown
+        assert len(by_kind["video"][4].split(" / ")) == 3, shown  # three temporal layers
+        assert int(by_kind["video"][5]) >= 2 and float(by_kind["audio"][3]) > 0, shown
+        load = await status_page.evaluate('document.getElementById("media-load").textContent')
+        assert "2 source(s) in" in load and "decoders 0" in load, load
         await base.evaluate(f"window.meshnode.media.setPrefs({{max_kbps: {budget:.1f}}})")
         # Thinned: the base page decodes well under the full page's frame rate.
         await wait_rows(base, 'rows.some((r) => r.kind === "video" && r.framesPerSecond > 0 '
@@ -517,7 +530,87 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         await browser.close()
 
 
+async def test_a_chromium_publisher_on_one_node_reaches_an_aiortc_subscriber_on_another(
+        tmp_path: Path, chromium_path: str, loopback_ice: IceSettings) -> None:
+    """A browser's sources cross a trunk: Chromium publishes on node A, an aiortc client
+    subscribes on node B, and the voice and video arrive through A's relay, one trunk copy,
+    and B's relay (which decode nothing), and decode at the client."""
+    config = LOOPBACK_CONFIG + MEDIA_CONFIG
+    a = NodeProcess(tmp_path / "a", config=config).start()
+    b: NodeProcess | None = None
+    browser: Chromium | None = None
+    try:
+        room = a.default_room
+        assert room is not None
+        b = start_host(tmp_path / "b", a, room, a, config=config)
+        editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+        browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS)
+        page = await open_page(browser, a, editor)
+        who = (await page.evaluate(WAIT_FOR_HELLO))["publisher"]
+        await page.evaluate("window.meshnode.media.camera(true)")
+        await page.evaluate("window.meshnode.media.microphone(true)")
+        viewer = b.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
+        async with connect(b.url, room, Identity.generate(), ice=loopback_ice,
+                           invite=viewer) as sub:
+            seen: list[tuple[str, str]] = []
+            sub.media.on_track(lambda publisher, track: seen.append((publisher, track.kind)))
+            try:
+                await until(lambda: len(sub.media.tracks) == 2, timeout=90.0)
+            except AssertionError:
+                raise AssertionError(f"B's subscriber got {list(sub.media.tracks)}\n"
+                                     f"A: {a.get('/api/status').get('media')}\n"
+                                     f"B: {b.get('/api/status').get('media')}") from None
+            # The browser's sources: published under A's PeerID, labelled by its session.
+            assert all(sid.startswith(f"{a.peer_id}/web.") for sid in sub.media.tracks)
+            assert who.startswith(f"{a.peer_id}#")
+            assert sorted(kind for _, kind in seen) == ["audio", "video"]
+            tracks = {t.kind: t for t in sub.media.tracks.values()}
+            sizes = set()
+            for _ in range(10):
+                frame = await asyncio.wait_for(tracks["video"].recv(), 30)
+                sizes.add((frame.width, frame.height))  # type: ignore[union-attr]
+            assert all(w > 0 and h > 0 for w, h in sizes), sizes
+            audio = await asyncio.wait_for(tracks["audio"].recv(), 30)
+            assert audio.sample_rate == 48000  # type: ignore[union-attr]
+        media_a = a.get("/api/status")["media"]
+        media_b = b.get("/api/status")["media"]
+        # Into A from the browser, one copy on the trunk to B, out of B to its client; no
+        # relay decoded anything.
+        assert media_a["driver"]["bytes"].get("trunk", 0) > 10_000, media_a
+        assert media_b["driver"]["bytes"].get("out", 0) > 10_000, media_b
+        assert media_a["driver"]["decoders"] == 0 and media_b["driver"]["decoders"] == 0
+        errors = [m for m in page.console if m.kind in ("exception", "log:error")]
+        assert not errors, [str(m) for m in errors]
+    finally:
+        if browser is not None:
+            await browser.close()
+        if b is not None:
+            b.kill()
+        a.kill()
+
+
 PUBLISHER_KBPS = 150
+
+# The node's media_hello, once the page has it (it follows the welcome).
+WAIT_FOR_HELLO = """new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error("no media_hello")), 20000);
+    const poll = () => {
+      const hello = window.meshnode.media.hello();
+      if (hello) { clearTimeout(t); resolve(hello); } else setTimeout(poll, 20);
+    };
+    poll(); })"""
+
+# The status page's media streams, once it shows two (cells of each row).
+STATUS_STREAMS = """new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(document.body.innerText)), 20000);
+    const poll = () => {
+      const rows = [...document.querySelectorAll("#media-streams tbody tr")];
+      if (rows.length >= 2) {
+        clearTimeout(t);
+        resolve(rows.map((r) => [...r.cells].map((c) => c.textContent)));
+      } else setTimeout(poll, 50);
+    };
+    poll(); })"""
 
 # Cap the page's camera encoder at KBPS.
 CAP_VIDEO = """(async () => {

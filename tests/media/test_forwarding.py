@@ -330,3 +330,48 @@ def test_rate_limit_allows_the_rate_and_a_burst_only() -> None:
     assert 98 <= passed <= 101
     with pytest.raises(ValueError):
         RateLimit(kbps=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seq_a=st.integers(0, 0xFFFF),
+    seq_b=st.integers(0, 0xFFFF),
+    ts_a=st.integers(0, 0xFFFFFFFF),
+    ts_b=st.integers(0, 0xFFFFFFFF),
+    first_seq=st.integers(0, 0xFFFF),
+    switch_at=st.integers(1, 59),
+    gap_s=st.floats(0.0, 30.0),
+    kind=st.sampled_from(["audio", "video"]),
+)
+def test_a_reused_sender_continues_sequence_and_media_time_across_sources(
+    seq_a: int, seq_b: int, ts_a: int, ts_b: int, first_seq: int, switch_at: int,
+    gap_s: float, kind: str,
+) -> None:
+    """A receive slot that switches from source A to source B: what its subscriber sees on
+    the one SSRC is contiguous in sequence numbers, and its timestamps go on by the time
+    that passed (not a random jump), whatever A's and B's own numbers were."""
+    a = video_stream(60, seq0=seq_a, ts0=ts_a, keyframe_every=10)
+    b = video_stream(60, seq0=seq_b, ts0=ts_b, keyframe_every=10)
+    first = Output(kind, VIDEO_RATE, first_sequence_number=first_seq, first_timestamp=99)
+    sent: list[tuple[Forward, float]] = []
+    for pkt in a[:switch_at]:
+        r = first.forward(pkt.info, pkt.now)
+        if isinstance(r, Forward):
+            sent.append((r, pkt.now))
+    end = first.end()
+    assert end is not None  # A's first packet is a keyframe: something was sent
+    assert end.next_sequence_number == (sent[-1][0].sequence_number + 1) % (1 << 16)
+    second = Output(kind, VIDEO_RATE, first_sequence_number=12345, first_timestamp=678,
+                    after=end)
+    assert second.end() == end  # nothing sent yet: a third output would continue the same
+    t0 = a[switch_at - 1].now + gap_s
+    switched = len(sent)
+    for pkt in b:
+        r = second.forward(pkt.info, t0 + pkt.now)
+        if isinstance(r, Forward):
+            sent.append((r, t0 + pkt.now))
+    assert len(sent) > switched
+    assert_contiguous([f.sequence_number for f, _ in sent])
+    (last, last_at), (nxt, nxt_at) = sent[switched - 1], sent[switched]
+    step = (nxt.timestamp - last.timestamp) % (1 << 32)
+    assert step == max(1, round((nxt_at - last_at) * VIDEO_RATE))

@@ -64,6 +64,41 @@ function showFederation(fed) {
   }));
 }
 
+// The media relay's load (the `media` section of /api/status, MediaRelay.status()): totals,
+// then one row per stream it relays (kbps measured in; the cumulative temporal-layer rates
+// the selector picks layers by; how many subscribers or trunks it goes out to).
+function showMedia(media) {
+  const load = document.getElementById("media-load");
+  const body = document.querySelector("#media-streams tbody");
+  if (!media || !media.enabled) {
+    load.textContent = "media off";
+    body.replaceChildren();
+    return;
+  }
+  const total = (o) => Object.values(o || {}).reduce((a, b) => a + b, 0);
+  const drv = media.driver || {};
+  const bytes = drv.bytes || {};
+  load.textContent =
+    `${media.sources} source(s) in · ${media.outputs} output(s), ${media.paused} paused · ` +
+    `${media.kbps_out} kbps out · ${Math.round((bytes.in || 0) / 1000)} kB in, ` +
+    `${Math.round(((bytes.out || 0) + (bytes.trunk || 0)) / 1000)} kB out ` +
+    `(${Math.round((bytes.trunk || 0) / 1000)} kB on trunks) · ` +
+    `keyframe requests ${drv.keyframe_requests || 0} · drops ${total(drv.drops)} · ` +
+    `refusals ${total(media.refusals)} · decoders ${drv.decoders || 0}`;
+  const rows = [];
+  for (const [room, r] of Object.entries(media.rooms || {})) {
+    for (const s of r.streams || []) {
+      const tr = document.createElement("tr");
+      tr.className = "media-stream";
+      tr.append(cell(short(room), true), cell(short(s.source), true), cell(s.kind),
+                cell(String(s.kbps)), cell(s.layer_kbps.length ? s.layer_kbps.join(" / ") : "—"),
+                cell(String(s.outputs)));
+      rows.push(tr);
+    }
+  }
+  body.replaceChildren(...rows);
+}
+
 async function refresh() {
   try {
     const [status, peers] = await Promise.all([
@@ -96,6 +131,7 @@ async function refresh() {
                 cell(p.url || "—"), cell(String(p.buffered_bytes)));
       return tr;
     }));
+    showMedia(status.media);
     showFederation(status.federation);
     document.getElementById("error").textContent = "";
   } catch (err) {
