@@ -1,7 +1,8 @@
 """The process settings a simulation needs, owned by the simulation and scoped to it.
 
 Thousands of cores in one process decode and verify the very same bytes, so a run installs
-three caches (signature checks, frames, changes) and raises the GC thresholds. All four are
+three caches (signature checks, frames, changes), one table of interned public keys shared by
+every replica (``meshnode/crdt/key_table.py``) and raises the GC thresholds. All five are
 process-global hooks: ``SimulationCaches.active()`` installs this simulation's own caches and
 thresholds for the duration of a block and restores whatever was there before when the block
 ends (even on error), so nothing a simulation switches on leaks into later code in the same
@@ -14,6 +15,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+from meshnode.crdt.key_table import using_key_table
 from meshnode.identity import VerifyCache, using_verify_cache
 from meshnode.tuning import GC_THRESHOLDS
 from protocol.change import ChangeCache, using_change_cache
@@ -28,6 +30,7 @@ class SimulationCaches:
         self.verify = VerifyCache(verify)
         self.frames = FrameCache(frames)
         self.changes = ChangeCache(changes)
+        self.keys: dict[bytes, bytes] = {}  # public key -> the one object every replica keeps
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -37,6 +40,7 @@ class SimulationCaches:
             stack.enter_context(using_verify_cache(self.verify))
             stack.enter_context(using_frame_cache(self.frames))
             stack.enter_context(using_change_cache(self.changes))
+            stack.enter_context(using_key_table(self.keys))
             gc.set_threshold(*GC_THRESHOLDS)
             try:
                 yield

@@ -188,6 +188,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         mine = [r for r in runs if r["overrides"] == combo]
         row: dict[str, Any] = dict(combo)
         row["runs"] = len(mine)
+        # Every run is counted: one that did not converge (or has no value for a metric)
+        # shows here and in the share, not only as a missing sample in the means below.
+        done = [r for r in mine if r["metrics"]["converged"] == 1.0]
+        row["converged_runs"] = len(done)
+        row["converged_share"] = round(len(done) / len(mine), 4) if mine else None
+        row["unconverged_seeds"] = sorted(r["seed"] for r in mine
+                                          if r["metrics"]["converged"] != 1.0)
         for m in SWEEP_METRICS:
             vals = [r["metrics"][m] for r in mine if r["metrics"][m] is not None]
             name = m.replace(".", "_")
@@ -203,7 +210,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with open(out / "sweep.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: " ".join(map(str, v)) if isinstance(v, list) else v
+                          for k, v in row.items()} for row in rows)
     _print_table(rows, params)
     metric = args.metric.replace(".", "_")
     from netsim.report import PlotsUnavailable, write_sweep_plot
@@ -269,11 +277,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict[str, Any]], params: list[str]) -> None:
-    cols = [*params, "latency_ms_p99_mean", "delivery_ratio_mean",
+    """The sweep's table: one line per point; ``converged`` is converged runs / runs (the
+    means of the other columns are over the runs that have a value, e.g. convergence time
+    only over runs that converged)."""
+    cols = [*params, "converged", "latency_ms_p99_mean", "delivery_ratio_mean",
             "convergence_time_after_heal_s_mean", "payload_copies_per_node_mean"]
     print("  ".join(f"{c:>22}" for c in cols))
     for row in rows:
-        print("  ".join(f"{row.get(c)!s:>22}" for c in cols))
+        share = row["converged_share"]
+        cells = {**row, "converged": f"{row['converged_runs']}/{row['runs']}"
+                 + (f" ({share:.0%})" if share is not None else "")}
+        print("  ".join(f"{cells.get(c)!s:>22}" for c in cols))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

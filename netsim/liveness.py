@@ -84,6 +84,10 @@ class Liveness:
         self.links_closed = 0
         self.dials_ok = 0
         self.dials_failed = 0
+        # Connected components of the working links (open, not cut), by node: what
+        # ``_reachable`` answers, computed once per change of the links instead of one
+        # graph search per relayed dial (None: out of date).
+        self._components: list[int] | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -114,6 +118,7 @@ class Liveness:
         if not self.enabled:
             return
         self.path_generation += 1
+        self._components = None
         sim = self.sim
         for (a, b), link in sim.links.items():
             link.cut = not self.usable(a, b)
@@ -133,10 +138,14 @@ class Liveness:
         for pair in ((a, b), (b, a)):
             self.last_in[pair] = now
             self.last_out[pair] = now
+        comp = self._components
+        if comp is not None and comp[a] != comp[b] and not self.sim.links[(a, b)].cut:
+            self._components = None  # two components joined
 
     def link_down(self, a: int, b: int) -> None:
         """A link closed (for whatever reason)."""
         self.links_closed += 1
+        self._components = None
         for pair in ((a, b), (b, a)):
             self.last_in.pop(pair, None)
             self.last_out.pop(pair, None)
@@ -240,21 +249,32 @@ class Liveness:
 
     def _reachable(self, a: int, b: int) -> bool:
         """Whether a relayed offer from ``a`` reaches ``b`` over working links (BFS)."""
-        sim = self.sim
-        if not sim.nodes[b].alive:
+        if a == b or not self.sim.nodes[b].alive:
             return False
-        seen = {a}
-        queue = deque([a])
-        while queue:
-            u = queue.popleft()
-            for v in sim.adj[u]:
-                if v in seen or (u, v) not in sim.connected or sim.links[(u, v)].cut:
-                    continue
-                if v == b:
-                    return True
-                seen.add(v)
-                queue.append(v)
-        return False
+        comp = self._components
+        if comp is None:
+            comp = self._components = self._label_components()
+        return comp[a] == comp[b]
+
+    def _label_components(self) -> list[int]:
+        """Each node's component over working links (both directions of a link are open or
+        closed together, and cut together, so the components are those of an undirected
+        graph)."""
+        sim = self.sim
+        adj, connected, links = sim.adj, sim.connected, sim.links
+        comp = [-1] * len(adj)
+        for start in range(len(adj)):
+            if comp[start] != -1:
+                continue
+            comp[start] = start
+            queue = deque([start])
+            while queue:
+                u = queue.popleft()
+                for v in adj[u]:
+                    if comp[v] == -1 and (u, v) in connected and not links[(u, v)].cut:
+                        comp[v] = start
+                        queue.append(v)
+        return comp
 
     def _relayed_end(self, a: int, b: int, ok: bool, generation: int) -> None:
         sim = self.sim

@@ -34,6 +34,7 @@ from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
 from meshnode.crdt.epochs import EpochBook
 from meshnode.crdt.graph import BaseEntry, ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, EntityId
+from meshnode.crdt.key_table import key_table
 from meshnode.crdt.privacy import (
     ROTATION_MARGIN_BYTES,
     SCENE_CODES,
@@ -112,7 +113,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         random_bytes: Callable[[int], bytes] = default_random_bytes,
     ) -> None:
         self._identity = identity
-        self._keys: dict[bytes, bytes] = {}
+        self._keys: dict[bytes, bytes] = key_table()  # shared in a simulation (key_table.py)
         self._me = self._key(identity.public_key)
         self.limits = limits
         self._max_ops = limits.max_ops_per_change

@@ -5,11 +5,14 @@ left exactly as it was, and a cached change is never shared between consumers.""
 from __future__ import annotations
 
 import gc
+import json
+from contextlib import nullcontext
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import meshnode.crdt.key_table as key_table_mod
 import meshnode.identity as identity_mod
 import protocol.change as change_mod
 import protocol.frames as frames_mod
@@ -32,18 +35,29 @@ SMALL: dict[str, Any] = {
 
 def process_state() -> tuple[Any, ...]:
     return (gc.get_threshold(), identity_mod._verify_cache.value,
-            frames_mod._frame_cache.value, change_mod._change_cache.value)
+            frames_mod._frame_cache.value, change_mod._change_cache.value,
+            key_table_mod._shared.value)
 
 
 def test_a_simulation_leaves_the_process_as_it_found_it() -> None:
     before = process_state()
-    assert before[1:] == (None, None, None)
+    assert before[1:] == (None, None, None, None)
     sim = Simulation(parse(SMALL))
     assert process_state() == before  # built: nothing left switched on
     sim.run()
     assert process_state() == before  # run: likewise
     # While it runs, its own caches were in use (and are kept by the simulation only).
     assert sim.caches.changes.ids and sim.caches.verify.entries and sim.caches.frames.entries
+    # Every replica interned its keys in the simulation's one table.
+    assert sim.caches.keys
+    for node in sim.nodes:
+        assert node.replica._keys is sim.caches.keys
+        for other in sim.nodes:
+            assert node.replica._keys[other.identity.public_key] is sim.caches.keys[
+                other.identity.public_key]
+    # A replica made outside any simulation has a table of its own.
+    alone = SceneReplica.create(Identity.generate(), now=0.0, nonce=bytes(16))
+    assert alone._keys is not sim.caches.keys
 
 
 def test_caches_are_restored_even_when_the_run_fails() -> None:
@@ -52,6 +66,7 @@ def test_caches_are_restored_even_when_the_run_fails() -> None:
     try:
         with caches.active():
             assert change_mod._change_cache.value is caches.changes
+            assert key_table_mod._shared.value is caches.keys
             assert gc.get_threshold() == GC_THRESHOLDS
             raise RuntimeError("a failing run")
     except RuntimeError:
@@ -105,3 +120,41 @@ def test_a_cache_hit_decodes_exactly_what_a_decode_gives(edits: list[Any]) -> No
         hit = decode_change(data)
     assert plain == miss == hit
     assert hit is not miss
+
+
+SHARED_STATE: dict[str, Any] = {
+    **SMALL,
+    "duration_s": 30,
+    "topology": {"kind": "random", "nodes": 12, "degree": 3},
+    "links": {"latency_ms": 20, "jitter_ms": 3, "loss": 0.02},
+    "events": [
+        {"at_s": 6, "kind": "partition", "groups": [[0, 1, 2], "rest"]},
+        {"at_s": 12, "kind": "heal"},
+        {"at_s": 14, "kind": "crash", "nodes": [5]},
+        {"at_s": 18, "kind": "restart", "nodes": [5]},
+        {"at_s": 20, "kind": "remove", "nodes": [3]},
+    ],
+}
+
+
+def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: Any) -> None:
+    """What replicas share in a simulation (the decode, verify and key caches) changes no
+    byte of results.json: the same run with every cache and the shared key table switched
+    off gives the same results (issue 15, item 3)."""
+    from netsim.metrics import results
+
+    def run() -> str:
+        sim = Simulation(parse(SHARED_STATE))
+        sim.run()
+        out = results(sim, 0.0)
+        assert out["changes_submitted"] > 20 and out["frames_cut_by_partitions"] > 0
+        return json.dumps(out, sort_keys=True)
+
+    shared = run()
+    monkeypatch.setattr("netsim.caches.using_key_table", lambda _table: nullcontext())
+    monkeypatch.setattr("netsim.caches.using_change_cache", lambda _c: nullcontext())
+    monkeypatch.setattr("netsim.caches.using_frame_cache", lambda _c: nullcontext())
+    monkeypatch.setattr("netsim.caches.using_verify_cache", lambda _c: nullcontext())
+    alone = run()
+    assert key_table_mod._shared.value is None
+    assert shared == alone

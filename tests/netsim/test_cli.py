@@ -154,6 +154,36 @@ def test_sweep_points_match_single_runs(small: Path, tmp_path: Path) -> None:
     assert point["bytes_sent_per_node.mean"] == r["bytes_sent_per_node"]["mean"]
 
 
+def test_sweep_shows_runs_that_did_not_converge(small: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A point where some runs end split is reported with its share of converged runs (the
+    issue: the table used to show only means, which hide a run that never converged)."""
+    out = tmp_path / "sweep"
+    # Ending at 5 s, before the heal at 6 s, leaves the two sides apart; at 12 s they are one.
+    assert main(["sweep", str(small), "--param", "duration_s=5,12", "--seeds", "2",
+                 "--workers", "2", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    sweep = json.loads((out / "sweep.json").read_text())
+    by_duration = {row["duration_s"]: row for row in sweep["rows"]}
+    split, healed = by_duration[5], by_duration[12]
+    for row in (split, healed):
+        mine = [r for r in sweep["runs"] if r["overrides"]["duration_s"] == row["duration_s"]]
+        done = [r["seed"] for r in mine if r["metrics"]["converged"] == 1.0]
+        assert row["runs"] == 2
+        assert row["converged_runs"] == len(done)
+        assert row["converged_share"] == len(done) / 2
+        assert row["unconverged_seeds"] == sorted({21, 22} - set(done))
+    assert split["converged_share"] < 1.0
+    assert healed["converged_share"] == 1.0
+    lines = table.splitlines()
+    assert "converged" in lines[0].split()
+    split_line = next(ln for ln in lines[1:] if ln.split()[0] == "5")
+    assert f"{split['converged_runs']}/2" in split_line.split()
+    with open(out / "sweep.csv", newline="") as fh:
+        csv_rows = {r["duration_s"]: r for r in csv.DictReader(fh)}
+    assert csv_rows["5"]["converged_share"] == str(split["converged_share"])
+
+
 BAD_FILES = {
     "unknown key": ("colour = 'red'\n" + SMALL, "colour"),
     "invalid toml": (SMALL + "seed = = 1\n", "not valid TOML"),
