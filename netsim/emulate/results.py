@@ -152,6 +152,7 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
         "converged": converged,
         "convergence_time_after_heal_s": after_heal,
         "payload_copies_per_node": None,
+        "presence": None,
         "bytes_sent_per_node": {"mean": _round(sum(bytes_by_node) / len(bytes_by_node)),
                                 "max": _round(max(bytes_by_node))},
         "link_utilisation": {"mean": _round(sum(uvals) / len(uvals) if uvals else 0.0, 6),
@@ -167,7 +168,7 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
             "client_to_client_latency_ms": _summary(raw, (50, 90, 99)),
             "latency_ms_by_hops": {str(h): _summary(v, (50, 90, 99))
                                    for h, v in sorted(by_hops.items())},
-            "not_measured": ["payload_copies_per_node"],
+            "not_measured": ["payload_copies_per_node", "presence"],
             "units": {"frames_cut_by_partitions": "IP packets", "events_run": "IP packets "
                       "offered to the fabric", "bytes_sent_per_node": "IP bytes delivered"},
             "fabric": obs.fabric,
