@@ -32,9 +32,20 @@ from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_line import ICE, line, until
 
 from .chromium import Chromium, Page
+from .test_media import MEDIA_FLAGS
 from .view import screenshot_view
 
 __all__ = ["line"]  # the fixture, imported so pytest finds it here
+
+
+@pytest.fixture
+async def media_chromium(chromium_path: str) -> AsyncIterator[Chromium]:
+    """A Chromium with a fake microphone (a beeping tone) and camera."""
+    browser = await Chromium.launch(chromium_path, extra_flags=MEDIA_FLAGS)
+    try:
+        yield browser
+    finally:
+        await browser.close()
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BLOCK = re.compile(r"^```(hex|json) vector=(\S+)\n(.*?)^```$", re.M | re.S)
@@ -157,7 +168,9 @@ async def open_page(browser: Chromium, url: str) -> tuple[Page, dict[str, Any]]:
 
 
 async def test_people_in_two_browsers_on_two_nodes(
-        chromium: Chromium, line: tuple[NodeProcess, NodeProcess, NodeProcess, str]) -> None:
+        media_chromium: Chromium, line: tuple[NodeProcess, NodeProcess, NodeProcess, str]
+) -> None:
+    chromium = media_chromium
     a, _b, c, room = line
     editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
     viewer = a.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
@@ -234,6 +247,21 @@ async def test_people_in_two_browsers_on_two_nodes(
         await screenshot_view(carl, "people_avatars.png", meshes=await carl.evaluate(
             "Object.keys(window.meshnode.state()).length"))
 
+        # Ann turns her (fake, beeping) microphone on: her presence says she is speaking,
+        # and Carl's view lights her ring; off again, it goes out.
+        ann_key = json.dumps(ann_info["peer_id"])
+        assert await ann.evaluate("window.meshnode.media.microphone(true)") is True
+        await wait_js(carl, f"window.meshnode.people().some((p) => p.key === {ann_key} && "
+                            "p.speaking === true)", "window.meshnode.people()")
+        await wait_js(carl, f"window.meshnode.view.speaking()[{ann_key}] === true",
+                      "window.meshnode.view.speaking()")
+        assert (await carl.evaluate("window.meshnode.view.speaking()"))[
+            carl_info["peer_id"]] is False
+        assert await ann.evaluate("window.meshnode.media.microphone(false)") is False
+        assert await ann.evaluate("window.meshnode.media.speaking()") is False
+        await wait_js(carl, f"window.meshnode.view.speaking()[{ann_key}] === false",
+                      "window.meshnode.view.speaking()")
+
         # Carl is removed (by the owner's node A): his rights end everywhere.
         a.post(f"/api/rooms/{room}/members", {"peer": carl_info["peer_id"], "role": "none"})
         await until(lambda: replica.role_of(carl_info["peer_id"]) == "none", "Carl removed")
@@ -241,10 +269,9 @@ async def test_people_in_two_browsers_on_two_nodes(
                                      " 'still mine?')")
         assert reason == "not_a_member"
 
-    # The key survives a reload.
-    await ann.evaluate("location.reload()", await_promise=False)
-    await ann.evaluate("window.meshnode ? window.meshnode.ready : new Promise((r) => "
-                       "addEventListener('load', () => r(window.meshnode.ready)))")
+    # The key survives a reload (loading the page again, waiting for its load event: a
+    # reload started from inside the page could be raced by the next evaluation).
+    await ann.goto(await ann.evaluate("location.href"))
     again = await ann.evaluate("window.meshnode.ready")
     assert again["peer_id"] == ann_info["peer_id"]
     for page in (ann, carl):

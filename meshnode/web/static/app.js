@@ -841,6 +841,7 @@ const media = createMedia({
     if (renderer) syncPointers();
     requestRender();
   },
+  onSpeakingChanged: () => schedulePresence(), // presence at its normal rate, on the change
   showMessage,
 });
 
@@ -1294,6 +1295,8 @@ const api = {
       avatars: avatars ? avatars.count() : 0,
     }),
     avatars: () => (avatars ? avatars.positions() : {}),
+    // Whose avatar shows them speaking (its ring lit): PeerID -> boolean.
+    speaking: () => (avatars ? avatars.speaking() : {}),
     // Resolves true after the next frame is drawn (false if there is no 3D view).
     nextFrame: () => {
       if (!renderer) return Promise.resolve(false);

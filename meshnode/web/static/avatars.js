@@ -75,6 +75,8 @@ export function createAvatars({ three, scene, requestRender, colorFor, makeLabel
     count: () => bodies.size,
     // Where each avatar is drawn, for tests: PeerID -> [x, y, z].
     positions: () => Object.fromEntries([...bodies].map(([k, a]) => [k, a.group.position.toArray()])),
+    // Whose ring is lit, for tests: PeerID -> boolean.
+    speaking: () => Object.fromEntries([...bodies].map(([k, a]) => [k, a.ring.visible])),
   };
 }
 

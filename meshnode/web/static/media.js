@@ -8,11 +8,20 @@
 // media_answer. The node says which slot carries whose stream (media_streams); the page plays
 // the audio and shows the video next to that person, and on their pointer in the 3D view.
 // The JSON messages are documented in meshnode/web/media.py.
+//
+// While the microphone is on, its level (the sender's media-source energy, getStats) says
+// whether the person is speaking; app.js puts that in their presence (`speaking`), which
+// lights their avatar's ring on every page.
 
 const STATS_INTERVAL_MS = 1000;
+const LEVEL_INTERVAL_MS = 200; // how often the microphone's level is read
+const SPEAKING_RMS = 0.01; // mean level (0..1) over a reading above which one is speaking
+const SPEAKING_HOLD_MS = 1500; // speaking this long after the last loud reading: no flicker between words
 const AUDIO_ONLY_KEY = "meshnode-audio-only"; // this tab's choice, kept across reloads
 
-export function createMedia({ getPc, send, request, personName, onStreamsChanged, showMessage }) {
+export function createMedia({
+  getPc, send, request, personName, onStreamsChanged, onSpeakingChanged, showMessage,
+}) {
   let hello = null; // the node's media_hello
   let streams = []; // [{mid, kind, source, publisher, layer}] from media_streams
   let negotiation = Promise.resolve();
@@ -22,6 +31,10 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
   let statsRows = []; // the last stats, one row per receiving stream
   const lastBytes = new Map(); // mid -> [bytesReceived, timestamp]
   let statsTimer = null;
+  let speaking = false; // the local person, by their microphone's level
+  let loudAt = -Infinity; // performance.now() of the last loud reading
+  let lastEnergy = null; // [totalAudioEnergy, totalSamplesDuration] at the last reading
+  let levelTimer = null;
 
   // ---------------------------------------------------------------- negotiation
 
@@ -138,8 +151,66 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
       renderButtons();
       throw err;
     }
+    if (kind === "audio") (on ? startSpeaking : stopSpeaking)();
     renderButtons();
     return on;
+  }
+
+  // ---------------------------------------------------------------- speaking
+
+  function setSpeaking(on) {
+    if (on === speaking) return;
+    speaking = on;
+    if (onSpeakingChanged) onSpeakingChanged(on);
+  }
+
+  // The microphone's mean level since the last reading, from the energy counters (a short
+  // loud moment between two readings still counts); null while it has none yet.
+  async function readLevel(sender) {
+    const report = await sender.getStats();
+    let level = null;
+    report.forEach((s) => {
+      if (s.type !== "media-source" || s.kind !== "audio") return;
+      const now = [s.totalAudioEnergy, s.totalSamplesDuration];
+      if (typeof now[0] !== "number" || typeof now[1] !== "number") {
+        level = typeof s.audioLevel === "number" ? s.audioLevel : null;
+        return;
+      }
+      if (lastEnergy && now[1] > lastEnergy[1]) {
+        level = Math.sqrt(Math.max(0, now[0] - lastEnergy[0]) / (now[1] - lastEnergy[1]));
+      }
+      lastEnergy = now;
+    });
+    return level;
+  }
+
+  async function measureSpeaking() {
+    const l = local.audio;
+    if (!l || !l.track) {
+      stopSpeaking();
+      return;
+    }
+    let level = null;
+    try {
+      level = await readLevel(l.transceiver.sender);
+    } catch {
+      // no stats this time: keep what we had until the hold runs out
+    }
+    const now = performance.now();
+    if (level !== null && level > SPEAKING_RMS) loudAt = now;
+    setSpeaking(!!(local.audio && local.audio.track) && now - loudAt < SPEAKING_HOLD_MS);
+  }
+
+  function startSpeaking() {
+    if (levelTimer === null) levelTimer = setInterval(measureSpeaking, LEVEL_INTERVAL_MS);
+  }
+
+  function stopSpeaking() {
+    if (levelTimer !== null) clearInterval(levelTimer);
+    levelTimer = null;
+    lastEnergy = null;
+    loudAt = -Infinity;
+    setSpeaking(false);
   }
 
   function storedAudioOnly() {
@@ -368,6 +439,7 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
     }
     lastBytes.clear();
     statsRows = [];
+    stopSpeaking();
     attachStreams();
     renderButtons();
     renderReceiving();
@@ -400,6 +472,8 @@ export function createMedia({ getPc, send, request, personName, onStreamsChanged
           : null,
       }),
       negotiated: () => negotiation.then(() => true),
+      // Whether the local person is speaking (microphone on and loud lately), as their presence says.
+      speaking: () => speaking,
       // The page's connection to its node (media and data share it), for inspection.
       connection: () => getPc(),
     },
