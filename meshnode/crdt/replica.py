@@ -1288,6 +1288,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         return sum(1 for c in graph.order if c not in graph.raw)
 
+    def frontier_vv(self) -> dict[bytes, int]:
+        """Author public key -> how many of the author's seqs lie below this replica's
+        frontier (held only as a summary, never sent to peers); empty without a frontier. A
+        peer whose version vector is below this for some author cannot be brought up to date
+        by changes (``behind_frontier``): it must start again from a snapshot."""
+        return dict(self._graph.base)
+
     def prunable(self, keep_after_hlc: int) -> int:
         """How many of the oldest applied changes (in application order, genesis aside) are
         stamped at or before ``keep_after_hlc``: a cheap lower bound of what ``compact``
