@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -63,6 +63,7 @@ __all__ = [
     "HostRing",
     "Reconnecting",
     "UnackedChanges",
+    "behind_frontier",
     "normalize_url",
     "parse_hosts",
     "redelivery_frames",
@@ -287,3 +288,10 @@ def redelivery_frames(room_id: bytes, changes: Iterable[bytes]) -> list[bytes]:
     if batch:
         frames.append(encode_frame(Changes(room_id, tuple(batch), push=False)))
     return frames
+
+
+def behind_frontier(vv: Mapping[bytes, int], frontier: Mapping[bytes, int]) -> bool:
+    """Whether a replica with version vector ``vv`` lacks changes a node holds only below its
+    pruning frontier (``frontier``: author -> seqs below it, the node's ``/heads``): those can
+    never be synced, so the replica must start again from the node's snapshot."""
+    return any(vv.get(author, 0) < seqs for author, seqs in frontier.items())

@@ -38,6 +38,7 @@ from meshnode.client.failover import (
     HostRing,
     Reconnecting,
     UnackedChanges,
+    behind_frontier,
     parse_hosts,
     redelivery_frames,
 )
@@ -142,6 +143,8 @@ class RoomClient(LinkService):
         self._reconnect: asyncio.Task[None] | None = None
         self._refusal: AdmissionRefused | None = None
         self.reconnects = 0
+        self.rejoins = 0  # restarts from a snapshot after the node's frontier passed us
+        self._frontier_checks: set[asyncio.Task[None]] = set()
         self.failover = failover if failover is not None else FailoverSettings()
         self._ring = HostRing(self.url, self.failover.urls)
         self._unacked = UnackedChanges()
@@ -179,11 +182,7 @@ class RoomClient(LinkService):
         replica = None if self.full_history else await self._replica_from_snapshot(genesis)
         if replica is None:
             replica = SceneReplica.from_genesis(genesis, self.identity)
-        overlay = RoomOverlay(replica, self.identity,
-                              dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
-                                                  rewire_interval_s=0.0),
-                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
-        self._runtime = RoomRuntime(overlay, send=self._send, on_event=self._on_event)
+        self._runtime = self._make_runtime(replica)
         self._links = LinkManager(self.identity, LinkSettings(ice=self._ice), self.local_hello,
                                   NodeMetrics(), max_links=1)
         # A node that stops answering is given up after dead_after_s, not ICE's ~30 s.
@@ -217,6 +216,61 @@ class RoomClient(LinkService):
             self._keys_task = asyncio.ensure_future(self._key_loop())
         if self.failover.learn_hosts:
             self._learning = asyncio.ensure_future(self._learn_hosts())
+
+    def _make_runtime(self, replica: SceneReplica) -> RoomRuntime:
+        overlay = RoomOverlay(replica, self.identity,
+                              dataclasses.replace(LIVE_OVERLAY, active_view_size=1,
+                                                  rewire_interval_s=0.0),
+                              rng=random.Random(os.urandom(16)), wall_clock=time.time)
+        return RoomRuntime(overlay, send=self._send, on_event=self._on_event)
+
+    async def _check_frontier(self) -> None:
+        """After a reconnect: if the node pruned history this replica lacks (its frontier
+        passed us while we were away), start again from the node's signed snapshot."""
+        try:
+            raw = await self._fetch("heads")
+        except ClientError as err:
+            log.info("could not ask %s for the room's frontier: %s", self.url, err)
+            return
+        if raw is None or self._runtime is None or self._closing:
+            return
+        try:
+            frontier = {bytes.fromhex(k): int(v)
+                        for k, v in json.loads(raw).get("frontier", {}).items()}
+        except (ValueError, AttributeError, TypeError):
+            log.warning("%s sent heads that do not parse; frontier not checked", self.url)
+            return
+        if behind_frontier(self.replica.version_vector(), frontier):
+            await self._rejoin_from_snapshot()
+
+    async def _rejoin_from_snapshot(self) -> None:
+        """Replace the replica with one started from the node's snapshot (plus the changes
+        after it, synced as on a first join). Our changes the node never acknowledged and
+        cannot merge any more (built on history below its frontier) are dropped."""
+        old = self._runtime
+        if old is None:
+            return
+        replica = await self._replica_from_snapshot(old.replica.genesis)
+        if replica is None or self._runtime is not old or self._closing:
+            log.warning("room %s: behind the node's frontier and no usable snapshot: the "
+                        "history it pruned cannot be synced", self.room_id.hex()[:16])
+            return
+        lost = len(self._unacked)
+        log.warning("room %s: the node pruned history this replica lacks; rejoined from its "
+                    "signed snapshot (%d unacknowledged change(s) dropped)",
+                    self.room_id.hex()[:16], lost)
+        peers = old.peers()
+        subscribers = list(old._subscribers)
+        for peer in peers:
+            old.detach(peer)
+        old.close()
+        self._unacked = UnackedChanges()
+        runtime = self._runtime = self._make_runtime(replica)
+        for cb in subscribers:  # subscribe() returned unsubscribers bound to the old one
+            runtime.subscribe(cb)
+        self.rejoins += 1
+        for peer in peers:
+            runtime.attach(peer)
 
     async def _replica_from_snapshot(self, genesis: bytes) -> SceneReplica | None:
         """Start from the node's latest signed snapshot (then sync only the changes after
@@ -294,7 +348,8 @@ class RoomClient(LinkService):
     async def close(self) -> None:
         """Leave: close the link and stop the room's timers."""
         self._closing = True
-        for task in (self._reconnect, self._learning, self._keys_task):
+        for task in (self._reconnect, self._learning, self._keys_task,
+                     *self._frontier_checks):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -341,6 +396,11 @@ class RoomClient(LinkService):
         if self.room_id in est.rooms:
             self._attach(est.peer)
         self._emit(Connected(self.url, est.peer, self._linked_once))
+        if self._linked_once and not self.full_history and self._runtime is not None \
+                and not self._runtime.replica.private:
+            task = asyncio.ensure_future(self._check_frontier())
+            self._frontier_checks.add(task)
+            task.add_done_callback(self._frontier_checks.discard)
         self._linked_once = True
 
     def _may_host(self, peer: str) -> bool:

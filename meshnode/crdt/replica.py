@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
+from meshnode.crdt.compaction import MAX_TAIL, CompactionJob
 from meshnode.crdt.content import (
     ChangeRecord,
     EntityRecord,
@@ -1287,6 +1288,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
         graph = self._graph
         return sum(1 for c in graph.order if c not in graph.raw)
 
+    def frontier_vv(self) -> dict[bytes, int]:
+        """Author public key -> how many of the author's seqs lie below this replica's
+        frontier (held only as a summary, never sent to peers); empty without a frontier. A
+        peer whose version vector is below this for some author cannot be brought up to date
+        by changes (``behind_frontier``): it must start again from a snapshot."""
+        return dict(self._graph.base)
+
     def prunable(self, keep_after_hlc: int) -> int:
         """How many of the oldest applied changes (in application order, genesis aside) are
         stamped at or before ``keep_after_hlc``: a cheap lower bound of what ``compact``
@@ -1308,23 +1316,79 @@ class SceneReplica(PrivateRoom, LocalEdits):
         rest. Returns the signed snapshot (to store before anything is deleted) and the IDs
         of the changes now below the frontier (those a store may delete once the snapshot
         is stored). A peer whose heads are all below the frontier must start again from a
-        snapshot (its changes are refused as ``behind_frontier`` or wait for deps)."""
+        snapshot (its changes are refused as ``behind_frontier`` or wait for deps).
+        The three phases in one call; a host splits them (``meshnode.crdt.compaction``)."""
+        job = self.prepare_compaction(keep_after_hlc)
+        job.build()
+        done = self.finish_compaction(job)
+        if done is None:  # pragma: no cover - nothing can intervene within one call
+            raise RuntimeError("compaction abandoned")
+        return done
+
+    def prepare_compaction(self, keep_after_hlc: int) -> CompactionJob:
+        """Phase 1 of a compaction (``meshnode.crdt.compaction``): export the state pruned
+        at ``keep_after_hlc``; ``job.build()`` may then run elsewhere (a worker thread)."""
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before compact()")
-        old = self._graph
+        graph = self._graph
         content = self.export_content(keep_after_hlc)
         ident = self._identity
-        data = encode_snapshot(content, ident.public_key, self.room_id, ident.sign)
-        self._base = content
-        self._reset_content()
+        limits, skew = self.limits, self.max_clock_skew_s
+
+        def blank() -> SceneReplica:
+            return SceneReplica(ident, limits=limits, max_clock_skew_s=skew)
+
+        return CompactionJob(content, graph, len(graph.order), list(graph.meta),
+                             self.room_id, ident.sign, ident.public_key, blank)
+
+    def finish_compaction(self, job: CompactionJob) -> tuple[bytes, list[bytes]] | None:
+        """Phase 3 (after ``job.build()``): adopt the pruned state and re-apply the changes
+        applied since phase 1. Returns ``compact``'s result, or None with nothing changed if
+        the built state cannot be adopted (see ``meshnode.crdt.compaction``)."""
+        old = self._graph
+        fresh = job.built
+        if fresh is None or old is not job.graph or self._batch is not None \
+                or self._full_graph is not None:
+            return None
+        tail = old.order[job.mark:]
+        if len(tail) > MAX_TAIL:
+            return None
+        # Each tail change must apply on the pruned history as it did on the full one: its
+        # deps held there (after the frontier, or on its boundary), its stamp after it.
+        fresh_meta, floor = fresh._graph.meta, fresh._graph.base_hlc
+        seen: set[bytes] = set()
+        for cid in tail:
+            m = old.meta[cid]
+            if m.hlc <= floor or not all(d in fresh_meta or d in seen for d in m.deps):
+                return None
+            seen.add(cid)
+        datas = self._bytes_of(tail)
+        if len(datas) != len(tail):
+            return None  # a tail change left memory before it was stored: not re-applicable
+        saved = (self._graph, self._tree, self._fields, self._creation, self._created_by,
+                 self._equivocators, self.equivocations, self._revocation, self._roles,
+                 self._base, self._my_role)
+        (self._graph, self._tree, self._fields, self._creation, self._created_by,
+         self._equivocators, self.equivocations, self._revocation, self._roles) = (
+            fresh._graph, fresh._tree, fresh._fields, fresh._creation, fresh._created_by,
+            fresh._equivocators, fresh.equivocations, fresh._revocation, fresh._roles)
+        self._base = job.content
+        self._my_role = None
         graph = self._graph
         for cid in graph.order:
             raw = old.raw.get(cid)
             if raw is not None:
                 graph.raw[cid] = raw
-        room = self.room_id  # the genesis stays (it names the room)
-        return data, [c for c in old.meta
-                      if c != room and (c not in graph.meta or graph.meta[c].pos < 0)]
+        if tail:
+            self.replay(datas)
+            now = self._graph.meta  # a retraction in the tail rebuilds: a new graph
+            if not all(c in now for c in tail):  # pragma: no cover - checked above
+                (self._graph, self._tree, self._fields, self._creation, self._created_by,
+                 self._equivocators, self.equivocations, self._revocation, self._roles,
+                 self._base, self._my_role) = saved
+                return None
+        self._trim_bytes()
+        return job.snapshot, job.pruned
 
 
 def _resolve(ref: Any, author: bytes, actors: list[bytes]) -> Node:

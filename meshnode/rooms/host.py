@@ -386,9 +386,7 @@ class RoomHost(LinkService):
             frontier = frontier_for(time.time(), retention)
             if retention > 0 and not replica.private and worth_compacting(replica, frontier):
                 # Prune below the retention frontier (docs/operators.md, "Pruning rule").
-                data, dropped = replica.compact(frontier)
-                await asyncio.to_thread(self.store.compact, replica.room_id, data,
-                                        replica.change_count(), dropped)
+                await self._compact(replica, frontier)
             else:
                 data, count = replica.snapshot(), replica.change_count()
                 await asyncio.to_thread(self.store.save_snapshot, replica.room_id, data, count)
@@ -397,6 +395,25 @@ class RoomHost(LinkService):
             log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
         finally:
             hosted.saving_snapshot = False
+
+    async def _compact(self, replica: SceneReplica, frontier: int) -> None:
+        """Prune a room's history below ``frontier`` without stalling the loop: the export
+        runs here, the signing and re-import in a worker thread, the adoption (and the few
+        changes applied meanwhile) back here, then the store's one transaction (snapshot
+        stored, covered changes deleted) in a thread (``meshnode.crdt.compaction``). Nothing
+        is deleted unless the replica adopted the snapshot that covers it."""
+        job = replica.prepare_compaction(frontier)
+        await asyncio.to_thread(job.build)
+        done = replica.finish_compaction(job)
+        if done is None:
+            log.info("room %s: compaction abandoned (history changed meanwhile); next time",
+                     replica.room_id.hex()[:16])
+            return
+        data, dropped = done
+        count = replica.change_count()
+        await asyncio.to_thread(self.store.compact, replica.room_id, data, count, dropped)
+        log.info("room %s: %d changes pruned below the retention frontier",
+                 replica.room_id.hex()[:16], len(dropped))
 
     # ------------------------------------------------------------------ room events
 

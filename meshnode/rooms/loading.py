@@ -97,8 +97,9 @@ def frontier_for(now: float, retention_s: float) -> int:
 
 COMPACT_MIN = 10_000
 """Prune only when at least this many changes (and a tenth of those held) fell below the
-frontier: ``compact`` re-imports the room's state and the changes after the frontier, on the
-event loop, so its cost is spread over many changes."""
+frontier: ``compact`` re-imports the room's state and the changes after the frontier (in a
+worker thread on a node, ``meshnode.crdt.compaction``), so its cost is spread over many
+changes."""
 
 
 def worth_compacting(replica: SceneReplica, keep_after_hlc: int) -> bool:

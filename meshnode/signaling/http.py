@@ -18,7 +18,8 @@ Room data (``open`` rooms: anyone; other rooms: the admin token, a member's sign
 (``Meshnode-Signature``), or for the genesis an invite (``Meshnode-Invite``); anyone else gets
 the 404 of an unknown room; see meshnode.rooms.readers):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
-    GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy}
+    GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy,
+                                        "frontier": {author hex: seqs below the frontier}}
     GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
     GET  /api/rooms/{room}/hosts       [{"peer_id", "urls", "addrs", "live"}]: the room's live
                                        hosts (meshnode.discovery); for a room this node does
@@ -294,8 +295,10 @@ def build_app(node: NodeApi) -> web.Application:
         hosted = room_or_404(request, RoomPart.HEADS)
         replica = hosted.runtime.replica
         vv = {k.hex(): v for k, v in replica.version_vector().items()}
+        frontier = {k.hex(): v for k, v in replica.frontier_vv().items()}
         return web.json_response({"vv": vv, "changes": replica.change_count(),
-                                  "admit": hosted.settings.get("admit", "invite")})
+                                  "admit": hosted.settings.get("admit", "invite"),
+                                  "frontier": frontier})
 
     async def snapshot(request: web.Request) -> web.Response:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
