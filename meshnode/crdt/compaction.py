@@ -26,14 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from meshnode.crdt.content import SceneContent
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.snapshot import encode_snapshot
 
-if TYPE_CHECKING:
-    from meshnode.crdt.replica import SceneReplica
+
+class BlankReplica(Protocol):
+    """What a build needs of the fresh ``SceneReplica`` it imports into (a protocol, so that
+    the replica, which makes jobs, and this module do not import each other)."""
+
+    _base: SceneContent | None
+    _graph: ChangeGraph
+
+    def _reset_content(self) -> None: ...
 
 __all__ = ["MAX_TAIL", "CompactionJob"]
 
@@ -59,7 +66,7 @@ class CompactionJob:
     room_id: bytes
     sign: Callable[[bytes], bytes]
     signer: bytes
-    blank: Callable[[], SceneReplica]
+    blank: Callable[[], BlankReplica]
     """A fresh replica with the live one's identity and limits, to import into."""
     snapshot: bytes = b""
     pruned: list[bytes] = field(default_factory=list)
