@@ -510,6 +510,12 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
                 after = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
                 after["bench"] = _own_cpu_seconds()
             out["links"] = {n.data_dir.name: len(n.get("/api/peers")) for n in nodes}
+            # Mean wait from a change applied at A to durable there (the client's ack waits
+            # for it): the disk's share of the ack's round trip.
+            m = a.metrics()
+            out["a_store_wait_ms"] = round(1000 * m.get("meshnode_store_commit_seconds_sum", 0)
+                                           / max(1, m.get("meshnode_store_commit_seconds_count",
+                                                          0)), 2)
             # CPU seconds each process used during the sustained part ("bench": the two
             # clients and their links): which one is the bottleneck.
             out["sustained_cpu_s"] = {k: round(after[k] - before[k], 2) for k in after}
