@@ -256,3 +256,41 @@ def test_sqlite_errors_get_a_typed_reason(code: int, reason: StoreErrorReason) -
     err = _translate(_sqlite_error(code), Path("/data/meshnode.db"), "appending changes")
     assert err.reason is reason
     assert "/data/meshnode.db" in str(err)
+
+
+class GatedScriptedStore(ScriptedStore):
+    """A scripted store whose first commit waits for the test to open a gate."""
+
+    entered: threading.Event
+    gate: threading.Event
+
+    def append_many(self, items: Sequence[tuple[bytes, bytes, bytes]]) -> int:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(10), "test never opened the gate"
+        return super().append_many(items)
+
+
+async def test_a_chained_commit_that_fails_is_kept_after_the_committed_batch(
+        tmp_path: Path) -> None:
+    """The worker thread commits what was queued during a commit right after it (a chained
+    commit). If that one fails, the batch before it is still resolved (it is durable), and the
+    failed one stays at the head, in order, and is retried: nothing dropped, nothing early."""
+    store = GatedScriptedStore.open(tmp_path / "s.db")
+    store.add_room(ROOM, b"g", "lab", {})
+    store.script, store.reason, store.attempts = [False, True], StoreErrorReason.IO_ERROR, 0
+    store.entered, store.gate = threading.Event(), threading.Event()
+    with store:
+        log = DurableLog(store, retry_initial_s=0.01, retry_max_s=0.02)
+        await log.start()
+        first = log.append(ROOM, b"first", b"1")
+        assert await asyncio.to_thread(store.entered.wait, 10)
+        later = [log.append(ROOM, b"later%d" % i, b"x") for i in range(20)]
+        store.gate.set()
+        await first
+        assert not any(f.done() for f in later)  # the chained commit failed: not durable
+        await asyncio.gather(*later)
+        assert (log.commits, log.failed_commits, log.retries) == (2, 1, 1)
+        assert list(store.changes(ROOM)) == [b"1"] + [b"x"] * 20
+        assert store.attempts == 3
+        await log.close()
