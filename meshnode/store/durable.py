@@ -5,9 +5,7 @@ would cap a node at a few hundred changes per second on an ordinary disk, so :cl
 queues appends and a single writer task commits everything queued in one transaction (in the
 log's one worker thread, so the loop never waits on the disk). While one commit runs, the next
 batch accumulates: under load batches grow and the fsync cost is shared; when idle a change is
-committed as soon as the loop gets to it. The worker thread starts the next batch itself when
-one ends (up to ``CHAIN_COMMITS`` in a row) and hands each result back to the loop in order,
-instead of waiting to be resubmitted by the loop.
+committed as soon as the loop gets to it.
 
 What this module guarantees (and the tests in ``tests/store/test_durability.py`` check):
 
@@ -138,10 +136,6 @@ class _Entry:
 
 
 _Key = tuple[bytes, bytes]
-
-CHAIN_COMMITS = 8
-"""At most this many transactions per trip to the worker thread (``DurableLog._write_chain``):
-the store's other work (``DurableLog.aio``) runs in the same thread and waits meanwhile."""
 
 
 class DurableLog:
@@ -351,57 +345,16 @@ class DurableLog:
             await asyncio.wait_for(self._retry_now.wait(), delay)
 
     async def _commit(self, n: int) -> bool:
-        """Try to commit the first ``n`` queued entries, and then (chained in the worker
-        thread, see :meth:`_write_chain`) what was queued meanwhile; True if the first ``n``
-        are resolved. Each committed batch is resolved on the loop as soon as it is durable,
-        in order; the queue loses a batch only once it is resolved."""
-        loop = asyncio.get_running_loop()
-        queue = self._queue
+        """Try to commit the first ``n`` queued entries; True if they are resolved."""
+        batch = self._queue[:n]
         try:
             # Cancelled (loop shutdown): the thread may still commit, but the changes cannot
             # be reported durable; _run's finally fails them.
-            await self.run(self._write_chain, queue, n, loop)
+            new, elapsed, rejected = await self.run(self._write, batch)
         except Exception as exc:
-            # The batches committed before the failing one are resolved already (their
-            # callbacks ran before this one); the failing one is now the queue's head.
-            self._record_failure(exc, len(self._queue))
+            self._record_failure(exc, n)
             return False
-        return True
-
-    def _write_chain(self, queue: list[_Entry], n: int, loop: asyncio.AbstractEventLoop) -> None:
-        """Runs in the worker thread: commit the first ``n`` entries of ``queue``, hand the
-        result to the loop (``call_soon_threadsafe``: resolved in order, before this call's
-        own completion), and while more entries were queued meanwhile, commit them too, up to
-        ``CHAIN_COMMITS`` transactions. Going back to the loop to be resubmitted cost two
-        thread hand-offs per commit (~5 ms on a busy 2-core machine, measured in
-        ``docs/performance.md``); a chained commit starts as soon as the previous one ends.
-        The list is only appended to by the loop meanwhile (it removes a prefix only in
-        :meth:`_committed`, which runs in order after each batch), so the thread reads its
-        batches at stable positions: ``done`` counts entries committed but maybe not yet
-        removed."""
-        done = 0
-        for _ in range(CHAIN_COMMITS):
-            batch = queue[done:done + n]
-            if not batch:
-                return
-            result = self._write(batch)  # raises: this batch and later ones stay queued
-            try:
-                loop.call_soon_threadsafe(self._committed, queue, batch, result)
-            except RuntimeError:  # the loop is closed: nobody can be told any more
-                return
-            done += n
-            n = len(queue) - done
-            if n <= 0 or queue is not self._queue:  # the writer was cancelled meanwhile
-                return
-
-    def _committed(self, queue: list[_Entry], batch: list[_Entry],
-                   result: tuple[int, float, UnknownRoom]) -> None:
-        """On the loop: ``batch`` (the head of ``queue``) is committed; resolve it."""
-        if queue is not self._queue or not queue or queue[0] is not batch[0]:
-            return  # failed meanwhile (the writer was cancelled): _fail_all reported them
-        new, elapsed, rejected = result
-        n = len(batch)
-        del queue[:n]
+        del self._queue[:n]
         self.committed_changes += new
         if any(entry.room_id not in rejected.room_ids for entry in batch):
             self.commits += 1
@@ -416,6 +369,7 @@ class DurableLog:
             self._emit(StoreRecovered(recovered, n))
         for entry in batch:
             self._resolve(entry, rejected if entry.room_id in rejected.room_ids else None)
+        return True
 
     def _record_failure(self, exc: Exception, pending: int) -> None:
         self.failed_commits += 1
