@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -441,6 +442,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         out["environment_after"] = environment()
         return out
     out["baseline_aiortc"] = await baseline(500 if quick else 5_000)
+    if args.only_throughput:
+        return await throughput_only(args, quiet, out)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         a = NodeProcess(base / "a", config=quiet).start()
@@ -478,6 +481,76 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def throughput_only(args: argparse.Namespace, quiet: str,
+                          out: dict[str, Any]) -> dict[str, Any]:
+    """Just the bare link and the sustained edits (``--only-throughput``); with ``--profile
+    DIR`` each node writes cProfile stats to DIR/node-<pid>.prof when it stops (SIGTERM)."""
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        os.environ["MESHNODE_PROFILE"] = str(Path(args.profile) / "node-{pid}.prof")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        a = NodeProcess(base / "a", config=quiet).start()
+        nodes = [a]
+        try:
+            room = a.default_room
+            assert room is not None
+            nodes.append(start_host(base / "b", a, room, bootstrap=a, config=quiet))
+            nodes.append(start_host(base / "c", a, room, bootstrap=nodes[1], config=quiet))
+            editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
+            async with connect(a.url, room, Identity.generate(), ice=ICE) as writer, \
+                    connect(nodes[2].url, room, Identity.generate(), ice=ICE,
+                            invite=editor) as reader:
+                before = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                before["bench"] = _own_cpu_seconds()
+                _signal_nodes(nodes, args.profile, signal.SIGUSR1)  # profile from here
+                out["sustained"] = await sustained(writer, reader, 2.0 if args.quick else 8.0,
+                                                   args.window)
+                _signal_nodes(nodes, args.profile, signal.SIGUSR2)  # to here
+                after = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                after["bench"] = _own_cpu_seconds()
+            out["links"] = {n.data_dir.name: len(n.get("/api/peers")) for n in nodes}
+            # Mean wait from a change applied at A to durable there (the client's ack waits
+            # for it): the disk's share of the ack's round trip.
+            m = a.metrics()
+            out["a_store_wait_ms"] = round(1000 * m.get("meshnode_store_commit_seconds_sum", 0)
+                                           / max(1, m.get("meshnode_store_commit_seconds_count",
+                                                          0)), 2)
+            # CPU seconds each process used during the sustained part ("bench": the two
+            # clients and their links): which one is the bottleneck.
+            out["sustained_cpu_s"] = {k: round(after[k] - before[k], 2) for k in after}
+        finally:
+            for n in nodes:
+                n.kill()
+    os.environ.pop("MESHNODE_PROFILE", None)
+    out["ratios"] = {"edits_per_s_over_link_messages_per_s": round(
+        out["sustained"]["edits_per_s"] / out["baseline_aiortc"]["messages_per_s"], 3)}
+    out["environment_after"] = environment()
+    return out
+
+
+def _signal_nodes(nodes: list[NodeProcess], profile: str | None, signum: int) -> None:
+    """With ``--profile``: start (SIGUSR1) or stop and dump (SIGUSR2) the nodes' cProfile."""
+    if profile:
+        for n in nodes:
+            assert n.proc is not None
+            n.proc.send_signal(signum)
+        time.sleep(0.2)  # the dump, before the CPU reading
+
+
+def _own_cpu_seconds() -> float:
+    """User + system CPU seconds this process has used."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _cpu_seconds(node: NodeProcess) -> float:
+    """User + system CPU seconds the node's process has used (``/proc/<pid>/stat``)."""
+    assert node.proc is not None
+    fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of ~20 s")
@@ -490,6 +563,10 @@ def main() -> int:
     parser.add_argument("--interest-workers", type=int, default=2,
                         help="processes the clients run in")
     parser.add_argument("--interest-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--only-throughput", action="store_true",
+                        help="run only the bare link and the sustained edits")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="with --only-throughput: cProfile each node into DIR")
     args = parser.parse_args()
     if args.interest_worker:
         try:
@@ -509,6 +586,8 @@ def main() -> int:
     print(json.dumps(out, indent=2))
     if args.only_interest:
         return 0
+    if args.only_throughput:
+        return 0 if out["sustained"]["all_arrived"] else 1
     ok = (out["edit_latency"]["arrived"] == out["edit_latency"]["edits"]
           and out["sustained"]["all_arrived"])
     return 0 if ok else 1

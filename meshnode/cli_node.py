@@ -94,12 +94,40 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         return 0
 
+    _profile_on_signals()
     try:
         import uvloop
 
         return uvloop.run(run())
     except KeyboardInterrupt:
         return 0
+
+
+def _profile_on_signals() -> None:
+    """``MESHNODE_PROFILE=PATH`` (``{pid}`` is replaced): SIGUSR1 starts a cProfile of the
+    node's loop, SIGUSR2 stops it and writes the stats to PATH; for
+    ``benchmarks/node_bench.py --only-throughput --profile DIR``, which profiles just the
+    sustained part. A developer's hook: off unless the variable is set."""
+    import os
+
+    target = os.environ.get("MESHNODE_PROFILE")
+    if not target:
+        return
+    import cProfile
+    import signal
+
+    prof = cProfile.Profile()
+    path = target.replace("{pid}", str(os.getpid()))
+
+    def start(signum: int, frame: object) -> None:
+        prof.enable()
+
+    def stop(signum: int, frame: object) -> None:
+        prof.disable()
+        prof.dump_stats(path)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
 
 
 def check_join_token(token: str) -> None:

@@ -45,6 +45,7 @@ from meshnode.rooms.access import (
     Share,
     announced_in_hello,
 )
+from meshnode.rooms.acks import AckBatcher
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
@@ -60,7 +61,7 @@ from meshnode.transport.link import LocalHello
 from meshnode.web.people import PeopleRoom
 from protocol.change import change_id
 from protocol.errors import DecodeError
-from protocol.link import MAX_ROOMS_PER_LINK, Ack, LinkMessage, Nack, Refused
+from protocol.link import MAX_ROOMS_PER_LINK, LinkMessage, Nack, Refused
 
 log = logging.getLogger("meshnode.node")
 
@@ -91,6 +92,9 @@ class RoomHost(LinkService):
         self._url = url
         self.rooms: dict[bytes, HostedRoom] = {}
         self._tasks = TaskSet("rooms", on_crash)
+        # One Ack per (client, room) per loop turn, for every change that became durable.
+        self._acks = AckBatcher(links.send_link,
+                                lambda flush: asyncio.get_running_loop().call_soon(flush))
         self.sharing = RoomSharing(self.rooms, links, metrics)
         self._members: dict[bytes, dict[str, str]] = {}  # per room, to notice role changes
         # Told the room ID of each invite redeemed (discovery dials the room's other hosts).
@@ -510,7 +514,7 @@ class RoomHost(LinkService):
         except (KeyError, StoreError):
             return
         if peer in hosted.clients:
-            self.links.send_link(peer, Ack(room_id, (cid,)))
+            self._acks.add(peer, room_id, cid)
 
     def _report_replay(self, room_id: bytes, report: ReplayReport) -> None:
         """Stored changes that replay could not make visible are reported, never hidden."""
@@ -528,7 +532,7 @@ class RoomHost(LinkService):
         self.metrics.changes_stored.inc()
         self.metrics.store_latency.observe(time.perf_counter() - started)
         if peer is not None and peer in hosted.clients:
-            self.links.send_link(peer, Ack(room_id, (cid,)))
+            self._acks.add(peer, room_id, cid)
         if hosted.stored_since_snapshot >= self.config.snapshot_every:
             self._snapshot(hosted)
 
