@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshnode.crdt import ROOT, SceneReplica
+from protocol.change import change_id, decode_change
+from protocol.limits import DEFAULT_LIMITS
 from tests.crdt.harness import deliver, ident, make_room
 from tests.crdt.test_frontier_snapshot import EXAMPLES, _frontier_for
 
@@ -71,7 +73,7 @@ def test_lagging_peers_converge_after_pruning(
 
     for _ in range(before):
         step()
-    frontier = _frontier_for(node, every, fraction)
+    frontier = min(_frontier_for(node, every, fraction), _behind_every_peer(node, peers, every))
     snap, dropped = node.compact(frontier)
     assert node.change_count() == SceneReplica.from_snapshot(snap, ident("x")).change_count()
     for _ in range(after):
@@ -119,6 +121,17 @@ def test_peer_behind_the_prune_point_starts_again_from_a_snapshot() -> None:
     res = node.apply(back.commit(t + 2), t + 2)
     assert res.status == "applied"
     assert node.get_field(mine, "p", "x") == "back"
+
+
+def _behind_every_peer(node: SceneReplica, peers: list[SceneReplica],
+                       changes: list[bytes]) -> int:
+    """The rule's other half: the frontier stays behind every peer's heads, so each peer
+    holds all that falls below it (a peer that does not is behind the prune point and starts
+    again from the snapshot, the next test). The highest such frontier."""
+    stamps = [(decode_change(d, DEFAULT_LIMITS).hlc, change_id(d)) for d in changes]
+    lacking = [h for h, cid in stamps
+               if node.has_change(cid) and any(not p.has_change(cid) for p in peers)]
+    return min(lacking) - 1 if lacking else max(h for h, _ in stamps)
 
 
 def _clock(r: SceneReplica) -> int:
