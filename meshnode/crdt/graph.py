@@ -147,6 +147,10 @@ class ChangeGraph:
             raise ValueError(f"seq {seq} skips ahead of the author's {top}")
         pos = len(self.order)
         dep_metas = [metas[d] for d in meta.deps]
+        heads = self.heads
+        # Deps naming every head (every local commit): the change's past is everything
+        # applied, so its vector is the applied prefix's and there is no lag to compute.
+        all_heads = len(meta.deps) == len(heads) and heads.issuperset(meta.deps)
         # Share the dep hashes with the keys of ``meta`` (decoded ones are fresh copies).
         order = self.order
         meta.deps = tuple(order[m.pos] if m.pos >= 0 else d
@@ -157,7 +161,6 @@ class ChangeGraph:
         order.append(change_id)
         if data is not None:
             self.raw[change_id] = data
-        heads = self.heads
         for d in meta.deps:
             heads.discard(d)
         heads.add(change_id)
@@ -167,7 +170,7 @@ class ChangeGraph:
             if tops is None:
                 tops = self.tops[author] = array("q")
             tops.append(pos)
-        if dep_metas:
+        if dep_metas and not (all_heads and seq > top):
             meta.lag = self._lag(meta, dep_metas, pos)
         if seq > top:
             return None
