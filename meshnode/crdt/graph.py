@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 from protocol.change import Change
 
 
+VV_MEMO_ENTRIES = 64
+"""Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
+
+
 @dataclass(slots=True)
 class ChangeMeta:
     """What the replica keeps about an applied change besides its effects.
@@ -63,25 +67,34 @@ def merge_vv(vvs: Iterable[Mapping[bytes, int]]) -> dict[bytes, int]:
 class PastVV(Mapping[bytes, int]):
     """The version vector of the union of the causal pasts of some applied changes, read
     lazily from the graph (a lookup costs a bisection per change, whatever the number of
-    authors). ``vv[author] = seq`` overrides an entry (e.g. a new change's own seq)."""
+    authors). ``vv[author] = seq`` overrides an entry (e.g. a new change's own seq).
 
-    __slots__ = ("_graph", "_heads", "_own")
+    ``memo`` remembers the entries looked up (shared by every ``PastVV`` of the same heads:
+    applied changes' vectors never change, and the concurrent changes of a sync round name
+    the same deps and look up the same authors again and again)."""
 
-    def __init__(self, graph: "ChangeGraph", heads: tuple[bytes, ...]) -> None:
+    __slots__ = ("_graph", "_heads", "_memo", "_own")
+
+    def __init__(self, graph: "ChangeGraph", heads: tuple[bytes, ...],
+                 memo: dict[bytes, int] | None = None) -> None:
         self._graph = graph
         self._heads = heads
         self._own: dict[bytes, int] = {}
+        self._memo: dict[bytes, int] = {} if memo is None else memo
 
     def get(self, author: bytes, default: int = 0) -> int:  # type: ignore[override]
         own = self._own.get(author)
         if own is not None:
             return own
-        seq_in = self._graph.seq_in
-        best = 0
-        for h in self._heads:
-            s = seq_in(h, author)
-            if s > best:
-                best = s
+        best = self._memo.get(author)
+        if best is None:
+            seq_at, metas = self._graph._seq_at, self._graph.meta
+            best = 0
+            for h in self._heads:
+                s = seq_at(metas[h], author)
+                if s > best:
+                    best = s
+            self._memo[author] = best
         return best if best else default
 
     def __getitem__(self, author: bytes) -> int:
@@ -110,7 +123,8 @@ class ChangeGraph:
     """Applied changes in application (topological) order, their heads and raw bytes."""
 
     __slots__ = ("base", "base_head", "base_hlc", "base_kind", "base_past", "by_author_seq",
-                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all")
+                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all",
+                 "vv_memo")
 
     by_author_seq: "AuthorSeqIndex"
 
@@ -134,6 +148,8 @@ class ChangeGraph:
         # author -> tops[a][s - 1] = the position at which a's highest applied seq became s
         self.tops: dict[bytes, array[int]] = {}
         self.by_author_seq = AuthorSeqIndex(self)
+        # heads -> the entries of their past's vector looked up so far (see ``PastVV``)
+        self.vv_memo: OrderedDict[tuple[bytes, ...], dict[bytes, int]] = OrderedDict()
 
     def add(self, change_id: bytes, meta: ChangeMeta, data: bytes | None) -> bytes | None:
         """Record an applied change (its deps all applied; its seq at most one above its
@@ -308,7 +324,14 @@ class ChangeGraph:
     def past_vv(self, heads: Iterable[bytes]) -> PastVV:
         """Version vector of the union of the causal pasts of ``heads`` (all applied), read
         lazily; the caller may override entries."""
-        return PastVV(self, tuple(heads))
+        key = tuple(heads)
+        memos = self.vv_memo
+        memo = memos.get(key)
+        if memo is None:
+            memo = memos[key] = {}
+            if len(memos) > VV_MEMO_ENTRIES:
+                memos.popitem(last=False)
+        return PastVV(self, key, memo)
 
     def in_past(self, target: bytes, heads: Iterable[bytes]) -> bool:
         """True if change ``target`` is one of ``heads`` or in their causal past: the exact

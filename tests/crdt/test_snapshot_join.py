@@ -173,3 +173,5 @@ def test_sparse_version_vectors_match_whole_ones(
         assert graph.vv_of(cid) == vv
         for a in authors:
             assert graph.seq_in(cid, a) == vv.get(a, 0)
+            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)  # twice: once memoised
+            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)
