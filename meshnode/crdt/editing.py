@@ -214,10 +214,11 @@ class LocalEdits:
         op is sealed in a private room (which needs every key, ``WaitingForKey``)."""
         batch = self._batch
         if (
-            batch is not None and level <= batch.required and not names
+            batch is not None and level <= batch.required
             and (not scene or self._epochs is None)
             and len(batch.ops) + ops <= self._max_ops
             and batch.bytes + nbytes <= self._byte_budget()
+            and all(n in batch.name_index for n in names)
             and all(a == self._me or a in batch.actor_index for a in actors)
         ):
             return batch  # the batch already passed every other check (as in set_field)

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 from protocol.change import Change
 
-
 VV_MEMO_ENTRIES = 64
 """Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
 
