@@ -219,9 +219,16 @@ class LocalEdits:
             and len(batch.ops) + ops <= self._max_ops
             and batch.bytes + nbytes <= self._byte_budget()
             and all(n in batch.name_index for n in names)
-            and all(a == self._me or a in batch.actor_index for a in actors)
         ):
-            return batch  # the batch already passed every other check (as in set_field)
+            # The batch already passed every other check (as in set_field); creators new
+            # to it take room (``_ref`` lists them).
+            me, listed = self._me, batch.actor_index
+            new = {a for a in actors if a != me and a not in listed}
+            if not new or (
+                len(batch.actors) + len(new) <= self.limits.max_actors_per_change
+                and batch.bytes + nbytes + ACTOR_BYTES * len(new) <= self._byte_budget()
+            ):
+                return batch
         if self._role() < level:
             raise PermissionDenied(
                 f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
@@ -435,7 +442,12 @@ class LocalEdits:
                 fi = names.get(field)
                 fast = (
                     ci is not None and fi is not None
-                    and (creator is self._me or creator in batch.actor_index)
+                    and (
+                        creator is self._me or creator in batch.actor_index
+                        # a creator new to the batch: ``_ref`` below lists it
+                        or (size + SET_OP_BYTES + ACTOR_BYTES <= room
+                            and len(batch.actors) < self.limits.max_actors_per_change)
+                    )
                 )
         if not fast:
             self._check_name(component)
