@@ -214,7 +214,7 @@ class LocalEdits:
         op is sealed in a private room (which needs every key, ``WaitingForKey``)."""
         batch = self._batch
         if (
-            batch is not None and level <= batch.required
+            batch is not None and level <= batch.required and self._role() >= level
             and (not scene or self._epochs is None)
             and len(batch.ops) + ops <= self._max_ops
             and batch.bytes + nbytes <= self._byte_budget()
