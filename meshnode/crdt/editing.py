@@ -540,7 +540,9 @@ class LocalEdits:
         if not isinstance(new_parent, tuple) or len(new_parent) != 2:
             raise TypeError("new parent must be an EntityId")
         tree_parent = self._tree.parent
-        par = ROOT if new_parent == ROOT else (self._key(new_parent[0]), new_parent[1])
+        # (An unknown key is not interned: the walk below refuses its entity.)
+        par = ROOT if new_parent == ROOT else (
+            self._keys.get(new_parent[0], new_parent[0]), new_parent[1])
         if tree_parent.get(ent) == par:  # (then the new parent is live: the entity is)
             if self._role() < self._needed_for(ent):
                 raise PermissionDenied(f"role {ROLE_NAMES[self._role()]!r} may not move this")
