@@ -212,6 +212,23 @@ class LocalEdits:
         entities of ``actors``) fit in the batch; only then open the batch and return it.
         Raises before touching anything, so a refused edit leaves no trace. ``scene``: the
         op is sealed in a private room (which needs every key, ``WaitingForKey``)."""
+        batch = self._batch
+        if (
+            batch is not None and level <= batch.required and self._role() >= level
+            and (not scene or self._epochs is None)
+            and len(batch.ops) + ops <= self._max_ops
+            and batch.bytes + nbytes <= self._byte_budget()
+            and all(n in batch.name_index for n in names)
+        ):
+            # The batch already passed every other check (as in set_field); creators new
+            # to it take room (``_ref`` lists them).
+            me, listed = self._me, batch.actor_index
+            new = {a for a in actors if a != me and a not in listed}
+            if not new or (
+                len(batch.actors) + len(new) <= self.limits.max_actors_per_change
+                and batch.bytes + nbytes + ACTOR_BYTES * len(new) <= self._byte_budget()
+            ):
+                return batch
         if self._role() < level:
             raise PermissionDenied(
                 f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
@@ -378,7 +395,7 @@ class LocalEdits:
         self._counter = counter
         self._creation[node] = self._graph.vv_all.get(self._me, 0) + 1
         batch.creates.append(node)
-        self._tree.apply([make_entry(batch.stamp, idx, node, par)])
+        self._tree.push_local(make_entry(batch.stamp, idx, node, par))
         for comp, field, value, size in prepared:
             self._put_field(batch, node, comp, field, value, size)
         return ent
@@ -403,6 +420,9 @@ class LocalEdits:
             else:
                 value = list(value)
                 size = 9 * len(value) + 3
+        elif type(value) is str and (size := len(value.encode()) + 5) <= min(
+                self.limits.max_value_bytes, self.limits.max_str_bytes):
+            pass  # a str header takes at most 5 bytes: within both limits
         else:
             value, size = self._prepared_value(value)
         batch = self._batch
@@ -422,7 +442,12 @@ class LocalEdits:
                 fi = names.get(field)
                 fast = (
                     ci is not None and fi is not None
-                    and (creator is self._me or creator in batch.actor_index)
+                    and (
+                        creator is self._me or creator in batch.actor_index
+                        # a creator new to the batch: ``_ref`` below lists it
+                        or (size + SET_OP_BYTES + ACTOR_BYTES <= room
+                            and len(batch.actors) < self.limits.max_actors_per_change)
+                    )
                 )
         if not fast:
             self._check_name(component)
@@ -447,7 +472,11 @@ class LocalEdits:
                 ci = self._name(batch, component)
             if fi is None:
                 fi = self._name(batch, field)
-            ref = counter if creator is self._me else self._ref(batch, ent)
+            if creator is self._me:
+                ref: Any = counter
+            else:
+                idx = batch.actor_index.get(creator)
+                ref = self._ref(batch, ent) if idx is None else [idx, counter]
             op = [OP_SET, ref, ci, fi, value]
             batch.ops.append(op)
             batch.set_index[key] = op
@@ -458,8 +487,12 @@ class LocalEdits:
         fd = comps.get(component)
         if fd is None:
             fd = comps[component] = {}
-        batch.field_undo.append((fd, field, fd.get(field)))
-        fd[field] = (batch.stamp, value)
+        stamp = batch.stamp
+        prev = fd.get(field)
+        if prev is None or prev[0] is not stamp:
+            # (A field set again in this batch already has its pre-batch register saved.)
+            batch.field_undo.append((fd, field, prev))
+        fd[field] = (stamp, value)
 
     def _put_field(
         self, batch: EditBatch, ent: Node, component: str, field: str, value: Value, size: int
@@ -504,13 +537,25 @@ class LocalEdits:
         if entity == ROOT:
             raise ValueError("the root cannot be moved")
         ent = self._live(entity, "entity")
-        par = self._live(new_parent, "new parent")
-        if self._tree.parent.get(ent) == par:
+        if not isinstance(new_parent, tuple) or len(new_parent) != 2:
+            raise TypeError("new parent must be an EntityId")
+        tree_parent = self._tree.parent
+        # (An unknown key is not interned: the walk below refuses its entity.)
+        par = ROOT if new_parent == ROOT else (
+            self._keys.get(new_parent[0], new_parent[0]), new_parent[1])
+        if tree_parent.get(ent) == par:  # (then the new parent is live: the entity is)
             if self._role() < self._needed_for(ent):
                 raise PermissionDenied(f"role {ROLE_NAMES[self._role()]!r} may not move this")
             return  # already there: no op (as Loro does), so nothing to sign or send
-        if self._tree.is_ancestor(ent, par):
-            raise ValueError("moving an entity under itself or its descendant makes a cycle")
+        # One walk up from the new parent: it must reach the root (else it is deleted or
+        # unknown) without passing the entity (else the move makes a cycle).
+        node: Node | None = par
+        while node != ROOT:
+            if node == ent:
+                raise ValueError("moving an entity under itself or its descendant makes a cycle")
+            node = tree_parent.get(node)  # type: ignore[arg-type]
+            if node is None:
+                raise ValueError(f"new parent {new_parent} is deleted or unknown")
         batch = self._require(
             self._needed_for(ent), "move this entity", 1, MOVE_OP_BYTES, (),
             [n[0] for n in (ent, par) if n != ROOT],
@@ -518,7 +563,7 @@ class LocalEdits:
         idx = len(batch.ops)
         batch.ops.append([OP_MOVE, self._ref(batch, ent), self._ref(batch, par)])
         batch.bytes += MOVE_OP_BYTES
-        self._tree.apply([make_entry(batch.stamp, idx, ent, par)])
+        self._tree.push_local(make_entry(batch.stamp, idx, ent, par))
 
     def delete(self, entity: Node) -> None:
         """Delete an entity and, with it, its subtree."""
@@ -531,7 +576,7 @@ class LocalEdits:
         idx = len(batch.ops)
         batch.ops.append([OP_DELETE, self._ref(batch, ent)])
         batch.bytes += DELETE_OP_BYTES
-        self._tree.apply([make_entry(batch.stamp, idx, ent, TRASH)])
+        self._tree.push_local(make_entry(batch.stamp, idx, ent, TRASH))
 
     def grant(
         self, member: str | bytes, role: str, *, invite: bytes | None = None,

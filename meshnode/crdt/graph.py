@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 
 from protocol.change import Change
 
+VV_MEMO_ENTRIES = 64
+"""Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
+
 
 @dataclass(slots=True)
 class ChangeMeta:
@@ -63,25 +66,34 @@ def merge_vv(vvs: Iterable[Mapping[bytes, int]]) -> dict[bytes, int]:
 class PastVV(Mapping[bytes, int]):
     """The version vector of the union of the causal pasts of some applied changes, read
     lazily from the graph (a lookup costs a bisection per change, whatever the number of
-    authors). ``vv[author] = seq`` overrides an entry (e.g. a new change's own seq)."""
+    authors). ``vv[author] = seq`` overrides an entry (e.g. a new change's own seq).
 
-    __slots__ = ("_graph", "_heads", "_own")
+    ``memo`` remembers the entries looked up (shared by every ``PastVV`` of the same heads:
+    applied changes' vectors never change, and the concurrent changes of a sync round name
+    the same deps and look up the same authors again and again)."""
 
-    def __init__(self, graph: "ChangeGraph", heads: tuple[bytes, ...]) -> None:
+    __slots__ = ("_graph", "_heads", "_memo", "_own")
+
+    def __init__(self, graph: "ChangeGraph", heads: tuple[bytes, ...],
+                 memo: dict[bytes, int] | None = None) -> None:
         self._graph = graph
         self._heads = heads
         self._own: dict[bytes, int] = {}
+        self._memo: dict[bytes, int] = {} if memo is None else memo
 
     def get(self, author: bytes, default: int = 0) -> int:  # type: ignore[override]
         own = self._own.get(author)
         if own is not None:
             return own
-        seq_in = self._graph.seq_in
-        best = 0
-        for h in self._heads:
-            s = seq_in(h, author)
-            if s > best:
-                best = s
+        best = self._memo.get(author)
+        if best is None:
+            seq_at, metas = self._graph._seq_at, self._graph.meta
+            best = 0
+            for h in self._heads:
+                s = seq_at(metas[h], author)
+                if s > best:
+                    best = s
+            self._memo[author] = best
         return best if best else default
 
     def __getitem__(self, author: bytes) -> int:
@@ -110,7 +122,8 @@ class ChangeGraph:
     """Applied changes in application (topological) order, their heads and raw bytes."""
 
     __slots__ = ("base", "base_head", "base_hlc", "base_kind", "base_past", "by_author_seq",
-                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all")
+                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all",
+                 "vv_memo")
 
     by_author_seq: "AuthorSeqIndex"
 
@@ -134,6 +147,8 @@ class ChangeGraph:
         # author -> tops[a][s - 1] = the position at which a's highest applied seq became s
         self.tops: dict[bytes, array[int]] = {}
         self.by_author_seq = AuthorSeqIndex(self)
+        # heads -> the entries of their past's vector looked up so far (see ``PastVV``)
+        self.vv_memo: OrderedDict[tuple[bytes, ...], dict[bytes, int]] = OrderedDict()
 
     def add(self, change_id: bytes, meta: ChangeMeta, data: bytes | None) -> bytes | None:
         """Record an applied change (its deps all applied; its seq at most one above its
@@ -147,6 +162,10 @@ class ChangeGraph:
             raise ValueError(f"seq {seq} skips ahead of the author's {top}")
         pos = len(self.order)
         dep_metas = [metas[d] for d in meta.deps]
+        heads = self.heads
+        # Deps naming every head (every local commit): the change's past is everything
+        # applied, so its vector is the applied prefix's and there is no lag to compute.
+        all_heads = len(meta.deps) == len(heads) and heads.issuperset(meta.deps)
         # Share the dep hashes with the keys of ``meta`` (decoded ones are fresh copies).
         order = self.order
         meta.deps = tuple(order[m.pos] if m.pos >= 0 else d
@@ -157,7 +176,6 @@ class ChangeGraph:
         order.append(change_id)
         if data is not None:
             self.raw[change_id] = data
-        heads = self.heads
         for d in meta.deps:
             heads.discard(d)
         heads.add(change_id)
@@ -167,7 +185,7 @@ class ChangeGraph:
             if tops is None:
                 tops = self.tops[author] = array("q")
             tops.append(pos)
-        if dep_metas:
+        if dep_metas and not (all_heads and seq > top):
             meta.lag = self._lag(meta, dep_metas, pos)
         if seq > top:
             return None
@@ -305,7 +323,14 @@ class ChangeGraph:
     def past_vv(self, heads: Iterable[bytes]) -> PastVV:
         """Version vector of the union of the causal pasts of ``heads`` (all applied), read
         lazily; the caller may override entries."""
-        return PastVV(self, tuple(heads))
+        key = tuple(heads)
+        memos = self.vv_memo
+        memo = memos.get(key)
+        if memo is None:
+            memo = memos[key] = {}
+            if len(memos) > VV_MEMO_ENTRIES:
+                memos.popitem(last=False)
+        return PastVV(self, key, memo)
 
     def in_past(self, target: bytes, heads: Iterable[bytes]) -> bool:
         """True if change ``target`` is one of ``heads`` or in their causal past: the exact

@@ -132,6 +132,20 @@ class MoveTree:
             self._do(e)
         log.extend(merged)
 
+    def push_local(self, entry: Entry) -> None:
+        """Apply an op of the uncommitted local batch, which the caller checked makes no
+        cycle: it sorts after every op in the log (its stamp is infinitely late), so it is
+        appended, with no undo-redo and no cycle walk."""
+        log = self.log
+        if log and _entry_key(log[-1]) >= _entry_key(entry):
+            self.apply([entry])  # not expected; kept correct all the same
+            return
+        parent = self.parent
+        entry[4] = parent.get(entry[2])
+        parent[entry[2]] = entry[3]
+        entry[5] = True
+        log.append(entry)
+
     def remove_pending(self, stamp: Stamp) -> None:
         """Undo and drop every op carrying ``stamp`` (an uncommitted local batch)."""
         log = self.log

@@ -137,11 +137,14 @@ def test_equivocation_inside_the_snapshot_is_kept() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 1_000), max_size=3)),
+@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 1_000), max_size=3),
+                          st.booleans()),
                 min_size=1, max_size=60))
-def test_sparse_version_vectors_match_whole_ones(spec: list[tuple[int, list[int]]]) -> None:
+def test_sparse_version_vectors_match_whole_ones(
+        spec: list[tuple[int, list[int], bool]]) -> None:
     """``ChangeGraph`` keeps version vectors as per-author positions plus per-change lags;
-    every entry equals the one computed the old way (merge of the deps' whole vectors)."""
+    every entry equals the one computed the old way (merge of the deps' whole vectors),
+    also for changes naming every head (a local commit: ``add`` skips the lag there)."""
     graph = ChangeGraph()
     whole: dict[bytes, dict[bytes, int]] = {}
     authors = [bytes([i]) * 32 for i in range(5)]
@@ -150,8 +153,9 @@ def test_sparse_version_vectors_match_whole_ones(spec: list[tuple[int, list[int]
     graph.add(gid, ChangeMeta(authors[0], 1, 0, ()), None)
     whole[gid] = {authors[0]: 1}
     ids.append(gid)
-    for n, (who, picks) in enumerate(spec):
-        deps = tuple(sorted({ids[p % len(ids)] for p in picks} or {ids[-1]}))
+    for n, (who, picks, every_head) in enumerate(spec):
+        deps = tuple(sorted(graph.heads if every_head else
+                            {ids[p % len(ids)] for p in picks} or {ids[-1]}))
         vv: dict[bytes, int] = {}
         for d in deps:
             for a, s in whole[d].items():
@@ -169,3 +173,5 @@ def test_sparse_version_vectors_match_whole_ones(spec: list[tuple[int, list[int]
         assert graph.vv_of(cid) == vv
         for a in authors:
             assert graph.seq_in(cid, a) == vv.get(a, 0)
+            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)  # twice: once memoised
+            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)
