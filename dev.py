@@ -128,12 +128,22 @@ def ensure_system_packages() -> None:
         + " ".join(missing) + ")")
 
 
+def _workers(pytest_args: Sequence[str]) -> list[str]:
+    """Run the suite on every core (pytest-xdist), unless the caller chose (``-n``/``-p``):
+    most tests wait on real processes, so one worker leaves a core idle. Tests that share a
+    machine-wide resource (network namespaces, Chromium) keep to one worker each
+    (``tests/conftest.py`` puts them in an ``xdist_group``)."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses", "-p")) for a in pytest_args):
+        return []
+    return ["-n", str(max(1, min(2, os.cpu_count() or 1))), "--dist", "loadgroup"]
+
+
 def cmd_test(python: Path, pytest_args: Sequence[str]) -> int:
     ensure_system_packages()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [python, "-m", "ruff", "check", *existing(LINT_DIRS)]),
         ("mypy", [python, "-m", "mypy", *existing(TYPED_DIRS)]),
-        ("pytest", [python, "-m", "pytest", *pytest_args]),
+        ("pytest", [python, "-m", "pytest", *_workers(pytest_args), *pytest_args]),
     ]
     failed = []
     for name, cmd in steps:
