@@ -133,7 +133,8 @@ def _workers(pytest_args: Sequence[str]) -> list[str]:
     most tests wait on real processes, so one worker leaves a core idle. Tests that share a
     machine-wide resource (network namespaces, Chromium) keep to one worker each
     (``tests/conftest.py`` puts them in an ``xdist_group``)."""
-    if any(a == "-n" or a.startswith(("-n", "--numprocesses", "-p")) for a in pytest_args):
+    chose = any(a.startswith(("-n", "--numprocesses")) for a in pytest_args)
+    if chose or "no:xdist" in pytest_args:
         return []
     return ["-n", str(max(1, min(2, os.cpu_count() or 1))), "--dist", "loadgroup"]
 
