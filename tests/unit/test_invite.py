@@ -200,7 +200,7 @@ def test_verify_in_real_time() -> None:
     (6, b"\x01" * 8),                   # nonce replaced
     (3, OTHER.public_key),              # claims another issuer
     (0, OTHER_ROOM.room_id),            # another room ...
-])
+], ids=["role", "expiry", "urls", "nonce", "issuer", "room"])
 def test_tampered_body_is_bad_signature(index: int, value: Any) -> None:
     inv = parse_invite(PREFIX + base58.b58encode(_with(index, value)).decode())
     assert inv.verify(NOW_MS) == "bad_signature"
