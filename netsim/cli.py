@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from netsim.compare import dig
 from netsim.scenario import ScenarioError, parse, set_param
 
 # Metrics summarised by a sweep, as dotted paths into results.json.
@@ -105,16 +106,6 @@ def _literal(text: str) -> Any:
     return text
 
 
-def _dig(result: dict[str, Any], dotted: str) -> float | None:
-    node: Any = result
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool):
-        return 1.0 if node else 0.0
-    return float(node) if isinstance(node, (int, float)) else None
-
 
 def sweep_one(raw: dict[str, Any], overrides: dict[str, Any], seed: int) -> dict[str, Any]:
     """One point of a sweep (a top-level function, so process pools and clusters can run it)."""
@@ -123,7 +114,7 @@ def sweep_one(raw: dict[str, Any], overrides: dict[str, Any], seed: int) -> dict
         set_param(data, key, value)
     result = run_scenario(data, seed=seed)
     return {"overrides": overrides, "seed": seed,
-            "metrics": {m: _dig(result, m) for m in SWEEP_METRICS}}
+            "metrics": {m: dig(result, m) for m in SWEEP_METRICS}}
 
 
 def _cluster_module(name: str) -> Any:
