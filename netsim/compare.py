@@ -81,9 +81,20 @@ def load(folder: str | Path) -> dict[str, Any]:
     return data
 
 
+def _hop_metrics(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``latency_ms_by_hops.H.pQ`` for every hop count H either result has."""
+    hops: set[int] = set()
+    for result in (a, b):
+        by = result.get("latency_ms_by_hops")
+        if isinstance(by, dict):
+            hops.update(int(h) for h in by if str(h).isdigit())
+    return [f"latency_ms_by_hops.{h}.{q}" for h in sorted(hops) for q in ("p50", "p90", "p99")]
+
+
 def rows(a: dict[str, Any], b: dict[str, Any]) -> list[Row]:
-    """The compared metrics of two results."""
-    return [Row(m, dig(a, m), dig(b, m)) for m in COMPARED]
+    """The compared metrics of two results (the per-hop latencies after the pooled ones)."""
+    metrics = [*COMPARED[:4], *_hop_metrics(a, b), *COMPARED[4:]]
+    return [Row(m, dig(a, m), dig(b, m)) for m in metrics]
 
 
 def _fmt(x: float | None) -> str:
@@ -136,11 +147,22 @@ class Tolerance:
 
 def latency_tolerances(lossy: bool, hops: int) -> list[Tolerance]:
     """Latency: without loss within 10% or 5 ms per hop; with loss p50/p90 within 25% and p99
-    within 40%."""
+    within 40%.
+
+    The median and p90 are checked per hop count (``latency_ms_by_hops.H``, H = 1..``hops``),
+    p90 and p99 over all receivers. The pooled median of a line falls between the one-hop
+    and the two-hop modes, where a few samples move it by the gap between them (sim 65 vs
+    real 54 ms in one run whose per-hop medians agreed), so it is not compared; a per-hop p99
+    rests on a handful of samples of one hop count, so the tail is compared pooled."""
+    per_hop: list[Tolerance] = []
+    for h in range(1, hops + 1):
+        per_hop += [Tolerance(f"latency_ms_by_hops.{h}.{q}", 0.25) if lossy
+                    else Tolerance(f"latency_ms_by_hops.{h}.{q}", 0.10, 5.0 * h)
+                    for q in ("p50", "p90")]
     if not lossy:
-        return [Tolerance(f"latency_ms.{q}", 0.10, 5.0 * hops) for q in ("p50", "p90", "p99")]
-    return [Tolerance("latency_ms.p50", 0.25), Tolerance("latency_ms.p90", 0.25),
-            Tolerance("latency_ms.p99", 0.40)]
+        return [*per_hop, Tolerance("latency_ms.p90", 0.10, 5.0 * hops),
+                Tolerance("latency_ms.p99", 0.10, 5.0 * hops)]
+    return [*per_hop, Tolerance("latency_ms.p90", 0.25), Tolerance("latency_ms.p99", 0.40)]
 
 
 HEAL_TOLERANCE = Tolerance("convergence_time_after_heal_s", 0.30, 1.0)
@@ -197,11 +219,19 @@ def as_measured_by_clients(result: dict[str, Any], hop_quantiles_ms: tuple[float
     give the same output. Latency percentiles and the series are recomputed; nothing else
     changes."""
     spec = NodeSpec(processing_quantiles_ms=tuple(hop_quantiles_ms))
-    rng = random.Random(f"{seed}:client-hops")
-    lat = sorted(max(0.0, x + spec.draw_ms(rng.random()) - spec.draw_ms(rng.random()))
-                 for x in result["series"]["latency_ms"])
+
+    def read(values: list[float], salt: str) -> list[float]:
+        rng = random.Random(f"{seed}:client-hops{salt}")
+        return sorted(max(0.0, x + spec.draw_ms(rng.random()) - spec.draw_ms(rng.random()))
+                      for x in values)
+
+    lat = read(result["series"]["latency_ms"], "")
+    by = {h: read(v, f":{h}") for h, v in result["series"].get("latency_ms_by_hops",
+                                                                 {}).items()}
     out = dict(result)
     out["latency_ms"] = {**{f"p{q}": percentile(lat, q) for q in (50, 90, 99)},
                          "max": lat[-1] if lat else None}
-    out["series"] = {**result["series"], "latency_ms": lat}
+    out["latency_ms_by_hops"] = {h: {f"p{q}": percentile(v, q) for q in (50, 90, 99)}
+                                 for h, v in by.items()}
+    out["series"] = {**result["series"], "latency_ms": lat, "latency_ms_by_hops": by}
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from netsim.simulation import Simulation
-from netsim.topology import shortest_from
+from netsim.topology import hop_distances, shortest_from
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -26,6 +26,21 @@ def _round(x: float | None, digits: int = 3) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def by_hops_summary(by_hops: dict[int, list[float]]) -> dict[str, dict[str, float | None]]:
+    """Latency percentiles per hop count between origin and receiver (``"1"``, ``"2"``...).
+
+    Pooled over every receiver, a line's latencies are one mode per hop count, and the pooled
+    median falls between two modes, where a few samples more on one side move it by the gap
+    between them: the per-hop figures are the ones to compare runs on."""
+    return {str(h): _summary(v, (50, 90, 99)) for h, v in sorted(by_hops.items()) if h >= 0}
+
+
+def by_hops_series(by_hops: dict[int, list[float]]) -> dict[str, list[float]]:
+    """The sorted latencies per hop count (the series behind ``by_hops_summary``)."""
+    return {str(h): [round(x, 3) for x in sorted(v)] for h, v in sorted(by_hops.items())
+            if h >= 0}
+
+
 def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
     """Everything a researcher reads after a run, as plain JSON-able data."""
     obs = sim.obs
@@ -33,6 +48,8 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
     honest_idx = {n.index for n in honest}
     submitted = obs.submitted
     shortest_cache: dict[int, list[float]] = {}
+    hops_cache: dict[int, list[int]] = {}
+    by_hops: dict[int, list[float]] = {}
 
     latencies: list[float] = []
     shortest: list[float] = []
@@ -48,6 +65,9 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
         if origin not in shortest_cache:
             shortest_cache[origin] = shortest_from(sim.topology, origin, sim.scenario.links)
         sp = shortest_cache[origin]
+        if origin not in hops_cache:
+            hops_cache[origin] = hop_distances(sim.topology, origin)
+        hc = hops_cache[origin]
         for j in receivers:
             t = got.get(j)
             if t is None:
@@ -55,6 +75,7 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
             delivered_here += 1
             lat_ms = (t - t0) * 1000.0
             latencies.append(lat_ms)
+            by_hops.setdefault(hc[j], []).append(lat_ms)
             shortest.append(sp[j])
             if sp[j] > 0:
                 stretch.append(lat_ms / sp[j])
@@ -118,6 +139,7 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
         "latency_ms": {**_summary(latencies, (50, 90, 99)),
                        "max": _round(max(latencies) if latencies else None)},
         "shortest_path_latency_ms": _summary(shortest, (50, 99)),
+        "latency_ms_by_hops": by_hops_summary(by_hops),
         "latency_stretch_p99": _round(percentile(stretch, 99)),
         "converged": converged,
         "convergence_time_after_heal_s": convergence_after_heal,
@@ -137,6 +159,7 @@ def results(sim: Simulation, wall_time_s: float) -> dict[str, Any]:
         "wall_time_s": round(wall_time_s, 3),
         "series": {
             "latency_ms": [round(x, 3) for x in sorted(latencies)],
+            "latency_ms_by_hops": by_hops_series(by_hops),
             "samples": obs.samples,
             "bytes_sent_per_node": bytes_by_node,
             "link_utilisation": sim.link_utilisation(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netsim.links import LinkSpec
-from netsim.metrics import percentile
+from netsim.metrics import by_hops_series, by_hops_summary, percentile
 from netsim.topology import Topology, hop_distances, shortest_from
 
 
@@ -148,6 +148,7 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
         "latency_ms": {**_summary(latencies, (50, 90, 99)),
                        "max": _round(max(latencies) if latencies else None)},
         "shortest_path_latency_ms": _summary(shortest, (50, 99)),
+        "latency_ms_by_hops": by_hops_summary(by_hops),
         "latency_stretch_p99": _round(percentile(stretch, 99)),
         "converged": converged,
         "convergence_time_after_heal_s": after_heal,
@@ -166,8 +167,6 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
             "setup_s": round(obs.setup_s, 3),
             "client_hops_ms": _summary(client_hops, (50, 90, 99)),
             "client_to_client_latency_ms": _summary(raw, (50, 90, 99)),
-            "latency_ms_by_hops": {str(h): _summary(v, (50, 90, 99))
-                                   for h, v in sorted(by_hops.items())},
             "not_measured": ["payload_copies_per_node", "presence"],
             "units": {"frames_cut_by_partitions": "IP packets", "events_run": "IP packets "
                       "offered to the fabric", "bytes_sent_per_node": "IP bytes delivered"},
@@ -177,6 +176,7 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
         },
         "series": {
             "latency_ms": [round(x, 3) for x in sorted(latencies)],
+            "latency_ms_by_hops": by_hops_series(by_hops),
             "samples": samples,
             "bytes_sent_per_node": bytes_by_node,
             "link_utilisation": util,

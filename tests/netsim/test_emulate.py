@@ -291,17 +291,33 @@ def test_results_have_netsims_keys_and_node_to_node_latency() -> None:
 
 
 def test_compare_table_and_agreement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    by_sim = {"1": {"p50": 40.0, "p90": 50.0, "p99": 55.0},
+              "2": {"p50": 81.0, "p90": 95.0, "p99": 300.0}}
+    by_emu = {"1": {"p50": 41.0, "p90": 52.0, "p99": 56.0},
+              "2": {"p50": 80.0, "p90": 120.0, "p99": 520.0}}
     sim = {"latency_ms": {"p50": 100.0, "p90": 200.0, "p99": 300.0}, "delivery_ratio": 1.0,
+           "latency_ms_by_hops": by_sim,
            "convergence_time_after_heal_s": 2.0, "converged": True, "series": {}}
     emu = {"latency_ms": {"p50": 82.0, "p90": 190.0, "p99": 520.0}, "delivery_ratio": 1.0,
+           "latency_ms_by_hops": by_emu,
            "convergence_time_after_heal_s": 2.5, "converged": True, "series": {}}
     text = table(sim, emu, "sim", "emu")
     assert "latency_ms.p50" in text and "+22.0%" in text
+    assert "latency_ms_by_hops.2.p90" in text
     ok = {v.tolerance.metric: v.ok for v in agreement(sim, emu, latency_tolerances(True, 2))}
-    assert ok == {"latency_ms.p50": True, "latency_ms.p90": True, "latency_ms.p99": False}
-    # No loss: 10% or 5 ms per hop, whichever is larger.
+    # The pooled median sits between the hop modes: never compared; per hop and the tails are.
+    assert "latency_ms.p50" not in ok
+    assert ok == {"latency_ms_by_hops.1.p50": True, "latency_ms_by_hops.1.p90": True,
+                  "latency_ms_by_hops.2.p50": True, "latency_ms_by_hops.2.p90": True,
+                  "latency_ms.p90": True, "latency_ms.p99": False}
+    # No loss: 10% or 5 ms per hop (of that hop count), whichever is larger.
     ok = {v.tolerance.metric: v.ok for v in agreement(sim, emu, latency_tolerances(False, 2))}
-    assert ok["latency_ms.p90"] is True and ok["latency_ms.p50"] is False
+    assert ok["latency_ms_by_hops.1.p90"] is True and ok["latency_ms.p90"] is True
+    assert ok["latency_ms_by_hops.2.p90"] is False  # 95 vs 120: out by more than 12 ms
+    # A result without the per-hop figures cannot agree on them.
+    ok = {v.tolerance.metric: v.ok for v in agreement({**sim, "latency_ms_by_hops": {}}, emu,
+                                                       latency_tolerances(False, 1))}
+    assert ok["latency_ms_by_hops.1.p50"] is False
     assert Verdict(HEAL_TOLERANCE, 2.0, 2.5).ok  # within max(1 s, 30%)
     assert not Verdict(HEAL_TOLERANCE, 0.05, 2.67).ok
     assert not Verdict(HEAL_TOLERANCE, None, 2.0).ok

@@ -222,3 +222,25 @@ def test_reading_through_clients_widens_the_tails_not_the_median() -> None:
     floor = as_measured_by_clients({"latency_ms": {}, "series": {"latency_ms": [0.5] * 50}},
                                    hops, seed=2)
     assert min(floor["series"]["latency_ms"]) == 0.0
+
+
+def test_latency_is_reported_per_hop_count() -> None:
+    """A line's latencies split by hop count: each hop count's median near its path length,
+    the pooled figures made of the same samples (the per-hop series is what compare reads)."""
+    from netsim.cli import run_scenario
+
+    raw = {"name": "hops", "seed": 3, "duration_s": 8,
+           "topology": {"kind": "line", "nodes": 4}, "links": {"latency_ms": 30},
+           "workload": {"editors": 1, "edits_per_s": 10, "stop_s": 6}}
+    result = run_scenario(raw, seed=3)
+    by = result["latency_ms_by_hops"]
+    series = result["series"]["latency_ms_by_hops"]
+    assert set(by) == set(series) and set(by) <= {"1", "2", "3"} and "1" in by and "3" in by
+    assert sorted(x for v in series.values() for x in v) == result["series"]["latency_ms"]
+    medians = [by[h]["p50"] for h in sorted(by)]
+    assert medians == sorted(medians)  # farther receivers later
+    assert by["1"]["p50"] >= 30.0 and by["3"]["p50"] >= 90.0
+    from netsim.compare import as_measured_by_clients
+    read = as_measured_by_clients(result, (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 15.0, 40.0), seed=3)
+    assert set(read["latency_ms_by_hops"]) == set(by)
+    assert len(read["series"]["latency_ms_by_hops"]["1"]) == len(series["1"])
