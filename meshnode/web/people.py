@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -134,7 +135,20 @@ class PeopleRoom:
         replica = self.runtime.replica
         draft = PersonDraft(replica, author)
         result = fn(draft)
-        return draft.seal(self._clock(), time.monotonic(), result)
+        nonce = os.urandom(12) if replica.is_private else None
+        return draft.seal(self._clock(), time.monotonic(), result, nonce=nonce)
+
+    async def rotate_keys(self) -> bool:
+        """Start a new epoch as the node (a private room whose latest epoch went stale with a
+        removal: ``no_usable_epoch``). True if the node rotated, False if it may not (it is
+        not an editor who reads the room)."""
+        try:
+            await self.runtime.edit(lambda r: r.rotate())
+        except (PermissionDenied, ValueError) as err:
+            log.info("could not rotate the keys of room %s: %s",
+                     self.runtime.room_id.hex()[:16], err)
+            return False
+        return True
 
     def author_seq(self, author: bytes) -> int:
         """The highest seq of ``author``'s chain this replica holds."""

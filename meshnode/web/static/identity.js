@@ -20,6 +20,7 @@
 import {
   b64,
   checkDraft,
+  checkSealedDraft,
   concat,
   decodeBody,
   didOf,
@@ -224,9 +225,11 @@ function chainKey(roomHex) {
 }
 
 // Sign the change body the node drafted for `edit`, unless it is not that edit or its seq is
-// not above every seq this person signed in this room (any tab). Returns {sig} or
-// {refused, detail?, seq?, changes?, mine?}.
-export async function signDraft(roomHex, roomId, body, edit, tab, req) {
+// not above every seq this person signed in this room (any tab). In a private room `sealed`
+// is the node's {secret, epoch} (bytes): the page opens the sealed ops with the checked epoch
+// key and compares them (wire.js checkSealedDraft); the secret is used for that check only and
+// never stored. Returns {sig} or {refused, detail?, seq?, changes?, mine?}.
+export async function signDraft(roomHex, roomId, body, edit, tab, req, sealed = null) {
   return navigator.locks.request(`meshnode-chain ${chainKey(roomHex)}`, async () => {
     const draft = decodeBody(body);
     const chain = (await dbGet("chains", chainKey(roomHex))) || { seq: 0, signed: [] };
@@ -239,7 +242,9 @@ export async function signDraft(roomHex, roomId, body, edit, tab, req) {
         changes: later.map((s) => s.change),
       };
     }
-    const problem = checkDraft(body, edit, current.publicKey);
+    const problem = sealed
+      ? await checkSealedDraft(body, edit, current.publicKey, roomId, sealed)
+      : checkDraft(body, edit, current.publicKey);
     if (problem) return { refused: "mismatch", detail: problem };
     const sig = await sign(signingPayload(roomId, body));
     const signed = [...chain.signed, { seq: draft.seq, change: concat(body, sig), tab, req }].slice(-KEEP_SIGNED);
