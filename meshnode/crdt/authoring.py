@@ -205,6 +205,8 @@ class PersonDraft:
             raise DraftRefused("not_a_member", _EXPLAIN["not_a_member"])
         if not replica.is_reader(author):
             raise DraftRefused("not_a_reader", _EXPLAIN["not_a_reader"])
+        if role == "viewer":  # before any key material is touched: viewers get none
+            raise DraftRefused("viewer_cannot_edit", _EXPLAIN["viewer_cannot_edit"])
         if replica.privacy_counters().get("waiting_for_key", 0):
             raise DraftRefused("waiting_for_key", _EXPLAIN["waiting_for_key"])
         epoch = replica.current_epoch()
