@@ -7,8 +7,8 @@
   ciphertext bit or extra ops in clear.
 - A browser with an editor invite to a private room on a real node edits it: the change is
   sealed, authored by the person's key, and read by a Python member; the page shows the lock,
-  the members holding keys and that its node renders the room; a browser of a stranger to the
-  room sees neither its scene nor its name.
+  the members holding keys and that its node renders the room; a stranger's browser is not
+  served the room; once the person is removed, their page is shown nothing more.
 """
 
 from __future__ import annotations
@@ -205,22 +205,26 @@ async def test_a_browser_edits_a_private_room_on_a_real_node(
                 assert raw is not None and CANARY.encode() not in raw
                 assert [op[0] for op in decode_change(raw).ops] == [OP_SEALED]
                 assert replica.voided(cid) is None
-        # A stranger's browser (another profile, no invite) sees nothing of the room.
+        # A stranger's browser (another profile, no invite) is not even served the room.
         other = await Chromium.launch()
         try:
-            stranger, s_info = await open_page(other, f"{node.url}/?room={room}")
-            assert s_info["role"] == "none"
-            await wait_js(stranger, "window.meshnode.privacy().you === 'not_a_reader'",
-                          "window.meshnode.privacy()")
-            seen = await stranger.evaluate("""({state: window.meshnode.state(),
-                title: document.getElementById("room-name").textContent,
-                text: document.getElementById("privacy").textContent})""")
-            assert seen["state"] == {} and CANARY not in json.dumps(seen)
-            assert "not a member" in seen["text"]
-            assert await refused(stranger, 'window.meshnode.createEntity("root", {})') \
-                == "not_a_member"
+            stranger = await other.new_page()
+            await stranger.goto(f"{node.url}/?room={room}")
+            why = await stranger.evaluate("window.meshnode.ready.then(() => 'served', "
+                                          "(err) => err.message)")
+            assert "does not host room" in why
+            assert CANARY not in json.dumps(await stranger.evaluate(
+                "[window.meshnode.state(), document.body.textContent]"))
         finally:
             await other.close()
+        # The person is removed: their page is shown nothing more and gets no key.
+        node.post(f"/api/rooms/{room}/members", {"peer": info["peer_id"], "role": "none"})
+        await wait_js(page, "window.meshnode.privacy().you === 'not_a_reader' && "
+                      "Object.keys(window.meshnode.state()).length === 0",
+                      "[window.meshnode.privacy(), window.meshnode.state()]")
+        assert "not a member" in await page.evaluate(
+            'document.getElementById("privacy").textContent')
+        assert await refused(page, 'window.meshnode.createEntity("root", {})') == "not_a_member"
         errors = [m for m in page.console if m.kind in ("exception", "log:error")]
         assert not errors, page.console_text()
         assert not re.search(r"refused to sign", page.console_text())
