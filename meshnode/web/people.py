@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, PermissionDenied, SceneReplica
 from meshnode.crdt.authoring import PersonDraft, SealedDraft
+from meshnode.overlay.sealed_presence import open_presence
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import parse_invite
 from meshnode.runtime.room import RoomRuntime
@@ -165,8 +166,25 @@ class PeopleRoom:
     # ------------------------------------------------------------------ presence
 
     def submit_presence(self, msg: Presence) -> str | None:
-        """Publish a person's signed presence; None if taken, else why not."""
+        """Publish a person's signed presence; None if taken, else why not. In a private
+        room the page must have sealed it under a presence key this node holds
+        (``unsealed`` otherwise): presence in clear would reach blind hosts."""
+        replica = self.runtime.replica
+        if replica.is_private and open_presence(replica, msg.participant, msg.seq,
+                                                msg.fields, replica.limits) is None:
+            return "unsealed"
         return self.runtime.submit_signed_presence(msg)
+
+    def presence_key(self) -> tuple[bytes, bytes] | None:
+        """A private room's current epoch and its presence key, for a reader's page to seal
+        its presence with (``meshnode.overlay.sealed_presence``); None if the room is not
+        private or this node holds no usable key."""
+        replica = self.runtime.replica
+        if not replica.is_private:
+            return None
+        epoch = replica.current_epoch()
+        key = None if epoch is None else replica.epoch_key(epoch, "presence")
+        return None if epoch is None or key is None else (epoch, key)
 
     def presence(self) -> dict[str, dict[str, Any]]:
         """Each present person's (and node's) presence, by PeerID."""

@@ -36,7 +36,21 @@ Node → browser:
   changes: ``private``; for a private room ``node`` (the PeerID of the node that renders
   the room for this page: the page is its thin client), ``this_node`` (``reader``: the node
   holds the keys and reads the room; ``host``: a blind host, which cannot read it, so neither
-  can this page), ``readable`` and ``keys`` (each reader's PeerID -> holds the keys).
+  can this page), ``readable`` and ``keys`` (each reader's PeerID -> holds the keys),
+  ``you`` (``reader``, ``not_a_reader`` or ``not_identified``) and, for a reader's page on a
+  reading node, the sealed ``room_name``. A private room's content (state, presence, last
+  writers, name) is sent only to a page whose person proved their key and is a reader now;
+  every other page gets an empty scene (and loses it when its person stops being a reader).
+- ``{"t":"sign","req":n,"sreq":m,"seq":s,"body":base64}``: the change drafted for edit ``n``
+  (``meshnode.web.signing``); in a private room also ``"sealed":{"secret":base64,
+  "epoch":base64}``: the epoch secret and the raw change that created the epoch, for the page
+  to check the sealed ops before signing (docs/protocol.md, "Browser signing in private
+  rooms").
+- ``{"t":"presence_key","epoch":base64|null,"key":base64|null}``: a private room's current
+  presence key, for a reader's page to seal its presence (``meshnode.overlay.sealed_presence``),
+  again after each rotation; null when the person stops being a reader. A private room
+  refuses a page's presence that is not sealed under a key the node holds
+  (``presence_unsealed``).
 - ``{"t":"ack","req":n,"ok":true}`` (``"id":entityId`` added for ``create``), sent only
   after the edit is durable, and after the state message that shows it (so the browser reads
   its own writes once the ack arrives).
@@ -171,6 +185,7 @@ class BrowserSession:
         self._sent_presence: dict[str, dict[str, Any]] = {}
         self._sent_authors: dict[str, str] = {}
         self._sent_privacy: dict[str, Any] = {}
+        self._sent_presence_epoch: bytes | None = None
         self._acks: list[dict[str, Any]] = []
         self._ack_handle: asyncio.Handle | None = None
         self._acks_sent: asyncio.Future[None] | None = None
@@ -335,6 +350,7 @@ class BrowserSession:
             self._push_authors(readable)
             self._push_presence(readable)
             self._push_privacy(privacy)
+            self._push_presence_key(privacy)
         except Exception:
             self.counters["push_failed"] += 1
             log.exception("session %s: pushing state failed", self.name)
@@ -397,6 +413,26 @@ class BrowserSession:
         if privacy != self._sent_privacy:
             self._sent_privacy = privacy
             self._send({"t": "privacy", "privacy": privacy})
+
+    def _push_presence_key(self, privacy: dict[str, Any]) -> None:
+        """A reader's page seals its own presence in a private room: give it the current
+        epoch's presence key (only that key, only to a page whose person is a reader now),
+        again after each rotation; a page whose person stops being a reader is told to stop
+        (``epoch`` null) and gets no newer key."""
+        if not privacy.get("private"):
+            return
+        source = getattr(self._room, "presence_key", None)
+        pair = source() if callable(source) and self._may_read(privacy) else None
+        epoch = None if pair is None else pair[0]
+        if epoch == self._sent_presence_epoch:
+            return
+        self._sent_presence_epoch = epoch
+        if pair is None:
+            self._send({"t": "presence_key", "epoch": None, "key": None})
+            return
+        self.counters["presence_keys_given"] += 1
+        self._send({"t": "presence_key", "epoch": base64.b64encode(pair[0]).decode("ascii"),
+                    "key": base64.b64encode(pair[1]).decode("ascii")})
 
     def _push_presence(self, readable: bool = True) -> None:
         presence = self._room.presence() if readable else {}

@@ -200,6 +200,10 @@ async def test_a_browser_edits_a_private_room_on_a_real_node(
             mine = [c for c in replica.recent_changes(50)
                     if replica.change_author(c) == EntityId.parse(made).creator]
             assert len(mine) == 2
+            # The page seals its presence (its node gave it the presence key): a member
+            # opens it; it is signed by the person.
+            await until(lambda: "position" in member.presence().get(info["peer_id"], {}),
+                        "the page's sealed presence at the member")
             for cid in mine:
                 raw = replica.change_bytes(cid)
                 assert raw is not None and CANARY.encode() not in raw

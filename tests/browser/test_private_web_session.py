@@ -22,15 +22,19 @@ import time
 from typing import Any
 
 import msgpack
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
-from meshnode.crdt.sealing import commitment, derived_key, open_sealed, seal_aad
+from meshnode.crdt.sealing import commitment, derived_key, open_sealed, pad, seal_aad
 from meshnode.identity import Identity
 from meshnode.overlay import RoomOverlay
+from meshnode.overlay.sealed_presence import presence_aad
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.web.people import PeopleRoom, identify_payload
 from meshnode.web.session import BrowserSession
 from protocol.change import decode_change, signing_payload
+from protocol.frames import presence_payload
+from protocol.msgpack_io import pack
 from protocol.private_ops import OP_ROTATE, OP_SEALED
 
 CANARY = "CANARY-7f3e"
@@ -297,3 +301,46 @@ async def test_a_lying_node_is_caught_by_the_page_and_nothing_is_applied() -> No
         ack = await page.edit(t="create", parent="root", components={})
         assert ack["ok"] is False and ack["reason"] == "mismatch", (broken, ack)
         assert node.replica.change_count() == before, broken
+
+
+def page_presence(page: Page, seq: int, fields: dict[str, Any], *, sealed: bool) -> str:
+    """A presence message as app.js sends it: sealed under the node's presence key (as
+    wire.js sealPresence does) or, for the test of a refusal, in clear."""
+    room_id = page.node.runtime.room_id
+    if sealed:
+        given = page.of("presence_key")[-1]
+        epoch, key = base64.b64decode(given["epoch"]), base64.b64decode(given["key"])
+        nonce = bytes(12)
+        ct = AESGCM(key).encrypt(nonce, pad(pack(fields)),
+                                 presence_aad(room_id, page.person.public_key, seq, epoch))
+        fields = {"sealed": base64.b64encode(epoch + nonce + ct).decode()}
+    body = pack([page.person.public_key, seq, fields])
+    sig = page.person.sign(presence_payload(room_id, body))
+    return json.dumps({"t": "presence", "body": base64.b64encode(body).decode(),
+                       "sig": base64.b64encode(sig).decode()})
+
+
+async def test_a_readers_page_seals_its_presence_and_clear_presence_is_refused() -> None:
+    node = PrivateNode()
+    ann = Identity.generate()
+    await node.set_role(ann, "editor")
+    page = Page(node, ann)
+    await page.start()
+    await flushed()
+    given = page.of("presence_key")
+    assert len(given) == 1 and given[0]["epoch"] is not None
+    assert base64.b64decode(given[0]["epoch"]) == node.replica.current_epoch()
+    # In clear: refused (a blind host would relay it as is).
+    await page.session.handle(page_presence(page, 1, {"name": CANARY}, sealed=False))
+    assert page.of("error")[-1]["reason"] == "presence_unsealed"
+    assert ann.public_id not in node.runtime.presence()
+    # Sealed: the node opens it for its pages (and relays the sealed update as signed).
+    await page.session.handle(page_presence(page, 2, {"name": CANARY}, sealed=True))
+    assert node.runtime.presence()[ann.public_id] == {"name": CANARY}
+    await flushed()
+    assert page.of("presence")[-1]["presence"][ann.public_id] == {"name": CANARY}
+    # Removed: told to stop, and no newer key.
+    await node.set_role(ann, "none")
+    await flushed()
+    assert page.of("presence_key")[-1] == {"t": "presence_key", "epoch": None, "key": None}
+    assert len(page.of("presence_key")) == 2

@@ -50,6 +50,7 @@ let info = null; // {room, room_name, node, session, peer_id, did, role}
 let challenge = null; // the welcome's, signed to identify
 let authors = {}; // entity ID -> PeerID of its last writer (the node's "authors" message)
 let privacyShown = { private: false }; // the node's last "privacy" (session.py documents it)
+let presenceKey = null; // a private room's {epoch, key} (bytes), from the node
 const TAB = crypto.getRandomValues(new Uint32Array(2)).join("-"); // this page load
 const partial = { state: null, presence: null };
 let welcomed = false;
@@ -200,6 +201,7 @@ function onMessage(data) {
         session: msg.session };
       challenge = msg.challenge ? fromB64(msg.challenge) : null;
       presence = msg.presence || {};
+      presenceKey = null; // a (new) node gives its own after the page identifies
       showPrivacy(msg.privacy || { private: false });
       takeState(msg);
       break;
@@ -231,6 +233,10 @@ function onMessage(data) {
       break;
     case "privacy":
       showPrivacy(msg.privacy || { private: false });
+      break;
+    case "presence_key":
+      presenceKey = msg.epoch && msg.key ? { epoch: fromB64(msg.epoch), key: fromB64(msg.key) } : null;
+      if (presenceKey) schedulePresence();
       break;
     case "ack":
       settle(msg.req, msg.ok === true, msg);
@@ -925,7 +931,16 @@ async function publishPresence() {
     name: myName, pointer: myPointer, selected, session: info.session, node: info.node,
     position: walker.position, yaw: walker.yaw, speaking: media.api.speaking ? !!media.api.speaking() : false,
   };
-  const signed = await ident.signPresence(fromHex(info.room), fields);
+  await sendPresence(fields);
+}
+
+// Sign (and in a private room seal) presence fields and send them. A private room's page
+// without a presence key (not a reader, or its node holds none) publishes nothing: presence
+// in clear would reach the hosts that relay the room blind.
+async function sendPresence(fields) {
+  if (privacyShown.private && !presenceKey) return;
+  const seal = privacyShown.private ? presenceKey : null;
+  const signed = await ident.signPresence(fromHex(info.room), fields, seal);
   send({ t: "presence", ...signed });
 }
 
@@ -1303,8 +1318,7 @@ const api = {
     request({ t: "set", id, component, field, value }).then(() => undefined),
   moveEntity: (id, parent) => request({ t: "move", id, parent }).then(() => undefined),
   deleteEntity: (id) => request({ t: "delete", id }).then(() => undefined),
-  setPresence: (fields) =>
-    ident.signPresence(fromHex(info.room), fields).then((signed) => send({ t: "presence", ...signed })),
+  setPresence: (fields) => sendPresence(fields),
   onChange: (fn) => {
     changeListeners.add(fn);
     return () => changeListeners.delete(fn);

@@ -29,6 +29,7 @@ import {
   pack,
   peerIdOf,
   PRESENCE_DOMAIN,
+  sealPresence,
   signingPayload,
   utf8,
 } from "./wire.js";
@@ -256,11 +257,17 @@ export async function signDraft(roomHex, roomId, body, edit, tab, req, sealed = 
 let presenceSeq = 0;
 
 // A presence update signed by the person: {body, sig} (base64), body = [key, seq, fields].
-export async function signPresence(roomId, fields) {
+// In a private room `seal` is the node's {epoch, key} (bytes): the fields are sealed under
+// that presence key (wire.js sealPresence), so that hosts relay them blind.
+export async function signPresence(roomId, fields, seal = null) {
   const sorted = {};
   for (const k of Object.keys(fields).sort()) sorted[k] = fields[k];
   presenceSeq = Math.max(presenceSeq + 1, Date.now());
-  const body = pack([current.publicKey, presenceSeq, sorted]);
+  const shown = seal
+    ? await sealPresence(seal.key, seal.epoch, roomId, current.publicKey, presenceSeq, sorted,
+      crypto.getRandomValues(new Uint8Array(12)))
+    : sorted;
+  const body = pack([current.publicKey, presenceSeq, shown]);
   const sig = await sign(concat(PRESENCE_DOMAIN, roomId, body));
   return { body: b64(body), sig: b64(sig) };
 }

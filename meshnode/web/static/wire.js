@@ -557,3 +557,18 @@ export async function checkSealedDraft(body, edit, me, roomId, sealed) {
     return "the sealed ops are not [actors, names, ops]";
   return checkOps(ch.author, block[0], block[1], block[2], edit);
 }
+
+// A private room's presence (meshnode/overlay/sealed_presence.py): the fields become one,
+// {sealed: base64(epoch || nonce || AES-256-GCM(presence key, nonce, pad(msgpack(fields)),
+// aad))}, aad = "meshnode/presence-seal/v1\0" || room || participant || seq (u64) || epoch.
+const PRESENCE_SEAL_DOMAIN = utf8("meshnode/presence-seal/v1\0");
+
+export function presenceAad(roomId, participant, seq, epoch) {
+  return concat(PRESENCE_SEAL_DOMAIN, roomId, participant, u64(seq), epoch);
+}
+
+export async function sealPresence(presenceKey, epoch, roomId, participant, seq, fields, nonce) {
+  const ct = await sealPayload(presenceKey, nonce, pack(fields),
+    presenceAad(roomId, participant, seq, epoch));
+  return { sealed: b64(concat(epoch, nonce, ct)) };
+}
