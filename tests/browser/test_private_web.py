@@ -108,6 +108,27 @@ CHECK_JS = """(async () => {
     out[name] = await w.checkSealedDraft(b(c.body), c.edit, b(c.me), b(c.room),
                                          {secret: b(c.secret), epoch: b(c.epoch)});
   }
+  // Fuzz: random byte changes to the body, the secret and the epoch change never throw, and
+  // are accepted only where the page does not look (deps: docs/protocol.md says why).
+  const h = C.honest;
+  let seed = 7;
+  const rand = (n) => ((seed = (seed * 1103515245 + 12345) % 2147483648) % n);
+  out.fuzz = {threw: [], accepted_secret_or_epoch: 0, accepted_ct: 0};
+  for (let i = 0; i < 300; i++) {
+    const which = ["body", "secret", "epoch"][i % 3];
+    const parts = {body: b(h.body), secret: b(h.secret), epoch: b(h.epoch)};
+    const at = rand(parts[which].length);
+    parts[which][at] ^= 1 + rand(255);
+    try {
+      const got = await w.checkSealedDraft(parts.body, h.edit, b(h.me), b(h.room),
+                                           {secret: parts.secret, epoch: parts.epoch});
+      if (got !== null && typeof got !== "string") out.fuzz.threw.push(`${which}: ${got}`);
+      if (got === null && which !== "body") out.fuzz.accepted_secret_or_epoch++;
+      if (got === null && which === "body" && at >= parts.body.length - 40) out.fuzz.accepted_ct++;
+    } catch (err) {
+      out.fuzz.threw.push(`${which}@${at}: ${err.message}`);
+    }
+  }
   return out;
 })()"""
 
@@ -159,6 +180,9 @@ async def test_wire_js_checks_what_the_node_sealed_before_signing(
     assert "do not open" in got["flipped"]
     assert "one sealed op" in got["extra_op"]
     assert "not authored" in got["not_mine"]
+    fuzz = got["fuzz"]
+    assert fuzz["threw"] == [] and fuzz["accepted_secret_or_epoch"] == 0
+    assert fuzz["accepted_ct"] == 0
 
 
 async def test_a_browser_edits_a_private_room_on_a_real_node(

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgpack
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.sealing import commitment, derived_key, open_sealed, pad, seal_aad
@@ -344,3 +346,37 @@ async def test_a_readers_page_seals_its_presence_and_clear_presence_is_refused()
     await flushed()
     assert page.of("presence_key")[-1] == {"t": "presence_key", "epoch": None, "key": None}
     assert len(page.of("presence_key")) == 2
+
+
+async def test_the_node_rotates_when_asked_and_drafts_under_the_new_epoch() -> None:
+    node = PrivateNode()
+    ann = Identity.generate()
+    await node.set_role(ann, "editor")
+    before = node.replica.current_epoch()
+    assert await node.room.rotate_keys() is True
+    after = node.replica.current_epoch()
+    assert after is not None and after != before
+    page = Page(node, ann)
+    await page.start()
+    assert (await page.edit(t="create", parent="root", components={}))["ok"]
+    sealed = decode_change(base64.b64decode(page.of("sign")[-1]["body"]) + bytes(64)).ops[0]
+    assert sealed[1] == after
+
+
+@settings(max_examples=60, deadline=None)
+@given(plain=st.binary(max_size=400))
+def test_judge_sealable_gives_a_reason_for_any_bytes(plain: bytes) -> None:
+    replica = JUDGED[0]
+    reason = replica.judge_sealable(plain, JUDGED[1].public_key, replica.heads())
+    assert reason is None or (type(reason) is str and reason)
+
+
+def _judged() -> tuple[SceneReplica, Identity]:
+    owner, ann = Identity.generate(), Identity.generate()
+    replica = SceneReplica.create(owner, time.time(), name="j", nonce=b"j", private=True)
+    replica.grant(ann.public_id, "editor")
+    replica.commit(time.time())
+    return replica, ann
+
+
+JUDGED = _judged()
