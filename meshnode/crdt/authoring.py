@@ -191,7 +191,6 @@ class PersonDraft:
                                                               f"({problem})"))
         return SealedDraft(self._author, seq, body, result)
 
-
     def _seal_private(self, now: float, mono: float | None, result: object,
                       nonce: bytes | None) -> SealedDraft:
         replica = self._replica
