@@ -15,7 +15,16 @@ touches.
 
 ``PersonDraft`` offers the four scene edits of the local editing API (``create_entity``,
 ``set_field``, ``move``, ``delete``), so the browser session's edit closures run on it as they
-would on a replica. Sans-I/O: ``seal(now, mono)`` takes the clock readings.
+would on a replica. Sans-I/O: ``seal(now, mono)`` takes the clock readings (and, in a
+private room, the AEAD nonce).
+
+In a private room (docs/protocol.md, "Browser signing in private rooms") the node seals the
+scene ops itself, under the epoch it would seal its own edits under, and the draft carries what
+the page needs to check the ciphertext before signing: the epoch's secret and the raw change
+that created the epoch (its ID is the ``SEALED`` op's epoch reference, and it holds the
+public commitment the secret must match, so the page decrypts with exactly the key every
+reader uses). Only a node that reads the room can seal, and only for a person who is a
+reader and may edit: a draft is the only way a page gets a secret.
 """
 
 from collections.abc import Mapping
@@ -24,8 +33,10 @@ from typing import Any
 from meshnode.crdt.ids import ROOT, EntityId
 from meshnode.crdt.replica import SceneReplica
 from meshnode.crdt.results import PermissionDenied
+from meshnode.crdt.sealing import derived_key, seal, seal_aad
 from protocol.change import OP_CREATE, OP_DELETE, OP_MOVE, OP_SET, Op
 from protocol.msgpack_io import pack
+from protocol.private_ops import AEAD_NONCE_BYTES, OP_SEALED
 
 __all__ = ["DraftRefused", "PersonDraft", "SealedDraft"]
 
@@ -43,14 +54,20 @@ class DraftRefused(PermissionDenied):
 class SealedDraft:
     """An unsigned change body, ready for its author to check and sign."""
 
-    __slots__ = ("author", "body", "result", "seq")
+    __slots__ = ("author", "body", "epoch_change", "epoch_secret", "result", "seq")
 
-    def __init__(self, author: bytes, seq: int, body: bytes, result: object) -> None:
+    def __init__(self, author: bytes, seq: int, body: bytes, result: object,
+                 epoch_secret: bytes | None = None, epoch_change: bytes | None = None) -> None:
         self.author = author
         self.seq = seq
         self.body = body
         self.result = result
         """What the edit returned (the new entity's ID for a create)."""
+        self.epoch_secret = epoch_secret
+        """Private rooms: the secret of the epoch the body is sealed under (else None)."""
+        self.epoch_change = epoch_change
+        """Private rooms: the raw change that created that epoch (its ROTATE op holds the
+        commitment the secret matches)."""
 
 
 class PersonDraft:
@@ -60,9 +77,6 @@ class PersonDraft:
     def __init__(self, replica: SceneReplica, author: bytes) -> None:
         if len(author) != 32:
             raise ValueError("an author is a 32-byte public key")
-        if replica.is_private:
-            raise DraftRefused("private_room", "browsers cannot edit private rooms yet: their "
-                               "scene is sealed with keys the page does not hold")
         self._replica = replica
         self._author = author
         self._ops: list[Op] = []
@@ -149,14 +163,18 @@ class PersonDraft:
 
     # ------------------------------------------------------------------ sealing
 
-    def seal(self, now: float, mono: float | None, result: object = None) -> SealedDraft:
+    def seal(self, now: float, mono: float | None, result: object = None, *,
+             nonce: bytes | None = None) -> SealedDraft:
         """The unsigned body of the change, judged as every replica would judge it signed.
+        A private room's draft needs a fresh random 12-byte ``nonce``.
 
         Raises ``DraftRefused`` with the replicas' reason (nothing may be signed), or
         ``ValueError`` if there is nothing to sign."""
         if not self._ops:
             raise ValueError("nothing to change")
         replica = self._replica
+        if replica.is_private:
+            return self._seal_private(now, mono, result, nonce)
         seq = replica.version_vector().get(self._author, 0) + 1
         deps = replica.heads()
         if len(deps) > replica.limits.max_deps:
@@ -173,6 +191,51 @@ class PersonDraft:
                                                               f"({problem})"))
         return SealedDraft(self._author, seq, body, result)
 
+    def _seal_private(self, now: float, mono: float | None, result: object,
+                      nonce: bytes | None) -> SealedDraft:
+        replica = self._replica
+        author = self._author
+        if nonce is None or len(nonce) != AEAD_NONCE_BYTES:
+            raise ValueError("sealing needs a fresh random 12-byte nonce")
+        if not replica.is_reader():
+            raise DraftRefused("node_not_reader", _EXPLAIN["node_not_reader"])
+        role = replica.role_of(author)
+        if role == "none":
+            raise DraftRefused("not_a_member", _EXPLAIN["not_a_member"])
+        if not replica.is_reader(author):
+            raise DraftRefused("not_a_reader", _EXPLAIN["not_a_reader"])
+        if role == "viewer":  # before any key material is touched: viewers get none
+            raise DraftRefused("viewer_cannot_edit", _EXPLAIN["viewer_cannot_edit"])
+        if replica.privacy_counters().get("waiting_for_key", 0):
+            raise DraftRefused("waiting_for_key", _EXPLAIN["waiting_for_key"])
+        epoch = replica.current_epoch()
+        secret = None if epoch is None else replica.epoch_secret(epoch)
+        created = None if epoch is None else replica.change_bytes(epoch)
+        if epoch is None or secret is None or created is None:
+            raise DraftRefused("no_usable_epoch", _EXPLAIN["no_usable_epoch"])
+        seq = replica.version_vector().get(author, 0) + 1
+        deps = replica.heads()
+        if len(deps) > replica.limits.max_deps:
+            raise DraftRefused("too_many_heads", "the room has more heads than one change may "
+                               "name: try again in a moment")
+        plain = pack([list(self._actors), list(self._names), list(self._ops)])
+        problem = replica.judge_sealable(plain, author, deps)
+        if problem is not None:
+            raise DraftRefused(problem, _EXPLAIN.get(problem, f"the room refuses this edit "
+                                                              f"({problem})"))
+        hlc = replica.tick_clock(now, mono)
+        room = replica.room_id
+        ct = seal(derived_key(secret, room, "content"), nonce, plain,
+                  seal_aad(room, author, seq, hlc, epoch))
+        body = pack([author, seq, deps, hlc, [[], [], [[OP_SEALED, epoch, nonce, ct]]]])
+        if len(body) + 64 > replica.limits.max_change_bytes:
+            raise DraftRefused("too_large", "this edit is over the size of one change")
+        problem = replica.judge_unsigned(body)
+        if problem is not None:
+            raise DraftRefused(problem, _EXPLAIN.get(problem, f"the room refuses this edit "
+                                                              f"({problem})"))
+        return SealedDraft(author, seq, body, result, secret, created)
+
 
 _EXPLAIN = {
     "not_a_member": "you are not a member of this room (yet): ask an admin for an invite",
@@ -181,4 +244,12 @@ _EXPLAIN = {
     "quota": "you created as many entities as your role allows in this room",
     "unknown_entity": "the entity is deleted or unknown",
     "entity_exists": "the entity exists already",
+    "node_not_reader": "this node is a blind host of this private room: it cannot read or "
+                       "seal it, so it cannot compose your edits; open the room from a node "
+                       "that is a member (a reader)",
+    "not_a_reader": "your role in this private room holds no keys: only readers edit it",
+    "waiting_for_key": "this node waits for an epoch key (a reader's SHARE) before it can "
+                       "seal edits: try again in a moment",
+    "no_usable_epoch": "a member was removed and no new epoch key exists yet: an editor who "
+                       "reads the room must rotate the keys first",
 }

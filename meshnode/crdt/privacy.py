@@ -198,6 +198,43 @@ class PrivateRoom:
         secret = None if ep is None else ep.secrets.get(epoch_id)
         return None if secret is None else derived_key(secret, self.room_id, purpose)
 
+    def epoch_secret(self, epoch_id: bytes) -> bytes | None:
+        """A held epoch's secret (None if not held): what a person's page needs to check a
+        change its node sealed for it (``meshnode.crdt.authoring``; docs/protocol.md,
+        "Browser signing in private rooms")."""
+        ep = self._epochs
+        return None if ep is None else ep.secrets.get(epoch_id)
+
+    def judge_sealable(self, plain: bytes, author: bytes, deps: list[bytes]) -> str | None:
+        """Would the sealed payload ``plain`` (``[actors, names, ops]``) of a change by
+        ``author`` on ``deps`` take effect (not be voided) at every key holder? None if so,
+        else the reason it would be voided. Nothing is changed."""
+        block = self._decode_payload(plain, author)
+        if block is None:
+            return "schema"
+        actors, names, ops = block
+        graph = self._graph
+        vv = graph.past_vv(deps)
+        book = self._roles
+
+        def in_past(target: bytes) -> bool:
+            return graph.in_past(target, deps)
+
+        role = book.role_in_past(author, vv, in_past, self._equivocators,
+                                 with_inert=bool(book.inert))
+
+        def other(_idx: int, _o: list[Any]) -> None:
+            raise Rejected("schema")  # a person's draft carries scene ops only
+
+        try:
+            judge_scene_ops(
+                ops, author, actors, names, admin=ROLE_ADMIN <= role <= ROLE_OWNER,
+                quota=entity_quota(role), creation=self._creation, created_by=self._created_by,
+                equivocators=self._equivocators, graph=graph, deps=deps, vv=vv, other=other)
+        except Rejected as rej:
+            return rej.reason
+        return None
+
     def current_epoch(self) -> bytes | None:
         """The epoch this replica would seal under now (None: it would rotate first)."""
         if self._epochs is None:

@@ -673,7 +673,11 @@ class RoomOverlay:
             return "bad_signature"
         if not self.presence.accept(msg, now):
             return "stale_or_rate_limited"
-        self._emit(PresenceUpdated(peer_id_from_public_key(msg.participant), msg.fields, now))
+        fields = msg.fields
+        if self.replica.private:  # a person's sealed presence: shown here as opened
+            fields = open_presence(self.replica, msg.participant, msg.seq, fields,
+                                   self.replica.limits) or {}
+        self._emit(PresenceUpdated(peer_id_from_public_key(msg.participant), fields, now))
         self.presence.enqueue(msg, self._targets, None, now)
         return None
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, PermissionDenied, SceneReplica
 from meshnode.crdt.authoring import PersonDraft, SealedDraft
+from meshnode.overlay.sealed_presence import open_presence
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant
 from meshnode.rooms.invite import parse_invite
 from meshnode.runtime.room import RoomRuntime
@@ -134,7 +136,20 @@ class PeopleRoom:
         replica = self.runtime.replica
         draft = PersonDraft(replica, author)
         result = fn(draft)
-        return draft.seal(self._clock(), time.monotonic(), result)
+        nonce = os.urandom(12) if replica.is_private else None
+        return draft.seal(self._clock(), time.monotonic(), result, nonce=nonce)
+
+    async def rotate_keys(self) -> bool:
+        """Start a new epoch as the node (a private room whose latest epoch went stale with a
+        removal: ``no_usable_epoch``). True if the node rotated, False if it may not (it is
+        not an editor who reads the room)."""
+        try:
+            await self.runtime.edit(lambda r: r.rotate())
+        except (PermissionDenied, ValueError) as err:
+            log.info("could not rotate the keys of room %s: %s",
+                     self.runtime.room_id.hex()[:16], err)
+            return False
+        return True
 
     def author_seq(self, author: bytes) -> int:
         """The highest seq of ``author``'s chain this replica holds."""
@@ -151,8 +166,25 @@ class PeopleRoom:
     # ------------------------------------------------------------------ presence
 
     def submit_presence(self, msg: Presence) -> str | None:
-        """Publish a person's signed presence; None if taken, else why not."""
+        """Publish a person's signed presence; None if taken, else why not. In a private
+        room the page must have sealed it under a presence key this node holds
+        (``unsealed`` otherwise): presence in clear would reach blind hosts."""
+        replica = self.runtime.replica
+        if replica.is_private and open_presence(replica, msg.participant, msg.seq,
+                                                msg.fields, replica.limits) is None:
+            return "unsealed"
         return self.runtime.submit_signed_presence(msg)
+
+    def presence_key(self) -> tuple[bytes, bytes] | None:
+        """A private room's current epoch and its presence key, for a reader's page to seal
+        its presence with (``meshnode.overlay.sealed_presence``); None if the room is not
+        private or this node holds no usable key."""
+        replica = self.runtime.replica
+        if not replica.is_private:
+            return None
+        epoch = replica.current_epoch()
+        key = None if epoch is None else replica.epoch_key(epoch, "presence")
+        return None if epoch is None or key is None else (epoch, key)
 
     def presence(self) -> dict[str, dict[str, Any]]:
         """Each present person's (and node's) presence, by PeerID."""

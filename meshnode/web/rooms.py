@@ -177,6 +177,11 @@ class DelegatingRoom:
         """As the room does it."""
         return await self._room.admit_person(peer, invite)
 
+    async def rotate_keys(self) -> bool:
+        """A private room's new epoch, if the room can start one (``PeopleRoom``)."""
+        rotate = getattr(self._room, "rotate_keys", None)
+        return bool(await rotate()) if callable(rotate) else False
+
 
 class ReadOnlyRoom(DelegatingRoom):
     """A room as a browser that may not edit it sees it: every edit is refused (presence

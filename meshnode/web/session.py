@@ -36,7 +36,21 @@ Node → browser:
   changes: ``private``; for a private room ``node`` (the PeerID of the node that renders
   the room for this page: the page is its thin client), ``this_node`` (``reader``: the node
   holds the keys and reads the room; ``host``: a blind host, which cannot read it, so neither
-  can this page), ``readable`` and ``keys`` (each reader's PeerID -> holds the keys).
+  can this page), ``readable`` and ``keys`` (each reader's PeerID -> holds the keys),
+  ``you`` (``reader``, ``not_a_reader`` or ``not_identified``) and, for a reader's page on a
+  reading node, the sealed ``room_name``. A private room's content (state, presence, last
+  writers, name) is sent only to a page whose person proved their key and is a reader now;
+  every other page gets an empty scene (and loses it when its person stops being a reader).
+- ``{"t":"sign","req":n,"sreq":m,"seq":s,"body":base64}``: the change drafted for edit ``n``
+  (``meshnode.web.signing``); in a private room also ``"sealed":{"secret":base64,
+  "epoch":base64}``: the epoch secret and the raw change that created the epoch, for the page
+  to check the sealed ops before signing (docs/protocol.md, "Browser signing in private
+  rooms").
+- ``{"t":"presence_key","epoch":base64|null,"key":base64|null}``: a private room's current
+  presence key, for a reader's page to seal its presence (``meshnode.overlay.sealed_presence``),
+  again after each rotation; null when the person stops being a reader. A private room
+  refuses a page's presence that is not sealed under a key the node holds
+  (``presence_unsealed``).
 - ``{"t":"ack","req":n,"ok":true}`` (``"id":entityId`` added for ``create``), sent only
   after the edit is durable, and after the state message that shows it (so the browser reads
   its own writes once the ack arrives).
@@ -82,6 +96,7 @@ from typing import Any, TypeVar
 
 from meshnode.crdt import EntityId, PermissionDenied
 from meshnode.crdt.authoring import DraftRefused, SealedDraft
+from meshnode.crdt.roles import READER_ROLES, ROLE_NAMES
 from meshnode.identity import public_key_from_peer_id, verify_signature
 from meshnode.identity_export import did_key
 from meshnode.overlay.scoring import TokenBucket
@@ -95,6 +110,9 @@ from protocol.errors import DecodeError
 from protocol.frames import Presence
 
 __all__ = ["BrowserSession", "SessionLimits"]
+
+READER_ROLE_NAMES = frozenset(ROLE_NAMES[r] for r in READER_ROLES)
+"""Roles that hold a private room's keys (and may see it rendered by their node)."""
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +185,7 @@ class BrowserSession:
         self._sent_presence: dict[str, dict[str, Any]] = {}
         self._sent_authors: dict[str, str] = {}
         self._sent_privacy: dict[str, Any] = {}
+        self._sent_presence_epoch: bytes | None = None
         self._acks: list[dict[str, Any]] = []
         self._ack_handle: asyncio.Handle | None = None
         self._acks_sent: asyncio.Future[None] | None = None
@@ -196,14 +215,15 @@ class BrowserSession:
             return
         self._started = True
         self._loop = asyncio.get_running_loop()
-        state = self._room.state()
-        presence = self._room.presence()
-        room_id = self._room.room_id
         privacy = self._privacy()
+        readable = self._may_read(privacy)
+        state = self._room.state() if readable else {}
+        presence = self._room.presence() if readable else {}
+        room_id = self._room.room_id
         head = {
             "t": "welcome",
             "room": room_id.hex(),
-            "room_name": self._room.room_name,
+            "room_name": self._room.room_name if readable else "",
             "me": self._room.me,
             "node": self._room.me,
             "session": self.name,
@@ -324,16 +344,19 @@ class BrowserSession:
         self._dirty = False
         self._last_push = self._loop.time()
         try:
-            self._push_state()
-            self._push_authors()
-            self._push_presence()
-            self._push_privacy()
+            privacy = self._privacy()
+            readable = self._may_read(privacy)
+            self._push_state(readable)
+            self._push_authors(readable)
+            self._push_presence(readable)
+            self._push_privacy(privacy)
+            self._push_presence_key(privacy)
         except Exception:
             self.counters["push_failed"] += 1
             log.exception("session %s: pushing state failed", self.name)
 
-    def _push_state(self) -> None:
-        new = self._room.state()
+    def _push_state(self, readable: bool) -> None:
+        new = self._room.state() if readable else {}
         old = self._sent_state
         changed = {k: v for k, v in new.items() if old.get(k) != v}
         removed = [k for k in old if k not in new]
@@ -347,28 +370,72 @@ class BrowserSession:
             self._send_parts({"t": "delta", "del": removed}, {"t": "delta", "del": []},
                              "set", changed)
 
-    def _push_authors(self) -> None:
+    def _push_authors(self, readable: bool = True) -> None:
         """Who wrote each entity last (accountability in the page), when the room knows."""
         writers = getattr(self._room, "last_writers", None)
         if not callable(writers):
             return
-        authors = writers()
+        authors = writers() if readable else {}
         if authors != self._sent_authors:
             self._sent_authors = authors
             self._send_parts({"t": "authors"}, {"t": "authors"}, "authors", authors)
+
     def _privacy(self) -> dict[str, Any]:
+        """The room's privacy, and for a private room what this page may see: ``you``
+        (``reader``, ``not_a_reader`` or ``not_identified``) and, for a reader's page on a
+        node that reads the room, the sealed ``room_name``."""
         privacy = getattr(self._room, "privacy", None)
         value = privacy() if callable(privacy) else {"private": False}
-        return value if isinstance(value, dict) else {"private": False}
+        if not isinstance(value, dict):
+            return {"private": False}
+        if value.get("private"):
+            value = dict(value)
+            if self.person_id is None:
+                value["you"] = "not_identified"
+            else:
+                reader = self._room.role_of(self.person_id) in READER_ROLE_NAMES
+                value["you"] = "reader" if reader else "not_a_reader"
+            if value["you"] == "reader" and value.get("this_node") == "reader":
+                value["room_name"] = self._room.room_name
+        return value
 
-    def _push_privacy(self) -> None:
-        privacy = self._privacy()
+    @staticmethod
+    def _may_read(privacy: dict[str, Any]) -> bool:
+        """May this page see the room's content (scene, presence, authors, name)? In a
+        private room only a page whose person proved their key and is a reader now: the node
+        renders what it decrypts for the people who hold the keys, never for a page that
+        merely reaches it (a stranger, a removed member, a host-role person)."""
+        return not privacy.get("private") or privacy.get("you") == "reader"
+
+    def _push_privacy(self, privacy: dict[str, Any] | None = None) -> None:
+        if privacy is None:
+            privacy = self._privacy()
         if privacy != self._sent_privacy:
             self._sent_privacy = privacy
             self._send({"t": "privacy", "privacy": privacy})
 
-    def _push_presence(self) -> None:
-        presence = self._room.presence()
+    def _push_presence_key(self, privacy: dict[str, Any]) -> None:
+        """A reader's page seals its own presence in a private room: give it the current
+        epoch's presence key (only that key, only to a page whose person is a reader now),
+        again after each rotation; a page whose person stops being a reader is told to stop
+        (``epoch`` null) and gets no newer key."""
+        if not privacy.get("private"):
+            return
+        source = getattr(self._room, "presence_key", None)
+        pair = source() if callable(source) and self._may_read(privacy) else None
+        epoch = None if pair is None else pair[0]
+        if epoch == self._sent_presence_epoch:
+            return
+        self._sent_presence_epoch = epoch
+        if pair is None:
+            self._send({"t": "presence_key", "epoch": None, "key": None})
+            return
+        self.counters["presence_keys_given"] += 1
+        self._send({"t": "presence_key", "epoch": base64.b64encode(pair[0]).decode("ascii"),
+                    "key": base64.b64encode(pair[1]).decode("ascii")})
+
+    def _push_presence(self, readable: bool = True) -> None:
+        presence = self._room.presence() if readable else {}
         if presence == self._sent_presence:
             return
         self._sent_presence = presence
@@ -506,6 +573,10 @@ class BrowserSession:
             self.counters[f"admission_{problem}"] += 1
         self._send({"t": "identified", "peer": peer, "did": did_key(key),
                     "role": self._room.role_of(peer), "problem": problem})
+        if self._sent_privacy.get("private"):
+            # What this person may see changed (a reader now sees the scene): push it now.
+            self._dirty = True
+            self._flush()
 
     def _handle_sign_answer(self, answer: SignAnswer) -> None:
         if not self._desk.answer(answer):
@@ -542,10 +613,18 @@ class BrowserSession:
     async def _author(self, req: int, person: bytes, fn: EditFn) -> dict[str, Any] | None:
         """Draft the edit as the person, have the page sign it, apply it. Returns the ack to
         send (None: a refusal was sent)."""
+        rotated = False
         for _ in range(self.limits.sign_attempts):
             try:
                 draft = self._room.draft(person, fn)
             except DraftRefused as err:
+                if err.reason == "no_usable_epoch" and not rotated:
+                    # A removal left the latest epoch stale: the node starts a new one, if
+                    # it may (its own change), and drafts again under it.
+                    rotated = True
+                    rotate = getattr(self._room, "rotate_keys", None)
+                    if callable(rotate) and await rotate():
+                        continue
                 self._refuse(req, "edit_refused", f"permission denied: {err}", err.reason)
                 return None
             except PermissionDenied as err:
@@ -580,8 +659,16 @@ class BrowserSession:
         except OverflowError as err:
             self._refuse(req, "busy", str(err))
             return None
-        self._send({"t": "sign", "req": req, "sreq": sreq, "seq": draft.seq,
-                    "body": base64.b64encode(draft.body).decode("ascii")})
+        ask: dict[str, Any] = {"t": "sign", "req": req, "sreq": sreq, "seq": draft.seq,
+                               "body": base64.b64encode(draft.body).decode("ascii")}
+        if draft.epoch_secret is not None and draft.epoch_change is not None:
+            # A private room: what the page needs to open the sealed ops and compare them
+            # with its edit (docs/protocol.md, "Browser signing in private rooms"). Drafted
+            # only for a person who is a reader and may edit (meshnode.crdt.authoring).
+            ask["sealed"] = {"secret": base64.b64encode(draft.epoch_secret).decode("ascii"),
+                             "epoch": base64.b64encode(draft.epoch_change).decode("ascii")}
+            self.counters["epoch_keys_given"] += 1
+        self._send(ask)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), self.limits.sign_timeout_s)
         except (TimeoutError, asyncio.CancelledError):

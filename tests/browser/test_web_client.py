@@ -329,7 +329,8 @@ async def test_a_private_room_tells_the_page_who_renders_it_and_who_holds_keys()
     privacy = wire.sent[0]["privacy"]
     assert wire.sent[0]["room_name"] == ""
     assert privacy == {"private": True, "this_node": "host", "readable": False,
-                       "keys": {owner.public_id: True}, "node": host.public_id}
+                       "keys": {owner.public_id: True}, "node": host.public_id,
+                       "you": "not_identified"}
     # A reader without keys yet: the page lists them as waiting, then as holding keys.
     founded.grant(ann.public_id, "viewer")
     founded.commit(NOW + 3)
@@ -338,11 +339,17 @@ async def test_a_private_room_tells_the_page_who_renders_it_and_who_holds_keys()
     keys = wire.of("privacy")[-1]["privacy"]["keys"]
     assert keys == {owner.public_id: True, ann.public_id: True}  # shared with the grant
     session.close()
-    # Served by the owner's node (a reader), the page is told that its node renders it.
-    reader_session, reader_wire = open_session(PrivateFakeRoom(founded))
+    # Served by the owner's node (a reader), the page is told that its node renders it, but
+    # sees the room (its sealed name, its scene) only once its person proved being a reader.
+    reader_room = PrivateFakeRoom(founded)
+    reader_session, reader_wire = open_session(reader_room)
     shown = reader_wire.sent[0]
-    assert shown["room_name"] == "sealed lab"
+    assert shown["room_name"] == "" and shown["state"] == {}
     assert shown["privacy"]["this_node"] == "reader" and shown["privacy"]["readable"]
+    reader_wire.person = ann
+    await identify(reader_session, reader_wire, reader_room)
+    shown = reader_wire.of("privacy")[-1]["privacy"]
+    assert shown["you"] == "reader" and shown["room_name"] == "sealed lab"
     reader_session.close()
 
 

@@ -23,7 +23,7 @@
 // edits no node has acknowledged: those the new host's state already shows are settled, the
 // others are sent again. Edits wait; none is lost or made twice.
 //
-// For automation (tests), window.meshnode = {ready, state(), presence(), info(), identity(),
+// For automation (tests), window.meshnode = {ready, state(), presence(), info(), privacy(), identity(),
 // exportIdentity(passphrase), importIdentity(file, passphrase), people(), me(), move(dx, dz),
 // createEntity(parent, components) -> Promise<id>, setField(id, component, field, value),
 // moveEntity(id, parent), deleteEntity(id), setPresence(fields), onChange(fn), view,
@@ -49,6 +49,8 @@ let presence = {}; // PeerID -> presence fields
 let info = null; // {room, room_name, node, session, peer_id, did, role}
 let challenge = null; // the welcome's, signed to identify
 let authors = {}; // entity ID -> PeerID of its last writer (the node's "authors" message)
+let privacyShown = { private: false }; // the node's last "privacy" (session.py documents it)
+let presenceKey = null; // a private room's {epoch, key} (bytes), from the node
 const TAB = crypto.getRandomValues(new Uint32Array(2)).join("-"); // this page load
 const partial = { state: null, presence: null };
 let welcomed = false;
@@ -159,7 +161,13 @@ async function onSignRequest(msg) {
   } else {
     let out;
     try {
-      out = await ident.signDraft(info.room, fromHex(info.room), fromB64(msg.body), waiter.msg, TAB, msg.req);
+      // A private room's draft comes with its epoch's secret and creating change, to open
+      // and check the sealed ops (docs/protocol.md, "Browser signing in private rooms").
+      const sealed = msg.sealed
+        ? { secret: fromB64(msg.sealed.secret), epoch: fromB64(msg.sealed.epoch) }
+        : null;
+      out = await ident.signDraft(info.room, fromHex(info.room), fromB64(msg.body), waiter.msg,
+        TAB, msg.req, sealed);
     } catch (err) {
       out = { refused: "mismatch", detail: err.message };
     }
@@ -193,6 +201,7 @@ function onMessage(data) {
         session: msg.session };
       challenge = msg.challenge ? fromB64(msg.challenge) : null;
       presence = msg.presence || {};
+      presenceKey = null; // a (new) node gives its own after the page identifies
       showPrivacy(msg.privacy || { private: false });
       takeState(msg);
       break;
@@ -224,6 +233,10 @@ function onMessage(data) {
       break;
     case "privacy":
       showPrivacy(msg.privacy || { private: false });
+      break;
+    case "presence_key":
+      presenceKey = msg.epoch && msg.key ? { epoch: fromB64(msg.epoch), key: fromB64(msg.key) } : null;
+      if (presenceKey) schedulePresence();
       break;
     case "ack":
       settle(msg.req, msg.ok === true, msg);
@@ -613,35 +626,51 @@ function showConnected() {
 }
 
 // A private room: a lock, which members hold the keys, and who renders the room for this
-// page. The page is a thin client of its node (no crypto in the browser yet): the node reads
-// the room for it, so a page served by a blind host cannot read the room at all.
+// page. The node that serves the page decrypts the room and renders it, for a page whose
+// person proved their key and is a reader (a member who holds the keys); it seals this
+// person's edits, and the page opens and checks the sealed ops before signing (wire.js).
 function showPrivacy(p) {
+  privacyShown = p;
   const lock = $("lock");
   const box = $("privacy");
   if (!lock || !box) return;
   lock.hidden = !p.private;
   box.hidden = !p.private;
   if (!p.private) return;
+  if (p.room_name && info) {
+    info.room_name = p.room_name;
+    if (welcomed) showConnected();
+  }
   box.textContent = "";
   const line = document.createElement("p");
-  if (p.this_node === "reader") {
-    line.textContent = `Private room: your node ${p.node} renders this room for you and can ` +
-      "read it. Hosts that are not members store and relay it without reading it." +
-      (p.readable ? "" : " Your node is waiting for a member to come online and share the keys.");
-  } else {
+  if (p.this_node !== "reader") {
     line.className = "blind";
     line.textContent = `Private room: this node (${p.node}) is a blind host: it stores and ` +
       "relays the room but cannot read it, so this page cannot show the scene. Open the room " +
       "from a node that is a member (a reader), or with the Python client.";
+  } else if (p.you === "not_a_reader") {
+    line.className = "blind";
+    line.textContent = "Private room: you are not a member who holds its keys, so your node " +
+      `${p.node} shows you nothing of it. Ask an admin for an invite.`;
+  } else if (p.you === "not_identified") {
+    line.textContent = "Private room: proving who you are to your node…";
+  } else {
+    line.textContent = `Private room: your node ${p.node} renders this room for you: it ` +
+      "holds the keys as a member and decrypts the room. Your edits are sealed by your node " +
+      "and this page opens and checks them before you sign. Hosts that are not members " +
+      "store and relay the room without reading it." +
+      (p.readable ? "" : " Your node is waiting for a member to come online and share the keys.");
   }
   box.append(line);
   const keys = Object.entries(p.keys || {});
   if (keys.length) {
     const list = document.createElement("ul");
     list.className = "keys";
+    const me = info && info.peer_id;
     for (const [peer, ok] of keys) {
       const li = document.createElement("li");
-      li.textContent = `${peer}: ${ok ? "keys ok" : "waiting for a member to come online"}`;
+      const who = peer === me ? " (you)" : peer === p.node ? " (this node)" : "";
+      li.textContent = `${peer}${who}: ${ok ? "keys ok" : "waiting for a member to come online"}`;
       li.className = ok ? "ok" : "waiting";
       list.append(li);
     }
@@ -902,7 +931,16 @@ async function publishPresence() {
     name: myName, pointer: myPointer, selected, session: info.session, node: info.node,
     position: walker.position, yaw: walker.yaw, speaking: media.api.speaking ? !!media.api.speaking() : false,
   };
-  const signed = await ident.signPresence(fromHex(info.room), fields);
+  await sendPresence(fields);
+}
+
+// Sign (and in a private room seal) presence fields and send them. A private room's page
+// without a presence key (not a reader, or its node holds none) publishes nothing: presence
+// in clear would reach the hosts that relay the room blind.
+async function sendPresence(fields) {
+  if (privacyShown.private && !presenceKey) return;
+  const seal = privacyShown.private ? presenceKey : null;
+  const signed = await ident.signPresence(fromHex(info.room), fields, seal);
   send({ t: "presence", ...signed });
 }
 
@@ -1257,6 +1295,7 @@ const api = {
   presence: () => structuredClone(presence),
   people: () => presenceEntries().map(([key, fields]) => ({ key, peer_id: key, ...structuredClone(fields) })),
   info: () => (info ? { ...info } : null),
+  privacy: () => structuredClone(privacyShown),
   identity: () => {
     const me = ident.identityInfo();
     return me ? { peer_id: me.peer_id, did: me.did } : null;
@@ -1279,8 +1318,7 @@ const api = {
     request({ t: "set", id, component, field, value }).then(() => undefined),
   moveEntity: (id, parent) => request({ t: "move", id, parent }).then(() => undefined),
   deleteEntity: (id) => request({ t: "delete", id }).then(() => undefined),
-  setPresence: (fields) =>
-    ident.signPresence(fromHex(info.room), fields).then((signed) => send({ t: "presence", ...signed })),
+  setPresence: (fields) => sendPresence(fields),
   onChange: (fn) => {
     changeListeners.add(fn);
     return () => changeListeners.delete(fn);

@@ -20,6 +20,7 @@
 import {
   b64,
   checkDraft,
+  checkSealedDraft,
   concat,
   decodeBody,
   didOf,
@@ -28,6 +29,7 @@ import {
   pack,
   peerIdOf,
   PRESENCE_DOMAIN,
+  sealPresence,
   signingPayload,
   utf8,
 } from "./wire.js";
@@ -224,9 +226,11 @@ function chainKey(roomHex) {
 }
 
 // Sign the change body the node drafted for `edit`, unless it is not that edit or its seq is
-// not above every seq this person signed in this room (any tab). Returns {sig} or
-// {refused, detail?, seq?, changes?, mine?}.
-export async function signDraft(roomHex, roomId, body, edit, tab, req) {
+// not above every seq this person signed in this room (any tab). In a private room `sealed`
+// is the node's {secret, epoch} (bytes): the page opens the sealed ops with the checked epoch
+// key and compares them (wire.js checkSealedDraft); the secret is used for that check only and
+// never stored. Returns {sig} or {refused, detail?, seq?, changes?, mine?}.
+export async function signDraft(roomHex, roomId, body, edit, tab, req, sealed = null) {
   return navigator.locks.request(`meshnode-chain ${chainKey(roomHex)}`, async () => {
     const draft = decodeBody(body);
     const chain = (await dbGet("chains", chainKey(roomHex))) || { seq: 0, signed: [] };
@@ -239,7 +243,9 @@ export async function signDraft(roomHex, roomId, body, edit, tab, req) {
         changes: later.map((s) => s.change),
       };
     }
-    const problem = checkDraft(body, edit, current.publicKey);
+    const problem = sealed
+      ? await checkSealedDraft(body, edit, current.publicKey, roomId, sealed)
+      : checkDraft(body, edit, current.publicKey);
     if (problem) return { refused: "mismatch", detail: problem };
     const sig = await sign(signingPayload(roomId, body));
     const signed = [...chain.signed, { seq: draft.seq, change: concat(body, sig), tab, req }].slice(-KEEP_SIGNED);
@@ -251,11 +257,17 @@ export async function signDraft(roomHex, roomId, body, edit, tab, req) {
 let presenceSeq = 0;
 
 // A presence update signed by the person: {body, sig} (base64), body = [key, seq, fields].
-export async function signPresence(roomId, fields) {
+// In a private room `seal` is the node's {epoch, key} (bytes): the fields are sealed under
+// that presence key (wire.js sealPresence), so that hosts relay them blind.
+export async function signPresence(roomId, fields, seal = null) {
   const sorted = {};
   for (const k of Object.keys(fields).sort()) sorted[k] = fields[k];
   presenceSeq = Math.max(presenceSeq + 1, Date.now());
-  const body = pack([current.publicKey, presenceSeq, sorted]);
+  const shown = seal
+    ? await sealPresence(seal.key, seal.epoch, roomId, current.publicKey, presenceSeq, sorted,
+      crypto.getRandomValues(new Uint8Array(12)))
+    : sorted;
+  const body = pack([current.publicKey, presenceSeq, shown]);
   const sig = await sign(concat(PRESENCE_DOMAIN, roomId, body));
   return { body: b64(body), sig: b64(sig) };
 }

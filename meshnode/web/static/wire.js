@@ -273,7 +273,10 @@ export const SIGNING_DOMAIN = utf8("meshnode/change/v1\0");
 export const PRESENCE_DOMAIN = utf8("meshnode/presence/v1\0");
 export const IDENTIFY_DOMAIN = utf8("meshnode/browser-identify/v1\0");
 
-export const OP = { GENESIS: 0, CREATE: 1, SET: 2, MOVE: 3, DELETE: 4, ROLE: 5, REVOKE_INVITE: 6 };
+export const OP = {
+  GENESIS: 0, CREATE: 1, SET: 2, MOVE: 3, DELETE: 4, ROLE: 5, REVOKE_INVITE: 6,
+  SEALED: 7, ROTATE: 8, SHARE: 9, NAME: 10,
+};
 
 // A change body ([author, seq, deps, hlc, [actors, names, ops]]) as an object; throws if it
 // is not one. `body` excludes the signature.
@@ -361,7 +364,11 @@ export function checkDraft(body, edit, me) {
     return `not a change: ${err.message}`;
   }
   if (!equalBytes(ch.author, me)) return "the change is not authored by this person";
-  const { ops, names, actors, author } = ch;
+  return checkOps(ch.author, ch.actors, ch.names, ch.ops, edit);
+}
+
+// The scene ops (with their actors and names tables) make exactly `edit`? null or the problem.
+function checkOps(author, actors, names, ops, edit) {
   if (actors.some((a) => !(a instanceof Uint8Array) || a.length !== 32 || equalBytes(a, author)))
     return "actors must be 32-byte keys other than the author";
   const name = (i) => (Number.isInteger(i) && i >= 0 && i < names.length ? names[i] : undefined);
@@ -406,4 +413,162 @@ export function checkDraft(body, edit, me) {
     return err.message;
   }
   return `the page does not sign ${edit.t} edits`;
+}
+
+// ------------------------------------------------------------------ private rooms
+
+// docs/protocol.md, "Private rooms" and "Browser signing in private rooms". In a private room
+// the node seals the page's scene ops under an epoch key and sends, with the body, the epoch's
+// secret and the raw change that created the epoch. The page checks the chain that makes the
+// key the one every reader uses: SHA-256(epoch change) is the SEALED op's epoch reference, the
+// secret matches the commitment in that change's ROTATE op, the content key is derived from
+// the secret; then it opens the ciphertext (AES-256-GCM, the AAD binds room, author, seq, hlc
+// and epoch), removes the padding and checks the ops against the edit, as for a clear change.
+
+const SEAL_DOMAIN = utf8("meshnode/seal/v1\0");
+const SMALL_BUCKET = 64;
+const LARGE_BUCKET = 1024;
+const SMALL_LIMIT = 4096;
+
+export async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+// HKDF-SHA256, empty salt, 32 bytes (meshnode/crdt/sealing.py).
+export async function hkdf(secret, info) {
+  const key = await crypto.subtle.importKey("raw", secret, "HKDF", false, ["deriveBits"]);
+  const bits = await crypto.subtle.deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: new Uint8Array(0), info }, key, 256);
+  return new Uint8Array(bits);
+}
+
+export function commitmentInfo(roomId) {
+  return concat(utf8("meshnode/commit/v1"), roomId);
+}
+
+export function derivedInfo(roomId, purpose) {
+  return concat(utf8(`meshnode/${purpose}/v1`), roomId);
+}
+
+function u64(n) {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(n));
+  return b;
+}
+
+export function sealAad(roomId, author, seq, hlc, epochRef) {
+  return concat(SEAL_DOMAIN, roomId, author, u64(seq), u64(hlc), epochRef);
+}
+
+export function bucket(n) {
+  const step = n < SMALL_LIMIT ? SMALL_BUCKET : LARGE_BUCKET;
+  return (Math.floor(n / step) + 1) * step;
+}
+
+export function pad(data) {
+  const out = new Uint8Array(bucket(data.length));
+  out.set(data);
+  out[data.length] = 0x80;
+  return out;
+}
+
+// ISO/IEC 7816-4 padding removed, the bucket checked; null if malformed.
+export function unpad(data) {
+  let end = data.length;
+  while (end > 0 && data[end - 1] === 0) end--;
+  if (end === 0 || data[end - 1] !== 0x80 || data.length !== bucket(end - 1)) return null;
+  return data.slice(0, end - 1);
+}
+
+async function aesKey(raw, usage) {
+  return crypto.subtle.importKey("raw", raw, { name: "AES-GCM" }, false, [usage]);
+}
+
+export async function sealPayload(contentKey, nonce, plaintext, aad) {
+  const key = await aesKey(contentKey, "encrypt");
+  return new Uint8Array(await crypto.subtle.encrypt(
+    { name: "AES-GCM", iv: nonce, additionalData: aad, tagLength: 128 }, key, pad(plaintext)));
+}
+
+// The plaintext of a sealed payload, or null if it does not open or its padding is bad.
+export async function openPayload(contentKey, nonce, ct, aad) {
+  const key = await aesKey(contentKey, "decrypt");
+  let padded;
+  try {
+    padded = new Uint8Array(await crypto.subtle.decrypt(
+      { name: "AES-GCM", iv: nonce, additionalData: aad, tagLength: 128 }, key, ct));
+  } catch {
+    return null;
+  }
+  return unpad(padded);
+}
+
+// The content key of the epoch `epochRef`, checked: `epochChange` (raw signed change) hashes
+// to `epochRef` and its ROTATE op commits to `secret`. Throws with what is wrong.
+export async function checkedContentKey(roomId, epochRef, secret, epochChange) {
+  if (!(secret instanceof Uint8Array) || secret.length !== 32) throw new Error("bad epoch secret");
+  if (!equalBytes(await sha256(epochChange), epochRef))
+    throw new Error("the epoch change is not the epoch the body is sealed under");
+  const created = decodeChange(epochChange);
+  const rotate = created.ops.filter((op) => Array.isArray(op) && op[0] === OP.ROTATE);
+  if (rotate.length !== 1 || !(rotate[0][1] instanceof Uint8Array))
+    throw new Error("the epoch change has no rotation");
+  if (!equalBytes(await hkdf(secret, commitmentInfo(roomId)), rotate[0][1]))
+    throw new Error("the epoch secret does not match the epoch's commitment");
+  return hkdf(secret, derivedInfo(roomId, "content"));
+}
+
+// Does the sealed `body` make exactly `edit`, as `me`, in room `roomId`? `sealed` is the
+// node's {secret, epoch} (bytes). Returns null if so, else what is wrong.
+export async function checkSealedDraft(body, edit, me, roomId, sealed) {
+  let ch;
+  try {
+    ch = decodeBody(body);
+  } catch (err) {
+    return `not a change: ${err.message}`;
+  }
+  if (!equalBytes(ch.author, me)) return "the change is not authored by this person";
+  // Nothing in clear but the one SEALED op: no role, rotation, share or scene op.
+  if (ch.actors.length || ch.names.length || ch.ops.length !== 1) return "expected one sealed op";
+  const op = ch.ops[0];
+  if (!Array.isArray(op) || op.length !== 4 || op[0] !== OP.SEALED) return "expected one sealed op";
+  const [, epochRef, nonce, ct] = op;
+  if (!(epochRef instanceof Uint8Array) || epochRef.length !== 32)
+    return "the sealed op must name an existing epoch";
+  if (!(nonce instanceof Uint8Array) || nonce.length !== 12 || !(ct instanceof Uint8Array))
+    return "bad sealed op";
+  if (!sealed || !(sealed.secret instanceof Uint8Array) || !(sealed.epoch instanceof Uint8Array))
+    return "a sealed change comes with its epoch's secret and change";
+  let key;
+  try {
+    key = await checkedContentKey(roomId, epochRef, sealed.secret, sealed.epoch);
+  } catch (err) {
+    return err.message;
+  }
+  const plain = await openPayload(key, nonce, ct, sealAad(roomId, ch.author, ch.seq, ch.hlc, epochRef));
+  if (plain === null) return "the sealed ops do not open under the epoch's key";
+  let block;
+  try {
+    block = unpack(plain);
+  } catch (err) {
+    return `the sealed ops are not msgpack: ${err.message}`;
+  }
+  if (!Array.isArray(block) || block.length !== 3 || !block.every(Array.isArray))
+    return "the sealed ops are not [actors, names, ops]";
+  return checkOps(ch.author, block[0], block[1], block[2], edit);
+}
+
+// A private room's presence (meshnode/overlay/sealed_presence.py): the fields become one,
+// {sealed: base64(epoch || nonce || AES-256-GCM(presence key, nonce, pad(msgpack(fields)),
+// aad))}, aad = "meshnode/presence-seal/v1\0" || room || participant || seq (u64) || epoch.
+const PRESENCE_SEAL_DOMAIN = utf8("meshnode/presence-seal/v1\0");
+
+export function presenceAad(roomId, participant, seq, epoch) {
+  return concat(PRESENCE_SEAL_DOMAIN, roomId, participant, u64(seq), epoch);
+}
+
+export async function sealPresence(presenceKey, epoch, roomId, participant, seq, fields, nonce) {
+  const ct = await sealPayload(presenceKey, nonce, pack(fields),
+    presenceAad(roomId, participant, seq, epoch));
+  return { sealed: b64(concat(epoch, nonce, ct)) };
 }
