@@ -49,7 +49,8 @@ TrackCallback = Callable[[str, MediaStreamTrack], None]
 
 class MediaRefusedError(Exception):
     """The node will not relay our media; ``reason`` is its stable label (``not_member``,
-    ``removed``, ``too_many_publications``, ``relay_full``, ``media_disabled``...)."""
+    ``removed``, ``too_many_publications``, ``relay_full``, ``media_disabled``; in a private
+    room ``blind_host`` and ``not_reader``...)."""
 
     def __init__(self, reason: str, detail: str, source_id: str = "") -> None:
         super().__init__(f"the node refused media {source_id or 'of the room'}: {reason}"

@@ -657,4 +657,8 @@ _DETAILS = {
     "too_many_publications": "you publish as many sources in this room as this node allows",
     "relay_full": "this node relays as much media as its operator allows; try again later",
     "media_disabled": "this node does not relay media",
+    "blind_host": "this node hosts the private room without its keys, so it relays none of "
+                  "its media (it could hear and see them): join through a node that reads it",
+    "not_reader": "the room is private and you hold none of its keys: its media go to "
+                  "readers only",
 }
