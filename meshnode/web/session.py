@@ -413,6 +413,8 @@ class BrowserSession:
         if privacy != self._sent_privacy:
             self._sent_privacy = privacy
             self._send({"t": "privacy", "privacy": privacy})
+            if self.media is not None and self._refuses_media(privacy):
+                self.media.close()  # its person stopped being a reader: no more voice or video
 
     def _push_presence_key(self, privacy: dict[str, Any]) -> None:
         """A reader's page seals its own presence in a private room: give it the current
@@ -511,12 +513,26 @@ class BrowserSession:
         await self._run_person_edit(req, fn)
 
     async def _handle_media(self, msg: dict[str, Any]) -> None:
+        if self._refuses_media(self._privacy()):
+            self.counters["media_not_reader"] += 1
+            self._send({"t": "media_refused", "req": peek_req(msg), "reason": "not_reader",
+                        "error": "this room is private and your key holds none of its keys: "
+                                 "its voice and video go to readers only"})
+            return
         if self.media is None:
             self.counters["media_media_off"] += 1
             self._send({"t": "media_refused", "req": peek_req(msg), "reason": "media_off",
                         "error": "this connection carries no voice or video"})
             return
         await self.media.handle(msg)
+
+    @staticmethod
+    def _refuses_media(privacy: dict[str, Any]) -> bool:
+        """A private room's media go to its readers only (media are encrypted hop by hop,
+        so whoever relays them hears them): a page whose person proved a key that is not a
+        reader's (a removed member, a host-role person) gets none. A page that has not
+        identified yet came with the invite or operator rights that let it in."""
+        return bool(privacy.get("private")) and privacy.get("you") == "not_a_reader"
 
     def send_message(self, msg: dict[str, Any]) -> None:
         """Send one JSON message to the browser (for ``BrowserMedia``)."""

@@ -266,6 +266,10 @@ async def test_a_removed_members_page_gets_no_newer_key_and_no_content() -> None
     ack = await page.edit(t="create", parent="root", components={"name": {"value": CANARY}})
     assert ack["ok"] is False and ack["reason"] == "not_a_member"
     assert len(page.of("sign")) == 1 and len(page.secrets) == 1
+    # Nor voice or video: a private room's media go to readers only.
+    await page.session.handle(json.dumps({"t": "media_prefs", "req": 90}))
+    refused = page.of("media_refused")[-1]
+    assert refused["reason"] == "not_reader" and refused["req"] == 90
     # Bob, still a reader, edits under the new epoch, whose secret Ann never got.
     bob_page = Page(node, bob)
     await bob_page.start()
