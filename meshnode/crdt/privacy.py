@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt.clock import hlc_millis
+from meshnode.crdt.content import EpochRecord, PrivateContent
 from meshnode.crdt.epochs import Epoch, EpochBook
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.member_keys import unwrap, wrap, x25519_private
@@ -54,6 +55,7 @@ from meshnode.crdt.roles import (
     may_set_role,
 )
 from meshnode.crdt.scene_rules import SceneMove, SceneSet, judge_scene_ops
+from meshnode.crdt.snapshot_seal import SnapshotSeal
 from meshnode.crdt.sealing import (
     back_aad,
     commitment,
@@ -232,6 +234,71 @@ class PrivateRoom:
         return {m: newest is not None and (m in newest.recipients
                                            or newest.epoch_id in ep.shared.get(m, set()))
                 for m, r in self._roles.members().items() if r in READER_ROLES}
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_seal(self) -> SnapshotSeal | None:
+        """How this replica seals its snapshot (docs/protocol.md, "Sealed snapshots"): under
+        the epoch it would seal a change under now, wrapped to every current reader. None if
+        it cannot: not a reader, content still waiting for a key, or no usable epoch (the
+        next commit rotates first)."""
+        ep = self._epochs
+        if ep is None or not self.is_reader() or ep.blocked:
+            return None
+        vv = dict(self._graph.vv_all)
+        heads = sorted(self._graph.heads)
+        eid = self._usable_epoch(vv, heads, [])
+        if eid is None:
+            return None
+        readers = self._reader_set(vv, heads, [])
+        return SnapshotSeal(eid, ep.secrets[eid], tuple(sorted(readers)), self._random_bytes)
+
+    def _export_private(self, listed: set[bytes], opened: bool) -> PrivateContent | None:
+        """The epoch book as plain data; with ``opened``, the readers-only part too
+        (``listed``: the changes the snapshot indexes; others are left out of ``sealed`` and
+        ``voided``, which only count them)."""
+        ep = self._epochs
+        if ep is None:
+            return None
+        name = ep.name
+        return PrivateContent(
+            epochs=tuple(EpochRecord(e.epoch_id, e.author, e.seq, e.hlc,
+                                     tuple(sorted(e.recipients)), e.commitment, e.back_nonce,
+                                     e.back) for e in ep.epochs.values()),
+            lowering=tuple(ep.lowering),
+            shared=tuple((m, tuple(sorted(eids))) for m, eids in sorted(ep.shared.items())),
+            sealed=tuple(sorted(c for c in ep.sealed if c in listed)),
+            opened=opened,
+            name=None if not opened or name is None else (name[0][2], name[1]),
+            voided=tuple(sorted((c, r) for c, r in ep.voided.items() if c in listed))
+            if opened else (),
+            secrets=tuple(sorted(ep.secrets.items())) if opened else (),
+        )
+
+    def _import_private(self, pc: PrivateContent, stamps: Mapping[bytes, Stamp]) -> None:
+        """Fill the (reset) epoch book from ``pc``; raises ``KeyError``/``ValueError`` if it
+        is inconsistent with the imported history."""
+        ep = self._epochs
+        if ep is None:
+            raise ValueError("an epoch book for a room that is not private")
+        key = self._key
+        meta = self._graph.meta
+        for e in pc.epochs:
+            if e.epoch_id not in meta:
+                raise KeyError("an epoch names an unknown change")
+            ep.add(Epoch(e.epoch_id, key(e.author), e.seq, e.hlc,
+                         frozenset(key(r) for r in e.recipients), e.commitment, e.back_nonce,
+                         e.back))
+        ep.lowering = [(key(m), key(a), seq) for m, a, seq in pc.lowering]
+        ep.shared = {key(m): set(eids) for m, eids in pc.shared}
+        ep.sealed = set(pc.sealed)
+        if pc.opened:
+            ep.voided = dict(pc.voided)
+            if pc.name is not None:
+                ep.name = (stamps[pc.name[0]], pc.name[1])
+                self.room_name = pc.name[1]
+            for eid, secret in pc.secrets:
+                ep.learn(eid, secret)
 
     # ------------------------------------------------------------------ local API
 
