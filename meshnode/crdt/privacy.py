@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt.clock import hlc_millis
-from meshnode.crdt.content import EpochRecord, PrivateContent
+from meshnode.crdt.content import EpochRecord, PrivateContent, SceneContent
 from meshnode.crdt.epochs import Epoch, EpochBook
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.member_keys import unwrap, wrap, x25519_private
@@ -134,6 +134,7 @@ class PrivateRoom:
     _x25519: X25519PrivateKey | None
     _random_bytes: Callable[[int], bytes]
     _private_batch: PrivateBatch | None
+    _base: "SceneContent | None"
     room_id: bytes
     room_name: str
     limits: Limits
@@ -164,7 +165,16 @@ class PrivateRoom:
         if ep is None:
             return True
         return (self._roles.current_role(self._me) in READER_ROLES and not ep.blocked
-                and all(e in ep.secrets for e in ep.epochs))
+                and all(e in ep.secrets for e in ep.epochs) and not self.scene_missing)
+
+    @property
+    def scene_missing(self) -> bool:
+        """True if this replica started from a private room's snapshot without its scene (it
+        was blind then: a host, an outsider, a member admitted later): the scene before that
+        snapshot is not here even once it holds keys. A reader in that state loads the
+        history (or a snapshot sealed to it) instead; it writes no sealed snapshot."""
+        base = self._base
+        return base is not None and base.private is not None and not base.private.opened
 
     def is_reader(self, member: bytes | None = None) -> bool:
         """True if ``member`` (default: the local identity) is a key recipient now (viewer,
@@ -243,7 +253,7 @@ class PrivateRoom:
         it cannot: not a reader, content still waiting for a key, or no usable epoch (the
         next commit rotates first)."""
         ep = self._epochs
-        if ep is None or not self.is_reader() or ep.blocked:
+        if ep is None or not self.is_reader() or ep.blocked or self.scene_missing:
             return None
         vv = dict(self._graph.vv_all)
         heads = sorted(self._graph.heads)
@@ -338,6 +348,10 @@ class PrivateRoom:
     def _check_sealable(self) -> None:
         """Called before a scene edit in a private room (``LocalEdits._require``)."""
         ep = self._epochs
+        if ep is not None and self.scene_missing:
+            raise WaitingForKey(
+                "this replica started from a snapshot of the room without its scene: load "
+                "the history (or a snapshot sealed to this member) before editing")
         if ep is not None and ep.blocked:
             raise WaitingForKey(
                 f"{ep.waiting_for_key()} change(s) here wait for an epoch key: scene edits "
