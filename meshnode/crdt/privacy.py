@@ -250,10 +250,10 @@ class PrivateRoom:
     def _snapshot_seal(self) -> SnapshotSeal | None:
         """How this replica seals its snapshot (docs/protocol.md, "Sealed snapshots"): under
         the epoch it would seal a change under now, wrapped to every current reader. None if
-        it cannot: not a reader, content still waiting for a key, or no usable epoch (the
-        next commit rotates first)."""
+        it cannot: not ``readable`` (not a reader, an epoch's secret or some content still
+        waiting for a key), or no usable epoch (the next commit rotates first)."""
         ep = self._epochs
-        if ep is None or not self.is_reader() or ep.blocked or self.scene_missing:
+        if ep is None or not self.readable:
             return None
         vv = dict(self._graph.vv_all)
         heads = sorted(self._graph.heads)
