@@ -302,10 +302,8 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def snapshot(request: web.Request) -> web.Response:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
-        if hosted.runtime.replica.private:
-            # No snapshots of private rooms (one in clear would hold the scene): a joiner
-            # replays the change history.
-            return _error(404, "a private room has no snapshots: sync its changes")
+        # A private room's snapshot holds its scene sealed (a reader node's) or not at all
+        # (a blind host's): served as opaque bytes (docs/protocol.md, "Sealed snapshots").
         snap = await host.latest_snapshot(hosted.runtime.room_id)
         if snap is None:
             return _error(404, "no snapshot yet")
