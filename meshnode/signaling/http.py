@@ -386,13 +386,17 @@ def build_app(node: NodeApi) -> web.Application:
         body = await _json_body(request)
         name = body.get("name", "room")
         admit = body.get("admit")
-        private = body.get("private", False)
+        # As `meshnode room create`: private unless asked not to be or open (an open room
+        # admits anyone, so it is never private); a private room is invite-only.
+        private = body.get("private", admit != "open")
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             return _error(400, "name must be a string of 1 to 200 characters")
         if admit not in (None, "open", "invite"):
             return _error(400, "admit must be open or invite")
         if type(private) is not bool:
             return _error(400, "private must be true or false")
+        if private and admit is None:
+            admit = "invite"
         try:
             rid = await host.create_room(name, admit=admit, private=private)
         except ValueError as err:  # a private room that would be open
