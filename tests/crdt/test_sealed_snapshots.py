@@ -239,3 +239,19 @@ def test_pruned_private_room_keeps_reading() -> None:
     fresh.apply(data, T0 + 3000)
     assert fresh.state() == owner.state()
     assert change_id(data) in fresh.heads()
+
+
+def test_snapshot_vectors_open() -> None:
+    """The sealed-section vector of docs/protocol.md opens with the epoch's snapshot key and
+    gives the plaintext, which decodes as a scene (``open_snapshot``'s parser)."""
+    from meshnode.crdt import private_vectors as pv
+    from meshnode.crdt.snapshot_seal import SealedSection, open_section
+
+    v = pv.build()
+    section = SealedSection(pv.EPOCH_ID, {}, pv.NONCE,
+                            bytes.fromhex(v["snapshot_sealed_ciphertext (seal_nonce)"]),
+                            bytes.fromhex(v["snapshot_seal_aad"]))
+    plain = open_section(section, pv.ROOM_ID, pv.SECRET)
+    assert plain is not None and plain.hex() == v["snapshot_sealed_plaintext"]
+    assert open_section(section, pv.ROOM_ID, bytes(32)) is None
+    assert open_section(section, bytes(32), pv.SECRET) is None
