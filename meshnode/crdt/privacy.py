@@ -55,7 +55,6 @@ from meshnode.crdt.roles import (
     may_set_role,
 )
 from meshnode.crdt.scene_rules import SceneMove, SceneSet, judge_scene_ops
-from meshnode.crdt.snapshot_seal import SnapshotSeal
 from meshnode.crdt.sealing import (
     back_aad,
     commitment,
@@ -67,6 +66,7 @@ from meshnode.crdt.sealing import (
     unpad,
     wrap_info,
 )
+from meshnode.crdt.snapshot_seal import SnapshotSeal
 from meshnode.crdt.tree import Stamp
 from meshnode.identity import Identity
 from protocol.change import (

@@ -373,7 +373,7 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits,
         ids.append(cid)
         seen.add(cid)
 
-    entities, moves, fields, dead = _scene(obj[7:10] + [obj[13]], keys, ids, limits)
+    entities, moves, fields, dead = _scene([*obj[7:10], obj[13]], keys, ids, limits)
     grants = []
     for ki, ci, role, inert in _list(obj[10], 4, "grants"):
         if type(role) is not int or not (ROLE_NONE <= role <= ROLE_ADMIN or role == ROLE_HOST) \
@@ -601,5 +601,5 @@ def _frontier(obj: object, keys: list[Any], gch: Change) -> FrontierContent:
 
 
 __all__ = ["MAGIC", "PRIVATE_VERSION", "READABLE_VERSIONS", "SNAPSHOT_DOMAIN", "VERSION",
-           "DecodedSnapshot", "SnapshotKeyMissing", "SnapshotSealError", "decode_snapshot", "encode_snapshot",
-           "open_snapshot"]
+           "DecodedSnapshot", "SnapshotKeyMissing", "SnapshotSealError", "decode_snapshot",
+           "encode_snapshot", "open_snapshot"]

@@ -15,6 +15,7 @@ rule. Then, for every identity of the room:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -255,3 +256,48 @@ def test_snapshot_vectors_open() -> None:
     assert plain is not None and plain.hex() == v["snapshot_sealed_plaintext"]
     assert open_section(section, pv.ROOM_ID, bytes(32)) is None
     assert open_section(section, bytes(32), pv.SECRET) is None
+
+
+_FUZZ_ROOM = _room()
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.data())
+def test_mutated_sealed_snapshots_are_typed_errors_or_load(data: st.DataObject) -> None:
+    w, snap = _FUZZ_ROOM
+    raw = bytearray(snap)
+    if data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] ^= 1 << data.draw(st.integers(0, 7))
+    else:
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    with contextlib.suppress(DecodeError):
+        SceneReplica.from_snapshot(bytes(raw), w.ids[1])
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(st.none(), st.integers(-3, 300), st.binary(max_size=40),
+                       st.text(max_size=8), st.lists(st.integers(-1, 5), max_size=4)),
+             max_size=9),
+))
+def test_sealed_plaintext_parser_gives_typed_errors(plain: object) -> None:
+    """Whatever a (malicious) reader seals, a loader gets ``SnapshotSealError`` or content."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from meshnode.crdt.sealing import derived_key, pad
+    from protocol.msgpack_io import pack
+
+    w, snap = _FUZZ_ROOM
+    dec = decode_snapshot(snap, DEFAULT_LIMITS, None)
+    assert dec.sealed is not None
+    secret = w.reps[0]._epochs.secrets[dec.sealed.epoch_id]  # type: ignore[union-attr]
+    body = plain if isinstance(plain, bytes) else pack(plain)
+    ct = AESGCM(derived_key(secret, dec.room_id, "snapshot")).encrypt(
+        dec.sealed.nonce, pad(body), dec.sealed.aad)
+    forged = dataclasses.replace(dec, sealed=dataclasses.replace(dec.sealed, ciphertext=ct))
+    with contextlib.suppress(SnapshotSealError):
+        open_snapshot(forged, secret, DEFAULT_LIMITS)

@@ -28,8 +28,8 @@ from meshnode.crdt import ROOT, SceneReplica
 from meshnode.crdt.snapshot import decode_snapshot
 from meshnode.identity import Identity
 from meshnode.store.sqlite import DB_FILENAME
-from protocol.limits import DEFAULT_LIMITS
 from meshnode.transport.capture import CAPTURE_ENV, read_capture
+from protocol.limits import DEFAULT_LIMITS
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
 from tests.integration.test_line import ICE, until
 

@@ -51,7 +51,8 @@ def changes(node: NodeProcess, room: str) -> int:
 async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a", args=["--no-default-room"]).start()
     try:
-        room = a.post("/api/rooms", {"name": "revocation", "admit": "invite", "private": False})["id"]
+        room = a.post("/api/rooms", {"name": "revocation", "admit": "invite",
+                                     "private": False})["id"]
         mallory, bob, sock = Identity.generate(), Identity.generate(), Identity.generate()
         watch = await invite(a, room, "viewer")
         mallory_invite = (await invite(a, room, "admin"))["token"]
