@@ -301,3 +301,27 @@ def test_sealed_plaintext_parser_gives_typed_errors(plain: object) -> None:
     forged = dataclasses.replace(dec, sealed=dataclasses.replace(dec.sealed, ciphertext=ct))
     with contextlib.suppress(SnapshotSealError):
         open_snapshot(forged, secret, DEFAULT_LIMITS)
+
+
+def test_a_blind_host_cannot_resign_or_alter_a_readers_snapshot() -> None:
+    import msgpack
+
+    from meshnode.crdt.snapshot import SNAPSHOT_DOMAIN
+
+    w, snap = _room()
+    host = w.ids[4]
+    room_id = w.reps[0].room_id
+
+    def signed(obj: list[object], by: object) -> bytes:
+        body = msgpack.packb(obj, use_bin_type=True)
+        return body + by.sign(SNAPSHOT_DOMAIN + room_id + body)  # type: ignore[attr-defined]
+
+    obj = msgpack.unpackb(snap[:-64], raw=False)
+    obj[2] = host.public_key  # re-signed as the host's own: the wraps name the real signer
+    with pytest.raises(DecodeError) as err:
+        SceneReplica.from_snapshot(signed(obj, host), w.ids[1])
+    assert err.value.reason in ("snapshot_key_missing", "bad_sealed_snapshot")
+    obj = msgpack.unpackb(snap[:-64], raw=False)
+    obj[4] += 1  # any public change (here the clock), signed by the real signer's key
+    with pytest.raises(SnapshotSealError):
+        SceneReplica.from_snapshot(signed(obj, w.ids[0]), w.ids[1])
