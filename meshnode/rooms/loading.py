@@ -24,6 +24,11 @@ stored snapshot's frontier summarises the changes deleted from the log, so start
 the room's state and the log after the frontier: its cost follows the room and the
 retention window, not the history's length.
 
+A private room's snapshot is sealed (docs/protocol.md, "Sealed snapshots"): a reader node
+opens its own (it wraps the key to itself), a blind host starts from the public part of its
+own (no scene). One this node cannot open now that it reads the room (written while it was
+blind) is ``snapshot_key_missing``: the log is replayed, whole since blind hosts never prune.
+
 Blocking (SQLite reads, signature checks): the room host runs it in a worker thread.
 """
 
