@@ -291,6 +291,12 @@ class RoomClient(LinkService):
             log.warning("room %s: the node's snapshot is another room's; replaying the whole "
                         "history instead", self.room_id.hex()[:16])
             return None
+        if replica.scene_missing:
+            # A private room's snapshot not sealed to us (a blind host's, or we were not a
+            # reader when it was written): its scene would never be ours.
+            log.info("room %s: the node's snapshot is not sealed to this member; replaying "
+                     "the history instead", self.room_id.hex()[:16])
+            return None
         self.joined_from_snapshot = True
         return replica
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from meshnode.crdt.content import SceneContent
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.snapshot import encode_snapshot
+from meshnode.crdt.snapshot_seal import SnapshotSeal
 
 
 class BlankReplica(Protocol):
@@ -68,6 +69,8 @@ class CompactionJob:
     signer: bytes
     blank: Callable[[], BlankReplica]
     """A fresh replica with the live one's identity and limits, to import into."""
+    seal: SnapshotSeal | None = None
+    """How a private room's snapshot is sealed (None for other rooms)."""
     snapshot: bytes = b""
     pruned: list[bytes] = field(default_factory=list)
     built: Any = None  # the fresh replica holding the pruned state, once built
@@ -75,7 +78,8 @@ class CompactionJob:
     def build(self) -> None:
         """Encode and sign the frontier snapshot and import it into a fresh replica; list the
         held changes it summarises (``pruned``). Pure: safe to run in a worker thread."""
-        self.snapshot = encode_snapshot(self.content, self.signer, self.room_id, self.sign)
+        self.snapshot = encode_snapshot(self.content, self.signer, self.room_id, self.sign,
+                                        self.seal)
         fresh = self.blank()
         fresh._base = self.content
         fresh._reset_content()

@@ -82,6 +82,44 @@ class FrontierContent:
 
 
 @dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """One epoch of a private room's public epoch book (``meshnode.crdt.epochs.Epoch``)."""
+
+    epoch_id: bytes
+    author: bytes
+    seq: int
+    hlc: int
+    recipients: tuple[bytes, ...]
+    commitment: bytes
+    back_nonce: bytes
+    back: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateContent:
+    """A private room's epoch book as plain data.
+
+    Public (every replica, blind or not, holds and checks it): ``epochs``, ``lowering``
+    (member, grant author, grant seq), ``shared`` (member, epoch IDs) and ``sealed`` (the
+    changes carrying a ``SEALED`` op, among those the content lists).
+
+    Readers only (a snapshot seals it; ``opened`` is False when it is absent, e.g. in a blind
+    replica's export): ``name`` (the change that set the sealed room name, and the name),
+    ``voided`` (change ID, reason) and ``secrets`` (epoch ID, secret) held by the writer.
+    The scene sections of ``SceneContent`` (entities, moves, fields, dead entities) are
+    reader content too."""
+
+    epochs: tuple[EpochRecord, ...]
+    lowering: tuple[tuple[bytes, bytes, int], ...]
+    shared: tuple[tuple[bytes, tuple[bytes, ...]], ...]
+    sealed: tuple[bytes, ...]
+    opened: bool = False
+    name: tuple[bytes, str] | None = None
+    voided: tuple[tuple[bytes, str], ...] = ()
+    secrets: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SceneContent:
     """Everything a replica needs to carry on from a committed state (see module docstring).
 
@@ -104,14 +142,18 @@ class SceneContent:
     invite_uses: tuple[InviteUse, ...] = ()
     invite_revocations: tuple[InviteRevocation, ...] = ()
     frontier: FrontierContent | None = None
+    private: PrivateContent | None = None
+    """A private room's epoch book (None for other rooms)."""
 
 
 __all__ = [
     "ChangeRecord",
     "EntityRecord",
+    "EpochRecord",
     "FieldRecord",
     "FrontierContent",
     "GrantRecord",
     "MoveRecord",
+    "PrivateContent",
     "SceneContent",
 ]

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt.clock import hlc_millis
+from meshnode.crdt.content import EpochRecord, PrivateContent, SceneContent
 from meshnode.crdt.epochs import Epoch, EpochBook
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.member_keys import unwrap, wrap, x25519_private
@@ -65,6 +66,7 @@ from meshnode.crdt.sealing import (
     unpad,
     wrap_info,
 )
+from meshnode.crdt.snapshot_seal import SnapshotSeal
 from meshnode.crdt.tree import Stamp
 from meshnode.identity import Identity
 from protocol.change import (
@@ -132,6 +134,7 @@ class PrivateRoom:
     _x25519: X25519PrivateKey | None
     _random_bytes: Callable[[int], bytes]
     _private_batch: PrivateBatch | None
+    _base: "SceneContent | None"
     room_id: bytes
     room_name: str
     limits: Limits
@@ -162,7 +165,16 @@ class PrivateRoom:
         if ep is None:
             return True
         return (self._roles.current_role(self._me) in READER_ROLES and not ep.blocked
-                and all(e in ep.secrets for e in ep.epochs))
+                and all(e in ep.secrets for e in ep.epochs) and not self.scene_missing)
+
+    @property
+    def scene_missing(self) -> bool:
+        """True if this replica started from a private room's snapshot without its scene (it
+        was blind then: a host, an outsider, a member admitted later): the scene before that
+        snapshot is not here even once it holds keys. A reader in that state loads the
+        history (or a snapshot sealed to it) instead; it writes no sealed snapshot."""
+        base = self._base
+        return base is not None and base.private is not None and not base.private.opened
 
     def is_reader(self, member: bytes | None = None) -> bool:
         """True if ``member`` (default: the local identity) is a key recipient now (viewer,
@@ -270,6 +282,71 @@ class PrivateRoom:
                                            or newest.epoch_id in ep.shared.get(m, set()))
                 for m, r in self._roles.members().items() if r in READER_ROLES}
 
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot_seal(self) -> SnapshotSeal | None:
+        """How this replica seals its snapshot (docs/protocol.md, "Sealed snapshots"): under
+        the epoch it would seal a change under now, wrapped to every current reader. None if
+        it cannot: not ``readable`` (not a reader, an epoch's secret or some content still
+        waiting for a key), or no usable epoch (the next commit rotates first)."""
+        ep = self._epochs
+        if ep is None or not self.readable:
+            return None
+        vv = dict(self._graph.vv_all)
+        heads = sorted(self._graph.heads)
+        eid = self._usable_epoch(vv, heads, [])
+        if eid is None:
+            return None
+        readers = self._reader_set(vv, heads, [])
+        return SnapshotSeal(eid, ep.secrets[eid], tuple(sorted(readers)), self._random_bytes)
+
+    def _export_private(self, listed: set[bytes], opened: bool) -> PrivateContent | None:
+        """The epoch book as plain data; with ``opened``, the readers-only part too
+        (``listed``: the changes the snapshot indexes; others are left out of ``sealed`` and
+        ``voided``, which only count them)."""
+        ep = self._epochs
+        if ep is None:
+            return None
+        name = ep.name
+        return PrivateContent(
+            epochs=tuple(EpochRecord(e.epoch_id, e.author, e.seq, e.hlc,
+                                     tuple(sorted(e.recipients)), e.commitment, e.back_nonce,
+                                     e.back) for e in ep.epochs.values()),
+            lowering=tuple(ep.lowering),
+            shared=tuple((m, tuple(sorted(eids))) for m, eids in sorted(ep.shared.items())),
+            sealed=tuple(sorted(c for c in ep.sealed if c in listed)),
+            opened=opened,
+            name=None if not opened or name is None else (name[0][2], name[1]),
+            voided=tuple(sorted((c, r) for c, r in ep.voided.items() if c in listed))
+            if opened else (),
+            secrets=tuple(sorted(ep.secrets.items())) if opened else (),
+        )
+
+    def _import_private(self, pc: PrivateContent, stamps: Mapping[bytes, Stamp]) -> None:
+        """Fill the (reset) epoch book from ``pc``; raises ``KeyError``/``ValueError`` if it
+        is inconsistent with the imported history."""
+        ep = self._epochs
+        if ep is None:
+            raise ValueError("an epoch book for a room that is not private")
+        key = self._key
+        meta = self._graph.meta
+        for e in pc.epochs:
+            if e.epoch_id not in meta:
+                raise KeyError("an epoch names an unknown change")
+            ep.add(Epoch(e.epoch_id, key(e.author), e.seq, e.hlc,
+                         frozenset(key(r) for r in e.recipients), e.commitment, e.back_nonce,
+                         e.back))
+        ep.lowering = [(key(m), key(a), seq) for m, a, seq in pc.lowering]
+        ep.shared = {key(m): set(eids) for m, eids in pc.shared}
+        ep.sealed = set(pc.sealed)
+        if pc.opened:
+            ep.voided = dict(pc.voided)
+            if pc.name is not None:
+                ep.name = (stamps[pc.name[0]], pc.name[1])
+                self.room_name = pc.name[1]
+            for eid, secret in pc.secrets:
+                ep.learn(eid, secret)
+
     # ------------------------------------------------------------------ local API
 
     def rotate(self) -> None:
@@ -308,6 +385,10 @@ class PrivateRoom:
     def _check_sealable(self) -> None:
         """Called before a scene edit in a private room (``LocalEdits._require``)."""
         ep = self._epochs
+        if ep is not None and self.scene_missing:
+            raise WaitingForKey(
+                "this replica started from a snapshot of the room without its scene: load "
+                "the history (or a snapshot sealed to this member) before editing")
         if ep is not None and ep.blocked:
             raise WaitingForKey(
                 f"{ep.waiting_for_key()} change(s) here wait for an epoch key: scene edits "

@@ -19,6 +19,8 @@ from meshnode.crdt.sealing import (
     seal_aad,
     wrap_info,
 )
+from meshnode.crdt.snapshot_seal import seal_aad as snapshot_seal_aad
+from meshnode.crdt.snapshot_seal import wrap_info as snapshot_wrap_info
 from protocol.msgpack_io import pack
 from protocol.private_ops import OP_NAME
 from protocol.vectors import SEED_A, SEED_B, public_key
@@ -33,6 +35,9 @@ WRAP_HEX = (
     "bf7feaa42a6654729c3af5b2b3fe1ebe02181f68655b1be385edc4548dae294ff87334e20d63e0dd87f7c36f"
     "5f567521aa8c03f5f8ce7f7a77a9c150b4ca6f3afc8bae36ec41d980487ad70a0abb6570"
 )
+EPOCH_ID = bytes(range(0x60, 0x80))
+SNAPSHOT_PUBLIC = pack([b"\x00" * 32, 7])
+"""A stand-in for a snapshot's public sections 2..18 (only their SHA-256 enters the AAD)."""
 BEGIN_MARKER = "<!-- BEGIN PRIVATE VECTORS (python -m meshnode.crdt.private_vectors) -->"
 END_MARKER = "<!-- END PRIVATE VECTORS -->"
 
@@ -67,9 +72,34 @@ def build() -> dict[str, Any]:
         "wrap_info (A's seq 2 to B)": wrap_info(ROOM_ID, a, SEQ, b).hex(),
         "wrap (HPKE, fixed)": WRAP_HEX,
         "wrap opens to": (opened or b"").hex(),
+        **snapshot_vectors(a, b),
         "invite_public_key": inv_public.hex(),
         "redemption_message (for B)": (REDEEM_DOMAIN + ROOM_ID + b).hex(),
         "redemption_signature": redemption_signature(inv_secret, ROOM_ID, b).hex(),
+    }
+
+
+def snapshot_plaintext(author: bytes) -> bytes:
+    """A sealed snapshot section's plaintext: one entity of ``author`` made by change index
+    1, with one field, the sealed name set by change 1, and the epoch's secret."""
+    return pack([[author], [[0, 1, 1, [1]]], [[1, 0, 2, 0]], [[2, "c", "v", 1, "canary"]],
+                 [], [1, "Vault"], [], [[EPOCH_ID, SECRET]]])
+
+
+def snapshot_vectors(a: bytes, b: bytes) -> dict[str, str]:
+    """The sealed snapshot section (docs/protocol.md, "Sealed snapshots")."""
+    key = derived_key(SECRET, ROOM_ID, "snapshot")
+    aad = snapshot_seal_aad(ROOM_ID, EPOCH_ID, SNAPSHOT_PUBLIC)
+    plain = snapshot_plaintext(a)
+    return {
+        "snapshot_epoch_id": EPOCH_ID.hex(),
+        "snapshot_key": key.hex(),
+        "snapshot_public (stand-in for sections 2..18)": SNAPSHOT_PUBLIC.hex(),
+        "snapshot_seal_aad": aad.hex(),
+        "snapshot_sealed_plaintext": plain.hex(),
+        "snapshot_sealed_ciphertext (seal_nonce)": seal(key, NONCE, plain, aad).hex(),
+        "snapshot_wrap_info (A's snapshot to B)": snapshot_wrap_info(ROOM_ID, a, EPOCH_ID,
+                                                                     b).hex(),
     }
 
 

@@ -71,7 +71,14 @@ from meshnode.crdt.roles import (
     role_lowered,
 )
 from meshnode.crdt.scene_rules import SceneMove, SceneSet, judge_scene_ops
-from meshnode.crdt.snapshot import decode_snapshot, encode_snapshot
+from meshnode.crdt.snapshot import (
+    DecodedSnapshot,
+    SnapshotKeyMissing,
+    decode_snapshot,
+    encode_snapshot,
+    open_snapshot,
+)
+from meshnode.crdt.snapshot_seal import unwrap_secret
 from meshnode.crdt.tree import MoveTree, Stamp, make_entry
 from meshnode.identity import Identity, verify_signature
 from protocol.change import (
@@ -1052,8 +1059,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     # ------------------------------------------------------------------ snapshots
 
-    def export_content(self, keep_after_hlc: int | None = None) -> SceneContent:
+    def export_content(self, keep_after_hlc: int | None = None, *,
+                       opened: bool | None = None) -> SceneContent:
         """The committed state as plain data (what a snapshot holds).
+
+        A private room's content carries its epoch book (``SceneContent.private``); its scene
+        and the readers-only part only if ``opened`` (default: if this replica can seal a
+        snapshot, ``PrivateRoom._snapshot_seal``), else none of it (a blind replica's).
 
         ``keep_after_hlc``: the frontier (a hybrid clock stamp; ``clock.hlc_from_seconds``):
         changes stamped after it are listed with their deps, those at or before it only
@@ -1062,12 +1074,11 @@ class SceneReplica(PrivateRoom, LocalEdits):
         on its boundary or heads; others (a peer that has seen nothing after the frontier)
         wait for deps that never come, and that peer must start again from a snapshot.
         None: the genesis alone is below the frontier (every change listed)."""
-        if self._epochs is not None:
-            raise RuntimeError(
-                "snapshots of private rooms are not implemented yet (they need a sealed "
-                "section): serve the change history instead")
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch first")
+        ep = self._epochs
+        if opened is None:
+            opened = ep is not None and self._snapshot_seal() is not None
         graph = self._graph
         meta = graph.meta
         book = self._revocation
@@ -1088,6 +1099,11 @@ class SceneReplica(PrivateRoom, LocalEdits):
         named.update(c.change_id for per in book.cuts.values() for c in per.values())
         named.update(u.change_id for per in book.uses.values() for u in per.values())
         with_vv = {r.change_id for per in book.revocations.values() for r in per.values()}
+        if ep is not None:
+            # The key rules read epochs' causal pasts (R3, R4) after the frontier too.
+            with_vv.update(ep.epochs)
+            if ep.name is not None:
+                named.add(ep.name[0][2])
         cut = graph.cut(-1 if keep_after_hlc is None else keep_after_hlc, named, with_vv)
         grants = [
             GrantRecord(member, g[0][2], g[1], inert)
@@ -1095,6 +1111,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
             for member, gl in table.items()
             for g in gl
         ]
+        listed = set(cut.window)
+        listed.update(e.change_id for e in cut.entries)
+        private = self._export_private(listed, bool(opened))
+        scene = private is None or private.opened  # never a private scene unless sealed
         return SceneContent(
             genesis=self.genesis,
             clock=self._clock.value,
@@ -1106,18 +1126,19 @@ class SceneReplica(PrivateRoom, LocalEdits):
             entities=tuple(
                 EntityRecord(ent[0], ent[1], seq, tuple(self._created_by.get(ent, ())))
                 for ent, seq in self._creation.items()
-            ),
-            moves=tuple(MoveRecord(e[0][2], e[1], e[2], e[3]) for e in self._tree.log),
+            ) if scene else (),
+            moves=tuple(MoveRecord(e[0][2], e[1], e[2], e[3]) for e in self._tree.log)
+            if scene else (),
             fields=tuple(
                 FieldRecord(ent, comp, fname, stamp[2], value)
                 for ent, comps in self._fields.items()
                 for comp, fd in comps.items()
                 for fname, (stamp, value) in fd.items()
-            ),
+            ) if scene else (),
             grants=tuple(grants),
             equivocations=tuple(e.change_ids for e in self.equivocations),
             retracted=tuple(book.dead.items()),
-            dead_entities=tuple(sorted(book.dead_entities)),
+            dead_entities=tuple(sorted(book.dead_entities)) if scene else (),
             cuts=tuple(c for per in book.cuts.values() for c in per.values()),
             invite_uses=tuple(u for per in book.uses.values() for u in per.values()),
             invite_revocations=tuple(
@@ -1126,6 +1147,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             frontier=FrontierContent(
                 cut.hlc, tuple((a, s, cut.head_of[a]) for a, s in cut.base.items()),
                 cut.pruned, cut.entries),
+            private=private,
         )
 
     def _import_content(self, content: SceneContent) -> None:
@@ -1213,6 +1235,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
             if rev.change_id not in metas:
                 raise KeyError("an invite revocation names an unknown change")
             book.add_revocation(rev)
+        if content.private is not None:
+            self._import_private(content.private, stamps)
+        elif self._epochs is not None:
+            raise ValueError("a private room's content without its epoch book")
         self._clock.observe(content.clock)
         me = self._me
         self._counter = max((n[1] for n in self._creation if n[0] == me), default=0)
@@ -1223,8 +1249,16 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before a snapshot")
         ident = self._identity
-        return encode_snapshot(self.export_content(keep_after_hlc), ident.public_key,
-                               self.room_id, ident.sign)
+        seal = self._snapshot_seal() if self._epochs is not None else None
+        content = self.export_content(keep_after_hlc, opened=seal is not None)
+        return encode_snapshot(content, ident.public_key, self.room_id, ident.sign, seal)
+
+    @property
+    def snapshot_sealed(self) -> bool:
+        """True if :meth:`snapshot` writes this private room's scene (sealed): this replica
+        is a reader holding the current epoch, with no content waiting for a key. False for
+        a blind replica (its snapshot holds the public part only) and for other rooms."""
+        return self._epochs is not None and self._snapshot_seal() is not None
 
     @classmethod
     def from_snapshot(
@@ -1240,21 +1274,40 @@ class SceneReplica(PrivateRoom, LocalEdits):
         """
         replica = cls(identity, **kwargs)
         snap = decode_snapshot(data, replica.limits, trusted_signers)
+        content = snap.content
+        if content.private is not None and snap.sealed is not None:
+            content = replica._open_snapshot(snap)
         try:
-            replica._import_content(snap.content)
+            replica._import_content(content)
         except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise SchemaError(
                 f"snapshot: inconsistent contents ({type(exc).__name__}: {exc})") from None
-        if replica._epochs is not None:
-            raise DecodeError("snapshots of private rooms are not supported yet")
+        if content.private is not None and not content.private.opened and replica.is_reader():
+            raise SnapshotKeyMissing(
+                "this member is a reader of the private room but the snapshot is not sealed "
+                "to it (written before it was admitted, or by a blind host): load the "
+                "history instead, or wait for a reader's snapshot")
         if (
             trusted_signers is None
             and snap.signer != replica.owner
             and replica._roles.current_role(snap.signer) == ROLE_NONE
         ):
             raise DecodeError("snapshot signer is not a member of the room")
-        replica._base = snap.content
+        replica._base = content
         return replica
+
+    def _open_snapshot(self, snap: DecodedSnapshot) -> SceneContent:
+        """The whole content of a sealed snapshot if it was wrapped to this identity, else
+        its public part (``docs/protocol.md``, "Sealed snapshots")."""
+        section, priv = snap.sealed, snap.content.private
+        assert section is not None and priv is not None
+        epoch = next((e for e in priv.epochs if e.epoch_id == section.epoch_id), None)
+        secret = unwrap_secret(section, snap.room_id, snap.signer, self._identity.public_key,
+                               self._private_key(),
+                               None if epoch is None else epoch.commitment)
+        if secret is None:
+            return snap.content
+        return open_snapshot(snap, secret, self.limits)
 
     def restore_bytes(self, datas: Iterable[bytes]) -> list[bytes]:
         """Give a replica started from a snapshot the bytes of the changes it has applied,
@@ -1331,7 +1384,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if self._batch is not None:
             raise RuntimeError("commit() or discard() the local batch before compact()")
         graph = self._graph
-        content = self.export_content(keep_after_hlc)
+        seal = None
+        if self._epochs is not None:
+            seal = self._snapshot_seal()
+            if seal is None:
+                raise RuntimeError("only a reader holding the current epoch, with no content "
+                                   "waiting for a key, prunes a private room (snapshot_sealed)")
+        content = self.export_content(keep_after_hlc, opened=seal is not None)
         ident = self._identity
         limits, skew = self.limits, self.max_clock_skew_s
 
@@ -1339,7 +1398,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             return SceneReplica(ident, limits=limits, max_clock_skew_s=skew)
 
         return CompactionJob(content, graph, len(graph.order), list(graph.meta),
-                             self.room_id, ident.sign, ident.public_key, blank)
+                             self.room_id, ident.sign, ident.public_key, blank, seal)
 
     def finish_compaction(self, job: CompactionJob) -> tuple[bytes, list[bytes]] | None:
         """Phase 3 (after ``job.build()``): adopt the pruned state and re-apply the changes
@@ -1367,11 +1426,15 @@ class SceneReplica(PrivateRoom, LocalEdits):
             return None  # a tail change left memory before it was stored: not re-applicable
         saved = (self._graph, self._tree, self._fields, self._creation, self._created_by,
                  self._equivocators, self.equivocations, self._revocation, self._roles,
-                 self._base, self._my_role)
+                 self._base, self._my_role, self._epochs)
+        if fresh._epochs is not None and self._epochs is not None:
+            fresh._epochs.secrets.update(self._epochs.secrets)  # learned since phase 1
         (self._graph, self._tree, self._fields, self._creation, self._created_by,
-         self._equivocators, self.equivocations, self._revocation, self._roles) = (
+         self._equivocators, self.equivocations, self._revocation, self._roles,
+         self._epochs) = (
             fresh._graph, fresh._tree, fresh._fields, fresh._creation, fresh._created_by,
-            fresh._equivocators, fresh.equivocations, fresh._revocation, fresh._roles)
+            fresh._equivocators, fresh.equivocations, fresh._revocation, fresh._roles,
+            fresh._epochs)
         self._base = job.content
         self._my_role = None
         graph = self._graph
@@ -1385,7 +1448,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             if not all(c in now for c in tail):  # pragma: no cover - checked above
                 (self._graph, self._tree, self._fields, self._creation, self._created_by,
                  self._equivocators, self.equivocations, self._revocation, self._roles,
-                 self._base, self._my_role) = saved
+                 self._base, self._my_role, self._epochs) = saved
                 return None
         self._trim_bytes()
         return job.snapshot, job.pruned

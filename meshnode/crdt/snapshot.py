@@ -42,6 +42,21 @@ section) is still read.
 * ``invite_uses``: ``[invite ID, change index, op index, member key, max_uses]``.
 * ``invite_revocations``: ``[invite ID, change index]``.
 
+Version 4 (private rooms, docs/protocol.md "Sealed snapshots") adds two sections:
+
+* ``privacy``: the public epoch book, ``[epochs, lowering, shared, sealed]``; ``epochs``:
+  ``[epoch_id, key, seq, hlc, [recipient key...], commitment, back_nonce, back]``;
+  ``lowering``: ``[member key, grant author key, grant seq]``; ``shared``: ``[member key,
+  [epoch_id...]]``; ``sealed``: change indices of the listed changes carrying a ``SEALED`` op;
+* ``sealed``: None (a blind replica's snapshot: no scene at all), or ``[epoch_id, [[reader
+  key, wrap]...], nonce, ciphertext]`` (``meshnode.crdt.snapshot_seal``), whose plaintext is
+  ``[keys, entities, log, fields, dead_entities, name, voided, secrets]``: the scene rows as
+  above (keys indexing this inner ``keys``), ``name`` None or ``[change index, name]``,
+  ``voided`` ``[change index, reason]``, ``secrets`` ``[epoch_id, secret]``.
+
+In version 4 the clear ``entities``, ``log``, ``fields`` and ``dead_entities`` are empty: a
+blind host stores and serves the snapshot as opaque bytes and starts from its public part.
+
 The signer signs ``SNAPSHOT_DOMAIN || room_id || body``. A snapshot is trusted content: its
 state is not re-derived from signed changes, so load snapshots only from signers you trust
 (by default: members of the room). Version 1 snapshots (before cut-offs) are refused: a node
@@ -49,7 +64,7 @@ then syncs the history instead.
 """
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -57,21 +72,31 @@ import msgpack
 from meshnode.crdt.content import (
     ChangeRecord,
     EntityRecord,
+    EpochRecord,
     FieldRecord,
     FrontierContent,
     GrantRecord,
     MoveRecord,
+    PrivateContent,
     SceneContent,
 )
 from meshnode.crdt.graph import BASE_HEAD, BASE_NAMED, BaseEntry
 from meshnode.crdt.ids import ROOT, TRASH
 from meshnode.crdt.revocation import Cut, InviteRevocation, InviteUse
+from meshnode.crdt.snapshot_seal import (
+    SealedSection,
+    SnapshotSeal,
+    open_section,
+    seal_aad,
+    seal_section,
+)
 from meshnode.identity import verify_signature
 from protocol.change import (
     INVITE_ID_BYTES,
     MAX_INVITE_USES,
     OP_GENESIS,
     ROLE_ADMIN,
+    ROLE_HOST,
     ROLE_NONE,
     SIGNATURE_BYTES,
     Change,
@@ -80,32 +105,50 @@ from protocol.change import (
 )
 from protocol.errors import DecodeError, FrameTooLarge, MalformedMsgpack, SchemaError
 from protocol.limits import Limits
-from protocol.msgpack_io import pack
+from protocol.msgpack_io import pack, unpack
+from protocol.private_ops import AEAD_NONCE_BYTES, SECRET_BYTES
 from protocol.values import check_value
 
 MAGIC = "meshnode-snapshot"
 VERSION = 3
-READABLE_VERSIONS = (2, 3)
+PRIVATE_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)
 SNAPSHOT_DOMAIN = b"meshnode/snapshot/v1\x00"
-_SECTIONS = {2: 17, 3: 18}
+_SECTIONS = {2: 17, 3: 18, 4: 20}
 
 Node = tuple[bytes, int]
 
 
+class SnapshotSealError(DecodeError):
+    """A private room's sealed snapshot section that does not open with the key its wrap
+    gave, or whose plaintext is malformed: load from the history instead."""
+
+    reason = "bad_sealed_snapshot"
+
+
+class SnapshotKeyMissing(DecodeError):
+    """A reader of a private room was given a snapshot whose sealed scene is not wrapped to
+    it (or a blind writer's, with no scene): it loads the history instead, or waits."""
+
+    reason = "snapshot_key_missing"
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedSnapshot:
-    """A snapshot whose signature verified: its content, signer and room."""
+    """A snapshot whose signature verified: its content, signer and room. For a private
+    room (version 4) ``content`` holds the public part only; ``sealed`` is the sealed section
+    (None if the writer was blind) and ``change_ids`` the change index it refers to (for
+    :func:`open_snapshot`)."""
 
     content: SceneContent
     signer: bytes
     room_id: bytes
     genesis: Change
+    sealed: SealedSection | None = None
+    change_ids: tuple[bytes, ...] = ()
 
 
-def encode_snapshot(
-    content: SceneContent, signer: bytes, room_id: bytes, sign: Callable[[bytes], bytes]
-) -> bytes:
-    """Encode ``content`` and sign it (``sign``: bytes -> signature, e.g. ``Identity.sign``)."""
+def _indexer() -> tuple[dict[bytes, int], Callable[[bytes], int]]:
     key_index: dict[bytes, int] = {}
 
     def k(key: bytes) -> int:
@@ -113,6 +156,41 @@ def encode_snapshot(
         if idx is None:
             idx = key_index[key] = len(key_index)
         return idx
+
+    return key_index, k
+
+
+def _scene_rows(content: SceneContent, k: Callable[[bytes], int],
+                change_index: dict[bytes, int]) -> list[Any]:
+    """``[entities, log, fields, dead_entities]`` rows of ``content``."""
+    entity_index: dict[Node, int] = {ROOT: 0, TRASH: 1}
+    entities: list[list[Any]] = []
+    for e in content.entities:
+        entity_index[(e.creator, e.counter)] = len(entities) + 2
+        makers = [change_index[c] for c in e.makers if c in change_index]
+        entities.append([k(e.creator), e.counter, e.creation_seq, makers])
+    log = [
+        [change_index[m.change_id], m.op_index, entity_index[m.child], entity_index[m.parent]]
+        for m in content.moves
+    ]
+    fields = [
+        [entity_index[f.entity], f.component, f.field, change_index[f.change_id], f.value]
+        for f in content.fields
+    ]
+    dead = [entity_index[e] for e in content.dead_entities]
+    return [entities, log, fields, dead]
+
+
+def encode_snapshot(
+    content: SceneContent, signer: bytes, room_id: bytes, sign: Callable[[bytes], bytes],
+    seal: SnapshotSeal | None = None,
+) -> bytes:
+    """Encode ``content`` and sign it (``sign``: bytes -> signature, e.g. ``Identity.sign``).
+
+    A private room's content (``content.private``) is written as version 4: its scene is
+    sealed with ``seal`` (required when the content is ``opened``, i.e. a reader's), never
+    written in clear; a blind replica's (not opened) has no scene and no sealed section."""
+    key_index, k = _indexer()
 
     frontier = content.frontier
     base_ids = [] if frontier is None else [e.change_id for e in frontier.entries]
@@ -131,38 +209,61 @@ def encode_snapshot(
         [c.change_id, k(c.author), c.seq, c.hlc, [change_index[d] for d in c.deps]]
         for c in content.changes
     ]
-    entity_index: dict[Node, int] = {ROOT: 0, TRASH: 1}
-    entities: list[list[Any]] = []
-    for e in content.entities:
-        entity_index[(e.creator, e.counter)] = len(entities) + 2
-        makers = [change_index[c] for c in e.makers if c in change_index]
-        entities.append([k(e.creator), e.counter, e.creation_seq, makers])
-    log = [
-        [change_index[m.change_id], m.op_index, entity_index[m.child], entity_index[m.parent]]
-        for m in content.moves
-    ]
-    fields = [
-        [entity_index[f.entity], f.component, f.field, change_index[f.change_id], f.value]
-        for f in content.fields
-    ]
+    priv = content.private
+    if priv is None:
+        entities, log, fields, dead = _scene_rows(content, k, change_index)
+    else:
+        if frontier is None:
+            raise ValueError("a private room's snapshot needs a frontier (export_content)")
+        if priv.opened and seal is None:
+            raise ValueError("a reader's snapshot of a private room must be sealed (seal=)")
+        entities, log, fields, dead = [], [], [], []  # the scene is only ever sealed
     grants = [[k(g.member), change_index[g.change_id], g.role, g.inert] for g in content.grants]
     equivocations = [[change_index[a], change_index[b]] for a, b in content.equivocations]
     retracted = [[change_index[c], reason] for c, reason in content.retracted]
-    dead = [entity_index[e] for e in content.dead_entities]
     cuts = [[k(c.member), change_index[c.change_id], c.cutoff] for c in content.cuts]
     uses = [
         [u.invite_id, change_index[u.change_id], u.op_index, k(u.member), u.max_uses]
         for u in content.invite_uses
     ]
     revs = [[r.invite_id, change_index[r.change_id]] for r in content.invite_revocations]
-    body = pack(
-        [
-            MAGIC, VERSION if frontier is not None else 2, signer, content.genesis,
-            content.clock, list(key_index), changes, entities, log, fields, grants,
-            equivocations, retracted, dead, cuts, uses, revs, *extra,
-        ]
-    )
+    if priv is not None:
+        extra.append([
+            [[e.epoch_id, k(e.author), e.seq, e.hlc, [k(r) for r in e.recipients],
+              e.commitment, e.back_nonce, e.back] for e in priv.epochs],
+            [[k(m), k(a), seq] for m, a, seq in priv.lowering],
+            [[k(m), list(eids)] for m, eids in priv.shared],
+            [change_index[c] for c in priv.sealed if c in change_index],
+        ])
+    sections = [
+        MAGIC, VERSION if frontier is not None else 2, signer, content.genesis,
+        content.clock, list(key_index), changes, entities, log, fields, grants,
+        equivocations, retracted, dead, cuts, uses, revs, *extra,
+    ]
+    if priv is not None:
+        sections[1] = PRIVATE_VERSION
+        sealed: list[Any] | None = None
+        if priv.opened:
+            assert seal is not None
+            sealed = _seal_scene(content, priv, seal, room_id, signer, change_index,
+                                 pack(sections[2:]))
+        sections.append(sealed)
+    body = pack(sections)
     return body + sign(SNAPSHOT_DOMAIN + room_id + body)
+
+
+def _seal_scene(content: SceneContent, priv: PrivateContent, seal: SnapshotSeal,
+                room_id: bytes, signer: bytes, change_index: dict[bytes, int],
+                public: bytes) -> list[Any]:
+    """The sealed section of a reader's snapshot (see the module docstring)."""
+    inner_keys, k = _indexer()
+    rows = _scene_rows(content, k, change_index)
+    name = None if priv.name is None else [change_index[priv.name[0]], priv.name[1]]
+    voided = [[change_index[c], r] for c, r in priv.voided if c in change_index]
+    plain = pack([list(inner_keys), *rows, name, voided, [list(p) for p in priv.secrets]])
+    wraps, nonce, ct = seal_section(seal, room_id, signer, plain,
+                                    seal_aad(room_id, seal.epoch_id, public))
+    return [seal.epoch_id, wraps, nonce, ct]
 
 
 def _fail(msg: str) -> SchemaError:
@@ -222,17 +323,21 @@ def decode_snapshot(
         raise DecodeError("snapshot signature does not verify")
     if trusted_signers is not None and signer not in set(trusted_signers):
         raise DecodeError("snapshot signer is not trusted")
+    if version == PRIVATE_VERSION and any(obj[i] for i in (7, 8, 9, 13)):
+        raise _fail("a private room's snapshot holds its scene in clear")
     try:
-        content = _content(obj, gch, genesis, limits)
+        content, ids = _content(obj, gch, genesis, limits)
+        sealed = None if version != PRIVATE_VERSION else _sealed_section(obj, room_id)
     except DecodeError:
         raise
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         # Indices and types are checked as they are used; a bad one lands here.
         raise _fail(f"inconsistent contents ({type(exc).__name__}: {exc})") from None
-    return DecodedSnapshot(content, signer, room_id, gch)
+    return DecodedSnapshot(content, signer, room_id, gch, sealed, tuple(ids))
 
 
-def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> SceneContent:
+def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits,
+             ) -> tuple[SceneContent, list[bytes]]:
     keys = _list(obj[5], None, "keys")
     for kb in keys:
         if type(kb) is not bytes or len(kb) != 32:
@@ -242,7 +347,7 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
     changes: list[ChangeRecord] = []
     ids: list[bytes] = []
     base_meta: dict[bytes, tuple[bytes, int, int]] = {}
-    if len(obj) == _SECTIONS[3]:
+    if len(obj) >= _SECTIONS[3]:
         frontier = _frontier(obj[17], keys, gch)
         ids = [e.change_id for e in frontier.entries]
         base_meta = {e.change_id: (e.author, e.seq, e.hlc) for e in frontier.entries}
@@ -268,36 +373,11 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         ids.append(cid)
         seen.add(cid)
 
-    nodes: list[Node] = [ROOT, TRASH]
-    entities = []
-    for ki, counter, seq, makers in _list(obj[7], 4, "entities"):
-        if type(counter) is not int or counter < 1 or type(seq) is not int:
-            raise _fail("bad entity row")
-        if type(makers) is not list:
-            raise _fail("bad entity makers")
-        node = (_at(keys, ki, "key"), counter)
-        entities.append(EntityRecord(node[0], counter, seq,
-                                     tuple(_at(ids, ci, "change") for ci in makers)))
-        nodes.append(node)
-
-    moves = []
-    for ci, oi, child, parent in _list(obj[8], 4, "log"):
-        if type(oi) is not int or type(child) is not int or child < 2:
-            raise _fail("bad log row")
-        moves.append(MoveRecord(_at(ids, ci, "change"), oi, _at(nodes, child, "entity"),
-                                _at(nodes, parent, "entity")))
-
-    fields = []
-    for eidx, comp, field, ci, value in _list(obj[9], 5, "fields"):
-        if type(comp) is not str or type(field) is not str or type(eidx) is not int or eidx < 2:
-            raise _fail("bad field row")
-        check_value(value, limits)
-        fields.append(FieldRecord(_at(nodes, eidx, "entity"), comp, field,
-                                  _at(ids, ci, "change"), value))
-
+    entities, moves, fields, dead = _scene([*obj[7:10], obj[13]], keys, ids, limits)
     grants = []
     for ki, ci, role, inert in _list(obj[10], 4, "grants"):
-        if type(role) is not int or not ROLE_NONE <= role <= ROLE_ADMIN or type(inert) is not bool:
+        if type(role) is not int or not (ROLE_NONE <= role <= ROLE_ADMIN or role == ROLE_HOST) \
+                or type(inert) is not bool:
             raise _fail("bad grant row")
         grants.append(GrantRecord(_at(keys, ki, "key"), _at(ids, ci, "change"), role, inert))
 
@@ -308,7 +388,6 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         if type(reason) is not str or not 0 < len(reason) <= 64:
             raise _fail("bad retracted row")
         retracted.append((_at(ids, ci, "change"), reason))
-    dead = tuple(_at(nodes, e, "entity") for e in _list(obj[13], None, "dead_entities"))
     by_id = {c.change_id: c for c in changes}
     for cid, (author, seq, chlc) in base_meta.items():
         by_id[cid] = ChangeRecord(cid, author, seq, chlc, ())
@@ -331,7 +410,8 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         if type(inv) is not bytes or len(inv) != INVITE_ID_BYTES:
             raise _fail("bad invite revocation row")
         revs.append(InviteRevocation(inv, _at(ids, ci, "change")))
-    return SceneContent(
+    private = None if len(obj) != _SECTIONS[4] else _privacy(obj[18], keys, ids)
+    content = SceneContent(
         genesis=genesis,
         clock=obj[4],
         changes=tuple(changes),
@@ -346,7 +426,139 @@ def _content(obj: list[Any], gch: Change, genesis: bytes, limits: Limits) -> Sce
         invite_uses=tuple(uses),
         invite_revocations=tuple(revs),
         frontier=frontier,
+        private=private,
     )
+    return content, ids
+
+
+def _scene(rows: list[Any], keys: list[Any], ids: list[bytes], limits: Limits,
+           ) -> tuple[list[EntityRecord], list[MoveRecord], list[FieldRecord], tuple[Node, ...]]:
+    """Decode ``[entities, log, fields, dead_entities]`` rows."""
+    nodes: list[Node] = [ROOT, TRASH]
+    entities = []
+    for ki, counter, seq, makers in _list(rows[0], 4, "entities"):
+        if type(counter) is not int or counter < 1 or type(seq) is not int:
+            raise _fail("bad entity row")
+        if type(makers) is not list:
+            raise _fail("bad entity makers")
+        node = (_at(keys, ki, "key"), counter)
+        entities.append(EntityRecord(node[0], counter, seq,
+                                     tuple(_at(ids, ci, "change") for ci in makers)))
+        nodes.append(node)
+
+    moves = []
+    for ci, oi, child, parent in _list(rows[1], 4, "log"):
+        if type(oi) is not int or type(child) is not int or child < 2:
+            raise _fail("bad log row")
+        moves.append(MoveRecord(_at(ids, ci, "change"), oi, _at(nodes, child, "entity"),
+                                _at(nodes, parent, "entity")))
+
+    fields = []
+    for eidx, comp, field, ci, value in _list(rows[2], 5, "fields"):
+        if type(comp) is not str or type(field) is not str or type(eidx) is not int or eidx < 2:
+            raise _fail("bad field row")
+        check_value(value, limits)
+        fields.append(FieldRecord(_at(nodes, eidx, "entity"), comp, field,
+                                  _at(ids, ci, "change"), value))
+    dead = tuple(_at(nodes, e, "entity") for e in _list(rows[3], None, "dead_entities"))
+    return entities, moves, fields, dead
+
+
+def _id32(obj: object, what: str) -> bytes:
+    if type(obj) is not bytes or len(obj) != 32:
+        raise _fail(f"bad {what}")
+    return obj
+
+
+def _privacy(obj: object, keys: list[Any], ids: list[bytes]) -> PrivateContent:
+    """Decode a version 4 snapshot's public epoch book (see the module docstring)."""
+    if type(obj) is not list or len(obj) != 4:
+        raise _fail("malformed privacy section")
+    epochs = []
+    for eid, ki, seq, hlc, recips, com, bn, back in _list(obj[0], 8, "epochs"):
+        if type(seq) is not int or seq < 1 or type(hlc) is not int or type(bn) is not bytes \
+                or len(bn) != AEAD_NONCE_BYTES or type(back) is not bytes:
+            raise _fail("bad epoch row")
+        epochs.append(EpochRecord(_id32(eid, "epoch id"), _at(keys, ki, "key"), seq, hlc,
+                                  tuple(_at(keys, r, "key") for r in _list(recips, None,
+                                                                           "recipients")),
+                                  _id32(com, "commitment"), bn, back))
+    lowering = []
+    for mi, ai, seq in _list(obj[1], 3, "lowering"):
+        if type(seq) is not int or seq < 1:
+            raise _fail("bad lowering row")
+        lowering.append((_at(keys, mi, "key"), _at(keys, ai, "key"), seq))
+    shared = []
+    for mi, eids in _list(obj[2], 2, "shared"):
+        shared.append((_at(keys, mi, "key"),
+                       tuple(_id32(e, "epoch id") for e in _list(eids, None, "shared epochs"))))
+    sealed = tuple(_at(ids, ci, "change") for ci in _list(obj[3], None, "sealed"))
+    return PrivateContent(tuple(epochs), tuple(lowering), tuple(shared), sealed)
+
+
+def _sealed_section(obj: list[Any], room_id: bytes) -> SealedSection | None:
+    raw = obj[19]
+    if raw is None:
+        return None
+    if type(raw) is not list or len(raw) != 4:
+        raise _fail("malformed sealed section")
+    eid, wraps_raw, nonce, ct = raw
+    if type(nonce) is not bytes or len(nonce) != AEAD_NONCE_BYTES or type(ct) is not bytes:
+        raise _fail("bad sealed section")
+    wraps: dict[bytes, bytes] = {}
+    for member, w in _list(wraps_raw, 2, "wraps"):
+        if type(w) is not bytes or _id32(member, "wrap recipient") in wraps:
+            raise _fail("bad wrap row")
+        wraps[member] = w
+    epoch_id = _id32(eid, "epoch id")
+    return SealedSection(epoch_id, wraps, nonce, ct,
+                         seal_aad(room_id, epoch_id, pack(obj[2:19])))
+
+
+def open_snapshot(snap: DecodedSnapshot, secret: bytes, limits: Limits) -> SceneContent:
+    """The whole content of a private room's snapshot: its public part plus the sealed
+    section opened with the epoch ``secret`` (``snapshot_seal.unwrap_secret``). Raises
+    ``SnapshotSealError`` if it does not open or its plaintext is malformed."""
+    section, priv = snap.sealed, snap.content.private
+    if section is None or priv is None:
+        raise SnapshotSealError("this snapshot has no sealed section (a blind writer's)")
+    plain = open_section(section, snap.room_id, secret)
+    if plain is None:
+        raise SnapshotSealError("the sealed section does not open with this epoch's key")
+    try:
+        obj = unpack(plain, limits, limits.max_snapshot_bytes, "sealed snapshot")
+        if type(obj) is not list or len(obj) != 8:
+            raise _fail("malformed sealed plaintext")
+        keys = _list(obj[0], None, "sealed keys")
+        for kb in keys:
+            _id32(kb, "key")
+        ids = list(snap.change_ids)
+        entities, moves, fields, dead = _scene(obj[1:5], keys, ids, limits)
+        name = None
+        if obj[5] is not None:
+            ci, nm = _list(obj[5], None, "name")
+            if type(nm) is not str:
+                raise _fail("bad name")
+            name = (_at(ids, ci, "change"), nm)
+        voided = []
+        for ci, reason in _list(obj[6], 2, "voided"):
+            if type(reason) is not str or not 0 < len(reason) <= 64:
+                raise _fail("bad voided row")
+            voided.append((_at(ids, ci, "change"), reason))
+        secrets = []
+        for eid, sec in _list(obj[7], 2, "secrets"):
+            if type(sec) is not bytes or len(sec) != SECRET_BYTES:
+                raise _fail("bad secret row")
+            secrets.append((_id32(eid, "epoch id"), sec))
+    except DecodeError as exc:
+        raise SnapshotSealError(f"sealed snapshot: {exc}") from None
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise SnapshotSealError(f"sealed snapshot: inconsistent ({type(exc).__name__})") \
+            from None
+    return replace(snap.content, entities=tuple(entities), moves=tuple(moves),
+                   fields=tuple(fields), dead_entities=dead,
+                   private=replace(priv, opened=True, name=name, voided=tuple(voided),
+                                   secrets=tuple(secrets)))
 
 
 def _frontier(obj: object, keys: list[Any], gch: Change) -> FrontierContent:
@@ -388,5 +600,6 @@ def _frontier(obj: object, keys: list[Any], gch: Change) -> FrontierContent:
     return FrontierContent(hlc, tuple(authors), pruned, tuple(entries))
 
 
-__all__ = ["MAGIC", "READABLE_VERSIONS", "SNAPSHOT_DOMAIN", "VERSION", "DecodedSnapshot",
-           "decode_snapshot", "encode_snapshot"]
+__all__ = ["MAGIC", "PRIVATE_VERSION", "READABLE_VERSIONS", "SNAPSHOT_DOMAIN", "VERSION",
+           "DecodedSnapshot", "SnapshotKeyMissing", "SnapshotSealError", "decode_snapshot",
+           "encode_snapshot", "open_snapshot"]

@@ -376,19 +376,23 @@ class RoomHost(LinkService):
     async def _save_snapshot(self, hosted: HostedRoom) -> None:
         # Encoded here, on the loop (the replica changes only there), written in a thread.
         replica = hosted.runtime.replica
-        if replica.private:
-            # No snapshots of private rooms (a plain one would hold the scene in clear; sealed
-            # snapshots are not implemented): they load and serve from their change history.
-            hosted.stored_since_snapshot = 0
-            return
         if hosted.stored_since_snapshot == 0 or hosted.saving_snapshot:
+            return
+        if replica.private and replica.is_reader() and not replica.snapshot_sealed:
+            # A reader that cannot seal now (content waiting for a key, the next commit
+            # rotates): keep the last sealed snapshot rather than write one it cannot open.
             return
         hosted.saving_snapshot = True
         try:
             covered = hosted.stored_since_snapshot
             retention = self.config.history_days * 86_400.0
             frontier = frontier_for(time.time(), retention)
-            if retention > 0 and not replica.private and worth_compacting(replica, frontier):
+            # A private room's scene is sealed in its snapshot (docs/protocol.md, "Sealed
+            # snapshots"); only a reader that seals prunes it. A blind host writes the public
+            # part only and keeps the whole history: the scene below a frontier would be
+            # lost to the members who later join through it.
+            prunable = not replica.private or replica.snapshot_sealed
+            if retention > 0 and prunable and worth_compacting(replica, frontier):
                 # Prune below the retention frontier (docs/operators.md, "Pruning rule").
                 await self._compact(replica, frontier)
             else:

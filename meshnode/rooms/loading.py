@@ -24,6 +24,11 @@ stored snapshot's frontier summarises the changes deleted from the log, so start
 the room's state and the log after the frontier: its cost follows the room and the
 retention window, not the history's length.
 
+A private room's snapshot is sealed (docs/protocol.md, "Sealed snapshots"): a reader node
+opens its own (it wraps the key to itself), a blind host starts from the public part of its
+own (no scene). One this node cannot open now that it reads the room (written while it was
+blind) is ``snapshot_key_missing``: the log is replayed, whole since blind hosts never prune.
+
 Blocking (SQLite reads, signature checks): the room host runs it in a worker thread.
 """
 
@@ -43,7 +48,8 @@ History = Callable[[list[bytes]], Mapping[bytes, bytes]]
 @dataclass(frozen=True, slots=True)
 class LoadedRoom:
     """A rebuilt replica, and how: ``snapshot_problem`` says why a stored snapshot was not
-    used (a stable label: ``bad_snapshot``, ``other_room``, ``log_behind``), None if it was
+    used (a stable label: ``bad_snapshot``, ``snapshot_key_missing``, ``other_room``,
+    ``log_behind``), None if it was
     used or there was none."""
 
     replica: SceneReplica
@@ -76,8 +82,11 @@ def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Ite
     try:
         replica = SceneReplica.from_snapshot(snapshot, identity,
                                              trusted_signers=[identity.public_key])
-    except DecodeError:
-        return None, "bad_snapshot"
+    except DecodeError as err:
+        # A private room's snapshot this node cannot open (it was blind when it wrote it, and
+        # is a reader now): the log is whole (blind hosts never prune), so replay it.
+        return None, "snapshot_key_missing" if err.reason == "snapshot_key_missing" \
+            else "bad_snapshot"
     if replica.genesis != genesis:
         return None, "other_room"
     if history is not None:

@@ -302,10 +302,8 @@ def build_app(node: NodeApi) -> web.Application:
 
     async def snapshot(request: web.Request) -> web.Response:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
-        if hosted.runtime.replica.private:
-            # No snapshots of private rooms (one in clear would hold the scene): a joiner
-            # replays the change history.
-            return _error(404, "a private room has no snapshots: sync its changes")
+        # A private room's snapshot holds its scene sealed (a reader node's) or not at all
+        # (a blind host's): served as opaque bytes (docs/protocol.md, "Sealed snapshots").
         snap = await host.latest_snapshot(hosted.runtime.room_id)
         if snap is None:
             return _error(404, "no snapshot yet")
@@ -388,13 +386,17 @@ def build_app(node: NodeApi) -> web.Application:
         body = await _json_body(request)
         name = body.get("name", "room")
         admit = body.get("admit")
-        private = body.get("private", False)
+        # As `meshnode room create`: private unless asked not to be or open (an open room
+        # admits anyone, so it is never private); a private room is invite-only.
+        private = body.get("private", admit != "open")
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             return _error(400, "name must be a string of 1 to 200 characters")
         if admit not in (None, "open", "invite"):
             return _error(400, "admit must be open or invite")
         if type(private) is not bool:
             return _error(400, "private must be true or false")
+        if private and admit is None:
+            admit = "invite"
         try:
             rid = await host.create_room(name, admit=admit, private=private)
         except ValueError as err:  # a private room that would be open

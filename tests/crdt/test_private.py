@@ -320,10 +320,10 @@ def test_waiting_for_key_blocks_edits_and_late_key_releases_content() -> None:
     assert fresh.readable and fresh.state() == room.owner.state()
 
 
-def test_private_snapshot_refused_and_genesis_flag_checked() -> None:
+def test_private_snapshot_sealed_and_genesis_flag_checked() -> None:
     room = PRoom()
-    with pytest.raises(RuntimeError):
-        room.owner.snapshot()
+    snap = room.owner.snapshot()  # sealed (tests/crdt/test_sealed_snapshots.py)
+    assert room.owner.snapshot_sealed and room.owner.room_name.encode() not in snap
     g = decode_change(room.owner.genesis)
     assert g.ops[0][1] == "" and g.ops[0][3] == 1
     with pytest.raises(ValueError):

@@ -34,7 +34,7 @@ def test_joiner_finds_and_links_to_a_host_only_the_dht_names(tmp_path: Path) -> 
     nodes = [a]
     try:
         assert a.get("/api/status")["discovery"]["state"] == "on"
-        room = a.post("/api/rooms", {"name": "dht", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "dht", "admit": "invite", "private": False})["id"]
         b = start_host(tmp_path / "b", a, room, bootstrap=a)
         nodes.append(b)
         c = NodeProcess(tmp_path / "c", args=["--no-default-room", "--bootstrap", b.url])

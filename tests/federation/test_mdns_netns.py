@@ -159,7 +159,8 @@ def test_two_lan_nodes_find_each_other_by_mdns_and_sync_a_room(
         # A again: a hello within 1 s of the first link's is taken for a simultaneous dial and
         # refused as a duplicate, so the invite must not come sooner; a test-speed artefact.)
         time.sleep(1.5)
-        room = a.api("POST", "/api/rooms", {"name": "village", "admit": "invite"})["id"]
+        room = a.api("POST", "/api/rooms", {"name": "village", "admit": "invite",
+                                            "private": False})["id"]
         token = a.api("POST", f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
         b.api("POST", "/api/rooms/join", {"token": token})
 

@@ -77,7 +77,7 @@ def test_deny_holds_for_bootstrap_both_ways_and_overlay_relay(mesh: _Mesh) -> No
     A, B = ida.public_id, idb.public_id
     pa, pb = _free_port(), _free_port()
     c = mesh.node("c", Identity.generate(), _free_port(), []).start()
-    room = c.post("/api/rooms", {"name": "shared", "admit": "invite"})["id"]
+    room = c.post("/api/rooms", {"name": "shared", "admit": "invite", "private": False})["id"]
     invite = {"role": "admin"}
     a = mesh.node("a", ida, pa, [
         "--no-default-room", "--bootstrap", c.url, "--bootstrap", f"http://127.0.0.1:{pb}",
@@ -175,7 +175,7 @@ def test_deny_holds_when_the_dht_names_the_denied_host(mesh: _Mesh) -> None:
     idb = Identity.generate()
     B = idb.public_id
     c = mesh.node("c", Identity.generate(), _free_port(), []).start()
-    room = c.post("/api/rooms", {"name": "dht", "admit": "invite"})["id"]
+    room = c.post("/api/rooms", {"name": "dht", "admit": "invite", "private": False})["id"]
     b = mesh.node("b", idb, _free_port(), [
         "--no-default-room", "--bootstrap", c.url,
         "--join", c.post(f"/api/rooms/{room}/invites", {"role": "admin"})["token"]]).start()

@@ -48,7 +48,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc
     """A node with an invite-only room (and a snapshot after every stored change)."""
     node = NodeProcess(tmp_path_factory.mktemp("guard") / "a", config=GUARDED_CONFIG).start()
     try:
-        room = node.post("/api/rooms", {"name": "private lab", "admit": "invite"})["id"]
+        room = node.post("/api/rooms", {"name": "private lab", "admit": "invite",
+                                        "private": False})["id"]
         yield node, room
     finally:
         node.kill()

@@ -17,7 +17,8 @@ async def test_an_admins_invite_cannot_make_an_admin(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     b = None
     try:
-        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite",
+                                     "private": False})["id"]
         b = start_host(tmp_path / "b", a, room, bootstrap=a)  # B is an admin
         # B's node refuses to mint it (it could never admit anyone) ...
         with pytest.raises(urllib.error.HTTPError) as minted:

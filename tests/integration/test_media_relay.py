@@ -154,7 +154,8 @@ async def test_a_removed_member_loses_its_media_and_is_refused_more(
         tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", args=["--no-default-room"]).start()
     try:
-        room = node.post("/api/rooms", {"name": "closed", "admit": "invite"})["id"]
+        room = node.post("/api/rooms", {"name": "closed", "admit": "invite",
+                                        "private": False})["id"]
         member = Identity.generate()
         token = node.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
         listener_token = node.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]

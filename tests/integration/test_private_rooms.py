@@ -6,12 +6,17 @@ host* with invites it can redeem only by their proofs.
   appear in anything the blind host sends or receives (its link traffic, captured after
   DTLS by ``MESHNODE_CAPTURE_LINKS``), stores (its SQLite files, byte for byte) or answers
   over HTTP (room reads, the admin API, metrics).
+  The blind host writes a snapshot of the room after every stored change here
+  (``snapshot_every = 1``): its snapshot rows, served and stored, are checked too.
 * A removed member, fed every change written after its removal, reads none of the canaries
   written causally after it.
+* A reader node restarts from its own sealed snapshot (not a replay): the snapshot it stores
+  holds no canary in clear, and the restarted node reads the room's name again.
 """
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,9 +25,12 @@ from typing import Any
 
 from meshnode.client import connect
 from meshnode.crdt import ROOT, SceneReplica
+from meshnode.crdt.snapshot import decode_snapshot
 from meshnode.identity import Identity
+from meshnode.store.sqlite import DB_FILENAME
 from meshnode.transport.capture import CAPTURE_ENV, read_capture
-from tests.integration.nodeproc import NodeProcess
+from protocol.limits import DEFAULT_LIMITS
+from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
 from tests.integration.test_line import ICE, until
 
 NAME = "Kestrel-name-canary"
@@ -66,6 +74,23 @@ def room_of(node: NodeProcess, room: str) -> dict[str, Any]:
     return next(r for r in node.get("/api/rooms") if r["id"] == room)
 
 
+SNAPSHOT_EVERY_CHANGE = LOOPBACK_CONFIG + """
+[store]
+snapshot_every = 1
+"""
+
+
+def stored_snapshot(node: NodeProcess, room: str) -> bytes:
+    """The room's snapshot row in a stopped node's SQLite store."""
+    db = node.data_dir / DB_FILENAME
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT data FROM snapshots WHERE room_id = ?",
+                           (bytes.fromhex(room),)).fetchone()
+    assert row is not None, f"no snapshot of the room in {db}"
+    data: bytes = row[0]
+    return data
+
+
 async def test_a_blind_host_sees_no_canary_and_a_removed_member_reads_nothing_later(
         tmp_path: Path) -> None:
     capture = tmp_path / "host.capture"
@@ -78,7 +103,8 @@ async def test_a_blind_host_sees_no_canary_and_a_removed_member_reads_nothing_la
         assert created["name"] == NAME  # the owner's node reads its own room
         host_token = a.post(f"/api/rooms/{room}/invites", {"role": "host"})["token"]
         h = NodeProcess(tmp_path / "h", args=["--no-default-room", "--bootstrap", a.url,
-                                              "--join", host_token])
+                                              "--join", host_token],
+                        config=SNAPSHOT_EVERY_CHANGE)
         h.start(env={CAPTURE_ENV: str(capture)})
         h.wait_for(lambda: room_of(h, room)["role"] == "host", "the host to be admitted")
         listed = await cli(h, "room", "list")
@@ -127,15 +153,21 @@ async def test_a_blind_host_sees_no_canary_and_a_removed_member_reads_nothing_la
             assert AFTER in repr(al.state())  # ... which a member does read
             alice_changes = al.replica.changes_since([])
 
-        # What the blind host answers over HTTP.
+        # What the blind host answers over HTTP, its snapshot of the room included.
+        served = raw_get(h, f"/api/rooms/{room}/snapshot")
+        blind = decode_snapshot(served, DEFAULT_LIMITS, None)
+        assert blind.content.private is not None and blind.sealed is None  # public part only
         answers = b"".join(raw_get(h, p) for p in (
             "/api/rooms", "/api/status", "/api/metrics", "/metrics", "/api/peers",
             f"/api/rooms/{room}/genesis", f"/api/rooms/{room}/heads",
             f"/api/rooms/{room}/snapshot"))
         assert b'"host"' in answers and leaks(answers) == []
         assert room_of(h, room)["name"] == "" and room_of(h, room)["entities"] == 0
-        assert h.terminate() == 0  # (it would save snapshots at shutdown: not of this room)
+        assert h.terminate() == 0  # (it saves the room's snapshot at shutdown too)
         assert leaks("\n".join(h.lines).encode()) == []
+        row = stored_snapshot(h, room)
+        assert row[:40].find(b"meshnode-snapshot") >= 0 and leaks(row) == []
+        assert decode_snapshot(row, DEFAULT_LIMITS, None).content.private is not None
         # What it stores: every file of its data directory, byte for byte.
         stored = b"".join(p.read_bytes() for p in sorted(h.data_dir.rglob("*")) if p.is_file())
         assert leaks(stored) == []
@@ -150,3 +182,33 @@ async def test_a_blind_host_sees_no_canary_and_a_removed_member_reads_nothing_la
         for node in (a, h):
             if node is not None:
                 node.kill()
+
+
+async def test_a_reader_node_restarts_from_its_sealed_snapshot(tmp_path: Path) -> None:
+    a = NodeProcess(tmp_path / "a", args=["--no-default-room"],
+                    config=SNAPSHOT_EVERY_CHANGE).start()
+    try:
+        created = json.loads(await cli(a, "room", "create", NAME))
+        room = created["id"]
+        assert created["private"] and created["this_node"] == "reader"
+        # A viewer admitted, then removed (the removal rotates): later snapshots are not
+        # sealed to them.
+        gone = Identity.generate()
+        await cli(a, "room", "role", room, gone.public_id, "viewer")
+        await cli(a, "room", "remove", room, gone.public_id)
+        assert a.terminate() == 0  # saves the room's snapshot, sealed
+        row = stored_snapshot(a, room)
+        snap = decode_snapshot(row, DEFAULT_LIMITS, None)
+        assert row[:40].find(b"meshnode-snapshot") >= 0
+        assert snap.sealed is not None and leaks(row) == []  # the name only sealed
+        assert gone.public_key not in snap.sealed.wraps and len(snap.sealed.wraps) == 1
+        assert len(snap.content.private.epochs) >= 2  # type: ignore[union-attr]
+        assert decode_snapshot(row, DEFAULT_LIMITS, None).content.private is not None
+        a.start()
+        assert any(f"room {room[:16]}" in line and "from a snapshot" in line
+                   for line in a.lines), "the reader replayed its log instead"
+        assert not any("stored snapshot not used" in line for line in a.lines)
+        listed = room_of(a, room)
+        assert listed["name"] == NAME and listed["private"]
+    finally:
+        a.kill()

@@ -23,7 +23,8 @@ async def test_a_stranger_on_the_open_room_learns_nothing_of_an_invite_only_room
         tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     try:
-        secret = a.post("/api/rooms", {"name": "board meeting", "admit": "invite"})["id"]
+        secret = a.post("/api/rooms", {"name": "board meeting", "admit": "invite",
+                                       "private": False})["id"]
         assert a.default_room is not None
         async with connect(a.url, a.default_room, Identity.generate(), ice=ICE) as stranger:
             links = stranger._links
@@ -54,7 +55,8 @@ async def test_a_stranger_on_the_open_room_learns_nothing_of_an_invite_only_room
 async def test_connect_without_an_invite_is_refused_with_a_reason(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     try:
-        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite",
+                                     "private": False})["id"]
         token = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
         async with connect(a.url, room, Identity.generate(), ice=ICE, invite=token) as member:
             member.create_entity(ROOT, {"name": {"value": "private thing"}})
@@ -82,7 +84,8 @@ async def test_members_still_share_an_invite_only_room(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a").start()
     b = None
     try:
-        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "by invite", "admit": "invite",
+                                     "private": False})["id"]
         b = start_host(tmp_path / "b", a, room, bootstrap=a)
         token = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
         async with connect(a.url, room, Identity.generate(), ice=ICE, invite=token) as c:

@@ -51,7 +51,8 @@ def changes(node: NodeProcess, room: str) -> int:
 async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a", args=["--no-default-room"]).start()
     try:
-        room = a.post("/api/rooms", {"name": "revocation", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "revocation", "admit": "invite",
+                                     "private": False})["id"]
         mallory, bob, sock = Identity.generate(), Identity.generate(), Identity.generate()
         watch = await invite(a, room, "viewer")
         mallory_invite = (await invite(a, room, "admin"))["token"]
@@ -124,7 +125,7 @@ async def test_a_removed_admin_cannot_backdate_entities_or_grants(tmp_path: Path
 async def test_invites_honour_max_uses_and_revocation(tmp_path: Path) -> None:
     a = NodeProcess(tmp_path / "a", args=["--no-default-room"]).start()
     try:
-        room = a.post("/api/rooms", {"name": "invites", "admit": "invite"})["id"]
+        room = a.post("/api/rooms", {"name": "invites", "admit": "invite", "private": False})["id"]
         once = await invite(a, room, "editor", "--max-uses", "1")
         assert len(bytes.fromhex(once["id"])) == 32 and once["max_uses"] == 1
         async with connect(a.url, room, Identity.generate(), ice=ICE,

@@ -149,3 +149,42 @@ def test_garbage_instead_of_a_snapshot_falls_back(data: bytes) -> None:
     got = load_replica(HOST.genesis, NODE, _stream(LOG[:20]), data)
     assert got.snapshot_problem == "bad_snapshot"
     assert got.replica.change_count() == 21
+
+
+def test_private_room_loads_from_its_sealed_snapshot_or_replays() -> None:
+    """A reader node starts from its sealed snapshot; a blind host's public snapshot is used
+    by a blind node but not by one that became a reader since (it replays the log)."""
+    host = Identity.generate()
+    node = SceneReplica.create(NODE, NOW, name="sealed-load", nonce=b"s" * 16, private=True)
+    node.grant(EDITOR.public_id, "editor")
+    node.grant(host.public_id, "host")
+    node.create_entity(ROOT, {"name": {"value": "inside"}})
+    node.commit(NOW + 1)
+    log = node.changes_since([])[1:]
+    sealed = node.snapshot()
+    loaded = load_replica(node.genesis, NODE, lambda: iter(log), sealed)
+    assert loaded.from_snapshot and loaded.snapshot_problem is None
+    assert loaded.replica.state() == node.state() and loaded.replica.readable
+    assert loaded.replica.room_name == "sealed-load"
+    blind = SceneReplica.from_genesis(node.genesis, host)
+    blind.apply_many(log, NOW + 1)
+    public = blind.snapshot()
+    assert b"inside" not in public and b"sealed-load" not in public
+    as_blind = load_replica(node.genesis, host, lambda: iter(log), public)
+    assert as_blind.from_snapshot and not as_blind.replica.readable
+    # The same bytes, for a node that reads the room: not usable, the log is replayed.
+    again = load_replica(node.genesis, NODE, lambda: iter(log), _resigned(public, node))
+    assert not again.from_snapshot and again.snapshot_problem == "snapshot_key_missing"
+    assert again.replica.state() == node.state()
+
+
+def _resigned(public: bytes, node: SceneReplica) -> bytes:
+    """A blind snapshot as if NODE had written it (a node trusts only its own signature)."""
+    import msgpack
+
+    from meshnode.crdt.snapshot import SNAPSHOT_DOMAIN
+
+    obj = msgpack.unpackb(public[:-64], raw=False)
+    obj[2] = NODE.public_key
+    body = msgpack.packb(obj, use_bin_type=True)
+    return body + NODE.sign(SNAPSHOT_DOMAIN + node.room_id + body)
