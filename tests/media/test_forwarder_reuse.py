@@ -29,8 +29,9 @@ class FakeSender:
         self.ready = True
         self.on_keyframe_request: Any = None
         self.written: list[tuple[str, Forward]] = []
+        self.direct = True
 
-    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
+    def send(self, packet: SourcePacket, forward: Forward, ntp: int) -> bool:
         self.written.append((packet.payload.decode(), forward))
         return True
 
