@@ -148,6 +148,7 @@ class RelayServer:
         self.senders: dict[str, list[tuple[str, Any]]] = {}
         self.tracks: dict[str, Any] = {}
         self.media_relay = MediaRelay()
+        self.direct = True  # the send path of new OutputSenders (op send_path)
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
@@ -168,6 +169,12 @@ class RelayServer:
             return {}
         if op == "stats":
             return self.stats()
+        if op == "send_path":
+            self.direct = bool(req["direct"])
+            for senders in self.senders.values():
+                for _, sender in senders:
+                    sender.direct = self.direct
+            return {}
         raise ValueError(f"unknown op {op!r}")
 
     async def publish(self, offer: dict[str, str]) -> dict[str, Any]:
@@ -195,7 +202,7 @@ class RelayServer:
         for kind in kinds:
             if self.mode == "forward":
                 t = pc.addTransceiver(kind, direction="sendonly")
-                senders.append((kind, OutputSender(t)))
+                senders.append((kind, OutputSender(t, direct=self.direct)))
             else:
                 pc.addTransceiver(self.media_relay.subscribe(self.tracks[kind]),
                                   direction="sendonly")
@@ -621,6 +628,76 @@ def transit_summary(subs: list[Subscriber]) -> dict[str, Any]:
     return out
 
 
+SEND_PATHS = ("direct", "aiortc_chain")
+
+
+async def per_copy_breakdown(copies: int) -> dict[str, float]:
+    """CPU microseconds (this process's CPU time, so other work on the core does not count)
+    of each step a forwarded copy takes on the direct path, each timed alone over ``copies``
+    runs with a 1100-byte VP8-sized payload: the forwarding decision, the header and RTX
+    history, SRTP protection (AES-256-GCM, what two aiortc peers negotiate; and
+    AES-CM/HMAC-SHA1, what Chromium may), and the ``sendto`` of the datagram on loopback
+    (to a draining child process: the kernel's loopback delivery is in the sender's
+    ``sendto``)."""
+    from pylibsrtp import Policy, Session
+
+    from meshnode.media.aiortc_driver import RtxHistory, _ntp_now
+    from meshnode.media.forwarding import Output, PacketInfo
+    from meshnode.media.rtp_out import ExtensionIds, RtpWriter
+
+    def timed(step: Any) -> float:
+        t0 = time.process_time()
+        for i in range(copies):
+            step(i)
+        return round((time.process_time() - t0) / copies * 1e6, 2)
+
+    payload = os.urandom(1100)
+    out: dict[str, float] = {}
+    infos = [PacketInfo(sequence_number=i & 0xFFFF, timestamp=i // 8 * 6000, marker=i % 8 == 7,
+                        keyframe=True, frame_start=i % 8 == 0, tid=None, size=len(payload))
+             for i in range(copies)]
+    output = Output("video", 90000)
+    out["forward_decision"] = timed(lambda i: output.forward(infos[i], 0.0))
+    writer = RtpWriter.for_ids(1234, "1", ExtensionIds(mid=1, abs_send_time=2, audio_level=None))
+    assert writer is not None
+    history = RtxHistory(1234)
+
+    def serialize(i: int) -> bytes:
+        history.put(96, False, i & 0xFFFF, i, 7, None, payload, "1")
+        return writer.packet(96, False, i & 0xFFFF, i, 7, None, payload)
+
+    out["header_and_history"] = timed(serialize)
+    out["ntp_stamp_per_source_packet"] = timed(lambda i: _ntp_now(time.time()))
+    data = serialize(0)
+    for name, profile, key_len in (
+            ("srtp_protect_aes256gcm", Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
+            ("srtp_protect_aes128cm_sha1", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30)):
+        policy = Policy(key=os.urandom(key_len), ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                        srtp_profile=profile)
+        policy.allow_repeat_tx = True
+        srtp = Session(policy)
+        out[name] = timed(lambda i, srtp=srtp: srtp.protect(data))
+    drain = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import socket\ns = socket.socket(socket.AF_INET, "
+        "socket.SOCK_DGRAM)\ns.bind(('127.0.0.1', 0))\nprint(s.getsockname()[1], flush=True)"
+        "\nwhile True: s.recv(2048)", stdout=asyncio.subprocess.PIPE)
+    try:
+        assert drain.stdout is not None
+        addr = ("127.0.0.1", int(await drain.stdout.readline()))
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        protected = data + bytes(16)
+        out["udp_sendto_loopback"] = timed(lambda i: transport.sendto(protected, addr))
+        transport.close()
+    finally:
+        drain.kill()
+        await drain.wait()
+    out["sum_direct_path"] = round(sum(v for k, v in out.items() if k in (
+        "forward_decision", "header_and_history", "srtp_protect_aes256gcm",
+        "udp_sendto_loopback")), 2)
+    return out
+
+
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     """Least-squares line y = a + b x through ``points``: (a, b)."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -677,13 +754,23 @@ class Bench:
         return result
 
     async def forward_steps(self, relay: Relay, pub: Publisher) -> dict[str, Any]:
+        """Each N measured twice, back to back on the same connections: copies sent on the
+        driver's SrtpWire (``direct``) and through aiortc's RTP send chain (``aiortc_chain``,
+        the path before it), in alternating order so drift in the machine's load falls on
+        both alike."""
         subs: list[Subscriber] = []
         steps = []
-        for n in self.args.steps:
+        for i, n in enumerate(self.args.steps):
             await self.add_subscribers(relay, pub, subs, n, "s", ["audio", "video"])
-            m = await self.measure(relay, subs, {"publisher": pub.pc})
-            m["subscribers"] = n
-            steps.append(m)
+            paths = SEND_PATHS if i % 2 == 0 else SEND_PATHS[::-1]
+            if n == 0:
+                paths = SEND_PATHS[:1]  # nothing is sent: ingest only
+            for path in paths:
+                await relay.call("send_path", direct=path == "direct")
+                m = await self.measure(relay, subs, {"publisher": pub.pc})
+                m["subscribers"], m["send_path"] = n, path
+                steps.append(m)
+        await relay.call("send_path", direct=True)
         for s in subs:
             await s.close(relay)
         return {"steps": steps}
@@ -781,6 +868,7 @@ class Bench:
         from meshnode.transport.ice import install_host_addresses
 
         install_host_addresses(("127.0.0.1",))
+        load_start = [round(x, 2) for x in os.getloadavg()]
         args = self.args
         out: dict[str, Any] = {"benchmark": "media", "quick": self.quick,
                                "environment": environment(),
@@ -794,6 +882,8 @@ class Bench:
             Relay("b", "forward", args.relay_cpu).start(),
             Relay("transcode", "transcode", args.relay_cpu).start())
         try:
+            out["per_copy_breakdown_us"] = await per_copy_breakdown(
+                5000 if self.quick else 20000)
             pub = Publisher(args.video_kbps)
             await pub.connect(a)
             await asyncio.sleep(args.warmup)
@@ -813,15 +903,25 @@ class Bench:
             await pub.close()
         finally:
             await asyncio.gather(a.stop(), b.stop(), t.stop())
+        # Other work on the machine shows here: compare runs only by same-run ratios.
+        out["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
         out["summary"] = self.summary(out)
         out["problems"] = self.problems
         out["ok"] = self.ok
         return out
 
     def summary(self, out: dict[str, Any]) -> dict[str, Any]:
-        steps = out["forward"]["steps"]
+        by_path = {path: [s for s in out["forward"]["steps"]
+                          if s["send_path"] == path or s["subscribers"] == 0]
+                   for path in SEND_PATHS}
+        steps = by_path["direct"]
+        chain = by_path["aiortc_chain"]
         intercept, slope = fit([(s["subscribers"], s["relay_cpu_percent"]) for s in steps])
+        _, chain_slope = fit([(s["subscribers"], s["relay_cpu_percent"]) for s in chain])
+        _, chain_per_packet = fit([(s["forwarded_packets_per_s"], s["relay_cpu_percent"])
+                                   for s in chain])
         largest = steps[-1]
+        chain_largest = chain[-1]
         fwd_cpu = {s["subscribers"]: s["relay_cpu_percent"] for s in steps}
         tx_cpu = {s["subscribers"]: s["relay_cpu_percent"] for s in out["transcode"]["steps"]}
         common = sorted(n for n in fwd_cpu if n in tx_cpu and n > 0)
@@ -833,13 +933,26 @@ class Bench:
                              for s in steps])
         _, tx_slope = fit(list(tx_cpu.items())) if len(tx_cpu) > 1 else (0.0, 0.0)
         low = out["low_bandwidth"]
+        p99 = largest["transit"]["all"]["p99_ms"]
+        chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
         return {
+            "load_average": out["load_average"],
             "subscribers_per_core": round(100 / slope) if slope > 0 else None,
             "subscribers_per_core_after_ingest": round((100 - intercept) / slope)
             if slope > 0 else None,
             "relay_cpu_percent_per_subscriber": round(slope, 3),
             "relay_cpu_percent_ingest": round(intercept, 2),
             "relay_cpu_us_per_forwarded_packet": round(per_packet * 1e4, 1),
+            "aiortc_chain": {  # the old send path, measured in this run on the same connections
+                "subscribers_per_core": round(100 / chain_slope) if chain_slope > 0 else None,
+                "relay_cpu_us_per_forwarded_packet": round(chain_per_packet * 1e4, 1),
+                "added_latency_ms_p50": chain_largest["transit"]["all"]["p50_ms"],
+                "added_latency_ms_p99": chain_p99,
+            },
+            "cpu_per_copy_ratio_direct_vs_aiortc_chain": round(per_packet / chain_per_packet, 3)
+            if chain_per_packet > 0 else None,
+            "added_latency_p99_ratio_direct_vs_aiortc_chain": round(p99 / chain_p99, 3)
+            if p99 and chain_p99 else None,
             "forwarded_packets_per_s_per_subscriber": round(
                 largest["forwarded_packets_per_s"] / largest["subscribers"], 1)
             if largest["subscribers"] else None,
