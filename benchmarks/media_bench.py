@@ -149,6 +149,10 @@ class RelayServer:
         self.tracks: dict[str, Any] = {}
         self.media_relay = MediaRelay()
         self.direct = True  # the send path of new OutputSenders (op send_path)
+        self.fanout_cpu_ns = 0  # this thread's CPU inside Forwarder.on_packet (all copies)
+        self.arrivals = ArrivalStamps()  # of the datagrams of the ``publish`` connection
+        # (arrival, fan-out start, fan-out end, copies sent) per source packet
+        self.fanouts: list[tuple[float, float, float, int]] = []
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
@@ -169,6 +173,8 @@ class RelayServer:
             return {}
         if op == "stats":
             return self.stats()
+        if op == "residence":
+            return self.residence()
         if op == "send_path":
             self.direct = bool(req["direct"])
             for senders in self.senders.values():
@@ -187,11 +193,48 @@ class RelayServer:
         if self.mode == "transcode":
             pc.on("track", lambda track: self.tracks.__setitem__(track.kind, track))
         await pc.setRemoteDescription(RTCSessionDescription(**offer))
+        self.arrivals.attach(_dtls(pc).transport._connection)
         if self.mode == "forward":
             for t in pc.getTransceivers():
-                self.forwarders[t.kind] = Forwarder(SourceTap(t, source_id=t.kind))
+                forwarder = self.forwarders[t.kind] = Forwarder(SourceTap(t, source_id=t.kind))
+                forwarder.tap.on_packet = self.timed(forwarder)
         await pc.setLocalDescription(await pc.createAnswer())
         return {"answer": _sdp(pc.localDescription)}
+
+    def timed(self, forwarder: Any) -> Any:
+        """``forwarder.on_packet`` (the fan-out of one source packet to every output), adding
+        the CPU time this thread spends in it to ``fanout_cpu_ns``: CPU per copy measured in
+        place, which other processes on the core do not inflate (the aiortc chain's awaits
+        never suspend, so nothing else runs inside it either)."""
+
+        on_packet = forwarder.on_packet
+
+        async def timed_on_packet(tap: Any, packet: Any, now: float) -> None:
+            sent0 = forwarder.copies_sent
+            start, t0 = time.perf_counter(), time.thread_time_ns()
+            try:
+                await on_packet(tap, packet, now)
+            finally:
+                self.fanout_cpu_ns += time.thread_time_ns() - t0
+                copies = forwarder.copies_sent - sent0
+                if self.arrivals.arrival is not None and copies:
+                    self.fanouts.append((self.arrivals.arrival, start, time.perf_counter(),
+                                         copies))
+
+        return timed_on_packet
+
+    def residence(self) -> dict[str, Any]:
+        """Relay residence of the copies since the last call: from the source datagram's
+        arrival at the relay's ICE connection to each copy's ``sendto``, the copies of one
+        packet taken as evenly spaced over its fan-out (timing each would slow it). What the
+        relay itself adds, without the load process's own queueing (``transit``)."""
+        values = []
+        for arrival, start, end, copies in self.fanouts:
+            step = (end - start) / copies
+            values.extend(start + step * (i + 1) - arrival for i in range(copies))
+        self.fanouts.clear()
+        return {"copies": len(values), "p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99),
+                "max_ms": pct(values, 1.0)}
 
     async def offer(self, key: str, kinds: list[str]) -> dict[str, Any]:
         from meshnode.media.aiortc_driver import OutputSender, make_media_pc
@@ -242,6 +285,7 @@ class RelayServer:
                          "sent_packets": sum(s.sent_packets for s in sent),
                          "sent_bytes": sum(s.sent_bytes for s in sent), "dropped": dropped}
         out["forwarders"] = fwd
+        out["fanout_cpu_ns"] = self.fanout_cpu_ns
         # The forwarding relay must never decode or encode: aiortc creates codecs lazily,
         # so these count every decoder and encoder this process ever made.
         out["codecs_created"] = dict(CODECS_CREATED)
@@ -501,38 +545,17 @@ class Publisher:
             await self.pc.close()
 
 
-class Subscriber:
-    """An aiortc subscriber of a relay; its receivers are tapped (nothing decoded here)."""
+class ArrivalStamps:
+    """When each datagram of an aioice connection is read from the socket (its
+    ``data_received``), and which one the DTLS transport is working on (it takes them one at
+    a time, in order, through ``recvfrom``): ``arrival``. Transit then ends at the socket, not
+    after this process has decrypted and handled the other copies that arrived at the same
+    time."""
 
-    def __init__(self, key: str, kinds: list[str], publisher: Publisher) -> None:
-        self.key, self.kinds, self.publisher = key, kinds, publisher
-        self.pc: Any = None
-        self.transit: dict[str, list[float]] = {"audio": [], "video": []}
-        self.handled: dict[str, list[float]] = {"audio": [], "video": []}
+    def __init__(self) -> None:
         self.arrival: float | None = None
-        self.unmatched = 0
-        self.packets = 0
-        self.keyframe_wait: asyncio.Future[float] | None = None
 
-    async def connect(self, relay: Relay) -> None:
-        from aiortc import RTCSessionDescription
-
-        from meshnode.media.aiortc_driver import SourceTap, make_media_pc
-
-        offer = await relay.call("offer", key=self.key, kinds=self.kinds)
-        self.pc = pc = make_media_pc()
-        await pc.setRemoteDescription(RTCSessionDescription(**offer["offer"]))
-        self.stamp_arrivals(_dtls(pc).transport._connection)
-        for t in pc.getTransceivers():
-            SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
-        await pc.setLocalDescription(await pc.createAnswer())
-        await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
-
-    def stamp_arrivals(self, connection: Any) -> None:
-        """Note when each datagram is read from the socket (aioice's ``data_received``), and
-        which one the DTLS transport is working on (it takes them one at a time, in order,
-        through ``recvfrom``): transit then ends at the socket, not after this process has
-        decrypted and handled the other subscribers' copies that arrived at the same time."""
+    def attach(self, connection: Any) -> None:
         stamps: deque[float] = deque()
         data_received, recvfrom = connection.data_received, connection.recvfrom
 
@@ -547,13 +570,41 @@ class Subscriber:
 
         connection.data_received, connection.recvfrom = stamped, next_datagram
 
+
+class Subscriber:
+    """An aiortc subscriber of a relay; its receivers are tapped (nothing decoded here)."""
+
+    def __init__(self, key: str, kinds: list[str], publisher: Publisher) -> None:
+        self.key, self.kinds, self.publisher = key, kinds, publisher
+        self.pc: Any = None
+        self.transit: dict[str, list[float]] = {"audio": [], "video": []}
+        self.handled: dict[str, list[float]] = {"audio": [], "video": []}
+        self.stamps = ArrivalStamps()
+        self.unmatched = 0
+        self.packets = 0
+        self.keyframe_wait: asyncio.Future[float] | None = None
+
+    async def connect(self, relay: Relay) -> None:
+        from aiortc import RTCSessionDescription
+
+        from meshnode.media.aiortc_driver import SourceTap, make_media_pc
+
+        offer = await relay.call("offer", key=self.key, kinds=self.kinds)
+        self.pc = pc = make_media_pc()
+        await pc.setRemoteDescription(RTCSessionDescription(**offer["offer"]))
+        self.stamps.attach(_dtls(pc).transport._connection)
+        for t in pc.getTransceivers():
+            SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
+
     async def on_packet(self, tap: Any, packet: Any, now: float) -> None:
         self.packets += 1
         sent = self.publisher.sent.get(hash(packet.payload))
         if sent is None:
             self.unmatched += 1
         else:
-            self.transit[tap.kind].append((self.arrival or now) - sent)
+            self.transit[tap.kind].append((self.stamps.arrival or now) - sent)
             self.handled[tap.kind].append(now - sent)
         if (self.keyframe_wait is not None and not self.keyframe_wait.done()
                 and packet.vp8 is not None and packet.vp8.keyframe and packet.vp8.frame_start):
@@ -732,13 +783,17 @@ class Bench:
         pcs = {s.key: s.pc for s in subs} | (extra_pcs or {})
         window = Window(relay, pcs)
         before = await relay.call("stats")
+        await relay.call("residence")  # (clears it)
         await asyncio.sleep(self.window_s)
         result = await window.close()
         after = await relay.call("stats")
         result["transit"] = transit_summary(subs)
+        result["relay_residence"] = await relay.call("residence")
         sent = sum(f["sent_packets"] for f in after["forwarders"].values()) - sum(
             f["sent_packets"] for f in before["forwarders"].values())
         result["forwarded_packets_per_s"] = round(sent / result["seconds"], 1)
+        fanout_ns = after.get("fanout_cpu_ns", 0) - before.get("fanout_cpu_ns", 0)
+        result["fanout_cpu_us_per_copy"] = round(fanout_ns / 1000 / sent, 2) if sent else None
         result["relay_dropped"] = {k: f["dropped"] for k, f in after["forwarders"].items()}
         sub_kbps = [result["wire"][s.key]["rx_kbps"] for s in subs]
         result["subscriber_rx_kbps_mean"] = round(statistics.fmean(sub_kbps), 1) if subs else None
@@ -858,6 +913,8 @@ class Bench:
             m.pop("transit")  # re-encoded payloads never match the publisher's
             m.pop("forwarded_packets_per_s")
             m.pop("relay_dropped")
+            m.pop("fanout_cpu_us_per_copy")
+            m.pop("relay_residence")
             steps.append(m)
         for s in subs:
             await s.close(relay)
@@ -933,6 +990,10 @@ class Bench:
                              for s in steps])
         _, tx_slope = fit(list(tx_cpu.items())) if len(tx_cpu) > 1 else (0.0, 0.0)
         low = out["low_bandwidth"]
+        fanout = {path: [s["fanout_cpu_us_per_copy"] for s in by_path[path]
+                         if s["fanout_cpu_us_per_copy"] is not None] for path in SEND_PATHS}
+        fanout_us = {path: round(statistics.fmean(v), 2) if v else None
+                     for path, v in fanout.items()}
         p99 = largest["transit"]["all"]["p99_ms"]
         chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
         return {
@@ -943,14 +1004,23 @@ class Bench:
             "relay_cpu_percent_per_subscriber": round(slope, 3),
             "relay_cpu_percent_ingest": round(intercept, 2),
             "relay_cpu_us_per_forwarded_packet": round(per_packet * 1e4, 1),
+            # CPU of the fan-out alone (this thread's time in Forwarder.on_packet per copy):
+            # the steadiest figure on a shared machine.
+            "fanout_cpu_us_per_copy": fanout_us["direct"],
             "aiortc_chain": {  # the old send path, measured in this run on the same connections
+                "fanout_cpu_us_per_copy": fanout_us["aiortc_chain"],
                 "subscribers_per_core": round(100 / chain_slope) if chain_slope > 0 else None,
                 "relay_cpu_us_per_forwarded_packet": round(chain_per_packet * 1e4, 1),
                 "added_latency_ms_p50": chain_largest["transit"]["all"]["p50_ms"],
                 "added_latency_ms_p99": chain_p99,
+                "relay_residence_ms_p50": chain_largest["relay_residence"]["p50_ms"],
+                "relay_residence_ms_p99": chain_largest["relay_residence"]["p99_ms"],
             },
             "cpu_per_copy_ratio_direct_vs_aiortc_chain": round(per_packet / chain_per_packet, 3)
             if chain_per_packet > 0 else None,
+            "fanout_cpu_ratio_direct_vs_aiortc_chain": round(
+                fanout_us["direct"] / fanout_us["aiortc_chain"], 3)
+            if fanout_us["direct"] and fanout_us["aiortc_chain"] else None,
             "added_latency_p99_ratio_direct_vs_aiortc_chain": round(p99 / chain_p99, 3)
             if p99 and chain_p99 else None,
             "forwarded_packets_per_s_per_subscriber": round(
@@ -960,6 +1030,9 @@ class Bench:
             "added_latency_ms_p50": largest["transit"]["all"]["p50_ms"],
             "added_latency_ms_p99": largest["transit"]["all"]["p99_ms"],
             "added_latency_at_subscribers": largest["subscribers"],
+            # The relay's own part of it: source datagram in -> copy handed to the kernel.
+            "relay_residence_ms_p50": largest["relay_residence"]["p50_ms"],
+            "relay_residence_ms_p99": largest["relay_residence"]["p99_ms"],
             "cpu_ratio_forward_vs_reencode": round(fwd_cpu[ratio_n] / tx_cpu[ratio_n], 3)
             if ratio_n is not None and tx_cpu[ratio_n] else None,
             "cpu_ratio_at_subscribers": ratio_n,

@@ -892,6 +892,8 @@ class Forwarder:
         self.tap = tap
         self._rng = rng or random.Random()
         self._wall_clock = wall_clock
+        self.copies_sent = 0
+        """Packets sent to all outputs together so far (one per copy)."""
         self._outputs: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         tap.on_packet = self.on_packet
@@ -982,6 +984,7 @@ class Forwarder:
         wants_keyframe = False
         info = packet.info
         ntp = _ntp_now(self._wall_clock())
+        sent = 0
         for entry in list(self._outputs.values()):
             output, sender = entry.output, entry.sender
             # Held paused while the subscriber's transport is not up: what it would miss
@@ -995,11 +998,12 @@ class Forwarder:
             result = output.forward(info, now)
             if type(result) is Forward:
                 if sender.direct:
-                    sender.send(packet, result, ntp)
+                    sent += sender.send(packet, result, ntp)
                 else:
-                    await sender.write(packet, result)
+                    sent += await sender.write(packet, result)
             elif output.wants_keyframe:
                 wants_keyframe = True
+        self.copies_sent += sent
         if wants_keyframe:
             await tap.request_keyframe()
 
