@@ -23,9 +23,17 @@ SRTP), the relay in its own process.
 
 Phases (each measured over a window after a settle time; ``--quick`` uses fewer, shorter ones):
 
-1. forward at N subscribers (audio + video each) for N in ``--steps``: relay CPU, transit
-   p50/p99 per kind, per-subscriber wire kbps; a least-squares line through CPU(N) gives CPU
-   per subscriber and ``subscribers_per_core`` = 100 % / slope.
+0. ``per_copy_breakdown_us``: each step of one forwarded copy timed alone in this process
+   (forwarding decision, header and RTX history, SRTP, the loopback ``sendto``).
+1. forward at N subscribers (audio + video each) for N in ``--steps``, each N measured twice
+   back to back on the same connections: copies sent on the driver's ``SrtpWire``
+   (``direct``, what the node runs) and through aiortc's own RTP send chain
+   (``aiortc_chain``, the path before it), so the ``summary`` ratios compare the two under
+   the same load. Per window: relay CPU, the CPU of the fan-out itself per copy (the relay's
+   thread time inside ``Forwarder.on_packet``: what other processes on the core do not
+   inflate), transit p50/p99 per kind, the relay residence (source datagram in -> copy
+   handed to the kernel), per-subscriber wire kbps; a least-squares line through CPU(N)
+   gives CPU per subscriber and ``subscribers_per_core`` = 100 % / slope.
 2. an audio-only subscriber beside a full one: wire kbps of each (SRTP datagrams, and with
    IPv4/UDP headers).
 3. pause/resume: a subscriber's video paused, then resumed: time until the first keyframe
@@ -792,6 +800,9 @@ class Bench:
         sent = sum(f["sent_packets"] for f in after["forwarders"].values()) - sum(
             f["sent_packets"] for f in before["forwarders"].values())
         result["forwarded_packets_per_s"] = round(sent / result["seconds"], 1)
+        video_sent = (after["forwarders"].get("video", {}).get("sent_packets", 0)
+                      - before["forwarders"].get("video", {}).get("sent_packets", 0))
+        result["forwarded_video_packets_per_s"] = round(video_sent / result["seconds"], 1)
         fanout_ns = after.get("fanout_cpu_ns", 0) - before.get("fanout_cpu_ns", 0)
         result["fanout_cpu_us_per_copy"] = round(fanout_ns / 1000 / sent, 2) if sent else None
         result["relay_dropped"] = {k: f["dropped"] for k, f in after["forwarders"].items()}
@@ -912,6 +923,7 @@ class Bench:
             m["subscribers"] = n
             m.pop("transit")  # re-encoded payloads never match the publisher's
             m.pop("forwarded_packets_per_s")
+            m.pop("forwarded_video_packets_per_s")
             m.pop("relay_dropped")
             m.pop("fanout_cpu_us_per_copy")
             m.pop("relay_residence")
@@ -996,6 +1008,12 @@ class Bench:
                      for path, v in fanout.items()}
         p99 = largest["transit"]["all"]["p99_ms"]
         chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
+        n_max = largest["subscribers"]
+        # On a core of its own, the last copy of a video frame leaves this long after the
+        # first: the frame's packets times N copies, at the measured CPU per copy.
+        frame_fanout_ms = (round(largest["forwarded_video_packets_per_s"] / n_max / FPS * n_max
+                                 * fanout_us["direct"] / 1000, 2)
+                           if n_max and fanout_us["direct"] else None)
         return {
             "load_average": out["load_average"],
             "subscribers_per_core": round(100 / slope) if slope > 0 else None,
@@ -1033,6 +1051,7 @@ class Bench:
             # The relay's own part of it: source datagram in -> copy handed to the kernel.
             "relay_residence_ms_p50": largest["relay_residence"]["p50_ms"],
             "relay_residence_ms_p99": largest["relay_residence"]["p99_ms"],
+            "video_frame_fanout_ms_computed": frame_fanout_ms,
             "cpu_ratio_forward_vs_reencode": round(fwd_cpu[ratio_n] / tx_cpu[ratio_n], 3)
             if ratio_n is not None and tx_cpu[ratio_n] else None,
             "cpu_ratio_at_subscribers": ratio_n,
