@@ -735,11 +735,12 @@ class OutputSender:
         reading per source packet serves all its copies). The caller has just seen
         :attr:`ready` (the :class:`Forwarder` holds outputs paused until it is). Returns False
         (and counts why) when it could not be sent."""
-        data = self._serialize(packet, forward, ntp)
         wire = self._wire
-        if data is None or wire is None:
-            if wire is None:
-                self.dropped["not_ready"] += 1
+        if wire is None:
+            self.dropped["not_ready"] += 1
+            return False
+        data = self._serialize(packet, forward, ntp)
+        if data is None:
             return False
         try:
             sent = wire.send(data)
@@ -750,7 +751,15 @@ class OutputSender:
             self._ready_for = 0
             self.dropped["not_connected"] += 1
             return False
-        self._count(ntp, forward.timestamp, len(packet.payload))
+        # S6, as _count (inline: this runs once per copy).
+        size = len(packet.payload)
+        state = self._state
+        state[_TX_NTP] = ntp
+        state[_TX_RTP_TS] = forward.timestamp
+        state[_TX_PACKETS] += 1
+        state[_TX_OCTETS] += size
+        self.sent_packets += 1
+        self.sent_bytes += size
         return True
 
     async def write(self, packet: SourcePacket, forward: Forward) -> bool:
