@@ -992,6 +992,9 @@ class Forwarder:
         """The tap's callback: decide and send to every output."""
         wants_keyframe = False
         info = packet.info
+        # One NTP reading for every copy (Sender Reports, abs-send-time): a subscriber's copy
+        # leaves at a steady offset from it (its place in the pass), which a delay-based
+        # estimate (REMB) does not see.
         ntp = _ntp_now(self._wall_clock())
         sent = 0
         for entry in list(self._outputs.values()):
