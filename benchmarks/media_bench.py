@@ -23,9 +23,17 @@ SRTP), the relay in its own process.
 
 Phases (each measured over a window after a settle time; ``--quick`` uses fewer, shorter ones):
 
-1. forward at N subscribers (audio + video each) for N in ``--steps``: relay CPU, transit
-   p50/p99 per kind, per-subscriber wire kbps; a least-squares line through CPU(N) gives CPU
-   per subscriber and ``subscribers_per_core`` = 100 % / slope.
+0. ``per_copy_breakdown_us``: each step of one forwarded copy timed alone in this process
+   (forwarding decision, header and RTX history, SRTP, the loopback ``sendto``).
+1. forward at N subscribers (audio + video each) for N in ``--steps``, each N measured twice
+   back to back on the same connections: copies sent on the driver's ``SrtpWire``
+   (``direct``, what the node runs) and through aiortc's own RTP send chain
+   (``aiortc_chain``, the path before it), so the ``summary`` ratios compare the two under
+   the same load. Per window: relay CPU, the CPU of the fan-out itself per copy (the relay's
+   thread time inside ``Forwarder.on_packet``: what other processes on the core do not
+   inflate), transit p50/p99 per kind, the relay residence (source datagram in -> copy
+   handed to the kernel), per-subscriber wire kbps; a least-squares line through CPU(N)
+   gives CPU per subscriber and ``subscribers_per_core`` = 100 % / slope.
 2. an audio-only subscriber beside a full one: wire kbps of each (SRTP datagrams, and with
    IPv4/UDP headers).
 3. pause/resume: a subscriber's video paused, then resumed: time until the first keyframe
@@ -148,6 +156,11 @@ class RelayServer:
         self.senders: dict[str, list[tuple[str, Any]]] = {}
         self.tracks: dict[str, Any] = {}
         self.media_relay = MediaRelay()
+        self.direct = True  # the send path of new OutputSenders (op send_path)
+        self.fanout_cpu_ns = 0  # this thread's CPU inside Forwarder.on_packet (all copies)
+        self.arrivals = ArrivalStamps()  # of the datagrams of the ``publish`` connection
+        # (arrival, fan-out start, fan-out end, copies sent) per source packet
+        self.fanouts: list[tuple[float, float, float, int]] = []
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
@@ -168,6 +181,14 @@ class RelayServer:
             return {}
         if op == "stats":
             return self.stats()
+        if op == "residence":
+            return self.residence()
+        if op == "send_path":
+            self.direct = bool(req["direct"])
+            for senders in self.senders.values():
+                for _, sender in senders:
+                    sender.direct = self.direct
+            return {}
         raise ValueError(f"unknown op {op!r}")
 
     async def publish(self, offer: dict[str, str]) -> dict[str, Any]:
@@ -180,11 +201,48 @@ class RelayServer:
         if self.mode == "transcode":
             pc.on("track", lambda track: self.tracks.__setitem__(track.kind, track))
         await pc.setRemoteDescription(RTCSessionDescription(**offer))
+        self.arrivals.attach(_dtls(pc).transport._connection)
         if self.mode == "forward":
             for t in pc.getTransceivers():
-                self.forwarders[t.kind] = Forwarder(SourceTap(t, source_id=t.kind))
+                forwarder = self.forwarders[t.kind] = Forwarder(SourceTap(t, source_id=t.kind))
+                forwarder.tap.on_packet = self.timed(forwarder)
         await pc.setLocalDescription(await pc.createAnswer())
         return {"answer": _sdp(pc.localDescription)}
+
+    def timed(self, forwarder: Any) -> Any:
+        """``forwarder.on_packet`` (the fan-out of one source packet to every output), adding
+        the CPU time this thread spends in it to ``fanout_cpu_ns``: CPU per copy measured in
+        place, which other processes on the core do not inflate (the aiortc chain's awaits
+        never suspend, so nothing else runs inside it either)."""
+
+        on_packet = forwarder.on_packet
+
+        async def timed_on_packet(tap: Any, packet: Any, now: float) -> None:
+            sent0 = forwarder.copies_sent
+            start, t0 = time.perf_counter(), time.thread_time_ns()
+            try:
+                await on_packet(tap, packet, now)
+            finally:
+                self.fanout_cpu_ns += time.thread_time_ns() - t0
+                copies = forwarder.copies_sent - sent0
+                if self.arrivals.arrival is not None and copies:
+                    self.fanouts.append((self.arrivals.arrival, start, time.perf_counter(),
+                                         copies))
+
+        return timed_on_packet
+
+    def residence(self) -> dict[str, Any]:
+        """Relay residence of the copies since the last call: from the source datagram's
+        arrival at the relay's ICE connection to each copy's ``sendto``, the copies of one
+        packet taken as evenly spaced over its fan-out (timing each would slow it). What the
+        relay itself adds, without the load process's own queueing (``transit``)."""
+        values = []
+        for arrival, start, end, copies in self.fanouts:
+            step = (end - start) / copies
+            values.extend(start + step * (i + 1) - arrival for i in range(copies))
+        self.fanouts.clear()
+        return {"copies": len(values), "p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99),
+                "max_ms": pct(values, 1.0)}
 
     async def offer(self, key: str, kinds: list[str]) -> dict[str, Any]:
         from meshnode.media.aiortc_driver import OutputSender, make_media_pc
@@ -195,7 +253,7 @@ class RelayServer:
         for kind in kinds:
             if self.mode == "forward":
                 t = pc.addTransceiver(kind, direction="sendonly")
-                senders.append((kind, OutputSender(t)))
+                senders.append((kind, OutputSender(t, direct=self.direct)))
             else:
                 pc.addTransceiver(self.media_relay.subscribe(self.tracks[kind]),
                                   direction="sendonly")
@@ -235,6 +293,7 @@ class RelayServer:
                          "sent_packets": sum(s.sent_packets for s in sent),
                          "sent_bytes": sum(s.sent_bytes for s in sent), "dropped": dropped}
         out["forwarders"] = fwd
+        out["fanout_cpu_ns"] = self.fanout_cpu_ns
         # The forwarding relay must never decode or encode: aiortc creates codecs lazily,
         # so these count every decoder and encoder this process ever made.
         out["codecs_created"] = dict(CODECS_CREATED)
@@ -494,38 +553,17 @@ class Publisher:
             await self.pc.close()
 
 
-class Subscriber:
-    """An aiortc subscriber of a relay; its receivers are tapped (nothing decoded here)."""
+class ArrivalStamps:
+    """When each datagram of an aioice connection is read from the socket (its
+    ``data_received``), and which one the DTLS transport is working on (it takes them one at
+    a time, in order, through ``recvfrom``): ``arrival``. Transit then ends at the socket, not
+    after this process has decrypted and handled the other copies that arrived at the same
+    time."""
 
-    def __init__(self, key: str, kinds: list[str], publisher: Publisher) -> None:
-        self.key, self.kinds, self.publisher = key, kinds, publisher
-        self.pc: Any = None
-        self.transit: dict[str, list[float]] = {"audio": [], "video": []}
-        self.handled: dict[str, list[float]] = {"audio": [], "video": []}
+    def __init__(self) -> None:
         self.arrival: float | None = None
-        self.unmatched = 0
-        self.packets = 0
-        self.keyframe_wait: asyncio.Future[float] | None = None
 
-    async def connect(self, relay: Relay) -> None:
-        from aiortc import RTCSessionDescription
-
-        from meshnode.media.aiortc_driver import SourceTap, make_media_pc
-
-        offer = await relay.call("offer", key=self.key, kinds=self.kinds)
-        self.pc = pc = make_media_pc()
-        await pc.setRemoteDescription(RTCSessionDescription(**offer["offer"]))
-        self.stamp_arrivals(_dtls(pc).transport._connection)
-        for t in pc.getTransceivers():
-            SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
-        await pc.setLocalDescription(await pc.createAnswer())
-        await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
-
-    def stamp_arrivals(self, connection: Any) -> None:
-        """Note when each datagram is read from the socket (aioice's ``data_received``), and
-        which one the DTLS transport is working on (it takes them one at a time, in order,
-        through ``recvfrom``): transit then ends at the socket, not after this process has
-        decrypted and handled the other subscribers' copies that arrived at the same time."""
+    def attach(self, connection: Any) -> None:
         stamps: deque[float] = deque()
         data_received, recvfrom = connection.data_received, connection.recvfrom
 
@@ -540,13 +578,41 @@ class Subscriber:
 
         connection.data_received, connection.recvfrom = stamped, next_datagram
 
+
+class Subscriber:
+    """An aiortc subscriber of a relay; its receivers are tapped (nothing decoded here)."""
+
+    def __init__(self, key: str, kinds: list[str], publisher: Publisher) -> None:
+        self.key, self.kinds, self.publisher = key, kinds, publisher
+        self.pc: Any = None
+        self.transit: dict[str, list[float]] = {"audio": [], "video": []}
+        self.handled: dict[str, list[float]] = {"audio": [], "video": []}
+        self.stamps = ArrivalStamps()
+        self.unmatched = 0
+        self.packets = 0
+        self.keyframe_wait: asyncio.Future[float] | None = None
+
+    async def connect(self, relay: Relay) -> None:
+        from aiortc import RTCSessionDescription
+
+        from meshnode.media.aiortc_driver import SourceTap, make_media_pc
+
+        offer = await relay.call("offer", key=self.key, kinds=self.kinds)
+        self.pc = pc = make_media_pc()
+        await pc.setRemoteDescription(RTCSessionDescription(**offer["offer"]))
+        self.stamps.attach(_dtls(pc).transport._connection)
+        for t in pc.getTransceivers():
+            SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
+
     async def on_packet(self, tap: Any, packet: Any, now: float) -> None:
         self.packets += 1
         sent = self.publisher.sent.get(hash(packet.payload))
         if sent is None:
             self.unmatched += 1
         else:
-            self.transit[tap.kind].append((self.arrival or now) - sent)
+            self.transit[tap.kind].append((self.stamps.arrival or now) - sent)
             self.handled[tap.kind].append(now - sent)
         if (self.keyframe_wait is not None and not self.keyframe_wait.done()
                 and packet.vp8 is not None and packet.vp8.keyframe and packet.vp8.frame_start):
@@ -621,6 +687,76 @@ def transit_summary(subs: list[Subscriber]) -> dict[str, Any]:
     return out
 
 
+SEND_PATHS = ("direct", "aiortc_chain")
+
+
+async def per_copy_breakdown(copies: int) -> dict[str, float]:
+    """CPU microseconds (this process's CPU time, so other work on the core does not count)
+    of each step a forwarded copy takes on the direct path, each timed alone over ``copies``
+    runs with a 1100-byte VP8-sized payload: the forwarding decision, the header and RTX
+    history, SRTP protection (AES-256-GCM, what two aiortc peers negotiate; and
+    AES-CM/HMAC-SHA1, what Chromium may), and the ``sendto`` of the datagram on loopback
+    (to a draining child process: the kernel's loopback delivery is in the sender's
+    ``sendto``)."""
+    from pylibsrtp import Policy, Session
+
+    from meshnode.media.aiortc_driver import RtxHistory, _ntp_now
+    from meshnode.media.forwarding import Output, PacketInfo
+    from meshnode.media.rtp_out import ExtensionIds, RtpWriter
+
+    def timed(step: Any) -> float:
+        t0 = time.process_time()
+        for i in range(copies):
+            step(i)
+        return round((time.process_time() - t0) / copies * 1e6, 2)
+
+    payload = os.urandom(1100)
+    out: dict[str, float] = {}
+    infos = [PacketInfo(sequence_number=i & 0xFFFF, timestamp=i // 8 * 6000, marker=i % 8 == 7,
+                        keyframe=True, frame_start=i % 8 == 0, tid=None, size=len(payload))
+             for i in range(copies)]
+    output = Output("video", 90000)
+    out["forward_decision"] = timed(lambda i: output.forward(infos[i], 0.0))
+    writer = RtpWriter.for_ids(1234, "1", ExtensionIds(mid=1, abs_send_time=2, audio_level=None))
+    assert writer is not None
+    history = RtxHistory(1234)
+
+    def serialize(i: int) -> bytes:
+        history.put(96, False, i & 0xFFFF, i, 7, None, payload, "1")
+        return writer.packet(96, False, i & 0xFFFF, i, 7, None, payload)
+
+    out["header_and_history"] = timed(serialize)
+    out["ntp_stamp_per_source_packet"] = timed(lambda i: _ntp_now(time.time()))
+    data = serialize(0)
+    for name, profile, key_len in (
+            ("srtp_protect_aes256gcm", Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
+            ("srtp_protect_aes128cm_sha1", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30)):
+        policy = Policy(key=os.urandom(key_len), ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                        srtp_profile=profile)
+        policy.allow_repeat_tx = True
+        srtp = Session(policy)
+        out[name] = timed(lambda i, srtp=srtp: srtp.protect(data))
+    drain = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import socket\ns = socket.socket(socket.AF_INET, "
+        "socket.SOCK_DGRAM)\ns.bind(('127.0.0.1', 0))\nprint(s.getsockname()[1], flush=True)"
+        "\nwhile True: s.recv(2048)", stdout=asyncio.subprocess.PIPE)
+    try:
+        assert drain.stdout is not None
+        addr = ("127.0.0.1", int(await drain.stdout.readline()))
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        protected = data + bytes(16)
+        out["udp_sendto_loopback"] = timed(lambda i: transport.sendto(protected, addr))
+        transport.close()
+    finally:
+        drain.kill()
+        await drain.wait()
+    out["sum_direct_path"] = round(sum(v for k, v in out.items() if k in (
+        "forward_decision", "header_and_history", "srtp_protect_aes256gcm",
+        "udp_sendto_loopback")), 2)
+    return out
+
+
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     """Least-squares line y = a + b x through ``points``: (a, b)."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -648,20 +784,27 @@ class Bench:
 
     async def measure(self, relay: Relay, subs: list[Subscriber],
                       extra_pcs: dict[str, Any] | None = None,
-                      forwarded: bool = True) -> dict[str, Any]:
-        await asyncio.sleep(self.settle_s)
+                      forwarded: bool = True, settle_s: float | None = None) -> dict[str, Any]:
+        await asyncio.sleep(self.settle_s if settle_s is None else settle_s)
         for s in subs:
             s.reset()
         pcs = {s.key: s.pc for s in subs} | (extra_pcs or {})
         window = Window(relay, pcs)
         before = await relay.call("stats")
+        await relay.call("residence")  # (clears it)
         await asyncio.sleep(self.window_s)
         result = await window.close()
         after = await relay.call("stats")
         result["transit"] = transit_summary(subs)
+        result["relay_residence"] = await relay.call("residence")
         sent = sum(f["sent_packets"] for f in after["forwarders"].values()) - sum(
             f["sent_packets"] for f in before["forwarders"].values())
         result["forwarded_packets_per_s"] = round(sent / result["seconds"], 1)
+        video_sent = (after["forwarders"].get("video", {}).get("sent_packets", 0)
+                      - before["forwarders"].get("video", {}).get("sent_packets", 0))
+        result["forwarded_video_packets_per_s"] = round(video_sent / result["seconds"], 1)
+        fanout_ns = after.get("fanout_cpu_ns", 0) - before.get("fanout_cpu_ns", 0)
+        result["fanout_cpu_us_per_copy"] = round(fanout_ns / 1000 / sent, 2) if sent else None
         result["relay_dropped"] = {k: f["dropped"] for k, f in after["forwarders"].items()}
         sub_kbps = [result["wire"][s.key]["rx_kbps"] for s in subs]
         result["subscriber_rx_kbps_mean"] = round(statistics.fmean(sub_kbps), 1) if subs else None
@@ -677,13 +820,25 @@ class Bench:
         return result
 
     async def forward_steps(self, relay: Relay, pub: Publisher) -> dict[str, Any]:
+        """Each N measured twice, back to back on the same connections: copies sent on the
+        driver's SrtpWire (``direct``) and through aiortc's RTP send chain (``aiortc_chain``,
+        the path before it), in alternating order so drift in the machine's load falls on
+        both alike."""
         subs: list[Subscriber] = []
         steps = []
-        for n in self.args.steps:
+        for i, n in enumerate(self.args.steps):
             await self.add_subscribers(relay, pub, subs, n, "s", ["audio", "video"])
-            m = await self.measure(relay, subs, {"publisher": pub.pc})
-            m["subscribers"] = n
-            steps.append(m)
+            paths = SEND_PATHS if i % 2 == 0 else SEND_PATHS[::-1]
+            if n == 0:
+                paths = SEND_PATHS[:1]  # nothing is sent: ingest only
+            for k, path in enumerate(paths):
+                await relay.call("send_path", direct=path == "direct")
+                # (the second path runs on connections that have already settled)
+                m = await self.measure(relay, subs, {"publisher": pub.pc},
+                                       settle_s=0.5 if k else None)
+                m["subscribers"], m["send_path"] = n, path
+                steps.append(m)
+        await relay.call("send_path", direct=True)
         for s in subs:
             await s.close(relay)
         return {"steps": steps}
@@ -770,7 +925,10 @@ class Bench:
             m["subscribers"] = n
             m.pop("transit")  # re-encoded payloads never match the publisher's
             m.pop("forwarded_packets_per_s")
+            m.pop("forwarded_video_packets_per_s")
             m.pop("relay_dropped")
+            m.pop("fanout_cpu_us_per_copy")
+            m.pop("relay_residence")
             steps.append(m)
         for s in subs:
             await s.close(relay)
@@ -781,6 +939,7 @@ class Bench:
         from meshnode.transport.ice import install_host_addresses
 
         install_host_addresses(("127.0.0.1",))
+        load_start = [round(x, 2) for x in os.getloadavg()]
         args = self.args
         out: dict[str, Any] = {"benchmark": "media", "quick": self.quick,
                                "environment": environment(),
@@ -794,6 +953,8 @@ class Bench:
             Relay("b", "forward", args.relay_cpu).start(),
             Relay("transcode", "transcode", args.relay_cpu).start())
         try:
+            out["per_copy_breakdown_us"] = await per_copy_breakdown(
+                2000 if self.quick else 20000)
             pub = Publisher(args.video_kbps)
             await pub.connect(a)
             await asyncio.sleep(args.warmup)
@@ -813,15 +974,25 @@ class Bench:
             await pub.close()
         finally:
             await asyncio.gather(a.stop(), b.stop(), t.stop())
+        # Other work on the machine shows here: compare runs only by same-run ratios.
+        out["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
         out["summary"] = self.summary(out)
         out["problems"] = self.problems
         out["ok"] = self.ok
         return out
 
     def summary(self, out: dict[str, Any]) -> dict[str, Any]:
-        steps = out["forward"]["steps"]
+        by_path = {path: [s for s in out["forward"]["steps"]
+                          if s["send_path"] == path or s["subscribers"] == 0]
+                   for path in SEND_PATHS}
+        steps = by_path["direct"]
+        chain = by_path["aiortc_chain"]
         intercept, slope = fit([(s["subscribers"], s["relay_cpu_percent"]) for s in steps])
+        _, chain_slope = fit([(s["subscribers"], s["relay_cpu_percent"]) for s in chain])
+        _, chain_per_packet = fit([(s["forwarded_packets_per_s"], s["relay_cpu_percent"])
+                                   for s in chain])
         largest = steps[-1]
+        chain_largest = chain[-1]
         fwd_cpu = {s["subscribers"]: s["relay_cpu_percent"] for s in steps}
         tx_cpu = {s["subscribers"]: s["relay_cpu_percent"] for s in out["transcode"]["steps"]}
         common = sorted(n for n in fwd_cpu if n in tx_cpu and n > 0)
@@ -833,13 +1004,45 @@ class Bench:
                              for s in steps])
         _, tx_slope = fit(list(tx_cpu.items())) if len(tx_cpu) > 1 else (0.0, 0.0)
         low = out["low_bandwidth"]
+        fanout = {path: [s["fanout_cpu_us_per_copy"] for s in by_path[path]
+                         if s["fanout_cpu_us_per_copy"] is not None] for path in SEND_PATHS}
+        fanout_us = {path: round(statistics.fmean(v), 2) if v else None
+                     for path, v in fanout.items()}
+        p99 = largest["transit"]["all"]["p99_ms"]
+        chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
+        n_max = largest["subscribers"]
+        # On a core of its own, the last copy of a video frame leaves this long after the
+        # first: the frame's packets times N copies, at the measured CPU per copy.
+        frame_fanout_ms = (round(largest["forwarded_video_packets_per_s"] / n_max / FPS * n_max
+                                 * fanout_us["direct"] / 1000, 2)
+                           if n_max and fanout_us["direct"] else None)
         return {
+            "load_average": out["load_average"],
             "subscribers_per_core": round(100 / slope) if slope > 0 else None,
             "subscribers_per_core_after_ingest": round((100 - intercept) / slope)
             if slope > 0 else None,
             "relay_cpu_percent_per_subscriber": round(slope, 3),
             "relay_cpu_percent_ingest": round(intercept, 2),
             "relay_cpu_us_per_forwarded_packet": round(per_packet * 1e4, 1),
+            # CPU of the fan-out alone (this thread's time in Forwarder.on_packet per copy):
+            # the steadiest figure on a shared machine.
+            "fanout_cpu_us_per_copy": fanout_us["direct"],
+            "aiortc_chain": {  # the old send path, measured in this run on the same connections
+                "fanout_cpu_us_per_copy": fanout_us["aiortc_chain"],
+                "subscribers_per_core": round(100 / chain_slope) if chain_slope > 0 else None,
+                "relay_cpu_us_per_forwarded_packet": round(chain_per_packet * 1e4, 1),
+                "added_latency_ms_p50": chain_largest["transit"]["all"]["p50_ms"],
+                "added_latency_ms_p99": chain_p99,
+                "relay_residence_ms_p50": chain_largest["relay_residence"]["p50_ms"],
+                "relay_residence_ms_p99": chain_largest["relay_residence"]["p99_ms"],
+            },
+            "cpu_per_copy_ratio_direct_vs_aiortc_chain": round(per_packet / chain_per_packet, 3)
+            if chain_per_packet > 0 else None,
+            "fanout_cpu_ratio_direct_vs_aiortc_chain": round(
+                fanout_us["direct"] / fanout_us["aiortc_chain"], 3)
+            if fanout_us["direct"] and fanout_us["aiortc_chain"] else None,
+            "added_latency_p99_ratio_direct_vs_aiortc_chain": round(p99 / chain_p99, 3)
+            if p99 and chain_p99 else None,
             "forwarded_packets_per_s_per_subscriber": round(
                 largest["forwarded_packets_per_s"] / largest["subscribers"], 1)
             if largest["subscribers"] else None,
@@ -847,6 +1050,10 @@ class Bench:
             "added_latency_ms_p50": largest["transit"]["all"]["p50_ms"],
             "added_latency_ms_p99": largest["transit"]["all"]["p99_ms"],
             "added_latency_at_subscribers": largest["subscribers"],
+            # The relay's own part of it: source datagram in -> copy handed to the kernel.
+            "relay_residence_ms_p50": largest["relay_residence"]["p50_ms"],
+            "relay_residence_ms_p99": largest["relay_residence"]["p99_ms"],
+            "video_frame_fanout_ms_computed": frame_fanout_ms,
             "cpu_ratio_forward_vs_reencode": round(fwd_cpu[ratio_n] / tx_cpu[ratio_n], 3)
             if ratio_n is not None and tx_cpu[ratio_n] else None,
             "cpu_ratio_at_subscribers": ratio_n,

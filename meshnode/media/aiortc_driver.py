@@ -10,12 +10,15 @@ fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``ai
   SRTP, statistics, NACK/REMB generation and RTX unwrapping, is handed to ``on_packet``.
 - :class:`OutputSender` sits on an ``RTCRtpSender`` of a subscriber's peer connection: aiortc's
   own RTP loop idles on a track that never yields, and we write rewritten RTP (our SSRC, the
-  negotiated payload type and header-extension IDs) straight into the DTLS transport, keep the
-  RTX history (NACKs are answered) and the Sender Report counters, and read REMB and receiver
-  reports into ``estimate_kbps``, ``loss`` and ``rtt_ms``.
+  negotiated payload type and header-extension IDs) on the connection's :class:`SrtpWire`
+  (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously),
+  keep the RTX history (NACKs are answered), the Sender Report counters and the DTLS
+  transport's byte counters, and read REMB and receiver reports into ``estimate_kbps``,
+  ``loss`` and ``rtt_ms``.
 - :class:`Forwarder` glues one tap to any number of senders through
   :class:`meshnode.media.forwarding.Output` (sequence/timestamp rewriting, keyframe gate,
-  temporal-layer filter) and one :class:`KeyframeThrottle` per source.
+  temporal-layer filter) and one :class:`KeyframeThrottle` per source. One source packet is
+  written to every output in one synchronous pass: no task, no ``await`` per copy.
 
 Bad input from a peer (unknown payload type or SSRC, far over its rate, a malformed VP8
 descriptor) is dropped and counted in ``dropped`` by reason; nothing raises into aiortc.
@@ -32,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
@@ -43,6 +47,8 @@ from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -57,6 +63,7 @@ from aiortc.rtp import (
 )
 from av.frame import Frame
 from av.packet import Packet
+from pylibsrtp import Error as SrtpError
 
 from meshnode.media.forwarding import (
     Forward,
@@ -110,6 +117,8 @@ _TX_NTP = "_RTCRtpSender__ntp_timestamp"
 _TX_RTP_TS = "_RTCRtpSender__rtp_timestamp"
 _TX_PACKETS = "_RTCRtpSender__packet_count"
 _TX_OCTETS = "_RTCRtpSender__octet_count"
+_DTLS_TX_BYTES = "_RTCDtlsTransport__tx_bytes"
+_DTLS_TX_PACKETS = "_RTCDtlsTransport__tx_packets"
 
 PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("R1", "RTCRtpReceiver", _RX_JITTER_BUFFER,
@@ -137,6 +146,15 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
                 "header-extension IDs to parse RTP with"),
     PrivateHook("T2", "RTCDtlsTransport", "_handle_rtcp_data",
                 "wrapped on the instance: count malformed RTCP"),
+    PrivateHook("W1", "RTCDtlsTransport", "_state", "send only while DTLS is connected"),
+    PrivateHook("W1", "RTCDtlsTransport", "_tx_srtp", "the SRTP session our RTP is protected with"),
+    PrivateHook("W1", "RTCDtlsTransport", _DTLS_TX_BYTES, "transport stats: bytes sent"),
+    PrivateHook("W1", "RTCDtlsTransport", _DTLS_TX_PACKETS, "transport stats: packets sent"),
+    PrivateHook("W2", "RTCIceTransport", "_connection", "the aioice connection under DTLS"),
+    PrivateHook("W2", "Connection", "_nominated", "aioice: the selected pair per component"),
+    PrivateHook("W2", "CandidatePair", "protocol", "aioice: the pair's local socket protocol"),
+    PrivateHook("W2", "CandidatePair", "remote_addr", "aioice: the pair's remote address"),
+    PrivateHook("W2", "StunProtocol", "transport", "aioice: the pair's datagram transport"),
 )
 
 CALL_SITES: tuple[CallSite, ...] = (
@@ -150,6 +168,17 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("T1", "RTCDtlsTransport", "_recv_next", "await self._handle_rtp_data("),
     CallSite("T1", "RTCDtlsTransport", "_handle_rtp_data", "self._rtp_router.route_rtp(packet)"),
     CallSite("T2", "RTCDtlsTransport", "_recv_next", "await self._handle_rtcp_data("),
+    # W1, W2: SrtpWire does what aiortc's RTP send chain does, minus the awaits.
+    CallSite("W1", "RTCDtlsTransport", "_send_rtp", "data = self._tx_srtp.protect(data)"),
+    CallSite("W1", "RTCDtlsTransport", "_send_rtp", "self.__tx_bytes += len(data)"),
+    CallSite("W1", "RTCDtlsTransport", "_send_rtp", "if self._state != State.CONNECTED:"),
+    CallSite("W2", "RTCDtlsTransport", "_send_rtp", "await self.transport._send(data)"),
+    CallSite("W2", "RTCIceTransport", "__init__", "self._send = self._connection.send"),
+    CallSite("W2", "Connection", "send", "await self.sendto(data, 1)"),
+    CallSite("W2", "Connection", "sendto", "active_pair = self._nominated.get(component)"),
+    CallSite("W2", "Connection", "sendto",
+             "await active_pair.protocol.send_data(data, active_pair.remote_addr)"),
+    CallSite("W2", "StunProtocol", "send_data", "self.transport.sendto(data, addr)"),
 )
 
 HOOK_OWNERS: dict[str, type] = {
@@ -157,6 +186,10 @@ HOOK_OWNERS: dict[str, type] = {
     "RTCRtpSender": RTCRtpSender,
     "RTCRtpTransceiver": RTCRtpTransceiver,
     "RTCDtlsTransport": RTCDtlsTransport,
+    "RTCIceTransport": RTCIceTransport,
+    "Connection": Connection,
+    "CandidatePair": CandidatePair,
+    "StunProtocol": StunProtocol,
 }
 
 
@@ -215,6 +248,64 @@ def guard_transport(transport: RTCDtlsTransport) -> None:
 
     transport._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     transport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+class SrtpWire:
+    """The relay's send path for the RTP of one media connection (``dtls``, its bundled DTLS
+    transport): what aiortc's ``RTCDtlsTransport._send_rtp`` does, synchronously.
+
+    aiortc sends each RTP packet through four coroutines (``_send_rtp`` -> the ICE transport's
+    ``_send`` -> aioice ``Connection.sendto`` -> ``StunProtocol.send_data``), none of which ever
+    waits for anything: the last one calls the datagram transport's ``sendto``. On the relay
+    that chain runs once per copy, so it is cut short here (W1, W2): protect with the DTLS
+    transport's SRTP session, look the selected candidate pair up in aioice's ``_nominated``
+    (as ``sendto`` does, every packet: a new pair is used at once), hand the datagram to that
+    pair's transport, and count it in the DTLS transport's ``bytesSent`` / ``packetsSent``.
+    RTCP (Sender Reports, NACK answers) still goes through aiortc's own chain, on the same
+    SRTP session. One wire per DTLS transport (:meth:`of`), shared by its senders.
+    """
+
+    __slots__ = ("_addr", "_counters", "_nominated", "_pair", "_sendto", "dtls")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        ice: RTCIceTransport = dtls.transport
+        connection: Connection = ice._connection  # W2
+        self._nominated: dict[int, CandidatePair] = connection._nominated  # W2
+        self._counters = dtls.__dict__  # W1: bytesSent / packetsSent of the transport's stats
+        self._pair: CandidatePair | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
+        self._addr: tuple[str, int] = ("", 0)
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> "SrtpWire":
+        """The wire of ``dtls`` (made on first use)."""
+        wire = dtls.__dict__.get("_meshnode_wire")
+        if not isinstance(wire, SrtpWire):
+            wire = dtls.__dict__["_meshnode_wire"] = cls(dtls)
+        return wire
+
+    def send(self, data: bytes) -> bool:
+        """SRTP-protect the RTP packet ``data`` and send it now. False: not connected (DTLS not
+        up or closed, no selected ICE pair); nothing was sent."""
+        dtls = self.dtls
+        if dtls._state is not DtlsState.CONNECTED:  # W1
+            return False
+        pair = self._nominated.get(1)  # W2: aiortc sends on ICE component 1
+        if pair is None:
+            return False
+        if pair is not self._pair:
+            self._pair = pair
+            protocol: StunProtocol = pair.protocol  # W2
+            self._sendto = protocol.transport.sendto
+            self._addr = pair.remote_addr
+        protected = dtls._tx_srtp.protect(data)  # W1
+        assert self._sendto is not None
+        self._sendto(protected, self._addr)
+        counters = self._counters
+        counters[_DTLS_TX_BYTES] += len(protected)
+        counters[_DTLS_TX_PACKETS] += 1
+        return True
 
 
 # -- the publisher side -------------------------------------------------------------------
@@ -544,8 +635,10 @@ class OutputSender:
 
     The per-copy path is lean (it bounds subscribers per core): the header is packed by an
     :class:`RtpWriter` (no ``RtpPacket`` per copy; the RTX history keeps values and rebuilds a
-    packet only when one is NACKed), readiness is cached while sends succeed, and the private
-    Sender Report counters are updated through the sender's ``__dict__`` directly.
+    packet only when one is NACKed), readiness is cached while sends succeed, the private
+    Sender Report counters are updated through the sender's ``__dict__`` directly, and the
+    datagram goes out on the connection's :class:`SrtpWire` in the caller's own call
+    (:meth:`send`), not through aiortc's chain of coroutines.
     """
 
     def __init__(
@@ -554,6 +647,7 @@ class OutputSender:
         *,
         on_keyframe_request: Callable[[], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        direct: bool = True,
     ) -> None:
         self.transceiver = transceiver
         self.sender: RTCRtpSender = transceiver.sender
@@ -568,6 +662,11 @@ class OutputSender:
         self.sent_packets = 0
         self.sent_bytes = 0
         self.dropped: Counter[str] = Counter()
+        self.direct = direct
+        """True: copies go out on the :class:`SrtpWire`, synchronously (:meth:`send`); False:
+        through aiortc's RTP send chain, one awaited :meth:`write` per copy (the old path,
+        kept as the benchmark's same-run baseline)."""
+        self._wire: SrtpWire | None = None
         self._wall_clock = wall_clock
         self._payload_types: dict[tuple[str, int], int | None] = {}
         self._ready_for = 0  # writes left before readiness is looked at again
@@ -604,6 +703,7 @@ class OutputSender:
         if ready:
             self._ready_for = READY_RECHECK
             guard_transport(self.sender.transport)
+            self._wire = SrtpWire.of(self.sender.transport)  # (bundling may have moved it)
             if self._writer is None and not self._two_byte:
                 self._mid = self.transceiver.mid
                 ids, self._two_byte = extension_ids(self._state[_TX_EXTENSIONS_MAP])
@@ -629,21 +729,72 @@ class OutputSender:
             )
         return self._payload_types[key]
 
-    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
-        """Send ``packet`` with the rewritten sequence number and timestamp. Returns False
+    def send(self, packet: SourcePacket, forward: Forward, ntp: int) -> bool:
+        """Send ``packet`` with the rewritten sequence number and timestamp now, on the
+        connection's :class:`SrtpWire`; ``ntp`` is the NTP time (64-bit) to stamp it with (one
+        reading per source packet serves all its copies). The caller has just seen
+        :attr:`ready` (the :class:`Forwarder` holds outputs paused until it is). Returns False
         (and counts why) when it could not be sent."""
+        wire = self._wire
+        if wire is None:
+            self.dropped["not_ready"] += 1
+            return False
+        data = self._serialize(packet, forward, ntp)
+        if data is None:
+            return False
+        try:
+            sent = wire.send(data)
+        except (SrtpError, ValueError):  # libsrtp refused it (e.g. over its 1500-byte buffer)
+            self.dropped["srtp"] += 1
+            return False
+        if not sent:
+            self._ready_for = 0
+            self.dropped["not_connected"] += 1
+            return False
+        # S6, as _count (inline: this runs once per copy).
+        size = len(packet.payload)
+        state = self._state
+        state[_TX_NTP] = ntp
+        state[_TX_RTP_TS] = forward.timestamp
+        state[_TX_PACKETS] += 1
+        state[_TX_OCTETS] += size
+        self.sent_packets += 1
+        self.sent_bytes += size
+        return True
+
+    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
+        """:meth:`send`, after checking :attr:`ready`, stamped with the time now; with
+        ``direct`` False, through aiortc's own RTP send chain (``_send_rtp``, S2) instead of
+        the wire (the benchmark measures both in one run). Returns False (and counts why)
+        when it could not be sent."""
         if not self.ready:
             self.dropped["not_ready"] += 1
             return False
+        ntp = _ntp_now(self._wall_clock())
+        if self.direct:
+            return self.send(packet, forward, ntp)
+        data = self._serialize(packet, forward, ntp)
+        if data is None:
+            return False
+        try:
+            await self.sender.transport._send_rtp(data)  # S2
+        except ConnectionError:
+            self._ready_for = 0
+            self.dropped["not_connected"] += 1
+            return False
+        self._count(ntp, forward.timestamp, len(packet.payload))
+        return True
+
+    def _serialize(self, packet: SourcePacket, forward: Forward, ntp: int) -> bytes | None:
+        """The RTP bytes of one copy (kept in the RTX history first), or None (counted)."""
         cached = self._payload_types.get((packet.mime_type, packet.clock_rate))
         payload_type = cached if cached is not None else self._payload_type(
             packet.mime_type, packet.clock_rate)
         if payload_type is None:
             self.dropped["codec"] += 1
-            return False
+            return None
         if cached is None:  # also under the name as the source spells it: no lower() per copy
             self._payload_types[(packet.mime_type, packet.clock_rate)] = payload_type
-        ntp = _ntp_now(self._wall_clock())
         # abs-send-time is the relay's send time: the subscriber's REMB then measures this hop.
         abs_send_time = (ntp >> 14) & 0x00FFFFFF
         marker = packet.info.marker
@@ -654,27 +805,23 @@ class OutputSender:
                           packet.audio_level, payload, self._mid)
         writer = self._writer
         if writer is not None:
-            data = writer.packet(payload_type, marker, sequence_number, timestamp,
+            return writer.packet(payload_type, marker, sequence_number, timestamp,
                                  abs_send_time, packet.audio_level, payload)
-        else:  # the two-byte extension form: aiortc's own serializer
-            rtp = self._history.get(sequence_number)
-            assert rtp is not None
-            data = rtp.serialize(self._state[_TX_EXTENSIONS_MAP])
-        try:
-            await self.sender.transport._send_rtp(data)  # S2
-        except ConnectionError:
-            self._ready_for = 0
-            self.dropped["not_connected"] += 1
-            return False
+        # the two-byte extension form: aiortc's own serializer
+        rtp = self._history.get(sequence_number)
+        assert rtp is not None
+        data: bytes = rtp.serialize(self._state[_TX_EXTENSIONS_MAP])
+        return data
+
+    def _count(self, ntp: int, timestamp: int, size: int) -> None:
         # S6: aiortc's Sender Reports read these.
         state = self._state
         state[_TX_NTP] = ntp
         state[_TX_RTP_TS] = timestamp
         state[_TX_PACKETS] += 1
-        state[_TX_OCTETS] += len(payload)
+        state[_TX_OCTETS] += size
         self.sent_packets += 1
-        self.sent_bytes += len(payload)
-        return True
+        self.sent_bytes += size
 
     def _send_keyframe(self) -> None:
         """S4: aiortc calls this on the subscriber's PLI or FIR."""
@@ -743,11 +890,19 @@ class Forwarder:
     subscriber's peer ID). Outputs can be added, removed, paused, resumed and layer-limited
     while packets flow. Keyframe requests to the publisher (outputs waiting for a keyframe,
     subscribers' PLI/FIR) share the tap's throttle.
+
+    Each source packet is written to every output in one synchronous pass (one NTP reading
+    from ``wall_clock``, Unix time, for all its copies); only outputs whose sender is not
+    ``direct`` are awaited one by one.
     """
 
-    def __init__(self, tap: SourceTap, *, rng: random.Random | None = None) -> None:
+    def __init__(self, tap: SourceTap, *, rng: random.Random | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.tap = tap
         self._rng = rng or random.Random()
+        self._wall_clock = wall_clock
+        self.copies_sent = 0
+        """Packets sent to all outputs together so far (one per copy)."""
         self._outputs: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[bool]] = set()
         tap.on_packet = self.on_packet
@@ -836,20 +991,31 @@ class Forwarder:
     async def on_packet(self, tap: SourceTap, packet: SourcePacket, now: float) -> None:
         """The tap's callback: decide and send to every output."""
         wants_keyframe = False
+        info = packet.info
+        # One NTP reading for every copy (Sender Reports, abs-send-time): a subscriber's copy
+        # leaves at a steady offset from it (its place in the pass), which a delay-based
+        # estimate (REMB) does not see.
+        ntp = _ntp_now(self._wall_clock())
+        sent = 0
         for entry in list(self._outputs.values()):
             output, sender = entry.output, entry.sender
             # Held paused while the subscriber's transport is not up: what it would miss
             # there must not count as sent, and it must start on a keyframe.
             hold = entry.user_paused or not sender.ready
-            if hold and not output.paused:
-                output.pause()
-            elif not hold and output.paused:
+            if hold:
+                if not output.paused:
+                    output.pause()
+            elif output.paused:
                 output.resume(now)
-            result = output.forward(packet.info, now)
-            if isinstance(result, Forward):
-                await sender.write(packet, result)
+            result = output.forward(info, now)
+            if type(result) is Forward:
+                if sender.direct:
+                    sent += sender.send(packet, result, ntp)
+                else:
+                    sent += await sender.write(packet, result)
             elif output.wants_keyframe:
                 wants_keyframe = True
+        self.copies_sent += sent
         if wants_keyframe:
             await tap.request_keyframe()
 

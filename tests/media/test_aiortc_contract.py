@@ -1,15 +1,19 @@
 """Contract with aiortc's private internals: the driver's hooks are still where it expects.
 
 aiortc has no public RTP API, so ``meshnode.media.aiortc_driver`` uses the private attributes
-listed in ``PRIVATE_HOOKS`` and relies on the aiortc call sites in ``CALL_SITES``. After an
-aiortc upgrade this test names exactly which one moved (pyproject pins ``aiortc<1.17``).
+listed in ``PRIVATE_HOOKS`` (of aiortc, and of aioice for the direct send path) and relies on
+the aiortc and aioice call sites in ``CALL_SITES``. After an upgrade this test names exactly
+which one moved (pyproject pins ``aiortc<1.17``).
 """
 
 import inspect
+from collections.abc import Iterator
 from importlib.metadata import version
 
+import aioice.ice
 import pytest
 
+import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import (
     CALL_SITES,
     HOOK_OWNERS,
@@ -17,30 +21,58 @@ from meshnode.media.aiortc_driver import (
     CallSite,
     make_media_pc,
 )
+from meshnode.transport.ice import IceSettings, install_host_addresses
+from tests.media.test_driver_relay import negotiate, until
+
+ICE = IceSettings(host_addresses=("127.0.0.1",))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _loopback_only() -> Iterator[None]:
+    """Offer only 127.0.0.1 (process-wide in aioice); undo it afterwards."""
+    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
+    install_host_addresses(ICE.host_addresses)
+    yield
+    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
 
 
 async def test_every_private_hook_exists_on_real_aiortc_objects() -> None:
-    pc = make_media_pc()
+    # Connected, so that aioice's selected pair and its socket protocol exist (the send path
+    # hooks W2 live on them).
+    pc, peer = make_media_pc(ICE.rtc_configuration()), make_media_pc(ICE.rtc_configuration())
     try:
         transceiver = pc.addTransceiver("video", direction="sendrecv")
+        await negotiate(pc, peer)
+        dtls = transceiver.sender.transport
+        await until(lambda: dtls.state == "connected", "the DTLS transport connected")
+        connection = dtls.transport._connection
+        pair = connection._nominated[1]
         instances = {
             "RTCRtpReceiver": transceiver.receiver,
             "RTCRtpSender": transceiver.sender,
             "RTCRtpTransceiver": transceiver,
-            "RTCDtlsTransport": transceiver.sender.transport,
+            "RTCDtlsTransport": dtls,
+            "RTCIceTransport": dtls.transport,
+            "Connection": connection,
+            "CandidatePair": pair,
+            "StunProtocol": pair.protocol,
         }
+        assert set(instances) == set(HOOK_OWNERS)
+        for owner, instance in instances.items():
+            assert isinstance(instance, HOOK_OWNERS[owner]), (owner, type(instance))
         missing = [
             f"{h.label} {h.owner}.{h.attribute} ({h.why})"
             for h in PRIVATE_HOOKS
             if not hasattr(instances[h.owner], h.attribute)
         ]
         assert not missing, (
-            f"aiortc {version('aiortc')} moved private attributes the media driver uses: "
-            + "; ".join(missing)
+            f"aiortc {version('aiortc')} / aioice {version('aioice')} moved private attributes "
+            "the media driver uses: " + "; ".join(missing)
             + ". Update meshnode/media/aiortc_driver.py (PRIVATE_HOOKS) before upgrading."
         )
     finally:
         await pc.close()
+        await peer.close()
 
 
 @pytest.mark.parametrize("site", CALL_SITES, ids=lambda s: f"{s.label}-{s.owner}.{s.function}")

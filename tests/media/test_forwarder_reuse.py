@@ -2,7 +2,7 @@
 for another source: the stream on that SSRC goes on without a jump, and a keyframe of the new
 source is asked for at once.
 
-The tap and the sender are small stand-ins (the real ones need live peer connections; the
+The tap and the senders are small stand-ins (the real ones need live peer connections; the
 Chromium test in tests/browser/test_media.py drives the real path): the ``Forwarder`` only
 uses what they stand in for here.
 """
@@ -29,8 +29,9 @@ class FakeSender:
         self.ready = True
         self.on_keyframe_request: Any = None
         self.written: list[tuple[str, Forward]] = []
+        self.direct = True
 
-    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
+    def send(self, packet: SourcePacket, forward: Forward, ntp: int) -> bool:
         self.written.append((packet.payload.decode(), forward))
         return True
 
@@ -111,3 +112,36 @@ async def test_a_new_slot_starts_where_it_likes_and_ends_are_per_slot() -> None:
     first_two = (draws.randrange(1 << 15), draws.randrange(1 << 32))
     assert (one.written[0][1].sequence_number, one.written[0][1].timestamp) == first_one
     assert (two.written[0][1].sequence_number, two.written[0][1].timestamp) == first_two
+
+
+class ChainSender(FakeSender):
+    """A sender on aiortc's own send chain (``direct`` False): the Forwarder awaits its
+    ``write``, one copy at a time, and never calls ``send``."""
+
+    def __init__(self, aiortc_sender: AiortcSender) -> None:
+        super().__init__(aiortc_sender)
+        self.direct = False
+
+    def send(self, packet: SourcePacket, forward: Forward, ntp: int) -> bool:
+        raise AssertionError("a sender that is not direct got a direct send")
+
+    async def write(self, packet: SourcePacket, forward: Forward) -> bool:
+        self.written.append((packet.payload.decode(), forward))
+        return True
+
+
+async def test_direct_and_chain_senders_get_the_same_stream_and_copies_are_counted() -> None:
+    tap = FakeTap("a")
+    fwd = Forwarder(cast(SourceTap, tap), rng=random.Random(3))
+    direct, chain = FakeSender(AiortcSender()), ChainSender(AiortcSender())
+    fwd.add_output("direct", cast(OutputSender, direct))
+    fwd.add_output("chain", cast(OutputSender, chain))
+    await feed(tap, fwd, "a", range(20), seq0=9, ts0=9, start=0.0, keyframe_every=30)
+    assert len(direct.written) == len(chain.written) == 20
+    assert fwd.copies_sent == 40
+    # Each output numbers its own stream; both advance one by one with the same timestamps'
+    # spacing.
+    for sent in (direct.written, chain.written):
+        for (_, x), (_, y) in pairwise(sent):
+            assert y.sequence_number == (x.sequence_number + 1) % 65536
+            assert (y.timestamp - x.timestamp) % (1 << 32) == RATE // FPS

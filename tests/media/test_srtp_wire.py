@@ -1,0 +1,110 @@
+"""The relay's direct send path (``SrtpWire``) against aiortc's own RTP send chain, on a real
+aiortc connection over loopback: the subscriber gets the same packets either way, the DTLS
+transport's ``bytesSent``/``packetsSent`` grow exactly as aiortc's chain grows them, the Sender
+Reports count every copy, and once the connection is closed nothing is sent (counted).
+"""
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aioice.ice
+import pytest
+from aiortc import RTCPeerConnection
+
+import meshnode.transport.ice as ice_module
+from meshnode.media.aiortc_driver import OutputSender, SourcePacket, SrtpWire, _ntp_now
+from meshnode.media.forwarding import Forward, PacketInfo
+from meshnode.transport.ice import IceSettings, install_host_addresses
+from tests.media.test_driver_relay import hash_received_payloads, negotiate, until
+
+ICE = IceSettings(host_addresses=("127.0.0.1",))
+COPIES = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _loopback_only() -> Iterator[None]:
+    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
+    install_host_addresses(ICE.host_addresses)
+    yield
+    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
+
+
+def opus_packet(i: int) -> SourcePacket:
+    payload = os.urandom(40 + i % 7)  # sizes vary, so counters must add the real lengths
+    info = PacketInfo(sequence_number=i, timestamp=i * 960, marker=False, keyframe=True,
+                      frame_start=True, tid=None, size=len(payload))
+    return SourcePacket(info, payload, 111, 4321, "audio/opus", 48000, (True, 30), None)
+
+
+async def transport_sent(pc: RTCPeerConnection) -> tuple[int, int]:
+    report = await pc.getStats()
+    stats = [s for s in report.values() if s.type == "transport"]
+    assert len(stats) == 1, stats  # MAX_BUNDLE: one transport
+    return stats[0].bytesSent, stats[0].packetsSent
+
+
+async def remote_outbound(pc: RTCPeerConnection) -> Any:
+    report = await pc.getTransceivers()[0].receiver.getStats()
+    return next((s for s in report.values() if s.type == "remote-outbound-rtp"), None)
+
+
+async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
+    relay, subscriber = RTCPeerConnection(ICE.rtc_configuration()), RTCPeerConnection(
+        ICE.rtc_configuration())
+    try:
+        sender = OutputSender(relay.addTransceiver("audio", direction="sendonly"))
+        await negotiate(relay, subscriber)
+        received: dict[int, list[bytes]] = {}
+        hash_received_payloads(subscriber.getTransceivers()[0], received)
+        await until(lambda: sender.ready, "the sender ready")
+
+        packets = [opus_packet(i) for i in range(2 * COPIES)]
+        bytes0, count0 = await transport_sent(relay)
+        for i, packet in enumerate(packets[:COPIES]):  # the wire, as the Forwarder calls it
+            assert sender.send(packet, Forward(1000 + i, 5000 + i * 960),
+                               _ntp_now(time.time()))
+        bytes1, count1 = await transport_sent(relay)
+        sender.direct = False  # aiortc's chain (RTCDtlsTransport._send_rtp)
+        for i, packet in enumerate(packets[COPIES:], start=COPIES):
+            assert await sender.write(packet, Forward(1000 + i, 5000 + i * 960))
+        bytes2, count2 = await transport_sent(relay)
+
+        assert count1 - count0 == COPIES and count2 - count1 == COPIES
+        # Same header and SRTP overhead per packet on both paths: the byte counts differ only
+        # by the payloads' sizes.
+        payloads = [len(p.payload) for p in packets]
+        overhead_wire = (bytes1 - bytes0 - sum(payloads[:COPIES])) / COPIES
+        overhead_chain = (bytes2 - bytes1 - sum(payloads[COPIES:])) / COPIES
+        assert overhead_wire == overhead_chain > 0
+
+        want = [hashlib.sha256(p.payload).digest() for p in packets]
+        await until(lambda: len(received.get(sender.ssrc, [])) >= len(want),
+                    "every packet at the subscriber")
+        assert received[sender.ssrc] == want  # both paths, in order, intact
+
+        # aiortc's Sender Reports (S6) count the copies of both paths (one every 0.5-1.5 s).
+        deadline = time.monotonic() + 30
+        report = await remote_outbound(subscriber)
+        while report is None or report.packetsSent < len(packets):
+            assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
+            await asyncio.sleep(0.1)
+            report = await remote_outbound(subscriber)
+        assert report.packetsSent == len(packets)
+        assert report.bytesSent == sum(payloads)
+        assert sender.sent_packets == len(packets) and sender.sent_bytes == sum(payloads)
+        assert not sender.dropped
+
+        # Closed: the wire sends nothing, and says so.
+        wire = SrtpWire.of(relay.getTransceivers()[0].sender.transport)
+        await relay.close()
+        assert not wire.send(b"\x80" + bytes(11))
+        sender.direct = True
+        assert not sender.send(packets[0], Forward(5000, 0), _ntp_now(time.time()))
+        assert sender.dropped["not_connected"] == 1
+    finally:
+        await relay.close()
+        await subscriber.close()
