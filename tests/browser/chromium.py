@@ -276,6 +276,15 @@ class Page:
 
     async def goto(self, url: str, *, timeout: float = 30.0) -> None:
         """Navigate and wait for the load event."""
+        await self._load("Page.navigate", {"url": url}, url, timeout)
+
+    async def reload(self, *, timeout: float = 30.0) -> None:
+        """Reload and wait for the load event (an ``evaluate`` sent while the page navigates
+        fails with "Inspected target navigated or closed")."""
+        await self._load("Page.reload", {}, "the reload", timeout)
+
+    async def _load(self, method: str, params: dict[str, Any], what: str,
+                    timeout: float) -> None:
         loaded = asyncio.get_running_loop().create_future()
 
         def on_load(params: dict[str, Any]) -> None:
@@ -284,14 +293,14 @@ class Page:
 
         off = self.browser._on(self.session, "Page.loadEventFired", on_load)
         try:
-            result = await self.command("Page.navigate", {"url": url}, timeout=timeout)
+            result = await self.command(method, params, timeout=timeout)
             if result.get("errorText"):
-                raise ChromiumError(f"navigating to {url} failed: {result['errorText']}")
+                raise ChromiumError(f"navigating to {what} failed: {result['errorText']}")
             try:
                 await asyncio.wait_for(loaded, timeout)
             except TimeoutError:
                 raise ChromiumError(
-                    f"{url} did not finish loading in {timeout} s; console:\n"
+                    f"{what} did not finish loading in {timeout} s; console:\n"
                     f"{self.console_text()}"
                 ) from None
         finally:

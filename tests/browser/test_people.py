@@ -298,8 +298,7 @@ async def test_export_in_one_profile_import_in_another_and_in_python(
         imported = await plain.evaluate(
             f"window.meshnode.importIdentity({json.dumps(text)}, 'a long passphrase')")
         assert imported["peer_id"] == info["peer_id"]
-        await plain.evaluate("location.reload()", await_promise=False)
-        await plain.evaluate("new Promise((r) => setTimeout(r, 500))")
+        await plain.reload()
         await wait_js(plain, "window.meshnode && window.meshnode.info() && "
                       "window.meshnode.info().peer_id")
         assert (await plain.evaluate("window.meshnode.identity()"))["peer_id"] == info["peer_id"]
