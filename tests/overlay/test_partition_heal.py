@@ -1,0 +1,127 @@
+"""Regression: HyParView stays split after a partition heals unless full views rewire.
+
+During a partition each side fills its active views from its own side; once every view is
+full, nothing takes a passive peer again (repair runs only while a view has room, and a full
+node refuses every link that is not a JOIN), so the two sides never link up after the heal
+and their edits never meet. Found by ``test_convergence.test_live_replicas_converge`` (seed
+178, n 12, degree 2.0, partition mask 246). These tests pin that repro and its siblings with
+the core's DEFAULT rewiring settings (``OverlayConfig.rewire_interval_s``): every one of them
+stayed split for good before rewiring was on by default, except where noted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from meshnode.overlay import OverlayConfig
+
+from .harness import Network, ring_edges
+from .test_convergence import CONFIG, Action, run_scenario
+
+
+def _twice_partitioned(seed: int, n: int, degree: float, mask: int) -> dict:
+    """The shape hypothesis found: edits, a 6 s partition by ``mask``, edits, and the same
+    partition again once the first has healed (by then each side is a complete graph)."""
+    return {
+        "seed": seed, "n": n, "degree": degree, "max_latency": 0.05, "max_loss": 0.0,
+        "jitter": 0.0, "allow_new_links": True,
+        "actions": [Action("edit", 0, 0.1), Action("partition", 0, 0.1, 6.0, mask),
+                    Action("edit", 1, 0.3), Action("edit", 5, 0.3),
+                    Action("partition", 0, 7.0, 6.0, mask)],
+    }
+
+
+def _merged(net: Network, timeout: float) -> bool:
+    return net.run_until(lambda: net.is_connected(active=True) and net.converged(),
+                         timeout=timeout, step=1.0)
+
+
+@pytest.mark.parametrize(("seed", "n", "degree", "mask"), [
+    (178, 12, 2.0, 246),  # the repro: nodes 1, 2, 4, 5, 6, 7 against 0, 3, 8, 9, 10, 11
+    (178, 12, 3.0, 246),  # denser start
+    (11, 14, 2.5, 0b11001100110011),  # 8 against 6
+    (3, 15, 4.0, 0b101010101010101),  # 8 against 7, interleaved
+    (5, 12, 2.0, 0b111111),  # halves by index
+    (9, 11, 3.5, 0b10110011010),  # 6 against 5
+], ids=["repro-178", "dense", "n14", "n15-interleaved", "halves", "n11"])
+def test_full_sides_merge_after_the_partition_heals(seed: int, n: int, degree: float,
+                                                    mask: int) -> None:
+    net = run_scenario(_twice_partitioned(seed, n, degree, mask))
+    assert _merged(net, timeout=120.0), f"overlay split: {sorted(net.active_edges())}"
+    net.assert_converged()
+    for node in net.nodes:
+        assert node.overlay is not None
+        assert len(node.overlay.view.active) <= CONFIG.active_view_size + 1  # + a trial
+
+
+def test_rewiring_is_on_by_default() -> None:
+    """What the tests here run with: the core's default, not a setting made for them."""
+    assert CONFIG.rewire_interval_s == OverlayConfig().rewire_interval_s > 0
+
+
+def _cliques(groups: list[list[int]], seed: int) -> Network:
+    """A ring over every node, partitioned into ``groups`` for 30 s (long enough for each
+    group of 6 to become a complete graph: every view of 5 full), an edit in each group,
+    then healed, and discovery tells every node of every other."""
+    net = Network(seed=seed, config=CONFIG, allow_new_links=True)
+    room = net.add_room(sum(len(g) for g in groups))
+    for a, b in ring_edges(room.nodes):
+        net.link(a, b)
+    net.run_for(1.0)
+    net.partition(groups)
+    net.run_for(30.0)
+    for g in groups:
+        net.edit_random(g[0])
+    net.run_for(2.0)
+    assert not net.converged()
+    net.heal()
+    for i in room.nodes:
+        net.introduce(i, room.nodes)
+    return net
+
+
+def test_three_full_groups_merge_after_the_partition_heals() -> None:
+    groups = [list(range(0, 6)), list(range(6, 12)), list(range(12, 18))]
+    net = _cliques(groups, seed=61)
+    assert all(len(net.nodes[i].overlay.view.active) == 5  # type: ignore[union-attr]
+               for g in groups for i in g), "precondition: every view full"
+    assert _merged(net, timeout=120.0), f"overlay split: {sorted(net.active_edges())}"
+    net.assert_converged()
+
+
+def test_a_single_node_side_rejoins_after_the_heal() -> None:
+    """One node cut off alone, the other six a complete graph: the lone node's view is
+    empty, so its JOIN displaces a neighbour (this case never stayed split; it guards that
+    rewiring does not get in its way)."""
+    groups = [[3], [0, 1, 2, 4, 5, 6]]
+    net = _cliques(groups, seed=62)
+    assert _merged(net, timeout=60.0), f"overlay split: {sorted(net.active_edges())}"
+    net.assert_converged()
+
+
+def test_a_settled_mesh_rewires_rarely() -> None:
+    """Bounded churn: once nothing moves, the rewire interval backs off to
+    ``rewire_max_interval_s``; a swap is confirmed before anyone is evicted, and never
+    evicts a link younger than half an interval, so views stay full and connected."""
+    net = Network(seed=63, config=CONFIG, allow_new_links=True)
+    room = net.add_room(20)
+    for a, b in ring_edges(room.nodes):
+        net.link(a, b)
+    for i in room.nodes:
+        net.introduce(i, room.nodes)  # new peers: every node rewires at the base rate
+    net.run_for(1_000.0)
+    t0 = net.now
+    window = CONFIG.rewire_max_interval_s
+    for _ in range(int(window // 20)):
+        net.run_for(20.0)
+        assert net.is_connected(active=True)
+        for i in room.nodes:
+            ov = net.nodes[i].overlay
+            assert ov is not None
+            assert len(ov.view.active) <= CONFIG.active_view_size + 1
+    swaps = [d for d in net.disconnects if d[0] >= t0 and d[3] == "rewire"]
+    # Each swap evicts one neighbour at each end (the peer's only if it was full): at most
+    # two per swap, and about one swap per node per window (its interval is jittered by
+    # +-25%, so a few nodes fit a second one in).
+    assert len(swaps) <= 2 * 1.5 * len(room.nodes), len(swaps)
+    assert [d for d in net.disconnects if d[0] >= t0 and d[3] == "misbehaving"] == []
