@@ -31,11 +31,11 @@ then a node whose active view is full swaps one neighbour for a random passive p
 
 The rate is bounded: at most one swap in flight per node, the interval is jittered from the
 core's rng and doubles after every swap (up to ``rewire_max_interval_s``); it drops back to
-``rewire_interval_s`` when the node sees its topology move (a neighbour's link failed, or
-discovery introduced a peer it did not know), which is what a partition and its heal look
-like. A freshly made link is never the one a swap evicts, so a bridge between two groups
-outlives at least half an interval, and a settled mesh sees about one swap per node per
-``rewire_max_interval_s``.
+``rewire_interval_s`` when the node sees its topology move (a neighbour's link failed,
+discovery introduced a peer it did not know, or a just-linked neighbour's heads name changes
+we lack), which is what a partition and its heal look like. A freshly made link is never the
+one a swap evicts, so a bridge between two groups outlives at least half an interval, and a
+settled mesh sees about one swap per node per ``rewire_max_interval_s``.
 """
 
 import random
@@ -155,13 +155,21 @@ class PartialView:
             self.evict(self.rng.choice(victims), "rewire")
 
     def alarm(self, now: float) -> None:
-        """The topology moved (a neighbour's link failed, discovery named a new peer): what
-        a partition and its heal look like, so rewire at the base rate again."""
+        """The topology moved (a neighbour's link failed, discovery named a new peer, a new
+        neighbour knows changes we lack): what a partition and its heal look like, so
+        rewire at the base rate again."""
         base = self.config.rewire_interval_s
         if base <= 0:
             return
         self.rewire_every = base
         self.next_rewire = min(self.next_rewire, now + base * (0.75 + 0.5 * self.rng.random()))
+
+    def on_news(self, peer: str, now: float) -> None:
+        """A neighbour linked within ``connect_timeout_s`` holds changes we lack: the two
+        of us may have been apart (a heal), so rewire at the base rate again."""
+        since = self.since.get(peer)
+        if since is not None and now - since <= self.config.connect_timeout_s:
+            self.alarm(now)
 
     def _settle_s(self) -> float:
         return self.config.rewire_interval_s / 2

@@ -585,6 +585,8 @@ class RoomOverlay:
         if last is not None and now - last < self.config.heads_min_interval_s:
             return  # answered recently; anti-entropy is periodic, so nothing is lost
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
+        if unknown and msg.reply:
+            self.view.on_news(peer, now)  # a heal? (membership.py: rewiring)
         if peer not in self._serving:
             if self._member_self:
                 # Counted, not scored: every joiner says its heads before its grant is

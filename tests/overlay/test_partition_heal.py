@@ -59,17 +59,17 @@ def test_rewiring_is_on_by_default() -> None:
     assert CONFIG.rewire_interval_s == OverlayConfig().rewire_interval_s > 0
 
 
-def _cliques(groups: list[list[int]], seed: int) -> Network:
-    """A ring over every node, partitioned into ``groups`` for 30 s (long enough for each
-    group of 6 to become a complete graph: every view of 5 full), an edit in each group,
-    then healed, and discovery tells every node of every other."""
+def _cliques(groups: list[list[int]], seed: int, apart_s: float = 30.0) -> Network:
+    """A ring over every node, partitioned into ``groups`` for ``apart_s`` (30 s is long
+    enough for each group of 6 to become a complete graph: every view of 5 full), an edit in
+    each group, then healed, and discovery tells every node of every other."""
     net = Network(seed=seed, config=CONFIG, allow_new_links=True)
     room = net.add_room(sum(len(g) for g in groups))
     for a, b in ring_edges(room.nodes):
         net.link(a, b)
     net.run_for(1.0)
     net.partition(groups)
-    net.run_for(30.0)
+    net.run_for(apart_s)
     for g in groups:
         net.edit_random(g[0])
     net.run_for(2.0)
@@ -86,6 +86,32 @@ def test_three_full_groups_merge_after_the_partition_heals() -> None:
     assert all(len(net.nodes[i].overlay.view.active) == 5  # type: ignore[union-attr]
                for g in groups for i in g), "precondition: every view full"
     assert _merged(net, timeout=120.0), f"overlay split: {sorted(net.active_edges())}"
+    net.assert_converged()
+
+
+def test_groups_merge_after_a_partition_longer_than_the_backoff() -> None:
+    """Apart for 20 minutes: every node's rewire interval has backed off to its maximum
+    (nothing moved on its side), and neither the heal nor discovery tells anyone anything
+    new (every node already knew every other). The first swap across (one of 12 nodes'
+    jittered timers) bridges the groups; its heads name changes the other side lacks, which
+    puts both ends back to the base rate, and the groups mix."""
+    net = Network(seed=64, config=CONFIG, allow_new_links=True)
+    room = net.add_room(12)
+    groups = [room.nodes[:6], room.nodes[6:]]
+    for a, b in ring_edges(room.nodes):
+        net.link(a, b)
+    for i in room.nodes:
+        net.introduce(i, room.nodes)
+    net.run_for(1.0)
+    net.partition(groups)
+    net.run_for(1_200.0)
+    for g in groups:
+        net.edit_random(g[0])
+    net.run_for(2.0)
+    net.heal()
+    assert all(net.nodes[i].overlay.view.rewire_every  # type: ignore[union-attr]
+               == CONFIG.rewire_max_interval_s for i in room.nodes)
+    assert _merged(net, timeout=CONFIG.rewire_max_interval_s), sorted(net.active_edges())
     net.assert_converged()
 
 
