@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshnode.overlay import OverlayConfig
+from meshnode.overlay import ConnectRequest, OverlayConfig
 
 from .harness import Network, ring_edges
 from .test_convergence import CONFIG, Action, run_scenario
@@ -151,3 +151,89 @@ def test_a_settled_mesh_rewires_rarely() -> None:
     # +-25%, so a few nodes fit a second one in).
     assert len(swaps) <= 2 * 1.5 * len(room.nodes), len(swaps)
     assert [d for d in net.disconnects if d[0] >= t0 and d[3] == "misbehaving"] == []
+
+
+def _two_full_cliques() -> tuple[Network, list[int], list[int]]:
+    """Two complete graphs of 6 (every view of 5 full, every link settled), apart while
+    they settle, then healed; no node rewires on its own timer (the test drives it)."""
+    net = Network(seed=65, config=CONFIG, allow_new_links=True)
+    room = net.add_room(12)
+    left, right = room.nodes[:6], room.nodes[6:]
+    net.partition([left, right])
+    for group in (left, right):
+        for k, a in enumerate(group):
+            for b in group[k + 1:]:
+                net.link(a, b)
+    for i in room.nodes:
+        net.introduce(i, room.nodes)
+    net.run_for(CONFIG.rewire_interval_s)  # links older than half an interval: settled
+    net.heal()
+    for i in room.nodes:
+        net.nodes[i].overlay.view.next_rewire = float("inf")  # type: ignore[union-attr]
+    assert all(len(active(net, i)) == 5 for i in room.nodes)
+    return net, left, right
+
+
+def active(net: Network, i: int) -> set[int]:
+    ov = net.nodes[i].overlay
+    assert ov is not None
+    return {net.index_of(p) for p in ov.view.active}
+
+
+@pytest.mark.parametrize("taken", [True, False])
+def test_a_swap_evicts_only_once_the_peer_took_it(taken: bool) -> None:
+    """A rewire across two full groups: the peer takes it by evicting one settled
+    neighbour, and only then does the initiator evict one of its own (both views stay
+    full, with one link across). A peer that swapped within the last half interval refuses,
+    and then nobody loses a neighbour."""
+    net, left, right = _two_full_cliques()
+    a = left[0]
+    view_a = net.nodes[a].overlay.view  # type: ignore[union-attr]
+    if not taken:
+        for i in right:
+            net.nodes[i].overlay.view.last_swap = net.now  # type: ignore[union-attr]
+    before = {i: active(net, i) for i in left + right}
+    view_a.passive = [net.nodes[i].peer_id for i in right]
+    view_a.next_rewire = net.now  # at its next tick (within a repair interval)
+    t0 = net.now
+    net.run_for(2.0)
+    asked = [net.index_of(e.peer) for t, e in net.nodes[a].events
+             if t >= t0 and isinstance(e, ConnectRequest)]
+    assert len(asked) == 1 and asked[0] in right
+    p = asked[0]
+    rewires = [d[1:3] for d in net.disconnects if d[0] >= t0 and d[3] == "rewire"]
+    assert not view_a.trials and not view_a.swaps
+    if taken:
+        assert p in active(net, a) and a in active(net, p)
+        assert len(active(net, a)) == len(active(net, p)) == 5
+        assert len(before[a] - active(net, a)) == len(before[p] - active(net, p)) == 1
+        assert sorted(i for i, _ in rewires) == sorted([a, p])
+    else:
+        assert all(active(net, i) == before[i] for i in left + right)
+        assert rewires == []
+        assert [d for d in net.disconnects if d[0] >= t0 and d[1:] == (p, a, "view_full")]
+
+
+def test_a_short_view_backs_off_its_refused_repairs() -> None:
+    """Two nodes with one neighbour each (each other) know only peers whose views are all
+    full: every repair link they open is refused. They keep trying, but ever more slowly
+    (at most one round per 16 repair intervals), not every interval."""
+    config = OverlayConfig(active_view_size=5, repair_interval_s=0.5, rewire_interval_s=0.0)
+    net = Network(seed=66, config=config, allow_new_links=True)
+    room = net.add_room(8)
+    clique, pair = room.nodes[:6], room.nodes[6:]
+    for k, a in enumerate(clique):
+        for b in clique[k + 1:]:
+            net.link(a, b)
+    net.link(pair[0], pair[1])
+    for i in pair:
+        net.introduce(i, clique)
+    net.run_for(20.0)
+    t0 = net.now
+    net.run_for(120.0)
+    refused = [d for d in net.disconnects if d[0] >= t0 and d[3] == "view_full"]
+    # Without backoff: 2 nodes x 4 free slots x 240 rounds = 1,920 refused links.
+    rounds = 120.0 / (16 * config.repair_interval_s)
+    assert len(refused) <= 2 * 4 * (rounds + 1), len(refused)
+    assert all(len(active(net, i)) == 5 for i in clique)
+    assert active(net, pair[0]) == {pair[1]}
