@@ -45,6 +45,13 @@ from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.events import ConnectRequest, DisconnectRequest, Event
 from protocol.frames import Disconnect, ForwardJoin, Message, Shuffle, ShuffleReply
 
+# A node that still has neighbours and whose repair links keep being refused by full peers
+# (the usual state after a swap evicted it: nearly every view is full) spaces its repairs
+# out, doubling repair_interval_s per refusal up to 2**_REPAIR_BACKOFF_MAX times it, so
+# that it does not open and close a link every interval (each a WebRTC set-up on a live
+# node). A node with no neighbour never backs off; its JOIN is taken anyway.
+_REPAIR_BACKOFF_MAX = 4
+
 
 class PartialView:
     """Active and passive views of one node in one room."""
@@ -80,6 +87,7 @@ class PartialView:
                             if base > 0 else float("inf"))
         self.next_shuffle = 0.0
         self.next_repair = 0.0
+        self.refusals = 0  # repair links refused in a row (see _REPAIR_BACKOFF_MAX)
 
     # -- links --------------------------------------------------------------------------
 
@@ -208,6 +216,7 @@ class PartialView:
         if peer in self.active:
             if peer not in self.trials:
                 self.alarm(now)
+                self.refusals = 0  # a neighbour lost: repair at full speed again
             self._deactivate(peer)
             self.add_passive(peer)
             return True
@@ -286,9 +295,15 @@ class PartialView:
         for p in msg.peers:
             self.add_passive(p)
 
-    def on_disconnect_msg(self, sender: str, msg: Disconnect) -> None:
-        """A neighbour dropped us (or refused our rewire); its alternatives become
+    def on_disconnect_msg(self, sender: str, msg: Disconnect, now: float) -> None:
+        """A neighbour dropped us (or refused our link or rewire); its alternatives become
         candidates."""
+        since = self.since.get(sender)
+        if since is not None and sender not in self.trials:
+            if now - since <= self.config.connect_timeout_s:
+                self.refusals = min(self.refusals + 1, _REPAIR_BACKOFF_MAX)  # it was full
+            else:
+                self.refusals = 0  # a settled neighbour lost: repair at full speed again
         self._deactivate(sender)
         self.add_passive(sender)
         for p in msg.peers:
@@ -335,7 +350,8 @@ class PartialView:
                                             max(self.config.rewire_interval_s,
                                                 self.config.rewire_max_interval_s))
         if now >= self.next_repair:
-            self.next_repair = now + self.config.repair_interval_s
+            backoff = 2 ** self.refusals if self.active else 1
+            self.next_repair = now + self.config.repair_interval_s * backoff
             free = self.config.active_view_size - len(self.active) - len(self.requested)
             candidates = [p for p in self.passive if p not in self.requested]
             self.rng.shuffle(candidates)

@@ -475,7 +475,7 @@ class RoomOverlay:
         elif isinstance(msg, ShuffleReply):
             self.view.on_shuffle_reply(msg)
         elif isinstance(msg, Disconnect):
-            self.view.on_disconnect_msg(peer, msg)
+            self.view.on_disconnect_msg(peer, msg, now)
             self._emit(DisconnectRequest(peer, "dropped_by_peer"))
         elif isinstance(msg, Snapshot):
             pass  # snapshots are requested by drivers for late joiners, not gossiped
