@@ -20,10 +20,13 @@ class OverlayConfig:
     shuffle_sample: int = 8
     repair_interval_s: float = 2.0
     connect_timeout_s: float = 10.0
-    # Every rewire_interval_s (jittered), a node whose active view is full links to a random
-    # passive peer and swaps it in for a random neighbour (both ends). Rare random rewiring
-    # is what re-merges two groups whose views all filled up during a partition; 0 = never.
-    rewire_interval_s: float = 0.0
+    # Rewiring (membership.py): a node whose active view is full swaps a settled neighbour
+    # for a random passive peer, confirmed by the peer, every rewire_interval_s (jittered)
+    # after its topology moved (a link failed, discovery named a new peer), backing off by
+    # doubling to rewire_max_interval_s while nothing moves. It is what re-merges two
+    # groups whose views all filled up during a partition; 0 = never (a client's one link).
+    rewire_interval_s: float = 60.0
+    rewire_max_interval_s: float = 480.0
     # Plumtree broadcast
     ihave_interval_s: float = 0.05
     graft_timeout_s: float = 0.5

@@ -277,10 +277,13 @@ class RoomOverlay:
 
     def introduce(self, peers: Iterable[str], now: float) -> None:
         """Tell the overlay about peers it may link to (bootstrap list, discovery)."""
+        view = self.view
         for peer in peers:
             if peer != self.me and not self.scores.is_banned(peer, now):
-                self.view.add_passive(peer)
-        self.view.next_repair = min(self.view.next_repair, now)
+                if peer not in view.active and peer not in view.passive:
+                    view.alarm(now)  # a peer we did not know: groups may be meeting
+                view.add_passive(peer)
+        view.next_repair = min(view.next_repair, now)
 
     def connect(self, peer: str, now: float, *, leaf: bool = False) -> None:
         """A link to ``peer`` is up (both data channels open, identity checked).
@@ -376,7 +379,7 @@ class RoomOverlay:
         if peer in self.leaves:
             self.leaves.discard(peer)
         else:
-            self.view.on_disconnect(peer)
+            self.view.on_disconnect(peer, now)
         self._forget(peer)
 
     def connect_failed(self, peer: str, now: float) -> None:
@@ -422,6 +425,8 @@ class RoomOverlay:
         if peer in self.view.pending:
             # A held link whose first frame was not a JOIN: our view is full, refuse it.
             self.view.reject_pending(peer)
+        elif peer in self.view.trials and not isinstance(msg, Disconnect):
+            self.view.confirm(peer, now)  # it took our rewire (membership.py)
         self._flush_changes()
 
     def _dispatch(self, peer: str, msg: Message, now: float) -> None:
@@ -470,7 +475,7 @@ class RoomOverlay:
         elif isinstance(msg, ShuffleReply):
             self.view.on_shuffle_reply(msg)
         elif isinstance(msg, Disconnect):
-            self.view.on_disconnect_msg(peer, msg)
+            self.view.on_disconnect_msg(peer, msg, now)
             self._emit(DisconnectRequest(peer, "dropped_by_peer"))
         elif isinstance(msg, Snapshot):
             pass  # snapshots are requested by drivers for late joiners, not gossiped
@@ -580,6 +585,8 @@ class RoomOverlay:
         if last is not None and now - last < self.config.heads_min_interval_s:
             return  # answered recently; anti-entropy is periodic, so nothing is lost
         unknown = not all(self.replica.has_change(h) for h in msg.heads)
+        if unknown and msg.reply:
+            self.view.on_news(peer, now)  # a heal? (membership.py: rewiring)
         if peer not in self._serving:
             if self._member_self:
                 # Counted, not scored: every joiner says its heads before its grant is

@@ -42,7 +42,9 @@ LIVE_OVERLAY = OverlayConfig(presence_interval_s=0.01, rewire_interval_s=60.0)
 """The overlay tuning for real links. Presence waits ``presence_interval_s`` at every hop to
 be coalesced; netsim's 50 ms default would put 150 ms on a client-node-node-client path, so
 live nodes coalesce for 10 ms (at most 100 presence frames per neighbour per second). Live
-nodes rewire one link a minute, so that groups split by a long partition merge again."""
+nodes rewire (swap a neighbour for a passive peer) at most once a minute after their topology
+moves, backing off to once per ``rewire_max_interval_s``, so that groups split by a long
+partition merge again (``meshnode/overlay/membership.py``)."""
 log = logging.getLogger("meshnode.room")
 
 SendFrame = Callable[[str, str, bytes], bool]

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshnode.overlay import OverlayConfig, PeerMisbehaved
@@ -156,15 +156,14 @@ def check_converged(net: Network) -> None:
     assert all(net.nodes[i].timer_stalls == 0 for i in live)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, not yet fixed: HyParView can stay split after a partition heals when both sides "
-    "fill their active views with their own side (repro: seed 178, n 12, degree 2.0, "
-    "partition mask 246; present since before issue 10); see the session notes"))
-@settings(SETTINGS, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no 5-min shrink
+@SETTINGS
 @given(scenarios())
 def test_live_replicas_converge(sc: dict) -> None:
+    # Two sides whose views all filled up during a partition merge only by rewiring
+    # (membership.py; test_partition_heal.py pins the case hypothesis found): allow a few
+    # of its intervals.
     net = run_scenario(sc)
-    settle(net, connected=sc["allow_new_links"])
+    settle(net, timeout=3 * CONFIG.rewire_interval_s, connected=sc["allow_new_links"])
     if sc["allow_new_links"]:
         # HyParView repairs the overlay into one connected graph.
         assert net.is_connected(active=True), f"overlay split: {sorted(net.active_edges())}"
