@@ -469,7 +469,7 @@ class RoomHost(LinkService):
             else:
                 self.links.dial_peer(event.peer)
         elif isinstance(event, DisconnectRequest):
-            runtime.overlay.disconnect(event.peer, time.time())
+            runtime.overlay.disconnect(event.peer, runtime.now())
             if event.reason == "misbehaving" or event.reason == "banned":
                 self.links.close(event.peer, event.reason)
             else:

@@ -95,6 +95,10 @@ class RoomRuntime:
         self.overlay.connect(peer, self._clock(), leaf=leaf)
         self.pump()
 
+    def now(self) -> float:
+        """The overlay's monotonic clock (what its timers and views are stamped with)."""
+        return self._clock()
+
     def detach(self, peer: str) -> None:
         """The link to ``peer`` no longer carries this room."""
         self.overlay.disconnect(peer, self._clock())
