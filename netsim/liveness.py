@@ -14,8 +14,15 @@ mirrors what a node's ``LinkManager`` and ``Bootstrap`` do, on the virtual clock
 Partitions and crashes set :attr:`netsim.links.Link.cut` on the link directions they sever:
 every packet on them is lost, both ways, so the SCTP model retransmits into the void and the
 keepalive eventually closes the link, as on a real network. A dial needs the path to work for
-``setup_s`` (ICE, DTLS, SCTP, hello): a bootstrap dial started over a cut path waits for it to
-heal, and fails after ``dial_timeout_s``.
+its set-up (:meth:`Liveness.setup_time`: TCP and the HTTP offer/answer, ICE, DTLS, SCTP, the
+data channel and the hello, ``setup_round_trips`` round trips plus ``setup_s``).
+
+A bootstrap dial's signalling is an HTTP POST over TCP, so it starts with a SYN. Over a cut
+path the SYN is lost, and Linux retransmits it on its own schedule (:func:`syn_offsets`: 1, 3,
+7, 15 s after the first, the initial RTO of 1 s doubled per retry), until the dial's
+``dial_timeout_s`` (aiohttp's total timeout) gives up. So a dial that started while the path
+was cut completes at the first SYN after the heal, plus the set-up: not at the heal itself.
+Which retransmission that is depends on the phase of the bootstrap loop (``bootstrap_phase_s``).
 """
 
 from __future__ import annotations
@@ -57,12 +64,34 @@ class Simulation(Protocol):
 
     def _drain(self, i: int) -> None: ...
 
-__all__ = ["PING", "PING_BYTES", "Liveness"]
+__all__ = ["PING", "PING_BYTES", "SYN_RETRIES", "SYN_RTO_INITIAL_S", "Liveness", "syn_offsets"]
 
 #: The payload standing for a link-level ``Ping`` (never given to a core).
 PING = b"\x00ping"
 #: Bytes of an encoded ``Ping`` on the wire (``protocol.link.encode_link(Ping())``, rounded up).
 PING_BYTES = 8
+
+#: Linux's initial retransmission timeout for a SYN (``TCP_TIMEOUT_INIT``, 1 s), doubled on
+#: each retransmission.
+SYN_RTO_INITIAL_S = 1.0
+#: SYN retransmissions before Linux gives up (``net.ipv4.tcp_syn_retries``, default 6).
+SYN_RETRIES = 6
+
+
+def syn_offsets(timeout_s: float) -> tuple[float, ...]:
+    """When a TCP connect's SYNs leave, in seconds after the first (0, 1, 3, 7, 15, 31, 63:
+    each retransmission waits twice as long as the one before), those the dial sends before
+    its ``timeout_s`` gives up (a SYN due exactly at the timeout loses the race: the
+    connect is cancelled first)."""
+    out = [0.0]
+    wait = SYN_RTO_INITIAL_S
+    for _ in range(SYN_RETRIES):
+        nxt = out[-1] + wait
+        if nxt >= timeout_s:
+            break
+        out.append(nxt)
+        wait *= 2
+    return tuple(out)
 
 
 
@@ -80,6 +109,8 @@ class Liveness:
         # whenever paths change, so a set-up scheduled before a change is re-checked.
         self.attempts: dict[Pair, float] = {}
         self.path_generation = 0
+        # Bootstrap dials whose SYN got through: when their set-up completes.
+        self.completing: dict[Pair, float] = {}
         self.bootstrap_pairs: list[Pair] = []
         self.links_closed = 0
         self.dials_ok = 0
@@ -101,9 +132,12 @@ class Liveness:
             sim.engine.at(sim.rng.random() * period, self._keepalive, node.index)
         if self.spec.bootstrap == "lower":
             self.bootstrap_pairs = [(b, a) for a, b in sim.topology.edges]  # b > a dials a
+        retry = self.spec.bootstrap_retry_s
         for a, b in self.bootstrap_pairs:
-            sim.engine.at(sim.rng.random() * self.spec.bootstrap_retry_s,
-                          self._bootstrap_tick, a, b)
+            phase = sim.rng.random() * retry  # drawn either way: the seed's other draws stay
+            if self.spec.bootstrap_phase_s is not None:
+                phase = self.spec.bootstrap_phase_s % retry
+            sim.engine.at(phase, self._bootstrap_tick, a, b)
 
     # ------------------------------------------------------------------ paths
 
@@ -193,24 +227,46 @@ class Liveness:
         self._try_setup(a, b)
 
     def _try_setup(self, a: int, b: int) -> None:
-        if self.usable(a, b):
-            sim = self.sim
-            sim.engine.at(sim.engine.now + self.spec.setup_s, self._attempt_done, a, b,
-                          self.attempts[(a, b)], self.path_generation)
+        """The path works now: the dial completes the set-up time after the next SYN (the
+        first, if the dial just started; else the next retransmission, see the module
+        docstring); none left before the timeout: the timeout ends it."""
+        if not self.usable(a, b):
+            self.completing.pop((a, b), None)  # a set-up under way breaks with its path
+            return
+        sim = self.sim
+        start = self.attempts[(a, b)]
+        now = sim.engine.now
+        done = self.completing.get((a, b))
+        if done is None:  # (else a set-up is under way: a change elsewhere does not delay it)
+            due = [start + t for t in syn_offsets(self.spec.dial_timeout_s)
+                   if start + t >= now - 1e-9]
+            if not due:
+                return
+            done = self.completing[(a, b)] = due[0] + self.setup_time(a, b)
+        sim.engine.at(max(done, now), self._attempt_done, a, b, start, self.path_generation)
+
+    def setup_time(self, a: int, b: int) -> float:
+        """A dial's set-up once its path works: ``setup_round_trips`` round trips at the
+        links' nominal latency (both directions) plus ``setup_s``."""
+        links = self.sim.links
+        rtt_s = (links[(a, b)].spec.latency_ms + links[(b, a)].spec.latency_ms) / 1000.0
+        return self.spec.setup_s + self.spec.setup_round_trips * rtt_s
 
     def _attempt_done(self, a: int, b: int, start: float, generation: int) -> None:
         if self.attempts.get((a, b)) != start or generation != self.path_generation:
             return  # over already, or the path changed meanwhile (a newer check is due)
         del self.attempts[(a, b)]
+        self.completing.pop((a, b), None)
         self.dials_ok += 1
         sim = self.sim
         sim._link_up(a, b)
         sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
 
     def _attempt_timeout(self, a: int, b: int, start: float) -> None:
-        if self.attempts.get((a, b)) != start:
-            return
+        if self.attempts.get((a, b)) != start or (a, b) in self.completing:
+            return  # over already, or past its signalling (the timeout covers only that)
         del self.attempts[(a, b)]
+        self.completing.pop((a, b), None)
         self.dials_failed += 1
         sim = self.sim
         sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
@@ -236,7 +292,7 @@ class Liveness:
         No link at ``a``: fails at once (no route). ``b`` unreachable over working links (down
         or cut off): no answer, fails after ``relayed_timeout_s``. Answered but no topology
         edge (or the edge is cut): ICE never connects, fails after ``hello_timeout_s``.
-        Otherwise it succeeds after ``setup_s``."""
+        Otherwise it succeeds after :meth:`setup_time`."""
         sim = self.sim
         if not any((a, y) in sim.connected for y in sim.adj[a]):
             return False, 0.0
@@ -245,7 +301,7 @@ class Liveness:
         edge = (min(a, b), max(a, b))
         if edge not in sim.edge_set or not self.usable(a, b):
             return False, self.spec.hello_timeout_s
-        return True, self.spec.setup_s
+        return True, self.setup_time(a, b)
 
     def _reachable(self, a: int, b: int) -> bool:
         """Whether a relayed offer from ``a`` reaches ``b`` over working links (BFS)."""

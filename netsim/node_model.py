@@ -21,10 +21,12 @@ measurements, and say where they come from:
   costs the relaying core 0.15 ms (decode, signature check, apply, frames to forward) and the
   aiortc transport 0.15 ms (DTLS, SCTP, data channel, both ends), of which the core's part
   scales with the frame (0.63 ms per KiB).
-- ``setup_s``: a link's set-up once the path works, from the issue's emulation runs (ring of
-  4, one node cut 20 s: its first link came 2.0-2.3 s after the heal; ICE checks, DTLS and
-  SCTP retransmission pacing over the real path). The CPU part alone is 0.03 s on loopback
-  (same benchmark), so nearly all of it is round trips and retransmission timers.
+- ``setup_round_trips`` and ``setup_s``: a link's set-up once the path works, from the
+  emulation's packet trace (fidelity case ``partition``, the redial after the heal): the SYN,
+  SYN-ACK, the HTTP offer and its answer, ICE checks, the DTLS handshake (2 round trips), SCTP
+  INIT and COOKIE (2), the data channel's OPEN and the hellos: 16 one-way trips, 8 round trips,
+  from the first SYN to the link up in 0.69-0.71 s over 40 ms links; the rest (0.06 s) is CPU
+  (offer, answer, certificates, signatures; 0.03 s on an idle loopback, same benchmark).
 """
 
 from __future__ import annotations
@@ -103,8 +105,14 @@ class LivenessSpec:
     - bootstrap: with ``bootstrap = "lower"`` each node keeps a link to each topology
       neighbour with a smaller index (those started before it), redialling as the real
       ``Bootstrap`` does: try, then sleep ``bootstrap_retry_s``, while there is no link.
-    - dials: a dial whose path works succeeds ``setup_s`` later; a bootstrap dial over a cut
-      path waits, and fails after ``dial_timeout_s``; an overlay's (relayed) dial fails at
+    - dials: a dial whose path works succeeds ``setup_round_trips`` round trips of its link
+      (nominal latency both ways) plus ``setup_s`` later. A bootstrap dial's SYN over a cut
+      path is lost and retransmitted on Linux's schedule (1, 3, 7 s after the first): the
+      dial completes at the first SYN after the heal plus the set-up, or fails after
+      ``dial_timeout_s``. ``bootstrap_phase_s`` (None: a seeded random phase per loop) fixes
+      when the bootstrap loops wake: at this phase plus multiples of ``bootstrap_retry_s``
+      (the fidelity suite sets it to the phase the emulated node had). An overlay's
+      (relayed) dial fails at
       once without any link (no route), after ``hello_timeout_s`` to a peer that answers but
       that no topology edge reaches (ICE never connects), and after ``relayed_timeout_s``
       when no answer can come (peer down or cut off).
@@ -115,7 +123,9 @@ class LivenessSpec:
     dead_after_s: float = DEAD_AFTER_S
     bootstrap: str = "lower"
     bootstrap_retry_s: float = BOOTSTRAP_RETRY_S
-    setup_s: float = 2.15
+    bootstrap_phase_s: float | None = None
+    setup_s: float = 0.06
+    setup_round_trips: float = 8.0
     dial_timeout_s: float = SIGNALING_TIMEOUT_S
     relayed_timeout_s: float = RELAYED_DIAL_TIMEOUT_S
     hello_timeout_s: float = LinkSettings().hello_timeout_s
