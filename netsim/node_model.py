@@ -32,7 +32,7 @@ measurements, and say where they come from:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from meshnode.runtime.bootstrap import BOOTSTRAP_RETRY_S
@@ -107,12 +107,13 @@ class LivenessSpec:
       ``Bootstrap`` does: try, then sleep ``bootstrap_retry_s``, while there is no link.
     - dials: a dial whose path works succeeds ``setup_round_trips`` round trips of its link
       (nominal latency both ways) plus ``setup_s`` later. A bootstrap dial's SYN over a cut
-      path is lost and retransmitted on Linux's schedule (1, 3, 7 s after the first): the
-      dial completes at the first SYN after the heal plus the set-up, or fails after
-      ``dial_timeout_s``. ``bootstrap_phase_s`` (None: a seeded random phase per loop) fixes
-      when the bootstrap loops wake: at this phase plus multiples of ``bootstrap_retry_s``
-      (the fidelity suite sets it to the phase the emulated node had). An overlay's
-      (relayed) dial fails at
+      path is lost and retransmitted on Linux's schedule (1, 2, 3, 4, 5, 7, 11 s after the
+      first with ``syn_linear_timeouts = 4``, the kernel's ``tcp_syn_linear_timeouts``; 1, 3,
+      7 s with 0): the dial completes at the first SYN after the heal plus the set-up, or
+      fails after ``dial_timeout_s``. ``bootstrap_phases_s`` fixes when a bootstrap loop
+      wakes (``{"A-B": phase}``: A's loop dialling B wakes at this phase plus multiples of
+      ``bootstrap_retry_s``; loops not named get a seeded random phase): the fidelity suite
+      sets the phases the emulated nodes had. An overlay's (relayed) dial fails at
       once without any link (no route), after ``hello_timeout_s`` to a peer that answers but
       that no topology edge reaches (ICE never connects), and after ``relayed_timeout_s``
       when no answer can come (peer down or cut off).
@@ -123,7 +124,8 @@ class LivenessSpec:
     dead_after_s: float = DEAD_AFTER_S
     bootstrap: str = "lower"
     bootstrap_retry_s: float = BOOTSTRAP_RETRY_S
-    bootstrap_phase_s: float | None = None
+    bootstrap_phases_s: dict[str, float] = field(default_factory=dict)
+    syn_linear_timeouts: float = 4.0
     setup_s: float = 0.06
     setup_round_trips: float = 8.0
     dial_timeout_s: float = SIGNALING_TIMEOUT_S
@@ -142,6 +144,9 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
         default = getattr(cls(), key)
+        if isinstance(default, dict):
+            out[key] = _phases(value, f"{where}.{key}")
+            continue
         if isinstance(default, tuple):
             ok = isinstance(value, list) and all(
                 isinstance(x, int | float) and not isinstance(x, bool) and x == x
@@ -170,3 +175,19 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
         return cls(**out)
     except ValueError as err:
         raise ValueError(str(err).replace("node.", f"{where}.", 1)) from None
+
+
+def _phases(raw: Any, where: str) -> dict[str, float]:
+    """A table ``{"A-B": seconds}`` of bootstrap loop phases (A and B node indices)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table of \"A-B\" = seconds, not {raw!r}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        parts = str(key).split("-")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{where}: key {key!r} is not \"A-B\" (two node indices)")
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not 0 <= value < float("inf"):
+            raise ValueError(f"{where}.{key} must be a finite number >= 0, not {value!r}")
+        out[key] = float(value)
+    return out

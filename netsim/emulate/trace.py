@@ -153,16 +153,13 @@ def syn_times(packets: list[Packet]) -> dict[str, list[float]]:
 
 
 def liveness_section(syns: dict[str, list[float]], retry_s: float) -> dict[str, Any]:
-    """netsim's ``[liveness]`` table for the bootstrap loops these SYNs show: the phase
-    (seconds into its ``retry_s`` period) of the earliest bootstrap dial after time 0 (a SYN
-    from a node to a lower-indexed one; the SYN-ACKs go the other way). Empty if no node
-    dialled."""
-    first: float | None = None
-    for key, times in syns.items():
-        src, dst = (int(x) for x in key.split("-"))
-        if src > dst and times and (first is None or times[0] < first):
-            first = times[0]
-    return {} if first is None else {"bootstrap_phase_s": round(first % retry_s, 4)}
+    """netsim's ``[liveness]`` table for the bootstrap loops these SYNs show: per loop
+    ``"A-B"`` (a SYN from node A to a lower-indexed B; the SYN-ACKs go the other way), the
+    phase (seconds into its ``retry_s`` period) of its first dial after time 0. Empty if no
+    node dialled."""
+    phases = {key: round(times[0] % retry_s, 4) for key, times in sorted(syns.items())
+              if times and int(key.split("-")[0]) > int(key.split("-")[1])}
+    return {"bootstrap_phases_s": phases} if phases else {}
 
 
 def _quantile(ordered: list[float], q: float) -> float:

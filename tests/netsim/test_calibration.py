@@ -289,13 +289,28 @@ def test_row_five_percent_loss() -> None:
 
 
 def test_row_convergence_after_heal() -> None:
-    real = (2.67, 3.33)  # two real runs
-    mean = sum(real) / len(real)
-    got = [results(sim, 0.0)["convergence_time_after_heal_s"]
-           for sim in (Simulation(parse(ring(20, seed=s))) for s in (1, 2))
-           if sim.run() is not None]
-    for t in got:
-        assert abs(t - mean) <= max(1.0, 0.3 * mean), (t, mean)
+    # Real convergence after the heal depends on the phase of the cut-off node's bootstrap
+    # dials (which SYN retransmission meets the heal). One emulation run of this ring
+    # (netsim emulate, kernel 6.18, load average 10.7): 1.95 s, with the dials' first SYNs at
+    # phases 2.60 s (node 2 -> 1) and 4.07 s (3 -> 2) of their 5 s loops. With those phases:
+    real = 1.95
+    phases = {"bootstrap_phases_s": {"2-1": 2.5998, "3-2": 4.0746}}
+    for seed in (1, 2):
+        sim = Simulation(parse(ring(20, seed=seed, liveness=phases)))
+        sim.run()
+        got = results(sim, 0.0)["convergence_time_after_heal_s"]
+        assert abs(got - real) <= max(1.0, 0.3 * real), (got, real)
+    # Over the phases, anything from about one set-up (a SYN just after the heal) to a whole
+    # failed dial and the loop's sleep (no SYN left before the 15 s timeout): the issue's two
+    # runs (2.67 and 3.33 s, phases unknown) lie inside.
+    spread = []
+    for k in range(10):
+        sim = Simulation(parse(ring(20, seed=1, liveness={"bootstrap_phases_s": {
+            "2-1": k * 0.5, "3-2": k * 0.5}})))
+        sim.run()
+        spread.append(results(sim, 0.0)["convergence_time_after_heal_s"])
+    assert min(spread) < 2.67 < 3.33 < max(spread)
+    assert min(spread) >= sim.liveness.setup_time(2, 1)
 
 
 def test_results_are_identical_per_seed() -> None:
