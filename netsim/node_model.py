@@ -25,7 +25,7 @@ measurements, and say where they come from:
   emulation's packet trace (fidelity case ``partition``, the redial after the heal): the SYN,
   SYN-ACK, the HTTP offer and its answer, ICE checks, the DTLS handshake (2 round trips), SCTP
   INIT and COOKIE (2), the data channel's OPEN and the hellos: 16 one-way trips, 8 round trips,
-  from the first SYN to the link up in 0.69-0.71 s over 40 ms links; the rest (0.06 s) is CPU
+  from the first SYN to the link up in 0.71 s over 40 ms links; the rest (0.06 s) is CPU
   (offer, answer, certificates, signatures; 0.03 s on an idle loopback, same benchmark).
 """
 
