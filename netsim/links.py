@@ -33,7 +33,10 @@ Model, per frame of ``size`` payload bytes (``Link.send``):
    0), plus ``reorder_ms`` with probability ``reorder``.
 
 Unreliable frames (the ``presence`` channel: unordered, ``maxRetransmits=0``) are simply lost or
-delivered, and may be reordered.
+delivered, and may be reordered. The packets of the SCTP model (:meth:`Link.attempt`, DATA, and
+:meth:`Link.ack`, SACKs) keep their order on a direction unless ``reorder > 0`` (jitter alone
+does not reorder them), as the emulation's fabric keeps each direction FIFO: with reordering a
+SACK sent later could overtake earlier ones and take their gap reports' strikes with it.
 
 Reliable frames (the ``sync`` channel: SCTP reliable, ordered) are never lost while the link is
 up. With ``recovery = "sctp"`` (the default) and a bound channel (:meth:`Link.bind`, what the
@@ -288,6 +291,7 @@ class Link:
         self.channel: ReliableChannel | None = None  # bound by the simulation (bind)
         self.busy_until = 0.0
         self.last_reliable_arrival = 0.0
+        self.last_wire_arrival = 0.0  # the SCTP model's last packet (FIFO unless reorder > 0)
         self.ge_bad = False
         self.frames_sent = 0
         self.frames_delivered = 0
@@ -385,8 +389,8 @@ class Link:
             self.frames_lost += 1
             return None
         if self._fixed_latency_s is not None:
-            return finish + self._fixed_latency_s
-        return finish + self._latency_s()
+            return self._in_order(finish + self._fixed_latency_s)
+        return self._in_order(finish + self._latency_s())
 
     def ack(self, now: float, gaps: int = 0) -> float | None:
         """One SACK packet sent on this direction at ``now``: it takes its turn in the
@@ -413,8 +417,17 @@ class Link:
         if self._spec.sack_loss != "none" and not self._lossless and self._lost(1):
             return None
         if self._fixed_latency_s is not None:
-            return finish + self._fixed_latency_s
-        return finish + self._latency_s()
+            return self._in_order(finish + self._fixed_latency_s)
+        return self._in_order(finish + self._latency_s())
+
+    def _in_order(self, arrival: float) -> float:
+        """An SCTP packet's arrival, no earlier than the previous one's (FIFO) unless the
+        link reorders."""
+        if self._spec.reorder > 0:
+            return arrival
+        arrival = max(arrival, self.last_wire_arrival)
+        self.last_wire_arrival = arrival
+        return arrival
 
     def set_up(self, up: bool) -> None:
         """Bring the link up or down (partition). Same as assigning ``link.up``."""

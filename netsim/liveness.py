@@ -14,8 +14,15 @@ mirrors what a node's ``LinkManager`` and ``Bootstrap`` do, on the virtual clock
 Partitions and crashes set :attr:`netsim.links.Link.cut` on the link directions they sever:
 every packet on them is lost, both ways, so the SCTP model retransmits into the void and the
 keepalive eventually closes the link, as on a real network. A dial needs the path to work for
-``setup_s`` (ICE, DTLS, SCTP, hello): a bootstrap dial started over a cut path waits for it to
-heal, and fails after ``dial_timeout_s``.
+its set-up (:meth:`Liveness.setup_time`: TCP and the HTTP offer/answer, ICE, DTLS, SCTP, the
+data channel and the hello, ``setup_round_trips`` round trips plus ``setup_s``).
+
+A bootstrap dial's signalling is an HTTP POST over TCP, so it starts with a SYN. Over a cut
+path the SYN is lost, and Linux retransmits it on its own schedule (:func:`syn_offsets`), until
+the dial's ``dial_timeout_s`` (aiohttp's total timeout) gives up. So a dial that started while
+the path was cut completes at the first SYN after the heal, plus the set-up: not at the heal
+itself. Which retransmission that is depends on the phase of the bootstrap loop
+(``bootstrap_phases_s``).
 """
 
 from __future__ import annotations
@@ -57,12 +64,59 @@ class Simulation(Protocol):
 
     def _drain(self, i: int) -> None: ...
 
-__all__ = ["PING", "PING_BYTES", "Liveness"]
+__all__ = ["PING", "PING_BYTES", "SYN_GIVE_UP_S", "SYN_RTO_INITIAL_S", "TIMER_HZ", "Liveness",
+           "syn_offsets", "timer_lateness"]
 
 #: The payload standing for a link-level ``Ping`` (never given to a core).
 PING = b"\x00ping"
 #: Bytes of an encoded ``Ping`` on the wire (``protocol.link.encode_link(Ping())``, rounded up).
 PING_BYTES = 8
+
+#: Linux's initial retransmission timeout for a SYN (``TCP_TIMEOUT_INIT``, 1 s).
+SYN_RTO_INITIAL_S = 1.0
+#: How long Linux keeps retransmitting a SYN: ``net.ipv4.tcp_syn_retries`` (6) retries' worth
+#: of exponential backoff from 1 s (1 + 2 + ... + 64 s; since Linux 6.5 the limit is this
+#: time, not a count of retransmissions).
+SYN_GIVE_UP_S = 127.0
+
+
+#: The kernel's timer tick (``CONFIG_HZ``) of the machine the emulation measured: a 1 s
+#: timer fired 20-25 ms late and a 4 s one 260 ms late, the granularity of the timer wheel's
+#: levels at 250 Hz (32 ms for timers of 0.26-2 s, 256 ms for 2-16 s).
+TIMER_HZ = 250
+
+
+def timer_lateness(timeout_s: float, hz: int = TIMER_HZ) -> float:
+    """How late, on average, the kernel's timer wheel fires a timer set ``timeout_s`` ahead:
+    half the granularity of the level it lands in (level n holds timers up to 64 * 8**n ticks
+    and rounds them up to 8**n ticks)."""
+    ticks = timeout_s * hz
+    gran = 1
+    while ticks >= 64 * gran and gran < 8**7:
+        gran *= 8
+    return gran / hz / 2
+
+
+def syn_offsets(timeout_s: float, linear: int) -> tuple[float, ...]:
+    """When a TCP connect's SYNs leave, in seconds after the first, those sent before the
+    dial's ``timeout_s`` gives up (a SYN due exactly then loses the race: the connect is
+    cancelled first). The first ``linear`` retransmissions keep the initial RTO of 1 s
+    (``net.ipv4.tcp_syn_linear_timeouts``, 4 since Linux 6.5), each later one doubles it:
+    0, 1, 2, 3, 4, 5, 7, 11, 19 s with ``linear = 4``, 0, 1, 3, 7, 15 s with ``linear = 0``
+    (older kernels); each retransmission also waits for the timer wheel
+    (:func:`timer_lateness`). The emulation (kernel 6.18) measured 0, 1.02, 2.05, 3.07, 4.10,
+    5.12, 7.14 and 11.4 s."""
+    out = [0.0]
+    rto = SYN_RTO_INITIAL_S
+    retransmits = 0
+    while True:
+        nxt = out[-1] + rto + timer_lateness(rto)
+        if nxt >= min(timeout_s, SYN_GIVE_UP_S):
+            return tuple(out)
+        out.append(nxt)
+        retransmits += 1
+        if retransmits > linear:
+            rto *= 2
 
 
 
@@ -80,6 +134,8 @@ class Liveness:
         # whenever paths change, so a set-up scheduled before a change is re-checked.
         self.attempts: dict[Pair, float] = {}
         self.path_generation = 0
+        # Bootstrap dials whose SYN got through: when their set-up completes.
+        self.completing: dict[Pair, float] = {}
         self.bootstrap_pairs: list[Pair] = []
         self.links_closed = 0
         self.dials_ok = 0
@@ -101,9 +157,11 @@ class Liveness:
             sim.engine.at(sim.rng.random() * period, self._keepalive, node.index)
         if self.spec.bootstrap == "lower":
             self.bootstrap_pairs = [(b, a) for a, b in sim.topology.edges]  # b > a dials a
+        retry = self.spec.bootstrap_retry_s
         for a, b in self.bootstrap_pairs:
-            sim.engine.at(sim.rng.random() * self.spec.bootstrap_retry_s,
-                          self._bootstrap_tick, a, b)
+            phase = sim.rng.random() * retry  # drawn either way: the seed's other draws stay
+            phase = self.spec.bootstrap_phases_s.get(f"{a}-{b}", phase) % retry
+            sim.engine.at(phase, self._bootstrap_tick, a, b)
 
     # ------------------------------------------------------------------ paths
 
@@ -193,24 +251,46 @@ class Liveness:
         self._try_setup(a, b)
 
     def _try_setup(self, a: int, b: int) -> None:
-        if self.usable(a, b):
-            sim = self.sim
-            sim.engine.at(sim.engine.now + self.spec.setup_s, self._attempt_done, a, b,
-                          self.attempts[(a, b)], self.path_generation)
+        """The path works now: the dial completes the set-up time after the next SYN (the
+        first, if the dial just started; else the next retransmission, see the module
+        docstring); none left before the timeout: the timeout ends it."""
+        if not self.usable(a, b):
+            self.completing.pop((a, b), None)  # a set-up under way breaks with its path
+            return
+        sim = self.sim
+        start = self.attempts[(a, b)]
+        now = sim.engine.now
+        done = self.completing.get((a, b))
+        if done is None:  # (else a set-up is under way: a change elsewhere does not delay it)
+            offsets = syn_offsets(self.spec.dial_timeout_s, int(self.spec.syn_linear_timeouts))
+            due = [start + t for t in offsets if start + t >= now - 1e-9]
+            if not due:
+                return
+            done = self.completing[(a, b)] = due[0] + self.setup_time(a, b)
+        sim.engine.at(max(done, now), self._attempt_done, a, b, start, self.path_generation)
+
+    def setup_time(self, a: int, b: int) -> float:
+        """A dial's set-up once its path works: ``setup_round_trips`` round trips at the
+        links' nominal latency (both directions) plus ``setup_s``."""
+        links = self.sim.links
+        rtt_s = (links[(a, b)].spec.latency_ms + links[(b, a)].spec.latency_ms) / 1000.0
+        return self.spec.setup_s + self.spec.setup_round_trips * rtt_s
 
     def _attempt_done(self, a: int, b: int, start: float, generation: int) -> None:
         if self.attempts.get((a, b)) != start or generation != self.path_generation:
             return  # over already, or the path changed meanwhile (a newer check is due)
         del self.attempts[(a, b)]
+        self.completing.pop((a, b), None)
         self.dials_ok += 1
         sim = self.sim
         sim._link_up(a, b)
         sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
 
     def _attempt_timeout(self, a: int, b: int, start: float) -> None:
-        if self.attempts.get((a, b)) != start:
-            return
+        if self.attempts.get((a, b)) != start or (a, b) in self.completing:
+            return  # over already, or past its signalling (the timeout covers only that)
         del self.attempts[(a, b)]
+        self.completing.pop((a, b), None)
         self.dials_failed += 1
         sim = self.sim
         sim.engine.at(sim.engine.now + self.spec.bootstrap_retry_s, self._bootstrap_tick, a, b)
@@ -236,7 +316,7 @@ class Liveness:
         No link at ``a``: fails at once (no route). ``b`` unreachable over working links (down
         or cut off): no answer, fails after ``relayed_timeout_s``. Answered but no topology
         edge (or the edge is cut): ICE never connects, fails after ``hello_timeout_s``.
-        Otherwise it succeeds after ``setup_s``."""
+        Otherwise it succeeds after :meth:`setup_time`."""
         sim = self.sim
         if not any((a, y) in sim.connected for y in sim.adj[a]):
             return False, 0.0
@@ -245,7 +325,7 @@ class Liveness:
         edge = (min(a, b), max(a, b))
         if edge not in sim.edge_set or not self.usable(a, b):
             return False, self.spec.hello_timeout_s
-        return True, self.spec.setup_s
+        return True, self.setup_time(a, b)
 
     def _reachable(self, a: int, b: int) -> bool:
         """Whether a relayed offer from ``a`` reaches ``b`` over working links (BFS)."""

@@ -21,16 +21,18 @@ measurements, and say where they come from:
   costs the relaying core 0.15 ms (decode, signature check, apply, frames to forward) and the
   aiortc transport 0.15 ms (DTLS, SCTP, data channel, both ends), of which the core's part
   scales with the frame (0.63 ms per KiB).
-- ``setup_s``: a link's set-up once the path works, from the issue's emulation runs (ring of
-  4, one node cut 20 s: its first link came 2.0-2.3 s after the heal; ICE checks, DTLS and
-  SCTP retransmission pacing over the real path). The CPU part alone is 0.03 s on loopback
-  (same benchmark), so nearly all of it is round trips and retransmission timers.
+- ``setup_round_trips`` and ``setup_s``: a link's set-up once the path works, from the
+  emulation's packet trace (fidelity case ``partition``, the redial after the heal): the SYN,
+  SYN-ACK, the HTTP offer and its answer, ICE checks, the DTLS handshake (2 round trips), SCTP
+  INIT and COOKIE (2), the data channel's OPEN and the hellos: 16 one-way trips, 8 round trips,
+  from the first SYN to the link up in 0.71 s over 40 ms links; the rest (0.06 s) is CPU
+  (offer, answer, certificates, signatures; 0.03 s on an idle loopback, same benchmark).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from meshnode.runtime.bootstrap import BOOTSTRAP_RETRY_S
@@ -103,8 +105,15 @@ class LivenessSpec:
     - bootstrap: with ``bootstrap = "lower"`` each node keeps a link to each topology
       neighbour with a smaller index (those started before it), redialling as the real
       ``Bootstrap`` does: try, then sleep ``bootstrap_retry_s``, while there is no link.
-    - dials: a dial whose path works succeeds ``setup_s`` later; a bootstrap dial over a cut
-      path waits, and fails after ``dial_timeout_s``; an overlay's (relayed) dial fails at
+    - dials: a dial whose path works succeeds ``setup_round_trips`` round trips of its link
+      (nominal latency both ways) plus ``setup_s`` later. A bootstrap dial's SYN over a cut
+      path is lost and retransmitted on Linux's schedule (1, 2, 3, 4, 5, 7, 11 s after the
+      first with ``syn_linear_timeouts = 4``, the kernel's ``tcp_syn_linear_timeouts``; 1, 3,
+      7 s with 0): the dial completes at the first SYN after the heal plus the set-up, or
+      fails after ``dial_timeout_s``. ``bootstrap_phases_s`` fixes when a bootstrap loop
+      wakes (``{"A-B": phase}``: A's loop dialling B wakes at this phase plus multiples of
+      ``bootstrap_retry_s``; loops not named get a seeded random phase): the fidelity suite
+      sets the phases the emulated nodes had. An overlay's (relayed) dial fails at
       once without any link (no route), after ``hello_timeout_s`` to a peer that answers but
       that no topology edge reaches (ICE never connects), and after ``relayed_timeout_s``
       when no answer can come (peer down or cut off).
@@ -115,7 +124,10 @@ class LivenessSpec:
     dead_after_s: float = DEAD_AFTER_S
     bootstrap: str = "lower"
     bootstrap_retry_s: float = BOOTSTRAP_RETRY_S
-    setup_s: float = 2.15
+    bootstrap_phases_s: dict[str, float] = field(default_factory=dict)
+    syn_linear_timeouts: float = 4.0
+    setup_s: float = 0.06
+    setup_round_trips: float = 8.0
     dial_timeout_s: float = SIGNALING_TIMEOUT_S
     relayed_timeout_s: float = RELAYED_DIAL_TIMEOUT_S
     hello_timeout_s: float = LinkSettings().hello_timeout_s
@@ -132,6 +144,9 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
         if key not in known:
             raise ValueError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
         default = getattr(cls(), key)
+        if isinstance(default, dict):
+            out[key] = _phases(value, f"{where}.{key}")
+            continue
         if isinstance(default, tuple):
             ok = isinstance(value, list) and all(
                 isinstance(x, int | float) and not isinstance(x, bool) and x == x
@@ -160,3 +175,19 @@ def parse_section(cls: type[Any], raw: Any, where: str) -> Any:
         return cls(**out)
     except ValueError as err:
         raise ValueError(str(err).replace("node.", f"{where}.", 1)) from None
+
+
+def _phases(raw: Any, where: str) -> dict[str, float]:
+    """A table ``{"A-B": seconds}`` of bootstrap loop phases (A and B node indices)."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a table of \"A-B\" = seconds, not {raw!r}")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        parts = str(key).split("-")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{where}: key {key!r} is not \"A-B\" (two node indices)")
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not 0 <= value < float("inf"):
+            raise ValueError(f"{where}.{key} must be a finite number >= 0, not {value!r}")
+        out[key] = float(value)
+    return out

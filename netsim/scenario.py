@@ -73,6 +73,11 @@ class Scenario:
     sample_interval_s: float = 0.5
     media: MediaSpec | None = None  # the [media] section (netsim/media_spec.py)
     node: NodeSpec = field(default_factory=NodeSpec)  # [node]: per-hop processing
+    # The seed of the links' random draws (loss, bursts, jitter), None: ``seed``. Each direction
+    # ``a -> b`` draws from ``random.Random(f"{link_seed}:{a}->{b}")``, as the emulation's
+    # fabric does from scenario time 0: runs with the same link seed meet the same loss
+    # pattern (the n-th packet of a direction has the same fate) whatever their other seeds.
+    link_seed: int | None = None
     liveness: LivenessSpec = field(default_factory=LivenessSpec)  # [liveness]
 
     @property
@@ -202,7 +207,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     """Check a scenario given as a dict (as read from TOML)."""
     data = dict(data)
     known = {"seed", "duration_s", "name", "topology", "links", "link_overrides", "overlay",
-             "workload", "events", "sample_interval_s", "media", "node", "liveness"}
+             "workload", "events", "sample_interval_s", "media", "node", "liveness", "link_seed"}
     unknown = set(data) - known
     if unknown:
         raise ScenarioError(f"unknown top-level keys: {sorted(unknown)}")
@@ -268,6 +273,9 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
     the_seed = seed if seed is not None else data.get("seed", 1)
     if not isinstance(the_seed, int):
         raise ScenarioError("seed must be an integer")
+    link_seed = data.get("link_seed")
+    if link_seed is not None and (not isinstance(link_seed, int) or isinstance(link_seed, bool)):
+        raise ScenarioError(f"link_seed must be an integer, not {link_seed!r}")
     try:
         node = parse_section(NodeSpec, data.get("node", {}), "node")
         liveness = parse_section(LivenessSpec, data.get("liveness", {}), "liveness")
@@ -293,6 +301,7 @@ def parse(data: dict[str, Any], *, seed: int | None = None) -> Scenario:
         media=media,
         node=node,
         liveness=liveness,
+        link_seed=link_seed,
     )
 
 

@@ -24,12 +24,23 @@ are imported from it, never copied):
   doubled on expiry** (``_t3_expired`` leaves ``_rto`` alone), so a link cut for seconds
   retransmits once per RTO.
 
+- **Congestion window** (:meth:`ReliableChannel._depart`), in rounds of one round trip: a
+  new association starts with aiortc's ``3 * USERDATA_MAX_LENGTH`` bytes; a chunk leaves
+  while less than the window is in flight in the current round, else in the next round; a
+  round that filled the window doubles it (slow start: each SACK adds up to one chunk, and
+  aiortc grows the window only when it was fully used; its ``ssthresh`` starts at the peer's
+  receive window, so a resync stays in slow start), up to ``ssthresh`` and then one chunk per
+  round. A T3 expiry sets the window to one chunk and ``ssthresh`` to half the window (at
+  least 4 chunks), as ``_t3_expired`` does. Scene traffic (a few hundred bytes per round trip)
+  never fills the window; the burst that resyncs a node after a partition does, and takes a
+  few round trips more than one.
+
 A message is the unit (one TSN per message, ``packets`` packets on the wire): it is lost if
 any of its packets is, and each of its packets that arrives sends one SACK (each newly acks
 one chunk, so a k-packet message counts up to k misses against an earlier hole). Not
-modelled: cwnd and slow start outside T3 recovery (the scene traffic stays far below aiortc's
-initial window of three packets per round trip) and the ``presence`` channel's
-share of the TSN space (its packets would add gap reports).
+modelled: the ``presence`` channel's share of the TSN space (its packets would add gap
+reports), the window's halving at a fast retransmit (the halved window, at least 4 chunks,
+is above what scene traffic uses), and the window's gating of retransmissions.
 
 Everything runs on the simulation's virtual clock through the ``schedule`` callback it hands
 in; the only randomness is the links' own ``random.Random``.
@@ -47,6 +58,7 @@ from aiortc.rtcsctptransport import (
     SCTP_RTO_INITIAL,
     SCTP_RTO_MAX,
     SCTP_RTO_MIN,
+    USERDATA_MAX_LENGTH,
 )
 
 
@@ -58,6 +70,12 @@ class _Spec(Protocol):
 
     @property
     def rto_max_ms(self) -> float: ...
+
+    @property
+    def latency_ms(self) -> float: ...
+
+    @property
+    def mtu(self) -> int: ...
 
     def packets(self, size: int) -> int: ...
 
@@ -91,6 +109,10 @@ __all__ = [
 
 #: Misses that trigger a fast retransmit (``if schunk._misses == 3`` in aiortc).
 FAST_RETRANSMIT_MISSES = 3
+#: A new association's congestion window (``self._cwnd = 3 * USERDATA_MAX_LENGTH``), bytes.
+INITIAL_CWND = 3 * USERDATA_MAX_LENGTH
+#: The least ``ssthresh`` after a T3 expiry (``max(self._cwnd // 2, 4 * USERDATA_MAX_LENGTH)``).
+MIN_SSTHRESH = 4 * USERDATA_MAX_LENGTH
 
 Schedule = Callable[..., None]
 """``schedule(when, fn, *args)``: run ``fn(*args)`` at virtual time ``when``."""
@@ -155,6 +177,14 @@ class ReliableChannel:
         # Receiver side.
         self.rcv_cum = -1
         self.rcv_buffer: dict[int, Any] = {}
+        # Congestion window (see _depart): bytes, and the current round of one round trip.
+        self.cwnd = float(INITIAL_CWND)
+        self.ssthresh = float("inf")  # the peer's receive window: never reached by a resync
+        self.round_end = float("-inf")
+        self.round_bytes = 0.0
+        self.round_full = False
+        self.last_departure = float("-inf")
+        self.queued = 0  # messages waiting for the window
 
     def reset(self) -> None:
         """A new association (the link closed and was opened again): everything in flight is
@@ -168,6 +198,52 @@ class ReliableChannel:
         """Send one message (it will be delivered, in order, unless the association resets)."""
         tsn = self.next_tsn
         self.next_tsn += 1
+        depart = self._depart(size, now)
+        if depart > now or self.queued:  # the window is full: it leaves when a later round
+            self.queued += 1             # opens it (and after those queued before it)
+            self.schedule(depart, self._send_queued, tsn, size, payload, self.generation)
+            return
+        self._send_at(tsn, size, payload, self.generation)
+
+    def _send_queued(self, tsn: int, size: int, payload: Any, generation: int) -> None:
+        if generation == self.generation:
+            self.queued -= 1
+        self._send_at(tsn, size, payload, generation)
+
+    def _depart(self, size: int, now: float) -> float:
+        """When a message of ``size`` bytes offered at ``now`` leaves, given the congestion
+        window (see the module docstring): its chunks go, in order, in the first round with
+        less than a window in flight; a round that filled the window grows it."""
+        spec = self.link.spec
+        reverse = self.reverse if self.reverse is not None else self.link
+        rtt = self.srtt if self.srtt is not None else (
+            spec.latency_ms + reverse.spec.latency_ms) / 1000.0
+        t = max(now, self.last_departure)
+        left = max(1, size)
+        while left > 0:
+            if t >= self.round_end:  # the last round's SACKs are back: a new round
+                if self.round_full:
+                    grow = self.cwnd if self.cwnd < self.ssthresh else float(spec.mtu)
+                    self.cwnd += grow
+                self.round_end = t + max(rtt, 1e-6)
+                self.round_bytes = 0.0
+                self.round_full = False
+            if self.round_bytes < self.cwnd:
+                chunk = min(left, spec.mtu)
+                self.round_bytes += chunk
+                left -= chunk
+                if self.round_bytes >= self.cwnd:
+                    self.round_full = True
+            else:
+                self.round_full = True
+                t = self.round_end
+        self.last_departure = t
+        return t
+
+    def _send_at(self, tsn: int, size: int, payload: Any, generation: int) -> None:
+        if generation != self.generation:
+            return  # the association it was queued on is gone
+        now = self.clock()
         link = self.link
         if not self.outstanding and link.clean_path():
             # Nothing to recover and nothing can be lost: no SACK bookkeeping needed (the
@@ -316,6 +392,8 @@ class ReliableChannel:
             return
         self.t3_deadline = None
         self.t3_expiries += 1
+        self.ssthresh = max(self.cwnd / 2, float(MIN_SSTHRESH))
+        self.cwnd = float(self.link.spec.mtu)
         msgs = list(self.outstanding.values())
         if not msgs:
             return

@@ -91,11 +91,14 @@ class Simulation:
                 overrides[e] = spec
         self.base_specs: dict[Pair, LinkSpec] = {}
         self.links: dict[Pair, Link] = {}
+        # Each direction's draws as the emulation's fabric seeds them (``Scenario.link_seed``).
+        link_seed = scenario.seed if scenario.link_seed is None else scenario.link_seed
         for a, b in self.topology.edges:
             for s, d in ((a, b), (b, a)):
                 spec = overrides.get((a, b)) or self.topology.link_spec(s, d, scenario.links)
                 self.base_specs[(s, d)] = spec
-                self.links[(s, d)] = Link(spec, random.Random(self.rng.random()))
+                self.rng.random()  # drawn as before, so that the seed's other draws stay
+                self.links[(s, d)] = Link(spec, random.Random(f"{link_seed}:{s}->{d}"))
         engine = self.engine
         for (s, d), link in self.links.items():
             channel = link.bind(engine.at, lambda: engine.now,

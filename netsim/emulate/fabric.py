@@ -15,8 +15,11 @@ Guarantees:
   emulated network has no routing, as netsim's overlay may link only along edges).
 - Packets of one direction leave in order (a FIFO, like a real queue) unless the link's
   ``reorder`` probability says otherwise.
-- Every direction draws from its own ``random.Random`` seeded from the scenario seed and the
-  pair, so the loss pattern over the n-th packet is the same on every run.
+- Every direction draws from its own ``random.Random`` seeded from the scenario's link seed
+  and the pair, afresh at scenario time 0 (what the set-up sent before does not count), so the
+  n-th packet of a direction from time 0 meets the same fate on every run, and the same as in
+  a ``netsim run`` with that link seed (``Scenario.link_seed``): a comparison of the two
+  meets the same bursts, not two independent draws of them.
 - Partitions drop everything that crosses groups (including packets already in flight when the
   cut begins); ``degrade`` / ``restore`` swap the link model; both follow the scenario's schedule
   relative to the start time the runner sends on stdin.
@@ -124,8 +127,7 @@ class Fabric:
             a, b = (int(x) for x in key.split("-"))
             base = LinkSpec.from_dict(fields_)
             self.base[(a, b)] = base
-            rng = random.Random(f"{spec.seed}:{a}->{b}")
-            self.links[(a, b)] = DirectedLink(Link(per_packet(base), rng), fifo=base.reorder == 0)
+            self.links[(a, b)] = DirectedLink(self._model(a, b), fifo=base.reorder == 0)
         self.groups: dict[int, int] | None = None
         self.unrouted = 0
         # While the room is set up, a node may need a pair that is no topology edge (only the
@@ -134,6 +136,17 @@ class Fabric:
         self.mesh = spec.setup_mesh
         self.setup_links: dict[Pair, DirectedLink] = {}
         self.scheduling = "default"
+
+    def _model(self, a: int, b: int) -> Link:
+        """A fresh model of the direction ``a -> b``: its draws from their start."""
+        return Link(per_packet(self.base[(a, b)]), random.Random(f"{self.spec.seed}:{a}->{b}"))
+
+    def fresh_draws(self) -> None:
+        """Scenario time 0: every link model starts its draws again, as netsim's do (the
+        packets of the set-up drew from them before; their number varies from run to run).
+        It runs before any event of the schedule is applied (a degrade at time 0 follows)."""
+        for pair, dl in self.links.items():
+            dl.link = self._model(*pair)
 
     def route(self, packet: bytes, now: float) -> tuple[int, int, float] | None:
         """Where and when an IPv4 packet arrives: ``(src, dst, arrival)``, or None if dropped."""
@@ -288,8 +301,12 @@ def _loop(spec: FabricSpec, fabric: Fabric, fds: list[int], poller: select.epoll
     events = sorted(spec.events, key=lambda e: float(e["at_s"]))
     next_event = 0
     buf = b""
+    fresh = False  # the link models' draws restarted at time 0
     while True:
         now = time.monotonic()
+        if t0 is not None and not fresh and now >= t0:
+            fabric.fresh_draws()
+            fresh = True
         while t0 is not None and next_event < len(events) and \
                 t0 + float(events[next_event]["at_s"]) <= now:
             fabric.apply(events[next_event], now)
@@ -329,6 +346,9 @@ def _loop(spec: FabricSpec, fabric: Fabric, fds: list[int], poller: select.epoll
                         return _stop(fabric, t0 if t0 is not None else started)
                 continue
             now = time.monotonic()
+            if t0 is not None and not fresh and now >= t0:
+                fabric.fresh_draws()
+                fresh = True
             for _ in range(64):  # drain what is queued, a bounded batch per wake-up
                 try:
                     packet = os.read(fd, MAX_PACKET)

@@ -312,7 +312,8 @@ class Emulation:
         namespaces.create(self.plan)
         self.created_namespaces = True
         spec = FabricSpec(
-            seed=sc.seed, addresses=[Plan.address(i) for i in range(sc.nodes)],
+            seed=sc.seed if sc.link_seed is None else sc.link_seed,
+            addresses=[Plan.address(i) for i in range(sc.nodes)],
             namespaces=self.plan.namespaces,
             tun_names=[self.plan.tun(i) for i in range(sc.nodes)],
             prefix_len=namespaces.SUBNET_PREFIX_LEN,

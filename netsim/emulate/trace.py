@@ -7,6 +7,13 @@ the time the link model gave, the fabric's own lateness). Times are scenario sec
 
 From it (pure functions, no I/O but :func:`read`):
 
+- **Bootstrap dials**: each TCP SYN a node sends (an IPv4 TCP packet of :data:`SYN_IP_BYTES`:
+  the SYN and its options; nothing else the nodes send over TCP has that length) starts or
+  retries the HTTP signalling of a dial. A node dials its lower-indexed neighbours (the
+  runner's bootstrap rule), so the first SYN of such a dial after time 0 gives the phase of
+  the node's bootstrap loop, which netsim needs to redial when the real node did
+  (:func:`liveness_section`).
+
 - **Relay time** of a node: from a DATA packet written into the node by one neighbour to the
   packet of the same length the node sends on to another neighbour (the same change frame,
   re-sent: DTLS and SCTP add the same bytes). That is the node's whole per-hop cost as the
@@ -30,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshnode.runtime.bootstrap import BOOTSTRAP_RETRY_S
 from netsim.links import SACK_PACKET_BYTES
 from netsim.metrics import percentile
 from netsim.node_model import PROCESSING_QUANTILES
 
-__all__ = ["CONTROL_MAX_BYTES", "Packet", "hop_samples", "node_section", "read", "relay_samples",
-           "summary"]
+__all__ = ["CONTROL_MAX_BYTES", "SYN_IP_BYTES", "Packet", "hop_samples", "liveness_section",
+           "node_section", "read", "relay_samples", "summary", "syn_times"]
 
 #: Packets up to this IP length are SCTP control (a SACK with up to 4 gap blocks, keepalive
 #: and STUN packets); longer ones carry data.
@@ -45,6 +53,10 @@ CONTROL_MAX_BYTES = SACK_PACKET_BYTES + 16
 RELAY_WINDOW_S = 0.05
 
 UDP = 17
+TCP = 6
+#: IP length of a Linux SYN: 20 B IPv4, 20 B TCP, 20 B of options (MSS, SACK permitted,
+#: timestamps, window scale).
+SYN_IP_BYTES = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,26 @@ def node_section(hops_ms: list[float]) -> dict[str, Any]:
     return {"processing_quantiles_ms": [round(x, 3) for x in qs]}
 
 
+def syn_times(packets: list[Packet]) -> dict[str, list[float]]:
+    """Per direction ``"SRC-DST"``, when SRC sent a SYN (or a SYN-ACK: the answering side)
+    to DST, from time 0."""
+    out: dict[str, list[float]] = {}
+    for p in packets:
+        if p.kind == "r" and p.extra == TCP and p.size == SYN_IP_BYTES and p.t >= 0.0:
+            out.setdefault(f"{p.src}-{p.dst}", []).append(round(p.t, 4))
+    return out
+
+
+def liveness_section(syns: dict[str, list[float]], retry_s: float) -> dict[str, Any]:
+    """netsim's ``[liveness]`` table for the bootstrap loops these SYNs show: per loop
+    ``"A-B"`` (a SYN from node A to a lower-indexed B; the SYN-ACKs go the other way), the
+    phase (seconds into its ``retry_s`` period) of its first dial after time 0. Empty if no
+    node dialled."""
+    phases = {key: round(times[0] % retry_s, 4) for key, times in sorted(syns.items())
+              if times and int(key.split("-")[0]) > int(key.split("-")[1])}
+    return {"bootstrap_phases_s": phases} if phases else {}
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     """Linear interpolation between order statistics (q in [0, 1])."""
     pos = q * (len(ordered) - 1)
@@ -164,6 +196,7 @@ def summary(packets: list[Packet]) -> dict[str, Any]:
         return {f"p{q}": None if not s else round(percentile(s, q) or 0.0, 3)
                 for q in (50, 90, 99)}
 
+    syns = syn_times(packets)
     return {
         "hop_ms": q3(hops),
         "relay_ms": q3([t * 1000.0 for t, _ in relays]),
@@ -172,4 +205,6 @@ def summary(packets: list[Packet]) -> dict[str, Any]:
         "relayed_frame_ip_bytes": frame,
         "node_section": node_section(hops),
         "wire": dict(sorted(wire.items())),
+        "syns": dict(sorted(syns.items())),
+        "liveness_section": liveness_section(syns, BOOTSTRAP_RETRY_S),
     }

@@ -195,15 +195,16 @@ def test_silent_links_close_after_the_real_silence_and_redial_after_the_heal() -
     sim.run()
     downs = [(t, a, b) for t, kind, a, b in log if kind == "down"]
     ups = [(t, a, b) for t, kind, a, b in log if kind == "up"]
-    # Both links of node 2 close when silent for more than 8 s (checked every keepalive/2).
+    # Both links of node 2 close when silent for more than 8 s (checked every keepalive/2;
+    # an idle end last spoke up to keepalive_s before the cut, with its last ping).
     assert {(min(a, b), max(a, b)) for _, a, b in downs} == {(1, 2), (2, 3)}
     for t, _, _ in downs:
-        assert 10 + DEAD_AFTER_S <= t <= 10 + DEAD_AFTER_S + KEEPALIVE_S / 2 + 0.1
-    # Node 2's bootstrap dial to node 1 hung over the cut path; it completes setup_s after
-    # the heal. Its other neighbour (3) dials 2 on its own loop, also hung: same time.
-    first = min(t for t, _, _ in ups)
-    assert first == pytest.approx(30.0 + sim.scenario.liveness.setup_s)
-    assert all(t > 30.0 for t, _, _ in ups)
+        assert 10 + DEAD_AFTER_S - KEEPALIVE_S <= t <= 10 + DEAD_AFTER_S + KEEPALIVE_S / 2 + 0.1
+    # The redials come back only after the heal, each at one of its dial's SYNs plus the
+    # set-up (tests/netsim/test_syn_redial.py pins the schedule).
+    setup = sim.liveness.setup_time(1, 2)
+    assert all(t >= 30.0 + setup for t, _, _ in ups)
+    assert {(min(a, b), max(a, b)) for _, a, b in ups} == {(1, 2), (2, 3)}
 
 
 def test_a_short_cut_keeps_the_links_and_sctp_recovers() -> None:
@@ -232,7 +233,8 @@ def test_relayed_dial_timing() -> None:
     assert got[(2, 0)] == (False, 0.0)  # node 2 is alone: no route, fails at once
     assert got[(1, 2)] == (False, spec.relayed_timeout_s) == (False, 15.0)  # no answer
     assert got[(1, 3)] == (False, spec.hello_timeout_s) == (False, 10.0)  # not an edge
-    assert got[(0, 1)] == (True, spec.setup_s)
+    assert got[(0, 1)] == (True, live.setup_time(0, 1))
+    assert live.setup_time(0, 1) == pytest.approx(spec.setup_s + spec.setup_round_trips * 0.080)
 
 
 def test_liveness_off_is_the_old_model() -> None:
@@ -287,13 +289,28 @@ def test_row_five_percent_loss() -> None:
 
 
 def test_row_convergence_after_heal() -> None:
-    real = (2.67, 3.33)  # two real runs
-    mean = sum(real) / len(real)
-    got = [results(sim, 0.0)["convergence_time_after_heal_s"]
-           for sim in (Simulation(parse(ring(20, seed=s))) for s in (1, 2))
-           if sim.run() is not None]
-    for t in got:
-        assert abs(t - mean) <= max(1.0, 0.3 * mean), (t, mean)
+    # Real convergence after the heal depends on the phase of the cut-off node's bootstrap
+    # dials (which SYN retransmission meets the heal). One emulation run of this ring
+    # (netsim emulate, kernel 6.18, load average 10.7): 1.95 s, with the dials' first SYNs at
+    # phases 2.60 s (node 2 -> 1) and 4.07 s (3 -> 2) of their 5 s loops. With those phases:
+    real = 1.95
+    phases = {"bootstrap_phases_s": {"2-1": 2.5998, "3-2": 4.0746}}
+    for seed in (1, 2):
+        sim = Simulation(parse(ring(20, seed=seed, liveness=phases)))
+        sim.run()
+        got = results(sim, 0.0)["convergence_time_after_heal_s"]
+        assert abs(got - real) <= max(1.0, 0.3 * real), (got, real)
+    # Over the phases, anything from about one set-up (a SYN just after the heal) to a whole
+    # failed dial and the loop's sleep (no SYN left before the 15 s timeout): the issue's two
+    # runs (2.67 and 3.33 s, phases unknown) lie inside.
+    spread = []
+    for k in range(10):
+        sim = Simulation(parse(ring(20, seed=1, liveness={"bootstrap_phases_s": {
+            "2-1": k * 0.5, "3-2": k * 0.5}})))
+        sim.run()
+        spread.append(results(sim, 0.0)["convergence_time_after_heal_s"])
+    assert min(spread) < 2.67 < 3.33 < max(spread)
+    assert min(spread) >= sim.liveness.setup_time(2, 1)
 
 
 def test_results_are_identical_per_seed() -> None:

@@ -153,6 +153,33 @@ def test_fabric_loss_is_seeded_per_direction() -> None:
     assert 30 < sum(runs[0]) < 90
 
 
+def test_fabric_meets_netsims_loss_draws_from_time_zero() -> None:
+    # The fabric's direction 0 -> 1 starts its draws again at time 0 (fresh_draws), from the
+    # seed netsim's link 0 -> 1 uses for the same link seed: the n-th packet of the direction
+    # meets the same fate in both, whatever the set-up sent before (issue 12: the bursty case
+    # compares the same bursts, not two independent draws).
+    bursty = {"latency_ms": 40, "jitter_ms": 10, "ge_p_good_bad": 0.04, "ge_p_bad_good": 0.5,
+              "ge_loss_bad": 0.5}
+    fab = fabric({"0-1": bursty, "1-0": bursty})
+    for k in range(57):  # the set-up's packets
+        fab.route(packet(0, 1), k * 0.01)
+    fab.fresh_draws()
+    emulated = [fab.route(packet(0, 1), 1.0 + k * 0.05) is None for k in range(2000)]
+    from netsim.simulation import Simulation
+
+    raw = scenario(topology={"kind": "line", "nodes": 2}, links=bursty, link_seed=7)
+    sim = Simulation(parse({**raw, "seed": 99}))  # another seed: only link_seed counts
+    link = sim.links[(0, 1)]
+    simulated = [link.attempt(200, 1.0 + k * 0.05) is None for k in range(2000)]
+    assert simulated == emulated
+    assert 30 < sum(emulated) < 150  # ~4% in bursts
+    # Without the fresh start the set-up's packets would shift the pattern.
+    stale = fabric({"0-1": bursty, "1-0": bursty})
+    for k in range(57):
+        stale.route(packet(0, 1), k * 0.01)
+    assert [stale.route(packet(0, 1), 1.0 + k * 0.05) is None for k in range(2000)] != emulated
+
+
 def test_fabric_keeps_a_direction_in_order_under_jitter() -> None:
     fab = fabric({"0-1": {"latency_ms": 40, "jitter_ms": 20}, "1-0": {}})
     arrivals = []
@@ -336,3 +363,30 @@ def test_compare_table_and_agreement(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_seeded_random_is_stable() -> None:
     # The fabric seeds each direction from a string; Python's str seeding is stable.
     assert random.Random("7:0->1").random() == random.Random("7:0->1").random()
+
+
+def test_trace_gives_each_bootstrap_loops_phase_from_its_syns() -> None:
+    from netsim.emulate.trace import Packet, liveness_section, syn_times
+
+    def r(t: float, src: int, dst: int, size: int, proto: float) -> Packet:
+        return Packet("r", t, src, dst, size, proto)
+
+    packets = [
+        r(-3.0, 2, 1, 60, 6),  # a SYN of the set-up, before time 0: not counted
+        r(19.07, 3, 2, 60, 6), r(20.10, 3, 2, 60, 6),  # node 3's dial and its retry
+        r(20.12, 2, 3, 60, 6),  # a SYN-ACK (to the higher node): not a dial
+        r(22.60, 2, 1, 60, 6),
+        r(22.70, 2, 1, 52, 6),  # a bare ACK
+        r(23.00, 2, 1, 60, 17),  # UDP of SYN's length
+        Packet("w", 22.64, 2, 1, 60, 0.001),  # written, not sent
+    ]
+    syns = syn_times(packets)
+    assert syns == {"3-2": [19.07, 20.1], "2-3": [20.12], "2-1": [22.6]}
+    assert liveness_section(syns, 5.0) == {
+        "bootstrap_phases_s": {"2-1": pytest.approx(2.6), "3-2": pytest.approx(4.07)}}
+    assert liveness_section({}, 5.0) == {}
+    raw = scenario(topology={"kind": "ring", "nodes": 4}, liveness=liveness_section(syns, 5.0))
+    assert parse(raw).liveness.bootstrap_phases_s == {"2-1": 2.6, "3-2": 4.07}
+    for bad in ({"2": 1.0}, {"2-1": -1.0}, {"a-b": 1.0}, {"2-1": True}):
+        with pytest.raises(ScenarioError, match="bootstrap_phases_s"):
+            parse(scenario(liveness={"bootstrap_phases_s": bad}))
