@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import time
@@ -162,69 +163,156 @@ def bench_memory(changes: int, identities: int, store_path: Path | None = None,
     }
 
 
-def bench_restart(sizes: list[int], keep: int = 2_000,
-                  compact_every: int = 5_000) -> list[dict[str, Any]]:
-    """Restart time from the (frontier) snapshot plus the log after it, and database size,
-    for a node that prunes every ``compact_every`` changes keeping about the last ``keep``
-    (the clock advances 1 ms per change, so "the last ``keep`` ms")."""
+def _state_digest(state: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _rss_kb(field: str = "VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def restart_child(path: Path, room_hex: str, use_snapshot: bool) -> dict[str, Any]:
+    """What a restarting node does with its store (run in a fresh process, so that its time
+    and peak RSS are the restart's alone): open the store (with its ``quick_check``), read
+    the room, rebuild the replica from the latest snapshot plus the log after it (or, without
+    ``use_snapshot``, by replaying the whole log), change bytes left in the store."""
+    room = bytes.fromhex(room_hex)
+    owner = _ident("owner", 0)
+    rss0 = _rss_kb()
+    t0 = time.perf_counter()
+    with ChangeStore.open(path) as store:
+        t_open = time.perf_counter() - t0
+        genesis = next(r.genesis for r in store.rooms() if r.room_id == room)
+        latest = store.latest_snapshot(room) if use_snapshot else None
+        loaded = load_replica(genesis, owner, functools.partial(store.changes, room),
+                              latest[0] if latest else None,
+                              functools.partial(store.change_bytes, room))
+        took = time.perf_counter() - t0
+    assert loaded.from_snapshot == use_snapshot, loaded.snapshot_problem
+    return {"seconds": round(took, 2), "open_s": round(t_open, 2),
+            "changes": loaded.replica.change_count(),
+            "rss_before_mb": round(rss0 / 1024, 1), "rss_after_mb": round(_rss_kb() / 1024, 1),
+            "peak_rss_mb": round(_rss_kb("VmHWM") / 1024, 1),
+            "state": _state_digest(loaded.replica.state())}
+
+
+def _restart_in_child(path: Path, room: bytes, use_snapshot: bool) -> dict[str, Any]:
+    import subprocess
+    out = subprocess.run(
+        [sys.executable, __file__, "--restart-child", str(path), room.hex(),
+         "snapshot" if use_snapshot else "replay"],
+        check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+class _Log:
+    """The room's change log in a real SQLite store, appended in bulk (one transaction per
+    ``batch`` changes: seeding a million changes one identity at a time spent its time in
+    commits)."""
+
+    def __init__(self, store: ChangeStore, hist: History, batch: int = 5_000) -> None:
+        self.store, self.hist, self.batch = store, hist, batch
+        self.room = hist.node.room_id
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.logged = hist.node.change_count()
+
+    def take(self) -> None:
+        """Queue the changes applied since the last call (their bytes are still in memory:
+        the replica keeps its last 4,096)."""
+        node = self.hist.node
+        if node.change_count() == self.logged:
+            return  # (recent_changes(0) would list everything)
+        fresh = node.recent_changes(node.change_count() - self.logged)
+        self.logged = node.change_count()
+        self.pending += [(c, node.change_bytes(c) or b"") for c in fresh]
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.append_changes(self.room, self.pending)
+        self.pending = []
+
+
+def bench_restart(sizes: list[int], keep: int = 2_000, compact_every: int = 5_000,
+                  prune: bool = True, replay_max: int = 100_000) -> list[dict[str, Any]]:
+    """Restart time, peak RSS and database size of a node whose room has ``sizes`` changes
+    of history (one room growing through every size). With ``prune`` the node prunes every
+    ``compact_every`` changes keeping about the last ``keep`` (the clock advances 1 ms per
+    change, so "the last ``keep`` ms") and restarts from its frontier snapshot plus the log
+    after it; without, it keeps everything (``history_days = 0``) and restarts from a
+    snapshot listing every change plus the whole log, and (up to ``replay_max`` changes) by
+    replaying the whole log. Each restart runs in a fresh process."""
     out = []
-    for n in sizes:
-        hist = History(entities=1_000)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "meshnode.db"
-            room = hist.node.room_id
-            with ChangeStore.open(path, synchronous="normal") as store:
-                store.add_room(room, hist.node.genesis, "bench", {})
-                hist.node.use_history(functools.partial(store.change_bytes, room))
-                store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
-                                            for c in hist.node.recent_changes(10**9)])
-                last = 0
-                snap = b""
+    hist = History(entities=1_000)
+    room = hist.node.room_id
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "meshnode.db"
+        with ChangeStore.open(path, synchronous="normal") as store:
+            store.add_room(room, hist.node.genesis, "bench", {})
+            hist.node.use_history(functools.partial(store.change_bytes, room))
+            log = _Log(store, hist)
+            log.pending = [(c, hist.node.change_bytes(c) or b"")
+                           for c in hist.node.recent_changes(10**9)]
+            last = 0
+            snap = b""
+            seeding = 0.0
+            for n in sorted(sizes):
+                t0 = time.perf_counter()
                 while hist.node.change_count() < n:
-                    before = hist.node.change_count()
                     hist.identity(48)
-                    fresh = hist.node.recent_changes(hist.node.change_count() - before)
-                    store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
-                                                for c in fresh])
-                    if hist.node.change_count() - last >= compact_every:
+                    log.take()
+                    if prune and hist.node.change_count() - last >= compact_every:
                         last = hist.node.change_count()
+                        log.flush()
                         snap, dropped = hist.node.compact(
                             hlc_from_seconds(hist.t - keep / 1000))
                         store.compact(room, snap, hist.node.change_count(), dropped)
+                if not prune:
+                    log.flush()
+                    snap = hist.node.snapshot()  # what a node keeping everything stores
+                    store.save_snapshot(room, snap, hist.node.change_count())
                 # A tail after the snapshot, as a node that stopped between two snapshots has.
-                before = hist.node.change_count()
                 hist.identity(98)
-                fresh = hist.node.recent_changes(hist.node.change_count() - before)
-                store.append_changes(room, [(c, hist.node.change_bytes(c) or b"")
-                                            for c in fresh])
-                genesis = hist.node.genesis
+                log.take()
+                log.flush()
+                seeding += time.perf_counter() - t0
                 logged = store.change_count(room)
-                state = hist.node.state()
-            size = path.stat().st_size + sum(p.stat().st_size for p in Path(tmp).glob("*-wal"))
-            with ChangeStore.open(path) as store:
-                latest = store.latest_snapshot(room)
-                assert latest is not None
-                log = functools.partial(store.changes, room)
-                gc.collect()
-                gc.freeze()  # a restarting node's heap holds none of this process's history
-                t0 = time.perf_counter()
-                fast = load_replica(genesis, hist.owner, log, latest[0],
-                                    functools.partial(store.change_bytes, room))
-                t_fast = time.perf_counter() - t0
-                gc.unfreeze()
-            assert fast.from_snapshot and fast.replica.state() == state
-            out.append({"changes": fast.replica.change_count(), "db_mb": round(size / 2**20, 1),
-                        "log_changes": logged, "snapshot_mb": round(len(snap) / 2**20, 2),
-                        "restart_from_snapshot_s": round(t_fast, 2)})
+                digest = _state_digest(hist.node.state())
+                # As on disk after a clean stop (the WAL folded into the file).
+                with contextlib.closing(sqlite3.connect(path)) as conn:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                size = path.stat().st_size + sum(p.stat().st_size
+                                                 for p in Path(tmp).glob("*-wal"))
+                row: dict[str, Any] = {
+                    "changes": hist.node.change_count(), "members": hist.ids + 1,
+                    "entities": len(hist.node.entities()), "pruned": prune,
+                    "db_mb": round(size / 2**20, 1), "log_changes": logged,
+                    "snapshot_mb": round(len(snap) / 2**20, 2),
+                    "seeding_s": round(seeding), "load_average_1m": round(os.getloadavg()[0], 2)}
+                fast = _restart_in_child(path, room, True)
+                assert fast.pop("state") == digest and fast["changes"] == row["changes"]
+                row["restart_from_snapshot"] = fast
+                if not prune and n <= replay_max:
+                    full = _restart_in_child(path, room, False)
+                    assert full.pop("state") == digest
+                    row["restart_full_replay"] = full
+                print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+                out.append(row)
     return out
 
 
-def bench_join(sizes: list[int], keep: int = 2_000, replay: bool = True) -> list[dict[str, Any]]:
-    """A joiner's start from a frontier snapshot of a 1,000-entity room (the changes of
-    about the last ``keep`` ms listed), against a full replay."""
+def bench_join(sizes: list[int], keep: int = 2_000, replay_max: int = 100_000,
+               ) -> list[dict[str, Any]]:
+    """A joiner's start from a frontier snapshot of a room of 1,000+ entities (the changes
+    of about the last ``keep`` ms listed), against a full replay (up to ``replay_max``
+    changes); one room growing through every size."""
     out = []
-    for n in sizes:
-        hist = History(entities=1_000)
+    hist = History(entities=1_000)
+    for n in sorted(sizes):
         while hist.node.change_count() < n:
             hist.identity(48)
         every = hist.node.snapshot()  # every change listed (version 2's size)
@@ -239,19 +327,24 @@ def bench_join(sizes: list[int], keep: int = 2_000, replay: bool = True) -> list
         t_snap = time.perf_counter() - t0
         gc.unfreeze()
         t_full = None
-        if replay:
+        if n <= replay_max:
             history = hist.node.changes_since([])
             t0 = time.perf_counter()
             full = SceneReplica.from_genesis(hist.node.genesis, joiner, max_clock_skew_s=1e12)
             full.apply_many(history, hist.t)
             t_full = round(time.perf_counter() - t0, 2)
             assert rep.state() == full.state()
+            del full, history
         assert rep.state() == hist.node.state()
-        out.append({"changes": rep.change_count(), "entities": len(rep.entities()),
-                    "snapshot_mb": round(len(snap) / 2**20, 2),
-                    "snapshot_every_change_mb": round(len(every) / 2**20, 2),
-                    "join_from_snapshot_s": round(t_snap, 3),
-                    "join_full_replay_s": t_full})
+        row = {"changes": rep.change_count(), "entities": len(rep.entities()),
+               "members": hist.ids + 1,
+               "snapshot_mb": round(len(snap) / 2**20, 2),
+               "snapshot_every_change_mb": round(len(every) / 2**20, 2),
+               "join_from_snapshot_s": round(t_snap, 3),
+               "join_full_replay_s": t_full, "load_average_1m": round(os.getloadavg()[0], 2)}
+        print(json.dumps(row), file=sys.stderr, flush=True)  # progress
+        out.append(row)
+        del rep, every, snap
     return out
 
 
@@ -373,8 +466,20 @@ def main() -> int:
                     help="memory mode (with --store): prune every N changes")
     ap.add_argument("--keep", type=int, default=2_000,
                     help="changes kept after the frontier (restart, join, compaction)")
-    ap.add_argument("--no-replay", action="store_true", help="join: skip the full replay")
+    ap.add_argument("--no-replay", action="store_true",
+                    help="join and restart: skip every full replay")
+    ap.add_argument("--replay-max", type=int, default=100_000,
+                    help="join and restart: full replays only up to this many changes")
+    ap.add_argument("--no-prune", action="store_true",
+                    help="restart: the node keeps every change (history_days = 0)")
+    ap.add_argument("--restart-child", nargs=3, metavar=("DB", "ROOM", "HOW"),
+                    help=argparse.SUPPRESS)  # restart mode's fresh process
     args = ap.parse_args()
+    if args.restart_child:
+        db, room, how = args.restart_child
+        print(json.dumps(restart_child(Path(db), room, how == "snapshot")))
+        return 0
+    replay_max = 0 if args.no_replay else args.replay_max
     out: dict[str, Any] = {"env": environment()}
     if args.quick:
         args.changes, args.identities = min(args.changes, 20_000), min(args.identities, 400)
@@ -388,10 +493,11 @@ def main() -> int:
                 Path(tmp) / "memory.db" if args.store else None, args.compact_every, args.keep)
     if args.mode in ("all", "restart"):
         out["restart"] = bench_restart([s for s in sizes if s >= 10_000]
-                                       + ([1_000_000] if args.big else []), args.keep)
+                                       + ([1_000_000] if args.big else []), args.keep,
+                                       prune=not args.no_prune, replay_max=replay_max)
     if args.mode in ("all", "join"):
         out["join"] = bench_join(sizes + ([1_000_000] if args.big else []), args.keep,
-                                 not args.no_replay)
+                                 replay_max)
     if args.mode in ("all", "nodes"):
         out["nodes"] = asyncio.run(bench_nodes(args.nodes, args.clients, args.minutes,
                                                args.churn_s, args.sample_s))
