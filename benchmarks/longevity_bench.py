@@ -65,6 +65,24 @@ def fit(xs: list[float], ys: list[float]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
+def fit2(xs: list[float], zs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a x + b z + c``: the slopes (a, b); (slope of y over x, 0) if x
+    and z are (nearly) proportional."""
+    n = len(xs)
+    if n < 3:
+        return fit(xs, ys), 0.0
+    mx, mz, my = sum(xs) / n, sum(zs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    szz = sum((z - mz) ** 2 for z in zs)
+    sxz = sum((x - mx) * (z - mz) for x, z in zip(xs, zs, strict=True))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    szy = sum((z - mz) * (y - my) for z, y in zip(zs, ys, strict=True))
+    det = sxx * szz - sxz * sxz
+    if det <= 1e-9 * sxx * szz:
+        return fit(xs, ys), 0.0
+    return (sxy * szz - szy * sxz) / det, (szy * sxx - sxy * sxz) / det
+
+
 class History:
     """Grows one room's history as a node would see it: the owner grants each new identity
     editor, the identity creates one entity and then sets a field over and over; every
@@ -118,6 +136,7 @@ def bench_memory(changes: int, identities: int, store_path: Path | None = None,
     per_id = max(1, changes // identities - 2)
     hist = History()
     samples: list[tuple[int, int, int]] = []
+    rss: list[int] = []
     store = None
     if store_path is not None:
         store = ChangeStore.open(store_path, synchronous="normal")
@@ -126,11 +145,13 @@ def bench_memory(changes: int, identities: int, store_path: Path | None = None,
         hist.node.use_history(functools.partial(store.change_bytes, room))
     tracemalloc.start()
     started = time.perf_counter()
-    step = max(1, identities // 20)
+    step = max(1, identities // 40)
     last_compaction = 0
     while hist.ids < identities:
         before = hist.node.change_count()
-        hist.identity(per_id)
+        # Blocks of identities that write much (1.8x) and little (0.2x) alternate, so that
+        # changes and identities are not proportional and the fit can tell them apart.
+        hist.identity(max(0, round(per_id * (1.8 if (hist.ids // step) % 2 == 0 else 0.2))))
         if store is not None:
             fresh = hist.node.recent_changes(hist.node.change_count() - before)
             store.append_changes(room, [(c, hist.node.change_bytes(c) or b"") for c in fresh])
@@ -141,18 +162,29 @@ def bench_memory(changes: int, identities: int, store_path: Path | None = None,
         if hist.ids % step == 0:
             gc.collect()
             samples.append((hist.node.change_count(), hist.ids, tracemalloc.get_traced_memory()[0]))
+            # RSS without tracemalloc's own bookkeeping (a node does not trace).
+            rss.append(_rss_kb() * 1024 - tracemalloc.get_tracemalloc_memory())
+            print(json.dumps({"changes": samples[-1][0], "identities": hist.ids,
+                              "heap_mb": round(samples[-1][2] / 2**20, 1),
+                              "rss_mb": round(rss[-1] / 2**20, 1),
+                              "s": round(time.perf_counter() - started)}),
+                  file=sys.stderr, flush=True)  # progress
     elapsed = time.perf_counter() - started
     tracemalloc.stop()
     xs = [float(c) for c, _, _ in samples]
     ys = [float(m) for _, _, m in samples]
-    per_change = fit(xs, ys)
-    # Per identity: what is left once the changes are paid for.
-    resid = [m - per_change * c for c, _, m in samples]
-    per_identity = fit([float(i) for _, i, _ in samples], resid)
+    per_change, per_identity = fit2(xs, [float(i) for _, i, _ in samples], ys)
     half = len(samples) // 2
     early = fit(xs[:half], ys[:half]) if half >= 2 else per_change
     late = fit(xs[half:], ys[half:]) if len(samples) - half >= 2 else per_change
+    rss_per_change, rss_per_identity = fit2(xs, [float(i) for _, i, _ in samples],
+                                            [float(r) for r in rss])
     return {
+        "rss_mb": round(rss[-1] / 2**20, 1) if rss else 0.0,
+        "rss_bytes_per_change": round(rss_per_change),
+        "rss_bytes_per_identity_beyond_its_changes": round(rss_per_identity),
+        "heap_mb_per_100k_changes": round(per_change * 100_000 / 2**20, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "changes": hist.node.change_count(), "identities": hist.ids,
         "heap_mb": round(samples[-1][2] / 2**20, 1) if samples else 0.0,
         "bytes_per_change": round(per_change), "bytes_per_change_first_half": round(early),
@@ -238,14 +270,16 @@ class _Log:
 
 
 def bench_restart(sizes: list[int], keep: int = 2_000, compact_every: int = 5_000,
-                  prune: bool = True, replay_max: int = 100_000) -> list[dict[str, Any]]:
+                  prune: bool = True, replay_max: int = 100_000, join: bool = True,
+                  ) -> list[dict[str, Any]]:
     """Restart time, peak RSS and database size of a node whose room has ``sizes`` changes
     of history (one room growing through every size). With ``prune`` the node prunes every
     ``compact_every`` changes keeping about the last ``keep`` (the clock advances 1 ms per
     change, so "the last ``keep`` ms") and restarts from its frontier snapshot plus the log
     after it; without, it keeps everything (``history_days = 0``) and restarts from a
     snapshot listing every change plus the whole log, and (up to ``replay_max`` changes) by
-    replaying the whole log. Each restart runs in a fresh process."""
+    replaying the whole log. Each restart runs in a fresh process. With ``join``, also a
+    joiner's start from the node's frontier snapshot at each size."""
     out = []
     hist = History(entities=1_000)
     room = hist.node.room_id
@@ -300,9 +334,29 @@ def bench_restart(sizes: list[int], keep: int = 2_000, compact_every: int = 5_00
                     full = _restart_in_child(path, room, False)
                     assert full.pop("state") == digest
                     row["restart_full_replay"] = full
+                if join:
+                    row.update(_join_once(hist, keep))
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress
                 out.append(row)
     return out
+
+
+def _join_once(hist: History, keep: int) -> dict[str, Any]:
+    """A joiner's start from the node's frontier snapshot (the changes of about the last
+    ``keep`` ms listed): decode, verify, import."""
+    snap = hist.node.snapshot(keep_after_hlc=hlc_from_seconds(hist.t - keep / 1000))
+    joiner = _ident("joiner", hist.node.change_count())
+    # A joiner is another process: keep the node's history (in this one) out of the
+    # collector's passes, as it would be.
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    rep = SceneReplica.from_snapshot(snap, joiner)
+    took = time.perf_counter() - t0
+    gc.unfreeze()
+    assert rep.state() == hist.node.state()
+    return {"join_snapshot_mb": round(len(snap) / 2**20, 2),
+            "join_from_snapshot_s": round(took, 3)}
 
 
 def bench_join(sizes: list[int], keep: int = 2_000, replay_max: int = 100_000,
@@ -492,8 +546,7 @@ def main() -> int:
                 args.changes, args.identities,
                 Path(tmp) / "memory.db" if args.store else None, args.compact_every, args.keep)
     if args.mode in ("all", "restart"):
-        out["restart"] = bench_restart([s for s in sizes if s >= 10_000]
-                                       + ([1_000_000] if args.big else []), args.keep,
+        out["restart"] = bench_restart(sizes + ([1_000_000] if args.big else []), args.keep,
                                        prune=not args.no_prune, replay_max=replay_max)
     if args.mode in ("all", "join"):
         out["join"] = bench_join(sizes + ([1_000_000] if args.big else []), args.keep,
