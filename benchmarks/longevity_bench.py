@@ -7,9 +7,11 @@ It prints ONE JSON object. Parts:
   new identities (each granted a role, then editing); reports heap bytes (tracemalloc) per
   change and per identity as linear fits, at up to ``--changes`` changes and ``--identities``
   identities (1M and 10k reach in minutes without ``--quick``... on a free core).
-* **restart** (compaction): a real SQLite store with 10k/100k(/1M with ``--big``) changes;
-  restart time from the latest snapshot plus the log after it, the same by full replay, and
-  the database size.
+* **restart** (compaction): one room grown in a real SQLite store through 1k/10k/100k (/1M
+  with ``--big``) changes, pruned by the node's rule (``--no-prune``: kept whole); at each
+  size a restart in a fresh process from the latest snapshot plus the log after it (without
+  pruning also by full replay, up to ``--replay-max``): wall and CPU seconds, peak RSS, the
+  database size, and a joiner's start from the node's frontier snapshot.
 * **join**: a joiner's start from a signed snapshot of a room of 1,000 entities with 1k, 10k
   and 100k changes of history (decode, verify, import), against replaying that history.
 * **nodes** (real processes): ``--nodes`` ``meshnode up`` processes hosting one open room and
