@@ -702,7 +702,7 @@ class LocalEdits:
         if not batch.role_ops and not batch.revokes:
             return
         stamp = batch.stamp
-        self._roles.drop_stamp(stamp)  # booked again below, as committed grants
+        self._roles.drop_stamp(stamp, batch.actors)  # booked again below, as committed grants
         vv = self._graph.vv_all
         roles = [
             (i, m, op, op[3], self._roles.role_in_past(m, vv))
@@ -837,6 +837,6 @@ class LocalEdits:
                 fd[field] = reg
         for node in batch.creates:
             self._creation.pop(node, None)
-        self._roles.drop_stamp(batch.stamp)
+        self._roles.drop_stamp(batch.stamp, batch.actors)
         self._my_role = None
         self._counter = batch.counter_before

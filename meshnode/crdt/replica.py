@@ -322,6 +322,11 @@ class SceneReplica(PrivateRoom, LocalEdits):
         included."""
         return self._graph.count()
 
+    def held_count(self) -> int:
+        """Applied changes held one by one (those after the frontier): what memory, a
+        compaction's re-import and a restart's log follow, unlike ``change_count``."""
+        return len(self._graph.order)
+
     def buffered_count(self) -> int:
         """Number of verified changes waiting for their deps."""
         return len(self._buffer)

@@ -112,8 +112,11 @@ changes."""
 
 
 def worth_compacting(replica: SceneReplica, keep_after_hlc: int) -> bool:
-    """Whether pruning at ``keep_after_hlc`` now is worth it (see ``COMPACT_MIN``)."""
-    return replica.prunable(keep_after_hlc) >= max(COMPACT_MIN, replica.change_count() // 10)
+    """Whether pruning at ``keep_after_hlc`` now is worth it (see ``COMPACT_MIN``). A tenth
+    of the changes *held*, not of the whole history: against the history, a room with 1M
+    changes behind it would hold 100k more before each prune, and its memory and restart
+    would grow with its age."""
+    return replica.prunable(keep_after_hlc) >= max(COMPACT_MIN, replica.held_count() // 10)
 
 
 def compact_room(replica: SceneReplica, keep_after_hlc: int,

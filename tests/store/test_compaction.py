@@ -9,6 +9,8 @@ import functools
 import random
 from pathlib import Path
 
+import pytest
+
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.crdt.clock import hlc_from_seconds
 from meshnode.identity import Identity
@@ -114,3 +116,29 @@ def test_compaction_is_one_transaction(tmp_path: Path) -> None:
         raise AssertionError("compacting an unknown room must fail")
     assert list(store.changes(b"r" * 32)) == [b"B"]
     store.close()
+
+
+def test_prune_threshold_follows_the_held_window_not_the_history(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a prune, the next one waits for a tenth of the changes *held*: against the whole
+    history, an old room would hold ever more changes between prunes (memory and restart
+    growing with its age)."""
+    import meshnode.rooms.loading as loading
+
+    monkeypatch.setattr(loading, "COMPACT_MIN", 10)
+    rng = random.Random(5)
+    node = SceneReplica.create(NODE, NOW, name="threshold", nonce=b"t" * 16)
+    node.grant(EDITOR.public_id, "editor")
+    first = node.commit(NOW)
+    assert first is not None
+    editor = SceneReplica.from_genesis(node.genesis, EDITOR)
+    editor.apply_many([first], NOW)
+    store = ChangeStore.open(tmp_path / "node.db")
+    store.add_room(node.room_id, node.genesis, "threshold", {})
+    t = _edit(node, editor, store, 300, NOW, rng)
+    compact_room(node, hlc_from_seconds(t - 600), functools.partial(store.compact, node.room_id))
+    assert node.held_count() < 20 < 300 < node.change_count()
+    t = _edit(node, editor, store, 15, t, rng)  # the ten before the frontier are prunable
+    frontier = hlc_from_seconds(t - 300)
+    assert 10 <= node.prunable(frontier) < node.change_count() // 10
+    assert worth_compacting(node, frontier)
