@@ -56,7 +56,7 @@ from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.runtime.tasks import TaskSet
-from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
+from meshnode.store import ChangeStore, DurableLog, HistoryReader, RoomRecord, StoreError
 from meshnode.transport.link import LocalHello
 from meshnode.web.people import PeopleRoom
 from protocol.change import change_id
@@ -102,6 +102,9 @@ class RoomHost(LinkService):
         self._keys: dict[bytes, KeyUpkeep] = {}  # private rooms this node reads
         self._key_rng = random.Random(os.urandom(16))
         self._key_writing: set[bytes] = set()
+        # Old history a peer asks for is read on this reader's own thread and connection,
+        # never on the loop (meshnode.overlay.history_reads).
+        self.history_reader = HistoryReader(store.path)
         links.register(self)
 
     @property
@@ -124,6 +127,7 @@ class RoomHost(LinkService):
             await self._save_snapshot(hosted)
         for hosted in self.rooms.values():
             hosted.runtime.close()
+        await self.history_reader.aclose()
 
     async def latest_snapshot(self, room_id: bytes) -> bytes | None:
         """The room's latest stored snapshot (None if none yet)."""
@@ -155,6 +159,8 @@ class RoomHost(LinkService):
             # applied=True: the replica holds the change already; never drop it from the log.
             persist=lambda rid, cid, data: durable.append(rid, cid, data, applied=True),
             on_event=lambda ev: self._on_room_event(room_id, ev),
+            history=None if replica.private else functools.partial(self.history_reader.read,
+                                                                   room_id),
         )
         hosted = HostedRoom(runtime, dict(record.settings))
         self.rooms[room_id] = hosted
