@@ -49,6 +49,7 @@ from meshnode.rooms.acks import AckBatcher
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
+from meshnode.rooms.join_snapshot import pruned_room_replica
 from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.loading import frontier_for, load_replica, worth_compacting
 from meshnode.rooms.sharing import RoomSharing
@@ -208,13 +209,19 @@ class RoomHost(LinkService):
         if problem is not None:
             raise ValueError(f"invite is not valid: {problem}")
         if invite.room_id not in self.rooms:
-            replica = SceneReplica.from_genesis(invite.genesis, self.identity)
+            # A pruned history cannot be synced: start from the inviter's frontier snapshot
+            # (meshnode.rooms.join_snapshot), stored re-signed as this node's own.
+            pruned = await pruned_room_replica(invite, token, self.identity)
+            replica = pruned or SceneReplica.from_genesis(invite.genesis, self.identity)
             name = replica.room_name
             settings: dict[str, object] = {"admit": "invite", "invite": token}
             if replica.private:
                 settings["private"] = True
             await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
                                     settings)
+            if pruned is not None:
+                await asyncio.to_thread(self.store.save_snapshot, invite.room_id,
+                                        pruned.snapshot(), pruned.change_count())
             record = next(r for r in await asyncio.to_thread(self.store.rooms)
                           if r.room_id == invite.room_id)
             await self._host(record)

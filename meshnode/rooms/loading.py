@@ -83,7 +83,10 @@ def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Ite
     if history is not None:
         replica.use_history(history)
     rest = replica.restore_bytes(changes())
-    if replica.unserved_count():
+    if replica.unserved_count() and not replica.frontier_vv():
+        # Replaying the log gives the same state (the snapshot was written ahead of it).
+        # Not so below a frontier: that history is gone (pruned here, or never held by a
+        # node that joined from a pruned room's snapshot), so the snapshot is the state.
         return None, "log_behind"
     return LoadedRoom(replica, True, None, replica.replay(rest)), None
 

@@ -50,6 +50,7 @@ class HistoryReader:
                                             thread_name_prefix="meshnode-history")
         self._queue: list[Request] = []
         self._draining = False
+        self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         self.reads = 0
         """Thread round trips made (each serving every request queued meanwhile)."""
@@ -67,7 +68,7 @@ class HistoryReader:
         self.requests += 1
         if not self._draining:
             self._draining = True
-            loop.create_task(self._drain())
+            self._drainer = loop.create_task(self._drain())  # kept: tasks are weakly held
         return await fut
 
     async def _drain(self) -> None:
@@ -79,7 +80,7 @@ class HistoryReader:
                 self.reads += 1
                 try:
                     results = await loop.run_in_executor(self._executor, self._read_all, asks)
-                except Exception as err:  # noqa: BLE001 - every waiter gets the error
+                except Exception as err:
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(err)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import random
 import threading
 import time
@@ -130,7 +131,7 @@ async def test_catch_up_reads_history_off_the_loop(tmp_path: Path) -> None:
     assert reader.requests >= (CHANGES - 2 * KEEP_RECENT) // READ_CHUNK
     assert all(thread != loop_thread for _, thread in reader.seen)
     counts = [count for count, _ in reader.seen]
-    assert all(b > a for a, b in zip(counts, counts[1:], strict=False)), counts
+    assert all(b > a for a, b in itertools.pairwise(counts)), counts
     assert not sync_reads_on_loop, sync_reads_on_loop
     assert served.history_failures == 0
     assert served.overlay.history_reads_pending() == 0
