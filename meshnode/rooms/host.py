@@ -144,7 +144,8 @@ class RoomHost(LinkService):
         loaded = await asyncio.to_thread(
             load_replica, record.genesis, self.identity,
             functools.partial(store.changes, room_id), snapshot,
-            functools.partial(store.change_bytes, room_id))
+            functools.partial(store.change_bytes, room_id),
+            keep_unserved=bool(record.settings.get("joined_from_snapshot")))
         if room_id in self.rooms:  # hosted meanwhile (two joins with one token)
             return self.rooms[room_id]
         self._report_replay(room_id, loaded.report)
@@ -217,6 +218,8 @@ class RoomHost(LinkService):
             settings: dict[str, object] = {"admit": "invite", "invite": token}
             if replica.private:
                 settings["private"] = True
+            if pruned is not None:
+                settings["joined_from_snapshot"] = True  # its log never holds that history
             await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
                                     settings)
             if pruned is not None:

@@ -10,7 +10,8 @@ what makes a long, old history cheap to build in a test. Then, on real processes
 * the scene is unchanged: a fresh client joins through the signed snapshot and sees exactly
   the scene a client saw before the pruning;
 * a second node that joins the room afterwards syncs from the pruned node and converges;
-* the node restarts from its snapshot (the log no longer holds the pruned history);
+* the node restarts from its snapshot (the log no longer holds the pruned history), and so
+  does the second node;
 * a client that was away with a replica from before the pruning (its node's frontier passed
   it) rejoins from the snapshot by itself and converges.
 
@@ -175,6 +176,11 @@ async def test_a_node_prunes_and_everyone_converges(tmp_path: Path) -> None:
         a.start(extra=["--listen", f"127.0.0.1:{port}"])  # where the away client looks
         a.wait_for(lambda: "loaded from a snapshot" in a.log(), "a start from the snapshot")
         assert _heads(a, room)["vv"] == _heads(b, room)["vv"]
+        # So does the second node, which never held the pruned history.
+        assert b.terminate() == 0
+        b.start()
+        b.wait_for(lambda: "loaded from a snapshot" in b.log(), "the second node's restart")
+        assert _heads(b, room)["vv"] == _heads(a, room)["vv"]
 
         # The away client comes back: the frontier passed its replica, so it rejoins from
         # the snapshot by itself, and converges.
