@@ -26,6 +26,10 @@ __all__ = ["READ_CHUNK", "HistoryReads", "PendingReply"]
 READ_CHUNK = 256
 """Changes read from the store per ``HistoryWanted`` (about 16 frames' worth)."""
 
+READ_TIMEOUT_S = 30.0
+"""A read not answered after this long (its event dropped from a full event queue, a driver
+that failed) no longer holds the peer's slot: its next request starts a new reply."""
+
 
 @dataclass(slots=True)
 class PendingReply:
@@ -40,6 +44,7 @@ class PendingReply:
     """A ``Graft``'s reply: the tree takes each author's link back to eager as it is sent."""
     asked: set[bytes] = field(default_factory=set)
     reading: int | None = None
+    asked_at: float = 0.0
 
 
 class HistoryReads:
@@ -55,9 +60,15 @@ class HistoryReads:
     def __len__(self) -> int:
         return len(self._replies)
 
-    def busy(self, peer: str) -> bool:
-        """Whether a reply to ``peer`` is under way."""
-        return peer in self._replies
+    def busy(self, peer: str, now: float) -> bool:
+        """Whether a reply to ``peer`` is under way (one whose read is older than
+        ``READ_TIMEOUT_S`` is dropped instead)."""
+        reply = self._replies.get(peer)
+        if reply is not None and reply.reading is not None \
+                and now - reply.asked_at > READ_TIMEOUT_S:
+            self.finish(peer)
+            return False
+        return reply is not None
 
     def start(self, peer: str, ids: list[bytes], have: dict[bytes, bytes],
               graft: bool) -> PendingReply:
@@ -66,13 +77,14 @@ class HistoryReads:
         self._replies[peer] = reply
         return reply
 
-    def next_read(self, reply: PendingReply) -> tuple[int, list[bytes]]:
+    def next_read(self, reply: PendingReply, now: float) -> tuple[int, list[bytes]]:
         """A new read for the reply: the next IDs it lacks bytes for (at most
         ``READ_CHUNK``, from its first unsent one on). Returns the read's number and IDs."""
         chunk = [c for c in itertools.islice(reply.ids, READ_CHUNK)
                  if c not in reply.have and c not in reply.asked]
         self._next += 1
         reply.reading = self._next
+        reply.asked_at = now
         reply.asked.update(chunk)
         self._reads[self._next] = reply.peer
         return self._next, chunk

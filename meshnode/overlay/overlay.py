@@ -660,7 +660,7 @@ class RoomOverlay:
         if not elsewhere:  # all in memory: answered at once, beside any reply under way
             self._advance(PendingReply(peer, deque(c for c in ids if c in have), have, graft),
                           now)
-        elif self._reads.busy(peer):
+        elif self._reads.busy(peer, now):
             self._refuse(peer, RefusalReason.HISTORY_BUSY, len(ids), now, score=False)
         else:
             held = set(elsewhere)
@@ -679,7 +679,7 @@ class RoomOverlay:
                 if cid in reply.asked:  # read, and the store has it not: not served
                     ids.popleft()
                     continue
-                read, chunk = self._reads.next_read(reply)
+                read, chunk = self._reads.next_read(reply, now)
                 self._emit(HistoryWanted(read, tuple(chunk)))
                 return
             if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):

@@ -19,7 +19,7 @@ from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.overlay import OverlayConfig, RequestRefused, RoomOverlay
 from meshnode.overlay.events import Event, HistoryWanted, RefusalReason
-from meshnode.overlay.history_reads import READ_CHUNK
+from meshnode.overlay.history_reads import READ_CHUNK, READ_TIMEOUT_S
 from protocol.frames import Changes, Heads, Want, decode_frame, encode_frame
 
 NODE, PEER = Identity.from_private_bytes(b"n" * 32), Identity.from_private_bytes(b"p" * 32)
@@ -157,3 +157,18 @@ def test_ids_the_store_lacks_are_skipped(lost: list[int]) -> None:
     in_memory = set(overlay.replica.recent_changes(KEEP))
     assert sent == [d for d, c in zip(expected, store, strict=True)
                     if c not in gone or c in in_memory]
+
+
+def test_a_read_never_answered_frees_the_peer_after_a_while() -> None:
+    """Its event lost (a full event queue), a read would hold the peer's slot for ever."""
+    overlay, _, _ = _served()
+    _ask_all(overlay, T + 1)
+    assert [e for e in _drain(overlay) if isinstance(e, HistoryWanted)]
+    _ask_all(overlay, T + 1 + READ_TIMEOUT_S / 2)
+    assert [e.reason for e in _drain(overlay) if isinstance(e, RequestRefused)] == [
+        RefusalReason.HISTORY_BUSY]
+    overlay.receive(PEER.public_id, "sync", encode_frame(Want(overlay.room_id, (
+        overlay.replica.recent_changes(CHANGES)[5],))), T + 2 + READ_TIMEOUT_S)
+    events = _drain(overlay)
+    assert not [e for e in events if isinstance(e, RequestRefused)]
+    assert [e for e in events if isinstance(e, HistoryWanted)]
