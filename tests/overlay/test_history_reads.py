@@ -4,7 +4,8 @@ A served peer that needs old changes gets them in causal order, a chunk read at 
 through ``HistoryWanted`` / ``history_loaded``; the overlay never calls the replica's
 history source itself; a reply the budget stops is not read further; a second request that
 needs the store meanwhile is refused as ``history_busy``; a read that comes back after the
-peer left changes nothing; IDs the store lacks are skipped.
+peer left changes nothing; IDs the store lacks are skipped; a read never answered frees the
+peer's slot after ``READ_TIMEOUT_S``.
 """
 
 from __future__ import annotations
