@@ -53,8 +53,10 @@ async def pruned_room_replica(invite: Invite, token: str, identity: Identity,
             log.warning("room %s: %s sent another room's snapshot", invite.room_id.hex()[:16],
                         url)
             continue
-        if not replica.frontier_vv():
-            return None  # nothing pruned there: sync the whole history
+        if sum(replica.frontier_vv().values()) <= 1:
+            # Only the genesis below the frontier (every snapshot has it there): nothing
+            # was pruned, so sync the whole history and keep it, as always.
+            return None
         log.info("room %s: joined from the pruned history's snapshot of %s (%d changes)",
                  invite.room_id.hex()[:16], url, replica.change_count())
         return replica
