@@ -165,6 +165,7 @@ async def test_a_node_prunes_and_everyone_converges(tmp_path: Path) -> None:
         # A second node joins the room after the pruning and syncs from the pruned node.
         b = start_host(tmp_path / "b", a, room, bootstrap=a, config=CONFIG)
         nodes.append(b)
+        assert "joined from the pruned history's snapshot" in b.log()
         b.wait_for(lambda: _heads(b, room)["vv"] == _heads(a, room)["vv"],
                    "the second node to sync from the pruned one", 120.0)
         token = b.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
