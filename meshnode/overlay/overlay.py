@@ -656,6 +656,7 @@ class RoomOverlay:
     def _serve(self, peer: str, ids: list[bytes], graft: bool, now: float) -> None:
         """Answer ``peer`` with these changes, in order, reading old bytes through the
         driver (``defer_history_reads``)."""
+        ids = list(dict.fromkeys(ids))  # a Want may name a change twice
         have, elsewhere = self.replica.bytes_in_memory(ids)
         if not elsewhere:  # all in memory: answered at once, beside any reply under way
             self._advance(PendingReply(peer, deque(c for c in ids if c in have), have, graft),

@@ -222,9 +222,10 @@ class RoomHost(LinkService):
                 settings["joined_from_snapshot"] = True  # its log never holds that history
             await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
                                     settings)
-            if pruned is not None:
-                await asyncio.to_thread(self.store.save_snapshot, invite.room_id,
-                                        pruned.snapshot(), pruned.change_count())
+            if pruned is not None:  # not hosted yet: nothing else touches it meanwhile
+                data = await asyncio.to_thread(pruned.snapshot)
+                await asyncio.to_thread(self.store.save_snapshot, invite.room_id, data,
+                                        pruned.change_count())
             record = next(r for r in await asyncio.to_thread(self.store.rooms)
                           if r.room_id == invite.room_id)
             await self._host(record)
