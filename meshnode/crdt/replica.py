@@ -374,7 +374,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if self.equivocations:
             # Version vectors cannot tell two changes with one (author, seq) apart.
             past = graph.ancestors(known)
-            return first + [c for c in graph.order if c not in past]
+            return first + [c for c in graph.order if c not in past and c not in first]
         vv = graph.past_vv(known)
         for author, seq in (version_vector or {}).items():
             if vv.get(author, 0) < seq:
