@@ -456,6 +456,23 @@ def _proc_stats(pid: int) -> dict[str, int]:
     return {"rss_kb": rss, "fds": fds, "sockets": sockets}
 
 
+def _open_room(node: Any, room: str) -> Any:
+    """A node that joined by invite hosts the room as ``admit = "invite"`` (and there is no
+    API to change it): stop it, open the room in its store, start it again, so that clients
+    can join the room at every node."""
+    from meshnode.store import DB_FILENAME
+
+    node.terminate()
+    rid = bytes.fromhex(room)
+    with ChangeStore.open(node.data_dir / DB_FILENAME) as store:
+        record = next(r for r in store.rooms() if r.room_id == rid)
+        store.update_room_settings(rid, {**record.settings, "admit": "open"})
+    node.start()
+    node.wait_for(lambda: any(r["id"] == room and r["admit"] == "open"
+                              for r in node.get("/api/rooms")), "room open")
+    return node
+
+
 async def bench_nodes(nodes: int, clients: int, minutes: float, churn_s: float,
                       sample_s: float) -> dict[str, Any]:
     """Real nodes under scripted churn; RSS, fits, fds and sockets at idle."""
@@ -471,7 +488,7 @@ async def bench_nodes(nodes: int, clients: int, minutes: float, churn_s: float,
     assert room is not None
     try:
         for i in range(1, nodes):
-            procs.append(start_host(tmp / f"n{i}", first, room, first))
+            procs.append(_open_room(start_host(tmp / f"n{i}", first, room, first), room))
         await asyncio.sleep(2.0)
         assert all(p.proc is not None for p in procs)
         pids = [p.proc.pid for p in procs if p.proc is not None]

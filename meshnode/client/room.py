@@ -205,12 +205,11 @@ class RoomClient(LinkService):
             await self._wait_for_heads(replica, heads)
         # A stranger never reads a room: wait until we are a member (or the node says why
         # we will not be).
-        await self._wait(lambda: replica.role_of(self.peer_id) != "none",
-                         "admission to the room")
+        await self._wait_admitted()
         if raw_heads is None:
             raw_heads = await self._fetch("heads")
             if raw_heads is not None:
-                await self._wait_for_heads(replica, json.loads(raw_heads))
+                await self._wait_for_heads(self.replica, json.loads(raw_heads))
         self._opened = True
         if replica.private:
             self._keys_task = asyncio.ensure_future(self._key_loop())
@@ -341,6 +340,26 @@ class RoomClient(LinkService):
                 return await resp.read()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise ClientError(f"cannot reach {base}: {err or type(err).__name__}") from None
+
+    async def _wait_admitted(self) -> None:
+        """Wait until we are a member. A newcomer to an invite-only room whose node pruned
+        its history cannot apply the grant that admits it: the grant builds on history
+        below the node's frontier, which a replica started from the genesis never gets (the
+        room's snapshot is for members only). Once the node has admitted us we may read its
+        snapshot: while changes wait for missing deps, ask whether the frontier passed us
+        and, if so, start again from the snapshot (``_check_frontier``)."""
+        deadline = checked = time.monotonic()
+        deadline += self._timeout
+        while self.replica.role_of(self.peer_id) == "none":
+            if self._refusal is not None:
+                raise self._refusal
+            now = time.monotonic()
+            if now > deadline:
+                raise ClientError("timed out waiting for admission to the room")
+            if self.replica.buffered_count() and not self.full_history and now - checked > 1.0:
+                checked = now
+                await self._check_frontier()
+            await asyncio.sleep(0.02)
 
     async def _wait(self, predicate: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout

@@ -263,7 +263,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         """The bytes of applied changes, in order, from memory or the history source; those
         unavailable (below a snapshot, not yet stored) are left out."""
         raw = self._graph.raw
-        missing = [c for c in ids if c not in raw]
+        missing = [c for c in ids if c not in raw and c != self.room_id]
         loaded: Mapping[bytes, bytes] = {}
         if missing and self._history is not None:
             loaded = self._history(missing)
@@ -271,8 +271,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
         for c in ids:
             data = raw.get(c)
             if data is None:
-                data = loaded.get(c)
-            if data is not None:
+                data = self.genesis if c == self.room_id else loaded.get(c)
+            if data:
                 out.append(data)
         return out
 
@@ -347,16 +347,46 @@ class SceneReplica(PrivateRoom, LocalEdits):
         ``heads`` (and, if given, whose ``version_vector``) lacks. Heads unknown here are
         ignored, so without a version vector a peer that has changes this replica lacks may get
         some it already has. Changes known here only through a snapshot cannot be sent."""
+        return self._bytes_of(self.change_ids_since(heads, version_vector))
+
+    @property
+    def history_elsewhere(self) -> bool:
+        """True if older change bytes live in a history source (``use_history``), not here."""
+        return self._history is not None
+
+    def bytes_in_memory(self, ids: Iterable[bytes]) -> tuple[dict[bytes, bytes], list[bytes]]:
+        """Split applied changes by where their bytes are: those held in memory (ID -> bytes)
+        and, in order, those only the history source has (``use_history``; none without
+        one). A driver that must not block reads the second list itself, off its loop
+        (``RoomOverlay.defer_history_reads``). Unknown IDs are in neither."""
+        raw = self._graph.raw
+        found: dict[bytes, bytes] = {}
+        elsewhere: list[bytes] = []
+        meta = self._graph.meta
+        for c in ids:
+            data = raw.get(c)
+            if data is None and c == self.room_id and self.genesis:
+                data = self.genesis  # kept whole beside the graph: it names the room
+            if data is not None:
+                found[c] = data
+            elif self._history is not None and c in meta:
+                elsewhere.append(c)
+        return found, elsewhere
+
+    def change_ids_since(
+        self, heads: Iterable[bytes], version_vector: Mapping[bytes, int] | None = None
+    ) -> list[bytes]:
+        """The IDs ``changes_since`` would send, in the same order, without their bytes."""
         graph = self._graph
         meta = graph.meta
         known = [h for h in heads if h in meta]
         # Below a frontier only the genesis's bytes are known; a peer with nothing gets it.
-        first = [self.genesis] if graph.base and not known and self.genesis and \
+        first = [self.room_id] if graph.base and not known and self.genesis and \
             not (version_vector or {}).get(self.owner, 0) else []
         if self.equivocations:
             # Version vectors cannot tell two changes with one (author, seq) apart.
             past = graph.ancestors(known)
-            return first + self._bytes_of([c for c in graph.order if c not in past])
+            return first + [c for c in graph.order if c not in past and c not in first]
         vv = graph.past_vv(known)
         for author, seq in (version_vector or {}).items():
             if vv.get(author, 0) < seq:
@@ -371,9 +401,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
                     wanted.append(cid)
         if len(wanted) * 8 > len(graph.order):
             want = set(wanted)
-            return first + self._bytes_of([c for c in graph.order if c in want])
+            return first + [c for c in graph.order if c in want]
         wanted.sort(key=lambda c: (meta[c].hlc, meta[c].author, c))
-        return first + self._bytes_of(wanted)
+        return first + wanted
 
     def role_of(self, member: str | bytes) -> str:
         """A member's current role name (``"none"`` if not a member)."""

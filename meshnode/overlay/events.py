@@ -63,6 +63,9 @@ class RefusalReason(StrEnum):
     """The change's author is over its ingress quota; anti-entropy brings it later."""
     REPLY_BUDGET = "reply_budget"
     """The peer asked for more than its reply budget allows; the rest comes later."""
+    HISTORY_BUSY = "history_busy"
+    """A reply that reads old history from the store is already under way for this peer;
+    the next anti-entropy round (or Want) asks again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,17 @@ class DisconnectRequest:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryWanted:
+    """The overlay needs the bytes of old changes that are not in memory (history off the
+    heap, ``RoomOverlay.defer_history_reads``) to answer a peer. The driver reads them from
+    its store, off its event loop, and hands them back with ``RoomOverlay.history_loaded``
+    (``read`` names this request; IDs the store lacks are simply left out)."""
+
+    read: int
+    change_ids: tuple[bytes, ...]
+
+
 Event = (
     ChangeApplied
     | ChangeRedelivered
@@ -114,4 +128,5 @@ Event = (
     | EquivocationDetected
     | ConnectRequest
     | DisconnectRequest
+    | HistoryWanted
 )

@@ -36,7 +36,7 @@ nothing more is sent to it, queued frames included.
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,12 +57,14 @@ from meshnode.overlay.events import (
     DisconnectRequest,
     EquivocationDetected,
     Event,
+    HistoryWanted,
     PeerMisbehaved,
     PresenceExpired,
     PresenceUpdated,
     RefusalReason,
     RequestRefused,
 )
+from meshnode.overlay.history_reads import HistoryReads, PendingReply
 from meshnode.overlay.membership import PartialView
 from meshnode.overlay.presence import PresenceTable
 from meshnode.overlay.presence_interest import Interest
@@ -180,6 +182,8 @@ class RoomOverlay:
         self.presence = PresenceTable(self.config, identity.public_key)
         self.scores = PeerScores(self.config)
         self.next_anti_entropy: float | None = None
+        self._reads = HistoryReads()
+        self._defer_history = False
 
     # ------------------------------------------------------------------ outputs
 
@@ -360,6 +364,7 @@ class RoomOverlay:
         """Drop everything queued for a peer that is no longer served."""
         self._pushq.pop(peer, None)
         self._pullq.pop(peer, None)
+        self._reads.finish(peer)
         self.presence.forget_peer(peer)
         self.tree.announce.pop(peer, None)
         self._out = [f for f in self._out if f[0] != peer]
@@ -395,6 +400,7 @@ class RoomOverlay:
         self.scores.remove(peer)
         self._pushq.pop(peer, None)
         self._pullq.pop(peer, None)
+        self._reads.finish(peer)
         self._want_at.pop(peer, None)
         self._heads_at.pop(peer, None)
 
@@ -437,6 +443,9 @@ class RoomOverlay:
         elif isinstance(msg, Graft | Want):
             if peer not in self._serving:
                 self._refuse(peer, RefusalReason.NOT_A_MEMBER, len(msg.ids), now)
+                return
+            if self._deferring():
+                self._serve(peer, list(msg.ids[:MAX_WANT]), isinstance(msg, Graft), now)
                 return
             for k, cid in enumerate(msg.ids[:MAX_WANT]):
                 data = self.replica.change_bytes(cid)
@@ -600,6 +609,16 @@ class RoomOverlay:
                 self._reply_heads(peer, now)
             return
         self._heads_at[peer] = now
+        if self._deferring():
+            ids = self.replica.change_ids_since(msg.heads, dict(msg.vv))
+            if unknown and msg.bloom:  # as below
+                bloom = BloomFilter.decode(msg.bloom)
+                ids = [c for c in ids if c not in bloom]
+            if ids:
+                self._serve(peer, ids, False, now)
+            if unknown and msg.reply:
+                self._reply_heads(peer, now)
+            return
         missing = self.replica.changes_since(msg.heads, dict(msg.vv))
         if unknown and msg.bloom:
             # changes_since over-approximates what they lack when the room has equivocations;
@@ -616,6 +635,71 @@ class RoomOverlay:
                 queue.append(data)
         if unknown and msg.reply:
             self._reply_heads(peer, now)
+
+    # ------------------------------------------------------------------ old history
+
+    def defer_history_reads(self) -> None:
+        """Never read old change bytes from the replica's history source here: ask the
+        driver for them instead (``HistoryWanted`` events, answered with ``history_loaded``;
+        ``meshnode.overlay.history_reads``). For a driver whose history source is a store
+        it must not read on its event loop."""
+        self._defer_history = True
+
+    def history_loaded(self, read: int, data: Mapping[bytes, bytes], now: float) -> None:
+        """The driver read what ``HistoryWanted`` ``read`` asked for: change ID -> bytes
+        (those the store lacks left out). A read for a reply no longer wanted is ignored."""
+        reply = self._reads.loaded(read, dict(data))
+        if reply is not None:
+            self._advance(reply, now)
+            self._flush_changes()
+
+    def history_reads_pending(self) -> int:
+        """How many replies wait for old history (a gauge for the driver's metrics)."""
+        return len(self._reads)
+
+    def _deferring(self) -> bool:
+        return self._defer_history and self.replica.history_elsewhere
+
+    def _serve(self, peer: str, ids: list[bytes], graft: bool, now: float) -> None:
+        """Answer ``peer`` with these changes, in order, reading old bytes through the
+        driver (``defer_history_reads``)."""
+        ids = list(dict.fromkeys(ids))  # a Want may name a change twice
+        have, elsewhere = self.replica.bytes_in_memory(ids)
+        if not elsewhere:  # all in memory: answered at once, beside any reply under way
+            self._advance(PendingReply(peer, deque(c for c in ids if c in have), have, graft),
+                          now)
+        elif self._reads.busy(peer, now):
+            self._refuse(peer, RefusalReason.HISTORY_BUSY, len(ids), now, score=False)
+        else:
+            held = set(elsewhere)
+            ids = [c for c in ids if c in have or c in held]  # unknown IDs: not served
+            self._advance(self._reads.start(peer, ids, have, graft), now)
+
+    def _advance(self, reply: PendingReply, now: float) -> None:
+        """Queue the reply's changes until one whose bytes must be read first (then ask
+        the driver for the next chunk) or the peer's reply budget runs out."""
+        peer, ids, have = reply.peer, reply.ids, reply.have
+        queue = self._pullq.setdefault(peer, [])
+        while ids:
+            cid = ids[0]
+            data = have.pop(cid, None)
+            if data is None:
+                if cid in reply.asked:  # read, and the store has it not: not served
+                    ids.popleft()
+                    continue
+                read, chunk = self._reads.next_read(reply, now)
+                self._emit(HistoryWanted(read, tuple(chunk)))
+                return
+            if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
+                self._refuse(peer, RefusalReason.REPLY_BUDGET, len(ids), now)
+                break
+            if reply.graft:
+                author = self.replica.change_author(cid)
+                if author is not None:
+                    self.tree.on_graft(peer, author)
+            queue.append(data)
+            ids.popleft()
+        self._reads.finish(peer, reply)
 
     def _reply_heads(self, peer: str, now: float) -> None:
         heads = encode_frame(self._heads(reply=False))

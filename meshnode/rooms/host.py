@@ -49,6 +49,7 @@ from meshnode.rooms.acks import AckBatcher
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
+from meshnode.rooms.join_snapshot import pruned_room_replica
 from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.loading import frontier_for, load_replica, worth_compacting
 from meshnode.rooms.sharing import RoomSharing
@@ -56,7 +57,7 @@ from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.runtime.room import LIVE_OVERLAY, RoomRuntime
 from meshnode.runtime.tasks import TaskSet
-from meshnode.store import ChangeStore, DurableLog, RoomRecord, StoreError
+from meshnode.store import ChangeStore, DurableLog, HistoryReader, RoomRecord, StoreError
 from meshnode.transport.link import LocalHello
 from meshnode.web.people import PeopleRoom
 from protocol.change import change_id
@@ -102,6 +103,9 @@ class RoomHost(LinkService):
         self._keys: dict[bytes, KeyUpkeep] = {}  # private rooms this node reads
         self._key_rng = random.Random(os.urandom(16))
         self._key_writing: set[bytes] = set()
+        # Old history a peer asks for is read on this reader's own thread and connection,
+        # never on the loop (meshnode.overlay.history_reads).
+        self.history_reader = HistoryReader(store.path)
         links.register(self)
 
     @property
@@ -124,6 +128,7 @@ class RoomHost(LinkService):
             await self._save_snapshot(hosted)
         for hosted in self.rooms.values():
             hosted.runtime.close()
+        await self.history_reader.aclose()
 
     async def latest_snapshot(self, room_id: bytes) -> bytes | None:
         """The room's latest stored snapshot (None if none yet)."""
@@ -139,7 +144,8 @@ class RoomHost(LinkService):
         loaded = await asyncio.to_thread(
             load_replica, record.genesis, self.identity,
             functools.partial(store.changes, room_id), snapshot,
-            functools.partial(store.change_bytes, room_id))
+            functools.partial(store.change_bytes, room_id),
+            keep_unserved=bool(record.settings.get("joined_from_snapshot")))
         if room_id in self.rooms:  # hosted meanwhile (two joins with one token)
             return self.rooms[room_id]
         self._report_replay(room_id, loaded.report)
@@ -155,6 +161,8 @@ class RoomHost(LinkService):
             # applied=True: the replica holds the change already; never drop it from the log.
             persist=lambda rid, cid, data: durable.append(rid, cid, data, applied=True),
             on_event=lambda ev: self._on_room_event(room_id, ev),
+            history=None if replica.private else functools.partial(self.history_reader.read,
+                                                                   room_id),
         )
         hosted = HostedRoom(runtime, dict(record.settings))
         self.rooms[room_id] = hosted
@@ -202,13 +210,22 @@ class RoomHost(LinkService):
         if problem is not None:
             raise ValueError(f"invite is not valid: {problem}")
         if invite.room_id not in self.rooms:
-            replica = SceneReplica.from_genesis(invite.genesis, self.identity)
+            # A pruned history cannot be synced: start from the inviter's frontier snapshot
+            # (meshnode.rooms.join_snapshot), stored re-signed as this node's own.
+            pruned = await pruned_room_replica(invite, token, self.identity)
+            replica = pruned or SceneReplica.from_genesis(invite.genesis, self.identity)
             name = replica.room_name
             settings: dict[str, object] = {"admit": "invite", "invite": token}
             if replica.private:
                 settings["private"] = True
+            if pruned is not None:
+                settings["joined_from_snapshot"] = True  # its log never holds that history
             await asyncio.to_thread(self.store.add_room, invite.room_id, invite.genesis, name,
                                     settings)
+            if pruned is not None:  # not hosted yet: nothing else touches it meanwhile
+                data = await asyncio.to_thread(pruned.snapshot)
+                await asyncio.to_thread(self.store.save_snapshot, invite.room_id, data,
+                                        pruned.change_count())
             record = next(r for r in await asyncio.to_thread(self.store.rooms)
                           if r.room_id == invite.room_id)
             await self._host(record)

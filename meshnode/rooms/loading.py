@@ -60,13 +60,18 @@ class LoadedRoom:
 
 
 def load_replica(genesis: bytes, identity: Identity, changes: Callable[[], Iterable[bytes]],
-                 snapshot: bytes | None, history: History | None = None) -> LoadedRoom:
+                 snapshot: bytes | None, history: History | None = None, *,
+                 keep_unserved: bool = False) -> LoadedRoom:
     """Rebuild the replica of the room ``genesis`` founded, from ``snapshot`` (or None) and
     the change log ``changes()`` streams (called once, or twice on a fall back); with
-    ``history``, keep change bytes off the heap (see the module docstring)."""
+    ``history``, keep change bytes off the heap (see the module docstring).
+    ``keep_unserved``: use the snapshot even if the log lacks changes it covers (a node that
+    joined a pruned room from another host's snapshot never held them: replaying its log
+    cannot rebuild the room, ``meshnode.rooms.join_snapshot``)."""
     problem: str | None = None
     if snapshot is not None:
-        loaded, problem = _from_snapshot(genesis, identity, changes, snapshot, history)
+        loaded, problem = _from_snapshot(genesis, identity, changes, snapshot, history,
+                                         keep_unserved)
         if loaded is not None:
             return loaded
     replica = SceneReplica.from_genesis(genesis, identity)
@@ -77,7 +82,7 @@ def load_replica(genesis: bytes, identity: Identity, changes: Callable[[], Itera
 
 
 def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Iterable[bytes]],
-                   snapshot: bytes, history: History | None,
+                   snapshot: bytes, history: History | None, keep_unserved: bool,
                    ) -> tuple[LoadedRoom | None, str | None]:
     try:
         replica = SceneReplica.from_snapshot(snapshot, identity,
@@ -92,7 +97,7 @@ def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Ite
     if history is not None:
         replica.use_history(history)
     rest = replica.restore_bytes(changes())
-    if replica.unserved_count():
+    if replica.unserved_count() and not keep_unserved:
         return None, "log_behind"
     return LoadedRoom(replica, True, None, replica.replay(rest)), None
 

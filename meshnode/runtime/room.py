@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from meshnode.crdt import APPLIED, ApplyResult, SceneReplica
@@ -26,6 +26,7 @@ from meshnode.overlay.events import (
     DisconnectRequest,
     EquivocationDetected,
     Event,
+    HistoryWanted,
     PeerMisbehaved,
     PresenceExpired,
     PresenceUpdated,
@@ -49,6 +50,7 @@ log = logging.getLogger("meshnode.room")
 
 SendFrame = Callable[[str, str, bytes], bool]
 Persist = Callable[[bytes, bytes, bytes], "asyncio.Future[None]"]
+HistoryFetch = Callable[[list[bytes]], Awaitable[Mapping[bytes, bytes]]]
 
 
 class RoomRuntime:
@@ -58,6 +60,10 @@ class RoomRuntime:
     data)`` (None for an in-memory client) returns a future that completes once the change is
     durable; ``on_event`` sees every overlay event after the runtime has handled it;
     ``clock`` is monotonic time for the overlay's ``now`` and timers (never the wall clock).
+    ``history(change_ids)`` (optional) reads old change bytes off the loop (e.g.
+    ``HistoryReader.read`` for the room): with it the overlay never reads its replica's
+    history source itself but asks through ``HistoryWanted`` events, which this runtime
+    answers (``meshnode.overlay.history_reads``).
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class RoomRuntime:
         persist: Persist | None = None,
         on_event: Callable[[Event], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history: HistoryFetch | None = None,
     ) -> None:
         self.overlay = overlay
         self.replica: SceneReplica = overlay.replica
@@ -86,6 +93,11 @@ class RoomRuntime:
         self._pumping = False
         self.store_failures = 0
         self._stored_before_gossip: set[bytes] = set()
+        self._history = history
+        self._reading: set[asyncio.Future[Mapping[bytes, bytes]]] = set()
+        self.history_failures = 0
+        if history is not None:
+            overlay.defer_history_reads()
 
     # ------------------------------------------------------------------ links
 
@@ -320,6 +332,8 @@ class RoomRuntime:
         elif isinstance(event, EquivocationDetected):
             log.warning("author %s equivocated at seq %d in room %s", event.author, event.seq,
                         self.room_id.hex()[:12])
+        elif isinstance(event, HistoryWanted):
+            self._read_history(event)
         elif isinstance(event, ConnectRequest | DisconnectRequest):
             pass  # the link owner acts on these through on_event
         if self._on_event is not None:
@@ -341,6 +355,29 @@ class RoomRuntime:
                 waiter.set_exception(err)
             return
         self.mark_durable([cid])
+
+    def _read_history(self, event: HistoryWanted) -> None:
+        if self._history is None:  # the overlay defers only when given a reader
+            return
+        fut = asyncio.ensure_future(self._history(list(event.change_ids)))
+        self._reading.add(fut)
+        fut.add_done_callback(functools.partial(self._history_read, event.read))
+
+    def _history_read(self, read: int, fut: "asyncio.Future[Mapping[bytes, bytes]]") -> None:
+        self._reading.discard(fut)
+        if self._closed or fut.cancelled():
+            return
+        err = fut.exception()
+        data: Mapping[bytes, bytes] = {}
+        if err is not None:
+            # Those changes are skipped in this reply; the peer's next anti-entropy round
+            # asks again.
+            log.error("could not read old history of room %s: %s", self.room_id.hex()[:12], err)
+            self.history_failures += 1
+        else:
+            data = fut.result()
+        self.overlay.history_loaded(read, data, self._clock())
+        self.pump()
 
     def _arm_timer(self) -> None:
         if self._closed:
@@ -367,6 +404,9 @@ class RoomRuntime:
     def close(self) -> None:
         """Stop the timer and fail every waiter; the room can no longer be used."""
         self._closed = True
+        for reading in list(self._reading):
+            reading.cancel()
+        self._reading.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

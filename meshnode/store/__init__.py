@@ -17,6 +17,7 @@ from meshnode.store.durable import (
     StoreFailure,
     StoreRecovered,
 )
+from meshnode.store.history_reader import HistoryReader
 from meshnode.store.lock import LOCK_FILENAME, DataDirInUse, DataDirLock
 from meshnode.store.sqlite import (
     DB_FILENAME,
@@ -40,6 +41,7 @@ __all__ = [
     "DataDirLock",
     "DurableLog",
     "DurableLogEvent",
+    "HistoryReader",
     "RoomRecord",
     "StoreBusy",
     "StoreClosed",

@@ -142,3 +142,46 @@ def test_a_tail_below_the_frontier_abandons_the_compaction(tmp_path: Path) -> No
     assert node.finish_compaction(job) is None
     assert node.state() == state and node.change_count() == held
     store.close()
+
+
+async def test_a_write_during_the_build_abandons_the_pruning_and_keeps_every_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's whole compaction (``RoomHost._compact``), with a change written on the
+    loop while the worker builds, that builds on history the frontier drops (a member back
+    from long offline): the compaction is abandoned, the store keeps every row and gets no
+    snapshot, the replica keeps the new change, and a restart from the store ends equal."""
+    node, _editor, store, t = _room(tmp_path)
+    late = SceneReplica.from_genesis(node.genesis, LATE)
+    late.replay(list(store.changes(node.room_id))[:50])
+    reference = SceneReplica.from_genesis(node.genesis, NODE)
+    reference.replay(store.changes(node.room_id))
+    written = threading.Event()
+    original = CompactionJob.build
+
+    def build(job: CompactionJob) -> None:
+        assert written.wait(timeout=30), "the event loop did not run during the build"
+        original(job)
+
+    monkeypatch.setattr(CompactionJob, "build", build)
+
+    async def write() -> None:
+        await asyncio.sleep(0)
+        late.create_entity(ROOT, {"p": {"x": 99}})
+        data = late.commit(t + 60.0)
+        assert data is not None
+        assert node.apply(data, t + 60.0).status == "applied"
+        assert reference.apply(data, t + 60.0).status == "applied"
+        store.append_changes(node.room_id, [(node.recent_changes(1)[0], data)])
+        written.set()
+
+    writer = asyncio.ensure_future(write())
+    await RoomHost._compact(_Host(store), node, hlc_from_seconds(t - 3_600))  # type: ignore[arg-type]
+    await writer
+    assert store.compact_threads == []  # nothing deleted, no snapshot stored
+    assert store.latest_snapshot(node.room_id) is None
+    assert store.change_count(node.room_id) == reference.change_count() - 1  # genesis aside
+    assert node.state() == reference.state() and node.heads() == reference.heads()
+    loaded = load_replica(node.genesis, NODE, functools.partial(store.changes, node.room_id),
+                          None, functools.partial(store.change_bytes, node.room_id))
+    assert loaded.report.ok and loaded.replica.state() == reference.state()
+    store.close()
