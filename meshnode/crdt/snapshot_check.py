@@ -156,13 +156,16 @@ def _check_public(replica: SceneReplica, snap: DecodedSnapshot,
     if set(priv.epochs) != epochs_ours:
         return SnapshotRefused(R.PUBLIC_MISMATCH, "its epoch book differs from this host's "
                                "for the same changes")
-    if not set(priv.lowering) <= {row for row in mine.private.lowering
-                                  if by_author(row[1], row[2])}:
+    if set(priv.lowering) != {row for row in mine.private.lowering
+                              if by_author(row[1], row[2])}:
         return SnapshotRefused(R.PUBLIC_MISMATCH, "its removals book differs from this host's")
-    shared_ours = {m: set(eids) for m, eids in mine.private.shared}
-    if any(not set(eids) <= shared_ours.get(m, set()) for m, eids in priv.shared):
+    # Which change shared an epoch is not kept: exact when this host holds exactly the
+    # snapshot's changes, else the snapshot's shares must be among this host's.
+    shared_ours = {(m, e) for m, eids in mine.private.shared for e in eids}
+    shared_theirs = {(m, e) for m, eids in priv.shared for e in eids}
+    exact = {a: s for a, s in replica._graph.vv_all.items() if s} == vv
+    if not shared_theirs <= shared_ours or (exact and shared_theirs != shared_ours):
         return SnapshotRefused(R.PUBLIC_MISMATCH, "its key shares differ from this host's")
-
     heads = _heads(replica, [h for _a, _s, h in frontier.authors] + sorted(listed))
     readers = replica._reader_set(vv, heads, [])
     if snap.signer not in readers:
