@@ -214,3 +214,26 @@ def test_resigned_structural_edits_are_refused(
     assert isinstance(verdict, (SnapshotAccepted, SnapshotRefused))
     if isinstance(verdict, SnapshotAccepted):
         pytest.fail(f"an edited public part was accepted: {edits}")
+
+
+def test_a_host_that_admits_by_proof_books_the_invite_use_like_every_replica() -> None:
+    """The admitting host's own books equal its peers' (they did not: a local ``admit`` left
+    the invite use out, so a reader's snapshot never matched the host's DAG)."""
+    from meshnode.crdt.redemption import make_proof, redemption_signature
+    from tests.crdt.test_private import NOW, PRoom, _invite, ident
+
+    room = PRoom()
+    newcomer = ident("priv", 5)
+    body, sig, secret, iid = _invite(room, "editor", room.ids[0], int((NOW + 3600) * 1000))
+    proof = make_proof(body, sig, redemption_signature(secret, room.owner.room_id,
+                                                       newcomer.public_key))
+    room.h.admit(newcomer.public_id, "editor", invite_id=iid, max_uses=1, proof=proof,
+                 now=NOW + 10)
+    data = room.h.commit(NOW + 10)
+    assert data is not None
+    room.offer(data, NOW + 11)
+    assert room.h.invite_uses(iid) == room.owner.invite_uses(iid) == 1
+    assert room.h.export_content().invite_uses == room.owner.export_content(
+        opened=False).invite_uses
+    check = check_reader_snapshot(room.h, room.owner.snapshot(), BIG)
+    assert isinstance(check, SnapshotAccepted), check
