@@ -12,14 +12,15 @@ snapshot_check``). Same layout and rules as ``protocol.link``: every field check
 ``DecodeError`` subclasses raised.
 """
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from protocol.errors import LimitExceeded, SchemaError
 from protocol.limits import Limits
 from protocol.link_fields import LinkExtension, _arity, _room_id, register_link_type
 
-__all__ = ["DIGEST_BYTES", "MAX_PART_BYTES", "SnapshotPart", "snapshot_parts"]
+__all__ = ["DIGEST_BYTES", "MAX_PART_BYTES", "PartAssembler", "SnapshotPart", "snapshot_parts"]
 
 DIGEST_BYTES = 32
 MAX_PART_BYTES = 196_608
@@ -64,6 +65,46 @@ def snapshot_parts(room_id: bytes, data: bytes, digest: bytes,
     """``data`` cut into the parts that carry it (``digest``: its SHA-256)."""
     return [SnapshotPart(room_id, digest, len(data), at, data[at: at + part_bytes])
             for at in range(0, len(data), part_bytes)]
+
+
+@dataclass(slots=True)
+class PartAssembler:
+    """Puts one peer's ``SnapshotPart`` messages back together, per room (pure: no I/O).
+
+    :meth:`feed` returns the whole snapshot once its last part arrived and its digest
+    matches, ``None`` while parts are missing, or a refusal label: ``bad_part`` (a part that
+    does not continue the snapshot under way), ``oversized`` (``total`` over ``max_bytes``),
+    ``bad_digest`` (the bytes do not hash to ``digest``). After a refusal or a whole
+    snapshot nothing of it is kept; at most one unfinished snapshot per room is held."""
+
+    max_bytes: int
+    _under_way: dict[bytes, tuple[bytes, int, bytearray]] = field(default_factory=dict)
+
+    def feed(self, part: SnapshotPart) -> bytes | str | None:
+        """Take ``part`` (see the class docstring for what comes back)."""
+        room = part.room_id
+        if part.total > self.max_bytes:
+            self._under_way.pop(room, None)
+            return "oversized"
+        if part.offset == 0:
+            self._under_way[room] = (part.digest, part.total, bytearray())
+        held = self._under_way.get(room)
+        if held is None or held[0] != part.digest or held[1] != part.total \
+                or len(held[2]) != part.offset:
+            self._under_way.pop(room, None)
+            return "bad_part"
+        held[2].extend(part.chunk)
+        if len(held[2]) < part.total:
+            return None
+        del self._under_way[room]
+        data = bytes(held[2])
+        if hashlib.sha256(data).digest() != part.digest:
+            return "bad_digest"
+        return data
+
+    def pending(self) -> int:
+        """How many rooms have a snapshot under way."""
+        return len(self._under_way)
 
 
 register_link_type(SnapshotPart)

@@ -26,7 +26,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from meshnode.crdt.snapshot_check import (
@@ -39,7 +38,7 @@ from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from protocol.link import LinkMessage
-from protocol.snapshot_offer import SnapshotPart, snapshot_parts
+from protocol.snapshot_offer import PartAssembler, SnapshotPart, snapshot_parts
 
 log = logging.getLogger("meshnode.node")
 
@@ -55,13 +54,6 @@ names before it refuses it as ``unknown_changes``."""
 
 # Not the sender's fault (it is ahead of us, or we are busy): no garbage count.
 _BENIGN = frozenset({ReaderSnapshotRefusal.UNKNOWN_CHANGES})
-
-
-@dataclass(slots=True)
-class _Assembly:
-    digest: bytes
-    total: int
-    data: bytearray
 
 
 class ReaderSnapshots(LinkService):
@@ -82,7 +74,7 @@ class ReaderSnapshots(LinkService):
         self._store = store
         self._spawn = spawn
         self.max_bytes = max_bytes
-        self._parts: dict[tuple[str, bytes], _Assembly] = {}
+        self._parts: dict[str, PartAssembler] = {}  # per peer
         self._sent: dict[tuple[str, bytes], bytes] = {}  # (host, room) -> digest sent
         self._latest: dict[bytes, bytes] = {}  # room -> this reader's latest sealed one
         # room -> (peer, snapshot, ticks left): one that named changes not applied here yet
@@ -137,8 +129,7 @@ class ReaderSnapshots(LinkService):
         """Forget what was sent to and received from the peer."""
         for key in [k for k in self._sent if k[0] == est.peer]:
             del self._sent[key]
-        for key in [k for k in self._parts if k[0] == est.peer]:
-            del self._parts[key]
+        self._parts.pop(est.peer, None)
 
     # ------------------------------------------------------------------ blind host side
 
@@ -153,29 +144,21 @@ class ReaderSnapshots(LinkService):
             # Only a blind host of a room the link carries takes readers' snapshots.
             self.links.count_garbage(est, "reader_snapshot_unwanted")
             return
-        key = (est.peer, msg.room_id)
-        if msg.total > self.max_bytes:
-            self._parts.pop(key, None)
+        got = self._parts.setdefault(est.peer, PartAssembler(self.max_bytes)).feed(msg)
+        if got is None:
+            return
+        if got == "oversized":
             self._refuse(est, msg.room_id, ReaderSnapshotRefusal.OVERSIZED,
                          f"{msg.total} bytes > the {self.max_bytes} accepted")
             return
-        part = self._parts.get(key)
-        if msg.offset == 0:
-            part = self._parts[key] = _Assembly(msg.digest, msg.total, bytearray())
-        if part is None or part.digest != msg.digest or part.total != msg.total \
-                or len(part.data) != msg.offset:
-            self._parts.pop(key, None)
+        if got == "bad_part":
             self.links.count_garbage(est, "reader_snapshot_bad_part")
             return
-        part.data += msg.chunk
-        if len(part.data) < part.total:
-            return
-        del self._parts[key]
-        data = bytes(part.data)
-        if hashlib.sha256(data).digest() != part.digest:
+        if not isinstance(got, bytes):  # bad_digest
             self._refuse(est, msg.room_id, ReaderSnapshotRefusal.BAD_SNAPSHOT,
                          "the parts do not hash to the announced digest")
             return
+        data = got
         self._judge(est, hosted, data, WAIT_TICKS)
 
     def _judge(self, est: Established, hosted: HostedRoom, data: bytes, left: int) -> None:

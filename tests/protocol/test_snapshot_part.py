@@ -13,7 +13,7 @@ from protocol.errors import DecodeError, LimitExceeded, SchemaError
 from protocol.frames import PROTOCOL_VERSION
 from protocol.link import decode_link, encode_link
 from protocol.msgpack_io import pack
-from protocol.snapshot_offer import MAX_PART_BYTES, SnapshotPart, snapshot_parts
+from protocol.snapshot_offer import MAX_PART_BYTES, PartAssembler, SnapshotPart, snapshot_parts
 from tests.protocol.test_link_messages import _decode_or_decode_error
 
 ROOM = bytes(range(32))
@@ -73,3 +73,42 @@ def test_fuzzed_bytes_decode_or_raise_a_decode_error(blob: bytes, at: int) -> No
     wire[at % len(wire)] ^= 0xFF
     _decode_or_decode_error(bytes(wire))
     _decode_or_decode_error(blob)
+
+
+def _parts(data: bytes, size: int = 7) -> list[SnapshotPart]:
+    return snapshot_parts(ROOM, data, hashlib.sha256(data).digest(), size)
+
+
+def test_the_assembler_gives_the_whole_snapshot_and_refuses_the_rest() -> None:
+    data = bytes(range(50))
+    asm = PartAssembler(max_bytes=1000)
+    out = [asm.feed(p) for p in _parts(data)]
+    assert out[:-1] == [None] * (len(out) - 1) and out[-1] == data and asm.pending() == 0
+    parts = _parts(data)
+    assert asm.feed(parts[0]) is None
+    assert asm.feed(parts[2]) == "bad_part" and asm.pending() == 0  # a gap
+    assert asm.feed(parts[1]) == "bad_part"  # nothing under way any more
+    lying = [SnapshotPart(ROOM, DIGEST, p.total, p.offset, p.chunk) for p in parts]
+    assert [asm.feed(p) for p in lying][-1] == "bad_digest"
+    assert PartAssembler(max_bytes=49).feed(parts[0]) == "oversized"
+    # A new offset 0 restarts the room's snapshot (the reader wrote a newer one).
+    other = bytes(range(100, 130))
+    assert asm.feed(parts[0]) is None
+    assert [asm.feed(p) for p in _parts(other)][-1] == other
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=1, max_size=60), st.binary(min_size=1, max_size=60),
+       st.randoms(use_true_random=False), st.integers(0, 3))
+def test_any_interleaving_gives_a_whole_snapshot_a_label_or_nothing(
+        one: bytes, two: bytes, rnd: Any, drops: int) -> None:
+    stream = _parts(one, 5) + _parts(two, 5)
+    rnd.shuffle(stream)
+    for _ in range(drops):
+        if stream:
+            stream.pop(rnd.randrange(len(stream)))
+    asm = PartAssembler(max_bytes=1000)
+    for part in stream:
+        got = asm.feed(part)
+        assert got is None or got in ("bad_part", "bad_digest") or got in (one, two)
+    assert asm.pending() <= 1
