@@ -37,8 +37,10 @@ from meshnode.crdt.content import SceneContent
 from meshnode.crdt.replica import SceneReplica
 from meshnode.crdt.snapshot import PRIVATE_VERSION, DecodedSnapshot, decode_snapshot
 from protocol.errors import DecodeError
+from protocol.limits import Limits
 
-__all__ = ["ReaderSnapshotRefusal", "SnapshotAccepted", "SnapshotRefused", "check_reader_snapshot"]
+__all__ = ["ReaderSnapshotRefusal", "SnapshotAccepted", "SnapshotRefused", "check_reader_snapshot",
+           "decode_reader_snapshot", "judge_reader_snapshot"]
 
 
 class ReaderSnapshotRefusal(StrEnum):
@@ -79,21 +81,42 @@ Verdict = SnapshotAccepted | SnapshotRefused
 
 def check_reader_snapshot(replica: SceneReplica, data: bytes, max_bytes: int) -> Verdict:
     """Check a reader's sealed snapshot of ``replica``'s private room against ``replica`` (a
-    blind host's): the module docstring lists the checks and their reasons."""
+    blind host's): the module docstring lists the checks and their reasons. The two halves
+    are :func:`decode_reader_snapshot` (bytes only: may run in a worker thread) and
+    :func:`judge_reader_snapshot` (reads the replica)."""
+    decoded = decode_reader_snapshot(data, replica.limits, max_bytes)
+    if isinstance(decoded, SnapshotRefused):
+        return decoded
+    return judge_reader_snapshot(replica, decoded)
+
+
+def decode_reader_snapshot(data: bytes, limits: Limits,
+                           max_bytes: int) -> DecodedSnapshot | SnapshotRefused:
+    """The checks that need the bytes only (``oversized``, ``bad_snapshot``,
+    ``not_sealed``): the decoded snapshot, or the refusal."""
     R = ReaderSnapshotRefusal
     if len(data) > max_bytes:
         return SnapshotRefused(R.OVERSIZED, f"{len(data)} bytes > the {max_bytes} accepted")
     try:
-        snap = decode_snapshot(data, replica.limits, None)
+        snap = decode_snapshot(data, limits, None)
     except DecodeError as err:
         return SnapshotRefused(R.BAD_SNAPSHOT, str(err))
-    if snap.room_id != replica.room_id:
-        return SnapshotRefused(R.OTHER_ROOM, "the snapshot is another room's")
-    content, priv, section = snap.content, snap.content.private, snap.sealed
-    if priv is None or section is None or content.frontier is None or not replica.private:
+    content = snap.content
+    if content.private is None or snap.sealed is None or content.frontier is None:
         return SnapshotRefused(R.NOT_SEALED, "not a private room's snapshot with a sealed "
                                f"scene (version {PRIVATE_VERSION}, sealed section)")
-    return _check_public(replica, snap, content)
+    return snap
+
+
+def judge_reader_snapshot(replica: SceneReplica, snap: DecodedSnapshot) -> Verdict:
+    """The checks against ``replica`` (a blind host's) of a snapshot that
+    :func:`decode_reader_snapshot` accepted; reads the replica, changes nothing."""
+    R = ReaderSnapshotRefusal
+    if snap.room_id != replica.room_id:
+        return SnapshotRefused(R.OTHER_ROOM, "the snapshot is another room's")
+    if not replica.private:
+        return SnapshotRefused(R.NOT_SEALED, "this room is not private")
+    return _check_public(replica, snap, snap.content)
 
 
 def _check_public(replica: SceneReplica, snap: DecodedSnapshot,

@@ -32,7 +32,8 @@ from meshnode.crdt.snapshot_check import (
     ReaderSnapshotRefusal,
     SnapshotAccepted,
     SnapshotRefused,
-    check_reader_snapshot,
+    decode_reader_snapshot,
+    judge_reader_snapshot,
 )
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.hosted import HostedRoom
@@ -162,8 +163,19 @@ class ReaderSnapshots(LinkService):
         self._judge(est, hosted, data, WAIT_TICKS)
 
     def _judge(self, est: Established, hosted: HostedRoom, data: bytes, left: int) -> None:
+        self._spawn(self._judge_async(est, hosted, data, left),
+                    f"reader snapshot {hosted.runtime.room_id.hex()[:12]}")
+
+    async def _judge_async(self, est: Established, hosted: HostedRoom, data: bytes,
+                           left: int) -> None:
         room_id = hosted.runtime.room_id
-        verdict = check_reader_snapshot(hosted.runtime.replica, data, self.max_bytes)
+        replica = hosted.runtime.replica
+        # Decoding and the signature check (a large snapshot: a while) off the loop; the
+        # comparison with the replica on it (the replica changes only there).
+        decoded = await asyncio.to_thread(decode_reader_snapshot, data, replica.limits,
+                                          self.max_bytes)
+        verdict = decoded if isinstance(decoded, SnapshotRefused) \
+            else judge_reader_snapshot(hosted.runtime.replica, decoded)
         if isinstance(verdict, SnapshotRefused):
             if verdict.reason in _BENIGN and left > 0:
                 # Its changes are on their way (gossip, anti-entropy): check again later.
@@ -171,8 +183,7 @@ class ReaderSnapshots(LinkService):
                 return
             self._refuse(est, room_id, verdict.reason, verdict.detail)
             return
-        self._spawn(self._keep(hosted, data, verdict, est.peer),
-                    f"reader snapshot {room_id.hex()[:12]}")
+        await self._keep(hosted, data, verdict, est.peer)
 
     def _refuse(self, est: Established, room_id: bytes, reason: ReaderSnapshotRefusal,
                 detail: str) -> None:
