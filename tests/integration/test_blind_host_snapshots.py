@@ -10,16 +10,21 @@ no canary in clear. After a restart ``h`` starts from the reader's snapshot too.
 """
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
+
+import msgpack
 
 from meshnode.client import connect
 from meshnode.crdt import ROOT
-from meshnode.crdt.snapshot import decode_snapshot
+from meshnode.crdt.snapshot import SNAPSHOT_DOMAIN, decode_snapshot
 from meshnode.identity import Identity, public_key_from_peer_id
 from protocol.limits import DEFAULT_LIMITS
+from protocol.snapshot_offer import snapshot_parts
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess
-from tests.integration.test_line import ICE
+from tests.integration.test_line import ICE, until
 from tests.integration.test_private_rooms import SNAPSHOT_EVERY_CHANGE, cli, raw_get, room_of
 
 NAME = "Osprey-name-canary"
@@ -71,13 +76,20 @@ async def test_a_client_joins_through_a_blind_host_from_a_readers_sealed_snapsho
             else:
                 raise AssertionError(f"no reader snapshot on the blind host:\n{h.log()[-3000:]}")
 
+            # Alice, a reader, turns hostile: she re-signs the snapshot sealed to herself
+            # alone and pushes it over her own link. The blind host refuses it
+            # (wraps_mismatch), logs and counts it, and keeps serving the honest one.
+            await _push_forged(al, h, room, served, alice)
+
         assert VALUE.encode() not in served and NAME.encode() not in served
         stored = h.metrics("/api/metrics")
         assert stored.get('meshnode_reader_snapshots_total{outcome="stored"}', 0) >= 1
         assert a.metrics("/api/metrics").get(
             'meshnode_reader_snapshots_total{outcome="sent"}', 0) >= 1
-        assert not any(k.startswith('meshnode_rejections_total{reason="reader_snapshot')
-                       for k in h.metrics())
+        assert h.metrics().get(
+            'meshnode_rejections_total{reason="reader_snapshot_wraps_mismatch"}', 0) >= 1
+        assert "refused (wraps_mismatch)" in h.log()
+        assert raw_get(h, f"/api/rooms/{room}/snapshot") == served
 
         # Bob comes back with nothing: through the blind host, from the reader's snapshot.
         async with connect(h.url, room, bob, ice=ICE) as back:
@@ -98,3 +110,18 @@ async def test_a_client_joins_through_a_blind_host_from_a_readers_sealed_snapsho
         if h is not None:
             h.kill()
         a.kill()
+
+
+async def _push_forged(client: Any, h: NodeProcess, room: str, honest: bytes,
+                       signer: Identity) -> None:
+    """Send ``honest`` re-signed by ``signer`` with its wraps cut to the signer's own, as
+    ``SnapshotPart`` messages on the client's link to ``h``; wait for the refusal."""
+    obj = msgpack.unpackb(honest[:-64], raw=False)
+    obj[2] = signer.public_key
+    obj[19][1] = [row for row in obj[19][1] if row[0] == signer.public_key]
+    body = msgpack.packb(obj, use_bin_type=True)
+    forged = body + signer.sign(SNAPSHOT_DOMAIN + bytes.fromhex(room) + body)
+    links = client._links
+    for part in snapshot_parts(bytes.fromhex(room), forged, hashlib.sha256(forged).digest()):
+        assert links.send_link(client.node_peer_id, part)
+    await until(lambda: "refused (wraps_mismatch)" in h.log(), "the forged snapshot's refusal")
