@@ -189,6 +189,14 @@ def _check_public(replica: SceneReplica, snap: DecodedSnapshot,
     exact = {a: s for a, s in replica._graph.vv_all.items() if s} == vv
     if not shared_theirs <= shared_ours or (exact and shared_theirs != shared_ours):
         return SnapshotRefused(R.PUBLIC_MISMATCH, "its key shares differ from this host's")
+    # The frontier's entries (which depend on the changes after it) and the retracted
+    # changes (a later cut-off may retract one of S) are comparable when this host holds
+    # exactly S; otherwise the checks above pin S's public state.
+    if exact and (set(frontier.entries) != set(mine.frontier.entries)
+                  or frontier.pruned != mine.frontier.pruned
+                  or set(content.retracted) != set(mine.retracted)):
+        return SnapshotRefused(R.PUBLIC_MISMATCH, "its frontier entries or retracted changes "
+                               "differ from this host's")
     heads = _heads(replica, [h for _a, _s, h in frontier.authors] + sorted(listed))
     readers = replica._reader_set(vv, heads, [])
     if snap.signer not in readers:

@@ -237,3 +237,17 @@ def test_a_host_that_admits_by_proof_books_the_invite_use_like_every_replica() -
         opened=False).invite_uses
     check = check_reader_snapshot(room.h, room.owner.snapshot(), BIG)
     assert isinstance(check, SnapshotAccepted), check
+
+
+def test_forged_frontier_entries_are_refused_when_the_host_holds_the_same_changes() -> None:
+    w, snap = _room()
+
+    def lie_about_the_genesis(obj: list[Any]) -> None:
+        obj[17][3][0][4] = 1 if obj[17][3][0][4] != 1 else 2  # the genesis entry's kind
+
+    def prune_count(obj: list[Any]) -> None:
+        obj[17][1] += 5
+
+    for edit in (lie_about_the_genesis, prune_count):
+        assert _refused(check_reader_snapshot(w.reps[HOST], _forge(w, snap, edit), BIG)) \
+            == R.PUBLIC_MISMATCH, edit.__name__
