@@ -212,6 +212,8 @@ def test_resigned_structural_edits_are_refused(
     forged = _forge(w, snap, edit)
     verdict = check_reader_snapshot(w.reps[HOST], forged, BIG)
     assert isinstance(verdict, (SnapshotAccepted, SnapshotRefused))
+    if msgpack.unpackb(forged[:-64], raw=False) == msgpack.unpackb(snap[:-64], raw=False):
+        return  # the edits undid each other (an append then a pop): nothing to refuse
     if isinstance(verdict, SnapshotAccepted):
         pytest.fail(f"an edited public part was accepted: {edits}")
 
