@@ -53,6 +53,11 @@ class NodeMetrics:
             "meshnode_rotation_seconds",
             "Time to write a key rotation (wraps to every reader, seal, sign), per private room",
             ["room"], buckets=_LATENCY_BUCKETS, registry=a)
+        self.reader_snapshots = Counter(
+            "meshnode_reader_snapshots",
+            "Readers' sealed snapshots of private rooms: sent to blind hosts (a reader node), "
+            "stored (a blind host); refusals are in meshnode_rejections (reader_snapshot_*)",
+            ["outcome"], registry=a)
         self.key_shares = Counter("meshnode_key_shares",
                                   "SHAREs this node wrote to keyless readers, per private room",
                                   ["room"], registry=a)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import protocol.media  # noqa: F401  (the media link messages register themselves)
+from protocol import snapshot_offer  # noqa: F401  (SnapshotPart registers itself)
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.frames import (
     HASH_BYTES,

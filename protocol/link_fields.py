@@ -1,5 +1,6 @@
 """What every link message module shares: field checks and the registry of link message
-types defined outside ``protocol.link`` (``protocol.media``: types 72..75).
+types defined outside ``protocol.link`` (``protocol.media``: types 72..75;
+``protocol.snapshot_offer``: 76).
 
 ``protocol.link`` decodes the core types (64..71) itself and asks this registry for the
 others; the extension modules import only this module, so neither imports the other.

@@ -699,7 +699,10 @@ class LocalEdits:
 
     def _commit_role_ops(self, batch: EditBatch, cid: bytes, seq: int, hlc: int) -> None:
         """Book the role ops of a just-committed batch as a peer's would be booked."""
-        if not batch.role_ops and not batch.revokes:
+        # ``admit`` (a host's grant by proof) is in ``ops`` but not ``role_ops`` (which
+        # ``commit`` checks against the author's own authority): it is booked here too.
+        if not batch.role_ops and not batch.revokes \
+                and not any(op[0] == OP_ROLE for op in batch.ops):
             return
         stamp = batch.stamp
         self._roles.drop_stamp(stamp, batch.actors)  # booked again below, as committed grants

@@ -52,6 +52,7 @@ from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, pars
 from meshnode.rooms.join_snapshot import pruned_room_replica
 from meshnode.rooms.key_upkeep import KeyUpkeep
 from meshnode.rooms.loading import frontier_for, load_replica, worth_compacting
+from meshnode.rooms.reader_snapshots import ReaderSnapshots
 from meshnode.rooms.sharing import RoomSharing
 from meshnode.runtime.bootstrap import dial_once
 from meshnode.runtime.links import Established, LinkManager, LinkService
@@ -107,6 +108,9 @@ class RoomHost(LinkService):
         # never on the loop (meshnode.overlay.history_reads).
         self.history_reader = HistoryReader(store.path)
         links.register(self)
+        # Readers' sealed snapshots handed to blind hosts (docs/protocol.md).
+        self.reader_snapshots = ReaderSnapshots(self.rooms, links, metrics, self.peer_id,
+                                                store.save_snapshot, self._tasks.spawn)
 
     @property
     def url(self) -> str:
@@ -164,7 +168,8 @@ class RoomHost(LinkService):
             history=None if replica.private else functools.partial(self.history_reader.read,
                                                                    room_id),
         )
-        hosted = HostedRoom(runtime, dict(record.settings))
+        hosted = HostedRoom(runtime, dict(record.settings),
+                            reader_snapshot=loaded.foreign_snapshot)
         self.rooms[room_id] = hosted
         self.metrics.rooms.set(len(self.rooms))
         self.metrics.room_changes.labels(room_id.hex()[:16]).set(replica.change_count())
@@ -313,6 +318,8 @@ class RoomHost(LinkService):
             for room_id, hosted in list(self.rooms.items()):
                 if hosted.runtime.replica.private and room_id not in self._key_writing:
                     self._key_tick(room_id, hosted)
+                if hosted.runtime.replica.private:
+                    self.reader_snapshots.tick(hosted)
 
     def _key_tick(self, room_id: bytes, hosted: HostedRoom) -> None:
         upkeep = self._keys.setdefault(room_id, KeyUpkeep(
@@ -399,6 +406,11 @@ class RoomHost(LinkService):
             # A reader that cannot seal now (content waiting for a key, the next commit
             # rotates): keep the last sealed snapshot rather than write one it cannot open.
             return
+        if hosted.reader_snapshot and not replica.is_reader():
+            # A blind host serving a reader's sealed snapshot: its own (public part only)
+            # would replace it; restarts replay the log after the reader's snapshot.
+            hosted.stored_since_snapshot = 0
+            return
         hosted.saving_snapshot = True
         try:
             covered = hosted.stored_since_snapshot
@@ -411,34 +423,38 @@ class RoomHost(LinkService):
             prunable = not replica.private or replica.snapshot_sealed
             if retention > 0 and prunable and worth_compacting(replica, frontier):
                 # Prune below the retention frontier (docs/operators.md, "Pruning rule").
-                await self._compact(replica, frontier)
+                data = await self._compact(replica, frontier)
             else:
                 data, count = replica.snapshot(), replica.change_count()
                 await asyncio.to_thread(self.store.save_snapshot, replica.room_id, data, count)
             hosted.stored_since_snapshot -= covered  # those stored meanwhile count on
+            if data is not None and replica.private and replica.snapshot_sealed:
+                self.reader_snapshots.offer(hosted, data)
         except Exception:
             log.exception("snapshot of room %s failed", replica.room_id.hex()[:16])
         finally:
             hosted.saving_snapshot = False
 
-    async def _compact(self, replica: SceneReplica, frontier: int) -> None:
+    async def _compact(self, replica: SceneReplica, frontier: int) -> bytes | None:
         """Prune a room's history below ``frontier`` without stalling the loop: the export
         runs here, the signing and re-import in a worker thread, the adoption (and the few
         changes applied meanwhile) back here, then the store's one transaction (snapshot
         stored, covered changes deleted) in a thread (``meshnode.crdt.compaction``). Nothing
-        is deleted unless the replica adopted the snapshot that covers it."""
+        is deleted unless the replica adopted the snapshot that covers it. Returns the
+        stored snapshot (None if the compaction was abandoned)."""
         job = replica.prepare_compaction(frontier)
         await asyncio.to_thread(job.build)
         done = replica.finish_compaction(job)
         if done is None:
             log.info("room %s: compaction abandoned (history changed meanwhile); next time",
                      replica.room_id.hex()[:16])
-            return
+            return None
         data, dropped = done
         count = replica.change_count()
         await asyncio.to_thread(self.store.compact, replica.room_id, data, count, dropped)
         log.info("room %s: %d changes pruned below the retention frontier",
                  replica.room_id.hex()[:16], len(dropped))
+        return data
 
     # ------------------------------------------------------------------ room events
 

@@ -17,5 +17,8 @@ class HostedRoom:
     settings: dict[str, Any]
     stored_since_snapshot: int = 0
     saving_snapshot: bool = False
+    reader_snapshot: bool = False
+    """A blind host's stored snapshot is a reader's sealed one (``meshnode.rooms.
+    reader_snapshots``): the host no longer writes its own, which would replace it."""
     clients: set[str] = field(default_factory=set)
     browser_view: PeopleRoom | None = None

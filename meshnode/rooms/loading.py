@@ -37,8 +37,10 @@ from dataclasses import dataclass
 
 from meshnode.crdt import ReplayReport, SceneReplica
 from meshnode.crdt.clock import hlc_from_seconds
+from meshnode.crdt.snapshot import decode_snapshot
 from meshnode.identity import Identity
 from protocol.errors import DecodeError
+from protocol.limits import DEFAULT_LIMITS
 
 __all__ = ["LoadedRoom", "compact_room", "frontier_for", "load_replica", "worth_compacting"]
 
@@ -57,6 +59,8 @@ class LoadedRoom:
     snapshot_problem: str | None
     report: ReplayReport
     """What replaying the log (after the snapshot, if one was used) found."""
+    foreign_snapshot: bool = False
+    """The snapshot used is a reader's sealed one a blind host stored for its clients."""
 
 
 def load_replica(genesis: bytes, identity: Identity, changes: Callable[[], Iterable[bytes]],
@@ -84,9 +88,18 @@ def load_replica(genesis: bytes, identity: Identity, changes: Callable[[], Itera
 def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Iterable[bytes]],
                    snapshot: bytes, history: History | None, keep_unserved: bool,
                    ) -> tuple[LoadedRoom | None, str | None]:
+    foreign = False
     try:
-        replica = SceneReplica.from_snapshot(snapshot, identity,
-                                             trusted_signers=[identity.public_key])
+        try:
+            replica = SceneReplica.from_snapshot(snapshot, identity,
+                                                 trusted_signers=[identity.public_key])
+        except DecodeError:
+            # A blind host's stored snapshot may be a reader's sealed one, checked before it
+            # was stored (meshnode.rooms.reader_snapshots): its signer must still be a member.
+            if not _readers_snapshot(snapshot, identity):
+                raise
+            foreign = True
+            replica = SceneReplica.from_snapshot(snapshot, identity)
     except DecodeError as err:
         # A private room's snapshot this node cannot open (it was blind when it wrote it, and
         # is a reader now): the log is whole (blind hosts never prune), so replay it.
@@ -99,7 +112,18 @@ def _from_snapshot(genesis: bytes, identity: Identity, changes: Callable[[], Ite
     rest = replica.restore_bytes(changes())
     if replica.unserved_count() and not keep_unserved:
         return None, "log_behind"
-    return LoadedRoom(replica, True, None, replica.replay(rest)), None
+    return LoadedRoom(replica, True, None, replica.replay(rest), foreign), None
+
+
+def _readers_snapshot(snapshot: bytes, identity: Identity) -> bool:
+    """Whether ``snapshot`` is another member's sealed snapshot of a private room (what a
+    blind host stores for its joining clients), by its header alone; the full checks follow
+    in ``from_snapshot``."""
+    try:
+        snap = decode_snapshot(snapshot, DEFAULT_LIMITS, None)
+    except DecodeError:
+        return False
+    return snap.sealed is not None and snap.signer != identity.public_key
 
 
 def frontier_for(now: float, retention_s: float) -> int:
