@@ -5,22 +5,33 @@ only once all its deps are, so the applied set is always causally closed, and ea
 a version vector (author -> highest seq in its causal past, itself included) that answers
 "was X in this change's past?" in one lookup.
 
+The graph is kept in columns, not as an object per change: a room that keeps its history
+inside the retention window holds hundreds of thousands of changes, and an object per change
+(its record, its deps tuple, its clock and position ints) cost about 350 bytes of heap each.
+A change is its position in application order (``order[pos]`` is its ID, ``index[id]`` its
+position); its author (an index into ``authors``, each author's key held once), seq and clock
+are entries of ``array`` columns at that position, and its deps are positions too, in one
+flat array (``dep_start[pos]:dep_start[pos + 1]``). About 180 bytes per change, most of it
+the ID and its dict slot. ``meta`` reads a change back as a ``ChangeMeta`` (built on demand).
+
 Version vectors are not stored whole: one per change would cost one entry per author who ever
 wrote (a room with churn has thousands) on every change, memory that grows as changes x
 identities. Instead the graph keeps, per author, the positions (in application order) at
-which that author's highest seq went up (``tops``, 8 bytes per change), and per change only
+which that author's highest seq went up (``tops``, 4 bytes per change), and per change only
 its *lag*: the authors whose entry in its vector is below "everything applied before it"
-(changes concurrent with it that happened to be applied first; usually none or a few). The
-vector of change ``c`` at author ``a`` is then ``lag(c)[a]`` if present, else the number of
-``a``'s seqs applied up to ``c``'s position (a bisection). See ``docs/performance.md``.
+(changes concurrent with it that happened to be applied first; usually none or a few; kept
+only where there are some, in ``lags``). The vector of change ``c`` at author ``a`` is then
+``lag(c)[a]`` if present, else the number of ``a``'s seqs applied up to ``c``'s position (a
+bisection). See ``docs/performance.md``.
 
 A graph started from a *frontier* snapshot (``load_frontier``) does not hold the changes
 below the frontier one by one: ``base[a]`` counts author ``a``'s seqs there, and only a few
-of those changes are kept, as *base* entries (``pos == -1``, no deps): the frontier's
-boundary (its maximal changes and the deps of the changes after it), whose vectors are kept
-as lags below ``base``, and the changes the scene state names (field winners, grants...),
-kept for their author, seq and clock only. Exact causality tests against the changes of an
-author who equivocated (``forked``) use, at a base entry, the set of such changes in its past
+of those changes are kept, as *base* entries (negative positions ``~k`` for the ``k``-th of
+``base_entries``, reported as ``pos == -1``, no deps): the frontier's boundary (its maximal
+changes and the deps of the changes after it), whose vectors are kept as lags below
+``base``, and the changes the scene state names (field winners, grants...), kept for their
+author, seq and clock only. Exact causality tests against the changes of an author who
+equivocated (``forked``) use, at a base entry, the set of such changes in its past
 (``base_past``).
 """
 
@@ -28,7 +39,7 @@ import contextlib
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 
 from protocol.change import Change
@@ -36,13 +47,17 @@ from protocol.change import Change
 VV_MEMO_ENTRIES = 64
 """Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
 
+MAX_COLUMN_SEQ = 0xFFFF_FFFF
+"""The largest seq the graph's seq column holds (4 bytes a change); an author would need
+four billion changes to reach it."""
+
 
 @dataclass(slots=True)
 class ChangeMeta:
-    """What the replica keeps about an applied change besides its effects.
-
-    ``vv`` is what the caller computed when applying it (or None); ``ChangeGraph.add`` drops
-    it and keeps the compact form (``pos``, ``lag``) instead."""
+    """An applied change's record besides its effects: what ``ChangeGraph.add`` takes (``vv``
+    is what the caller computed when applying it, or None; the graph keeps a compact form
+    instead) and what ``ChangeGraph.meta`` reads back (a copy: changing it changes nothing;
+    ``pos`` is -1 for a base entry, ``lag`` its vector's entries below the applied prefix)."""
 
     author: bytes
     seq: int
@@ -72,12 +87,13 @@ class PastVV(Mapping[bytes, int]):
     applied changes' vectors never change, and the concurrent changes of a sync round name
     the same deps and look up the same authors again and again)."""
 
-    __slots__ = ("_graph", "_heads", "_memo", "_own")
+    __slots__ = ("_graph", "_heads", "_memo", "_own", "_rows")
 
     def __init__(self, graph: "ChangeGraph", heads: tuple[bytes, ...],
                  memo: dict[bytes, int] | None = None) -> None:
         self._graph = graph
         self._heads = heads
+        self._rows: list[int] | None = None  # the heads' positions, on the first lookup
         self._own: dict[bytes, int] = {}
         self._memo: dict[bytes, int] = {} if memo is None else memo
 
@@ -87,10 +103,15 @@ class PastVV(Mapping[bytes, int]):
             return own
         best = self._memo.get(author)
         if best is None:
-            seq_at, metas = self._graph._seq_at, self._graph.meta
+            graph = self._graph
+            rows = self._rows
+            if rows is None:
+                index = graph.index
+                rows = self._rows = [index[h] for h in self._heads]
+            seq_at = graph._seq_at
             best = 0
-            for h in self._heads:
-                s = seq_at(metas[h], author)
+            for p in rows:
+                s = seq_at(p, author)
                 if s > best:
                     best = s
             self._memo[author] = best
@@ -118,12 +139,44 @@ class PastVV(Mapping[bytes, int]):
         return out
 
 
+class MetaView(Mapping[bytes, ChangeMeta]):
+    """``graph.meta``: every applied change (base entries included, in the order they were
+    added) as a read-only mapping change ID -> ``ChangeMeta``, each built when read. Hot paths
+    use ``ChangeGraph.index`` and the ``*_of`` accessors instead."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: "ChangeGraph") -> None:
+        self._graph = graph
+
+    def __getitem__(self, change_id: bytes) -> ChangeMeta:
+        return self._graph.record(self._graph.index[change_id])
+
+    def get(self, change_id: bytes, default: ChangeMeta | None = None) \
+            -> ChangeMeta | None:  # type: ignore[override]
+        p = self._graph.index.get(change_id)
+        return default if p is None else self._graph.record(p)
+
+    def __contains__(self, change_id: object) -> bool:
+        return change_id in self._graph.index
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._graph.index)
+
+    def __len__(self) -> int:
+        return len(self._graph.index)
+
+    def keys(self) -> KeysView[bytes]:
+        return self._graph.index.keys()
+
+
 class ChangeGraph:
     """Applied changes in application (topological) order, their heads and raw bytes."""
 
-    __slots__ = ("base", "base_head", "base_hlc", "base_kind", "base_past", "by_author_seq",
-                 "forked", "heads", "meta", "order", "pruned", "raw", "tops", "vv_all",
-                 "vv_memo")
+    __slots__ = ("author_ix", "authors", "base", "base_entries", "base_head", "base_hlc",
+                 "base_kind", "base_lags", "base_past", "by_author_seq", "col_author",
+                 "col_hlc", "col_seq", "dep_rows", "dep_start", "forked", "heads", "index",
+                 "lags", "meta", "order", "pruned", "raw", "tops", "vv_all", "vv_memo")
 
     by_author_seq: "AuthorSeqIndex"
 
@@ -136,11 +189,28 @@ class ChangeGraph:
         self.base_past: dict[bytes, frozenset[bytes]] = {}
         self.base_hlc = -1
         self.pruned = 0
+        # base entry k (position ~k): the entry, and its lag (kinds 1 and 2) as a dict
+        self.base_entries: list[BaseEntry] = []
+        self.base_lags: list[dict[bytes, int] | None] = []
         # author -> lowest seq at which it signed two changes (version vectors are ambiguous
         # for its seqs from there on)
         self.forked: dict[bytes, int] = {}
-        self.meta: dict[bytes, ChangeMeta] = {}
+        # change ID -> position (>= 0: ``order[pos]``; < 0: base entry ``~pos``). The keys
+        # are the ``order`` entries themselves (one ``bytes`` per change).
+        self.index: dict[bytes, int] = {}
         self.order: list[bytes] = []
+        # Columns, one entry per position: author (index into ``authors``), seq, clock; the
+        # deps of ``pos`` are ``dep_rows[dep_start[pos]:dep_start[pos + 1]]`` (positions).
+        self.authors: list[bytes] = []
+        self.author_ix: dict[bytes, int] = {}
+        self.col_author: array[int] = array("I")
+        self.col_seq: array[int] = array("I")
+        self.col_hlc: array[int] = array("q")
+        self.dep_start: array[int] = array("I", [0])
+        self.dep_rows: array[int] = array("i")
+        # position -> the change's lag, only where it has one (see the module docstring)
+        self.lags: dict[int, dict[bytes, int]] = {}
+        self.meta = MetaView(self)
         self.raw: dict[bytes, bytes] = {}
         self.heads: set[bytes] = set()
         self.vv_all: dict[bytes, int] = {}
@@ -150,43 +220,103 @@ class ChangeGraph:
         # heads -> the entries of their past's vector looked up so far (see ``PastVV``)
         self.vv_memo: OrderedDict[tuple[bytes, ...], dict[bytes, int]] = OrderedDict()
 
+    def __contains__(self, change_id: bytes) -> bool:
+        return change_id in self.index
+
+    # Reading one change (``p`` a position from ``index``).
+
+    def id_at(self, p: int) -> bytes:
+        """The change ID at position ``p``."""
+        return self.order[p] if p >= 0 else self.base_entries[~p].change_id
+
+    def author_at(self, p: int) -> bytes:
+        """The author of the change at position ``p``."""
+        return self.authors[self.col_author[p]] if p >= 0 else self.base_entries[~p].author
+
+    def seq_at(self, p: int) -> int:
+        """The seq of the change at position ``p``."""
+        return self.col_seq[p] if p >= 0 else self.base_entries[~p].seq
+
+    def hlc_at(self, p: int) -> int:
+        """The clock stamp of the change at position ``p``."""
+        return self.col_hlc[p] if p >= 0 else self.base_entries[~p].hlc
+
+    def deps_at(self, p: int) -> tuple[bytes, ...]:
+        """The deps of the change at position ``p`` (none for a base entry)."""
+        if p < 0:
+            return ()
+        rows = self.dep_rows[self.dep_start[p]:self.dep_start[p + 1]]
+        order = self.order
+        return tuple(order[d] if d >= 0 else self.base_entries[~d].change_id for d in rows)
+
+    def lag_at(self, p: int) -> dict[bytes, int] | None:
+        """The lag of the change at position ``p`` (see the module docstring), or None."""
+        return self.lags.get(p) if p >= 0 else self.base_lags[~p]
+
+    def record(self, p: int) -> ChangeMeta:
+        """The change at position ``p`` as a (new) ``ChangeMeta``."""
+        lag = self.lag_at(p)
+        return ChangeMeta(self.author_at(p), self.seq_at(p), self.hlc_at(p), self.deps_at(p),
+                          None, max(p, -1), lag)
+
+    def author_of(self, change_id: bytes) -> bytes:
+        """The author of an applied change (``KeyError`` if it is not)."""
+        return self.author_at(self.index[change_id])
+
+    def hlc_of(self, change_id: bytes) -> int:
+        """The clock stamp of an applied change (``KeyError`` if it is not)."""
+        return self.hlc_at(self.index[change_id])
+
+    def deps_of(self, change_id: bytes) -> tuple[bytes, ...]:
+        """The deps of an applied change (``KeyError`` if it is not)."""
+        return self.deps_at(self.index[change_id])
+
     def add(self, change_id: bytes, meta: ChangeMeta, data: bytes | None) -> bytes | None:
         """Record an applied change (its deps all applied; its seq at most one above its
         author's highest so far). Returns the ID of an earlier change with the same
         (author, seq) if this one equivocates, else None. Raises ``ValueError`` if the seq
         skips ahead (only a corrupt snapshot can ask for that)."""
-        metas = self.meta
+        index = self.index
         author, seq = meta.author, meta.seq
         top = self.vv_all.get(author, 0)
         if seq > top + 1:
             raise ValueError(f"seq {seq} skips ahead of the author's {top}")
+        if not 0 <= seq <= MAX_COLUMN_SEQ:
+            raise ValueError(f"seq {seq} is outside [0, {MAX_COLUMN_SEQ}]")
+        deps = meta.deps
+        dep_pos = [index[d] for d in deps]
         pos = len(self.order)
-        dep_metas = [metas[d] for d in meta.deps]
         heads = self.heads
         # Deps naming every head (every local commit): the change's past is everything
         # applied, so its vector is the applied prefix's and there is no lag to compute.
-        all_heads = len(meta.deps) == len(heads) and heads.issuperset(meta.deps)
-        # Share the dep hashes with the keys of ``meta`` (decoded ones are fresh copies).
-        order = self.order
-        meta.deps = tuple(order[m.pos] if m.pos >= 0 else d
-                          for m, d in zip(dep_metas, meta.deps, strict=True))
-        meta.pos = pos
-        meta.vv = None
-        metas[change_id] = meta
-        order.append(change_id)
+        all_heads = len(deps) == len(heads) and heads.issuperset(deps)
+        ai = self.author_ix.get(author)
+        if ai is None:
+            ai = self.author_ix[author] = len(self.authors)
+            self.authors.append(author)
+        self.col_author.append(ai)
+        self.col_seq.append(seq)
+        self.col_hlc.append(meta.hlc)
+        dep_rows = self.dep_rows
+        dep_rows.extend(dep_pos)
+        self.dep_start.append(len(dep_rows))
+        index[change_id] = pos
+        self.order.append(change_id)
         if data is not None:
             self.raw[change_id] = data
-        for d in meta.deps:
+        for d in deps:
             heads.discard(d)
         heads.add(change_id)
         if seq > top:
             self.vv_all[author] = seq
             tops = self.tops.get(author)
             if tops is None:
-                tops = self.tops[author] = array("q")
+                tops = self.tops[author] = array("i")
             tops.append(pos)
-        if dep_metas and not (all_heads and seq > top):
-            meta.lag = self._lag(meta, dep_metas, pos)
+        if dep_pos and not (all_heads and seq > top):
+            lag = self._lag(author, seq, dep_pos, pos)
+            if lag is not None:
+                self.lags[pos] = lag
         if seq > top:
             return None
         if self.forked.get(author, seq + 1) > seq:
@@ -201,7 +331,7 @@ class ChangeGraph:
         """Start an empty graph at a frontier: ``base`` (author -> seq count below it), each
         author's last change there, how many changes below it are not kept, the frontier's
         clock and the kept base entries."""
-        if self.meta:
+        if self.index:
             raise ValueError("load_frontier needs an empty graph")
         self.base = dict(base)
         self.base_head = dict(heads_by_author)
@@ -209,10 +339,11 @@ class ChangeGraph:
         self.pruned = pruned
         self.base_hlc = hlc
         for e in entries:
-            if e.change_id in self.meta:
+            if e.change_id in self.index:
                 raise ValueError("repeated base entry")
-            self.meta[e.change_id] = ChangeMeta(e.author, e.seq, e.hlc, (), None, -1,
-                                                dict(e.lag) if e.kind else None)
+            self.index[e.change_id] = ~len(self.base_entries)
+            self.base_entries.append(e)
+            self.base_lags.append(dict(e.lag) if e.kind else None)
             self.base_kind[e.change_id] = e.kind
             if e.kind == BASE_HEAD:
                 self.heads.add(e.change_id)
@@ -221,51 +352,75 @@ class ChangeGraph:
 
     def count(self) -> int:
         """Every applied change, those below the frontier included."""
-        return len(self.meta) + self.pruned
+        return len(self.index) + self.pruned
+
+    def count_stamped_before(self, hlc: int) -> int:
+        """How many of the first changes in application order (base entries and changes
+        without deps aside) are stamped at or before ``hlc``, up to the first that is not."""
+        col_hlc, dep_start = self.col_hlc, self.dep_start
+        n = 0
+        for p in range(len(self.order)):
+            if dep_start[p] == dep_start[p + 1]:
+                continue
+            if col_hlc[p] > hlc:
+                break
+            n += 1
+        return n
 
     def cut(self, hlc: int, named: Iterable[bytes], with_vv: Iterable[bytes]) -> "Frontier":
         """The frontier of the changes stamped at or before ``hlc`` (raised to this graph's
         own frontier): a causally closed set, since a change's clock is after its deps'. Keeps
         the boundary, the ``named`` changes below it and, with their vectors, ``with_vv``."""
         hlc = max(hlc, self.base_hlc)
-        meta = self.meta
+        index, order = self.index, self.order
+        col_hlc, dep_start, dep_rows = self.col_hlc, self.dep_start, self.dep_rows
         # The genesis (no deps) is always below; it is kept too.
-        below = [c for c, m in meta.items() if m.pos < 0 or m.hlc <= hlc or not m.deps]
-        hlc = max(hlc, meta[below[0]].hlc)
+        below = [p for p in index.values()
+                 if p < 0 or col_hlc[p] <= hlc or dep_start[p] == dep_start[p + 1]]
+        hlc = max(hlc, self.hlc_at(below[0]))
         inside = set(below)
-        window = [c for c in self.order if c not in inside]
+        window = [c for p, c in enumerate(order) if p not in inside]
         base = dict(self.base)
         head_of = dict(self.base_head)
-        depended: set[bytes] = set()
-        boundary: set[bytes] = set(c for c in with_vv if c in inside)
-        for c in below:
-            m = meta[c]
-            if m.pos >= 0 and m.seq > base.get(m.author, 0):
-                base[m.author] = m.seq
-                head_of[m.author] = c
-            depended.update(m.deps)
+        depended: set[int] = set()
+        boundary: set[int] = {p for c in with_vv if (p := index.get(c)) is not None
+                              and p in inside}
+        for p in below:
+            if p < 0:
+                continue
+            author, seq = self.author_at(p), self.col_seq[p]
+            if seq > base.get(author, 0):
+                base[author] = seq
+                head_of[author] = order[p]
+            depended.update(dep_rows[dep_start[p]:dep_start[p + 1]])
         for c in window:
-            boundary.update(d for d in meta[c].deps if d in inside)
-        heads = {c for c in below if c not in depended
-                 and (meta[c].pos >= 0 or self.base_kind.get(c) == BASE_HEAD)}
+            p = index[c]
+            boundary.update(d for d in dep_rows[dep_start[p]:dep_start[p + 1]] if d in inside)
+        base_kind = self.base_kind
+        heads = {p for p in below if p not in depended
+                 and (p >= 0 or base_kind.get(self.id_at(p)) == BASE_HEAD)}
         boundary |= heads
-        kept = boundary | {c for c in named if c in inside} | {below[0]}
+        kept = boundary | {p for c in named if (p := index.get(c)) is not None
+                           and p in inside} | {below[0]}
         forked = self.forked
-        twins = [c for c in below if meta[c].seq >= forked.get(meta[c].author, meta[c].seq + 1)]
+        twins = [p for p in below
+                 if self.seq_at(p) >= forked.get(self.author_at(p), self.seq_at(p) + 1)]
+        twin_ids = [self.id_at(p) for p in twins]
         kept.update(twins)
         entries = []
-        for c in below:
-            if c not in kept:
+        for p in below:
+            if p not in kept:
                 continue
-            m = meta[c]
-            kind = BASE_HEAD if c in heads else BASE_BOUNDARY if c in boundary else BASE_NAMED
+            c = self.id_at(p)
+            kind = BASE_HEAD if p in heads else BASE_BOUNDARY if p in boundary else BASE_NAMED
             lag: tuple[tuple[bytes, int], ...] = ()
             past: tuple[bytes, ...] = ()
             if kind != BASE_NAMED:
                 lag = tuple((a, s) for a, top in base.items()
-                            if (s := self._seq_at(m, a)) < top)
-                past = tuple(t for t in twins if t != c and self.in_past(t, (c,)))
-            entries.append(BaseEntry(c, m.author, m.seq, m.hlc, kind, lag, past))
+                            if (s := self._seq_at(p, a)) < top)
+                past = tuple(t for t in twin_ids if t != c and self.in_past(t, (c,)))
+            entries.append(BaseEntry(c, self.author_at(p), self.seq_at(p), self.hlc_at(p),
+                                     kind, lag, past))
         pruned = self.pruned + len(below) - len(entries)
         return Frontier(hlc, base, head_of, pruned, tuple(entries), tuple(window))
 
@@ -273,24 +428,26 @@ class ChangeGraph:
         """The applied changes held with their deps (all but the base entries), in order."""
         return self.order
 
-    def _lag(self, meta: ChangeMeta, dep_metas: list[ChangeMeta], pos: int) -> dict[bytes, int]\
-            | None:
+    def _lag(self, author: bytes, seq: int, dep_pos: list[int], pos: int) \
+            -> dict[bytes, int] | None:
         """The entries where the change's vector is below the applied prefix's: only authors
         of changes applied after its latest dep, or lagging in one of its deps, can be."""
-        latest = max(m.pos for m in dep_metas)
-        candidates = {meta.author}
-        for m in dep_metas:
-            if m.lag:
-                candidates.update(m.lag)
-        metas, order = self.meta, self.order
-        for p in range(latest + 1, pos):
-            candidates.add(metas[order[p]].author)
+        latest = max(max(dep_pos), -1)
+        candidates = {author}
+        for d in dep_pos:
+            dl = self.lag_at(d)
+            if dl:
+                candidates.update(dl)
+        if latest + 1 < pos:
+            authors = self.authors
+            candidates.update(authors[i] for i in set(self.col_author[latest + 1:pos]))
         tops = self.tops
+        seq_at = self._seq_at
         lag: dict[bytes, int] | None = None
         for a in candidates:
-            best = meta.seq if a == meta.author else 0
-            for m in dep_metas:
-                s = self._seq_at(m, a)
+            best = seq if a == author else 0
+            for d in dep_pos:
+                s = seq_at(d, a)
                 if s > best:
                     best = s
             t = tops.get(a)
@@ -300,20 +457,22 @@ class ChangeGraph:
                 lag[a] = best
         return lag
 
-    def _seq_at(self, m: ChangeMeta, author: bytes) -> int:
-        lag = m.lag
+    def _seq_at(self, p: int, author: bytes) -> int:
+        """``author``'s entry in the version vector of the change at position ``p``."""
+        lag = self.lags.get(p) if p >= 0 else self.base_lags[~p]
         if lag is not None:
             s = lag.get(author)
             if s is not None:
                 return s
         tops = self.tops.get(author)
         below = self.base.get(author, 0)
-        return below if tops is None else below + bisect_right(tops, m.pos)
+        # A base entry (p < 0) is below every position.
+        return below if tops is None else below + bisect_right(tops, p)
 
     def seq_in(self, change_id: bytes, author: bytes) -> int:
         """``author``'s highest seq in the causal past of an applied change (itself
         included): its version vector's entry."""
-        return self._seq_at(self.meta[change_id], author)
+        return self._seq_at(self.index[change_id], author)
 
     def vv_of(self, change_id: bytes) -> dict[bytes, int]:
         """The whole version vector of an applied change (a new dict; one lookup per
@@ -336,42 +495,48 @@ class ChangeGraph:
         """True if change ``target`` is one of ``heads`` or in their causal past: the exact
         test, needed where version vectors are ambiguous (an author who equivocated). The walk
         skips every change whose version vector shows it cannot reach ``target``."""
-        tm = self.meta[target]
-        author, seq = tm.author, tm.seq
+        index = self.index
+        tp = index[target]
+        author, seq = self.author_at(tp), self.seq_at(tp)
+        seq_at = self._seq_at
         if self.forked.get(author, seq + 1) > seq:
             # One change has this (author, seq): the version vector answers.
-            return any(self.seq_in(h, author) >= seq for h in heads)
-        stack = list(heads)
-        seen: set[bytes] = set()
+            return any(seq_at(index[h], author) >= seq for h in heads)
+        stack = [index[h] for h in heads]
+        seen: set[int] = set()
         base_past = self.base_past
+        dep_start, dep_rows = self.dep_start, self.dep_rows
         while stack:
-            h = stack.pop()
-            if h == target:
+            p = stack.pop()
+            if p == tp:
                 return True
-            if h in seen:
+            if p in seen:
                 continue
-            seen.add(h)
-            if self.seq_in(h, author) < seq:
+            seen.add(p)
+            if seq_at(p, author) < seq:
                 continue
-            m = self.meta[h]
-            if m.pos < 0 and self.base_kind:
-                if target in base_past.get(h, ()):
+            if p < 0:
+                if target in base_past.get(self.id_at(p), ()):
                     return True
                 continue
-            stack.extend(m.deps)
+            stack.extend(dep_rows[dep_start[p]:dep_start[p + 1]])
         return False
 
     def ancestors(self, roots: Iterable[bytes]) -> set[bytes]:
         """Every known change reachable from ``roots`` through deps (roots included)."""
-        seen: set[bytes] = set()
-        stack = [r for r in roots if r in self.meta]
+        index = self.index
+        seen: set[int] = set()
+        stack = [p for r in roots if (p := index.get(r)) is not None]
+        dep_start, dep_rows = self.dep_start, self.dep_rows
         while stack:
-            h = stack.pop()
-            if h in seen:
+            p = stack.pop()
+            if p in seen:
                 continue
-            seen.add(h)
-            stack.extend(d for d in self.meta[h].deps if d not in seen)
-        return seen
+            seen.add(p)
+            if p >= 0:
+                stack.extend(d for d in dep_rows[dep_start[p]:dep_start[p + 1]]
+                             if d not in seen)
+        return {self.id_at(p) for p in seen}
 
 
 BASE_NAMED = 0
