@@ -83,8 +83,7 @@ class CompactionJob:
         fresh = self.blank()
         fresh._base = self.content
         fresh._reset_content()
-        meta = fresh._graph.meta
+        index = fresh._graph.index
         room = self.room_id  # the genesis stays (it names the room)
-        self.pruned = [c for c in self.held
-                       if c != room and (c not in meta or meta[c].pos < 0)]
+        self.pruned = [c for c in self.held if c != room and index.get(c, -1) < 0]
         self.built = fresh

@@ -773,7 +773,7 @@ class LocalEdits:
         # An actor that authored one of the deps is sent as that dep's index (1 byte, not 33).
         head_author: dict[bytes, int] = {}
         for i, d in enumerate(deps):
-            head_author.setdefault(graph.meta[d].author, i)
+            head_author.setdefault(graph.author_of(d), i)
         booked: dict[str, Any] | None = None
         ops, names, pub_actors = batch.ops, batch.names, batch.actors
         if self._epochs is not None:

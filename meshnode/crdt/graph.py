@@ -152,8 +152,8 @@ class MetaView(Mapping[bytes, ChangeMeta]):
     def __getitem__(self, change_id: bytes) -> ChangeMeta:
         return self._graph.record(self._graph.index[change_id])
 
-    def get(self, change_id: bytes, default: ChangeMeta | None = None) \
-            -> ChangeMeta | None:  # type: ignore[override]
+    def get(self, change_id: bytes,  # type: ignore[override]
+            default: ChangeMeta | None = None) -> ChangeMeta | None:
         p = self._graph.index.get(change_id)
         return default if p is None else self._graph.record(p)
 

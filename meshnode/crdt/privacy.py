@@ -585,8 +585,8 @@ class PrivateRoom:
         blocked = ep.blocked
         graph = self._graph
         for cid in list(blocked):
-            meta = graph.meta[cid]
-            if any(d in blocked for d in meta.deps):
+            p = graph.index[cid]
+            if any(d in blocked for d in graph.deps_at(p)):
                 continue
             if cid in ep.sealed:
                 ch = decode_change(graph.raw[cid], self.limits, known_id=cid)
@@ -594,7 +594,7 @@ class PrivateRoom:
                 if not ep.held(op[1] or cid):
                     continue
                 del blocked[cid]
-                self._process_content(ch, cid, meta.author, op)
+                self._process_content(ch, cid, graph.author_at(p), op)
             else:
                 del blocked[cid]
 

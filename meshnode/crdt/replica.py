@@ -252,7 +252,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     def has_change(self, change_id: bytes) -> bool:
         """True if the change is applied here."""
-        return change_id in self._graph.meta
+        return change_id in self._graph.index
 
     def change_bytes(self, change_id: bytes) -> bytes | None:
         """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
@@ -300,14 +300,14 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     def change_author(self, change_id: bytes) -> bytes | None:
         """The author's public key of an applied change (None if unknown)."""
-        meta = self._graph.meta.get(change_id)
-        return None if meta is None else meta.author
+        p = self._graph.index.get(change_id)
+        return None if p is None else self._graph.author_at(p)
 
     def change_time(self, change_id: bytes) -> float | None:
         """When an applied change was made, by its author's clock (seconds; None if
         unknown): the physical part of its hybrid logical clock stamp."""
-        meta = self._graph.meta.get(change_id)
-        return None if meta is None else hlc_millis(meta.hlc) / 1000.0
+        p = self._graph.index.get(change_id)
+        return None if p is None else hlc_millis(self._graph.hlc_at(p)) / 1000.0
 
     def is_buffered(self, change_id: bytes) -> bool:
         """True if the change is verified and waiting for its deps."""
@@ -333,7 +333,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     def missing_deps(self) -> set[bytes]:
         """Hashes that buffered changes wait for: what to ask peers for."""
-        return self._buffer.missing_deps() - self._graph.meta.keys()
+        return self._buffer.missing_deps() - self._graph.index.keys()
 
     def version_vector(self) -> dict[bytes, int]:
         """Author public key -> highest seq applied here (each author's changes form a chain,
@@ -362,14 +362,14 @@ class SceneReplica(PrivateRoom, LocalEdits):
         raw = self._graph.raw
         found: dict[bytes, bytes] = {}
         elsewhere: list[bytes] = []
-        meta = self._graph.meta
+        index = self._graph.index
         for c in ids:
             data = raw.get(c)
             if data is None and c == self.room_id and self.genesis:
                 data = self.genesis  # kept whole beside the graph: it names the room
             if data is not None:
                 found[c] = data
-            elif self._history is not None and c in meta:
+            elif self._history is not None and c in index:
                 elsewhere.append(c)
         return found, elsewhere
 
@@ -378,8 +378,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
     ) -> list[bytes]:
         """The IDs ``changes_since`` would send, in the same order, without their bytes."""
         graph = self._graph
-        meta = graph.meta
-        known = [h for h in heads if h in meta]
+        index = graph.index
+        known = [h for h in heads if h in index]
         # Below a frontier only the genesis's bytes are known; a peer with nothing gets it.
         first = [self.room_id] if graph.base and not known and self.genesis and \
             not (version_vector or {}).get(self.owner, 0) else []
@@ -392,17 +392,18 @@ class SceneReplica(PrivateRoom, LocalEdits):
             if vv.get(author, 0) < seq:
                 vv[author] = seq
         wanted: list[bytes] = []
-        index = graph.by_author_seq.get
+        by_author_seq = graph.by_author_seq.get
         for author, top in graph.vv_all.items():
             have = max(vv.get(author, 0), graph.base.get(author, 0))
             for seq in range(have + 1, top + 1):
-                cid = index((author, seq))
+                cid = by_author_seq((author, seq))
                 if cid is not None:
                     wanted.append(cid)
         if len(wanted) * 8 > len(graph.order):
             want = set(wanted)
             return first + [c for c in graph.order if c in want]
-        wanted.sort(key=lambda c: (meta[c].hlc, meta[c].author, c))
+        hlc_at, author_at = graph.hlc_at, graph.author_at
+        wanted.sort(key=lambda c: (hlc_at(index[c]), author_at(index[c]), c))
         return first + wanted
 
     def role_of(self, member: str | bytes) -> str:
@@ -449,8 +450,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
         # While rebuilding, an invite revocation may be known before it is replayed: ask the
         # whole history, which holds the same changes.
         graph = self._full_graph or self._graph
-        meta = graph.meta
-        return target in meta and of in meta and graph.in_past(target, (of,))
+        index = graph.index
+        return target in index and of in index and graph.in_past(target, (of,))
 
     def parent_of(self, entity: Node) -> EntityId | None:
         """The entity's parent, or None if it is deleted or unknown."""
@@ -517,13 +518,14 @@ class SceneReplica(PrivateRoom, LocalEdits):
         horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
         results = self._apply_batch(list(datas), horizon, trusted=False)
         latest = 0
-        meta = self._graph.meta
+        graph = self._graph
+        index, author_at, hlc_at = graph.index, graph.author_at, graph.hlc_at
         me = self._me
         for res in results:
             for cid in res.applied:
-                m = meta[cid]
-                if m.author != me and m.hlc > latest:
-                    latest = m.hlc
+                p = index[cid]
+                if author_at(p) != me and hlc_at(p) > latest:
+                    latest = hlc_at(p)
         if latest:
             self._clock.observe_peer(latest, now if mono is None else mono)
         return results
@@ -556,7 +558,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 duplicates += 1
             elif res.status == REJECTED or cid is None:
                 rejected.append(ReplayFailure(i, cid, res.reason or "rejected"))
-            elif cid in self._graph.meta:
+            elif cid in self._graph.index:
                 applied += 1  # applied at once, or released from the buffer later
             elif cid in self._buffer:
                 missing.append(ReplayFailure(i, cid, "missing_deps"))
@@ -596,7 +598,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         results: list[ApplyResult | None] = [None] * len(datas)
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
-        meta = self._graph.meta
+        index = self._graph.index
         base, base_hlc = self._graph.base, self._graph.base_hlc
         for i, data in enumerate(datas):
             if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
@@ -606,7 +608,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 # Gossip delivers most changes more than once: hashing (about 1 us) spots a
                 # known one before decoding it (about 10 us). Anything decodable gets here.
                 known_id = change_id(data)
-                if known_id in meta or known_id in self._buffer or known_id in seen:
+                if known_id in index or known_id in self._buffer or known_id in seen:
                     results[i] = ApplyResult(DUPLICATE, "already_known", known_id)
                     continue
             try:
@@ -648,7 +650,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         self._tree_batch = []
         try:
             for i, ch, data in ready:
-                missing = {d for d in ch.deps if d not in meta}
+                missing = {d for d in ch.deps if d not in index}
                 if missing:
                     if any(d in self._rejected for d in missing):
                         results[i] = self._reject(ch.change_id, "depends_on_rejected")
@@ -714,7 +716,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
             ch = decode_change(body + bytes(64), self.limits)
         except DecodeError as err:
             return err.reason
-        if any(d not in self._graph.meta for d in ch.deps):
+        if any(d not in self._graph.index for d in ch.deps):
             return "missing_deps"
         try:
             self._integrate(ch, None, dry_run=True)
@@ -770,16 +772,17 @@ class SceneReplica(PrivateRoom, LocalEdits):
         the cut-offs known here.
         """
         graph = self._graph
-        meta = graph.meta
+        index = graph.index
         author = self._key(ch.author)
         if not ch.deps:
             raise Rejected("foreign_genesis")
-        dep_metas = [meta[d] for d in ch.deps]
+        dep_pos = [index[d] for d in ch.deps]
         vv = graph.past_vv(ch.deps)
         seq = ch.seq
         if seq != vv.get(author, 0) + 1:
             raise Rejected("bad_seq")
-        if ch.hlc <= max(m.hlc for m in dep_metas):
+        hlc_at = graph.hlc_at
+        if ch.hlc <= max(hlc_at(p) for p in dep_pos):
             raise Rejected("clock_not_after_deps")
         equivocators = self._equivocators
         deps = ch.deps
@@ -804,7 +807,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         key = self._key
         actors: list[bytes] = []
         for a in ch.actors:
-            actor = meta[ch.deps[a]].author if isinstance(a, int) else key(a)
+            actor = graph.author_at(dep_pos[a]) if isinstance(a, int) else key(a)
             if actor == author or actor in actors:
                 raise Rejected("bad_actor")
             actors.append(actor)
@@ -865,7 +868,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if author in revocation.cuts:
 
             def has_seen(cut: Cut) -> bool:
-                if cut.change_id not in meta:
+                if cut.change_id not in index:
                     return False  # a rebuild knows cut-offs that sort after this change
                 if cut.author in equivocators:
                     return graph.in_past(cut.change_id, deps)
@@ -1021,9 +1024,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
             in_base.update(c.change_id for c in base.changes)
             if base.frontier is not None:
                 in_base.update(e.change_id for e in base.frontier.entries)
+        authors, col_author, col_hlc = graph.authors, graph.col_author, graph.col_hlc
         todo = sorted(
-            (m.hlc, m.author, cid) for cid, m in graph.meta.items()
-            if m.pos >= 0 and cid != self.room_id and cid not in in_base
+            (col_hlc[p], authors[col_author[p]], cid) for p, cid in enumerate(graph.order)
+            if cid != self.room_id and cid not in in_base
         )
         datas = self._bytes_of([cid for _, _, cid in todo])
         changes = [(decode_change(d, self.limits), d) for d in datas]
@@ -1115,7 +1119,6 @@ class SceneReplica(PrivateRoom, LocalEdits):
         if opened is None:
             opened = ep is not None and self._snapshot_seal() is not None
         graph = self._graph
-        meta = graph.meta
         book = self._revocation
         named: set[bytes] = set()
         for comps in self._fields.values():
@@ -1154,9 +1157,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
             genesis=self.genesis,
             clock=self._clock.value,
             changes=tuple(
-                ChangeRecord(cid, m.author, m.seq, m.hlc, m.deps)
+                ChangeRecord(cid, graph.author_at(p), graph.seq_at(p), graph.hlc_at(p),
+                             graph.deps_at(p))
                 for cid in cut.window
-                for m in (meta[cid],)
+                for p in (graph.index[cid],)
             ),
             entities=tuple(
                 EntityRecord(ent[0], ent[1], seq, tuple(self._created_by.get(ent, ())))
@@ -1210,7 +1214,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 stamps[be.change_id] = [be.hlc, be.author, be.change_id]
         changes = content.changes if frontier is not None else content.changes[1:]
         for c in changes:
-            if c.change_id in graph.meta or not all(d in graph.meta for d in c.deps):
+            if c.change_id in graph.index or not all(d in graph.index for d in c.deps):
                 raise ValueError("changes are not in causal order")
             author = key(c.author)
             # An equivocating pair is recorded from the equivocations below.
@@ -1355,10 +1359,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
         keep = self._history is None
         for data in datas:
             cid = change_id(data)
-            m = graph.meta.get(cid)
-            if m is None:
+            p = graph.index.get(cid)
+            if p is None:
                 rest.append(data)
-            elif m.pos >= 0:
+            elif p >= 0:
                 if keep:
                     graph.raw.setdefault(cid, data)
                 else:
@@ -1387,16 +1391,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         """How many of the oldest applied changes (in application order, genesis aside) are
         stamped at or before ``keep_after_hlc``: a cheap lower bound of what ``compact``
         would prune, to decide whether it is worth its cost (it re-imports the state)."""
-        graph = self._graph
-        n = 0
-        for cid in graph.order:
-            m = graph.meta[cid]
-            if not m.deps:
-                continue
-            if m.hlc > keep_after_hlc:
-                break
-            n += 1
-        return n
+        return self._graph.count_stamped_before(keep_after_hlc)
 
     def compact(self, keep_after_hlc: int) -> tuple[bytes, list[bytes]]:
         """Prune the history below a frontier (``export_content``): the replica carries on
@@ -1432,7 +1427,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         def blank() -> SceneReplica:
             return SceneReplica(ident, limits=limits, max_clock_skew_s=skew)
 
-        return CompactionJob(content, graph, len(graph.order), list(graph.meta),
+        return CompactionJob(content, graph, len(graph.order), list(graph.index),
                              self.room_id, ident.sign, ident.public_key, blank, seal)
 
     def finish_compaction(self, job: CompactionJob) -> tuple[bytes, list[bytes]] | None:
