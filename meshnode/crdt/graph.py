@@ -434,24 +434,37 @@ class ChangeGraph:
         of changes applied after its latest dep, or lagging in one of its deps, can be."""
         latest = max(max(dep_pos), -1)
         candidates = {author}
+        # A dep's entry without a lag is a bisection of ``tops`` at its position, which
+        # grows with the position: among the deps without a lag only the latest counts.
+        free: int | None = None
+        lagged: list[tuple[int, dict[bytes, int]]] = []
         for d in dep_pos:
             dl = self.lag_at(d)
             if dl:
                 candidates.update(dl)
+                lagged.append((d, dl))
+            elif free is None or d > free:
+                free = d
         if latest + 1 < pos:
             authors = self.authors
             candidates.update(authors[i] for i in set(self.col_author[latest + 1:pos]))
-        tops = self.tops
-        seq_at = self._seq_at
+        tops, base = self.tops, self.base
         lag: dict[bytes, int] | None = None
         for a in candidates:
+            t = tops.get(a)
+            below = base.get(a, 0)
             best = seq if a == author else 0
-            for d in dep_pos:
-                s = seq_at(d, a)
+            if free is not None:
+                s = below if t is None else below + bisect_right(t, free)
                 if s > best:
                     best = s
-            t = tops.get(a)
-            if best < self.base.get(a, 0) + (0 if t is None else bisect_right(t, pos)):
+            for d, dl in lagged:
+                s = dl.get(a, -1)
+                if s < 0:
+                    s = below if t is None else below + bisect_right(t, d)
+                if s > best:
+                    best = s
+            if best < below + (0 if t is None else bisect_right(t, pos)):
                 if lag is None:
                     lag = {}
                 lag[a] = best
