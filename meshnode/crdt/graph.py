@@ -448,7 +448,7 @@ class ChangeGraph:
         if latest + 1 < pos:
             authors = self.authors
             candidates.update(authors[i] for i in set(self.col_author[latest + 1:pos]))
-        tops, base = self.tops, self.base
+        tops, base, vv_all = self.tops, self.base, self.vv_all
         lag: dict[bytes, int] | None = None
         for a in candidates:
             t = tops.get(a)
@@ -464,7 +464,8 @@ class ChangeGraph:
                     s = below if t is None else below + bisect_right(t, d)
                 if s > best:
                     best = s
-            if best < below + (0 if t is None else bisect_right(t, pos)):
+            # The applied prefix's entry (every position in ``tops`` is at most ``pos``).
+            if best < vv_all.get(a, 0):
                 if lag is None:
                     lag = {}
                 lag[a] = best
