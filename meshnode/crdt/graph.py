@@ -257,7 +257,7 @@ class ChangeGraph:
         """The change at position ``p`` as a (new) ``ChangeMeta``."""
         lag = self.lag_at(p)
         return ChangeMeta(self.author_at(p), self.seq_at(p), self.hlc_at(p), self.deps_at(p),
-                          None, max(p, -1), lag)
+                          None, max(p, -1), None if lag is None else dict(lag))
 
     def author_of(self, change_id: bytes) -> bytes:
         """The author of an applied change (``KeyError`` if it is not)."""
