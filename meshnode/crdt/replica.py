@@ -15,6 +15,7 @@ its state from the stored change bytes (``_rebuild``), so the state depends only
 changes held.
 """
 
+import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -1287,6 +1288,20 @@ class SceneReplica(PrivateRoom, LocalEdits):
         seal = self._snapshot_seal() if self._epochs is not None else None
         content = self.export_content(keep_after_hlc, opened=seal is not None)
         return encode_snapshot(content, ident.public_key, self.room_id, ident.sign, seal)
+
+    def snapshot_job(self, keep_after_hlc: int | None = None) -> Callable[[], bytes]:
+        """:meth:`snapshot` in two steps, so a host keeps the heavy one off its event loop:
+        the export runs now (with the replica: one pass over the changes' metadata, no
+        crypto); the returned callable encodes, seals and signs it, touching only the
+        exported plain data, so it may run in a worker thread while the replica goes on."""
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch before a snapshot")
+        ident = self._identity
+        seal = self._snapshot_seal() if self._epochs is not None else None
+        content = self.export_content(keep_after_hlc, opened=seal is not None)
+        room_id = self.room_id
+        return functools.partial(encode_snapshot, content, ident.public_key, room_id,
+                                 ident.sign, seal)
 
     @property
     def snapshot_sealed(self) -> bool:

@@ -1,0 +1,188 @@
+"""Join snapshots: what a joining client starts from, with its frontier near the room's heads.
+
+A node's stored snapshot (``[store] snapshot_every``) has its frontier at the retention
+frontier (``[store] history_days``): below it the room is summarised, above it every kept
+change is listed, so that the node itself can restart from it plus its log and still serve
+the whole retention window to other nodes. For a joining client that list is dead weight
+(5.4 MB and 1.6 s at 100,000 kept changes, docs/performance.md): a client never serves
+history, it only needs the room's state and enough of the graph to validate what comes next.
+
+So ``JoinSnapshots`` keeps, per room, a separate signed snapshot whose frontier sits
+``SETTLE_S`` behind the node's clock (``SceneReplica.snapshot_job``): it summarises the room
+below that and lists only the changes of the last ``SETTLE_S`` seconds. It is what
+``GET /api/rooms/{room}/snapshot`` serves (``?history=kept`` serves the stored one, which
+joining nodes use). Guarantees:
+
+* **Bounded cost.** A build exports the state on the loop (one pass over the changes'
+  metadata, about 0.25 s at 100,000 unpruned changes) and encodes and signs it in a worker
+  thread. It is rebuilt in the background when the room moved ``REFRESH_CHANGES`` changes,
+  or any change and ``REFRESH_S`` seconds passed, never more often than every ``MIN_GAP_S``
+  (:func:`refresh_due`, a pure decider); one build per room at a time.
+* **Never wrong, at worst old.** A change the node applies stamped at or before the cached
+  snapshot's frontier (an author that was offline, a slow path through the mesh) is one the
+  snapshot's summary lacks: the cached snapshot is then *stale* and the next request waits
+  for a fresh build rather than serve it. A client already started from the stale one
+  refuses that change as ``behind_frontier`` and starts again from the node's next snapshot
+  (``meshnode.client.room``). ``SETTLE_S`` makes that rare: changes reach a node within
+  seconds of their stamp.
+* **The history stays.** Nothing is pruned: the node's replica, its store and its stored
+  snapshot are untouched, so sync with other nodes, restarts and ``full_history`` audits
+  work as before.
+* **Private rooms** are sealed like every reader's snapshot (``meshnode.crdt.snapshot_seal``):
+  a node that cannot seal now (a blind host; a reader waiting for a key) builds none, and the
+  endpoint serves the stored snapshot (for a blind host, a reader's sealed one,
+  ``meshnode.rooms.reader_snapshots``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from meshnode.crdt import SceneReplica
+from meshnode.crdt.clock import hlc_from_seconds
+
+__all__ = ["MIN_GAP_S", "REFRESH_CHANGES", "REFRESH_S", "SETTLE_S", "JoinSnapshot",
+           "JoinSnapshots", "refresh_due"]
+
+log = logging.getLogger("meshnode.node")
+
+SETTLE_S = 30.0
+"""The join snapshot's frontier lies this far behind the node's clock when it is built."""
+REFRESH_CHANGES = 1_000
+"""Rebuild once the room moved this many changes past the cached join snapshot..."""
+REFRESH_S = 60.0
+"""...or moved at all and the cached one is this old..."""
+MIN_GAP_S = 5.0
+"""...but never two builds of one room closer than this (a busy room's bound on CPU)."""
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], object]
+
+
+def refresh_due(moved: int, age_s: float | None) -> bool:
+    """Whether to rebuild a room's join snapshot in the background: ``moved`` changes were
+    applied since the cached one's export, which is ``age_s`` seconds old (None: none yet)."""
+    if age_s is None:
+        return True
+    if age_s < MIN_GAP_S or moved == 0:
+        return False
+    return moved >= REFRESH_CHANGES or age_s >= REFRESH_S
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSnapshot:
+    """A built join snapshot: signed bytes, its frontier (seconds, wall clock) and when its
+    export ran (monotonic seconds)."""
+
+    data: bytes
+    frontier_s: float
+    exported_at: float
+
+
+@dataclass(slots=True)
+class _Room:
+    snap: JoinSnapshot | None = None
+    moved: int = 0
+    stale: bool = False
+    building: asyncio.Future[None] | None = None
+    building_frontier_s: float | None = None
+
+
+class JoinSnapshots:
+    """The join snapshot of each hosted room (see the module docstring). ``spawn`` runs
+    background builds (a ``TaskSet``'s); ``clock`` is the wall clock the frontier is taken
+    from and ``mono`` the clock refreshes are paced by."""
+
+    def __init__(self, spawn: Spawn, *, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self._spawn = spawn
+        self._clock = clock
+        self._mono = mono
+        self._rooms: dict[bytes, _Room] = {}
+
+    def cached(self, room_id: bytes) -> JoinSnapshot | None:
+        """The room's cached join snapshot (None if none, or stale)."""
+        room = self._rooms.get(room_id)
+        return None if room is None or room.stale else room.snap
+
+    def moved(self, replica: SceneReplica, change_id: bytes) -> None:
+        """The node applied ``change_id`` to the room: count it, note a late change (stamped
+        at or before the cached or building snapshot's frontier) and refresh when due."""
+        room = self._rooms.setdefault(replica.room_id, _Room())
+        room.moved += 1
+        made = replica.change_time(change_id)
+        if made is not None:
+            frontiers = [f for f in (room.building_frontier_s,
+                                     None if room.snap is None else room.snap.frontier_s)
+                         if f is not None]
+            # change_time drops the hybrid clock's logical part: "at or before" to the ms.
+            if any(made <= f + 0.001 for f in frontiers):
+                room.stale = True
+        age = None if room.snap is None else self._mono() - room.snap.exported_at
+        if room.building is None and refresh_due(room.moved, age):
+            self._start(replica, room)
+
+    def warm(self, replica: SceneReplica) -> None:
+        """Build the room's first join snapshot in the background (a node that starts or
+        starts hosting a room), so the first client does not wait for it."""
+        room = self._rooms.setdefault(replica.room_id, _Room())
+        if room.building is None and room.snap is None:
+            self._start(replica, room)
+
+    async def get(self, replica: SceneReplica) -> bytes | None:
+        """The room's join snapshot, built now if there is none fresh (waiting for a build
+        under way); None if this node cannot write one (a private room it cannot seal now,
+        or a local batch open): serve the stored snapshot instead."""
+        room = self._rooms.setdefault(replica.room_id, _Room())
+        for _ in range(3):  # a change that goes stale mid-build: build once more, bounded
+            if room.snap is not None and not room.stale:
+                return room.snap.data
+            if room.building is None and not self._start(replica, room):
+                return None
+            assert room.building is not None
+            await asyncio.shield(room.building)
+        return None if room.stale or room.snap is None else room.snap.data
+
+    def _start(self, replica: SceneReplica, room: _Room) -> bool:
+        """Export now and encode in a worker thread (``_build``); False if this replica
+        cannot write a join snapshot now."""
+        if replica.private and not replica.snapshot_sealed:
+            return False
+        frontier_s = self._clock() - SETTLE_S
+        try:
+            job = replica.snapshot_job(hlc_from_seconds(frontier_s))
+        except RuntimeError:  # a local batch is open: next time
+            return False
+        exported_at = self._mono()
+        moved, room.moved = room.moved, 0
+        room.stale = False
+        room.building_frontier_s = frontier_s
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        room.building = done
+        build = self._build(replica.room_id, room, job, frontier_s, exported_at, moved, done)
+        if self._spawn(build, f"join snapshot {replica.room_id.hex()[:12]}") is None:
+            build.close()  # the node is closing: no build, nobody waits
+            room.building = room.building_frontier_s = None
+            done.set_result(None)
+            return False
+        return True
+
+    async def _build(self, room_id: bytes, room: _Room, job: Callable[[], bytes],
+                     frontier_s: float, exported_at: float, moved: int,
+                     done: asyncio.Future[None]) -> None:
+        try:
+            data = await asyncio.to_thread(job)
+        except Exception:
+            log.exception("room %s: the join snapshot could not be built", room_id.hex()[:16])
+            room.moved += moved
+        else:
+            room.snap = JoinSnapshot(data, frontier_s, exported_at)
+        finally:
+            room.building = None
+            room.building_frontier_s = None
+            if not done.done():
+                done.set_result(None)
