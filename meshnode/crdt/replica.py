@@ -310,6 +310,12 @@ class SceneReplica(PrivateRoom, LocalEdits):
         meta = self._graph.meta.get(change_id)
         return None if meta is None else hlc_millis(meta.hlc) / 1000.0
 
+    def change_stamp(self, change_id: bytes) -> int | None:
+        """An applied change's hybrid logical clock stamp (None if unknown): what a
+        frontier (``export_content``) is compared with."""
+        meta = self._graph.meta.get(change_id)
+        return None if meta is None else meta.hlc
+
     def is_buffered(self, change_id: bytes) -> bool:
         """True if the change is verified and waiting for its deps."""
         return change_id in self._buffer

@@ -8,8 +8,9 @@ the whole retention window to other nodes. For a joining client that list is dea
 history, it only needs the room's state and enough of the graph to validate what comes next.
 
 So ``JoinSnapshots`` keeps, per room, a separate signed snapshot whose frontier sits
-``SETTLE_S`` behind the node's clock (``SceneReplica.snapshot_job``): it summarises the room
-below that and lists only the changes of the last ``SETTLE_S`` seconds. It is what
+``SETTLE_S`` behind the node's clock, or closer to the heads if more than ``MAX_LISTED``
+changes are stamped after that (:func:`join_frontier`; ``SceneReplica.snapshot_job``): it
+summarises the room below and lists at most about ``MAX_LISTED`` recent changes. It is what
 ``GET /api/rooms/{room}/snapshot`` serves (``?history=kept`` serves the stored one, which
 joining nodes use). Guarantees:
 
@@ -24,7 +25,8 @@ joining nodes use). Guarantees:
   for a fresh build rather than serve it. A client already started from the stale one
   refuses that change as ``behind_frontier`` and starts again from the node's next snapshot
   (``meshnode.client.room``). ``SETTLE_S`` makes that rare: changes reach a node within
-  seconds of their stamp.
+  seconds of their stamp (in a burst of more than ``MAX_LISTED`` changes in ``SETTLE_S``,
+  the frontier follows the burst: concurrent late changes then cost a client a restart).
 * **The history stays.** Nothing is pruned: the node's replica, its store and its stored
   snapshot are untouched, so sync with other nodes, restarts and ``full_history`` audits
   work as before.
@@ -46,13 +48,15 @@ from typing import Any
 from meshnode.crdt import SceneReplica
 from meshnode.crdt.clock import hlc_from_seconds
 
-__all__ = ["MIN_GAP_S", "REFRESH_CHANGES", "REFRESH_S", "SETTLE_S", "JoinSnapshot",
-           "JoinSnapshots", "refresh_due"]
+__all__ = ["MAX_LISTED", "MIN_GAP_S", "REFRESH_CHANGES", "REFRESH_S", "SETTLE_S",
+           "JoinSnapshot", "JoinSnapshots", "join_frontier", "refresh_due"]
 
 log = logging.getLogger("meshnode.node")
 
 SETTLE_S = 30.0
-"""The join snapshot's frontier lies this far behind the node's clock when it is built."""
+"""The join snapshot's frontier lies this far behind the node's clock when it is built..."""
+MAX_LISTED = 256
+"""...or closer to the heads, so that it lists about this many changes at most."""
 REFRESH_CHANGES = 1_000
 """Rebuild once the room moved this many changes past the cached join snapshot..."""
 REFRESH_S = 60.0
@@ -73,13 +77,26 @@ def refresh_due(moved: int, age_s: float | None) -> bool:
     return moved >= REFRESH_CHANGES or age_s >= REFRESH_S
 
 
+def join_frontier(replica: SceneReplica, now: float) -> int:
+    """The frontier (a hybrid clock stamp) of a join snapshot of ``replica`` built at wall
+    clock ``now``: ``SETTLE_S`` before it, raised to the stamp of the ``MAX_LISTED``-th latest
+    applied change if that is later (a burst of changes)."""
+    frontier = hlc_from_seconds(now - SETTLE_S)
+    recent = replica.recent_changes(MAX_LISTED + 1)
+    if len(recent) > MAX_LISTED:
+        stamp = replica.change_stamp(recent[0])
+        if stamp is not None and stamp > frontier:
+            frontier = stamp
+    return frontier
+
+
 @dataclass(frozen=True, slots=True)
 class JoinSnapshot:
-    """A built join snapshot: signed bytes, its frontier (seconds, wall clock) and when its
+    """A built join snapshot: signed bytes, its frontier (a hybrid clock stamp) and when its
     export ran (monotonic seconds)."""
 
     data: bytes
-    frontier_s: float
+    frontier: int
     exported_at: float
 
 
@@ -89,7 +106,7 @@ class _Room:
     moved: int = 0
     stale: bool = False
     building: asyncio.Future[None] | None = None
-    building_frontier_s: float | None = None
+    building_frontier: int | None = None
 
 
 class JoinSnapshots:
@@ -114,13 +131,11 @@ class JoinSnapshots:
         at or before the cached or building snapshot's frontier) and refresh when due."""
         room = self._rooms.setdefault(replica.room_id, _Room())
         room.moved += 1
-        made = replica.change_time(change_id)
-        if made is not None:
-            frontiers = [f for f in (room.building_frontier_s,
-                                     None if room.snap is None else room.snap.frontier_s)
-                         if f is not None]
-            # change_time drops the hybrid clock's logical part: "at or before" to the ms.
-            if any(made <= f + 0.001 for f in frontiers):
+        stamp = replica.change_stamp(change_id)
+        if stamp is not None:
+            frontiers = (room.building_frontier,
+                         None if room.snap is None else room.snap.frontier)
+            if any(f is not None and stamp <= f for f in frontiers):
                 room.stale = True
         age = None if room.snap is None else self._mono() - room.snap.exported_at
         if room.building is None and refresh_due(room.moved, age):
@@ -152,27 +167,27 @@ class JoinSnapshots:
         cannot write a join snapshot now."""
         if replica.private and not replica.snapshot_sealed:
             return False
-        frontier_s = self._clock() - SETTLE_S
+        frontier = join_frontier(replica, self._clock())
         try:
-            job = replica.snapshot_job(hlc_from_seconds(frontier_s))
+            job = replica.snapshot_job(frontier)
         except RuntimeError:  # a local batch is open: next time
             return False
         exported_at = self._mono()
         moved, room.moved = room.moved, 0
         room.stale = False
-        room.building_frontier_s = frontier_s
+        room.building_frontier = frontier
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         room.building = done
-        build = self._build(replica.room_id, room, job, frontier_s, exported_at, moved, done)
+        build = self._build(replica.room_id, room, job, frontier, exported_at, moved, done)
         if self._spawn(build, f"join snapshot {replica.room_id.hex()[:12]}") is None:
             build.close()  # the node is closing: no build, nobody waits
-            room.building = room.building_frontier_s = None
+            room.building = room.building_frontier = None
             done.set_result(None)
             return False
         return True
 
     async def _build(self, room_id: bytes, room: _Room, job: Callable[[], bytes],
-                     frontier_s: float, exported_at: float, moved: int,
+                     frontier: int, exported_at: float, moved: int,
                      done: asyncio.Future[None]) -> None:
         try:
             data = await asyncio.to_thread(job)
@@ -180,9 +195,9 @@ class JoinSnapshots:
             log.exception("room %s: the join snapshot could not be built", room_id.hex()[:16])
             room.moved += moved
         else:
-            room.snap = JoinSnapshot(data, frontier_s, exported_at)
+            room.snap = JoinSnapshot(data, frontier, exported_at)
         finally:
             room.building = None
-            room.building_frontier_s = None
+            room.building_frontier = None
             if not done.done():
                 done.set_result(None)

@@ -11,6 +11,7 @@ from meshnode.crdt.clock import hlc_from_seconds
 from meshnode.crdt.snapshot import decode_snapshot
 from meshnode.identity import Identity
 from meshnode.rooms.head_snapshots import (
+    MAX_LISTED,
     MIN_GAP_S,
     REFRESH_CHANGES,
     REFRESH_S,
@@ -41,15 +42,15 @@ def _snapshots(clocks: _Clocks) -> tuple[JoinSnapshots, set["asyncio.Task[None]"
     return JoinSnapshots(spawn, clock=lambda: clocks.wall, mono=lambda: clocks.mono), tasks
 
 
-def _room(history: int) -> tuple[SceneReplica, SceneReplica]:
-    """A room whose history (``history`` changes, an hour old) the node holds whole."""
-    node = SceneReplica.create(NODE, NOW - 3_600, name="join", nonce=b"j" * 16)
+def _room(history: int, age_s: float = 3_600) -> tuple[SceneReplica, SceneReplica]:
+    """A room whose history (``history`` changes, ``age_s`` old) the node holds whole."""
+    node = SceneReplica.create(NODE, NOW - age_s, name="join", nonce=b"j" * 16)
     node.grant(EDITOR.public_id, "editor")
-    node.commit(NOW - 3_600)
+    node.commit(NOW - age_s)
     editor = SceneReplica.from_genesis(node.genesis, EDITOR)
-    editor.apply_many(node.changes_since([]), NOW - 3_600)
+    editor.apply_many(node.changes_since([]), NOW - age_s)
     ents = [editor.create_entity(ROOT, {"p": {"x": 0.0}}) for _ in range(10)]
-    t = NOW - 3_600
+    t = NOW - age_s
     for i in range(history):
         if i:
             editor.set_field(ents[i % 10], "p", "x", float(i))
@@ -90,6 +91,19 @@ async def test_join_snapshot_summarises_the_history_and_lists_few_changes() -> N
     assert await snaps.get(node) == data
 
 
+async def test_a_burst_of_recent_changes_is_summarised_too() -> None:
+    """More than MAX_LISTED changes within SETTLE_S: the frontier follows the burst."""
+    node, _ = _room(3 * MAX_LISTED, age_s=5.0)
+    snaps, _ = _snapshots(_Clocks())
+    data = await snaps.get(node)
+    assert data is not None
+    content = decode_snapshot(data, DEFAULT_LIMITS, None).content
+    assert 0 < len(content.changes) <= MAX_LISTED
+    client = SceneReplica.from_snapshot(data, Identity.generate())
+    assert client.state() == node.state()
+    assert client.version_vector() == node.version_vector()
+
+
 async def test_refreshed_as_the_room_moves_and_never_served_stale() -> None:
     clocks = _Clocks()
     node, editor = _room(50)
@@ -97,7 +111,7 @@ async def test_refreshed_as_the_room_moves_and_never_served_stale() -> None:
     first = await snaps.get(node)
     assert first is not None
     cached = snaps.cached(node.room_id)
-    assert cached is not None and cached.frontier_s == NOW - SETTLE_S
+    assert cached is not None and cached.frontier == hlc_from_seconds(NOW - SETTLE_S)
     # Recent changes: listed after the frontier; the snapshot is refreshed once due.
     for i in range(3):
         editor.set_field(editor.entities()[0], "p", "x", 100.0 + i)
