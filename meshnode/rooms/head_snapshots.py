@@ -30,6 +30,11 @@ joining nodes use). Guarantees:
 * **The history stays.** Nothing is pruned: the node's replica, its store and its stored
   snapshot are untouched, so sync with other nodes, restarts and ``full_history`` audits
   work as before.
+* **Signed by a member.** A node that is not a member by its own replica (its grant not
+  applied yet) builds none: clients would refuse it.
+* **Short histories** (under ``MIN_HISTORY`` changes) get none: replaying them costs a client
+  less than a snapshot costs the node, and the endpoint serves the stored snapshot (or none)
+  as it always did.
 * **Private rooms** are sealed like every reader's snapshot (``meshnode.crdt.snapshot_seal``):
   a node that cannot seal now (a blind host; a reader waiting for a key) builds none, and the
   endpoint serves the stored snapshot (for a blind host, a reader's sealed one,
@@ -48,7 +53,7 @@ from typing import Any
 from meshnode.crdt import SceneReplica
 from meshnode.crdt.clock import hlc_from_seconds
 
-__all__ = ["MAX_LISTED", "MIN_GAP_S", "REFRESH_CHANGES", "REFRESH_S", "SETTLE_S",
+__all__ = ["MAX_LISTED", "MIN_GAP_S", "MIN_HISTORY", "REFRESH_CHANGES", "REFRESH_S", "SETTLE_S",
            "JoinSnapshot", "JoinSnapshots", "join_frontier", "refresh_due"]
 
 log = logging.getLogger("meshnode.node")
@@ -63,6 +68,8 @@ REFRESH_S = 60.0
 """...or moved at all and the cached one is this old..."""
 MIN_GAP_S = 5.0
 """...but never two builds of one room closer than this (a busy room's bound on CPU)."""
+MIN_HISTORY = 1_000
+"""A room with fewer changes than this gets no join snapshot (its clients replay it)."""
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], object]
 
@@ -112,11 +119,14 @@ class _Room:
 class JoinSnapshots:
     """The join snapshot of each hosted room (see the module docstring). ``spawn`` runs
     background builds (a ``TaskSet``'s); ``clock`` is the wall clock the frontier is taken
-    from and ``mono`` the clock refreshes are paced by."""
+    from and ``mono`` the clock refreshes are paced by; ``min_history``: see
+    ``MIN_HISTORY``."""
 
     def __init__(self, spawn: Spawn, *, clock: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic,
+                 min_history: int = MIN_HISTORY) -> None:
         self._spawn = spawn
+        self.min_history = min_history
         self._clock = clock
         self._mono = mono
         self._rooms: dict[bytes, _Room] = {}
@@ -150,8 +160,8 @@ class JoinSnapshots:
 
     async def get(self, replica: SceneReplica) -> bytes | None:
         """The room's join snapshot, built now if there is none fresh (waiting for a build
-        under way); None if this node cannot write one (a private room it cannot seal now,
-        or a local batch open): serve the stored snapshot instead."""
+        under way); None if it has none to give (a short history, a private room it cannot
+        seal now, a local batch open): serve the stored snapshot instead."""
         room = self._rooms.setdefault(replica.room_id, _Room())
         for _ in range(3):  # a change that goes stale mid-build: build once more, bounded
             if room.snap is not None and not room.stale:
@@ -165,6 +175,12 @@ class JoinSnapshots:
     def _start(self, replica: SceneReplica, room: _Room) -> bool:
         """Export now and encode in a worker thread (``_build``); False if this replica
         cannot write a join snapshot now."""
+        if replica.change_count() < self.min_history:
+            return False
+        if replica.role_of(replica.identity.public_key) == "none":
+            # Not (yet) a member by its own replica (a node that joined by invite, its grant
+            # on the way): clients refuse a snapshot signed by a non-member.
+            return False
         if replica.private and not replica.snapshot_sealed:
             return False
         frontier = join_frontier(replica, self._clock())

@@ -5,9 +5,10 @@ The node keeps its whole history (no ``history_days``): its stored snapshot list
 change it covers, which a joining node needs (``?history=kept``). A client instead gets a
 snapshot whose frontier sits near the node's heads: it lists a handful of entries whatever
 the history's length (here, the history is a burst of a few seconds' changes: the frontier
-follows it and leaves at most ``MAX_LISTED`` of them listed). The client converges, edits, an auditor that replays the full history
-agrees with it, and after a restart the node starts from its own stored snapshot plus its log
-and serves a join snapshot again, holding the client's edit.
+follows it and leaves at most ``MAX_LISTED`` of them listed). The client converges, edits,
+an auditor that replays the full history agrees with it, and after a restart the node starts
+from its own stored snapshot plus its log and serves a join snapshot again, holding the
+client's edit.
 """
 
 import urllib.request

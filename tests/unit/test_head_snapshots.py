@@ -13,6 +13,7 @@ from meshnode.identity import Identity
 from meshnode.rooms.head_snapshots import (
     MAX_LISTED,
     MIN_GAP_S,
+    MIN_HISTORY,
     REFRESH_CHANGES,
     REFRESH_S,
     SETTLE_S,
@@ -31,7 +32,8 @@ class _Clocks:
         self.mono = 100.0
 
 
-def _snapshots(clocks: _Clocks) -> tuple[JoinSnapshots, set["asyncio.Task[None]"]]:
+def _snapshots(clocks: _Clocks, min_history: int = 0,
+               ) -> tuple[JoinSnapshots, set["asyncio.Task[None]"]]:
     tasks: set[asyncio.Task[None]] = set()
 
     def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -39,7 +41,8 @@ def _snapshots(clocks: _Clocks) -> tuple[JoinSnapshots, set["asyncio.Task[None]"
         tasks.add(task)
         return task
 
-    return JoinSnapshots(spawn, clock=lambda: clocks.wall, mono=lambda: clocks.mono), tasks
+    return JoinSnapshots(spawn, clock=lambda: clocks.wall, mono=lambda: clocks.mono,
+                         min_history=min_history), tasks
 
 
 def _room(history: int, age_s: float = 3_600) -> tuple[SceneReplica, SceneReplica]:
@@ -73,7 +76,7 @@ def test_refresh_policy() -> None:
 async def test_join_snapshot_summarises_the_history_and_lists_few_changes() -> None:
     clocks = _Clocks()
     node, _ = _room(2_000)
-    snaps, _ = _snapshots(clocks)
+    snaps, _ = _snapshots(clocks, min_history=MIN_HISTORY)
     snaps.warm(node)
     data = await snaps.get(node)
     assert data is not None
@@ -89,6 +92,31 @@ async def test_join_snapshot_summarises_the_history_and_lists_few_changes() -> N
     assert node.unserved_count() == 0 and node.frontier_vv() == {}
     # A second request is the cached snapshot.
     assert await snaps.get(node) == data
+
+
+async def test_none_for_a_short_history() -> None:
+    node, _ = _room(MIN_HISTORY // 2)
+    snaps, _ = _snapshots(_Clocks(), min_history=MIN_HISTORY)
+    snaps.warm(node)
+    assert await snaps.get(node) is None  # the client replays it (or takes the stored one)
+    big, _ = _room(MIN_HISTORY)
+    assert await snaps.get(big) is not None
+
+
+async def test_none_while_the_node_is_not_a_member() -> None:
+    """A node that joined by invite, its grant not applied yet: clients would refuse a
+    snapshot it signs, so it serves the stored one until its grant arrives."""
+    node, _ = _room(20)
+    joiner = SceneReplica.from_genesis(node.genesis, Identity.generate())
+    joiner.apply_many(node.changes_since([]), NOW)
+    snaps, _ = _snapshots(_Clocks())
+    assert await snaps.get(joiner) is None
+    node.grant(joiner.identity.public_id, "host")
+    grant = node.commit(NOW)
+    assert grant is not None and joiner.apply(grant, NOW).status == "applied"
+    data = await snaps.get(joiner)
+    assert data is not None
+    assert SceneReplica.from_snapshot(data, Identity.generate()).state() == node.state()
 
 
 async def test_a_burst_of_recent_changes_is_summarised_too() -> None:
@@ -147,8 +175,11 @@ async def test_refreshed_as_the_room_moves_and_never_served_stale() -> None:
 async def test_none_for_a_private_room_this_node_cannot_seal() -> None:
     owner = Identity.generate()
     room = SceneReplica.create(owner, NOW, name="secret", nonce=b"p" * 16, private=True)
+    room.grant(NODE.public_id, "host")
+    room.commit(NOW)
     blind = SceneReplica.from_genesis(room.genesis, NODE)
     blind.apply_many(room.changes_since([]), NOW)
+    assert blind.role_of(NODE.public_key) == "host"
     snaps, _ = _snapshots(_Clocks())
     snaps.warm(blind)
     assert await snaps.get(blind) is None  # the host serves the stored (a reader's) one
