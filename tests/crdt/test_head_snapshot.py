@@ -73,6 +73,7 @@ def test_head_snapshot_plus_later_changes_equals_full_replay(
     deliver(editor, everything, NOW + 100)
     editor.create_entity(ROOT, {"p": {"x": 1.0}})
     nxt = editor.commit(NOW + 101)
+    assert nxt is not None
     stranger_edit = _stranger_change(SceneReplica.from_genesis(genesis, ident("stranger")),
                                      full)
     for r in (client, full):
