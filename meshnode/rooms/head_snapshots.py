@@ -114,6 +114,7 @@ class _Room:
     stale: bool = False
     building: asyncio.Future[None] | None = None
     building_frontier: int | None = None
+    declined_at: float | None = None  # when a background start last found it could not build
 
 
 class JoinSnapshots:
@@ -147,9 +148,12 @@ class JoinSnapshots:
                          None if room.snap is None else room.snap.frontier)
             if any(f is not None and stamp <= f for f in frontiers):
                 room.stale = True
-        age = None if room.snap is None else self._mono() - room.snap.exported_at
+        now = self._mono()
+        if room.declined_at is not None and now - room.declined_at < MIN_GAP_S:
+            return  # it could not build a moment ago (short history, not a member...)
+        age = None if room.snap is None else now - room.snap.exported_at
         if room.building is None and refresh_due(room.moved, age):
-            self._start(replica, room)
+            room.declined_at = None if self._start(replica, room) else now
 
     def warm(self, replica: SceneReplica) -> None:
         """Build the room's first join snapshot in the background (a node that starts or
@@ -190,6 +194,8 @@ class JoinSnapshots:
             return False
         exported_at = self._mono()
         moved, room.moved = room.moved, 0
+        if room.stale:
+            room.snap = None  # never served again, even while its successor is built
         room.stale = False
         room.building_frontier = frontier
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -165,6 +165,10 @@ async def test_refreshed_as_the_room_moves_and_never_served_stale() -> None:
     assert node.apply(late, NOW + 61).status == "applied"
     snaps.moved(node, node.recent_changes(1)[0])
     assert snaps.cached(node.room_id) is None
+    # A background refresh starting now does not bring the stale one back meanwhile.
+    clocks.mono += REFRESH_S
+    snaps.moved(node, node.recent_changes(1)[0])
+    assert snaps.cached(node.room_id) is None
     third = await snaps.get(node)
     assert third is not None
     client = SceneReplica.from_snapshot(third, Identity.generate())
