@@ -145,6 +145,7 @@ class RoomClient(LinkService):
         self.reconnects = 0
         self.rejoins = 0  # restarts from a snapshot after the node's frontier passed us
         self._frontier_checks: set[asyncio.Task[None]] = set()
+        self._late_seen = 0  # behind_frontier refusals already acted on
         self.failover = failover if failover is not None else FailoverSettings()
         self._ring = HostRing(self.url, self.failover.urls)
         self._unacked = UnackedChanges()
@@ -242,10 +243,12 @@ class RoomClient(LinkService):
         if behind_frontier(self.replica.version_vector(), frontier):
             await self._rejoin_from_snapshot()
 
-    async def _rejoin_from_snapshot(self) -> None:
+    async def _rejoin_from_snapshot(self, *, keep_unacked: bool = False) -> None:
         """Replace the replica with one started from the node's snapshot (plus the changes
-        after it, synced as on a first join). Our changes the node never acknowledged and
-        cannot merge any more (built on history below its frontier) are dropped."""
+        after it, synced as on a first join). ``keep_unacked``: our changes the node has not
+        acknowledged are carried over and redelivered (the node holds their past: a late
+        change, ``_note_late_changes``); otherwise they are dropped (built on history below
+        the node's pruning frontier, they cannot be merged any more)."""
         old = self._runtime
         if old is None:
             return
@@ -254,22 +257,53 @@ class RoomClient(LinkService):
             log.warning("room %s: behind the node's frontier and no usable snapshot: the "
                         "history it pruned cannot be synced", self.room_id.hex()[:16])
             return
-        lost = len(self._unacked)
-        log.warning("room %s: the node pruned history this replica lacks; rejoined from its "
-                    "signed snapshot (%d unacknowledged change(s) dropped)",
-                    self.room_id.hex()[:16], lost)
+        kept: list[bytes] = []
+        if keep_unacked:
+            mine = [d for d in (old.replica.change_bytes(c) for c in self._unacked)
+                    if d is not None]
+            replica.replay(mine)  # our own, signed here: their seqs stay ours
+            kept = [d for d in mine if replica.has_change(change_id(d))
+                    or replica.is_buffered(change_id(d))]
+            log.info("room %s: the node applied a change below our snapshot's frontier; "
+                     "started again from its current snapshot (%d unacknowledged change(s) "
+                     "kept)", self.room_id.hex()[:16], len(kept))
+        else:
+            log.warning("room %s: the node pruned history this replica lacks; rejoined from "
+                        "its signed snapshot (%d unacknowledged change(s) dropped)",
+                        self.room_id.hex()[:16], len(self._unacked))
         peers = old.peers()
         subscribers = list(old._subscribers)
         for peer in peers:
             old.detach(peer)
         old.close()
         self._unacked = UnackedChanges()
+        for data in kept:
+            self._unacked.add(change_id(data))
+        self._late_seen = 0
         runtime = self._runtime = self._make_runtime(replica)
         for cb in subscribers:  # subscribe() returned unsubscribers bound to the old one
             runtime.subscribe(cb)
         self.rejoins += 1
         for peer in peers:
             runtime.attach(peer)
+            for frame in redelivery_frames(self.room_id, kept):
+                self._send(peer, "sync", frame)
+
+    def _note_late_changes(self) -> None:
+        """The node sent a change our replica refused as ``behind_frontier``: stamped at or
+        before our snapshot's frontier, it reached the node after it wrote that snapshot (an
+        author that was offline). Our summary lacks it, so we would diverge: start again
+        from the node's current snapshot (which the node rebuilds, ``meshnode.rooms.
+        head_snapshots``), keeping our unacknowledged changes."""
+        if self._runtime is None or self.full_history or self._closing:
+            return
+        late = self._runtime.replica.rejections.get("behind_frontier", 0)
+        if late <= self._late_seen or self._frontier_checks:
+            return
+        self._late_seen = late
+        task = asyncio.ensure_future(self._rejoin_from_snapshot(keep_unacked=True))
+        self._frontier_checks.add(task)
+        task.add_done_callback(self._frontier_checks.discard)
 
     async def _replica_from_snapshot(self, genesis: bytes) -> SceneReplica | None:
         """Start from the node's latest signed snapshot (then sync only the changes after
@@ -553,6 +587,7 @@ class RoomClient(LinkService):
         """A room frame from the node."""
         if self._runtime is not None and room_id == self.room_id:
             self._runtime.receive(est.peer, channel, data)
+            self._note_late_changes()
 
     def link_message(self, est: Established, msg: LinkMessage) -> None:
         """``Ack``: the node stored these changes durably; ``Nack``: it cannot yet;

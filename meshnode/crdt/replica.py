@@ -15,6 +15,7 @@ its state from the stored change bytes (``_rebuild``), so the state depends only
 changes held.
 """
 
+import functools
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -308,6 +309,12 @@ class SceneReplica(PrivateRoom, LocalEdits):
         unknown): the physical part of its hybrid logical clock stamp."""
         p = self._graph.index.get(change_id)
         return None if p is None else hlc_millis(self._graph.hlc_at(p)) / 1000.0
+
+    def change_stamp(self, change_id: bytes) -> int | None:
+        """An applied change's hybrid logical clock stamp (None if unknown): what a
+        frontier (``export_content``) is compared with."""
+        meta = self._graph.meta.get(change_id)
+        return None if meta is None else meta.hlc
 
     def is_buffered(self, change_id: bytes) -> bool:
         """True if the change is verified and waiting for its deps."""
@@ -1291,6 +1298,20 @@ class SceneReplica(PrivateRoom, LocalEdits):
         seal = self._snapshot_seal() if self._epochs is not None else None
         content = self.export_content(keep_after_hlc, opened=seal is not None)
         return encode_snapshot(content, ident.public_key, self.room_id, ident.sign, seal)
+
+    def snapshot_job(self, keep_after_hlc: int | None = None) -> Callable[[], bytes]:
+        """:meth:`snapshot` in two steps, so a host keeps the heavy one off its event loop:
+        the export runs now (with the replica: one pass over the changes' metadata, no
+        crypto); the returned callable encodes, seals and signs it, touching only the
+        exported plain data, so it may run in a worker thread while the replica goes on."""
+        if self._batch is not None:
+            raise RuntimeError("commit() or discard() the local batch before a snapshot")
+        ident = self._identity
+        seal = self._snapshot_seal() if self._epochs is not None else None
+        content = self.export_content(keep_after_hlc, opened=seal is not None)
+        room_id = self.room_id
+        return functools.partial(encode_snapshot, content, ident.public_key, room_id,
+                                 ident.sign, seal)
 
     @property
     def snapshot_sealed(self) -> bool:

@@ -47,6 +47,7 @@ from meshnode.rooms.access import (
 )
 from meshnode.rooms.acks import AckBatcher
 from meshnode.rooms.admission import invite_problem, may_auto_admit, may_grant, mint_problem
+from meshnode.rooms.head_snapshots import JoinSnapshots
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.invite import Invite, decode_invite_bytes, make_invite, parse_invite
 from meshnode.rooms.join_snapshot import pruned_room_replica
@@ -111,6 +112,9 @@ class RoomHost(LinkService):
         # Readers' sealed snapshots handed to blind hosts (docs/protocol.md).
         self.reader_snapshots = ReaderSnapshots(self.rooms, links, metrics, self.peer_id,
                                                 store.save_snapshot, self._tasks.spawn)
+        # What joining clients start from: frontier near the heads (meshnode.rooms.
+        # head_snapshots); the stored snapshot keeps the retention window for nodes.
+        self.join_snapshots = JoinSnapshots(self._tasks.spawn)
 
     @property
     def url(self) -> str:
@@ -138,6 +142,17 @@ class RoomHost(LinkService):
         """The room's latest stored snapshot (None if none yet)."""
         snap = await asyncio.to_thread(self.store.latest_snapshot, room_id)
         return None if snap is None else snap[0]
+
+    async def join_snapshot(self, room_id: bytes) -> bytes | None:
+        """The snapshot a joining client starts from: the room's join snapshot (frontier
+        near its heads, ``meshnode.rooms.head_snapshots``), or the stored one if this node
+        cannot write one now (a blind host, a reader waiting for a key); None if none."""
+        hosted = self.rooms.get(room_id)
+        if hosted is not None:
+            data = await self.join_snapshots.get(hosted.runtime.replica)
+            if data is not None:
+                return data
+        return await self.latest_snapshot(room_id)
 
     # ------------------------------------------------------------------ rooms
 
@@ -171,6 +186,7 @@ class RoomHost(LinkService):
         hosted = HostedRoom(runtime, dict(record.settings),
                             reader_snapshot=loaded.foreign_snapshot)
         self.rooms[room_id] = hosted
+        self.join_snapshots.warm(replica)
         self.metrics.rooms.set(len(self.rooms))
         self.metrics.room_changes.labels(room_id.hex()[:16]).set(replica.change_count())
         if loaded.snapshot_problem is not None:
@@ -478,6 +494,7 @@ class RoomHost(LinkService):
                     # Author's clock to ours: includes any clock skew between the two.
                     self.metrics.change_latency.observe(max(0.0, time.time() - made))
             hosted.stored_since_snapshot += 1
+            self.join_snapshots.moved(runtime.replica, event.change_id)
             self._members_may_have_changed(room_id, runtime.replica)
             started = time.perf_counter()
             waiter = runtime.durable(event.change_id)

@@ -6,7 +6,9 @@ cannot get that history by sync from anyone who pruned it: the changes after the
 build on changes nobody sends any more, so a node that started from the genesis would wait
 for them for ever (and never even see the grant that admits it). So, as a Python client
 does, the joining node asks the invite's nodes for the room's latest snapshot
-(``GET /api/rooms/{room}/snapshot``, signed with its identity and carrying the invite) and,
+(``GET /api/rooms/{room}/snapshot?history=kept``, signed with its identity and carrying
+the invite: the stored snapshot, which lists the retention window, not the join snapshot a
+client gets, whose history a node could never serve to its peers) and,
 if it verifies (signed by a member of the room, this room's genesis) and has a frontier,
 starts from it; then syncs the changes after it as usual.
 
@@ -67,12 +69,12 @@ async def _get_snapshot(base: str, invite: Invite, token: str, identity: Identit
                         timeout_s: float) -> bytes | None:
     parts = urlsplit(base)
     host = parts.netloc.rpartition("@")[2]
-    path = f"{parts.path.rstrip('/')}/api/rooms/{invite.room_id.hex()}/snapshot"
+    path = f"{parts.path.rstrip('/')}/api/rooms/{invite.room_id.hex()}/snapshot?history=kept"
     headers = {"Host": host, INVITE_HEADER: token.strip(),
                **sign_request(identity, "GET", path, host)}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http, \
-                http.get(f"{base}/api/rooms/{invite.room_id.hex()}/snapshot",
+                http.get(f"{base}/api/rooms/{invite.room_id.hex()}/snapshot?history=kept",
                          headers=headers) as resp:
             if resp.status != 200:
                 return None

@@ -20,7 +20,9 @@ the 404 of an unknown room; see meshnode.rooms.readers):
     GET  /api/rooms/{room}/genesis     the room's genesis change (bytes)
     GET  /api/rooms/{room}/heads       {"vv": {author hex: seq}, "changes": n, "admit": policy,
                                         "frontier": {author hex: seqs below the frontier}}
-    GET  /api/rooms/{room}/snapshot    the latest signed snapshot (bytes; 404 if none yet)
+    GET  /api/rooms/{room}/snapshot    the signed snapshot a client joins from (bytes; 404 if
+                                       none yet); ?history=kept: the stored one, listing the
+                                       retention window (what a joining node starts from)
     GET  /api/rooms/{room}/hosts       [{"peer_id", "urls", "addrs", "live"}]: the room's live
                                        hosts (meshnode.discovery); for a room this node does
                                        not host, the admin API only (it runs a DHT lookup)
@@ -124,6 +126,11 @@ class RoomAdmin(Protocol):
 
     async def latest_snapshot(self, room_id: bytes) -> bytes | None:
         """The room's latest stored snapshot (None if none yet)."""
+        ...
+
+    async def join_snapshot(self, room_id: bytes) -> bytes | None:
+        """The snapshot a joining client starts from, frontier near the heads (None if
+        none yet; ``meshnode.rooms.head_snapshots``)."""
         ...
 
 
@@ -304,7 +311,13 @@ def build_app(node: NodeApi) -> web.Application:
         hosted = room_or_404(request, RoomPart.SNAPSHOT)
         # A private room's snapshot holds its scene sealed (a reader node's) or not at all
         # (a blind host's): served as opaque bytes (docs/protocol.md, "Sealed snapshots").
-        snap = await host.latest_snapshot(hosted.runtime.room_id)
+        # A client gets the join snapshot (frontier near the heads); a node that joins asks
+        # for the stored one (?history=kept), whose kept changes it must hold to serve peers.
+        room_id = hosted.runtime.room_id
+        if request.query.get("history") == "kept":
+            snap = await host.latest_snapshot(room_id)
+        else:
+            snap = await host.join_snapshot(room_id)
         if snap is None:
             return _error(404, "no snapshot yet")
         return web.Response(body=snap, content_type="application/octet-stream")
