@@ -631,6 +631,11 @@ class SceneReplica(PrivateRoom, LocalEdits):
                 # the frontier never saw, which cannot be merged under it.
                 if ch.seq <= base.get(ch.author, 0):
                     results[i] = ApplyResult(DUPLICATE, "behind_frontier", cid)
+                elif not verify_signature(ch.author, ch.signature,
+                                          signing_payload(self.room_id, ch.body)):
+                    # ``behind_frontier`` is no fault of the sender (SENDER_BLAMELESS): only
+                    # a genuine change may claim it.
+                    results[i] = self._reject(cid, "bad_signature")
                 else:
                     results[i] = self._reject(cid, "behind_frontier")
                 continue

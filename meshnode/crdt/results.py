@@ -11,6 +11,12 @@ REJECTED = "rejected"
 # alone: the same change may be accepted when it is offered again later.
 TRANSIENT_REASONS = frozenset({"future_timestamp", "unknown_author"})
 
+# Rejection reasons that are no fault of the peer that sent the change: the transient ones,
+# and ``behind_frontier`` (a change stamped below this replica's snapshot frontier that the
+# snapshot's writer lacked: a late change, honest after a partition or an offline edit, that
+# only a fresh snapshot can take). The overlay does not score a peer for these.
+SENDER_BLAMELESS = TRANSIENT_REASONS | {"behind_frontier"}
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshnode.crdt import APPLIED, BUFFERED, DUPLICATE, REJECTED, ApplyResult, SceneReplica
-from meshnode.crdt.results import TRANSIENT_REASONS
+from meshnode.crdt.results import SENDER_BLAMELESS
 from meshnode.identity import (
     Identity,
     peer_id_from_public_key,
@@ -544,7 +544,7 @@ class RoomOverlay:
                         self.tree.on_duplicate_push(peer, author)
             elif res.status == BUFFERED:
                 wants = True
-            elif res.status == REJECTED and res.reason not in TRANSIENT_REASONS:
+            elif res.status == REJECTED and res.reason not in SENDER_BLAMELESS:
                 self._penalize(peer, "invalid_change", now)
                 if peer not in self.connected:
                     break
