@@ -138,13 +138,14 @@ SHARED_STATE: dict[str, Any] = {
 
 
 def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: Any) -> None:
-    """What replicas share in a simulation (the decode, verify and key caches) changes no
-    byte of results.json: the same run with every cache and the shared key table switched
-    off gives the same results (issue 15, item 3)."""
+    """What replicas share in a simulation (the decode, verify and key caches, the replicas
+    cloned from one set-up template with one shared role book) changes no byte of
+    results.json: the same run with every cache, the shared key table and the cloning
+    switched off gives the same results (issue 15, item 3)."""
     from netsim.metrics import results
 
-    def run() -> str:
-        sim = Simulation(parse(SHARED_STATE))
+    def run(*, share_setup: bool = True) -> str:
+        sim = Simulation(parse(SHARED_STATE), share_setup=share_setup)
         sim.run()
         out = results(sim, 0.0)
         assert out["changes_submitted"] > 20 and out["frames_cut_by_partitions"] > 0
@@ -155,6 +156,6 @@ def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: A
     monkeypatch.setattr("netsim.caches.using_change_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_frame_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_verify_cache", lambda _c: nullcontext())
-    alone = run()
+    alone = run(share_setup=False)
     assert key_table_mod._shared.value is None
     assert shared == alone
