@@ -28,7 +28,7 @@ from meshnode.overlay import (
     RoomOverlay,
 )
 from meshnode.runtime.room import LIVE_OVERLAY
-from netsim.caches import SimulationCaches
+from netsim.caches import SimulationCaches, frozen_setup
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.liveness import PING, Liveness
@@ -189,8 +189,9 @@ class Simulation:
     # ------------------------------------------------------------------ running
 
     def run(self) -> Observations:
-        """Run the scenario to its end (with this simulation's caches installed)."""
-        with self.caches.active():
+        """Run the scenario to its end (with this simulation's caches installed, and the
+        set-up's objects kept out of the garbage collector's scans: ``frozen_setup``)."""
+        with self.caches.active(), frozen_setup():
             return self._run()
 
     def _run(self) -> Observations:

@@ -19,7 +19,7 @@ import protocol.frames as frames_mod
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.tuning import GC_THRESHOLDS
-from netsim.caches import SimulationCaches
+from netsim.caches import SimulationCaches, frozen_setup
 from netsim.scenario import parse
 from netsim.simulation import Simulation
 from protocol.change import ChangeCache, decode_change, using_change_cache
@@ -159,3 +159,24 @@ def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: A
     alone = run(share_setup=False)
     assert key_table_mod._shared.value is None
     assert shared == alone
+
+
+def test_the_setup_is_frozen_out_of_the_collector_only_while_it_runs() -> None:
+    """``frozen_setup``: the set-up's objects are out of the collector's scans during the
+    run (gc.freeze), and the process's heap is as it was afterwards; a heap someone else
+    froze (a node's ``tune_gc``) is left alone."""
+    sim = Simulation(parse(SMALL))
+    seen: list[int] = []
+    sim.engine.at(1.0, lambda: seen.append(gc.get_freeze_count()))
+    assert gc.get_freeze_count() == 0
+    sim.run()
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with frozen_setup():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
