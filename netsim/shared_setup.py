@@ -76,6 +76,11 @@ class SharedRoleBook(RoleBook):
         super().add_inert(member, grant)
 
     def drop_stamp(self, stamp: list[Any], members: Any = None) -> None:
+        # A rollback or commit without grants of this stamp changes nothing: no copy.
+        if self._shared:
+            targets = list(self.grants) if members is None else members
+            if not any(g[0] is stamp for m in targets for g in self.grants.get(m, ())):
+                return
         self._own()
         super().drop_stamp(stamp, members)
 

@@ -89,3 +89,22 @@ def test_a_simulated_public_room_keeps_one_grant_table_a_private_one_its_own() -
     private = Simulation(parse({**raw, "workload": {**raw["workload"], "private": True}}))
     tables = {id(node.replica._roles.grants) for node in private.nodes}
     assert len(tables) == len(private.nodes)
+
+
+def test_an_edit_without_grants_copies_nothing_a_local_grant_copies_once() -> None:
+    owner, setup, ids = _room(10)
+    with SimulationCaches().active():
+        template = SceneReplica.from_genesis(owner.genesis, ids[0])
+        template.apply_many(setup, 0.0)
+        editor = clone_for(template, ids[1])  # odd index: an editor
+        assert editor.role_of(ids[1].public_id) == "editor"
+        editor.create_entity(ROOT)
+        editor.discard()
+        editor.create_entity(ROOT)
+        assert editor.commit(1.0) is not None
+        assert editor._roles.grants is template._roles.grants
+        boss = clone_for(template, ids[1])
+        boss._roles.add(ids[5].public_key, ([0, b"", b""], 2, ids[1].public_key, 9))
+        assert boss._roles.grants is not template._roles.grants
+        assert len(template._roles.grants[ids[5].public_key]) == 1  # its set-up grant only
+        assert len(boss._roles.grants[ids[5].public_key]) == 2
