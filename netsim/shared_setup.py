@@ -50,8 +50,9 @@ class SharedRoleBook(RoleBook):
 
     The tables it starts from must never change afterwards (the template's book is used by
     nobody else): every write goes through :meth:`add`, :meth:`add_inert` or
-    :meth:`drop_stamp`, which first give this book its own copy of the tables (the grant
-    tuples themselves are immutable and stay shared)."""
+    :meth:`drop_stamp`, which first give this book its own copy of the tables (``drop_stamp``
+    only if it has something to drop); the grant tuples, never changed in place, stay
+    shared."""
 
     __slots__ = ("_shared",)
 
