@@ -10,8 +10,10 @@ For each size N, one ``netsim.simulation.Simulation`` runs the real meshnode cor
 30 ms one way (fixed, no loss, no bandwidth limit), 20 editors making 10 edits/s in total
 (Poisson) from t = 1 s to the end of the measured window. Phases, timed separately:
 
-* **setup**: ``Simulation(scenario)``: identities, the owner's role grants, every replica
-  importing them, the editors' first entities. Not part of the rate.
+* **setup**: ``Simulation(scenario)``: identities, the owner's role grants, one template
+  replica importing them and every node's replica cloned from it (``netsim/shared_setup.py``),
+  the editors' first entities. Not part of the rate. ``memory`` gives the resident memory the
+  set-up added and the peak during the run, per node.
 * **bootstrap**: ``run()`` up to the first event: overlays started, links up at t = 0.
 * **run** (the measured window): the event loop from t = 0 to ``duration``. The rates
   (``sim_s_per_wall_s``, ``sim_s_per_cpu_s``, events/s) are over this phase only.
@@ -23,6 +25,9 @@ Baselines, same process, same N:
 * ``null_engine``: ``netsim.engine.Engine`` alone running as many events as the measured run,
   over the same simulated time, with a heap as large as the run's mean heap, each callback only
   scheduling its successor. Its time is the floor any workload pays for the event loop.
+* ``setup_unshared`` (up to ``--unshared-max-nodes``): the same set-up with
+  ``share_setup=False``, every replica applying every grant itself (quadratic): time and
+  memory, against which the shared set-up is compared (``ratios``).
 * ``idle_protocol``: the same scenario (same seed, so the same graph and identities) with
   ``edits_per_s = 0``: membership upkeep, anti-entropy and timers of N idle cores. Skipped above
   ``--idle-max-nodes`` (its set-up costs as much as the main run's).
@@ -33,11 +38,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from netsim.engine import Engine
@@ -46,7 +53,19 @@ from netsim.scenario import parse
 from netsim.simulation import Simulation
 
 TARGET_NODES = 1000
-TARGET_RATE = 1.0  # simulated seconds per wall second, one core
+TARGET_RATE = 2.0  # simulated seconds per wall second, one core (issue 15, item 3)
+MEMORY_NODES = 10_000
+MEMORY_LIMIT_MB = 8 * 1024  # 10,000 nodes must run within 8 GB (issue 15, item 3)
+
+
+def rss_mb() -> float:
+    """Resident set size now (Linux ``/proc/self/statm``; the peak where that is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def scenario_raw(n: int, duration: float, edits_per_s: float, seed: int) -> dict[str, Any]:
@@ -92,10 +111,27 @@ def _rate(sim_s: float, spent: float) -> float | None:
     return round(sim_s / spent, 3) if spent > 0 else None
 
 
+def run_setup(n: int, seed: int, share_setup: bool) -> dict[str, Any]:
+    """Only the set-up of the benchmark's scenario: its time and the memory it added."""
+    gc.collect()
+    before = rss_mb()
+    clock = _Clock()
+    sim = Simulation(parse(scenario_raw(n, 1.0, 10.0, seed)), share_setup=share_setup)
+    out: dict[str, Any] = {**clock.lap()}
+    gc.collect()
+    added = rss_mb() - before
+    out["rss_added_mb"] = round(added)
+    out["kb_per_node"] = round(added * 1024 / n, 1)
+    del sim
+    gc.collect()
+    return out
+
+
 def run_protocol(n: int, duration: float, edits_per_s: float, seed: int,
                  settle: float) -> dict[str, Any]:
     """One simulation, phases timed separately."""
     gc.collect()
+    rss_before = rss_mb()
     raw = scenario_raw(n, duration, edits_per_s, seed)
     scenario = parse(raw)
     heap_sizes: list[int] = []
@@ -108,6 +144,7 @@ def run_protocol(n: int, duration: float, edits_per_s: float, seed: int,
     sim = Simulation(scenario, progress=progress)
     sim_box.append(sim)
     setup = clock.lap()
+    rss_setup = rss_mb() - rss_before
 
     # Split run() at its first event: everything before is bootstrap (overlays, t=0 links).
     marks: dict[str, Any] = {}
@@ -130,6 +167,7 @@ def run_protocol(n: int, duration: float, edits_per_s: float, seed: int,
     frames_sent = _frames_sent(sim)
     changes = len(sim.obs.submitted)
 
+    rss_run = rss_mb() - rss_before
     sim.engine.run_until(duration + settle)  # no edits after `duration`; let gossip finish
     settle_t = clock.lap()
     res = results(sim, 0.0)
@@ -163,7 +201,15 @@ def run_protocol(n: int, duration: float, edits_per_s: float, seed: int,
         "converged": res["converged"],
         "latency_ms": res["latency_ms"],
         "payload_copies_per_node": res["payload_copies_per_node"],
-        # Process-wide peak so far (sizes run in increasing order, so ~ this size's peak).
+        "memory": {
+            # Resident memory this size added (over the process before it): after the set-up,
+            # and at the end of the measured window.
+            "setup_mb": round(rss_setup),
+            "setup_kb_per_node": round(rss_setup * 1024 / n, 1),
+            "after_run_mb": round(rss_run),
+            "after_run_kb_per_node": round(rss_run * 1024 / n, 1),
+        },
+        # This size's process (in_child): its peak, interpreter and imports included.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
@@ -194,7 +240,31 @@ def run_null_engine(events: int, heap: int, duration: float) -> dict[str, Any]:
     }
 
 
-def bench_size(n: int, duration: float, seed: int, settle: float, idle: bool) -> dict[str, Any]:
+def in_child(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh interpreter (spawned), so that each size's memory figures
+    and peak RSS are its own, not what earlier sizes left in this process's heap."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()
+
+
+def bench_size(n: int, duration: float, seed: int, settle: float, idle: bool,
+               unshared: bool) -> dict[str, Any]:
+    """One size: the run and its baselines (the run and the unshared set-up each in a
+    process of their own)."""
+    out: dict[str, Any] = in_child(bench_run, n, duration, seed, settle, idle)
+    if unshared:
+        base = in_child(run_setup, n, seed, False)
+        out["setup_unshared"] = base
+        out["ratios"]["setup_cpu_unshared_over_shared"] = (
+            round(base["cpu_s"] / out["setup"]["cpu_s"], 1) if out["setup"]["cpu_s"] > 0
+            else None)
+        out["ratios"]["setup_memory_unshared_over_shared"] = (
+            round(base["rss_added_mb"] / out["memory"]["setup_mb"], 1)
+            if out["memory"]["setup_mb"] > 0 else None)
+    return out
+
+
+def bench_run(n: int, duration: float, seed: int, settle: float, idle: bool) -> dict[str, Any]:
     main = run_protocol(n, duration, 10.0, seed, settle)
     null = run_null_engine(main["run"]["events"], main["run"]["mean_heap_size"], duration)
     out: dict[str, Any] = {**main, "null_engine": null}
@@ -237,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--idle-max-nodes", type=int, default=1000,
                     help="run the idle-protocol baseline up to this size (default 1000)")
+    ap.add_argument("--unshared-max-nodes", type=int, default=1000,
+                    help="run the unshared (quadratic) set-up baseline up to this size "
+                         "(default 1000)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: sizes 50,200, 5 s each, 5 s settle")
     args = ap.parse_args(argv)
@@ -259,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs = []
     for n, d in zip(sizes, durations, strict=True):
-        runs.append(bench_size(n, d, args.seed, args.settle, n <= args.idle_max_nodes))
+        runs.append(bench_size(n, d, args.seed, args.settle, n <= args.idle_max_nodes,
+                               n <= args.unshared_max_nodes))
         print(f"netsim_bench: {n} nodes done "
               f"({runs[-1]['run']['sim_s_per_cpu_s']} sim s / CPU s)", file=sys.stderr)
     at_target = [r for r in runs if r["nodes"] >= TARGET_NODES]
@@ -288,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                 (r["run"]["sim_s_per_wall_s"] or 0) >= TARGET_RATE for r in at_target),
             "met_cpu": bool(at_target) and all(
                 (r["run"]["sim_s_per_cpu_s"] or 0) >= TARGET_RATE for r in at_target),
+        },
+        "memory_target": {
+            "statement": f"{MEMORY_NODES} nodes within {MEMORY_LIMIT_MB} MB",
+            "sizes_checked": [r["nodes"] for r in runs if r["nodes"] >= MEMORY_NODES],
+            "met": any(r["nodes"] >= MEMORY_NODES for r in runs) and all(
+                r["peak_rss_mb"] <= MEMORY_LIMIT_MB for r in runs if r["nodes"] >= MEMORY_NODES),
         },
         "runs": runs,
         "total_wall_s": round(time.perf_counter() - started, 1),

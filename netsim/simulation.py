@@ -28,11 +28,12 @@ from meshnode.overlay import (
     RoomOverlay,
 )
 from meshnode.runtime.room import LIVE_OVERLAY
-from netsim.caches import SimulationCaches
+from netsim.caches import SimulationCaches, frozen_setup
 from netsim.engine import Engine
 from netsim.links import Link, LinkSpec
 from netsim.liveness import PING, Liveness
 from netsim.scenario import Event, Scenario, ScenarioError
+from netsim.shared_setup import clone_for
 from netsim.sim_node import Pair as Pair
 from netsim.sim_node import SimNode as SimNode
 from netsim.topology import Topology, build, neighbours
@@ -64,8 +65,12 @@ class Observations:
 class Simulation:
     """Build a room from a scenario and run it. ``run()`` returns the observations."""
 
-    def __init__(self, scenario: Scenario, *, progress: Callable[[float], None] | None = None):
+    def __init__(self, scenario: Scenario, *, progress: Callable[[float], None] | None = None,
+                 share_setup: bool = True):
+        """``share_setup``: clone the replicas of a public room from one that applied the
+        set-up (``netsim.shared_setup``); False makes each apply it (same results, slower)."""
         self.scenario = scenario
+        self.share_setup = share_setup
         self.progress = progress
         self.rng = random.Random(scenario.seed)
         self.engine = Engine()
@@ -151,10 +156,19 @@ class Simulation:
             setup.append(tail)
         self.nodes: list[SimNode] = []
         joiners = {x for ev in self.scenario.events if ev.kind == "join" for x in ev.nodes}
+        # A public room's replicas are copies of one that applied the set-up (linear set-up,
+        # grants shared: netsim/shared_setup.py); a private room's each apply it themselves.
+        template: SceneReplica | None = None
+        if self.share_setup and not wl.private and n > 1:
+            template = SceneReplica.from_genesis(owner.genesis, ids[1], **extra)
+            template.apply_many(setup, 0.0)
         for i in range(n):
-            rep = owner if i == 0 else SceneReplica.from_genesis(
-                owner.genesis, ids[i], **extra)
-            if i:
+            if i == 0:
+                rep = owner
+            elif template is not None:
+                rep = clone_for(template, ids[i], **extra)
+            else:
+                rep = SceneReplica.from_genesis(owner.genesis, ids[i], **extra)
                 rep.apply_many(setup, 0.0)
             node = SimNode(i, ids[i], ids[i].public_id, rep, editor=i < wl.editors)
             node.alive = i not in joiners
@@ -175,8 +189,9 @@ class Simulation:
     # ------------------------------------------------------------------ running
 
     def run(self) -> Observations:
-        """Run the scenario to its end (with this simulation's caches installed)."""
-        with self.caches.active():
+        """Run the scenario to its end (with this simulation's caches installed, and the
+        set-up's objects kept out of the garbage collector's scans: ``frozen_setup``)."""
+        with self.caches.active(), frozen_setup():
             return self._run()
 
     def _run(self) -> Observations:

@@ -19,7 +19,7 @@ import protocol.frames as frames_mod
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.tuning import GC_THRESHOLDS
-from netsim.caches import SimulationCaches
+from netsim.caches import SimulationCaches, frozen_setup
 from netsim.scenario import parse
 from netsim.simulation import Simulation
 from protocol.change import ChangeCache, decode_change, using_change_cache
@@ -138,13 +138,14 @@ SHARED_STATE: dict[str, Any] = {
 
 
 def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: Any) -> None:
-    """What replicas share in a simulation (the decode, verify and key caches) changes no
-    byte of results.json: the same run with every cache and the shared key table switched
-    off gives the same results (issue 15, item 3)."""
+    """What replicas share in a simulation (the decode, verify and key caches, the replicas
+    cloned from one set-up template with one shared role book) changes no byte of
+    results.json: the same run with every cache, the shared key table and the cloning
+    switched off gives the same results (issue 15, item 3)."""
     from netsim.metrics import results
 
-    def run() -> str:
-        sim = Simulation(parse(SHARED_STATE))
+    def run(*, share_setup: bool = True) -> str:
+        sim = Simulation(parse(SHARED_STATE), share_setup=share_setup)
         sim.run()
         out = results(sim, 0.0)
         assert out["changes_submitted"] > 20 and out["frames_cut_by_partitions"] > 0
@@ -155,6 +156,27 @@ def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: A
     monkeypatch.setattr("netsim.caches.using_change_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_frame_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_verify_cache", lambda _c: nullcontext())
-    alone = run()
+    alone = run(share_setup=False)
     assert key_table_mod._shared.value is None
     assert shared == alone
+
+
+def test_the_setup_is_frozen_out_of_the_collector_only_while_it_runs() -> None:
+    """``frozen_setup``: the set-up's objects are out of the collector's scans during the
+    run (gc.freeze), and the process's heap is as it was afterwards; a heap someone else
+    froze (a node's ``tune_gc``) is left alone."""
+    sim = Simulation(parse(SMALL))
+    seen: list[int] = []
+    sim.engine.at(1.0, lambda: seen.append(gc.get_freeze_count()))
+    assert gc.get_freeze_count() == 0
+    sim.run()
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with frozen_setup():
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
