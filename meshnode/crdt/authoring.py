@@ -177,18 +177,11 @@ class PersonDraft:
             return self._seal_private(now, mono, result, nonce)
         seq = replica.version_vector().get(self._author, 0) + 1
         deps = replica.heads()
-        if len(deps) > replica.limits.max_deps:
-            raise DraftRefused("too_many_heads", "the room has more heads than one change may "
-                               "name: try again in a moment")
+        _check_heads(replica, deps)
         hlc = replica.tick_clock(now, mono)
         body = pack([self._author, seq, deps, hlc,
                      [list(self._actors), list(self._names), list(self._ops)]])
-        if len(body) + 64 > replica.limits.max_change_bytes:
-            raise DraftRefused("too_large", "this edit is over the size of one change")
-        problem = replica.judge_unsigned(body)
-        if problem is not None:
-            raise DraftRefused(problem, _EXPLAIN.get(problem, f"the room refuses this edit "
-                                                              f"({problem})"))
+        _judge_body(replica, body)
         return SealedDraft(self._author, seq, body, result)
 
     def _seal_private(self, now: float, mono: float | None, result: object,
@@ -215,9 +208,7 @@ class PersonDraft:
             raise DraftRefused("no_usable_epoch", _EXPLAIN["no_usable_epoch"])
         seq = replica.version_vector().get(author, 0) + 1
         deps = replica.heads()
-        if len(deps) > replica.limits.max_deps:
-            raise DraftRefused("too_many_heads", "the room has more heads than one change may "
-                               "name: try again in a moment")
+        _check_heads(replica, deps)
         plain = pack([list(self._actors), list(self._names), list(self._ops)])
         problem = replica.judge_sealable(plain, author, deps)
         if problem is not None:
@@ -228,13 +219,25 @@ class PersonDraft:
         ct = seal(derived_key(secret, room, "content"), nonce, plain,
                   seal_aad(room, author, seq, hlc, epoch))
         body = pack([author, seq, deps, hlc, [[], [], [[OP_SEALED, epoch, nonce, ct]]]])
-        if len(body) + 64 > replica.limits.max_change_bytes:
-            raise DraftRefused("too_large", "this edit is over the size of one change")
-        problem = replica.judge_unsigned(body)
-        if problem is not None:
-            raise DraftRefused(problem, _EXPLAIN.get(problem, f"the room refuses this edit "
-                                                              f"({problem})"))
+        _judge_body(replica, body)
         return SealedDraft(author, seq, body, result, secret, created)
+
+
+def _check_heads(replica: SceneReplica, deps: list[bytes]) -> None:
+    """Refuse a draft whose deps (the room's heads) are more than one change may name."""
+    if len(deps) > replica.limits.max_deps:
+        raise DraftRefused("too_many_heads", "the room has more heads than one change may "
+                           "name: try again in a moment")
+
+
+def _judge_body(replica: SceneReplica, body: bytes) -> None:
+    """Refuse an unsigned body that is too large or that the room would refuse."""
+    if len(body) + 64 > replica.limits.max_change_bytes:
+        raise DraftRefused("too_large", "this edit is over the size of one change")
+    problem = replica.judge_unsigned(body)
+    if problem is not None:
+        raise DraftRefused(problem, _EXPLAIN.get(problem, f"the room refuses this edit "
+                                                          f"({problem})"))
 
 
 _EXPLAIN = {

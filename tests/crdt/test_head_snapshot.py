@@ -82,10 +82,9 @@ def test_head_snapshot_plus_later_changes_equals_full_replay(
     _same(client, full)
 
 
-def test_a_change_the_writer_lacked_below_the_frontier_is_refused() -> None:
-    """A late change (stamped before the head snapshot's frontier, applied by the node after
-    it wrote the snapshot) is refused by the client as ``behind_frontier``, never merged into
-    a summary that lacks it: the client's cue to start again from a fresh snapshot."""
+def late_change() -> tuple[SceneReplica, bytes, SceneReplica]:
+    """A node, a change an author made offline (stamped before the node's head snapshot but
+    not yet applied by it), and a client started from that snapshot."""
     genesis, first = _history(11, 20)
     node = SceneReplica.from_genesis(genesis, ident("node"))
     deliver(node, first, NOW + 100)
@@ -98,6 +97,14 @@ def test_a_change_the_writer_lacked_below_the_frontier_is_refused() -> None:
     snap = node.snapshot(keep_after_hlc=_hlc(offline) + 1)
     client = SceneReplica.from_snapshot(snap, ident("client"),
                                         trusted_signers=[node.identity.public_key])
+    return node, offline, client
+
+
+def test_a_change_the_writer_lacked_below_the_frontier_is_refused() -> None:
+    """A late change (stamped before the head snapshot's frontier, applied by the node after
+    it wrote the snapshot) is refused by the client as ``behind_frontier``, never merged into
+    a summary that lacks it: the client's cue to start again from a fresh snapshot."""
+    node, offline, client = late_change()
     assert node.apply(offline, NOW + 120).status == "applied"
     res = client.apply(offline, NOW + 120)
     assert (res.status, res.reason) == ("rejected", "behind_frontier")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import random
 
-from meshnode.crdt import ROOT, SceneReplica
 from meshnode.overlay import OverlayConfig, PeerMisbehaved, RoomOverlay
-from protocol.change import decode_change
 from protocol.frames import Changes, encode_frame
-from protocol.limits import DEFAULT_LIMITS
-from tests.crdt.harness import deliver, ident
-from tests.crdt.test_snapshot_join import NOW, _history
+from tests.crdt.harness import ident
+from tests.crdt.test_head_snapshot import late_change
+from tests.crdt.test_snapshot_join import NOW
 
 
 def _misbehaved(overlay: RoomOverlay) -> list[PeerMisbehaved]:
@@ -26,18 +24,7 @@ def _misbehaved(overlay: RoomOverlay) -> list[PeerMisbehaved]:
 
 
 def test_a_late_change_behind_the_frontier_is_not_scored_against_its_sender() -> None:
-    genesis, first = _history(11, 20)
-    node = SceneReplica.from_genesis(genesis, ident("node"))
-    deliver(node, first, NOW + 100)
-    writer = SceneReplica.from_genesis(genesis, ident("snapjoin-2", 1))
-    deliver(writer, first, NOW + 100)
-    writer.create_entity(ROOT, {"p": {"x": 3.0}})
-    offline = writer.commit(NOW + 90)  # made while the writer was away
-    assert offline is not None
-    node.tick_clock(NOW + 110)
-    hlc = decode_change(offline, DEFAULT_LIMITS).hlc
-    client = SceneReplica.from_snapshot(node.snapshot(keep_after_hlc=hlc + 1), ident("client"),
-                                        trusted_signers=[node.identity.public_key])
+    node, offline, client = late_change()
     overlay = RoomOverlay(client, ident("client"), OverlayConfig(), rng=random.Random(1),
                           wall_clock=lambda: NOW + 120)
     peer = node.identity.public_id
