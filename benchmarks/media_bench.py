@@ -47,12 +47,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import fractions
 import json
 import logging
 import math
 import os
 import statistics
+import struct
 import sys
 import time
 from collections import deque
@@ -65,6 +68,9 @@ sys.path.insert(0, str(ROOT))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IP_UDP_OVERHEAD = 28  # IPv4 + UDP header bytes per datagram
 WIDTH, HEIGHT, FPS = 640, 360, 15
+# ioctl: the kernel's receive time (CLOCK_REALTIME, a struct timespec) of the last datagram
+# read from a socket; the first call turns the socket's receive timestamps on.
+SIOCGSTAMPNS = 0x8907
 
 
 def pin(cpu: int | None) -> bool:
@@ -506,11 +512,15 @@ class ToneAudio:
 
 
 class Publisher:
-    """An aiortc publisher whose every sent RTP payload is hashed with its send time."""
+    """An aiortc publisher whose every sent RTP payload is hashed with its send times: ``sent``
+    (``perf_counter`` when aiortc hands the packet to SRTP, in this busy event loop) and
+    ``wire_sent`` (``CLOCK_REALTIME`` ns just before the ``sendto`` of its SRTP datagram, the
+    clock of the kernel's receive stamps)."""
 
     def __init__(self, video_kbps: int) -> None:
         self.video_kbps = video_kbps
         self.sent: dict[int, float] = {}
+        self.wire_sent: dict[int, int] = {}
         self.pc: Any = None
 
     async def connect(self, relay: Relay) -> None:
@@ -533,6 +543,18 @@ class Publisher:
 
         video.sender._handle_rtcp_packet = rtcp
         await pc.setLocalDescription(await pc.createOffer())
+        wire_sent, pending = self.wire_sent, [0]
+        for protocol in _dtls(pc).transport._connection._protocols:
+            transport = protocol.transport
+
+            async def send_data(data: bytes, addr: tuple[str, int],
+                                _transport: Any = transport) -> None:
+                if pending[0]:
+                    wire_sent.setdefault(pending[0], time.time_ns())
+                    pending[0] = 0
+                _transport.sendto(data, addr)  # (uvloop: the sendto(2) happens here)
+
+            protocol.send_data = send_data
         answer = await relay.call("publish", offer=_sdp(pc.localDescription))
         await pc.setRemoteDescription(RTCSessionDescription(**answer["answer"]))
         dtls = _dtls(pc)
@@ -542,8 +564,11 @@ class Publisher:
         async def send_rtp(data: bytes) -> None:
             if not is_rtcp(data):
                 payload = data[parse_rtp(data).header_len:]
-                sent.setdefault(hash(payload), time.perf_counter())
+                key = hash(payload)
+                sent.setdefault(key, time.perf_counter())
+                pending[0] = key  # stamped by send_data (no await suspends in between)
             await original_send(data)
+            pending[0] = 0
 
         dtls._send_rtp = send_rtp
         await wait_connected(pc)
@@ -554,29 +579,62 @@ class Publisher:
 
 
 class ArrivalStamps:
-    """When each datagram of an aioice connection is read from the socket (its
-    ``data_received``), and which one the DTLS transport is working on (it takes them one at
-    a time, in order, through ``recvfrom``): ``arrival``. Transit then ends at the socket, not
-    after this process has decrypted and handled the other copies that arrived at the same
-    time."""
+    """Two arrival times of each datagram of an aioice connection, and which datagram the DTLS
+    transport is working on (it takes them one at a time, in order, through ``recvfrom``):
+
+    * ``kernel_arrival``: the kernel's receive stamp (``CLOCK_REALTIME`` ns, ``SIOCGSTAMPNS`` on
+      the ICE socket right after uvloop's ``recvfrom``, which calls ``datagram_received``
+      synchronously per datagram). On loopback it is taken inside the relay's ``sendto``, so
+      transit to it holds nothing of this process's own event-loop queueing.
+    * ``arrival``: ``perf_counter`` when this process's event loop handles the datagram (its
+      ``data_received``): it also holds the time the datagram waited in the socket while the
+      loop encoded video and ran the other subscribers (the old, in-loop figure)."""
 
     def __init__(self) -> None:
         self.arrival: float | None = None
+        self.kernel_arrival: int | None = None
+        self.fd: int | None = None
+        self.kernel_missing = 0
+        # Stamps equal to the previous one: datagrams read in one batch would share the last
+        # one's (none expected: libuv reads and hands over one datagram at a time).
+        self.kernel_repeats = 0
+        self._last_kernel: int | None = None
 
     def attach(self, connection: Any) -> None:
-        stamps: deque[float] = deque()
+        stamps: deque[tuple[float, int | None]] = deque()
         data_received, recvfrom = connection.data_received, connection.recvfrom
+        buffer = bytes(16)
 
         def stamped(data: bytes, component: int) -> None:
-            stamps.append(time.perf_counter())
+            kernel: int | None = None
+            if self.fd is not None:
+                try:
+                    seconds, ns = struct.unpack("qq", fcntl.ioctl(self.fd, SIOCGSTAMPNS, buffer))
+                    kernel = seconds * 1_000_000_000 + ns
+                    if kernel == self._last_kernel:
+                        self.kernel_repeats += 1
+                    self._last_kernel = kernel
+                except OSError:
+                    pass
+            stamps.append((time.perf_counter(), kernel))
             data_received(data, component)
 
         async def next_datagram() -> tuple[bytes, int]:
             result = await recvfrom()
-            self.arrival = stamps.popleft() if stamps else None
+            self.arrival, self.kernel_arrival = stamps.popleft() if stamps else (None, None)
             return result  # type: ignore[no-any-return]
 
         connection.data_received, connection.recvfrom = stamped, next_datagram
+
+    def attach_socket(self, connection: Any) -> None:
+        """After candidates are gathered: the one ICE socket (host 127.0.0.1 only) whose
+        kernel stamps are read; the first ioctl turns them on (it fails: nothing read yet)."""
+        sockets = [p.transport.get_extra_info("socket") for p in connection._protocols]
+        if len(sockets) != 1:
+            return  # (then no kernel stamps: counted as missing)
+        self.fd = sockets[0].fileno()
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self.fd, SIOCGSTAMPNS, bytes(16))
 
 
 class Subscriber:
@@ -586,6 +644,7 @@ class Subscriber:
         self.key, self.kinds, self.publisher = key, kinds, publisher
         self.pc: Any = None
         self.transit: dict[str, list[float]] = {"audio": [], "video": []}
+        self.in_loop: dict[str, list[float]] = {"audio": [], "video": []}
         self.handled: dict[str, list[float]] = {"audio": [], "video": []}
         self.stamps = ArrivalStamps()
         self.unmatched = 0
@@ -604,24 +663,32 @@ class Subscriber:
         for t in pc.getTransceivers():
             SourceTap(t, source_id=t.kind, on_packet=self.on_packet, clock=time.perf_counter)
         await pc.setLocalDescription(await pc.createAnswer())
+        self.stamps.attach_socket(_dtls(pc).transport._connection)
         await relay.call("answer", key=self.key, answer=_sdp(pc.localDescription))
 
     async def on_packet(self, tap: Any, packet: Any, now: float) -> None:
         self.packets += 1
-        sent = self.publisher.sent.get(hash(packet.payload))
+        key = hash(packet.payload)
+        sent = self.publisher.sent.get(key)
         if sent is None:
             self.unmatched += 1
         else:
-            self.transit[tap.kind].append((self.stamps.arrival or now) - sent)
+            self.in_loop[tap.kind].append((self.stamps.arrival or now) - sent)
             self.handled[tap.kind].append(now - sent)
+            wire_sent, kernel = self.publisher.wire_sent.get(key), self.stamps.kernel_arrival
+            if wire_sent is None or kernel is None:
+                self.stamps.kernel_missing += 1
+            else:
+                self.transit[tap.kind].append((kernel - wire_sent) / 1e9)
         if (self.keyframe_wait is not None and not self.keyframe_wait.done()
                 and packet.vp8 is not None and packet.vp8.keyframe and packet.vp8.frame_start):
             self.keyframe_wait.set_result(now)
 
     def reset(self) -> None:
-        for values in (*self.transit.values(), *self.handled.values()):
+        for values in (*self.transit.values(), *self.in_loop.values(), *self.handled.values()):
             values.clear()
-        self.unmatched = self.packets = 0
+        self.unmatched = self.packets = self.stamps.kernel_missing = 0
+        self.stamps.kernel_repeats = 0
 
     async def close(self, relay: Relay) -> None:
         await relay.call("close", key=self.key)
@@ -678,8 +745,15 @@ def transit_summary(subs: list[Subscriber]) -> dict[str, Any]:
         everything += values
         out[kind] = {"samples": len(values), "p50_ms": pct(values, 0.5),
                      "p99_ms": pct(values, 0.99)}
-    out["all"] = {"samples": len(everything), "p50_ms": pct(everything, 0.5),
+    out["all"] = {"samples": len(everything), "min_ms": pct(everything, 0.0),
+                  "p50_ms": pct(everything, 0.5),
                   "p99_ms": pct(everything, 0.99), "max_ms": pct(everything, 1.0)}
+    # The old figure: arrival stamped when this (busy) event loop handles the datagram.
+    in_loop = [v for s in subs for k in ("audio", "video") for v in s.in_loop[k]]
+    out["in_loop_arrival"] = {"samples": len(in_loop), "p50_ms": pct(in_loop, 0.5),
+                              "p99_ms": pct(in_loop, 0.99), "max_ms": pct(in_loop, 1.0)}
+    out["without_kernel_stamp"] = sum(s.stamps.kernel_missing for s in subs)
+    out["repeated_kernel_stamps"] = sum(s.stamps.kernel_repeats for s in subs)
     handled = [v for s in subs for k in ("audio", "video") for v in s.handled[k]]
     out["after_subscriber_receive"] = {"p50_ms": pct(handled, 0.5),
                                        "p99_ms": pct(handled, 0.99)}
@@ -856,7 +930,7 @@ class Bench:
             "audio_and_video": {"rx_kbps": m["wire"]["full"]["rx_kbps"],
                                 "rx_kbps_with_ip_udp": m["wire"]["full"]["rx_kbps_with_ip_udp"],
                                 "rx_packets_per_s": m["wire"]["full"]["rx_packets_per_s"]},
-            "audio_only_video_packets": len(audio.transit["video"]),
+            "audio_only_video_packets": len(audio.handled["video"]),
         }
         resumes = []
         for _ in range(3 if self.quick else 8):
@@ -1033,6 +1107,10 @@ class Bench:
                 "relay_cpu_us_per_forwarded_packet": round(chain_per_packet * 1e4, 1),
                 "added_latency_ms_p50": chain_largest["transit"]["all"]["p50_ms"],
                 "added_latency_ms_p99": chain_p99,
+                "added_latency_in_loop_ms_p50": chain_largest["transit"]["in_loop_arrival"][
+                    "p50_ms"],
+                "added_latency_in_loop_ms_p99": chain_largest["transit"]["in_loop_arrival"][
+                    "p99_ms"],
                 "relay_residence_ms_p50": chain_largest["relay_residence"]["p50_ms"],
                 "relay_residence_ms_p99": chain_largest["relay_residence"]["p99_ms"],
             },
@@ -1047,9 +1125,19 @@ class Bench:
                 largest["forwarded_packets_per_s"] / largest["subscribers"], 1)
             if largest["subscribers"] else None,
             "subscriber_kbps": largest["subscriber_rx_kbps_mean"],
+            # Publisher's sendto(2) -> the kernel's receive stamp on the subscriber's socket
+            # (CLOCK_REALTIME both): the relay's socket queue, its work and its sendto, and
+            # none of the load process's own event-loop queueing.
             "added_latency_ms_p50": largest["transit"]["all"]["p50_ms"],
             "added_latency_ms_p99": largest["transit"]["all"]["p99_ms"],
             "added_latency_at_subscribers": largest["subscribers"],
+            # The old figure, for comparison: publisher's send in Python (before SRTP) ->
+            # the subscriber's event loop handling the datagram; it holds the queueing of the
+            # load process (VP8 encoding + N subscribers' DTLS/SRTP on one event loop).
+            "added_latency_in_loop_ms_p50": largest["transit"]["in_loop_arrival"]["p50_ms"],
+            "added_latency_in_loop_ms_p99": largest["transit"]["in_loop_arrival"]["p99_ms"],
+            "added_latency_samples_without_kernel_stamp": largest["transit"][
+                "without_kernel_stamp"],
             # The relay's own part of it: source datagram in -> copy handed to the kernel.
             "relay_residence_ms_p50": largest["relay_residence"]["p50_ms"],
             "relay_residence_ms_p99": largest["relay_residence"]["p99_ms"],
