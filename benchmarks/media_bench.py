@@ -17,9 +17,20 @@ SRTP), the relay in its own process.
 * **The load** (this process, pinned to ``--load-cpu``): one aiortc publisher, synthetic
   640x360 VP8 at 15 fps held at ``--video-kbps`` (REMB ignored) plus Opus (a tone with noise,
   aiortc's 96 kbps target); subscribers whose receivers are tapped the same way (nothing is
-  decoded here either). Each RTP payload the publisher sends is hashed with its send time;
-  each subscriber looks its arrivals up: transit = publisher send -> subscriber arrival of
-  the same payload, through the relay, on loopback.
+  decoded here either). Each RTP payload the publisher sends is hashed with its send times;
+  each subscriber looks its arrivals up (payload-matched, through the relay, on loopback).
+* **Transit** (``added_latency_ms_*``) = the publisher's ``sendto`` of the SRTP datagram
+  (``CLOCK_REALTIME`` taken just before it, in a hook on aioice's ``send_data``) -> the
+  kernel's receive stamp of the copy on the subscriber's ICE socket (``SIOCGSTAMPNS`` read
+  right after uvloop's ``recvfrom``; on loopback the kernel delivers inside the relay's
+  ``sendto``). It holds the relay's socket queue, its work and its ``sendto``, and nothing of
+  this process's own queueing: here one event loop encodes the publisher's VP8 and runs all N
+  subscribers' DTLS/SRTP, and a datagram can wait in a socket for it for milliseconds.
+  ``added_latency_in_loop_ms_*`` keeps the old figure for comparison: the publisher's send in
+  Python (before SRTP) -> the moment this event loop handles the datagram, both
+  ``perf_counter``; it includes that harness queueing. ``relay_residence_ms_*`` is measured
+  inside the relay (its event loop handles the source datagram -> the copy's ``sendto``), so it
+  leaves out the time a datagram waits in the relay's own socket, which transit includes.
 
 Phases (each measured over a window after a settle time; ``--quick`` uses fewer, shorter ones):
 
