@@ -32,11 +32,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._env import environment  # noqa: E402
 from meshnode.client import connect  # noqa: E402
 from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
-from meshnode.crdt import SceneReplica  # noqa: E402
 from meshnode.identity import Identity  # noqa: E402
-from meshnode.store import ChangeStore  # noqa: E402
 from meshnode.transport.ice import IceSettings  # noqa: E402
-from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess  # noqa: E402
+from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, stopped_node_room  # noqa: E402
 
 ENTITIES = 1_000
 SNAPSHOT_EVERY = 5_000
@@ -45,12 +43,7 @@ SNAPSHOT_EVERY = 5_000
 def write_history(data_dir: Path, room_hex: str, changes: int) -> None:
     """``changes`` changes (the first creates the room's entities) into the stopped node's
     log, a snapshot every SNAPSHOT_EVERY."""
-    identity = Identity.load(data_dir / "identity.key")
-    room_id = bytes.fromhex(room_hex)
-    with ChangeStore.open(data_dir / "meshnode.db") as store:
-        genesis = next(r.genesis for r in store.rooms() if r.room_id == room_id)
-        replica = SceneReplica.from_genesis(genesis, identity)
-        assert replica.replay(store.changes(room_id)).ok
+    with stopped_node_room(data_dir, room_hex) as (store, replica, room_id):
         now = time.time() - 3_600.0
         ents = [replica.create_entity(SCENE_ROOT, {"p": {"x": 0.0}}) for _ in range(ENTITIES)]
         batch: list[tuple[bytes, bytes]] = []

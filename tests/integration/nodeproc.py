@@ -1,5 +1,6 @@
 """Real ``meshnode up`` processes for integration tests (loopback only)."""
 
+import contextlib
 import json
 import os
 import re
@@ -9,8 +10,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshnode.crdt import SceneReplica
+    from meshnode.store import ChangeStore
 
 LOOPBACK_CONFIG = """
 [network]
@@ -23,6 +29,24 @@ level = "info"
 _URL = re.compile(r"Open (http://\S+)/\?room=([0-9a-f]{64})")
 _UP = re.compile(r"meshnode (\S+) is up\.")
 _METRICS = re.compile(r"Metrics: (http://\S+)/metrics")
+
+
+@contextlib.contextmanager
+def stopped_node_room(data_dir: Path, room_hex: str
+                      ) -> Iterator[tuple["ChangeStore", "SceneReplica", bytes]]:
+    """A stopped node's store and its replica of room ``room_hex``, replayed from its log,
+    with the room ID: to write history into the node before it starts again."""
+    from meshnode.crdt import SceneReplica
+    from meshnode.identity import Identity
+    from meshnode.store import ChangeStore
+
+    identity = Identity.load(data_dir / "identity.key")
+    room_id = bytes.fromhex(room_hex)
+    with ChangeStore.open(data_dir / "meshnode.db") as store:
+        genesis = next(r.genesis for r in store.rooms() if r.room_id == room_id)
+        replica = SceneReplica.from_genesis(genesis, identity)
+        assert replica.replay(store.changes(room_id)).ok
+        yield store, replica, room_id
 
 
 class NodeProcess:

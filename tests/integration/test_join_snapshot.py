@@ -21,10 +21,9 @@ from meshnode.crdt import ROOT, EntityId, SceneReplica
 from meshnode.crdt.snapshot import decode_snapshot
 from meshnode.identity import Identity
 from meshnode.rooms.head_snapshots import MAX_LISTED
-from meshnode.store import ChangeStore
 from protocol.change import change_id
 from protocol.limits import DEFAULT_LIMITS
-from tests.integration.nodeproc import NodeProcess
+from tests.integration.nodeproc import NodeProcess, stopped_node_room
 from tests.integration.test_line import ICE
 from tests.integration.test_long_history import HISTORY, TAIL, _until, _write_history
 
@@ -105,17 +104,12 @@ def _history_with_a_late_change(data_dir: Path, room_hex: str, editor: Identity,
     """HISTORY changes by the node (the room's owner), among them a grant to ``editor``;
     returns a change ``editor`` made early in that history (its stamp far below any join
     snapshot's frontier) that the node's store does not hold, and the entity it creates."""
-    identity = Identity.load(data_dir / "identity.key")
-    room_id = bytes.fromhex(room_hex)
-    with ChangeStore.open(data_dir / "meshnode.db") as store:
-        genesis = next(r.genesis for r in store.rooms() if r.room_id == room_id)
-        owner = SceneReplica.from_genesis(genesis, identity)
-        assert owner.replay(store.changes(room_id)).ok
+    with stopped_node_room(data_dir, room_hex) as (store, owner, room_id):
         now = time.time() - 60.0
         owner.grant(editor.public_id, "editor")
         ent = owner.create_entity(ROOT, {"p": {"x": 0.0}})
         made = [owner.commit(now)]
-        mine = SceneReplica.from_genesis(genesis, editor)
+        mine = SceneReplica.from_genesis(owner.genesis, editor)
         assert mine.replay(owner.changes_since([])).ok
         late_ent = mine.create_entity(ROOT, {"p": {"x": 5.0}})
         late = mine.commit(now)

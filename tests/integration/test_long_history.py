@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 from meshnode.client import connect
-from meshnode.crdt import ROOT, SceneReplica
+from meshnode.crdt import ROOT
 from meshnode.identity import Identity
-from meshnode.store import ChangeStore
-from tests.integration.nodeproc import NodeProcess
+from tests.integration.nodeproc import NodeProcess, stopped_node_room
 from tests.integration.test_line import ICE
 
 HISTORY = 3_000  # changes written before the snapshot
@@ -23,12 +22,7 @@ TAIL = 300  # changes written after it
 
 def _write_history(data_dir: Path, room_hex: str) -> dict[str, object]:
     """Append HISTORY changes, save a snapshot, append TAIL more; return the final scene."""
-    identity = Identity.load(data_dir / "identity.key")
-    room_id = bytes.fromhex(room_hex)
-    with ChangeStore.open(data_dir / "meshnode.db") as store:
-        genesis = next(r.genesis for r in store.rooms() if r.room_id == room_id)
-        replica = SceneReplica.from_genesis(genesis, identity)
-        assert replica.replay(store.changes(room_id)).ok
+    with stopped_node_room(data_dir, room_hex) as (store, replica, room_id):
         now = time.time() - 60.0
         ents = [replica.create_entity(ROOT, {"p": {"x": 0.0}}) for _ in range(20)]
         batch: list[tuple[bytes, bytes]] = []
