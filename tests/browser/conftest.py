@@ -38,3 +38,18 @@ async def chromium(chromium_path: str) -> AsyncIterator[Chromium]:
         yield browser
     finally:
         await browser.close()
+
+
+MEDIA_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+               "--autoplay-policy=no-user-gesture-required")
+"""Chromium with a fake microphone (a beeping tone) and camera, and autoplay allowed."""
+
+
+@pytest.fixture
+async def media_chromium(chromium_path: str) -> AsyncIterator[Chromium]:
+    """A Chromium with a fake microphone and camera (the pages of a test share it)."""
+    browser = await Chromium.launch(chromium_path, extra_flags=MEDIA_FLAGS)
+    try:
+        yield browser
+    finally:
+        await browser.close()

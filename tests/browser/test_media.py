@@ -40,13 +40,12 @@ from meshnode.web.routes import add_web_routes
 from tests.integration.nodeproc import LOOPBACK_CONFIG, NodeProcess, start_host
 
 from .chromium import Chromium
+from .conftest import MEDIA_FLAGS
 from .test_web_client import FakeRoom, Wire, loopback_ice, until
 
 __all__ = ["loopback_ice"]  # the fixture, imported so pytest finds it here
 
 PEER = "12D3KooWLRQSFLEwE3dE5VSqECWWSadt3QLiG1vsjSNszyVSCFux"
-MEDIA_FLAGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-               "--autoplay-policy=no-user-gesture-required")
 
 
 # ---------------------------------------------------------------------- the messages
@@ -251,16 +250,6 @@ async def test_the_node_refuses_what_a_page_may_not_do() -> None:
 
 
 # ---------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture
-async def media_chromium(chromium_path: str) -> AsyncIterator[Chromium]:
-    """One Chromium with fake camera and microphone (both pages of a test share it)."""
-    browser = await Chromium.launch(chromium_path, extra_flags=MEDIA_FLAGS)
-    try:
-        yield browser
-    finally:
-        await browser.close()
 
 
 @pytest.fixture

@@ -32,20 +32,9 @@ from tests.integration.nodeproc import NodeProcess
 from tests.integration.test_line import ICE, line, until
 
 from .chromium import Chromium, Page
-from .test_media import MEDIA_FLAGS
 from .view import screenshot_view
 
 __all__ = ["line"]  # the fixture, imported so pytest finds it here
-
-
-@pytest.fixture
-async def media_chromium(chromium_path: str) -> AsyncIterator[Chromium]:
-    """A Chromium with a fake microphone (a beeping tone) and camera."""
-    browser = await Chromium.launch(chromium_path, extra_flags=MEDIA_FLAGS)
-    try:
-        yield browser
-    finally:
-        await browser.close()
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BLOCK = re.compile(r"^```(hex|json) vector=(\S+)\n(.*?)^```$", re.M | re.S)
