@@ -7,6 +7,7 @@ the relative difference is ``(A - B) / B`` (how far the simulation is from the r
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,13 +170,67 @@ HEAL_TOLERANCE = Tolerance("convergence_time_after_heal_s", 0.30, 1.0)
 DELIVERY_TOLERANCE = Tolerance("delivery_ratio", 0.0)
 
 
+# How sure the interval of a sampled percentile is (two-sided, normal approximation of the
+# binomial count of samples below the true percentile): 99%, so that the ~30 latency checks of
+# a fidelity run do not fail on sampling noise alone while a real gap still shows.
+INTERVAL_Z = 2.576
+
+
+def percentile_interval(ordered: list[float], q: float,
+                        z: float = INTERVAL_Z) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the ``q``-th percentile (0..100) that the
+    sorted sample ``ordered`` estimates: the order statistics at ranks ``n p -/+ z sqrt(n p
+    (1 - p))`` (the number of samples under the true percentile is binomial). None if empty.
+
+    A p99 of 480 samples is the 5th largest, and the true p99 lies anywhere between the
+    sample's ~97.7th percentile and its maximum: on a tail that moves with one event-loop
+    stall, that is more than the tolerance, so a point-to-point comparison fails on noise."""
+    n = len(ordered)
+    if n == 0:
+        return None
+    p = q / 100.0
+    spread = z * math.sqrt(n * p * (1.0 - p))
+    lo = max(1, math.floor(n * p - spread))
+    hi = min(n, math.ceil(n * p + spread) + 1)
+    return ordered[lo - 1], ordered[hi - 1]
+
+
+def series_of(result: dict[str, Any], metric: str) -> list[float] | None:
+    """The sorted samples behind a latency percentile metric (``latency_ms.pQ`` or
+    ``latency_ms_by_hops.H.pQ``) in ``result["series"]``, or None (not a sampled percentile,
+    or no series)."""
+    parts = metric.split(".")
+    series = result.get("series")
+    if not isinstance(series, dict) or not parts[-1].startswith("p"):
+        return None
+    if parts[0] == "latency_ms" and len(parts) == 2:
+        values = series.get("latency_ms")
+    elif parts[0] == "latency_ms_by_hops" and len(parts) == 3:
+        by = series.get("latency_ms_by_hops")
+        values = None
+        if isinstance(by, dict):
+            values = by.get(parts[1], by.get(int(parts[1])) if parts[1].isdigit() else None)
+    else:
+        return None
+    if not isinstance(values, list) or not values:
+        return None
+    return sorted(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One metric checked against its tolerance."""
+    """One metric checked against its tolerance.
+
+    For a sampled percentile, ``sim_interval`` and ``emu_interval`` are each run's confidence
+    interval of it (``percentile_interval``): the runs agree when the two intervals come
+    within the allowance of each other, i.e. when some value each run is consistent with lies
+    within the tolerance of some value the other is. Without them the point values must."""
 
     tolerance: Tolerance
     sim: float | None
     emu: float | None
+    sim_interval: tuple[float, float] | None = None
+    emu_interval: tuple[float, float] | None = None
 
     @property
     def allowed(self) -> float | None:
@@ -185,24 +240,53 @@ class Verdict:
         return max(self.tolerance.relative * abs(self.emu), self.tolerance.absolute)
 
     @property
+    def gap(self) -> float | None:
+        """How far apart the runs are: between the intervals (0 if they overlap) when both
+        are known, else between the point values (None if a value is missing)."""
+        if self.sim is None or self.emu is None:
+            return None
+        if self.sim_interval is not None and self.emu_interval is not None:
+            (s_lo, s_hi), (e_lo, e_hi) = self.sim_interval, self.emu_interval
+            return max(0.0, s_lo - e_hi, e_lo - s_hi)
+        return abs(self.sim - self.emu)
+
+    @property
     def ok(self) -> bool:
         """Whether the simulation agrees (both present and within the allowance)."""
-        if self.sim is None or self.emu is None or self.allowed is None:
+        if self.gap is None or self.allowed is None:
             return self.sim is None and self.emu is None
-        return abs(self.sim - self.emu) <= self.allowed + 1e-9
+        return self.gap <= self.allowed + 1e-9
 
     def __str__(self) -> str:
         rel = ("" if not self.emu or self.sim is None
                else f" ({(self.sim - self.emu) / self.emu:+.0%})")
-        return (f"{self.tolerance.metric}: sim {self.sim} vs emu {self.emu}{rel}, allowed "
+        spans = ""
+        if self.sim_interval is not None and self.emu_interval is not None:
+            spans = (f", intervals sim {_span(self.sim_interval)} emu "
+                     f"{_span(self.emu_interval)} gap {round(self.gap or 0.0, 3)}")
+        return (f"{self.tolerance.metric}: sim {self.sim} vs emu {self.emu}{rel}{spans}, allowed "
                 f"±{self.allowed if self.allowed is None else round(self.allowed, 3)} -> "
                 f"{'ok' if self.ok else 'OUT'}")
 
 
+def _span(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
 def agreement(sim: dict[str, Any], emu: dict[str, Any],
               tolerances: list[Tolerance]) -> list[Verdict]:
-    """Check ``sim`` against ``emu`` metric by metric."""
-    return [Verdict(t, dig(sim, t.metric), dig(emu, t.metric)) for t in tolerances]
+    """Check ``sim`` against ``emu`` metric by metric (percentiles with their intervals when
+    both results carry the samples)."""
+    out = []
+    for t in tolerances:
+        intervals: list[tuple[float, float] | None] = []
+        for result in (sim, emu):
+            values = series_of(result, t.metric)
+            q = float(t.metric.rsplit(".p", 1)[1]) if values is not None else 0.0
+            intervals.append(None if values is None else percentile_interval(values, q))
+        out.append(Verdict(t, dig(sim, t.metric), dig(emu, t.metric), intervals[0],
+                           intervals[1]))
+    return out
 
 
 def as_measured_by_clients(result: dict[str, Any], hop_quantiles_ms: tuple[float, ...],
