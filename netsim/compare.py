@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netsim.metrics import percentile
-from netsim.node_model import NodeSpec
 from netsim.scenario import ScenarioError
 
 COMPARED = (
@@ -286,36 +283,4 @@ def agreement(sim: dict[str, Any], emu: dict[str, Any],
             intervals.append(None if values is None else percentile_interval(values, q))
         out.append(Verdict(t, dig(sim, t.metric), dig(emu, t.metric), intervals[0],
                            intervals[1]))
-    return out
-
-
-def as_measured_by_clients(result: dict[str, Any], hop_quantiles_ms: tuple[float, ...],
-                           seed: int) -> dict[str, Any]:
-    """``result`` (a ``netsim run``) with its latencies read as the emulation reads them.
-
-    The emulation cannot see inside a node: a change's latency is the time between a client
-    at the origin node seeing it and a client at the receiving node seeing it, so each reading
-    holds one node -> client hop more at the receiver (added) and at the origin (subtracted).
-    They cancel in the median, not in the tails. This adds the same to netsim's node-to-node
-    figures: for each (change, receiver) sample, a draw from the per-hop time distribution
-    ``hop_quantiles_ms`` (a ``[node] processing_quantiles_ms``, measured in the emulation run)
-    minus another, floored at 0 as the emulation floors its readings. Seeded: the same inputs
-    give the same output. Latency percentiles and the series are recomputed; nothing else
-    changes."""
-    spec = NodeSpec(processing_quantiles_ms=tuple(hop_quantiles_ms))
-
-    def read(values: list[float], salt: str) -> list[float]:
-        rng = random.Random(f"{seed}:client-hops{salt}")
-        return sorted(max(0.0, x + spec.draw_ms(rng.random()) - spec.draw_ms(rng.random()))
-                      for x in values)
-
-    lat = read(result["series"]["latency_ms"], "")
-    by = {h: read(v, f":{h}") for h, v in result["series"].get("latency_ms_by_hops",
-                                                                 {}).items()}
-    out = dict(result)
-    out["latency_ms"] = {**{f"p{q}": percentile(lat, q) for q in (50, 90, 99)},
-                         "max": lat[-1] if lat else None}
-    out["latency_ms_by_hops"] = {h: {f"p{q}": percentile(v, q) for q in (50, 90, 99)}
-                                 for h, v in by.items()}
-    out["series"] = {**result["series"], "latency_ms": lat, "latency_ms_by_hops": by}
     return out

@@ -34,6 +34,7 @@ from meshnode.overlay.events import (
     RequestRefused,
 )
 from meshnode.rooms.privacy_info import private_info
+from meshnode.runtime.apply_trace import record_applied
 from protocol.change import change_id
 from protocol.frames import Presence
 
@@ -298,6 +299,7 @@ class RoomRuntime:
         stored_already: bytes | None = None
         if isinstance(event, ChangeApplied):
             notify = True
+            record_applied(event.change_id)
             if event.change_id in self._stored_before_gossip:
                 # publish() wrote it before spreading it: no second write.
                 self._stored_before_gossip.discard(event.change_id)

@@ -23,6 +23,8 @@ class EmulationObservations:
     submitted: dict[str, tuple[int, float]] = field(default_factory=dict)  # cid -> origin, t
     delivered: dict[str, dict[int, float]] = field(default_factory=dict)  # cid -> node -> t
     local: dict[str, float] = field(default_factory=dict)  # cid -> seen by the origin's watcher
+    # cid -> node -> when that node applied it (``MESHNODE_TRACE_APPLIED``; empty: no trace)
+    applied: dict[str, dict[int, float]] = field(default_factory=dict)
     heals: list[float] = field(default_factory=list)
     partitions: list[float] = field(default_factory=list)
     live_at_end: list[int] = field(default_factory=list)
@@ -57,13 +59,17 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
     expected = delivered = fully = 0
     cache: dict[int, list[float]] = {}
     raw: list[float] = []
+    at_nodes = bool(obs.applied)
+    missing_at_nodes = 0
     for cid, (origin, sent) in obs.submitted.items():
-        # Node to node, as netsim measures: from the moment a client at the origin node sees
-        # the change to the moment the client at the receiver does. Both readings include
-        # one node -> client hop on the same machine, so that hop cancels (in distribution);
-        # from the editor's own submit time (``raw``) it would count a client -> node hop too.
+        # Node to node, as netsim measures: from the moment the origin node applied the change
+        # to the moment the receiver did, read from the nodes' apply traces. Without them,
+        # from the moment a client at the origin node sees it to the moment the client at the
+        # receiver does: both readings include one node -> client hop, which cancels in the
+        # median but not in the tails (a loaded machine delays client processes most).
         t0 = obs.local.get(cid, sent)
         got = obs.delivered.get(cid, {})
+        at = obs.applied.get(cid, {})
         receivers = [j for j in sorted(live) if j != origin]
         expected += len(receivers)
         here = 0
@@ -76,7 +82,13 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
                 continue
             here += 1
             raw.append((t - sent) * 1000.0)
-            lat = max(0.0, (t - t0) * 1000.0)
+            if at_nodes:
+                if origin not in at or j not in at:
+                    missing_at_nodes += 1
+                    continue
+                lat = max(0.0, (at[j] - at[origin]) * 1000.0)
+            else:
+                lat = max(0.0, (t - t0) * 1000.0)
             latencies.append(lat)
             shortest.append(sp[j])
             if sp[j] > 0:
@@ -123,10 +135,16 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
     by_hops: dict[int, list[float]] = {}
     for cid, (origin, sent) in obs.submitted.items():
         t0 = obs.local.get(cid, sent)
+        at = obs.applied.get(cid, {})
         for j, t in obs.delivered.get(cid, {}).items():
             if j in live and j != origin:
-                by_hops.setdefault(hop_counts[origin][j], []).append(
-                    max(0.0, (t - t0) * 1000.0))
+                if not at_nodes:
+                    lat = max(0.0, (t - t0) * 1000.0)
+                elif origin in at and j in at:
+                    lat = max(0.0, (at[j] - at[origin]) * 1000.0)
+                else:
+                    continue
+                by_hops.setdefault(hop_counts[origin][j], []).append(lat)
     links = obs.fabric.get("links", {})
     bytes_by_node = [0.0] * topology.n
     util: dict[str, float] = {}
@@ -165,6 +183,8 @@ def results(*, name: str, seed: int, duration_s: float, sample_interval_s: float
         "wall_time_s": round(wall_time_s, 3),
         "emulation": {
             "setup_s": round(obs.setup_s, 3),
+            "latency_measured_at": "nodes" if at_nodes else "clients",
+            "latency_samples_without_node_trace": missing_at_nodes,
             "client_hops_ms": _summary(client_hops, (50, 90, 99)),
             "client_to_client_latency_ms": _summary(raw, (50, 90, 99)),
             "not_measured": ["payload_copies_per_node", "presence"],

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from meshnode.runtime.apply_trace import TRACE_ENV, read_trace
 from netsim.emulate import namespaces, trace
 from netsim.emulate.fabric import FabricSpec
 from netsim.emulate.namespaces import PREFIX, Plan
@@ -166,13 +167,14 @@ class Emulation:
     # ------------------------------------------------------------------ processes
 
     async def _spawn(self, name: str, argv: list[str], ns: str | None = None,
-                     on_line: Callable[[str], None] | None = None) -> Child:
+                     on_line: Callable[[str], None] | None = None,
+                     env: dict[str, str] | None = None) -> Child:
         cmd = (["ip", "netns", "exec", ns] if ns else []) + argv
         log = open(self.logs / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=log, start_new_session=True, preexec_fn=_die_with_parent,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         child = Child(name, proc, log, on_line)
         self.children.append(child)
         child.start_reading()
@@ -270,11 +272,27 @@ class Emulation:
             f"node-{i}", [self.python, "-m", "meshnode", "up", "--config",
                           str(self._node_config(i)), "--data-dir", str(data),
                           "--listen", f"0.0.0.0:{NODE_PORT}", *extra],
-            ns=self.plan.namespace(i), on_line=on_line)
+            ns=self.plan.namespace(i), on_line=on_line,
+            env={TRACE_ENV: str(self._applied_trace(i))})
         self.nodes[i] = child
         if not await _ready_or_exit(ready, child, SETUP_TIMEOUT_S):
             raise EmulationFailed(f"node {i} did not start:\n{child.tail()}")
         return child
+
+    def _applied_trace(self, i: int) -> Path:
+        """Where node ``i`` appends the time it applied each change (a restart appends)."""
+        return self.logs / f"applied-{i}.trace"
+
+    def _read_applied(self) -> None:
+        """Node-side apply times, relative to the workload's time 0 (``obs.applied``)."""
+        assert self.t0 is not None
+        for i in range(self.scenario.nodes):
+            try:
+                text = self._applied_trace(i).read_text(encoding="ascii", errors="replace")
+            except OSError:
+                continue
+            for cid, t in read_trace(text).items():
+                self.obs.applied.setdefault(cid, {})[i] = t - self.t0
 
     def _bootstrap(self, i: int) -> list[str]:
         """Node ``i`` bootstraps to its topology neighbours with a smaller index (those
@@ -502,6 +520,7 @@ class Emulation:
                 del i
         await asyncio.sleep(0.5)
         self.obs.trace = trace.summary(trace.read(self.logs / "packets.trace"))
+        self._read_applied()
         sc = self.scenario
         return results(name=sc.name, seed=sc.seed, duration_s=sc.duration_s,
                        sample_interval_s=sc.sample_interval_s, topology=self.topology,

@@ -306,6 +306,7 @@ def test_results_have_netsims_keys_and_node_to_node_latency() -> None:
     assert set(sim) <= set(got)
     assert set(sim["series"]) <= set(got["series"])
     assert got["latency_ms"]["p50"] == pytest.approx(50.0)  # from the origin's watcher
+    assert got["emulation"]["latency_measured_at"] == "clients"  # no node traced its applies
     assert got["emulation"]["client_hops_ms"]["p50"] == pytest.approx(4.0)
     assert got["emulation"]["client_to_client_latency_ms"]["p50"] == pytest.approx(54.0)
     assert got["delivery_ratio"] == pytest.approx(5 / 6)
@@ -315,6 +316,31 @@ def test_results_have_netsims_keys_and_node_to_node_latency() -> None:
     assert got["frames_cut_by_partitions"] == 2
     assert got["series"]["samples"][-1]["delivered_fraction"] == pytest.approx(5 / 6)
     json.dumps(got)
+
+
+def test_latency_is_read_at_the_nodes_when_they_traced_their_applies() -> None:
+    sc = parse(scenario())
+    topo, _ = topology_of(sc)
+    obs = observations()
+    # The clients saw "a" 50 and 100 ms after the watcher (a client's own delay in it); the
+    # nodes applied it 1.000 at the origin, 1.030 and 1.061 at the receivers.
+    obs.applied = {"a": {0: 1.000, 1: 1.030, 2: 1.061}, "b": {0: 2.0, 1: 2.031, 2: 5.9},
+                   "c": {0: 9.0, 1: 9.02}}
+    got = results(name="x", seed=1, duration_s=10, sample_interval_s=0.5, topology=topo,
+                  default_spec=sc.links, obs=obs, wall_time_s=1.0)
+    assert got["emulation"]["latency_measured_at"] == "nodes"
+    assert got["emulation"]["latency_samples_without_node_trace"] == 0
+    assert got["series"]["latency_ms"] == pytest.approx([20.0, 30.0, 31.0, 61.0, 3900.0])
+    assert got["latency_ms_by_hops"]["1"]["p50"] == pytest.approx(30.0)
+    assert got["series"]["latency_ms_by_hops"]["2"] == pytest.approx([61.0, 3900.0])
+    # Delivery and convergence still come from what the clients saw.
+    assert got["delivery_ratio"] == pytest.approx(5 / 6)
+    # A pair a node did not trace is left out and counted, never read from the clients.
+    del obs.applied["a"][2]
+    got = results(name="x", seed=1, duration_s=10, sample_interval_s=0.5, topology=topo,
+                  default_spec=sc.links, obs=obs, wall_time_s=1.0)
+    assert got["emulation"]["latency_samples_without_node_trace"] == 1
+    assert got["series"]["latency_ms"] == pytest.approx([20.0, 30.0, 31.0, 3900.0])
 
 
 def test_compare_table_and_agreement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
