@@ -11,36 +11,22 @@ measurements only (a warning says so at start).
 """
 
 import logging
-import os
 import time
-from typing import TextIO
+
+from meshnode.taps import EnvFileTap
 
 __all__ = ["TRACE_ENV", "read_trace", "record_applied"]
 
 TRACE_ENV = "MESHNODE_TRACE_APPLIED"
-log = logging.getLogger("meshnode.runtime")
-
-_file: TextIO | None = None
-_opened = False
-
-
-def _trace_file() -> TextIO | None:
-    global _file, _opened
-    if not _opened:
-        _opened = True
-        path = os.environ.get(TRACE_ENV)
-        if path:
-            _file = open(path, "a", encoding="ascii", buffering=1)  # noqa: SIM115 (lives with the process)
-            log.warning("apply trace is on (%s=%s): the time of every change applied is "
-                        "appended to that file; for measurements only", TRACE_ENV, path)
-    return _file
+_TAP = EnvFileTap(TRACE_ENV, "the time of every change applied is appended to",
+                  logging.getLogger("meshnode.runtime"))
 
 
 def record_applied(change_id: bytes) -> None:
     """Append that this node applied ``change_id`` now, if the trace is on."""
-    f = _trace_file()
+    f = _TAP.file()
     if f is not None:
-        f.write(f"{change_id.hex()} {time.monotonic():.6f}\n")
+        f.write(f"{change_id.hex()} {time.monotonic():.6f}\n".encode("ascii"))
 
 
 def read_trace(text: str) -> dict[str, float]:

@@ -9,35 +9,20 @@ production: the file holds everything the node exchanges (and a warning says so 
 """
 
 import logging
-import os
 import struct
-from typing import BinaryIO
 
-__all__ = ["CAPTURE_ENV", "capture_file", "read_capture", "record"]
+from meshnode.taps import EnvFileTap
+
+__all__ = ["CAPTURE_ENV", "read_capture", "record"]
 
 CAPTURE_ENV = "MESHNODE_CAPTURE_LINKS"
-log = logging.getLogger("meshnode.transport")
-
-_file: BinaryIO | None = None
-_opened = False
-
-
-def capture_file() -> BinaryIO | None:
-    """The open capture file (None: capture is off)."""
-    global _file, _opened
-    if not _opened:
-        _opened = True
-        path = os.environ.get(CAPTURE_ENV)
-        if path:
-            _file = open(path, "ab", buffering=0)  # noqa: SIM115 (lives with the process)
-            log.warning("link capture is on (%s=%s): every link message is written to that "
-                        "file; for debugging and tests only", CAPTURE_ENV, path)
-    return _file
+_TAP = EnvFileTap(CAPTURE_ENV, "every link message is appended to",
+                  logging.getLogger("meshnode.transport"))
 
 
 def record(sent: bool, data: bytes) -> None:
     """Append one message to the capture file, if capture is on."""
-    f = capture_file()
+    f = _TAP.file()
     if f is not None:
         f.write((b">" if sent else b"<") + struct.pack(">I", len(data)) + data)
 
