@@ -93,6 +93,7 @@ class EditBatch:
         "counter_before",
         "creates",
         "field_undo",
+        "has_role_ops",
         "name_index",
         "names",
         "ops",
@@ -116,6 +117,7 @@ class EditBatch:
         self.field_undo: list[tuple[dict[str, Register], str, Register | None]] = []
         self.shadowed: list[tuple[dict[str, Register], str, Register]] = []
         self.role_ops: list[tuple[bytes, int]] = []
+        self.has_role_ops = False  # any OP_ROLE in ``ops`` (``grant`` or ``admit``)
         self.revokes: list[bytes] = []
         self.required = ROLE_VIEWER
         self.counter_before = counter
@@ -217,16 +219,19 @@ class LocalEdits:
             batch is not None and level <= batch.required and self._role() >= level
             and (not scene or self._epochs is None)
             and len(batch.ops) + ops <= self._max_ops
-            and batch.bytes + nbytes <= self._byte_budget()
-            and all(n in batch.name_index for n in names)
         ):
             # The batch already passed every other check (as in set_field); creators new
             # to it take room (``_ref`` lists them).
-            me, listed = self._me, batch.actor_index
-            new = {a for a in actors if a != me and a not in listed}
-            if not new or (
-                len(batch.actors) + len(new) <= self.limits.max_actors_per_change
-                and batch.bytes + nbytes + ACTOR_BYTES * len(new) <= self._byte_budget()
+            room = self._byte_budget() - batch.bytes - nbytes
+            me, listed, name_index = self._me, batch.actor_index, batch.name_index
+            new = 0
+            for a in actors:
+                if a not in listed and a != me:
+                    new += 1
+            if new > 1 and len(set(actors)) < len(actors):  # (two refs to one new creator)
+                new = len({a for a in actors if a != me and a not in listed})
+            if room >= ACTOR_BYTES * new and all(n in name_index for n in names) and (
+                not new or len(batch.actors) + new <= self.limits.max_actors_per_change
             ):
                 return batch
         if self._role() < level:
@@ -619,6 +624,7 @@ class LocalEdits:
         if invite is not None:
             op += [invite, max_uses]
         batch.ops.append(op)
+        batch.has_role_ops = True
         batch.bytes += op_bytes
         batch.role_ops.append((key, code))
         seq = self._graph.vv_all.get(self._me, 0) + 1
@@ -676,6 +682,7 @@ class LocalEdits:
             batch.bytes += ACTOR_BYTES
         op[1] = batch.actor_index[key]
         batch.ops.append(op)
+        batch.has_role_ops = True
         batch.bytes += op_bytes
         seq = self._graph.vv_all.get(self._me, 0) + 1
         self._roles.add(key, (batch.stamp, code, self._me, seq))
@@ -693,6 +700,8 @@ class LocalEdits:
 
     def _fill_cutoffs(self, batch: EditBatch, vv: Mapping[bytes, int]) -> None:
         """Each role op names the member's highest seq this replica has seen."""
+        if not batch.has_role_ops:
+            return  # (most batches: no walk over every op at each commit)
         for op in batch.ops:
             if op[0] == OP_ROLE:
                 op[3] = vv.get(batch.actors[op[1]], 0)
@@ -701,8 +710,7 @@ class LocalEdits:
         """Book the role ops of a just-committed batch as a peer's would be booked."""
         # ``admit`` (a host's grant by proof) is in ``ops`` but not ``role_ops`` (which
         # ``commit`` checks against the author's own authority): it is booked here too.
-        if not batch.role_ops and not batch.revokes \
-                and not any(op[0] == OP_ROLE for op in batch.ops):
+        if not batch.has_role_ops and not batch.revokes:
             return
         stamp = batch.stamp
         self._roles.drop_stamp(stamp, batch.actors)  # booked again below, as committed grants
@@ -770,10 +778,6 @@ class LocalEdits:
                 "too_many_heads",
             )
         hlc = self._clock.tick(now, mono)
-        # An actor that authored one of the deps is sent as that dep's index (1 byte, not 33).
-        head_author: dict[bytes, int] = {}
-        for i, d in enumerate(deps):
-            head_author.setdefault(graph.author_of(d), i)
         booked: dict[str, Any] | None = None
         ops, names, pub_actors = batch.ops, batch.names, batch.actors
         if self._epochs is not None:
@@ -785,7 +789,7 @@ class LocalEdits:
             pub_actors, ops, booked = self._seal_batch(
                 batch.ops, batch.actors, batch.names, vv, deps, seq, hlc)
             names = []
-        actors: list[bytes | int] = [head_author.get(a, a) for a in pub_actors]
+        actors = self._actors_by_dep(pub_actors, deps) if pub_actors else []
         data = encode_change(
             author=self._me,
             seq=seq,
@@ -820,6 +824,19 @@ class LocalEdits:
             self._commit_private(cid, seq, hlc, deps, booked)
         self._commit_role_ops(batch, cid, seq, hlc)
         return data
+
+    def _actors_by_dep(self, keys: list[bytes], deps: list[bytes]) -> list[bytes | int]:
+        """The actor list as sent: a key that authored one of ``deps`` is that dep's index
+        (1 byte, not 33). (The graph's columns are read inline: a commit names ~20 deps.)"""
+        graph = self._graph
+        index, col_author, authors = graph.index, graph.col_author, graph.authors
+        head_author: dict[bytes, int] = {}
+        for i, d in enumerate(deps):
+            p = index[d]
+            a = authors[col_author[p]] if p >= 0 else graph.base_entries[~p].author
+            if a not in head_author:
+                head_author[a] = i
+        return [head_author.get(a, a) for a in keys]
 
     def discard(self) -> None:
         """Roll back every uncommitted local edit."""

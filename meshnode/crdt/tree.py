@@ -137,9 +137,13 @@ class MoveTree:
         cycle: it sorts after every op in the log (its stamp is infinitely late), so it is
         appended, with no undo-redo and no cycle walk."""
         log = self.log
-        if log and _entry_key(log[-1]) >= _entry_key(entry):
-            self.apply([entry])  # not expected; kept correct all the same
-            return
+        if log:
+            last = log[-1]
+            # (The common case, the batch's previous op: same stamp, a lower index.)
+            if not (last[0] is entry[0] and last[1] < entry[1]) \
+                    and _entry_key(last) >= _entry_key(entry):
+                self.apply([entry])  # not expected; kept correct all the same
+                return
         parent = self.parent
         entry[4] = parent.get(entry[2])
         parent[entry[2]] = entry[3]

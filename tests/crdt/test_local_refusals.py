@@ -338,3 +338,43 @@ def test_grants_to_more_actors_than_a_change_may_list_are_refused():
     data = o.commit(NOW)
     assert data is not None and peer.apply(data, NOW).status == APPLIED
     assert o.role_of(others[2].public_id) == "none"
+
+
+def test_a_move_between_two_entities_of_one_new_creator_takes_one_actor_slot():
+    # The batch's fast path (``_require``) counts the creators new to the batch: a move
+    # naming two entities of one creator lists that creator once, so it fits the last slot;
+    # a third creator does not.
+    limits = Limits(max_actors_per_change=2)
+    room = make_room([], tag="refusals-slots", limits=limits)
+    o = room.owner
+    ids = [ident("refusals-slots-member", k) for k in range(3)]
+    members = [SceneReplica.from_genesis(room.genesis, i, limits=limits) for i in ids]
+    replicas = [o, *members]
+
+    def share(src: SceneReplica) -> None:
+        data = src.commit(NOW)
+        assert data is not None
+        for r in replicas:
+            if r is not src:
+                assert r.apply(data, NOW).status == APPLIED
+
+    for pair in (ids[:2], ids[2:]):  # (at most two actors per change)
+        for i in pair:
+            o.grant(i.public_id, "editor")
+        share(o)
+    made = []
+    for r in members:
+        made.append((r.create_entity(ROOT), r.create_entity(ROOT)))
+        share(r)
+    (a1, _), (b1, b2), (c1, c2) = made
+    o.set_field(a1, "name", "text", "first creator")  # one slot: a's
+    o.move(b1, b2)  # b's entities on both sides: one more slot, the last
+    with pytest.raises(BatchFull):
+        o.move(c1, c2)
+    data = o.commit(NOW)
+    assert data is not None
+    ch = decode_change(data)
+    assert len(ch.actors) == 2 and [op[0] for op in ch.ops] == [OP_SET, OP_MOVE]
+    for r in members:
+        assert r.apply(data, NOW).status == APPLIED
+    assert_converged(replicas)
