@@ -14,33 +14,45 @@ turns the filter off: every update goes to every recipient, in order of interest
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.presence_interest import (
     MAX_BEHIND,
     Interest,
     Recipient,
+    Spot,
     make_plan,
     new_recipient,
     pick,
     position,
     rebudget,
+    reschedule,
+    schedule,
+    speaking,
+    unschedule,
 )
 from meshnode.overlay.scoring import TokenBucket
-from protocol.frames import Presence
+from protocol.frames import Presence, encode_frame
 
 _position = position  # the name meshnode.media imports
 
 
+def _spot(msg: Presence) -> Spot:
+    return position(msg.fields), speaking(msg.fields)
+
+
 @dataclass(slots=True)
 class Seen:
-    """The latest update from one participant, and the peer it came from (None: ours)."""
+    """The latest update from one participant, and the peer it came from (None: ours);
+    ``spot``: its position and speaking, read once per update (every plan uses them);
+    ``frame``: its encoded frame, made once for all recipients (``frame_of``)."""
 
     msg: Presence
     at: float
     bucket: TokenBucket
     via: str | None = None
+    spot: Spot = (None, False)
+    frame: bytes | None = None
 
 
 class PresenceTable:
@@ -98,52 +110,69 @@ class PresenceTable:
                 self.dropped_rate += 1
                 return False
             old.msg, old.at, old.via = msg, now, via
+            old.spot, old.frame = _spot(msg), None
             return True
         if len(self.seen) >= self.config.max_participants:
             oldest = min(self.seen, key=lambda k: self.seen[k].at)
             del self.seen[oldest]
         c = self.config
         bucket = TokenBucket(c.presence_rate_per_s, c.presence_burst, c.presence_burst - 1, now)
-        self.seen[msg.participant] = Seen(msg, now, bucket, via)
+        self.seen[msg.participant] = Seen(msg, now, bucket, via, _spot(msg))
         return True
+
+    def frame_of(self, msg: Presence) -> bytes:
+        """``encode_frame(msg)``, encoded once per update however many recipients get it."""
+        seen = self.seen.get(msg.participant)
+        if seen is None or seen.msg is not msg:
+            return encode_frame(msg)  # an update replaced (or expired) since it was queued
+        if seen.frame is None:
+            seen.frame = encode_frame(msg)
+        return seen.frame
 
     def enqueue(self, msg: Presence, peers: Callable[[], set[str]], source: str | None,
                 now: float) -> None:
         """Queue an update for every recipient but its source (replacing an older one)."""
         queued = False
-        for peer in sorted(peers()):
+        recipients = self.recipients
+        targets = peers()
+        if not targets.issubset(recipients):
+            for peer in sorted(targets):  # made in a fixed order: flushes follow it
+                if peer != source:
+                    self.recipient(peer, now)
+        p = msg.participant
+        for peer in targets:
             if peer != source:
-                r = self.recipient(peer, now)
-                r.queue[msg.participant] = msg
-                r.fresh = True
+                r = recipients[peer]  # made above
+                if p not in r.queue and self.config.presence_filter:
+                    schedule(self.config, r, p)
+                r.queue[p] = msg
                 queued = True
         if queued and self.next_flush is None:
             self.next_flush = now + self.config.presence_interval_s
 
-    def _interest(self, msg: Presence) -> tuple[int, float]:
-        speaking = 0 if msg.fields.get("speaking") is True else 1
-        mine = self.seen.get(self.me)
-        here = _position(mine.msg.fields) if mine is not None else None
-        there = _position(msg.fields)
+    def _interest(self, here: tuple[float, float, float] | None,
+                  msg: Presence) -> tuple[int, float]:
+        seen = self.seen.get(msg.participant)
+        there, talking = seen.spot if seen is not None and seen.msg is msg else _spot(msg)
         if here is None or there is None:
-            return (speaking, math.inf)
-        return (speaking, math.dist(here, there))
+            return (0 if talking else 1, math.inf)
+        return (0 if talking else 1, math.dist(here, there))
 
     def _centres(self, peer: str, r: Recipient) -> list[tuple[float, float, float]]:
         """Where recipient ``peer``'s interest is centred: a client's own position; for a
         neighbour, the positions of the participants heard through it, else our own."""
         if r.leaf:
             own = self.seen.get(r.participant) if r.participant is not None else None
-            pos = _position(own.msg.fields) if own is not None else None
+            pos = own.spot[0] if own is not None else None
             return [pos] if pos is not None else []
         centres: list[tuple[float, float, float]] = []
         for p in sorted(k for k, s in self.seen.items() if s.via == peer)[:MAX_BEHIND]:
-            pos = _position(self.seen[p].msg.fields)
+            pos = self.seen[p].spot[0]
             if pos is not None:
                 centres.append(pos)
         if not centres:
             mine = self.seen.get(self.me)
-            pos = _position(mine.msg.fields) if mine is not None else None
+            pos = mine.spot[0] if mine is not None else None
             if pos is not None:
                 centres.append(pos)
         return centres
@@ -155,21 +184,26 @@ class PresenceTable:
             return []
         out: list[tuple[str, Presence]] = []
         if not self.config.presence_filter:
+            mine = self.seen.get(self.me)
+            here = mine.spot[0] if mine is not None else None
             for peer, r in self.recipients.items():
-                ranked = sorted(r.queue.values(), key=self._interest)
+                if not r.queue:
+                    continue
+                ranked = sorted(r.queue.values(), key=lambda m: self._interest(here, m))
                 for msg in ranked[: self.config.presence_per_flush]:
                     out.append((peer, msg))
                     del r.queue[msg.participant]
                     r.sent_msgs += 1
         else:
-            latest: dict[bytes, dict[str, Any]] | None = None
+            latest: dict[bytes, Spot] | None = None
             for peer, r in self.recipients.items():
                 if not r.queue:
                     continue
                 if now >= r.plan.until:
                     if latest is None:
-                        latest = {k: s.msg.fields for k, s in self.seen.items()}
+                        latest = {k: s.spot for k, s in self.seen.items()}
                     r.plan = make_plan(self.config, r, latest, self._centres(peer, r), now)
+                    reschedule(self.config, r)
                 for msg in pick(self.config, r, now):
                     out.append((peer, msg))
         queued = any(r.queue for r in self.recipients.values())
@@ -186,6 +220,7 @@ class PresenceTable:
             del self.seen[k]
             for r in self.recipients.values():
                 r.queue.pop(k, None)
+                unschedule(r, k)
                 r.last_sent.pop(k, None)
                 r.waiting.pop(k, None)
         return gone

@@ -37,6 +37,7 @@ each participant is refreshed at least every ``presence_floor_s`` (plus a flush)
 budget covers the floor load.
 """
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,13 @@ class Plan:
 
 @dataclass(slots=True)
 class Recipient:
-    """One recipient's presence state: its queue, what was sent when, budget and plan."""
+    """One recipient's presence state: its queue, what was sent when, budget and plan.
+
+    The queue is scheduled incrementally, so a flush costs what is due, not what is queued:
+    each queued participant not yet due sits in ``heap`` at the time it becomes due (its last
+    send plus its plan's interval; never sent: at once), and moves to ``ready`` when that
+    time comes; ``ready`` holds the due ones the budget has not let out yet. ``due_at`` is
+    the authority (a heap entry that disagrees with it is stale and skipped)."""
 
     leaf: bool
     participant: bytes | None  # the recipient's own participant key (a client), if known
@@ -92,10 +99,9 @@ class Recipient:
     last_sent: dict[bytes, float] = field(default_factory=dict)
     waiting: dict[bytes, float] = field(default_factory=dict)  # never sent: queued since
     plan: Plan = field(default_factory=Plan)
-    # Nothing queued can be due before ``wake`` unless an update arrived since (``fresh``):
-    # the flush skips this recipient without scanning its queue.
-    wake: float = -math.inf
-    fresh: bool = True
+    heap: list[tuple[float, bytes]] = field(default_factory=list)
+    due_at: dict[bytes, float] = field(default_factory=dict)
+    ready: set[bytes] = field(default_factory=set)
     sent_msgs: int = 0
     sent_bytes: int = 0
     held_back: int = 0  # due updates left queued by the budget (they wait, coalesced)
@@ -136,7 +142,7 @@ def rebudget(config: OverlayConfig, r: Recipient, interest: Interest, now: float
         bucket.rate, bucket.burst = rate, burst
         bucket.tokens = min(bucket.tokens, burst)
     r.budget = b
-    r.plan.until = r.wake = -math.inf
+    r.plan.until = -math.inf  # a new plan, and so a new schedule, at the next flush
 
 
 def _bursts(config: OverlayConfig, b: Budget) -> tuple[float, float]:
@@ -166,30 +172,39 @@ def position(fields: dict[str, Any]) -> tuple[float, float, float] | None:
     return None
 
 
-def _speaking(fields: dict[str, Any]) -> bool:
+def speaking(fields: dict[str, Any]) -> bool:
+    """Whether the fields say the participant is speaking."""
     return fields.get("speaking") is True
 
 
-def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, dict[str, Any]],
+Spot = tuple[tuple[float, float, float] | None, bool]
+"""What a plan needs of a participant's latest update: its position (None: unknown) and
+whether it is speaking (``PresenceTable`` works both out once per update)."""
+
+
+def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, Spot],
               centres: list[tuple[float, float, float]], now: float) -> Plan:
-    """Tier, distance and minimum interval of every participant in ``latest`` (latest
-    fields by participant) for recipient ``r``, whose interest is centred on ``centres``
-    (a client: its own position; a neighbour: its participants'; [] if unknown)."""
+    """Tier, distance and minimum interval of every participant in ``latest`` (position
+    and speaking by participant) for recipient ``r``, whose interest is centred on
+    ``centres`` (a client: its own position; a neighbour: its participants'; [] if
+    unknown)."""
     plan = Plan(until=now + config.presence_plan_s)
     dist: dict[bytes, float] = {}
-    for p, fields in latest.items():
+    dist_to = math.dist
+    for p, (there, _) in latest.items():
         if p == r.participant:
             continue
-        there = position(fields)
         d = math.inf
         if there is not None and centres:
-            d = min(math.dist(c, there) for c in centres)
+            d = dist_to(centres[0], there) if len(centres) == 1 else min(
+                dist_to(c, there) for c in centres)
         dist[p] = d
+    key, interval = plan.key, plan.interval
     if not r.leaf:
         # A neighbour: full rate for everyone; distance only orders within its budget.
         for p, d in dist.items():
-            plan.key[p] = (TIER_SPEAKING if _speaking(latest[p]) else TIER_VIEW, d)
-            plan.interval[p] = 0.0
+            key[p] = (TIER_SPEAKING if latest[p][1] else TIER_VIEW, d)
+            interval[p] = 0.0
         return plan
     known = sorted((d, p) for p, d in dist.items() if d != math.inf)
     near = {p for _, p in known[: config.presence_near_count]}
@@ -200,32 +215,67 @@ def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, dict[str,
     floor = config.presence_floor_s
     radius = r.budget.view_radius
     for p, d in dist.items():
-        if _speaking(latest[p]):
-            plan.key[p], plan.interval[p] = (TIER_SPEAKING, d), 0.0
+        if latest[p][1]:
+            key[p], interval[p] = (TIER_SPEAKING, d), 0.0
         elif p in near:
-            plan.key[p], plan.interval[p] = (TIER_NEAR, d), 0.0
+            key[p], interval[p] = (TIER_NEAR, d), 0.0
         elif d == math.inf:
-            plan.key[p], plan.interval[p] = (TIER_VIEW, d), 0.0
+            key[p], interval[p] = (TIER_VIEW, d), 0.0
         elif d <= radius:
-            plan.key[p], plan.interval[p] = (TIER_VIEW, d), min(floor, full * d / d_ref)
+            key[p], interval[p] = (TIER_VIEW, d), min(floor, full * d / d_ref)
         else:
-            plan.key[p], plan.interval[p] = (TIER_FAR, d), floor
+            key[p], interval[p] = (TIER_FAR, d), floor
     return plan
+
+
+# A heap entry this close to ``now`` is looked at (and put back if not yet due): the due test
+# below is the exact one, so rounding in ``last + interval - tol`` never delays an update.
+_EPSILON_S = 1e-6
+
+
+def schedule(config: OverlayConfig, r: Recipient, p: bytes) -> None:
+    """Participant ``p`` was just queued for ``r`` (nothing of it was queued): put it in the
+    schedule at the time it becomes due under the current plan."""
+    last = r.last_sent.get(p)
+    at = -math.inf if last is None else (
+        last + r.plan.interval.get(p, 0.0) - config.presence_interval_s / 2)
+    r.due_at[p] = at
+    heapq.heappush(r.heap, (at, p))
+
+
+def reschedule(config: OverlayConfig, r: Recipient) -> None:
+    """A new plan (new intervals): schedule everything queued afresh."""
+    r.heap.clear()
+    r.due_at.clear()
+    r.ready.clear()
+    for p in r.queue:
+        schedule(config, r, p)
+
+
+def unschedule(r: Recipient, p: bytes) -> None:
+    """``p`` is no longer queued for ``r`` (its heap entry goes stale)."""
+    r.due_at.pop(p, None)
+    r.ready.discard(p)
 
 
 def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
     """The queued updates ``r`` gets now (see the module docstring), removed from its queue
     and paid from its buckets."""
+    heap, ready, due_at = r.heap, r.ready, r.due_at
+    horizon = now + _EPSILON_S
+    while heap and heap[0][0] <= horizon:
+        at, p = heapq.heappop(heap)
+        if due_at.get(p) == at:
+            ready.add(p)
+    if not ready:
+        return []
     tol = config.presence_interval_s / 2
     floor = config.presence_floor_s
     plan = r.plan
-    if not r.fresh and now < r.wake:
-        return []
-    r.fresh = False
     overdue: list[tuple[float, bytes]] = []
     due: list[tuple[tuple[int, float], float, bytes]] = []
-    wake = math.inf
-    for p in r.queue:
+    later: list[bytes] = []
+    for p in ready:
         last = r.last_sent.get(p)
         if last is None:
             # Never sent: due now, in interest order; overdue once queued for the floor.
@@ -236,13 +286,13 @@ def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
                 due.append((plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p))
         elif now - last + tol >= floor:
             overdue.append((last, p))
+        elif now >= last + plan.interval.get(p, 0.0) - tol:
+            due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
         else:
-            at = last + plan.interval.get(p, 0.0) - tol
-            if now >= at:
-                due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
-            elif at < wake:
-                wake = at
-    r.wake = min(wake, plan.until)
+            later.append(p)  # within rounding of due: back in the heap
+    for p in later:
+        ready.discard(p)
+        heapq.heappush(heap, (due_at[p], p))
     if not overdue and not due:
         return []
     overdue.sort()
@@ -256,15 +306,16 @@ def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
         if cost > r.size.burst:
             # Could never be paid for: dropped, or it would block this recipient for good.
             del r.queue[p]
+            unschedule(r, p)
             r.too_large += 1
             continue
         if len(out) >= limit or r.msgs.wait_time(now) > 0 or r.size.wait_time(now, cost) > 0:
             r.held_back += len(order) - k
-            r.wake = now  # due ones wait for tokens: look again at the next flush
-            break
+            break  # due ones stay ready: looked at again at the next flush
         r.msgs.take(1.0, now)
         r.size.take(float(cost), now)
         del r.queue[p]
+        unschedule(r, p)
         r.last_sent[p] = now
         r.waiting.pop(p, None)
         r.sent_msgs += 1
