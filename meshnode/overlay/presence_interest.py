@@ -80,15 +80,21 @@ class Plan:
     until: float = -math.inf
 
 
+DueEntry = tuple[tuple[int, float], float, bytes]  # (plan key, last sent or -inf, who)
+OverdueEntry = tuple[float, bytes]  # (last sent or queued since, who)
+
+
 @dataclass(slots=True)
 class Recipient:
     """One recipient's presence state: its queue, what was sent when, budget and plan.
 
-    The queue is scheduled incrementally, so a flush costs what is due, not what is queued:
-    each queued participant not yet due sits in ``heap`` at the time it becomes due (its last
-    send plus its plan's interval; never sent: at once), and moves to ``ready`` when that
-    time comes; ``ready`` holds the due ones the budget has not let out yet. ``due_at`` is
-    the authority (a heap entry that disagrees with it is stale and skipped)."""
+    The queue is scheduled incrementally, so a flush costs what it sends, not what is
+    queued. A queued participant not yet due waits in ``timers`` at the time it becomes due
+    (its last send plus its plan's interval; never sent: at once); then it is *ready*, in
+    ``due`` (ordered by plan key, stalest first) until it is overdue (``overdue_at``: its
+    last send, or since when it was queued, plus the floor), then in ``overdue`` (stalest
+    first). ``due_at`` and ``ready`` are the authority: a heap entry that disagrees is
+    stale and skipped."""
 
     leaf: bool
     participant: bytes | None  # the recipient's own participant key (a client), if known
@@ -99,9 +105,12 @@ class Recipient:
     last_sent: dict[bytes, float] = field(default_factory=dict)
     waiting: dict[bytes, float] = field(default_factory=dict)  # never sent: queued since
     plan: Plan = field(default_factory=Plan)
-    heap: list[tuple[float, bytes]] = field(default_factory=list)
+    timers: list[tuple[float, bytes]] = field(default_factory=list)
     due_at: dict[bytes, float] = field(default_factory=dict)
-    ready: set[bytes] = field(default_factory=set)
+    due: list[DueEntry] = field(default_factory=list)
+    overdue_at: list[tuple[float, bytes, DueEntry]] = field(default_factory=list)
+    overdue: list[OverdueEntry] = field(default_factory=list)
+    ready: dict[bytes, DueEntry | OverdueEntry] = field(default_factory=dict)
     sent_msgs: int = 0
     sent_bytes: int = 0
     held_back: int = 0  # due updates left queued by the budget (they wait, coalesced)
@@ -228,97 +237,163 @@ def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, Spot],
     return plan
 
 
-# A heap entry this close to ``now`` is looked at (and put back if not yet due): the due test
-# below is the exact one, so rounding in ``last + interval - tol`` never delays an update.
+# A timer this close to ``now`` is looked at (and put back if not yet due): the tests below
+# are the exact ones, so rounding in ``last + interval - tol`` never delays an update.
 _EPSILON_S = 1e-6
 
 
 def schedule(config: OverlayConfig, r: Recipient, p: bytes) -> None:
-    """Participant ``p`` was just queued for ``r`` (nothing of it was queued): put it in the
-    schedule at the time it becomes due under the current plan."""
+    """Participant ``p`` was just queued for ``r`` (nothing of it was queued): set its
+    timer to when it becomes due under the current plan."""
     last = r.last_sent.get(p)
     at = -math.inf if last is None else (
         last + r.plan.interval.get(p, 0.0) - config.presence_interval_s / 2)
     r.due_at[p] = at
-    heapq.heappush(r.heap, (at, p))
+    heapq.heappush(r.timers, (at, p))
 
 
 def reschedule(config: OverlayConfig, r: Recipient) -> None:
-    """A new plan (new intervals): schedule everything queued afresh."""
-    r.heap.clear()
+    """A new plan (new intervals and keys): schedule everything queued afresh."""
+    r.timers.clear()
     r.due_at.clear()
+    r.due.clear()
+    r.overdue_at.clear()
+    r.overdue.clear()
     r.ready.clear()
     for p in r.queue:
         schedule(config, r, p)
 
 
 def unschedule(r: Recipient, p: bytes) -> None:
-    """``p`` is no longer queued for ``r`` (its heap entry goes stale)."""
+    """``p`` is no longer queued for ``r`` (its heap entries go stale)."""
     r.due_at.pop(p, None)
-    r.ready.discard(p)
+    r.ready.pop(p, None)
 
 
-def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
-    """The queued updates ``r`` gets now (see the module docstring), removed from its queue
-    and paid from its buckets."""
-    heap, ready, due_at = r.heap, r.ready, r.due_at
-    horizon = now + _EPSILON_S
-    while heap and heap[0][0] <= horizon:
-        at, p = heapq.heappop(heap)
-        if due_at.get(p) == at:
-            ready.add(p)
-    if not ready:
-        return []
+def _make_ready(config: OverlayConfig, r: Recipient, now: float,
+                fresh: list[tuple[float, bytes, DueEntry]]) -> None:
+    """Move what has become due to ``due`` or ``overdue``, and what has become overdue from
+    ``due`` to ``overdue``: the very tests of the module docstring, at ``now``. Those newly
+    due go to ``fresh`` with the time they become overdue (``pick`` adds the ones it leaves
+    ready to ``overdue_at``; the rest are sent at once and never need it)."""
     tol = config.presence_interval_s / 2
     floor = config.presence_floor_s
-    plan = r.plan
-    overdue: list[tuple[float, bytes]] = []
-    due: list[tuple[tuple[int, float], float, bytes]] = []
-    later: list[bytes] = []
-    for p in ready:
+    horizon = now + _EPSILON_S
+    timers, due_at, ready = r.timers, r.due_at, r.ready
+    later: list[tuple[float, bytes]] = []
+    while timers and timers[0][0] <= horizon:
+        at, p = heapq.heappop(timers)
+        if due_at.get(p) != at:
+            continue
         last = r.last_sent.get(p)
         if last is None:
             # Never sent: due now, in interest order; overdue once queued for the floor.
             since = r.waiting.setdefault(p, now)
             if now - since + tol >= floor:
-                overdue.append((since, p))
+                _to_overdue(r, (since, p))
             else:
-                due.append((plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p))
+                entry: DueEntry = (r.plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p)
+                _to_due(r, entry)
+                fresh.append((since + floor - tol, p, entry))
         elif now - last + tol >= floor:
-            overdue.append((last, p))
-        elif now >= last + plan.interval.get(p, 0.0) - tol:
-            due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
+            _to_overdue(r, (last, p))
+        elif now >= last + r.plan.interval.get(p, 0.0) - tol:
+            entry = (r.plan.key.get(p, (TIER_VIEW, math.inf)), last, p)
+            _to_due(r, entry)
+            fresh.append((last + floor - tol, p, entry))
         else:
-            later.append(p)  # within rounding of due: back in the heap
-    for p in later:
-        ready.discard(p)
-        heapq.heappush(heap, (due_at[p], p))
-    if not overdue and not due:
-        return []
-    overdue.sort()
-    due.sort()
-    order = [p for _, p in overdue] + [p for _, _, p in due]
-    out: list[Presence] = []
-    limit = config.presence_per_flush
-    for k, p in enumerate(order):
-        msg = r.queue[p]
-        cost = frame_size(msg)
-        if cost > r.size.burst:
-            # Could never be paid for: dropped, or it would block this recipient for good.
-            del r.queue[p]
-            unschedule(r, p)
-            r.too_large += 1
+            later.append((at, p))  # within rounding of due: not yet
             continue
-        if len(out) >= limit or r.msgs.wait_time(now) > 0 or r.size.wait_time(now, cost) > 0:
-            r.held_back += len(order) - k
-            break  # due ones stay ready: looked at again at the next flush
-        r.msgs.take(1.0, now)
-        r.size.take(float(cost), now)
-        del r.queue[p]
-        unschedule(r, p)
-        r.last_sent[p] = now
-        r.waiting.pop(p, None)
-        r.sent_msgs += 1
-        r.sent_bytes += cost
-        out.append(msg)
+        del due_at[p]
+    for timer in later:
+        heapq.heappush(timers, timer)
+    pending = r.overdue_at
+    again: list[tuple[float, bytes, DueEntry]] = []
+    while pending and pending[0][0] <= horizon:
+        item = heapq.heappop(pending)
+        entry = item[2]
+        p = entry[2]
+        if ready.get(p) is not entry:
+            continue
+        since = entry[1] if entry[1] != -math.inf else r.waiting[p]
+        if now - since + tol >= floor:
+            _to_overdue(r, (since, p))
+        else:
+            again.append(item)
+    for item in again:
+        heapq.heappush(pending, item)
+
+
+def _to_due(r: Recipient, entry: DueEntry) -> None:
+    r.ready[entry[2]] = entry
+    heapq.heappush(r.due, entry)
+
+
+def _to_overdue(r: Recipient, entry: OverdueEntry) -> None:
+    r.ready[entry[1]] = entry
+    heapq.heappush(r.overdue, entry)
+
+
+def _first_ready(r: Recipient) -> bytes | None:
+    """The participant ``r`` gets next: the stalest overdue, else the first due (stale heap
+    entries dropped on the way)."""
+    ready, overdue, due = r.ready, r.overdue, r.due
+    while overdue:
+        late = overdue[0]
+        if ready.get(late[1]) is late:
+            return late[1]
+        heapq.heappop(overdue)
+    while due:
+        entry = due[0]
+        if ready.get(entry[2]) is entry:
+            return entry[2]
+        heapq.heappop(due)
+    return None
+
+
+def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
+    """The queued updates ``r`` gets now (see the module docstring), removed from its queue
+    and paid from its buckets."""
+    fresh: list[tuple[float, bytes, DueEntry]] = []
+    _make_ready(config, r, now, fresh)
+    out: list[Presence] = []
+    ready = r.ready
+    if ready:
+        limit = config.presence_per_flush
+        msgs, size = r.msgs, r.size
+        while ready:
+            p = _first_ready(r)
+            assert p is not None  # every ready participant has its heap entry
+            msg = r.queue[p]
+            cost = frame_size(msg)
+            if cost > size.burst:
+                # Could never be paid for: dropped, or it would block this recipient.
+                del r.queue[p]
+                unschedule(r, p)
+                r.too_large += 1
+                continue
+            # ``TokenBucket.wait_time(now, n) > 0``, inline: this runs for every update sent.
+            if len(out) >= limit or _tokens(msgs, now) < 1.0 or _tokens(size, now) < cost:
+                r.held_back += len(ready)
+                break  # the ready ones stay ready, in order, for the next flush
+            msgs.take(1.0, now)
+            size.take(float(cost), now)
+            del r.queue[p]
+            r.due_at.pop(p, None)
+            del ready[p]
+            r.last_sent[p] = now
+            r.waiting.pop(p, None)
+            r.sent_msgs += 1
+            r.sent_bytes += cost
+            out.append(msg)
+    for item in fresh:
+        if ready.get(item[1]) is item[2]:
+            heapq.heappush(r.overdue_at, item)
     return out
+
+
+def _tokens(bucket: TokenBucket, now: float) -> float:
+    """The tokens ``bucket`` holds at ``now`` (as ``TokenBucket.wait_time`` counts them)."""
+    if now > bucket.at:
+        return min(bucket.burst, bucket.tokens + (now - bucket.at) * bucket.rate)
+    return min(bucket.burst, bucket.tokens)
