@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -101,10 +103,8 @@ def cpu_seconds(pid: int) -> float:
 def pin(pid: int, cores: set[int]) -> None:
     """Pin every thread of process ``pid`` to ``cores``."""
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(OSError):  # a thread that just ended
             os.sched_setaffinity(int(tid), cores)
-        except OSError:
-            pass  # a thread that just ended
 
 
 # ---------------------------------------------------------------- the client worker
@@ -115,7 +115,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
     update sent, when (``sent[i][k]``); per update received, from whom, which, when
     (``got``); per client the presence bytes and messages; its lag and CPU."""
     ids: list[int] = spec["ids"]
-    n, hz, hold = spec["n"], spec["hz"], spec["hold_s"]
+    hz, hold = spec["hz"], spec["hold_s"]
     room = bytes.fromhex(spec["room"])
     count = int(hold * hz)
     clients: dict[int, RoomClient] = {}
@@ -124,6 +124,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
     got: list[tuple[int, int, int, float]] = []  # (receiver, sender, seq, time)
     got_bytes = dict.fromkeys(ids, 0)
     got_msgs = dict.fromkeys(ids, 0)
+    got_messages = dict.fromkeys(ids, 0)  # data-channel messages (a bundle is one)
     measuring = False
     for i in ids:
         ident = Identity.generate()
@@ -150,6 +151,17 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 got.append((i, who_of.get(participant, -1), seq, at))
 
         c.frame = light  # type: ignore[method-assign]
+        links = c._links  # the client's link manager: count data-channel messages too
+        assert links is not None
+        on_message = links._on_message
+
+        def counting(est: Any, channel: str, data: bytes, i: int = i,
+                     on_message: Any = on_message) -> None:
+            if measuring and channel == "presence":
+                got_messages[i] += 1
+            on_message(est, channel, data)
+
+        links._on_message = counting  # type: ignore[method-assign]
     # Who the other workers' clients are: learned from the parent before "go".
     print("ready", json.dumps({i: c.identity.public_key.hex() for i, c in clients.items()}),
           flush=True)
@@ -187,7 +199,8 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
     for c in clients.values():
         await c.close()
     return {"sent": {str(i): v for i, v in sent.items()}, "got": got, "bytes": got_bytes,
-            "msgs": got_msgs, "lag_p50_ms": pct(lags, 0.5), "lag_p99_ms": pct(lags, 0.99),
+            "msgs": got_msgs, "messages": got_messages, "lag_p50_ms": pct(lags, 0.5),
+            "lag_p99_ms": pct(lags, 0.99),
             "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 3),
             "wall_s": round(time.perf_counter() - start, 3)}
 
@@ -196,7 +209,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: float,
                 workers: int, client_cores: set[int] | None,
-                metrics: Any) -> dict[str, Any]:
+                metrics: Any, profile: bool = False) -> dict[str, Any]:
     """Run ``n`` light clients against the node at ``url``; merge what they saw."""
     procs = []
     for w in range(workers):
@@ -220,6 +233,8 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
     await asyncio.sleep(0.5)  # joins settled
     load_before = round(os.getloadavg()[0], 2)
     m0, cpu0 = metrics(), cpu_seconds(node_pid)
+    if profile:
+        os.kill(node_pid, signal.SIGUSR1)
     t0 = time.perf_counter()
     for p in procs:
         assert p.stdin is not None
@@ -229,6 +244,8 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
     await asyncio.sleep(hold_s)
     elapsed = time.perf_counter() - t0
     m1, cpu1 = metrics(), cpu_seconds(node_pid)
+    if profile:
+        os.kill(node_pid, signal.SIGUSR2)
     parts = []
     for p in procs:
         out, _ = await p.communicate()
@@ -251,11 +268,15 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
             heard[receiver].add(sender)
     per_bytes = [v for part in parts for v in part["bytes"].values()]
     per_msgs = [v for part in parts for v in part["msgs"].values()]
+    per_dc = [v for part in parts for v in part["messages"].values()]
     node_cpu = cpu1 - cpu0
     out_msgs = m1.get('meshnode_frames_out_total{channel="presence"}', 0.0) - m0.get(
         'meshnode_frames_out_total{channel="presence"}', 0.0)
     out_bytes = m1.get('meshnode_bytes_out_total{channel="presence"}', 0.0) - m0.get(
         'meshnode_bytes_out_total{channel="presence"}', 0.0)
+    def delta(name: str) -> float:
+        return m1.get(name, 0.0) - m0.get(name, 0.0)
+
     return {
         "nearest10": {"updates": len(near), "p50_ms": pct(near, 0.5), "p99_ms": pct(near, 0.99),
                       "per_client_per_s": round(len(near) / n / hold_s, 1)},
@@ -265,9 +286,16 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
         "bytes_per_client_per_s": {
             "mean": round(sum(per_bytes) / len(per_bytes) / hold_s, 1),
             "max": round(max(per_bytes) / hold_s, 1)},
-        "messages_per_client_per_s": round(sum(per_msgs) / len(per_msgs) / hold_s, 1),
+        "updates_per_client_per_s": round(sum(per_msgs) / len(per_msgs) / hold_s, 1),
+        "channel_messages_per_client_per_s": round(sum(per_dc) / len(per_dc) / hold_s, 1),
         "participants_heard_per_client_min": min(len(h) for h in heard.values()),
         "node": {
+            # Updates the node took in (new, signed by a member): fewer than were sent when
+            # the node (or the path into it) loses them.
+            "presence_updates_in_per_s": round(delta("meshnode_presence_updates_total")
+                                               / elapsed, 1),
+            "presence_bytes_in_per_s": round(delta('meshnode_bytes_in_total{channel="presence"}')
+                                             / elapsed, 1),
             "cpu_s_per_s": round(node_cpu / elapsed, 3),
             "cpu_ms_per_client_per_s": round(1000 * node_cpu / elapsed / n, 2),
             "presence_frames_out_per_s": round(out_msgs / elapsed, 1),
@@ -340,7 +368,9 @@ def presence_core(n: int, hz: float, seconds: float = 5.0) -> dict[str, Any]:
 
 async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: float,
                             workers: int, *, rounds: int = 1, pin_cores: bool = True,
-                            node_pythonpath: str | None = None) -> dict[str, Any]:
+                            node_pythonpath: str | None = None,
+                            profile: str | None = None, interval_s: float | None = None,
+                            baseline: bool = True) -> dict[str, Any]:
     """The filtered run, then the unfiltered baseline, each on a fresh node; ``rounds``
     times, alternating. The figures of each phase are those of its last round (all rounds
     are in ``rounds``)."""
@@ -350,13 +380,19 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
     client_cores = set(usable[1:]) if pinned else None
     out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
                            "workers": workers, "pinned": pinned,
-                           "node_pythonpath": node_pythonpath,
+                           "node_pythonpath": node_pythonpath, "presence_interval_s": interval_s,
                            "core_without_links": presence_core(n, hz), "rounds": []}
-    env = {"PYTHONPATH": node_pythonpath} if node_pythonpath else None
+    env = {"PYTHONPATH": node_pythonpath} if node_pythonpath else {}
+    if profile:  # cProfile of the node over each hold: DIR/node-<pid>.prof
+        Path(profile).mkdir(parents=True, exist_ok=True)
+        env["MESHNODE_PROFILE"] = str(Path(profile).resolve() / "node-{pid}.prof")
     for r in range(rounds):
         done: dict[str, Any] = {}
-        for name, extra in (("filtered", ""),
-                            ("baseline_unfiltered", "[presence]\nfilter = false\n")):
+        phases = [("filtered", "true"), ("baseline_unfiltered", "false")][:2 if baseline else 1]
+        for name, on in phases:
+            extra = f"[presence]\nfilter = {on}\n"
+            if interval_s is not None:  # the same flush interval in both phases
+                extra += f"interval_s = {interval_s}\n"
             # Fifty clients of one address dial within seconds: lift the per-address limit.
             http = "[http]\noffers_per_s = 1000\noffer_burst = 1000\n"
             node = NodeProcess(base / f"interest-{name}-{r}", config=quiet + http + extra)
@@ -366,11 +402,15 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                 if node_cores:
                     pin(node.proc.pid, node_cores)
                 done[name] = await phase(node.url, node.default_room, node.proc.pid, n, hz,
-                                         hold_s, workers, client_cores, node_metrics(node))
+                                         hold_s, workers, client_cores, node_metrics(node),
+                                         profile is not None)
+                done[name]["node"]["pid"] = node.proc.pid
             finally:
                 node.kill()
         out["rounds"].append(done)
         out.update(done)
+    if not baseline:
+        return out
     f, b = out["filtered"], out["baseline_unfiltered"]
     out["ratios"] = {
         "bytes_per_client_filtered_over_baseline": round(
@@ -401,6 +441,12 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
                         help="do not pin the node and the clients to separate cores")
     parser.add_argument(f"--{prefix}node-pythonpath", metavar="DIR",
                         help="run the node from this source tree")
+    parser.add_argument(f"--{prefix}interval", type=float, metavar="S",
+                        help="the node's presence flush interval ([presence] interval_s)")
+    parser.add_argument(f"--{prefix}no-baseline", action="store_true",
+                        help="skip the unfiltered baseline (exploring only)")
+    parser.add_argument(f"--{prefix}profile", metavar="DIR",
+                        help="cProfile the node over each hold into DIR/node-<pid>.prof")
 
 
 async def run(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
@@ -411,7 +457,9 @@ async def run(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
             Path(tmp), QUIET, getattr(args, f"{p}clients"), getattr(args, f"{p}hz"),
             getattr(args, f"{p}hold"), getattr(args, f"{p}workers"),
             rounds=getattr(args, f"{p}rounds"), pin_cores=not getattr(args, f"{p}no_pin"),
-            node_pythonpath=getattr(args, f"{p}node_pythonpath"))
+            node_pythonpath=getattr(args, f"{p}node_pythonpath"),
+            profile=getattr(args, f"{p}profile"), interval_s=getattr(args, f"{p}interval"),
+            baseline=not getattr(args, f"{p}no_baseline"))
 
 
 def _run_loop(coro: Any) -> Any:

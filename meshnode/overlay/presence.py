@@ -11,6 +11,7 @@ turns the filter off: every update goes to every recipient, in order of interest
 ``presence_per_flush`` per flush (the behaviour before interest management).
 """
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class PresenceTable:
         self._interests: dict[str, Interest] = {}
         self.next_flush: float | None = None
         self.dropped_rate = 0
+        # (expiry time, participant) for everyone heard but us; stale entries skipped.
+        self._expiry: list[tuple[float, bytes]] = []
 
     @property
     def queues(self) -> dict[str, dict[bytes, Presence]]:
@@ -111,6 +114,7 @@ class PresenceTable:
                 return False
             old.msg, old.at, old.via = msg, now, via
             old.spot, old.frame = _spot(msg), None
+            self._expires(msg.participant, now)
             return True
         if len(self.seen) >= self.config.max_participants:
             oldest = min(self.seen, key=lambda k: self.seen[k].at)
@@ -118,7 +122,25 @@ class PresenceTable:
         c = self.config
         bucket = TokenBucket(c.presence_rate_per_s, c.presence_burst, c.presence_burst - 1, now)
         self.seen[msg.participant] = Seen(msg, now, bucket, via, _spot(msg))
+        self._expires(msg.participant, now)
         return True
+
+    def _expires(self, participant: bytes, at: float) -> None:
+        """``participant`` was heard at ``at``: it expires at ``at + ttl`` (its earlier
+        entries in the heap go stale; ``_next_expiry`` skips them)."""
+        if participant != self.me:
+            heapq.heappush(self._expiry, (at + self.config.presence_ttl_s, participant))
+
+    def _next_expiry(self) -> float | None:
+        """The earliest ``at + ttl`` of the participants heard (us excepted), or None."""
+        heap, seen, ttl = self._expiry, self.seen, self.config.presence_ttl_s
+        while heap:
+            when, p = heap[0]
+            s = seen.get(p)
+            if s is not None and s.at + ttl == when:
+                return when
+            heapq.heappop(heap)  # stale: heard since, expired or evicted
+        return None
 
     def frame_of(self, msg: Presence) -> bytes:
         """``encode_frame(msg)``, encoded once per update however many recipients get it."""
@@ -215,6 +237,9 @@ class PresenceTable:
         ttl = self.config.presence_ttl_s
         # ``s.at + ttl <= now``, the very sum ``next_deadline`` reports: ``now - s.at >= ttl``
         # can round the other way and leave the timer due forever.
+        first = self._next_expiry()
+        if first is None or first > now:
+            return []
         gone = [k for k, s in self.seen.items() if s.at + ttl <= now and k != self.me]
         for k in gone:
             del self.seen[k]
@@ -238,9 +263,7 @@ class PresenceTable:
 
     def next_deadline(self) -> float | None:
         """When the next flush or expiry is due."""
-        if not self.seen:
+        expiry = self._next_expiry()
+        if expiry is None:
             return self.next_flush
-        times = [s.at + self.config.presence_ttl_s for k, s in self.seen.items() if k != self.me]
-        if self.next_flush is not None:
-            times.append(self.next_flush)
-        return min(times) if times else None
+        return expiry if self.next_flush is None else min(expiry, self.next_flush)
