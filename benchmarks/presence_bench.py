@@ -396,7 +396,13 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
             # Fifty clients of one address dial within seconds: lift the per-address limit.
             http = "[http]\noffers_per_s = 1000\noffer_burst = 1000\n"
             node = NodeProcess(base / f"interest-{name}-{r}", config=quiet + http + extra)
-            node.start(env=env)
+            # ``python -m meshnode`` imports from its working directory first.
+            here = os.getcwd()
+            os.chdir(node_pythonpath or ROOT)
+            try:
+                node.start(env=env)
+            finally:
+                os.chdir(here)
             try:
                 assert node.proc is not None and node.default_room is not None
                 if node_cores:

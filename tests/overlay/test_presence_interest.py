@@ -95,6 +95,36 @@ def test_frame_size_is_the_encoded_size() -> None:
         assert frame_size(msg) == len(encode_frame(msg))
 
 
+def test_an_update_is_encoded_once_for_all_its_recipients() -> None:
+    table = PresenceTable(CFG, b"N" * 32)
+    first = update(1, 5, (1.0, 2.0, 3.0))
+    assert table.accept(first, 0.0, "peer1")
+    frame = table.frame_of(first)
+    assert frame == encode_frame(first)
+    assert table.frame_of(first) is frame  # the same bytes, not encoded again
+    newer = update(1, 6, (2.0, 2.0, 3.0))
+    assert table.accept(newer, 0.1, "peer1")
+    # A recipient may still hold the older one: it is encoded as itself, never as the newer.
+    assert table.frame_of(first) == encode_frame(first)
+    assert table.frame_of(newer) == encode_frame(newer)
+    assert table.frame_of(update(2, 1, None)) == encode_frame(update(2, 1, None))  # unknown
+
+
+def test_a_flush_sends_what_is_due_in_order_after_budget_waits() -> None:
+    """Held back by the budget, due updates wait in order and leave as tokens come: the
+    schedule kept between flushes gives what a full rescan would (speaking, then nearest,
+    then by distance; never one not yet due)."""
+    spots = [(float(x), 0.0, 0.0) for x in range(1, 9)]
+    sent = run(CFG, spots, 3.0, interest=Interest(msgs_per_s=30.0), speaking=frozenset({8}))
+    got = counts(sent)
+    # The speaker (farthest) and the 3 nearest fill most of the 30/s budget.
+    assert got[8] >= got[4] and got[1] >= got[5]
+    assert got[1] + got[2] + got[3] + got[8] >= 0.6 * len(sent)
+    # Everyone is refreshed within the floor (2 s) plus a flush, even the farthest.
+    for k in range(1, 9):
+        assert gaps(sent, k, 3.0) <= CFG.presence_floor_s + 0.1
+
+
 def test_nearest_full_rate_farther_less_often_far_at_the_floor() -> None:
     # On a line: 1..3 nearest (full rate), 4..8 in view at growing distances, 9 beyond.
     spots = [(float(x), 0.0, 0.0) for x in (1, 2, 3, 6, 9, 12, 15, 18, 40)]
