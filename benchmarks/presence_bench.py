@@ -296,6 +296,7 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
                                                / elapsed, 1),
             "presence_bytes_in_per_s": round(delta('meshnode_bytes_in_total{channel="presence"}')
                                              / elapsed, 1),
+            **_waits(m0, m1),
             "cpu_s_per_s": round(node_cpu / elapsed, 3),
             "cpu_ms_per_client_per_s": round(1000 * node_cpu / elapsed / n, 2),
             "presence_frames_out_per_s": round(out_msgs / elapsed, 1),
@@ -310,6 +311,32 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
         "load_average_1m_before": load_before,
         "load_average_1m_after": round(os.getloadavg()[0], 2),
     }
+
+
+def _waits(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:
+    """From the node's ``meshnode_presence_waited`` buckets over the hold: how long the
+    updates it sent waited in it from arrival to send (mean; p50 and p99 as the bucket
+    bound they fall under). The wait inside the node's presence core only: a backlog on
+    the event loop before an update reaches the core is not in it (``kept_up`` and the CPU
+    figures show that)."""
+    bounds: list[tuple[float, float]] = []
+    for key in m1:
+        if key.startswith("meshnode_presence_waited{"):
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            bounds.append((float("inf") if le == "+Inf" else float(le),
+                           m1[key] - m0.get(key, 0.0)))
+    bounds.sort()
+    total = bounds[-1][1] if bounds else 0.0
+    if not total:
+        return {}
+
+    def under(q: float) -> float:
+        return next(b for b, n in bounds if n >= q * total) * 1000
+
+    waited = m1.get("meshnode_presence_waited_seconds", 0.0) - m0.get(
+        "meshnode_presence_waited_seconds", 0.0)
+    return {"core_wait_mean_ms": round(1000 * waited / total, 2),
+            "core_wait_p50_ms_at_most": under(0.5), "core_wait_p99_ms_at_most": under(0.99)}
 
 
 def node_metrics(node: NodeProcess) -> Any:
@@ -433,6 +460,13 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                 done[name]["node"]["pid"] = node.proc.pid
             finally:
                 node.kill()
+        core = out["core_without_links"]
+        for name, ran in done.items():
+            # What the node sent against what its core sends when it keeps up (< 1: it fell
+            # behind, and the latest-wins queues dropped the difference).
+            expected = core["filtered" if name == "filtered" else "unfiltered"]
+            ran["node"]["kept_up"] = round(ran["node"]["presence_frames_out_per_s"]
+                                           / max(1.0, expected["updates_sent_per_s"]), 3)
         out["rounds"].append(done)
         out.update(done)
     if not baseline:

@@ -13,6 +13,7 @@ turns the filter off: every update goes to every recipient, in order of interest
 
 import heapq
 import math
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ from meshnode.overlay.scoring import TokenBucket
 from protocol.frames import Presence, encode_frame
 
 _position = position  # the name meshnode.media imports
+
+WAIT_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, math.inf)
+"""Upper bounds of ``PresenceTable.waited``: how long updates sent waited here."""
 
 
 def _spot(msg: Presence) -> Spot:
@@ -71,6 +75,11 @@ class PresenceTable:
         self.dropped_rate = 0
         # (expiry time, participant) for everyone heard but us; stale entries skipped.
         self._expiry: list[tuple[float, bytes]] = []
+        # Updates sent, by how long each waited here from its arrival (``accept``) to the
+        # flush that sent it (bucket k: at most WAIT_BUCKETS_S[k]), and the sum of waits:
+        # the node's own queueing delay (flush interval, budgets), a metric.
+        self.waited = [0] * len(WAIT_BUCKETS_S)
+        self.waited_s = 0.0
 
     @property
     def queues(self) -> dict[str, dict[bytes, Presence]]:
@@ -230,7 +239,18 @@ class PresenceTable:
                     out.append((peer, msg))
         queued = any(r.queue for r in self.recipients.values())
         self.next_flush = now + self.config.presence_interval_s if queued else None
+        self._count_waits(out, now)
         return out
+
+    def _count_waits(self, out: list[tuple[str, Presence]], now: float) -> None:
+        seen, waited, total = self.seen, self.waited, 0.0
+        for _, msg in out:
+            s = seen.get(msg.participant)
+            if s is not None and s.msg is msg:
+                wait = now - s.at
+                waited[bisect_left(WAIT_BUCKETS_S, wait)] += 1
+                total += wait
+        self.waited_s += total
 
     def expire(self, now: float) -> list[bytes]:
         """Forget participants silent for ``presence_ttl_s``; return who they were."""
