@@ -100,6 +100,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def renice(pid: int, niceness: int) -> None:
+    """Set the niceness of every thread of process ``pid`` (below 0 needs privileges)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that just ended
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+
+
 def pin(pid: int, cores: set[int]) -> None:
     """Pin every thread of process ``pid`` to ``cores``."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -416,7 +423,7 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                             workers: int, *, rounds: int = 1, pin_cores: bool = True,
                             node_pythonpath: str | None = None,
                             profile: str | None = None, interval_s: float | None = None,
-                            baseline: bool = True) -> dict[str, Any]:
+                            baseline: bool = True, node_nice: int = 0) -> dict[str, Any]:
     """The filtered run, then the unfiltered baseline, each on a fresh node; ``rounds``
     times, alternating. The figures of each phase are those of its last round (all rounds
     are in ``rounds``)."""
@@ -427,6 +434,7 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
     out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
                            "workers": workers, "pinned": pinned,
                            "node_pythonpath": node_pythonpath, "presence_interval_s": interval_s,
+                           "node_nice": node_nice,
                            "core_without_links": presence_core(n, hz, interval_s=interval_s),
                            "rounds": []}
     env = {"PYTHONPATH": node_pythonpath} if node_pythonpath else {}
@@ -454,6 +462,8 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                 assert node.proc is not None and node.default_room is not None
                 if node_cores:
                     pin(node.proc.pid, node_cores)
+                if node_nice:
+                    renice(node.proc.pid, node_nice)
                 done[name] = await phase(node.url, node.default_room, node.proc.pid, n, hz,
                                          hold_s, workers, client_cores, node_metrics(node),
                                          profile is not None)
@@ -503,6 +513,9 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
                         help="run the node from this source tree")
     parser.add_argument(f"--{prefix}interval", type=float, metavar="S",
                         help="the node's presence flush interval ([presence] interval_s)")
+    parser.add_argument(f"--{prefix}node-nice", type=int, default=0, metavar="N",
+                        help="run the node at this niceness (e.g. -10 on a machine busy "
+                             "with other work: the node, not the machine, decides)")
     parser.add_argument(f"--{prefix}no-baseline", action="store_true",
                         help="skip the unfiltered baseline (exploring only)")
     parser.add_argument(f"--{prefix}profile", metavar="DIR",
@@ -519,7 +532,8 @@ async def run(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
             rounds=getattr(args, f"{p}rounds"), pin_cores=not getattr(args, f"{p}no_pin"),
             node_pythonpath=getattr(args, f"{p}node_pythonpath"),
             profile=getattr(args, f"{p}profile"), interval_s=getattr(args, f"{p}interval"),
-            baseline=not getattr(args, f"{p}no_baseline"))
+            baseline=not getattr(args, f"{p}no_baseline"),
+            node_nice=getattr(args, f"{p}node_nice"))
 
 
 def _run_loop(coro: Any) -> Any:
