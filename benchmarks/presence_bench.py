@@ -101,10 +101,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def renice(pid: int, niceness: int) -> None:
-    """Set the niceness of every thread of process ``pid`` (below 0 needs privileges)."""
+    """Set the niceness of every thread of process ``pid``, and of its scheduling group:
+    the node runs in a session of its own, and with Linux's autogroup scheduling a session
+    gets an equal share of the CPU against every other busy session whatever its threads'
+    niceness (below 0 needs privileges)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError):  # a thread that just ended
             os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
+    with contextlib.suppress(OSError):  # no autogroups here
+        Path(f"/proc/{pid}/autogroup").write_text(f"{niceness}\n")
 
 
 def pin(pid: int, cores: set[int]) -> None:
@@ -320,7 +325,7 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
     }
 
 
-def _waits(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:
+def _waits(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float | None]:
     """From the node's ``meshnode_presence_waited`` buckets over the hold: how long the
     updates it sent waited in it from arrival to send (mean; p50 and p99 as the bucket
     bound they fall under). The wait inside the node's presence core only: a backlog on
@@ -337,8 +342,9 @@ def _waits(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:
     if not total:
         return {}
 
-    def under(q: float) -> float:
-        return next(b for b, n in bounds if n >= q * total) * 1000
+    def under(q: float) -> float | None:
+        bound = next(b for b, n in bounds if n >= q * total)
+        return None if bound == float("inf") else bound * 1000  # None: over a second
 
     waited = m1.get("meshnode_presence_waited_seconds", 0.0) - m0.get(
         "meshnode_presence_waited_seconds", 0.0)
