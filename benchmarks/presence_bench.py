@@ -221,7 +221,7 @@ async def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: float,
                 workers: int, client_cores: set[int] | None,
-                metrics: Any, profile: bool = False) -> dict[str, Any]:
+                metrics: Any, profile: bool = False, clients_nice: int = 0) -> dict[str, Any]:
     """Run ``n`` light clients against the node at ``url``; merge what they saw."""
     procs = []
     for w in range(workers):
@@ -229,7 +229,10 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
                 "ids": list(range(w, n, workers))}
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--worker", json.dumps(spec),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=bool(clients_nice)))  # its own scheduling group to renice
+        if clients_nice:
+            renice(procs[-1].pid, clients_nice)
     keys: dict[str, int] = {}
     for p in procs:
         assert p.stdout is not None
@@ -429,7 +432,8 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                             workers: int, *, rounds: int = 1, pin_cores: bool = True,
                             node_pythonpath: str | None = None,
                             profile: str | None = None, interval_s: float | None = None,
-                            baseline: bool = True, node_nice: int = 0) -> dict[str, Any]:
+                            baseline: bool = True, node_nice: int = 0,
+                            clients_nice: int = 0) -> dict[str, Any]:
     """The filtered run, then the unfiltered baseline, each on a fresh node; ``rounds``
     times, alternating. The figures of each phase are those of its last round (all rounds
     are in ``rounds``)."""
@@ -440,7 +444,7 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
     out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
                            "workers": workers, "pinned": pinned,
                            "node_pythonpath": node_pythonpath, "presence_interval_s": interval_s,
-                           "node_nice": node_nice,
+                           "node_nice": node_nice, "clients_nice": clients_nice,
                            "core_without_links": presence_core(n, hz, interval_s=interval_s),
                            "rounds": []}
     env = {"PYTHONPATH": node_pythonpath} if node_pythonpath else {}
@@ -472,7 +476,7 @@ async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: f
                     renice(node.proc.pid, node_nice)
                 done[name] = await phase(node.url, node.default_room, node.proc.pid, n, hz,
                                          hold_s, workers, client_cores, node_metrics(node),
-                                         profile is not None)
+                                         profile is not None, clients_nice)
                 done[name]["node"]["pid"] = node.proc.pid
             finally:
                 node.kill()
@@ -522,6 +526,8 @@ def add_arguments(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(f"--{prefix}node-nice", type=int, default=0, metavar="N",
                         help="run the node at this niceness (e.g. -10 on a machine busy "
                              "with other work: the node, not the machine, decides)")
+    parser.add_argument(f"--{prefix}clients-nice", type=int, default=0, metavar="N",
+                        help="the same for the client workers")
     parser.add_argument(f"--{prefix}no-baseline", action="store_true",
                         help="skip the unfiltered baseline (exploring only)")
     parser.add_argument(f"--{prefix}profile", metavar="DIR",
@@ -539,7 +545,8 @@ async def run(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
             node_pythonpath=getattr(args, f"{p}node_pythonpath"),
             profile=getattr(args, f"{p}profile"), interval_s=getattr(args, f"{p}interval"),
             baseline=not getattr(args, f"{p}no_baseline"),
-            node_nice=getattr(args, f"{p}node_nice"))
+            node_nice=getattr(args, f"{p}node_nice"),
+            clients_nice=getattr(args, f"{p}clients_nice"))
 
 
 def _run_loop(coro: Any) -> Any:
