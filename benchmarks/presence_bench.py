@@ -294,7 +294,7 @@ async def phase(url: str, room: str, node_pid: int, n: int, hz: float, hold_s: f
     span = max(hold_s, max(sent.values()) - min(sent.values())) if sent else hold_s
 
     def delta(name: str) -> float:
-        return m1.get(name, 0.0) - m0.get(name, 0.0)
+        return float(m1.get(name, 0.0) - m0.get(name, 0.0))
 
     return {
         "nearest10": {"updates": len(near), "p50_ms": pct(near, 0.5), "p99_ms": pct(near, 0.99),
