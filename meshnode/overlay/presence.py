@@ -9,6 +9,10 @@ speaking participants at the full rate, farther ones less often, everyone at lea
 ``presence_floor_s`` (``meshnode.overlay.presence_interest``). ``presence_filter = False``
 turns the filter off: every update goes to every recipient, in order of interest, at most
 ``presence_per_flush`` per flush (the behaviour before interest management).
+
+Cost: a flush does work for what it sends, not for what waits (each recipient's schedule,
+``Recipient``); an update is encoded once for all its recipients (``frame_of``); expiry
+times sit in a heap. ``waited`` counts how long updates sent waited here (a node metric).
 """
 
 import heapq
