@@ -15,14 +15,12 @@ every measured edit arrived (1 otherwise). Figures, all end to end through real 
   an observer at C measures each update's delay. The figure is the largest step whose p99
   stays under 100 ms.
 * **memory per peer**: node A's RSS growth per connected client (``/proc/<pid>/status``).
-* **presence interest** (issue 15): ``--interest-clients`` (50) clients on one node, each at a
-  fixed spot of a 2 m grid, each sending ``--interest-hz`` (20) presence updates/s. Each
-  client records the delay of every update it receives and the presence bytes and messages
-  its link carries; the figure is the p99 delay of updates from each client's nearest 10,
-  first with interest management (the node's defaults), then, in the same run, against a
-  node with ``[presence] filter = false`` (every update to every client: the baseline), with
-  the ratios. The clients run in ``--interest-workers`` processes (the node must not share a
-  core with all fifty of them); ``--only-interest`` runs just this part.
+* **presence interest** (issue 15): ``benchmarks/presence_bench.py`` (its docstring says
+  how): ``--interest-clients`` (50) light clients on one node, each at a fixed spot of a 2 m
+  grid, each sending ``--interest-hz`` (20) presence updates/s; the p99 delay of updates from
+  each client's nearest 10, with interest management and, in the same run, against a node
+  with ``[presence] filter = false`` (the baseline), with the bytes each client receives, the
+  node's and the clients' CPU and the ratios. ``--only-interest`` runs just this part.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._env import environment  # noqa: E402
+from benchmarks.presence_bench import presence_interest  # noqa: E402
 from meshnode.client import RoomClient, connect  # noqa: E402
 from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
 from meshnode.identity import Identity  # noqa: E402
@@ -219,198 +218,6 @@ async def presence_capacity(node_b: NodeProcess, observer: RoomClient, room: str
     return {"max_clients_p99_under_100ms": best, "steps": results}
 
 
-GRID_COLUMNS = 10
-GRID_SPACING_M = 2.0
-NEAREST = 10
-
-
-def grid_spot(i: int) -> list[float]:
-    """Where client ``i`` stands: a 10-wide grid, 2 m apart."""
-    return [(i % GRID_COLUMNS) * GRID_SPACING_M, 0.0, (i // GRID_COLUMNS) * GRID_SPACING_M]
-
-
-def nearest(i: int, n: int) -> set[int]:
-    """The ``NEAREST`` clients nearest to client ``i`` (ties: lower index first)."""
-    me = grid_spot(i)
-    others = sorted((sum((a - b) ** 2 for a, b in zip(me, grid_spot(j), strict=True)), j)
-                    for j in range(n) if j != i)
-    return {j for _, j in others[:NEAREST]}
-
-
-async def interest_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One worker process of the presence interest benchmark: clients ``spec["ids"]`` of
-    ``spec["n"]``. Links them, says "ready", waits for "go", sends for ``hold_s``, then
-    reports each client's delays (ms: from its nearest 10, from the others) and bytes."""
-    ids: list[int] = spec["ids"]
-    n, hz, hold = spec["n"], spec["hz"], spec["hold_s"]
-    clients: dict[int, RoomClient] = {}
-    near_ms: list[float] = []
-    far_ms: list[float] = []
-    got_bytes = dict.fromkeys(ids, 0)
-    got_msgs = dict.fromkeys(ids, 0)
-    heard: dict[int, set[int]] = {i: set() for i in ids}
-    measuring = False
-    for i in ids:
-        c = connect(spec["url"], spec["room"], Identity.generate(), ice=ICE)
-        await c.open()
-        clients[i] = c
-        near = nearest(i, n)
-
-        def on_presence(participant: str, fields: dict[str, Any] | None, i: int = i,
-                        near: set[int] = near) -> None:
-            if not measuring or not fields:
-                return
-            t, who = fields.get("t"), fields.get("who")
-            if isinstance(t, float) and isinstance(who, int):
-                (near_ms if who in near else far_ms).append(round((time.time() - t) * 1e3, 2))
-                heard[i].add(who)
-
-        c.on_presence(on_presence)
-        plain = c.frame
-
-        def counting(est: Any, channel: str, data: bytes, room_id: bytes, i: int = i,
-                     plain: Any = plain) -> None:
-            if measuring and channel == "presence":
-                got_bytes[i] += len(data)
-                got_msgs[i] += 1
-            plain(est, channel, data, room_id)
-
-        c.frame = counting  # type: ignore[method-assign]
-    print("ready", flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await reader.readline()  # "go"
-    measuring = True
-    stop = time.perf_counter() + hold
-
-    async def send(i: int, c: RoomClient) -> None:
-        await asyncio.sleep((i % 20) / (20 * hz))  # spread the senders over the period
-        k = 0
-        base = grid_spot(i)
-        while time.perf_counter() < stop:
-            k += 1
-            pos = [base[0] + 0.05 * (k % 5), base[1], base[2]]  # fidgeting on its spot
-            c.set_presence({"who": i, "t": time.time(), "position": pos})
-            await asyncio.sleep(1.0 / hz)
-
-    await asyncio.gather(*(send(i, c) for i, c in clients.items()))
-    await asyncio.sleep(1.0)
-    measuring = False
-    for c in clients.values():
-        await c.close()
-    return {"near_ms": near_ms, "far_ms": far_ms, "bytes": got_bytes, "msgs": got_msgs,
-            "heard": {i: len(h) for i, h in heard.items()}}
-
-
-async def interest_phase(url: str, room: str, n: int, hz: float, hold_s: float,
-                         workers: int) -> dict[str, Any]:
-    """Run ``n`` clients on the node at ``url`` in ``workers`` processes; merge."""
-    procs = []
-    for w in range(workers):
-        spec = {"url": url, "room": room, "n": n, "hz": hz, "hold_s": hold_s,
-                "ids": list(range(w, n, workers))}
-        procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--interest-worker", json.dumps(spec),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
-    for p in procs:
-        assert p.stdout is not None
-        line = await asyncio.wait_for(p.stdout.readline(), 300)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"an interest worker failed to start: {line!r}")
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(b"go\n")
-        await p.stdin.drain()
-    parts = []
-    for p in procs:
-        out, _ = await p.communicate()
-        parts.append(json.loads(out.decode().strip().splitlines()[-1]))
-    near = [x / 1e3 for part in parts for x in part["near_ms"]]
-    far = [x / 1e3 for part in parts for x in part["far_ms"]]
-    per_bytes = [v for part in parts for v in part["bytes"].values()]
-    per_msgs = [v for part in parts for v in part["msgs"].values()]
-    heard = [v for part in parts for v in part["heard"].values()]
-    return {
-        "nearest10": {"updates": len(near), "p50_ms": pct(near, 0.5), "p99_ms": pct(near, 0.99),
-                      "per_client_per_s": round(len(near) / n / hold_s, 1)},
-        "others": {"updates": len(far), "p50_ms": pct(far, 0.5), "p99_ms": pct(far, 0.99),
-                   "per_client_per_s": round(len(far) / n / hold_s, 1)},
-        "bytes_per_client_per_s": {
-            "mean": round(sum(per_bytes) / len(per_bytes) / hold_s, 1),
-            "max": round(max(per_bytes) / hold_s, 1)},
-        "messages_per_client_per_s": round(sum(per_msgs) / len(per_msgs) / hold_s, 1),
-        "participants_heard_per_client_min": min(heard),
-    }
-
-
-def presence_core(n: int, hz: float, seconds: float = 5.0) -> dict[str, Any]:
-    """The node's presence core alone (no links): ``n`` clients as leaves on the grid, each
-    publishing at ``hz``, 10 ms flushes; updates sent and CPU (``process_time``), filtered
-    and not."""
-    import dataclasses
-    import hashlib
-
-    from meshnode.overlay.presence import PresenceTable
-    from meshnode.runtime.room import LIVE_OVERLAY
-    from protocol.frames import make_presence
-
-    keys = [Identity.from_private_bytes(hashlib.sha256(b"%d" % i).digest()) for i in range(n)]
-    peers = {f"c{i}" for i in range(n)}
-    every = max(1, round(1.0 / hz / LIVE_OVERLAY.presence_interval_s))
-    out: dict[str, Any] = {}
-    for name, on in (("filtered", True), ("unfiltered", False)):
-        table = PresenceTable(dataclasses.replace(LIVE_OVERLAY, presence_filter=on), b"N" * 32)
-        for i in range(n):
-            table.set_leaf(f"c{i}", keys[i].public_key)
-        sent = 0
-        start = time.process_time()
-        for tick in range(round(seconds / LIVE_OVERLAY.presence_interval_s)):
-            now = tick * LIVE_OVERLAY.presence_interval_s
-            for i in range(n):
-                if (tick + i) % every == 0:
-                    msg = make_presence(b"R" * 32, keys[i].public_key, tick + 1,
-                                        {"position": grid_spot(i), "t": 1.0, "who": i},
-                                        lambda _: b"\0" * 64)
-                    if table.accept(msg, now, f"c{i}"):
-                        table.enqueue(msg, lambda: peers, f"c{i}", now)
-            sent += len(table.flush(now))
-        out[name] = {"updates_sent_per_s": round(sent / seconds),
-                     "per_client_per_s": round(sent / seconds / n, 1),
-                     "cpu_s_per_s": round((time.process_time() - start) / seconds, 3)}
-    out["updates_filtered_over_unfiltered"] = round(
-        out["filtered"]["updates_sent_per_s"] / out["unfiltered"]["updates_sent_per_s"], 3)
-    return out
-
-
-async def presence_interest(base: Path, quiet: str, n: int, hz: float, hold_s: float,
-                            workers: int) -> dict[str, Any]:
-    """The filtered run, then the unfiltered baseline, each on a fresh node."""
-    out: dict[str, Any] = {"clients": n, "updates_per_s_each": hz, "hold_s": hold_s,
-                           "workers": workers, "core_without_links": presence_core(n, hz)}
-    for name, extra in (("filtered", ""), ("baseline_unfiltered", "[presence]\nfilter = false\n")):
-        # Fifty clients of one address dial within seconds: lift the per-address offer limit.
-        http = "[http]\noffers_per_s = 1000\noffer_burst = 1000\n"
-        node = NodeProcess(base / f"interest-{name}", config=quiet + http + extra).start()
-        try:
-            room = node.default_room
-            assert room is not None
-            out[f"load_average_1m_before_{name}"] = round(os.getloadavg()[0], 2)
-            out[name] = await interest_phase(node.url, room, n, hz, hold_s, workers)
-        finally:
-            node.kill()
-    f, b = out["filtered"], out["baseline_unfiltered"]
-    out["ratios"] = {
-        "bytes_per_client_filtered_over_baseline": round(
-            f["bytes_per_client_per_s"]["mean"] / max(1.0, b["bytes_per_client_per_s"]["mean"]),
-            3),
-        "nearest10_p99_filtered_over_baseline": round(
-            f["nearest10"]["p99_ms"] / max(0.001, b["nearest10"]["p99_ms"]), 3),
-    }
-    out["target_met"] = f["nearest10"]["p99_ms"] < 100.0
-    return out
-
-
 async def memory_per_peer(node: NodeProcess, room: str, n: int) -> dict[str, Any]:
     assert node.proc is not None
     before = rss_kib(node.proc.pid)
@@ -562,21 +369,11 @@ def main() -> int:
     parser.add_argument("--interest-hold", type=float, default=6.0, help="seconds sending")
     parser.add_argument("--interest-workers", type=int, default=2,
                         help="processes the clients run in")
-    parser.add_argument("--interest-worker", help=argparse.SUPPRESS)
     parser.add_argument("--only-throughput", action="store_true",
                         help="run only the bare link and the sustained edits")
     parser.add_argument("--profile", metavar="DIR",
                         help="with --only-throughput: cProfile each node into DIR")
     args = parser.parse_args()
-    if args.interest_worker:
-        try:
-            import uvloop
-
-            result = uvloop.run(interest_worker(json.loads(args.interest_worker)))
-        except ImportError:
-            result = asyncio.run(interest_worker(json.loads(args.interest_worker)))
-        print(json.dumps(result), flush=True)
-        return 0
     try:
         import uvloop
 

@@ -115,7 +115,7 @@ _SECTIONS: dict[str, set[str]] = {
                   "mdns_interfaces"},
     "media": set(MEDIA_KEYS),
     "presence": {"filter", "client_msgs_per_s", "client_bytes_per_s", "link_msgs_per_s",
-                 "link_bytes_per_s", "near_count", "view_radius", "floor_s"},
+                 "link_bytes_per_s", "near_count", "view_radius", "floor_s", "interval_s"},
 }
 
 # [presence] key -> (low, high) for numbers; each maps to OverlayConfig.presence_<key>.
@@ -123,6 +123,7 @@ _PRESENCE_RANGES: dict[str, tuple[float, float]] = {
     "client_msgs_per_s": (1.0, 10_000.0), "client_bytes_per_s": (1_024.0, 100_000_000.0),
     "link_msgs_per_s": (1.0, 100_000.0), "link_bytes_per_s": (1_024.0, 1_000_000_000.0),
     "near_count": (1, 1_000), "view_radius": (0.01, 1_000_000.0), "floor_s": (0.1, 4.9),
+    "interval_s": (0.001, 0.5),
 }
 
 

@@ -115,6 +115,14 @@ class NodeMetrics:
                                     ["reason"], registry=r)
         self.presence_updates = Counter("meshnode_presence_updates",
                                         "Presence updates received", registry=r)
+        self.presence_waited = Gauge(
+            "meshnode_presence_waited",
+            "Presence updates sent since start, by how long each waited in this node from "
+            "arrival to send (cumulative, as a histogram's buckets: at most le seconds)",
+            ["le"], registry=r)
+        self.presence_waited_seconds = Gauge(
+            "meshnode_presence_waited_seconds",
+            "Sum of the waits counted in meshnode_presence_waited", registry=r)
         self.store_latency = Histogram("meshnode_store_commit_seconds",
                                        "Time from a change's arrival to its durable commit",
                                        buckets=_LATENCY_BUCKETS, registry=r)

@@ -4,6 +4,7 @@ page, and the gauges of ``/metrics`` that are read from its state at scrape time
 Everything here reads a ``NodeView``: the node's identity, metrics and live tables of rooms
 and links, not the node itself."""
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 from meshnode.federation.policy import FederationPolicy
 from meshnode.identity import peer_id_from_public_key
 from meshnode.metrics import NodeMetrics
+from meshnode.overlay.presence import WAIT_BUCKETS_S
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.rooms.privacy_info import private_info
 from meshnode.runtime.links import Established, PolicyRefusal
@@ -63,6 +65,7 @@ def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
         node.metrics.changes_rejected.labels(reason).set(n)
     node.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
                                      for h in node.rooms.values()))
+    _presence_waits(node)
     for rid, hosted in node.rooms.items():
         label = rid.hex()[:16]
         node.metrics.room_members.labels(label).set(len(hosted.runtime.peers()))
@@ -136,3 +139,14 @@ def peers_info(node: NodeView) -> list[dict[str, Any]]:
             "buffered_bytes": est.link.buffered_bytes(),
         })
     return out
+
+
+def _presence_waits(node: NodeView) -> None:
+    """How long presence updates waited here before being sent, over all rooms."""
+    tables = [h.runtime.overlay.presence for h in node.rooms.values()]
+    below = 0
+    for k, bound in enumerate(WAIT_BUCKETS_S):
+        below += sum(t.waited[k] for t in tables)
+        node.metrics.presence_waited.labels("+Inf" if bound == math.inf else f"{bound:g}").set(
+            below)
+    node.metrics.presence_waited_seconds.set(sum(t.waited_s for t in tables))

@@ -836,7 +836,8 @@ class RoomOverlay:
         targets = self._targets()
         self.tree.tick(now, self._known, targets, active | self.leaves)
         for peer, msg in self.presence.flush(now):
-            self._send(peer, msg)
+            # Encoded once for all its recipients (PresenceTable.frame_of).
+            self._enqueue(peer, PRESENCE, self.presence.frame_of(msg), "Presence")
         for gone in self.presence.expire(now):
             self._emit(PresenceExpired(peer_id_from_public_key(gone), now))
         if self.next_anti_entropy is not None and now >= self.next_anti_entropy:

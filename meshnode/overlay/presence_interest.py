@@ -37,6 +37,7 @@ each participant is refreshed at least every ``presence_floor_s`` (plus a flush)
 budget covers the floor load.
 """
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,9 +80,21 @@ class Plan:
     until: float = -math.inf
 
 
+DueEntry = tuple[tuple[int, float], float, bytes]  # (plan key, last sent or -inf, who)
+OverdueEntry = tuple[float, bytes]  # (last sent or queued since, who)
+
+
 @dataclass(slots=True)
 class Recipient:
-    """One recipient's presence state: its queue, what was sent when, budget and plan."""
+    """One recipient's presence state: its queue, what was sent when, budget and plan.
+
+    The queue is scheduled incrementally, so a flush costs what it sends, not what is
+    queued. A queued participant not yet due waits in ``timers`` at the time it becomes due
+    (its last send plus its plan's interval; never sent: at once); then it is *ready*, in
+    ``due`` (ordered by plan key, stalest first) until it is overdue (``overdue_at``: its
+    last send, or since when it was queued, plus the floor), then in ``overdue`` (stalest
+    first). ``due_at`` and ``ready`` are the authority: a heap entry that disagrees is
+    stale and skipped."""
 
     leaf: bool
     participant: bytes | None  # the recipient's own participant key (a client), if known
@@ -92,10 +105,12 @@ class Recipient:
     last_sent: dict[bytes, float] = field(default_factory=dict)
     waiting: dict[bytes, float] = field(default_factory=dict)  # never sent: queued since
     plan: Plan = field(default_factory=Plan)
-    # Nothing queued can be due before ``wake`` unless an update arrived since (``fresh``):
-    # the flush skips this recipient without scanning its queue.
-    wake: float = -math.inf
-    fresh: bool = True
+    timers: list[tuple[float, bytes]] = field(default_factory=list)
+    due_at: dict[bytes, float] = field(default_factory=dict)
+    due: list[DueEntry] = field(default_factory=list)
+    overdue_at: list[tuple[float, bytes, DueEntry]] = field(default_factory=list)
+    overdue: list[OverdueEntry] = field(default_factory=list)
+    ready: dict[bytes, DueEntry | OverdueEntry] = field(default_factory=dict)
     sent_msgs: int = 0
     sent_bytes: int = 0
     held_back: int = 0  # due updates left queued by the budget (they wait, coalesced)
@@ -136,7 +151,7 @@ def rebudget(config: OverlayConfig, r: Recipient, interest: Interest, now: float
         bucket.rate, bucket.burst = rate, burst
         bucket.tokens = min(bucket.tokens, burst)
     r.budget = b
-    r.plan.until = r.wake = -math.inf
+    r.plan.until = -math.inf  # a new plan, and so a new schedule, at the next flush
 
 
 def _bursts(config: OverlayConfig, b: Budget) -> tuple[float, float]:
@@ -166,30 +181,39 @@ def position(fields: dict[str, Any]) -> tuple[float, float, float] | None:
     return None
 
 
-def _speaking(fields: dict[str, Any]) -> bool:
+def speaking(fields: dict[str, Any]) -> bool:
+    """Whether the fields say the participant is speaking."""
     return fields.get("speaking") is True
 
 
-def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, dict[str, Any]],
+Spot = tuple[tuple[float, float, float] | None, bool]
+"""What a plan needs of a participant's latest update: its position (None: unknown) and
+whether it is speaking (``PresenceTable`` works both out once per update)."""
+
+
+def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, Spot],
               centres: list[tuple[float, float, float]], now: float) -> Plan:
-    """Tier, distance and minimum interval of every participant in ``latest`` (latest
-    fields by participant) for recipient ``r``, whose interest is centred on ``centres``
-    (a client: its own position; a neighbour: its participants'; [] if unknown)."""
+    """Tier, distance and minimum interval of every participant in ``latest`` (position
+    and speaking by participant) for recipient ``r``, whose interest is centred on
+    ``centres`` (a client: its own position; a neighbour: its participants'; [] if
+    unknown)."""
     plan = Plan(until=now + config.presence_plan_s)
     dist: dict[bytes, float] = {}
-    for p, fields in latest.items():
+    dist_to = math.dist
+    for p, (there, _) in latest.items():
         if p == r.participant:
             continue
-        there = position(fields)
         d = math.inf
         if there is not None and centres:
-            d = min(math.dist(c, there) for c in centres)
+            d = dist_to(centres[0], there) if len(centres) == 1 else min(
+                dist_to(c, there) for c in centres)
         dist[p] = d
+    key, interval = plan.key, plan.interval
     if not r.leaf:
         # A neighbour: full rate for everyone; distance only orders within its budget.
         for p, d in dist.items():
-            plan.key[p] = (TIER_SPEAKING if _speaking(latest[p]) else TIER_VIEW, d)
-            plan.interval[p] = 0.0
+            key[p] = (TIER_SPEAKING if latest[p][1] else TIER_VIEW, d)
+            interval[p] = 0.0
         return plan
     known = sorted((d, p) for p, d in dist.items() if d != math.inf)
     near = {p for _, p in known[: config.presence_near_count]}
@@ -200,74 +224,176 @@ def make_plan(config: OverlayConfig, r: Recipient, latest: dict[bytes, dict[str,
     floor = config.presence_floor_s
     radius = r.budget.view_radius
     for p, d in dist.items():
-        if _speaking(latest[p]):
-            plan.key[p], plan.interval[p] = (TIER_SPEAKING, d), 0.0
+        if latest[p][1]:
+            key[p], interval[p] = (TIER_SPEAKING, d), 0.0
         elif p in near:
-            plan.key[p], plan.interval[p] = (TIER_NEAR, d), 0.0
+            key[p], interval[p] = (TIER_NEAR, d), 0.0
         elif d == math.inf:
-            plan.key[p], plan.interval[p] = (TIER_VIEW, d), 0.0
+            key[p], interval[p] = (TIER_VIEW, d), 0.0
         elif d <= radius:
-            plan.key[p], plan.interval[p] = (TIER_VIEW, d), min(floor, full * d / d_ref)
+            key[p], interval[p] = (TIER_VIEW, d), min(floor, full * d / d_ref)
         else:
-            plan.key[p], plan.interval[p] = (TIER_FAR, d), floor
+            key[p], interval[p] = (TIER_FAR, d), floor
     return plan
 
 
-def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
-    """The queued updates ``r`` gets now (see the module docstring), removed from its queue
-    and paid from its buckets."""
+# A timer this close to ``now`` is looked at (and put back if not yet due): the tests below
+# are the exact ones, so rounding in ``last + interval - tol`` never delays an update.
+_EPSILON_S = 1e-6
+
+
+def schedule(config: OverlayConfig, r: Recipient, p: bytes) -> None:
+    """Participant ``p`` was just queued for ``r`` (nothing of it was queued): set its
+    timer to when it becomes due under the current plan."""
+    last = r.last_sent.get(p)
+    at = -math.inf if last is None else (
+        last + r.plan.interval.get(p, 0.0) - config.presence_interval_s / 2)
+    r.due_at[p] = at
+    heapq.heappush(r.timers, (at, p))
+
+
+def reschedule(config: OverlayConfig, r: Recipient) -> None:
+    """A new plan (new intervals and keys): schedule everything queued afresh."""
+    r.timers.clear()
+    r.due_at.clear()
+    r.due.clear()
+    r.overdue_at.clear()
+    r.overdue.clear()
+    r.ready.clear()
+    for p in r.queue:
+        schedule(config, r, p)
+
+
+def unschedule(r: Recipient, p: bytes) -> None:
+    """``p`` is no longer queued for ``r`` (its heap entries go stale)."""
+    r.due_at.pop(p, None)
+    r.ready.pop(p, None)
+
+
+def _make_ready(config: OverlayConfig, r: Recipient, now: float,
+                fresh: list[tuple[float, bytes, DueEntry]]) -> None:
+    """Move what has become due to ``due`` or ``overdue``, and what has become overdue from
+    ``due`` to ``overdue``: the very tests of the module docstring, at ``now``. Those newly
+    due go to ``fresh`` with the time they become overdue (``pick`` adds the ones it leaves
+    ready to ``overdue_at``; the rest are sent at once and never need it)."""
     tol = config.presence_interval_s / 2
     floor = config.presence_floor_s
-    plan = r.plan
-    if not r.fresh and now < r.wake:
-        return []
-    r.fresh = False
-    overdue: list[tuple[float, bytes]] = []
-    due: list[tuple[tuple[int, float], float, bytes]] = []
-    wake = math.inf
-    for p in r.queue:
+    horizon = now + _EPSILON_S
+    timers, due_at, ready = r.timers, r.due_at, r.ready
+    later: list[tuple[float, bytes]] = []
+    while timers and timers[0][0] <= horizon:
+        at, p = heapq.heappop(timers)
+        if due_at.get(p) != at:
+            continue
         last = r.last_sent.get(p)
         if last is None:
             # Never sent: due now, in interest order; overdue once queued for the floor.
             since = r.waiting.setdefault(p, now)
             if now - since + tol >= floor:
-                overdue.append((since, p))
+                _to_overdue(r, (since, p))
             else:
-                due.append((plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p))
+                entry: DueEntry = (r.plan.key.get(p, (TIER_VIEW, math.inf)), -math.inf, p)
+                _to_due(r, entry)
+                fresh.append((since + floor - tol, p, entry))
         elif now - last + tol >= floor:
-            overdue.append((last, p))
+            _to_overdue(r, (last, p))
+        elif now >= last + r.plan.interval.get(p, 0.0) - tol:
+            entry = (r.plan.key.get(p, (TIER_VIEW, math.inf)), last, p)
+            _to_due(r, entry)
+            fresh.append((last + floor - tol, p, entry))
         else:
-            at = last + plan.interval.get(p, 0.0) - tol
-            if now >= at:
-                due.append((plan.key.get(p, (TIER_VIEW, math.inf)), last, p))
-            elif at < wake:
-                wake = at
-    r.wake = min(wake, plan.until)
-    if not overdue and not due:
-        return []
-    overdue.sort()
-    due.sort()
-    order = [p for _, p in overdue] + [p for _, _, p in due]
-    out: list[Presence] = []
-    limit = config.presence_per_flush
-    for k, p in enumerate(order):
-        msg = r.queue[p]
-        cost = frame_size(msg)
-        if cost > r.size.burst:
-            # Could never be paid for: dropped, or it would block this recipient for good.
-            del r.queue[p]
-            r.too_large += 1
+            later.append((at, p))  # within rounding of due: not yet
             continue
-        if len(out) >= limit or r.msgs.wait_time(now) > 0 or r.size.wait_time(now, cost) > 0:
-            r.held_back += len(order) - k
-            r.wake = now  # due ones wait for tokens: look again at the next flush
-            break
-        r.msgs.take(1.0, now)
-        r.size.take(float(cost), now)
-        del r.queue[p]
-        r.last_sent[p] = now
-        r.waiting.pop(p, None)
-        r.sent_msgs += 1
-        r.sent_bytes += cost
-        out.append(msg)
+        del due_at[p]
+    for timer in later:
+        heapq.heappush(timers, timer)
+    pending = r.overdue_at
+    again: list[tuple[float, bytes, DueEntry]] = []
+    while pending and pending[0][0] <= horizon:
+        item = heapq.heappop(pending)
+        entry = item[2]
+        p = entry[2]
+        if ready.get(p) is not entry:
+            continue
+        since = entry[1] if entry[1] != -math.inf else r.waiting[p]
+        if now - since + tol >= floor:
+            _to_overdue(r, (since, p))
+        else:
+            again.append(item)
+    for item in again:
+        heapq.heappush(pending, item)
+
+
+def _to_due(r: Recipient, entry: DueEntry) -> None:
+    r.ready[entry[2]] = entry
+    heapq.heappush(r.due, entry)
+
+
+def _to_overdue(r: Recipient, entry: OverdueEntry) -> None:
+    r.ready[entry[1]] = entry
+    heapq.heappush(r.overdue, entry)
+
+
+def _first_ready(r: Recipient) -> bytes | None:
+    """The participant ``r`` gets next: the stalest overdue, else the first due (stale heap
+    entries dropped on the way)."""
+    ready, overdue, due = r.ready, r.overdue, r.due
+    while overdue:
+        late = overdue[0]
+        if ready.get(late[1]) is late:
+            return late[1]
+        heapq.heappop(overdue)
+    while due:
+        entry = due[0]
+        if ready.get(entry[2]) is entry:
+            return entry[2]
+        heapq.heappop(due)
+    return None
+
+
+def pick(config: OverlayConfig, r: Recipient, now: float) -> list[Presence]:
+    """The queued updates ``r`` gets now (see the module docstring), removed from its queue
+    and paid from its buckets."""
+    fresh: list[tuple[float, bytes, DueEntry]] = []
+    _make_ready(config, r, now, fresh)
+    out: list[Presence] = []
+    ready = r.ready
+    if ready:
+        limit = config.presence_per_flush
+        msgs, size = r.msgs, r.size
+        while ready:
+            p = _first_ready(r)
+            assert p is not None  # every ready participant has its heap entry
+            msg = r.queue[p]
+            cost = frame_size(msg)
+            if cost > size.burst:
+                # Could never be paid for: dropped, or it would block this recipient.
+                del r.queue[p]
+                unschedule(r, p)
+                r.too_large += 1
+                continue
+            # ``TokenBucket.wait_time(now, n) > 0``, inline: this runs for every update sent.
+            if len(out) >= limit or _tokens(msgs, now) < 1.0 or _tokens(size, now) < cost:
+                r.held_back += len(ready)
+                break  # the ready ones stay ready, in order, for the next flush
+            msgs.take(1.0, now)
+            size.take(float(cost), now)
+            del r.queue[p]
+            r.due_at.pop(p, None)
+            del ready[p]
+            r.last_sent[p] = now
+            r.waiting.pop(p, None)
+            r.sent_msgs += 1
+            r.sent_bytes += cost
+            out.append(msg)
+    for item in fresh:
+        if ready.get(item[1]) is item[2]:
+            heapq.heappush(r.overdue_at, item)
     return out
+
+
+def _tokens(bucket: TokenBucket, now: float) -> float:
+    """The tokens ``bucket`` holds at ``now`` (as ``TokenBucket.wait_time`` counts them)."""
+    if now > bucket.at:
+        return min(bucket.burst, bucket.tokens + (now - bucket.at) * bucket.rate)
+    return min(bucket.burst, bucket.tokens)

@@ -78,6 +78,7 @@ async def test_edit_at_a_reaches_c_with_presence_and_metrics(
     assert ma["meshnode_changes_stored_total"] >= 2
     assert mc["meshnode_changes_in_total"] >= 2
     assert mc["meshnode_presence_updates_total"] >= 1
+    assert mc['meshnode_presence_waited{le="+Inf"}'] >= 1  # C sent it on to its client
     assert ma['meshnode_peers{kind="node"}'] >= 1
     assert any(k.startswith("meshnode_bytes_out_total") and v > 0 for k, v in ma.items())
     assert ma["meshnode_changes_out"] >= 2

@@ -95,6 +95,59 @@ def test_frame_size_is_the_encoded_size() -> None:
         assert frame_size(msg) == len(encode_frame(msg))
 
 
+def test_an_update_is_encoded_once_for_all_its_recipients() -> None:
+    table = PresenceTable(CFG, b"N" * 32)
+    first = update(1, 5, (1.0, 2.0, 3.0))
+    assert table.accept(first, 0.0, "peer1")
+    frame = table.frame_of(first)
+    assert frame == encode_frame(first)
+    assert table.frame_of(first) is frame  # the same bytes, not encoded again
+    newer = update(1, 6, (2.0, 2.0, 3.0))
+    assert table.accept(newer, 0.1, "peer1")
+    # A recipient may still hold the older one: it is encoded as itself, never as the newer.
+    assert table.frame_of(first) == encode_frame(first)
+    assert table.frame_of(newer) == encode_frame(newer)
+    assert table.frame_of(update(2, 1, None)) == encode_frame(update(2, 1, None))  # unknown
+
+
+def test_waits_from_arrival_to_send_are_counted() -> None:
+    """``waited``: each update sent, by how long it waited in the table (the node's
+    ``meshnode_presence_waited`` metric). Within the budget, no longer than a flush."""
+    table = PresenceTable(CFG, b"N" * 32)
+    table.set_leaf(RECIPIENT, KEYS[0].public_key)
+    sent = 0
+    for t in range(100):
+        now = t * 0.01
+        if t % 5 == 2:
+            for k in (1, 2, 3):
+                msg = update(k, t + 1, (float(k), 0.0, 0.0))
+                assert table.accept(msg, now + 0.003, "peer")
+                table.enqueue(msg, lambda: {RECIPIENT}, "peer", now + 0.003)
+        sent += len(table.flush(now))
+    assert sent > 0 and sum(table.waited) == sent
+    # Each arrives 3 ms after a tick and leaves at the first flush a full interval (10 ms)
+    # later, on the tick after: 17 ms, in the bucket of at most 20 ms.
+    assert table.waited[2] == sent
+    assert 0.016 * sent <= table.waited_s <= 0.018 * sent
+
+
+def test_a_flush_sends_what_is_due_in_order_after_budget_waits() -> None:
+    """Held back by the budget, due updates wait in order and leave as tokens come: the
+    schedule kept between flushes gives what a full rescan would (speaking, then nearest,
+    then by distance; never one not yet due)."""
+    spots = [(float(x), 0.0, 0.0) for x in range(1, 9)]
+    sent = run(CFG, spots, 3.0, interest=Interest(msgs_per_s=30.0), speaking=frozenset({8}))
+    got = counts(sent)
+    # The speaker (farthest) and the 3 nearest fill most of the 30/s budget.
+    assert got[8] >= got[4] and got[1] >= got[5]
+    assert got[1] + got[2] + got[3] + got[8] >= 0.6 * len(sent)
+    # Everyone is refreshed within the floor (2 s), plus the flushes it takes the budget to
+    # reach everyone overdue at once.
+    slack = CFG.presence_interval_s * 2 + len(spots) / 30.0
+    for k in range(1, 9):
+        assert gaps(sent, k, 3.0) <= CFG.presence_floor_s + slack
+
+
 def test_nearest_full_rate_farther_less_often_far_at_the_floor() -> None:
     # On a line: 1..3 nearest (full rate), 4..8 in view at growing distances, 9 beyond.
     spots = [(float(x), 0.0, 0.0) for x in (1, 2, 3, 6, 9, 12, 15, 18, 40)]

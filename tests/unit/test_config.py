@@ -106,6 +106,7 @@ link_bytes_per_s = 1048576
 near_count = 8
 view_radius = 20.0
 floor_s = 2.5
+interval_s = 0.03
 """
 
 
@@ -194,7 +195,7 @@ def test_full_example_file_loads(tmp_path: Path) -> None:
                           audio_radius=25.0, recycle_sdp_chars=20_000),
         presence=(("presence_client_bytes_per_s", 65_536.0), ("presence_client_msgs_per_s", 150.0),
                   ("presence_filter", False), ("presence_floor_s", 2.5),
-                  ("presence_link_bytes_per_s", 1_048_576.0),
+                  ("presence_interval_s", 0.03), ("presence_link_bytes_per_s", 1_048_576.0),
                   ("presence_link_msgs_per_s", 2_000.0), ("presence_near_count", 8),
                   ("presence_view_radius", 20.0)),
     )
@@ -628,6 +629,7 @@ def test_presence_section_sets_the_interest_filter() -> None:
     assert dict(cfg.presence) == {"presence_filter": False, "presence_client_msgs_per_s": 120.0,
                                   "presence_near_count": 8, "presence_view_radius": 12.5}
     for bad in ({"floor_s": 6}, {"near_count": 2.5}, {"near_count": True}, {"filter": 1},
-                {"client_msgs_per_s": 0}, {"link_bytes_per_s": "lots"}):
+                {"client_msgs_per_s": 0}, {"link_bytes_per_s": "lots"}, {"interval_s": 0},
+                {"interval_s": 1.0}):
         with pytest.raises(ConfigError, match="presence"):
             config_from_mapping({"presence": bad})
