@@ -5,9 +5,10 @@
 ``PYTHONPATH`` (default scenarios: churn, hostile, private, partition) and prints ONE JSON
 object: per scenario, whether the two results.json files are byte-identical once the one
 field that measures the host (``wall_time_s``, the run's wall-clock time) is blanked, their
-sizes and each run's CPU seconds. Exit 0 if every pair is identical, 1 otherwise. Use it when a change
-must not move a simulation's results (a speed-up of the simulator or of a core's hot path):
-export the old commit with ``git archive OLD | tar -x -C /tmp/before`` and pass that folder.
+sizes and each run's CPU seconds. Exit 0 if every pair is identical, 1 otherwise. Use it
+when a change must not move a simulation's results (a speed-up of the simulator or of a
+core's hot path): export the old commit with ``git archive OLD | tar -x -C /tmp/before``
+and pass that folder.
 """
 
 from __future__ import annotations

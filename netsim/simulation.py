@@ -368,7 +368,7 @@ class Simulation:
                 self.held.setdefault(pair, []).insert(k, (channel, frame))
                 self.held_in_flight[pair] = k + 1
             return
-        node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
+        ov.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
         self._drain(dst)
 
     def _drain(self, i: int) -> None:
