@@ -330,6 +330,7 @@ class Link:
         self._rto0 = spec.initial_rto_s()
         self._rto_max = spec.rto_max_ms / 1000.0
         self._lossless = spec.loss == 0.0 and not spec.ge_p_good_bad > 0
+        self.sctp = spec.recovery == "sctp"  # sync frames go through the bound channel
         fixed = not (spec.latency_dist == "normal" and spec.latency_sd_ms > 0) and (
             spec.latency_dist != "pareto"
         )
@@ -349,14 +350,16 @@ class Link:
     def send_reliable(self, size: int, now: float, payload: Any) -> bool:
         """Offer a reliable message to the bound SCTP-like channel (``netsim/sctp.py``); it is
         delivered later through the ``deliver`` callback. False if the link is down."""
-        self._check_size(size)
-        if self.channel is None:
+        if type(size) is not int or not 0 <= size <= MAX_MESSAGE_BYTES:
+            self._check_size(size)  # (raises; the test above is its fast path)
+        channel = self.channel
+        if channel is None:
             raise RuntimeError("send_reliable needs a channel: call bind() first")
         if not self.up:
             self.frames_dropped_down += 1
             return False
         self.frames_sent += 1
-        self.channel.send(size, now, payload)
+        channel.send(size, now, payload)
         return True
 
     def clean_path(self) -> bool:

@@ -167,7 +167,8 @@ class ReliableChannel:
         self.outstanding: dict[int, _Message] = {}  # insertion order = TSN order
         # Sent on a clean path without SACK bookkeeping: they can only be lost if a partition
         # swallows them on the wire, and then they join ``outstanding`` (see _arrive).
-        self.in_flight: dict[int, _Message] = {}
+        # (size, payload, sent at): a _Message is made only if one of them is lost.
+        self.in_flight: dict[int, tuple[int, Any, float]] = {}
         self.cum_acked = -1
         self.srtt: float | None = None
         self.rttvar = 0.0
@@ -203,6 +204,16 @@ class ReliableChannel:
             self.queued += 1             # opens it (and after those queued before it)
             self.schedule(depart, self._send_queued, tsn, size, payload, self.generation)
             return
+        link = self.link
+        if not self.outstanding and link.clean_path():
+            # _send_at's clean path, inlined: this is the simulator's per-frame hot path.
+            arrival = link.attempt(size, now)
+            assert arrival is not None
+            if self.srtt is None:
+                self._update_rto(2.0 * (arrival - now))
+            self.in_flight[tsn] = (size, payload, now)
+            self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
+            return
         self._send_at(tsn, size, payload, self.generation)
 
     def _send_queued(self, tsn: int, size: int, payload: Any, generation: int) -> None:
@@ -215,10 +226,17 @@ class ReliableChannel:
         window (see the module docstring): its chunks go, in order, in the first round with
         less than a window in flight; a round that filled the window grows it."""
         spec = self.link.spec
+        t = max(now, self.last_departure)
+        mtu = spec.mtu
+        if size <= mtu and t < self.round_end and self.round_bytes + max(1, size) < self.cwnd:
+            # One chunk into a round with room to spare (scene traffic, nearly always): the
+            # loop below would add it and change nothing else.
+            self.round_bytes += max(1, size)
+            self.last_departure = t
+            return t
         reverse = self.reverse if self.reverse is not None else self.link
         rtt = self.srtt if self.srtt is not None else (
             spec.latency_ms + reverse.spec.latency_ms) / 1000.0
-        t = max(now, self.last_departure)
         left = max(1, size)
         while left > 0:
             if t >= self.round_end:  # the last round's SACKs are back: a new round
@@ -252,7 +270,7 @@ class ReliableChannel:
             assert arrival is not None
             if self.srtt is None:
                 self._update_rto(2.0 * (arrival - now))
-            self.in_flight[tsn] = _Message(tsn, size, payload, now)
+            self.in_flight[tsn] = (size, payload, now)
             self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
             return
         msg = _Message(tsn, size, payload, now)
@@ -285,12 +303,17 @@ class ReliableChannel:
         if self.link.cut:  # the partition swallowed it on the wire
             if fast is not None:  # the sender learns of it like any loss: recover it
                 self.link.frames_lost += 1
-                self.outstanding[tsn] = fast
+                self.outstanding[tsn] = _Message(tsn, fast[0], fast[1], fast[2])
                 self.outstanding = dict(sorted(self.outstanding.items()))
                 if self.t3_deadline is None:
                     self._t3_start(self.clock())
             return
-        if tsn > self.rcv_cum and tsn not in self.rcv_buffer:
+        if tsn == self.rcv_cum + 1 and not self.rcv_buffer:
+            # The next in order with nothing held back (nearly always): straight through.
+            self.rcv_cum = tsn
+            self.link.frames_delivered += 1
+            self.deliver(payload)
+        elif tsn > self.rcv_cum and tsn not in self.rcv_buffer:
             self.rcv_buffer[tsn] = payload
             while self.rcv_cum + 1 in self.rcv_buffer:
                 self.rcv_cum += 1

@@ -280,15 +280,16 @@ class Simulation:
             obs.presence_bytes_to[dst] = obs.presence_bytes_to.get(dst, 0) + len(frame)
             obs.presence_frames_to[dst] = obs.presence_frames_to.get(dst, 0) + 1
         link = self.links[pair]
-        if self.liveness.enabled:
+        liveness = self.liveness
+        if liveness.enabled:
             # Partitions are lost packets (link.cut); SCTP recovers what it can, the
             # keepalive closes what stays silent.
-            self.liveness.last_out[pair] = self.engine.now
+            now = self.engine.now
+            liveness.last_out[pair] = now
             if link.cut:
                 self.obs.frames_cut += 1
-            if channel == SYNC and link.spec.recovery == "sctp":
-                link.send_reliable(len(frame), self.engine.now,
-                                   (channel, frame, self.epoch.get(pair, 0)))
+            if channel == SYNC and link.sctp:
+                link.send_reliable(len(frame), now, (channel, frame, self.epoch.get(pair, 0)))
                 return
             t = link.send(len(frame), self.engine.now, channel == SYNC)
             if t is not None:
@@ -330,24 +331,30 @@ class Simulation:
         if cpu <= 0.0 and hop <= 0.0:
             self._deliver(src, dst, channel, frame, epoch)
             return
-        now = self.engine.now
+        engine = self.engine
+        now = engine.now
         free = self.cpu_free_at[dst]
         busy_until = (free if free > now else now) + cpu
         self.cpu_free_at[dst] = busy_until
         done = max(busy_until, now + hop, self.handed_at[dst])
         self.handed_at[dst] = done
-        self.engine.at(done, self._deliver, src, dst, channel, frame, epoch)
+        engine.at(done, self._deliver, src, dst, channel, frame, epoch)
 
     def _deliver(self, src: int, dst: int, channel: str, frame: bytes, epoch: int) -> None:
         pair = (src, dst)
         if self.epoch.get(pair, 0) != epoch or pair not in self.connected:
             return
         node = self.nodes[dst]
-        if not node.alive or node.overlay is None:
+        ov = node.overlay
+        if not node.alive or ov is None:
             return
-        if self.liveness.enabled:
-            self.liveness.heard(src, dst)
-            node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
+        liveness = self.liveness
+        if liveness.enabled:
+            now = self.engine.now
+            last_in = liveness.last_in  # liveness.heard(src, dst), inlined (once per frame)
+            if pair in last_in:
+                last_in[pair] = now
+            ov.receive(self.nodes[src].peer_id, channel, frame, now)
             self._drain(dst)
             return
         groups = self.groups  # self._cut(src, dst), inlined
@@ -361,7 +368,7 @@ class Simulation:
                 self.held.setdefault(pair, []).insert(k, (channel, frame))
                 self.held_in_flight[pair] = k + 1
             return
-        node.overlay.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
+        ov.receive(self.nodes[src].peer_id, channel, frame, self.engine.now)
         self._drain(dst)
 
     def _drain(self, i: int) -> None:
@@ -379,14 +386,16 @@ class Simulation:
                 if withhold and channel == SYNC and _is_changes(frame):
                     continue  # a black hole: announces, but never sends change payloads
                 transmit(i, by_peer[peer], channel, frame)
-        while (ev := ov.next_event()) is not None:
-            if isinstance(ev, ChangeApplied):
+        next_event = ov.next_event
+        while (ev := next_event()) is not None:
+            if type(ev) is ChangeApplied:
                 cid = ev.change_id
-                got = self.obs.delivered.get(cid)
+                obs = self.obs
+                got = obs.delivered.get(cid)
                 if got is None:
-                    got = self.obs.delivered[cid] = {}
+                    got = obs.delivered[cid] = {}
                 if i not in got:
-                    sub = self.obs.submitted.get(cid)
+                    sub = obs.submitted.get(cid)
                     if sub is not None and sub[0] != i:
                         self._delivered_pairs += 1
                 got[i] = now

@@ -325,3 +325,21 @@ def test_results_are_identical_per_seed() -> None:
 
     assert run(3) == run(3)
     assert run(3) != run(4)
+
+
+def test_a_message_sent_on_a_clean_path_and_cut_on_the_wire_is_recovered_by_t3() -> None:
+    # Sent with nothing outstanding on a lossless link (the clean path: no SACK bookkeeping,
+    # kept as in flight only); the partition begins before it arrives, so the sender learns
+    # of the loss at its arrival time (1.04), starts T3 (RTO 1 s after the warm-up's sample)
+    # and retransmits the very message at 2.04: it arrives one way later, once, in order.
+    c = Channel()
+    c.send(0.0, "warm")
+    c.send(1.0, "x")
+    c.engine.at(1.02, setattr, c.link, "cut", True)
+    c.engine.at(1.5, setattr, c.link, "cut", False)
+    c.send(1.6, "y")
+    c.engine.run_until(10.0)
+    assert [p for p, _ in c.got] == ["warm", "x", "y"]
+    assert c.times() == {"warm": 0.04, "x": 2.08, "y": 2.08}
+    assert c.link.frames_lost == 1 and c.link.retransmissions == 1
+    assert c.ch.t3_expiries == 1 and not c.ch.outstanding and not c.ch.in_flight

@@ -6,6 +6,8 @@ fills the window, is not delayed; a T3 expiry collapses the window to one chunk.
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netsim.links import Link, LinkSpec
 from netsim.sctp import INITIAL_CWND, ReliableChannel
@@ -96,3 +98,57 @@ def test_an_associations_packets_keep_their_order_under_jitter() -> None:
     shuffled = Link(LinkSpec(latency_ms=40, jitter_ms=10, reorder=0.3), random.Random(3))
     times = [shuffled.attempt(200, k * 0.002) for k in range(200)]
     assert [t for t in times if t is not None] != sorted(t for t in times if t is not None)
+
+
+def _depart_by_rounds(ch: ReliableChannel, size: int, now: float) -> float:
+    """The congestion window's departure rule, chunk by chunk with no fast path (what
+    ``ReliableChannel._depart`` computed before its one-chunk shortcut; issue 15)."""
+    spec = ch.link.spec
+    reverse = ch.reverse if ch.reverse is not None else ch.link
+    rtt = ch.srtt if ch.srtt is not None else (
+        spec.latency_ms + reverse.spec.latency_ms) / 1000.0
+    t = max(now, ch.last_departure)
+    left = max(1, size)
+    while left > 0:
+        if t >= ch.round_end:
+            if ch.round_full:
+                ch.cwnd += ch.cwnd if ch.cwnd < ch.ssthresh else float(spec.mtu)
+            ch.round_end = t + max(rtt, 1e-6)
+            ch.round_bytes = 0.0
+            ch.round_full = False
+        if ch.round_bytes < ch.cwnd:
+            chunk = min(left, spec.mtu)
+            ch.round_bytes += chunk
+            left -= chunk
+            if ch.round_bytes >= ch.cwnd:
+                ch.round_full = True
+        else:
+            ch.round_full = True
+            t = ch.round_end
+    ch.last_departure = t
+    return t
+
+
+def _window(ch: ReliableChannel) -> tuple[float, ...]:
+    return (ch.cwnd, ch.round_end, ch.round_bytes, float(ch.round_full), ch.last_departure)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.0, 1e-4, 0.01, 0.05, 0.2]),
+                          # sizes that fill the window exactly, and any others
+                          st.one_of(st.sampled_from([CHUNK, CHUNK // 2, CHUNK // 4]),
+                                    st.integers(0, 4 * CHUNK))),
+                min_size=1, max_size=60),
+       st.sampled_from([None, 0.001, 0.08]))
+def test_the_one_chunk_shortcut_departs_as_the_rounds_do(
+        offers: list[tuple[float, int]], srtt: float | None) -> None:
+    # Same offers to two channels: one through _depart, one through the rounds rule above;
+    # every departure time and the window's whole state stay equal, bit for bit.
+    _, fast, _ = channel()
+    _, slow, _ = channel()
+    fast.srtt = slow.srtt = srtt
+    now = 0.0
+    for dt, size in offers:
+        now += dt
+        assert fast._depart(size, now) == _depart_by_rounds(slow, size, now)
+        assert _window(fast) == _window(slow)
