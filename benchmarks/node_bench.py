@@ -559,8 +559,17 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
             async with connect(a.url, room, Identity.generate(), ice=ICE) as writer, \
                     connect(nodes[2].url, room, Identity.generate(), ice=ICE,
                             invite=editor) as reader:
+                # What the nodes burn with nothing to carry (discovery's DHT in a node's
+                # first minute, keepalives): measured just before, so it can be told apart.
+                idle = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                idle_start = time.perf_counter()
+                await asyncio.sleep(2.0)
+                idle_s = time.perf_counter() - idle_start
                 before = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                out["idle_cpu_s_per_s"] = {k: round((before[k] - idle[k]) / idle_s, 3)
+                                           for k in idle}
                 before["bench"] = _own_cpu_seconds()
+                run_start = time.perf_counter()
                 _signal_nodes(nodes, args.profile, signal.SIGUSR1)  # profile from here
                 seconds = 2.0 if args.quick else 8.0
                 spies = _spy(nodes, args.spy, seconds)
@@ -573,6 +582,7 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
                     spy.wait()
                 after = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
                 after["bench"] = _own_cpu_seconds()
+                run_s = time.perf_counter() - run_start
             out["links"] = {n.data_dir.name: len(n.get("/api/peers")) for n in nodes}
             # Mean wait from a change applied at A to durable there (the client's ack waits
             # for it): the disk's share of the ack's round trip.
@@ -597,6 +607,10 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
     done = out["stream"]["changes"] if "stream" in out else out["sustained"]["changes"]
     out["cpu_ms_per_change"] = {k: round(1000 * v / max(1, done), 3)
                                 for k, v in out["sustained_cpu_s"].items()}
+    # The same less what each node burnt while idle just before (the steadiest figure).
+    out["cpu_ms_per_change_net"] = {
+        k: round(1000 * max(0.0, v - out["idle_cpu_s_per_s"].get(k, 0.0) * run_s)
+                 / max(1, done), 3) for k, v in out["sustained_cpu_s"].items()}
     out["environment_after"] = environment()
     return out
 
