@@ -91,6 +91,7 @@ class RoomRuntime:
         self._presence: dict[str, dict[str, Any]] = {}
         self._closed = False
         self._pumping = False
+        self._holding = False
         self.store_failures = 0
         self._stored_before_gossip: set[bytes] = set()
         self._history = history
@@ -128,7 +129,24 @@ class RoomRuntime:
 
     def receive(self, peer: str, channel: str, frame: bytes) -> None:
         """A frame for this room arrived from ``peer``."""
+        self._hold()
         self.overlay.receive(peer, channel, frame, self._clock())
+        self.pump()
+
+    def _hold(self) -> None:
+        """Hold the overlay's outgoing changes until the end of this loop turn: the changes
+        that arrive (or are made here) in one turn leave in one ``Changes`` frame per
+        neighbour instead of one frame each, so every hop decodes, checks quotas, applies
+        and pumps once per batch. The link's outbox sends at the end of the turn anyway, so
+        they leave at most one pass of the loop later than they did one by one."""
+        if not self._holding:
+            self._holding = True
+            self.overlay.hold_changes()
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._holding = False
+        self.overlay.release_changes()
         self.pump()
 
     def peers(self) -> set[str]:
@@ -197,7 +215,7 @@ class RoomRuntime:
         """Commit the uncommitted local batch now (None if it is empty) and spread it; the
         future resolves to the change ID once it is durable, like :meth:`publish`.
 
-        Without a store (a client) the change is committed and queued for the links before
+        Without a store (a client) the change is committed and handed to the overlay before
         this returns, so a writer can stream many changes, each waiting for its own
         acknowledgement, without a task per change. With a store the change is written
         before anyone sees it (see :meth:`publish`), so it spreads once stored."""
@@ -223,6 +241,7 @@ class RoomRuntime:
         return await self._spread(cid, data)
 
     def _spread(self, cid: bytes, data: bytes) -> "asyncio.Future[bytes]":
+        self._hold()
         self.overlay.submit_change(data, self._clock())
         waiter = self.durable(cid)
         self.pump()

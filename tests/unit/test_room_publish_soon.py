@@ -18,27 +18,31 @@ ME = Identity.from_private_bytes(bytes(range(32)))
 PEER = Identity.from_private_bytes(bytes(range(1, 33)))
 
 
-def _runtime(persist: object = None) -> tuple[RoomRuntime, list[bytes]]:
+def _runtime(persist: object = None) -> tuple[RoomRuntime, list[bytes], list[int]]:
     replica = SceneReplica.create(ME, now=time.time(), name="stream", nonce=b"\x02" * 16)
     replica.grant(PEER.public_id, "editor")
     assert replica.commit(time.time()) is not None
     sent: list[bytes] = []
+    per_frame: list[int] = []
 
     def send(peer: str, channel: str, frame: bytes) -> bool:
         msg = decode_frame(frame)
         if isinstance(msg, Changes):
             sent.extend(msg.changes)
+            per_frame.append(len(msg.changes))
         return True
 
     runtime = RoomRuntime(RoomOverlay(replica, ME, OverlayConfig(), rng=random.Random(1),
                                       wall_clock=time.time),
                           send=send, persist=persist)  # type: ignore[arg-type]
     runtime.attach(PEER.public_id)
-    return runtime, sent
+    return runtime, sent, per_frame
 
 
-async def test_without_a_store_each_change_is_sent_before_it_returns() -> None:
-    runtime, sent = _runtime()
+async def test_without_a_store_a_turn_of_changes_leaves_in_one_frame() -> None:
+    runtime, sent, per_frame = _runtime()
+    await asyncio.sleep(0)
+    per_frame.clear()
     try:
         assert runtime.publish_soon() is None  # nothing to commit
         ent = runtime.replica.create_entity(ROOT)
@@ -48,7 +52,9 @@ async def test_without_a_store_each_change_is_sent_before_it_returns() -> None:
             fut = runtime.publish_soon()
             assert fut is not None
             futures.append(fut)
-            assert len(sent) == i + 1  # committed and handed to the link at once
+        assert sent == []  # each committed (signed) on its own, held until the turn ends...
+        await asyncio.sleep(0)
+        assert per_frame == [3]  # ...then framed together
         ids = [change_id(data) for data in sent]
         assert not any(f.done() for f in futures)
         runtime.mark_durable([ids[1]])  # acknowledgements may come in any order
@@ -73,7 +79,7 @@ async def test_with_a_store_the_change_spreads_once_stored() -> None:
         stored.append((cid, fut))
         return fut
 
-    runtime, sent = _runtime(persist)
+    runtime, sent, _ = _runtime(persist)
     try:
         runtime.replica.create_entity(ROOT)
         fut = runtime.publish_soon()
@@ -82,7 +88,8 @@ async def test_with_a_store_the_change_spreads_once_stored() -> None:
         assert len(stored) == 1 and sent == []  # written before anyone sees it
         cid, disk = stored[0]
         disk.set_result(None)
-        assert await asyncio.wait_for(fut, 5) == cid  # stored here: durable, no second write
+        assert await asyncio.wait_for(fut, 5) == cid
+        await asyncio.sleep(0)  # stored here: durable, no second write
         assert [change_id(d) for d in sent] == [cid] and len(stored) == 1
         assert await runtime.publish() is None  # publish is built on it: nothing left
     finally:
