@@ -10,7 +10,11 @@ every measured edit arrived (1 otherwise). Figures, all end to end through real 
   links), a Python client at A commits one small edit every 20 ms and a client at C records
   when each is applied (one clock: same machine); p50/p99.
 * **sustained edits/s**: the client at A keeps ``--window`` edits in flight (each flush
-  waits for A's durable acknowledgement); edits/s counted when applied at C.
+  waits for A's durable acknowledgement); edits/s counted when applied at C. With
+  ``--only-throughput`` the figure is compared like with like with the bare link instead
+  (``stream``): one-edit changes of 200 bytes streamed one way, 100 per loop turn, at most
+  ``--stream-window`` unacknowledged, counted when applied at C, as changes/s over the link's
+  messages/s; ``--closed-loop`` gives the closed loop there too.
 * **presence capacity**: clients join node B in steps, each sending 10 presence updates/s;
   an observer at C measures each update's delay. The figure is the largest step whose p99
   stays under 100 ms.
