@@ -93,7 +93,8 @@ SIGNALING_TIMEOUT_S = 15.0  # a dial's HTTP offer/answer exchange, in total
 RELAYED_DIAL_TIMEOUT_S = 15.0  # a relayed dial waits this long for the answer, then the hello
 _STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
 INBOX_SLICE_S = 0.002  # handling received messages, per loop turn, before others get a turn
-INBOX_MAX_BYTES = 16 * 1024 * 1024  # received, not handled yet: beyond it, handled at once
+INBOX_MAX_BYTES = 4 * 1024 * 1024  # received, not handled yet: beyond it, handled at once
+# (below the overlay's 8 MiB per neighbour per turn, which what one turn forwards must fit)
 
 
 class LinkRefused(Exception):
