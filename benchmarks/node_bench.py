@@ -10,7 +10,11 @@ every measured edit arrived (1 otherwise). Figures, all end to end through real 
   links), a Python client at A commits one small edit every 20 ms and a client at C records
   when each is applied (one clock: same machine); p50/p99.
 * **sustained edits/s**: the client at A keeps ``--window`` edits in flight (each flush
-  waits for A's durable acknowledgement); edits/s counted when applied at C.
+  waits for A's durable acknowledgement); edits/s counted when applied at C. With
+  ``--only-throughput`` the figure is compared like with like with the bare link instead
+  (``stream``): one-edit changes of 200 bytes streamed one way, 100 per loop turn, at most
+  ``--stream-window`` unacknowledged, counted when applied at C, as changes/s over the link's
+  messages/s; ``--closed-loop`` gives the closed loop there too.
 * **presence capacity**: clients join node B in steps, each sending 10 presence updates/s;
   an observer at C measures each update's delay. The figure is the largest step whose p99
   stays under 100 ms.
@@ -30,9 +34,11 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +183,62 @@ async def sustained(writer: RoomClient, reader: RoomClient, seconds: float,
             "changes_per_s": round(len(changes) / elapsed, 1), "window": window}
 
 
+async def stream(writer: RoomClient, reader: RoomClient, seconds: float, window: int,
+                 burst: int = 100) -> dict[str, Any]:
+    """Sustained edits compared like with like with the bare link's stream: one-way, each
+    change one edit (a ``set_field``, signed on its own: one ~200-byte frame, as the link's
+    messages are 200 bytes), up to ``burst`` committed per loop turn (the link is given 100
+    messages per turn) and none waited for one by one. Flow control instead of a closed
+    loop: at most ``window`` changes unacknowledged by A (its durable ack) at once. Counted
+    when applied by the client at C; the rate is changes over the time until the last one
+    was applied there (as the link's is messages until the last one arrived)."""
+    ent = writer.create_entity(SCENE_ROOT, {"name": {"value": "streamer"}})
+    await writer.flush()
+    await wait_until(lambda: reader.replica.exists(ent), 10)
+    runtime = writer.runtime
+    unacked: deque[asyncio.Future[bytes]] = deque()
+    changes: list[bytes] = []
+    size = 0
+    i = 0
+    start = time.perf_counter()
+    stop = start + seconds
+    while time.perf_counter() < stop:
+        for _ in range(min(burst, window - len(unacked))):
+            writer.set_field(ent, "transform", "position", [float(i), 0.0, 0.0])
+            i += 1
+            fut = runtime.publish_soon()
+            assert fut is not None
+            unacked.append(fut)
+        if len(unacked) >= window:
+            await asyncio.wait([unacked[0]])
+        else:
+            await asyncio.sleep(0)
+        while unacked and unacked[0].done():
+            cid = unacked.popleft().result()
+            if len(changes) < 100:
+                size += len(writer.replica.change_bytes(cid) or b"")
+            changes.append(cid)
+    for fut in unacked:
+        changes.append(await fut)
+    acked = time.perf_counter() - start
+    seen = 0
+
+    def all_applied() -> bool:
+        nonlocal seen
+        while seen < len(changes) and reader.replica.has_change(changes[seen]):
+            seen += 1
+        return seen == len(changes)
+
+    arrived = await wait_until(all_applied, 60)
+    elapsed = time.perf_counter() - start
+    return {"seconds_to_all_applied_at_c": round(elapsed, 2),
+            "seconds_to_all_acked_at_a": round(acked, 2), "changes": len(changes),
+            "edits_per_change": 1,
+            "change_bytes_mean": round(size / min(100, max(1, len(changes)))),
+            "all_arrived": arrived, "changes_per_s": round(len(changes) / elapsed, 1),
+            "window": window, "burst": burst}
+
+
 async def presence_capacity(node_b: NodeProcess, observer: RoomClient, room: str,
                             invite: str, steps: list[int], hold_s: float) -> dict[str, Any]:
     clients: list[RoomClient] = []
@@ -308,14 +370,30 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
             async with connect(a.url, room, Identity.generate(), ice=ICE) as writer, \
                     connect(nodes[2].url, room, Identity.generate(), ice=ICE,
                             invite=editor) as reader:
+                # What the nodes burn with nothing to carry (discovery's DHT in a node's
+                # first minute, keepalives): measured just before, so it can be told apart.
+                idle = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                idle_start = time.perf_counter()
+                await asyncio.sleep(2.0)
+                idle_s = time.perf_counter() - idle_start
                 before = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
+                out["idle_cpu_s_per_s"] = {k: round((before[k] - idle[k]) / idle_s, 3)
+                                           for k in idle}
                 before["bench"] = _own_cpu_seconds()
+                run_start = time.perf_counter()
                 _signal_nodes(nodes, args.profile, signal.SIGUSR1)  # profile from here
-                out["sustained"] = await sustained(writer, reader, 2.0 if args.quick else 8.0,
-                                                   args.window)
+                seconds = 2.0 if args.quick else 8.0
+                spies = _spy(nodes, args.spy, seconds)
+                if args.closed_loop:
+                    out["sustained"] = await sustained(writer, reader, seconds, args.window)
+                else:
+                    out["stream"] = await stream(writer, reader, seconds, args.stream_window)
                 _signal_nodes(nodes, args.profile, signal.SIGUSR2)  # to here
+                for spy in spies:
+                    spy.wait()
                 after = {n.data_dir.name: _cpu_seconds(n) for n in nodes}
                 after["bench"] = _own_cpu_seconds()
+                run_s = time.perf_counter() - run_start
             out["links"] = {n.data_dir.name: len(n.get("/api/peers")) for n in nodes}
             # Mean wait from a change applied at A to durable there (the client's ack waits
             # for it): the disk's share of the ack's round trip.
@@ -330,8 +408,20 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
             for n in nodes:
                 n.kill()
     os.environ.pop("MESHNODE_PROFILE", None)
-    out["ratios"] = {"edits_per_s_over_link_messages_per_s": round(
-        out["sustained"]["edits_per_s"] / out["baseline_aiortc"]["messages_per_s"], 3)}
+    link = out["baseline_aiortc"]["messages_per_s"]
+    if args.closed_loop:
+        out["ratios"] = {"edits_per_s_over_link_messages_per_s": round(
+            out["sustained"]["edits_per_s"] / link, 3)}
+    else:
+        out["ratios"] = {"changes_per_s_over_link_messages_per_s": round(
+            out["stream"]["changes_per_s"] / link, 3)}
+    done = out["stream"]["changes"] if "stream" in out else out["sustained"]["changes"]
+    out["cpu_ms_per_change"] = {k: round(1000 * v / max(1, done), 3)
+                                for k, v in out["sustained_cpu_s"].items()}
+    # The same less what each node burnt while idle just before (the steadiest figure).
+    out["cpu_ms_per_change_net"] = {
+        k: round(1000 * max(0.0, v - out["idle_cpu_s_per_s"].get(k, 0.0) * run_s)
+                 / max(1, done), 3) for k, v in out["sustained_cpu_s"].items()}
     out["environment_after"] = environment()
     return out
 
@@ -343,6 +433,24 @@ def _signal_nodes(nodes: list[NodeProcess], profile: str | None, signum: int) ->
             assert n.proc is not None
             n.proc.send_signal(signum)
         time.sleep(0.2)  # the dump, before the CPU reading
+
+
+def _spy(nodes: list[NodeProcess], spy_dir: str | None,
+         seconds: float) -> list[subprocess.Popen[bytes]]:
+    """With ``--spy DIR``: sample each node and this process (the clients) with py-spy for
+    the sustained part (without pausing them: no native frames), as collapsed stacks in
+    DIR/<name>.txt."""
+    if not spy_dir:
+        return []
+    Path(spy_dir).mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    targets = {n.data_dir.name: n.proc.pid for n in nodes if n.proc is not None}
+    targets["bench"] = os.getpid()
+    return [subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration",
+                              str(int(seconds)), "--rate", "200", "--nonblocking",
+                              "--format", "raw", "-o", str(Path(spy_dir) / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in targets.items()]
 
 
 def _own_cpu_seconds() -> float:
@@ -371,8 +479,15 @@ def main() -> int:
                         help="processes the clients run in")
     parser.add_argument("--only-throughput", action="store_true",
                         help="run only the bare link and the sustained edits")
+    parser.add_argument("--closed-loop", action="store_true",
+                        help="with --only-throughput: the closed loop of --window flushes "
+                             "instead of the stream")
+    parser.add_argument("--stream-window", type=int, default=1_000,
+                        help="changes unacknowledged at once in the stream")
     parser.add_argument("--profile", metavar="DIR",
                         help="with --only-throughput: cProfile each node into DIR")
+    parser.add_argument("--spy", metavar="DIR",
+                        help="with --only-throughput: py-spy each node and the clients into DIR")
     args = parser.parse_args()
     try:
         import uvloop
@@ -384,7 +499,8 @@ def main() -> int:
     if args.only_interest:
         return 0
     if args.only_throughput:
-        return 0 if out["sustained"]["all_arrived"] else 1
+        part = out["sustained"] if args.closed_loop else out["stream"]
+        return 0 if part["all_arrived"] else 1
     ok = (out["edit_latency"]["arrived"] == out["edit_latency"]["edits"]
           and out["sustained"]["all_arrived"])
     return 0 if ok else 1

@@ -159,6 +159,7 @@ class RoomOverlay:
         self._out: list[tuple[str, str, bytes]] = []
         self._out_bytes: dict[str, int] = {}
         self._pushq: dict[str, list[bytes]] = {}
+        self._held = 0
         self._pullq: dict[str, list[bytes]] = {}
         self._events: deque[Event] = deque()
         self._want_at: dict[str, float] = {}
@@ -248,8 +249,19 @@ class RoomOverlay:
     def _push(self, peer: str, data: bytes) -> None:
         self._pushq.setdefault(peer, []).append(data)
 
+    def hold_changes(self) -> None:
+        """Keep changes queued for neighbours instead of framing them after each input,
+        until :meth:`release_changes` (a driver does this for one turn of its loop, so the
+        changes of many inputs leave in few ``Changes`` frames). Nests."""
+        self._held += 1
+
+    def release_changes(self) -> None:
+        """End one :meth:`hold_changes`; the last one frames what was held."""
+        self._held = max(0, self._held - 1)
+        self._flush_changes()
+
     def _flush_changes(self) -> None:
-        if not self._pushq and not self._pullq:
+        if self._held > 0 or (not self._pushq and not self._pullq):
             return
         # The same batch usually goes to several neighbours (a push fans out): encode it once.
         encoded: dict[tuple[tuple[bytes, ...], bool], bytes] = {}

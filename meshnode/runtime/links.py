@@ -27,6 +27,15 @@ every service hears links come up and go down and every room frame (routed by ro
 without decoding); a link message goes to the one service that registered its type. The
 manager itself handles the link protocol (``Hello``, ``Signal``, ``Ping``, ``Bundle``,
 ``Rooms``).
+
+What arrives is handled in arrival order, in slices of the event loop's time: aiortc's
+receive task runs through every datagram already queued without yielding, so handling each
+message inline (verifying and applying a change, queueing it for the disk) kept the node's
+other tasks (the disk's group commit, acknowledgements, the outbox) waiting for the whole
+burst, and a stream of changes went through the node in waves. Messages wait in one inbox
+(FIFO over all links) and are handled for at most ``INBOX_SLICE_S`` per loop turn; past
+``INBOX_MAX_BYTES`` waiting they are handled at once, as before (no message is ever dropped
+here, and what the inbox holds stays bounded).
 """
 
 import asyncio
@@ -35,6 +44,7 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +92,9 @@ MAX_REFUSALS_SHOWN = 64  # federation refusals remembered for the status page, n
 SIGNALING_TIMEOUT_S = 15.0  # a dial's HTTP offer/answer exchange, in total
 RELAYED_DIAL_TIMEOUT_S = 15.0  # a relayed dial waits this long for the answer, then the hello
 _STAGES = {"ice_connected": Stage.ICE_CONNECTED, "secured": Stage.SECURED}
+INBOX_SLICE_S = 0.002  # handling received messages, per loop turn, before others get a turn
+INBOX_MAX_BYTES = 4 * 1024 * 1024  # received, not handled yet: beyond it, handled at once
+# (below the overlay's 8 MiB per neighbour per turn, which what one turn forwards must fit)
 
 
 class LinkRefused(Exception):
@@ -205,6 +218,13 @@ class LinkManager:
         self.dead_after_s = DEAD_AFTER_S
         self._keepalive: asyncio.Task[None] | None = None
         self._flush_scheduled = False
+        self._inbox: deque[tuple[Established, str, bytes]] = deque()
+        self._inbox_bytes = 0
+        self._inbox_scheduled = False
+        # Metric children by channel: ``labels()`` per frame was a tenth of a busy node.
+        self._frames_out: dict[str, Any] = {}
+        self._bytes_out: dict[str, Any] = {}
+        self._bytes_in: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -307,7 +327,10 @@ class LinkManager:
         if not est.outbox.add(channel, data):
             self.metrics.frames_dropped.labels(channel).inc()
             return False
-        self.metrics.frames_out.labels(channel).inc()
+        counter = self._frames_out.get(channel)
+        if counter is None:
+            counter = self._frames_out[channel] = self.metrics.frames_out.labels(channel)
+        counter.inc()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_all)
@@ -323,7 +346,7 @@ class LinkManager:
         est.last_out = time.monotonic()
         for channel, data, frames in est.outbox.drain():
             if est.link.send(channel, data):
-                self.metrics.bytes_out.labels(channel).inc(len(data))
+                self._count_out(channel, len(data))
             else:
                 self.metrics.frames_dropped.labels(channel).inc(frames)
 
@@ -339,8 +362,14 @@ class LinkManager:
         data = encode_link(msg)
         ok = est.link.send("sync", data)
         if ok:
-            self.metrics.bytes_out.labels("sync").inc(len(data))
+            self._count_out("sync", len(data))
         return ok
+
+    def _count_out(self, channel: str, size: int) -> None:
+        counter = self._bytes_out.get(channel)
+        if counter is None:
+            counter = self._bytes_out[channel] = self.metrics.bytes_out.labels(channel)
+        counter.inc(size)
 
     # ------------------------------------------------------------------ opening links
 
@@ -483,7 +512,7 @@ class LinkManager:
             await old.link.close("duplicate")
         est = Established(link, peer, hello, offered_by_us, set(hello.rooms),
                           signal_at=self.clock())
-        link.on_message = lambda ch, data: self._on_message(est, ch, data)
+        link.on_message = lambda ch, data: self._receive(est, ch, data)
         link.on_close = lambda reason: self._on_close(est, reason)
         self.links[peer] = est
         if self._keepalive is None:
@@ -547,9 +576,49 @@ class LinkManager:
 
     # ------------------------------------------------------------------ receiving
 
+    def _receive(self, est: Established, channel: str, data: bytes) -> None:
+        """A message arrived on ``est``: into the inbox, handled soon (module docstring)."""
+        est.last_in = time.monotonic()
+        self._inbox.append((est, channel, data))
+        self._inbox_bytes += len(data)
+        if self._inbox_bytes > INBOX_MAX_BYTES:
+            self._handle_inbox(float("inf"))
+        elif not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            asyncio.get_running_loop().call_soon(self._inbox_turn)
+
+    def _inbox_turn(self) -> None:
+        self._inbox_scheduled = False
+        self._handle_inbox(INBOX_SLICE_S)
+        if self._inbox and not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            asyncio.get_running_loop().call_soon(self._inbox_turn)
+
+    def _handle_inbox(self, budget_s: float) -> None:
+        """Handle waiting messages in arrival order for about ``budget_s`` (at least one)."""
+        deadline = time.perf_counter() + budget_s
+        inbox = self._inbox
+        while inbox:
+            est, channel, data = inbox.popleft()
+            self._inbox_bytes -= len(data)
+            if self.links.get(est.peer) is not est:
+                continue  # the link closed (or was replaced) after this arrived
+            try:
+                self._on_message(est, channel, data)
+            except Exception:
+                # As the link itself does with an error in its handler: this link goes,
+                # the others keep being served.
+                log.exception("internal error handling a message from %s", est.peer)
+                self.close(est.peer, "internal_error")
+            if time.perf_counter() >= deadline:
+                return
+
     def _on_message(self, est: Established, channel: str, data: bytes) -> None:
         est.last_in = time.monotonic()
-        self.metrics.bytes_in.labels(channel).inc(len(data))
+        counter = self._bytes_in.get(channel)
+        if counter is None:
+            counter = self._bytes_in[channel] = self.metrics.bytes_in.labels(channel)
+        counter.inc(len(data))
         mtype = peek_type(data)
         if mtype is not None and mtype >= FIRST_LINK_TYPE:
             try:

@@ -92,6 +92,7 @@ class RoomRuntime:
         self._presence: dict[str, dict[str, Any]] = {}
         self._closed = False
         self._pumping = False
+        self._holding = False
         self.store_failures = 0
         self._stored_before_gossip: set[bytes] = set()
         self._history = history
@@ -129,7 +130,24 @@ class RoomRuntime:
 
     def receive(self, peer: str, channel: str, frame: bytes) -> None:
         """A frame for this room arrived from ``peer``."""
+        self._hold()
         self.overlay.receive(peer, channel, frame, self._clock())
+        self.pump()
+
+    def _hold(self) -> None:
+        """Hold the overlay's outgoing changes until the end of this loop turn: the changes
+        that arrive (or are made here) in one turn leave in one ``Changes`` frame per
+        neighbour instead of one frame each, so every hop decodes, checks quotas, applies
+        and pumps once per batch. The link's outbox sends at the end of the turn anyway, so
+        they leave at most one pass of the loop later than they did one by one."""
+        if not self._holding:
+            self._holding = True
+            self.overlay.hold_changes()
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._holding = False
+        self.overlay.release_changes()
         self.pump()
 
     def peers(self) -> set[str]:
@@ -187,6 +205,21 @@ class RoomRuntime:
         """Commit the uncommitted local batch (if any), spread it, and wait until it is
         durable (at this node, or acknowledged by the node for a client). Returns the change
         ID."""
+        waiter = self.publish_soon()
+        if waiter is None:
+            return None
+        # Shielded: a caller that stops waiting (a browser that left) must not cancel the
+        # future others wait on (the node's acknowledgement, metrics).
+        return await asyncio.shield(waiter)
+
+    def publish_soon(self) -> "asyncio.Future[bytes] | None":
+        """Commit the uncommitted local batch now (None if it is empty) and spread it; the
+        future resolves to the change ID once it is durable, like :meth:`publish`.
+
+        Without a store (a client) the change is committed and handed to the overlay before
+        this returns, so a writer can stream many changes, each waiting for its own
+        acknowledgement, without a task per change. With a store the change is written
+        before anyone sees it (see :meth:`publish`), so it spreads once stored."""
         # The monotonic reading goes with the wall one: the replica bounds its stamps' lead
         # over the peers' time with it (a wall clock that jumps ahead cannot run away).
         data = self.replica.commit(self.overlay.wall_clock(), mono=self._clock())
@@ -194,18 +227,40 @@ class RoomRuntime:
             return None
         cid = change_id(data)
         if self._persist is not None:
-            # Our own change is stored before anyone sees it: after a crash, the replica
-            # rebuilt from the store must know every seq we ever signed, or our next edit
-            # would reuse one (an equivocation, for which peers cut us off).
-            await asyncio.shield(self._persist(self.room_id, cid, data))
-            self._stored_before_gossip.add(cid)
+            stored = asyncio.ensure_future(self._store_then_spread(cid, data))
+            stored.add_done_callback(_retrieve)
+            return stored
+        return self._spread(cid, data)
+
+    async def _store_then_spread(self, cid: bytes, data: bytes) -> bytes:
+        assert self._persist is not None
+        # Our own change is stored before anyone sees it: after a crash, the replica
+        # rebuilt from the store must know every seq we ever signed, or our next edit
+        # would reuse one (an equivocation, for which peers cut us off).
+        await asyncio.shield(self._persist(self.room_id, cid, data))
+        self._stored_before_gossip.add(cid)
+        return await self._spread(cid, data)
+
+    def _spread(self, cid: bytes, data: bytes) -> "asyncio.Future[bytes]":
+        self._hold()
         self.overlay.submit_change(data, self._clock())
         waiter = self.durable(cid)
         self.pump()
-        # Shielded: a caller that stops waiting (a browser that left) must not cancel the
-        # future others wait on (the node's acknowledgement, metrics).
-        await asyncio.shield(waiter)
-        return cid
+        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)
+
+        def resolve(fut: "asyncio.Future[None]") -> None:
+            if done.done():
+                return
+            if fut.cancelled():
+                done.cancel()
+            elif (err := fut.exception()) is not None:
+                done.set_exception(err)
+            else:
+                done.set_result(cid)
+
+        waiter.add_done_callback(resolve)
+        return done
 
     async def submit_signed(self, data: bytes) -> ApplyResult:
         """Apply and spread a change someone else signed (a person in a browser this node
@@ -419,6 +474,6 @@ class RoomRuntime:
         self._subscribers.clear()
 
 
-def _retrieve(fut: "asyncio.Future[None]") -> None:
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
     if not fut.cancelled():
         fut.exception()
