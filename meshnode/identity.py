@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import base58
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+import nacl.bindings
+import nacl.exceptions
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -116,10 +115,6 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
 
 # --------------------------------------------------------------------------- verification
 
-_KEY_CACHE_SIZE = 4096
-_key_cache: OrderedDict[bytes, Ed25519PublicKey] = OrderedDict()
-
-
 class VerifyCache:
     """Successful signature checks, remembered (at most ``max_entries``, oldest forgotten).
 
@@ -148,8 +143,13 @@ def using_verify_cache(cache: VerifyCache | None) -> AbstractContextManager[None
 def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """Check an Ed25519 signature. Never raises: any bad input gives ``False``.
 
-    ``public_key`` is the raw 32-byte key (as ``bytes``). Loaded keys are kept in a bounded LRU
-    cache, since loading a key costs more than a verification.
+    ``public_key`` is the raw 32-byte key (as ``bytes``). The check is libsodium's
+    (``crypto_sign_open``), which is RFC 8032's plus refusals of small-order and non-canonical
+    keys and ``R`` values: OpenSSL's check accepts, for the identity point as the public key,
+    a signature of ``R`` = that point and ``S`` = 0 on any message (a key no one owns, whose
+    signatures anyone makes). Every replica must accept exactly the same signatures, so this
+    is the one check the protocol uses (docs/protocol.md, Signatures). It is also about twice
+    as fast as OpenSSL's here.
     """
     cache = _verify_cache.value
     if cache is not None and cache.max_entries:
@@ -169,17 +169,14 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
 
 
 def _verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
+    blobs = (public_key, signature, data)
+    if not all(isinstance(b, bytes | bytearray | memoryview) for b in blobs):
+        return False
+    if len(signature) != SIGNATURE_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
+        return False
     try:
-        key = _key_cache.get(public_key)
-        if key is None:
-            key = Ed25519PublicKey.from_public_bytes(public_key)
-            if len(_key_cache) >= _KEY_CACHE_SIZE:
-                _key_cache.popitem(last=False)
-            _key_cache[public_key] = key
-        else:
-            _key_cache.move_to_end(public_key)
-        key.verify(signature, data)
-    except Exception:
+        nacl.bindings.crypto_sign_open(bytes(signature) + bytes(data), bytes(public_key))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return False
     return True
 
@@ -190,7 +187,7 @@ def _verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
 class Identity:
     """An Ed25519 key pair: signs on behalf of a node or a user."""
 
-    __slots__ = ("_private", "_public_id", "_public_key")
+    __slots__ = ("_private", "_public_id", "_public_key", "_sodium_secret")
 
     def __init__(self, private_key: Ed25519PrivateKey) -> None:
         self._private = private_key
@@ -198,6 +195,9 @@ class Identity:
             Encoding.Raw, PublicFormat.Raw
         )
         self._public_id: str | None = None
+        # libsodium's form of the same key (seed || public key): it signs in about 60% of
+        # OpenSSL's time, and Ed25519 signatures are deterministic, so the bytes are the same.
+        self._sodium_secret: bytes = self.private_bytes() + self._public_key
 
     @classmethod
     def generate(cls) -> Identity:
@@ -229,7 +229,8 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         """A 64-byte Ed25519 signature of ``data``."""
-        return self._private.sign(data)
+        signed: bytes = nacl.bindings.crypto_sign(bytes(data), self._sodium_secret)
+        return signed[:SIGNATURE_SIZE]
 
     def __repr__(self) -> str:
         return f"Identity(public_id={self.public_id!r})"

@@ -128,11 +128,69 @@ def test_sign_and_verify() -> None:
     sig = identity.sign(b"hello")
     assert len(sig) == 64
     assert verify_signature(identity.public_key, sig, b"hello")
-    assert verify_signature(identity.public_key, sig, b"hello")  # cached key path
+    assert verify_signature(bytearray(identity.public_key), memoryview(sig), b"hello")
     assert not verify_signature(identity.public_key, sig, b"hellO")
     assert not verify_signature(Identity.generate().public_key, sig, b"hello")
     tampered = bytes([sig[0] ^ 1]) + sig[1:]
     assert not verify_signature(identity.public_key, tampered, b"hello")
+
+
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=300))
+def test_signatures_are_the_rfc8032_ones(seed: bytes, data: bytes) -> None:
+    # Signed by libsodium, byte for byte what OpenSSL (and WebCrypto) make for the same key:
+    # Ed25519 is deterministic, so changes signed before and after the switch are alike.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    identity = Identity.from_private_bytes(seed)
+    assert identity.sign(data) == Ed25519PrivateKey.from_private_bytes(seed).sign(data)
+    assert verify_signature(identity.public_key, identity.sign(data), data)
+
+
+def test_rfc8032_test_vector_2() -> None:
+    # RFC 8032, section 7.1, TEST 2 (one-byte message).
+    seed = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+    pk = bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+    sig = bytes.fromhex("92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+                        "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+    assert Identity.from_private_bytes(seed).public_key == pk
+    assert Identity.from_private_bytes(seed).sign(b"\x72") == sig
+    assert verify_signature(pk, sig, b"\x72")
+    assert not verify_signature(pk, sig, b"\x73")
+
+
+# The eight points of small order on edwards25519, in their canonical encodings (the
+# identity, the point of order 2, two of order 4, four of order 8).
+SMALL_ORDER = [bytes.fromhex(h) for h in (
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+)]
+
+
+@pytest.mark.parametrize("point", SMALL_ORDER)
+def test_no_key_of_small_order_verifies_anything(point: bytes) -> None:
+    # With A of small order, R = A and S = 0 satisfies the cofactorless equation for many
+    # messages, and OpenSSL's check accepted it for the identity point (a key whose signatures
+    # anyone makes: a stranger could author as it, or share one PeerID among many sockets).
+    for data in (b"", b"hello", b"grant admin"):
+        for r in (point, SMALL_ORDER[0]):
+            assert not verify_signature(point, r + bytes(32), data)
+
+
+def test_a_non_canonical_s_is_refused() -> None:
+    # S + L (the group order) verifies under a lax check; it is a second encoding of the
+    # same signature, i.e. a malleable change ID.
+    order = 2**252 + 27742317777372353535851937790883648493
+    identity = Identity.generate()
+    sig = identity.sign(b"x")
+    s = int.from_bytes(sig[32:], "little") + order
+    assert s < 2**256
+    assert not verify_signature(identity.public_key, sig[:32] + s.to_bytes(32, "little"), b"x")
 
 
 @given(st.binary(max_size=70), st.binary(max_size=70), st.binary(max_size=64))
