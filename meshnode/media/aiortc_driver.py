@@ -150,7 +150,7 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("T1", "RTCDtlsTransport", "_rtp_header_extensions_map",
                 "header-extension IDs to parse RTP with"),
     PrivateHook("T2", "RTCDtlsTransport", "_handle_rtcp_data",
-                "wrapped on the instance: count malformed RTCP"),
+                "replaced on the instance: aiortc's routing, malformed RTCP counted"),
     PrivateHook("W1", "RTCDtlsTransport", "_state", "send only while DTLS is connected"),
     PrivateHook("W1", "RTCDtlsTransport", "_tx_srtp", "the SRTP session our RTP is protected with"),
     PrivateHook("W1", "RTCDtlsTransport", _DTLS_TX_BYTES, "transport stats: bytes sent"),
@@ -175,6 +175,8 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("T1", "RTCDtlsTransport", "_recv_next", "await self._handle_rtp_data("),
     CallSite("T1", "RTCDtlsTransport", "_handle_rtp_data", "self._rtp_router.route_rtp(packet)"),
     CallSite("T2", "RTCDtlsTransport", "_recv_next", "await self._handle_rtcp_data("),
+    CallSite("T2", "RTCDtlsTransport", "_handle_rtcp_data",
+             "for recipient in self._rtp_router.route_rtcp(packet):"),
     # W1, W2: SrtpWire does what aiortc's RTP send chain does, minus the awaits.
     CallSite("W1", "RTCDtlsTransport", "_send_rtp", "data = self._tx_srtp.protect(data)"),
     CallSite("W1", "RTCDtlsTransport", "_send_rtp", "self.__tx_bytes += len(data)"),
@@ -231,12 +233,12 @@ payload type), ``malformed_rtcp``. aiortc drops these silently; the guard counts
 
 def guard_transport(transport: RTCDtlsTransport) -> None:
     """Count what aiortc would drop silently on ``transport`` (T1, T2) in
-    :data:`transport_drops`. Idempotent. The RTP path is aiortc's own
-    ``_handle_rtp_data`` with counting added (one parse per packet, as before)."""
+    :data:`transport_drops`. Idempotent. The RTP and RTCP paths are aiortc's own
+    ``_handle_rtp_data`` and ``_handle_rtcp_data`` with counting added (one parse per
+    packet, as before)."""
     if transport.__dict__.get("_meshnode_guarded"):
         return
     transport.__dict__["_meshnode_guarded"] = True
-    original_rtcp = type(transport)._handle_rtcp_data.__get__(transport)
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         try:
@@ -251,12 +253,17 @@ def guard_transport(transport: RTCDtlsTransport) -> None:
         await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
 
     async def handle_rtcp_data(data: bytes) -> None:
+        # aiortc's own _handle_rtcp_data with counting added (one parse, as before: every
+        # subscriber sends a few compound RTCP packets a second).
         try:
-            RtcpPacket.parse(data)
+            packets = RtcpPacket.parse(data)
         except ValueError:
             transport_drops["malformed_rtcp"] += 1
             return
-        await original_rtcp(data)
+        router = transport._rtp_router
+        for packet in packets:
+            for recipient in router.route_rtcp(packet):
+                await recipient._handle_rtcp_packet(packet)
 
     transport._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     transport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
