@@ -840,9 +840,11 @@ class OutputSender:
         marker = packet.info.marker
         payload = packet.payload
         level = packet.audio_level
-        # S3: kept before sending, so a NACK for it is answered even if this send fails.
-        self._history.put(payload_type, marker, sequence_number, timestamp, abs_send_time,
-                          level, payload, self._mid)
+        # S3: kept before sending, so a NACK for it is answered even if this send fails
+        # (RtxHistory.put, inline).
+        self._history.sent[sequence_number % RTP_HISTORY_SIZE] = (
+            payload_type, marker, sequence_number, timestamp, abs_send_time, level, payload,
+            self._mid)
         try:
             if writer is not None:
                 sent = wire.send_rtp(writer, payload_type, marker, sequence_number, timestamp,

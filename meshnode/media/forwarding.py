@@ -114,6 +114,7 @@ class Output:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, not {clock_rate}")
         self.kind = kind
+        self._video = kind == "video"
         self.clock_rate = clock_rate
         self.sent_packets = 0
         self.sent_bytes = 0
@@ -235,13 +236,19 @@ class Output:
             return self._drop(DropReason.PAUSED, ext)
         if timestamp != self._cur_ts:
             self._cur_ts = timestamp
-            decision = self._cur_decision = self._decide(info)
-            frames = self._frames
-            frames[timestamp] = decision
-            if len(frames) > FRAME_MEMORY:
-                del frames[next(iter(frames))]
-            if decision is not None:
-                return self._drop(decision, ext)
+            if self._video or info.tid is not None:
+                decision = self._cur_decision = self._decide(info)
+                frames = self._frames
+                frames[timestamp] = decision
+                if len(frames) > FRAME_MEMORY:
+                    del frames[next(iter(frames))]
+                if decision is not None:
+                    return self._drop(decision, ext)
+            else:
+                # Audio without layers: every packet is a frame, never gated, so every
+                # decision is "forward" (pausing is handled above) and a late packet finds
+                # the same without a frame memory.
+                self._cur_decision = None
         elif self._cur_decision is not None:
             return self._drop(self._cur_decision, ext)
         if self._needs_rebase:
