@@ -273,6 +273,48 @@ SRTP_BUFFER = 1500  # pylibsrtp's own buffer size
 SRTP_ROOM = SRTP_BUFFER - (16 + 128)  # minus SRTP_MAX_TRAILER_LEN: the largest RTP it protects
 
 
+class SrtpPacker:
+    """Builds RTP packets in its own C buffer and SRTP-protects them there (W3): the header
+    packed by an :class:`RtpWriter`, the payload copied after it, then libsrtp's
+    ``srtp_protect`` with the session's libsrtp context, as pylibsrtp's ``protect`` calls it.
+    No packet bytes are built first: one copy (the protected datagram) instead of three
+    (header + payload, into pylibsrtp's buffer, out of it), and no pylibsrtp wrapper.
+    """
+
+    __slots__ = ("_buffer", "_cdata", "_context", "_length", "_session")
+
+    def __init__(self) -> None:
+        self._session: SrtpSession | None = None
+        self._context: Any = None  # W3: the session's libsrtp context (srtp_t)
+        self._cdata: Any = srtp_ffi.new("char[]", SRTP_BUFFER)
+        self._buffer: Any = srtp_ffi.buffer(self._cdata)
+        self._length: Any = srtp_ffi.new("int *")
+
+    def protect(self, session: SrtpSession, writer: RtpWriter, payload_type: int,
+                marker: bool, sequence_number: int, timestamp: int, abs_send_time: int,
+                audio_level: tuple[bool, int] | None, payload: bytes) -> bytes:
+        """The SRTP datagram (``session``'s protection) of the packet ``writer`` makes of
+        these values. Raises ``ValueError`` for a packet over what libsrtp can protect,
+        ``SrtpError`` if libsrtp refuses it."""
+        if session is not self._session:
+            self._session = session
+            self._context = session._srtp[0]  # W3
+        buffer = self._buffer
+        start = writer.pack_into(buffer, payload_type, marker, sequence_number, timestamp,
+                                 abs_send_time, audio_level)
+        end = start + len(payload)
+        if end > SRTP_ROOM:
+            raise ValueError("packet is too long")
+        buffer[start:end] = payload
+        length = self._length
+        length[0] = end
+        status = srtp_lib.srtp_protect(self._context, self._cdata, length)  # W3
+        if status:
+            raise SrtpError(f"libsrtp status {status}")
+        protected: bytes = buffer[0:length[0]]
+        return protected
+
+
 class SrtpWire:
     """The relay's send path for the RTP of one media connection (``dtls``, its bundled DTLS
     transport): what aiortc's ``RTCDtlsTransport._send_rtp`` does, synchronously.
@@ -287,14 +329,11 @@ class SrtpWire:
     RTCP (Sender Reports, NACK answers) still goes through aiortc's own chain, on the same
     SRTP session. One wire per DTLS transport (:meth:`of`), shared by its senders.
 
-    :meth:`send_rtp` (the relay's per-copy call) goes one step further (W3): it writes the
-    header and the payload straight into the wire's own C buffer and calls libsrtp on it,
-    with the session's libsrtp context, as pylibsrtp's ``protect`` does: no packet bytes
-    built first, one copy (the protected datagram) instead of three.
+    :meth:`send_rtp` (the relay's per-copy call) goes one step further: the packet is built
+    and protected in place by an :class:`SrtpPacker`.
     """
 
-    __slots__ = ("_addr", "_buffer", "_cdata", "_context", "_counters", "_length",
-                 "_nominated", "_pair", "_sendto", "_session", "dtls")
+    __slots__ = ("_addr", "_counters", "_nominated", "_packer", "_pair", "_sendto", "dtls")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
@@ -305,11 +344,7 @@ class SrtpWire:
         self._pair: CandidatePair | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
         self._addr: tuple[str, int] = ("", 0)
-        self._session: SrtpSession | None = None
-        self._context: Any = None  # W3: the session's libsrtp context (srtp_t)
-        self._cdata: Any = srtp_ffi.new("char[]", SRTP_BUFFER)
-        self._buffer: Any = srtp_ffi.buffer(self._cdata)
-        self._length: Any = srtp_ffi.new("int *")
+        self._packer = SrtpPacker()
 
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> "SrtpWire":
@@ -348,7 +383,7 @@ class SrtpWire:
                  sequence_number: int, timestamp: int, abs_send_time: int,
                  audio_level: tuple[bool, int] | None, payload: bytes) -> bool:
         """:meth:`send` of the packet ``writer`` makes of these values (its
-        :meth:`RtpWriter.packet`), built in the wire's buffer and protected there (W3).
+        :meth:`RtpWriter.packet`), built and protected by the wire's :class:`SrtpPacker`.
         Raises ``ValueError`` for a packet over what libsrtp can protect, ``SrtpError`` if
         libsrtp refuses it; False: not connected, nothing sent."""
         dtls = self.dtls
@@ -359,23 +394,9 @@ class SrtpWire:
             return False
         if pair is not self._pair:
             self._bind(pair)
-        session = dtls._tx_srtp  # W1
-        if session is not self._session:
-            self._session = session
-            self._context = session._srtp[0]  # W3
-        buffer = self._buffer
-        start = writer.pack_into(buffer, payload_type, marker, sequence_number, timestamp,
-                                 abs_send_time, audio_level)
-        end = start + len(payload)
-        if end > SRTP_ROOM:
-            raise ValueError("packet is too long")
-        buffer[start:end] = payload
-        length = self._length
-        length[0] = end
-        status = srtp_lib.srtp_protect(self._context, self._cdata, length)  # W3
-        if status:
-            raise SrtpError(f"libsrtp status {status}")
-        protected = buffer[0:length[0]]
+        protected = self._packer.protect(dtls._tx_srtp, writer, payload_type, marker,  # W1
+                                         sequence_number, timestamp, abs_send_time,
+                                         audio_level, payload)
         self._sendto(protected, self._addr)  # type: ignore[misc]  # (set by _bind)
         counters = self._counters
         counters[_DTLS_TX_BYTES] += len(protected)
