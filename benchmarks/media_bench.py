@@ -1101,6 +1101,20 @@ class Bench:
                          if s["fanout_cpu_us_per_copy"] is not None] for path in SEND_PATHS}
         fanout_us = {path: round(statistics.fmean(v), 2) if v else None
                      for path, v in fanout.items()}
+        # Packets each subscriber got per second at each N: on a busy machine the publisher
+        # (on the load core) can fall behind at the larger N, and the CPU slope against N,
+        # measured at a lower rate there, then flatters the relay. The per-copy fit does
+        # not depend on the rate: at the rate of the least starved step it gives the
+        # subscribers a core serves at full rate.
+        rates = [s["forwarded_packets_per_s"] / s["subscribers"] for s in steps
+                 if s["subscribers"]]
+        full_rate = max(rates, default=0.0)
+        rate_spread = round(min(rates) / full_rate, 3) if full_rate else None
+        if rate_spread is not None and rate_spread < 0.9:
+            self.problems.append(
+                f"the publisher fell behind: subscribers got {min(rates):.0f} to "
+                f"{full_rate:.0f} packets/s across the steps; `subscribers_per_core` (the "
+                "slope against N) is not at one rate, `subscribers_per_core_at_full_rate` is")
         p99 = largest["transit"]["all"]["p99_ms"]
         chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
         n_max = largest["subscribers"]
@@ -1114,6 +1128,10 @@ class Bench:
             "subscribers_per_core": round(100 / slope) if slope > 0 else None,
             "subscribers_per_core_after_ingest": round((100 - intercept) / slope)
             if slope > 0 else None,
+            # 100 % over (CPU per forwarded copy x copies per subscriber per second).
+            "subscribers_per_core_at_full_rate": round(1e6 / (per_packet * 1e4 * full_rate))
+            if per_packet > 0 and full_rate else None,
+            "forwarded_packets_per_s_per_subscriber_spread": rate_spread,
             "relay_cpu_percent_per_subscriber": round(slope, 3),
             "relay_cpu_percent_ingest": round(intercept, 2),
             "relay_cpu_us_per_forwarded_packet": round(per_packet * 1e4, 1),
