@@ -893,6 +893,9 @@ class Bench:
         sent = sum(f["sent_packets"] for f in after["forwarders"].values()) - sum(
             f["sent_packets"] for f in before["forwarders"].values())
         result["forwarded_packets_per_s"] = round(sent / result["seconds"], 1)
+        tapped = sum(f["tap_packets"] for f in after["forwarders"].values()) - sum(
+            f["tap_packets"] for f in before["forwarders"].values())
+        result["source_packets_per_s"] = round(tapped / result["seconds"], 1)
         video_sent = (after["forwarders"].get("video", {}).get("sent_packets", 0)
                       - before["forwarders"].get("video", {}).get("sent_packets", 0))
         result["forwarded_video_packets_per_s"] = round(video_sent / result["seconds"], 1)
@@ -1101,20 +1104,22 @@ class Bench:
                          if s["fanout_cpu_us_per_copy"] is not None] for path in SEND_PATHS}
         fanout_us = {path: round(statistics.fmean(v), 2) if v else None
                      for path, v in fanout.items()}
-        # Packets each subscriber got per second at each N: on a busy machine the publisher
-        # (on the load core) can fall behind at the larger N, and the CPU slope against N,
-        # measured at a lower rate there, then flatters the relay. The per-copy fit does
-        # not depend on the rate: at the rate of the least starved step it gives the
-        # subscribers a core serves at full rate.
-        rates = [s["forwarded_packets_per_s"] / s["subscribers"] for s in steps
-                 if s["subscribers"]]
-        full_rate = max(rates, default=0.0)
-        rate_spread = round(min(rates) / full_rate, 3) if full_rate else None
+        # The source's packets per second at each N (what each subscriber gets): on a busy
+        # machine the publisher (on the load core) can fall behind at the larger N, and the
+        # CPU slope against N, measured at a lower rate there, then flatters the relay. The
+        # per-copy fit does not depend on the rate: at the source's full rate it gives the
+        # subscribers a core serves. (Runs saved before ``source_packets_per_s`` existed:
+        # the forwarded rate per subscriber.)
+        rates = [s.get("source_packets_per_s") or s["forwarded_packets_per_s"]
+                 / max(1, s["subscribers"]) for s in steps if s["subscribers"]]
+        full_rate = max([*rates, *(s.get("source_packets_per_s") or 0 for s in steps)],
+                        default=0.0)
+        rate_spread = round(min(rates) / full_rate, 3) if rates and full_rate else None
         if rate_spread is not None and rate_spread < 0.9:
             self.problems.append(
-                f"the publisher fell behind: subscribers got {min(rates):.0f} to "
-                f"{full_rate:.0f} packets/s across the steps; `subscribers_per_core` (the "
-                "slope against N) is not at one rate, `subscribers_per_core_at_full_rate` is")
+                f"the publisher fell behind: {min(rates):.0f} to {full_rate:.0f} packets/s "
+                "across the steps; `subscribers_per_core` (the slope against N) is not at one "
+                "rate, `subscribers_per_core_at_full_rate` is")
         p99 = largest["transit"]["all"]["p99_ms"]
         chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
         n_max = largest["subscribers"]
