@@ -1,9 +1,10 @@
 """The thin aiortc driver of the media relay: tap receivers, write RTP into senders.
 
 aiortc has no public RTP API (aiortc#627), so forwarding packets without decoding them goes
-through a few private attributes of aiortc 1.16, all listed in :data:`PRIVATE_HOOKS` (and the
-aiortc call sites they rely on in :data:`CALL_SITES`); ``tests/media/test_aiortc_contract.py``
-fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``aiortc<1.17``.
+through a few private attributes of aiortc 1.16 (and of aioice and pylibsrtp), all listed in
+:data:`PRIVATE_HOOKS` (and the call sites they rely on in :data:`CALL_SITES`);
+``tests/media/test_aiortc_contract.py`` fails, naming the attribute, if an upgrade moves one.
+pyproject pins ``aiortc<1.17``.
 
 - :class:`SourceTap` sits on a publisher's ``RTCRtpReceiver``: its jitter buffer is replaced by
   one that never yields a frame (so nothing is ever decoded), and each packet, after aiortc's
@@ -11,7 +12,8 @@ fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``ai
 - :class:`OutputSender` sits on an ``RTCRtpSender`` of a subscriber's peer connection: aiortc's
   own RTP loop idles on a track that never yields, and we write rewritten RTP (our SSRC, the
   negotiated payload type and header-extension IDs) on the connection's :class:`SrtpWire`
-  (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously),
+  (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously;
+  each copy built and protected in place by an :class:`SrtpPacker`),
   keep the RTX history (NACKs are answered), the Sender Report counters and the DTLS
   transport's byte counters, and read REMB and receiver reports into ``estimate_kbps``,
   ``loss`` and ``rtt_ms``.
@@ -734,7 +736,8 @@ class OutputSender:
     packet only when one is NACKed), readiness is cached while sends succeed, the private
     Sender Report counters are updated through the sender's ``__dict__`` directly, and the
     datagram goes out on the connection's :class:`SrtpWire` in the caller's own call
-    (:meth:`send`), not through aiortc's chain of coroutines.
+    (:meth:`send_copy`), built and protected in place, not through aiortc's chain of
+    coroutines.
     """
 
     def __init__(
