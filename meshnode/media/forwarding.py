@@ -345,7 +345,12 @@ class Output:
         elif info.tid is not None and info.tid > self._cur_tid:
             decision = DropReason.LAYER
         else:  # a whole frame that was late: it passes the current filter
-            decision = self._frames[info.timestamp] = None
+            decision = None
+            if self._video or info.tid is not None:  # (audio keeps no frame memory)
+                frames = self._frames
+                frames[info.timestamp] = None
+                while len(frames) > FRAME_MEMORY:  # late frames must not grow it either
+                    del frames[next(iter(frames))]
         if decision is not None:
             return self._drop(decision, None)
         i = bisect_right(self._rebases, ext, key=lambda r: r[0]) - 1
