@@ -778,14 +778,15 @@ SEND_PATHS = ("direct", "aiortc_chain")
 async def per_copy_breakdown(copies: int) -> dict[str, float]:
     """CPU microseconds (this process's CPU time, so other work on the core does not count)
     of each step a forwarded copy takes on the direct path, each timed alone over ``copies``
-    runs with a 1100-byte VP8-sized payload: the forwarding decision, the header and RTX
-    history, SRTP protection (AES-256-GCM, what two aiortc peers negotiate; and
-    AES-CM/HMAC-SHA1, what Chromium may), and the ``sendto`` of the datagram on loopback
-    (to a draining child process: the kernel's loopback delivery is in the sender's
-    ``sendto``)."""
+    runs with a 1100-byte VP8-sized payload: the forwarding decision (``Output.rewrite``),
+    the RTX history, the header and SRTP protection built in place (``SrtpPacker``,
+    AES-256-GCM, what two aiortc peers negotiate), and the ``sendto`` of the datagram on
+    loopback (to a draining child process: the kernel's loopback delivery is in the sender's
+    ``sendto``). For comparison, the path before ``SrtpPacker``: the header as bytes and
+    pylibsrtp's ``protect`` (AES-256-GCM, and AES-CM/HMAC-SHA1, what Chromium may use)."""
     from pylibsrtp import Policy, Session
 
-    from meshnode.media.aiortc_driver import RtxHistory, _ntp_now
+    from meshnode.media.aiortc_driver import RtxHistory, SrtpPacker, _ntp_now
     from meshnode.media.forwarding import Output, PacketInfo
     from meshnode.media.rtp_out import ExtensionIds, RtpWriter
 
@@ -801,18 +802,21 @@ async def per_copy_breakdown(copies: int) -> dict[str, float]:
                         keyframe=True, frame_start=i % 8 == 0, tid=None, size=len(payload))
              for i in range(copies)]
     output = Output("video", 90000)
-    out["forward_decision"] = timed(lambda i: output.forward(infos[i], 0.0))
+    out["forward_decision"] = timed(lambda i: output.rewrite(infos[i], 0.0))
     writer = RtpWriter.for_ids(1234, "1", ExtensionIds(mid=1, abs_send_time=2, audio_level=None))
     assert writer is not None
     history = RtxHistory(1234)
-
-    def serialize(i: int) -> bytes:
-        history.put(96, False, i & 0xFFFF, i, 7, None, payload, "1")
-        return writer.packet(96, False, i & 0xFFFF, i, 7, None, payload)
-
-    out["header_and_history"] = timed(serialize)
+    out["rtx_history"] = timed(
+        lambda i: history.put(96, False, i & 0xFFFF, i, 7, None, payload, "1"))
+    packer = SrtpPacker()
+    session = Session(Policy(key=os.urandom(44), ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                             srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM))
+    out["header_and_srtp_in_place_aes256gcm"] = timed(
+        lambda i: packer.protect(session, writer, 96, False, i & 0xFFFF, i, 7, None, payload))
+    out["header_as_bytes"] = timed(
+        lambda i: writer.packet(96, False, i & 0xFFFF, i, 7, None, payload))
     out["ntp_stamp_per_source_packet"] = timed(lambda i: _ntp_now(time.time()))
-    data = serialize(0)
+    data = writer.packet(96, False, 0, 0, 7, None, payload)
     for name, profile, key_len in (
             ("srtp_protect_aes256gcm", Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44),
             ("srtp_protect_aes128cm_sha1", Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30)):
@@ -837,7 +841,11 @@ async def per_copy_breakdown(copies: int) -> dict[str, float]:
         drain.kill()
         await drain.wait()
     out["sum_direct_path"] = round(sum(v for k, v in out.items() if k in (
-        "forward_decision", "header_and_history", "srtp_protect_aes256gcm",
+        "forward_decision", "rtx_history", "header_and_srtp_in_place_aes256gcm",
+        "udp_sendto_loopback")), 2)
+    # the same before SrtpPacker: the header as bytes, then pylibsrtp's protect
+    out["sum_direct_path_bytes_then_pylibsrtp"] = round(sum(v for k, v in out.items() if k in (
+        "forward_decision", "rtx_history", "header_as_bytes", "srtp_protect_aes256gcm",
         "udp_sendto_loopback")), 2)
     return out
 
@@ -885,6 +893,9 @@ class Bench:
         sent = sum(f["sent_packets"] for f in after["forwarders"].values()) - sum(
             f["sent_packets"] for f in before["forwarders"].values())
         result["forwarded_packets_per_s"] = round(sent / result["seconds"], 1)
+        tapped = sum(f["tap_packets"] for f in after["forwarders"].values()) - sum(
+            f["tap_packets"] for f in before["forwarders"].values())
+        result["source_packets_per_s"] = round(tapped / result["seconds"], 1)
         video_sent = (after["forwarders"].get("video", {}).get("sent_packets", 0)
                       - before["forwarders"].get("video", {}).get("sent_packets", 0))
         result["forwarded_video_packets_per_s"] = round(video_sent / result["seconds"], 1)
@@ -1093,6 +1104,22 @@ class Bench:
                          if s["fanout_cpu_us_per_copy"] is not None] for path in SEND_PATHS}
         fanout_us = {path: round(statistics.fmean(v), 2) if v else None
                      for path, v in fanout.items()}
+        # The source's packets per second at each N (what each subscriber gets): on a busy
+        # machine the publisher (on the load core) can fall behind at the larger N, and the
+        # CPU slope against N, measured at a lower rate there, then flatters the relay. The
+        # per-copy fit does not depend on the rate: at the source's full rate it gives the
+        # subscribers a core serves. (Runs saved before ``source_packets_per_s`` existed:
+        # the forwarded rate per subscriber.)
+        rates = [s.get("source_packets_per_s") or s["forwarded_packets_per_s"]
+                 / max(1, s["subscribers"]) for s in steps if s["subscribers"]]
+        full_rate = max([*rates, *(s.get("source_packets_per_s") or 0 for s in steps)],
+                        default=0.0)
+        rate_spread = round(min(rates) / full_rate, 3) if rates and full_rate else None
+        if rate_spread is not None and rate_spread < 0.9:
+            self.problems.append(
+                f"the publisher fell behind: {min(rates):.0f} to {full_rate:.0f} packets/s "
+                "across the steps; `subscribers_per_core` (the slope against N) is not at one "
+                "rate, `subscribers_per_core_at_full_rate` is")
         p99 = largest["transit"]["all"]["p99_ms"]
         chain_p99 = chain_largest["transit"]["all"]["p99_ms"]
         n_max = largest["subscribers"]
@@ -1106,6 +1133,10 @@ class Bench:
             "subscribers_per_core": round(100 / slope) if slope > 0 else None,
             "subscribers_per_core_after_ingest": round((100 - intercept) / slope)
             if slope > 0 else None,
+            # 100 % over (CPU per forwarded copy x copies per subscriber per second).
+            "subscribers_per_core_at_full_rate": round(1e6 / (per_packet * 1e4 * full_rate))
+            if per_packet > 0 and full_rate else None,
+            "forwarded_packets_per_s_per_subscriber_spread": rate_spread,
             "relay_cpu_percent_per_subscriber": round(slope, 3),
             "relay_cpu_percent_ingest": round(intercept, 2),
             "relay_cpu_us_per_forwarded_packet": round(per_packet * 1e4, 1),

@@ -1,9 +1,10 @@
 """The thin aiortc driver of the media relay: tap receivers, write RTP into senders.
 
 aiortc has no public RTP API (aiortc#627), so forwarding packets without decoding them goes
-through a few private attributes of aiortc 1.16, all listed in :data:`PRIVATE_HOOKS` (and the
-aiortc call sites they rely on in :data:`CALL_SITES`); ``tests/media/test_aiortc_contract.py``
-fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``aiortc<1.17``.
+through a few private attributes of aiortc 1.16 (and of aioice and pylibsrtp), all listed in
+:data:`PRIVATE_HOOKS` (and the call sites they rely on in :data:`CALL_SITES`);
+``tests/media/test_aiortc_contract.py`` fails, naming the attribute, if an upgrade moves one.
+pyproject pins ``aiortc<1.17``.
 
 - :class:`SourceTap` sits on a publisher's ``RTCRtpReceiver``: its jitter buffer is replaced by
   one that never yields a frame (so nothing is ever decoded), and each packet, after aiortc's
@@ -11,7 +12,8 @@ fails, naming the attribute, if an aiortc upgrade moves one. pyproject pins ``ai
 - :class:`OutputSender` sits on an ``RTCRtpSender`` of a subscriber's peer connection: aiortc's
   own RTP loop idles on a track that never yields, and we write rewritten RTP (our SSRC, the
   negotiated payload type and header-extension IDs) on the connection's :class:`SrtpWire`
-  (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously),
+  (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously;
+  each copy built and protected in place by an :class:`SrtpPacker`),
   keep the RTX history (NACKs are answered), the Sender Report counters and the DTLS
   transport's byte counters, and read REMB and receiver reports into ``estimate_kbps``,
   ``loss`` and ``rtt_ms``.
@@ -64,6 +66,11 @@ from aiortc.rtp import (
 from av.frame import Frame
 from av.packet import Packet
 from pylibsrtp import Error as SrtpError
+from pylibsrtp import Session as SrtpSession
+from pylibsrtp._binding import (  # type: ignore[import-not-found]  # (cffi, untyped)
+    ffi as srtp_ffi,
+)
+from pylibsrtp._binding import lib as srtp_lib
 
 from meshnode.media.forwarding import (
     Forward,
@@ -145,7 +152,7 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("T1", "RTCDtlsTransport", "_rtp_header_extensions_map",
                 "header-extension IDs to parse RTP with"),
     PrivateHook("T2", "RTCDtlsTransport", "_handle_rtcp_data",
-                "wrapped on the instance: count malformed RTCP"),
+                "replaced on the instance: aiortc's routing, malformed RTCP counted"),
     PrivateHook("W1", "RTCDtlsTransport", "_state", "send only while DTLS is connected"),
     PrivateHook("W1", "RTCDtlsTransport", "_tx_srtp", "the SRTP session our RTP is protected with"),
     PrivateHook("W1", "RTCDtlsTransport", _DTLS_TX_BYTES, "transport stats: bytes sent"),
@@ -155,6 +162,8 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("W2", "CandidatePair", "protocol", "aioice: the pair's local socket protocol"),
     PrivateHook("W2", "CandidatePair", "remote_addr", "aioice: the pair's remote address"),
     PrivateHook("W2", "StunProtocol", "transport", "aioice: the pair's datagram transport"),
+    PrivateHook("W3", "Session", "_srtp",
+                "pylibsrtp: the libsrtp context, protected into the wire's own buffer"),
 )
 
 CALL_SITES: tuple[CallSite, ...] = (
@@ -168,6 +177,8 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("T1", "RTCDtlsTransport", "_recv_next", "await self._handle_rtp_data("),
     CallSite("T1", "RTCDtlsTransport", "_handle_rtp_data", "self._rtp_router.route_rtp(packet)"),
     CallSite("T2", "RTCDtlsTransport", "_recv_next", "await self._handle_rtcp_data("),
+    CallSite("T2", "RTCDtlsTransport", "_handle_rtcp_data",
+             "for recipient in self._rtp_router.route_rtcp(packet):"),
     # W1, W2: SrtpWire does what aiortc's RTP send chain does, minus the awaits.
     CallSite("W1", "RTCDtlsTransport", "_send_rtp", "data = self._tx_srtp.protect(data)"),
     CallSite("W1", "RTCDtlsTransport", "_send_rtp", "self.__tx_bytes += len(data)"),
@@ -179,6 +190,10 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("W2", "Connection", "sendto",
              "await active_pair.protocol.send_data(data, active_pair.remote_addr)"),
     CallSite("W2", "StunProtocol", "send_data", "self.transport.sendto(data, addr)"),
+    # W3: SrtpWire.send_rtp calls libsrtp as pylibsrtp's protect does, minus its copies.
+    CallSite("W3", "Session", "protect", "self.__process(packet, lib.srtp_protect"),
+    CallSite("W3", "Session", "_Session__process",
+             "_srtp_assert(func(self._srtp[0], self._cdata, len_p))"),
 )
 
 HOOK_OWNERS: dict[str, type] = {
@@ -190,6 +205,7 @@ HOOK_OWNERS: dict[str, type] = {
     "Connection": Connection,
     "CandidatePair": CandidatePair,
     "StunProtocol": StunProtocol,
+    "Session": SrtpSession,
 }
 
 
@@ -219,12 +235,12 @@ payload type), ``malformed_rtcp``. aiortc drops these silently; the guard counts
 
 def guard_transport(transport: RTCDtlsTransport) -> None:
     """Count what aiortc would drop silently on ``transport`` (T1, T2) in
-    :data:`transport_drops`. Idempotent. The RTP path is aiortc's own
-    ``_handle_rtp_data`` with counting added (one parse per packet, as before)."""
+    :data:`transport_drops`. Idempotent. The RTP and RTCP paths are aiortc's own
+    ``_handle_rtp_data`` and ``_handle_rtcp_data`` with counting added (one parse per
+    packet, as before)."""
     if transport.__dict__.get("_meshnode_guarded"):
         return
     transport.__dict__["_meshnode_guarded"] = True
-    original_rtcp = type(transport)._handle_rtcp_data.__get__(transport)
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         try:
@@ -239,15 +255,66 @@ def guard_transport(transport: RTCDtlsTransport) -> None:
         await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)
 
     async def handle_rtcp_data(data: bytes) -> None:
+        # aiortc's own _handle_rtcp_data with counting added (one parse, as before: every
+        # subscriber sends a few compound RTCP packets a second).
         try:
-            RtcpPacket.parse(data)
+            packets = RtcpPacket.parse(data)
         except ValueError:
             transport_drops["malformed_rtcp"] += 1
             return
-        await original_rtcp(data)
+        router = transport._rtp_router
+        for packet in packets:
+            for recipient in router.route_rtcp(packet):
+                await recipient._handle_rtcp_packet(packet)
 
     transport._handle_rtp_data = handle_rtp_data  # type: ignore[method-assign]
     transport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+SRTP_BUFFER = 1500  # pylibsrtp's own buffer size
+SRTP_ROOM = SRTP_BUFFER - (16 + 128)  # minus SRTP_MAX_TRAILER_LEN: the largest RTP it protects
+
+
+class SrtpPacker:
+    """Builds RTP packets in its own C buffer and SRTP-protects them there (W3): the header
+    packed by an :class:`RtpWriter`, the payload copied after it, then libsrtp's
+    ``srtp_protect`` with the session's libsrtp context, as pylibsrtp's ``protect`` calls it.
+    No packet bytes are built first: one copy (the protected datagram) instead of three
+    (header + payload, into pylibsrtp's buffer, out of it), and no pylibsrtp wrapper.
+    """
+
+    __slots__ = ("_buffer", "_cdata", "_context", "_length", "_session")
+
+    def __init__(self) -> None:
+        self._session: SrtpSession | None = None
+        self._context: Any = None  # W3: the session's libsrtp context (srtp_t)
+        self._cdata: Any = srtp_ffi.new("char[]", SRTP_BUFFER)
+        self._buffer: Any = srtp_ffi.buffer(self._cdata)
+        self._length: Any = srtp_ffi.new("int *")
+
+    def protect(self, session: SrtpSession, writer: RtpWriter, payload_type: int,
+                marker: bool, sequence_number: int, timestamp: int, abs_send_time: int,
+                audio_level: tuple[bool, int] | None, payload: bytes) -> bytes:
+        """The SRTP datagram (``session``'s protection) of the packet ``writer`` makes of
+        these values. Raises ``ValueError`` for a packet over what libsrtp can protect,
+        ``SrtpError`` if libsrtp refuses it."""
+        if session is not self._session:
+            self._session = session
+            self._context = session._srtp[0]  # W3
+        buffer = self._buffer
+        start = writer.pack_into(buffer, payload_type, marker, sequence_number, timestamp,
+                                 abs_send_time, audio_level)
+        end = start + len(payload)
+        if end > SRTP_ROOM:
+            raise ValueError("packet is too long")
+        buffer[start:end] = payload
+        length = self._length
+        length[0] = end
+        status = srtp_lib.srtp_protect(self._context, self._cdata, length)  # W3
+        if status:
+            raise SrtpError(f"libsrtp status {status}")
+        protected: bytes = buffer[0:length[0]]
+        return protected
 
 
 class SrtpWire:
@@ -263,9 +330,12 @@ class SrtpWire:
     pair's transport, and count it in the DTLS transport's ``bytesSent`` / ``packetsSent``.
     RTCP (Sender Reports, NACK answers) still goes through aiortc's own chain, on the same
     SRTP session. One wire per DTLS transport (:meth:`of`), shared by its senders.
+
+    :meth:`send_rtp` (the relay's per-copy call) goes one step further: the packet is built
+    and protected in place by an :class:`SrtpPacker`.
     """
 
-    __slots__ = ("_addr", "_counters", "_nominated", "_pair", "_sendto", "dtls")
+    __slots__ = ("_addr", "_counters", "_nominated", "_packer", "_pair", "_sendto", "dtls")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
@@ -276,6 +346,7 @@ class SrtpWire:
         self._pair: CandidatePair | None = None
         self._sendto: Callable[[bytes, tuple[str, int]], None] | None = None
         self._addr: tuple[str, int] = ("", 0)
+        self._packer = SrtpPacker()
 
     @classmethod
     def of(cls, dtls: RTCDtlsTransport) -> "SrtpWire":
@@ -285,23 +356,50 @@ class SrtpWire:
             wire = dtls.__dict__["_meshnode_wire"] = cls(dtls)
         return wire
 
+    def _bind(self, pair: CandidatePair) -> None:
+        """Send on ``pair`` (the selected ICE pair) from now on."""
+        self._pair = pair
+        protocol: StunProtocol = pair.protocol  # W2
+        self._sendto = protocol.transport.sendto
+        self._addr = pair.remote_addr
+
     def send(self, data: bytes) -> bool:
         """SRTP-protect the RTP packet ``data`` and send it now. False: not connected (DTLS not
         up or closed, no selected ICE pair); nothing was sent."""
-        dtls = self.dtls
-        if dtls._state is not DtlsState.CONNECTED:  # W1
+        if self.dtls._state is not DtlsState.CONNECTED:  # W1
             return False
         pair = self._nominated.get(1)  # W2: aiortc sends on ICE component 1
         if pair is None:
             return False
         if pair is not self._pair:
-            self._pair = pair
-            protocol: StunProtocol = pair.protocol  # W2
-            self._sendto = protocol.transport.sendto
-            self._addr = pair.remote_addr
-        protected = dtls._tx_srtp.protect(data)  # W1
+            self._bind(pair)
+        protected = self.dtls._tx_srtp.protect(data)  # W1
         assert self._sendto is not None
         self._sendto(protected, self._addr)
+        counters = self._counters
+        counters[_DTLS_TX_BYTES] += len(protected)
+        counters[_DTLS_TX_PACKETS] += 1
+        return True
+
+    def send_rtp(self, writer: RtpWriter, payload_type: int, marker: bool,
+                 sequence_number: int, timestamp: int, abs_send_time: int,
+                 audio_level: tuple[bool, int] | None, payload: bytes) -> bool:
+        """:meth:`send` of the packet ``writer`` makes of these values (its
+        :meth:`RtpWriter.packet`), built and protected by the wire's :class:`SrtpPacker`.
+        Raises ``ValueError`` for a packet over what libsrtp can protect, ``SrtpError`` if
+        libsrtp refuses it; False: not connected, nothing sent."""
+        dtls = self.dtls
+        if dtls._state is not DtlsState.CONNECTED:  # W1
+            return False
+        pair = self._nominated.get(1)  # W2
+        if pair is None:
+            return False
+        if pair is not self._pair:
+            self._bind(pair)
+        protected = self._packer.protect(dtls._tx_srtp, writer, payload_type, marker,  # W1
+                                         sequence_number, timestamp, abs_send_time,
+                                         audio_level, payload)
+        self._sendto(protected, self._addr)  # type: ignore[misc]  # (set by _bind)
         counters = self._counters
         counters[_DTLS_TX_BYTES] += len(protected)
         counters[_DTLS_TX_PACKETS] += 1
@@ -638,7 +736,8 @@ class OutputSender:
     packet only when one is NACKed), readiness is cached while sends succeed, the private
     Sender Report counters are updated through the sender's ``__dict__`` directly, and the
     datagram goes out on the connection's :class:`SrtpWire` in the caller's own call
-    (:meth:`send`), not through aiortc's chain of coroutines.
+    (:meth:`send_copy`), built and protected in place, not through aiortc's chain of
+    coroutines.
     """
 
     def __init__(
@@ -669,6 +768,9 @@ class OutputSender:
         self._wire: SrtpWire | None = None
         self._wall_clock = wall_clock
         self._payload_types: dict[tuple[str, int], int | None] = {}
+        # The codec of the last copy sent, and its payload type here: (mime type, clock
+        # rate, payload type); one source's packets all match it.
+        self._last_codec: tuple[str | None, int, int] = (None, 0, 0)
         self._ready_for = 0  # writes left before readiness is looked at again
         self._writer: RtpWriter | None = None
         self._two_byte = False  # aiortc writes this sender's extensions in the two-byte form
@@ -735,15 +837,44 @@ class OutputSender:
         reading per source packet serves all its copies). The caller has just seen
         :attr:`ready` (the :class:`Forwarder` holds outputs paused until it is). Returns False
         (and counts why) when it could not be sent."""
+        return self.send_copy(packet, forward.sequence_number, forward.timestamp, ntp)
+
+    def send_copy(self, packet: SourcePacket, sequence_number: int, timestamp: int,
+                  ntp: int) -> bool:
+        """:meth:`send` with the rewritten values as they are (the :class:`Forwarder`'s
+        per-copy call: no result object in between)."""
         wire = self._wire
         if wire is None:
             self.dropped["not_ready"] += 1
             return False
-        data = self._serialize(packet, forward, ntp)
-        if data is None:
-            return False
+        writer = self._writer
+        mime_type, clock_rate = packet.mime_type, packet.clock_rate
+        last = self._last_codec
+        if last[0] is mime_type and last[1] == clock_rate:
+            payload_type = last[2]
+        else:
+            found = self._payload_type_of(mime_type, clock_rate)
+            if found is None:
+                self.dropped["codec"] += 1
+                return False
+            payload_type = found
+            self._last_codec = (mime_type, clock_rate, payload_type)
+        # abs-send-time is the relay's send time: the subscriber's REMB then measures this hop.
+        abs_send_time = (ntp >> 14) & 0x00FFFFFF
+        marker = packet.info.marker
+        payload = packet.payload
+        level = packet.audio_level
+        # S3: kept before sending, so a NACK for it is answered even if this send fails
+        # (RtxHistory.put, inline).
+        self._history.sent[sequence_number % RTP_HISTORY_SIZE] = (
+            payload_type, marker, sequence_number, timestamp, abs_send_time, level, payload,
+            self._mid)
         try:
-            sent = wire.send(data)
+            if writer is not None:
+                sent = wire.send_rtp(writer, payload_type, marker, sequence_number, timestamp,
+                                     abs_send_time, level, payload)
+            else:  # the two-byte extension form: aiortc's own serializer
+                sent = wire.send(self._aiortc_serialized(sequence_number))
         except (SrtpError, ValueError):  # libsrtp refused it (e.g. over its 1500-byte buffer)
             self.dropped["srtp"] += 1
             return False
@@ -752,10 +883,10 @@ class OutputSender:
             self.dropped["not_connected"] += 1
             return False
         # S6, as _count (inline: this runs once per copy).
-        size = len(packet.payload)
+        size = len(payload)
         state = self._state
         state[_TX_NTP] = ntp
-        state[_TX_RTP_TS] = forward.timestamp
+        state[_TX_RTP_TS] = timestamp
         state[_TX_PACKETS] += 1
         state[_TX_OCTETS] += size
         self.sent_packets += 1
@@ -785,17 +916,21 @@ class OutputSender:
         self._count(ntp, forward.timestamp, len(packet.payload))
         return True
 
+    def _payload_type_of(self, mime_type: str, clock_rate: int) -> int | None:
+        """The subscriber's payload type for the codec, looked up once per spelling."""
+        key = (mime_type, clock_rate)
+        if key in self._payload_types:
+            return self._payload_types[key]
+        # (also kept under the name as the source spells it: no lower() next time)
+        found = self._payload_types[key] = self._payload_type(mime_type, clock_rate)
+        return found
+
     def _serialize(self, packet: SourcePacket, forward: Forward, ntp: int) -> bytes | None:
         """The RTP bytes of one copy (kept in the RTX history first), or None (counted)."""
-        cached = self._payload_types.get((packet.mime_type, packet.clock_rate))
-        payload_type = cached if cached is not None else self._payload_type(
-            packet.mime_type, packet.clock_rate)
+        payload_type = self._payload_type_of(packet.mime_type, packet.clock_rate)
         if payload_type is None:
             self.dropped["codec"] += 1
             return None
-        if cached is None:  # also under the name as the source spells it: no lower() per copy
-            self._payload_types[(packet.mime_type, packet.clock_rate)] = payload_type
-        # abs-send-time is the relay's send time: the subscriber's REMB then measures this hop.
         abs_send_time = (ntp >> 14) & 0x00FFFFFF
         marker = packet.info.marker
         payload = packet.payload
@@ -807,7 +942,11 @@ class OutputSender:
         if writer is not None:
             return writer.packet(payload_type, marker, sequence_number, timestamp,
                                  abs_send_time, packet.audio_level, payload)
-        # the two-byte extension form: aiortc's own serializer
+        return self._aiortc_serialized(sequence_number)
+
+    def _aiortc_serialized(self, sequence_number: int) -> bytes:
+        """The copy just put in the RTX history, serialized by aiortc (the two-byte
+        extension form, which :class:`RtpWriter` does not write)."""
         rtp = self._history.get(sequence_number)
         assert rtp is not None
         data: bytes = rtp.serialize(self._state[_TX_EXTENSIONS_MAP])
@@ -997,22 +1136,24 @@ class Forwarder:
         # estimate (REMB) does not see.
         ntp = _ntp_now(self._wall_clock())
         sent = 0
-        for entry in list(self._outputs.values()):
+        # (a snapshot: an output added or removed while a copy is awaited waits for the next
+        # packet)
+        for entry in tuple(self._outputs.values()):
             output, sender = entry.output, entry.sender
             # Held paused while the subscriber's transport is not up: what it would miss
             # there must not count as sent, and it must start on a keyframe.
-            hold = entry.user_paused or not sender.ready
-            if hold:
+            if entry.user_paused or not sender.ready:
                 if not output.paused:
                     output.pause()
             elif output.paused:
                 output.resume(now)
-            result = output.forward(info, now)
-            if type(result) is Forward:
+            if output.rewrite(info, now) is None:
                 if sender.direct:
-                    sent += sender.send(packet, result, ntp)
+                    sent += sender.send_copy(packet, output.out_sequence_number,
+                                             output.out_timestamp, ntp)
                 else:
-                    sent += await sender.write(packet, result)
+                    sent += await sender.write(packet, Forward(output.out_sequence_number,
+                                                               output.out_timestamp))
             elif output.wants_keyframe:
                 wants_keyframe = True
         self.copies_sent += sent

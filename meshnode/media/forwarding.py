@@ -114,6 +114,7 @@ class Output:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, not {clock_rate}")
         self.kind = kind
+        self._video = kind == "video"
         self.clock_rate = clock_rate
         self.sent_packets = 0
         self.sent_bytes = 0
@@ -148,6 +149,10 @@ class Output:
         self._cur_ts: int | None = None
         self._cur_decision: str | None = None
         self._frames: dict[int, str | None] = {}
+        self.out_sequence_number = 0
+        """The rewritten sequence number of the last packet :meth:`rewrite` forwarded."""
+        self.out_timestamp = 0
+        """The rewritten timestamp of the last packet :meth:`rewrite` forwarded."""
 
     # -- control -------------------------------------------------------------------------
 
@@ -202,33 +207,64 @@ class Output:
     def forward(self, info: PacketInfo, now: float) -> Forward | Drop:
         """Decide one packet of the source: :class:`Forward` with the rewritten sequence
         number and timestamp, or :class:`Drop` with the reason (also counted in ``dropped``)."""
+        reason = self.rewrite(info, now)
+        if reason is None:
+            return Forward(self.out_sequence_number, self.out_timestamp)
+        return Drop(reason)
+
+    def rewrite(self, info: PacketInfo, now: float) -> str | None:
+        """:meth:`forward` without a result object (the relay calls this once per copy):
+        None when the packet is forwarded, its rewritten values then in
+        ``out_sequence_number`` and ``out_timestamp``; else the drop reason (counted)."""
         seq = info.sequence_number & 0xFFFF
-        if self._highest is None:
+        highest = self._highest
+        if highest is None:
             ext = seq
         else:
-            delta = (seq - self._highest) % SEQ_MOD
+            delta = (seq - highest) & 0xFFFF
             if delta == 0 or delta >= SEQ_MOD // 2:
-                return self._late(info, self._highest - (-delta % SEQ_MOD), now)
-            ext = self._highest + delta
+                return self._late(info, highest - (-delta & 0xFFFF), now)
+            ext = highest + delta
             if delta > MAX_DROPOUT:
                 self._restart()
         self._highest = ext
-        if self._paused and not (info.timestamp == self._cur_ts and self._cur_decision is None):
+        timestamp = info.timestamp
+        if self._paused and not (timestamp == self._cur_ts and self._cur_decision is None):
             # Pausing takes effect on a frame boundary: a frame cut short, with no sequence
             # gap to show it, would reach the subscriber's decoder as corrupt.
-            self._cur_ts, self._cur_decision = info.timestamp, DropReason.PAUSED
+            self._cur_ts, self._cur_decision = timestamp, DropReason.PAUSED
             return self._drop(DropReason.PAUSED, ext)
-        if info.timestamp != self._cur_ts:
-            self._cur_ts = info.timestamp
-            self._cur_decision = self._decide(info)
-            self._frames[info.timestamp] = self._cur_decision
-            if len(self._frames) > FRAME_MEMORY:
-                del self._frames[next(iter(self._frames))]
-        if self._cur_decision is not None:
+        if timestamp != self._cur_ts:
+            self._cur_ts = timestamp
+            if self._video or info.tid is not None:
+                decision = self._cur_decision = self._decide(info)
+                frames = self._frames
+                frames[timestamp] = decision
+                if len(frames) > FRAME_MEMORY:
+                    del frames[next(iter(frames))]
+                if decision is not None:
+                    return self._drop(decision, ext)
+            else:
+                # Audio without layers: every packet is a frame, never gated, so every
+                # decision is "forward" (pausing is handled above) and a late packet finds
+                # the same without a frame memory.
+                self._cur_decision = None
+        elif self._cur_decision is not None:
             return self._drop(self._cur_decision, ext)
         if self._needs_rebase:
             self._rebase(ext, info, now)
-        return self._send(ext, info, now)
+        # Forward (inline: this runs once per copy).
+        out = ext + self._offset
+        if out >= self._next_out:
+            self._next_out = out + 1
+        self._last_fwd = ext
+        self._last_fwd_marker = info.marker
+        self.out_sequence_number = out & 0xFFFF
+        self.out_timestamp = self._last_out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        self._last_out_now = now
+        self.sent_packets += 1
+        self.sent_bytes += info.size
+        return None
 
     def _decide(self, info: PacketInfo) -> str | None:
         """Forward (None) or drop (reason) the frame that ``info`` starts."""
@@ -288,28 +324,16 @@ class Output:
         self._needs_rebase = False
         self._first_dropped = self._last_dropped = None
 
-    def _send(self, ext: int, info: PacketInfo, now: float) -> Forward:
-        out = ext + self._offset
-        self._next_out = max(self._next_out, out + 1)
-        self._last_fwd = ext
-        self._last_fwd_marker = info.marker
-        timestamp = (info.timestamp + self._ts_offset) % TS_MOD
-        self._last_out_ts = timestamp
-        self._last_out_now = now
-        self.sent_packets += 1
-        self.sent_bytes += info.size
-        return Forward(out % SEQ_MOD, timestamp)
-
-    def _drop(self, reason: str, ext: int | None) -> Drop:
+    def _drop(self, reason: str, ext: int | None) -> str:
         if ext is not None:  # an in-order packet: the next forwarded one closes the gap
             self._needs_rebase = True
             self._last_dropped = ext
             if self._first_dropped is None:
                 self._first_dropped = ext
         self.dropped[reason] += 1
-        return Drop(reason)
+        return reason
 
-    def _late(self, info: PacketInfo, ext: int, now: float) -> Forward | Drop:
+    def _late(self, info: PacketInfo, ext: int, now: float) -> str | None:
         """A reordered, retransmitted or duplicate packet: forward it only into the frame and
         the sequence slot it belongs to."""
         if self._paused:
@@ -321,7 +345,12 @@ class Output:
         elif info.tid is not None and info.tid > self._cur_tid:
             decision = DropReason.LAYER
         else:  # a whole frame that was late: it passes the current filter
-            decision = self._frames[info.timestamp] = None
+            decision = None
+            if self._video or info.tid is not None:  # (audio keeps no frame memory)
+                frames = self._frames
+                frames[info.timestamp] = None
+                while len(frames) > FRAME_MEMORY:  # late frames must not grow it either
+                    del frames[next(iter(frames))]
         if decision is not None:
             return self._drop(decision, None)
         i = bisect_right(self._rebases, ext, key=lambda r: r[0]) - 1
@@ -333,7 +362,9 @@ class Output:
             return self._drop(DropReason.LATE, None)
         self.sent_packets += 1
         self.sent_bytes += info.size
-        return Forward(out % SEQ_MOD, (info.timestamp + self._ts_offset) % TS_MOD)
+        self.out_sequence_number = out % SEQ_MOD
+        self.out_timestamp = (info.timestamp + self._ts_offset) % TS_MOD
+        return None
 
     def _restart(self) -> None:
         """The source jumped (a new stream): forget its history, rebase the clock."""

@@ -1,9 +1,9 @@
 """Contract with aiortc's private internals: the driver's hooks are still where it expects.
 
 aiortc has no public RTP API, so ``meshnode.media.aiortc_driver`` uses the private attributes
-listed in ``PRIVATE_HOOKS`` (of aiortc, and of aioice for the direct send path) and relies on
-the aiortc and aioice call sites in ``CALL_SITES``. After an upgrade this test names exactly
-which one moved (pyproject pins ``aiortc<1.17``).
+listed in ``PRIVATE_HOOKS`` (of aiortc, and of aioice and pylibsrtp for the direct send
+path) and relies on the aiortc, aioice and pylibsrtp call sites in ``CALL_SITES``. After an
+upgrade this test names exactly which one moved (pyproject pins ``aiortc<1.17``).
 """
 
 import inspect
@@ -56,6 +56,7 @@ async def test_every_private_hook_exists_on_real_aiortc_objects() -> None:
             "Connection": connection,
             "CandidatePair": pair,
             "StunProtocol": pair.protocol,
+            "Session": dtls._tx_srtp,  # pylibsrtp (W3)
         }
         assert set(instances) == set(HOOK_OWNERS)
         for owner, instance in instances.items():

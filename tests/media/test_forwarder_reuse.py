@@ -31,8 +31,9 @@ class FakeSender:
         self.written: list[tuple[str, Forward]] = []
         self.direct = True
 
-    def send(self, packet: SourcePacket, forward: Forward, ntp: int) -> bool:
-        self.written.append((packet.payload.decode(), forward))
+    def send_copy(self, packet: SourcePacket, sequence_number: int, timestamp: int,
+                  ntp: int) -> bool:
+        self.written.append((packet.payload.decode(), Forward(sequence_number, timestamp)))
         return True
 
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshnode.media.forwarding import (
+    FRAME_MEMORY,
     Drop,
     DropReason,
     Forward,
@@ -375,3 +376,26 @@ def test_a_reused_sender_continues_sequence_and_media_time_across_sources(
     (last, last_at), (nxt, nxt_at) = sent[switched - 1], sent[switched]
     step = (nxt.timestamp - last.timestamp) % (1 << 32)
     assert step == max(1, round((nxt_at - last_at) * VIDEO_RATE))
+
+
+@pytest.mark.parametrize("kind", ["audio", "video"])
+def test_late_packets_of_unknown_frames_keep_the_frame_memory_bounded(kind: str) -> None:
+    """A publisher sending late packets with ever-new timestamps (reordered, or hostile) must
+    not grow an output's state: the frame memory stays at FRAME_MEMORY (audio keeps none), and
+    a late packet still goes into its own slot."""
+    out = Output(kind, VIDEO_RATE if kind == "video" else 48000)
+    step = 3000 if kind == "video" else 960
+    seq0 = 1000
+    for i in range(200):  # in order: frame i, with a hole left at every even sequence number
+        info = PacketInfo(sequence_number=seq0 + 2 * i + 1, timestamp=step * i, marker=True,
+                          keyframe=True, frame_start=True, tid=None, size=100)
+        assert isinstance(out.forward(info, i / 30), Forward)
+    slots = []
+    for i in range(5000):  # late packets into the holes, each claiming a frame never seen
+        info = PacketInfo(sequence_number=seq0 + 2 * (i % 200), timestamp=10**9 + step * i,
+                          marker=True, keyframe=True, frame_start=True, tid=None, size=100)
+        r = out.forward(info, 7.0)
+        if isinstance(r, Forward):
+            slots.append(r.sequence_number)
+    assert len(out._frames) <= (FRAME_MEMORY if kind == "video" else 0)
+    assert slots  # late packets of passing frames are still forwarded into their holes

@@ -63,6 +63,11 @@ def test_the_writer_matches_aiortc_byte_for_byte_or_declines(
         return
     assert writer.packet(payload_type, marker, seq, ts, abs_send_time, level,
                          payload) == expected
+    # The per-copy form writes the same header over whatever the buffer held before (the
+    # relay reuses one buffer for every copy), padding included.
+    buffer = bytearray(b"\xff" * 64)
+    size = writer.pack_into(buffer, payload_type, marker, seq, ts, abs_send_time, level)
+    assert bytes(buffer[:size]) + payload == expected
     # The RTX history rebuilds the same packet for aiortc's _retransmit.
     history = RtxHistory(ssrc)
     history.put(payload_type, marker, seq, ts, abs_send_time, level, payload, mid)

@@ -1,7 +1,9 @@
 """The relay's direct send path (``SrtpWire``) against aiortc's own RTP send chain, on a real
 aiortc connection over loopback: the subscriber gets the same packets either way, the DTLS
 transport's ``bytesSent``/``packetsSent`` grow exactly as aiortc's chain grows them, the Sender
-Reports count every copy, and once the connection is closed nothing is sent (counted).
+Reports count every copy, and once the connection is closed nothing is sent (counted). The
+wire's ``SrtpPacker`` (header and payload built and protected in its own buffer, libsrtp
+called directly) gives exactly the bytes pylibsrtp's ``protect`` gives.
 """
 
 import asyncio
@@ -14,10 +16,19 @@ from typing import Any
 import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
+from pylibsrtp import Policy, Session
 
 import meshnode.transport.ice as ice_module
-from meshnode.media.aiortc_driver import OutputSender, SourcePacket, SrtpWire, _ntp_now
+from meshnode.media.aiortc_driver import (
+    SRTP_ROOM,
+    OutputSender,
+    SourcePacket,
+    SrtpPacker,
+    SrtpWire,
+    _ntp_now,
+)
 from meshnode.media.forwarding import Forward, PacketInfo
+from meshnode.media.rtp_out import ExtensionIds, RtpWriter
 from meshnode.transport.ice import IceSettings, install_host_addresses
 from tests.media.test_driver_relay import hash_received_payloads, negotiate, until
 
@@ -108,3 +119,36 @@ async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
     finally:
         await relay.close()
         await subscriber.close()
+
+
+PROFILES = ((Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44), (Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30))
+
+
+def srtp_pair(profile: int, key_len: int) -> tuple[Session, Session, Session]:
+    """Two outbound sessions with one key (the packer's and pylibsrtp's own), and the
+    receiver's inbound session."""
+    key = os.urandom(key_len)
+    sessions = []
+    for direction in (Policy.SSRC_ANY_OUTBOUND, Policy.SSRC_ANY_OUTBOUND,
+                      Policy.SSRC_ANY_INBOUND):
+        sessions.append(Session(Policy(key=key, ssrc_type=direction, srtp_profile=profile)))
+    return sessions[0], sessions[1], sessions[2]
+
+
+@pytest.mark.parametrize(("profile", "key_len"), PROFILES)
+def test_the_packer_protects_exactly_as_pylibsrtp(profile: int, key_len: int) -> None:
+    ours, theirs, inbound = srtp_pair(profile, key_len)
+    writer = RtpWriter.for_ids(0x1234, "1", ExtensionIds(mid=1, abs_send_time=2, audio_level=3))
+    assert writer is not None
+    packer = SrtpPacker()
+    for i, (size, level) in enumerate([(1100, None), (40, (True, 30)), (0, None),
+                                       (SRTP_ROOM - 40, (False, 127)), (7, (True, 0))]):
+        payload = os.urandom(size)
+        args = (96, i % 2 == 0, 1000 + i, 90000 * i, 0x123456, level)
+        protected = packer.protect(ours, writer, *args, payload)
+        plain = writer.packet(*args, payload)
+        assert protected == theirs.protect(plain)  # byte for byte, tag included
+        assert inbound.unprotect(protected) == plain
+    # Over what libsrtp can protect in place: refused before libsrtp, as pylibsrtp does.
+    with pytest.raises(ValueError):
+        packer.protect(ours, writer, 96, False, 2000, 0, 0, None, bytes(SRTP_ROOM))
