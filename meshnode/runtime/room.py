@@ -40,10 +40,14 @@ from protocol.frames import Presence
 
 T = TypeVar("T")
 
-LIVE_OVERLAY = OverlayConfig(presence_interval_s=0.01, rewire_interval_s=60.0)
+LIVE_OVERLAY = OverlayConfig(presence_interval_s=0.02, rewire_interval_s=60.0)
 """The overlay tuning for real links. Presence waits ``presence_interval_s`` at every hop to
 be coalesced; netsim's 50 ms default would put 150 ms on a client-node-node-client path, so
-live nodes coalesce for 10 ms (at most 100 presence frames per neighbour per second). Live
+live nodes coalesce for 20 ms (at most 50 presence frames per neighbour per second, about an
+avatar mixer's frame: Vircadia's runs at 45 Hz). A node pays per data-channel message more
+than per update: in a room of 50 at 20 Hz, 10 ms flushes kept one core 91-100% busy and the
+nearest-10 p99 swung from 93 ms to 1.4 s between runs, 20 ms ones used 62% and gave 54-62 ms
+(docs/performance.md, "Presence interest"). Live
 nodes rewire (swap a neighbour for a passive peer) at most once a minute after their topology
 moves, backing off to once per ``rewire_max_interval_s``, so that groups split by a long
 partition merge again (``meshnode/overlay/membership.py``)."""
