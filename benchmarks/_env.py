@@ -5,7 +5,7 @@ import platform
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("meshnode", "msgpack", "cryptography", "loro")
+PACKAGES = ("meshnode", "msgpack", "cryptography", "pynacl", "loro")
 
 
 def _version(pkg: str) -> str | None:

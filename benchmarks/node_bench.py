@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._env import environment  # noqa: E402
+from benchmarks._stats import pct  # noqa: E402
 from benchmarks.presence_bench import presence_interest  # noqa: E402
 from meshnode.client import RoomClient, connect  # noqa: E402
 from meshnode.crdt import ROOT as SCENE_ROOT  # noqa: E402
@@ -55,15 +56,6 @@ from meshnode.transport.link import LinkSettings, LocalHello, PeerLink  # noqa: 
 from tests.integration.nodeproc import NodeProcess, start_host  # noqa: E402
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of ``values``, in ms, rounded."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return round(ordered[idx] * 1000, 3)
 
 
 async def baseline(messages: int) -> dict[str, Any]:

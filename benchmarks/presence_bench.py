@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import msgpack  # noqa: E402
 
 from benchmarks._env import environment  # noqa: E402
+from benchmarks._stats import pct  # noqa: E402
 from meshnode.client import RoomClient, connect  # noqa: E402
 from meshnode.identity import Identity  # noqa: E402
 from meshnode.transport.ice import IceSettings  # noqa: E402
@@ -64,15 +65,6 @@ GRID_COLUMNS = 10
 GRID_SPACING_M = 2.0
 NEAREST = 10
 TICK_S = 0.005  # the workers' lag probe
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of ``values`` (seconds), in ms, rounded."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    idx = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return round(ordered[idx] * 1000, 3)
 
 
 def grid_spot(i: int) -> list[float]:

@@ -204,15 +204,8 @@ class ReliableChannel:
             self.queued += 1             # opens it (and after those queued before it)
             self.schedule(depart, self._send_queued, tsn, size, payload, self.generation)
             return
-        link = self.link
-        if not self.outstanding and link.clean_path():
-            # _send_at's clean path, inlined: this is the simulator's per-frame hot path.
-            arrival = link.attempt(size, now)
-            assert arrival is not None
-            if self.srtt is None:
-                self._update_rto(2.0 * (arrival - now))
-            self.in_flight[tsn] = (size, payload, now)
-            self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
+        if not self.outstanding and self.link.clean_path():
+            self._send_clean(tsn, size, payload, now)
             return
         self._send_at(tsn, size, payload, self.generation)
 
@@ -258,20 +251,22 @@ class ReliableChannel:
         self.last_departure = t
         return t
 
+    def _send_clean(self, tsn: int, size: int, payload: Any, now: float) -> None:
+        """Nothing to recover and nothing can be lost: no SACK bookkeeping needed (the
+        arrival time is what the full model would compute, without its events)."""
+        arrival = self.link.attempt(size, now)
+        assert arrival is not None
+        if self.srtt is None:
+            self._update_rto(2.0 * (arrival - now))
+        self.in_flight[tsn] = (size, payload, now)
+        self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
+
     def _send_at(self, tsn: int, size: int, payload: Any, generation: int) -> None:
         if generation != self.generation:
             return  # the association it was queued on is gone
         now = self.clock()
-        link = self.link
-        if not self.outstanding and link.clean_path():
-            # Nothing to recover and nothing can be lost: no SACK bookkeeping needed (the
-            # arrival time is what the full model would compute, without its events).
-            arrival = link.attempt(size, now)
-            assert arrival is not None
-            if self.srtt is None:
-                self._update_rto(2.0 * (arrival - now))
-            self.in_flight[tsn] = (size, payload, now)
-            self.schedule(arrival, self._arrive, tsn, payload, 0, self.generation)
+        if not self.outstanding and self.link.clean_path():
+            self._send_clean(tsn, size, payload, now)
             return
         msg = _Message(tsn, size, payload, now)
         self.outstanding[tsn] = msg
