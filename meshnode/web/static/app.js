@@ -137,6 +137,8 @@ function identityWanted() {
 
 function onIdentified(msg) {
   info = { ...info, peer_id: msg.peer, did: msg.did, role: msg.role };
+  // The node may have said who holds keys before it said who we are: mark our own line now.
+  if (privacyShown.private) showPrivacy(privacyShown);
   if (msg.problem) showMessage(`Not admitted: ${msg.problem}`);
   showConnected();
   if (welcomeWaiter) {
