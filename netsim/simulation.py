@@ -291,7 +291,7 @@ class Simulation:
             if channel == SYNC and link.sctp:
                 link.send_reliable(len(frame), now, (channel, frame, self.epoch.get(pair, 0)))
                 return
-            t = link.send(len(frame), self.engine.now, channel == SYNC)
+            t = link.send(len(frame), now, channel == SYNC)
             if t is not None:
                 self.engine.at(t, self._arrive, src, dst, channel,
                                (channel, frame, self.epoch.get(pair, 0)))

@@ -224,12 +224,7 @@ class LocalEdits:
             # to it take room (``_ref`` lists them).
             room = self._byte_budget() - batch.bytes - nbytes
             me, listed, name_index = self._me, batch.actor_index, batch.name_index
-            new = 0
-            for a in actors:
-                if a not in listed and a != me:
-                    new += 1
-            if new > 1 and len(set(actors)) < len(actors):  # (two refs to one new creator)
-                new = len({a for a in actors if a != me and a not in listed})
+            new = len({a for a in actors if a != me and a not in listed})
             if room >= ACTOR_BYTES * new and all(n in name_index for n in names) and (
                 not new or len(batch.actors) + new <= self.limits.max_actors_per_change
             ):

@@ -313,8 +313,8 @@ class SceneReplica(PrivateRoom, LocalEdits):
     def change_stamp(self, change_id: bytes) -> int | None:
         """An applied change's hybrid logical clock stamp (None if unknown): what a
         frontier (``export_content``) is compared with."""
-        meta = self._graph.meta.get(change_id)
-        return None if meta is None else meta.hlc
+        p = self._graph.index.get(change_id)
+        return None if p is None else self._graph.hlc_at(p)
 
     def is_buffered(self, change_id: bytes) -> bool:
         """True if the change is verified and waiting for its deps."""
@@ -1297,12 +1297,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
     def snapshot(self, keep_after_hlc: int | None = None) -> bytes:
         """A signed snapshot of the committed state (see ``meshnode.crdt.snapshot``);
         ``keep_after_hlc``: its frontier (see ``export_content``)."""
-        if self._batch is not None:
-            raise RuntimeError("commit() or discard() the local batch before a snapshot")
-        ident = self._identity
-        seal = self._snapshot_seal() if self._epochs is not None else None
-        content = self.export_content(keep_after_hlc, opened=seal is not None)
-        return encode_snapshot(content, ident.public_key, self.room_id, ident.sign, seal)
+        return self.snapshot_job(keep_after_hlc)()
 
     def snapshot_job(self, keep_after_hlc: int | None = None) -> Callable[[], bytes]:
         """:meth:`snapshot` in two steps, so a host keeps the heavy one off its event loop:
