@@ -22,7 +22,13 @@ from meshnode.crdt.snapshot import decode_snapshot
 from protocol.change import decode_change
 from protocol.limits import DEFAULT_LIMITS
 from tests.crdt.harness import deliver, ident
-from tests.crdt.test_snapshot_join import NOW, _full, _history, _stranger_change
+from tests.crdt.test_snapshot_join import (
+    NOW,
+    _catch_up,
+    _full,
+    _history,
+    _stranger_change,
+)
 
 EXAMPLES = int(os.environ.get("FRONTIER_EXAMPLES", "15"))
 
@@ -124,11 +130,7 @@ def test_frontier_snapshot_plus_later_changes_equals_full_replay(
                                       trusted_signers=[early.identity.public_key])
     assert late.change_count() == early.change_count()
     assert late.state() == early.state() and late.heads() == early.heads()
-    rest = list(changes)
-    rng.shuffle(rest)
-    deliver(late, rest, NOW + 100, many=not one_by_one, allow_transient=True)
-    deliver(late, full.changes_since(late.heads(), late.version_vector()), NOW + 100)
-    assert late.buffered_count() == 0
+    _catch_up(late, changes, full, rng, one_by_one)
     _same(late, full)
     # A snapshot of the late replica (a frontier of a frontier) carries on alike.
     later = SceneReplica.from_snapshot(late.snapshot(keep_after_hlc=frontier), ident("later"),

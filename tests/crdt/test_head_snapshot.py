@@ -22,7 +22,13 @@ from protocol.change import decode_change
 from protocol.limits import DEFAULT_LIMITS
 from tests.crdt.harness import deliver, ident
 from tests.crdt.test_frontier_snapshot import _continue, _same
-from tests.crdt.test_snapshot_join import NOW, _full, _history, _stranger_change
+from tests.crdt.test_snapshot_join import (
+    NOW,
+    _catch_up,
+    _full,
+    _history,
+    _judge_next_alike,
+)
 
 
 def _hlc(data: bytes) -> int:
@@ -62,23 +68,9 @@ def test_head_snapshot_plus_later_changes_equals_full_replay(
     later = _continue(genesis, first, seed, steps)
     everything = first + later
     full = _full(genesis, everything, "full")
-    rest = list(everything)
-    rng.shuffle(rest)
-    deliver(client, rest, NOW + 100, many=not one_by_one, allow_transient=True)
-    deliver(client, full.changes_since(client.heads(), client.version_vector()), NOW + 100)
-    assert client.buffered_count() == 0
+    _catch_up(client, everything, full, rng, one_by_one)
     _same(client, full)
-    # And judge what comes next alike: an editor's edit on top, a stranger's change.
-    editor = SceneReplica.from_genesis(genesis, ident(f"snapjoin-{seed % 3}", 1))
-    deliver(editor, everything, NOW + 100)
-    editor.create_entity(ROOT, {"p": {"x": 1.0}})
-    nxt = editor.commit(NOW + 101)
-    assert nxt is not None
-    stranger_edit = _stranger_change(SceneReplica.from_genesis(genesis, ident("stranger")),
-                                     full)
-    for r in (client, full):
-        assert r.apply(nxt, NOW + 101).status == "applied"
-        assert r.apply(stranger_edit, NOW + 101).reason == "not_a_member"
+    _judge_next_alike(genesis, seed, everything, client, full)
     _same(client, full)
 
 

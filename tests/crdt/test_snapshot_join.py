@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshnode.crdt import ROOT, SceneReplica
-from meshnode.crdt.graph import ChangeGraph, ChangeMeta
 from tests.crdt.harness import deliver, ident, make_room
 
 NOW = 5_000.0
@@ -68,6 +67,18 @@ def _full(genesis: bytes, changes: list[bytes], tag: str) -> SceneReplica:
     return r
 
 
+def _catch_up(late: SceneReplica, changes: list[bytes], full: SceneReplica,
+              rng: random.Random, one_by_one: bool) -> None:
+    """``late`` (started from a snapshot) is sent every change, those in its snapshot too
+    (duplicates), in any order, then what anti-entropy would send (an author refused for now,
+    whose grant had not arrived yet, comes again), and holds nothing back."""
+    rest = list(changes)
+    rng.shuffle(rest)
+    deliver(late, rest, NOW + 100, many=not one_by_one, allow_transient=True)
+    deliver(late, full.changes_since(late.heads(), late.version_vector()), NOW + 100)
+    assert late.buffered_count() == 0
+
+
 def _same(a: SceneReplica, b: SceneReplica) -> None:
     assert a.state() == b.state()
     assert a.heads() == b.heads()
@@ -96,25 +107,26 @@ def test_snapshot_plus_later_changes_equals_full_replay(
     snap = early.snapshot()
     late = SceneReplica.from_snapshot(snap, ident("late"),
                                       trusted_signers=[early.identity.public_key])
-    rest = list(changes)
-    rng.shuffle(rest)  # every change, those in the snapshot too (duplicates), any order
-    deliver(late, rest, NOW + 100, many=not one_by_one, allow_transient=True)
-    # What was refused for now (an author whose grant had not arrived yet) comes again
-    # through anti-entropy, as on the network.
-    deliver(late, full.changes_since(late.heads(), late.version_vector()), NOW + 100)
-    assert late.buffered_count() == 0
+    _catch_up(late, changes, full, rng, one_by_one)
     _same(late, full)
-    # And they judge what comes next alike: an editor's edit on top, a stranger's change.
+    _judge_next_alike(genesis, seed, changes, late, full)
+    _same(late, full)
+
+
+def _judge_next_alike(genesis: bytes, seed: int, changes: list[bytes], joined: SceneReplica,
+                      full: SceneReplica) -> None:
+    """``joined`` (from a snapshot) and ``full`` judge what comes next alike: an editor's
+    edit on top of ``changes`` is applied, a stranger's change refused (``not_a_member``)."""
     editor = SceneReplica.from_genesis(genesis, ident(f"snapjoin-{seed % 3}", 1))
     deliver(editor, changes, NOW + 100)
     editor.create_entity(ROOT, {"p": {"x": 1.0}})
     nxt = editor.commit(NOW + 101)
-    stranger = SceneReplica.from_genesis(genesis, ident("stranger"))
-    stranger_edit = _stranger_change(stranger, full)
-    for r in (late, full):
+    assert nxt is not None
+    stranger_edit = _stranger_change(SceneReplica.from_genesis(genesis, ident("stranger")),
+                                     full)
+    for r in (joined, full):
         assert r.apply(nxt, NOW + 101).status == "applied"
         assert r.apply(stranger_edit, NOW + 101).reason == "not_a_member"
-    _same(late, full)
 
 
 def _stranger_change(stranger: SceneReplica, room: SceneReplica) -> bytes:
@@ -134,44 +146,3 @@ def test_equivocation_inside_the_snapshot_is_kept() -> None:
         _same(late, full)
         return
     raise AssertionError("no history with an equivocation: the generator must make one")
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.integers(0, 1_000), max_size=3),
-                          st.booleans()),
-                min_size=1, max_size=60))
-def test_sparse_version_vectors_match_whole_ones(
-        spec: list[tuple[int, list[int], bool]]) -> None:
-    """``ChangeGraph`` keeps version vectors as per-author positions plus per-change lags;
-    every entry equals the one computed the old way (merge of the deps' whole vectors),
-    also for changes naming every head (a local commit: ``add`` skips the lag there)."""
-    graph = ChangeGraph()
-    whole: dict[bytes, dict[bytes, int]] = {}
-    authors = [bytes([i]) * 32 for i in range(5)]
-    ids: list[bytes] = []
-    gid = b"g" * 32
-    graph.add(gid, ChangeMeta(authors[0], 1, 0, ()), None)
-    whole[gid] = {authors[0]: 1}
-    ids.append(gid)
-    for n, (who, picks, every_head) in enumerate(spec):
-        deps = tuple(sorted(graph.heads if every_head else
-                            {ids[p % len(ids)] for p in picks} or {ids[-1]}))
-        vv: dict[bytes, int] = {}
-        for d in deps:
-            for a, s in whole[d].items():
-                vv[a] = max(vv.get(a, 0), s)
-        author = authors[who]
-        seq = vv.get(author, 0) + 1
-        if seq > graph.vv_all.get(author, 0) + 1:
-            continue
-        vv[author] = seq
-        cid = n.to_bytes(32, "big")
-        graph.add(cid, ChangeMeta(author, seq, n + 1, deps), None)
-        whole[cid] = vv
-        ids.append(cid)
-    for cid, vv in whole.items():
-        assert graph.vv_of(cid) == vv
-        for a in authors:
-            assert graph.seq_in(cid, a) == vv.get(a, 0)
-            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)  # twice: once memoised
-            assert graph.past_vv([cid]).get(a, 0) == vv.get(a, 0)
