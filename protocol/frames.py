@@ -190,7 +190,7 @@ class WantPrefix:
     a compact change (``protocol.compact``) that I cannot resolve. Sent only to a peer whose
     hello lists ``COMPACT_VERSION``."""
 
-    TYPE: ClassVar[int] = 14
+    TYPE: ClassVar[int] = 16
     room_id: bytes
     prefixes: tuple[bytes, ...]
 
