@@ -31,13 +31,16 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, signing_payload
-from protocol.frames import PREFIX_BYTES
+from protocol.frames import COMPACT_VERSION, PREFIX_BYTES
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack
 
-COMPACT_VERSION = 2
-"""The link version (a hello's ``versions``) that says "send me compact changes and
-``WantPrefix`` frames"; frames themselves keep envelope version 1."""
+__all__ = [
+    "COMPACT_VERSION", "MALFORMED", "MARKER", "MAX_COMBINATIONS", "NO_SIGNATURE_MATCH",
+    "PREFIX_BYTES", "REASONS", "TOO_AMBIGUOUS", "CompactParts", "Expanded", "Expansion",
+    "MissingDeps", "Unexpandable", "compact_change", "expand_change", "is_compact",
+    "parse_compact",
+]
 
 MARKER = 0xC1
 """First byte of a compact change: msgpack's never-used byte, so never a canonical change."""

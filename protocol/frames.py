@@ -26,6 +26,11 @@ from protocol.values import check_value
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+COMPACT_VERSION = 2
+"""Listed in a hello's ``versions``: the sender reads compact changes in ``Changes`` frames
+(``protocol.compact``) and answers ``WantPrefix``. A capability of the link, not a frame
+envelope: frames keep version 1 (their layouts are unchanged), and a peer sends compact
+changes and ``WantPrefix`` only to a peer whose hello lists it."""
 ROOM_ID_BYTES = 32
 HASH_BYTES = 32
 KEY_BYTES = 32

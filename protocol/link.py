@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 
 import protocol.media  # noqa: F401  (the media link messages register themselves)
 from protocol import snapshot_offer  # noqa: F401  (SnapshotPart registers itself)
-from protocol.compact import COMPACT_VERSION
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.frames import (
+    COMPACT_VERSION,
     HASH_BYTES,
     KEY_BYTES,
     MAX_TTL,
@@ -192,8 +192,8 @@ def hello_payload(body: bytes) -> bytes:
 
 
 HELLO_VERSIONS = tuple(sorted(SUPPORTED_VERSIONS | {COMPACT_VERSION}))
-"""What a hello says we speak by default: frame version 1, and ``COMPACT_VERSION`` (compact
-changes and ``WantPrefix``, ``protocol.compact``; frames keep envelope version 1)."""
+"""What a hello says we speak by default: version 1, and ``COMPACT_VERSION`` (compact changes
+and ``WantPrefix``, ``protocol.compact``; frames keep version 1)."""
 
 
 def make_hello(
