@@ -25,7 +25,7 @@ are compacted (every change this codebase makes); any other is sent as it is.
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -190,7 +190,7 @@ def _rebuild(parts: CompactParts, deps: Sequence[bytes]) -> tuple[bytes, bytes]:
 
 def expand_change(
     data: bytes,
-    resolve: Callable[[bytes], Iterable[bytes]],
+    resolve: Callable[[bytes], Collection[bytes]],
     *,
     room_id: bytes,
     verify: Callable[[bytes, bytes, bytes], bool],
@@ -208,11 +208,24 @@ def expand_change(
     parts = parse_compact(data, limits)
     if isinstance(parts, Unexpandable):
         return parts
+    prefixes = parts.prefixes
+    if len(set(prefixes)) == len(prefixes):
+        # The usual case: distinct prefixes, each matching exactly one change we hold.
+        deps: list[bytes] = []
+        for p in prefixes:
+            one = resolve(p)
+            if len(one) != 1:
+                break
+            c = next(iter(one))
+            if type(c) is not bytes or len(c) != HASH_BYTES or not c.startswith(p):
+                break
+            deps.append(c)
+        else:
+            return Expanded(_rebuild(parts, deps)[1])
     candidates: list[list[bytes]] = []
     missing: list[bytes] = []
     total = 1
     cache: dict[bytes, list[bytes]] = {}
-    prefixes = parts.prefixes
     shared = Counter(prefixes)
     for p in prefixes:
         found = cache.get(p)
