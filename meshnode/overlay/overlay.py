@@ -75,6 +75,7 @@ from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.compact import MALFORMED as COMPACT_MALFORMED
 from protocol.compact import (
+    PREFIX_BYTES,
     Expanded,
     MissingDeps,
     compact_change,
@@ -572,25 +573,42 @@ class RoomOverlay:
 
     def _expand(self, peer: str, datas: tuple[bytes, ...], now: float) -> list[bytes]:
         """The changes of a frame in canonical form: compact ones rebuilt from our graph
-        (``protocol.compact``); those whose deps we lack are held and asked for by prefix,
-        those that cannot be rebuilt are refused (and left out)."""
+        and from the changes before them in the frame (a pulled batch names its own
+        changes as deps; ``protocol.compact``); those whose deps we lack are held and asked
+        for by prefix, those that cannot be rebuilt are refused (and left out)."""
+        if not any(type(d) is bytes and is_compact(d) for d in datas):
+            return list(datas)
         out: list[bytes] = []
         checks = self.config.compact_checks_per_frame
         refused: dict[RefusalReason, int] = {}
         wanted = False
+        in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
+        by_prefix = self.replica.changes_by_prefix
+
+        def resolve(prefix: bytes) -> list[bytes]:
+            found = by_prefix(prefix)
+            more = in_frame.get(prefix)
+            return found + more if more else found
+
+        def note(data: bytes) -> None:
+            cid = change_id(data)
+            in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
+
         for data in datas:
             if type(data) is not bytes or not is_compact(data):
                 out.append(data)
+                if type(data) is bytes:
+                    note(data)
                 continue
             self._count_compact("received")
-            got = expand_change(data, self.replica.changes_by_prefix, room_id=self.room_id,
-                                verify=verify_signature, limits=self.replica.limits,
-                                max_checks=checks)
+            got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
+                                limits=self.replica.limits, max_checks=checks)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
                     self._count_compact("ambiguous")
                 out.append(got.data)
+                note(got.data)
             elif isinstance(got, MissingDeps):
                 evicted = self.compact_hold.evicted
                 if self.compact_hold.hold(data, peer, got.prefixes):

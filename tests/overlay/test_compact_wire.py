@@ -5,6 +5,9 @@ bounded."""
 
 import random
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.overlay import OverlayConfig, RoomOverlay
@@ -153,3 +156,38 @@ def test_hostile_compact_changes_are_refused_counted_and_bounded() -> None:
     # Its link going drops what it sent.
     ob.disconnect(A.public_id, 3.0)
     assert len(ob.compact_hold) == 0 and ob.compact_hold.bytes == 0
+
+
+def test_a_frame_s_own_changes_resolve_the_deps_of_those_after_them() -> None:
+    """A pulled batch (a sync) names its own earlier changes as deps: nothing is held and
+    nothing is asked for by prefix."""
+    p = Pair()
+    oa, ob = p.o[A.public_id], p.o[B.public_id]
+    chain = [p.edit(A, 1, t) for t in (1, 2, 3)]  # each depends on the one before
+    frame = encode_frame(Changes(oa.room_id, tuple(compact_change(c) for c in chain), False))
+    ob.receive(A.public_id, "sync", frame, 4.0)
+    assert all(ob.replica.has_change(change_id(c)) for c in chain)
+    assert "held" not in ob.stats.compact and ob.stats.compact["received"] == 3
+    assert not any(isinstance(decode_frame(f), WantPrefix) for _, _, f in ob.frames_to_send())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=8), st.data())
+def test_random_compact_entries_never_raise_and_stay_bounded(tails: list[bytes],
+                                                             data: st.DataObject) -> None:
+    p = Pair(OverlayConfig(compact_hold_changes=3, compact_hold_bytes=2_000))
+    oa, ob = p.o[A.public_id], p.o[B.public_id]
+    real = compact_change(p.edit(A, 1, 1))
+    entries = []
+    for tail in tails:
+        if data.draw(st.booleans()):  # a real compact change, mutated
+            raw = bytearray(real)
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+            entries.append(bytes(raw))
+        else:
+            entries.append(bytes((MARKER,)) + tail)
+    ob.receive(A.public_id, "sync", encode_frame(Changes(oa.room_id, tuple(entries), True)),
+               2.0)
+    assert len(ob.compact_hold) <= 3 and ob.compact_hold.bytes <= 2_000
+    assert sum(map(len, ob.compact_hold.changes)) == ob.compact_hold.bytes
