@@ -617,7 +617,8 @@ class RoomOverlay:
                 if self.compact_hold.evicted > evicted:
                     n = self.compact_hold.evicted - evicted
                     self._count_compact("evicted", n)
-                    refused[RefusalReason.COMPACT_HOLD_FULL] = n
+                    full = RefusalReason.COMPACT_HOLD_FULL
+                    refused[full] = refused.get(full, 0) + n
             else:
                 reason = RefusalReason(got.reason)
                 refused[reason] = refused.get(reason, 0) + 1
