@@ -191,3 +191,28 @@ def test_random_compact_entries_never_raise_and_stay_bounded(tails: list[bytes],
                2.0)
     assert len(ob.compact_hold) <= 3 and ob.compact_hold.bytes <= 2_000
     assert sum(map(len, ob.compact_hold.changes)) == ob.compact_hold.bytes
+
+
+def test_a_prefix_matching_two_known_changes_is_decided_by_the_signature() -> None:
+    """As if B held a second change whose ID shares the dep's prefix (a ground collision):
+    both rebuilds are tried, the author's signature picks the right one, nothing is scored."""
+    p = Pair()
+    oa, ob = p.o[A.public_id], p.o[B.public_id]
+    first = p.edit(A, 1, 1)
+    oa.submit_change(first, 1.0)
+    p.pump(1.0)
+    second = p.edit(A, 1, 2)
+    dep = change_id(first)
+    twin = dep[:PREFIX_BYTES] + bytes(32 - PREFIX_BYTES)
+    real = ob.replica.changes_by_prefix
+
+    def with_twin(prefix: bytes) -> list[bytes]:
+        return real(prefix) + ([twin] if prefix == dep[:PREFIX_BYTES] else [])
+
+    ob.replica.changes_by_prefix = with_twin  # type: ignore[method-assign]
+    p.events(B)
+    frame = encode_frame(Changes(oa.room_id, (compact_change(second),), True))
+    ob.receive(A.public_id, "sync", frame, 3.0)
+    assert ob.replica.has_change(change_id(second))
+    assert ob.stats.compact["ambiguous"] == 1
+    assert not any(isinstance(e, PeerMisbehaved) for e in p.events(B))
