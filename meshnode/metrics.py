@@ -74,6 +74,11 @@ class NodeMetrics:
             "Changes refused by the scene rules since start, by reason (future_timestamp: the "
             "author's clock is ahead of ours by more than the allowed skew)",
             ["reason"], registry=r)
+        self.compact_changes = Gauge(
+            "meshnode_compact_changes",
+            "Compact changes (deps as 8-byte prefixes, protocol.compact) since start, by event: "
+            "sent, received, ambiguous, held, completed, evicted, prefixes_wanted, "
+            "prefixes_answered", ["event"], registry=r)
         self.overlay_bytes_out = Gauge("meshnode_overlay_bytes_out",
                                        "Bytes of room frames sent, by message kind",
                                        ["kind"], registry=r)

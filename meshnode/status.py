@@ -57,6 +57,12 @@ def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
             totals[kind] = totals.get(kind, 0) + n
     for kind, n in totals.items():
         node.metrics.overlay_bytes_out.labels(kind).set(n)
+    compact: dict[str, int] = {}
+    for hosted in node.rooms.values():
+        for event, n in hosted.runtime.overlay.stats.compact.items():
+            compact[event] = compact.get(event, 0) + n
+    for event, n in compact.items():
+        node.metrics.compact_changes.labels(event).set(n)
     rejected: dict[str, int] = {}
     for hosted in node.rooms.values():
         for reason, n in hosted.runtime.replica.rejections.items():

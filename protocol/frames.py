@@ -26,6 +26,11 @@ from protocol.values import check_value
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+COMPACT_VERSION = 2
+"""Listed in a hello's ``versions``: the sender reads compact changes in ``Changes`` frames
+(``protocol.compact``) and answers ``WantPrefix``. A capability of the link, not a frame
+envelope: frames keep version 1 (their layouts are unchanged), and a peer sends compact
+changes and ``WantPrefix`` only to a peer whose hello lists it."""
 ROOM_ID_BYTES = 32
 HASH_BYTES = 32
 KEY_BYTES = 32
@@ -184,9 +189,22 @@ class PresenceInterest:
     view_radius: float
 
 
+@dataclass(frozen=True, slots=True)
+class WantPrefix:
+    """Send me every change whose ID starts with one of these 8-byte prefixes: the deps of
+    a compact change (``protocol.compact``) that I cannot resolve. Sent only to a peer whose
+    hello lists ``COMPACT_VERSION``."""
+
+    TYPE: ClassVar[int] = 16
+    room_id: bytes
+    prefixes: tuple[bytes, ...]
+
+
+PREFIX_BYTES = 8
+
 Message = (
     Changes | Heads | Snapshot | IHave | Graft | Prune | Want | Presence | ForwardJoin | Shuffle
-    | ShuffleReply | Disconnect | PresenceInterest
+    | ShuffleReply | Disconnect | PresenceInterest | WantPrefix
 )
 
 INTEREST_MSGS_PER_S = (1.0, 10_000.0)
@@ -250,6 +268,8 @@ def _fields_of(msg: Message) -> list[Any]:
         return [msg.origin, msg.ttl, list(msg.peers)]
     if isinstance(msg, PresenceInterest):
         return [msg.msgs_per_s, msg.bytes_per_s, msg.view_radius]
+    if isinstance(msg, WantPrefix):
+        return [list(msg.prefixes)]
     return [list(msg.peers)]  # ShuffleReply, Disconnect
 
 
@@ -440,4 +460,8 @@ def _decode_frame(data: bytes, limits: Limits) -> Message:
     if mtype == PresenceInterest.TYPE:
         _arity(f, 3, "msgs_per_s, bytes_per_s, view_radius")
         return PresenceInterest(room_id, *check_presence_interest(f[0], f[1], f[2]))
+    if mtype == WantPrefix.TYPE:
+        _arity(f, 1, "[prefix...]")
+        return WantPrefix(room_id, _unique(_bytes_list(
+            f[0], limits.max_collection_items, PREFIX_BYTES, "prefixes"), "prefixes"))
     raise UnknownMessageType(f"message type {mtype} is not defined in version {version}")

@@ -31,6 +31,7 @@ import protocol.media  # noqa: F401  (the media link messages register themselve
 from protocol import snapshot_offer  # noqa: F401  (SnapshotPart registers itself)
 from protocol.errors import LimitExceeded, SchemaError, UnknownMessageType, UnknownVersion
 from protocol.frames import (
+    COMPACT_VERSION,
     HASH_BYTES,
     KEY_BYTES,
     MAX_TTL,
@@ -190,18 +191,25 @@ def hello_payload(body: bytes) -> bytes:
     return HELLO_DOMAIN + body
 
 
+HELLO_VERSIONS = tuple(sorted(SUPPORTED_VERSIONS | {COMPACT_VERSION}))
+"""What a hello says we speak by default: version 1, and ``COMPACT_VERSION`` (compact changes
+and ``WantPrefix``, ``protocol.compact``; frames keep version 1)."""
+
+
 def make_hello(
     public_key: bytes, kind: str, fingerprint: str, peer_fingerprint: str,
     rooms: list[bytes], url: str, time_ms: int, sign: Any,
-    invites: list[bytes] | None = None,
+    invites: list[bytes] | None = None, versions: tuple[int, ...] = HELLO_VERSIONS,
 ) -> Hello:
-    """Build and sign a hello; ``sign`` maps bytes to a 64-byte Ed25519 signature."""
-    versions = sorted(SUPPORTED_VERSIONS)
+    """Build and sign a hello; ``sign`` maps bytes to a 64-byte Ed25519 signature.
+    ``versions``: what we speak (a peer that leaves ``COMPACT_VERSION`` out is sent
+    canonical changes only)."""
+    versions = tuple(sorted(versions))
     inv = list(invites or [])
     body = pack([public_key, kind, fingerprint, peer_fingerprint, list(rooms), url, time_ms,
-                 inv, versions])
+                 inv, list(versions)])
     return Hello(public_key, kind, fingerprint, peer_fingerprint, tuple(rooms), url, time_ms,
-                 tuple(inv), tuple(versions), sign(hello_payload(body)), body)
+                 tuple(inv), versions, sign(hello_payload(body)), body)
 
 
 def _fields_of(msg: LinkMessage) -> list[Any]:

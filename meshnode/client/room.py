@@ -66,6 +66,7 @@ from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol.change import change_id
 from protocol.errors import DecodeError
+from protocol.frames import PROTOCOL_VERSION
 from protocol.link import Ack, LinkMessage, Nack, Refused
 
 log = logging.getLogger("meshnode.client")
@@ -438,7 +439,9 @@ class RoomClient(LinkService):
         if self._invite:
             # Our redemption signature for our own key; the invite's secret stays here.
             invites = (parse_invite(self._invite).presented(self.identity.public_key),)
-        return LocalHello("client", (self.room_id,), "", invites)
+        # Version 1 only: our node sends us canonical changes, never the compact form
+        # (protocol.compact), as it does to browsers and to nodes that predate it.
+        return LocalHello("client", (self.room_id,), "", invites, (PROTOCOL_VERSION,))
 
     def link_up(self, est: Established) -> None:
         """Attach the room to the link to our node (after a failover, only if the node holds

@@ -42,6 +42,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, KeysView, Mapping
 from dataclasses import dataclass, field
 
+from meshnode.crdt.prefix_index import PrefixIndex
 from protocol.change import Change
 
 VV_MEMO_ENTRIES = 64
@@ -176,7 +177,8 @@ class ChangeGraph:
     __slots__ = ("author_ix", "authors", "base", "base_entries", "base_head", "base_hlc",
                  "base_kind", "base_lags", "base_past", "by_author_seq", "col_author",
                  "col_hlc", "col_seq", "dep_rows", "dep_start", "forked", "heads", "index",
-                 "lags", "meta", "order", "pruned", "raw", "tops", "vv_all", "vv_memo")
+                 "lags", "meta", "order", "prefixes", "pruned", "raw", "tops", "vv_all",
+                 "vv_memo")
 
     by_author_seq: "AuthorSeqIndex"
 
@@ -219,11 +221,21 @@ class ChangeGraph:
         self.by_author_seq = AuthorSeqIndex(self)
         # heads -> the entries of their past's vector looked up so far (see ``PastVV``)
         self.vv_memo: OrderedDict[tuple[bytes, ...], dict[bytes, int]] = OrderedDict()
+        # ID prefix -> position, built on the first ``by_prefix`` (a node that never gets
+        # compact changes pays nothing for it); see ``meshnode.crdt.prefix_index``.
+        self.prefixes: PrefixIndex | None = None
 
     def __contains__(self, change_id: bytes) -> bool:
         return change_id in self.index
 
     # Reading one change (``p`` a position from ``index``).
+
+    def by_prefix(self, prefix: bytes) -> list[bytes]:
+        """The IDs of the applied changes (base entries included) that start with
+        ``prefix`` (``protocol.compact.PREFIX_BYTES`` long)."""
+        if self.prefixes is None:
+            self.prefixes = PrefixIndex.of(self.index)
+        return [self.id_at(p) for p in self.prefixes.positions(prefix)]
 
     def id_at(self, p: int) -> bytes:
         """The change ID at position ``p``."""
@@ -302,6 +314,8 @@ class ChangeGraph:
         self.dep_start.append(len(dep_rows))
         index[change_id] = pos
         self.order.append(change_id)
+        if self.prefixes is not None:
+            self.prefixes.add(change_id, pos)
         if data is not None:
             self.raw[change_id] = data
         for d in deps:
@@ -338,6 +352,7 @@ class ChangeGraph:
         self.vv_all = dict(base)
         self.pruned = pruned
         self.base_hlc = hlc
+        self.prefixes = None  # built again from the index when next asked for
         for e in entries:
             if e.change_id in self.index:
                 raise ValueError("repeated base entry")

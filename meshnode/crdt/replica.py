@@ -338,6 +338,11 @@ class SceneReplica(PrivateRoom, LocalEdits):
         """Number of verified changes waiting for their deps."""
         return len(self._buffer)
 
+    def changes_by_prefix(self, prefix: bytes) -> list[bytes]:
+        """IDs of the applied changes that start with ``prefix`` (8 bytes: the dep of a
+        compact change, ``protocol.compact``)."""
+        return self._graph.by_prefix(prefix)
+
     def missing_deps(self) -> set[bytes]:
         """Hashes that buffered changes wait for: what to ask peers for."""
         return self._buffer.missing_deps() - self._graph.index.keys()

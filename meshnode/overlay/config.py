@@ -37,6 +37,11 @@ class OverlayConfig:
     anti_entropy_interval_s: float = 5.0
     bloom_recent: int = 2_000
     want_interval_s: float = 0.5
+    # Compact changes (protocol.compact) held for deps this node lacks (overlay/compact_hold),
+    # and the signature checks one Changes frame may cost to resolve ambiguous dep prefixes.
+    compact_hold_changes: int = 1_024
+    compact_hold_bytes: int = 4 * 1024 * 1024
+    compact_checks_per_frame: int = 64
     heads_min_interval_s: float = 0.5
     # Replies (changes answering Heads/Want/Graft, Heads answering Heads) to one peer are
     # paid from a budget: reply_factor bytes per byte received from it, plus an allowance

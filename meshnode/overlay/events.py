@@ -66,6 +66,18 @@ class RefusalReason(StrEnum):
     HISTORY_BUSY = "history_busy"
     """A reply that reads old history from the store is already under way for this peer;
     the next anti-entropy round (or Want) asks again."""
+    COMPACT_MALFORMED = "compact_malformed"
+    """A compact change (``protocol.compact``) whose envelope is malformed; scored as an
+    invalid change."""
+    COMPACT_TOO_AMBIGUOUS = "compact_too_ambiguous"
+    """A compact change whose dep prefixes match too many combinations of known changes
+    (or more than the frame's signature checks allow); not scored: only a 2^32-hash
+    collision makes one, and anti-entropy brings the change again."""
+    COMPACT_NO_SIGNATURE_MATCH = "compact_no_signature_match"
+    """A compact change none of whose dep combinations its author signed (the true dep
+    shares a prefix with one we hold and we lack it); not scored, as above."""
+    COMPACT_HOLD_FULL = "compact_hold_full"
+    """A held compact change evicted, the hold being full; anti-entropy brings it again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ It composes a HyParView partial view (``membership``), per-author Plumtree broad
 per-peer defence (``scoring``) around a ``SceneReplica``. The driver feeds it links, frames and
 time, and carries out what it asks for:
 
-    overlay.connect(peer_id, now) / disconnect(peer_id, now) / connect_failed(peer_id, now)
+    overlay.connect(peer_id, now, compact=...) / disconnect(peer_id, now) / connect_failed(...)
     overlay.receive(peer_id, channel, frame, now)
     overlay.submit_change(change_bytes, now); overlay.submit_presence(fields, now)
     overlay.handle_timer(now) when now >= overlay.get_timer()
@@ -50,6 +50,7 @@ from meshnode.identity import (
 )
 from meshnode.overlay.broadcast import Broadcast
 from meshnode.overlay.budget import IngressQuota, ReplyBudget
+from meshnode.overlay.compact_hold import CompactHold
 from meshnode.overlay.config import OverlayConfig
 from meshnode.overlay.events import (
     ChangeApplied,
@@ -72,6 +73,15 @@ from meshnode.overlay.scoring import PeerScores
 from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
+from protocol.compact import MALFORMED as COMPACT_MALFORMED
+from protocol.compact import (
+    PREFIX_BYTES,
+    Expanded,
+    MissingDeps,
+    compact_change,
+    expand_change,
+    is_compact,
+)
 from protocol.errors import DecodeError
 from protocol.frames import (
     Changes,
@@ -88,6 +98,7 @@ from protocol.frames import (
     ShuffleReply,
     Snapshot,
     Want,
+    WantPrefix,
     check_presence_interest,
     decode_frame,
     encode_frame,
@@ -100,6 +111,7 @@ SYNC = "sync"
 PRESENCE = "presence"
 MAX_WANT = 256
 MAX_PULLED = 4_096
+MAX_PREFIX_MATCHES = 4  # changes sent for one prefix of a WantPrefix (a collision: 2 at most)
 _CHANGE_PREFIX = b"\x95\xc4\x20"  # a change is [author: bin8 of 32 bytes, seq, deps, hlc, ops]
 # Framing a change in a Changes frame adds at most this much (its bin header, and a frame's
 # header when a large change goes alone): charged with each reply, so the budget bounds bytes
@@ -126,6 +138,10 @@ class OverlayStats:
     changes_out: int = 0
     reply_bytes_out: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # RefusalReason -> items refused
+    # Compact changes (protocol.compact): "sent", "received", "ambiguous" (resolved by the
+    # signature), "held", "completed" (expanded once their deps came), "evicted",
+    # "prefixes_wanted" (asked for by WantPrefix) and "prefixes_answered".
+    compact: dict[str, int] = field(default_factory=dict)
 
 
 class RoomOverlay:
@@ -155,6 +171,11 @@ class RoomOverlay:
         # every change and presence update, never count against active_view_size and are
         # never offered to others as neighbours.
         self.leaves: set[str] = set()
+        # Peers whose hello lists protocol.compact.COMPACT_VERSION: sent compact changes.
+        self.compact_peers: set[str] = set()
+        self.compact_hold = CompactHold(self.config.compact_hold_changes,
+                                        self.config.compact_hold_bytes)
+        self._prefix_want_at: dict[str, float] = {}
         self.stats = OverlayStats()
         self._out: list[tuple[str, str, bytes]] = []
         self._out_bytes: dict[str, int] = {}
@@ -264,7 +285,7 @@ class RoomOverlay:
         if self._held > 0 or (not self._pushq and not self._pullq):
             return
         # The same batch usually goes to several neighbours (a push fans out): encode it once.
-        encoded: dict[tuple[tuple[bytes, ...], bool], bytes] = {}
+        encoded: dict[tuple[tuple[bytes, ...], bool, bool], tuple[bytes, int]] = {}
         for queue, push in ((self._pushq, True), (self._pullq, False)):
             for peer, datas in queue.items():
                 batch: list[bytes] = []
@@ -280,14 +301,25 @@ class RoomOverlay:
             queue.clear()
 
     def _send_changes(self, peer: str, batch: list[bytes], push: bool,
-                      encoded: dict[tuple[tuple[bytes, ...], bool], bytes]) -> None:
+                      encoded: dict[tuple[tuple[bytes, ...], bool, bool], tuple[bytes, int]]
+                      ) -> None:
         kind = "Changes.push" if push else "Changes.pull"
         self.stats.changes_out += len(batch)
-        key = (tuple(batch), push)
-        frame = encoded.get(key)
-        if frame is None:
-            frame = encoded[key] = encode_frame(Changes(self.room_id, key[0], push))
+        compact = peer in self.compact_peers
+        key = (tuple(batch), push, compact)
+        got = encoded.get(key)
+        if got is None:
+            datas = tuple(compact_change(d) for d in batch) if compact else key[0]
+            got = encoded[key] = (encode_frame(Changes(self.room_id, datas, push)),
+                                  sum(map(is_compact, datas)) if compact else 0)
+        frame, n_compact = got
+        if n_compact:
+            self._count_compact("sent", n_compact)
         self._enqueue(peer, SYNC, frame, kind)
+
+    def _count_compact(self, what: str, n: int = 1) -> None:
+        c = self.stats.compact
+        c[what] = c.get(what, 0) + n
 
     # ------------------------------------------------------------------ links
 
@@ -301,17 +333,22 @@ class RoomOverlay:
                 view.add_passive(peer)
         view.next_repair = min(view.next_repair, now)
 
-    def connect(self, peer: str, now: float, *, leaf: bool = False) -> None:
+    def connect(self, peer: str, now: float, *, leaf: bool = False,
+                compact: bool = False) -> None:
         """A link to ``peer`` is up (both data channels open, identity checked).
 
         ``leaf``: serve ``peer`` outside the partial view (a client of this node): it is
-        always accepted and gets everything, but is never a neighbour for the overlay."""
+        always accepted and gets everything, but is never a neighbour for the overlay.
+        ``compact``: its hello lists ``protocol.compact.COMPACT_VERSION``, so changes go to
+        it in the compact form (and it may be asked for changes by prefix)."""
         if peer == self.me or peer in self.connected:
             return
         if self.scores.is_banned(peer, now):
             self._emit(DisconnectRequest(peer, "banned"))
             return
         self.connected.add(peer)
+        if compact:
+            self.compact_peers.add(peer)
         self.scores.add(peer, now)
         self._member_self = self._role_of_self() != "none"
         if self._is_member(peer):
@@ -415,6 +452,9 @@ class RoomOverlay:
         self._reads.finish(peer)
         self._want_at.pop(peer, None)
         self._heads_at.pop(peer, None)
+        self.compact_peers.discard(peer)
+        self._prefix_want_at.pop(peer, None)
+        self.compact_hold.forget_peer(peer)
 
     # ------------------------------------------------------------------ inputs
 
@@ -453,24 +493,15 @@ class RoomOverlay:
         elif isinstance(msg, IHave):
             self.tree.on_ihave(peer, msg.ids, self._known, now)
         elif isinstance(msg, Graft | Want):
-            if peer not in self._serving:
-                self._refuse(peer, RefusalReason.NOT_A_MEMBER, len(msg.ids), now)
-                return
-            if self._deferring():
-                self._serve(peer, list(msg.ids[:MAX_WANT]), isinstance(msg, Graft), now)
-                return
-            for k, cid in enumerate(msg.ids[:MAX_WANT]):
-                data = self.replica.change_bytes(cid)
-                if data is None:
-                    continue
-                if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
-                    self._refuse(peer, RefusalReason.REPLY_BUDGET, len(msg.ids) - k, now)
-                    break
-                if isinstance(msg, Graft):
-                    author = self.replica.change_author(cid)
-                    if author is not None:
-                        self.tree.on_graft(peer, author)
-                self._pullq.setdefault(peer, []).append(data)
+            self._answer_want(peer, msg.ids, isinstance(msg, Graft), now)
+        elif isinstance(msg, WantPrefix):
+            # By prefix: every change we hold that matches (a collision is the asker's to
+            # sort out, by the signature), a few at most per prefix.
+            ids: list[bytes] = []
+            for p in msg.prefixes[:MAX_WANT]:
+                ids += self.replica.changes_by_prefix(p)[:MAX_PREFIX_MATCHES]
+            self._count_compact("prefixes_answered", len(msg.prefixes[:MAX_WANT]))
+            self._answer_want(peer, tuple(ids), False, now)
         elif isinstance(msg, Prune):
             self.tree.on_prune(peer, msg.origins)
         elif isinstance(msg, Heads):
@@ -501,6 +532,26 @@ class RoomOverlay:
         elif isinstance(msg, Snapshot):
             pass  # snapshots are requested by drivers for late joiners, not gossiped
 
+    def _answer_want(self, peer: str, want: tuple[bytes, ...], graft: bool, now: float) -> None:
+        if peer not in self._serving:
+            self._refuse(peer, RefusalReason.NOT_A_MEMBER, len(want), now)
+            return
+        if self._deferring():
+            self._serve(peer, list(want[:MAX_WANT]), graft, now)
+            return
+        for k, cid in enumerate(want[:MAX_WANT]):
+            data = self.replica.change_bytes(cid)
+            if data is None:
+                continue
+            if not self._may_reply(peer, len(data) + _REPLY_OVERHEAD, now):
+                self._refuse(peer, RefusalReason.REPLY_BUDGET, len(want) - k, now)
+                break
+            if graft:
+                author = self.replica.change_author(cid)
+                if author is not None:
+                    self.tree.on_graft(peer, author)
+            self._pullq.setdefault(peer, []).append(data)
+
     def _known(self, cid: bytes) -> bool:
         return self.replica.has_change(cid) or self.replica.is_buffered(cid)
 
@@ -520,24 +571,114 @@ class RoomOverlay:
             self._refuse(peer, RefusalReason.QUOTA, over, now)
         return kept
 
+    def _expand(self, peer: str, datas: tuple[bytes, ...], now: float) -> list[bytes]:
+        """The changes of a frame in canonical form: compact ones rebuilt from our graph
+        and from the changes before them in the frame (a pulled batch names its own
+        changes as deps; ``protocol.compact``); those whose deps we lack are held and asked
+        for by prefix, those that cannot be rebuilt are refused (and left out)."""
+        if not any(type(d) is bytes and is_compact(d) for d in datas):
+            return list(datas)
+        out: list[bytes] = []
+        checks = self.config.compact_checks_per_frame
+        refused: dict[RefusalReason, int] = {}
+        wanted = False
+        in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
+        by_prefix = self.replica.changes_by_prefix
+
+        def resolve(prefix: bytes) -> list[bytes]:
+            found = by_prefix(prefix)
+            more = in_frame.get(prefix)
+            return found + more if more else found
+
+        def note(data: bytes) -> None:
+            cid = change_id(data)
+            in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
+
+        for data in datas:
+            if type(data) is not bytes or not is_compact(data):
+                out.append(data)
+                if type(data) is bytes:
+                    note(data)
+                continue
+            self._count_compact("received")
+            got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
+                                limits=self.replica.limits, max_checks=checks)
+            if isinstance(got, Expanded):
+                checks -= got.tried
+                if got.tried:
+                    self._count_compact("ambiguous")
+                out.append(got.data)
+                note(got.data)
+            elif isinstance(got, MissingDeps):
+                evicted = self.compact_hold.evicted
+                if self.compact_hold.hold(data, peer, got.prefixes):
+                    self._count_compact("held")
+                wanted = True
+                if self.compact_hold.evicted > evicted:
+                    n = self.compact_hold.evicted - evicted
+                    self._count_compact("evicted", n)
+                    full = RefusalReason.COMPACT_HOLD_FULL
+                    refused[full] = refused.get(full, 0) + n
+            else:
+                reason = RefusalReason(got.reason)
+                refused[reason] = refused.get(reason, 0) + 1
+        for reason, n in refused.items():
+            self._refuse(peer, reason, n, now, score=False)
+        if refused.get(RefusalReason(COMPACT_MALFORMED)):
+            self._penalize(peer, "invalid_change", now)
+        if wanted:
+            self._want_prefixes(peer, now)
+        return out
+
+    def _want_prefixes(self, peer: str, now: float) -> None:
+        """Ask ``peer`` for the deps its held compact changes name by prefix."""
+        last = self._prefix_want_at.get(peer)
+        if last is not None and now - last < self.config.want_interval_s:
+            return
+        prefixes = self.compact_hold.wanted(peer)[:MAX_WANT]
+        if prefixes and peer in self.compact_peers:
+            self._prefix_want_at[peer] = now
+            self._count_compact("prefixes_wanted", len(prefixes))
+            self._send(peer, WantPrefix(self.room_id, tuple(prefixes)))
+
     def _on_changes(self, peer: str, msg: Changes, now: float) -> None:
-        datas = self._within_quota(peer, msg.changes, now)
+        applied = self._take_changes(peer, self._expand(peer, msg.changes, now), msg.push, now)
+        while applied and self.compact_hold:
+            # Changes held for their deps that the ones just applied may complete: in a
+            # loop, not recursion (a chain of held changes can be long).
+            by_peer: dict[str, list[bytes]] = {}
+            for origin, data in self.compact_hold.release(applied):
+                by_peer.setdefault(origin, []).append(data)
+            applied = []
+            for origin, held in by_peer.items():
+                if origin not in self.connected:
+                    continue
+                datas = self._expand(origin, tuple(held), now)
+                self._count_compact("completed", len(datas))
+                applied += self._take_changes(origin, datas, False, now)
+
+    def _take_changes(self, peer: str, changes: list[bytes], push: bool,
+                      now: float) -> list[bytes]:
+        """Apply canonical changes from ``peer``; the IDs of every change applied."""
+        datas = self._within_quota(peer, tuple(changes), now)
         results = self.replica.apply_many(datas, self.wall_clock(), mono=now)
         if any(res.status == APPLIED for res in results):
             # Before spreading: a grant just applied decides who gets these changes.
             self._review_access(now)
         st = self.stats
-        if msg.push:
+        if push:
             st.payload_pushed_in += len(results)
         else:
             st.payload_pulled_in += len(results)
         wants = False
+        applied: list[bytes] = []
         for res in results:
             if res.change_id is not None and res.status != REJECTED:
                 self.tree.peer_has(peer, res.change_id)
             if res.status == APPLIED:
+                applied += res.applied
                 for cid in res.applied:
-                    if not msg.push:
+                    if not push:
                         self._pulled[cid] = None
                         if len(self._pulled) > MAX_PULLED:
                             self._pulled.popitem(last=False)
@@ -548,7 +689,7 @@ class RoomOverlay:
                 if dup is not None and peer in self.leaves:
                     # A client redelivering after a failover: it waits for our Ack.
                     self._emit(ChangeRedelivered(dup, peer, now))
-                if msg.push and dup is not None:
+                if push and dup is not None:
                     if self._pulled.pop(dup, False) is None:
                         continue  # pulled before its push arrived: the pusher is our parent
                     author = self.replica.change_author(dup)
@@ -563,6 +704,7 @@ class RoomOverlay:
         if wants:
             self._want_missing(peer, now)
         self._check_equivocations(now)
+        return applied
 
     def _spread(self, cid: bytes, source: str | None, now: float) -> None:
         data = self.replica.change_bytes(cid)

@@ -63,6 +63,7 @@ from meshnode.store import ChangeStore, DurableLog, HistoryReader, RoomRecord, S
 from meshnode.transport.link import LocalHello
 from meshnode.web.people import PeopleRoom
 from protocol.change import change_id
+from protocol.compact import COMPACT_VERSION
 from protocol.errors import DecodeError
 from protocol.link import MAX_ROOMS_PER_LINK, LinkMessage, Nack, Refused
 
@@ -513,7 +514,7 @@ class RoomHost(LinkService):
             est = self.links.links.get(event.peer)
             if est is not None:
                 if room_id in est.rooms:
-                    runtime.attach(event.peer)
+                    runtime.attach(event.peer, compact=COMPACT_VERSION in est.hello.versions)
                 else:
                     runtime.connect_failed(event.peer)
             else:
@@ -528,6 +529,9 @@ class RoomHost(LinkService):
             self.metrics.rejections.labels(event.reason).inc()
         elif isinstance(event, RequestRefused):
             self.metrics.rejections.labels(event.reason.value).inc(event.count)
+            if event.reason.value.startswith("compact_"):
+                log.warning("%d compact change(s) from %s refused: %s", event.count,
+                            event.peer, event.reason.value)
         elif isinstance(event, PresenceUpdated):
             self.metrics.presence_updates.inc()
             self.metrics.participants.labels(room_id.hex()[:16]).set(len(runtime.presence()))

@@ -16,6 +16,7 @@ from meshnode.metrics import NodeMetrics
 from meshnode.rooms.access import Decision, Refuse, RoomFacts, Share, decide
 from meshnode.rooms.hosted import HostedRoom
 from meshnode.runtime.links import Established, LinkManager
+from protocol.compact import COMPACT_VERSION
 from protocol.link import MAX_ROOMS_PER_LINK, Refused, Rooms
 
 log = logging.getLogger("meshnode.node")
@@ -82,7 +83,8 @@ class RoomSharing:
                 self._refused.get(est.peer, set()).discard(rid)
                 if est.peer not in runtime.peers():
                     # Our clients are served whatever the size of the room's partial view.
-                    runtime.attach(est.peer, leaf=est.hello.kind == "client")
+                    runtime.attach(est.peer, leaf=est.hello.kind == "client",
+                                   compact=COMPACT_VERSION in est.hello.versions)
             else:
                 if est.peer in runtime.peers():
                     runtime.detach(est.peer)

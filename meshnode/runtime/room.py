@@ -107,10 +107,11 @@ class RoomRuntime:
 
     # ------------------------------------------------------------------ links
 
-    def attach(self, peer: str, *, leaf: bool = False) -> None:
+    def attach(self, peer: str, *, leaf: bool = False, compact: bool = False) -> None:
         """A link to ``peer`` now carries this room (``leaf``: a client of ours, served
-        outside the overlay's partial view)."""
-        self.overlay.connect(peer, self._clock(), leaf=leaf)
+        outside the overlay's partial view; ``compact``: its hello lists
+        ``protocol.compact.COMPACT_VERSION``, see ``RoomOverlay.connect``)."""
+        self.overlay.connect(peer, self._clock(), leaf=leaf, compact=compact)
         self.pump()
 
     def now(self) -> float:

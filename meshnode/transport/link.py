@@ -55,6 +55,7 @@ from meshnode.transport.reclaim import close_peer_connection
 from protocol.errors import DecodeError
 from protocol.frames import ROOM_ID_BYTES
 from protocol.link import (
+    HELLO_VERSIONS,
     KINDS,
     MAX_INVITE_BYTES,
     MAX_INVITES,
@@ -134,12 +135,14 @@ class LinkSettings:
 class LocalHello:
     """What we say about ourselves in our hello: ``kind`` ("node" or "client"), the rooms
     we share over the link (32-byte room IDs), our signaling URL ("" if none) and the
-    invite tokens we redeem. Checked against the protocol's limits when created."""
+    invite tokens we redeem, and the protocol versions we speak (``protocol.link.HELLO_VERSIONS``
+    by default). Checked against the protocol's limits when created."""
 
     kind: str
     rooms: tuple[bytes, ...]
     url: str = ""
     invites: tuple[bytes, ...] = ()
+    versions: tuple[int, ...] = HELLO_VERSIONS
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -496,6 +499,7 @@ class PeerLink:
             self._identity.public_key, self._local.kind, self._local_fingerprint,
             self._remote_fingerprint, list(self._local.rooms), self._local.url,
             int(time.time() * 1000), self._identity.sign, list(self._local.invites),
+            self._local.versions,
         )
         self._hello_sent = True
         if self._transmit(self._channels[SYNC], self.stats.sync, encode_link(hello)):

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshnode.identity import Identity, verify_signature
+from protocol.compact import COMPACT_VERSION
 from protocol.errors import (
     DecodeError,
     FrameTooLarge,
@@ -117,7 +118,7 @@ def test_hello_round_trips_and_is_signed() -> None:
     assert back == h
     assert isinstance(back, Hello)
     assert back.rooms == (ROOM, ROOM2) and back.invites == (b"invite-token",)
-    assert back.versions == (PROTOCOL_VERSION,)
+    assert back.versions == (PROTOCOL_VERSION, COMPACT_VERSION)  # frames v1, compact changes
     assert verify_signature(ID.public_key, back.signature, hello_payload(back.body))
     assert not verify_signature(OTHER.public_key, back.signature, hello_payload(back.body))
 
