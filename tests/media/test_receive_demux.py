@@ -15,9 +15,12 @@ import aioice.ice
 import aioice.stun
 import pytest
 from aiortc import RTCPeerConnection
+from hypothesis import given
+from hypothesis import strategies as st
 
 import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import (
+    STUN_FIRST_BYTE_MAX,
     OutputSender,
     SourcePacket,
     SourceTap,
@@ -182,3 +185,51 @@ async def test_a_stray_datagram_is_dropped_and_counted_as_before() -> None:
     finally:
         await relay.close()
         await peer.close()
+
+
+class _Receiver:
+    """What a StunProtocol hands datagrams to (aioice's ``Connection``): records them."""
+
+    def __init__(self) -> None:
+        self.data: list[tuple[bytes, int]] = []
+        self.requests: list[aioice.stun.Message] = []
+
+    def data_received(self, data: bytes, component: int) -> None:
+        self.data.append((data, component))
+
+    def request_received(self, message: aioice.stun.Message, addr: tuple[str, int],
+                         protocol: aioice.ice.StunProtocol) -> None:
+        self.requests.append(message)
+
+
+def _socket_protocol(receiver: _Receiver) -> aioice.ice.StunProtocol:
+    # (built without its loop-bound close future: only its receive path runs here)
+    protocol = aioice.ice.StunProtocol.__new__(aioice.ice.StunProtocol)
+    protocol.id, protocol.receiver, protocol.transactions = 1, receiver, {}  # type: ignore[assignment]
+    protocol.local_candidate = aioice.Candidate(
+        foundation="1", component=2, transport="udp", priority=1, host="127.0.0.1",
+        port=9, type="host")
+    return protocol
+
+
+def _delivered(data: bytes, demuxed: bool) -> tuple[list[tuple[bytes, int]], int]:
+    receiver = _Receiver()
+    protocol = _socket_protocol(receiver)
+    if demuxed:
+        demux_datagrams(type("Connection", (), {"_protocols": [protocol]})())  # type: ignore[arg-type]
+    try:
+        protocol.datagram_received(data, ("127.0.0.1", 9))
+    except Exception:  # aioice's parser can raise past ValueError: the loop logs it
+        return [], -1
+    return receiver.data, len(receiver.requests)
+
+
+@given(st.one_of(st.binary(max_size=120),
+                 st.builds(lambda first, rest: bytes((first,)) + rest,
+                           st.integers(0, 255), st.binary(max_size=120))))
+def test_the_demux_hands_media_on_unparsed_and_the_rest_to_aioice(data: bytes) -> None:
+    got, requests = _delivered(data, demuxed=True)
+    if data and data[0] > STUN_FIRST_BYTE_MAX:
+        assert got == [(data, 2)] and requests == 0  # unparsed, on the socket's component
+    else:
+        assert (got, requests) == _delivered(data, demuxed=False)  # exactly aioice's path
