@@ -14,9 +14,12 @@ pyproject pins ``aiortc<1.17``.
   negotiated payload type and header-extension IDs) on the connection's :class:`SrtpWire`
   (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously;
   each copy built and protected in place by an :class:`SrtpPacker`),
-  keep the RTX history (NACKs are answered), the Sender Report counters and the DTLS
-  transport's byte counters, and read REMB and receiver reports into ``estimate_kbps``,
-  ``loss`` and ``rtt_ms``.
+  keep the RTX history (NACKs are answered), the Sender Report counters (the reports
+  themselves leave on the wire too) and the DTLS transport's byte counters, and read REMB
+  and receiver reports into ``estimate_kbps``, ``loss`` and ``rtt_ms``.
+- :func:`guard_transport` counts what aiortc drops silently on a relay connection and gives
+  its ICE sockets an RFC 7983 demultiplexer (:func:`demux_datagrams`): media datagrams skip
+  aioice's STUN parser.
 - :class:`Forwarder` glues one tap to any number of senders through
   :class:`meshnode.media.forwarding.Output` (sequence/timestamp rewriting, keyframe gate,
   temporal-layer filter) and one :class:`KeyframeThrottle` per source. One source packet is
