@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, signing_payload
+from protocol.compact_scan import scan_canonical, scan_compact
 from protocol.frames import COMPACT_VERSION, PREFIX_BYTES
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack
@@ -101,12 +102,18 @@ def _reader(data: bytes, limits: Limits) -> msgpack.Unpacker:
     return u
 
 
+_MAX_ITEMS = max(DEFAULT_LIMITS.max_collection_items, DEFAULT_LIMITS.max_ops_per_change)
+
+
 def compact_change(data: bytes) -> bytes:
     """The compact form of canonical change bytes, or ``data`` itself when it has no deps
     (nothing to save) or is not in the canonical encoding (module docstring). Raises
     nothing for any input: bytes it cannot read are returned unchanged."""
     if len(data) <= SIGNATURE_BYTES + 1 or data[0] != _CANONICAL_HEAD:
         return data
+    fast = scan_canonical(data, _MAX_ITEMS)  # every change this codebase makes
+    if fast is not None:
+        return fast
     body = data[:-SIGNATURE_BYTES]
     try:
         u = _reader(body[1:], DEFAULT_LIMITS)
@@ -138,6 +145,7 @@ class CompactParts:
     prefixes: tuple[bytes, ...]
     tail: bytes  # the raw hlc and ops block
     signature: bytes
+    seq: int
 
 
 def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts | Unexpandable:
@@ -152,6 +160,10 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
         return bad(f"{len(data)} bytes is over {limits.max_change_bytes}")
     if len(data) <= SIGNATURE_BYTES + 1:
         return bad("too short to hold a signature")
+    fast = scan_compact(data, limits.max_deps)  # every change this codebase compacts
+    if fast is not None:
+        author, seq, head, prefixes, tail, signature = fast
+        return CompactParts(author, head, prefixes, tail, signature, seq)
     inner = data[1:-SIGNATURE_BYTES]
     try:
         u = _reader(inner, limits)
@@ -180,7 +192,8 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
         return bad("dep prefixes are not in sorted order")
     if h_end >= len(inner):
         return bad("no ops block")
-    return CompactParts(author, inner[:s_end], prefixes, inner[p_end:], data[-SIGNATURE_BYTES:])
+    return CompactParts(author, inner[:s_end], prefixes, inner[p_end:], data[-SIGNATURE_BYTES:],
+                        seq)
 
 
 def _rebuild(parts: CompactParts, deps: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -196,6 +209,7 @@ def expand_change(
     verify: Callable[[bytes, bytes, bytes], bool],
     limits: Limits = DEFAULT_LIMITS,
     max_checks: int = MAX_COMBINATIONS,
+    held: Callable[[bytes, int], bytes | None] | None = None,
 ) -> Expansion:
     """Rebuild the canonical change from compact bytes.
 
@@ -204,10 +218,24 @@ def expand_change(
     prefix matches several changes (the combination whose rebuilt body the author signed
     wins), at most ``max_checks`` times (more: :data:`TOO_AMBIGUOUS`). Never raises on bad
     input: returns :class:`Unexpandable` instead.
+
+    ``held(author, seq)``: the canonical bytes of the change the receiver holds (applied,
+    its deps with it) by that author with that seq, if any. When its compact form is
+    ``data`` itself, that change is the answer, found without resolving a prefix: gossip
+    delivers most changes several times, and this is a copy. It is the change the
+    resolution would rebuild: each prefix matches its dep (held, since the change is
+    applied), and where a prefix also matches another change the signature, equal in both,
+    signs only that change's body. A different change by the same author and seq (an
+    equivocation) differs from the held one's compact form, so it is rebuilt from the
+    prefixes as before, and the replica then sees two changes with one (author, seq).
     """
     parts = parse_compact(data, limits)
     if isinstance(parts, Unexpandable):
         return parts
+    if held is not None:
+        twin = held(parts.author, parts.seq)
+        if twin is not None and compact_change(twin) == data:
+            return Expanded(twin)
     prefixes = parts.prefixes
     if len(set(prefixes)) == len(prefixes):
         # The usual case: distinct prefixes, each matching exactly one change we hold.

@@ -338,6 +338,13 @@ class SceneReplica(PrivateRoom, LocalEdits):
         """Number of verified changes waiting for their deps."""
         return len(self._buffer)
 
+    def held_change(self, author: bytes, seq: int) -> bytes | None:
+        """The bytes of the applied change by ``author`` with ``seq`` (the first applied, if
+        the author equivocated), or None: none applied, or its bytes are not in memory. A
+        compact copy of it is recognised by these (``protocol.compact.expand_change``)."""
+        cid = self._graph.by_author_seq.get((author, seq))
+        return None if cid is None else self._graph.raw.get(cid)
+
     def changes_by_prefix(self, prefix: bytes) -> list[bytes]:
         """IDs of the applied changes that start with ``prefix`` (8 bytes: the dep of a
         compact change, ``protocol.compact``)."""

@@ -576,7 +576,11 @@ class RoomOverlay:
         and from the changes before them in the frame (a pulled batch names its own
         changes as deps; ``protocol.compact``); those whose deps we lack are held and asked
         for by prefix, those that cannot be rebuilt are refused (and left out)."""
-        if not any(type(d) is bytes and is_compact(d) for d in datas):
+        last = -1  # the frame's last compact change: the changes before it are noted
+        for i, d in enumerate(datas):
+            if type(d) is bytes and is_compact(d):
+                last = i
+        if last < 0:
             return list(datas)
         out: list[bytes] = []
         checks = self.config.compact_checks_per_frame
@@ -594,21 +598,23 @@ class RoomOverlay:
             cid = change_id(data)
             in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
 
-        for data in datas:
+        held = self.replica.held_change
+        for i, data in enumerate(datas):
             if type(data) is not bytes or not is_compact(data):
                 out.append(data)
-                if type(data) is bytes:
+                if type(data) is bytes and i < last:
                     note(data)
                 continue
             self._count_compact("received")
             got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
-                                limits=self.replica.limits, max_checks=checks)
+                                limits=self.replica.limits, max_checks=checks, held=held)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
                     self._count_compact("ambiguous")
                 out.append(got.data)
-                note(got.data)
+                if i < last:  # only a later change of the frame may name it
+                    note(got.data)
             elif isinstance(got, MissingDeps):
                 evicted = self.compact_hold.evicted
                 if self.compact_hold.hold(data, peer, got.prefixes):
