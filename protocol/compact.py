@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, signing_payload
+from protocol.compact_cache import expansion_cache
 from protocol.compact_scan import scan_canonical, scan_compact
 from protocol.frames import COMPACT_VERSION, PREFIX_BYTES
 from protocol.limits import DEFAULT_LIMITS, Limits
@@ -111,6 +112,17 @@ def compact_change(data: bytes) -> bytes:
     nothing for any input: bytes it cannot read are returned unchanged."""
     if len(data) <= SIGNATURE_BYTES + 1 or data[0] != _CANONICAL_HEAD:
         return data
+    cache = expansion_cache.value
+    if cache is not None and type(data) is bytes:
+        got = cache.compacted.get(data)
+        if got is None:
+            got = _compact(data)
+            cache.remember_compact(data, got)
+        return got
+    return _compact(data)
+
+
+def _compact(data: bytes) -> bytes:
     fast = scan_canonical(data, _MAX_ITEMS)  # every change this codebase makes
     if fast is not None:
         return fast
@@ -196,9 +208,16 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
                         seq)
 
 
-def _rebuild(parts: CompactParts, deps: Sequence[bytes]) -> tuple[bytes, bytes]:
-    body = b"".join((bytes((_CANONICAL_HEAD,)), parts.head, pack(list(deps)), parts.tail))
-    return body, body + parts.signature
+def _rebuild(head: bytes, deps: Sequence[bytes], tail: bytes, signature: bytes
+             ) -> tuple[bytes, bytes]:
+    body = b"".join((bytes((_CANONICAL_HEAD,)), head, pack(list(deps)), tail))
+    return body, body + signature
+
+
+def _deps_of(canonical: bytes, head: bytes, n: int) -> list[bytes]:
+    """The deps of ``canonical``, rebuilt by :func:`_rebuild` from ``head`` and ``n`` deps."""
+    first = 1 + len(head) + (1 if n < 16 else 3)  # after pack's array header
+    return [canonical[x:x + HASH_BYTES] for x in range(first + 2, first + 34 * n, 34)]
 
 
 def expand_change(
@@ -210,6 +229,7 @@ def expand_change(
     limits: Limits = DEFAULT_LIMITS,
     max_checks: int = MAX_COMBINATIONS,
     held: Callable[[bytes, int], bytes | None] | None = None,
+    alone: Callable[[bytes], bool] | None = None,
 ) -> Expansion:
     """Rebuild the canonical change from compact bytes.
 
@@ -228,15 +248,46 @@ def expand_change(
     signs only that change's body. A different change by the same author and seq (an
     equivocation) differs from the held one's compact form, so it is rebuilt from the
     prefixes as before, and the replica then sees two changes with one (author, seq).
+
+    ``alone(change_id)``: whether ``resolve(change_id[:PREFIX_BYTES]) == [change_id]``, if
+    the receiver can tell it more cheaply; with it, an expansion another receiver of this
+    process made (``protocol.compact_cache``) is taken when ``alone`` holds for each of its
+    deps, the very case in which resolving rebuilds the same bytes.
     """
-    parts = parse_compact(data, limits)
-    if isinstance(parts, Unexpandable):
-        return parts
+    if type(data) is bytes and SIGNATURE_BYTES + 1 < len(data) <= limits.max_change_bytes \
+            and data[0] == MARKER:
+        fast = scan_compact(data, limits.max_deps)
+    else:
+        fast = None
+    if fast is None:  # not read by hand: the general reader decides (and names what is bad)
+        parts = parse_compact(data, limits)
+        if isinstance(parts, Unexpandable):
+            return parts
+        author, seq, head = parts.author, parts.seq, parts.head
+        prefixes, tail, signature = parts.prefixes, parts.tail, parts.signature
+    else:
+        author, seq, head, prefixes, tail, signature = fast
     if held is not None:
-        twin = held(parts.author, parts.seq)
-        if twin is not None and compact_change(twin) == data:
+        twin = held(author, seq)
+        if twin is not None and twin.endswith(signature) and compact_change(twin) == data:
             return Expanded(twin)
-    prefixes = parts.prefixes
+    cache = expansion_cache.value
+    if cache is not None and alone is not None:
+        known = cache.entries.get(data)
+        if known is not None and all(map(alone, _deps_of(known, head, len(prefixes)))):
+            return Expanded(known)
+    got = _expand_parts(head, prefixes, tail, signature, author, resolve, room_id, verify,
+                        max_checks)
+    if cache is not None and isinstance(got, Expanded):
+        cache.remember(data, got.data)
+    return got
+
+
+def _expand_parts(head: bytes, prefixes: tuple[bytes, ...], tail: bytes, signature: bytes,
+                  author: bytes, resolve: Callable[[bytes], Collection[bytes]],
+                  room_id: bytes, verify: Callable[[bytes, bytes, bytes], bool],
+                  max_checks: int) -> Expansion:
+    """The resolution of :func:`expand_change`, on a parsed compact change."""
     if len(set(prefixes)) == len(prefixes):
         # The usual case: distinct prefixes, each matching exactly one change we hold.
         deps: list[bytes] = []
@@ -249,7 +300,7 @@ def expand_change(
                 break
             deps.append(c)
         else:
-            return Expanded(_rebuild(parts, deps)[1])
+            return Expanded(_rebuild(head, deps, tail, signature)[1])
     candidates: list[list[bytes]] = []
     missing: list[bytes] = []
     total = 1
@@ -276,15 +327,15 @@ def expand_change(
     combos = [combo for combo in itertools.product(*candidates)
               if all(combo[i] < combo[i + 1] for i in range(len(combo) - 1))]
     if len(combos) == 1:
-        return Expanded(_rebuild(parts, combos[0])[1])
+        return Expanded(_rebuild(head, combos[0], tail, signature)[1])
     if len(combos) > max_checks:
         return Unexpandable(TOO_AMBIGUOUS, f"{len(combos)} combinations of known changes "
                                            f"match its dep prefixes; {max_checks} may be checked")
     tried = 0
     for combo in combos:
-        body, whole = _rebuild(parts, combo)
+        body, whole = _rebuild(head, combo, tail, signature)
         tried += 1
-        if verify(parts.author, parts.signature, signing_payload(room_id, body)):
+        if verify(author, signature, signing_payload(room_id, body)):
             return Expanded(whole, tried)
     return Unexpandable(NO_SIGNATURE_MATCH, f"none of {tried} combinations of the changes "
                                             "matching its dep prefixes is signed by its author")

@@ -38,13 +38,17 @@ def scan_compact(data: bytes, max_deps: int
     as ``(author, seq, head, prefixes, tail, signature)`` (``protocol.compact.CompactParts``
     and its seq), or None: not one this reader vouches for."""
     end = len(data) - _SIGNATURE
-    if end < 36 or data[1:3] != _BIN32:
+    if end < 36 or data[1] != 0xC4 or data[2] != 0x20:
         return None
-    got = _uint(data, 35, end)
-    if got is None or got[0] < 1:
-        return None
-    seq, i = got
-    if i + 1 >= end:
+    b = data[35]  # the seq (read inline: this runs for every compact change received)
+    if b < 0x80:
+        seq, i = b, 36
+    else:
+        width = _INT_WIDTHS.get(b)
+        if width is None or 36 + width > end:
+            return None
+        seq, i = int.from_bytes(data[36:36 + width], "big"), 36 + width
+    if seq < 1 or i + 1 >= end:
         return None
     kind = data[i]
     if kind == 0xC4:
@@ -54,14 +58,24 @@ def scan_compact(data: bytes, max_deps: int
     else:
         return None
     p_end = j + n
-    if not n or n % _PREFIX or n // _PREFIX > max_deps or p_end > end:
+    if not n or n % _PREFIX or n // _PREFIX > max_deps or p_end >= end:
         return None
-    prefixes = tuple(data[k:k + _PREFIX] for k in range(j, p_end, _PREFIX))
-    for a in range(len(prefixes) - 1):
-        if prefixes[a] > prefixes[a + 1]:
+    if n == _PREFIX:
+        prefixes: tuple[bytes, ...] = (data[j:p_end],)
+    else:
+        prefixes = tuple([data[k:k + _PREFIX] for k in range(j, p_end, _PREFIX)])
+        for a in range(len(prefixes) - 1):
+            if prefixes[a] > prefixes[a + 1]:
+                return None
+    b = data[p_end]  # the hlc
+    if b < 0x80:
+        h_end = p_end + 1
+    else:
+        width = _INT_WIDTHS.get(b)
+        if width is None or b == 0xCF and data[p_end + 1] >= 0x80:  # not below 2^63
             return None
-    hlc = _uint(data, p_end, end)
-    if hlc is None or hlc[0] >= 1 << 63 or hlc[1] >= end:  # the ops block may not be empty
+        h_end = p_end + 1 + width
+    if h_end >= end:  # beyond the body, or no ops block after it
         return None
     return data[3:35], seq, data[1:i], prefixes, data[p_end:end], data[end:]
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from meshnode.crdt.prefix_index import PrefixIndex
 from protocol.change import Change
+from protocol.frames import PREFIX_BYTES
 
 VV_MEMO_ENTRIES = 64
 """Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
@@ -236,6 +237,18 @@ class ChangeGraph:
         if self.prefixes is None:
             self.prefixes = PrefixIndex.of(self.index)
         return [self.id_at(p) for p in self.prefixes.positions(prefix)]
+
+    def holds_alone(self, change_id: bytes) -> bool:
+        """Whether ``by_prefix(change_id[:PREFIX_BYTES]) == [change_id]``: the change is
+        applied and no other applied change's ID starts as its does (answered without a
+        lookup while no two do, which is all but always)."""
+        if change_id not in self.index:
+            return False
+        if self.prefixes is None:
+            self.prefixes = PrefixIndex.of(self.index)
+        if not self.prefixes.shared:
+            return True
+        return self.by_prefix(change_id[:PREFIX_BYTES]) == [change_id]
 
     def id_at(self, p: int) -> bytes:
         """The change ID at position ``p``."""

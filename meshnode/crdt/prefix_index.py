@@ -29,7 +29,7 @@ _LOW = (1 << 32) - 1
 class PrefixIndex:
     """Prefix (as an int) -> positions of the changes in their ``ChangeGraph``."""
 
-    __slots__ = ("keys", "positions_", "recent", "shift")
+    __slots__ = ("keys", "positions_", "recent", "shared", "shift")
 
     def __init__(self) -> None:
         # Per bucket (``key >> shift``): sorted keys, the positions beside them, and what was
@@ -40,6 +40,9 @@ class PrefixIndex:
         self.keys: list[array[int]] = [array("Q")]
         self.positions_: list[array[int]] = [array("i")]
         self.recent: list[dict[int, list[int]]] = [{}]
+        # Entries whose prefix an entry before them has: while none, a change held has
+        # its prefix to itself (``ChangeGraph.holds_alone``) without a lookup.
+        self.shared = 0
 
     @classmethod
     def of(cls, index: Mapping[bytes, int]) -> "PrefixIndex":
@@ -48,6 +51,8 @@ class PrefixIndex:
         packed = [(int.from_bytes(cid[:PREFIX_BYTES], "big") << 32) | (pos + _OFFSET)
                   for cid, pos in index.items()]
         packed.sort()
+        out.shared = sum(1 for i in range(1, len(packed))
+                         if packed[i] >> 32 == packed[i - 1] >> 32)
         out._install(0, packed)
         return out
 
@@ -61,9 +66,14 @@ class PrefixIndex:
         recent = self.recent[b]
         same = recent.get(key)
         if same is None:
+            keys = self.keys[b]
+            i = bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                self.shared += 1
             recent[key] = [pos]
         else:
             same.append(pos)
+            self.shared += 1
         if len(recent) > max(MIN_RECENT, len(self.keys[b]) >> 3):
             self._merge(b)
 

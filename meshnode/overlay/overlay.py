@@ -586,6 +586,7 @@ class RoomOverlay:
         checks = self.config.compact_checks_per_frame
         refused: dict[RefusalReason, int] = {}
         wanted = False
+        received = 0
         in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
         by_prefix = self.replica.changes_by_prefix
 
@@ -598,6 +599,11 @@ class RoomOverlay:
             cid = change_id(data)
             in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
 
+        holds_alone = self.replica.holds_alone
+
+        def alone(cid: bytes) -> bool:  # resolve(cid[:PREFIX_BYTES]) == [cid]
+            return holds_alone(cid) and (not in_frame or cid[:PREFIX_BYTES] not in in_frame)
+
         held = self.replica.held_change
         for i, data in enumerate(datas):
             if type(data) is not bytes or not is_compact(data):
@@ -605,9 +611,10 @@ class RoomOverlay:
                 if type(data) is bytes and i < last:
                     note(data)
                 continue
-            self._count_compact("received")
+            received += 1
             got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
-                                limits=self.replica.limits, max_checks=checks, held=held)
+                                limits=self.replica.limits, max_checks=checks, held=held,
+                                alone=alone)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
@@ -628,9 +635,10 @@ class RoomOverlay:
             else:
                 reason = RefusalReason(got.reason)
                 refused[reason] = refused.get(reason, 0) + 1
+        self._count_compact("received", received)
         for reason, n in refused.items():
             self._refuse(peer, reason, n, now, score=False)
-        if refused.get(RefusalReason(COMPACT_MALFORMED)):
+        if refused and refused.get(RefusalReason(COMPACT_MALFORMED)):
             self._penalize(peer, "invalid_change", now)
         if wanted:
             self._want_prefixes(peer, now)
