@@ -124,8 +124,11 @@ def compact_change(data: bytes) -> bytes:
 
 def _compact(data: bytes) -> bytes:
     fast = scan_canonical(data, _MAX_ITEMS)  # every change this codebase makes
-    if fast is not None:
-        return fast
+    return _compact_general(data) if fast is None else fast
+
+
+def _compact_general(data: bytes) -> bytes:
+    """:func:`compact_change` by msgpack's reader, for bytes the hand reader leaves."""
     body = data[:-SIGNATURE_BYTES]
     try:
         u = _reader(body[1:], DEFAULT_LIMITS)
@@ -176,6 +179,14 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
     if fast is not None:
         author, seq, head, prefixes, tail, signature = fast
         return CompactParts(author, head, prefixes, tail, signature, seq)
+    return _parse_general(data, limits)
+
+
+def _parse_general(data: bytes, limits: Limits) -> CompactParts | Unexpandable:
+    """:func:`parse_compact` by msgpack's reader (the envelope's size already checked)."""
+    def bad(detail: str) -> Unexpandable:
+        return Unexpandable(MALFORMED, f"compact change: {detail}")
+
     inner = data[1:-SIGNATURE_BYTES]
     try:
         u = _reader(inner, limits)
