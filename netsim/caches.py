@@ -1,8 +1,9 @@
 """The process settings a simulation needs, owned by the simulation and scoped to it.
 
 Thousands of cores in one process decode and verify the very same bytes, so a run installs
-four caches (signature checks, frames, changes, compact changes' expansions), one table of interned public keys shared by
-every replica (``meshnode/crdt/key_table.py``) and raises the GC thresholds. All six are
+four caches (signature checks, frames, changes, compact changes' expansions), one table of
+interned public keys shared by every replica (``meshnode/crdt/key_table.py``) and raises the
+GC thresholds. All six are
 process-global hooks: ``SimulationCaches.active()`` installs this simulation's own caches and
 thresholds for the duration of a block and restores whatever was there before when the block
 ends (even on error), so nothing a simulation switches on leaks into later code in the same

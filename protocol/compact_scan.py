@@ -72,7 +72,7 @@ def scan_compact(data: bytes, max_deps: int
         h_end = p_end + 1
     else:
         width = _INT_WIDTHS.get(b)
-        if width is None or b == 0xCF and data[p_end + 1] >= 0x80:  # not below 2^63
+        if width is None or (b == 0xCF and data[p_end + 1] >= 0x80):  # not below 2^63
             return None
         h_end = p_end + 1 + width
     if h_end >= end:  # beyond the body, or no ops block after it

@@ -131,7 +131,7 @@ def test_shared_prefixes_are_counted_and_holds_alone_follows_them() -> None:
     assert index.shared == 1 and sorted(index.positions(a[:PREFIX_BYTES])) == [0, 21]
     assert PrefixIndex.of({a: 0, b: 1, b"\x02" * 32: 2}).shared == 1
     room = make_room(["editor"], tag="prefix-alone")
-    owner, editor = room.replicas
+    _owner, editor = room.replicas
     editor.create_entity(ROOT)
     editor.commit(NOW)
     cid = editor.heads()[0]

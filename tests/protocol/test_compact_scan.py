@@ -130,7 +130,7 @@ def test_another_replica_s_expansion_is_taken_only_where_ours_would_give_it() ->
         twin = deps[0][:8] + bytes(24)
         forged = small[:-64] + bytes(64)
         cache.entries[forged] = raw[:-64] + bytes(64)
-        got = _expand(forged, deps + [twin], alone=lambda cid: False)
+        got = _expand(forged, [*deps, twin], alone=lambda cid: False)
         assert not isinstance(got, Expanded)
     assert _expand(small, deps) == first  # the same answer without any cache
 
