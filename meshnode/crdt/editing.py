@@ -4,8 +4,9 @@
 Local edits apply to the replica at once and collect in one batch; ``commit(now)`` signs it as
 one change. Until then its ops carry an "infinitely late" stamp, so changes applied from peers
 in between sort before them, exactly as they will once the batch is stamped (its clock value is
-taken at commit, after everything applied so far). ``LocalEdits`` is a mixin of
-``SceneReplica``: it declares the replica state it works on.
+taken at commit, after everything applied so far). ``LocalEdits`` is the root base of
+``SceneReplica`` (``SceneReplica(PrivateRoom(LocalEdits))``: single inheritance, which mypyc can
+compile, unlike two mixins): it declares the replica state it works on.
 
 What it guarantees: a refused edit (any exception from an editing method) leaves no trace, so
 every change ``commit`` returns is one every honest replica applies. Each method first checks
@@ -15,10 +16,12 @@ the meantime can invalidate (role, quota), never reuses a seq it signed before, 
 returns an empty change or one over the wire limits.
 """
 
+import dataclasses
 from collections.abc import Collection, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from meshnode.crdt.clock import HybridClock
+from meshnode.crdt.epochs import EpochBook
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
 from meshnode.crdt.quota import quota_problem
@@ -83,6 +86,14 @@ Register = tuple[Stamp, Value]
 Fields = dict[str, dict[str, Register]]
 
 
+@dataclasses.dataclass(slots=True)
+class PrivateBatch:
+    """What a commit adds to a private room's change besides the batch's ops."""
+
+    rotate: bool = False
+    shares: list[bytes] = dataclasses.field(default_factory=list)
+
+
 class EditBatch:
     """The uncommitted local batch: ops in wire form plus what is needed to roll it back."""
 
@@ -125,7 +136,8 @@ class EditBatch:
 
 
 class LocalEdits:
-    """The local editing API of ``SceneReplica`` (a mixin: the state lives in the replica)."""
+    """The local editing API of ``SceneReplica`` (its root base; the state lives in the
+    replica)."""
 
     _me: bytes
     _keys: dict[bytes, bytes]
@@ -145,23 +157,28 @@ class LocalEdits:
     _seq_floor: int
     limits: Limits
     room_id: bytes
-    _epochs: Any  # meshnode.crdt.epochs.EpochBook | None (private rooms)
-    _private_batch: Any  # meshnode.crdt.privacy.PrivateBatch | None
+    _epochs: EpochBook | None  # private rooms
+    _private_batch: PrivateBatch | None
 
-    if TYPE_CHECKING:  # provided by PrivateRoom (meshnode.crdt.privacy)
+    # Provided by PrivateRoom (meshnode.crdt.privacy), the subclass. Real methods, not
+    # TYPE_CHECKING stubs: mypyc compiles this class and allows no conditional class body.
 
-        def _check_sealable(self) -> None: ...
+    def _check_sealable(self) -> None:
+        raise NotImplementedError  # PrivateRoom's
 
-        def _seal_batch(
-            self, ops: list[Any], batch_actors: list[bytes], names: list[str],
-            vv: Mapping[bytes, int], deps: list[bytes], seq: int, hlc: int,
-        ) -> tuple[list[bytes], list[Any], dict[str, Any]]: ...
+    def _seal_batch(
+        self, ops: list[Any], batch_actors: list[bytes], names: list[str],
+        vv: Mapping[bytes, int], deps: list[bytes], seq: int, hlc: int,
+    ) -> tuple[list[bytes], list[Any], dict[str, Any]]:
+        raise NotImplementedError  # PrivateRoom's
 
-        def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
-                            booked: dict[str, Any]) -> None: ...
+    def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
+                        booked: dict[str, Any]) -> None:
+        raise NotImplementedError  # PrivateRoom's
 
-        def _check_host_grant(self, op: list[Any], member: bytes, target_role: int,
-                              hlc: int, vv: Mapping[bytes, int], deps: list[bytes]) -> bytes: ...
+    def _check_host_grant(self, op: list[Any], member: bytes, target_role: int,
+                          hlc: int, vv: Mapping[bytes, int], deps: list[bytes]) -> bytes:
+        raise NotImplementedError  # PrivateRoom's
 
     def _record_role_ops(
         self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,

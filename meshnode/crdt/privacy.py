@@ -29,7 +29,7 @@ Public rules:
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -37,12 +37,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshnode.crdt.clock import hlc_millis
 from meshnode.crdt.content import EpochRecord, PrivateContent, SceneContent
+from meshnode.crdt.editing import LocalEdits, PrivateBatch
 from meshnode.crdt.epochs import Epoch, EpochBook
 from meshnode.crdt.graph import ChangeGraph
 from meshnode.crdt.member_keys import unwrap, wrap, x25519_private
 from meshnode.crdt.quota import entity_quota
 from meshnode.crdt.redemption import check_proof
-from meshnode.crdt.results import PermissionDenied, Rejected
+from meshnode.crdt.results import PermissionDenied, Rejected, WaitingForKey
 from meshnode.crdt.revocation import RevocationBook
 from meshnode.crdt.roles import (
     READER_ROLES,
@@ -92,21 +93,6 @@ ROTATION_MARGIN_BYTES = 16 * 1024
 overhead (about 90 bytes per reader, 64-1,024 of padding)."""
 
 
-class WaitingForKey(PermissionDenied):
-    """Scene edits in a private room while some content here still waits for its key: the
-    edit could depend on what this replica cannot read yet. Wait for a reader's ``SHARE``."""
-
-    reason = "waiting_for_key"
-
-
-@dataclass(slots=True)
-class PrivateBatch:
-    """What a commit adds to a private room's change besides the batch's ops."""
-
-    rotate: bool = False
-    shares: list[bytes] = field(default_factory=list)
-
-
 @dataclass(slots=True)
 class PrivatePlan:
     """The private ops of one change, as judged by the public rules."""
@@ -119,8 +105,8 @@ class PrivatePlan:
     my_wrap: bytes | None = None
 
 
-class PrivateRoom:
-    """The private-room part of ``SceneReplica`` (a mixin: the state lives in the replica)."""
+class PrivateRoom(LocalEdits):
+    """The private-room part of ``SceneReplica`` (its base; the state lives in the replica)."""
 
     _me: bytes
     _identity: Identity
@@ -139,16 +125,9 @@ class PrivateRoom:
     room_name: str
     limits: Limits
 
-    if TYPE_CHECKING:  # provided by LocalEdits and SceneReplica
-
-        def _key(self, key: bytes) -> bytes: ...
-
-        def _member_key(self, member: str | bytes) -> bytes: ...
-
-        def _touch_batch(self) -> None: ...
-
-        def _scene_effect(self, stamp: Stamp, seq: int, created: dict[Node, Node],
-                          sets: list[SceneSet], moves: list[SceneMove], dead: bool) -> None: ...
+    def _scene_effect(self, stamp: Stamp, seq: int, created: dict[Node, Node],
+                      sets: list[SceneSet], moves: list[SceneMove], dead: bool) -> None:
+        raise NotImplementedError  # SceneReplica's
 
     # ------------------------------------------------------------------ reading
 

@@ -18,7 +18,7 @@ changes held.
 import functools
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from meshnode.crdt.clock import HybridClock, hlc_from_seconds, hlc_millis
@@ -32,7 +32,7 @@ from meshnode.crdt.content import (
     MoveRecord,
     SceneContent,
 )
-from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, LocalEdits
+from meshnode.crdt.editing import ENVELOPE_BYTES, EditBatch, Fields, PrivateBatch
 from meshnode.crdt.epochs import EpochBook
 from meshnode.crdt.graph import BaseEntry, ChangeGraph, ChangeMeta, PendingBuffer, Waiting
 from meshnode.crdt.ids import ROOT, EntityId
@@ -40,7 +40,6 @@ from meshnode.crdt.key_table import key_table
 from meshnode.crdt.privacy import (
     ROTATION_MARGIN_BYTES,
     SCENE_CODES,
-    PrivateBatch,
     PrivatePlan,
     PrivateRoom,
     default_random_bytes,
@@ -106,7 +105,7 @@ owner two or three passes do (``meshnode.crdt.revocation``). The cap keeps a pat
 history (an owner who equivocated) from looping; the result is still the same everywhere."""
 
 
-class SceneReplica(PrivateRoom, LocalEdits):
+class SceneReplica(PrivateRoom):
     """A replica of one room's scene. Build it with :meth:`create`, :meth:`from_genesis` or
     :meth:`from_snapshot`; see ``docs/architecture.md`` for the rules it enforces."""
 
@@ -520,8 +519,10 @@ class SceneReplica(PrivateRoom, LocalEdits):
 
     # ------------------------------------------------------------------ applying changes
 
-    def apply(self, data: bytes, now: float, *, mono: float | None = None) -> ApplyResult:
-        """Offer one change from a peer. Never raises on bad input: see ``ApplyResult``.
+    def apply(self, data: object, now: float, *, mono: float | None = None) -> ApplyResult:
+        """Offer one change from a peer (bytes). Never raises on bad input (not even on what
+        is not bytes: typed ``object`` because compiled code checks argument types on entry):
+        see ``ApplyResult``.
 
         ``now`` is wall-clock time (seconds): a change stamped more than ``max_clock_skew_s``
         after it is refused as ``future_timestamp`` (transient). ``mono`` is a monotonic
@@ -533,7 +534,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         return self.apply_many([data], now, mono=mono)[0]
 
     def apply_many(
-        self, datas: Iterable[bytes], now: float, *, mono: float | None = None
+        self, datas: Iterable[object], now: float, *, mono: float | None = None
     ) -> list[ApplyResult]:
         """Offer several changes at once (in any order); one result per change, in order.
 
@@ -615,7 +616,7 @@ class SceneReplica(PrivateRoom, LocalEdits):
         return max(self._seq_floor, self._graph.vv_all.get(self._me, 0))
 
     def _apply_batch(
-        self, datas: list[bytes], horizon: int | None, *, trusted: bool
+        self, datas: Sequence[object], horizon: int | None, *, trusted: bool
     ) -> list[ApplyResult]:
         """The work of ``apply_many`` (``horizon``: the latest acceptable stamp) and of
         ``replay`` (``trusted``: no clock bound, every signed stamp and own seq observed,
@@ -628,6 +629,9 @@ class SceneReplica(PrivateRoom, LocalEdits):
         for i, data in enumerate(datas):
             if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
                 data = bytes(data)  # an immutable copy: the caller may reuse its buffer
+            if not isinstance(data, bytes):
+                results[i] = self._reject(None, "schema")
+                continue
             known_id = None
             if type(data) is bytes and len(data) <= self.limits.max_change_bytes:
                 # Gossip delivers most changes more than once: hashing (about 1 us) spots a

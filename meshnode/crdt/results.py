@@ -46,6 +46,13 @@ class PermissionDenied(PermissionError):
     """The local identity's role does not allow this edit."""
 
 
+class WaitingForKey(PermissionDenied):
+    """Scene edits in a private room while some content here still waits for its key: the
+    edit could depend on what this replica cannot read yet. Wait for a reader's ``SHARE``."""
+
+    reason = "waiting_for_key"
+
+
 class BatchFull(RuntimeError):
     """The uncommitted batch is as large as one change may be: call ``commit()`` first."""
 
