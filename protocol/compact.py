@@ -278,15 +278,15 @@ def expand_change(
         prefixes, tail, signature = parts.prefixes, parts.tail, parts.signature
     else:
         author, seq, head, prefixes, tail, signature = fast
-    if held is not None:
-        twin = held(author, seq)
-        if twin is not None and twin.endswith(signature) and compact_change(twin) == data:
-            return Expanded(twin)
     cache = expansion_cache.value
     if cache is not None and alone is not None:
         known = cache.entries.get(data)
         if known is not None and all(map(alone, _deps_of(known, head, len(prefixes)))):
             return Expanded(known)
+    if held is not None:
+        twin = held(author, seq)
+        if twin is not None and twin.endswith(signature) and compact_change(twin) == data:
+            return Expanded(twin)
     got = _expand_parts(head, prefixes, tail, signature, author, resolve, room_id, verify,
                         max_checks)
     if cache is not None and isinstance(got, Expanded):

@@ -74,6 +74,7 @@ from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.compact import MALFORMED as COMPACT_MALFORMED
+from protocol.compact import MARKER as COMPACT_MARKER
 from protocol.compact import (
     PREFIX_BYTES,
     Expanded,
@@ -578,7 +579,7 @@ class RoomOverlay:
         for by prefix, those that cannot be rebuilt are refused (and left out)."""
         last = -1  # the frame's last compact change: the changes before it are noted
         for i, d in enumerate(datas):
-            if type(d) is bytes and is_compact(d):
+            if type(d) is bytes and d and d[0] == COMPACT_MARKER:  # is_compact, inline
                 last = i
         if last < 0:
             return list(datas)
@@ -604,9 +605,12 @@ class RoomOverlay:
         def alone(cid: bytes) -> bool:  # resolve(cid[:PREFIX_BYTES]) == [cid]
             return holds_alone(cid) and (not in_frame or cid[:PREFIX_BYTES] not in in_frame)
 
+        # Nothing is noted before the first compact change: alone is the replica's answer.
+        alone_here = holds_alone if last == 0 else alone
+
         held = self.replica.held_change
         for i, data in enumerate(datas):
-            if type(data) is not bytes or not is_compact(data):
+            if type(data) is not bytes or not data or data[0] != COMPACT_MARKER:
                 out.append(data)
                 if type(data) is bytes and i < last:
                     note(data)
@@ -614,7 +618,7 @@ class RoomOverlay:
             received += 1
             got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
                                 limits=self.replica.limits, max_checks=checks, held=held,
-                                alone=alone)
+                                alone=alone_here)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
