@@ -4,17 +4,19 @@ A compact change names its deps by 8-byte prefixes; the receiver finds the full 
 Kept apart from the ID index (``ChangeGraph.index``), built only where it is used, and in
 columns rather than a dict of every prefix (65-88 bytes a change): the prefixes, as 64-bit
 ints, in sorted ``array`` columns with the changes' positions beside them (12 bytes a change),
-looked up by bisection. Changes applied since a column was last sorted wait in a small dict
-until they are an eighth of it; then both are merged (one sort). The columns are split into
-256 buckets by the prefix's first byte, so a merge sorts one bucket, never the whole index:
-a long-lived room's node never stalls on it. Below 32,768 changes there is one bucket only
-(256 of them cost about 100 kB however few changes they hold). About 16-21 bytes a change in all
-(``docs/performance.md``, 2026-12-06 session 7). Two changes sharing a prefix (rare: 2^-64 by
-chance, or ground on purpose with about 2^32 hashes) are both kept.
+looked up by bisection. A column of fewer than 2,048 entries takes a new one in place (a
+memmove); past that, changes applied since the column was last sorted wait in a small dict
+until they are an eighth of it, then both are merged (one sort). From 32,768 entries the
+columns are split into 256 buckets by the prefix's first byte, so a merge sorts one bucket,
+never the whole index: a long-lived room's node never stalls on it. A small index is one
+column (256 buckets would cost about 60 kB however few changes they held, and netsim keeps
+10,000 replicas). 13-18 bytes a change, under 1 kB when empty (``docs/performance.md``,
+2026-12-06 session 7). Two changes sharing a prefix (rare: 2^-64 by chance, or ground on
+purpose with about 2^32 hashes) are both kept, and counted (``shared``).
 """
 
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 
 from protocol.frames import PREFIX_BYTES
@@ -22,6 +24,7 @@ from protocol.frames import PREFIX_BYTES
 BUCKETS = 256
 SPLIT_AT = 1 << 15  # entries from which the index is split into BUCKETS columns
 MIN_RECENT = 8  # per bucket
+INSERT_BELOW = 2048  # entries of a bucket below which an entry is inserted in place
 _OFFSET = 1 << 31  # positions are signed 32-bit (base entries are negative)
 _LOW = (1 << 32) - 1
 
@@ -67,9 +70,15 @@ class PrefixIndex:
         same = recent.get(key)
         if same is None:
             keys = self.keys[b]
-            i = bisect_left(keys, key)
-            if i < len(keys) and keys[i] == key:
+            i = bisect_right(keys, key)
+            if i and keys[i - 1] == key:
                 self.shared += 1
+            if not recent and len(keys) < INSERT_BELOW:
+                # A small column takes the entry in place (a memmove of at most 16 kB):
+                # re-sorting it every few changes would cost more than the whole lookup.
+                keys.insert(i, key)
+                self.positions_[b].insert(i, pos)
+                return
             recent[key] = [pos]
         else:
             same.append(pos)
