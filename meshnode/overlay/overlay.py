@@ -145,6 +145,12 @@ class OverlayStats:
     compact: dict[str, int] = field(default_factory=dict)
 
 
+def _note_in_frame(in_frame: dict[bytes, list[bytes]], data: bytes) -> None:
+    """Let the changes after ``data`` in its frame resolve its ID by prefix."""
+    cid = change_id(data)
+    in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
+
+
 class RoomOverlay:
     """One node's part in one room's overlay; see the module docstring for the surface."""
 
@@ -590,33 +596,30 @@ class RoomOverlay:
         received = 0
         in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
         by_prefix = self.replica.changes_by_prefix
-
-        def resolve(prefix: bytes) -> list[bytes]:
-            found = by_prefix(prefix)
-            more = in_frame.get(prefix)
-            return found + more if more else found
-
-        def note(data: bytes) -> None:
-            cid = change_id(data)
-            in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
-
         holds_alone = self.replica.holds_alone
+        resolve_here: Callable[[bytes], list[bytes]] = by_prefix
+        alone_here: Callable[[bytes], bool] = holds_alone
+        if last:  # changes before the last compact one are noted: they resolve prefixes too
 
-        def alone(cid: bytes) -> bool:  # resolve(cid[:PREFIX_BYTES]) == [cid]
-            return holds_alone(cid) and (not in_frame or cid[:PREFIX_BYTES] not in in_frame)
+            def resolve(prefix: bytes) -> list[bytes]:
+                found = by_prefix(prefix)
+                more = in_frame.get(prefix)
+                return found + more if more else found
 
-        # Nothing is noted before the first compact change: alone is the replica's answer.
-        alone_here = holds_alone if last == 0 else alone
+            def alone(cid: bytes) -> bool:  # resolve(cid[:PREFIX_BYTES]) == [cid]
+                return holds_alone(cid) and cid[:PREFIX_BYTES] not in in_frame
+
+            resolve_here, alone_here = resolve, alone
 
         held = self.replica.held_change
         for i, data in enumerate(datas):
             if type(data) is not bytes or not data or data[0] != COMPACT_MARKER:
                 out.append(data)
                 if type(data) is bytes and i < last:
-                    note(data)
+                    _note_in_frame(in_frame, data)
                 continue
             received += 1
-            got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
+            got = expand_change(data, resolve_here, room_id=self.room_id, verify=verify_signature,
                                 limits=self.replica.limits, max_checks=checks, held=held,
                                 alone=alone_here)
             if isinstance(got, Expanded):
@@ -625,7 +628,7 @@ class RoomOverlay:
                     self._count_compact("ambiguous")
                 out.append(got.data)
                 if i < last:  # only a later change of the frame may name it
-                    note(got.data)
+                    _note_in_frame(in_frame, got.data)
             elif isinstance(got, MissingDeps):
                 evicted = self.compact_hold.evicted
                 if self.compact_hold.hold(data, peer, got.prefixes):
