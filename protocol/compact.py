@@ -240,7 +240,6 @@ def expand_change(
     limits: Limits = DEFAULT_LIMITS,
     max_checks: int = MAX_COMBINATIONS,
     held: Callable[[bytes, int], bytes | None] | None = None,
-    alone: Callable[[bytes], bool] | None = None,
 ) -> Expansion:
     """Rebuild the canonical change from compact bytes.
 
@@ -260,10 +259,8 @@ def expand_change(
     equivocation) differs from the held one's compact form, so it is rebuilt from the
     prefixes as before, and the replica then sees two changes with one (author, seq).
 
-    ``alone(change_id)``: whether ``resolve(change_id[:PREFIX_BYTES]) == [change_id]``, if
-    the receiver can tell it more cheaply; with it, an expansion another receiver of this
-    process made (``protocol.compact_cache``) is taken when ``alone`` holds for each of its
-    deps, the very case in which resolving rebuilds the same bytes.
+    While a ``protocol.compact_cache.ExpansionCache`` is installed, what is rebuilt with the
+    default limits is remembered there, for ``shared_expansion``.
     """
     if type(data) is bytes and SIGNATURE_BYTES + 1 < len(data) <= limits.max_change_bytes \
             and data[0] == MARKER:
@@ -278,19 +275,15 @@ def expand_change(
         prefixes, tail, signature = parts.prefixes, parts.tail, parts.signature
     else:
         author, seq, head, prefixes, tail, signature = fast
-    cache = expansion_cache.value
-    if cache is not None and alone is not None:
-        known = cache.entries.get(data)
-        if known is not None and all(map(alone, _deps_of(known, head, len(prefixes)))):
-            return Expanded(known)
     if held is not None:
         twin = held(author, seq)
         if twin is not None and twin.endswith(signature) and compact_change(twin) == data:
             return Expanded(twin)
     got = _expand_parts(head, prefixes, tail, signature, author, resolve, room_id, verify,
                         max_checks)
-    if cache is not None and isinstance(got, Expanded):
-        cache.remember(data, got.data)
+    cache = expansion_cache.value
+    if cache is not None and isinstance(got, Expanded) and limits is DEFAULT_LIMITS:
+        cache.remember(data, got.data, tuple(_deps_of(got.data, head, len(prefixes))))
     return got
 
 

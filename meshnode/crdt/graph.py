@@ -238,17 +238,20 @@ class ChangeGraph:
             self.prefixes = PrefixIndex.of(self.index)
         return [self.id_at(p) for p in self.prefixes.positions(prefix)]
 
-    def holds_alone(self, change_id: bytes) -> bool:
-        """Whether ``by_prefix(change_id[:PREFIX_BYTES]) == [change_id]``: the change is
-        applied and no other applied change's ID starts as its does (answered without a
+    def hold_alone(self, change_ids: Iterable[bytes]) -> bool:
+        """Whether ``by_prefix(c[:PREFIX_BYTES]) == [c]`` for each of ``change_ids``: each
+        is applied and no other applied change's ID starts as its does (answered without a
         lookup while no two do, which is all but always)."""
-        if change_id not in self.index:
-            return False
+        index = self.index
+        ids = tuple(change_ids)
+        for c in ids:
+            if c not in index:
+                return False
         if self.prefixes is None:
-            self.prefixes = PrefixIndex.of(self.index)
+            self.prefixes = PrefixIndex.of(index)
         if not self.prefixes.shared:
             return True
-        return self.by_prefix(change_id[:PREFIX_BYTES]) == [change_id]
+        return all(self.by_prefix(c[:PREFIX_BYTES]) == [c] for c in ids)
 
     def id_at(self, p: int) -> bytes:
         """The change ID at position ``p``."""

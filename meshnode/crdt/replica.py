@@ -344,11 +344,10 @@ class SceneReplica(PrivateRoom):
         cid = self._graph.by_author_seq.get((author, seq))
         return None if cid is None else self._graph.raw.get(cid)
 
-    def holds_alone(self, change_id: bytes) -> bool:
-        """Whether the change is applied here and is the only one whose ID starts with its
-        prefix (``changes_by_prefix(change_id[:8]) == [change_id]``, most often without a
-        lookup)."""
-        return self._graph.holds_alone(change_id)
+    def hold_alone(self, change_ids: Iterable[bytes]) -> bool:
+        """Whether each change is applied here and is the only one whose ID starts with its
+        prefix (``changes_by_prefix(c[:8]) == [c]``, most often without a lookup)."""
+        return self._graph.hold_alone(change_ids)
 
     def changes_by_prefix(self, prefix: bytes) -> list[bytes]:
         """IDs of the applied changes that start with ``prefix`` (8 bytes: the dep of a

@@ -36,7 +36,7 @@ nothing more is sent to it, queued frames included.
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,7 @@ from protocol.compact import (
     expand_change,
     is_compact,
 )
+from protocol.compact_cache import shared_expansion
 from protocol.errors import DecodeError
 from protocol.frames import (
     Changes,
@@ -596,9 +597,9 @@ class RoomOverlay:
         received = 0
         in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
         by_prefix = self.replica.changes_by_prefix
-        holds_alone = self.replica.holds_alone
+        hold_alone = self.replica.hold_alone
         resolve_here: Callable[[bytes], list[bytes]] = by_prefix
-        alone_here: Callable[[bytes], bool] = holds_alone
+        alone_here: Callable[[Sequence[bytes]], bool] = hold_alone
         if last:  # changes before the last compact one are noted: they resolve prefixes too
 
             def resolve(prefix: bytes) -> list[bytes]:
@@ -606,10 +607,11 @@ class RoomOverlay:
                 more = in_frame.get(prefix)
                 return found + more if more else found
 
-            def alone(cid: bytes) -> bool:  # resolve(cid[:PREFIX_BYTES]) == [cid]
-                return holds_alone(cid) and cid[:PREFIX_BYTES] not in in_frame
+            def alone(ids: Sequence[bytes]) -> bool:  # resolve(c[:PREFIX_BYTES]) == [c]
+                return hold_alone(ids) and not any(c[:PREFIX_BYTES] in in_frame for c in ids)
 
             resolve_here, alone_here = resolve, alone
+        limits = self.replica.limits
 
         held = self.replica.held_change
         for i, data in enumerate(datas):
@@ -619,9 +621,14 @@ class RoomOverlay:
                     _note_in_frame(in_frame, data)
                 continue
             received += 1
+            shared = shared_expansion(data, limits, alone_here)
+            if shared is not None:  # another replica of this process rebuilt the same bytes
+                out.append(shared)
+                if i < last:
+                    _note_in_frame(in_frame, shared)
+                continue
             got = expand_change(data, resolve_here, room_id=self.room_id, verify=verify_signature,
-                                limits=self.replica.limits, max_checks=checks, held=held,
-                                alone=alone_here)
+                                limits=limits, max_checks=checks, held=held)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
@@ -642,7 +649,8 @@ class RoomOverlay:
             else:
                 reason = RefusalReason(got.reason)
                 refused[reason] = refused.get(reason, 0) + 1
-        self._count_compact("received", received)
+        c = self.stats.compact
+        c["received"] = c.get("received", 0) + received
         for reason, n in refused.items():
             self._refuse(peer, reason, n, now, score=False)
         if refused and refused.get(RefusalReason(COMPACT_MALFORMED)):

@@ -120,7 +120,7 @@ def test_a_small_index_costs_little_and_a_large_one_is_split() -> None:
     assert all(built.positions(c[:PREFIX_BYTES]) == [k * 50] for k, c in enumerate(ids[::50]))
 
 
-def test_shared_prefixes_are_counted_and_holds_alone_follows_them() -> None:
+def test_shared_prefixes_are_counted_and_hold_alone_follows_them() -> None:
     index = PrefixIndex()
     a, b = b"\x01" * 8 + b"a" * 24, b"\x01" * 8 + b"b" * 24
     index.add(a, 0)
@@ -135,9 +135,10 @@ def test_shared_prefixes_are_counted_and_holds_alone_follows_them() -> None:
     editor.create_entity(ROOT)
     editor.commit(NOW)
     cid = editor.heads()[0]
-    assert editor.holds_alone(cid) and not editor.holds_alone(b"\x07" * 32)
+    assert editor.hold_alone([cid]) and not editor.hold_alone([cid, b"\x07" * 32])
     graph = editor._graph
     assert graph.prefixes is not None and graph.prefixes.shared == 0
     twin = cid[:PREFIX_BYTES] + bytes(24)  # as if a second change shared its prefix
     graph.prefixes.add(twin, 0)
-    assert graph.prefixes.shared == 1 and not editor.holds_alone(cid)
+    assert graph.prefixes.shared == 1 and not editor.hold_alone([cid])
+    assert editor.hold_alone(editor._graph.order[:1])  # its prefix is still its own

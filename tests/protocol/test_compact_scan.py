@@ -2,6 +2,7 @@
 what msgpack's reader answers wherever they answer at all, and the receiver's shortcuts
 (a held copy, another replica's expansion) give exactly the expansion's result."""
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from protocol.compact import (
     compact_change,
     expand_change,
 )
-from protocol.compact_cache import ExpansionCache, using_expansion_cache
+from protocol.compact_cache import ExpansionCache, shared_expansion, using_expansion_cache
 from protocol.compact_scan import scan_canonical, scan_compact
 from protocol.limits import DEFAULT_LIMITS
 from protocol.msgpack_io import pack
@@ -114,25 +115,43 @@ def test_another_replica_s_expansion_is_taken_only_where_ours_would_give_it() ->
     raw = make(deps)
     small = compact_change(raw)
     cache = ExpansionCache(8)
+
+    def holds(known: list[bytes]) -> Any:
+        return lambda wanted: all(d in known for d in wanted)
+
+    assert shared_expansion(small, DEFAULT_LIMITS, holds(deps)) is None  # no cache
     with using_expansion_cache(cache):
-        first = _expand(small, deps, alone=lambda cid: cid in deps)
-        assert isinstance(first, Expanded) and cache.entries[small] is first.data
+        assert shared_expansion(small, DEFAULT_LIMITS, holds(deps)) is None  # not yet
+        first = _expand(small, deps)
+        assert isinstance(first, Expanded) and cache.entries[small] == (first.data, tuple(deps))
         assert compact_change(raw) == small and cache.compacted[raw] == small
         # Every dep held, its prefix its own: the shared bytes, no resolution.
-        again = expand_change(small, _never, room_id=ROOM, verify=verify_signature,
-                              alone=lambda cid: cid in deps)
-        assert isinstance(again, Expanded) and again.data is first.data
-        # A receiver lacking a dep resolves, and misses it.
-        lacking = _expand(small, deps[:1], alone=lambda cid: cid in deps[:1])
-        assert lacking == MissingDeps((deps[1][:8],))
-        # A receiver whose dep shares its prefix with another change: the signature decides
-        # (and a body signed by nobody is not taken from the cache).
-        twin = deps[0][:8] + bytes(24)
-        forged = small[:-64] + bytes(64)
-        cache.entries[forged] = raw[:-64] + bytes(64)
-        got = _expand(forged, [*deps, twin], alone=lambda cid: False)
-        assert not isinstance(got, Expanded)
+        assert shared_expansion(small, DEFAULT_LIMITS, holds(deps)) is first.data
+        # A receiver lacking a dep (or whose dep shares its prefix) expands it itself...
+        assert shared_expansion(small, DEFAULT_LIMITS, holds(deps[:1])) is None
+        assert _expand(small, deps[:1]) == MissingDeps((deps[1][:8],))
+        # ... as does one reading with other limits; what it rebuilds is not remembered.
+        other = replace(DEFAULT_LIMITS, max_deps=DEFAULT_LIMITS.max_deps - 1)
+        assert shared_expansion(small, other, holds(deps)) is None
+        raw2 = make(ids(3, seed=4))
+        assert isinstance(_expand(compact_change(raw2), ids(3, seed=4), limits=other), Expanded)
+        assert compact_change(raw2) not in cache.entries
     assert _expand(small, deps) == first  # the same answer without any cache
+
+
+def test_a_dep_sharing_its_prefix_falls_back_to_the_signature() -> None:
+    """A receiver holding a second change with a dep's prefix expands by itself, and the
+    signature decides: a forged entry in the cache is never taken on its word."""
+    deps = ids(2)
+    raw = make(deps)
+    forged = compact_change(raw)[:-64] + bytes(64)
+    cache = ExpansionCache(8)
+    cache.remember(forged, raw[:-64] + bytes(64), tuple(deps))
+    twin = deps[0][:8] + bytes(24)
+    with using_expansion_cache(cache):
+        assert shared_expansion(forged, DEFAULT_LIMITS, lambda wanted: False) is None
+        got = _expand(forged, [*deps, twin])
+        assert not isinstance(got, Expanded)
 
 
 @pytest.mark.parametrize("n", [1, 15, 16, 40])
