@@ -1,8 +1,9 @@
 """The process settings a simulation needs, owned by the simulation and scoped to it.
 
 Thousands of cores in one process decode and verify the very same bytes, so a run installs
-three caches (signature checks, frames, changes), one table of interned public keys shared by
-every replica (``meshnode/crdt/key_table.py``) and raises the GC thresholds. All five are
+four caches (signature checks, frames, changes, compact changes' expansions), one table of
+interned public keys shared by every replica (``meshnode/crdt/key_table.py``) and raises the
+GC thresholds. All six are
 process-global hooks: ``SimulationCaches.active()`` installs this simulation's own caches and
 thresholds for the duration of a block and restores whatever was there before when the block
 ends (even on error), so nothing a simulation switches on leaks into later code in the same
@@ -19,6 +20,7 @@ from meshnode.crdt.key_table import using_key_table
 from meshnode.identity import VerifyCache, using_verify_cache
 from meshnode.tuning import GC_THRESHOLDS
 from protocol.change import ChangeCache, using_change_cache
+from protocol.compact_cache import ExpansionCache, using_expansion_cache
 from protocol.frames import FrameCache, using_frame_cache
 
 
@@ -26,10 +28,11 @@ class SimulationCaches:
     """One simulation's decode and verify caches (see the module docstring)."""
 
     def __init__(self, *, verify: int = 200_000, frames: int = 100_000,
-                 changes: int = 100_000) -> None:
+                 changes: int = 100_000, expansions: int = 100_000) -> None:
         self.verify = VerifyCache(verify)
         self.frames = FrameCache(frames)
         self.changes = ChangeCache(changes)
+        self.expansions = ExpansionCache(expansions)
         self.keys: dict[bytes, bytes] = {}  # public key -> the one object every replica keeps
 
     @contextmanager
@@ -40,6 +43,7 @@ class SimulationCaches:
             stack.enter_context(using_verify_cache(self.verify))
             stack.enter_context(using_frame_cache(self.frames))
             stack.enter_context(using_change_cache(self.changes))
+            stack.enter_context(using_expansion_cache(self.expansions))
             stack.enter_context(using_key_table(self.keys))
             gc.set_threshold(*GC_THRESHOLDS)
             try:

@@ -243,8 +243,10 @@ class Simulation:
         self.connected.add((b, a))
         now = self.engine.now
         self.liveness.link_up(a, b)
-        self._overlay(a).connect(self.nodes[b].peer_id, now)
-        self._overlay(b).connect(self.nodes[a].peer_id, now)
+        # Nodes speak link version 2 to each other, as real ones do: changes cross in the
+        # compact form (protocol.compact), so links carry the bytes real links carry.
+        self._overlay(a).connect(self.nodes[b].peer_id, now, compact=True)
+        self._overlay(b).connect(self.nodes[a].peer_id, now, compact=True)
         self._drain(a)
         self._drain(b)
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import msgpack
 
 from protocol.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, signing_payload
+from protocol.compact_cache import expansion_cache
+from protocol.compact_scan import scan_canonical, scan_compact
 from protocol.frames import COMPACT_VERSION, PREFIX_BYTES
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.msgpack_io import pack
@@ -101,12 +103,32 @@ def _reader(data: bytes, limits: Limits) -> msgpack.Unpacker:
     return u
 
 
+_MAX_ITEMS = max(DEFAULT_LIMITS.max_collection_items, DEFAULT_LIMITS.max_ops_per_change)
+
+
 def compact_change(data: bytes) -> bytes:
     """The compact form of canonical change bytes, or ``data`` itself when it has no deps
     (nothing to save) or is not in the canonical encoding (module docstring). Raises
     nothing for any input: bytes it cannot read are returned unchanged."""
     if len(data) <= SIGNATURE_BYTES + 1 or data[0] != _CANONICAL_HEAD:
         return data
+    cache = expansion_cache.value
+    if cache is not None and type(data) is bytes:
+        got = cache.compacted.get(data)
+        if got is None:
+            got = _compact(data)
+            cache.remember_compact(data, got)
+        return got
+    return _compact(data)
+
+
+def _compact(data: bytes) -> bytes:
+    fast = scan_canonical(data, _MAX_ITEMS)  # every change this codebase makes
+    return _compact_general(data) if fast is None else fast
+
+
+def _compact_general(data: bytes) -> bytes:
+    """:func:`compact_change` by msgpack's reader, for bytes the hand reader leaves."""
     body = data[:-SIGNATURE_BYTES]
     try:
         u = _reader(body[1:], DEFAULT_LIMITS)
@@ -138,6 +160,7 @@ class CompactParts:
     prefixes: tuple[bytes, ...]
     tail: bytes  # the raw hlc and ops block
     signature: bytes
+    seq: int
 
 
 def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts | Unexpandable:
@@ -152,6 +175,18 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
         return bad(f"{len(data)} bytes is over {limits.max_change_bytes}")
     if len(data) <= SIGNATURE_BYTES + 1:
         return bad("too short to hold a signature")
+    fast = scan_compact(data, limits.max_deps)  # every change this codebase compacts
+    if fast is not None:
+        author, seq, head, prefixes, tail, signature = fast
+        return CompactParts(author, head, prefixes, tail, signature, seq)
+    return _parse_general(data, limits)
+
+
+def _parse_general(data: bytes, limits: Limits) -> CompactParts | Unexpandable:
+    """:func:`parse_compact` by msgpack's reader (the envelope's size already checked)."""
+    def bad(detail: str) -> Unexpandable:
+        return Unexpandable(MALFORMED, f"compact change: {detail}")
+
     inner = data[1:-SIGNATURE_BYTES]
     try:
         u = _reader(inner, limits)
@@ -180,12 +215,20 @@ def parse_compact(data: bytes, limits: Limits = DEFAULT_LIMITS) -> CompactParts 
         return bad("dep prefixes are not in sorted order")
     if h_end >= len(inner):
         return bad("no ops block")
-    return CompactParts(author, inner[:s_end], prefixes, inner[p_end:], data[-SIGNATURE_BYTES:])
+    return CompactParts(author, inner[:s_end], prefixes, inner[p_end:], data[-SIGNATURE_BYTES:],
+                        seq)
 
 
-def _rebuild(parts: CompactParts, deps: Sequence[bytes]) -> tuple[bytes, bytes]:
-    body = b"".join((bytes((_CANONICAL_HEAD,)), parts.head, pack(list(deps)), parts.tail))
-    return body, body + parts.signature
+def _rebuild(head: bytes, deps: Sequence[bytes], tail: bytes, signature: bytes
+             ) -> tuple[bytes, bytes]:
+    body = b"".join((bytes((_CANONICAL_HEAD,)), head, pack(list(deps)), tail))
+    return body, body + signature
+
+
+def _deps_of(canonical: bytes, head: bytes, n: int) -> list[bytes]:
+    """The deps of ``canonical``, rebuilt by :func:`_rebuild` from ``head`` and ``n`` deps."""
+    first = 1 + len(head) + (1 if n < 16 else 3)  # after pack's array header
+    return [canonical[x:x + HASH_BYTES] for x in range(first + 2, first + 34 * n, 34)]
 
 
 def expand_change(
@@ -196,6 +239,7 @@ def expand_change(
     verify: Callable[[bytes, bytes, bytes], bool],
     limits: Limits = DEFAULT_LIMITS,
     max_checks: int = MAX_COMBINATIONS,
+    held: Callable[[bytes, int], bytes | None] | None = None,
 ) -> Expansion:
     """Rebuild the canonical change from compact bytes.
 
@@ -204,11 +248,50 @@ def expand_change(
     prefix matches several changes (the combination whose rebuilt body the author signed
     wins), at most ``max_checks`` times (more: :data:`TOO_AMBIGUOUS`). Never raises on bad
     input: returns :class:`Unexpandable` instead.
+
+    ``held(author, seq)``: the canonical bytes of the change the receiver holds (applied,
+    its deps with it) by that author with that seq, if any. When its compact form is
+    ``data`` itself, that change is the answer, found without resolving a prefix: gossip
+    delivers most changes several times, and this is a copy. It is the change the
+    resolution would rebuild: each prefix matches its dep (held, since the change is
+    applied), and where a prefix also matches another change the signature, equal in both,
+    signs only that change's body. A different change by the same author and seq (an
+    equivocation) differs from the held one's compact form, so it is rebuilt from the
+    prefixes as before, and the replica then sees two changes with one (author, seq).
+
+    While a ``protocol.compact_cache.ExpansionCache`` is installed, what is rebuilt with the
+    default limits is remembered there, for ``shared_expansion``.
     """
-    parts = parse_compact(data, limits)
-    if isinstance(parts, Unexpandable):
-        return parts
-    prefixes = parts.prefixes
+    if type(data) is bytes and SIGNATURE_BYTES + 1 < len(data) <= limits.max_change_bytes \
+            and data[0] == MARKER:
+        fast = scan_compact(data, limits.max_deps)
+    else:
+        fast = None
+    if fast is None:  # not read by hand: the general reader decides (and names what is bad)
+        parts = parse_compact(data, limits)
+        if isinstance(parts, Unexpandable):
+            return parts
+        author, seq, head = parts.author, parts.seq, parts.head
+        prefixes, tail, signature = parts.prefixes, parts.tail, parts.signature
+    else:
+        author, seq, head, prefixes, tail, signature = fast
+    if held is not None:
+        twin = held(author, seq)
+        if twin is not None and twin.endswith(signature) and compact_change(twin) == data:
+            return Expanded(twin)
+    got = _expand_parts(head, prefixes, tail, signature, author, resolve, room_id, verify,
+                        max_checks)
+    cache = expansion_cache.value
+    if cache is not None and isinstance(got, Expanded) and limits is DEFAULT_LIMITS:
+        cache.remember(data, got.data, tuple(_deps_of(got.data, head, len(prefixes))))
+    return got
+
+
+def _expand_parts(head: bytes, prefixes: tuple[bytes, ...], tail: bytes, signature: bytes,
+                  author: bytes, resolve: Callable[[bytes], Collection[bytes]],
+                  room_id: bytes, verify: Callable[[bytes, bytes, bytes], bool],
+                  max_checks: int) -> Expansion:
+    """The resolution of :func:`expand_change`, on a parsed compact change."""
     if len(set(prefixes)) == len(prefixes):
         # The usual case: distinct prefixes, each matching exactly one change we hold.
         deps: list[bytes] = []
@@ -221,7 +304,7 @@ def expand_change(
                 break
             deps.append(c)
         else:
-            return Expanded(_rebuild(parts, deps)[1])
+            return Expanded(_rebuild(head, deps, tail, signature)[1])
     candidates: list[list[bytes]] = []
     missing: list[bytes] = []
     total = 1
@@ -248,15 +331,15 @@ def expand_change(
     combos = [combo for combo in itertools.product(*candidates)
               if all(combo[i] < combo[i + 1] for i in range(len(combo) - 1))]
     if len(combos) == 1:
-        return Expanded(_rebuild(parts, combos[0])[1])
+        return Expanded(_rebuild(head, combos[0], tail, signature)[1])
     if len(combos) > max_checks:
         return Unexpandable(TOO_AMBIGUOUS, f"{len(combos)} combinations of known changes "
                                            f"match its dep prefixes; {max_checks} may be checked")
     tried = 0
     for combo in combos:
-        body, whole = _rebuild(parts, combo)
+        body, whole = _rebuild(head, combo, tail, signature)
         tried += 1
-        if verify(parts.author, parts.signature, signing_payload(room_id, body)):
+        if verify(author, signature, signing_payload(room_id, body)):
             return Expanded(whole, tried)
     return Unexpandable(NO_SIGNATURE_MATCH, f"none of {tried} combinations of the changes "
                                             "matching its dep prefixes is signed by its author")

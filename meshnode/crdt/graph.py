@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from meshnode.crdt.prefix_index import PrefixIndex
 from protocol.change import Change
+from protocol.frames import PREFIX_BYTES
 
 VV_MEMO_ENTRIES = 64
 """Head sets whose looked-up vector entries ``ChangeGraph.past_vv`` remembers."""
@@ -236,6 +237,21 @@ class ChangeGraph:
         if self.prefixes is None:
             self.prefixes = PrefixIndex.of(self.index)
         return [self.id_at(p) for p in self.prefixes.positions(prefix)]
+
+    def hold_alone(self, change_ids: Iterable[bytes]) -> bool:
+        """Whether ``by_prefix(c[:PREFIX_BYTES]) == [c]`` for each of ``change_ids``: each
+        is applied and no other applied change's ID starts as its does (answered without a
+        lookup while no two do, which is all but always)."""
+        index = self.index
+        ids = tuple(change_ids)
+        for c in ids:
+            if c not in index:
+                return False
+        if self.prefixes is None:
+            self.prefixes = PrefixIndex.of(index)
+        if not self.prefixes.shared:
+            return True
+        return all(self.by_prefix(c[:PREFIX_BYTES]) == [c] for c in ids)
 
     def id_at(self, p: int) -> bytes:
         """The change ID at position ``p``."""

@@ -337,6 +337,18 @@ class SceneReplica(PrivateRoom):
         """Number of verified changes waiting for their deps."""
         return len(self._buffer)
 
+    def held_change(self, author: bytes, seq: int) -> bytes | None:
+        """The bytes of the applied change by ``author`` with ``seq`` (the first applied, if
+        the author equivocated), or None: none applied, or its bytes are not in memory. A
+        compact copy of it is recognised by these (``protocol.compact.expand_change``)."""
+        cid = self._graph.by_author_seq.get((author, seq))
+        return None if cid is None else self._graph.raw.get(cid)
+
+    def hold_alone(self, change_ids: Iterable[bytes]) -> bool:
+        """Whether each change is applied here and is the only one whose ID starts with its
+        prefix (``changes_by_prefix(c[:8]) == [c]``, most often without a lookup)."""
+        return self._graph.hold_alone(change_ids)
+
     def changes_by_prefix(self, prefix: bytes) -> list[bytes]:
         """IDs of the applied changes that start with ``prefix`` (8 bytes: the dep of a
         compact change, ``protocol.compact``)."""

@@ -36,7 +36,7 @@ nothing more is sent to it, queued frames included.
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,7 @@ from meshnode.overlay.sealed_presence import open_presence, seal_presence
 from protocol.bloom import BloomFilter
 from protocol.change import change_id
 from protocol.compact import MALFORMED as COMPACT_MALFORMED
+from protocol.compact import MARKER as COMPACT_MARKER
 from protocol.compact import (
     PREFIX_BYTES,
     Expanded,
@@ -82,6 +83,7 @@ from protocol.compact import (
     expand_change,
     is_compact,
 )
+from protocol.compact_cache import shared_expansion
 from protocol.errors import DecodeError
 from protocol.frames import (
     Changes,
@@ -142,6 +144,12 @@ class OverlayStats:
     # signature), "held", "completed" (expanded once their deps came), "evicted",
     # "prefixes_wanted" (asked for by WantPrefix) and "prefixes_answered".
     compact: dict[str, int] = field(default_factory=dict)
+
+
+def _note_in_frame(in_frame: dict[bytes, list[bytes]], data: bytes) -> None:
+    """Let the changes after ``data`` in its frame resolve its ID by prefix."""
+    cid = change_id(data)
+    in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
 
 
 class RoomOverlay:
@@ -576,39 +584,58 @@ class RoomOverlay:
         and from the changes before them in the frame (a pulled batch names its own
         changes as deps; ``protocol.compact``); those whose deps we lack are held and asked
         for by prefix, those that cannot be rebuilt are refused (and left out)."""
-        if not any(type(d) is bytes and is_compact(d) for d in datas):
+        last = -1  # the frame's last compact change: the changes before it are noted
+        for i, d in enumerate(datas):
+            if type(d) is bytes and d and d[0] == COMPACT_MARKER:  # is_compact, inline
+                last = i
+        if last < 0:
             return list(datas)
         out: list[bytes] = []
         checks = self.config.compact_checks_per_frame
         refused: dict[RefusalReason, int] = {}
         wanted = False
+        received = 0
         in_frame: dict[bytes, list[bytes]] = {}  # prefix -> IDs of the frame's changes so far
         by_prefix = self.replica.changes_by_prefix
+        hold_alone = self.replica.hold_alone
+        resolve_here: Callable[[bytes], list[bytes]] = by_prefix
+        alone_here: Callable[[Sequence[bytes]], bool] = hold_alone
+        if last:  # changes before the last compact one are noted: they resolve prefixes too
 
-        def resolve(prefix: bytes) -> list[bytes]:
-            found = by_prefix(prefix)
-            more = in_frame.get(prefix)
-            return found + more if more else found
+            def resolve(prefix: bytes) -> list[bytes]:
+                found = by_prefix(prefix)
+                more = in_frame.get(prefix)
+                return found + more if more else found
 
-        def note(data: bytes) -> None:
-            cid = change_id(data)
-            in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
+            def alone(ids: Sequence[bytes]) -> bool:  # resolve(c[:PREFIX_BYTES]) == [c]
+                return hold_alone(ids) and not any(c[:PREFIX_BYTES] in in_frame for c in ids)
 
-        for data in datas:
-            if type(data) is not bytes or not is_compact(data):
+            resolve_here, alone_here = resolve, alone
+        limits = self.replica.limits
+
+        held = self.replica.held_change
+        for i, data in enumerate(datas):
+            if type(data) is not bytes or not data or data[0] != COMPACT_MARKER:
                 out.append(data)
-                if type(data) is bytes:
-                    note(data)
+                if type(data) is bytes and i < last:
+                    _note_in_frame(in_frame, data)
                 continue
-            self._count_compact("received")
-            got = expand_change(data, resolve, room_id=self.room_id, verify=verify_signature,
-                                limits=self.replica.limits, max_checks=checks)
+            received += 1
+            shared = shared_expansion(data, limits, alone_here)
+            if shared is not None:  # another replica of this process rebuilt the same bytes
+                out.append(shared)
+                if i < last:
+                    _note_in_frame(in_frame, shared)
+                continue
+            got = expand_change(data, resolve_here, room_id=self.room_id, verify=verify_signature,
+                                limits=limits, max_checks=checks, held=held)
             if isinstance(got, Expanded):
                 checks -= got.tried
                 if got.tried:
                     self._count_compact("ambiguous")
                 out.append(got.data)
-                note(got.data)
+                if i < last:  # only a later change of the frame may name it
+                    _note_in_frame(in_frame, got.data)
             elif isinstance(got, MissingDeps):
                 evicted = self.compact_hold.evicted
                 if self.compact_hold.hold(data, peer, got.prefixes):
@@ -622,9 +649,11 @@ class RoomOverlay:
             else:
                 reason = RefusalReason(got.reason)
                 refused[reason] = refused.get(reason, 0) + 1
+        c = self.stats.compact
+        c["received"] = c.get("received", 0) + received
         for reason, n in refused.items():
             self._refuse(peer, reason, n, now, score=False)
-        if refused.get(RefusalReason(COMPACT_MALFORMED)):
+        if refused and refused.get(RefusalReason(COMPACT_MALFORMED)):
             self._penalize(peer, "invalid_change", now)
         if wanted:
             self._want_prefixes(peer, now)

@@ -89,3 +89,56 @@ def test_positions_survive_merges_and_negative_positions() -> None:
         assert index.positions(cid[:PREFIX_BYTES]) == [~k if k % 3 == 0 else k]
     rebuilt = PrefixIndex.of({cid: k for k, cid in enumerate(ids)})
     assert all(rebuilt.positions(c[:PREFIX_BYTES]) == [k] for k, c in enumerate(ids))
+
+
+def test_a_small_index_costs_little_and_a_large_one_is_split() -> None:
+    """netsim holds one index per replica (10,000 of them): an empty or small index is a
+    handful of containers, not 256 buckets'; past ``SPLIT_AT`` entries it is split by the
+    prefix's first byte (a merge then sorts one bucket) and answers the same."""
+    import hashlib
+
+    from meshnode.crdt import prefix_index
+
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    small = [PrefixIndex() for _ in range(100)]
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(small)
+    assert per < 1_500, per
+    ids = [hashlib.sha256(b"s" + i.to_bytes(4, "big")).digest()
+           for i in range(prefix_index.SPLIT_AT * 5 // 4 + 10)]
+    index = PrefixIndex()
+    for pos, cid in enumerate(ids):
+        index.add(cid, pos)
+        if pos == 1_000:
+            assert len(index.keys) == 1
+    assert len(index.keys) == prefix_index.BUCKETS and len(index) == len(ids)
+    assert all(index.positions(c[:PREFIX_BYTES]) == [k * 50] for k, c in enumerate(ids[::50]))
+    built = PrefixIndex.of({cid: k for k, cid in enumerate(ids)})
+    assert len(built.keys) == prefix_index.BUCKETS
+    assert all(built.positions(c[:PREFIX_BYTES]) == [k * 50] for k, c in enumerate(ids[::50]))
+
+
+def test_shared_prefixes_are_counted_and_hold_alone_follows_them() -> None:
+    index = PrefixIndex()
+    a, b = b"\x01" * 8 + b"a" * 24, b"\x01" * 8 + b"b" * 24
+    index.add(a, 0)
+    assert index.shared == 0
+    for k in range(20):  # merged into the sorted column: the next twin is found there
+        index.add(bytes([9, k]) + bytes(30), k + 1)
+    index.add(b, 21)
+    assert index.shared == 1 and sorted(index.positions(a[:PREFIX_BYTES])) == [0, 21]
+    assert PrefixIndex.of({a: 0, b: 1, b"\x02" * 32: 2}).shared == 1
+    room = make_room(["editor"], tag="prefix-alone")
+    _owner, editor = room.replicas
+    editor.create_entity(ROOT)
+    editor.commit(NOW)
+    cid = editor.heads()[0]
+    assert editor.hold_alone([cid]) and not editor.hold_alone([cid, b"\x07" * 32])
+    graph = editor._graph
+    assert graph.prefixes is not None and graph.prefixes.shared == 0
+    twin = cid[:PREFIX_BYTES] + bytes(24)  # as if a second change shared its prefix
+    graph.prefixes.add(twin, 0)
+    assert graph.prefixes.shared == 1 and not editor.hold_alone([cid])
+    assert editor.hold_alone(editor._graph.order[:1])  # its prefix is still its own

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import meshnode.crdt.key_table as key_table_mod
 import meshnode.identity as identity_mod
 import protocol.change as change_mod
+import protocol.compact_cache as compact_cache_mod
 import protocol.frames as frames_mod
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
@@ -36,18 +37,20 @@ SMALL: dict[str, Any] = {
 def process_state() -> tuple[Any, ...]:
     return (gc.get_threshold(), identity_mod._verify_cache.value,
             frames_mod._frame_cache.value, change_mod._change_cache.value,
-            key_table_mod._shared.value)
+            key_table_mod._shared.value, compact_cache_mod.expansion_cache.value)
 
 
 def test_a_simulation_leaves_the_process_as_it_found_it() -> None:
     before = process_state()
-    assert before[1:] == (None, None, None, None)
+    assert before[1:] == (None, None, None, None, None)
     sim = Simulation(parse(SMALL))
     assert process_state() == before  # built: nothing left switched on
     sim.run()
     assert process_state() == before  # run: likewise
     # While it runs, its own caches were in use (and are kept by the simulation only).
     assert sim.caches.changes.ids and sim.caches.verify.entries and sim.caches.frames.entries
+    # Node links carry compact changes: their expansions were shared too.
+    assert sim.caches.expansions.entries and sim.caches.expansions.compacted
     # Every replica interned its keys in the simulation's one table.
     assert sim.caches.keys
     for node in sim.nodes:
@@ -66,6 +69,7 @@ def test_caches_are_restored_even_when_the_run_fails() -> None:
     try:
         with caches.active():
             assert change_mod._change_cache.value is caches.changes
+            assert compact_cache_mod.expansion_cache.value is caches.expansions
             assert key_table_mod._shared.value is caches.keys
             assert gc.get_threshold() == GC_THRESHOLDS
             raise RuntimeError("a failing run")
@@ -138,9 +142,9 @@ SHARED_STATE: dict[str, Any] = {
 
 
 def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: Any) -> None:
-    """What replicas share in a simulation (the decode, verify and key caches, the replicas
-    cloned from one set-up template with one shared role book) changes no byte of
-    results.json: the same run with every cache, the shared key table and the cloning
+    """What replicas share in a simulation (the decode, verify, expansion and key caches,
+    the replicas cloned from one set-up template with one shared role book) changes no byte
+    of results.json: the same run with every cache, the shared key table and the cloning
     switched off gives the same results (issue 15, item 3)."""
     from netsim.metrics import results
 
@@ -156,6 +160,7 @@ def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: A
     monkeypatch.setattr("netsim.caches.using_change_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_frame_cache", lambda _c: nullcontext())
     monkeypatch.setattr("netsim.caches.using_verify_cache", lambda _c: nullcontext())
+    monkeypatch.setattr("netsim.caches.using_expansion_cache", lambda _c: nullcontext())
     alone = run(share_setup=False)
     assert key_table_mod._shared.value is None
     assert shared == alone

@@ -11,10 +11,15 @@ from hypothesis import strategies as st
 from meshnode.crdt import ROOT, SceneReplica
 from meshnode.identity import Identity
 from meshnode.overlay import OverlayConfig, RoomOverlay
-from meshnode.overlay.events import PeerMisbehaved, RefusalReason, RequestRefused
-from protocol.change import change_id
+from meshnode.overlay.events import (
+    EquivocationDetected,
+    PeerMisbehaved,
+    RefusalReason,
+    RequestRefused,
+)
+from protocol.change import change_id, decode_change, encode_change
 from protocol.compact import MARKER, PREFIX_BYTES, compact_change, is_compact
-from protocol.frames import Changes, WantPrefix, decode_frame, encode_frame
+from protocol.frames import Changes, Prune, WantPrefix, decode_frame, encode_frame
 
 A = Identity.from_private_bytes(bytes(range(32)))
 B = Identity.from_private_bytes(bytes(range(1, 33)))
@@ -216,3 +221,50 @@ def test_a_prefix_matching_two_known_changes_is_decided_by_the_signature() -> No
     assert ob.replica.has_change(change_id(second))
     assert ob.stats.compact["ambiguous"] == 1
     assert not any(isinstance(e, PeerMisbehaved) for e in p.events(B))
+
+
+def _no_prefix_lookups(prefix: bytes) -> list[bytes]:
+    raise AssertionError("a copy of a held change was resolved by prefix")
+
+
+def test_a_compact_copy_pushed_again_is_a_duplicate_and_prunes_the_pusher() -> None:
+    """Gossip delivers changes several times: a compact copy of a change B holds is known as
+    its held bytes (no prefix resolved), and the replica calls it a duplicate, so B prunes
+    the link it came over for that author, as with canonical changes."""
+    p = Pair()
+    oa, ob = p.o[A.public_id], p.o[B.public_id]
+    data = p.edit(A, 1, 1)
+    oa.submit_change(data, 1.0)
+    p.pump(1.0)
+    assert ob.replica.has_change(change_id(data))
+    dups = ob.stats.duplicates_in
+    ob.replica.changes_by_prefix = _no_prefix_lookups  # type: ignore[method-assign]
+    p.seen.clear()
+    frame = encode_frame(Changes(oa.room_id, (compact_change(data),), True))
+    ob.receive(A.public_id, "sync", frame, 2.0)
+    assert ob.stats.duplicates_in == dups + 1
+    p.pump(2.0)
+    prunes = [m for s, t, m in p.seen if s == B.public_id and isinstance(m, Prune)]
+    assert prunes and A.public_key in prunes[0].origins
+
+
+def test_an_equivocating_compact_change_is_detected() -> None:
+    """A second change by A with the seq of one B holds, sent compact: B rebuilds it from
+    its prefixes (it is no copy of the held one), applies it and reports the equivocation."""
+    p = Pair()
+    oa, ob = p.o[A.public_id], p.o[B.public_id]
+    data = p.edit(A, 1, 1)
+    oa.submit_change(data, 1.0)
+    p.pump(1.0)
+    p.events(B)
+    ch = decode_change(data)
+    twin = encode_change(author=ch.author, seq=ch.seq, deps=ch.deps, hlc=ch.hlc + 1,
+                         actors=ch.actors, names=ch.names, ops=ch.ops, room_id=oa.room_id,
+                         sign=A.sign)
+    small = compact_change(twin)
+    assert is_compact(small) and small[:40] == compact_change(data)[:40]  # same author, seq
+    ob.receive(A.public_id, "sync", encode_frame(Changes(oa.room_id, (small,), True)), 2.0)
+    assert ob.replica.has_change(change_id(twin))
+    found = [e for e in p.events(B) if isinstance(e, EquivocationDetected)]
+    assert found and found[0].seq == ch.seq
+    assert set(found[0].change_ids) == {change_id(data), change_id(twin)}
