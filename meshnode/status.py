@@ -6,7 +6,7 @@ and links, not the node itself."""
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,15 @@ class NodeView:
     """The media relay's load (``MediaRelay.status``), if it runs."""
 
 
+def _summed(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Per-room counters added up across the node's rooms, key by key."""
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, n in counter.items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
 def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
     """Update the gauges that are read rather than counted (before a /metrics scrape)."""
     links = node.links
@@ -51,23 +60,12 @@ def refresh_metrics(node: NodeView, browsers: BrowserLinks | None) -> None:
         node.metrics.browsers.set(browsers.count)
         for kind, n in browsers.counters().items():
             node.metrics.browser_events.labels(kind).set(n)
-    totals: dict[str, int] = {}
-    for hosted in node.rooms.values():
-        for kind, n in hosted.runtime.overlay.stats.bytes_out_by_kind.items():
-            totals[kind] = totals.get(kind, 0) + n
-    for kind, n in totals.items():
+    rooms = list(node.rooms.values())
+    for kind, n in _summed(h.runtime.overlay.stats.bytes_out_by_kind for h in rooms).items():
         node.metrics.overlay_bytes_out.labels(kind).set(n)
-    compact: dict[str, int] = {}
-    for hosted in node.rooms.values():
-        for event, n in hosted.runtime.overlay.stats.compact.items():
-            compact[event] = compact.get(event, 0) + n
-    for event, n in compact.items():
+    for event, n in _summed(h.runtime.overlay.stats.compact for h in rooms).items():
         node.metrics.compact_changes.labels(event).set(n)
-    rejected: dict[str, int] = {}
-    for hosted in node.rooms.values():
-        for reason, n in hosted.runtime.replica.rejections.items():
-            rejected[reason] = rejected.get(reason, 0) + n
-    for reason, n in rejected.items():
+    for reason, n in _summed(h.runtime.replica.rejections for h in rooms).items():
         node.metrics.changes_rejected.labels(reason).set(n)
     node.metrics.changes_out.set(sum(h.runtime.overlay.stats.changes_out
                                      for h in node.rooms.values()))

@@ -7,13 +7,10 @@ upgrade this test names exactly which one moved (pyproject pins ``aiortc<1.17``)
 """
 
 import inspect
-from collections.abc import Iterator
 from importlib.metadata import version
 
-import aioice.ice
 import pytest
 
-import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import (
     CALL_SITES,
     HOOK_OWNERS,
@@ -21,19 +18,13 @@ from meshnode.media.aiortc_driver import (
     CallSite,
     make_media_pc,
 )
-from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.ice import IceSettings
 from tests.media.test_driver_relay import negotiate, until
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _loopback_only() -> Iterator[None]:
-    """Offer only 127.0.0.1 (process-wide in aioice); undo it afterwards."""
-    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
-    install_host_addresses(ICE.host_addresses)
-    yield
-    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/media/conftest.py
 
 
 async def test_every_private_hook_exists_on_real_aiortc_objects() -> None:

@@ -16,10 +16,9 @@ import fractions
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import aioice.ice
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
@@ -29,23 +28,16 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamT
 from aiortc.rtp import RtpPacket, is_rtcp
 from av import VideoFrame
 
-import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import Forwarder, OutputSender, SourceTap, make_media_pc
 from meshnode.media.rtp import parse_rtp
-from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.ice import IceSettings
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 WAIT_S = 30.0
 SUBSCRIBERS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _loopback_only() -> Iterator[None]:
-    """Offer only 127.0.0.1 (process-wide in aioice); undo it afterwards."""
-    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
-    install_host_addresses(ICE.host_addresses)
-    yield
-    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/media/conftest.py
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:

@@ -8,7 +8,6 @@ connection it was installed on changes.
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aioice.ice
@@ -18,7 +17,6 @@ from aiortc import RTCPeerConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
-import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import (
     STUN_FIRST_BYTE_MAX,
     OutputSender,
@@ -29,19 +27,14 @@ from meshnode.media.aiortc_driver import (
     make_media_pc,
 )
 from meshnode.media.forwarding import Forward, PacketInfo
-from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.ice import IceSettings
 from tests.media.test_driver_relay import negotiate, until
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 AIOICE_DATAGRAM_RECEIVED = aioice.ice.StunProtocol.datagram_received
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _loopback_only() -> Iterator[None]:
-    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
-    install_host_addresses(ICE.host_addresses)
-    yield
-    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/media/conftest.py
 
 
 @pytest.fixture

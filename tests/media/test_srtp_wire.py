@@ -10,15 +10,12 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 from pylibsrtp import Policy, Session
 
-import meshnode.transport.ice as ice_module
 from meshnode.media.aiortc_driver import (
     SRTP_ROOM,
     OutputSender,
@@ -29,19 +26,14 @@ from meshnode.media.aiortc_driver import (
 )
 from meshnode.media.forwarding import Forward, PacketInfo
 from meshnode.media.rtp_out import ExtensionIds, RtpWriter
-from meshnode.transport.ice import IceSettings, install_host_addresses
+from meshnode.transport.ice import IceSettings
 from tests.media.test_driver_relay import hash_received_payloads, negotiate, until
 
 ICE = IceSettings(host_addresses=("127.0.0.1",))
 COPIES = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _loopback_only() -> Iterator[None]:
-    saved = aioice.ice.get_host_addresses, ice_module._host_addresses
-    install_host_addresses(ICE.host_addresses)
-    yield
-    aioice.ice.get_host_addresses, ice_module._host_addresses = saved
+pytestmark = pytest.mark.usefixtures("loopback_only")  # tests/media/conftest.py
 
 
 def opus_packet(i: int) -> SourcePacket:
@@ -61,6 +53,18 @@ async def transport_sent(pc: RTCPeerConnection) -> tuple[int, int]:
 async def remote_outbound(pc: RTCPeerConnection) -> Any:
     report = await pc.getTransceivers()[0].receiver.getStats()
     return next((s for s in report.values() if s.type == "remote-outbound-rtp"), None)
+
+
+async def sender_report_counting(pc: RTCPeerConnection, packets: int) -> Any:
+    """The first Sender Report ``pc`` receives that counts ``packets`` or more (aiortc's RTCP
+    loop sends one every 0.5-1.5 s)."""
+    deadline = time.monotonic() + 30
+    report = await remote_outbound(pc)
+    while report is None or report.packetsSent < packets:
+        assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
+        await asyncio.sleep(0.1)
+        report = await remote_outbound(pc)
+    return report
 
 
 async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
@@ -98,12 +102,7 @@ async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
         assert received[sender.ssrc] == want  # both paths, in order, intact
 
         # aiortc's Sender Reports (S6) count the copies of both paths (one every 0.5-1.5 s).
-        deadline = time.monotonic() + 30
-        report = await remote_outbound(subscriber)
-        while report is None or report.packetsSent < len(packets):
-            assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
-            await asyncio.sleep(0.1)
-            report = await remote_outbound(subscriber)
+        report = await sender_report_counting(subscriber, len(packets))
         assert report.packetsSent == len(packets)
         assert report.bytesSent == sum(payloads)
         assert sender.sent_packets == len(packets) and sender.sent_bytes == sum(payloads)
@@ -175,12 +174,7 @@ async def test_sender_reports_leave_on_the_wire_not_through_aiortcs_chain() -> N
             assert sender.send(packet, Forward(1000 + i, 5000 + i * 960), _ntp_now(time.time()))
         _, count0 = await transport_sent(relay)
         # aiortc's RTCP loop (S7) sends one every 0.5-1.5 s: a Sender Report counting them all.
-        deadline = time.monotonic() + 30
-        report = await remote_outbound(subscriber)
-        while report is None or report.packetsSent < len(packets):
-            assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
-            await asyncio.sleep(0.1)
-            report = await remote_outbound(subscriber)
+        report = await sender_report_counting(subscriber, len(packets))
         assert report.packetsSent == len(packets)
         assert report.bytesSent == sum(len(p.payload) for p in packets)
         _, count1 = await transport_sent(relay)
