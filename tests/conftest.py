@@ -1,10 +1,12 @@
 """Suite-wide test set-up: which tests must not run at the same time as each other.
 
 ``python3 dev.py test`` runs the suite on two pytest-xdist workers (``--dist loadgroup``).
-Tests that use a machine-wide resource are put in one ``xdist_group`` each, so they run one
-after another on a single worker: network namespaces and TUN devices (the emulator's
-teardown removes namespaces it recognises as left over) and Chromium (CPU-heavy, and its
-tests assert frame rates that a second browser would disturb).
+Tests that use a machine-wide resource share one ``xdist_group``, so they run one after
+another on a single worker: network namespaces and TUN devices (the emulator's teardown
+removes namespaces it recognises as left over) and Chromium (CPU-heavy, and its tests assert
+frame rates and no freezes). They are one group, not two, because each disturbs the other on
+two cores: the emulator runs its nodes at nice -15 and a Chromium test beside it saw a frozen
+frame, while Chromium beside the emulator slowed a real partition's heal to twice netsim's.
 """
 
 from pathlib import Path
@@ -13,8 +15,8 @@ import pytest
 from hypothesis import settings
 
 _GROUPS = {
-    "netns": ("fidelity/", "federation/test_mdns_netns.py", "netsim/test_emulate.py"),
-    "browser": ("browser/",),
+    "realtime": ("fidelity/", "federation/test_mdns_netns.py", "netsim/test_emulate.py",
+                 "browser/"),
 }
 _ROOT = Path(__file__).parent
 
