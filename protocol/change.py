@@ -103,6 +103,18 @@ def change_id(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def header_problem(author: object, seq: object, hlc: object) -> str | None:
+    """What is wrong with a change's author, seq and hlc (``None``: nothing); shared by the
+    canonical decoder and the compact form's (``protocol.compact``)."""
+    if type(author) is not bytes or len(author) != KEY_BYTES:
+        return "author is not a 32-byte public key"
+    if type(seq) is not int or seq < 1:
+        return "seq must be an integer >= 1"
+    if type(hlc) is not int or not 0 <= hlc < 2**63:
+        return "hlc must be an integer in [0, 2^63)"
+    return None
+
+
 def _bad(msg: str) -> SchemaError:
     return SchemaError(f"change: {msg}")
 
@@ -285,12 +297,9 @@ def _decode_change(data: bytes, limits: Limits, known_id: bytes | None) -> Chang
     if type(obj) is not list or len(obj) != 5:
         raise _bad("envelope is not [author, seq, deps, hlc, ops]")
     author, seq, deps, hlc, block = obj
-    if type(author) is not bytes or len(author) != KEY_BYTES:
-        raise _bad("author is not a 32-byte public key")
-    if type(seq) is not int or seq < 1:
-        raise _bad("seq must be an integer >= 1")
-    if type(hlc) is not int or not 0 <= hlc < 2**63:
-        raise _bad("hlc must be an integer in [0, 2^63)")
+    problem = header_problem(author, seq, hlc)
+    if problem is not None:
+        raise _bad(problem)
     if type(deps) is not list:
         raise _bad("deps is not an array")
     if len(deps) > limits.max_deps:

@@ -30,7 +30,12 @@ from dataclasses import dataclass
 
 import msgpack
 
-from protocol.change import HASH_BYTES, KEY_BYTES, SIGNATURE_BYTES, signing_payload
+from protocol.change import (
+    HASH_BYTES,
+    SIGNATURE_BYTES,
+    header_problem,
+    signing_payload,
+)
 from protocol.compact_cache import expansion_cache
 from protocol.compact_scan import scan_canonical, scan_compact
 from protocol.frames import COMPACT_VERSION, PREFIX_BYTES
@@ -199,12 +204,9 @@ def _parse_general(data: bytes, limits: Limits) -> CompactParts | Unexpandable:
         h_end = u.tell()
     except Exception as exc:
         return bad(f"not valid msgpack: {type(exc).__name__}")
-    if type(author) is not bytes or len(author) != KEY_BYTES:
-        return bad("author is not a 32-byte key")
-    if type(seq) is not int or seq < 1:
-        return bad("seq must be an integer >= 1")
-    if type(hlc) is not int or not 0 <= hlc < 2**63:
-        return bad("hlc must be an integer in [0, 2^63)")
+    problem = header_problem(author, seq, hlc)
+    if problem is not None:
+        return bad(problem)
     if type(blob) is not bytes or not blob or len(blob) % PREFIX_BYTES:
         return bad(f"deps must be one non-empty bin of {PREFIX_BYTES}-byte prefixes")
     n = len(blob) // PREFIX_BYTES
