@@ -14,9 +14,12 @@ pyproject pins ``aiortc<1.17``.
   negotiated payload type and header-extension IDs) on the connection's :class:`SrtpWire`
   (the DTLS transport's SRTP session, then the selected ICE pair's UDP socket, synchronously;
   each copy built and protected in place by an :class:`SrtpPacker`),
-  keep the RTX history (NACKs are answered), the Sender Report counters and the DTLS
-  transport's byte counters, and read REMB and receiver reports into ``estimate_kbps``,
-  ``loss`` and ``rtt_ms``.
+  keep the RTX history (NACKs are answered), the Sender Report counters (the reports
+  themselves leave on the wire too) and the DTLS transport's byte counters, and read REMB
+  and receiver reports into ``estimate_kbps``, ``loss`` and ``rtt_ms``.
+- :func:`guard_transport` counts what aiortc drops silently on a relay connection and gives
+  its ICE sockets an RFC 7983 demultiplexer (:func:`demux_datagrams`): media datagrams skip
+  aioice's STUN parser.
 - :class:`Forwarder` glues one tap to any number of senders through
   :class:`meshnode.media.forwarding.Output` (sequence/timestamp rewriting, keyframe gate,
   temporal-layer filter) and one :class:`KeyframeThrottle` per source. One source packet is
@@ -35,7 +38,7 @@ import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import (
@@ -164,6 +167,13 @@ PRIVATE_HOOKS: tuple[PrivateHook, ...] = (
     PrivateHook("W2", "StunProtocol", "transport", "aioice: the pair's datagram transport"),
     PrivateHook("W3", "Session", "_srtp",
                 "pylibsrtp: the libsrtp context, protected into the wire's own buffer"),
+    PrivateHook("W4", "Connection", "_protocols", "aioice: the connection's socket protocols"),
+    PrivateHook("S7", "RTCRtpSender", "_send_rtcp",
+                "replaced on the instance: Sender Reports out on the SrtpWire, no await"),
+    PrivateHook("W4", "StunProtocol", "datagram_received",
+                "replaced on the instance: RFC 7983 demux, STUN parsed only if it can be STUN"),
+    PrivateHook("W4", "StunProtocol", "receiver", "aioice: the connection datagrams go to"),
+    PrivateHook("W4", "StunProtocol", "local_candidate", "aioice: the socket's ICE component"),
 )
 
 CALL_SITES: tuple[CallSite, ...] = (
@@ -194,6 +204,17 @@ CALL_SITES: tuple[CallSite, ...] = (
     CallSite("W3", "Session", "protect", "self.__process(packet, lib.srtp_protect"),
     CallSite("W3", "Session", "_Session__process",
              "_srtp_assert(func(self._srtp[0], self._cdata, len_p))"),
+    # S7: the Sender Reports (and the BYE) aiortc's RTCP loop sends, and how.
+    CallSite("S7", "RTCRtpSender", "_run_rtcp", "await self._send_rtcp(packets)"),
+    CallSite("S7", "RTCRtpSender", "_send_rtcp", "payload += bytes(packet)"),
+    CallSite("S7", "RTCRtpSender", "_send_rtcp", "await self.transport._send_rtp(payload)"),
+    CallSite("S7", "RTCDtlsTransport", "_send_rtp", "data = self._tx_srtp.protect_rtcp(data)"),
+    # W4: what aioice does with a datagram that does not parse as STUN, which the demux does
+    # at once for one whose first byte says it cannot be STUN.
+    CallSite("W4", "StunProtocol", "datagram_received", "message = stun.parse_message(data)"),
+    CallSite("W4", "StunProtocol", "datagram_received",
+             "self.receiver.data_received(data, self.local_candidate.component)"),
+    CallSite("W4", "Connection", "data_received", "self._queue.put_nowait((data, component))"),
 )
 
 HOOK_OWNERS: dict[str, type] = {
@@ -233,14 +254,63 @@ transport_drops: Counter[str] = Counter()
 payload type), ``malformed_rtcp``. aiortc drops these silently; the guard counts them."""
 
 
+STUN_FIRST_BYTE_MAX = 3
+"""RFC 7983 (section 7): on a socket shared by ICE, DTLS and SRTP, a datagram whose first byte
+is 0-3 is STUN (20-63 DTLS, 128-191 RTP/RTCP); no other first byte is STUN."""
+
+
+def demux_datagrams(connection: Connection) -> int:
+    """Give each of ``connection``'s sockets (aioice's ``StunProtocol``, W4) an RFC 7983
+    demultiplexer: a datagram whose first byte cannot start a STUN message (SRTP, SRTCP,
+    DTLS) goes straight to the connection's ``data_received``, where aioice would send it
+    after failing to parse it as STUN (a ``ValueError`` raised and caught per datagram);
+    anything else (STUN, and an empty datagram) still goes through aioice's own
+    ``datagram_received``. Only this connection's sockets change, nothing process-wide.
+    Idempotent; returns how many sockets got it now.
+
+    For media nothing else changes: the RTP payload types and RTCP packet types WebRTC uses
+    are no STUN method, so aioice's parser always failed on them. A datagram with a first
+    byte over 3 that aioice's parser did accept (a matching length field, a known method)
+    was taken for STUN there and is not here, as RFC 7983 says; and one that made the
+    parser raise something else than ``ValueError`` (an attribute too short to unpack) no
+    longer reaches the event loop's exception handler.
+    """
+    installed = 0
+    for protocol in connection._protocols:  # W4
+        if type(protocol) is not StunProtocol or "datagram_received" in protocol.__dict__:
+            continue
+        protocol.__dict__["datagram_received"] = _demux(protocol)  # W4 (on the instance)
+        installed += 1
+    return installed
+
+
+def _demux(protocol: StunProtocol) -> Callable[[bytes | str, tuple[Any, ...]], None]:
+    stun_path = StunProtocol.datagram_received.__get__(protocol)  # aioice's own (W4)
+    connection: Connection = protocol.receiver  # W4
+    component = protocol.local_candidate.component  # W4 (fixed for the socket's life)
+
+    def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+        data = cast(bytes, data)  # (a datagram socket's: asyncio's typing allows str)
+        if data and data[0] > STUN_FIRST_BYTE_MAX:
+            # (looked up per datagram, as aioice does: a wrapper set later still applies)
+            connection.data_received(data, component)
+        else:
+            stun_path(data, addr)
+
+    return datagram_received
+
+
 def guard_transport(transport: RTCDtlsTransport) -> None:
     """Count what aiortc would drop silently on ``transport`` (T1, T2) in
-    :data:`transport_drops`. Idempotent. The RTP and RTCP paths are aiortc's own
+    :data:`transport_drops`, and give its ICE sockets the RFC 7983 demultiplexer
+    (:func:`demux_datagrams`, W4). Idempotent. The RTP and RTCP paths are aiortc's own
     ``_handle_rtp_data`` and ``_handle_rtcp_data`` with counting added (one parse per
     packet, as before)."""
     if transport.__dict__.get("_meshnode_guarded"):
         return
     transport.__dict__["_meshnode_guarded"] = True
+    # (called once the transport carries media: ICE has gathered, its sockets all exist)
+    demux_datagrams(transport.transport._connection)  # W2
 
     async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
         try:
@@ -271,6 +341,7 @@ def guard_transport(transport: RTCDtlsTransport) -> None:
     transport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
 
 
+_DTLS_CONNECTED = DtlsState.CONNECTED  # (an enum member looked up per copy costs ~0.1 µs)
 SRTP_BUFFER = 1500  # pylibsrtp's own buffer size
 SRTP_ROOM = SRTP_BUFFER - (16 + 128)  # minus SRTP_MAX_TRAILER_LEN: the largest RTP it protects
 
@@ -366,7 +437,7 @@ class SrtpWire:
     def send(self, data: bytes) -> bool:
         """SRTP-protect the RTP packet ``data`` and send it now. False: not connected (DTLS not
         up or closed, no selected ICE pair); nothing was sent."""
-        if self.dtls._state is not DtlsState.CONNECTED:  # W1
+        if self.dtls._state is not _DTLS_CONNECTED:  # W1
             return False
         pair = self._nominated.get(1)  # W2: aiortc sends on ICE component 1
         if pair is None:
@@ -381,6 +452,23 @@ class SrtpWire:
         counters[_DTLS_TX_PACKETS] += 1
         return True
 
+    def send_rtcp(self, data: bytes) -> bool:
+        """SRTCP-protect the compound RTCP packet ``data`` and send it now, as aiortc's
+        ``_send_rtp`` does for RTCP. False: not connected; nothing was sent."""
+        if self.dtls._state is not _DTLS_CONNECTED:  # W1
+            return False
+        pair = self._nominated.get(1)  # W2
+        if pair is None:
+            return False
+        if pair is not self._pair:
+            self._bind(pair)
+        protected = self.dtls._tx_srtp.protect_rtcp(data)  # W1
+        self._sendto(protected, self._addr)  # type: ignore[misc]  # (set by _bind)
+        counters = self._counters
+        counters[_DTLS_TX_BYTES] += len(protected)
+        counters[_DTLS_TX_PACKETS] += 1
+        return True
+
     def send_rtp(self, writer: RtpWriter, payload_type: int, marker: bool,
                  sequence_number: int, timestamp: int, abs_send_time: int,
                  audio_level: tuple[bool, int] | None, payload: bytes) -> bool:
@@ -389,7 +477,7 @@ class SrtpWire:
         Raises ``ValueError`` for a packet over what libsrtp can protect, ``SrtpError`` if
         libsrtp refuses it; False: not connected, nothing sent."""
         dtls = self.dtls
-        if dtls._state is not DtlsState.CONNECTED:  # W1
+        if dtls._state is not _DTLS_CONNECTED:  # W1
             return False
         pair = self._nominated.get(1)  # W2
         if pair is None:
@@ -786,6 +874,8 @@ class OutputSender:
         self.sender._send_keyframe = self._send_keyframe  # type: ignore[method-assign]  # S4
         self._original_rtcp = type(self.sender)._handle_rtcp_packet.__get__(self.sender)
         self.sender._handle_rtcp_packet = self._handle_rtcp_packet  # type: ignore[method-assign]
+        self._original_send_rtcp = type(self.sender)._send_rtcp.__get__(self.sender)
+        self.sender._send_rtcp = self._send_rtcp  # type: ignore[method-assign]  # S7
 
     @property
     def ssrc(self) -> int:
@@ -818,6 +908,7 @@ class OutputSender:
         """Give the sender back its own PLI and RTCP handlers."""
         self.sender.__dict__.pop("_send_keyframe", None)
         self.sender.__dict__.pop("_handle_rtcp_packet", None)
+        self.sender.__dict__.pop("_send_rtcp", None)
         self.on_keyframe_request = None
 
     def _payload_type(self, mime_type: str, clock_rate: int) -> int | None:
@@ -967,6 +1058,18 @@ class OutputSender:
         self.keyframe_requests += 1
         if self.on_keyframe_request is not None:
             self.on_keyframe_request()
+
+    async def _send_rtcp(self, packets: list[Any]) -> None:
+        """S7: what aiortc's RTCP loop sends for this sender (a Sender Report and SDES every
+        0.5-1.5 s, a BYE when it stops), on the connection's :class:`SrtpWire` at once: the
+        same SRTCP datagram, without aiortc's four coroutine layers down to ``sendto``
+        (aiortc's own path until the wire exists)."""
+        wire = self._wire
+        if wire is None:
+            await self._original_send_rtcp(packets)
+            return
+        # As aiortc does, not connected: nothing is sent, and no error.
+        wire.send_rtcp(b"".join(bytes(packet) for packet in packets))
 
     async def _handle_rtcp_packet(self, packet: Any) -> None:
         """S5: aiortc's handling (NACK -> RTX, PLI -> S4), then our estimates."""

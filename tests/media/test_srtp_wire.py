@@ -55,6 +55,18 @@ async def remote_outbound(pc: RTCPeerConnection) -> Any:
     return next((s for s in report.values() if s.type == "remote-outbound-rtp"), None)
 
 
+async def sender_report_counting(pc: RTCPeerConnection, packets: int) -> Any:
+    """The first Sender Report ``pc`` receives that counts ``packets`` or more (aiortc's RTCP
+    loop sends one every 0.5-1.5 s)."""
+    deadline = time.monotonic() + 30
+    report = await remote_outbound(pc)
+    while report is None or report.packetsSent < packets:
+        assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
+        await asyncio.sleep(0.1)
+        report = await remote_outbound(pc)
+    return report
+
+
 async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
     relay, subscriber = RTCPeerConnection(ICE.rtc_configuration()), RTCPeerConnection(
         ICE.rtc_configuration())
@@ -90,12 +102,7 @@ async def test_the_wire_sends_what_aiortcs_chain_sends_and_counts_it() -> None:
         assert received[sender.ssrc] == want  # both paths, in order, intact
 
         # aiortc's Sender Reports (S6) count the copies of both paths (one every 0.5-1.5 s).
-        deadline = time.monotonic() + 30
-        report = await remote_outbound(subscriber)
-        while report is None or report.packetsSent < len(packets):
-            assert time.monotonic() < deadline, f"no Sender Report counting all: {report}"
-            await asyncio.sleep(0.1)
-            report = await remote_outbound(subscriber)
+        report = await sender_report_counting(subscriber, len(packets))
         assert report.packetsSent == len(packets)
         assert report.bytesSent == sum(payloads)
         assert sender.sent_packets == len(packets) and sender.sent_bytes == sum(payloads)
@@ -144,3 +151,41 @@ def test_the_packer_protects_exactly_as_pylibsrtp(profile: int, key_len: int) ->
     # Over what libsrtp can protect in place: refused before libsrtp, as pylibsrtp does.
     with pytest.raises(ValueError):
         packer.protect(ours, writer, 96, False, 2000, 0, 0, None, bytes(SRTP_ROOM))
+
+
+async def test_sender_reports_leave_on_the_wire_not_through_aiortcs_chain() -> None:
+    relay, subscriber = RTCPeerConnection(ICE.rtc_configuration()), RTCPeerConnection(
+        ICE.rtc_configuration())
+    try:
+        sender = OutputSender(relay.addTransceiver("audio", direction="sendonly"))
+        await negotiate(relay, subscriber)
+        await until(lambda: sender.ready, "the sender ready")
+        dtls = relay.getTransceivers()[0].sender.transport
+        chain: list[bytes] = []
+        original = dtls._send_rtp
+
+        async def counting(data: bytes) -> None:
+            chain.append(data)
+            await original(data)
+
+        dtls._send_rtp = counting  # (only what still goes through aiortc's chain)
+        packets = [opus_packet(i) for i in range(COPIES)]
+        for i, packet in enumerate(packets):
+            assert sender.send(packet, Forward(1000 + i, 5000 + i * 960), _ntp_now(time.time()))
+        _, count0 = await transport_sent(relay)
+        # aiortc's RTCP loop (S7) sends one every 0.5-1.5 s: a Sender Report counting them all.
+        report = await sender_report_counting(subscriber, len(packets))
+        assert report.packetsSent == len(packets)
+        assert report.bytesSent == sum(len(p.payload) for p in packets)
+        _, count1 = await transport_sent(relay)
+        assert count1 > count0  # the reports are counted as the transport's packets
+        assert not chain, "a Sender Report went through aiortc's send chain"
+
+        # Not connected: aiortc's loop goes on, nothing is sent and nothing raises.
+        await subscriber.close()
+        await until(lambda: dtls.state != "connected", "the DTLS transport closed")
+        await sender.sender._send_rtcp([])
+        assert not chain
+    finally:
+        await relay.close()
+        await subscriber.close()
