@@ -13,22 +13,44 @@ The connection is opened with ``check_same_thread=False`` and every method takes
 so the store may be called from a worker thread and from the event loop thread, never at the same
 moment. From the event loop prefer ``await asyncio.to_thread(...)``: a call that waits on the lock
 while a commit fsyncs blocks the loop for that long.
+
+This module holds the store's tables and their queries; how it fails is in
+``meshnode.store.errors``, and its file (creation, schema, migration, connection settings) in
+``meshnode.store.schema``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from meshnode.store.errors import _SQLITE_BUSY as _SQLITE_BUSY
+from meshnode.store.errors import _SQLITE_CANTOPEN as _SQLITE_CANTOPEN
+from meshnode.store.errors import _SQLITE_CORRUPT as _SQLITE_CORRUPT
+from meshnode.store.errors import _SQLITE_FULL as _SQLITE_FULL
+from meshnode.store.errors import _SQLITE_IOERR as _SQLITE_IOERR
+from meshnode.store.errors import _SQLITE_LOCKED as _SQLITE_LOCKED
+from meshnode.store.errors import _SQLITE_NOTADB as _SQLITE_NOTADB
+from meshnode.store.errors import _SQLITE_PERM as _SQLITE_PERM
+from meshnode.store.errors import _SQLITE_READONLY as _SQLITE_READONLY
+from meshnode.store.errors import StoreError, StoreErrorReason, UnknownRoom
+from meshnode.store.errors import _corrupt as _corrupt
+from meshnode.store.errors import _corrupt_message as _corrupt_message
+from meshnode.store.errors import _translate as _translate
+from meshnode.store.schema import _JOURNAL_SIZE_LIMIT as _JOURNAL_SIZE_LIMIT
+from meshnode.store.schema import _SCHEMA as _SCHEMA
+from meshnode.store.schema import _SQLITE_MAGIC as _SQLITE_MAGIC
+from meshnode.store.schema import SCHEMA_VERSION, _configure, _schema_version
+from meshnode.store.schema import _check_header as _check_header
+from meshnode.store.schema import _create_private_file as _create_private_file
 
 __all__ = [
     "DB_FILENAME",
@@ -43,132 +65,9 @@ __all__ = [
 DB_FILENAME = "meshnode.db"
 """Conventional name of the database file inside a node's data directory."""
 
-SCHEMA_VERSION = 2
-"""The schema this code writes; older schemas are migrated, newer ones are refused.
-2: adds ``dht_peers`` (the DHT routing table kept across restarts)."""
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-# Primary SQLite result codes (sqlite3.SQLITE_* exists only from Python 3.11's stubs onwards and
-# the extended codes carry the primary code in their low byte).
-_SQLITE_PERM = 3
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-_SQLITE_READONLY = 8
-_SQLITE_IOERR = 10
-_SQLITE_CORRUPT = 11
-_SQLITE_FULL = 13
-_SQLITE_CANTOPEN = 14
-_SQLITE_NOTADB = 26
-
 # Rows fetched per query when streaming a room's log: big enough to amortise the query, small
 # enough that a huge room never sits in memory.
 _STREAM_BATCH = 256
-
-# After a checkpoint SQLite truncates the WAL file back to this size, so a burst of writes does
-# not leave a huge file behind for ever.
-_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS rooms (
-    room_id    BLOB PRIMARY KEY,
-    genesis    BLOB NOT NULL,
-    name       TEXT NOT NULL,
-    settings   TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-
--- seq is the rowid: it only grows within a room, so ORDER BY seq is insertion order.
-CREATE TABLE IF NOT EXISTS changes (
-    seq       INTEGER PRIMARY KEY,
-    room_id   BLOB NOT NULL REFERENCES rooms(room_id) ON DELETE CASCADE,
-    change_id BLOB NOT NULL,
-    data      BLOB NOT NULL,
-    UNIQUE (room_id, change_id)
-);
-CREATE INDEX IF NOT EXISTS changes_by_room ON changes(room_id, seq);
-
-CREATE TABLE IF NOT EXISTS snapshots (
-    room_id      BLOB PRIMARY KEY REFERENCES rooms(room_id) ON DELETE CASCADE,
-    data         BLOB NOT NULL,
-    change_count INTEGER NOT NULL,
-    saved_at     REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS peers (
-    peer_id TEXT PRIMARY KEY,
-    url     TEXT NOT NULL,
-    seen_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS peers_by_seen ON peers(seen_at);
-
--- The DHT's routing table (meshnode.discovery), kept across restarts: libp2p multiaddrs as a
--- JSON list of strings.
-CREATE TABLE IF NOT EXISTS dht_peers (
-    peer_id TEXT PRIMARY KEY,
-    addrs   TEXT NOT NULL,
-    seen_at REAL NOT NULL
-);
-
-CREATE TABLE IF NOT EXISTS kv (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-"""
-
-
-class StoreErrorReason(StrEnum):
-    """Why the store failed, as a stable label (metrics, ``/healthz``, ``Nack`` messages)."""
-
-    DISK_FULL = "disk_full"
-    """The file system holding the database is full: free space, nothing is lost."""
-    IO_ERROR = "io_error"
-    """The operating system reported an I/O error (a failing disk, a vanished mount)."""
-    LOCKED = "locked"
-    """Another process held a lock on the database for longer than the busy timeout."""
-    READ_ONLY = "read_only"
-    """The database file or its directory cannot be written (permissions, a read-only mount)."""
-    CORRUPT = "corrupt"
-    """The file is damaged or is not a meshnode database."""
-    CLOSED = "closed"
-    """The store (or its writer) was closed."""
-    BUSY = "busy"
-    """Backpressure: too many changes wait for the disk."""
-    UNKNOWN_ROOM = "unknown_room"
-    """A write named a room the store does not hold (a caller's mistake, not the disk's)."""
-    OTHER = "other"
-    """Anything else SQLite reported; the message says what."""
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked: corrupt or foreign file, disk full, I/O error, closed.
-
-    The message names the file and says what the operator should do; :attr:`reason` is the
-    stable label of the kind of failure.
-    """
-
-    def __init__(self, message: str, reason: StoreErrorReason = StoreErrorReason.OTHER) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class UnknownRoom(StoreError):
-    """A write referred to rooms that were never added (or were removed).
-
-    :attr:`room_ids` lists them, so a batch writer can drop just those items and retry the rest.
-    """
-
-    def __init__(self, room_ids: Iterable[bytes]) -> None:
-        self.room_ids: frozenset[bytes] = frozenset(room_ids)
-        shown = ", ".join(sorted(r.hex() for r in self.room_ids))
-        super().__init__(
-            f"unknown room(s): {shown}; add_room() them first", StoreErrorReason.UNKNOWN_ROOM
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,87 +79,6 @@ class RoomRecord:
     name: str
     settings: dict[str, object]
     created_at: float
-
-
-def _corrupt_message(path: Path, detail: object) -> str:
-    detail = " ".join(str(detail).split())  # integrity_check reports span several lines
-    return (
-        f"{path} is corrupt or is not a meshnode database ({detail}). meshnode will not "
-        f"overwrite it. Stop the node, move {path.name} and any {path.name}-wal and "
-        f"{path.name}-shm files next to it aside, then restore them from a backup or start "
-        f"the node with an empty data directory (it will have to rejoin its rooms)."
-    )
-
-
-def _corrupt(path: Path, detail: object) -> StoreError:
-    return StoreError(_corrupt_message(path, detail), StoreErrorReason.CORRUPT)
-
-
-def _translate(exc: sqlite3.Error, path: Path, action: str) -> StoreError:
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    text = str(exc)
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
-        "malformed" in text or "not a database" in text
-    ):
-        return _corrupt(path, text)
-    if primary == _SQLITE_FULL:
-        return StoreError(
-            f"{action} failed: the disk holding {path} is full ({text}). Free some space; "
-            f"nothing that was acknowledged has been lost.",
-            StoreErrorReason.DISK_FULL,
-        )
-    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN):
-        return StoreError(
-            f"{action} failed: I/O error on {path} ({text}). Stop the node and check the "
-            f"disk and the file system (dmesg) before restarting it.",
-            StoreErrorReason.IO_ERROR,
-        )
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return StoreError(
-            f"{action} failed: another process holds a lock on {path} ({text}). Stop the "
-            f"program that has it open (a backup, an sqlite3 shell) or make it finish sooner.",
-            StoreErrorReason.LOCKED,
-        )
-    if primary in (_SQLITE_READONLY, _SQLITE_PERM):
-        return StoreError(
-            f"{action} failed: {path} cannot be written ({text}). Check the permissions of "
-            f"the file and its directory, and that the file system is mounted read-write.",
-            StoreErrorReason.READ_ONLY,
-        )
-    return StoreError(f"{action} failed on {path}: {text}")
-
-
-def _create_private_file(path: Path) -> bool:
-    """Create ``path`` empty with mode 0600; False if it already existed."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    try:
-        # The umask can only remove bits, but be exact. SQLite gives the -wal and -shm files the
-        # mode of the database file, so they are private too.
-        os.fchmod(fd, 0o600)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    # Make the new directory entry itself durable; SQLite only syncs the directory for the files
-    # it creates (journal, WAL).
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True
-
-
-def _check_header(path: Path) -> None:
-    """Refuse a non-empty file that is not SQLite before SQLite gets a chance to touch it."""
-    with path.open("rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
-    if head and head != _SQLITE_MAGIC:
-        raise _corrupt(path, "no SQLite header")
 
 
 class ChangeStore:
@@ -280,6 +98,10 @@ class ChangeStore:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
+
+    # The steps of ``open`` that check and set up the file (``meshnode.store.schema``).
+    _configure = staticmethod(_configure)
+    _schema_version = staticmethod(_schema_version)
 
     @classmethod
     def open(
@@ -324,75 +146,6 @@ class ChangeStore:
             conn.close()
             raise
         return cls(conn, path, max_peers=max_peers)
-
-    @staticmethod
-    def _configure(conn: sqlite3.Connection, path: Path, mode: str, quick_check: bool) -> None:
-        try:
-            # Everything that can refuse the file runs before the first write (journal_mode=WAL
-            # rewrites the header of a rollback-journal database), so a refused file is left
-            # exactly as it was.
-            ChangeStore._schema_version(conn, path)
-            if quick_check:
-                rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
-                if rows != ["ok"]:
-                    raise _corrupt(path, "; ".join(rows[:5]))
-            journal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(journal).lower() != "wal":
-                raise StoreError(
-                    f"cannot put {path} in WAL mode (SQLite answered {journal!r}); put the "
-                    f"data directory on a local file system that supports shared memory"
-                )
-            conn.execute(f"PRAGMA synchronous={mode}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
-            # Another process (a backup, the sqlite3 shell) may hold a lock briefly.
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Read again under the write lock: another process may have created it since.
-                if ChangeStore._schema_version(conn, path) < SCHEMA_VERSION:
-                    # Version 0 is a new file; 1 -> 2 adds a table. Every statement is
-                    # CREATE ... IF NOT EXISTS, so rerunning them is the migration.
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise _translate(exc, path, "opening the store") from exc
-
-    @staticmethod
-    def _schema_version(conn: sqlite3.Connection, path: Path) -> int:
-        """The file's schema version (0 if empty); refuses foreign and newer databases."""
-        # Reading sqlite_master makes SQLite parse page 1: a damaged header fails here.
-        tables = {
-            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if not tables:
-            return 0
-        if "meta" not in tables:
-            raise StoreError(
-                f"{path} is an SQLite database but not a meshnode one (tables: "
-                f"{', '.join(sorted(tables))}); point the node at another data directory"
-            )
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None or not str(row[0]).isdigit():
-            raise _corrupt(path, "missing or invalid schema_version")
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has schema version {version}, written by a newer meshnode; this one "
-                f"understands up to version {SCHEMA_VERSION}. Upgrade meshnode (downgrading "
-                f"would lose data), or restore a backup made by this version."
-            )
-        return version
 
     @property
     def path(self) -> Path:
