@@ -25,7 +25,6 @@ from protocol.errors import DecodeError
 log = logging.getLogger("meshnode.web.session")  # one logger for the whole session
 
 
-
 class PersonEdits(SessionView):
     """Identification and person-signed edits of a ``BrowserSession``."""
 
