@@ -12,7 +12,7 @@ import pytest
 
 from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
-from meshnode.runtime import links
+from meshnode.runtime import link_intake
 from meshnode.runtime.links import Established, LinkManager, LinkService
 from meshnode.transport.link import LinkSettings, LocalHello
 from protocol import frames
@@ -116,7 +116,7 @@ async def test_past_the_byte_bound_everything_waiting_is_handled_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     mgr, service, (a, _) = _setup()
     size = len(_frame(0))
-    monkeypatch.setattr(links, "INBOX_MAX_BYTES", 3 * size)
+    monkeypatch.setattr(link_intake, "INBOX_MAX_BYTES", 3 * size)
     for n in range(3):
         mgr._receive(a, "sync", _frame(n))
     assert service.seen == []
