@@ -13,7 +13,10 @@ follows one path and never loops.
 Per subscriber:
 
 - a client or browser gets what the ``Selector`` plans for it (positions, audio levels,
-  its bandwidth estimate and preferences; never its own sources);
+  its bandwidth estimate and preferences; never its own sources). A video planned at its
+  top measured layer is forwarded whole (layer ``None``); so is one whose layers are not
+  measured yet (the selector sees one layer, 0, which to the forwarder would mean the base
+  layer only);
 - a neighbour node gets exactly the sources it asked for (``MediaPrefs.wanted``) that we
   have or can reach through another neighbour (never back where they came from).
 
@@ -140,7 +143,11 @@ def decide_room(state: RoomState, selector: Selector, now: float) -> RoomDecisio
                     needed.add(sid)
             for sid, tid in plan.video.items():
                 if sid in local:
-                    chosen[sid] = tid
+                    # The selector's top layer is every layer, None to the forwarder: for a
+                    # source whose layers are not measured yet (one "layer", 0) a 0 would
+                    # thin a layered stream to its base layer until they are.
+                    top = len(layer_costs(local[sid])) - 1
+                    chosen[sid] = None if tid >= top else tid
                 else:
                     needed.add(sid)
         outputs[sub.endpoint] = chosen

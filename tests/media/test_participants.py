@@ -64,7 +64,7 @@ def test_two_browsers_of_one_node_get_each_others_streams_not_their_own() -> Non
                       [sub(a), sub(b)], ["node:M"])
     d = decide_room(state, Selector(), 1.0)
     assert d.outputs[f"browser:{a}"] == {mic_b: None}
-    assert d.outputs[f"browser:{b}"] == {cam_a: 0}
+    assert d.outputs[f"browser:{b}"] == {cam_a: None}  # all of it (its layers are not measured)
     # To a neighbour the sources are announced under their publisher's PeerID (a
     # participant is no PeerID: MediaSources would not carry it).
     assert d.announce["node:M"] == (Announce(cam_a, N, "video", 0),

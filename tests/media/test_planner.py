@@ -10,9 +10,9 @@ P, Q = "12D3KooWPub", "12D3KooWQub"
 CAM, MIC, FAR = f"{P}/cam", f"{P}/mic", f"{Q}/mic"
 
 
-def client(name: str, audio_only: bool = False) -> Subscriber:
+def client(name: str, audio_only: bool = False, estimate: float | None = None) -> Subscriber:
     return Subscriber(f"client:{name}", False,
-                      SubscriberView(name, (0.0, 0.0, 0.0), None, audio_only, None))
+                      SubscriberView(name, (0.0, 0.0, 0.0), estimate, audio_only, None))
 
 
 def test_local_sources_fan_out_and_remote_ones_are_asked_from_one_neighbour() -> None:
@@ -75,11 +75,13 @@ def test_the_room_cap_lowers_layers_of_the_farthest_video_first_then_pauses_it()
                                      ["node:B"], cap), Selector(), 1.0)
 
     free = decide(None)
-    assert free.outputs["client:s1"] == {near.source_id: 2, far.source_id: 2, mic.source_id: None}
+    assert free.outputs["client:s1"] == {near.source_id: None, far.source_id: None,
+                                         mic.source_id: None}  # every layer
     assert free.kbps == 600 + 600 + 40 + 600  # the trunk copy carries every layer
     # 1500 (of 1840): the far video loses its top layers first, the near one keeps them.
     d = decide(1500.0)
-    assert d.outputs["client:s1"] == {near.source_id: 2, far.source_id: 0, mic.source_id: None}
+    assert d.outputs["client:s1"] == {near.source_id: None, far.source_id: 0,
+                                      mic.source_id: None}
     assert d.kbps == 1390 and not d.demoted
     # 1000: then the nearer one's layers go too.
     d = decide(1000.0)
@@ -95,3 +97,25 @@ def test_the_room_cap_lowers_layers_of_the_farthest_video_first_then_pauses_it()
     assert d.outputs["client:s1"] == {mic.source_id: None}
     assert d.outputs["node:B"] == {far.source_id: None}
     assert set(d.demoted["client:s1"]) == {near.source_id, far.source_id}
+
+
+def test_a_video_is_forwarded_whole_until_its_layers_are_measured() -> None:
+    """Regression (a Chromium subscriber's one freeze a second after its picture appeared):
+    a new layered video has no layer rates measured yet, so the selector sees one layer and
+    plans layer 0, meaning the whole stream; handed to the forwarder as 0 it thinned the
+    stream to its base layer (~4 of 15 frames a second) until the rates were measured, and a
+    subscriber whose first frames came before that saw the rate fall: a freeze. The
+    forwarder gets None (every layer) for the top planned layer, measured or not."""
+    unmeasured = _video("12D3KooWNew/cam", "12D3KooWNew", 1.0, ())
+    measured = _video("12D3KooWOld/cam", "12D3KooWOld", 2.0, (150.0, 300.0, 600.0))
+    origin = {s.source_id: f"client:{s.publisher}" for s in (unmeasured, measured)}
+    for estimate in (None, 1e4):
+        d = decide_room(RoomState([unmeasured, measured], origin, {},
+                                  [client("s1", estimate=estimate)], []), Selector(), 1.0)
+        assert d.outputs["client:s1"] == {unmeasured.source_id: None,
+                                          measured.source_id: None}
+    # A budget that fits the measured video's two lower layers only: layer 1 of it, and the
+    # unmeasured one (one "layer") still whole.
+    d = decide_room(RoomState([unmeasured, measured], origin, {},
+                              [client("s1", estimate=900.0)], []), Selector(), 1.0)
+    assert d.outputs["client:s1"] == {unmeasured.source_id: None, measured.source_id: 1}
