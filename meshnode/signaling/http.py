@@ -45,6 +45,10 @@ Origin; the CLI uses these):
 
 The app sees its node only through ``NodeApi`` (what it reads, the room host's actions, the
 offer answerer), never the ``Node`` itself.
+
+Here: the app (``build_app``: the guard, signaling, room data, health, metrics) and ``serve``;
+``admin_routes`` adds the admin API, ``node_api`` holds ``NodeApi`` and ``RoomAdmin``, and
+``json_io`` reads JSON bodies and writes JSON errors.
 """
 
 import contextlib
@@ -52,31 +56,27 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from meshnode.config import NodeConfig
-from meshnode.crdt import PermissionDenied
-from meshnode.discovery import DiscoveryState, HostRecord
 from meshnode.overlay.scoring import TokenBucket
-from meshnode.rooms.invite import parse_invite
 from meshnode.rooms.readers import BrowserAccess, RoomPart
 from meshnode.runtime.links import MAX_OFFER_BYTES, LinkRefused
+from meshnode.signaling.admin_routes import add_admin_routes as add_admin_routes
 from meshnode.signaling.admin_token import ADMIN_TOKEN_FILE, AdminTokenFile
-from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal, status_page_only
+from meshnode.signaling.guard import GUARD, Guard, HostPolicy, Refusal
+from meshnode.signaling.json_io import _error as _error
+from meshnode.signaling.json_io import _json_body as _json_body
+from meshnode.signaling.node_api import NodeApi as NodeApi
+from meshnode.signaling.node_api import RoomAdmin as RoomAdmin
 from meshnode.signaling.proxies import TrustedProxies
 from meshnode.signaling.room_reads import browser_access_of, may_read
 from meshnode.signaling.source_limits import SourceBuckets
-from meshnode.status import NodeView, node_status, peers_info, refresh_metrics, room_info
-from meshnode.store import StoreFailure
+from meshnode.status import refresh_metrics
 from meshnode.web.host_origins import HostOrigins
-from meshnode.web.media import BrowserMediaHost
-from meshnode.web.rooms import RoomAccess
-from meshnode.web.routes import BROWSER_LINKS, STATIC_DIR, add_web_routes
-from protocol.errors import DecodeError
+from meshnode.web.routes import BROWSER_LINKS, add_web_routes
 
 log = logging.getLogger("meshnode.http")
 
@@ -85,84 +85,6 @@ HOSTS_TIMEOUT_S = 5.0  # default wait of GET /api/rooms/{room}/hosts for the DHT
 WS_OFFER_BURST = 5.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RoomAdmin(Protocol):
-    """The room host's actions the HTTP endpoint offers (``meshnode.rooms.host.RoomHost``)."""
-
-    async def create_room(self, name: str, *, default: bool = False,
-                          admit: str | None = None, private: bool = False) -> bytes:
-        """Found a room owned by this node (``private``: sealed); returns its ID."""
-        ...
-
-    async def join_room(self, token: str) -> bytes:
-        """Host a room from an invite token (``DecodeError``/``ValueError`` if bad)."""
-        ...
-
-    def invite(self, room_id: bytes, role: str = "editor", ttl_s: float = 7 * 86_400,
-               max_uses: int | None = None) -> str:
-        """An invite token for a hosted room (``max_uses``: how many it may admit)."""
-        ...
-
-    async def set_role(self, room_id: bytes, peer: str, role: str) -> None:
-        """Give a member a role (a lower one names its cut-off)."""
-        ...
-
-    async def remove_member(self, room_id: bytes, peer: str) -> None:
-        """Remove a member (role none, with a cut-off)."""
-        ...
-
-    async def revoke_invite(self, room_id: bytes, invite_id: bytes) -> None:
-        """Revoke an invite of the room by ID."""
-        ...
-
-    def room(self, hex_id: str) -> RoomAccess | None:
-        """A hosted room as browsers see it, by hex ID."""
-        ...
-
-    def default_room_hex(self) -> str:
-        """The default room's hex ID ("" if none)."""
-        ...
-
-    async def latest_snapshot(self, room_id: bytes) -> bytes | None:
-        """The room's latest stored snapshot (None if none yet)."""
-        ...
-
-    async def join_snapshot(self, room_id: bytes) -> bytes | None:
-        """The snapshot a joining client starts from, frontier near the heads (None if
-        none yet; ``meshnode.rooms.head_snapshots``)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class NodeApi:
-    """What the HTTP endpoint may use of its node; the composition root builds it.
-
-    ``accept_offer(sdp)`` answers a WebRTC offer (``LinkManager.accept_offer``);
-    ``healthy()`` says whether the node can take writes (its store is open);
-    ``store_failure()`` why its commits fail now (None: they do not). ``config`` gives the
-    listen address, ``public_url``, the data directory (the admin token), the HTTP limits and
-    the browsers' settings. ``find_hosts(room_id, timeout)`` finds a room's hosts
-    (``RoomDiscovery.find_hosts``, or only those known without the DHT when discovery is
-    off); ``discovery()`` says whether discovery runs and why not. ``offer_refusal(peer)``:
-    why an offer naming ``peer`` as its sender is refused before it is answered
-    (``LinkManager.offer_refusal``; None: answer it).
-    """
-
-    view: NodeView
-    host: RoomAdmin
-    accept_offer: Callable[[str], Awaitable[str]]
-    healthy: Callable[[], bool]
-    store_failure: Callable[[], StoreFailure | None]
-    config: NodeConfig
-    find_hosts: Callable[[bytes, float], Awaitable[list[HostRecord]]] | None = None
-    discovery: Callable[[], DiscoveryState] | None = None
-    host_origins: HostOrigins | None = None
-    """The web origins of our rooms' other hosts: their pages may offer cross-origin."""
-    offer_refusal: Callable[[object], str | None] = lambda peer: None
-    media: BrowserMediaHost | None = None
-    """The media relay for the browsers' voice and video (None: pages are told media is
-    off)."""
 
 
 @contextlib.asynccontextmanager
@@ -179,26 +101,6 @@ async def serve(app: web.Application, host: str, port: int) -> AsyncIterator[int
     finally:
         await runner.cleanup()
 
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-async def _json_body(request: web.Request, limit: int = 16 * 1024) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = await request.read()  # the guard has read it already, within the body timeout
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error": "body is not JSON"}',
-                                 content_type="application/json") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}',
-                                 content_type="application/json")
-    return body
 
 
 def build_app(node: NodeApi) -> web.Application:
@@ -340,18 +242,6 @@ def build_app(node: NodeApi) -> web.Application:
         return web.Response(body=metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
-    async def admin_metrics(request: web.Request) -> web.Response:
-        refresh_metrics(view, request.app.get(BROWSER_LINKS))
-        return web.Response(body=metrics.render_admin(),
-                            content_type="text/plain", charset="utf-8")
-
-    async def status(request: web.Request) -> web.Response:
-        body = node_status(view)
-        body["proxy"] = guard.proxies.to_json()  # for `meshnode doctor`
-        if node.discovery is not None:
-            body["discovery"] = node.discovery().to_json()
-        return web.json_response(body)
-
     async def find_hosts(request: web.Request) -> web.Response:
         try:
             room_id = bytes.fromhex(request.match_info["room"])
@@ -386,113 +276,6 @@ def build_app(node: NodeApi) -> web.Application:
             return _error(404, "discovery is off on this node")
         return web.json_response({"peer_id": state.peer_id, "addrs": list(state.addrs)})
 
-    async def status_page(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC_DIR / "status.html")
-
-    async def peers(request: web.Request) -> web.Response:
-        return web.json_response(peers_info(view))
-
-    async def rooms(request: web.Request) -> web.Response:
-        return web.json_response([room_info(view, rid) for rid in view.rooms])
-
-    async def create_room(request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        name = body.get("name", "room")
-        admit = body.get("admit")
-        # As `meshnode room create`: private unless asked not to be or open (an open room
-        # admits anyone, so it is never private); a private room is invite-only.
-        private = body.get("private", admit != "open")
-        if not isinstance(name, str) or not 0 < len(name) <= 200:
-            return _error(400, "name must be a string of 1 to 200 characters")
-        if admit not in (None, "open", "invite"):
-            return _error(400, "admit must be open or invite")
-        if type(private) is not bool:
-            return _error(400, "private must be true or false")
-        if private and admit is None:
-            admit = "invite"
-        try:
-            rid = await host.create_room(name, admit=admit, private=private)
-        except ValueError as err:  # a private room that would be open
-            return _error(400, str(err))
-        return web.json_response(room_info(view, rid))
-
-    async def join_room(request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        token = body.get("token")
-        if not isinstance(token, str):
-            return _error(400, "expected {\"token\": \"mninv1...\"}")
-        try:
-            rid = await host.join_room(token)
-        except (DecodeError, ValueError) as err:
-            return _error(400, str(err))
-        return web.json_response(room_info(view, rid))
-
-    async def invite(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
-        body = await _json_body(request)
-        role = body.get("role", "editor")
-        ttl = body.get("ttl_s", 7 * 86_400)
-        if role not in ("viewer", "editor", "admin", "host"):
-            return _error(400, "role must be viewer, editor, admin or host (a node that "
-                               "stores and relays a private room without reading it)")
-        if not isinstance(ttl, int | float) or not 0 < ttl <= 365 * 86_400:
-            return _error(400, "ttl_s must be a number of seconds up to a year")
-        max_uses = body.get("max_uses")
-        if max_uses is not None and (type(max_uses) is not int or not 0 < max_uses < 2**32):
-            return _error(400, "max_uses must be a whole number from 1 (or null: no limit)")
-        try:
-            token = host.invite(hosted.runtime.room_id, role, float(ttl), max_uses)
-        except PermissionDenied as err:  # an invite that could never admit anyone
-            return _error(403, str(err))
-        return web.json_response({"token": token, "room": hosted.runtime.room_id.hex(),
-                                  "id": parse_invite(token).id.hex(), "role": role,
-                                  "max_uses": max_uses})
-
-    async def room_edit(hosted: Any, edit: Awaitable[None],
-                        answer: dict[str, Any]) -> web.Response:
-        """Run a membership edit; its refusals become errors that say what to do."""
-        node_role = hosted.runtime.replica.role_of(view.peer_id)
-        try:
-            await edit
-        except PermissionDenied as err:
-            return _error(403, f"{err} (this node is {node_role} in the room; only the owner "
-                               "and admins change members and invites)")
-        except ValueError as err:
-            return _error(400, str(err))
-        return web.json_response(answer)
-
-    async def set_member(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
-        body = await _json_body(request)
-        peer, role = body.get("peer"), body.get("role")
-        if not isinstance(peer, str) or role not in ("admin", "editor", "viewer", "host",
-                                                     "none"):
-            return _error(400, 'expected {"peer": PeerID, "role": "admin" | "editor" | '
-                               '"viewer" | "host" | "none"}')
-        rid = hosted.runtime.room_id
-        return await room_edit(hosted, host.set_role(rid, peer, role),
-                               {"room": rid.hex(), "peer": peer, "role": role})
-
-    async def remove_member(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
-        peer = request.match_info["peer"]
-        rid = hosted.runtime.room_id
-        return await room_edit(hosted, host.remove_member(rid, peer),
-                               {"room": rid.hex(), "peer": peer, "role": "none"})
-
-    async def revoke_invite(request: web.Request) -> web.Response:
-        hosted = room_or_404(request)
-        try:
-            invite_id = bytes.fromhex(request.match_info["invite"])
-        except ValueError:
-            invite_id = b""
-        if len(invite_id) != 32:
-            return _error(400, "an invite ID is 64 hex digits (the \"id\" that "
-                               "`meshnode room invite --json` prints)")
-        rid = hosted.runtime.room_id
-        return await room_edit(hosted, host.revoke_invite(rid, invite_id),
-                               {"room": rid.hex(), "invite": invite_id.hex()})
-
     app.router.add_post("/signal/offer", offer)
     app.router.add_get("/signal/ws", offer_ws)
     app.router.add_get("/api/rooms/{room}/genesis", genesis)
@@ -502,17 +285,7 @@ def build_app(node: NodeApi) -> web.Application:
     app.router.add_get("/api/libp2p", libp2p_info)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/api/status", admin_only(status))
-    app.router.add_get("/api/metrics", admin_only(admin_metrics))
-    app.router.add_get("/status", status_page_only(guard, status_page))
-    app.router.add_get("/api/peers", admin_only(peers))
-    app.router.add_get("/api/rooms", admin_only(rooms))
-    app.router.add_post("/api/rooms", admin_only(create_room))
-    app.router.add_post("/api/rooms/join", admin_only(join_room))
-    app.router.add_post("/api/rooms/{room}/invites", admin_only(invite))
-    app.router.add_post("/api/rooms/{room}/invites/{invite}/revoke", admin_only(revoke_invite))
-    app.router.add_post("/api/rooms/{room}/members", admin_only(set_member))
-    app.router.add_delete("/api/rooms/{room}/members/{peer}", admin_only(remove_member))
+    add_admin_routes(app, node, guard, room_or_404)
     _add_web_client(app, node, guard)
     return app
 

@@ -57,6 +57,10 @@ page that may read the room (a viewer's role) may receive; one that may edit it 
 role or better, or the operator) may publish too, so an open room that admits viewers does not
 let any passer-by talk into it. A room the page may not see never gets this far, and the relay
 may refuse with its own rules (``relay_refused``).
+
+``BrowserMedia`` (here) implements this protocol; ``media_setup`` holds what it starts from
+(``MediaRights``, ``MediaLimits``, ``RelayHost``, ``MediaSetup``) and ``media_lines`` the
+browser's m-lines (``Publication``, ``ReceiveSlot``, ``browser_source_id``, ``person_key``).
 """
 
 from __future__ import annotations
@@ -66,17 +70,20 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
-from aiortc import sdp as aiortc_sdp
-from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from meshnode.media.endpoint import Preferences, RelayPort, SourceInfo
-from meshnode.media.participants import BROWSER_LABEL_PREFIX, source_participant
 from meshnode.overlay.scoring import TokenBucket
 from meshnode.transport.ice import strip_mdns_candidates
+from meshnode.web.media_lines import Publication as Publication
+from meshnode.web.media_lines import ReceiveSlot as ReceiveSlot
+from meshnode.web.media_lines import _Mline as _Mline
+from meshnode.web.media_lines import _Negotiation as _Negotiation
+from meshnode.web.media_lines import _offered_media as _offered_media
+from meshnode.web.media_lines import browser_source_id as browser_source_id
+from meshnode.web.media_lines import person_key as person_key
 from meshnode.web.media_messages import (
     MEDIA_TYPES,
     BadMediaMessage,
@@ -86,7 +93,11 @@ from meshnode.web.media_messages import (
     MediaRefusal,
     parse_media_message,
 )
-from protocol.media import make_source_id
+from meshnode.web.media_setup import BrowserMediaHost as BrowserMediaHost
+from meshnode.web.media_setup import MediaLimits as MediaLimits
+from meshnode.web.media_setup import MediaRights as MediaRights
+from meshnode.web.media_setup import MediaSetup as MediaSetup
+from meshnode.web.media_setup import RelayHost as RelayHost
 
 __all__ = [
     "MEDIA_TYPES",
@@ -103,136 +114,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MediaRights:
-    """What this browser may do with media in its room, from its room access."""
-
-    receive: bool
-    publish: bool
-    role: str
-    """The role its access stands for (``viewer`` or ``editor``): what the relay checks."""
-
-
-@dataclass(frozen=True, slots=True)
-class MediaLimits:
-    """Caps on one browser's media (the relay has caps of its own)."""
-
-    max_publications: int = 2
-    """Send m-lines (one microphone and one camera)."""
-    max_receive_audio: int = 8
-    max_receive_video: int = 8
-    message_rate: float = 10.0
-    """Media messages a second (offers, publish, prefs), with ``message_burst`` saved up."""
-    message_burst: float = 20.0
-
-
-@dataclass(slots=True)
-class ReceiveSlot:
-    """A ``recvonly`` m-line of the browser: the node sends one source at a time on it."""
-
-    mid: str
-    kind: str
-    transceiver: RTCRtpTransceiver
-    source: SourceInfo | None = None
-
-    @property
-    def sender(self) -> RTCRtpSender:
-        """The aiortc sender the relay writes this slot's RTP packets into."""
-        sender: RTCRtpSender = self.transceiver.sender
-        return sender
-
-
-@dataclass(slots=True)
-class Publication:
-    """A ``sendonly`` m-line of the browser (its microphone or camera)."""
-
-    mid: str
-    kind: str
-    transceiver: RTCRtpTransceiver
-    source: SourceInfo
-    active: bool = False
-    """It carries a live track (``media_publish``) and the relay took it as a source."""
-
-    @property
-    def receiver(self) -> RTCRtpReceiver:
-        """The aiortc receiver the relay taps (never to be read as a track: that decodes)."""
-        receiver: RTCRtpReceiver = self.transceiver.receiver
-        return receiver
-
-
-class BrowserMediaHost(Protocol):
-    """The node's media relay, as its browsers need it (the node implements it)."""
-
-    def relay_for(self, room_id: bytes) -> RelayPort | None:
-        """The relay for ``room_id``, or None if the node relays no media there."""
-        ...
-
-
-class RelayHost:
-    """The node's ``BrowserMediaHost``: its ``MediaRelay`` (a ``RelayPort``) for every room it
-    hosts while media is on (``enabled()``; ``hosts(room_id)``)."""
-
-    def __init__(self, relay: RelayPort, *, enabled: Callable[[], bool],
-                 hosts: Callable[[bytes], bool]) -> None:
-        self.relay = relay
-        self._enabled = enabled
-        self._hosts = hosts
-
-    def relay_for(self, room_id: bytes) -> RelayPort | None:
-        """The relay, if media is on and the room hosted here."""
-        return self.relay if self._enabled() and self._hosts(room_id) else None
-
-
-def browser_source_id(node_peer: str, session: str, mid: str) -> str:
-    """The source ID of a browser's publication on m-line ``mid`` (``ValueError`` if the
-    session name or the mid cannot be part of a label): ``<node PeerID>/web.<session>.<mid>``,
-    browsers have no PeerID of their own, and the label says which of the node's browsers
-    publishes (``person_key``)."""
-    return make_source_id(node_peer, f"{BROWSER_LABEL_PREFIX}{session}.{mid}")
-
-
-def person_key(source: SourceInfo) -> str:
-    """The key of the person publishing ``source`` in a page's people list: ``PeerID#session``
-    for a browser on a node, the publisher's PeerID for anyone else (the relay's participant,
-    ``meshnode.media.participants``)."""
-    return source_participant(source)
-
-
-@dataclass(slots=True)
-class _Negotiation:
-    busy: bool = False
-    asked: tuple[int, int] | None = None
-    """The slot counts the last ``media_renegotiate`` asked for."""
-
-
-@dataclass(slots=True)
-class _Mline:
-    mid: str
-    kind: str
-    direction: str
-
-
-def _offered_media(text: str) -> list[_Mline]:
-    """The audio and video m-lines of an offer (raises ``BadMediaMessage`` if it is not SDP
-    aiortc can parse)."""
-    try:
-        parsed = aiortc_sdp.SessionDescription.parse(text)
-    except Exception as err:
-        raise BadMediaMessage(MediaRefusal.BAD_SDP,
-                              f"the offer is not valid SDP: {err!r}") from None
-    out: list[_Mline] = []
-    for media in parsed.media:
-        if media.kind == "application":
-            continue
-        if media.kind not in ("audio", "video"):
-            raise BadMediaMessage(MediaRefusal.BAD_SDP, f"m={media.kind} is not relayed")
-        mid = media.rtp.muxId
-        if not mid:
-            raise BadMediaMessage(MediaRefusal.BAD_SDP, "every m-line needs an a=mid")
-        out.append(_Mline(mid, media.kind, media.direction or "sendrecv"))
-    return out
 
 
 class BrowserMedia:
@@ -593,13 +474,3 @@ class BrowserMedia:
         if streams != self._shown and not self.closed:
             self._shown = streams
             self._send({"t": "media_streams", "streams": streams})
-
-
-@dataclass(frozen=True, slots=True)
-class MediaSetup:
-    """What a browser connection needs to start its media: the node's host and the rights
-    the page's room access gives."""
-
-    host: BrowserMediaHost | None
-    rights: MediaRights
-    limits: MediaLimits = field(default_factory=MediaLimits)

@@ -60,7 +60,7 @@ async def test_every_private_hook_exists_on_real_aiortc_objects() -> None:
         assert not missing, (
             f"aiortc {version('aiortc')} / aioice {version('aioice')} moved private attributes "
             "the media driver uses: " + "; ".join(missing)
-            + ". Update meshnode/media/aiortc_driver.py (PRIVATE_HOOKS) before upgrading."
+            + ". Update meshnode/media/aiortc_hooks.py (PRIVATE_HOOKS) before upgrading."
         )
     finally:
         await pc.close()
