@@ -48,7 +48,6 @@ from meshnode.identity import Identity
 from meshnode.metrics import NodeMetrics
 from meshnode.rooms.invite import parse_invite
 from meshnode.runtime.links import LinkManager
-from meshnode.runtime.room import RoomRuntime
 from meshnode.transport.ice import IceSettings
 from meshnode.transport.link import LinkSettings
 from protocol.change import change_id
@@ -144,17 +143,7 @@ class RoomClient(HostLinks):
 
     # ------------------------------------------------------------------ the room
 
-    @property
-    def runtime(self) -> RoomRuntime:
-        """The room's runtime (for advanced use)."""
-        if self._runtime is None:
-            raise ClientError("not connected")
-        return self._runtime
-
-    @property
-    def replica(self) -> SceneReplica:
-        """The live local replica (read it; edit through this object's methods)."""
-        return self.runtime.replica
+    # (``runtime`` and ``replica``: ClientBase's properties)
 
     def state(self) -> dict[str, dict[str, Any]]:
         """The canonical scene view (``SceneReplica.state()``)."""

@@ -247,10 +247,16 @@ class LinkIntake(LinkTable):
                 self.send_link(fwd.peer, fwd.signal)
             await self._establish(link, offered_by_us=False, started=started, ticket=ticket)
         except Exception as err:
-            reason = getattr(err, "reason", type(err).__name__)
-            self.metrics.links_closed.labels(str(reason)).inc()
-            if reason == EvictReason.HELLO_TIMEOUT.value:
-                self._evicted(EvictReason.HELLO_TIMEOUT)
-            await link.close(str(reason))
+            await self._close_failed(link, err)
         finally:
             self._pending_done(ticket)
+
+    async def _close_failed(self, link: PeerLink, err: Exception) -> None:
+        """An incoming link (direct or relayed offer) that failed before it was established:
+        logged, counted by reason (a hello timeout also as an eviction), closed."""
+        reason = getattr(err, "reason", type(err).__name__)
+        log.info("incoming link failed: %s", str(err) or reason)
+        self.metrics.links_closed.labels(str(reason)).inc()
+        if reason == EvictReason.HELLO_TIMEOUT.value:
+            self._evicted(EvictReason.HELLO_TIMEOUT)
+        await link.close(str(reason))

@@ -173,12 +173,7 @@ class LinkManager(LinkIntake):
         try:
             await self._establish(link, offered_by_us=False, started=started, ticket=ticket)
         except Exception as err:
-            reason = getattr(err, "reason", type(err).__name__)
-            log.info("incoming link failed: %s", str(err) or reason)
-            self.metrics.links_closed.labels(str(reason)).inc()
-            if reason == EvictReason.HELLO_TIMEOUT.value:
-                self._evicted(EvictReason.HELLO_TIMEOUT)
-            await link.close(str(reason))
+            await self._close_failed(link, err)
         finally:
             self._pending_done(ticket)
 
