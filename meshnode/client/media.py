@@ -137,11 +137,16 @@ class ClientMedia(LinkService):
         for source_id, track in list(self.tracks.items()):
             self._tell(callback, source_id, track)
 
-    def set_media(self, *, audio_only: bool = False, max_kbps: int | None = None) -> None:
-        """Ask the node for audio only, and/or at most ``max_kbps`` of media."""
-        if max_kbps is not None and not 0 < max_kbps <= 1_000_000:
-            raise ValueError("max_kbps must be 1..1000000 (None: no cap of ours)")
-        self._prefs = MediaPrefs(self.room_id, audio_only, max_kbps or 0, None)
+    def set_media(self, *, audio_only: bool = False, max_kbps: float | None = None) -> None:
+        """Ask the node for audio only, and/or at most ``max_kbps`` of media (a number from 1
+        to 1,000,000; a fraction is rounded down: the wire carries whole kbps)."""
+        if max_kbps is not None and (isinstance(max_kbps, bool)
+                                     or not isinstance(max_kbps, (int, float))
+                                     or not 1 <= max_kbps <= 1_000_000):
+            raise ValueError("max_kbps must be a number from 1 to 1000000 (None: no cap of "
+                             f"ours), not {max_kbps!r}")
+        self._prefs = MediaPrefs(self.room_id, bool(audio_only),
+                                 0 if max_kbps is None else int(max_kbps), None)
         self._send(self._prefs)
 
     # ------------------------------------------------------------------ wire

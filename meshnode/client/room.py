@@ -301,7 +301,7 @@ class RoomClient(HostLinks):
         us: a receivable aiortc ``MediaStreamTrack`` (``await track.recv()``)."""
         self.media.on_track(callback)
 
-    def set_media(self, *, audio_only: bool = False, max_kbps: int | None = None) -> None:
+    def set_media(self, *, audio_only: bool = False, max_kbps: float | None = None) -> None:
         """Ask the node for audio only, and/or at most ``max_kbps`` of media in all; without
         either, the node adapts to our bandwidth estimate."""
         self.media.set_media(audio_only=audio_only, max_kbps=max_kbps)
