@@ -103,13 +103,16 @@ class Chromium:
         *,
         extra_flags: Sequence[str] = (),
         timeout: float = 30.0,
+        nice: int | None = None,
     ) -> Chromium:
         """Start Chromium and connect to it. Raises ``ChromiumError`` (with its log) if it
-        does not come up within ``timeout`` seconds."""
+        does not come up within ``timeout`` seconds. ``nice``: run it (and every process it
+        starts) at that niceness, through coreutils' ``nice`` (a negative one needs root;
+        without, ``nice`` says so and runs it at the usual priority)."""
         profile = Path(tempfile.mkdtemp(prefix="meshnode-chromium-"))
         log_path = profile.parent / (profile.name + ".log")
-        args = [executable, *BASE_FLAGS, *extra_flags, f"--user-data-dir={profile}",
-                "about:blank"]
+        args = [*(() if nice is None else ("nice", "-n", str(nice))), executable, *BASE_FLAGS,
+                *extra_flags, f"--user-data-dir={profile}", "about:blank"]
         with open(log_path, "wb") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,

@@ -352,6 +352,11 @@ NODE_MEDIA_FLAGS = (*MEDIA_FLAGS, "--disable-background-timer-throttling",
                     "--disable-renderer-backgrounding",
                     "--disable-backgrounding-occluded-windows")
 
+# The browser and the node of these tests carry live media, judged frame by frame (no
+# freeze): they run ahead of the other tests on the machine (as netsim emulate's nodes do),
+# each standing for a machine of its own. (Root only; otherwise at the usual priority.)
+REALTIME_NICE = -10
+
 # The page's receiving streams and their getStats rows, once `cond(rows)` holds (polled).
 WAIT_ROWS = """new Promise((resolve, reject) => {
     const cond = (rows) => COND;
@@ -389,7 +394,8 @@ def media_node(tmp_path: Path) -> Iterator[NodeProcess]:
     """One real ``meshnode up`` node (media on, as by default) with its default room."""
     # The fake camera's picture is simple: its video is ~200 kbps in all, so the budget that
     # fits its base layer is under the default audio-only threshold (100 kbps).
-    node = NodeProcess(tmp_path / "node", config=LOOPBACK_CONFIG + MEDIA_CONFIG).start()
+    node = NodeProcess(tmp_path / "node", config=LOOPBACK_CONFIG + MEDIA_CONFIG,
+                       prefix=["nice", "-n", str(REALTIME_NICE)]).start()
     try:
         yield node
     finally:
@@ -415,7 +421,8 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
     room = node.default_room
     editor = node.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
     viewer = node.post(f"/api/rooms/{room}/invites", {"role": "viewer"})["token"]
-    browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS)
+    browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS,
+                                     nice=REALTIME_NICE)
     pages: list[Any] = []
     try:
         # Three pages on one node: all three publish under the node's PeerID, so the relay
@@ -425,6 +432,14 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         base = await open_page(browser, node, viewer)
         pages += [speaker, full, base]
         who = (await speaker.evaluate("window.meshnode.media.hello()"))["publisher"]
+        marks: list[tuple[str, float]] = []
+
+        async def mark(phase: str) -> None:
+            marks.append((phase, await full.evaluate("Date.now()")))
+
+        for page in (speaker, full):
+            await page.evaluate(TRACE_VIDEO)
+        await mark("camera on")
         await speaker.evaluate("window.meshnode.media.camera(true)")
         await speaker.evaluate("window.meshnode.media.microphone(true)")
         published = await speaker.evaluate("window.meshnode.media.published()")
@@ -443,6 +458,7 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         # rates the relay measures (TL0, TL0+1, all: L1T3 layers 1:1:2 in frames). The
         # speaker's encoder is held at a steady rate (as a sender on a capped uplink): a rate
         # still ramping up would move the layers' costs across the budget.
+        await mark("encoder capped")
         await speaker.evaluate(CAP_VIDEO.replace("KBPS", str(PUBLISHER_KBPS)))
         streams = await wait_for_layers(node, room, min_video_kbps=0.85 * PUBLISHER_KBPS)
         audio_kbps = next(s["kbps"] for s in streams if s["kind"] == "audio")
@@ -463,6 +479,7 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         assert int(by_kind["video"][5]) >= 2 and float(by_kind["audio"][3]) > 0, shown
         load = await status_page.evaluate('document.getElementById("media-load").textContent')
         assert "2 source(s) in" in load and "decoders 0" in load, load
+        await mark("base subscriber's budget")
         await base.evaluate(f"window.meshnode.media.setPrefs({{max_kbps: {budget:.1f}}})")
         # Thinned: the base page decodes well under the full page's frame rate.
         await wait_rows(base, 'rows.some((r) => r.kind === "video" && r.framesPerSecond > 0 '
@@ -485,7 +502,7 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         print(f"full subscriber: video {video}, audio {audio}")
         assert video["framesDecoded"] > 0 and video["frameWidth"] > 0
         assert video["packetsLost"] == 0 and audio["packetsLost"] == 0
-        assert video["freezeCount"] == 0
+        assert video["freezeCount"] == 0, await freeze_report(marks, speaker, full)
         assert audio["concealedSamples"] <= 0.05 * audio["totalSamplesReceived"], audio
         base_video = row(await base.evaluate("window.meshnode.media.stats()"), "video")
         # Thinned without a gap: the relay renumbers what it forwards. (Its freezeCount is
@@ -533,7 +550,8 @@ async def test_a_chromium_publisher_on_one_node_reaches_an_aiortc_subscriber_on_
         assert room is not None
         b = start_host(tmp_path / "b", a, room, a, config=config)
         editor = a.post(f"/api/rooms/{room}/invites", {"role": "editor"})["token"]
-        browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS)
+        browser = await Chromium.launch(chromium_path, extra_flags=NODE_MEDIA_FLAGS,
+                                     nice=REALTIME_NICE)
         page = await open_page(browser, a, editor)
         who = (await page.evaluate(WAIT_FOR_HELLO))["publisher"]
         await page.evaluate("window.meshnode.media.camera(true)")
@@ -600,6 +618,49 @@ STATUS_STREAMS = """new Promise((resolve, reject) => {
       } else setTimeout(poll, 50);
     };
     poll(); })"""
+
+# Every 100 ms, the page's video counters (received: decoded frames and freezes; sent: frames
+# encoded and sent, and what limits the encoder), kept in window.__videoTrace: when a frame
+# freezes, they say when, and on which side of the relay.
+TRACE_VIDEO = """(() => { window.__videoTrace = [];
+  setInterval(async () => {
+    const pc = window.meshnode.media.connection();
+    if (!pc) return;
+    const row = {t: Date.now()};
+    (await pc.getStats()).forEach((s) => {
+      if (s.kind !== "video") return;
+      if (s.type === "inbound-rtp") Object.assign(row, {decoded: s.framesDecoded,
+        freezes: s.freezeCount, keyframes: s.keyFramesDecoded, packets: s.packetsReceived});
+      if (s.type === "outbound-rtp") Object.assign(row, {encoded: s.framesEncoded,
+        sent: s.framesSent, limit: s.qualityLimitationReason});
+    });
+    window.__videoTrace.push(row);
+  }, 100); })()"""
+
+
+async def freeze_report(marks: list[tuple[str, float]], publisher: Any, subscriber: Any) -> str:
+    """Where each of ``subscriber``'s freezes fell: the test's phase, and the frames the
+    publisher encoded and the subscriber decoded in the second before it."""
+    pub = await publisher.evaluate("window.__videoTrace")
+    sub = await subscriber.evaluate("window.__videoTrace")
+    t0 = marks[0][1]
+    out = [f"phases (s): {[(name, round((t - t0) / 1000, 1)) for name, t in marks]}"]
+    last = 0
+    for row in sub:
+        if row.get("freezes", 0) > last:
+            last = row["freezes"]
+            t = row["t"]
+            phase = [name for name, at in marks if at <= t][-1:] or ["start"]
+            before = [r for r in sub if t - 1000 <= r["t"] <= t and "decoded" in r]
+            sent = [r for r in pub if t - 1000 <= r["t"] <= t and "encoded" in r]
+            out.append(
+                f"freeze {last} at {(t - t0) / 1000:.1f} s (after {phase[0]!r}): decoded "
+                f"{before[-1]['decoded'] - before[0]['decoded'] if before else '?'} frames in "
+                f"the second before; the publisher encoded "
+                f"{sent[-1]['encoded'] - sent[0]['encoded'] if sent else '?'} (limited by "
+                f"{sent[-1]['limit'] if sent else '?'})")
+    return "\n".join(out)
+
 
 # Cap the page's camera encoder at KBPS.
 CAP_VIDEO = """(async () => {
