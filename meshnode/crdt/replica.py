@@ -429,6 +429,16 @@ class SceneReplica(PrivateRoom):
         wanted.sort(key=lambda c: (hlc_at(index[c]), author_at(index[c]), c))
         return first + wanted
 
+    @property
+    def roles_version(self) -> int:
+        """A number that changes whenever the roles this replica knows may have changed (a
+        grant recorded or dropped, by a change applied, a local edit, a rollback or a
+        rebuild; the role book replaced by a reset, a snapshot or a compaction). While it
+        stays the same, ``role_of``, ``members`` and ``was_removed`` answer as before: a
+        caller that re-checks access after applying changes (the room overlay) can skip
+        the check when it has not moved. Only equality means anything."""
+        return self._roles.version
+
     def role_of(self, member: str | bytes) -> str:
         """A member's current role name (``"none"`` if not a member)."""
         return ROLE_NAMES[self._roles.current_role(self._member_key(member))]
@@ -533,15 +543,25 @@ class SceneReplica(PrivateRoom):
         return self.apply_many([data], now, mono=mono)[0]
 
     def apply_many(
-        self, datas: Iterable[object], now: float, *, mono: float | None = None
+        self, datas: Iterable[object], now: float, *, mono: float | None = None,
+        ids: Sequence[bytes | None] | None = None,
     ) -> list[ApplyResult]:
         """Offer several changes at once (in any order); one result per change, in order.
 
         Batching lets the tree merge all new moves in one undo-redo pass. ``now`` and
         ``mono`` as for :meth:`apply`.
+
+        ``ids``: for a caller that has already hashed the very bytes it passes (the room
+        overlay does, for its ingress quota), ``change_id(datas[i])`` or None for each,
+        so that a change is hashed once per node. They are taken as given: pass only IDs
+        computed here, from these bytes, never IDs a peer sent (a wrong ID would file the
+        change under another change's name).
         """
+        datas = list(datas)
+        if ids is not None and len(ids) != len(datas):
+            raise ValueError(f"{len(ids)} ids for {len(datas)} changes")
         horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
-        results = self._apply_batch(list(datas), horizon, trusted=False)
+        results = self._apply_batch(datas, horizon, trusted=False, ids=ids)
         latest = 0
         graph = self._graph
         index, author_at, hlc_at = graph.index, graph.author_at, graph.hlc_at
@@ -615,11 +635,13 @@ class SceneReplica(PrivateRoom):
         return max(self._seq_floor, self._graph.vv_all.get(self._me, 0))
 
     def _apply_batch(
-        self, datas: Sequence[object], horizon: int | None, *, trusted: bool
+        self, datas: Sequence[object], horizon: int | None, *, trusted: bool,
+        ids: Sequence[bytes | None] | None = None,
     ) -> list[ApplyResult]:
-        """The work of ``apply_many`` (``horizon``: the latest acceptable stamp) and of
-        ``replay`` (``trusted``: no clock bound, every signed stamp and own seq observed,
-        changes with missing deps buffered whoever wrote them)."""
+        """The work of ``apply_many`` (``horizon``: the latest acceptable stamp; ``ids``:
+        the caller's hashes of ``datas``, see there) and of ``replay`` (``trusted``: no
+        clock bound, every signed stamp and own seq observed, changes with missing deps
+        buffered whoever wrote them)."""
         results: list[ApplyResult | None] = [None] * len(datas)
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
@@ -635,7 +657,10 @@ class SceneReplica(PrivateRoom):
             if type(data) is bytes and len(data) <= self.limits.max_change_bytes:
                 # Gossip delivers most changes more than once: hashing (about 1 us) spots a
                 # known one before decoding it (about 10 us). Anything decodable gets here.
-                known_id = change_id(data)
+                if ids is not None:
+                    known_id = ids[i]
+                if known_id is None:
+                    known_id = change_id(data)
                 if known_id in index or known_id in self._buffer or known_id in seen:
                     results[i] = ApplyResult(DUPLICATE, "already_known", known_id)
                     continue
