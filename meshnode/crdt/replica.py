@@ -558,8 +558,20 @@ class SceneReplica(PrivateRoom):
         change under another change's name).
         """
         datas = list(datas)
-        if ids is not None and len(ids) != len(datas):
-            raise ValueError(f"{len(ids)} ids for {len(datas)} changes")
+        if ids is not None:
+            if len(ids) != len(datas):
+                raise ValueError(f"{len(ids)} ids for {len(datas)} changes")
+            # Gossip delivers most changes several times: a batch of changes all held
+            # already gets the answer ``_apply_batch`` would give, without its set-up.
+            index, buffer = self._graph.index, self._buffer
+            dups: list[ApplyResult] = []
+            for cid in ids:
+                if cid is None or (cid not in index and cid not in buffer):
+                    break
+                dups.append(ApplyResult(DUPLICATE, "already_known", cid))
+            else:
+                if dups:
+                    return dups
         horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
         results = self._apply_batch(datas, horizon, trusted=False, ids=ids)
         latest = 0
