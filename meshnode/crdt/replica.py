@@ -256,6 +256,9 @@ class SceneReplica(PrivateRoom):
 
     def change_bytes(self, change_id: bytes) -> bytes | None:
         """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
+        data = self._graph.raw.get(change_id)
+        if data:  # in memory: what _bytes_of would find first, without its lists
+            return data
         got = self._bytes_of([change_id])
         return got[0] if got else None
 
@@ -716,7 +719,8 @@ class SceneReplica(PrivateRoom):
             seen.add(cid)
             ready.append((i, ch, data))
         # A valid change's clock is later than its deps', so clock order is causal order.
-        ready.sort(key=lambda r: (r[1].hlc, r[1].author, r[1].change_id))
+        if len(ready) > 1:
+            ready.sort(key=lambda r: (r[1].hlc, r[1].author, r[1].change_id))
         self._tree_batch = []
         try:
             for i, ch, data in ready:
