@@ -414,13 +414,16 @@ class SceneReplica(PrivateRoom):
             past = graph.ancestors(known)
             return first + [c for c in graph.order if c not in past and c not in first]
         vv = graph.past_vv(known)
-        for author, seq in (version_vector or {}).items():
-            if vv.get(author, 0) < seq:
-                vv[author] = seq
+        theirs = version_vector or {}
         wanted: list[bytes] = []
         by_author_seq = graph.by_author_seq.get
         for author, top in graph.vv_all.items():
-            have = max(vv.get(author, 0), graph.base.get(author, 0))
+            # What the peer says it has first: in a room in sync it covers most authors, and
+            # then the heads' past need not be looked up at all.
+            said = theirs.get(author, 0)
+            if said >= top:
+                continue
+            have = max(vv.get(author, 0), said, graph.base.get(author, 0))
             for seq in range(have + 1, top + 1):
                 cid = by_author_seq((author, seq))
                 if cid is not None:

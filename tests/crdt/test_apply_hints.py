@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from meshnode.crdt import APPLIED, DUPLICATE, ROOT
-from protocol.change import change_id
+from protocol.change import change_id, decode_change
 
 from .harness import make_room
 
@@ -94,3 +94,42 @@ def test_roles_version_moves_with_roles_only() -> None:
     assert [r.status for r in viewer.apply_many([removal, scene], NOW + 1)] == \
         [DUPLICATE, DUPLICATE]
     assert viewer.roles_version == settled
+
+
+def test_change_ids_since_skips_what_the_peers_vector_covers() -> None:
+    """``change_ids_since`` with a version vector: exactly the changes outside the heads'
+    past above the vector's seqs, whether the vector covers an author, stops short of it,
+    or names authors this replica has never seen (it reads the vector before the heads)."""
+    room = make_room(["editor", "editor"], tag="hints-since")
+    owner, a, b = room.replicas
+    for r in (a, b, a, owner, b, b):
+        r.create_entity(ROOT)
+        data = r.commit(NOW)
+        assert data is not None
+        for other in room.replicas:
+            if other is not r:
+                other.apply(data, NOW)
+    everything = owner.changes_since([])
+    meta = {change_id(d): d for d in everything}
+    decoded = {cid: decode_change(d) for cid, d in meta.items()}
+
+    def past(heads: list[bytes]) -> set[bytes]:
+        seen: set[bytes] = set()
+        stack = list(heads)
+        while stack:
+            c = stack.pop()
+            if c not in seen:
+                seen.add(c)
+                stack.extend(decoded[c].deps)
+        return seen
+
+    keys = [i.public_key for i in room.identities]
+    order = list(meta)
+    for cut in range(len(order)):
+        heads = [order[cut]]
+        for vv in ({}, {keys[1]: 1}, {keys[1]: 99, keys[2]: 2}, {keys[0]: 1, b"\x05" * 32: 3},
+                   {k: 0 for k in keys}, {keys[2]: -1}):
+            got = owner.change_ids_since(heads, vv)
+            want = {c for c in order if c not in past(heads)
+                    and decoded[c].seq > vv.get(decoded[c].author, 0)}
+            assert set(got) == want and len(got) == len(want), (cut, vv)
