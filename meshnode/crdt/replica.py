@@ -859,8 +859,9 @@ class SceneReplica(PrivateRoom):
         if seq != vv.get(author, 0) + 1:
             raise Rejected("bad_seq")
         hlc_at = graph.hlc_at
-        if ch.hlc <= max(hlc_at(p) for p in dep_pos):
-            raise Rejected("clock_not_after_deps")
+        for p in dep_pos:  # not after the latest dep's stamp: a loop, not max() of a generator
+            if ch.hlc <= hlc_at(p):
+                raise Rejected("clock_not_after_deps")
         equivocators = self._equivocators
         deps = ch.deps
 
