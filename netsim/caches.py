@@ -8,8 +8,8 @@ process-global hooks: ``SimulationCaches.active()`` installs this simulation's o
 thresholds for the duration of a block and restores whatever was there before when the block
 ends (even on error), so nothing a simulation switches on leaks into later code in the same
 process (other tests, a node). The caches only remember what a decode or check would answer,
-and what they hand out is immutable or the caller's own copy, so results are byte-for-byte
-the same with or without them.
+and what they hand out is immutable, the caller's own copy, or (decoded changes) one object
+every replica only reads, so results are byte-for-byte the same with or without them.
 """
 
 import gc
@@ -31,7 +31,7 @@ class SimulationCaches:
                  changes: int = 100_000, expansions: int = 100_000) -> None:
         self.verify = VerifyCache(verify)
         self.frames = FrameCache(frames)
-        self.changes = ChangeCache(changes)
+        self.changes = ChangeCache(changes, share=True)  # replicas only read a Change
         self.expansions = ExpansionCache(expansions)
         self.keys: dict[bytes, bytes] = {}  # public key -> the one object every replica keeps
 

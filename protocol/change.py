@@ -227,15 +227,24 @@ class ChangeCache:
     """Which change bytes passed ``decode_change``'s checks (at most ``max_entries``, oldest
     forgotten). For simulators, where every replica decodes the same bytes.
 
-    What is shared is only that fact (and the change ID): every hit builds a fresh ``Change``
-    from the bytes (msgpack's C parser only, not the Python schema checks), so no two
-    consumers ever hold the same mutable object."""
+    By default what is shared is only that fact (and the change ID): every hit builds a
+    fresh ``Change`` from the bytes (msgpack's C parser only, not the Python schema checks),
+    so no two consumers ever hold the same mutable object.
 
-    __slots__ = ("ids", "max_entries")
+    ``share=True`` (netsim's, ``netsim/caches.py``): every hit returns the one ``Change``
+    decoded first, so that a simulation's thousand replicas rebuild nothing. Only for
+    consumers that never change a decoded ``Change`` or anything in it (the replica does
+    not: it reads the change, and keeps ``SET`` values, which it never changes in place
+    and copies on every read); ``tests/netsim/test_caches.py`` checks after a run that
+    every shared change still equals its bytes' fresh decoding."""
 
-    def __init__(self, max_entries: int) -> None:
+    __slots__ = ("decoded", "ids", "max_entries")
+
+    def __init__(self, max_entries: int, *, share: bool = False) -> None:
         self.max_entries = max_entries
         self.ids: dict[bytes, bytes] = {}  # change bytes -> change ID
+        # change bytes -> the decoded change every consumer gets (share=True only)
+        self.decoded: dict[bytes, Change] | None = {} if share else None
 
 
 _change_cache: ScopedHook[ChangeCache] = ScopedHook()
@@ -251,13 +260,23 @@ def decode_change(
     data: bytes, limits: Limits = DEFAULT_LIMITS, *, known_id: bytes | None = None
 ) -> Change:
     """Decode and schema-check a change (the checks are memoised while a ``ChangeCache`` is
-    installed; the ``Change`` returned is always the caller's own).
+    installed; the ``Change`` returned is the caller's own, unless the cache shares decoded
+    changes: see ``ChangeCache``).
 
     ``known_id``: ``change_id(data)`` if the caller has already computed it (not hashed twice).
     """
     cache = _change_cache.value
     if cache is not None and cache.max_entries and limits is DEFAULT_LIMITS \
             and type(data) is bytes:
+        decoded = cache.decoded
+        if decoded is not None:
+            got = decoded.get(data)
+            if got is None:
+                got = _decode_change(data, limits, known_id)
+                if len(decoded) >= cache.max_entries:
+                    del decoded[next(iter(decoded))]
+                decoded[data] = got
+            return got
         ids = cache.ids  # only default-limit decodes are cached: the bytes alone are the key
         cid = ids.get(data)
         if cid is not None:

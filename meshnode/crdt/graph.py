@@ -469,16 +469,21 @@ class ChangeGraph:
         # grows with the position: among the deps without a lag only the latest counts.
         free: int | None = None
         lagged: list[tuple[int, dict[bytes, int]]] = []
+        lags, base_lags = self.lags, self.base_lags
         for d in dep_pos:
-            dl = self.lag_at(d)
+            dl = lags.get(d) if d >= 0 else base_lags[~d]  # lag_at, inline
             if dl:
                 candidates.update(dl)
                 lagged.append((d, dl))
             elif free is None or d > free:
                 free = d
         if latest + 1 < pos:
-            authors = self.authors
-            candidates.update(authors[i] for i in set(self.col_author[latest + 1:pos]))
+            authors, col_author = self.authors, self.col_author
+            if pos - latest <= 32:  # a few changes since the latest dep: the usual case
+                for p in range(latest + 1, pos):
+                    candidates.add(authors[col_author[p]])
+            else:
+                candidates.update(authors[i] for i in set(col_author[latest + 1:pos]))
         tops, base, vv_all = self.tops, self.base, self.vv_all
         lag: dict[bytes, int] | None = None
         for a in candidates:

@@ -256,6 +256,9 @@ class SceneReplica(PrivateRoom):
 
     def change_bytes(self, change_id: bytes) -> bytes | None:
         """The wire bytes of an applied change (None if unknown or known only by snapshot)."""
+        data = self._graph.raw.get(change_id)
+        if data:  # in memory: what _bytes_of would find first, without its lists
+            return data
         got = self._bytes_of([change_id])
         return got[0] if got else None
 
@@ -411,13 +414,16 @@ class SceneReplica(PrivateRoom):
             past = graph.ancestors(known)
             return first + [c for c in graph.order if c not in past and c not in first]
         vv = graph.past_vv(known)
-        for author, seq in (version_vector or {}).items():
-            if vv.get(author, 0) < seq:
-                vv[author] = seq
+        theirs = version_vector or {}
         wanted: list[bytes] = []
         by_author_seq = graph.by_author_seq.get
         for author, top in graph.vv_all.items():
-            have = max(vv.get(author, 0), graph.base.get(author, 0))
+            # What the peer says it has first: in a room in sync it covers most authors, and
+            # then the heads' past need not be looked up at all.
+            said = theirs.get(author, 0)
+            if said >= top:
+                continue
+            have = max(vv.get(author, 0), said, graph.base.get(author, 0))
             for seq in range(have + 1, top + 1):
                 cid = by_author_seq((author, seq))
                 if cid is not None:
@@ -428,6 +434,16 @@ class SceneReplica(PrivateRoom):
         hlc_at, author_at = graph.hlc_at, graph.author_at
         wanted.sort(key=lambda c: (hlc_at(index[c]), author_at(index[c]), c))
         return first + wanted
+
+    @property
+    def roles_version(self) -> int:
+        """A number that changes whenever the roles this replica knows may have changed (a
+        grant recorded or dropped, by a change applied, a local edit, a rollback or a
+        rebuild; the role book replaced by a reset, a snapshot or a compaction). While it
+        stays the same, ``role_of``, ``members`` and ``was_removed`` answer as before: a
+        caller that re-checks access after applying changes (the room overlay) can skip
+        the check when it has not moved. Only equality means anything."""
+        return self._roles.version
 
     def role_of(self, member: str | bytes) -> str:
         """A member's current role name (``"none"`` if not a member)."""
@@ -533,15 +549,37 @@ class SceneReplica(PrivateRoom):
         return self.apply_many([data], now, mono=mono)[0]
 
     def apply_many(
-        self, datas: Iterable[object], now: float, *, mono: float | None = None
+        self, datas: Iterable[object], now: float, *, mono: float | None = None,
+        ids: Sequence[bytes | None] | None = None,
     ) -> list[ApplyResult]:
         """Offer several changes at once (in any order); one result per change, in order.
 
         Batching lets the tree merge all new moves in one undo-redo pass. ``now`` and
         ``mono`` as for :meth:`apply`.
+
+        ``ids``: for a caller that has already hashed the very bytes it passes (the room
+        overlay does, for its ingress quota), ``change_id(datas[i])`` or None for each,
+        so that a change is hashed once per node. They are taken as given: pass only IDs
+        computed here, from these bytes, never IDs a peer sent (a wrong ID would file the
+        change under another change's name).
         """
+        datas = list(datas)
+        if ids is not None:
+            if len(ids) != len(datas):
+                raise ValueError(f"{len(ids)} ids for {len(datas)} changes")
+            # Gossip delivers most changes several times: a batch of changes all held
+            # already gets the answer ``_apply_batch`` would give, without its set-up.
+            index, buffer = self._graph.index, self._buffer
+            dups: list[ApplyResult] = []
+            for cid in ids:
+                if cid is None or (cid not in index and cid not in buffer):
+                    break
+                dups.append(ApplyResult(DUPLICATE, "already_known", cid))
+            else:
+                if dups:
+                    return dups
         horizon = hlc_from_seconds(now + self.max_clock_skew_s) | 0xFFFF
-        results = self._apply_batch(list(datas), horizon, trusted=False)
+        results = self._apply_batch(datas, horizon, trusted=False, ids=ids)
         latest = 0
         graph = self._graph
         index, author_at, hlc_at = graph.index, graph.author_at, graph.hlc_at
@@ -615,11 +653,13 @@ class SceneReplica(PrivateRoom):
         return max(self._seq_floor, self._graph.vv_all.get(self._me, 0))
 
     def _apply_batch(
-        self, datas: Sequence[object], horizon: int | None, *, trusted: bool
+        self, datas: Sequence[object], horizon: int | None, *, trusted: bool,
+        ids: Sequence[bytes | None] | None = None,
     ) -> list[ApplyResult]:
-        """The work of ``apply_many`` (``horizon``: the latest acceptable stamp) and of
-        ``replay`` (``trusted``: no clock bound, every signed stamp and own seq observed,
-        changes with missing deps buffered whoever wrote them)."""
+        """The work of ``apply_many`` (``horizon``: the latest acceptable stamp; ``ids``:
+        the caller's hashes of ``datas``, see there) and of ``replay`` (``trusted``: no
+        clock bound, every signed stamp and own seq observed, changes with missing deps
+        buffered whoever wrote them)."""
         results: list[ApplyResult | None] = [None] * len(datas)
         ready: list[tuple[int, Change, bytes]] = []
         seen: set[bytes] = set()
@@ -635,7 +675,10 @@ class SceneReplica(PrivateRoom):
             if type(data) is bytes and len(data) <= self.limits.max_change_bytes:
                 # Gossip delivers most changes more than once: hashing (about 1 us) spots a
                 # known one before decoding it (about 10 us). Anything decodable gets here.
-                known_id = change_id(data)
+                if ids is not None:
+                    known_id = ids[i]
+                if known_id is None:
+                    known_id = change_id(data)
                 if known_id in index or known_id in self._buffer or known_id in seen:
                     results[i] = ApplyResult(DUPLICATE, "already_known", known_id)
                     continue
@@ -679,7 +722,8 @@ class SceneReplica(PrivateRoom):
             seen.add(cid)
             ready.append((i, ch, data))
         # A valid change's clock is later than its deps', so clock order is causal order.
-        ready.sort(key=lambda r: (r[1].hlc, r[1].author, r[1].change_id))
+        if len(ready) > 1:
+            ready.sort(key=lambda r: (r[1].hlc, r[1].author, r[1].change_id))
         self._tree_batch = []
         try:
             for i, ch, data in ready:
@@ -815,8 +859,9 @@ class SceneReplica(PrivateRoom):
         if seq != vv.get(author, 0) + 1:
             raise Rejected("bad_seq")
         hlc_at = graph.hlc_at
-        if ch.hlc <= max(hlc_at(p) for p in dep_pos):
-            raise Rejected("clock_not_after_deps")
+        for p in dep_pos:  # not after the latest dep's stamp: a loop, not max() of a generator
+            if ch.hlc <= hlc_at(p):
+                raise Rejected("clock_not_after_deps")
         equivocators = self._equivocators
         deps = ch.deps
 

@@ -33,6 +33,7 @@ admin may change a host's role) but is no reader: it stores, relays and admits, 
 ``ROLE`` ops that carry a redemption proof, and never receives keys in a private room.
 """
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -88,24 +89,38 @@ def role_lowered(before: int, after: int) -> bool:
     return after < before
 
 
-class RoleBook:
-    """Every grant ever applied, per member; roles are computed from them on demand."""
+# Versions of role books: one sequence for every book of the process, so that a new book
+# (a replica rebuilt, reset or swapped to a compacted state) never repeats a version an
+# earlier book had (see ``RoleBook.version``).
+_versions = itertools.count(1)
 
-    __slots__ = ("grants", "inert", "owner")
+
+class RoleBook:
+    """Every grant ever applied, per member; roles are computed from them on demand.
+
+    ``version`` changes (to a number no book of this process had before) whenever a grant is
+    recorded or dropped: while it stays the same, every role this book answers stays the
+    same. It lets a caller re-check access only when roles may have moved
+    (``SceneReplica.roles_version``); it is never part of a replica's state or results."""
+
+    __slots__ = ("grants", "inert", "owner", "version")
 
     def __init__(self, owner: bytes) -> None:
         self.owner = owner
         self.grants: dict[bytes, list[Grant]] = {}
         self.inert: dict[bytes, list[Grant]] = {}
+        self.version = next(_versions)
 
     def add(self, member: bytes, grant: Grant) -> None:
         """Record a grant (already authorised by the caller)."""
         self.grants.setdefault(member, []).append(grant)
+        self.version = next(_versions)
 
     def add_inert(self, member: bytes, grant: Grant) -> None:
         """Record a grant that counts only for acceptance (a retracted change's, or a void
         invite use): see the module docstring."""
         self.inert.setdefault(member, []).append(grant)
+        self.version = next(_versions)
 
     def role_in_past(
         self,
@@ -175,6 +190,7 @@ class RoleBook:
             kept = [g for g in grants if g[0] is not stamp]
             if len(kept) == len(grants):
                 continue
+            self.version = next(_versions)
             if kept:
                 self.grants[member] = kept
             else:

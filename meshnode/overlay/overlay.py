@@ -31,7 +31,9 @@ nodes are members with a role), judged by this replica's current roles:
 ``Heads``, so that a host it does not yet know as a member can serve it. Changes from any peer
 are accepted (they are signed; the replica checks their authors). When a grant makes a linked
 peer a member, it is served at once (``Heads`` then sync, presence); when it loses its role,
-nothing more is sent to it, queued frames included.
+nothing more is sent to it, queued frames included. Peers' roles are reviewed after a batch of
+applied changes only if the replica's ``roles_version`` moved since the last review (a
+plain scene change leaves it alone).
 """
 
 import random
@@ -146,10 +148,11 @@ class OverlayStats:
     compact: dict[str, int] = field(default_factory=dict)
 
 
-def _note_in_frame(in_frame: dict[bytes, list[bytes]], data: bytes) -> None:
-    """Let the changes after ``data`` in its frame resolve its ID by prefix."""
+def _note_in_frame(in_frame: dict[bytes, list[bytes]], data: bytes) -> bytes:
+    """Let the changes after ``data`` in its frame resolve its ID by prefix; the ID."""
     cid = change_id(data)
     in_frame.setdefault(cid[:PREFIX_BYTES], []).append(cid)
+    return cid
 
 
 class RoomOverlay:
@@ -200,6 +203,8 @@ class RoomOverlay:
         self._serving: set[str] = set()
         self._peer_keys: dict[str, bytes | None] = {}
         self._member_self = replica.role_of(identity.public_key) != "none"
+        # The replica's roles_version at the last access review (None: never reviewed).
+        self._roles_reviewed: int | None = None
         self.replies = ReplyBudget(self.config)
         self.quota = IngressQuota(self.config)
         self._presence_seq = 0
@@ -406,6 +411,7 @@ class RoomOverlay:
     def _review_access(self, now: float) -> None:
         """Roles may have changed: serve peers that became members, stop serving those
         that lost their role (see the module docstring)."""
+        self._roles_reviewed = self.replica.roles_version
         self._member_self = self._role_of_self() != "none"
         for peer in sorted(self.connected):
             member = self._is_member(peer)
@@ -563,34 +569,46 @@ class RoomOverlay:
     def _known(self, cid: bytes) -> bool:
         return self.replica.has_change(cid) or self.replica.is_buffered(cid)
 
-    def _within_quota(self, peer: str, datas: tuple[bytes, ...], now: float) -> list[bytes]:
+    def _within_quota(self, peer: str, datas: Sequence[bytes], now: float,
+                      ids: Sequence[bytes | None] | None
+                      ) -> tuple[list[bytes], list[bytes | None]]:
         """The changes of ``datas`` whose authors are within their ingress quota (already
-        known changes and malformed ones pass: the replica sorts those out)."""
+        known changes and malformed ones pass: the replica sorts those out), and the ID of
+        each (hashed here, or taken from ``ids``: this overlay's own hashes of those very
+        bytes; None where it was not needed), which the replica then need not hash again."""
         kept: list[bytes] = []
+        kept_ids: list[bytes | None] = []
         over = 0
-        for data in datas:
-            new = (type(data) is bytes and len(data) > 35 and data.startswith(_CHANGE_PREFIX)
-                   and not self._known(change_id(data)))
-            if new and not self.quota.admit(data[3:35], len(data), now):
-                over += 1
-                continue
+        for i, data in enumerate(datas):
+            cid = None
+            if type(data) is bytes and len(data) > 35 and data.startswith(_CHANGE_PREFIX):
+                cid = ids[i] if ids is not None else None
+                if cid is None:
+                    cid = change_id(data)
+                if not self._known(cid) and not self.quota.admit(data[3:35], len(data), now):
+                    over += 1
+                    continue
             kept.append(data)
+            kept_ids.append(cid)
         if over:
             self._refuse(peer, RefusalReason.QUOTA, over, now)
-        return kept
+        return kept, kept_ids
 
-    def _expand(self, peer: str, datas: tuple[bytes, ...], now: float) -> list[bytes]:
+    def _expand(self, peer: str, datas: tuple[bytes, ...], now: float
+                ) -> tuple[list[bytes], list[bytes | None] | None]:
         """The changes of a frame in canonical form: compact ones rebuilt from our graph
         and from the changes before them in the frame (a pulled batch names its own
         changes as deps; ``protocol.compact``); those whose deps we lack are held and asked
-        for by prefix, those that cannot be rebuilt are refused (and left out)."""
+        for by prefix, those that cannot be rebuilt are refused (and left out). With them,
+        the IDs hashed on the way (None where none were; see ``_within_quota``)."""
         last = -1  # the frame's last compact change: the changes before it are noted
         for i, d in enumerate(datas):
             if type(d) is bytes and d and d[0] == COMPACT_MARKER:  # is_compact, inline
                 last = i
         if last < 0:
-            return list(datas)
+            return list(datas), None
         out: list[bytes] = []
+        out_ids: list[bytes | None] = []
         checks = self.config.compact_checks_per_frame
         refused: dict[RefusalReason, int] = {}
         wanted = False
@@ -617,15 +635,14 @@ class RoomOverlay:
         for i, data in enumerate(datas):
             if type(data) is not bytes or not data or data[0] != COMPACT_MARKER:
                 out.append(data)
-                if type(data) is bytes and i < last:
-                    _note_in_frame(in_frame, data)
+                out_ids.append(_note_in_frame(in_frame, data)
+                               if type(data) is bytes and i < last else None)
                 continue
             received += 1
             shared = shared_expansion(data, limits, alone_here)
             if shared is not None:  # another replica of this process rebuilt the same bytes
                 out.append(shared)
-                if i < last:
-                    _note_in_frame(in_frame, shared)
+                out_ids.append(_note_in_frame(in_frame, shared) if i < last else None)
                 continue
             got = expand_change(data, resolve_here, room_id=self.room_id, verify=verify_signature,
                                 limits=limits, max_checks=checks, held=held)
@@ -634,8 +651,8 @@ class RoomOverlay:
                 if got.tried:
                     self._count_compact("ambiguous")
                 out.append(got.data)
-                if i < last:  # only a later change of the frame may name it
-                    _note_in_frame(in_frame, got.data)
+                # Only a later change of the frame may name it.
+                out_ids.append(_note_in_frame(in_frame, got.data) if i < last else None)
             elif isinstance(got, MissingDeps):
                 evicted = self.compact_hold.evicted
                 if self.compact_hold.hold(data, peer, got.prefixes):
@@ -657,7 +674,7 @@ class RoomOverlay:
             self._penalize(peer, "invalid_change", now)
         if wanted:
             self._want_prefixes(peer, now)
-        return out
+        return out, out_ids
 
     def _want_prefixes(self, peer: str, now: float) -> None:
         """Ask ``peer`` for the deps its held compact changes name by prefix."""
@@ -671,7 +688,8 @@ class RoomOverlay:
             self._send(peer, WantPrefix(self.room_id, tuple(prefixes)))
 
     def _on_changes(self, peer: str, msg: Changes, now: float) -> None:
-        applied = self._take_changes(peer, self._expand(peer, msg.changes, now), msg.push, now)
+        datas, ids = self._expand(peer, msg.changes, now)
+        applied = self._take_changes(peer, datas, msg.push, now, ids)
         while applied and self.compact_hold:
             # Changes held for their deps that the ones just applied may complete: in a
             # loop, not recursion (a chain of held changes can be long).
@@ -682,17 +700,21 @@ class RoomOverlay:
             for origin, held in by_peer.items():
                 if origin not in self.connected:
                     continue
-                datas = self._expand(origin, tuple(held), now)
+                datas, ids = self._expand(origin, tuple(held), now)
                 self._count_compact("completed", len(datas))
-                applied += self._take_changes(origin, datas, False, now)
+                applied += self._take_changes(origin, datas, False, now, ids)
 
     def _take_changes(self, peer: str, changes: list[bytes], push: bool,
-                      now: float) -> list[bytes]:
-        """Apply canonical changes from ``peer``; the IDs of every change applied."""
-        datas = self._within_quota(peer, tuple(changes), now)
-        results = self.replica.apply_many(datas, self.wall_clock(), mono=now)
-        if any(res.status == APPLIED for res in results):
-            # Before spreading: a grant just applied decides who gets these changes.
+                      now: float, ids: list[bytes | None] | None = None) -> list[bytes]:
+        """Apply canonical changes from ``peer`` (``ids``: this overlay's own hashes of
+        some of them, from ``_expand``); the IDs of every change applied."""
+        datas, known = self._within_quota(peer, changes, now, ids)
+        results = self.replica.apply_many(datas, self.wall_clock(), mono=now, ids=known)
+        if (self.replica.roles_version != self._roles_reviewed
+                and any(res.status == APPLIED for res in results)):
+            # Before spreading: a grant just applied decides who gets these changes. Only
+            # if roles may have moved since the last review: connect() judges a new peer
+            # with the same roles, so nothing else can make a review change anything.
             self._review_access(now)
         st = self.stats
         if push:
@@ -924,7 +946,7 @@ class RoomOverlay:
             self._spread(cid, None, now)
             self._flush_changes()
             return ApplyResult(APPLIED, None, cid, (cid,))
-        res = self.replica.apply(data, self.wall_clock(), mono=now)
+        res = self.replica.apply_many([data], self.wall_clock(), mono=now, ids=[cid])[0]
         if res.status == APPLIED:
             self._review_access(now)
             for c in res.applied:

@@ -1,6 +1,7 @@
 """The simulator's caches are its own (issue 16, item 3): a ``Simulation`` installs its
 decode and verify caches and GC thresholds only while it builds and runs, the process is
-left exactly as it was, and a cached change is never shared between consumers."""
+left exactly as it was, and a cached change is shared between consumers only where the
+simulation asks for it (its replicas only read a decoded change)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_a_simulation_leaves_the_process_as_it_found_it() -> None:
     sim.run()
     assert process_state() == before  # run: likewise
     # While it runs, its own caches were in use (and are kept by the simulation only).
-    assert sim.caches.changes.ids and sim.caches.verify.entries and sim.caches.frames.entries
+    assert sim.caches.changes.decoded and sim.caches.verify.entries and sim.caches.frames.entries
     # Node links carry compact changes: their expansions were shared too.
     assert sim.caches.expansions.entries and sim.caches.expansions.compacted
     # Every replica interned its keys in the simulation's one table.
@@ -102,6 +103,30 @@ def test_mutating_a_decoded_change_cannot_affect_another_consumer() -> None:
     assert second == pristine
 
 
+def test_a_sharing_cache_hands_every_consumer_the_one_decoded_change() -> None:
+    data = _change()
+    pristine = decode_change(data)
+    cache = ChangeCache(2, share=True)
+    with using_change_cache(cache):
+        first = decode_change(data)
+        assert decode_change(data) is first
+        assert decode_change(bytes(data)) is first  # equal bytes, another object
+        others = [decode_change(_other_change(i)) for i in range(2)]  # the oldest goes
+        again = decode_change(data)
+    assert first == pristine == again and again is not first
+    assert cache.decoded is not None and len(cache.decoded) == 2 and not cache.ids
+    assert all(o.change_id == decode_change(o.body + o.signature).change_id for o in others)
+
+
+def _other_change(i: int) -> bytes:
+    ident = Identity.from_private_bytes(bytes([0x20 + i]) * 32)
+    rep = SceneReplica.create(ident, now=0.0, name=f"other{i}", nonce=b"\x04" * 16)
+    rep.create_entity(ROOT)
+    data = rep.commit(1.0)
+    assert data is not None
+    return data
+
+
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 VALUES = st.one_of(st.integers(-2**40, 2**40), st.text(max_size=20),
                    st.lists(FINITE, max_size=3), st.booleans())
@@ -153,6 +178,13 @@ def test_results_are_byte_identical_with_and_without_shared_state(monkeypatch: A
         sim.run()
         out = results(sim, 0.0)
         assert out["changes_submitted"] > 20 and out["frames_cut_by_partitions"] > 0
+        decoded = sim.caches.changes.decoded
+        if share_setup:
+            # The decoded changes every replica was handed: none was changed by any of
+            # them (each still equals a fresh decoding of its bytes).
+            assert decoded
+            for data, ch in decoded.items():
+                assert ch == decode_change(data)
         return json.dumps(out, sort_keys=True)
 
     shared = run()

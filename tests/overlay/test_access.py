@@ -146,3 +146,44 @@ def test_a_joiner_asking_before_its_grant_is_not_scored_and_syncs_at_once() -> N
     net.edit(owner, lambda r: r.grant(joiner_id, "editor"))
     net.run_for(1.0)  # far less than the anti-entropy interval and the heads interval
     net.assert_converged([owner, joiner])
+
+
+def test_access_is_reviewed_after_a_role_change_not_after_a_scene_change() -> None:
+    """The review of every linked peer's role runs after an applied batch only if the
+    replica's roles moved (``roles_version``, issue 15): a plain scene change does not
+    trigger it, a grant and a removal do, and still take effect at once."""
+    net, owner, editor, stranger = build()
+    activity(net, owner, editor, 1.0)
+    overlay = net.nodes[editor].overlay
+    assert overlay is not None
+    reviews: list[float] = []
+    review = overlay._review_access
+
+    def counting(now: float) -> None:
+        reviews.append(now)
+        review(now)
+
+    overlay._review_access = counting  # type: ignore[method-assign]
+    stranger_id = net.nodes[stranger].peer_id
+
+    # The owner's scene changes reach the editor: applied there, no review.
+    applied = net.nodes[editor].stats()["changes_applied"]
+    end = net.now + 1.0
+    net.every(0.1, lambda n: n.edit(owner, lambda r: r.create_entity(ROOT)), until=end)
+    net.run_for(1.5)
+    assert net.nodes[editor].stats()["changes_applied"] >= applied + 5
+    assert reviews == []
+
+    # A grant: reviewed when it is applied, and the stranger is served at once.
+    net.edit(owner, lambda r: r.grant(stranger_id, "viewer"))
+    net.run_for(0.5)
+    assert net.nodes[editor].replica.role_of(stranger_id) == "viewer"
+    assert len(reviews) == 1
+    assert stranger_id in overlay.serving()
+
+    # A removal: reviewed again, and nothing more goes to it.
+    net.edit(owner, lambda r: r.revoke(stranger_id))
+    net.run_for(0.5)
+    assert net.nodes[editor].replica.role_of(stranger_id) == "none"
+    assert len(reviews) == 2
+    assert stranger_id not in overlay.serving()
