@@ -10,6 +10,7 @@ frame, while Chromium beside the emulator slowed a real partition's heal to twic
 """
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -21,12 +22,37 @@ _GROUPS = {
 _ROOT = Path(__file__).parent
 
 
+def _group_of(rel: str) -> str | None:
+    """The group of a test file (its path below tests/), if it has one."""
+    for group, prefixes in _GROUPS.items():
+        if rel.startswith(prefixes):
+            return group
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        rel = Path(str(item.fspath)).relative_to(_ROOT).as_posix()
-        for group, prefixes in _GROUPS.items():
-            if rel.startswith(prefixes):
-                item.add_marker(pytest.mark.xdist_group(group))
+        group = _group_of(Path(str(item.fspath)).relative_to(_ROOT).as_posix())
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``, with the groups read from the test's path. xdist groups by an
+    ``@group`` suffix it appends to each test's ``_nodeid``, which pytest 9 no longer reads
+    (``nodeid`` comes from ``_id``): the ``xdist_group`` marks above were silently ignored, and
+    the real-time tests of different groups ran side by side on the two workers."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class PathGroups(LoadGroupScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            group = _group_of(path.removeprefix("tests/"))
+            return group if group is not None else super()._split_scope(nodeid)
+
+    return PathGroups(config, log)
 
 
 # The suite's property tests draw the same examples on every run (``derandomize``), so a
