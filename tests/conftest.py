@@ -1,12 +1,13 @@
 """Suite-wide test set-up: which tests must not run at the same time as each other.
 
 ``python3 dev.py test`` runs the suite on two pytest-xdist workers (``--dist loadgroup``).
-Tests that use a machine-wide resource share one ``xdist_group``, so they run one after
-another on a single worker: network namespaces and TUN devices (the emulator's teardown
-removes namespaces it recognises as left over) and Chromium (CPU-heavy, and its tests assert
-frame rates and no freezes). They are one group, not two, because each disturbs the other on
-two cores: the emulator runs its nodes at nice -15 and a Chromium test beside it saw a frozen
-frame, while Chromium beside the emulator slowed a real partition's heal to twice netsim's.
+Tests that use a machine-wide resource or judge real time share one group, so they run one
+after another on a single worker: network namespaces and TUN devices (the emulator's teardown
+removes namespaces it recognises as left over; its fidelity cases compare real heal times with
+netsim's) and Chromium's live media (its tests assert frame rates and no freezes). They are
+one group, not two, because each disturbs the other on two cores: the emulator runs its nodes
+at nice -15, the media tests their browser and node at nice -10. The other Chromium tests
+(pages, people, private rooms) judge no timing and run on either worker.
 """
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis import settings
 
 _GROUPS = {
     "realtime": ("fidelity/", "federation/test_mdns_netns.py", "netsim/test_emulate.py",
-                 "browser/"),
+                 "browser/test_media.py"),
 }
 _ROOT = Path(__file__).parent
 
