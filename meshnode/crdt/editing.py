@@ -5,8 +5,9 @@ Local edits apply to the replica at once and collect in one batch; ``commit(now)
 one change. Until then its ops carry an "infinitely late" stamp, so changes applied from peers
 in between sort before them, exactly as they will once the batch is stamped (its clock value is
 taken at commit, after everything applied so far). ``LocalEdits`` is the root base of
-``SceneReplica`` (``SceneReplica(PrivateRoom(LocalEdits))``: single inheritance, which mypyc can
-compile, unlike two mixins): it declares the replica state it works on.
+``SceneReplica`` (``SceneReplica(... PrivateRoom(LocalEdits))``, ``meshnode.crdt.replica``:
+single inheritance, which mypyc can compile, unlike two mixins): it declares the replica state
+it works on.
 
 What it guarantees: a refused edit (any exception from an editing method) leaves no trace, so
 every change ``commit`` returns is one every honest replica applies. Each method first checks
