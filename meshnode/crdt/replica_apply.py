@@ -14,10 +14,7 @@ from meshnode.crdt.clock import hlc_from_seconds
 from meshnode.crdt.editing import EditBatch
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, Waiting
 from meshnode.crdt.ids import EntityId
-from meshnode.crdt.privacy import (
-    SCENE_CODES,
-    PrivatePlan,
-)
+from meshnode.crdt.privacy import SCENE_CODES, PrivatePlan
 from meshnode.crdt.quota import entity_quota
 from meshnode.crdt.replica_content import ReplicaContent
 from meshnode.crdt.results import (

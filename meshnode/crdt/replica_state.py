@@ -19,18 +19,10 @@ from meshnode.crdt.epochs import EpochBook
 from meshnode.crdt.graph import ChangeGraph, ChangeMeta, PendingBuffer
 from meshnode.crdt.ids import ROOT, EntityId
 from meshnode.crdt.key_table import key_table
-from meshnode.crdt.privacy import (
-    ROTATION_MARGIN_BYTES,
-    PrivateRoom,
-    default_random_bytes,
-)
+from meshnode.crdt.privacy import ROTATION_MARGIN_BYTES, PrivateRoom, default_random_bytes
 from meshnode.crdt.results import Equivocation
 from meshnode.crdt.revocation import RevocationBook
-from meshnode.crdt.roles import (
-    ROLE_NAMES,
-    ROLE_NONE,
-    RoleBook,
-)
+from meshnode.crdt.roles import ROLE_NAMES, ROLE_NONE, RoleBook
 from meshnode.crdt.tree import MoveTree
 from meshnode.identity import Identity
 from protocol.change import Change
