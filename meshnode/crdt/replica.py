@@ -15,7 +15,8 @@ its state from the stored change bytes (``_rebuild``), so the state depends only
 changes held.
 
 ``SceneReplica`` is one chain of classes, a file each (single inheritance, which mypyc can
-compile): ``LocalEdits`` (``editing``: the local batch, commit), ``PrivateRoom``
+compile): ``EditChecks`` (``edit_checks``: what every local edit checks first),
+``LocalEdits`` (``editing``: the local editing API, commit), ``PrivateRoom``
 (``privacy``: private rooms), ``ReplicaState`` (``replica_state``: attributes, reading),
 ``ReplicaContent`` (``replica_content``: export and import of ``SceneContent``),
 ``ReplicaApply`` (``replica_apply``: applying changes, rebuilding) and ``SceneReplica``
