@@ -16,8 +16,9 @@ changes held.
 
 ``SceneReplica`` is one chain of classes, a file each (single inheritance, which mypyc can
 compile): ``EditChecks`` (``edit_checks``: what every local edit checks first),
-``LocalEdits`` (``editing``: the local editing API, commit), ``PrivateRoom``
-(``privacy``: private rooms), ``ReplicaState`` (``replica_state``: attributes, reading),
+``LocalEdits`` (``editing``: the local editing API, commit), ``PrivateRules``,
+``PrivateContentLayer`` and ``PrivateRoom`` (``private_rules``, ``private_content``,
+``privacy``: private rooms), ``ReplicaState`` (``replica_state``: attributes, reading),
 ``ReplicaContent`` (``replica_content``: export and import of ``SceneContent``),
 ``ReplicaApply`` (``replica_apply``: applying changes, rebuilding) and ``SceneReplica``
 (here: construction, snapshots, compaction).
