@@ -4,9 +4,10 @@
 Local edits apply to the replica at once and collect in one batch; ``commit(now)`` signs it as
 one change. Until then its ops carry an "infinitely late" stamp, so changes applied from peers
 in between sort before them, exactly as they will once the batch is stamped (its clock value is
-taken at commit, after everything applied so far). ``LocalEdits`` is the root base of
-``SceneReplica`` (``SceneReplica(PrivateRoom(LocalEdits))``: single inheritance, which mypyc can
-compile, unlike two mixins): it declares the replica state it works on.
+taken at commit, after everything applied so far). ``LocalEdits`` is a base of
+``SceneReplica`` (``SceneReplica(... PrivateRoom(LocalEdits(EditChecks)))``,
+``meshnode.crdt.replica``: single inheritance, which mypyc can compile, unlike two mixins);
+its root ``EditChecks`` declares the replica state it works on.
 
 What it guarantees: a refused edit (any exception from an editing method) leaves no trace, so
 every change ``commit`` returns is one every honest replica applies. Each method first checks
@@ -14,24 +15,36 @@ everything that can fail (arguments, values, names, role, quota, room in the bat
 then touches the batch and the scene; ``commit`` re-checks what a change applied from a peer in
 the meantime can invalidate (role, quota), never reuses a seq it signed before, and never
 returns an empty change or one over the wire limits.
+
+``LocalEdits`` (here: the editing API, ``commit`` and ``discard``) stands on ``EditChecks``
+(``edit_checks``: the declared state and the checks every edit makes first); the batch itself
+and the byte bounds of its ops are in ``edit_batch``.
 """
 
-import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from meshnode.crdt.clock import HybridClock
-from meshnode.crdt.epochs import EpochBook
-from meshnode.crdt.graph import ChangeGraph, ChangeMeta
+from meshnode.crdt.edit_batch import _REF_BYTES as _REF_BYTES
+from meshnode.crdt.edit_batch import ACTOR_BYTES as ACTOR_BYTES
+from meshnode.crdt.edit_batch import CREATE_OP_BYTES as CREATE_OP_BYTES
+from meshnode.crdt.edit_batch import DELETE_OP_BYTES as DELETE_OP_BYTES
+from meshnode.crdt.edit_batch import DEP_BYTES as DEP_BYTES
+from meshnode.crdt.edit_batch import ENVELOPE_BYTES as ENVELOPE_BYTES
+from meshnode.crdt.edit_batch import INF_HLC as INF_HLC
+from meshnode.crdt.edit_batch import INVITE_EXTRA_BYTES as INVITE_EXTRA_BYTES
+from meshnode.crdt.edit_batch import MOVE_OP_BYTES as MOVE_OP_BYTES
+from meshnode.crdt.edit_batch import ROLE_OP_BYTES as ROLE_OP_BYTES
+from meshnode.crdt.edit_batch import SET_OP_BYTES as SET_OP_BYTES
+from meshnode.crdt.edit_batch import EditBatch as EditBatch
+from meshnode.crdt.edit_batch import Fields as Fields
+from meshnode.crdt.edit_batch import Node as Node
+from meshnode.crdt.edit_batch import PrivateBatch as PrivateBatch
+from meshnode.crdt.edit_batch import Register as Register
+from meshnode.crdt.edit_checks import EditChecks as EditChecks
+from meshnode.crdt.graph import ChangeMeta
 from meshnode.crdt.ids import ROOT, TRASH, EntityId
 from meshnode.crdt.quota import quota_problem
-from meshnode.crdt.results import (
-    BatchFull,
-    CommitRefused,
-    OwnHistoryMissing,
-    PermissionDenied,
-    QuotaExceeded,
-)
+from meshnode.crdt.results import CommitRefused, OwnHistoryMissing, PermissionDenied, QuotaExceeded
 from meshnode.crdt.roles import (
     ROLE_ADMIN,
     ROLE_BY_NAME,
@@ -41,11 +54,9 @@ from meshnode.crdt.roles import (
     ROLE_NONE,
     ROLE_OWNER,
     ROLE_VIEWER,
-    RoleBook,
     may_set_role,
 )
-from meshnode.crdt.tree import MoveTree, Stamp, make_entry
-from meshnode.identity import Identity, public_key_from_peer_id
+from meshnode.crdt.tree import make_entry
 from protocol.change import (
     MAX_INVITE_USES,
     OP_CREATE,
@@ -58,312 +69,13 @@ from protocol.change import (
     change_id,
     encode_change,
 )
-from protocol.limits import Limits
-from protocol.msgpack_io import pack
 from protocol.private_ops import OP_NAME
-from protocol.values import InvalidValue, Value, normalize_value
-
-INF_HLC = 1 << 64
-"""Clock value of an uncommitted local batch: later than any real stamp."""
-
-# Upper bounds of the msgpack size of each op, its value excluded, so that a batch that fits
-# its byte budget always encodes within ``max_change_bytes``. A reference is at most
-# ``[actor index, counter]``: array header 1 + uint16 3 + uint64 9.
-_REF_BYTES = 13
-SET_OP_BYTES = 1 + 1 + _REF_BYTES + 3 + 3
-CREATE_OP_BYTES = 1 + 1 + 9 + _REF_BYTES
-MOVE_OP_BYTES = 1 + 1 + 2 * _REF_BYTES
-DELETE_OP_BYTES = 1 + 1 + _REF_BYTES
-ROLE_OP_BYTES = 1 + 1 + 3 + 1 + 9  # with the cut-off seq (uint64 at most)
-INVITE_EXTRA_BYTES = 2 + 32 + 9  # the invite ID and max_uses
-ACTOR_BYTES = 2 + 32
-DEP_BYTES = 2 + 32
-ENVELOPE_BYTES = 256
-"""Array headers, author, seq, hlc and the 64-byte signature, rounded up (deps apart)."""
-
-Node = tuple[bytes, int]
-Register = tuple[Stamp, Value]
-Fields = dict[str, dict[str, Register]]
+from protocol.values import Value
 
 
-@dataclasses.dataclass(slots=True)
-class PrivateBatch:
-    """What a commit adds to a private room's change besides the batch's ops."""
-
-    rotate: bool = False
-    shares: list[bytes] = dataclasses.field(default_factory=list)
-
-
-class EditBatch:
-    """The uncommitted local batch: ops in wire form plus what is needed to roll it back."""
-
-    __slots__ = (
-        "actor_index",
-        "actors",
-        "bytes",
-        "counter_before",
-        "creates",
-        "field_undo",
-        "has_role_ops",
-        "name_index",
-        "names",
-        "ops",
-        "required",
-        "revokes",
-        "role_ops",
-        "set_index",
-        "shadowed",
-        "stamp",
-    )
-
-    def __init__(self, me: bytes, counter: int) -> None:
-        self.stamp: Stamp = [INF_HLC, me, b""]
-        self.ops: list[Op] = []
-        self.actors: list[bytes] = []
-        self.actor_index: dict[bytes, int] = {}
-        self.names: list[str] = []
-        self.name_index: dict[str, int] = {}
-        self.set_index: dict[tuple[Node, str, str], Op] = {}
-        self.creates: list[Node] = []
-        self.field_undo: list[tuple[dict[str, Register], str, Register | None]] = []
-        self.shadowed: list[tuple[dict[str, Register], str, Register]] = []
-        self.role_ops: list[tuple[bytes, int]] = []
-        self.has_role_ops = False  # any OP_ROLE in ``ops`` (``grant`` or ``admit``)
-        self.revokes: list[bytes] = []
-        self.required = ROLE_VIEWER
-        self.counter_before = counter
-        self.bytes = 0  # an upper bound of the encoded ops, actors and names
-
-
-class LocalEdits:
-    """The local editing API of ``SceneReplica`` (its root base; the state lives in the
-    replica)."""
-
-    _me: bytes
-    _keys: dict[bytes, bytes]
-    _identity: Identity
-    _roles: RoleBook
-    _my_role: int | None
-    _batch: EditBatch | None
-    _counter: int
-    _creation: dict[Node, int]
-    _created_by: dict[Node, list[bytes]]
-    _tree: MoveTree
-    _fields: dict[Node, Fields]
-    _graph: ChangeGraph
-    _clock: HybridClock
-    _max_ops: int
-    _max_batch_bytes: int
-    _seq_floor: int
-    limits: Limits
-    room_id: bytes
-    _epochs: EpochBook | None  # private rooms
-    _private_batch: PrivateBatch | None
-
-    # Provided by PrivateRoom (meshnode.crdt.privacy), the subclass. Real methods, not
-    # TYPE_CHECKING stubs: mypyc compiles this class and allows no conditional class body.
-
-    def _check_sealable(self) -> None:
-        raise NotImplementedError  # PrivateRoom's
-
-    def _seal_batch(
-        self, ops: list[Any], batch_actors: list[bytes], names: list[str],
-        vv: Mapping[bytes, int], deps: list[bytes], seq: int, hlc: int,
-    ) -> tuple[list[bytes], list[Any], dict[str, Any]]:
-        raise NotImplementedError  # PrivateRoom's
-
-    def _commit_private(self, cid: bytes, seq: int, hlc: int, deps: list[bytes],
-                        booked: dict[str, Any]) -> None:
-        raise NotImplementedError  # PrivateRoom's
-
-    def _check_host_grant(self, op: list[Any], member: bytes, target_role: int,
-                          hlc: int, vv: Mapping[bytes, int], deps: list[bytes]) -> bytes:
-        raise NotImplementedError  # PrivateRoom's
-
-    def _record_role_ops(
-        self, cid: bytes, author: bytes, seq: int, hlc: int, stamp: Stamp,
-        roles: list[tuple[int, bytes, list[Any], int, int]], revokes: list[bytes],
-    ) -> None:
-        raise NotImplementedError  # SceneReplica's
-
-    def invite_uses(self, invite_id: bytes) -> int:
-        raise NotImplementedError  # SceneReplica's
-
-    def invite_revoked(self, invite_id: bytes) -> bool:
-        raise NotImplementedError  # SceneReplica's
-
-    def _key(self, key: bytes) -> bytes:
-        """Intern a public key so the many entity IDs that embed it share one object."""
-        return self._keys.setdefault(key, key)
-
-
-    def _member_key(self, member: str | bytes) -> bytes:
-        if isinstance(member, bytes):
-            if len(member) != 32:
-                raise ValueError("a member is a 32-byte public key or a PeerID string")
-            return self._key(member)
-        return self._key(public_key_from_peer_id(member))
-
-    def _role(self) -> int:
-        """The local role for editing; a host edits nothing (it admits with ``admit``)."""
-        if self._my_role is None:
-            role = self._roles.current_role(self._me)
-            self._my_role = ROLE_NONE if role == ROLE_HOST else role
-        return self._my_role
-
-    def _touch_batch(self) -> None:
-        """Open the batch (for ops that ``commit`` adds: rotations, shares)."""
-        if self._batch is None:
-            self._batch = EditBatch(self._me, self._counter)
-
-    def _require(
-        self,
-        level: int,
-        what: str,
-        ops: int = 1,
-        nbytes: int = 0,
-        names: Collection[str] = (),
-        actors: Collection[bytes] = (),
-        *,
-        scene: bool = True,
-    ) -> EditBatch:
-        """Check the role and that ``ops`` more ops (``nbytes`` encoded, using ``names`` and
-        entities of ``actors``) fit in the batch; only then open the batch and return it.
-        Raises before touching anything, so a refused edit leaves no trace. ``scene``: the
-        op is sealed in a private room (which needs every key, ``WaitingForKey``)."""
-        batch = self._batch
-        if (
-            batch is not None and level <= batch.required and self._role() >= level
-            and (not scene or self._epochs is None)
-            and len(batch.ops) + ops <= self._max_ops
-        ):
-            # The batch already passed every other check (as in set_field); creators new
-            # to it take room (``_ref`` lists them).
-            room = self._byte_budget() - batch.bytes - nbytes
-            me, listed, name_index = self._me, batch.actor_index, batch.name_index
-            new = len({a for a in actors if a != me and a not in listed})
-            if room >= ACTOR_BYTES * new and all(n in name_index for n in names) and (
-                not new or len(batch.actors) + new <= self.limits.max_actors_per_change
-            ):
-                return batch
-        if self._role() < level:
-            raise PermissionDenied(
-                f"role {ROLE_NAMES[self._role()]!r} may not {what} in this room"
-            )
-        if scene and self._epochs is not None:
-            self._check_sealable()
-        self._check_room(ops, nbytes, names, actors)
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = EditBatch(self._me, self._counter)
-        if level > batch.required:
-            batch.required = level
-        return batch
-
-    def _own_history_problem(self) -> str | None:
-        have = self._graph.vv_all.get(self._me, 0)
-        if self._seq_floor <= have:
-            return None
-        return (
-            f"this identity already signed seq {self._seq_floor} in this room but this replica "
-            f"holds its changes only up to seq {have}"
-        )
-
-    def _byte_budget(self) -> int:
-        """Bytes the batch's ops, actors and names may take: what is left of a change once the
-        envelope and one dep per current head are counted."""
-        return self._max_batch_bytes - DEP_BYTES * len(self._graph.heads)
-
-    def _check_room(
-        self, ops: int, nbytes: int, names: Collection[str], actors: Collection[bytes]
-    ) -> None:
-        batch = self._batch
-        limits = self.limits
-        n_ops, used = (0, 0) if batch is None else (len(batch.ops), batch.bytes)
-        if n_ops + ops > self._max_ops:
-            raise BatchFull(
-                f"the uncommitted batch holds {n_ops} ops and one change may hold "
-                f"{self._max_ops}: call commit() first"
-            )
-        new_names = {n for n in names if batch is None or n not in batch.name_index}
-        if new_names:
-            have = 0 if batch is None else len(batch.names)
-            if have + len(new_names) > limits.max_names_per_change:
-                raise BatchFull("too many different names in one batch: commit() first")
-            nbytes += sum(len(n.encode()) + 3 for n in new_names)
-        new_actors = {
-            a for a in actors if a != self._me and (batch is None or a not in batch.actor_index)
-        }
-        if new_actors:
-            have = 0 if batch is None else len(batch.actors)
-            if have + len(new_actors) > limits.max_actors_per_change:
-                raise BatchFull("too many different creators in one batch: commit() first")
-            nbytes += ACTOR_BYTES * len(new_actors)
-        if used + nbytes > self._byte_budget():
-            raise BatchFull(
-                f"the uncommitted batch would take {used + nbytes} of the "
-                f"{self._byte_budget()} bytes one change has room for: call commit() first"
-            )
-
-    def _check_name(self, name: object) -> None:
-        if type(name) is not str or not name or len(name) > self.limits.max_name_chars:
-            raise ValueError(
-                f"component and field names are 1..{self.limits.max_name_chars} chars, "
-                f"not {name!r}"
-            )
-
-    def _prepared_value(self, value: object) -> tuple[Value, int]:
-        """The value as it will be sent, and (an upper bound of) its encoded size; raises
-        ``ValueError`` if the wire cannot carry it."""
-        if type(value) is list and len(value) <= 16:
-            for x in value:
-                if type(x) is not float or x - x != 0.0:
-                    break
-            else:
-                return list(value), 9 * len(value) + 3  # the common case: a float vector
-        out = self._normalized(value)
-        size = len(pack(out))
-        if size > self.limits.max_value_bytes:
-            raise ValueError(f"value of {size} bytes is over {self.limits.max_value_bytes}")
-        return out, size
-
-    def _ref(self, batch: EditBatch, ent: Node) -> Any:
-        if ent == ROOT:
-            return None
-        if ent[0] == self._me:
-            return ent[1]
-        idx = batch.actor_index.get(ent[0])
-        if idx is None:
-            if len(batch.actors) >= self.limits.max_actors_per_change:
-                raise BatchFull("too many different creators in one batch: commit() first")
-            idx = batch.actor_index[ent[0]] = len(batch.actors)
-            batch.actors.append(ent[0])
-            batch.bytes += 34
-        return [idx, ent[1]]
-
-    def _name(self, batch: EditBatch, name: str) -> int:
-        idx = batch.name_index.get(name)
-        if idx is None:
-            if type(name) is not str or not name or len(name) > self.limits.max_name_chars:
-                raise ValueError(
-                    f"component and field names are 1..{self.limits.max_name_chars} chars"
-                )
-            if len(batch.names) >= self.limits.max_names_per_change:
-                raise BatchFull("too many different names in one batch: commit() first")
-            idx = batch.name_index[name] = len(batch.names)
-            batch.names.append(name)
-            batch.bytes += len(name.encode()) + 3
-        return idx
-
-    def _live(self, entity: Node, what: str) -> Node:
-        if not isinstance(entity, tuple) or len(entity) != 2:
-            raise TypeError(f"{what} must be an EntityId")
-        if entity != ROOT and not self._tree.is_live(entity):
-            raise ValueError(f"{what} {entity} is deleted or unknown")
-        return (self._key(entity[0]), entity[1]) if entity != ROOT else ROOT
-
-    def _needed_for(self, ent: Node) -> int:
-        return ROLE_EDITOR if ent[0] == self._me else ROLE_ADMIN
+class LocalEdits(EditChecks):
+    """The local editing API of ``SceneReplica`` (a base of it, on ``EditChecks``; the state
+    lives in the replica)."""
 
     def create_entity(
         self,
@@ -542,12 +254,6 @@ class LocalEdits:
             fd = comps[component] = {}
         batch.field_undo.append((fd, field, fd.get(field)))
         fd[field] = (batch.stamp, value)
-
-    def _normalized(self, value: object) -> Value:
-        try:
-            return normalize_value(value, self.limits)
-        except InvalidValue as err:
-            raise ValueError(str(err)) from None
 
     def move(self, entity: Node, new_parent: Node) -> None:
         """Move an entity (and its subtree) under ``new_parent``."""
