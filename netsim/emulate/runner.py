@@ -548,9 +548,17 @@ def emulate(scenario: Scenario, out: Path, *, node_limit: int | None = None,
     refuse_unless_possible(scenario, node_limit)
     out.mkdir(parents=True, exist_ok=True)
     emulation = Emulation(scenario, out, echo=echo, python=python)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM both interrupt the run wherever it is, whatever this process
+    # inherited: asyncio.run's own SIGINT handling stands aside when SIGINT was not Python's
+    # default on entry (ignored by the shell that started a background job, for one), and a
+    # signal blocked by the parent would never arrive.
+    interrupts = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in interrupts}
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts)
     try:
         return asyncio.run(emulation.run())
     finally:
         emulation.teardown()
-        signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -44,6 +44,17 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def signal_dispositions(pid: int) -> str:
+    """The process' blocked, ignored and caught signal masks (``/proc/PID/status``): what
+    a signal sent to it will meet."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as err:
+        return f"(no status: {err})"
+    return "".join(line + "\n" for line in status.splitlines()
+                   if line.startswith(("SigBlk", "SigIgn", "SigCgt", "ShdPnd", "SigPnd")))
+
+
 def assert_nothing_left(pid: int, work: str | None) -> None:
     assert namespaces.ours(pid) == []
     assert namespaces.tun_devices(pid) == []
@@ -76,9 +87,10 @@ def test_ctrl_c_in_the_middle_of_a_run_removes_everything(tmp_path: Path) -> Non
         assert work is not None, "".join(lines)
         assert namespaces.ours(proc.pid), "the run had namespaces while running"
         assert processes_mentioning(work), "the run had processes while running"
+        dispositions = signal_dispositions(proc.pid)
         proc.send_signal(signal.SIGINT)
         rest = proc.stderr.read()
-        assert proc.wait(60) == 130, "".join(lines) + rest
+        assert proc.wait(60) == 130, "".join(lines) + rest + dispositions
         assert "interrupted" in rest
     finally:
         if proc.poll() is None:
