@@ -502,7 +502,11 @@ async def test_chromium_publishes_through_the_node_to_chromium_subscribers(
         print(f"full subscriber: video {video}, audio {audio}")
         assert video["framesDecoded"] > 0 and video["frameWidth"] > 0
         assert video["packetsLost"] == 0 and audio["packetsLost"] == 0
-        assert video["freezeCount"] == 0, await freeze_report(marks, speaker, full)
+        # (A freeze the publisher's own skipped frames explain is not the relay's: on a busy
+        # machine its encoder's rate control or capture skips some.)
+        relay_freezes, report = freezes_by_side(marks, *await video_traces(speaker, full))
+        print(report)
+        assert relay_freezes == 0, report
         assert audio["concealedSamples"] <= 0.05 * audio["totalSamplesReceived"], audio
         base_video = row(await base.evaluate("window.meshnode.media.stats()"), "video")
         # Thinned without a gap: the relay renumbers what it forwards. (Its freezeCount is
@@ -638,28 +642,67 @@ TRACE_VIDEO = """(() => { window.__videoTrace = [];
   }, 100); })()"""
 
 
-async def freeze_report(marks: list[tuple[str, float]], publisher: Any, subscriber: Any) -> str:
-    """Where each of ``subscriber``'s freezes fell: the test's phase, and the frames the
-    publisher encoded and the subscriber decoded in the second before it."""
-    pub = await publisher.evaluate("window.__videoTrace")
-    sub = await subscriber.evaluate("window.__videoTrace")
+PUBLISHER_GAP_FRAMES = 2
+"""A freeze needs a gap of over 3 frame intervals (Chromium: ``max(3 x mean, mean + 150
+ms)``): a publisher that encoded at least this many frames fewer than its own mean rate in the
+1.5 s before a freeze skipped them itself (its encoder's rate control, or its capture on a
+busy machine), and the relay only forwarded the gap."""
+
+
+def freezes_by_side(marks: list[tuple[str, float]], pub: list[dict[str, Any]],
+                    sub: list[dict[str, Any]]) -> tuple[int, str]:
+    """How many of the subscriber's freezes the relay's path made (those the publisher's own
+    frames do not explain), and a report of each: the test's phase, and the frames the
+    publisher encoded and the subscriber decoded in the 1.5 s before it."""
     t0 = marks[0][1]
     out = [f"phases (s): {[(name, round((t - t0) / 1000, 1)) for name, t in marks]}"]
-    last = 0
+    encoded = [r for r in pub if "encoded" in r]
+    rate = ((encoded[-1]["encoded"] - encoded[0]["encoded"])
+            / max(1.0, encoded[-1]["t"] - encoded[0]["t"]) if len(encoded) > 1 else 0.0)
+    relay = last = 0
     for row in sub:
-        if row.get("freezes", 0) > last:
-            last = row["freezes"]
-            t = row["t"]
-            phase = [name for name, at in marks if at <= t][-1:] or ["start"]
-            before = [r for r in sub if t - 1000 <= r["t"] <= t and "decoded" in r]
-            sent = [r for r in pub if t - 1000 <= r["t"] <= t and "encoded" in r]
-            out.append(
-                f"freeze {last} at {(t - t0) / 1000:.1f} s (after {phase[0]!r}): decoded "
-                f"{before[-1]['decoded'] - before[0]['decoded'] if before else '?'} frames in "
-                f"the second before; the publisher encoded "
-                f"{sent[-1]['encoded'] - sent[0]['encoded'] if sent else '?'} (limited by "
-                f"{sent[-1]['limit'] if sent else '?'})")
-    return "\n".join(out)
+        if row.get("freezes", 0) <= last:
+            continue
+        last = row["freezes"]
+        t = row["t"]
+        phase = [name for name, at in marks if at <= t][-1:] or ["start"]
+        before = [r for r in sub if t - 1500 <= r["t"] <= t and "decoded" in r]
+        sent = [r for r in encoded if t - 1500 <= r["t"] <= t]
+        missing = (rate * (sent[-1]["t"] - sent[0]["t"]) - (sent[-1]["encoded"] - sent[0][
+            "encoded"]) if len(sent) > 1 else 0.0)
+        publisher_gap = missing >= PUBLISHER_GAP_FRAMES
+        relay += not publisher_gap
+        out.append(
+            f"freeze {last} at {(t - t0) / 1000:.1f} s (after {phase[0]!r}): decoded "
+            f"{before[-1]['decoded'] - before[0]['decoded'] if before else '?'} frames in the "
+            f"1.5 s before; the publisher encoded "
+            f"{sent[-1]['encoded'] - sent[0]['encoded'] if sent else '?'}, {missing:.1f} "
+            f"fewer than its mean rate (limited by {sent[-1]['limit'] if sent else '?'}): "
+            + ("the publisher's gap" if publisher_gap else "the relay's path"))
+    return relay, "\n".join(out)
+
+
+async def video_traces(publisher: Any, subscriber: Any) -> tuple[list[dict[str, Any]],
+                                                                  list[dict[str, Any]]]:
+    """The ``TRACE_VIDEO`` rows of a publishing and a subscribing page."""
+    pub = await publisher.evaluate("window.__videoTrace")
+    sub = await subscriber.evaluate("window.__videoTrace")
+    return pub, sub
+
+
+def test_a_freeze_is_the_relays_unless_the_publisher_skipped_frames() -> None:
+    marks = [("camera on", 0.0), ("capped", 2000.0)]
+    # 15 frames a second, sampled every 100 ms (1.5 frames a sample).
+    steady = [{"t": 100.0 * i, "encoded": 1.5 * i, "limit": "none"} for i in range(100)]
+    frozen = [{"t": 100.0 * i, "decoded": i, "freezes": int(i >= 60)} for i in range(100)]
+    relay, report = freezes_by_side(marks, steady, frozen)
+    assert relay == 1 and "the relay's path" in report and "after 'capped'" in report
+    # The publisher encoded nothing for 300 ms just before: its own gap.
+    skipping = [dict(r, encoded=r["encoded"] - min(4.5, max(0.0, 1.5 * (i - 54))))
+                if i >= 55 else r for i, r in enumerate(steady)]
+    relay, report = freezes_by_side(marks, skipping, frozen)
+    assert relay == 0 and "the publisher's gap" in report
+    assert freezes_by_side(marks, steady, [{"t": 0.0, "decoded": 0, "freezes": 0}])[0] == 0
 
 
 # Cap the page's camera encoder at KBPS.
