@@ -74,14 +74,20 @@ async def test_a_downlink_bottleneck_drives_the_subscriber_to_audio_only_and_bac
                     return (f"{path.describe()}; frames {frames.count}; node: paused "
                             f"{m['paused']}, estimates {m['estimates']}, rooms {m['rooms']}")
 
+                def measured_video_kbps() -> float:
+                    return max((s["kbps"] for r in media()["rooms"].values()
+                                for s in r["streams"] if s["kind"] == "video"), default=0.0)
+
                 await until(lambda: frames.count > 20 and audio, lambda: "video and audio "
                             "through the impaired path: " + why())
                 # It really runs through the relay, both ways.
                 assert path.node_addr is not None and path.counts["down"] > 100
                 assert path.counts["up"] > 0
-                video_kbps = next(s["kbps"] for r in media()["rooms"].values()
-                                  for s in r["streams"] if s["kind"] == "video")
-                assert video_kbps > 2 * THRESHOLD_KBPS, why()  # the video does not fit below
+                # The video does not fit below the threshold, by the rate the node measures
+                # (over a window of its own: the first frames can arrive before a figure).
+                await until(lambda: measured_video_kbps() > 2 * THRESHOLD_KBPS,
+                            lambda: "the video's rate measured at the node: " + why())
+                video_kbps = measured_video_kbps()
                 audio_line = next(t for t in sub.media.transceivers.values()
                                   if t.kind == "audio")
 
