@@ -10,7 +10,6 @@ at nice -15, the media tests their browser and node at nice -10. The other Chrom
 (pages, people, private rooms) judge no timing and run on either worker.
 """
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,6 @@ _GROUPS = {
     "realtime": ("fidelity/", "federation/test_mdns_netns.py", "netsim/test_emulate.py",
                  "browser/test_media.py"),
 }
-_ROOT = Path(__file__).parent
 
 
 def _group_of(rel: str) -> str | None:
@@ -31,18 +29,11 @@ def _group_of(rel: str) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = _group_of(Path(str(item.fspath)).relative_to(_ROOT).as_posix())
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``--dist loadgroup``, with the groups read from the test's path. xdist groups by an
-    ``@group`` suffix it appends to each test's ``_nodeid``, which pytest 9 no longer reads
-    (``nodeid`` comes from ``_id``): the ``xdist_group`` marks above were silently ignored, and
-    the real-time tests of different groups ran side by side on the two workers."""
+    """``--dist loadgroup``, with the groups read from the test's path. (Not ``xdist_group``
+    marks: xdist groups by an ``@group`` suffix it appends to each test's ``_nodeid``, which
+    pytest 9 no longer reads (``nodeid`` comes from ``_id``), so such marks are silently
+    ignored; they were, and the real-time tests ran side by side on the two workers.)"""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
