@@ -176,17 +176,22 @@ async def sustained(writer: RoomClient, reader: RoomClient, seconds: float,
 
 
 async def stream(writer: RoomClient, reader: RoomClient, seconds: float, window: int,
-                 burst: int = 100) -> dict[str, Any]:
+                 burst: int = 100, edits_per_change: int = 1) -> dict[str, Any]:
     """Sustained edits compared like with like with the bare link's stream: one-way, each
     change one edit (a ``set_field``, signed on its own: one ~200-byte frame, as the link's
     messages are 200 bytes), up to ``burst`` committed per loop turn (the link is given 100
     messages per turn) and none waited for one by one. Flow control instead of a closed
     loop: at most ``window`` changes unacknowledged by A (its durable ack) at once. Counted
     when applied by the client at C; the rate is changes over the time until the last one
-    was applied there (as the link's is messages until the last one arrived)."""
-    ent = writer.create_entity(SCENE_ROOT, {"name": {"value": "streamer"}})
+    was applied there (as the link's is messages until the last one arrived).
+
+    ``edits_per_change`` > 1 is the issue's own unit, not like with like: each change then
+    moves that many entities at once (a client flushing once per frame), so a change is
+    larger than the link's messages and one signature covers several edits."""
+    ents = [writer.create_entity(SCENE_ROOT, {"name": {"value": f"streamer {k}"}})
+            for k in range(edits_per_change)]
     await writer.flush()
-    await wait_until(lambda: reader.replica.exists(ent), 10)
+    await wait_until(lambda: all(reader.replica.exists(e) for e in ents), 10)
     runtime = writer.runtime
     unacked: deque[asyncio.Future[bytes]] = deque()
     changes: list[bytes] = []
@@ -196,7 +201,8 @@ async def stream(writer: RoomClient, reader: RoomClient, seconds: float, window:
     stop = start + seconds
     while time.perf_counter() < stop:
         for _ in range(min(burst, window - len(unacked))):
-            writer.set_field(ent, "transform", "position", [float(i), 0.0, 0.0])
+            for ent in ents:
+                writer.set_field(ent, "transform", "position", [float(i), 0.0, 0.0])
             i += 1
             fut = runtime.publish_soon()
             assert fut is not None
@@ -225,9 +231,10 @@ async def stream(writer: RoomClient, reader: RoomClient, seconds: float, window:
     elapsed = time.perf_counter() - start
     return {"seconds_to_all_applied_at_c": round(elapsed, 2),
             "seconds_to_all_acked_at_a": round(acked, 2), "changes": len(changes),
-            "edits_per_change": 1,
+            "edits_per_change": edits_per_change,
             "change_bytes_mean": round(size / min(100, max(1, len(changes)))),
             "all_arrived": arrived, "changes_per_s": round(len(changes) / elapsed, 1),
+            "edits_per_s": round(len(changes) * edits_per_change / elapsed, 1),
             "window": window, "burst": burst}
 
 
@@ -379,7 +386,8 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
                 if args.closed_loop:
                     out["sustained"] = await sustained(writer, reader, seconds, args.window)
                 else:
-                    out["stream"] = await stream(writer, reader, seconds, args.stream_window)
+                    out["stream"] = await stream(writer, reader, seconds, args.stream_window,
+                                                 edits_per_change=args.edits_per_change)
                 _signal_nodes(nodes, args.profile, signal.SIGUSR2)  # to here
                 for spy in spies:
                     spy.wait()
@@ -407,6 +415,9 @@ async def throughput_only(args: argparse.Namespace, quiet: str,
     else:
         out["ratios"] = {"changes_per_s_over_link_messages_per_s": round(
             out["stream"]["changes_per_s"] / link, 3)}
+        if args.edits_per_change > 1:
+            out["ratios"]["edits_per_s_over_link_messages_per_s"] = round(
+                out["stream"]["edits_per_s"] / link, 3)
     done = out["stream"]["changes"] if "stream" in out else out["sustained"]["changes"]
     out["cpu_ms_per_change"] = {k: round(1000 * v / max(1, done), 3)
                                 for k, v in out["sustained_cpu_s"].items()}
@@ -476,11 +487,17 @@ def main() -> int:
                              "instead of the stream")
     parser.add_argument("--stream-window", type=int, default=1_000,
                         help="changes unacknowledged at once in the stream")
+    parser.add_argument("--edits-per-change", type=int, default=1,
+                        help="with --only-throughput: entities each change of the stream "
+                             "moves (1, the default, is like with like with the link's "
+                             "messages; more is a client flushing once per frame)")
     parser.add_argument("--profile", metavar="DIR",
                         help="with --only-throughput: cProfile each node into DIR")
     parser.add_argument("--spy", metavar="DIR",
                         help="with --only-throughput: py-spy each node and the clients into DIR")
     args = parser.parse_args()
+    if not 1 <= args.edits_per_change <= 64:
+        parser.error("--edits-per-change must be 1 to 64 (a change's ops are bounded)")
     try:
         import uvloop
 
