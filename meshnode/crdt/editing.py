@@ -5,9 +5,9 @@ Local edits apply to the replica at once and collect in one batch; ``commit(now)
 one change. Until then its ops carry an "infinitely late" stamp, so changes applied from peers
 in between sort before them, exactly as they will once the batch is stamped (its clock value is
 taken at commit, after everything applied so far). ``LocalEdits`` is a base of
-``SceneReplica`` (``SceneReplica(... PrivateRoom(LocalEdits(EditChecks)))``,
-``meshnode.crdt.replica``: single inheritance, which mypyc can compile, unlike two mixins);
-its root ``EditChecks`` declares the replica state it works on.
+``SceneReplica`` (``SceneReplica(... PrivateRoom(LocalEdits(SceneEdits(RoomEdits(
+EditChecks)))))``, ``meshnode.crdt.replica``: single inheritance, which mypyc can compile,
+unlike two mixins); its root ``EditChecks`` declares the replica state it works on.
 
 What it guarantees: a refused edit (any exception from an editing method) leaves no trace, so
 every change ``commit`` returns is one every honest replica applies. Each method first checks
@@ -16,8 +16,10 @@ then touches the batch and the scene; ``commit`` re-checks what a change applied
 the meantime can invalidate (role, quota), never reuses a seq it signed before, and never
 returns an empty change or one over the wire limits.
 
-``LocalEdits`` (here: the editing API, ``commit`` and ``discard``) stands on ``EditChecks``
-(``edit_checks``: the declared state and the checks every edit makes first); the batch itself
+The editing API is one chain of classes, a file each: ``EditChecks`` (``edit_checks``: the
+declared state and the checks every edit makes first) <- ``RoomEdits`` (``edit_room``: roles,
+invites, admission, a private room's name) <- ``SceneEdits`` (``edit_scene``: create, set a
+field, move, delete) <- ``LocalEdits`` (here: ``commit`` and ``discard``); the batch itself
 and the byte bounds of its ops are in ``edit_batch``.
 """
 
@@ -41,380 +43,18 @@ from meshnode.crdt.edit_batch import Node as Node
 from meshnode.crdt.edit_batch import PrivateBatch as PrivateBatch
 from meshnode.crdt.edit_batch import Register as Register
 from meshnode.crdt.edit_checks import EditChecks as EditChecks
+from meshnode.crdt.edit_room import RoomEdits as RoomEdits
+from meshnode.crdt.edit_scene import SceneEdits as SceneEdits
 from meshnode.crdt.graph import ChangeMeta
-from meshnode.crdt.ids import ROOT, TRASH, EntityId
 from meshnode.crdt.quota import quota_problem
 from meshnode.crdt.results import CommitRefused, OwnHistoryMissing, PermissionDenied, QuotaExceeded
-from meshnode.crdt.roles import (
-    ROLE_ADMIN,
-    ROLE_BY_NAME,
-    ROLE_EDITOR,
-    ROLE_HOST,
-    ROLE_NAMES,
-    ROLE_NONE,
-    ROLE_OWNER,
-    ROLE_VIEWER,
-    may_set_role,
-)
-from meshnode.crdt.tree import make_entry
-from protocol.change import (
-    MAX_INVITE_USES,
-    OP_CREATE,
-    OP_DELETE,
-    OP_MOVE,
-    OP_REVOKE_INVITE,
-    OP_ROLE,
-    OP_SET,
-    Op,
-    change_id,
-    encode_change,
-)
-from protocol.private_ops import OP_NAME
-from protocol.values import Value
+from meshnode.crdt.roles import ROLE_HOST, ROLE_VIEWER, may_set_role
+from protocol.change import OP_REVOKE_INVITE, OP_ROLE, change_id, encode_change
 
 
-class LocalEdits(EditChecks):
-    """The local editing API of ``SceneReplica`` (a base of it, on ``EditChecks``; the state
-    lives in the replica)."""
-
-    def create_entity(
-        self,
-        parent: Node = ROOT,
-        components: Mapping[str, Mapping[str, object]] | None = None,
-    ) -> EntityId:
-        """Create an entity under ``parent`` with initial ``components``
-        (``{component: {field: value}}``); returns its ID.
-
-        All or nothing: if any part is refused (``ValueError``, ``TypeError``,
-        ``PermissionDenied``, ``QuotaExceeded``, ``BatchFull``) nothing is created."""
-        if components is not None and not isinstance(components, Mapping):
-            raise TypeError("components must be a mapping of component -> {field: value}")
-        prepared: list[tuple[str, str, Value, int]] = []
-        for comp, fields in (components or {}).items():
-            if not isinstance(fields, Mapping):
-                raise TypeError(f"component {comp!r} must map field names to values")
-            self._check_name(comp)
-            for field, value in fields.items():
-                self._check_name(field)
-                prepared.append((comp, field, *self._prepared_value(value)))
-        par = self._live(parent, "parent")
-        problem = self._own_history_problem()
-        if problem is not None:
-            # The missing changes may have created entities: their numbers are unknown here.
-            raise OwnHistoryMissing(f"{problem}: new entities must wait until peers send them")
-        counter = self._counter + 1
-        if self._role() >= ROLE_EDITOR:
-            problem = quota_problem(self._role(), counter)
-            if problem is not None:
-                raise QuotaExceeded(problem)
-        # Reserve room for the whole entity so it is never committed half-made.
-        batch = self._require(
-            ROLE_EDITOR,
-            "create entities",
-            1 + len(prepared),
-            CREATE_OP_BYTES + sum(size + SET_OP_BYTES for *_, size in prepared),
-            [n for comp, field, *_ in prepared for n in (comp, field)],
-            [par[0]] if par != ROOT else [],
-        )
-        ent = EntityId(self._me, counter)
-        node: Node = (self._me, counter)
-        idx = len(batch.ops)
-        batch.ops.append([OP_CREATE, counter, self._ref(batch, par)])
-        batch.bytes += CREATE_OP_BYTES
-        self._counter = counter
-        self._creation[node] = self._graph.vv_all.get(self._me, 0) + 1
-        batch.creates.append(node)
-        self._tree.push_local(make_entry(batch.stamp, idx, node, par))
-        for comp, field, value, size in prepared:
-            self._put_field(batch, node, comp, field, value, size)
-        return ent
-
-    def set_field(self, entity: Node, component: str, field: str, value: object) -> None:
-        """Set one field of one component of an entity (last writer wins)."""
-        # The hot path of local editing: kept flat on purpose (see docs/performance.md).
-        try:
-            creator, counter = entity
-        except (TypeError, ValueError):
-            raise TypeError("entity must be an EntityId") from None
-        creator = self._keys.get(creator)  # type: ignore[assignment]
-        ent: Node = (creator, counter)
-        if creator is None or ent not in self._creation:
-            raise ValueError(f"entity {entity} is unknown")
-        level = ROLE_EDITOR if creator is self._me else ROLE_ADMIN
-        if type(value) is list and len(value) <= 16:
-            for x in value:
-                if type(x) is not float or x - x != 0.0:
-                    value, size = self._prepared_value(value)
-                    break
-            else:
-                value = list(value)
-                size = 9 * len(value) + 3
-        elif type(value) is str and (size := len(value.encode()) + 5) <= min(
-                self.limits.max_value_bytes, self.limits.max_str_bytes):
-            pass  # a str header takes at most 5 bytes: within both limits
-        else:
-            value, size = self._prepared_value(value)
-        batch = self._batch
-        key = (ent, component, field)
-        op = ci = fi = None
-        fast = False
-        if batch is not None and level <= batch.required:
-            # Everything this op needs may already be in the batch (role checked, names and
-            # creator listed): then only the room left needs a look.
-            op = batch.set_index.get(key)
-            room = self._max_batch_bytes - DEP_BYTES * len(self._graph.heads) - batch.bytes
-            if op is not None:
-                fast = size <= room
-            elif size + SET_OP_BYTES <= room and len(batch.ops) < self._max_ops:
-                names = batch.name_index
-                ci = names.get(component)
-                fi = names.get(field)
-                fast = (
-                    ci is not None and fi is not None
-                    and (
-                        creator is self._me or creator in batch.actor_index
-                        # a creator new to the batch: ``_ref`` below lists it
-                        or (size + SET_OP_BYTES + ACTOR_BYTES <= room
-                            and len(batch.actors) < self.limits.max_actors_per_change)
-                    )
-                )
-        if not fast:
-            self._check_name(component)
-            self._check_name(field)
-            new_op = batch is None or key not in batch.set_index
-            batch = self._require(
-                level,
-                "edit this entity",
-                1 if new_op else 0,
-                size + (SET_OP_BYTES if new_op else 0),
-                (component, field) if new_op else (),
-                (creator,) if new_op else (),
-            )
-            op = batch.set_index.get(key)
-        assert batch is not None  # opened by _require, or ``fast`` (for the type checker)
-        # From here on nothing can fail (the body of _put_field, inlined for speed).
-        if op is not None:
-            batch.bytes += size
-            op[4] = value  # a later write in the same batch replaces the earlier one
-        else:
-            if ci is None:
-                ci = self._name(batch, component)
-            if fi is None:
-                fi = self._name(batch, field)
-            if creator is self._me:
-                ref: Any = counter
-            else:
-                idx = batch.actor_index.get(creator)
-                ref = self._ref(batch, ent) if idx is None else [idx, counter]
-            op = [OP_SET, ref, ci, fi, value]
-            batch.ops.append(op)
-            batch.set_index[key] = op
-            batch.bytes += size + SET_OP_BYTES
-        comps = self._fields.get(ent)
-        if comps is None:
-            comps = self._fields[ent] = {}
-        fd = comps.get(component)
-        if fd is None:
-            fd = comps[component] = {}
-        stamp = batch.stamp
-        prev = fd.get(field)
-        if prev is None or prev[0] is not stamp:
-            # (A field set again in this batch already has its pre-batch register saved.)
-            batch.field_undo.append((fd, field, prev))
-        fd[field] = (stamp, value)
-
-    def _put_field(
-        self, batch: EditBatch, ent: Node, component: str, field: str, value: Value, size: int
-    ) -> None:
-        """Record a checked ``SET`` in the batch and show it in the scene (cannot fail; the
-        same steps are inlined at the end of ``set_field``)."""
-        key = (ent, component, field)
-        op = batch.set_index.get(key)
-        if op is not None:
-            batch.bytes += size
-            op[4] = value  # a later write in the same batch replaces the earlier one
-        else:
-            names = batch.name_index
-            ci = names.get(component)
-            if ci is None:
-                ci = self._name(batch, component)
-            fi = names.get(field)
-            if fi is None:
-                fi = self._name(batch, field)
-            ref = ent[1] if ent[0] is self._me else self._ref(batch, ent)
-            op = [OP_SET, ref, ci, fi, value]
-            batch.ops.append(op)
-            batch.set_index[key] = op
-            batch.bytes += size + SET_OP_BYTES
-        comps = self._fields.get(ent)
-        if comps is None:
-            comps = self._fields[ent] = {}
-        fd = comps.get(component)
-        if fd is None:
-            fd = comps[component] = {}
-        batch.field_undo.append((fd, field, fd.get(field)))
-        fd[field] = (batch.stamp, value)
-
-    def move(self, entity: Node, new_parent: Node) -> None:
-        """Move an entity (and its subtree) under ``new_parent``."""
-        if entity == ROOT:
-            raise ValueError("the root cannot be moved")
-        ent = self._live(entity, "entity")
-        if not isinstance(new_parent, tuple) or len(new_parent) != 2:
-            raise TypeError("new parent must be an EntityId")
-        tree_parent = self._tree.parent
-        # (An unknown key is not interned: the walk below refuses its entity.)
-        par = ROOT if new_parent == ROOT else (
-            self._keys.get(new_parent[0], new_parent[0]), new_parent[1])
-        if tree_parent.get(ent) == par:  # (then the new parent is live: the entity is)
-            if self._role() < self._needed_for(ent):
-                raise PermissionDenied(f"role {ROLE_NAMES[self._role()]!r} may not move this")
-            return  # already there: no op (as Loro does), so nothing to sign or send
-        # One walk up from the new parent: it must reach the root (else it is deleted or
-        # unknown) without passing the entity (else the move makes a cycle).
-        node: Node | None = par
-        while node != ROOT:
-            if node == ent:
-                raise ValueError("moving an entity under itself or its descendant makes a cycle")
-            node = tree_parent.get(node)  # type: ignore[arg-type]
-            if node is None:
-                raise ValueError(f"new parent {new_parent} is deleted or unknown")
-        batch = self._require(
-            self._needed_for(ent), "move this entity", 1, MOVE_OP_BYTES, (),
-            [n[0] for n in (ent, par) if n != ROOT],
-        )
-        idx = len(batch.ops)
-        batch.ops.append([OP_MOVE, self._ref(batch, ent), self._ref(batch, par)])
-        batch.bytes += MOVE_OP_BYTES
-        self._tree.push_local(make_entry(batch.stamp, idx, ent, par))
-
-    def delete(self, entity: Node) -> None:
-        """Delete an entity and, with it, its subtree."""
-        if entity == ROOT:
-            raise ValueError("the root cannot be deleted")
-        ent = self._live(entity, "entity")
-        batch = self._require(
-            self._needed_for(ent), "delete this entity", 1, DELETE_OP_BYTES, (), [ent[0]]
-        )
-        idx = len(batch.ops)
-        batch.ops.append([OP_DELETE, self._ref(batch, ent)])
-        batch.bytes += DELETE_OP_BYTES
-        self._tree.push_local(make_entry(batch.stamp, idx, ent, TRASH))
-
-    def grant(
-        self, member: str | bytes, role: str, *, invite: bytes | None = None,
-        max_uses: int = 0,
-    ) -> None:
-        """Give ``member`` (PeerID or public key) a role: "admin", "editor", "viewer" or
-        "none" (removes them). See ``meshnode.crdt.roles`` for who may grant what.
-
-        A grant that lowers a role names the member's cut-off (filled in at ``commit``):
-        every replica then retracts the member's changes that had not seen it.
-        ``invite``: the ID of the invite being redeemed, whose use limit is ``max_uses``
-        (0: none); ``PermissionDenied`` if it is used up or revoked here.
-        """
-        key = self._member_key(member)
-        code = ROLE_BY_NAME.get(role)
-        if code is None or code == ROLE_OWNER:
-            raise ValueError(f"role must be one of admin, editor, viewer, none; not {role!r}")
-        if key == self._me:
-            raise PermissionDenied("a member cannot change their own role")
-        if not may_set_role(self._role(), self._roles.current_role(key), code):
-            raise PermissionDenied(
-                f"a {ROLE_NAMES[self._role()]} may not make this member {role!r}"
-            )
-        if invite is not None:
-            if type(invite) is not bytes or len(invite) != 32 or code == ROLE_NONE:
-                raise ValueError("an invite is a 32-byte ID and grants a role other than none")
-            if not 0 <= max_uses < MAX_INVITE_USES:
-                raise ValueError(f"max_uses must be in [0, {MAX_INVITE_USES})")
-            if self.invite_revoked(invite):
-                raise PermissionDenied("this invite was revoked")
-            if max_uses and self.invite_uses(invite) >= max_uses:
-                raise PermissionDenied(f"this invite was used {max_uses} time(s) already")
-        op_bytes = ROLE_OP_BYTES + (INVITE_EXTRA_BYTES if invite is not None else 0)
-        batch = self._require(ROLE_ADMIN, "change roles", 1, op_bytes, (), [key], scene=False)
-        if key not in batch.actor_index:
-            batch.actor_index[key] = len(batch.actors)
-            batch.actors.append(key)
-            batch.bytes += ACTOR_BYTES
-        op: Op = [OP_ROLE, batch.actor_index[key], code, 0]  # cut-off: set at commit
-        if invite is not None:
-            op += [invite, max_uses]
-        batch.ops.append(op)
-        batch.has_role_ops = True
-        batch.bytes += op_bytes
-        batch.role_ops.append((key, code))
-        seq = self._graph.vv_all.get(self._me, 0) + 1
-        self._roles.add(key, (batch.stamp, code, self._me, seq))
-
-    def revoke(self, member: str | bytes) -> None:
-        """Remove a member: their role becomes none, and every replica retracts their
-        changes that had not seen the removal (see ``grant``)."""
-        self.grant(member, "none")
-
-    def revoke_invite(self, invite_id: bytes) -> None:
-        """Revoke an invite: grants naming it that this change has not seen count for
-        nothing, on every replica (owner and admins may)."""
-        if type(invite_id) is not bytes or len(invite_id) != 32:
-            raise ValueError("an invite ID is 32 bytes")
-        batch = self._require(ROLE_ADMIN, "revoke invites", scene=False)
-        batch.ops.append([OP_REVOKE_INVITE, invite_id])
-        batch.bytes += 40
-        batch.revokes.append(invite_id)
-
-    def admit(self, member: str | bytes, role: str, *, invite_id: bytes, max_uses: int,
-              proof: bytes, now: float) -> None:
-        """Grant ``member`` the role of an invite it redeemed, on the invite's authority:
-        ``proof`` is ``meshnode.crdt.redemption.make_proof(...)`` (the signed invite and the
-        invitee's redemption signature). Any member may do it, a ``host`` only this way.
-        Raises ``PermissionDenied`` (with the reason every replica would give) if the proof
-        does not admit ``member`` now (``now``: wall-clock seconds, for the expiry)."""
-        from meshnode.crdt.clock import hlc_from_seconds
-        from meshnode.crdt.results import Rejected
-
-        key = self._member_key(member)
-        code = ROLE_BY_NAME.get(role)
-        if code is None or code in (ROLE_NONE, ROLE_OWNER) or key == self._me:
-            raise ValueError(f"admit gives viewer, editor, admin or host to another member, "
-                             f"not {role!r}")
-        if self._roles.current_role(self._me) == ROLE_NONE:
-            raise PermissionDenied("only members write grants")
-        vv = dict(self._graph.vv_all)
-        op: Op = [OP_ROLE, 0, code, vv.get(key, 0), invite_id, max_uses, proof]
-        try:
-            self._check_host_grant(op, key, self._roles.role_in_past(key, vv), hlc_from_seconds(
-                now), vv, sorted(self._graph.heads))
-        except Rejected as rej:
-            raise PermissionDenied(f"the invite does not admit this member: {rej.reason}") \
-                from None
-        if self.invite_revoked(invite_id):
-            raise PermissionDenied("this invite was revoked")
-        if max_uses and self.invite_uses(invite_id) >= max_uses:
-            raise PermissionDenied(f"this invite was used {max_uses} time(s) already")
-        op_bytes = ROLE_OP_BYTES + INVITE_EXTRA_BYTES + len(proof) + 3
-        batch = self._require(ROLE_NONE, "admit", 1, op_bytes, (), [key], scene=False)
-        if key not in batch.actor_index:
-            batch.actor_index[key] = len(batch.actors)
-            batch.actors.append(key)
-            batch.bytes += ACTOR_BYTES
-        op[1] = batch.actor_index[key]
-        batch.ops.append(op)
-        batch.has_role_ops = True
-        batch.bytes += op_bytes
-        seq = self._graph.vv_all.get(self._me, 0) + 1
-        self._roles.add(key, (batch.stamp, code, self._me, seq))
-
-    def set_room_name(self, name: str) -> None:
-        """Rename a private room (owner and admins; sealed like scene ops). A room that is
-        not private has its name in the genesis, which cannot change."""
-        if self._epochs is None:
-            raise ValueError("only a private room's name can be set (it is sealed)")
-        if type(name) is not str or len(name) > 200:
-            raise ValueError("a room name is a string of at most 200 characters")
-        batch = self._require(ROLE_ADMIN, "rename the room", 1, len(name.encode()) + 8)
-        batch.ops.append([OP_NAME, name])
-        batch.bytes += len(name.encode()) + 8
+class LocalEdits(SceneEdits):
+    """The local editing API of ``SceneReplica`` (a base of it, on ``SceneEdits``; the state
+    lives in the replica): ``commit`` and ``discard`` here, the edits in its bases."""
 
     def _fill_cutoffs(self, batch: EditBatch, vv: Mapping[bytes, int]) -> None:
         """Each role op names the member's highest seq this replica has seen."""
@@ -423,22 +63,6 @@ class LocalEdits(EditChecks):
         for op in batch.ops:
             if op[0] == OP_ROLE:
                 op[3] = vv.get(batch.actors[op[1]], 0)
-
-    def _commit_role_ops(self, batch: EditBatch, cid: bytes, seq: int, hlc: int) -> None:
-        """Book the role ops of a just-committed batch as a peer's would be booked."""
-        # ``admit`` (a host's grant by proof) is in ``ops`` but not ``role_ops`` (which
-        # ``commit`` checks against the author's own authority): it is booked here too.
-        if not batch.has_role_ops and not batch.revokes:
-            return
-        stamp = batch.stamp
-        self._roles.drop_stamp(stamp, batch.actors)  # booked again below, as committed grants
-        vv = self._graph.vv_all
-        roles = [
-            (i, m, op, op[3], self._roles.role_in_past(m, vv))
-            for i, op in enumerate(batch.ops) if op[0] == OP_ROLE
-            for m in (batch.actors[op[1]],)
-        ]
-        self._record_role_ops(cid, self._me, seq, hlc, stamp, roles, batch.revokes)
 
     @property
     def pending_ops(self) -> int:
