@@ -10,19 +10,26 @@ same graph.
 Per-edge specs: ``edge_specs[(a, b)]`` applies to both directions of edge ``a``–``b``; a key
 ``(b, a)`` in the reverse orientation, if present too, overrides the direction ``b → a``
 (asymmetric links). Use :meth:`Topology.link_spec` to resolve a direction.
+
+Graph algorithms over a topology (connectivity, neighbours, hop counts, shortest latency) are in
+``netsim.topology_paths``, re-exported here.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from netsim.links import PRESETS, LinkSpec
+from netsim.topology_paths import _components
+from netsim.topology_paths import hop_distances as hop_distances
+from netsim.topology_paths import is_connected as is_connected
+from netsim.topology_paths import neighbours as neighbours
+from netsim.topology_paths import shortest_from as shortest_from
+from netsim.topology_paths import shortest_latency_ms as shortest_latency_ms
 
 __all__ = [
     "FIBRE_KM_PER_MS",
@@ -120,95 +127,6 @@ def _check_n(n: object, minimum: int = 1, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
         raise ValueError(f"{name}: must be an integer >= {minimum}, got {n!r}")
     return n
-
-
-def _components(n: int, edges: Iterable[Edge]) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for v in range(n):
-        groups.setdefault(find(v), []).append(v)
-    return [groups[r] for r in sorted(groups)]
-
-
-def is_connected(n: int, edges: Iterable[Edge]) -> bool:
-    """Whether the undirected graph on ``0 .. n-1`` is connected."""
-    return n <= 1 or len(_components(n, edges)) == 1
-
-
-def neighbours(topology: Topology) -> list[list[int]]:
-    """Sorted adjacency lists."""
-    adj: list[list[int]] = [[] for _ in range(topology.n)]
-    for a, b in topology.edges:
-        adj[a].append(b)
-        adj[b].append(a)
-    for lst in adj:
-        lst.sort()
-    return adj
-
-
-def hop_distances(topology: Topology, src: int) -> list[int]:
-    """Hop count from ``src`` to every node by BFS (``-1`` where unreachable)."""
-    adj = neighbours(topology)
-    dist = [-1] * topology.n
-    dist[src] = 0
-    queue = deque([src])
-    while queue:
-        u = queue.popleft()
-        for v in adj[u]:
-            if dist[v] < 0:
-                dist[v] = dist[u] + 1
-                queue.append(v)
-    return dist
-
-
-def _weighted_adj(topology: Topology, default_spec: LinkSpec) -> list[list[tuple[int, float]]]:
-    adj: list[list[tuple[int, float]]] = [[] for _ in range(topology.n)]
-    for a, b in topology.edges:
-        adj[a].append((b, topology.link_spec(a, b, default_spec).latency_ms))
-        adj[b].append((a, topology.link_spec(b, a, default_spec).latency_ms))
-    return adj
-
-
-def _dijkstra(adj: list[list[tuple[int, float]]], src: int) -> list[float]:
-    dist = [math.inf] * len(adj)
-    dist[src] = 0.0
-    heap = [(0.0, src)]
-    while heap:
-        d, u = heapq.heappop(heap)
-        if d > dist[u]:
-            continue
-        for v, w in adj[u]:
-            nd = d + w
-            if nd < dist[v]:
-                dist[v] = nd
-                heapq.heappush(heap, (nd, v))
-    return dist
-
-
-def shortest_from(topology: Topology, src: int, default_spec: LinkSpec) -> list[float]:
-    """One-way shortest-path latency (ms, by base ``latency_ms``) from ``src`` to every node
-    (``math.inf`` where unreachable). Directed: asymmetric edge specs are honoured."""
-    return _dijkstra(_weighted_adj(topology, default_spec), src)
-
-
-def shortest_latency_ms(topology: Topology, default_spec: LinkSpec) -> list[list[float]]:
-    """All-pairs shortest one-way latency in ms (``[src][dst]``; Dijkstra from every node).
-
-    O(n · m log n): fine up to a few thousand nodes; use :func:`shortest_from` beyond that.
-    """
-    adj = _weighted_adj(topology, default_spec)
-    return [_dijkstra(adj, s) for s in range(topology.n)]
 
 
 # --- deterministic builders ----------------------------------------------------------------------

@@ -17,13 +17,15 @@ Teardown is unconditional: every process this run started is killed by its proce
 also die with the runner, by ``PR_SET_PDEATHSIG``), what still runs in the run's namespaces is
 killed, and the namespaces are deleted (their TUN devices with them). It runs on success, on
 failure and on Ctrl+C / SIGTERM; namespaces a SIGKILLed run left behind are removed by the next.
+
+The processes themselves (:class:`~netsim.emulate.children.Child`: started in a session of
+their own, dying with the runner) are in :mod:`netsim.emulate.children`, re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -33,12 +35,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from meshnode.runtime.apply_trace import TRACE_ENV, read_trace
 from netsim.emulate import namespaces, trace
+from netsim.emulate.children import NICE as NICE
+from netsim.emulate.children import PR_SET_PDEATHSIG as PR_SET_PDEATHSIG
+from netsim.emulate.children import Child as Child
+from netsim.emulate.children import _die_with_parent, _ready_or_exit
 from netsim.emulate.fabric import FabricSpec
 from netsim.emulate.namespaces import PREFIX, Plan
 from netsim.emulate.preflight import EmulationRefused, problems, this_host
@@ -52,21 +57,10 @@ NODE_PORT = 8470
 SETUP_TIMEOUT_S = 60.0
 FOUNDER = 0
 """The node whose default room the run uses (the room's owner)."""
-PR_SET_PDEATHSIG = 1
-NICE = -15  # CFS weight 29,154 against 1,024 at nice 0: ahead of ~28 unrelated busy tasks
 
 
 class EmulationFailed(RuntimeError):
     """A part of the emulation did not come up (the message says which, with its log)."""
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL me if the runner dies (even by SIGKILL); and run
-    ahead of unrelated work on the machine (each emulated node stands for a host of its own)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    with contextlib.suppress(OSError):
-        os.nice(NICE)
 
 
 def topology_of(scenario: Scenario) -> tuple[Topology, dict[tuple[int, int], LinkSpec]]:
@@ -90,53 +84,6 @@ def topology_of(scenario: Scenario) -> tuple[Topology, dict[tuple[int, int], Lin
         for s, d in ((a, b), (b, a)):
             specs[(s, d)] = overrides.get((a, b)) or topo.link_spec(s, d, scenario.links)
     return topo, specs
-
-
-async def _ready_or_exit(ready: asyncio.Future[None], child: Child, timeout: float) -> bool:
-    """Wait until ``ready`` is set; False if the process exits first or ``timeout`` passes."""
-    exited: asyncio.Future[Any] = asyncio.ensure_future(child.proc.wait())
-    waiting: list[asyncio.Future[Any]] = [ready, exited]
-    try:
-        await asyncio.wait(waiting, timeout=timeout, return_when="FIRST_COMPLETED")
-    finally:
-        exited.cancel()
-    return ready.done()
-
-
-@dataclass
-class Child:
-    """A process this run started (in a namespace or not), its output and its log file."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    log: TextIO
-    on_line: Callable[[str], None] | None = None
-    reader: asyncio.Task[None] | None = None
-    lines: list[str] = field(default_factory=list)
-
-    def start_reading(self) -> None:
-        """Follow stdout: every line to the log, and to ``on_line``."""
-        self.reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while line_b := await self.proc.stdout.readline():
-            line = line_b.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            self.log.write(line + "\n")
-            self.log.flush()
-            if self.on_line is not None:
-                self.on_line(line)
-
-    def kill(self) -> None:
-        """SIGKILL its process group (it was started in a session of its own)."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-    def tail(self, n: int = 30) -> str:
-        """The last lines it printed."""
-        return "\n".join(self.lines[-n:])
 
 
 class Emulation:
