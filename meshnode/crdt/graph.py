@@ -34,18 +34,25 @@ author, seq and clock only. Exact causality tests against the changes of an auth
 equivocated (``forked``) use, at a base entry, the set of such changes in its past
 (``base_past``).
 
-``PendingBuffer`` and ``Waiting`` (the buffer) are in ``meshnode.crdt.dep_buffer``, re-exported
-here.
+``PendingBuffer`` and ``Waiting`` (the buffer) are in ``meshnode.crdt.dep_buffer``, and the
+plain records (``ChangeMeta``, ``BaseEntry`` and its kinds, ``Frontier``, ``merge_vv``) in
+``meshnode.crdt.graph_records``, all re-exported here.
 """
 
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, KeysView, Mapping
-from dataclasses import dataclass
 
 from meshnode.crdt.dep_buffer import PendingBuffer as PendingBuffer
 from meshnode.crdt.dep_buffer import Waiting as Waiting
+from meshnode.crdt.graph_records import BASE_BOUNDARY as BASE_BOUNDARY
+from meshnode.crdt.graph_records import BASE_HEAD as BASE_HEAD
+from meshnode.crdt.graph_records import BASE_NAMED as BASE_NAMED
+from meshnode.crdt.graph_records import BaseEntry as BaseEntry
+from meshnode.crdt.graph_records import ChangeMeta as ChangeMeta
+from meshnode.crdt.graph_records import Frontier as Frontier
+from meshnode.crdt.graph_records import merge_vv as merge_vv
 from meshnode.crdt.prefix_index import PrefixIndex
 from protocol.frames import PREFIX_BYTES
 
@@ -55,32 +62,6 @@ VV_MEMO_ENTRIES = 64
 MAX_COLUMN_SEQ = 0xFFFF_FFFF
 """The largest seq the graph's seq column holds (4 bytes a change); an author would need
 four billion changes to reach it."""
-
-
-@dataclass(slots=True)
-class ChangeMeta:
-    """An applied change's record besides its effects: what ``ChangeGraph.add`` takes (``vv``
-    is what the caller computed when applying it, or None; the graph keeps a compact form
-    instead) and what ``ChangeGraph.meta`` reads back (a copy: changing it changes nothing;
-    ``pos`` is -1 for a base entry, ``lag`` its vector's entries below the applied prefix)."""
-
-    author: bytes
-    seq: int
-    hlc: int
-    deps: tuple[bytes, ...]
-    vv: Mapping[bytes, int] | None = None
-    pos: int = -1
-    lag: dict[bytes, int] | None = None
-
-
-def merge_vv(vvs: Iterable[Mapping[bytes, int]]) -> dict[bytes, int]:
-    """Pointwise maximum of version vectors (a new dict)."""
-    out: dict[bytes, int] = {}
-    for vv in vvs:
-        for author, seq in vv.items():
-            if out.get(author, 0) < seq:
-                out[author] = seq
-    return out
 
 
 class PastVV(Mapping[bytes, int]):
@@ -590,43 +571,6 @@ class ChangeGraph:
                 stack.extend(d for d in dep_rows[dep_start[p]:dep_start[p + 1]]
                              if d not in seen)
         return {self.id_at(p) for p in seen}
-
-
-BASE_NAMED = 0
-"""A base entry kept because the state names it (author, seq and clock only)."""
-BASE_BOUNDARY = 1
-"""A base entry whose version vector is kept (a dep of a later change, an invite revocation)."""
-BASE_HEAD = 2
-"""A boundary entry no change after the frontier depends on: one of the heads."""
-
-
-@dataclass(frozen=True, slots=True)
-class BaseEntry:
-    """A change below the frontier that the graph keeps (see ``ChangeGraph.load_frontier``):
-    ``lag`` are its vector's entries below ``base`` (kinds 1 and 2), ``past`` the changes of
-    forked authors (from their fork on) in its causal past."""
-
-    change_id: bytes
-    author: bytes
-    seq: int
-    hlc: int
-    kind: int
-    lag: tuple[tuple[bytes, int], ...] = ()
-    past: tuple[bytes, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Frontier:
-    """What ``ChangeGraph.cut`` returns: the frontier's clock, per-author seq counts and last
-    changes below it, how many changes below it are not kept, the kept ones, and the changes
-    after it (in order)."""
-
-    hlc: int
-    base: dict[bytes, int]
-    head_of: dict[bytes, bytes]
-    pruned: int
-    entries: tuple[BaseEntry, ...]
-    window: tuple[bytes, ...]
 
 
 class AuthorSeqIndex:

@@ -20,8 +20,9 @@ compile): ``EditChecks`` (``edit_checks``: what every local edit checks first),
 ``PrivateContentLayer`` and ``PrivateRoom`` (``private_rules``, ``private_content``,
 ``privacy``: private rooms), ``ReplicaState`` (``replica_state``: attributes, reading),
 ``ReplicaContent`` (``replica_content``: export and import of ``SceneContent``),
-``ReplicaApply`` (``replica_apply``: applying changes, rebuilding) and ``SceneReplica``
-(here: construction, snapshots, compaction).
+``ReplicaIntegrate`` (``replica_integrate``: integrating one change, rebuilding),
+``ReplicaApply`` (``replica_apply``: taking in changes) and ``SceneReplica`` (here:
+construction, snapshots, compaction).
 """
 
 import functools

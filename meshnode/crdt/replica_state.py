@@ -1,11 +1,11 @@
 """``ReplicaState``: a scene replica's state and every question asked of it.
 
-The first class of the replica's own chain (``SceneReplica(ReplicaApply(ReplicaContent(
-ReplicaState(PrivateRoom(...)))))``, one file each; ``meshnode.crdt.replica`` lists it):
-``__init__`` (every attribute the chain uses), adopting the genesis, and the read-only API:
-the change history (heads, bytes, version vectors, what a peer lacks), roles and invites, the
-live scene. Nothing here changes the history or the scene (``use_history`` only moves where
-old bytes live).
+The first class of the replica's own chain (``SceneReplica(ReplicaApply(ReplicaIntegrate(
+ReplicaContent(ReplicaState(PrivateRoom(...))))))``, one file each; ``meshnode.crdt.replica``
+lists it): ``__init__`` (every attribute the chain uses), adopting the genesis, and the
+read-only API: the change history (heads, bytes, version vectors, what a peer lacks), roles
+and invites, the live scene. Nothing here changes the history or the scene (``use_history``
+only moves where old bytes live).
 """
 
 import itertools

@@ -323,8 +323,8 @@ def test_every_rejection_reason_is_documented() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
     crdt = Path(__file__).resolve().parents[2] / "meshnode" / "crdt"
     source = "".join((crdt / f).read_text()
-                     for f in ("replica_apply.py", "scene_rules.py", "privacy.py",
-                               "private_rules.py", "private_content.py"))
+                     for f in ("replica_apply.py", "replica_integrate.py", "scene_rules.py",
+                               "privacy.py", "private_rules.py", "private_content.py"))
     in_code = set(re.findall(r"Rejected\(\"([a-z_]+)\"\)", source))
     in_code |= set(re.findall(r"_reject\([^,]+, \"([a-z_]+)\"\)", source))
     in_code |= {"too_large", "malformed_msgpack", "limit_exceeded", "schema"}  # decode
