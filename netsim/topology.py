@@ -11,8 +11,9 @@ Per-edge specs: ``edge_specs[(a, b)]`` applies to both directions of edge ``a``�
 ``(b, a)`` in the reverse orientation, if present too, overrides the direction ``b → a``
 (asymmetric links). Use :meth:`Topology.link_spec` to resolve a direction.
 
-Graph algorithms over a topology (connectivity, neighbours, hop counts, shortest latency) are in
-``netsim.topology_paths``, re-exported here.
+The :class:`Topology` class and the graph algorithms over it (connectivity, neighbours, hop
+counts, shortest latency) are in ``netsim.topology_graph``, re-exported here; this module holds
+the builders.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from netsim.links import PRESETS, LinkSpec
-from netsim.topology_paths import _components
-from netsim.topology_paths import hop_distances as hop_distances
-from netsim.topology_paths import is_connected as is_connected
-from netsim.topology_paths import neighbours as neighbours
-from netsim.topology_paths import shortest_from as shortest_from
-from netsim.topology_paths import shortest_latency_ms as shortest_latency_ms
+from netsim.topology_graph import Edge as Edge
+from netsim.topology_graph import Topology as Topology
+from netsim.topology_graph import _components
+from netsim.topology_graph import hop_distances as hop_distances
+from netsim.topology_graph import is_connected as is_connected
+from netsim.topology_graph import neighbours as neighbours
+from netsim.topology_graph import shortest_from as shortest_from
+from netsim.topology_graph import shortest_latency_ms as shortest_latency_ms
 
 __all__ = [
     "FIBRE_KM_PER_MS",
@@ -54,67 +56,6 @@ __all__ = [
 
 #: Propagation speed in optical fibre, km per millisecond (~2/3 c).
 FIBRE_KM_PER_MS = 200.0
-
-Edge = tuple[int, int]
-
-
-@dataclass
-class Topology:
-    """An undirected graph: ``n`` nodes, ``edges`` as sorted ``(a, b)`` pairs with ``a < b``
-    (no duplicates, no self-loops), optional ``positions`` (km) and per-edge link overrides."""
-
-    n: int
-    edges: list[Edge]
-    positions: list[tuple[float, float]] | None = None
-    edge_specs: dict[Edge, LinkSpec] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n: must be an integer >= 1, got {self.n!r}")
-        seen: set[Edge] = set()
-        for e in self.edges:
-            a, b = e
-            if not (0 <= a < self.n and 0 <= b < self.n):
-                raise ValueError(f"edges: {e} has a node outside 0..{self.n - 1}")
-            if a >= b:
-                raise ValueError(f"edges: {e} must be (a, b) with a < b (no self-loops)")
-            if e in seen:
-                raise ValueError(f"edges: duplicate edge {e}")
-            seen.add(e)
-        if self.positions is not None and len(self.positions) != self.n:
-            raise ValueError(f"positions: expected {self.n} entries, got {len(self.positions)}")
-        for key in self.edge_specs:
-            a, b = key
-            if (min(a, b), max(a, b)) not in seen:
-                raise ValueError(f"edge_specs: {key} is not an edge")
-
-    def link_spec(self, src: int, dst: int, default: LinkSpec) -> LinkSpec:
-        """The spec of direction ``src → dst``: ``edge_specs[(src, dst)]``, else
-        ``edge_specs[(dst, src)]``, else ``default``."""
-        spec = self.edge_specs.get((src, dst))
-        if spec is None:
-            spec = self.edge_specs.get((dst, src), default)
-        return spec
-
-    def degrees(self) -> list[int]:
-        """Degree of every node."""
-        deg = [0] * self.n
-        for a, b in self.edges:
-            deg[a] += 1
-            deg[b] += 1
-        return deg
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly description (edge specs as ``"a-b"`` → field dict)."""
-        return {
-            "n": self.n,
-            "edges": [list(e) for e in self.edges],
-            "positions": None if self.positions is None else [list(p) for p in self.positions],
-            "edge_specs": {
-                f"{a}-{b}": self.edge_specs[(a, b)].to_dict() for a, b in sorted(self.edge_specs)
-            },
-        }
-
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
-"""Graph algorithms over a :class:`~netsim.topology.Topology`: connectivity, adjacency, hop
-counts and shortest one-way latency.
+"""The :class:`Topology` graph and what is read from it: connectivity, adjacency, hop counts
+and shortest one-way latency.
 
-They read a topology, never build one: the builders (``netsim.topology``) use
-:func:`_components` to join what a random draw left apart, and the simulation, its metrics and
-the emulation's results ask for neighbours, hop distances and latency paths. Re-exported from
-``netsim.topology``.
+A topology is ``n`` nodes and undirected edges with optional positions and per-edge link
+overrides; the functions here read one and never build one. The builders
+(``netsim.topology``, which re-exports everything here) make the usual shapes and use
+:func:`_components` to join what a random draw left apart; the simulation, its metrics and the
+emulation's results ask for neighbours, hop distances and latency paths.
 """
 
 from __future__ import annotations
@@ -13,19 +14,81 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from netsim.links import LinkSpec
-    from netsim.topology import Edge, Topology
+from netsim.links import LinkSpec
 
 __all__ = [
+    "Edge",
+    "Topology",
     "hop_distances",
     "is_connected",
     "neighbours",
     "shortest_from",
     "shortest_latency_ms",
 ]
+
+Edge = tuple[int, int]
+
+
+@dataclass
+class Topology:
+    """An undirected graph: ``n`` nodes, ``edges`` as sorted ``(a, b)`` pairs with ``a < b``
+    (no duplicates, no self-loops), optional ``positions`` (km) and per-edge link overrides."""
+
+    n: int
+    edges: list[Edge]
+    positions: list[tuple[float, float]] | None = None
+    edge_specs: dict[Edge, LinkSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n: must be an integer >= 1, got {self.n!r}")
+        seen: set[Edge] = set()
+        for e in self.edges:
+            a, b = e
+            if not (0 <= a < self.n and 0 <= b < self.n):
+                raise ValueError(f"edges: {e} has a node outside 0..{self.n - 1}")
+            if a >= b:
+                raise ValueError(f"edges: {e} must be (a, b) with a < b (no self-loops)")
+            if e in seen:
+                raise ValueError(f"edges: duplicate edge {e}")
+            seen.add(e)
+        if self.positions is not None and len(self.positions) != self.n:
+            raise ValueError(f"positions: expected {self.n} entries, got {len(self.positions)}")
+        for key in self.edge_specs:
+            a, b = key
+            if (min(a, b), max(a, b)) not in seen:
+                raise ValueError(f"edge_specs: {key} is not an edge")
+
+    def link_spec(self, src: int, dst: int, default: LinkSpec) -> LinkSpec:
+        """The spec of direction ``src → dst``: ``edge_specs[(src, dst)]``, else
+        ``edge_specs[(dst, src)]``, else ``default``."""
+        spec = self.edge_specs.get((src, dst))
+        if spec is None:
+            spec = self.edge_specs.get((dst, src), default)
+        return spec
+
+    def degrees(self) -> list[int]:
+        """Degree of every node."""
+        deg = [0] * self.n
+        for a, b in self.edges:
+            deg[a] += 1
+            deg[b] += 1
+        return deg
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (edge specs as ``"a-b"`` → field dict)."""
+        return {
+            "n": self.n,
+            "edges": [list(e) for e in self.edges],
+            "positions": None if self.positions is None else [list(p) for p in self.positions],
+            "edge_specs": {
+                f"{a}-{b}": self.edge_specs[(a, b)].to_dict() for a, b in sorted(self.edge_specs)
+            },
+        }
+
 
 
 def _components(n: int, edges: Iterable[Edge]) -> list[list[int]]:
