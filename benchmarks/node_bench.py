@@ -498,6 +498,9 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.edits_per_change <= 64:
         parser.error("--edits-per-change must be 1 to 64 (a change's ops are bounded)")
+    if args.edits_per_change != 1 and (not args.only_throughput or args.closed_loop):
+        parser.error("--edits-per-change shapes the stream: give it with --only-throughput "
+                     "(and without --closed-loop)")
     try:
         import uvloop
 
