@@ -14,7 +14,10 @@ every measured edit arrived (1 otherwise). Figures, all end to end through real 
   ``--only-throughput`` the figure is compared like with like with the bare link instead
   (``stream``): one-edit changes of 200 bytes streamed one way, 100 per loop turn, at most
   ``--stream-window`` unacknowledged, counted when applied at C, as changes/s over the link's
-  messages/s; ``--closed-loop`` gives the closed loop there too.
+  messages/s; ``--closed-loop`` gives the closed loop there too. ``--edits-per-change N``
+  makes each streamed change move N entities (a client flushing once per frame: the issue's
+  unit, edits, at the 3.5-4 per change its first figure had) and adds edits/s over the link's
+  messages/s.
 * **presence capacity**: clients join node B in steps, each sending 10 presence updates/s;
   an observer at C measures each update's delay. The figure is the largest step whose p99
   stays under 100 ms.
